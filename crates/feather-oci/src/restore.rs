@@ -59,6 +59,9 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
         bail!("restore {}", checkpoint::refusal(flag));
     }
     let mode = checkpoint::cgroups_mode(args.manage_cgroups_mode.as_deref())?;
+    // Before anything is made (review m26 M7: a v1-only machine made the container, its
+    // cgroup, the rootfs's mount points and CRIU's work folder each time, then failed here).
+    crate::cgroups::v2_for_holding().context("restore")?;
     let criu = Criu::locate()?;
     let images = checkpoint::open_folder(&args.image_path, "--image-path")?;
     if !args.image_path.join("inventory.img").exists() {
@@ -76,10 +79,10 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
             container.groups().create(linux.resources().as_ref())
         })
         .and_then(|()| {
+            let hold = container.groups().hold()?;
             let allowed = crate::restored::Allowed::for_config(&spec)?;
             let mounts = crate::restored_mounts::expected(&spec, &container)?;
             let (call, netns, work) = prepare(&criu, &container, &spec, args, images, mode)?;
-            let hold = container.groups().hold()?;
             let read_only_root = spec.root().as_ref().and_then(|r| r.readonly()) == Some(true);
             let rootfs = RestoredRoot {
                 path: &container.record.rootfs,
