@@ -213,6 +213,39 @@ fn a_restored_vm_keeps_its_masks_over_kernel_folders() {
     feather.ok(&["exec", "vm", "--", "rmdir", "/sys/fs/cgroup/pids/unit"]);
 }
 
+/// A restored VM whose thaw fails (the test-only `FEATHER_TEST_FAIL_RESTORED_THAW` in the
+/// keeper's environment, as a `cgroup.freeze` that cannot be written) fails its restore,
+/// naming the thaw; it is ended, still frozen, and stays checkpointed: a restore without the
+/// failure brings it back, counting on. Before, the failure was only logged: the VM was
+/// recorded running and stayed frozen for good.
+#[test]
+fn a_restored_vm_that_cannot_be_thawed_fails_its_restore_and_stays_checkpointed() {
+    let (feather, _base) = counting_vm("ckpt-nothaw");
+    feather.ok(&["checkpoint", "vm"]);
+    let failed: crate::support::Outcome = feather
+        .command()
+        .args(["restore", "vm"])
+        .env("FEATHER_TEST_FAIL_RESTORED_THAW", "1")
+        .output()
+        .unwrap()
+        .into();
+    assert_ne!(failed.code, 0, "{}", failed.stdout);
+    assert!(
+        failed.stderr.contains("cannot thaw its restored processes")
+            && failed
+                .stderr
+                .contains("FEATHER_TEST_FAIL_RESTORED_THAW is set"),
+        "{}",
+        failed.stderr
+    );
+    assert_eq!(feather.status("vm"), "checkpointed");
+    feather.ok(&["restore", "vm"]);
+    let resumed = count(&feather, "vm");
+    feather.eventually("the restored loop counts on", || {
+        count(&feather, "vm") > resumed
+    });
+}
+
 #[test]
 fn leave_running_keeps_the_vm_running() {
     let (feather, _base) = counting_vm("ckpt-leave");

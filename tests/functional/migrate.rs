@@ -3084,6 +3084,40 @@ fn a_release_record_that_cannot_be_written_lets_the_vm_run_on_at_the_source() {
     });
 }
 
+/// A received VM whose thaw fails at its release (the test-only
+/// `FEATHER_TEST_FAIL_RESTORED_THAW` in the receiving keeper's environment, as a
+/// `cgroup.freeze` that cannot be written): the receiver's copy is ended, never run, and says
+/// why; the VM runs on at the source. Before, the failure was only logged and the copy,
+/// recorded running, stayed frozen there.
+#[test]
+fn a_received_vm_that_cannot_be_thawed_is_not_let_run_and_runs_on_at_the_source() {
+    let (hosts, source, target, base) = counting_vm_on_two_hosts("mig-nothaw");
+    let _server = Server::accepting(
+        &hosts,
+        &target,
+        &[("FEATHER_TEST_FAIL_RESTORED_THAW", "1")],
+        &["--base", base.as_str()],
+    );
+    let failed: crate::support::Outcome = migrating(&hosts, &source, "vm", &[])
+        .output()
+        .unwrap()
+        .into();
+    assert_ne!(failed.code, 0, "{}", failed.stdout);
+    assert!(
+        failed.stderr.contains("cannot thaw its restored processes"),
+        "{}",
+        failed.stderr
+    );
+    assert_eq!(source.status("vm"), "running");
+    let now = count(&source, "vm");
+    source.eventually("the loop counts on at the source", || {
+        count(&source, "vm") > now
+    });
+    target.eventually("the receiver keeps nothing of it", || {
+        target.ok(&["ls", "--json"]).trim() == "[]"
+    });
+}
+
 /// A VM whose keeper is of an older build (it runs across an upgrade; here a keeper that
 /// answers its status as one does, without `ends_released_copy`): such a keeper looks for the
 /// release record in the checkpoint folder, where `migrate` no longer writes it, and would thaw

@@ -205,3 +205,98 @@ fn services_private_tmp_debians_units_answer_with_their_own_tmp() {
         assert_eq!(binds.matches("/systemd-private-").count(), 4, "{binds}");
     }
 }
+
+/// The host pids of VM processes whose command line is `command` (NUL-separated), in the pid
+/// namespace of the VM whose init is host pid `init`.
+fn host_pids_of(init: &str, command: &[u8]) -> Vec<String> {
+    let vm_pids = std::fs::read_link(format!("/proc/{init}/ns/pid")).unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|pid| pid.parse::<u32>().is_ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok() == Some(vm_pids.clone())
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .ok()
+                    .as_deref()
+                    == Some(command)
+        })
+        .collect()
+}
+
+/// Whether the mount namespace of host process `pid` has a mount at `path`.
+fn mounted_at(pid: &str, path: &str) -> bool {
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    mountinfo.lines().any(|l| l.split(' ').nth(4) == Some(path))
+}
+
+/// A restored VM whose checkpoint lacked masks (kernel interfaces not there at the dump: a
+/// migration from another host's kernel; made here by taking them away before it) gets them in
+/// every mount namespace, a `PrivateTmp=` unit's too (made private here, so that none reaches
+/// it from init's), and is restored. Before, they were added in init's namespace only, and the
+/// mount check, which reads every namespace, refused it.
+#[test]
+fn a_restored_vm_masks_what_its_checkpoint_lacked_in_a_units_namespace_too() {
+    let feather = Feather::new("svc-privtmp-masks");
+    feather.require_criu();
+    vm(&feather, "pm");
+    write_unit(
+        &feather,
+        "pm",
+        "sleeper.service",
+        "[Service]\nPrivateTmp=yes\nExecStart=/bin/sleep 1000\n",
+    );
+    feather.ok(&["service", "start", "pm", "sleeper"]);
+    let init = || {
+        let state = std::fs::read_to_string(feather.vm_dir("pm").join("state.json")).unwrap();
+        let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+        state["init_pid"].to_string()
+    };
+    let sleeper = || {
+        let pids = host_pids_of(&init(), b"/bin/sleep\x001000\x00");
+        assert_eq!(pids.len(), 1, "the unit's sleep: {pids:?}");
+        pids[0].clone()
+    };
+    let masked: Vec<&str> = ["/proc/interrupts", "/sys/firmware"]
+        .into_iter()
+        .filter(|p| std::path::Path::new(p).exists())
+        .collect();
+    assert_eq!(masked.len(), 2, "this test needs a host with both");
+    let unit = sleeper();
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{unit}/ns/mnt")).unwrap(),
+        std::fs::read_link(format!("/proc/{}/ns/mnt", init())).unwrap(),
+        "the unit has a mount namespace of its own"
+    );
+    // Taken away in init's namespace, where they are shared: the unit's copies, its slaves,
+    // go too (they cannot be unmounted there: copied into a namespace of its own, locked).
+    let unmount = std::process::Command::new("nsenter")
+        .args(["-t", &init(), "-m", "-p", "umount"])
+        .args(&masked)
+        .status()
+        .unwrap();
+    assert!(unmount.success());
+    for pid in [unit.clone(), init()] {
+        for path in &masked {
+            assert!(!mounted_at(&pid, path), "{path} still masked in {pid}");
+        }
+    }
+    // The unit's namespace made private, as its dump then holds it: the masks made in init's
+    // at the restore do not reach it, and must be made there too. (A slave, as the spawner
+    // makes it, gets them from init's: CRIU restores the propagation.)
+    let private = std::process::Command::new("nsenter")
+        .args(["-t", &unit, "-m", "--", "mount", "--make-rprivate", "/"])
+        .status()
+        .unwrap();
+    assert!(private.success());
+    let shared = std::fs::read_to_string(format!("/proc/{unit}/mountinfo")).unwrap();
+    assert!(!shared.contains(" master:"), "{shared}");
+    feather.ok(&["checkpoint", "pm"]);
+    feather.ok(&["restore", "pm"]);
+    assert_eq!(feather.status("pm"), "running");
+    for pid in [sleeper(), init()] {
+        for path in &masked {
+            assert!(mounted_at(&pid, path), "{path} not masked in {pid}");
+        }
+    }
+}

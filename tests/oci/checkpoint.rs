@@ -761,6 +761,72 @@ fn a_checkpoint_binding_through_a_link_in_a_volume_is_not_restored() {
     }
 }
 
+/// A restore on a machine without a cgroup v2 hierarchy (here one run in a mount namespace
+/// whose cgroup2 mounts are gone), which cannot hold the restored tree still, is refused
+/// before it makes anything, saying what it needs: the config's bind's mount point, missing
+/// from the rootfs, is not made, and no container is left. Before, the requirement was asked
+/// late: here the image judge refused first, the checkpoint's cgroup2 mount not being one the
+/// restore passes (a refusal that named no cause), and where it passed, the container, its
+/// cgroup, the mount points and CRIU's work folder were made before the refusal.
+#[test]
+fn a_restore_without_cgroup_v2_is_refused_before_anything_is_made() {
+    let scratch = Scratch::new("checkpoint-no-v2");
+    let volume = scratch.path("volume");
+    fs::create_dir_all(&volume).unwrap();
+    let mut config = base_config(&["sleep", "1000"]);
+    config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "destination": "/data",
+            "type": "bind",
+            "source": volume,
+            "options": ["rbind", "rw"]
+        }));
+    let runtime = Runtime::new(&scratch);
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let images = checkpointed(&runtime, &scratch, &bundle, "nov2-1");
+    let point = bundle.dir.join("rootfs/data");
+    fs::remove_dir(&point).unwrap();
+    let without_v2 = r#"for m in $(awk '{ for (i = 7; i <= NF; i++) if ($i == "-") {
+        if ($(i + 1) == "cgroup2") print $5; break } }' /proc/self/mountinfo); do
+        umount -l "$m" || exit 99; done; exec "$@""#;
+    let outcome: Outcome = std::process::Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            without_v2,
+            "sh",
+        ])
+        .arg(&runtime.program)
+        .arg("--root")
+        .arg(&runtime.root)
+        .arg("--annotation-policy")
+        .arg(&runtime.policy)
+        .args(["restore", "--detach", "--image-path"])
+        .arg(&images)
+        .arg("--bundle")
+        .arg(&bundle.dir)
+        .arg("nov2-2")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+        .into();
+    assert_ne!(outcome.code, 0, "{outcome:?}");
+    assert!(
+        outcome.stderr.contains("no cgroup v2 hierarchy is mounted"),
+        "{outcome:?}"
+    );
+    assert!(!point.exists(), "the restore made {}", point.display());
+    assert!(runtime
+        .run(&["state", "nov2-2"])
+        .stderr
+        .contains("does not exist"));
+}
+
 /// Checkpoints a container of `config` as `{id}1`, clears the read-only flag of the entries
 /// `picked` picks (keyed externals: CRIU gives them the image's flags, not the config's), and
 /// restores it as `{id}2`: the restore must be refused before CRIU runs, naming a mount point

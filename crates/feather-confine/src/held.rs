@@ -81,16 +81,69 @@ impl Hold {
     }
 
     /// At CRIU's `pre-resume` (`criu`: its pid, in the group): moves CRIU to the caller's own
-    /// group in the v2 hierarchy, freezes the group and waits until the kernel says every task
-    /// of it is frozen. On any failure every process left in the group is killed (CRIU too,
-    /// if it could not be moved out) and the group left frozen: nothing of the tree runs
-    /// unchecked (CRIU ignores the hook's answer and detaches), and CRIU's detach then fails.
+    /// group in the v2 hierarchy, freezes the group, waits until the kernel says every task
+    /// of it is frozen, then makes sure the frozen group holds the restored tree: the
+    /// caller's children CRIU has under its ptrace (the restored inits: CRIU restores with
+    /// `rst_sibling`) and every thread of their trees must be in it. An empty group, or one
+    /// the tree was not placed in, reads frozen at once (review freeze26 F26-5): the tree
+    /// would run from CRIU's detach on. On any failure every process left in the group is
+    /// killed (CRIU too, if it could not be moved out), and so is every process of the
+    /// restored trees found, and the group left frozen: nothing of the tree runs unchecked
+    /// (CRIU ignores the hook's answer and detaches), and CRIU's detach then fails.
     pub fn freeze_or_kill(&self, criu: i32) -> io::Result<()> {
-        let frozen = self.move_out(criu).and_then(|()| self.freeze());
+        self.freeze_holding_or_kill(criu, || seized_children(criu))
+    }
+
+    /// [`Hold::freeze_or_kill`], the restored inits found by `restored`.
+    fn freeze_holding_or_kill(
+        &self,
+        criu: i32,
+        restored: impl FnOnce() -> io::Result<Vec<i32>>,
+    ) -> io::Result<()> {
+        let mut inits = Vec::new();
+        let frozen = self
+            .move_out(criu)
+            .and_then(|()| self.freeze())
+            .and_then(|()| {
+                inits = restored()?;
+                self.holds_trees_of(&inits)
+            });
         if frozen.is_err() {
-            self.kill_members();
+            let _ = self.kill();
+            for pid in trees_of(&inits) {
+                kill(pid);
+            }
         }
         frozen
+    }
+
+    /// Whether every thread of the trees under `inits` is in the group (or has ended); an
+    /// error naming the first that is not, or saying that no init was found.
+    fn holds_trees_of(&self, inits: &[i32]) -> io::Result<()> {
+        if inits.is_empty() {
+            return Err(io::Error::other(
+                "CRIU's restored processes were not found among this process's children \
+                 (none under CRIU's ptrace): the frozen group cannot be shown to hold them",
+            ));
+        }
+        let threads = self.threads()?;
+        for pid in trees_of(inits) {
+            let tasks = PathBuf::from(format!("/proc/{pid}/task"));
+            for thread in fs::read_dir(&tasks).map_err(at(&tasks))? {
+                let thread = thread.map_err(at(&tasks))?.path();
+                let tid = thread.file_name().and_then(|t| t.to_str()?.parse().ok());
+                let held = tid.is_some_and(|tid| threads.contains(&tid));
+                if !held && !has_ended(&thread) {
+                    return Err(io::Error::other(format!(
+                        "restored process {pid} (thread {}) is not in the group {} frozen to \
+                         hold it: the group does not hold the restored processes",
+                        tid.unwrap_or_default(),
+                        self.group.display()
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether the group is held still: frozen as asked (`cgroup.freeze` 1), and every task
@@ -210,20 +263,96 @@ impl Hold {
         Ok(())
     }
 
-    /// SIGKILL to every process of the group and the groups below it (frozen ones die too):
-    /// `cgroup.kill` (Linux 5.14), which needs no listing, else to each listed. Never thawed
-    /// here: a process a failed listing missed stays frozen, not running unchecked; the
-    /// caller's removal of the group kills, thaws and removes it.
-    fn kill_members(&self) {
+    /// SIGKILL to every process of the group and the groups below it (frozen ones die too,
+    /// frozen): `cgroup.kill` (Linux 5.14), which needs no listing, else to each listed (a
+    /// frozen group's list is whole: none of it forks). Never thawed here: a process a failed
+    /// listing missed stays frozen, not running unchecked; the caller thaws only once this
+    /// succeeded (every process has SIGKILL pending, and a thawed task with it pending never
+    /// returns to its program), and its removal of the group removes it. An error when
+    /// neither way reached the group's processes.
+    pub fn kill(&self) -> io::Result<()> {
         if write(&self.group.join("cgroup.kill"), "1").is_ok() {
-            return;
+            return Ok(());
         }
-        for pid in self.processes().unwrap_or_default() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
+        for pid in self.processes()? {
+            kill(pid);
+        }
+        Ok(())
+    }
+}
+
+fn kill(pid: i32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+/// The caller's children (of any of its threads) that `criu` (or a thread of it) traces: the
+/// inits of the trees CRIU restored as the caller's children (`rst_sibling`), seized by CRIU
+/// until its detach.
+fn seized_children(criu: i32) -> io::Result<Vec<i32>> {
+    let own = PathBuf::from("/proc/self/task");
+    let mut children = Vec::new();
+    for thread in fs::read_dir(&own).map_err(at(&own))? {
+        let thread = thread.map_err(at(&own))?.path();
+        let listed = read(&thread.join("children"))?;
+        children.extend(
+            listed
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok()),
+        );
+    }
+    let traced_by_criu = |pid: &i32| {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status_field(&status, "TracerPid")
+            .and_then(|tracer| tracer.parse::<i32>().ok())
+            .is_some_and(|tracer| {
+                tracer == criu || Path::new(&format!("/proc/{criu}/task/{tracer}")).exists()
+            })
+    };
+    Ok(children.into_iter().filter(traced_by_criu).collect())
+}
+
+/// The processes of the trees under `inits` (each and its descendants, by `children`), as far
+/// as they can be read.
+fn trees_of(inits: &[i32]) -> Vec<i32> {
+    let mut pending = inits.to_vec();
+    let mut seen = BTreeSet::new();
+    while let Some(pid) = pending.pop() {
+        if !seen.insert(pid) {
+            continue;
+        }
+        let tasks = fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten();
+        for thread in tasks.flatten() {
+            let children = fs::read_to_string(thread.path().join("children")).unwrap_or_default();
+            pending.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok()),
             );
         }
+    }
+    seen.into_iter().collect()
+}
+
+/// The value of a `Name:\tvalue` line of a /proc status.
+fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
+    status.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key == name).then(|| value.trim())
+    })
+}
+
+/// Whether a thread (its /proc folder) has ended: its status says zombie or dead (`State:`
+/// Z or X), or it is gone. A thread whose status cannot be read for another reason has not
+/// (review m26 M6): only a real zombie may be passed over.
+pub fn has_ended(thread: &Path) -> bool {
+    match fs::read_to_string(thread.join("status")) {
+        Ok(status) => status_field(&status, "State").is_some_and(|s| s.starts_with(['Z', 'X'])),
+        Err(e) => e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH),
     }
 }
 
@@ -373,7 +502,7 @@ mod tests {
     fn a_failed_hold_kills_its_group_and_never_thaws_it() {
         let mut member = start("sleep", &["60"]);
         let group = TestGroup::frozen("kill", &[pid(&member)]).unwrap();
-        group.hold().kill_members();
+        group.hold().kill().unwrap();
         let status = member.0.wait().unwrap();
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&status),
@@ -382,6 +511,86 @@ mod tests {
         );
         let asked = read(&group.hold().group.join("cgroup.freeze")).unwrap();
         assert_eq!(asked.trim(), "1", "the group was thawed");
+    }
+
+    /// The freeze at `pre-resume` makes sure the frozen group holds the restored tree: an
+    /// init outside it (an empty or wrong group reads frozen at once) is refused and killed,
+    /// as is no init found at all. Before, the freeze alone was taken as holding the tree.
+    #[test]
+    fn a_frozen_group_that_does_not_hold_the_restored_tree_is_refused_and_the_tree_killed() {
+        let criu = start("sleep", &["60"]);
+        let mut outside = start("sleep", &["60"]);
+        let group = TestGroup::holding("elsewhere", &[pid(&criu)]).unwrap();
+        let why = group
+            .hold()
+            .freeze_holding_or_kill(pid(&criu), || Ok(vec![pid(&outside)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            why.contains(&format!("restored process {}", pid(&outside)))
+                && why.contains("is not in the group"),
+            "{why}"
+        );
+        let status = outside.0.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "{status:?}"
+        );
+        let criu = start("sleep", &["60"]);
+        let group = TestGroup::holding("none", &[pid(&criu)]).unwrap();
+        let why = group
+            .hold()
+            .freeze_holding_or_kill(pid(&criu), || Ok(Vec::new()))
+            .unwrap_err()
+            .to_string();
+        assert!(why.contains("were not found"), "{why}");
+    }
+
+    /// A tree the group holds passes.
+    #[test]
+    fn a_frozen_group_holding_the_restored_tree_passes() {
+        let criu = start("sleep", &["60"]);
+        // Forks its child once in the group.
+        let init = start("sh", &["-c", "sleep 0.2; sleep 60 & wait"]);
+        let group = TestGroup::holding("holds", &[pid(&criu), pid(&init)]).unwrap();
+        let long_sleep = |pid: &i32| {
+            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.ends_with(b"60\0"))
+        };
+        while !trees_of(&[pid(&init)]).iter().any(long_sleep) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        group
+            .hold()
+            .freeze_holding_or_kill(pid(&criu), || Ok(vec![pid(&init)]))
+            .unwrap();
+        let children = trees_of(&[pid(&init)]);
+        for child in children.iter().filter(|&&c| c != pid(&init)) {
+            kill(*child);
+        }
+    }
+
+    /// Only a thread whose status says zombie or dead (or that is gone) has ended: one whose
+    /// status cannot be read otherwise has not. Before, any failed read counted as ended, and
+    /// the thread was passed over.
+    #[test]
+    fn only_a_zombie_or_a_gone_thread_has_ended() {
+        let thread = std::env::temp_dir().join(format!("feather-ended-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&thread);
+        fs::create_dir(&thread).unwrap();
+        let gone = has_ended(&thread);
+        fs::write(thread.join("status"), "Name:\tx\nState:\tZ (zombie)\n").unwrap();
+        let zombie = has_ended(&thread);
+        fs::write(thread.join("status"), "Name:\tx\nState:\tS (sleeping)\n").unwrap();
+        let sleeping = has_ended(&thread);
+        fs::remove_file(thread.join("status")).unwrap();
+        fs::create_dir(thread.join("status")).unwrap();
+        let unreadable = has_ended(&thread);
+        let _ = fs::remove_dir_all(&thread);
+        assert_eq!(
+            (gone, zombie, sleeping, unreadable),
+            (true, true, false, false)
+        );
     }
 
     struct KilledOnDrop(i32);

@@ -217,7 +217,7 @@ pub fn walk_tree<E>(
         for thread in entries {
             let thread = thread.map_err(|e| unreadable(&tasks, e))?.path();
             let tid: i32 = thread_id(&thread).parse().unwrap_or_default();
-            if !threads.contains(&tid) && !ended(&thread) {
+            if !threads.contains(&tid) && !crate::held::has_ended(&thread) {
                 return Err(fail(Unchecked::NotHeld(format!(
                     "process {pid} (thread {tid}) of the restored tree is not in the frozen \
                      group {group}"
@@ -235,18 +235,6 @@ pub fn walk_tree<E>(
                 pending.push((child, pid == init));
             }
         }
-    }
-}
-
-/// Whether a thread (its /proc folder) has ended: a zombie, dead, or gone. Such a task is in
-/// no group's list, and runs nothing again.
-fn ended(thread: &Path) -> bool {
-    match fs::read_to_string(thread.join("status")) {
-        Ok(status) => status.lines().any(|line| {
-            line.strip_prefix("State:")
-                .is_some_and(|state| state.trim_start().starts_with(['Z', 'X']))
-        }),
-        Err(_) => true,
     }
 }
 

@@ -62,33 +62,54 @@ pub enum Found {
     },
 }
 
+/// What a refusal of a kernel knob (a read-only path, a mask, a sysfs or cgroup mount's
+/// flags) adds: its two likely causes, and what to do for each (review m26 M8: every refusal
+/// said "a checkpoint altered", also where the host differs).
+pub const KNOB_CAUSES: &str = "either the checkpoint was taken under another kernel or \
+    config (a kernel path absent at the dump and present here, other read-only or masked \
+    paths): restore it with the config it was taken with, on a like kernel, or start anew; or \
+    it was altered to leave the kernel's knobs writable: restore only checkpoints this host or \
+    a trusted one took";
+
+/// What a refusal of a mount the restore cannot account for ([`crate::restored_sources`])
+/// adds: its two likely causes, and what to do for each.
+pub const SOURCE_CAUSES: &str = "a mount the restore cannot account for: either a host mount \
+    changed while the restore ran (restore again), or the checkpoint was altered to bind or \
+    mount a host filesystem in the tree: restore only checkpoints this host or a trusted one \
+    took";
+
 /// Judges one mount tree: `mounts`, its mountinfo; `look`, what is at a path. The refusal
-/// names the path and what is wrong with it.
+/// names the path, what is wrong with it and its likely causes ([`KNOB_CAUSES`],
+/// [`SOURCE_CAUSES`]).
 pub fn judge(
     mounts: &[MountEntry],
     expected: &Expected,
     look: &mut dyn FnMut(&Path) -> Result<Found, String>,
 ) -> Result<(), String> {
+    let knob = |why: String| format!("{why}; {KNOB_CAUSES}");
     for mount in mounts {
         if let Some(before) = &expected.before {
-            crate::restored_sources::account(mount, before)?;
+            crate::restored_sources::account(mount, before)
+                .map_err(|why| format!("{why}; {SOURCE_CAUSES}"))?;
         }
-        judge_filesystem(mount, expected)?;
+        judge_filesystem(mount, expected).map_err(knob)?;
     }
     for read_only in &expected.read_only {
         for path in kernel_places(mounts, &read_only.path) {
-            judge_read_only(mounts, &path, read_only.recursive, look)?;
+            if let Some(why) = judge_read_only(mounts, &path, read_only.recursive, look)? {
+                return Err(knob(why));
+            }
         }
     }
     for masked in &expected.masked {
         for path in kernel_places(mounts, masked) {
             if let found @ (Found::Link | Found::At { .. }) = look(&path)? {
                 if !is_mask(mounts, &found) {
-                    return Err(format!(
+                    return Err(knob(format!(
                         "{} is not masked (neither /dev/null nor an empty read-only tmpfs \
                          covers it)",
                         path.display()
-                    ));
+                    )));
                 }
             }
         }
@@ -146,13 +167,14 @@ fn kernel_places(mounts: &[MountEntry], path: &Path) -> Vec<PathBuf> {
     places
 }
 
-/// `path` (and with `recursive` each mount below it) read-only or a mask.
+/// `path` (and with `recursive` each mount below it) read-only or a mask: why not, if not (an
+/// error: what could not be looked at).
 fn judge_read_only(
     mounts: &[MountEntry],
     path: &Path,
     recursive: bool,
     look: &mut dyn FnMut(&Path) -> Result<Found, String>,
-) -> Result<(), String> {
+) -> Result<Option<String>, String> {
     let mut places = vec![path.to_path_buf()];
     if recursive {
         let below = mounts
@@ -176,17 +198,17 @@ fn judge_read_only(
                 true => String::new(),
                 false => format!(" (below {})", path.display()),
             };
-            return Err(format!(
+            return Ok(Some(format!(
                 "{}{under} is writable{}, where it is read-only",
                 place.display(),
                 match found {
                     Found::Link => " or reached through a link",
                     _ => "",
                 },
-            ));
+            )));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Whether `found` is what a mask leaves at a path: `/dev/null`, or an empty folder on a
@@ -217,28 +239,47 @@ pub fn check_tree(init: i32, hold: &crate::held::Hold, expected: &Expected) -> R
     crate::restored::walk_tree(
         init,
         hold,
-        |thread| {
-            // A zombie has no namespace left, and runs nothing again.
-            let Ok(namespace) = crate::restored::namespace(thread.path, "mnt") else {
-                return Ok(());
-            };
-            // Read whole from the namespace's root: the same for every thread in it, whatever
-            // its own root.
-            if seen.contains(&namespace) {
-                return Ok(());
-            }
-            check_thread_view(thread.path, expected).map_err(|why| {
-                format!(
-                    "in the mount namespace {} of process {}: {why}",
-                    namespace.display(),
-                    thread.pid
-                )
-            })?;
-            seen.push(namespace);
-            Ok(())
-        },
+        |thread| check_namespace_of(&thread, &mut seen, expected),
         |unchecked| unchecked.to_string(),
     )
+}
+
+/// Checks the mount namespace of `thread` unless one of `seen` (read whole from the
+/// namespace's root: the same for every thread in it, whatever its own root).
+fn check_namespace_of(
+    thread: &crate::restored::Thread,
+    seen: &mut Vec<PathBuf>,
+    expected: &Expected,
+) -> Result<(), String> {
+    let namespace = match crate::restored::namespace(thread.path, "mnt") {
+        Ok(namespace) => namespace,
+        // A zombie has no namespace left, and runs nothing again; only a thread the kernel
+        // says is one (`State:` Z or X) or gone is passed over (review m26 M6, mntcheck26
+        // MC-7: any unreadable namespace was, its mounts never read).
+        Err(_) if crate::held::has_ended(thread.path) => return Ok(()),
+        Err(e) => {
+            return Err(format!(
+                "cannot read the mount namespace of process {} (thread {}) to check its \
+                 mounts: {e}; it is no zombie, whose namespace alone may be passed over",
+                thread.pid,
+                crate::restored::thread_id(thread.path)
+            ))
+        }
+    };
+    if seen.contains(&namespace) {
+        return Ok(());
+    }
+    check_thread_view(thread.path, expected).map_err(|why| {
+        let command = fs::read_to_string(format!("/proc/{}/comm", thread.pid)).unwrap_or_default();
+        format!(
+            "in the mount namespace {} of process {} ({:?}): {why}",
+            namespace.display(),
+            thread.pid,
+            command.trim_end_matches('\n')
+        )
+    })?;
+    seen.push(namespace);
+    Ok(())
 }
 
 /// One mount namespace of the tree judged whole: a thread of this process with its own root
@@ -433,9 +474,69 @@ mod tests {
             .collect()
     }
 
+    /// A thread whose mount namespace cannot be read is refused unless its status says it is
+    /// a zombie: before, any such thread was passed over, its mounts never read.
+    #[test]
+    fn only_a_zombie_s_unreadable_namespace_is_passed_over() {
+        let thread = std::env::temp_dir().join(format!("feather-ns-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&thread);
+        fs::create_dir(&thread).unwrap();
+        let checked = |state: &str| {
+            fs::write(
+                thread.join("status"),
+                format!("Name:\tx\nState:\t{state}\n"),
+            )
+            .unwrap();
+            let visited = crate::restored::Thread {
+                pid: 7,
+                path: &thread,
+                init: true,
+                child_of_init: false,
+            };
+            check_namespace_of(&visited, &mut Vec::new(), &docker())
+        };
+        let sleeping = checked("S (sleeping)");
+        let zombie = checked("Z (zombie)");
+        let _ = fs::remove_dir_all(&thread);
+        let why = sleeping.unwrap_err();
+        assert!(
+            why.contains("cannot read the mount namespace of process 7"),
+            "{why}"
+        );
+        zombie.unwrap();
+    }
+
     #[test]
     fn the_tree_create_makes_passes() {
         assert_eq!(judged(CREATED, &docker()), Ok(()));
+    }
+
+    /// A refusal says its two likely causes, by kind: a knob's, a checkpoint of another kernel
+    /// or config or one altered; a mount not accounted for, a host mount that changed during
+    /// the restore or a checkpoint altered to bind a host filesystem. Before, the callers
+    /// called every refusal "a checkpoint altered to leave the kernel's knobs writable".
+    #[test]
+    fn a_refusal_names_its_likely_causes_by_kind() {
+        let knob = judged(&without("102 "), &docker()).unwrap_err();
+        assert!(
+            knob.contains("taken under another kernel or config")
+                && knob.contains("altered to leave the kernel's knobs writable")
+                && !knob.contains("account for"),
+            "{knob}"
+        );
+        let host = feather_sys::mountinfo::parse("1 0 8:1 / / rw - ext4 /dev/sda1 rw\n");
+        let expected = Expected {
+            before: Some(crate::restored_sources::Before::of(&host, &[], false)),
+            ..docker()
+        };
+        let bound = format!("{CREATED}108 100 8:1 /etc /mnt rw - ext4 /dev/sda1 rw\n");
+        let source = judged(&bound, &expected).unwrap_err();
+        assert!(
+            source.contains("a mount the restore cannot account for")
+                && source.contains("a host mount changed while the restore ran")
+                && !source.contains("knobs"),
+            "{source}"
+        );
     }
 
     #[test]
@@ -631,7 +732,8 @@ mod tests {
             let held = crate::held::TestGroup::frozen(&label, &[pid]).unwrap();
             let refusal = check_tree(pid, held.hold(), &without_masks).unwrap_err();
             assert!(
-                refusal.contains(&format!("of process {pid}: /proc/sys is writable")),
+                refusal.contains(&format!("of process {pid} (\""))
+                    && refusal.contains("\"): /proc/sys is writable"),
                 "{writable}: {refusal}"
             );
         }

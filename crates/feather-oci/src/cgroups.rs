@@ -21,6 +21,16 @@ pub struct Groups {
     relative: PathBuf,
 }
 
+/// The cgroup v2 hierarchy a restore holds its restored tree still in ([`Groups::hold`]); an
+/// error saying so and what to do where none is mounted (a v1-only machine).
+pub fn v2_for_holding() -> Result<PathBuf> {
+    v2_mount().context(
+        "no cgroup v2 hierarchy is mounted: a restore holds the restored processes still with \
+         the v2 freezer (cgroup.freeze), also on a machine whose other controllers are v1; \
+         mount one (cgroup2, at /sys/fs/cgroup/unified on a hybrid machine)",
+    )
+}
+
 /// Every cgroup hierarchy mounted: (name inside /sys/fs/cgroup, mount point).
 pub fn hierarchies() -> Vec<(String, PathBuf)> {
     feather_sys::mountinfo::mounts()
@@ -337,11 +347,7 @@ impl Groups {
     /// The group's v2 freezer, where a restore holds the restored tree still
     /// ([`feather_confine::held`], which says why not the v1 one).
     pub fn hold(&self) -> Result<feather_confine::held::Hold> {
-        let mount = v2_mount().context(
-            "no cgroup v2 hierarchy is mounted: a restore holds the restored processes still \
-             with the v2 freezer (cgroup.freeze), also on a machine whose other controllers \
-             are v1; mount one (cgroup2, at /sys/fs/cgroup/unified on a hybrid machine)",
-        )?;
+        let mount = v2_for_holding()?;
         Ok(feather_confine::held::Hold::v2(&mount, &self.relative)?)
     }
 

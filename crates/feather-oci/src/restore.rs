@@ -60,6 +60,9 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
         bail!("restore {}", checkpoint::refusal(flag));
     }
     let mode = checkpoint::cgroups_mode(args.manage_cgroups_mode.as_deref())?;
+    // Before anything is made (review m26 M7: a v1-only machine made the container, its
+    // cgroup, the rootfs's mount points and CRIU's work folder each time, then failed here).
+    crate::cgroups::v2_for_holding().context("restore")?;
     let criu = Criu::locate()?;
     let images = checkpoint::open_folder(&args.image_path, "--image-path")?;
     if !args.image_path.join("inventory.img").exists() {
@@ -77,10 +80,10 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
             container.groups().create(linux.resources().as_ref())
         })
         .and_then(|()| {
+            let hold = container.groups().hold()?;
             let allowed = crate::restored::Allowed::for_config(&spec)?;
             let mounts = crate::restored_mounts::expected(&spec, &container)?;
             let (call, netns, work) = prepare(&criu, &container, &spec, args, images, mode)?;
-            let hold = container.groups().hold()?;
             let read_only_root = spec.root().as_ref().and_then(|r| r.readonly()) == Some(true);
             let where_criu_ran =
                 CriuMountTable::new().context("make the file CRIU's mount table goes in")?;
@@ -529,9 +532,7 @@ fn resume_if_allowed(
             })
         });
     if let Err(error) = checked {
-        let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
-        container.groups().kill_all();
-        let _ = waitpid(init, None);
+        kill_refused(init, &container.groups(), hold);
         return Err(error);
     }
     for member in container.groups().members() {
@@ -567,6 +568,27 @@ struct CriuPlace<'a> {
     container: &'a Container,
     rootfs: RestoredRoot<'a>,
     mounts: &'a CriuMountTable,
+}
+
+/// Kills a refused restored tree while it is still frozen: the held group's `cgroup.kill`
+/// first ([`Hold::kill`](feather_confine::held::Hold::kill), which never thaws), then its init,
+/// then the container's groups in every hierarchy, whose kill thaws them (review m26 M5:
+/// before, that kill came first, and where its own `cgroup.kill` or listing failed, which it
+/// only warns of, it thawed a group whose processes had no SIGKILL pending: a task CRIU left
+/// stopped then ran on a restored SIGCONT timer). Thawed only once every process of the held
+/// group has SIGKILL pending: where even that failed, the group is left frozen here.
+fn kill_refused(init: Pid, groups: &crate::cgroups::Groups, hold: &feather_confine::held::Hold) {
+    let killed = hold.kill();
+    let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
+    let _ = waitpid(init, None);
+    match killed {
+        Ok(()) => groups.kill_all(),
+        Err(e) => crate::log::warn(&format!(
+            "the refused restore's processes could not be killed in their frozen group {}: \
+             {e}; it is left frozen",
+            hold.group().display()
+        )),
+    }
 }
 
 /// The container's rootfs as CRIU is to restore it: CRIU binds the restored root from this
@@ -641,5 +663,60 @@ fn wait_for(pid: Pid) -> Result<i32> {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e).context("wait for the restored container"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process the test started, killed and reaped on drop.
+    struct Started(std::process::Child);
+
+    impl Drop for Started {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn sleep() -> Started {
+        Started(
+            std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// A refused tree is killed through its held group before anything thaws: a process the
+    /// container's groups do not reach (their listing or `cgroup.kill` failed, or they see
+    /// another group) but the hold holds dies, and the hold is not thawed. Before, the
+    /// container's kill came first and alone, and this process lived on. The hold here is a
+    /// folder shaped as a group whose `cgroup.kill` cannot be written (a kernel before 5.14):
+    /// its listing is used.
+    #[test]
+    fn a_refused_tree_is_killed_through_its_frozen_group_first() {
+        let folder = std::env::temp_dir().join(format!("feather-oci-kill-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&folder);
+        fs::create_dir(&folder).unwrap();
+        let init = sleep();
+        let mut member = sleep();
+        fs::write(folder.join("cgroup.freeze"), "1").unwrap();
+        fs::write(folder.join("cgroup.procs"), format!("{}\n", member.0.id())).unwrap();
+        std::os::unix::fs::symlink("/nonexistent/cgroup.kill", folder.join("cgroup.kill")).unwrap();
+        let hold = feather_confine::held::Hold::v2(&folder, Path::new("")).unwrap();
+        let groups =
+            crate::cgroups::Groups::new(&format!("feather-oci-test-none-{}", std::process::id()));
+        kill_refused(Pid::from_raw(init.0.id() as i32), &groups, &hold);
+        let status = member.0.wait().unwrap();
+        let frozen = fs::read_to_string(folder.join("cgroup.freeze")).unwrap();
+        let _ = fs::remove_dir_all(&folder);
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "{status:?}"
+        );
+        assert_eq!(frozen, "1", "the hold was thawed");
     }
 }

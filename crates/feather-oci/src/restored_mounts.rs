@@ -161,9 +161,8 @@ pub fn check_tree(
 ) -> Result<()> {
     feather_confine::restored_mounts::check_tree(init, hold, expected).map_err(|why| {
         anyhow::anyhow!(
-            "the restored container's mounts are not what its config makes: {why} (a \
-             checkpoint altered to leave the kernel's knobs writable); refusing the restore: \
-             restore a checkpoint this host or a trusted one took"
+            "the restored container's mounts are not what its config makes: {why}; refusing \
+             the restore"
         )
     })
 }

@@ -672,8 +672,10 @@ impl Keeper {
             return Err(keeper.give_back(&prior, why));
         }
         if keeper.hold.is_none() {
+            if let Err(e) = keeper.continue_processes() {
+                return Err(keeper.give_back_for(&prior, e));
+            }
             keeper.let_traffic_through();
-            keeper.continue_processes();
         }
         trace::phase("restore: state folders hidden, processes continued");
         Ok(keeper)
@@ -763,6 +765,12 @@ impl Keeper {
     /// is held: no other command reads the VM as running without a keeper meanwhile, nor
     /// restores it while its stopped processes are still there.
     fn give_back(self, prior: &VmState, why: hiding::HidingError) -> VmError {
+        let vm = self.vm.name().to_string();
+        self.give_back_for(prior, VmError::NotHidden { vm, source: why })
+    }
+
+    /// [`Keeper::give_back`], for `error`, which it returns.
+    fn give_back_for(self, prior: &VmState, error: VmError) -> VmError {
         if let Some(recording) = self.recording.borrow_mut().take() {
             let _ = recording.join();
         }
@@ -773,9 +781,8 @@ impl Keeper {
                 causes(&e)
             );
         }
-        let vm = self.vm.name().to_string();
         self.abandon();
-        VmError::NotHidden { vm, source: why }
+        error
     }
 
     /// Opens the VM's link to its bridge, which a restore into a namespace made anew keeps
@@ -791,14 +798,11 @@ impl Keeper {
     }
 
     /// Continues the VM's processes, which CRIU restored stopped and the restore froze
-    /// (`snapshot::restore_tree`): thawed, then continued.
-    fn continue_processes(&self) {
-        if let Some(Err(e)) = self.cgroup.as_ref().map(Cgroup::thaw) {
-            eprintln!(
-                "feather keeper {}: cannot thaw the VM: {}",
-                self.vm.name(),
-                causes(&e)
-            );
+    /// (`snapshot::restore_tree`): thawed, then continued. A thaw that fails is the restore's
+    /// failure: the caller ends the VM, still frozen ([`Keeper::give_back_for`]).
+    fn continue_processes(&self) -> Result<()> {
+        if let Some(cgroup) = &self.cgroup {
+            snapshot::thaw_restored(self.vm.name(), cgroup)?;
         }
         for pid in self
             .cgroup
@@ -809,6 +813,7 @@ impl Keeper {
             let _ = nix::sys::signal::kill(pid, Signal::SIGCONT);
         }
         let _ = process::signal(&self.init.pidfd, Signal::SIGCONT);
+        Ok(())
     }
 
     /// [`Keeper::record_running`], durably, on a thread of its own.

@@ -85,10 +85,8 @@ pub(crate) fn check_tree(
         failed(
             name,
             format!(
-                "the restored VM's mounts are not what feather makes in a VM: {why} (a \
-                 checkpoint altered, or sent, to leave the kernel's knobs writable); refusing \
-                 the restore: start the VM anew or restore a checkpoint this host or a trusted \
-                 one took"
+                "the restored VM's mounts are not what feather makes in a VM: {why}; \
+                 refusing the restore"
             ),
         )
     })

@@ -871,7 +871,7 @@ pub(crate) fn restore_tree(
     .and_then(|allowed| {
         crate::restored_creds::check_tree(name, init.pid, &allowed, restoring_mnt.as_deref(), &hold)
     })
-    .and_then(|()| mask_what_the_dump_lacked(vm, &init))
+    .and_then(|()| mask_what_the_dump_lacked(vm, &init, &hold))
     .and_then(|()| {
         let exposed: Vec<PathBuf> = std::iter::once(rootfs.clone())
             .chain(mapping.iter().map(|(_, path)| path.clone()))
@@ -893,6 +893,9 @@ pub(crate) fn restore_tree(
         regrouped
     });
     if let Err(e) = ready {
+        // Killed frozen, the held group first (review m26 M5); thawed only by the group's
+        // removal, which kills again first.
+        let _ = hold.kill();
         let _ = process::signal(&init.pidfd, nix::sys::signal::Signal::SIGKILL);
         let _ = waitpid(init.pid, None);
         return Err(e);
@@ -1077,15 +1080,55 @@ fn mount_restored_layer(
     }
 }
 
-/// Masks the kernel interfaces that the restored VM of `init` sees unmasked: CRIU recreates
-/// only the masks it dumped, and a folder or file that was not there at the dump (another
-/// host's kernel, a driver loaded since) may be here. Done while the VM is stopped.
-fn mask_what_the_dump_lacked(vm: &VmDir, init: &ChildProcess) -> Result<()> {
+/// Masks the kernel interfaces that the restored VM of `init` sees unmasked, in every mount
+/// namespace of it (init's first, then each other one a process of the frozen group `hold`
+/// is in: a unit's `PrivateTmp=` namespace): CRIU recreates only the masks it dumped, and a
+/// folder or file that was not there at the dump (another host's kernel, a driver loaded
+/// since) may be here. Every namespace, not init's alone (review m26 M3: the mount check
+/// requires the masks in each, and a migrated VM with such a unit was refused): a second
+/// namespace is the VM's as much as init's, and a mask left out there would show its
+/// processes the kernel interface (requiring there only what the dump had would). Done while
+/// the VM is frozen.
+fn mask_what_the_dump_lacked(vm: &VmDir, init: &ChildProcess, hold: &Hold) -> Result<()> {
     let name = vm.name();
-    let mountinfo = format!("/proc/{}/mountinfo", init.pid);
+    let cannot = |e: std::io::Error| {
+        failed(
+            name,
+            format!("cannot list the restored processes to mask their kernel interfaces: {e}"),
+        )
+    };
+    let mut seen = Vec::new();
+    let others = hold.processes().map_err(cannot)?;
+    for pid in std::iter::once(init.pid.as_raw()).chain(others) {
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        let namespace = match feather_confine::restored::namespace(&proc, "mnt") {
+            Ok(namespace) => namespace,
+            // A zombie has none; any other process is refused by the mount check after.
+            Err(_) => continue,
+        };
+        if seen.contains(&namespace) {
+            continue;
+        }
+        seen.push(namespace);
+        match pid == init.pid.as_raw() {
+            true => mask_in_namespace_of(vm, pid, &init.pidfd)?,
+            false => {
+                let pidfd = process::pidfd_open(Pid::from_raw(pid)).in_vm(name)?;
+                mask_in_namespace_of(vm, pid, &pidfd)?
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Masks the kernel interfaces that the mount namespace of process `pid` (`pidfd`) of the
+/// restored VM shows unmasked.
+fn mask_in_namespace_of(vm: &VmDir, pid: i32, pidfd: &std::os::fd::OwnedFd) -> Result<()> {
+    let name = vm.name();
+    let mountinfo = format!("/proc/{pid}/mountinfo");
     let text = fs::read_to_string(&mountinfo).at(&mountinfo).in_vm(name)?;
     // A path the VM's kernel lacks needs no helper (which looks again, safely, at the rest).
-    let root = PathBuf::from(format!("/proc/{}/root", init.pid));
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
     let missing: Vec<PathBuf> = rootfs::unmasked(&feather_sys::mountinfo::parse(&text))
         .into_iter()
         .filter(|path| fs::symlink_metadata(root.join(path)).is_ok())
@@ -1093,8 +1136,35 @@ fn mask_what_the_dump_lacked(vm: &VmDir, init: &ChildProcess) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    process::mask_in_mount_namespace_of(&init.pidfd, &missing).in_vm(name)?;
+    process::mask_in_mount_namespace_of(pidfd, &missing).in_vm(name)?;
     Ok(())
+}
+
+/// For tests only: set (to anything) in a keeper's environment, the thaw of its restored VM
+/// fails ([`thaw_restored`]), as a `cgroup.freeze` that cannot be written would. Unset
+/// (always, outside tests), nothing fails.
+pub const FAIL_RESTORED_THAW: &str = "FEATHER_TEST_FAIL_RESTORED_THAW";
+
+/// Thaws the restored VM's group, frozen since CRIU's `pre-resume` (review freeze26 F26-8:
+/// its failure was only logged, and the VM, recorded running, stayed frozen for good; the
+/// callers now end it instead), unless a test fails it ([`FAIL_RESTORED_THAW`]).
+pub(crate) fn thaw_restored(name: &feather_core::VmName, cgroup: &Cgroup) -> Result<()> {
+    let cannot = |why: String| {
+        failed(
+            name,
+            format!(
+                "cannot thaw its restored processes (held frozen for their check in {}): \
+                 {why}; they were killed and the restore failed",
+                cgroup.v2_dir().unwrap_or_default().display()
+            ),
+        )
+    };
+    if crate::test_hooks::set(FAIL_RESTORED_THAW).is_some() {
+        return Err(cannot(format!("{FAIL_RESTORED_THAW} is set (a test)")));
+    }
+    cgroup
+        .thaw()
+        .map_err(|e| cannot(feather_core::error::causes(&e)))
 }
 
 /// How long a lazy restore waits for `criu lazy-pages` to listen.
@@ -1197,9 +1267,13 @@ pub(crate) fn await_release(
                     return false;
                 }
                 let _ = fs::remove_file(vm.checkpoint_dir().join(HOLD));
-                // Frozen since CRIU's pre-resume, and stopped by its SIGSTOP.
-                if let Some(Err(e)) = cgroup.map(Cgroup::thaw) {
-                    eprintln!("feather keeper {}: cannot thaw the VM: {e}", vm.name());
+                // Frozen since CRIU's pre-resume, and stopped by its SIGSTOP. Still frozen, it
+                // is ended here, and the sender keeps the VM.
+                if let Some(Err(e)) = cgroup.map(|cgroup| thaw_restored(vm.name(), cgroup)) {
+                    let message = feather_core::error::causes(&e);
+                    eprintln!("feather keeper {}: {message}", vm.name());
+                    let _ = protocol::write_response(&stream, &Response::Error { message });
+                    return false;
                 }
                 for pid in cgroup.map(Cgroup::members).unwrap_or_default() {
                     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);

@@ -3,7 +3,8 @@
 //! [`crate::keeper`], and [`crate::rootfs::HOLD_AFTER_MOUNTS_FOUND`], which a VM's init waits for)
 //! or make one step fail ([`set`]: [`crate::snapshot::FAIL_LAYERS`],
 //! [`crate::checkpoint::FAIL_AFTER_DUMPED`], [`crate::keeper::FAIL_SEIZED_FREEZE`],
-//! [`crate::migration::FAIL_RELEASE_RECORD`], [`crate::snapshot::CRIU_CONFIG_MISSING`], or answer
+//! [`crate::migration::FAIL_RELEASE_RECORD`], [`crate::snapshot::CRIU_CONFIG_MISSING`],
+//! [`crate::snapshot::FAIL_RESTORED_THAW`], or answer
 //! as an older keeper: [`crate::keeper::AS_AN_OLDER_KEEPER`]). Only a debug build reads them — the
 //! tests run debug builds — so a release keeper cannot be held in the middle of a dump, with its VM
 //! frozen or seized, nor made to fail one, by whatever sets its environment.
