@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-pub use feather_testkit::{eventually, run, Outcome};
+pub use feather_testkit::{a_disk, eventually, run, Outcome};
 use serde_json::{json, Value};
 
 pub fn runtime_bin() -> &'static str {
@@ -157,18 +157,6 @@ pub fn base_config(args: &[&str]) -> Value {
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
         }
     })
-}
-
-/// "major:minor" of a disk of this host (not a loop device).
-pub fn a_disk() -> String {
-    fs::read_dir("/sys/block")
-        .unwrap()
-        .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with("loop"))
-        .filter_map(|e| fs::read_to_string(e.path().join("dev")).ok())
-        .map(|d| d.trim().to_owned())
-        .next()
-        .expect("a block device")
 }
 
 /// A bundle folder with a busybox rootfs and `config` as its config.json.

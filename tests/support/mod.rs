@@ -203,6 +203,13 @@ impl Feather {
     }
 }
 
+/// The start time of process `pid` in clock ticks since boot (field 22 of its stat line).
+pub fn start_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 1..];
+    after.split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
 /// The names in folder `dir`, in no order (none where it cannot be read).
 pub fn names_in(dir: &Path) -> Vec<String> {
     fs::read_dir(dir)

@@ -1,7 +1,7 @@
 //! What feather's integration test crates share, so that each is written once: a scratch
 //! folder of a test's own ([`unique_dir`]), the outcome of a command ([`Outcome`], [`run`]),
-//! waiting for a condition ([`eventually`]), and CRIU's images rewritten as a crafted
-//! checkpoint would have them ([`criu_image`], over protobuf's wire format: [`protobuf`]).
+//! waiting for a condition ([`eventually`]), a disk of the host ([`a_disk`]), and CRIU's images
+//! rewritten as a crafted checkpoint would have them ([`criu_image`], over protobuf's wire format: [`protobuf`]).
 //!
 //! It is a dev-dependency only: of `feather` (whose test crates are tests/functional,
 //! tests/security and tests/web) and `feather-oci` (tests/oci). Product code never depends on
@@ -34,6 +34,18 @@ pub fn unique_dir(kind: &str, label: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// "major:minor" of a disk of this host (not a loop device).
+pub fn a_disk() -> String {
+    std::fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with("loop"))
+        .filter_map(|e| std::fs::read_to_string(e.path().join("dev")).ok())
+        .map(|d| d.trim().to_owned())
+        .next()
+        .expect("a block device")
 }
 
 /// The result of one command: its exit code (-1 if a signal ended it) and its output as text.
