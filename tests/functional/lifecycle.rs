@@ -1,6 +1,6 @@
 use std::fs;
 
-use crate::support::{self, Feather, LoneFeather, ScratchBase};
+use crate::support::{self, start_ticks, Feather, LoneFeather, ScratchBase};
 
 #[test]
 fn create_start_stop_rm_round_trip() {
@@ -463,17 +463,6 @@ fn ended_or_in(pid: u32, calls: &[libc::c_long]) -> bool {
             })
         });
     ended || waiting
-}
-
-/// The start time of process `pid` in clock ticks since boot (field 22 of its stat line).
-fn start_ticks(pid: u32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    stat[stat.rfind(')').unwrap() + 1..]
-        .split_whitespace()
-        .nth(19)
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 /// A keeper killed after it answered a stop lets go of its lock as its descriptors close, and

@@ -11,6 +11,8 @@ use crate::support::{
     base_config, busybox_image_tar, busybox_layer_tar, eventually, runtime_bin, Bundle, Containerd,
     Dockerd, Outcome, Podman, Runtime, Scratch,
 };
+use feather_testkit::criu_image::{rewrite_images, with_sigcont_timer};
+use feather_testkit::protobuf::{decode, encode, rewrite_field, Value};
 
 /// Counts up in /tmp/count, five times a second, each value renamed into place (written in
 /// place, a read between the truncation and the write found the file empty).
@@ -493,31 +495,6 @@ fn rewrite_entries(
     rewritten
 }
 
-/// Rewrites every entry of the images in `images` whose names begin with `prefix` into what
-/// `rewrite` makes of it; an entry rewritten into nothing is left out. A CRIU image is two
-/// magic words, then entries: each a little-endian u32 length, then the encoded message.
-fn rewrite_images(images: &Path, prefix: &str, mut rewrite: impl FnMut(&[u8]) -> Vec<u8>) {
-    for entry in fs::read_dir(images).unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !(name.starts_with(prefix) && name.ends_with(".img")) {
-            continue;
-        }
-        let image = fs::read(entry.path()).unwrap();
-        let (mut out, mut rest) = (image[..8].to_vec(), &image[8..]);
-        while !rest.is_empty() {
-            let size = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
-            let body = rewrite(&rest[4..4 + size]);
-            rest = &rest[4 + size..];
-            if body.is_empty() {
-                continue;
-            }
-            out.extend((body.len() as u32).to_le_bytes());
-            out.extend(body);
-        }
-        fs::write(entry.path(), out).unwrap();
-    }
-}
-
 /// `body` with a second `source` field appended, which the decoder takes (the last value of
 /// a field wins), the entry's other fields untouched.
 fn with_source(mut body: Vec<u8>, source: &Path) -> Vec<u8> {
@@ -531,11 +508,11 @@ fn with_source(mut body: Vec<u8>, source: &Path) -> Vec<u8> {
 
 /// `body` without its fields `dropped`.
 fn without_fields(body: &[u8], dropped: &[u64]) -> Vec<u8> {
-    let kept: Vec<(u64, Wire)> = wire_fields(body)
+    let kept: Vec<(u64, Value)> = decode(body)
         .into_iter()
         .filter(|(number, _)| !dropped.contains(number))
         .collect();
-    wire_encode(&kept)
+    encode(&kept)
 }
 
 /// Restores `images`, rewritten by a test to bind a host file of root's at the mask of
@@ -1160,96 +1137,6 @@ fn restore_detached(
     runtime.run_into(args, output)
 }
 
-/// One field of a protobuf message as the wire has it: (number, value).
-enum Wire {
-    Varint(u64),
-    Fixed64([u8; 8]),
-    Bytes(Vec<u8>),
-    Fixed32([u8; 4]),
-}
-
-fn read_varint(bytes: &[u8], at: &mut usize) -> u64 {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = bytes[*at];
-        *at += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            break;
-        }
-    }
-    value
-}
-
-fn write_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-/// A message's fields in their order, unknown ones kept (prost would drop them).
-fn wire_fields(bytes: &[u8]) -> Vec<(u64, Wire)> {
-    let (mut fields, mut at) = (Vec::new(), 0);
-    while at < bytes.len() {
-        let key = read_varint(bytes, &mut at);
-        let value = match key & 7 {
-            0 => Wire::Varint(read_varint(bytes, &mut at)),
-            1 => {
-                at += 8;
-                Wire::Fixed64(bytes[at - 8..at].try_into().unwrap())
-            }
-            2 => {
-                let len = read_varint(bytes, &mut at) as usize;
-                at += len;
-                Wire::Bytes(bytes[at - len..at].to_vec())
-            }
-            5 => {
-                at += 4;
-                Wire::Fixed32(bytes[at - 4..at].try_into().unwrap())
-            }
-            other => panic!("wire type {other} in a CRIU image"),
-        };
-        fields.push((key >> 3, value));
-    }
-    fields
-}
-
-fn wire_encode(fields: &[(u64, Wire)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (number, value) in fields {
-        let kind = match value {
-            Wire::Varint(_) => 0,
-            Wire::Fixed64(_) => 1,
-            Wire::Bytes(_) => 2,
-            Wire::Fixed32(_) => 5,
-        };
-        write_varint(&mut out, number << 3 | kind);
-        match value {
-            Wire::Varint(v) => write_varint(&mut out, *v),
-            Wire::Fixed64(b) => out.extend(b),
-            Wire::Bytes(b) => {
-                write_varint(&mut out, b.len() as u64);
-                out.extend(b);
-            }
-            Wire::Fixed32(b) => out.extend(b),
-        }
-    }
-    out
-}
-
-/// Rewrites the message field `number` of `message` with `change` (each occurrence).
-fn rewrite_field(message: &[u8], number: u64, change: &mut dyn FnMut(&[u8]) -> Vec<u8>) -> Vec<u8> {
-    let mut fields = wire_fields(message);
-    for (n, value) in &mut fields {
-        if let (true, Wire::Bytes(inner)) = (*n == number, &mut *value) {
-            *inner = change(inner);
-        }
-    }
-    wire_encode(&fields)
-}
-
 /// Adds `cap` to the low word of the bounding, permitted and effective sets every core image
 /// in `images` gives its thread (CoreEntry.thread_core (5) → ThreadCoreEntry.creds (10) →
 /// CredsEntry.cap_prm (10), cap_eff (11), cap_bnd (12): CRIU's images/core.proto and
@@ -1259,18 +1146,18 @@ fn raise_capability(images: &Path, cap: u32) -> usize {
     rewrite_images(images, "core-", |core| {
         rewrite_field(core, 5, &mut |thread_core| {
             rewrite_field(thread_core, 10, &mut |creds| {
-                let mut fields = wire_fields(creds);
+                let mut fields = decode(creds);
                 for set in [10, 11, 12] {
                     // The first value of each set is its low word (capabilities 0-31).
                     let low = fields
                         .iter_mut()
-                        .find(|(n, v)| *n == set && matches!(v, Wire::Varint(_)));
-                    if let Some((_, Wire::Varint(word))) = low {
+                        .find(|(n, v)| *n == set && matches!(v, Value::Varint(_)));
+                    if let Some((_, Value::Varint(word))) = low {
                         *word |= 1 << cap;
                         raised += 1;
                     }
                 }
-                wire_encode(&fields)
+                encode(&fields)
             })
         })
     });
@@ -1317,14 +1204,14 @@ fn set_uids(images: &Path, uid: u64) -> usize {
     rewrite_images(images, "core-", |core| {
         rewrite_field(core, 5, &mut |thread_core| {
             rewrite_field(thread_core, 10, &mut |creds| {
-                let mut fields = wire_fields(creds);
+                let mut fields = decode(creds);
                 for (number, value) in &mut fields {
-                    if let (1 | 3 | 5 | 7, Wire::Varint(id)) = (*number, &mut *value) {
+                    if let (1 | 3 | 5 | 7, Value::Varint(id)) = (*number, &mut *value) {
                         *id = uid;
                         set += 1;
                     }
                 }
-                wire_encode(&fields)
+                encode(&fields)
             })
         })
     });
@@ -1364,14 +1251,14 @@ fn map_all_ids(images: &Path) -> usize {
     let mut mapped = 0;
     rewrite_images(images, "userns-", |userns| {
         let mut change = |extent: &[u8]| {
-            let mut fields = wire_fields(extent);
+            let mut fields = decode(extent);
             for (number, value) in &mut fields {
-                if let Wire::Varint(id) = value {
+                if let Value::Varint(id) = value {
                     *id = if *number == 3 { u64::from(u32::MAX) } else { 0 };
                 }
             }
             mapped += 1;
-            wire_encode(&fields)
+            encode(&fields)
         };
         let uids = rewrite_field(userns, 1, &mut change);
         rewrite_field(&uids, 2, &mut change)
@@ -1451,39 +1338,16 @@ fn a_link_planted_as_the_restore_log_is_not_followed() {
     assert!(fs::symlink_metadata(&log).unwrap().is_symlink());
 }
 
-/// Adds to every core image in `images` a POSIX timer signalling SIGCONT every millisecond
-/// (CoreEntry.tc (3) → TaskCoreEntry.timers (7) → TaskTimersEntry.posix (4): CRIU's
-/// images/core.proto and timer.proto), as a crafted checkpoint would: CRIU creates it in the
-/// restored task, whose queued SIGSTOP the first expiry cancels. Returns how many.
+/// Adds to every task's core image in `images` a POSIX timer signalling SIGCONT every
+/// millisecond ([`with_sigcont_timer`]), as a crafted checkpoint would. Returns how many.
 fn add_sigcont_timer(images: &Path) -> usize {
-    const SIGCONT: u64 = 18;
-    const CLOCK_MONOTONIC: u64 = 1;
-    const MILLISECOND: u64 = 1_000_000;
     let mut added = 0;
-    rewrite_images(images, "core-", |core| {
-        rewrite_field(core, 3, &mut |task_core| {
-            rewrite_field(task_core, 7, &mut |timers| {
-                // it_id, clock_id, si_signo, it_sigev_notify (SIGEV_SIGNAL), sival_ptr,
-                // overrun, interval (isec, insec), value left (vsec, vnsec).
-                let timer = [
-                    (1, 0),
-                    (2, CLOCK_MONOTONIC),
-                    (3, SIGCONT),
-                    (4, 0),
-                    (5, 0),
-                    (6, 0),
-                    (7, 0),
-                    (8, MILLISECOND),
-                    (9, 0),
-                    (10, MILLISECOND),
-                ]
-                .map(|(number, value)| (number, Wire::Varint(value)));
-                let mut fields = wire_fields(timers);
-                fields.push((4, Wire::Bytes(wire_encode(&timer))));
-                added += 1;
-                wire_encode(&fields)
-            })
-        })
+    rewrite_images(images, "core-", |core| match with_sigcont_timer(core) {
+        Some(crafted) => {
+            added += 1;
+            crafted
+        }
+        None => core.to_vec(),
     });
     added
 }

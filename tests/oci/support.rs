@@ -1,5 +1,8 @@
 //! Fixtures for the OCI tests: a busybox rootfs and bundles, the runtime with a private
 //! `--root`, and engines (containerd, with or without its CRI plugin, podman, dockerd) started per test and stopped by pid.
+//!
+//! What feather's own test crates need as well (scratch folders, a command's outcome, waiting,
+//! CRIU image edits) is crates/feather-testkit's.
 
 #![allow(dead_code)]
 
@@ -7,13 +10,12 @@ use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+pub use feather_testkit::{a_disk, eventually, run, Outcome};
 use serde_json::{json, Value};
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 pub fn runtime_bin() -> &'static str {
     env!("CARGO_BIN_EXE_feather-oci")
@@ -27,12 +29,9 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new(label: &str) -> Scratch {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir = PathBuf::from("/tmp/feather-tests")
-            .join(format!("oci-{label}-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        Scratch { dir }
+        Scratch {
+            dir: feather_testkit::unique_dir("oci", label),
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -160,18 +159,6 @@ pub fn base_config(args: &[&str]) -> Value {
     })
 }
 
-/// "major:minor" of a disk of this host (not a loop device).
-pub fn a_disk() -> String {
-    fs::read_dir("/sys/block")
-        .unwrap()
-        .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with("loop"))
-        .filter_map(|e| fs::read_to_string(e.path().join("dev")).ok())
-        .map(|d| d.trim().to_owned())
-        .next()
-        .expect("a block device")
-}
-
 /// A bundle folder with a busybox rootfs and `config` as its config.json.
 pub struct Bundle {
     pub dir: PathBuf,
@@ -193,32 +180,6 @@ impl Bundle {
         )
         .unwrap();
     }
-}
-
-/// The result of one command.
-#[derive(Debug)]
-pub struct Outcome {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl From<Output> for Outcome {
-    fn from(output: Output) -> Self {
-        Outcome {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
-}
-
-pub fn run(command: &mut Command) -> Outcome {
-    command
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?}: {e}"))
-        .into()
 }
 
 /// The node's annotation policy (`--annotation-policy`) for a test: a file of its own in
@@ -365,11 +326,8 @@ impl Runtime {
 
     /// Waits until the container's init has exited.
     pub fn wait_stopped(&self, id: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.status(id) != "stopped" {
-            assert!(Instant::now() < deadline, "container {id} did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let stopped = eventually(Duration::from_secs(20), || self.status(id) == "stopped");
+        assert!(stopped, "container {id} did not stop");
     }
 }
 
@@ -379,20 +337,6 @@ impl Drop for Runtime {
             let id = entry.file_name().to_string_lossy().into_owned();
             let _ = self.run(&["delete", "--force", &id]);
         }
-    }
-}
-
-/// Polls `check` until it holds or `limit` passes.
-pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

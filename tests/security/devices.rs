@@ -11,20 +11,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::support::{Feather, ScratchBase};
+use feather_testkit::a_disk;
 
 const REFUSED: &str = "Operation not permitted";
-
-/// "major:minor" of a disk of this host.
-fn a_disk() -> String {
-    std::fs::read_dir("/sys/block")
-        .unwrap()
-        .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with("loop"))
-        .filter_map(|e| std::fs::read_to_string(e.path().join("dev")).ok())
-        .map(|d| d.trim().to_owned())
-        .next()
-        .expect("a block device")
-}
 
 /// Makes `/dev/hostdisk` in running VM `vm`: a node of a disk of the host.
 fn place_a_disk_node(feather: &Feather, vm: &str) {

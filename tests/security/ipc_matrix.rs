@@ -8,7 +8,7 @@ use std::path::Path;
 
 use feather_ipcprobe::{Direction, Expect, Kind, Matrix};
 
-use crate::support::Feather;
+use crate::support::{start_ticks, Feather};
 
 /// The outcome each cell must have, channel by channel (host→VM, VM→host, VM→VM, inside; the
 /// init→exec column must match inside).
@@ -394,13 +394,6 @@ fn a_policy_rule_opens_exactly_its_cell_and_nothing_else() {
                 && line.contains(&format!("unix:/run/fp{label}v.stream"))),
         "the crossing is in the audit log: {audit}"
     );
-}
-
-/// A host process's start time in clock ticks (field 22 of /proc/PID/stat).
-fn start_ticks(pid: u32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 1..];
-    after.split_whitespace().nth(19).unwrap().parse().unwrap()
 }
 
 /// The probe's listener in a VM is a process of the VM, run from the VM's view of the agent's

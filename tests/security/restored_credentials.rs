@@ -163,12 +163,13 @@ fn a_restored_process_resumed_by_its_own_timer_does_not_run_during_the_check() {
     feather.ok(&["rm", "--force", "vm"]);
 }
 
-/// Just enough of CRIU's image format and of protobuf's wire format to rewrite one task's
-/// capability sets: a core image is two magic words, then one entry (its length, a
-/// little-endian u32, then a `CoreEntry`); `CoreEntry.thread_core` (5) holds `creds` (10),
-/// whose `cap_prm` (10), `cap_eff` (11) and `cap_bnd` (12) are repeated 32-bit words, low
-/// word first.
-pub(crate) mod core_image {
+/// A core image's and a seccomp image's entries rewritten: `CoreEntry.thread_core` (5) holds
+/// `creds` (10), whose `cap_prm` (10), `cap_eff` (11) and `cap_bnd` (12) are repeated 32-bit
+/// words, low word first (CRIU's images/core.proto and creds.proto).
+mod core_image {
+    use feather_testkit::criu_image::{self, rewrite_only_entry};
+    use feather_testkit::protobuf::{decode, encode, rewrite_field, Value};
+
     const THREAD_CORE: u64 = 5;
     const CREDS: u64 = 10;
     const RAISED: [u64; 3] = [10, 11, 12];
@@ -183,172 +184,69 @@ pub(crate) mod core_image {
     }
 
     pub fn with_full_capabilities(image: &[u8]) -> Vec<u8> {
-        let size = u32::from_le_bytes(image[8..12].try_into().unwrap()) as usize;
-        assert_eq!(12 + size, image.len(), "one entry after two magic words");
-        let core = edit(&image[12..], THREAD_CORE, &|thread| {
-            edit(thread, CREDS, &raise)
+        let mut raised = 0;
+        let crafted = rewrite_only_entry(image, |core| {
+            rewrite_field(core, THREAD_CORE, &mut |thread| {
+                rewrite_field(thread, CREDS, &mut |creds| {
+                    raised += 1;
+                    raise(creds)
+                })
+            })
         });
-        let mut out = image[..8].to_vec();
-        out.extend((core.len() as u32).to_le_bytes());
-        out.extend(core);
-        out
+        assert_eq!(raised, 1, "the core image has its thread's creds");
+        crafted
     }
 
     /// A seccomp image (two magic words, one `SeccompEntry`: its `seccomp_filters` (1), each
     /// a `SeccompFilter` whose `filter` (1) is the program's `struct sock_filter`s) with every
     /// program replaced by `return SECCOMP_RET_ALLOW`.
     pub fn allowing_every_call(image: &[u8]) -> Vec<u8> {
-        let size = u32::from_le_bytes(image[8..12].try_into().unwrap()) as usize;
-        assert_eq!(12 + size, image.len(), "one entry after two magic words");
         let allow: Vec<u8> = [
             0x06u16.to_ne_bytes().as_slice(),
             &[0, 0],
             &0x7fff_0000u32.to_ne_bytes(),
         ]
         .concat();
-        let entry = edit(&image[12..], 1, &|filter| {
-            edit(filter, 1, &|_| allow.clone())
-        });
-        let mut out = image[..8].to_vec();
-        out.extend((entry.len() as u32).to_le_bytes());
-        out.extend(entry);
-        out
-    }
-
-    /// A core image whose task gets a POSIX timer signalling SIGCONT every millisecond:
-    /// `CoreEntry.tc` (3) → `TaskCoreEntry.timers` (7) → `TaskTimersEntry.posix` (4), a
-    /// `PosixTimerEntry` (CRIU's images/timer.proto).
-    pub fn with_sigcont_timer(image: &[u8]) -> Vec<u8> {
-        const SIGCONT: u64 = 18;
-        const CLOCK_MONOTONIC: u64 = 1;
-        const MILLISECOND: u64 = 1_000_000;
-        let size = u32::from_le_bytes(image[8..12].try_into().unwrap()) as usize;
-        assert_eq!(12 + size, image.len(), "one entry after two magic words");
-        let core = edit(&image[12..], 3, &|task_core| {
-            edit(task_core, 7, &|timers| {
-                // it_id, clock_id, si_signo, it_sigev_notify (SIGEV_SIGNAL), sival_ptr,
-                // overrun, interval (isec, insec), value left (vsec, vnsec).
-                let fields = [
-                    (1, 0),
-                    (2, CLOCK_MONOTONIC),
-                    (3, SIGCONT),
-                    (4, 0),
-                    (5, 0),
-                    (6, 0),
-                    (7, 0),
-                    (8, MILLISECOND),
-                    (9, 0),
-                    (10, MILLISECOND),
-                ];
-                let mut timer = Vec::new();
-                for (number, value) in fields {
-                    varint(&mut timer, number << 3);
-                    varint(&mut timer, value);
-                }
-                let mut out = timers.to_vec();
-                varint(&mut out, 4 << 3 | 2);
-                varint(&mut out, timer.len() as u64);
-                out.extend(timer);
-                out
+        let mut replaced = 0;
+        let crafted = rewrite_only_entry(image, |entry| {
+            rewrite_field(entry, 1, &mut |filter| {
+                rewrite_field(filter, 1, &mut |_| {
+                    replaced += 1;
+                    allow.clone()
+                })
             })
         });
-        let mut out = image[..8].to_vec();
-        out.extend((core.len() as u32).to_le_bytes());
-        out.extend(core);
-        out
+        assert!(replaced > 0, "the seccomp image has filters");
+        crafted
+    }
+
+    /// A core image whose task gets a POSIX timer signalling SIGCONT every millisecond
+    /// ([`criu_image::with_sigcont_timer`]).
+    pub fn with_sigcont_timer(image: &[u8]) -> Vec<u8> {
+        rewrite_only_entry(image, |core| {
+            criu_image::with_sigcont_timer(core).expect("the core image of a task's first thread")
+        })
     }
 
     /// The creds with the raised sets replaced by the host's root's ([`host_root`]).
     fn raise(creds: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
+        let full = host_root();
+        let mut fields = Vec::new();
         let mut replaced = Vec::new();
-        for (number, wire, body) in fields(creds) {
-            if RAISED.contains(&number) {
-                if !replaced.contains(&number) {
-                    replaced.push(number);
-                    let full = host_root();
-                    for word in [full & 0xffff_ffff, full >> 32] {
-                        varint(&mut out, number << 3);
-                        varint(&mut out, word);
-                    }
-                }
-                continue;
+        for (number, value) in decode(creds) {
+            if !RAISED.contains(&number) {
+                fields.push((number, value));
+            } else if !replaced.contains(&number) {
+                replaced.push(number);
+                let words = [full & 0xffff_ffff, full >> 32];
+                fields.extend(words.map(|word| (number, Value::Varint(word))));
             }
-            out.extend(body_with_key(number, wire, body));
         }
         assert_eq!(
             replaced.len(),
             RAISED.len(),
             "the image holds the three sets"
         );
-        out
-    }
-
-    /// `message` with its length-delimited field `number` rewritten by `change`.
-    fn edit(message: &[u8], number: u64, change: &dyn Fn(&[u8]) -> Vec<u8>) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut found = false;
-        for (n, wire, body) in fields(message) {
-            if n == number && wire == 2 {
-                found = true;
-                let (len, at) = read_varint(body);
-                let changed = change(&body[at..at + len as usize]);
-                varint(&mut out, n << 3 | 2);
-                varint(&mut out, changed.len() as u64);
-                out.extend(changed);
-            } else {
-                out.extend(body_with_key(n, wire, body));
-            }
-        }
-        assert!(found, "field {number} in the image");
-        out
-    }
-
-    pub(crate) fn body_with_key(number: u64, wire: u64, body: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        varint(&mut out, number << 3 | wire);
-        out.extend(body);
-        out
-    }
-
-    /// Each field: (number, wire type, its encoded value — for type 2 with its length).
-    pub(crate) fn fields(mut message: &[u8]) -> Vec<(u64, u64, &[u8])> {
-        let mut all = Vec::new();
-        while !message.is_empty() {
-            let (key, at) = read_varint(message);
-            message = &message[at..];
-            let len = match key & 7 {
-                0 => read_varint(message).1,
-                1 => 8,
-                2 => {
-                    let (len, at) = read_varint(message);
-                    at + len as usize
-                }
-                5 => 4,
-                other => panic!("wire type {other} in a CRIU image"),
-            };
-            all.push((key >> 3, key & 7, &message[..len]));
-            message = &message[len..];
-        }
-        all
-    }
-
-    pub(crate) fn read_varint(bytes: &[u8]) -> (u64, usize) {
-        let mut value = 0;
-        for (i, byte) in bytes.iter().enumerate() {
-            value |= u64::from(byte & 0x7f) << (7 * i);
-            if byte & 0x80 == 0 {
-                return (value, i + 1);
-            }
-        }
-        panic!("a truncated varint");
-    }
-
-    pub(crate) fn varint(out: &mut Vec<u8>, mut value: u64) {
-        while value >= 0x80 {
-            out.push(value as u8 | 0x80);
-            value >>= 7;
-        }
-        out.push(value as u8);
+        encode(&fields)
     }
 }

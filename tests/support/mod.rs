@@ -1,6 +1,9 @@
 //! What every integration test stands on: a private state root per test, a way to call the
 //! real `feather` binary, and scratch base trees. Everything a test makes is removed when its
 //! fixture is dropped, also when the test fails.
+//!
+//! What tests/oci needs as well (scratch folders, a command's outcome, waiting, CRIU image
+//! edits) is crates/feather-testkit's.
 
 #![allow(dead_code)]
 
@@ -10,47 +13,16 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// A folder of its own under /tmp/feather-tests (the caller removes it).
-pub fn unique_dir(kind: &str, label: &str) -> PathBuf {
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let dir = PathBuf::from(TESTS_DIR).join(format!("{kind}-{label}-{}-{n}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// The result of one `feather` call.
-#[derive(Debug)]
-pub struct Outcome {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl From<Output> for Outcome {
-    fn from(output: Output) -> Self {
-        Outcome {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
-}
+use feather_testkit::TESTS_DIR;
+pub use feather_testkit::{unique_dir, Outcome};
 
 /// A private feather state root. Dropping it removes every VM in it (stopping the running ones)
 /// and the root itself.
 pub struct Feather {
     pub root: PathBuf,
 }
-
-/// The folder every root [`Feather::new`] makes lies in, named `root-<label>-<pid>-<n>` by
-/// [`unique_dir`] after the test process that made it.
-const TESTS_DIR: &str = "/tmp/feather-tests";
 
 impl Feather {
     pub fn new(label: &str) -> Self {
@@ -78,11 +50,7 @@ impl Feather {
     }
 
     pub fn run(&self, args: &[&str]) -> Outcome {
-        self.command()
-            .args(args)
-            .output()
-            .expect("feather runs")
-            .into()
+        feather_testkit::run(self.command().args(args))
     }
 
     /// Runs `feather args…` and returns its stdout; panics with its stderr if it failed.
@@ -223,11 +191,8 @@ impl Feather {
     /// restore waits up to 60 s for the checkpointing keeper to end, whose layer's flush takes
     /// seconds on a busy disk).
     pub fn eventually_within(&self, what: &str, patience: Duration, check: impl Fn() -> bool) {
-        let deadline = Instant::now() + patience;
-        while !check() {
-            assert!(Instant::now() < deadline, "timed out waiting until {what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let held = feather_testkit::eventually(patience, check);
+        assert!(held, "timed out waiting until {what}");
     }
 
     fn vm_names(&self) -> Vec<String> {
@@ -236,6 +201,13 @@ impl Feather {
             .filter(|n| !n.starts_with('.'))
             .collect()
     }
+}
+
+/// The start time of process `pid` in clock ticks since boot (field 22 of its stat line).
+pub fn start_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 1..];
+    after.split_whitespace().nth(19).unwrap().parse().unwrap()
 }
 
 /// The names in folder `dir`, in no order (none where it cannot be read).
@@ -793,9 +765,12 @@ impl TestSubnet {
     /// A /24 of `first_two.0.0/16` (e.g. "10.79"), its third byte from 1 to 250.
     pub fn of(first_two: &str) -> TestSubnet {
         use nix::fcntl::{Flock, FlockArg};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        /// How many subnets this test process has asked for: where the next one's search starts.
+        static ASKED: AtomicUsize = AtomicUsize::new(0);
         let folder = Path::new("/tmp/feather-tests/subnets");
         fs::create_dir_all(folder).unwrap();
-        let start = COUNTER.fetch_add(1, Ordering::SeqCst) + std::process::id() as usize * 7;
+        let start = ASKED.fetch_add(1, Ordering::SeqCst) + std::process::id() as usize * 7;
         for k in (0..250).map(|i| 1 + (start + i) % 250) {
             let path = folder.join(format!("{first_two}.{k}"));
             let file = fs::OpenOptions::new()

@@ -806,20 +806,17 @@ pub fn read_only_paths(
     linux: &oci_spec::runtime::Linux,
     confinement: &crate::confine::Confinement,
 ) -> Vec<(String, String)> {
-    let given = linux.readonly_paths().iter().flatten();
-    let mut paths: Vec<(String, String)> = given
-        .map(|path| (path.clone(), format!("linux.readonlyPaths[{path}]")))
-        .collect();
-    if confinement.is_on() {
-        let knobs = crate::confine::READONLY.iter().filter(|path| {
-            !listed(linux.readonly_paths(), path) && !listed(linux.masked_paths(), path)
-        });
-        paths.extend(knobs.map(|path| {
-            let asked = format!("feather's confinement: {path} read-only");
-            (path.to_string(), asked)
-        }));
-    }
-    paths
+    let unlisted =
+        |path: &str| !listed(linux.readonly_paths(), path) && !listed(linux.masked_paths(), path);
+    given_then_knobs(
+        linux.readonly_paths(),
+        "linux.readonlyPaths",
+        confinement,
+        crate::confine::READONLY
+            .iter()
+            .filter(|path| unlisted(path)),
+        |path| format!("feather's confinement: {path} read-only"),
+    )
 }
 
 /// The paths [`mask_all`] covers, each with what asks for it: `linux.maskedPaths`, then, under
@@ -829,18 +826,34 @@ pub fn masked_paths(
     linux: &oci_spec::runtime::Linux,
     confinement: &crate::confine::Confinement,
 ) -> Vec<(String, String)> {
-    let given = linux.masked_paths().iter().flatten();
+    given_then_knobs(
+        linux.masked_paths(),
+        "linux.maskedPaths",
+        confinement,
+        crate::confine::MASKED
+            .iter()
+            .filter(|path| !listed(linux.masked_paths(), path)),
+        |path| format!("feather's confinement: masking {path}"),
+    )
+}
+
+/// The paths of the config's list `given` (named `field` in what asks for each), then, under
+/// feather's confinement, the `knobs` it adds, each asked for as `knob_asked` says: what
+/// [`read_only_paths`] and [`masked_paths`] share but for their lists.
+fn given_then_knobs<'k>(
+    given: &Option<Vec<String>>,
+    field: &str,
+    confinement: &crate::confine::Confinement,
+    knobs: impl Iterator<Item = &'k &'static str>,
+    knob_asked: impl Fn(&str) -> String,
+) -> Vec<(String, String)> {
     let mut paths: Vec<(String, String)> = given
-        .map(|path| (path.clone(), format!("linux.maskedPaths[{path}]")))
+        .iter()
+        .flatten()
+        .map(|path| (path.clone(), format!("{field}[{path}]")))
         .collect();
     if confinement.is_on() {
-        let knobs = crate::confine::MASKED
-            .iter()
-            .filter(|path| !listed(linux.masked_paths(), path));
-        paths.extend(knobs.map(|path| {
-            let asked = format!("feather's confinement: masking {path}");
-            (path.to_string(), asked)
-        }));
+        paths.extend(knobs.map(|path| (path.to_string(), knob_asked(path))));
     }
     paths
 }
@@ -1029,6 +1042,60 @@ pub(crate) fn host_nodes(
 mod tests {
     use super::*;
     use feather_sys::mount::attr;
+
+    /// The two lists, each the config's own then the knobs it left out (under confinement
+    /// only), with what asks for each: a knob the config already masks is not also made
+    /// read-only.
+    #[test]
+    fn read_only_and_masked_paths_are_the_configs_then_the_knobs_it_left_out() {
+        let linux: oci_spec::runtime::Linux = serde_json::from_value(serde_json::json!({
+            "readonlyPaths": ["/proc/sys", "/data"],
+            "maskedPaths": ["/proc/bus", "/proc/kcore"]
+        }))
+        .unwrap();
+        let confined = |confine| crate::confine::Confinement {
+            confine,
+            host_network: false,
+        };
+        let on = confined(crate::confine::Confine::Ipc);
+        let off = confined(crate::confine::Confine::None);
+        let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter()
+                .map(|(path, asked)| (path.to_string(), asked.to_string()))
+                .collect()
+        };
+        let configs_read_only = [
+            ("/proc/sys", "linux.readonlyPaths[/proc/sys]"),
+            ("/data", "linux.readonlyPaths[/data]"),
+        ];
+        assert_eq!(read_only_paths(&linux, &off), pairs(&configs_read_only));
+        let knobs = [
+            ("/proc/fs", "feather's confinement: /proc/fs read-only"),
+            ("/proc/irq", "feather's confinement: /proc/irq read-only"),
+            (
+                "/proc/sysrq-trigger",
+                "feather's confinement: /proc/sysrq-trigger read-only",
+            ),
+        ];
+        let all: Vec<_> = configs_read_only.into_iter().chain(knobs).collect();
+        assert_eq!(read_only_paths(&linux, &on), pairs(&all));
+
+        let configs_masked = [
+            ("/proc/bus", "linux.maskedPaths[/proc/bus]"),
+            ("/proc/kcore", "linux.maskedPaths[/proc/kcore]"),
+        ];
+        assert_eq!(masked_paths(&linux, &off), pairs(&configs_masked));
+        let knobs = [
+            "/proc/keys",
+            "/proc/timer_list",
+            "/proc/sched_debug",
+            "/sys/firmware",
+        ]
+        .map(|path| (path, format!("feather's confinement: masking {path}")));
+        let mut all = pairs(&configs_masked);
+        all.extend(knobs.map(|(path, asked)| (path.to_string(), asked)));
+        assert_eq!(masked_paths(&linux, &on), all);
+    }
 
     #[test]
     fn a_mounts_options_become_its_own_flags_and_its_superblocks() {

@@ -116,7 +116,10 @@ impl Allowed {
             .transpose()?
             .unwrap_or_default();
         compiled.extend(confinement.filters()?);
-        let filters = compiled.iter().map(as_program).collect();
+        let filters = compiled
+            .into_iter()
+            .map(feather_sys::seccomp::from_seccompiler)
+            .collect();
         let own = KINDS
             .iter()
             .filter(|(_, typ, _)| !crate::confine::shares_host_namespace(spec, *typ))
@@ -284,18 +287,6 @@ type Pick = fn(&LinuxCapabilities) -> &Option<oci_spec::runtime::Capabilities>;
 
 fn mask(set: &caps::CapsHashSet) -> u64 {
     set.iter().fold(0, |mask, cap| mask | (1u64 << cap.index()))
-}
-
-fn as_program(program: &seccompiler::BpfProgram) -> Program {
-    program
-        .iter()
-        .map(|i| feather_sys::seccomp::Instruction {
-            code: i.code,
-            jt: i.jt,
-            jf: i.jf,
-            k: i.k,
-        })
-        .collect()
 }
 
 /// The runtime's namespaces (the host's) and the one CRIU ran in, which no restored process

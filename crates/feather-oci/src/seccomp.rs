@@ -154,15 +154,7 @@ fn native_arch() -> Result<TargetArch> {
 /// Installs the filters, in order, on the calling thread.
 pub fn install(programs: &[BpfProgram]) -> Result<()> {
     for program in programs {
-        let program: Vec<feather_sys::seccomp::Instruction> = program
-            .iter()
-            .map(|i| feather_sys::seccomp::Instruction {
-                code: i.code,
-                jt: i.jt,
-                jf: i.jf,
-                k: i.k,
-            })
-            .collect();
+        let program = feather_sys::seccomp::from_seccompiler(program.clone());
         feather_sys::seccomp::install_filter(&program)
             .map_err(|e| anyhow::anyhow!("linux.seccomp: {e}"))?;
     }

@@ -32,7 +32,7 @@ use feather_sys::quota;
 use nix::errno::Errno;
 use nix::mount::MntFlags;
 
-use crate::error::{failed, io, Result};
+use crate::error::{failed, io, Result, VmError};
 
 /// Project ids feather chooses from: above those administrators number by hand in
 /// /etc/projid, below 2^31 for tools that read ids as signed.
@@ -56,6 +56,22 @@ pub fn mount_point(vm: &VmDir) -> std::path::PathBuf {
     vm.path().join("disk")
 }
 
+/// The error of VM `name` whose quota of `project` on the filesystem of `state` (the state
+/// root) could not be read.
+fn quota_unreadable<'a>(
+    name: &'a VmName,
+    state: &'a Path,
+    project: u32,
+) -> impl FnOnce(Errno) -> VmError + 'a {
+    move |e| {
+        let why = format!(
+            "reading project quota {project} at {}: {e}",
+            state.display()
+        );
+        failed(name, why)
+    }
+}
+
 /// Chooses how a VM capped at `bytes` is held to it: a project quota where the filesystem of
 /// `state` (the state root) enforces them, else a filesystem image of its own.
 pub fn allocate(name: &VmName, state: &Path, bytes: u64) -> Result<DiskQuota> {
@@ -65,15 +81,8 @@ pub fn allocate(name: &VmName, state: &Path, bytes: u64) -> Result<DiskQuota> {
     }
     for _ in 0..32 {
         let project = random_project();
-        let used = quota::in_use(dir.as_fd(), project).map_err(|e| {
-            failed(
-                name,
-                format!(
-                    "reading project quota {project} at {}: {e}",
-                    state.display()
-                ),
-            )
-        })?;
+        let used =
+            quota::in_use(dir.as_fd(), project).map_err(quota_unreadable(name, state, project))?;
         if !used {
             return Ok(DiskQuota::ProjectQuota { bytes, project });
         }
@@ -232,15 +241,8 @@ pub fn hold_imported(
         )
     })?;
     let dir = open_dir(state).map_err(io(name, state.display().to_string()))?;
-    let used = quota::usage(dir.as_fd(), project).map_err(|e| {
-        failed(
-            name,
-            format!(
-                "reading project quota {project} at {}: {e}",
-                state.display()
-            ),
-        )
-    })?;
+    let used =
+        quota::usage(dir.as_fd(), project).map_err(quota_unreadable(name, state, project))?;
     if used > bytes {
         return Err(failed(
             name,

@@ -1,0 +1,91 @@
+//! What feather's integration test crates share, so that each is written once: a scratch
+//! folder of a test's own ([`unique_dir`]), the outcome of a command ([`Outcome`], [`run`]),
+//! waiting for a condition ([`eventually`]), a disk of the host ([`a_disk`]), and CRIU's images
+//! rewritten as a crafted checkpoint would have them ([`criu_image`], over protobuf's wire format: [`protobuf`]).
+//!
+//! It is a dev-dependency only: of `feather` (whose test crates are tests/functional,
+//! tests/security and tests/web) and `feather-oci` (tests/oci). Product code never depends on
+//! it, which is why feather-migrate's `mount_images` reads CRIU's mount images with a reader
+//! of its own: that one judges an image from a checkpoint or a sender, so it is bounded
+//! (`MAX_IMAGE`), decodes only `MntEntry`, and returns errors; the walkers here rewrite images
+//! a test has just dumped, keep every field (also those no decoder knows), and panic on what
+//! they do not expect.
+
+pub mod criu_image;
+pub mod protobuf;
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// The folder every test's scratch folders lie in.
+pub const TESTS_DIR: &str = "/tmp/feather-tests";
+
+/// How many folders [`unique_dir`] has made in this test process.
+static MADE: AtomicUsize = AtomicUsize::new(0);
+
+/// A new, empty folder of its own under [`TESTS_DIR`], named `<kind>-<label>-<pid>-<n>` after
+/// the test process that made it (a later run can tell a folder of an ended process by its
+/// pid); the caller removes it.
+pub fn unique_dir(kind: &str, label: &str) -> PathBuf {
+    let n = MADE.fetch_add(1, Ordering::SeqCst);
+    let dir = PathBuf::from(TESTS_DIR).join(format!("{kind}-{label}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// "major:minor" of a disk of this host (not a loop device).
+pub fn a_disk() -> String {
+    std::fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with("loop"))
+        .filter_map(|e| std::fs::read_to_string(e.path().join("dev")).ok())
+        .map(|d| d.trim().to_owned())
+        .next()
+        .expect("a block device")
+}
+
+/// The result of one command: its exit code (-1 if a signal ended it) and its output as text.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Outcome {
+    fn from(output: Output) -> Self {
+        Outcome {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs `command` to its end, its stdin on /dev/null, and returns what it did; panics, naming
+/// the command, if it could not be started.
+pub fn run(command: &mut Command) -> Outcome {
+    command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"))
+        .into()
+}
+
+/// Polls `check` every 20 ms until it holds (true) or `limit` passes (false).
+pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
