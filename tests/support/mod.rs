@@ -527,11 +527,14 @@ impl ScratchBase {
         target
     }
 
-    /// Unmounts what [`ScratchBase::mount_tmpfs`] mounted at `target`.
+    /// Unmounts what [`ScratchBase::mount_tmpfs`] mounted last at `target`.
     pub fn unmount(&mut self, target: &Path) {
         let status = Command::new("umount").arg(target).status().unwrap();
         assert!(status.success(), "umount {}", target.display());
-        self.mounts.retain(|mount| mount != target);
+        // The uppermost of mounts stacked at one path: the others stay for the drop.
+        if let Some(last) = self.mounts.iter().rposition(|mount| mount == target) {
+            self.mounts.remove(last);
+        }
     }
 }
 

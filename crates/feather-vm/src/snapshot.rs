@@ -630,6 +630,9 @@ pub(crate) fn restore_tree(
     // The child mounts each by these names: folders beneath the VM's, never a link's target.
     let restored: Vec<layers::Layer> = others.iter().map(|(layer, _)| layer.clone()).collect();
     layers::make_folders(name, &layers::home(vm, config), &restored)?;
+    // What the layers lie over, for `diff` and `commit` to read nothing else.
+    let all: Vec<layers::Layer> = std::iter::once(top.clone()).chain(restored).collect();
+    layers::SeenLowers::record(vm, config, &all)?;
     // The overlays hide every state root registered by now by themselves, before CRIU reopens
     // anything of the VM's: a descriptor or working folder a restored process had in a folder
     // that is a state root now is reopened as the empty folder the overlay shows there (the
