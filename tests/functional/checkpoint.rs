@@ -913,6 +913,28 @@ fn checkpoint_errors_say_what_to_do() {
     assert!(String::from_utf8_lossy(&check.stderr).contains("CRIU is not installed"));
 }
 
+/// A VM with a filesystem layered at a mount point whose path is not UTF-8 is not
+/// checkpointed: refused before anything is dumped, naming the path escaped, and it runs on.
+#[test]
+fn a_vm_with_a_mount_point_that_is_not_utf8_is_refused_a_checkpoint_and_runs_on() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let feather = Feather::new("ckpt-bytes");
+    let mut base = ScratchBase::new("ckpt-bytes");
+    base.mount_tmpfs_at(&Path::new("mnt").join(OsStr::from_bytes(b"b\xff")));
+    feather.start_over("vm", &base, &["--net", "none"]);
+    feather.require_criu();
+    let err = feather.fails(&["checkpoint", "vm"]);
+    // The path escaped (`\xff`), and the error line escaped once more for the terminal.
+    assert!(
+        err.contains(r"/mnt/b\\xff is a mount point in the VM whose path is not UTF-8")
+            && err.contains("nothing was dumped"),
+        "{err}"
+    );
+    assert_eq!(feather.status("vm"), "running", "the VM keeps running");
+    assert_eq!(feather.sh("vm", "echo on"), "on\n");
+}
+
 #[test]
 fn check_reports_criu_and_the_kernel_features_it_lacks() {
     let feather = Feather::new("ckpt-check");

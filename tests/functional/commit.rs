@@ -433,6 +433,46 @@ fn commit_never_reaches_a_filesystem_mounted_on_a_layers_own_folder_after_the_st
     assert_eq!(base.read("data/new").unwrap(), "vm\n");
 }
 
+/// Names that are not UTF-8: a host filesystem mounted under the base at such a path, and
+/// files so named in the VM's layers. The VM starts with that filesystem layered (reading the
+/// host's mount table as text failed the start), `diff` lists every change with the bytes
+/// escaped, `commit` applies each to the filesystem the VM saw, and `rm` removes the layers.
+#[test]
+fn names_that_are_not_utf8_are_diffed_committed_and_removed() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let mut base = ScratchBase::new("commit-bytes");
+    base.write("data/keep", "base\n");
+    let sub = base.mount_tmpfs_at(&std::path::Path::new("mnt").join(OsStr::from_bytes(b"b\xff")));
+    fs::set_permissions(&sub, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(sub.join("old"), "host\n").unwrap();
+    let feather = Feather::new("commit-bytes");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    let seen = feather.sh(
+        "vm",
+        r#"d="$(printf '/mnt/b\377')" && cat "$d/old" && echo vm > "$d/new" \
+           && echo vm > "$(printf '/data/x\376')" && echo done"#,
+    );
+    assert_eq!(seen, "host\ndone\n");
+    feather.ok(&["stop", "vm"]);
+
+    let diff = feather.ok(&["diff", "vm"]);
+    assert!(
+        diff.contains("  /data/x\\xfe\n") && diff.contains("  /mnt/b\\xff/new\n"),
+        "{diff}"
+    );
+    let committed = feather.ok(&["commit", "vm"]);
+    assert!(
+        committed.contains("A /data/x\\xfe\n") && committed.contains("A /mnt/b\\xff/new\n"),
+        "{committed}"
+    );
+    assert_eq!(fs::read_to_string(sub.join("new")).unwrap(), "vm\n");
+    let written = base.file("data").join(OsStr::from_bytes(b"x\xfe"));
+    assert_eq!(fs::read_to_string(written).unwrap(), "vm\n");
+    feather.ok(&["rm", "vm"]);
+    assert!(!feather.vm_dir("vm").exists());
+}
+
 #[test]
 fn commit_writes_nothing_of_the_layer_under_a_read_only_path() {
     let base = ScratchBase::new("commit-ro");

@@ -515,7 +515,12 @@ impl ScratchBase {
 
     /// Mounts a tmpfs at `rel` (a separate filesystem under the base); unmounted on drop.
     pub fn mount_tmpfs(&mut self, rel: &str) -> PathBuf {
-        let target = self.file(rel);
+        self.mount_tmpfs_at(Path::new(rel))
+    }
+
+    /// [`ScratchBase::mount_tmpfs`] at a path that need not be UTF-8.
+    pub fn mount_tmpfs_at(&mut self, rel: &Path) -> PathBuf {
+        let target = self.path.join(rel);
         fs::create_dir_all(&target).unwrap();
         let status = Command::new("mount")
             .args(["-t", "tmpfs", "-o", "size=4m", "feather-test"])

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 
 use feather_core::error::IoContext;
@@ -481,7 +482,7 @@ pub fn existing(vm: &VmDir, config: &VmConfig) -> Vec<Layer> {
         let mut points: Vec<PathBuf> = entries
             .flatten()
             .filter(|e| is_folder(&e.path()) && is_folder(&e.path().join("upper")))
-            .filter_map(|e| unescape(&e.file_name().to_string_lossy()))
+            .filter_map(|e| unescape(e.file_name().as_bytes()))
             .collect();
         points.sort();
         layers.extend(points.into_iter().map(|p| Layer::submount(vm, config, p)));
@@ -513,9 +514,11 @@ fn escape(mount_point: &Path) -> String {
     name
 }
 
-fn unescape(name: &str) -> Option<PathBuf> {
+/// The mount point a layer's folder is named after ([`escape`]), every byte kept: a mount
+/// point need not be UTF-8.
+fn unescape(name: &[u8]) -> Option<PathBuf> {
     let mut bytes = vec![b'/'];
-    let mut rest = name.as_bytes();
+    let mut rest = name;
     while let Some((&first, tail)) = rest.split_first() {
         match first {
             b'-' => {
@@ -533,7 +536,7 @@ fn unescape(name: &str) -> Option<PathBuf> {
             }
         }
     }
-    String::from_utf8(bytes).ok().map(PathBuf::from)
+    Some(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
 }
 
 #[cfg(test)]
@@ -545,7 +548,17 @@ mod tests {
         for path in ["/mnt/data", "/mnt/data-1", "/srv/with space/x\\y", "/a.b_c"] {
             let name = escape(Path::new(path));
             assert!(!name.contains('/'), "{name}");
-            assert_eq!(unescape(&name).unwrap(), PathBuf::from(path));
+            assert_eq!(unescape(name.as_bytes()).unwrap(), PathBuf::from(path));
         }
+    }
+
+    /// A mount point that is not UTF-8 names a layer folder that names it back: before, the
+    /// folder was passed over, and `diff` and `commit` never saw that layer's changes.
+    #[test]
+    fn escaping_round_trips_bytes_that_are_not_utf8() {
+        let path = Path::new(std::ffi::OsStr::from_bytes(b"/mnt/b\xff-\xc3"));
+        let name = escape(path);
+        assert_eq!(name, "mnt-b\\xff\\x2d\\xc3");
+        assert_eq!(unescape(name.as_bytes()).unwrap(), path);
     }
 }

@@ -89,9 +89,7 @@ pub(crate) fn read_before(file: &fs::File, exposed: &[PathBuf], host_network: bo
     }
     let keepers = feather_sys::mountinfo::mounts().unwrap_or_default();
     let mut mounts = keepers;
-    mounts.extend(feather_sys::mountinfo::parse(&String::from_utf8_lossy(
-        &text,
-    )));
+    mounts.extend(feather_sys::mountinfo::parse(&text));
     // A VM has an IPC namespace of its own always, a network namespace but with `--net host`.
     let host = HostNamespaces {
         network: host_network,

@@ -482,8 +482,8 @@ pub const HOLD_AFTER_MOUNTS_FOUND: &str = "FEATHER_TEST_HOLD_AFTER_MOUNTS_FOUND"
 /// This namespace's mount table.
 fn own_mounts() -> Result<Vec<feather_sys::mountinfo::MountEntry>> {
     let table = Path::new("/proc/self/mountinfo");
-    let text = fs::read_to_string(table).map_err(io_failed("read", table))?;
-    Ok(feather_sys::mountinfo::parse(&text))
+    let text = fs::read(table).map_err(io_failed("read", table))?;
+    Ok(feather_sys::mountinfo::parse(text))
 }
 
 /// Says on init's stderr (the keeper's log) that the host's filesystem at `vm_path` went while

@@ -82,6 +82,25 @@ pub(crate) fn set_aside_last(vm: &VmDir) -> feather_core::Result<()> {
     fs::rename(&images, &stale).at(&images)
 }
 
+/// Refuses to checkpoint a VM with a mount point whose path is not UTF-8 (a host filesystem
+/// under its base mounted at such a folder, and so layered), naming it, before anything is
+/// dumped or the last checkpoint set aside: CRIU's requests and images carry mount points as
+/// text, and the restore's check of the images reads them so.
+fn refuse_mount_points_not_utf8(name: &feather_core::VmName, mounts: &[MountEntry]) -> Result<()> {
+    let Some(mount) = mounts.iter().find(|m| m.mount_point.to_str().is_none()) else {
+        return Ok(());
+    };
+    Err(failed(
+        name,
+        format!(
+            "cannot be checkpointed: {} is a mount point in the VM whose path is not UTF-8, \
+             which CRIU's requests and images cannot carry; nothing was dumped (mount that \
+             filesystem at a folder named in UTF-8, then start the VM again)",
+            feather_core::display::escape_path(&mount.mount_point)
+        ),
+    ))
+}
+
 /// Removes checkpoints set aside by [`set_aside_last`] (also those a crash left behind).
 pub(crate) fn remove_stale(vm: &VmDir) {
     let Ok(entries) = fs::read_dir(vm.path()) else {
@@ -138,10 +157,11 @@ pub(crate) fn dump(
     let name = vm.name();
     let criu = Criu::checked(criu.to_path_buf(), String::new());
     let images = vm.checkpoint_dir();
-    set_aside_last(vm).in_vm(name)?;
     let mountinfo = format!("/proc/{init}/mountinfo");
-    let text = fs::read_to_string(&mountinfo).at(&mountinfo).in_vm(name)?;
-    let mounts = feather_sys::mountinfo::parse(&text);
+    let text = fs::read(&mountinfo).at(&mountinfo).in_vm(name)?;
+    let mounts = feather_sys::mountinfo::parse(text);
+    refuse_mount_points_not_utf8(name, &mounts)?;
+    set_aside_last(vm).in_vm(name)?;
     let config = vm.read_config().in_vm(name)?;
     let mut layers: Vec<ExternalLayer> =
         numbered(&mounts, "layer", |m| is_own_layer(vm, &config, m), |l| l).collect();
@@ -1053,10 +1073,10 @@ fn mount_restored_layer(
 fn mask_what_the_dump_lacked(vm: &VmDir, init: &ChildProcess) -> Result<()> {
     let name = vm.name();
     let mountinfo = format!("/proc/{}/mountinfo", init.pid);
-    let text = fs::read_to_string(&mountinfo).at(&mountinfo).in_vm(name)?;
+    let text = fs::read(&mountinfo).at(&mountinfo).in_vm(name)?;
     // A path the VM's kernel lacks needs no helper (which looks again, safely, at the rest).
     let root = PathBuf::from(format!("/proc/{}/root", init.pid));
-    let missing: Vec<PathBuf> = rootfs::unmasked(&feather_sys::mountinfo::parse(&text))
+    let missing: Vec<PathBuf> = rootfs::unmasked(&feather_sys::mountinfo::parse(text))
         .into_iter()
         .filter(|path| fs::symlink_metadata(root.join(path)).is_ok())
         .collect();
