@@ -755,7 +755,11 @@ pub(crate) fn restore_tree(
                 unshare(CloneFlags::CLONE_NEWNS)
                     .map_err(|e| io(name, "unshare mounts")(e.into()))?;
                 mount::make_all_private().in_vm(name)?;
-                mount::overlay(&top.lowers(), &top.upper, &top.work, &rootfs, sync).in_vm(name)?;
+                let base = rootfs::open_base(&top.lower).in_vm(name)?;
+                let lowers = rootfs::lowers_by_descriptor(&top, &base);
+                let lowers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+                mount::overlay(&lowers, &top.upper, &top.work, &rootfs, sync).in_vm(name)?;
+                drop(base);
                 let tree = rootfs::open_tree(&rootfs).in_vm(name)?;
                 crate::test_hooks::held(HOLD_BEFORE_RESTORED_LAYERS);
                 let vanished = images.join(VANISHED_LOWER);
