@@ -1433,6 +1433,42 @@ fn a_filesystem_the_host_removes_while_the_restore_mounts_its_layer_is_restored_
     );
 }
 
+/// A link put where a restored layer's filesystem was mounted (the filesystem removed, its
+/// folder replaced by a link to another tree) while the restore mounts the VM's layers: the
+/// layer never lies over the tree the link names, and the restore fails naming the folder.
+/// Before, the layer's lower was given to overlayfs by path, and the VM came back over the
+/// decoy.
+#[test]
+fn a_restored_layers_folder_swapped_for_a_link_is_not_followed() {
+    let feather = Feather::new("ckpt-swapped");
+    feather.require_criu();
+    let mut base = ScratchBase::new("ckpt-swapped");
+    let decoy = ScratchBase::new("ckpt-swapped-decoy");
+    decoy.write("decoy", "the link's tree\n");
+    let data = base.mount_tmpfs("data");
+    fs::write(data.join("host.txt"), "from the host\n").unwrap();
+    feather.start_over("vm", &base, &["--net", "none"]);
+    feather.sh("vm", "echo mine > /data/vm.txt");
+    feather.ok(&["checkpoint", "vm"]);
+    let mut hold = crate::support::RecordHold::before_restored_layers("ckpt-swapped");
+    let restoring = hold.restore(&feather, "vm");
+    base.unmount(&data);
+    fs::remove_dir(&data).unwrap();
+    std::os::unix::fs::symlink(decoy.as_str(), &data).unwrap();
+    hold.release();
+    let restored = restoring.wait_with_output().unwrap();
+    fs::remove_file(&data).unwrap();
+    let stderr = String::from_utf8_lossy(&restored.stderr);
+    assert!(
+        !restored.status.success()
+            && stderr.contains(&format!(
+                "the lower folder of the layer at /data, {} is a link now",
+                data.display()
+            )),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn redis_with_hundreds_of_megabytes_keeps_every_key() {
     // Over the host's own root: the VM runs the host's redis-server, on a unix socket.

@@ -446,6 +446,23 @@ pub(crate) fn lowers_by_descriptor(layer: &Layer, lower: &OwnedFd) -> Vec<PathBu
 /// this mount). The overlay is given the descriptor, so it lies over exactly what was opened.
 /// Used by a restore for the root layer too.
 pub(crate) fn open_base(base: &Path) -> Result<OwnedFd> {
+    open_without_links(base, "the VM's base")
+}
+
+/// The folder at `path`, a host path feather chose (in a state folder), opened to be given
+/// by descriptor.
+pub(crate) fn open_folder(path: &Path) -> Result<OwnedFd> {
+    nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|errno| failed("open", path, errno))
+}
+
+/// A lower folder under the VM's base (`what`, for the error), opened as [`open_base`] opens
+/// the base: following no link.
+pub(crate) fn open_without_links(base: &Path, what: &str) -> Result<OwnedFd> {
     let root = nix::fcntl::open(
         "/",
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -473,8 +490,8 @@ pub(crate) fn open_base(base: &Path) -> Result<OwnedFd> {
             _ => "cannot be opened",
         };
         SysError {
-            op: "the VM's base",
-            target: format!("{} {why}", base.display()),
+            op: "nothing mounted:",
+            target: format!("{what} {} {why}", base.display()),
             errno,
         }
     })

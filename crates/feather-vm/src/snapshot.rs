@@ -765,7 +765,7 @@ pub(crate) fn restore_tree(
                 let vanished = images.join(VANISHED_LOWER);
                 for (layer, _) in &others {
                     mount_restored_layer_over_what_is_left(
-                        &tree, layer, &top.upper, sync, &vanished,
+                        &tree, layer, &top.upper, sync, &vanished, &top.lower,
                     )
                     .in_vm(name)?;
                 }
@@ -1016,8 +1016,9 @@ fn mount_restored_layer_over_what_is_left(
     vm_layer: &Path,
     sync: LayerSync,
     vanished: &Path,
+    base: &Path,
 ) -> feather_sys::Result<()> {
-    match mount_restored_layer(tree, layer, vm_layer, sync) {
+    match mount_restored_layer(tree, layer, vm_layer, sync, base) {
         Err(_) if !layer.lower.is_dir() => {
             fs::create_dir_all(vanished).map_err(|e| feather_sys::SysError {
                 op: "create",
@@ -1028,7 +1029,7 @@ fn mount_restored_layer_over_what_is_left(
                 lower: vanished.to_path_buf(),
                 ..layer.clone()
             };
-            mount_restored_layer(tree, &over_nothing, vm_layer, sync)
+            mount_restored_layer(tree, &over_nothing, vm_layer, sync, base)
         }
         done => done,
     }
@@ -1042,16 +1043,33 @@ fn mount_restored_layer_over_what_is_left(
 /// path and recreates the VM's mount there, following the link, and the VM's mount
 /// namespace as dumped has a mount there. (CRIU is handed the point's path: once each name
 /// on it was found a folder here, nothing changes them before CRIU reads it, since nothing of
-/// the VM runs.)
+/// the VM runs.) The layer's lower folder, under the VM's `base`, is opened following no link
+/// and given by descriptor, as a start's are (a link put at a mount point after the keeper
+/// checked `layers.json` fails the restore); the empty folder a vanished one is replaced by lies
+/// in the checkpoint's own folder, opened by its path.
 fn mount_restored_layer(
     tree: &fs::File,
     layer: &layers::Layer,
     vm_layer: &Path,
     sync: LayerSync,
+    base: &Path,
 ) -> feather_sys::Result<()> {
-    match rootfs::make_mount_point(tree, &layer.mount_point)? {
+    let point = rootfs::make_mount_point(tree, &layer.mount_point)?;
+    let lower = match layer.lower.starts_with(base) {
+        true => {
+            let what = format!(
+                "the lower folder of the layer at {},",
+                layer.mount_point.display()
+            );
+            rootfs::open_without_links(&layer.lower, &what)?
+        }
+        false => rootfs::open_folder(&layer.lower)?,
+    };
+    let lowers = rootfs::lowers_by_descriptor(layer, &lower);
+    let lowers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+    match point {
         rootfs::MountPoint::Folder(point) => mount::overlay(
-            &layer.lowers(),
+            &lowers,
             &layer.upper,
             &layer.work,
             &rootfs::by_descriptor(&point),
