@@ -403,20 +403,25 @@ pub struct SeenLowers {
 impl SeenLowers {
     /// The mounts the lowers of `layers` (the root layer first) are on now, found as `diff`
     /// finds them ([`open_lower`]); [`NONE_SEEN`] for a layer over no folder of the base's (a
-    /// restored layer whose filesystem went, a folder removed).
+    /// restored layer whose filesystem went, a folder removed). A lower that cannot be opened
+    /// (a user's FUSE mount root may not enter) is left out, unchecked: the record fails no
+    /// start that went on before it (the layer's own mount decides).
     pub fn now(base_path: &Path, layers: &[Layer]) -> std::io::Result<SeenLowers> {
         let base = feather_sys::beneath::open_root(base_path)?;
         let mut mounts = BTreeMap::new();
         for layer in layers {
             let lower = match layer.lower.starts_with(base_path) {
-                true => open_lower(&base, base_path, layer)?,
-                false => None,
+                true => open_lower(&base, base_path, layer),
+                false => Ok(None),
             };
             let id = match lower {
-                Some(lower) => mount_id_of(&lower)?,
-                None => NONE_SEEN,
+                Ok(Some(lower)) => mount_id_of(&lower),
+                Ok(None) => Ok(NONE_SEEN),
+                Err(e) => Err(e),
             };
-            mounts.insert(escape(&layer.mount_point), id);
+            if let Ok(id) = id {
+                mounts.insert(escape(&layer.mount_point), id);
+            }
         }
         let boot = feather_core::store::boot_id().unwrap_or_default();
         Ok(SeenLowers { boot, mounts })
