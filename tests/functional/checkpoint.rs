@@ -946,6 +946,28 @@ fn checkpoint_errors_say_what_to_do() {
     assert!(String::from_utf8_lossy(&check.stderr).contains("CRIU is not installed"));
 }
 
+/// A VM with a filesystem layered at a mount point whose path is not UTF-8 is not
+/// checkpointed: refused before anything is dumped, naming the path escaped, and it runs on.
+#[test]
+fn a_vm_with_a_mount_point_that_is_not_utf8_is_refused_a_checkpoint_and_runs_on() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let feather = Feather::new("ckpt-bytes");
+    let mut base = ScratchBase::new("ckpt-bytes");
+    base.mount_tmpfs_at(&Path::new("mnt").join(OsStr::from_bytes(b"b\xff")));
+    feather.start_over("vm", &base, &["--net", "none"]);
+    feather.require_criu();
+    let err = feather.fails(&["checkpoint", "vm"]);
+    // The path escaped (`\xff`), and the error line escaped once more for the terminal.
+    assert!(
+        err.contains(r"/mnt/b\\xff is a mount point in the VM whose path is not UTF-8")
+            && err.contains("nothing was dumped"),
+        "{err}"
+    );
+    assert_eq!(feather.status("vm"), "running", "the VM keeps running");
+    assert_eq!(feather.sh("vm", "echo on"), "on\n");
+}
+
 #[test]
 fn check_reports_criu_and_the_kernel_features_it_lacks() {
     let feather = Feather::new("ckpt-check");
@@ -1441,6 +1463,42 @@ fn a_filesystem_the_host_removes_while_the_restore_mounts_its_layer_is_restored_
         feather.sh("vm", "ls /data"),
         "vm.txt\n",
         "the VM keeps its own changes there, over nothing"
+    );
+}
+
+/// A link put where a restored layer's filesystem was mounted (the filesystem removed, its
+/// folder replaced by a link to another tree) while the restore mounts the VM's layers: the
+/// layer never lies over the tree the link names, and the restore fails naming the folder.
+/// Before, the layer's lower was given to overlayfs by path, and the VM came back over the
+/// decoy.
+#[test]
+fn a_restored_layers_folder_swapped_for_a_link_is_not_followed() {
+    let feather = Feather::new("ckpt-swapped");
+    feather.require_criu();
+    let mut base = ScratchBase::new("ckpt-swapped");
+    let decoy = ScratchBase::new("ckpt-swapped-decoy");
+    decoy.write("decoy", "the link's tree\n");
+    let data = base.mount_tmpfs("data");
+    fs::write(data.join("host.txt"), "from the host\n").unwrap();
+    feather.start_over("vm", &base, &["--net", "none"]);
+    feather.sh("vm", "echo mine > /data/vm.txt");
+    feather.ok(&["checkpoint", "vm"]);
+    let mut hold = crate::support::RecordHold::before_restored_layers("ckpt-swapped");
+    let restoring = hold.restore(&feather, "vm");
+    base.unmount(&data);
+    fs::remove_dir(&data).unwrap();
+    std::os::unix::fs::symlink(decoy.as_str(), &data).unwrap();
+    hold.release();
+    let restored = restoring.wait_with_output().unwrap();
+    fs::remove_file(&data).unwrap();
+    let stderr = String::from_utf8_lossy(&restored.stderr);
+    assert!(
+        !restored.status.success()
+            && stderr.contains(&format!(
+                "the lower folder of the layer at /data, {} is a link now",
+                data.display()
+            )),
+        "{stderr}"
     );
 }
 

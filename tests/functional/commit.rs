@@ -353,6 +353,126 @@ fn commit_never_reaches_a_filesystem_mounted_under_the_base_after_the_start() {
     assert_eq!(mode & 0o7777, 0o700);
 }
 
+/// A filesystem mounted after the start on a layer's own lower folder (over a filesystem the
+/// VM has a layer of, or over the base itself) is one the VM never saw: every change of that
+/// layer is marked by `diff` and refused by `commit`, which neither reads nor writes it. Once
+/// unmounted, the filesystems the VM saw are back and the commit applies to them.
+#[test]
+fn commit_never_reaches_a_filesystem_mounted_on_a_layers_own_folder_after_the_start() {
+    let mut base = ScratchBase::new("commit-over-lower");
+    base.write("data/keep", "base\n");
+    let sub = base.mount_tmpfs("mnt/sub");
+    fs::set_permissions(&sub, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(sub.join("keep"), "sub at start\n").unwrap();
+    let feather = Feather::new("commit-over-lower");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    let seen = feather.sh(
+        "vm",
+        "cat /mnt/sub/keep && echo vm > /mnt/sub/keep && rm /data/keep && echo vm > /data/new \
+         && echo done",
+    );
+    assert_eq!(seen, "sub at start\ndone\n");
+    feather.ok(&["stop", "vm"]);
+    let mark = "[never committed: at, beneath or over a host mount the VM's layer does not cover]";
+    let refused = |feather: &Feather| {
+        let err = feather.fails(&["commit", "vm"]);
+        assert!(
+            err.contains("/mnt/sub/keep (at, beneath or over a host mount")
+                && err.contains("nothing was committed"),
+            "{err}"
+        );
+    };
+
+    // Over the filesystem the VM has a layer of.
+    let over_sub = base.mount_tmpfs("mnt/sub");
+    fs::write(over_sub.join("keep"), "host marker\n").unwrap();
+    let diff = feather.run(&["diff", "vm"]);
+    assert!(
+        diff.stdout.contains(&format!("{mark} /mnt/sub/keep\n")),
+        "{}",
+        diff.stdout
+    );
+    assert!(diff.stdout.contains("  /data/new\n"), "{}", diff.stdout);
+    refused(&feather);
+    assert_eq!(
+        fs::read_to_string(over_sub.join("keep")).unwrap(),
+        "host marker\n"
+    );
+    base.unmount(&over_sub);
+
+    // Over the base itself: the root layer's lower.
+    let over_base = base.mount_tmpfs("");
+    fs::create_dir_all(over_base.join("data")).unwrap();
+    fs::write(over_base.join("data/keep"), "host marker\n").unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&feather.ok(&["diff", "vm", "--json"])).unwrap();
+    let paths: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|change| change["path"].as_str().unwrap())
+        .collect();
+    for path in ["/data/keep", "/data/new", "/mnt/sub/keep"] {
+        assert!(paths.contains(&path), "{path}: {json}");
+    }
+    for change in json.as_array().unwrap() {
+        assert_eq!(change["forbidden"], "host-mount", "{change}");
+    }
+    refused(&feather);
+    assert_eq!(
+        fs::read_to_string(over_base.join("data/keep")).unwrap(),
+        "host marker\n"
+    );
+    assert!(!over_base.join("data/new").exists());
+    base.unmount(&over_base);
+
+    // The filesystems the VM saw: committed.
+    let committed = feather.ok(&["commit", "vm"]);
+    assert!(committed.contains("D /data/keep\n"), "{committed}");
+    assert_eq!(fs::read_to_string(sub.join("keep")).unwrap(), "vm\n");
+    assert_eq!(base.read("data/new").unwrap(), "vm\n");
+}
+
+/// Names that are not UTF-8: a host filesystem mounted under the base at such a path, and
+/// files so named in the VM's layers. The VM starts with that filesystem layered (reading the
+/// host's mount table as text failed the start), `diff` lists every change with the bytes
+/// escaped, `commit` applies each to the filesystem the VM saw, and `rm` removes the layers.
+#[test]
+fn names_that_are_not_utf8_are_diffed_committed_and_removed() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let mut base = ScratchBase::new("commit-bytes");
+    base.write("data/keep", "base\n");
+    let sub = base.mount_tmpfs_at(&std::path::Path::new("mnt").join(OsStr::from_bytes(b"b\xff")));
+    fs::set_permissions(&sub, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(sub.join("old"), "host\n").unwrap();
+    let feather = Feather::new("commit-bytes");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    let seen = feather.sh(
+        "vm",
+        r#"d="$(printf '/mnt/b\377')" && cat "$d/old" && echo vm > "$d/new" \
+           && echo vm > "$(printf '/data/x\376')" && echo done"#,
+    );
+    assert_eq!(seen, "host\ndone\n");
+    feather.ok(&["stop", "vm"]);
+
+    let diff = feather.ok(&["diff", "vm"]);
+    assert!(
+        diff.contains("  /data/x\\xfe\n") && diff.contains("  /mnt/b\\xff/new\n"),
+        "{diff}"
+    );
+    let committed = feather.ok(&["commit", "vm"]);
+    assert!(
+        committed.contains("A /data/x\\xfe\n") && committed.contains("A /mnt/b\\xff/new\n"),
+        "{committed}"
+    );
+    assert_eq!(fs::read_to_string(sub.join("new")).unwrap(), "vm\n");
+    let written = base.file("data").join(OsStr::from_bytes(b"x\xfe"));
+    assert_eq!(fs::read_to_string(written).unwrap(), "vm\n");
+    feather.ok(&["rm", "vm"]);
+    assert!(!feather.vm_dir("vm").exists());
+}
+
 #[test]
 fn commit_writes_nothing_of_the_layer_under_a_read_only_path() {
     let base = ScratchBase::new("commit-ro");

@@ -125,6 +125,38 @@ fn a_filesystem_unmounted_while_the_vm_starts_is_passed_over() {
     feather.ok(&["stop", "vm"]);
 }
 
+/// The base swapped for a link while the VM starts (held after the keeper's checks, before
+/// init mounts the root overlay): the overlay never lies over the tree the link names. Init
+/// opens the base following no link and mounts the overlay on what it opened; the start fails
+/// naming the base. Before, the root overlay's lower was the base's path, and the VM ran over
+/// the decoy.
+#[test]
+fn a_base_swapped_for_a_link_while_the_vm_starts_is_not_followed() {
+    let feather = Feather::new("cow-swapped");
+    let base = ScratchBase::new("cow-swapped");
+    let decoy = ScratchBase::new("cow-swapped-decoy");
+    decoy.write("decoy", "the link's tree\n");
+    feather.ok(&["create", "vm", "--base", base.as_str(), "--net", "none"]);
+    let mut hold = RecordHold::after_mount_list("cow-swapped");
+    let start = hold.start(&feather, "vm");
+    let real = std::path::PathBuf::from(format!("{}-real", base.as_str()));
+    fs::rename(base.as_str(), &real).unwrap();
+    std::os::unix::fs::symlink(decoy.as_str(), base.as_str()).unwrap();
+    hold.release();
+    let started = start.wait_with_output().unwrap();
+    fs::remove_file(base.as_str()).unwrap();
+    fs::rename(&real, base.as_str()).unwrap();
+    let stderr = String::from_utf8_lossy(&started.stderr);
+    assert!(
+        !started.status.success()
+            && stderr.contains(&format!(
+                "{} is a link now, or has one on its path",
+                base.as_str()
+            )),
+        "{stderr}"
+    );
+}
+
 /// Later, once the VM's init has its own copy of the host's mounts: unmounting a filesystem on
 /// the host does not reach that copy (`srv`: layered as found), but removing its folder there
 /// detaches it (`opt`: unmounted, its folder removed and made again, as an automount's is),

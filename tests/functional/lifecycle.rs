@@ -1609,8 +1609,8 @@ fn a_throw_away_vm_s_layer_is_in_memory_and_diff_and_commit_read_it_while_it_run
     feather.eventually("the throw-away VM wrote its file", || {
         feather.run(&["diff", "tmp"]).stdout.contains("/data/new")
     });
-    // Nothing of the layer is on the host's disk: the VM's folder holds its records and the
-    // mount point of its root only, and no mount of the host leads to the layer. (`op.lock`
+    // Nothing of the layer is on the host's disk: the VM's folder holds its records (what its
+    // layers lie over among them) and the mount point of its root only, and no mount of the host leads to the layer. (`op.lock`
     // appears when any command takes the VM's operation lock: a state root registered anywhere
     // on the host meanwhile, by another test, hides itself in every running VM under it.)
     let mut on_disk: Vec<String> = fs::read_dir(feather.vm_dir("tmp"))
@@ -1621,7 +1621,13 @@ fn a_throw_away_vm_s_layer_is_in_memory_and_diff_and_commit_read_it_while_it_run
     on_disk.sort();
     assert_eq!(
         on_disk,
-        ["config.toml", "keeper.lock", "rootfs", "state.json"]
+        [
+            "config.toml",
+            "keeper.lock",
+            "lowers.json",
+            "rootfs",
+            "state.json"
+        ]
     );
     let host_mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(

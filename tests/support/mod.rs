@@ -487,7 +487,12 @@ impl ScratchBase {
 
     /// Mounts a tmpfs at `rel` (a separate filesystem under the base); unmounted on drop.
     pub fn mount_tmpfs(&mut self, rel: &str) -> PathBuf {
-        let target = self.file(rel);
+        self.mount_tmpfs_at(Path::new(rel))
+    }
+
+    /// [`ScratchBase::mount_tmpfs`] at a path that need not be UTF-8.
+    pub fn mount_tmpfs_at(&mut self, rel: &Path) -> PathBuf {
+        let target = self.path.join(rel);
         fs::create_dir_all(&target).unwrap();
         let status = Command::new("mount")
             .args(["-t", "tmpfs", "-o", "size=4m", "feather-test"])
@@ -499,11 +504,14 @@ impl ScratchBase {
         target
     }
 
-    /// Unmounts what [`ScratchBase::mount_tmpfs`] mounted at `target`.
+    /// Unmounts what [`ScratchBase::mount_tmpfs`] mounted last at `target`.
     pub fn unmount(&mut self, target: &Path) {
         let status = Command::new("umount").arg(target).status().unwrap();
         assert!(status.success(), "umount {}", target.display());
-        self.mounts.retain(|mount| mount != target);
+        // The uppermost of mounts stacked at one path: the others stay for the drop.
+        if let Some(last) = self.mounts.iter().rposition(|mount| mount == target) {
+            self.mounts.remove(last);
+        }
     }
 }
 

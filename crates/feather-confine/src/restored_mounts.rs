@@ -319,7 +319,7 @@ fn judge_namespace(
     nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWNS)
         .map_err(|e| format!("cannot join the mount namespace: {e}"))?;
     let text = read_in_proc(proc, "thread-self/mountinfo")?;
-    let mounts = feather_sys::mountinfo::parse(&text);
+    let mounts = feather_sys::mountinfo::parse(text);
     let root = nix::fcntl::open(
         "/",
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -330,7 +330,7 @@ fn judge_namespace(
 }
 
 /// A file of the host's proc, `name` beneath it.
-fn read_in_proc(proc: &OwnedFd, name: &str) -> Result<String, String> {
+fn read_in_proc(proc: &OwnedFd, name: &str) -> Result<Vec<u8>, String> {
     let fd = nix::fcntl::openat(
         proc.as_fd(),
         name,
@@ -338,8 +338,8 @@ fn read_in_proc(proc: &OwnedFd, name: &str) -> Result<String, String> {
         nix::sys::stat::Mode::empty(),
     )
     .map_err(|e| format!("cannot open /proc/{name}: {e}"))?;
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut fs::File::from(fd), &mut text)
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut fs::File::from(fd), &mut text)
         .map_err(|e| format!("cannot read /proc/{name}: {e}"))?;
     Ok(text)
 }
@@ -373,7 +373,7 @@ pub fn look_up(proc: &OwnedFd, root: &OwnedFd, path: &Path) -> Result<Found, Str
     let null = kind == libc::S_IFCHR && stat.st_rdev == libc::makedev(1, 3);
     let empty_folder = kind == libc::S_IFDIR && is_empty_folder(&fd).map_err(|e| unreadable(&e))?;
     let info = read_in_proc(proc, &format!("thread-self/fdinfo/{}", fd.as_raw_fd()))?;
-    let mount = info
+    let mount = String::from_utf8_lossy(&info)
         .lines()
         .find_map(|line| line.strip_prefix("mnt_id:")?.trim().parse().ok())
         .ok_or_else(|| unreadable(&"no mnt_id in its fdinfo"))?;
@@ -526,7 +526,14 @@ mod tests {
         );
         let host = feather_sys::mountinfo::parse("1 0 8:1 / / rw - ext4 /dev/sda1 rw\n");
         let expected = Expected {
-            before: Some(crate::restored_sources::Before::of(&host, &[], false)),
+            before: Some(crate::restored_sources::Before::of(
+                &crate::restored_sources::Tables {
+                    where_criu_ran: host.clone(),
+                    restorers: host,
+                },
+                &[],
+                false,
+            )),
             ..docker()
         };
         let bound = format!("{CREATED}108 100 8:1 /etc /mnt rw - ext4 /dev/sda1 rw\n");

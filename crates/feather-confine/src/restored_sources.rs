@@ -107,7 +107,7 @@ impl CriuMountTable {
                 Err(e) => return Err(format!("cannot read the mount table CRIU ran on: {e}")),
             }
         }
-        let mounts = feather_sys::mountinfo::parse(&String::from_utf8_lossy(&text));
+        let mounts = feather_sys::mountinfo::parse(&text);
         match text.ends_with(b"\n") && mounts.iter().any(|m| m.mount_point == Path::new("/")) {
             true => Ok(mounts),
             false => Err(

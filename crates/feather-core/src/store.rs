@@ -433,6 +433,10 @@ impl VmDir {
     pub fn commit_journal(&self) -> PathBuf {
         self.path.join("committed.json")
     }
+    /// What the VM's layers lay over when it last started (`feather_vm::layers::SeenLowers`).
+    pub fn lower_mounts(&self) -> PathBuf {
+        self.path.join("lowers.json")
+    }
 
     pub fn read_config(&self) -> Result<VmConfig> {
         let path = self.config_path();
@@ -715,7 +719,7 @@ fn make_private(dir: &Path, follow: Follow) -> Result<bool> {
 const UNKNOWN_BOOT: &str = "-";
 
 /// This boot's id: a record of a process from another boot names no process of this one.
-fn boot_id() -> Option<String> {
+pub fn boot_id() -> Option<String> {
     let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     Some(id.trim().to_owned()).filter(|id| !id.is_empty())
 }

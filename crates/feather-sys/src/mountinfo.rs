@@ -27,40 +27,51 @@ pub struct MountEntry {
 
 /// The mounts of the caller's mount namespace, in mount order.
 pub fn mounts() -> std::io::Result<Vec<MountEntry>> {
-    Ok(parse(&fs::read_to_string("/proc/self/mountinfo")?))
+    Ok(parse(fs::read("/proc/self/mountinfo")?))
 }
 
 /// Parses mountinfo text (proc(5)): `id parent major:minor root mount-point options
-/// [optional fields...] - fs-type source super-options`.
-pub fn parse(text: &str) -> Vec<MountEntry> {
-    text.lines()
-        .filter_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            let mut fields = before.split(' ');
-            let id = fields.next()?.parse().ok()?;
-            let _parent = fields.next()?;
-            let device = fields.next()?;
-            let root = fields.next()?;
-            let mount_point = fields.next()?;
-            let options = fields.next()?;
-            let optional = fields
-                .filter(|f| !f.is_empty())
-                .map(str::to_owned)
-                .collect();
-            let mut after = after.split(' ');
-            Some(MountEntry {
-                id,
-                device: device.to_owned(),
-                root: PathBuf::from(unescape(root)),
-                mount_point: PathBuf::from(unescape(mount_point)),
-                options: options.to_owned(),
-                optional,
-                fs_type: after.next()?.to_owned(),
-                source: unescape(after.next().unwrap_or("")),
-                super_options: after.next().unwrap_or("").to_owned(),
-            })
-        })
+/// [optional fields...] - fs-type source super-options`. The text is bytes: the kernel writes
+/// paths as they are (but for the octal escapes of [`unescape`]), and a path need not be UTF-8
+/// (a folder a user or a VM named so): `root` and `mount_point` keep every byte, the other
+/// fields are read lossily (only compared with fixed words, or shown).
+pub fn parse(text: impl AsRef<[u8]>) -> Vec<MountEntry> {
+    text.as_ref()
+        .split(|&b| b == b'\n')
+        .filter_map(parse_line)
         .collect()
+}
+
+fn parse_line(line: &[u8]) -> Option<MountEntry> {
+    let split_at = line.windows(3).position(|w| w == b" - ")?;
+    let (before, after) = (&line[..split_at], &line[split_at + 3..]);
+    let text = |field: &[u8]| String::from_utf8_lossy(field).into_owned();
+    let mut fields = before.split(|&b| b == b' ');
+    let id = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
+    let _parent = fields.next()?;
+    let device = text(fields.next()?);
+    let root = path(fields.next()?);
+    let mount_point = path(fields.next()?);
+    let options = text(fields.next()?);
+    let optional = fields.filter(|f| !f.is_empty()).map(text).collect();
+    let mut after = after.split(|&b| b == b' ');
+    Some(MountEntry {
+        id,
+        device,
+        root,
+        mount_point,
+        options,
+        optional,
+        fs_type: text(after.next()?),
+        source: String::from_utf8_lossy(&unescape_bytes(after.next().unwrap_or(b""))).into_owned(),
+        super_options: text(after.next().unwrap_or(b"")),
+    })
+}
+
+/// A path field of mountinfo, every byte kept.
+fn path(field: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    PathBuf::from(std::ffi::OsString::from_vec(unescape_bytes(field)))
 }
 
 impl MountEntry {
@@ -73,7 +84,11 @@ impl MountEntry {
 
 /// mountinfo writes space, tab, newline and backslash as octal escapes (`\040`).
 pub fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
+    String::from_utf8_lossy(&unescape_bytes(field.as_bytes())).into_owned()
+}
+
+/// [`unescape`], every byte kept.
+fn unescape_bytes(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -92,7 +107,7 @@ pub fn unescape(field: &str) -> String {
             i += 1;
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 /// Filesystem types that are kernel interfaces rather than stored files: a VM gets its own
@@ -149,5 +164,24 @@ mod tests {
         );
         assert!(mounts[0].optional.is_empty());
         assert_eq!(mounts[1].optional, ["shared:1"]);
+    }
+
+    /// A path that is not UTF-8 keeps its bytes (as the kernel wrote them, escapes undone), and
+    /// the table around it is read whole: reading it as text failed on the first such byte.
+    #[test]
+    fn mount_points_that_are_not_utf8_keep_their_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        let text = b"27 1 254:0 / / rw - ext4 /dev/vda rw\n\
+                     28 27 0:25 /r\xff /mnt/b\xff\\040x rw - tmpfs src\xfe rw\n\
+                     29 27 0:26 / /mnt/after rw - tmpfs none rw\n";
+        let mounts = parse(text);
+        assert_eq!(mounts.len(), 3);
+        assert_eq!(
+            mounts[1].mount_point.as_os_str().as_bytes(),
+            b"/mnt/b\xff x"
+        );
+        assert_eq!(mounts[1].root.as_os_str().as_bytes(), b"/r\xff");
+        assert_eq!(mounts[1].source, "src\u{fffd}");
+        assert_eq!(mounts[2].mount_point, PathBuf::from("/mnt/after"));
     }
 }

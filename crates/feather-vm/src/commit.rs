@@ -62,8 +62,14 @@ fn pin(vm: &VmDir, config: &VmConfig) -> Result<(File, Vec<Tree>)> {
             format!("opening its base {}: {e}", config.base.display()),
         )
     })?;
-    let trees =
-        diff::open_trees(layers::existing(vm, config), &base, &config.base).map_err(reading)?;
+    let seen = layers::SeenLowers::recorded(vm);
+    let trees = diff::open_trees(
+        layers::existing(vm, config),
+        &base,
+        &config.base,
+        seen.as_ref(),
+    )
+    .map_err(reading)?;
     Ok((base, trees))
 }
 

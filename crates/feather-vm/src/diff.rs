@@ -22,7 +22,7 @@ use feather_sys::beneath::{self, Entry};
 use feather_sys::mountinfo::{self, MountEntry};
 use serde::Serialize;
 
-use crate::layers::Layer;
+use crate::layers::{Layer, SeenLowers};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, PartialOrd, Ord)]
 pub enum ChangeKind {
@@ -447,25 +447,43 @@ fn path_as_text<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Err
 }
 
 /// One layer, pinned: its upper folder, and the host folder beneath it (absent if the host
-/// has none there any more).
+/// has none there any more, or if it is not the filesystem the VM saw there: `unseen`).
 pub struct Tree {
     pub layer: Layer,
     pub upper: File,
     pub lower: Option<File>,
+    /// The host folder beneath the layer is on another mount than the one the layer lay over
+    /// at the VM's start (see [`crate::layers::SeenLowers`]): a filesystem mounted there since,
+    /// or the base's folder beneath one unmounted since. It is never opened for reading or
+    /// writing, and every change of the layer is marked [`Forbidden::HostMount`].
+    pub unseen: bool,
 }
 
-/// Pins every layer's upper folder and, beneath the base (`base`, opened once), its lower one.
-pub fn open_trees(layers: Vec<Layer>, base: &File, base_path: &Path) -> std::io::Result<Vec<Tree>> {
+/// Pins every layer's upper folder and, beneath the base (`base`, opened once), its lower one,
+/// where that is still on the mount `seen` recorded for it (when there is a record).
+pub fn open_trees(
+    layers: Vec<Layer>,
+    base: &File,
+    base_path: &Path,
+    seen: Option<&SeenLowers>,
+) -> std::io::Result<Vec<Tree>> {
     layers
         .into_iter()
         .map(|layer| {
             let upper = beneath::open_root(&layer.upper)?;
-            let rel = layer.lower.strip_prefix(base_path).unwrap_or(Path::new(""));
-            let lower = beneath::open_dir(base, rel)?;
+            let mut lower = crate::layers::open_lower(base, base_path, &layer)?;
+            let unseen = match seen {
+                Some(seen) => !seen.saw(&layer, lower.as_ref())?,
+                None => false,
+            };
+            if unseen {
+                lower = None;
+            }
             Ok(Tree {
                 layer,
                 upper,
                 lower,
+                unseen,
             })
         })
         .collect()
@@ -505,7 +523,7 @@ pub fn diff_trees(
             Some(lower) => Some(lower.try_clone()?),
             None => None,
         };
-        walk.all(&mut changes, tree.upper.try_clone()?, lower)?;
+        walk.all(&mut changes, tree.upper.try_clone()?, lower, tree.unseen)?;
     }
     changes.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(changes)
@@ -691,19 +709,17 @@ impl Walk<'_> {
     /// with a stack of open folders, not by recursion: the VM chooses how deep its folders
     /// nest, and a recursive walk of a few thousand levels overflowed the stack and aborted
     /// feather (the web view's server with it, where it showed the VM's changes).
+    /// `beyond`: the lower folder is not the filesystem the VM saw ([`Tree::unseen`]).
     fn all(
         &self,
         changes: &mut Vec<Change>,
         upper: File,
         lower: Option<File>,
+        beyond: bool,
     ) -> std::io::Result<()> {
-        let mut open = vec![Folder::open(
-            PathBuf::new(),
-            upper,
-            lower,
-            false,
-            HostFolder::ROOTS,
-        )?];
+        let mut top = Folder::open(PathBuf::new(), upper, lower, false, HostFolder::ROOTS)?;
+        top.beyond = beyond;
+        let mut open = vec![top];
         while let Some(folder) = open.last_mut() {
             let Some(name) = folder.names.get(folder.next).cloned() else {
                 let done = open.pop().expect("a folder is open");
@@ -765,7 +781,9 @@ impl Walk<'_> {
         let meta = &upper.meta;
         let beyond = folder.beyond;
         if is_whiteout(meta) {
-            if lower.is_some() {
+            // Beyond a host mount the VM's deletion is listed (marked) though the lower at
+            // hand is not what it deleted from.
+            if lower.is_some() || beyond {
                 changes.push(self.change(ChangeKind::Deleted, &rel, None, beyond)?);
             }
             return Ok(None);

@@ -161,11 +161,24 @@ pub struct Inspection {
     pub network: feather_net::NetworkView,
 }
 
+/// One of the VM's layers. Its paths are shown as text, each byte that is not UTF-8 as `\xNN`
+/// (a host filesystem mounted at such a folder is layered too; serde refused such a path, and
+/// `inspect` failed).
 #[derive(Debug, Serialize)]
 pub struct LayerInfo {
+    #[serde(serialize_with = "path_as_text")]
     pub mount_point: PathBuf,
+    #[serde(serialize_with = "path_as_text")]
     pub lower: PathBuf,
+    #[serde(serialize_with = "path_as_text")]
     pub upper: PathBuf,
+}
+
+fn path_as_text<S: serde::Serializer>(path: &std::path::Path, s: S) -> Result<S::Ok, S::Error> {
+    use std::os::unix::ffi::OsStrExt;
+    s.serialize_str(&feather_core::display::utf8_or_escaped(
+        path.as_os_str().as_bytes(),
+    ))
 }
 
 #[derive(Debug, Serialize)]

@@ -340,6 +340,12 @@ impl Keeper {
         trace::phase("prepare the network (/etc files, ports)");
         let hidden = hiding::state_folders(root);
         let mut tree = layers::for_start_in(root, vm, &config, memory_layer, &hidden)?;
+        // What the layers lie over, for `diff` and `commit` to read nothing else.
+        if let Err(e) = layers::SeenLowers::record(vm, &config, &tree.layers) {
+            network.detach();
+            remove_leftovers(vm, &config);
+            return Err(e);
+        }
         held_by_test(HOLD_AFTER_MOUNT_LIST);
         let memory_layer = tree.memory_layer.take();
         // Held until init, a fork of this process, has its copy (see `layers::hiding_layer`).

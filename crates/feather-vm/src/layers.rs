@@ -3,7 +3,9 @@
 //! overlayfs does not descend into submounts of its lower layer, so without these a VM would
 //! see empty folders where the host has mounted filesystems.
 
-use std::fs;
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 
 use feather_core::error::IoContext;
@@ -11,6 +13,7 @@ use feather_core::{StateRoot, VmConfig, VmDir, VmName};
 use feather_sys::mountinfo::{self, is_api_filesystem};
 
 use feather_sys::hiding_layer::HidingLayer;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{InVm, Result, VmError};
 use crate::read_only;
@@ -382,6 +385,97 @@ fn not_a_layer_folder(name: &VmName, folder: &Path, source: std::io::Error) -> V
     }
 }
 
+/// What each layer of a VM lay over when it last started or was restored, as the host's root
+/// saw it then: the mount its lower folder was on, by the kernel's unique mount id (never
+/// reused within a boot), with the boot's id (`lowers.json` in the VM's folder, see
+/// [`VmDir::lower_mounts`]). `diff` and `commit` read a layer's lower folder only while it is
+/// still on that mount ([`SeenLowers::saw`]): a filesystem mounted on the folder since, or the
+/// folder beneath the one the VM saw once that is unmounted, is a filesystem the VM never saw.
+/// A VM without a record (never started, or by a feather from before it) or with one of
+/// another boot (mount ids begin anew) has every lower read as it is.
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SeenLowers {
+    boot: String,
+    /// The layers' folder names ([`escape`]: `""` for the root layer) and their mount ids.
+    mounts: BTreeMap<String, u64>,
+}
+
+impl SeenLowers {
+    /// The mounts the lowers of `layers` (the root layer first) are on now, found as `diff`
+    /// finds them ([`open_lower`]); [`NONE_SEEN`] for a layer over no folder of the base's (a
+    /// restored layer whose filesystem went, a folder removed). A lower that cannot be opened
+    /// (a user's FUSE mount root may not enter) is left out, unchecked: the record fails no
+    /// start that went on before it (the layer's own mount decides).
+    pub fn now(base_path: &Path, layers: &[Layer]) -> std::io::Result<SeenLowers> {
+        let base = feather_sys::beneath::open_root(base_path)?;
+        let mut mounts = BTreeMap::new();
+        for layer in layers {
+            let lower = match layer.lower.starts_with(base_path) {
+                true => open_lower(&base, base_path, layer),
+                false => Ok(None),
+            };
+            let id = match lower {
+                Ok(Some(lower)) => mount_id_of(&lower),
+                Ok(None) => Ok(NONE_SEEN),
+                Err(e) => Err(e),
+            };
+            if let Ok(id) = id {
+                mounts.insert(escape(&layer.mount_point), id);
+            }
+        }
+        let boot = feather_core::store::boot_id().unwrap_or_default();
+        Ok(SeenLowers { boot, mounts })
+    }
+
+    /// Records what the lowers of `layers` are on now, for the VM's `diff` and `commit`.
+    pub fn record(vm: &VmDir, config: &VmConfig, layers: &[Layer]) -> Result<()> {
+        let path = vm.lower_mounts();
+        let seen = SeenLowers::now(&config.base, layers).at(&config.base)?;
+        let text = serde_json::to_vec(&seen).map_err(crate::error::encode(vm.name(), "lowers"))?;
+        let durability = match config.ephemeral {
+            true => feather_core::atomic::Durability::Volatile,
+            false => feather_core::atomic::Durability::Durable,
+        };
+        feather_core::atomic::write_atomic(&path, &text, durability)?;
+        Ok(())
+    }
+
+    /// The VM's record, if it has one of this boot.
+    pub fn recorded(vm: &VmDir) -> Option<SeenLowers> {
+        let text = fs::read(vm.lower_mounts()).ok()?;
+        let seen: SeenLowers = serde_json::from_slice(&text).ok()?;
+        let boot = feather_core::store::boot_id()?;
+        (seen.boot == boot).then_some(seen)
+    }
+
+    /// Whether `lower`, the lower folder of `layer` opened now (None: the base has none), is
+    /// on the mount the VM saw there; true for a layer the record does not name (not layered
+    /// at the last start). A folder gone is not what the VM saw: what commit would make in
+    /// its place lies on another filesystem.
+    pub fn saw(&self, layer: &Layer, lower: Option<&File>) -> std::io::Result<bool> {
+        match (self.mounts.get(&escape(&layer.mount_point)), lower) {
+            (None, _) => Ok(true),
+            (Some(id), Some(lower)) => Ok(mount_id_of(lower)? == *id),
+            (Some(id), None) => Ok(*id == NONE_SEEN),
+        }
+    }
+}
+
+/// The mount id recorded for a layer that lay over nothing of the base's: the kernel's unique
+/// ids are never 0, so whatever is there later is a filesystem the VM never saw.
+const NONE_SEEN: u64 = 0;
+
+fn mount_id_of(dir: &File) -> std::io::Result<u64> {
+    feather_sys::mount::mount_id(dir).map_err(|e| std::io::Error::from_raw_os_error(e.errno as i32))
+}
+
+/// The host folder beneath `layer`, opened beneath the base (`base`, opened from `base_path`);
+/// None when the host has none there.
+pub fn open_lower(base: &File, base_path: &Path, layer: &Layer) -> std::io::Result<Option<File>> {
+    let rel = layer.lower.strip_prefix(base_path).unwrap_or(Path::new(""));
+    feather_sys::beneath::open_dir(base, rel)
+}
+
 /// The layers that hold a VM's changes, whether or not it runs: the root layer and every
 /// submount layer it has ever had. An entry of `mounts/` that is not a folder, or whose `upper`
 /// is not (a link), is none: no start mounts it ([`make_folders`]), and `diff` or `commit`
@@ -393,7 +487,7 @@ pub fn existing(vm: &VmDir, config: &VmConfig) -> Vec<Layer> {
         let mut points: Vec<PathBuf> = entries
             .flatten()
             .filter(|e| is_folder(&e.path()) && is_folder(&e.path().join("upper")))
-            .filter_map(|e| unescape(&e.file_name().to_string_lossy()))
+            .filter_map(|e| unescape(e.file_name().as_bytes()))
             .collect();
         points.sort();
         layers.extend(points.into_iter().map(|p| Layer::submount(vm, config, p)));
@@ -425,9 +519,11 @@ fn escape(mount_point: &Path) -> String {
     name
 }
 
-fn unescape(name: &str) -> Option<PathBuf> {
+/// The mount point a layer's folder is named after ([`escape`]), every byte kept: a mount
+/// point need not be UTF-8.
+fn unescape(name: &[u8]) -> Option<PathBuf> {
     let mut bytes = vec![b'/'];
-    let mut rest = name.as_bytes();
+    let mut rest = name;
     while let Some((&first, tail)) = rest.split_first() {
         match first {
             b'-' => {
@@ -445,7 +541,7 @@ fn unescape(name: &str) -> Option<PathBuf> {
             }
         }
     }
-    String::from_utf8(bytes).ok().map(PathBuf::from)
+    Some(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
 }
 
 #[cfg(test)]
@@ -457,7 +553,17 @@ mod tests {
         for path in ["/mnt/data", "/mnt/data-1", "/srv/with space/x\\y", "/a.b_c"] {
             let name = escape(Path::new(path));
             assert!(!name.contains('/'), "{name}");
-            assert_eq!(unescape(&name).unwrap(), PathBuf::from(path));
+            assert_eq!(unescape(name.as_bytes()).unwrap(), PathBuf::from(path));
         }
+    }
+
+    /// A mount point that is not UTF-8 names a layer folder that names it back: before, the
+    /// folder was passed over, and `diff` and `commit` never saw that layer's changes.
+    #[test]
+    fn escaping_round_trips_bytes_that_are_not_utf8() {
+        let path = Path::new(std::ffi::OsStr::from_bytes(b"/mnt/b\xff-\xc3"));
+        let name = escape(path);
+        assert_eq!(name, "mnt-b\\xff\\x2d\\xc3");
+        assert_eq!(unescape(name.as_bytes()).unwrap(), path);
     }
 }

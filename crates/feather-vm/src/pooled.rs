@@ -175,7 +175,9 @@ fn host_mounts(root: &StateRoot) -> Vec<String> {
             || (crate::hiding::inside(Path::new("/"), point).is_some()
                 && !hidden.iter().any(|folder| point.starts_with(folder)))
     };
-    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // Read as bytes: one mount point that is not UTF-8 made the whole table read as empty.
+    let table = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
+    let table = String::from_utf8_lossy(&table);
     table
         .lines()
         .filter(|line| line.split(' ').nth(4).map(Path::new).is_some_and(seen))

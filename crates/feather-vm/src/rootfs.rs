@@ -129,7 +129,13 @@ pub fn assemble(plan: &RootfsPlan) -> Result<mount::OldRoot> {
     let [first, others @ ..] = plan.layers.as_slice() else {
         unreachable!("a VM has a root layer")
     };
-    mount::overlay(&first.lowers(), &first.upper, &first.work, root, plan.sync)?;
+    //    The base is opened first, without following a link, and given by descriptor (see
+    //    [`open_base`]), as the other layers' lowers are (step 3).
+    let base = open_base(&first.lower)?;
+    let lowers = lowers_by_descriptor(first, &base);
+    let lowers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+    mount::overlay(&lowers, &first.upper, &first.work, root, plan.sync)?;
+    drop(base);
     //    Every later mount point is a name in this tree, which the VM's layer controls (a link
     //    `proc -> /x` left there by an earlier run). Each is opened beneath the tree without
     //    following a link, checked to be a folder, and mounted on what was opened.
@@ -419,13 +425,76 @@ impl PinnedLayer<'_> {
     /// The overlay's lower layers, the uppermost first: the layer's hiding part, then the
     /// filesystem held open.
     fn lowers(&self) -> Vec<PathBuf> {
-        self.layer
-            .hiding
-            .iter()
-            .cloned()
-            .chain([by_descriptor(&self.lower)])
-            .collect()
+        lowers_by_descriptor(self.layer, &self.lower)
     }
+}
+
+/// The lower layers of `layer`'s overlay, the uppermost first, its own lower folder held open
+/// as `lower`: the layer's hiding part, then `lower` by descriptor.
+pub(crate) fn lowers_by_descriptor(layer: &Layer, lower: &OwnedFd) -> Vec<PathBuf> {
+    layer
+        .hiding
+        .iter()
+        .cloned()
+        .chain([by_descriptor(lower)])
+        .collect()
+}
+
+/// The VM's base, the root layer's lower folder, opened from `/` with `openat2` following no
+/// link, symbolic or magic, on the way (a VM records its base canonical: a link on its path now
+/// was put there since, by whoever may write a folder on it, between the keeper's checks and
+/// this mount). The overlay is given the descriptor, so it lies over exactly what was opened.
+/// Used by a restore for the root layer too.
+pub(crate) fn open_base(base: &Path) -> Result<OwnedFd> {
+    open_without_links(base, "the VM's base")
+}
+
+/// The folder at `path`, a host path feather chose (in a state folder), opened to be given
+/// by descriptor.
+pub(crate) fn open_folder(path: &Path) -> Result<OwnedFd> {
+    nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|errno| failed("open", path, errno))
+}
+
+/// A lower folder under the VM's base (`what`, for the error), opened as [`open_base`] opens
+/// the base: following no link.
+pub(crate) fn open_without_links(base: &Path, what: &str) -> Result<OwnedFd> {
+    let root = nix::fcntl::open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|errno| failed("open", Path::new("/"), errno))?;
+    let rel = base.strip_prefix("/").unwrap_or(base);
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
+    feather_sys::beneath::open_beneath(&root, rel, flags).map_err(|e| {
+        let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+        let why = match errno {
+            // A link at the end is ENOTDIR (opened as itself, not a folder), on the way ELOOP.
+            Errno::ELOOP | Errno::ENOTDIR => {
+                "is a link now, or has one on its path, or is no folder (the VM recorded a \
+                 folder without a link on its path): a link put there since could lead the \
+                 VM's layer over another tree; nothing was mounted (put the folder back, or \
+                 create the VM anew over the folder the link names)"
+            }
+            Errno::ENOENT => "is gone",
+            _ => "cannot be opened",
+        };
+        SysError {
+            op: "nothing mounted:",
+            target: format!("{what} {} {why}", base.display()),
+            errno,
+        }
+    })
 }
 
 /// The layers of `others` (filesystems the keeper found mounted under `base` on the host) whose
@@ -482,8 +551,8 @@ pub const HOLD_AFTER_MOUNTS_FOUND: &str = "FEATHER_TEST_HOLD_AFTER_MOUNTS_FOUND"
 /// This namespace's mount table.
 fn own_mounts() -> Result<Vec<feather_sys::mountinfo::MountEntry>> {
     let table = Path::new("/proc/self/mountinfo");
-    let text = fs::read_to_string(table).map_err(io_failed("read", table))?;
-    Ok(feather_sys::mountinfo::parse(&text))
+    let text = fs::read(table).map_err(io_failed("read", table))?;
+    Ok(feather_sys::mountinfo::parse(text))
 }
 
 /// Says on init's stderr (the keeper's log) that the host's filesystem at `vm_path` went while

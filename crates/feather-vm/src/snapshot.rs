@@ -83,6 +83,25 @@ pub(crate) fn set_aside_last(vm: &VmDir) -> feather_core::Result<()> {
     fs::rename(&images, &stale).at(&images)
 }
 
+/// Refuses to checkpoint a VM with a mount point whose path is not UTF-8 (a host filesystem
+/// under its base mounted at such a folder, and so layered), naming it, before anything is
+/// dumped or the last checkpoint set aside: CRIU's requests and images carry mount points as
+/// text, and the restore's check of the images reads them so.
+fn refuse_mount_points_not_utf8(name: &feather_core::VmName, mounts: &[MountEntry]) -> Result<()> {
+    let Some(mount) = mounts.iter().find(|m| m.mount_point.to_str().is_none()) else {
+        return Ok(());
+    };
+    Err(failed(
+        name,
+        format!(
+            "cannot be checkpointed: {} is a mount point in the VM whose path is not UTF-8, \
+             which CRIU's requests and images cannot carry; nothing was dumped (mount that \
+             filesystem at a folder named in UTF-8, then start the VM again)",
+            feather_core::display::escape_path(&mount.mount_point)
+        ),
+    ))
+}
+
 /// Removes checkpoints set aside by [`set_aside_last`] (also those a crash left behind).
 pub(crate) fn remove_stale(vm: &VmDir) {
     let Ok(entries) = fs::read_dir(vm.path()) else {
@@ -139,10 +158,11 @@ pub(crate) fn dump(
     let name = vm.name();
     let criu = Criu::checked(criu.to_path_buf(), String::new());
     let images = vm.checkpoint_dir();
-    set_aside_last(vm).in_vm(name)?;
     let mountinfo = format!("/proc/{init}/mountinfo");
-    let text = fs::read_to_string(&mountinfo).at(&mountinfo).in_vm(name)?;
-    let mounts = feather_sys::mountinfo::parse(&text);
+    let text = fs::read(&mountinfo).at(&mountinfo).in_vm(name)?;
+    let mounts = feather_sys::mountinfo::parse(text);
+    refuse_mount_points_not_utf8(name, &mounts)?;
+    set_aside_last(vm).in_vm(name)?;
     let config = vm.read_config().in_vm(name)?;
     let mut layers: Vec<ExternalLayer> =
         numbered(&mounts, "layer", |m| is_own_layer(vm, &config, m), |l| l).collect();
@@ -631,6 +651,9 @@ pub(crate) fn restore_tree(
     // The child mounts each by these names: folders beneath the VM's, never a link's target.
     let restored: Vec<layers::Layer> = others.iter().map(|(layer, _)| layer.clone()).collect();
     layers::make_folders(name, &layers::home(vm, config), &restored)?;
+    // What the layers lie over, for `diff` and `commit` to read nothing else.
+    let all: Vec<layers::Layer> = std::iter::once(top.clone()).chain(restored).collect();
+    layers::SeenLowers::record(vm, config, &all)?;
     // The overlays hide every state root registered by now by themselves, before CRIU reopens
     // anything of the VM's: a descriptor or working folder a restored process had in a folder
     // that is a state root now is reopened as the empty folder the overlay shows there (the
@@ -733,13 +756,17 @@ pub(crate) fn restore_tree(
                 unshare(CloneFlags::CLONE_NEWNS)
                     .map_err(|e| io(name, "unshare mounts")(e.into()))?;
                 mount::make_all_private().in_vm(name)?;
-                mount::overlay(&top.lowers(), &top.upper, &top.work, &rootfs, sync).in_vm(name)?;
+                let base = rootfs::open_base(&top.lower).in_vm(name)?;
+                let lowers = rootfs::lowers_by_descriptor(&top, &base);
+                let lowers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+                mount::overlay(&lowers, &top.upper, &top.work, &rootfs, sync).in_vm(name)?;
+                drop(base);
                 let tree = rootfs::open_tree(&rootfs).in_vm(name)?;
                 crate::test_hooks::held(HOLD_BEFORE_RESTORED_LAYERS);
                 let vanished = images.join(VANISHED_LOWER);
                 for (layer, _) in &others {
                     mount_restored_layer_over_what_is_left(
-                        &tree, layer, &top.upper, sync, &vanished,
+                        &tree, layer, &top.upper, sync, &vanished, &top.lower,
                     )
                     .in_vm(name)?;
                 }
@@ -1025,8 +1052,9 @@ fn mount_restored_layer_over_what_is_left(
     vm_layer: &Path,
     sync: LayerSync,
     vanished: &Path,
+    base: &Path,
 ) -> feather_sys::Result<()> {
-    match mount_restored_layer(tree, layer, vm_layer, sync) {
+    match mount_restored_layer(tree, layer, vm_layer, sync, base) {
         Err(_) if !layer.lower.is_dir() => {
             fs::create_dir_all(vanished).map_err(|e| feather_sys::SysError {
                 op: "create",
@@ -1037,7 +1065,7 @@ fn mount_restored_layer_over_what_is_left(
                 lower: vanished.to_path_buf(),
                 ..layer.clone()
             };
-            mount_restored_layer(tree, &over_nothing, vm_layer, sync)
+            mount_restored_layer(tree, &over_nothing, vm_layer, sync, base)
         }
         done => done,
     }
@@ -1051,16 +1079,33 @@ fn mount_restored_layer_over_what_is_left(
 /// path and recreates the VM's mount there, following the link, and the VM's mount
 /// namespace as dumped has a mount there. (CRIU is handed the point's path: once each name
 /// on it was found a folder here, nothing changes them before CRIU reads it, since nothing of
-/// the VM runs.)
+/// the VM runs.) The layer's lower folder, under the VM's `base`, is opened following no link
+/// and given by descriptor, as a start's are (a link put at a mount point after the keeper
+/// checked `layers.json` fails the restore); the empty folder a vanished one is replaced by lies
+/// in the checkpoint's own folder, opened by its path.
 fn mount_restored_layer(
     tree: &fs::File,
     layer: &layers::Layer,
     vm_layer: &Path,
     sync: LayerSync,
+    base: &Path,
 ) -> feather_sys::Result<()> {
-    match rootfs::make_mount_point(tree, &layer.mount_point)? {
+    let point = rootfs::make_mount_point(tree, &layer.mount_point)?;
+    let lower = match layer.lower.starts_with(base) {
+        true => {
+            let what = format!(
+                "the lower folder of the layer at {},",
+                layer.mount_point.display()
+            );
+            rootfs::open_without_links(&layer.lower, &what)?
+        }
+        false => rootfs::open_folder(&layer.lower)?,
+    };
+    let lowers = rootfs::lowers_by_descriptor(layer, &lower);
+    let lowers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+    match point {
         rootfs::MountPoint::Folder(point) => mount::overlay(
-            &layer.lowers(),
+            &lowers,
             &layer.upper,
             &layer.work,
             &rootfs::by_descriptor(&point),
@@ -1126,10 +1171,10 @@ fn mask_what_the_dump_lacked(vm: &VmDir, init: &ChildProcess, hold: &Hold) -> Re
 fn mask_in_namespace_of(vm: &VmDir, pid: i32, pidfd: &std::os::fd::OwnedFd) -> Result<()> {
     let name = vm.name();
     let mountinfo = format!("/proc/{pid}/mountinfo");
-    let text = fs::read_to_string(&mountinfo).at(&mountinfo).in_vm(name)?;
+    let text = fs::read(&mountinfo).at(&mountinfo).in_vm(name)?;
     // A path the VM's kernel lacks needs no helper (which looks again, safely, at the rest).
     let root = PathBuf::from(format!("/proc/{pid}/root"));
-    let missing: Vec<PathBuf> = rootfs::unmasked(&feather_sys::mountinfo::parse(&text))
+    let missing: Vec<PathBuf> = rootfs::unmasked(&feather_sys::mountinfo::parse(text))
         .into_iter()
         .filter(|path| fs::symlink_metadata(root.join(path)).is_ok())
         .collect();

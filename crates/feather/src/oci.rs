@@ -147,6 +147,7 @@ fn container_changes(
         },
         upper: layer.upper,
         lower: Some(layer.lower),
+        unseen: false,
     };
     // Nothing of a container's is ever committed: no folder is guarded.
     let guarded = feather_vm::diff::Guarded::default();

@@ -182,8 +182,9 @@ pub fn changes_with_sizes(changes: &[Change]) -> Said {
         eprintln!(
             "feather: warning: {host_mounts} of these changes (marked \"never committed\") lie \
              at, beneath or over a filesystem mounted on the host where the VM's layer does not \
-             reach (mounted under its base after its start, or an automount point): the VM saw \
-             the base's own folder there; `commit` refuses them while it is mounted"
+             reach (mounted under its base or on a layer's own folder after its start, an \
+             automount point, or a layer's filesystem unmounted since): the VM saw another \
+             folder there; `commit` refuses them while it is so"
         );
     }
     Ok(())
