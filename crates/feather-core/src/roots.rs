@@ -150,18 +150,18 @@ impl Registry {
     fn entries_strict(&self) -> Result<Vec<Entry>> {
         let entries = match fs::read_dir(&self.dir) {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            other => other.at(&self.dir)?,
+            other => other.map_err(|e| unreadable(&self.dir, e))?,
         };
         let mut roots = Vec::new();
         for file in entries {
-            let path = file.at(&self.dir)?.path();
+            let path = file.map_err(|e| unreadable(&self.dir, e))?.path();
             if path.extension().is_none_or(|ext| ext != "json") {
                 continue;
             }
             // An entry removed since the listing (a root forgotten meanwhile) guards nothing.
             let bytes = match fs::read(&path) {
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                other => other.at(&path)?,
+                other => other.map_err(|e| unreadable(&path, e))?,
             };
             let entry: Entry = serde_json::from_slice(&bytes).map_err(|e| {
                 Error::Other(format!(
@@ -256,6 +256,16 @@ impl Registry {
         stamp.set_modified(std::time::SystemTime::now()).at(&path)?;
         Ok(Some(SweepClaim { _stamp: stamp }))
     }
+}
+
+/// The error of a strict read that could not read `path` (the registry's folder or an entry).
+fn unreadable(path: &Path, e: std::io::Error) -> Error {
+    Error::Other(format!(
+        "cannot read {}, of the registry of state roots: {e}; feather cannot tell which folders \
+         to guard, and commits nothing until it can: run feather as root (the registry is \
+         root's, 0700), or repair that file or folder",
+        path.display()
+    ))
 }
 
 /// The registry held still for a commit ([`Registry::hold_for_commit`]) until dropped.
@@ -485,6 +495,13 @@ mod tests {
         assert!(
             registry.roots().is_empty(),
             "the lenient read passes it over"
+        );
+        fs::remove_file(registry.dir().join("broken.json")).unwrap();
+        fs::create_dir(registry.dir().join("folder.json")).unwrap();
+        let err = registry.identities_strict().unwrap_err().to_string();
+        assert!(
+            err.contains("folder.json, of the registry") && err.contains("commits nothing"),
+            "{err}"
         );
         fs::remove_dir_all(registry.dir()).unwrap();
     }
