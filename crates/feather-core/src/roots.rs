@@ -141,10 +141,18 @@ impl Registry {
     /// The identities (device, inode) the registered roots' state folders had when they were
     /// registered, read as strictly as [`Registry::roots_strict`]: a folder that is one is a
     /// root's, whatever path reaches it (a bind mount's source) and even while the path the
-    /// registry names shows something else (the bind unmounted).
+    /// registry names shows something else (the bind unmounted). Not those of roots whose
+    /// path is gone: their folders are gone with them (removed), and their inode numbers may
+    /// be a new folder's by now.
     pub fn identities_strict(&self) -> Result<Vec<(u64, u64)>> {
         let entries = self.entries_strict()?;
-        Ok(entries.iter().map(|entry| (entry.dev, entry.ino)).collect())
+        Ok(entries
+            .iter()
+            .filter(|entry| {
+                !matches!(fs::symlink_metadata(&entry.dir), Err(e) if e.kind() == ErrorKind::NotFound)
+            })
+            .map(|entry| (entry.dev, entry.ino))
+            .collect())
     }
 
     fn entries_strict(&self) -> Result<Vec<Entry>> {
