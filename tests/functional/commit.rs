@@ -316,6 +316,29 @@ fn a_state_root_bound_from_a_folder_of_the_base_is_hidden_and_guarded_at_its_sou
     assert_eq!(feather.ok(&["commit", "vm", "/data"]), "A /data/legit\n");
 }
 
+/// A root registered while a VM over the base runs, bound from a folder of the base, is
+/// hidden in the VM at the bind's source too (review fixes23 C4: hidden at its registered path
+/// only).
+#[test]
+fn a_state_root_bound_from_a_folder_of_the_base_while_a_vm_runs_is_hidden_at_its_source() {
+    let base = ScratchBase::new("commit-bound-late");
+    fs::create_dir_all(base.file("x/feather")).unwrap();
+    let feather = Feather::new("commit-bound-late");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    let bind = Bind::new(&base.file("x/feather"), "commit-bound-late");
+    let other = Feather::at(bind.target.clone());
+    other.ok(&["ls"]);
+    fs::write(other.root.join("marker"), "of the root\n").unwrap();
+    let seen = feather.sh(
+        "vm",
+        "cat /x/feather/marker 2>/dev/null; echo listed: $(ls -A /x/feather); echo done",
+    );
+    assert_eq!(
+        seen, "listed:\ndone\n",
+        "the VM read the root through its source"
+    );
+}
+
 /// A filesystem mounted under the base after the VM's start is no part of the VM's layer: the
 /// VM sees (and changes) the base's own folder there. `diff` marks what it changed at, beneath
 /// or over such a mount, and `commit` refuses it, writing nothing (review rev25 H1: `commit`
