@@ -1,7 +1,7 @@
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use crate::support::{diff_paths, Feather, ScratchBase};
+use crate::support::{diff_paths, Bind, Feather, ScratchBase};
 
 /// A VM over a scratch base with a known set of host files.
 fn prepared(label: &str) -> (Feather, ScratchBase) {
@@ -256,6 +256,86 @@ fn commit_writes_nothing_of_the_layer_into_a_state_root() {
     assert!(
         diff.contains("D -  [never committed: in a folder hidden from VMs] /srv\n"),
         "{diff}"
+    );
+}
+
+/// A state root bound from a folder of the base (as `/data/feather` bound at
+/// `/var/lib/feather`, the registry naming the latter): a VM over the base sees the root at
+/// the bind's source too. It is hidden there, and what the VM's layer holds there is marked
+/// and never committed, also once the bind is gone (by the identity the registry recorded).
+/// Review fixes23 C4: both went by the registered path only.
+#[test]
+fn a_state_root_bound_from_a_folder_of_the_base_is_hidden_and_guarded_at_its_source() {
+    let base = ScratchBase::new("commit-bound-root");
+    fs::create_dir_all(base.file("x/feather")).unwrap();
+    let bind = Bind::new(&base.file("x/feather"), "commit-bound-root");
+    let other = Feather::at(bind.target.clone());
+    other.ok(&["ls"]);
+    fs::write(other.root.join("marker"), "of the root\n").unwrap();
+    let feather = Feather::new("commit-bound-root");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    let seen = feather.sh(
+        "vm",
+        "cat /x/feather/marker 2>/dev/null; echo listed: $(ls -A /x/feather); \
+         echo vm > /data/legit; echo done",
+    );
+    assert_eq!(
+        seen, "listed:\ndone\n",
+        "the VM read the root through its source"
+    );
+    feather.ok(&["stop", "vm"]);
+    // What a VM that got past the hiding would leave in its layer.
+    write_in_layer(&feather, "x/feather/policy.d/x.rules", "from the VM\n");
+
+    let marked = "[never committed: in a folder hidden from VMs] /x/feather/policy.d/x.rules\n";
+    let refused = |feather: &Feather| {
+        for args in [&["commit", "vm"][..], &["commit", "vm", "/x"]] {
+            let err = feather.fails(args);
+            assert!(
+                err.contains("/x/feather/policy.d/x.rules (in a folder hidden from VMs)")
+                    && err.contains("nothing was committed"),
+                "{err}"
+            );
+        }
+        assert!(
+            !base.file("x/feather/policy.d").exists(),
+            "written into the root"
+        );
+        assert!(!base.file("data/legit").exists(), "nothing applied");
+    };
+    let diff = feather.ok(&["diff", "vm"]);
+    assert!(diff.contains(marked), "{diff}");
+    refused(&feather);
+
+    // The bind gone, no mount table names the folder: the registry's record of its identity
+    // still does.
+    bind.unmount();
+    let diff = feather.ok(&["diff", "vm"]);
+    assert!(diff.contains(marked), "{diff}");
+    refused(&feather);
+    assert_eq!(feather.ok(&["commit", "vm", "/data"]), "A /data/legit\n");
+}
+
+/// A root registered while a VM over the base runs, bound from a folder of the base, is
+/// hidden in the VM at the bind's source too (review fixes23 C4: hidden at its registered path
+/// only).
+#[test]
+fn a_state_root_bound_from_a_folder_of_the_base_while_a_vm_runs_is_hidden_at_its_source() {
+    let base = ScratchBase::new("commit-bound-late");
+    fs::create_dir_all(base.file("x/feather")).unwrap();
+    let feather = Feather::new("commit-bound-late");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    let bind = Bind::new(&base.file("x/feather"), "commit-bound-late");
+    let other = Feather::at(bind.target.clone());
+    other.ok(&["ls"]);
+    fs::write(other.root.join("marker"), "of the root\n").unwrap();
+    let seen = feather.sh(
+        "vm",
+        "cat /x/feather/marker 2>/dev/null; echo listed: $(ls -A /x/feather); echo done",
+    );
+    assert_eq!(
+        seen, "listed:\ndone\n",
+        "the VM read the root through its source"
     );
 }
 

@@ -524,6 +524,46 @@ impl Drop for ScratchBase {
     }
 }
 
+/// A folder bound (`mount --bind`) at a folder of its own under the tests' folder, as a state
+/// root bound from a data disk is; unmounted and removed on drop, also when the test failed.
+pub struct Bind {
+    pub target: PathBuf,
+}
+
+impl Bind {
+    pub fn new(source: &Path, label: &str) -> Self {
+        let bind = Bind {
+            target: unique_dir("bind", label),
+        };
+        let status = Command::new("mount")
+            .arg("--bind")
+            .arg(source)
+            .arg(&bind.target)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "bind {} at {}",
+            source.display(),
+            bind.target.display()
+        );
+        bind
+    }
+
+    /// Unmounts it now (the drop then only removes the folder).
+    pub fn unmount(&self) {
+        let status = Command::new("umount").arg(&self.target).status().unwrap();
+        assert!(status.success(), "umount {}", self.target.display());
+    }
+}
+
+impl Drop for Bind {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.target).status();
+        let _ = fs::remove_dir(&self.target);
+    }
+}
+
 /// A small ext4 filesystem with project quotas (`quota,project`, mounted `prjquota`) on a loop
 /// device, for state roots whose VMs have a disk cap; unmounted and removed on drop. `new`
 /// says why not when this kernel cannot mount it (ext4 quotas need CONFIG_QFMT_V2).

@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use feather_sys::mountinfo::{self, MountEntry};
+
 use crate::atomic::{write_atomic, Durability};
 use crate::error::{Error, IoContext, Result};
 use crate::StateRoot;
@@ -63,12 +65,10 @@ impl Registry {
         if self.read(&path).is_some_and(|known| known == entry) {
             return Ok(None);
         }
-        // Made only for a new entry: one read found, the folder exists.
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .at(&self.dir)?;
+        // Made only for a new entry: one read found, the folder exists. Written while no
+        // commit runs (see [`Registry::hold_for_commit`]).
+        let folder = self.open_folder()?;
+        folder.lock().at(&self.dir)?;
         let text = serde_json::to_vec(&entry).map_err(|e| {
             Error::Other(format!(
                 "cannot record state root {} in {}: {e} (give --root a UTF-8 path)",
@@ -78,6 +78,26 @@ impl Registry {
         })?;
         write_atomic(&path, &text, Durability::Durable)?;
         Ok(Some(StateRoot::with_dirs(entry.dir, entry.run)))
+    }
+
+    /// The registry's folder, made if missing, held open (for its lock).
+    fn open_folder(&self) -> Result<fs::File> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .at(&self.dir)?;
+        fs::File::open(&self.dir).at(&self.dir)
+    }
+
+    /// The registry held still for a commit: no root is registered until the hold is dropped,
+    /// so none can appear between the commit's reading of the registry and its last write
+    /// (review fixes23 C7). Shared: commits do not wait for each other, only a registration
+    /// of a new root waits for them (one of a root already known takes no lock).
+    pub fn hold_for_commit(&self) -> Result<RegistryHold> {
+        let folder = self.open_folder()?;
+        folder.lock_shared().at(&self.dir)?;
+        Ok(RegistryHold { _folder: folder })
     }
 
     /// Every registered root whose state folder still exists, with canonical paths. Entries
@@ -111,20 +131,45 @@ impl Registry {
     /// cannot be read, or an entry that cannot be, is an error naming the file, not a root
     /// fewer (review fixes23 C4). No registry at all holds no root.
     pub fn roots_strict(&self) -> Result<Vec<StateRoot>> {
+        let entries = self.entries_strict()?;
+        Ok(entries
+            .into_iter()
+            .map(|entry| StateRoot::with_dirs(entry.dir, entry.run))
+            .collect())
+    }
+
+    /// The identities (device, inode) the registered roots' state folders had when they were
+    /// registered, read as strictly as [`Registry::roots_strict`]: a folder that is one is a
+    /// root's, whatever path reaches it (a bind mount's source) and even while the path the
+    /// registry names shows something else (the bind unmounted). Not those of roots whose
+    /// path is gone: their folders are gone with them (removed), and their inode numbers may
+    /// be a new folder's by now.
+    pub fn identities_strict(&self) -> Result<Vec<(u64, u64)>> {
+        let entries = self.entries_strict()?;
+        Ok(entries
+            .iter()
+            .filter(|entry| {
+                !matches!(fs::symlink_metadata(&entry.dir), Err(e) if e.kind() == ErrorKind::NotFound)
+            })
+            .map(|entry| (entry.dev, entry.ino))
+            .collect())
+    }
+
+    fn entries_strict(&self) -> Result<Vec<Entry>> {
         let entries = match fs::read_dir(&self.dir) {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            other => other.at(&self.dir)?,
+            other => other.map_err(|e| unreadable(&self.dir, e))?,
         };
         let mut roots = Vec::new();
         for file in entries {
-            let path = file.at(&self.dir)?.path();
+            let path = file.map_err(|e| unreadable(&self.dir, e))?.path();
             if path.extension().is_none_or(|ext| ext != "json") {
                 continue;
             }
             // An entry removed since the listing (a root forgotten meanwhile) guards nothing.
             let bytes = match fs::read(&path) {
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                other => other.at(&path)?,
+                other => other.map_err(|e| unreadable(&path, e))?,
             };
             let entry: Entry = serde_json::from_slice(&bytes).map_err(|e| {
                 Error::Other(format!(
@@ -134,7 +179,7 @@ impl Registry {
                     path.display()
                 ))
             })?;
-            roots.push(StateRoot::with_dirs(entry.dir, entry.run));
+            roots.push(entry);
         }
         Ok(roots)
     }
@@ -221,6 +266,21 @@ impl Registry {
     }
 }
 
+/// The error of a strict read that could not read `path` (the registry's folder or an entry).
+fn unreadable(path: &Path, e: std::io::Error) -> Error {
+    Error::Other(format!(
+        "cannot read {}, of the registry of state roots: {e}; feather cannot tell which folders \
+         to guard, and commits nothing until it can: run feather as root (the registry is \
+         root's, 0700), or repair that file or folder",
+        path.display()
+    ))
+}
+
+/// The registry held still for a commit ([`Registry::hold_for_commit`]) until dropped.
+pub struct RegistryHold {
+    _folder: fs::File,
+}
+
 /// The host's sweep of removed roots' cgroups, claimed by [`Registry::claim_sweep`]: no other
 /// begins until this is dropped.
 pub struct SweepClaim {
@@ -232,30 +292,120 @@ pub struct SweepClaim {
 pub const SWEEP_STAMP: &str = "cgroup-sweep.stamp";
 
 /// The host folders no VM, and no OCI container over the host, may see: the state and run
-/// folders of every registered root (canonical where they exist), and the registry itself.
+/// folders of every registered root (canonical where they exist), and the registry itself,
+/// each with its aliases ([`with_aliases`]).
 pub fn host_state_folders() -> Vec<PathBuf> {
-    let mut folders = std::collections::BTreeSet::new();
-    for root in Registry::host().roots() {
-        folders.extend(root_folders(&root));
-    }
-    folders.insert(PathBuf::from(REGISTRY_DIR));
-    folders.into_iter().collect()
+    let mut folders: Vec<PathBuf> = Registry::host()
+        .roots()
+        .iter()
+        .flat_map(canonical_folders)
+        .collect();
+    folders.extend(registry_folder());
+    with_aliases(folders)
 }
 
 /// [`host_state_folders`] from [`Registry::roots_strict`]: an unreadable registry is an error.
 pub fn host_state_folders_strict() -> Result<Vec<PathBuf>> {
-    let mut folders = std::collections::BTreeSet::new();
-    for root in Registry::host().roots_strict()? {
-        folders.extend(root_folders(&root));
-    }
-    folders.insert(PathBuf::from(REGISTRY_DIR));
-    Ok(folders.into_iter().collect())
+    let mut folders: Vec<PathBuf> = Registry::host()
+        .roots_strict()?
+        .iter()
+        .flat_map(canonical_folders)
+        .collect();
+    folders.extend(registry_folder());
+    Ok(with_aliases(folders))
+}
+
+/// [`REGISTRY_DIR`], and its canonical path where that differs (`/var/lib` a link).
+fn registry_folder() -> Vec<PathBuf> {
+    let named = PathBuf::from(REGISTRY_DIR);
+    let canonical = fs::canonicalize(&named).unwrap_or_else(|_| named.clone());
+    vec![named, canonical]
+}
+
+/// The identities (device, inode) of `folders` that exist, and those the registry recorded
+/// for its roots ([`Registry::identities_strict`]): a folder of the host that is one of them
+/// is a state folder, whatever path reaches it.
+pub fn state_identities_strict(folders: &[PathBuf]) -> Result<Vec<(u64, u64)>> {
+    let mut identities = Registry::host().identities_strict()?;
+    identities.extend(
+        folders
+            .iter()
+            .filter_map(|folder| fs::metadata(folder).ok())
+            .map(|meta| (meta.dev(), meta.ino())),
+    );
+    identities.sort_unstable();
+    identities.dedup();
+    Ok(identities)
+}
+
+/// The state and run folders of `root`, canonical where they exist, with their aliases.
+pub fn root_folders(root: &StateRoot) -> Vec<PathBuf> {
+    with_aliases(canonical_folders(root))
 }
 
 /// The state and run folders of `root`, canonical where they exist.
-pub fn root_folders(root: &StateRoot) -> [PathBuf; 2] {
+fn canonical_folders(root: &StateRoot) -> [PathBuf; 2] {
     [root.dir(), root.run_dir()]
         .map(|dir| fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()))
+}
+
+/// `folders` and every other path of the host's mount table that reaches one of them
+/// (review fixes23 C4): where the folder's filesystem is mounted again, or a folder holding it
+/// is bound elsewhere. With `/dev/sdb1` at `/data` and `/data/feather` bound at
+/// `/var/lib/feather`, each of those two is the other's alias; a VM over `/` sees both, and
+/// must find both hidden, and `commit` must guard both. Each alias is one the folder is found
+/// at (the same device and inode): one covered by another mount shows something else. A
+/// mount table that cannot be read gives no aliases (the walks of `diff` and `commit` match
+/// the folders' identities too).
+pub fn with_aliases(folders: impl IntoIterator<Item = PathBuf>) -> Vec<PathBuf> {
+    let mounts = mountinfo::mounts().unwrap_or_default();
+    let mut all = std::collections::BTreeSet::new();
+    for folder in folders {
+        all.extend(aliases(&folder, &mounts));
+        all.insert(folder);
+    }
+    all.into_iter().collect()
+}
+
+/// The other paths of `mounts` at which the folder `folder` (canonical) is found.
+fn aliases(folder: &Path, mounts: &[MountEntry]) -> Vec<PathBuf> {
+    let Ok(meta) = fs::metadata(folder) else {
+        return Vec::new();
+    };
+    // The mount it is on: the topmost of those with the longest mount point above it
+    // (`max_by_key` gives the last of equals, and the table lists a mount after those it covers).
+    let Some(on) = mounts
+        .iter()
+        .filter(|mount| folder.starts_with(&mount.mount_point))
+        .max_by_key(|mount| mount.mount_point.components().count())
+    else {
+        return Vec::new();
+    };
+    let rest = folder
+        .strip_prefix(&on.mount_point)
+        .unwrap_or(Path::new(""));
+    let in_filesystem = joined(&on.root, rest);
+    mounts
+        .iter()
+        .filter(|mount| mount.device == on.device)
+        .filter_map(|mount| {
+            let rest = in_filesystem.strip_prefix(&mount.root).ok()?;
+            Some(joined(&mount.mount_point, rest))
+        })
+        .filter(|alias| alias != folder)
+        .filter(|alias| {
+            fs::metadata(alias)
+                .is_ok_and(|found| (found.dev(), found.ino()) == (meta.dev(), meta.ino()))
+        })
+        .collect()
+}
+
+/// `rest` beneath `at`, without the trailing `/` an empty `rest` would add.
+fn joined(at: &Path, rest: &Path) -> PathBuf {
+    match rest.as_os_str().is_empty() {
+        true => at.to_path_buf(),
+        false => at.join(rest),
+    }
 }
 
 fn entry_of(root: &StateRoot) -> Result<Entry> {
@@ -354,7 +504,86 @@ mod tests {
             registry.roots().is_empty(),
             "the lenient read passes it over"
         );
+        fs::remove_file(registry.dir().join("broken.json")).unwrap();
+        fs::create_dir(registry.dir().join("folder.json")).unwrap();
+        let err = registry.identities_strict().unwrap_err().to_string();
+        assert!(
+            err.contains("folder.json, of the registry") && err.contains("commits nothing"),
+            "{err}"
+        );
         fs::remove_dir_all(registry.dir()).unwrap();
+    }
+
+    /// A root registered while a commit runs would be missing from what it read of the
+    /// registry: its registration waits for the commit (review fixes23 C7).
+    #[test]
+    fn a_new_root_is_registered_only_once_no_commit_holds_the_registry() {
+        let registry = Registry::at(scratch("registry-held"));
+        let root = StateRoot::new(Some(scratch("root-held")));
+        root.prepare().unwrap();
+        let hold = registry.hold_for_commit().unwrap();
+        let second = registry.hold_for_commit().unwrap();
+        let (done, registered) = std::sync::mpsc::channel();
+        let (dir, root_dir) = (registry.dir().to_path_buf(), root.dir().to_path_buf());
+        let registering = std::thread::spawn(move || {
+            let root = StateRoot::new(Some(root_dir));
+            let _ = done.send(Registry::at(dir).register(&root).map(|new| new.is_some()));
+        });
+        let waited = Duration::from_millis(300);
+        assert!(
+            registered.recv_timeout(waited).is_err(),
+            "registered while commits held the registry"
+        );
+        drop(hold);
+        assert!(
+            registered.recv_timeout(waited).is_err(),
+            "one commit still holds it"
+        );
+        drop(second);
+        let new = registered.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(new.unwrap(), "registered once no commit held it");
+        registering.join().unwrap();
+        assert_eq!(registry.roots().len(), 1);
+        fs::remove_dir_all(root.dir()).unwrap();
+        fs::remove_dir_all(registry.dir()).unwrap();
+    }
+
+    /// A folder bound elsewhere is found at both paths (review fixes23 C4); a path of the
+    /// same filesystem that shows another folder is none of its aliases.
+    #[test]
+    fn a_folder_bound_elsewhere_has_the_other_path_for_an_alias() {
+        let source = scratch("alias-source");
+        let target = scratch("alias-target");
+        let other = scratch("alias-other");
+        for dir in [&source, &target, &other] {
+            fs::create_dir_all(dir).unwrap();
+        }
+        let (source, target) = (
+            fs::canonicalize(&source).unwrap(),
+            fs::canonicalize(&target).unwrap(),
+        );
+        let bound = std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(&source)
+            .arg(&target)
+            .status()
+            .unwrap();
+        assert!(bound.success());
+        let found = (
+            with_aliases([source.clone()]),
+            with_aliases([target.clone()]),
+        );
+        let alone = with_aliases([fs::canonicalize(&other).unwrap()]);
+        let _ = std::process::Command::new("umount").arg(&target).status();
+        for dir in [&source, &target, &other] {
+            let _ = fs::remove_dir(dir);
+        }
+        let both = vec![source.clone(), target.clone()];
+        let mut sorted = both.clone();
+        sorted.sort();
+        assert_eq!(found.0, sorted, "from the source");
+        assert_eq!(found.1, sorted, "from the bind");
+        assert_eq!(alone.len(), 1, "{alone:?}");
     }
 
     #[test]

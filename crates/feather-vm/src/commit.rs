@@ -43,7 +43,7 @@ pub fn changes(root: &StateRoot, name: &VmName) -> Result<Vec<Change>> {
     let vm = root.open(name)?;
     let config = vm.read_config()?;
     let (_, trees) = pin(&vm, &config)?;
-    let hidden = crate::hiding::state_folders_strict(root)?;
+    let hidden = crate::hiding::state_folders_guarded(root)?;
     diff::diff(&trees, &config, &hidden).map_err(io(name, "reading its layer"))
 }
 
@@ -172,7 +172,10 @@ pub fn commit(
     let config = vm.read_config()?;
     let _frozen = hold_still(&vm, &config)?;
     let (_base, trees) = pin(&vm, &config)?;
-    let hidden = crate::hiding::state_folders_strict(root)?;
+    // No root is registered until the commit is done: one registered after the reading of
+    // the registry would not be guarded (review fixes23 C7).
+    let _registry = feather_core::roots::Registry::host().hold_for_commit()?;
+    let hidden = crate::hiding::state_folders_guarded(root)?;
     let all = diff::diff(&trees, &config, &hidden).map_err(io(name, "reading its layer"))?;
     let selected = select(all, paths, name)?;
     refuse_forbidden(&selected, name)?;

@@ -22,6 +22,7 @@ use feather_sys::beneath::{self, Entry};
 use feather_sys::mountinfo::{self, MountEntry};
 use serde::Serialize;
 
+use crate::hiding::StateFolders;
 use crate::layers::{Layer, SeenLowers};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, PartialOrd, Ord)]
@@ -145,8 +146,10 @@ impl Access {
 /// Why a change lies where the VM never writes by itself: the mounts that keep it out of such
 /// folders are detached in a mount namespace that ended, and a process of the VM that kept a
 /// descriptor there writes beneath them into its layer (docs/security.md). `diff` marks such
-/// changes and `commit` refuses them: they say the VM got past a defence, and applying one
-/// would write what the VM was never let see into the host.
+/// changes and `commit` refuses them: they say the VM got past a defence (or wrote there
+/// before the folder was guarded: a root registered since, a layer imported from a host where
+/// that path was none), and applying one would write what the VM was never let see into the
+/// host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Forbidden {
@@ -207,6 +210,10 @@ pub struct Guarded {
     /// Whether changes at, beneath or over a host mount the layer does not cover are marked
     /// ([`Forbidden::HostMount`]; an OCI container's are not: nothing of them is committed).
     host_mounts: bool,
+    /// The identities (device, inode) of the state folders: a lower folder that is one, and
+    /// all beneath it, is [`Forbidden::Hidden`] whatever path reaches it (the source of a
+    /// bind mount of a root: review fixes23 C4).
+    identities: Vec<(u64, u64)>,
 }
 
 impl Guarded {
@@ -214,7 +221,9 @@ impl Guarded {
     /// (`hidden`: `hiding::state_folders`). A hidden folder counts wherever it lies in the
     /// base, also beneath the VM's own `/run` or `/proc`, where the VM sees nothing of it but a
     /// descriptor kept in an ended namespace does.
-    pub fn for_vm(config: &VmConfig, hidden: &[PathBuf]) -> Guarded {
+    pub fn for_vm(config: &VmConfig, hidden: &StateFolders) -> Guarded {
+        let identities = hidden.identities.clone();
+        let hidden = &hidden.folders;
         let bases = [
             config.base.clone(),
             std::fs::canonicalize(&config.base).unwrap_or_else(|_| config.base.clone()),
@@ -244,7 +253,13 @@ impl Guarded {
             base: Some(bases[1].clone()),
             link_guarded,
             host_mounts: true,
+            identities,
         }
+    }
+
+    /// Whether the host's entry `meta` is a state folder, by its identity.
+    fn is_state_folder(&self, meta: &Metadata) -> bool {
+        meta.is_dir() && self.identities.contains(&(meta.dev(), meta.ino()))
     }
 
     /// Why a change at `path` (the VM's) is forbidden, if it is: it lies at or beneath a
@@ -491,7 +506,11 @@ pub fn open_trees(
 
 /// Every change in every layer, sorted by path (a folder before what it holds), those in the
 /// VM's guarded folders marked (`hidden`: the host folders hidden from every VM).
-pub fn diff(trees: &[Tree], config: &VmConfig, hidden: &[PathBuf]) -> std::io::Result<Vec<Change>> {
+pub fn diff(
+    trees: &[Tree],
+    config: &VmConfig,
+    hidden: &StateFolders,
+) -> std::io::Result<Vec<Change>> {
     diff_trees(trees, &config.scaffold, &Guarded::for_vm(config, hidden))
 }
 
@@ -564,6 +583,8 @@ struct Folder {
     replaced: bool,
     beyond: bool,
     host: HostFolder,
+    /// Whether its lower counterpart, or one above it, is a state folder (by identity).
+    in_state: bool,
     names: Vec<OsString>,
     next: usize,
 }
@@ -574,13 +595,14 @@ impl Folder {
         upper: File,
         lower: Option<File>,
         replaced: bool,
-        above: HostFolder,
+        (above, in_state_above): (HostFolder, bool),
+        guarded: &Guarded,
     ) -> std::io::Result<Folder> {
         let names = beneath::names(&upper)?;
-        let host = match &lower {
-            Some(dir) => HostFolder::of(&dir.metadata()?),
-            None => above,
-        };
+        let lower_meta = lower.as_ref().map(File::metadata).transpose()?;
+        let host = lower_meta.as_ref().map_or(above, HostFolder::of);
+        let in_state =
+            in_state_above || lower_meta.is_some_and(|meta| guarded.is_state_folder(&meta));
         Ok(Folder {
             rel,
             upper,
@@ -588,6 +610,7 @@ impl Folder {
             replaced,
             beyond: false,
             host,
+            in_state,
             names,
             next: 0,
         })
@@ -717,7 +740,14 @@ impl Walk<'_> {
         lower: Option<File>,
         beyond: bool,
     ) -> std::io::Result<()> {
-        let mut top = Folder::open(PathBuf::new(), upper, lower, false, HostFolder::ROOTS)?;
+        let mut top = Folder::open(
+            PathBuf::new(),
+            upper,
+            lower,
+            false,
+            (HostFolder::ROOTS, false),
+            self.guarded,
+        )?;
         top.beyond = beyond;
         let mut open = vec![top];
         while let Some(folder) = open.last_mut() {
@@ -748,36 +778,94 @@ impl Walk<'_> {
                 .filter(|n| !folder.names.contains(n))
             {
                 let rel = folder.rel.join(name);
-                changes.push(self.change(ChangeKind::Deleted, &rel, None, folder.beyond)?);
+                let mut change = self.change(ChangeKind::Deleted, &rel, None, folder.beyond)?;
+                if folder.in_state || self.is_state_folder_in(lower, name) {
+                    mark_in_state(std::slice::from_mut(&mut change));
+                }
+                changes.push(change);
             }
         }
         Ok(())
     }
 
     /// The change (if any) at entry `name` of `folder`, and the folder to walk next when it is
-    /// one the walk goes into.
+    /// one the walk goes into; the change marked [`Forbidden::Hidden`] when `folder` lies in a
+    /// state folder, or the entry is one (by identity, see [`Guarded::is_state_folder`]).
     fn entry(
         &self,
         changes: &mut Vec<Change>,
         folder: &Folder,
         name: &OsStr,
     ) -> std::io::Result<Option<Folder>> {
+        let first = changes.len();
+        let (inner, in_state) = self.entry_unmarked(changes, folder, name)?;
+        if in_state {
+            mark_in_state(&mut changes[first..]);
+        }
+        Ok(inner)
+    }
+
+    /// Whether the entry `name` of the host's folder `lower` is a state folder.
+    fn is_state_folder_in(&self, lower: &File, name: &OsStr) -> bool {
+        nix::sys::stat::fstatat(
+            lower,
+            Path::new(name),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok_and(|stat| {
+            let is_dir = stat.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            is_dir
+                && self
+                    .guarded
+                    .identities
+                    .contains(&(stat.st_dev, stat.st_ino))
+        })
+    }
+
+    /// [`Walk::entry`] unmarked, and whether to mark what it found.
+    fn entry_unmarked(
+        &self,
+        changes: &mut Vec<Change>,
+        folder: &Folder,
+        name: &OsStr,
+    ) -> std::io::Result<(Option<Folder>, bool)> {
         let rel = folder.rel.join(name);
         if self.scaffold.contains(&self.tree.layer.vm_path(&rel)) {
-            return Ok(None);
+            return Ok((None, false));
         }
         let Some(upper) = Entry::open(&folder.upper, Path::new(name))? else {
-            return Ok(None); // gone since it was listed
+            return Ok((None, false)); // gone since it was listed
         };
         let lower = match &folder.lower {
             Some(dir) => match Entry::open_on_mount(dir, Path::new(name)) {
                 Err(e) if beneath::at_a_mount(&e) => {
-                    return self.at_host_mount(changes, folder, name, &upper);
+                    let inner = self.at_host_mount(changes, folder, name, &upper)?;
+                    return Ok((inner, folder.in_state));
                 }
                 found => found?,
             },
             None => None,
         };
+        let in_state = folder.in_state
+            || lower
+                .as_ref()
+                .is_some_and(|lower| self.guarded.is_state_folder(&lower.meta));
+        let inner = self.entry_found(changes, folder, &rel, &upper, lower)?;
+        Ok((inner, in_state))
+    }
+
+    /// [`Walk::entry_unmarked`] of the entry at `rel`, `upper` in the layer, `lower` the
+    /// host's if it has one.
+    fn entry_found(
+        &self,
+        changes: &mut Vec<Change>,
+        folder: &Folder,
+        rel: &Path,
+        upper: &Entry,
+        lower: Option<Entry>,
+    ) -> std::io::Result<Option<Folder>> {
+        let name = rel.file_name().unwrap_or_default();
+        let rel = rel.to_path_buf();
         let meta = &upper.meta;
         let beyond = folder.beyond;
         if is_whiteout(meta) {
@@ -800,33 +888,35 @@ impl Walk<'_> {
                 None => (None, beyond),
             };
             let hides = hides || is_opaque(&child);
-            let mut inner = Folder::open(rel.clone(), child, lower_child, hides, folder.host)?;
+            let above = (folder.host, folder.in_state);
+            let mut inner =
+                Folder::open(rel.clone(), child, lower_child, hides, above, self.guarded)?;
             inner.beyond = beyond;
             Ok(Some(inner))
         };
         match &lower {
             None => {
-                let access = new_access(&upper, folder.host)?;
+                let access = new_access(upper, folder.host)?;
                 let change = ChangeKind::Added;
-                changes.push(self.change_of_access(change, &rel, Some(&upper), access, beyond)?);
+                changes.push(self.change_of_access(change, &rel, Some(upper), access, beyond)?);
                 if meta.is_dir() {
                     return inner(None, true);
                 }
             }
             Some(lower) if meta.is_dir() && lower.meta.is_dir() => {
-                let access = access_changes(&upper, lower)?;
+                let access = access_changes(upper, lower)?;
                 if !same_metadata(meta, &lower.meta) || !access.is_empty() {
                     let change = ChangeKind::Modified;
-                    let found = self.change_of_access(change, &rel, Some(&upper), access, beyond);
+                    let found = self.change_of_access(change, &rel, Some(upper), access, beyond);
                     changes.push(found?);
                 }
                 return inner(folder.lower.as_ref(), folder.replaced);
             }
             Some(lower) => {
-                if !same_entry(&upper, lower)? {
-                    let access = access_changes(&upper, lower)?;
+                if !same_entry(upper, lower)? {
+                    let access = access_changes(upper, lower)?;
                     let change = ChangeKind::Modified;
-                    let found = self.change_of_access(change, &rel, Some(&upper), access, beyond);
+                    let found = self.change_of_access(change, &rel, Some(upper), access, beyond);
                     changes.push(found?);
                 }
                 if meta.is_dir() {
@@ -862,9 +952,20 @@ impl Walk<'_> {
         let Some(child) = beneath::open_dir(&folder.upper, Path::new(name))? else {
             return Ok(None); // replaced since it was opened: nothing to follow
         };
-        let mut inner = Folder::open(rel, child, None, true, folder.host)?;
+        let above = (folder.host, folder.in_state);
+        let mut inner = Folder::open(rel, child, None, true, above, self.guarded)?;
         inner.beyond = true;
         Ok(Some(inner))
+    }
+}
+
+/// Marks `changes`, found in a state folder or at one (by identity), [`Forbidden::Hidden`],
+/// unless already refused for another reason.
+fn mark_in_state(changes: &mut [Change]) {
+    for change in changes {
+        if !change.forbidden.is_some_and(Forbidden::refused) {
+            change.forbidden = Some(Forbidden::Hidden);
+        }
     }
 }
 

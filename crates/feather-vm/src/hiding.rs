@@ -51,6 +51,24 @@ pub fn state_folders_strict(own: &StateRoot) -> feather_core::error::Result<Vec<
     Ok(folders.into_iter().collect())
 }
 
+/// What `diff` and `commit` guard of the host: the folders [`state_folders_strict`] gives,
+/// and the identities of the state folders (see [`feather_core::roots::state_identities_strict`]),
+/// by which the walk of a layer knows one at a path no mount table names.
+pub struct StateFolders {
+    pub folders: Vec<PathBuf>,
+    pub identities: Vec<(u64, u64)>,
+}
+
+/// [`StateFolders`] of the host with `own`'s, read strictly.
+pub fn state_folders_guarded(own: &StateRoot) -> feather_core::error::Result<StateFolders> {
+    let folders = state_folders_strict(own)?;
+    let identities = feather_core::roots::state_identities_strict(&folders)?;
+    Ok(StateFolders {
+        folders,
+        identities,
+    })
+}
+
 /// Where the host folder `folder` is in a VM over `base`, if the VM sees it at all: folders
 /// under the recipe's own mounts (the VM's private /run, /dev, /proc, /sys) are never the
 /// host's, and hiding there would cover the VM's own files.
@@ -100,7 +118,8 @@ fn listed(folders: &[PathBuf]) -> String {
 /// Hides `new`'s folders in every running VM of every registered root. Returns one warning
 /// per VM where that failed.
 pub fn in_running_vms(new: &StateRoot) -> Vec<String> {
-    let folders = [new.dir().to_path_buf(), new.run_dir().to_path_buf()];
+    // With their aliases: the same folders at other paths (a bind mount's source).
+    let folders = feather_core::roots::root_folders(new);
     let mut warnings = Vec::new();
     for root in Registry::host().roots() {
         for vm in root.list().unwrap_or_default() {

@@ -170,8 +170,11 @@ pub fn changes_with_sizes(changes: &[Change]) -> Said {
         // On stderr, where it is seen even when the listing goes to a program or a file.
         eprintln!(
             "feather: warning: {forbidden} of these changes (marked \"never committed\") lie \
-             where the VM cannot write by itself: it got past a defence (see \"Changes where a \
-             VM cannot write\" in docs/security.md); `commit` refuses them"
+             where the VM cannot write by itself: either it got past a defence (see \"Changes \
+             where a VM cannot write\" in docs/security.md), or it wrote there before that \
+             folder was guarded (a state root registered since, or a layer imported or migrated \
+             from a host where that path was none); `commit` refuses them: review all the VM \
+             changed before committing the rest by name"
         );
     }
     let host_mounts = changes

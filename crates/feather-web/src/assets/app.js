@@ -499,7 +499,7 @@ async function loadChanges(name) {
             el("input", { type: "checkbox", class: "pick", "data-path": c.path, "data-privileges": privileges || null, disabled: !!forbidden }),
             el("span", { class: "kind", title: c.kind.toLowerCase() }, letter),
             el("span", { class: "path" }, c.link_target && letter !== "D" ? c.path + " -> " + c.link_target : c.path),
-            forbidden ? el("span", { class: "privileges", title: "the VM got past a defence to write here: look at all it changed" }, forbidden) : null,
+            forbidden ? el("span", { class: "privileges", title: "where the VM cannot write: it got past a defence, or wrote here before this folder was guarded; never committed: look at all it changed" }, forbidden) : null,
             privileges ? el("span", { class: "privileges", title: "runs with privileges on the host, or lets others write it" }, privileges) : null,
             access ? el("span", { class: "quiet" }, access) : null,
             el("span", { class: "size" }, letter === "D" ? "" : bytes(c.size))));
