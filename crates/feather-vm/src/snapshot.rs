@@ -855,8 +855,12 @@ pub(crate) fn restore_tree(
     // continues it.
     let mut held = None;
     // CRIU's namespace, held from before CRIU is asked to restore until the check.
-    let (restoring_mnt, _criu_namespace) = hold_restoring_namespace(child, &mnt_read);
-    let restored = wired.and(listening).and_then(|()| {
+    let (pinned, restoring_mnt, _criu_namespace) = match hold_restoring_namespace(child, &mnt_read)
+    {
+        Ok((path, namespace)) => (Ok(()), path, namespace),
+        Err(e) => (Err(io(name, "wait for the restoring child")(e)), None, None),
+    };
+    let restored = wired.and(listening).and(pinned).and_then(|()| {
         let mut at_pre_resume = || {
             let frozen = hold.freeze_or_kill(child.as_raw());
             let answer = frozen.is_ok();
@@ -985,22 +989,26 @@ fn regroup(
 fn hold_restoring_namespace(
     child: Pid,
     said: &std::os::fd::OwnedFd,
-) -> (Option<PathBuf>, Option<fs::File>) {
+) -> std::io::Result<(Option<PathBuf>, Option<fs::File>)> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
-    if let Ok(ended) = process::pidfd_open(child) {
+    let ended = process::pidfd_open(child).map_err(std::io::Error::other)?;
+    loop {
         let mut fds = [
             PollFd::new(said.as_fd(), PollFlags::POLLIN),
             PollFd::new(ended.as_fd(), PollFlags::POLLIN),
         ];
-        let _ = poll(&mut fds, PollTimeout::NONE);
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            _ => break,
+        }
     }
     let Some(path) = restoring_namespace(said) else {
-        return (None, None);
+        return Ok((None, None));
     };
     let namespace = fs::File::open(format!("/proc/{child}/ns/mnt")).ok();
     let same = fs::read_link(format!("/proc/{child}/ns/mnt")).ok() == Some(path.clone());
-    (Some(path), namespace.filter(|_| same))
+    Ok((Some(path), namespace.filter(|_| same)))
 }
 
 fn restoring_namespace(said: &std::os::fd::OwnedFd) -> Option<PathBuf> {
