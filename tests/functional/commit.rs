@@ -513,6 +513,72 @@ fn commit_never_reaches_a_filesystem_mounted_on_a_layers_own_folder_after_the_st
     assert_eq!(base.read("data/new").unwrap(), "vm\n");
 }
 
+/// `diff` and `commit` run from another mount namespace than the VM's start (a systemd unit
+/// with `PrivateTmp=`, `unshare -m`), where no mount has the ids of the start's record: the
+/// changes of a VM whose lowers are untouched are listed and committed, and a filesystem
+/// mounted on a layer's own folder after the start is still refused, neither read nor written.
+#[test]
+fn commit_from_another_mount_namespace_applies_and_still_refuses_a_filesystem_mounted_since() {
+    let mut base = ScratchBase::new("commit-other-ns");
+    base.write("data/keep", "base\n");
+    let sub = base.mount_tmpfs("mnt/sub");
+    fs::set_permissions(&sub, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(sub.join("keep"), "sub at start\n").unwrap();
+    let feather = Feather::new("commit-other-ns");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    let done = feather.sh(
+        "vm",
+        "echo vm > /mnt/sub/keep && echo vm > /data/new && echo done",
+    );
+    assert_eq!(done, "done\n");
+    feather.ok(&["stop", "vm"]);
+    let elsewhere = |args: &[&str]| {
+        let mut command = std::process::Command::new("unshare");
+        command
+            .args(["-m", "--propagation", "slave", Feather::bin(), "--root"])
+            .arg(&feather.root)
+            .args(args);
+        feather_testkit::run(&mut command)
+    };
+
+    let diff = elsewhere(&["diff", "vm"]);
+    assert_eq!(diff.code, 0, "{}", diff.stderr);
+    assert_eq!(
+        diff_paths(&diff.stdout),
+        "A /data/new\nM /mnt/sub/keep\n",
+        "nothing marked: {}{}",
+        diff.stdout,
+        diff.stderr
+    );
+
+    let over_sub = base.mount_tmpfs("mnt/sub");
+    fs::write(over_sub.join("keep"), "host marker\n").unwrap();
+    let refused = elsewhere(&["commit", "vm"]);
+    assert_ne!(refused.code, 0, "{}", refused.stdout);
+    assert!(
+        refused
+            .stderr
+            .contains("/mnt/sub/keep (at, beneath or over a host mount")
+            && refused.stderr.contains("nothing was committed"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        fs::read_to_string(over_sub.join("keep")).unwrap(),
+        "host marker\n"
+    );
+    base.unmount(&over_sub);
+
+    let committed = elsewhere(&["commit", "vm"]);
+    assert_eq!(committed.code, 0, "{}", committed.stderr);
+    assert_eq!(
+        diff_paths(&committed.stdout),
+        "A /data/new\nM /mnt/sub/keep\n"
+    );
+    assert_eq!(fs::read_to_string(sub.join("keep")).unwrap(), "vm\n");
+    assert_eq!(base.read("data/new").unwrap(), "vm\n");
+}
+
 /// Names that are not UTF-8: a host filesystem mounted under the base at such a path, and
 /// files so named in the VM's layers. The VM starts with that filesystem layered (reading the
 /// host's mount table as text failed the start), `diff` lists every change with the bytes

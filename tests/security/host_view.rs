@@ -478,6 +478,37 @@ fn a_root_registered_while_a_restore_records_the_vm_running_is_hidden_in_it() {
     );
 }
 
+/// A root registered while a VM runs whose mount table is not text (a host filesystem layered
+/// at a path that is not UTF-8) is hidden in it: the table is read as bytes. Read as text, it
+/// failed, and the root stayed in the VM's view until its restart, with only a warning.
+#[test]
+fn a_root_registered_while_a_vm_with_a_mount_point_that_is_not_utf8_runs_is_hidden_in_it() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let mut base = crate::support::ScratchBase::new("host-view-bytes");
+    base.mount_tmpfs_at(&Path::new("mnt").join(OsStr::from_bytes(b"b\xff")));
+    let late = late_root_in(&base);
+    let a = Feather::new("host-view-bytes");
+    a.start_over("w", &base, &["--net", "none"]);
+    assert_ne!(
+        a.sh("w", LATE_ROOT_SEEN),
+        "end\n",
+        "the VM sees the folder before it is a registered root"
+    );
+    let registered = late.run(&["ls"]);
+    assert_eq!(registered.code, 0, "{}", registered.stderr);
+    assert!(
+        !registered.stderr.contains("cannot hide"),
+        "{}",
+        registered.stderr
+    );
+    assert_eq!(
+        a.sh("w", LATE_ROOT_SEEN),
+        "end\n",
+        "a root registered while the VM runs shows in it"
+    );
+}
+
 /// A restore's look at the registry of roots is the VM's only hiding (a checkpoint holds no
 /// hiding mounts): when it fails, the VM must not run. Here the restored VM's mount namespace
 /// is full (every mount refused with ENOSPC, as a host out of mounts or memory would refuse

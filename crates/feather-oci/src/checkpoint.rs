@@ -281,12 +281,13 @@ fn write_descriptors(pid: i32, images: &Path) -> Result<Vec<String>> {
     Ok(externals)
 }
 
-/// The mount ids of the init's mount namespace.
+/// The mount ids of the init's mount namespace. Its table is read as bytes: a mount point
+/// that is not UTF-8 failed the whole table as text, and every descriptor counted as outside.
 fn container_mount_ids(pid: i32) -> Vec<u64> {
-    fs::read_to_string(format!("/proc/{pid}/mountinfo"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| line.split(' ').next()?.parse().ok())
+    let table = fs::read(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+    feather_sys::mountinfo::parse(table)
+        .into_iter()
+        .map(|mount| mount.id)
         .collect()
 }
 

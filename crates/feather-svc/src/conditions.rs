@@ -107,18 +107,31 @@ fn holds(kind: &str, value: &str, root: &Path) -> bool {
     result != negate
 }
 
+/// Whether a mount's point is `path`, by the table's bytes unescaped: in a VM with a host
+/// filesystem layered at a path that is not UTF-8, the table is not text.
 fn is_mount_point(path: &str) -> bool {
-    fs::read_to_string("/proc/self/mountinfo").is_ok_and(|text| {
-        text.lines().any(|line| {
-            line.split_whitespace().nth(4) == Some(path.trim_end_matches('/'))
-                || (path == "/" && line.split_whitespace().nth(4) == Some("/"))
-        })
+    let path = match path.trim_end_matches('/') {
+        "" => "/",
+        trimmed => trimmed,
+    };
+    feather_sys::mountinfo::mounts().is_ok_and(|mounts| {
+        mounts
+            .iter()
+            .any(|mount| mount.mount_point == std::path::Path::new(path))
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_points_are_found_in_the_table_with_or_without_a_trailing_slash() {
+        for path in ["/", "/proc", "/proc/"] {
+            assert!(is_mount_point(path), "{path}");
+        }
+        assert!(!is_mount_point("/proc/self"));
+    }
 
     fn c(key: &str, value: &str) -> Condition {
         Condition {

@@ -218,8 +218,9 @@ pub fn in_vm(
     if folders.is_empty() {
         return Ok(());
     }
-    let mountinfo =
-        std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).map_err(HidingError::Mounts)?;
+    // Bytes: a VM with a host filesystem layered at a path that is not UTF-8 has a mount
+    // table that is not text.
+    let mountinfo = std::fs::read(format!("/proc/{pid}/mountinfo")).map_err(HidingError::Mounts)?;
     let hidden: Vec<PathBuf> = feather_sys::mountinfo::parse(&mountinfo)
         .into_iter()
         .filter(|m| m.fs_type == "tmpfs")

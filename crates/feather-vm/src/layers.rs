@@ -392,12 +392,24 @@ fn not_a_layer_folder(name: &VmName, folder: &Path, source: std::io::Error) -> V
 /// still on that mount ([`SeenLowers::saw`]): a filesystem mounted on the folder since, or the
 /// folder beneath the one the VM saw once that is unmounted, is a filesystem the VM never saw.
 /// A VM without a record (never started, or by a feather from before it) or with one of
-/// another boot (mount ids begin anew) has every lower read as it is.
+/// another boot (mount ids begin anew) has every lower read as it is. Mount ids are those of
+/// the mount namespace the record was taken in (a copy of a namespace has its own mounts):
+/// from another one (a systemd unit with `PrivateTmp=`, `unshare -m`), the lower folder's
+/// (st_dev, st_ino) is compared instead.
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SeenLowers {
     boot: String,
     /// The layers' folder names ([`escape`]: `""` for the root layer) and their mount ids.
     mounts: BTreeMap<String, u64>,
+    /// The mount namespace of the record (the inode of `/proc/self/ns/mnt`); 0 in a record by
+    /// a feather from before it, whose mount ids are compared from any namespace.
+    #[serde(default)]
+    namespace: u64,
+    /// The lower folders' (st_dev, st_ino), by the names of `mounts` (none for [`NONE_SEEN`]):
+    /// a filesystem mounted over the folder shows its own root, the folder beneath one
+    /// unmounted is another inode, and only a bind of the folder itself (harmless) shows both.
+    #[serde(default)]
+    folders: BTreeMap<String, (u64, u64)>,
 }
 
 impl SeenLowers {
@@ -409,22 +421,34 @@ impl SeenLowers {
     pub fn now(base_path: &Path, layers: &[Layer]) -> std::io::Result<SeenLowers> {
         let base = feather_sys::beneath::open_root(base_path)?;
         let mut mounts = BTreeMap::new();
+        let mut folders = BTreeMap::new();
         for layer in layers {
             let lower = match layer.lower.starts_with(base_path) {
                 true => open_lower(&base, base_path, layer),
                 false => Ok(None),
             };
-            let id = match lower {
-                Ok(Some(lower)) => mount_id_of(&lower),
-                Ok(None) => Ok(NONE_SEEN),
+            let seen = match lower {
+                Ok(Some(lower)) => {
+                    mount_id_of(&lower).and_then(|id| Ok((id, Some(folder_id(&lower)?))))
+                }
+                Ok(None) => Ok((NONE_SEEN, None)),
                 Err(e) => Err(e),
             };
-            if let Ok(id) = id {
-                mounts.insert(escape(&layer.mount_point), id);
+            if let Ok((id, folder)) = seen {
+                let name = escape(&layer.mount_point);
+                if let Some(folder) = folder {
+                    folders.insert(name.clone(), folder);
+                }
+                mounts.insert(name, id);
             }
         }
         let boot = feather_core::store::boot_id().unwrap_or_default();
-        Ok(SeenLowers { boot, mounts })
+        Ok(SeenLowers {
+            boot,
+            mounts,
+            namespace: mount_namespace()?,
+            folders,
+        })
     }
 
     /// Records what the lowers of `layers` are on now, for the VM's `diff` and `commit`.
@@ -451,14 +475,34 @@ impl SeenLowers {
     /// Whether `lower`, the lower folder of `layer` opened now (None: the base has none), is
     /// on the mount the VM saw there; true for a layer the record does not name (not layered
     /// at the last start). A folder gone is not what the VM saw: what commit would make in
-    /// its place lies on another filesystem.
+    /// its place lies on another filesystem. From another mount namespace than the record's,
+    /// the folder itself is compared (its mount ids are not those of the record).
     pub fn saw(&self, layer: &Layer, lower: Option<&File>) -> std::io::Result<bool> {
-        match (self.mounts.get(&escape(&layer.mount_point)), lower) {
-            (None, _) => Ok(true),
-            (Some(id), Some(lower)) => Ok(mount_id_of(lower)? == *id),
-            (Some(id), None) => Ok(*id == NONE_SEEN),
+        let name = escape(&layer.mount_point);
+        let Some(&id) = self.mounts.get(&name) else {
+            return Ok(true);
+        };
+        let Some(lower) = lower else {
+            return Ok(id == NONE_SEEN);
+        };
+        if self.namespace == 0 || self.namespace == mount_namespace()? {
+            return Ok(mount_id_of(lower)? == id);
         }
+        Ok(self.folders.get(&name) == Some(&folder_id(lower)?))
     }
+}
+
+/// The caller's mount namespace: the inode of its `/proc/self/ns/mnt`.
+fn mount_namespace() -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(fs::metadata("/proc/self/ns/mnt")?.ino())
+}
+
+/// A folder's (st_dev, st_ino).
+fn folder_id(dir: &File) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = dir.metadata()?;
+    Ok((meta.dev(), meta.ino()))
 }
 
 /// The mount id recorded for a layer that lay over nothing of the base's: the kernel's unique
@@ -565,5 +609,16 @@ mod tests {
         let name = escape(path);
         assert_eq!(name, "mnt-b\\xff\\x2d\\xc3");
         assert_eq!(unescape(name.as_bytes()).unwrap(), path);
+    }
+
+    /// A record by a feather from before the namespace and folders were recorded is still
+    /// read (namespace 0: its mount ids are compared, as they were).
+    #[test]
+    fn a_record_without_namespace_or_folders_is_read() {
+        let seen: SeenLowers =
+            serde_json::from_str(r#"{"boot":"b","mounts":{"":7,"mnt-sub":0}}"#).unwrap();
+        assert_eq!(seen.namespace, 0);
+        assert!(seen.folders.is_empty());
+        assert_eq!(seen.mounts.get(""), Some(&7));
     }
 }

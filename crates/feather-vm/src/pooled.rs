@@ -168,20 +168,25 @@ pub fn fingerprint(root: &StateRoot) -> String {
 /// The host's mounts as this process sees them that a VM over `/` shows: not those under the
 /// recipe's own `/proc`, `/sys`, `/dev` and `/run` (a VM never sees the host's there), nor
 /// those inside state folders, which every VM has hidden (other roots' VMs come and go there).
-fn host_mounts(root: &StateRoot) -> Vec<String> {
+fn host_mounts(root: &StateRoot) -> Vec<Vec<u8>> {
     let hidden = crate::hiding::state_folders(root);
     let seen = |point: &Path| {
         point == Path::new("/")
             || (crate::hiding::inside(Path::new("/"), point).is_some()
                 && !hidden.iter().any(|folder| point.starts_with(folder)))
     };
-    // Read as bytes: one mount point that is not UTF-8 made the whole table read as empty.
+    // Read as bytes: one mount point that is not UTF-8 made the whole table read as empty,
+    // and each line is kept as it is (read lossily, distinct names hashed alike), passed over
+    // by its mount point unescaped.
     let table = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
-    let table = String::from_utf8_lossy(&table);
     table
-        .lines()
-        .filter(|line| line.split(' ').nth(4).map(Path::new).is_some_and(seen))
-        .map(str::to_owned)
+        .split(|&b| b == b'\n')
+        .filter(|line| {
+            feather_sys::mountinfo::parse(line)
+                .first()
+                .is_some_and(|mount| seen(&mount.mount_point))
+        })
+        .map(<[u8]>::to_vec)
         .collect()
 }
 
