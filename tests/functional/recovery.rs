@@ -436,8 +436,11 @@ fn two_vms_stopping_at_once_take_the_root_s_network_down_with_their_stops() {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        // A keeper may wait up to 10 s for its port to go (Attachment::await_own_port_gone).
         for keeper in keepers {
-            feather.eventually("the keepers end", || !alive(keeper));
+            feather.eventually_within("the keepers end", Duration::from_secs(30), || {
+                !alive(keeper)
+            });
         }
         assert!(
             !feather.root.join("network-linger.lock").exists(),
