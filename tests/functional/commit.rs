@@ -314,6 +314,29 @@ fn a_state_root_bound_from_a_folder_of_the_base_is_hidden_and_guarded_at_its_sou
     assert!(diff.contains(marked), "{diff}");
     refused(&feather);
     assert_eq!(feather.ok(&["commit", "vm", "/data"]), "A /data/legit\n");
+
+    // The VM deletes the folder that holds the root (`rm -rf /x`: one whiteout), which no path
+    // of a root names now: its removal would have emptied the root (review gl27 H1).
+    fs::write(base.file("x/other"), "host\n").unwrap();
+    let upper_x = feather.vm_dir("vm").join("upper/x");
+    fs::remove_dir_all(&upper_x).unwrap();
+    let made = std::process::Command::new("mknod")
+        .arg(&upper_x)
+        .args(["c", "0", "0"])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let diff = feather.ok(&["diff", "vm"]);
+    assert!(
+        diff.contains("D -  [never committed: in a folder hidden from VMs] /x\n"),
+        "{diff}"
+    );
+    for args in [&["commit", "vm"][..], &["commit", "vm", "/x"]] {
+        let err = feather.fails(args);
+        assert!(err.contains("/x (in a folder hidden from VMs)"), "{err}");
+    }
+    assert_eq!(base.read("x/feather/marker").unwrap(), "of the root\n");
+    assert_eq!(base.read("x/other").unwrap(), "host\n", "nothing applied");
 }
 
 /// A root registered while a VM over the base runs, bound from a folder of the base, is

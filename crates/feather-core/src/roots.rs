@@ -12,7 +12,7 @@ use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +28,9 @@ pub const REGISTRY_DIR: &str = "/var/lib/feather-roots";
 /// An entry whose root is gone is removed once it is this old: younger ones may belong to a
 /// root being made again right now.
 const STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// How long registering a root waits for the commits that hold the registry.
+const COMMIT_PATIENCE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct Entry {
@@ -68,7 +71,7 @@ impl Registry {
         // Made only for a new entry: one read found, the folder exists. Written while no
         // commit runs (see [`Registry::hold_for_commit`]).
         let folder = self.open_folder()?;
-        folder.lock().at(&self.dir)?;
+        self.lock_waiting_for_commits(&folder)?;
         let text = serde_json::to_vec(&entry).map_err(|e| {
             Error::Other(format!(
                 "cannot record state root {} in {}: {e} (give --root a UTF-8 path)",
@@ -78,6 +81,48 @@ impl Registry {
         })?;
         write_atomic(&path, &text, Durability::Durable)?;
         Ok(Some(StateRoot::with_dirs(entry.dir, entry.run)))
+    }
+
+    /// Takes the registry's lock for a registration, waiting at most [`COMMIT_PATIENCE`] for
+    /// the commits that hold it: one stopped (Ctrl-Z) or writing into an unread pager would
+    /// otherwise hang every command that registers a root (review gl27 L1).
+    fn lock_waiting_for_commits(&self, folder: &fs::File) -> Result<()> {
+        let deadline = Instant::now() + COMMIT_PATIENCE;
+        loop {
+            match folder.try_lock() {
+                Ok(()) => return Ok(()),
+                Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(fs::TryLockError::WouldBlock) => return Err(self.held_by_commits(folder)),
+                Err(fs::TryLockError::Error(e)) => return Err(e).at(&self.dir),
+            }
+        }
+    }
+
+    /// The error of a registration that waited too long for the commits holding the registry.
+    fn held_by_commits(&self, folder: &fs::File) -> Error {
+        let pids = folder
+            .metadata()
+            .map(|m| lock_holders(&m))
+            .unwrap_or_default();
+        let by = match pids.as_slice() {
+            [] => String::new(),
+            pids => format!(
+                " (pid {})",
+                pids.iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        Error::Other(format!(
+            "the state root registry {} has been held for {} s by a running `feather commit`{by}, \
+             and a new state root is registered only while no commit runs: let that commit \
+             end (resume it with `fg` if it was stopped, or quit its pager), then run this again",
+            self.dir.display(),
+            COMMIT_PATIENCE.as_secs(),
+        ))
     }
 
     /// The registry's folder, made if missing, held open (for its lock).
@@ -472,6 +517,30 @@ fn older_than(path: &Path, age: Duration) -> bool {
         .is_some_and(|elapsed| elapsed > age)
 }
 
+/// The pids holding a shared flock on the file `meta` is of, as /proc/locks tells (nothing
+/// when it cannot be read, or the holders lie in another pid namespace).
+fn lock_holders(meta: &fs::Metadata) -> Vec<u32> {
+    let id = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(meta.dev()),
+        libc::minor(meta.dev()),
+        meta.ino()
+    );
+    let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
+    locks
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // "N: FLOCK ADVISORY READ pid maj:min:ino 0 EOF"; a waiter's line has "->".
+            match fields.as_slice() {
+                [_, "FLOCK", _, "READ", pid, file, ..] if *file == id => pid.parse().ok(),
+                _ => None,
+            }
+        })
+        .filter(|pid| *pid > 0)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,6 +613,39 @@ mod tests {
         assert!(new.unwrap(), "registered once no commit held it");
         registering.join().unwrap();
         assert_eq!(registry.roots().len(), 1);
+        fs::remove_dir_all(root.dir()).unwrap();
+        fs::remove_dir_all(registry.dir()).unwrap();
+    }
+
+    /// A commit that holds the registry for long (stopped, or writing into an unread pager)
+    /// makes a registration fail after a bounded wait, naming the registry and the commit's
+    /// pid, rather than hang (review gl27 L1).
+    #[test]
+    fn a_registration_waits_for_a_commit_only_so_long() {
+        let registry = Registry::at(scratch("registry-stuck"));
+        let root = StateRoot::new(Some(scratch("root-stuck")));
+        root.prepare().unwrap();
+        let hold = registry.hold_for_commit().unwrap();
+        let (done, registered) = std::sync::mpsc::channel();
+        let (dir, root_dir) = (registry.dir().to_path_buf(), root.dir().to_path_buf());
+        std::thread::spawn(move || {
+            let root = StateRoot::new(Some(root_dir));
+            let _ = done.send(Registry::at(dir).register(&root).map(|new| new.is_some()));
+        });
+        let waited = COMMIT_PATIENCE + Duration::from_secs(5);
+        let err = registered.recv_timeout(waited).expect("still waiting");
+        let err = err.unwrap_err().to_string();
+        assert!(
+            err.contains(&registry.dir().display().to_string())
+                && err.contains("feather commit")
+                && err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        drop(hold);
+        assert!(
+            registry.register(&root).unwrap().is_some(),
+            "registered now"
+        );
         fs::remove_dir_all(root.dir()).unwrap();
         fs::remove_dir_all(registry.dir()).unwrap();
     }
