@@ -430,19 +430,26 @@ fn aliases(folder: &Path, mounts: &[MountEntry]) -> Vec<PathBuf> {
         .strip_prefix(&on.mount_point)
         .unwrap_or(Path::new(""));
     let in_filesystem = joined(&on.root, rest);
-    mounts
-        .iter()
-        .filter(|mount| mount.device == on.device)
+    let same = |path: &Path, meta: &fs::Metadata| {
+        fs::metadata(path).is_ok_and(|found| (found.dev(), found.ino()) == (meta.dev(), meta.ino()))
+    };
+    let same_device = || mounts.iter().filter(|mount| mount.device == on.device);
+    let whole = same_device()
         .filter_map(|mount| {
             let rest = in_filesystem.strip_prefix(&mount.root).ok()?;
             Some(joined(&mount.mount_point, rest))
         })
         .filter(|alias| alias != folder)
-        .filter(|alias| {
-            fs::metadata(alias)
-                .is_ok_and(|found| (found.dev(), found.ino()) == (meta.dev(), meta.ino()))
-        })
-        .collect()
+        .filter(|alias| same(alias, &meta));
+    // A bind of a folder inside it (its `vms` bound at `/srv/vms`): that whole mount point
+    // shows part of the root (review gl27 M1).
+    let parts = same_device().filter_map(|mount| {
+        let inside = mount.root.strip_prefix(&in_filesystem).ok()?;
+        let part = fs::metadata(folder.join(inside)).ok()?;
+        let is_part = !inside.as_os_str().is_empty() && same(&mount.mount_point, &part);
+        is_part.then(|| mount.mount_point.clone())
+    });
+    whole.chain(parts).filter(|alias| alias != folder).collect()
 }
 
 /// `rest` beneath `at`, without the trailing `/` an empty `rest` would add.
@@ -686,6 +693,34 @@ mod tests {
         assert_eq!(found.0, sorted, "from the source");
         assert_eq!(found.1, sorted, "from the bind");
         assert_eq!(alone.len(), 1, "{alone:?}");
+    }
+
+    /// A folder inside a root bound elsewhere: its mount point is an alias of the root's, to
+    /// hide and guard whole (review gl27 M1).
+    #[test]
+    fn a_bind_of_a_folder_inside_is_an_alias_too() {
+        let root = scratch("inside-root");
+        let target = scratch("inside-target");
+        fs::create_dir_all(root.join("vms/a")).unwrap();
+        fs::create_dir_all(&target).unwrap();
+        let (root, target) = (
+            fs::canonicalize(&root).unwrap(),
+            fs::canonicalize(&target).unwrap(),
+        );
+        let bound = std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(root.join("vms"))
+            .arg(&target)
+            .status()
+            .unwrap();
+        assert!(bound.success());
+        let found = with_aliases([root.clone()]);
+        let _ = std::process::Command::new("umount").arg(&target).status();
+        let _ = fs::remove_dir_all(&root);
+        let _ = fs::remove_dir(&target);
+        let mut expected = vec![root, target];
+        expected.sort();
+        assert_eq!(found, expected);
     }
 
     #[test]
