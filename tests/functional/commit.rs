@@ -314,6 +314,49 @@ fn a_state_root_bound_from_a_folder_of_the_base_is_hidden_and_guarded_at_its_sou
     assert!(diff.contains(marked), "{diff}");
     refused(&feather);
     assert_eq!(feather.ok(&["commit", "vm", "/data"]), "A /data/legit\n");
+
+    // The VM deletes the folder that holds the root (`rm -rf /x`: one whiteout), which no path
+    // of a root names now: its removal would have emptied the root (review gl27 H1).
+    fs::write(base.file("x/other"), "host\n").unwrap();
+    let upper_x = feather.vm_dir("vm").join("upper/x");
+    fs::remove_dir_all(&upper_x).unwrap();
+    let made = std::process::Command::new("mknod")
+        .arg(&upper_x)
+        .args(["c", "0", "0"])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let diff = feather.ok(&["diff", "vm"]);
+    assert!(
+        diff.contains("D -  [never committed: in a folder hidden from VMs] /x\n"),
+        "{diff}"
+    );
+    for args in [&["commit", "vm"][..], &["commit", "vm", "/x"]] {
+        let err = feather.fails(args);
+        assert!(err.contains("/x (in a folder hidden from VMs)"), "{err}");
+    }
+    assert_eq!(base.read("x/feather/marker").unwrap(), "of the root\n");
+    assert_eq!(base.read("x/other").unwrap(), "host\n", "nothing applied");
+}
+
+/// A folder inside a state root bound under the base (its `vms` at `/srv/vms`, for a backup)
+/// is hidden in a VM over the base, as the root is (review gl27 M1: it was neither an alias
+/// nor the root's identity, and the VM read every VM's layers there).
+#[test]
+fn a_folder_of_a_state_root_bound_under_the_base_is_hidden() {
+    let mut base = ScratchBase::new("commit-part-bound");
+    let other = Feather::new("commit-part-root");
+    other.ok(&["ls"]);
+    fs::create_dir_all(other.root.join("vms")).unwrap();
+    fs::write(other.root.join("vms/marker"), "of the root\n").unwrap();
+    base.bind_at(&other.root.join("vms"), "srv/vms");
+    let feather = Feather::new("commit-part-bound");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    let seen = feather.sh(
+        "vm",
+        "cat /srv/vms/marker 2>/dev/null; echo listed: $(ls -A /srv/vms); echo done",
+    );
+    assert_eq!(seen, "listed:\ndone\n", "the VM read the root's folder");
 }
 
 /// A root registered while a VM over the base runs, bound from a folder of the base, is

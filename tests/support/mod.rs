@@ -504,6 +504,21 @@ impl ScratchBase {
         target
     }
 
+    /// Binds the folder `source` at `rel` (made if missing), unmounted on drop.
+    pub fn bind_at(&mut self, source: &Path, rel: &str) -> PathBuf {
+        let target = self.path.join(rel);
+        fs::create_dir_all(&target).unwrap();
+        let status = Command::new("mount")
+            .arg("--bind")
+            .arg(source)
+            .arg(&target)
+            .status()
+            .unwrap();
+        assert!(status.success(), "bind at {}", target.display());
+        self.mounts.push(target.clone());
+        target
+    }
+
     /// Unmounts what [`ScratchBase::mount_tmpfs`] mounted last at `target`.
     pub fn unmount(&mut self, target: &Path) {
         let status = Command::new("umount").arg(target).status().unwrap();

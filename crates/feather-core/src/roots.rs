@@ -12,7 +12,7 @@ use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +28,9 @@ pub const REGISTRY_DIR: &str = "/var/lib/feather-roots";
 /// An entry whose root is gone is removed once it is this old: younger ones may belong to a
 /// root being made again right now.
 const STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// How long registering a root waits for the commits that hold the registry.
+const COMMIT_PATIENCE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct Entry {
@@ -68,7 +71,7 @@ impl Registry {
         // Made only for a new entry: one read found, the folder exists. Written while no
         // commit runs (see [`Registry::hold_for_commit`]).
         let folder = self.open_folder()?;
-        folder.lock().at(&self.dir)?;
+        self.lock_waiting_for_commits(&folder)?;
         let text = serde_json::to_vec(&entry).map_err(|e| {
             Error::Other(format!(
                 "cannot record state root {} in {}: {e} (give --root a UTF-8 path)",
@@ -78,6 +81,48 @@ impl Registry {
         })?;
         write_atomic(&path, &text, Durability::Durable)?;
         Ok(Some(StateRoot::with_dirs(entry.dir, entry.run)))
+    }
+
+    /// Takes the registry's lock for a registration, waiting at most [`COMMIT_PATIENCE`] for
+    /// the commits that hold it: one stopped (Ctrl-Z) or writing into an unread pager would
+    /// otherwise hang every command that registers a root (review gl27 L1).
+    fn lock_waiting_for_commits(&self, folder: &fs::File) -> Result<()> {
+        let deadline = Instant::now() + COMMIT_PATIENCE;
+        loop {
+            match folder.try_lock() {
+                Ok(()) => return Ok(()),
+                Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(fs::TryLockError::WouldBlock) => return Err(self.held_by_commits(folder)),
+                Err(fs::TryLockError::Error(e)) => return Err(e).at(&self.dir),
+            }
+        }
+    }
+
+    /// The error of a registration that waited too long for the commits holding the registry.
+    fn held_by_commits(&self, folder: &fs::File) -> Error {
+        let pids = folder
+            .metadata()
+            .map(|m| lock_holders(&m))
+            .unwrap_or_default();
+        let by = match pids.as_slice() {
+            [] => String::new(),
+            pids => format!(
+                " (pid {})",
+                pids.iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        Error::Other(format!(
+            "the state root registry {} has been held for {} s by a running `feather commit`{by}, \
+             and a new state root is registered only while no commit runs: let that commit \
+             end (resume it with `fg` if it was stopped, or quit its pager), then run this again",
+            self.dir.display(),
+            COMMIT_PATIENCE.as_secs(),
+        ))
     }
 
     /// The registry's folder, made if missing, held open (for its lock).
@@ -385,19 +430,26 @@ fn aliases(folder: &Path, mounts: &[MountEntry]) -> Vec<PathBuf> {
         .strip_prefix(&on.mount_point)
         .unwrap_or(Path::new(""));
     let in_filesystem = joined(&on.root, rest);
-    mounts
-        .iter()
-        .filter(|mount| mount.device == on.device)
+    let same = |path: &Path, meta: &fs::Metadata| {
+        fs::metadata(path).is_ok_and(|found| (found.dev(), found.ino()) == (meta.dev(), meta.ino()))
+    };
+    let same_device = || mounts.iter().filter(|mount| mount.device == on.device);
+    let whole = same_device()
         .filter_map(|mount| {
             let rest = in_filesystem.strip_prefix(&mount.root).ok()?;
             Some(joined(&mount.mount_point, rest))
         })
         .filter(|alias| alias != folder)
-        .filter(|alias| {
-            fs::metadata(alias)
-                .is_ok_and(|found| (found.dev(), found.ino()) == (meta.dev(), meta.ino()))
-        })
-        .collect()
+        .filter(|alias| same(alias, &meta));
+    // A bind of a folder inside it (its `vms` bound at `/srv/vms`): that whole mount point
+    // shows part of the root (review gl27 M1).
+    let parts = same_device().filter_map(|mount| {
+        let inside = mount.root.strip_prefix(&in_filesystem).ok()?;
+        let part = fs::metadata(folder.join(inside)).ok()?;
+        let is_part = !inside.as_os_str().is_empty() && same(&mount.mount_point, &part);
+        is_part.then(|| mount.mount_point.clone())
+    });
+    whole.chain(parts).filter(|alias| alias != folder).collect()
 }
 
 /// `rest` beneath `at`, without the trailing `/` an empty `rest` would add.
@@ -470,6 +522,30 @@ fn older_than(path: &Path, age: Duration) -> bool {
         .ok()
         .and_then(|t| t.elapsed().ok())
         .is_some_and(|elapsed| elapsed > age)
+}
+
+/// The pids holding a shared flock on the file `meta` is of, as /proc/locks tells (nothing
+/// when it cannot be read, or the holders lie in another pid namespace).
+fn lock_holders(meta: &fs::Metadata) -> Vec<u32> {
+    let id = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(meta.dev()),
+        libc::minor(meta.dev()),
+        meta.ino()
+    );
+    let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
+    locks
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // "N: FLOCK ADVISORY READ pid maj:min:ino 0 EOF"; a waiter's line has "->".
+            match fields.as_slice() {
+                [_, "FLOCK", _, "READ", pid, file, ..] if *file == id => pid.parse().ok(),
+                _ => None,
+            }
+        })
+        .filter(|pid| *pid > 0)
+        .collect()
 }
 
 #[cfg(test)]
@@ -548,6 +624,39 @@ mod tests {
         fs::remove_dir_all(registry.dir()).unwrap();
     }
 
+    /// A commit that holds the registry for long (stopped, or writing into an unread pager)
+    /// makes a registration fail after a bounded wait, naming the registry and the commit's
+    /// pid, rather than hang (review gl27 L1).
+    #[test]
+    fn a_registration_waits_for_a_commit_only_so_long() {
+        let registry = Registry::at(scratch("registry-stuck"));
+        let root = StateRoot::new(Some(scratch("root-stuck")));
+        root.prepare().unwrap();
+        let hold = registry.hold_for_commit().unwrap();
+        let (done, registered) = std::sync::mpsc::channel();
+        let (dir, root_dir) = (registry.dir().to_path_buf(), root.dir().to_path_buf());
+        std::thread::spawn(move || {
+            let root = StateRoot::new(Some(root_dir));
+            let _ = done.send(Registry::at(dir).register(&root).map(|new| new.is_some()));
+        });
+        let waited = COMMIT_PATIENCE + Duration::from_secs(5);
+        let err = registered.recv_timeout(waited).expect("still waiting");
+        let err = err.unwrap_err().to_string();
+        assert!(
+            err.contains(&registry.dir().display().to_string())
+                && err.contains("feather commit")
+                && err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        drop(hold);
+        assert!(
+            registry.register(&root).unwrap().is_some(),
+            "registered now"
+        );
+        fs::remove_dir_all(root.dir()).unwrap();
+        fs::remove_dir_all(registry.dir()).unwrap();
+    }
+
     /// A folder bound elsewhere is found at both paths (review fixes23 C4); a path of the
     /// same filesystem that shows another folder is none of its aliases.
     #[test]
@@ -584,6 +693,34 @@ mod tests {
         assert_eq!(found.0, sorted, "from the source");
         assert_eq!(found.1, sorted, "from the bind");
         assert_eq!(alone.len(), 1, "{alone:?}");
+    }
+
+    /// A folder inside a root bound elsewhere: its mount point is an alias of the root's, to
+    /// hide and guard whole (review gl27 M1).
+    #[test]
+    fn a_bind_of_a_folder_inside_is_an_alias_too() {
+        let root = scratch("inside-root");
+        let target = scratch("inside-target");
+        fs::create_dir_all(root.join("vms/a")).unwrap();
+        fs::create_dir_all(&target).unwrap();
+        let (root, target) = (
+            fs::canonicalize(&root).unwrap(),
+            fs::canonicalize(&target).unwrap(),
+        );
+        let bound = std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(root.join("vms"))
+            .arg(&target)
+            .status()
+            .unwrap();
+        assert!(bound.success());
+        let found = with_aliases([root.clone()]);
+        let _ = std::process::Command::new("umount").arg(&target).status();
+        let _ = fs::remove_dir_all(&root);
+        let _ = fs::remove_dir(&target);
+        let mut expected = vec![root, target];
+        expected.sort();
+        assert_eq!(found, expected);
     }
 
     #[test]

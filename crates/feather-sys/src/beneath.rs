@@ -285,13 +285,28 @@ pub fn each_file_and_folder(
 /// ([`at_a_mount`]), met before that mount's folder is emptied (it would then have failed
 /// `EBUSY` only after emptying whatever filesystem is mounted there).
 pub fn remove_tree(dir: &File, name: &OsStr) -> io::Result<()> {
+    remove_tree_sparing(dir, name, &[])
+}
+
+/// [`remove_tree`] that never empties nor removes a folder whose (device, inode), as fstat on
+/// its descriptor says, is one of `spared`: such a folder in the tree is the error
+/// [`spared_folder`] before anything is removed ([`holds_spared`]); one the walk by path missed
+/// (a path too long) is refused where the removal meets it, nothing further removed. Identity, not path: a folder a path list misses (moved, or reached where no
+/// mount table names it) is still met.
+pub fn remove_tree_sparing(dir: &File, name: &OsStr, spared: &[(u64, u64)]) -> io::Result<()> {
     let entry = match Entry::open_on_mount(dir, Path::new(name))? {
         None => return Ok(()),
         Some(entry) => entry,
     };
     if entry.meta.is_dir() {
+        refuse_spared(&entry.meta, spared)?;
         if let Some(folder) = open_dir_on_mount(dir, Path::new(name))? {
-            empty_dir(&folder)?;
+            // Looked for first, so that in all but a tree too deep to walk by path nothing is
+            // removed; emptying lifts folders up, which would move the spared one's parents.
+            if !spared.is_empty() && holds_spared(&folder, spared, usize::MAX) {
+                return Err(io::Error::new(ErrorKind::PermissionDenied, SparedFolder));
+            }
+            empty_dir_sparing(&folder, spared)?;
         }
         nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::RemoveDir)?;
     } else {
@@ -309,6 +324,13 @@ pub fn remove_tree(dir: &File, name: &OsStr) -> io::Result<()> {
 /// `feather rm` left such a VM's folder behind. A mount point in it is the error `EXDEV`
 /// ([`at_a_mount`]): what is mounted there is never entered.
 pub fn empty_dir(dir: &File) -> io::Result<()> {
+    empty_dir_sparing(dir, &[])
+}
+
+/// [`empty_dir`] that refuses at a folder of `spared` (see [`remove_tree_sparing`]), `dir`
+/// itself included.
+pub fn empty_dir_sparing(dir: &File, spared: &[(u64, u64)]) -> io::Result<()> {
+    refuse_spared(&dir.metadata()?, spared)?;
     let mut moved = 0u64;
     loop {
         let names = names(dir)?;
@@ -327,8 +349,10 @@ pub fn empty_dir(dir: &File) -> io::Result<()> {
                 )?;
                 continue;
             }
+            refuse_spared(&entry.meta, spared)?;
             if let Some(folder) = open_dir_on_mount(dir, Path::new(&name))? {
-                lift_contents(&folder, dir, &mut moved)?;
+                refuse_spared(&folder.metadata()?, spared)?;
+                lift_contents(&folder, dir, &mut moved, spared)?;
             }
             nix::unistd::unlinkat(dir, name.as_os_str(), nix::unistd::UnlinkatFlags::RemoveDir)?;
         }
@@ -336,7 +360,13 @@ pub fn empty_dir(dir: &File) -> io::Result<()> {
 }
 
 /// Unlinks the files of `folder` and moves its folders into `into` under fresh names.
-fn lift_contents(folder: &File, into: &File, moved: &mut u64) -> io::Result<()> {
+/// A folder of `spared` is refused before it is moved: it would be moved out of its place.
+fn lift_contents(
+    folder: &File,
+    into: &File,
+    moved: &mut u64,
+    spared: &[(u64, u64)],
+) -> io::Result<()> {
     use nix::fcntl::{renameat2, RenameFlags};
     for name in names(folder)? {
         let Some(entry) = Entry::open_on_mount(folder, Path::new(&name))? else {
@@ -350,6 +380,7 @@ fn lift_contents(folder: &File, into: &File, moved: &mut u64) -> io::Result<()> 
             )?;
             continue;
         }
+        refuse_spared(&entry.meta, spared)?;
         loop {
             *moved += 1;
             let fresh = format!(".feather-removing-{moved}");
@@ -364,6 +395,55 @@ fn lift_contents(folder: &File, into: &File, moved: &mut u64) -> io::Result<()> 
                 result => break result?,
             }
         }
+    }
+    Ok(())
+}
+
+/// The error of a removal that met a folder it must spare (see [`remove_tree_sparing`]).
+#[derive(Debug)]
+struct SparedFolder;
+
+impl std::fmt::Display for SparedFolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a folder in it must not be removed; nothing further was removed")
+    }
+}
+
+impl std::error::Error for SparedFolder {}
+
+/// Whether `e` is a removal's refusal at a folder it must spare.
+pub fn spared_folder(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<SparedFolder>())
+}
+
+/// Whether a folder of `spared` (by its device and inode) lies in the tree `dir`, on `dir`'s
+/// mount, at most `depth` levels beneath it. What cannot be opened or read is passed over (a
+/// path too long, a folder gone): a removal still refuses where it meets one.
+pub fn holds_spared(dir: &impl AsFd, spared: &[(u64, u64)], depth: usize) -> bool {
+    // Paths from `dir`, not descriptors: a wide tree would hold one for each folder.
+    let mut folders = vec![(std::path::PathBuf::from("."), 0)];
+    while let Some((rel, level)) = folders.pop() {
+        let Ok(Some(folder)) = open_dir_on_mount(dir, &rel) else {
+            continue;
+        };
+        for name in names(&folder).unwrap_or_default() {
+            let Ok(Some(entry)) = Entry::open_on_mount(&folder, Path::new(&name)) else {
+                continue;
+            };
+            if refuse_spared(&entry.meta, spared).is_err() {
+                return true;
+            }
+            if entry.meta.is_dir() && level < depth {
+                folders.push((rel.join(&name), level + 1));
+            }
+        }
+    }
+    false
+}
+
+fn refuse_spared(meta: &Metadata, spared: &[(u64, u64)]) -> io::Result<()> {
+    if meta.is_dir() && spared.contains(&(meta.dev(), meta.ino())) {
+        return Err(io::Error::new(ErrorKind::PermissionDenied, SparedFolder));
     }
     Ok(())
 }
@@ -556,6 +636,33 @@ mod tests {
             fs::read_to_string(scratch.0.join("outside/keep")).unwrap(),
             "keep"
         );
+    }
+
+    /// A tree holding a spared folder is refused before anything is removed, and a spared
+    /// folder being emptied is refused (review gl27 H1).
+    #[test]
+    fn a_removal_never_empties_nor_moves_a_spared_folder() {
+        let scratch = Scratch::new("spared");
+        for rel in ["tree/sub/deeper/root", "tree/root"] {
+            let root_folder = scratch.0.join(rel);
+            fs::create_dir_all(&root_folder).unwrap();
+            fs::write(root_folder.join("marker"), "root").unwrap();
+            let meta = fs::metadata(&root_folder).unwrap();
+            let spared = [(meta.dev(), meta.ino())];
+            let root = open_root(&scratch.0).unwrap();
+            fs::write(scratch.0.join("tree/sub/file"), "x").unwrap();
+            let error = remove_tree_sparing(&root, OsStr::new("tree"), &spared).unwrap_err();
+            assert!(spared_folder(&error), "{error}");
+            assert_eq!(
+                fs::read_to_string(root_folder.join("marker")).unwrap(),
+                "root"
+            );
+            assert!(scratch.0.join("tree/sub/file").exists(), "nothing removed");
+            let parent = open_root(root_folder.parent().unwrap()).unwrap();
+            let error = empty_dir_sparing(&parent, &spared).unwrap_err();
+            assert!(spared_folder(&error), "{error}");
+            assert!(root_folder.join("marker").exists(), "emptied");
+        }
     }
 
     /// A tmpfs mounted at a folder for a test, detached on drop (also when the test fails).

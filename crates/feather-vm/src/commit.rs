@@ -216,7 +216,7 @@ pub fn commit(
     if !consent.keep_privileges {
         refuse_widened(&selected, name)?;
     }
-    apply_all(&trees, &selected).map_err(|(path, e)| {
+    apply_all(&trees, &selected, &hidden.identities).map_err(|(path, e)| {
         failed(
             name,
             format!(
@@ -350,7 +350,10 @@ type Failure = (PathBuf, std::io::Error);
 /// 1. folders are made or updated, and every other entry is written beside its target;
 /// 2. the filesystems written to are flushed (syncfs), then each entry is renamed over its target;
 /// 3. deletions are applied, and the filesystems flushed again.
-fn apply_all(trees: &[Tree], changes: &[Change]) -> Result<(), Failure> {
+///
+/// No removal empties a state folder of `spared` (their identities): a root reached where no
+/// path list names it, below a folder the VM deleted or replaced (review gl27 H1).
+fn apply_all(trees: &[Tree], changes: &[Change], spared: &[(u64, u64)]) -> Result<(), Failure> {
     let mut staged: Vec<Staged> = Vec::new();
     let mut flush = Flush::default();
     let written = changes
@@ -363,7 +366,7 @@ fn apply_all(trees: &[Tree], changes: &[Change]) -> Result<(), Failure> {
             let (parent, name) = base_parent(trees, change).map_err(at(change))?;
             flush.include(&parent).map_err(at(change))?;
             if upper.meta.is_dir() {
-                apply_dir(&upper, &parent, name).map_err(at(change))
+                apply_dir(&upper, &parent, name, spared).map_err(at(change))
             } else {
                 staged.push(stage(&upper, parent, name).map_err(at(change))?);
                 Ok(())
@@ -373,7 +376,7 @@ fn apply_all(trees: &[Tree], changes: &[Change]) -> Result<(), Failure> {
         flush.now().map_err(|e| (PathBuf::from("/"), e))?;
         staged.drain(..).try_for_each(|entry| {
             let failed = |e| (entry.target(), host_mount_said(e));
-            entry.replace_target().map_err(failed)
+            entry.replace_target(spared).map_err(failed)
         })
     });
     for entry in &staged {
@@ -383,7 +386,7 @@ fn apply_all(trees: &[Tree], changes: &[Change]) -> Result<(), Failure> {
     for change in changes.iter().filter(|c| c.kind == ChangeKind::Deleted) {
         let (parent, name) = base_parent(trees, change).map_err(at(change))?;
         flush.include(&parent).map_err(at(change))?;
-        beneath::remove_tree(&parent, name).map_err(at(change))?;
+        beneath::remove_tree_sparing(&parent, name, spared).map_err(at(change))?;
     }
     flush.now().map_err(|e| (PathBuf::from("/"), e))
 }
@@ -401,8 +404,16 @@ fn at(change: &Change) -> impl Fn(std::io::Error) -> Failure + '_ {
 }
 
 /// `EXDEV` of a lookup in the base said as what it means there: a host mount `diff` did not see
-/// (mounted since), which commit never enters.
+/// (mounted since), which commit never enters; and a removal's refusal at a state folder.
 fn host_mount_said(e: std::io::Error) -> std::io::Error {
+    if beneath::spared_folder(&e) {
+        return std::io::Error::other(
+            "the VM deleted or replaced a folder that holds a feather state root (found by its \
+             device and inode, where no path of a root leads), which commit never removes; \
+             nothing of the folder was removed: commit the VM's other changes by path (see \
+             `feather diff`), and move the state root out of the base",
+        );
+    }
     if !beneath::at_a_mount(&e) {
         return e;
     }
@@ -464,11 +475,16 @@ impl Flush {
 }
 
 /// Makes or updates the host folder `name` in `parent` after the VM's folder `upper`.
-fn apply_dir(upper: &Entry, parent: &File, name: &OsStr) -> std::io::Result<()> {
+fn apply_dir(
+    upper: &Entry,
+    parent: &File,
+    name: &OsStr,
+    spared: &[(u64, u64)],
+) -> std::io::Result<()> {
     match Entry::open_on_mount(parent, Path::new(name))? {
         Some(existing) if existing.meta.is_dir() => {}
         Some(_) => {
-            beneath::remove_tree(parent, name)?;
+            beneath::remove_tree_sparing(parent, name, spared)?;
             nix::sys::stat::mkdirat(parent, name, Mode::from_bits_truncate(0o700))?;
         }
         None => nix::sys::stat::mkdirat(parent, name, Mode::from_bits_truncate(0o700))?,
@@ -485,9 +501,9 @@ struct Staged {
 }
 
 impl Staged {
-    fn replace_target(&self) -> std::io::Result<()> {
+    fn replace_target(&self, spared: &[(u64, u64)]) -> std::io::Result<()> {
         if Entry::open_on_mount(&self.parent, &self.name)?.is_some_and(|e| e.meta.is_dir()) {
-            beneath::remove_tree(&self.parent, self.name.as_os_str())?;
+            beneath::remove_tree_sparing(&self.parent, self.name.as_os_str(), spared)?;
         }
         nix::fcntl::renameat(&self.parent, &self.temp, &self.parent, &self.name)?;
         Ok(())

@@ -13,6 +13,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata};
 use std::io::Read;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -24,6 +25,10 @@ use serde::Serialize;
 
 use crate::hiding::StateFolders;
 use crate::layers::{Layer, SeenLowers};
+
+/// How deep beneath a folder the VM deleted or replaced `diff` looks for a state folder (see
+/// `Guarded::holds_state_folder`); the host's trees, not the VM's, and roots lie near the top.
+const HOLDS_DEPTH: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, PartialOrd, Ord)]
 pub enum ChangeKind {
@@ -260,6 +265,16 @@ impl Guarded {
     /// Whether the host's entry `meta` is a state folder, by its identity.
     fn is_state_folder(&self, meta: &Metadata) -> bool {
         meta.is_dir() && self.identities.contains(&(meta.dev(), meta.ino()))
+    }
+
+    /// Whether the host's folder `lower` holds a state folder (by identity) anywhere beneath
+    /// it on its own mount: deleting or replacing it would empty that root, also one reached
+    /// where no path of a root is (review gl27 H1). What it cannot read, and what lies deeper
+    /// than [`HOLDS_DEPTH`] levels, is passed over: the removal itself refuses at a state
+    /// folder ([`beneath::remove_tree_sparing`]); this lets `diff` show it, and `commit`
+    /// refuse before it writes anything.
+    fn holds_state_folder(&self, lower: &impl AsFd) -> bool {
+        beneath::holds_spared(lower, &self.identities, HOLDS_DEPTH)
     }
 
     /// Why a change at `path` (the VM's) is forbidden, if it is: it lies at or beneath a
@@ -779,7 +794,10 @@ impl Walk<'_> {
             {
                 let rel = folder.rel.join(name);
                 let mut change = self.change(ChangeKind::Deleted, &rel, None, folder.beyond)?;
-                if folder.in_state || self.is_state_folder_in(lower, name) {
+                if folder.in_state
+                    || self.is_state_folder_in(lower, name)
+                    || self.holds_state_folder_in(lower, name)
+                {
                     mark_in_state(std::slice::from_mut(&mut change));
                 }
                 changes.push(change);
@@ -846,12 +864,28 @@ impl Walk<'_> {
             },
             None => None,
         };
+        // A folder of the host the VM deleted, or replaced with something else, holding a
+        // state folder: committing that would empty it (review gl27 H1).
+        let removes_a_root = |lower: &Entry| {
+            lower.meta.is_dir()
+                && !upper.meta.is_dir()
+                && self.guarded.holds_state_folder(&lower.fd)
+        };
         let in_state = folder.in_state
-            || lower
-                .as_ref()
-                .is_some_and(|lower| self.guarded.is_state_folder(&lower.meta));
+            || lower.as_ref().is_some_and(|lower| {
+                self.guarded.is_state_folder(&lower.meta) || removes_a_root(lower)
+            });
         let inner = self.entry_found(changes, folder, &rel, &upper, lower)?;
         Ok((inner, in_state))
+    }
+
+    /// Whether the host's folder `name` in `lower` holds a state folder (see
+    /// [`Guarded::holds_state_folder`]).
+    fn holds_state_folder_in(&self, lower: &File, name: &OsStr) -> bool {
+        matches!(
+            beneath::open_dir_on_mount(lower, Path::new(name)),
+            Ok(Some(folder)) if self.guarded.holds_state_folder(&folder)
+        )
     }
 
     /// [`Walk::entry_unmarked`] of the entry at `rel`, `upper` in the layer, `lower` the
