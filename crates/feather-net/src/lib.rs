@@ -640,15 +640,24 @@ impl Attachment {
         }
     }
 
-    /// Waits (10 s at most) until this VM's host end is no longer a link: the look that
-    /// follows must not come while the kernel still unregisters it (the VM's namespace going on
-    /// the kernel's cleanup worker deletes the pair too), or two VMs stopping together may each
-    /// see the other's port and both leave the network (seen once in a full suite's run; and
-    /// again with 2 s here, the host's load near 12: the cleanup worker tears every namespace
-    /// of the host down in turn). After the answer: only the keeper waits.
+    /// Waits (2 s at most) until this VM's host end is no longer a port of the root's bridge
+    /// nor a link: the look that follows must not come while the kernel still unregisters it
+    /// (the VM's namespace going on the kernel's cleanup worker deletes the pair too), or two
+    /// VMs stopping together may each see the other's port and both leave the network. The
+    /// name goes first: the kernel unlists the device, waits for an RCU grace period, and only
+    /// then takes it off the bridge (`brif`), where the other keeper's look finds it — waiting
+    /// for the name alone left the bridge and tables in a full suite's run.
     fn await_own_port_gone(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while index_of(&self.host_end).is_some() && Instant::now() < deadline {
+        let port = self.network.as_ref().map(|network| {
+            Path::new("/sys/class/net")
+                .join(&network.bridge)
+                .join("brif")
+                .join(&self.host_end)
+        });
+        let present =
+            || index_of(&self.host_end).is_some() || port.as_ref().is_some_and(|p| p.exists());
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while present() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
