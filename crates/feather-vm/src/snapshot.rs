@@ -1181,10 +1181,22 @@ fn mask_in_namespace_of(vm: &VmDir, pid: i32, pidfd: &std::os::fd::OwnedFd) -> R
     let mountinfo = format!("/proc/{pid}/mountinfo");
     let text = fs::read(&mountinfo).at(&mountinfo).in_vm(name)?;
     // A path the VM's kernel lacks needs no helper (which looks again, safely, at the rest).
-    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    // Looked up beneath the namespace's root following no link: a link in the restored tree
+    // is the images' to choose, and through `/proc/PID/root` an absolute one would lead the
+    // host's root to a host path (a stat there can wake an automount or hang on a dead
+    // network filesystem: review r27 R6). Only a path surely missing is left out.
+    let root = format!("/proc/{pid}/root");
+    let root = feather_sys::beneath::open_root(Path::new(&root))
+        .at(&root)
+        .in_vm(name)?;
+    let surely_missing = |path: &Path| {
+        let rel = path.strip_prefix("/").unwrap_or(path);
+        let found = feather_sys::beneath::open_beneath(&root, rel, nix::fcntl::OFlag::O_PATH);
+        matches!(found, Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+    };
     let missing: Vec<PathBuf> = rootfs::unmasked(&feather_sys::mountinfo::parse(text))
         .into_iter()
-        .filter(|path| fs::symlink_metadata(root.join(path)).is_ok())
+        .filter(|path| !surely_missing(path))
         .collect();
     if missing.is_empty() {
         return Ok(());
