@@ -174,11 +174,19 @@ impl Before {
     /// read at the check, when both are mounted. (Read once before the restore and held by
     /// nothing, a host tmpfs unmounted meanwhile had CRIU's fresh mask over `/sys/firmware`
     /// taken for it, and the restore of an unaltered checkpoint refused.)
+    ///
+    /// Where the config asks for shared propagation, the restorer's table is left out: the
+    /// tree's own mounts under a shared volume appear in it (review r27 R2), and a
+    /// filesystem the host mounted while CRIU ran is then not told from them.
     pub fn of(tables: &Tables, exposed: &[PathBuf], shared_allowed: bool) -> Before {
+        let restorers: &[MountEntry] = match shared_allowed {
+            true => &[],
+            false => &tables.restorers,
+        };
         let mut devices: Vec<String> = tables
             .where_criu_ran
             .iter()
-            .chain(&tables.restorers)
+            .chain(restorers)
             .map(|m| m.device.clone())
             .collect();
         devices.sort();
@@ -405,6 +413,34 @@ mod tests {
         }
         let neither = unchanged(without_run);
         assert_eq!(account_all(&neither), Ok(()));
+    }
+
+    /// Under shared propagation the tree's own mounts appear on the host: one only the
+    /// restorer's table has is the tree's, shown there (review r27 R2).
+    #[test]
+    fn under_shared_propagation_a_mount_the_tree_shows_the_host_is_its_own() {
+        let tmpfs = format!(
+            "{RESTORED}520 500 0:24 / /mnt rw - tmpfs tmpfs rw
+"
+        );
+        let host = feather_sys::mountinfo::parse(HOST);
+        let propagated_out = Tables {
+            where_criu_ran: host
+                .iter()
+                .filter(|m| m.device != "0:24")
+                .cloned()
+                .collect(),
+            restorers: host,
+        };
+        let account_all = |shared: bool| {
+            let mut accounting = Before::of(&propagated_out, &[], shared);
+            accounting.sources = before().sources;
+            feather_sys::mountinfo::parse(&tmpfs)
+                .iter()
+                .try_for_each(|m| account(m, &accounting))
+        };
+        assert!(account_all(false).is_err());
+        assert_eq!(account_all(true), Ok(()));
     }
 
     /// While held, a filesystem unmounted on the host keeps its device number: a tmpfs
