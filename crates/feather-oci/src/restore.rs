@@ -103,7 +103,11 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
             };
             let ran = run(call, place, &args.id, &hold, &work.shown);
             work.finish();
-            let (pid, restoring_mnt) = ran?;
+            // A CRIU that failed after its pre-resume leaves the tree frozen: killed so
+            // before the removal, whose kill thaws (review r27 R5, as a refusal's).
+            let (pid, restoring_mnt) = ran.inspect_err(|_| {
+                let _ = hold.kill();
+            })?;
             let accounted = Accounted {
                 spec: &spec,
                 mounts,
