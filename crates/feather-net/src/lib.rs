@@ -635,8 +635,20 @@ impl Attachment {
     /// seconds for the removal lock, so the keeper calls it once the VM's layer is flushed.
     pub fn remove_root_network_if_last(&self) {
         if self.network.is_some() {
+            self.await_own_removal();
             self.await_own_port_gone();
             linger::remove_if_last(&self.root);
+        }
+    }
+
+    /// Waits for the whole of what `detach` started, the VM's marker removed last: until then
+    /// the look counts this VM, whose keeper lives, as a user of the network, and two keepers
+    /// stopping together could each find itself there and both leave the bridge and tables
+    /// (review f27 N1: the marker goes once the firewall's change is committed, 10–25 ms
+    /// after the answer, and the look came sooner when the layer's flush was quick).
+    fn await_own_removal(&self) {
+        if let Some(removing) = self.removing.borrow_mut().take() {
+            removing.join();
         }
     }
 
@@ -645,8 +657,9 @@ impl Attachment {
     /// (the VM's namespace going on the kernel's cleanup worker deletes the pair too), or two
     /// VMs stopping together may each see the other's port and both leave the network. The
     /// name goes first: the kernel unlists the device, waits for an RCU grace period, and only
-    /// then takes it off the bridge (`brif`), where the other keeper's look finds it — waiting
-    /// for the name alone left the bridge and tables in a full suite's run.
+    /// then takes it off the bridge (`brif`), where the other keeper's look finds it. (A full
+    /// suite's run left the bridge and tables once with the name alone waited for; its own
+    /// marker, [`Attachment::await_own_removal`], may have been the cause.)
     fn await_own_port_gone(&self) {
         let port = self.network.as_ref().map(|network| {
             Path::new("/sys/class/net")
