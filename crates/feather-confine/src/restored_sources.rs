@@ -123,8 +123,9 @@ impl CriuMountTable {
 /// Every filesystem mounted in the caller's namespace when made, kept mounted until dropped:
 /// a detached copy of the whole tree at `/` (`open_tree(OPEN_TREE_CLONE | AT_RECURSIVE)`),
 /// made private so that no unmount on the host reaches it. While it is held none of their
-/// device numbers is handed out again ([`Before::of`]). For a restore whose CRIU runs in a
-/// slave of the caller's namespace, whose host mounts an unmount on the host removes.
+/// device numbers is handed out again ([`Before::of`]). For feather-oci's restore, whose CRIU
+/// runs in a slave of the caller's namespace: there an unmount on the host reaches CRIU's
+/// copies too, and nothing else would keep the filesystem mounted.
 pub struct HeldFilesystems {
     _tree: std::os::fd::OwnedFd,
 }
@@ -150,8 +151,8 @@ impl HeldFilesystems {
 /// What existed before CRIU ran, read from the namespace it ran in.
 #[derive(Clone, Debug, Default)]
 pub struct Before {
-    /// The device of every filesystem mounted where CRIU ran and still mounted where the
-    /// restorer checks.
+    /// The device of every filesystem mounted where CRIU ran, or in the restorer's
+    /// namespace when it checks ([`Before::of`]).
     pub devices: Vec<String>,
     /// The peer groups (`shared:N`) of the restorer's own mounts, read when it checks.
     pub peer_groups: Vec<String>,
