@@ -652,25 +652,15 @@ impl Attachment {
         }
     }
 
-    /// Waits (2 s at most) until this VM's host end is no longer a port of the root's bridge
-    /// nor a link: the look that follows must not come while the kernel still unregisters it
-    /// (the VM's namespace going on the kernel's cleanup worker deletes the pair too), or two
-    /// VMs stopping together may each see the other's port and both leave the network. The
-    /// name goes first: the kernel unlists the device, waits for an RCU grace period, and only
-    /// then takes it off the bridge (`brif`), where the other keeper's look finds it. (A full
-    /// suite's run left the bridge and tables once with the name alone waited for; its own
-    /// marker, [`Attachment::await_own_removal`], may have been the cause.)
+    /// Waits (2 s at most) until this VM's host end is no longer a link: the look that follows
+    /// must not come while the kernel still has it (the VM's namespace going on the kernel's
+    /// cleanup worker deletes the pair too), or two VMs stopping together may each see the
+    /// other's port and both leave the network. The kernel unlists the name first and takes the
+    /// port off the bridge (`brif`) only after an RCU grace period; the look passes over a port
+    /// whose name is gone ([`pool::vm_port_on_bridge`]), so the name is what is waited for.
     fn await_own_port_gone(&self) {
-        let port = self.network.as_ref().map(|network| {
-            Path::new("/sys/class/net")
-                .join(&network.bridge)
-                .join("brif")
-                .join(&self.host_end)
-        });
-        let present =
-            || index_of(&self.host_end).is_some() || port.as_ref().is_some_and(|p| p.exists());
         let deadline = Instant::now() + Duration::from_secs(2);
-        while present() && Instant::now() < deadline {
+        while index_of(&self.host_end).is_some() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
     }

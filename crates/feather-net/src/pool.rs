@@ -320,7 +320,10 @@ pub(crate) fn vm_on_bridge(root_dir: &Path) -> bool {
 }
 
 /// Whether a VM's port (not a pooled pair's), other than `except`, is on `network`'s bridge;
-/// None when the bridge is not there.
+/// None when the bridge is not there. A port whose name no longer resolves is a device the
+/// kernel is unregistering (it unlists the name, waits for an RCU grace period, and only then
+/// takes the port off the bridge): its VM is gone, and counting it let two keepers stopping
+/// together, each seeing the other's dying port, both leave the network.
 pub(crate) fn vm_port_on_bridge(network: &RootNetwork, except: Option<&str>) -> Option<bool> {
     let ports = fs::read_dir(
         Path::new("/sys/class/net")
@@ -331,7 +334,7 @@ pub(crate) fn vm_port_on_bridge(network: &RootNetwork, except: Option<&str>) -> 
     let taken = taken_ports(network.root());
     Some(ports.flatten().any(|port| {
         let port = port.file_name().to_string_lossy().into_owned();
-        Some(port.as_str()) != except && is_vm_port(&port, &taken)
+        Some(port.as_str()) != except && is_vm_port(&port, &taken) && index_of(&port).is_some()
     }))
 }
 
