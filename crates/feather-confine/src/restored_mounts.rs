@@ -530,6 +530,7 @@ mod tests {
                 &crate::restored_sources::Tables {
                     where_criu_ran: host.clone(),
                     restorers: host,
+                    ..Default::default()
                 },
                 &[],
                 false,

@@ -50,7 +50,7 @@ pub struct Source {
     pub what: PathBuf,
 }
 
-/// The two mount tables a restore's mounts are accounted by.
+/// The mount tables a restore's mounts are accounted by.
 #[derive(Clone, Debug, Default)]
 pub struct Tables {
     /// The namespace CRIU ran in, as CRIU's parent process wrote it just before its exec
@@ -58,6 +58,9 @@ pub struct Tables {
     pub where_criu_ran: Vec<MountEntry>,
     /// The restorer's own namespace, read when it checks the restored tree.
     pub restorers: Vec<MountEntry>,
+    /// Every mount the restorer's own namespace showed while CRIU ran, up to its `pre-resume`
+    /// ([`MountWatch`]; empty where the restorer does not watch).
+    pub while_criu_ran: Vec<MountEntry>,
 }
 
 impl Tables {
@@ -66,8 +69,95 @@ impl Tables {
         Ok(Tables {
             where_criu_ran,
             restorers: feather_sys::mountinfo::mounts()?,
+            while_criu_ran: Vec::new(),
         })
     }
+
+    /// The same, with the mounts a [`MountWatch`] saw.
+    pub fn seen_while_criu_ran(self, while_criu_ran: Vec<MountEntry>) -> Tables {
+        Tables {
+            while_criu_ran,
+            ..self
+        }
+    }
+}
+
+/// The restorer's own mount table, watched while CRIU runs in a slave of its namespace (review
+/// r27 R1): a host filesystem mounted after CRIU's parent wrote its table, bound into the tree
+/// by CRIU, and unmounted before the check is in neither of the other tables, and would pass as
+/// made anew. A thread reads the table at its start and again at each change the kernel reports
+/// (`POLLPRI` on `/proc/self/mountinfo`), and [`MountWatch::finish`] reads it once more, at
+/// CRIU's `pre-resume` (every mount of the tree made, none of its tasks run). What stays unseen:
+/// a filesystem mounted and unmounted between two reads (the kernel's report is one for every
+/// change since the last read). A number seen and freed since may be handed to a mount of the
+/// tree: a false refusal, never a pass. Started after any fork: the thread must not exist in a
+/// child that allocates before its exec.
+pub struct MountWatch {
+    stop: std::os::fd::OwnedFd,
+    thread: std::thread::JoinHandle<std::io::Result<Vec<MountEntry>>>,
+}
+
+impl MountWatch {
+    pub fn start() -> std::io::Result<MountWatch> {
+        let mut table = fs::File::open("/proc/self/mountinfo")?;
+        let mut seen = read_table(&mut table)?;
+        let (stopped, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let thread = std::thread::Builder::new()
+            .name("mount-watch".into())
+            .spawn(move || {
+                while changed(&table, &stopped)? {
+                    seen.extend(read_table(&mut table)?);
+                }
+                Ok(seen)
+            })?;
+        Ok(MountWatch { stop, thread })
+    }
+
+    /// Every mount seen, the table read once more now; an error if a read failed (nothing
+    /// can then be said of what the host mounted meanwhile).
+    pub fn finish(self) -> std::io::Result<Vec<MountEntry>> {
+        drop(self.stop);
+        let mut seen = self
+            .thread
+            .join()
+            .map_err(|_| std::io::Error::other("the mount table's watcher panicked"))??;
+        seen.extend(feather_sys::mountinfo::mounts()?);
+        Ok(seen)
+    }
+}
+
+/// Waits until the table changed (true) or the watch is stopped, its pipe's write end closed
+/// (false).
+fn changed(table: &fs::File, stopped: &std::os::fd::OwnedFd) -> std::io::Result<bool> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    loop {
+        let mut fds = [
+            PollFd::new(table.as_fd(), PollFlags::POLLPRI),
+            PollFd::new(stopped.as_fd(), PollFlags::POLLIN),
+        ];
+        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+        }
+        let happened = |fd: &PollFd| fd.revents().unwrap_or(PollFlags::empty());
+        if !happened(&fds[1]).is_empty() {
+            return Ok(false);
+        }
+        if happened(&fds[0]).intersects(PollFlags::POLLPRI | PollFlags::POLLERR) {
+            return Ok(true);
+        }
+    }
+}
+
+/// The whole table, read from its start (which also clears the kernel's report of a change).
+fn read_table(table: &mut fs::File) -> std::io::Result<Vec<MountEntry>> {
+    use std::io::{Read, Seek};
+    table.seek(std::io::SeekFrom::Start(0))?;
+    let mut text = Vec::new();
+    table.read_to_end(&mut text)?;
+    Ok(feather_sys::mountinfo::parse(&text))
 }
 
 /// The mount table of the namespace CRIU runs in, written by the process that becomes CRIU
@@ -176,18 +266,22 @@ impl Before {
     /// nothing, a host tmpfs unmounted meanwhile had CRIU's fresh mask over `/sys/firmware`
     /// taken for it, and the restore of an unaltered checkpoint refused.)
     ///
-    /// Where the config asks for shared propagation, the restorer's table is left out: the
-    /// tree's own mounts under a shared volume appear in it (review r27 R2), and a
+    /// A filesystem the host mounted after CRIU's table was written and unmounted before the
+    /// check is in neither: the mounts seen while CRIU ran count too (review r27 R1).
+    ///
+    /// Where the config asks for shared propagation, the restorer's tables are left out: the
+    /// tree's own mounts under a shared volume appear in them (review r27 R2), and a
     /// filesystem the host mounted while CRIU ran is then not told from them.
     pub fn of(tables: &Tables, exposed: &[PathBuf], shared_allowed: bool) -> Before {
-        let restorers: &[MountEntry] = match shared_allowed {
-            true => &[],
-            false => &tables.restorers,
+        let (restorers, while_criu_ran): (&[MountEntry], &[MountEntry]) = match shared_allowed {
+            true => (&[], &[]),
+            false => (&tables.restorers, &tables.while_criu_ran),
         };
         let mut devices: Vec<String> = tables
             .where_criu_ran
             .iter()
             .chain(restorers)
+            .chain(while_criu_ran)
             .map(|m| m.device.clone())
             .collect();
         devices.sort();
@@ -333,6 +427,7 @@ pub fn account(mount: &MountEntry, before: &Before) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// The namespace `feather-oci restore` runs CRIU in: the host's, slaves; the rootfs an
     /// overlay, a volume on the host's ext4, `/dev` a devtmpfs, a tmpfs on `/run`.
@@ -378,6 +473,7 @@ mod tests {
         Tables {
             where_criu_ran: host.clone(),
             restorers: host,
+            while_criu_ran: Vec::new(),
         }
     }
 
@@ -403,10 +499,12 @@ mod tests {
         let unmounted_since = Tables {
             where_criu_ran: host.clone(),
             restorers: without_run.clone(),
+            ..Default::default()
         };
         let mounted_since = Tables {
             where_criu_ran: without_run.clone(),
             restorers: host.clone(),
+            ..Default::default()
         };
         for tables in [unchanged(host), unmounted_since, mounted_since] {
             let refusal = account_all(&tables).unwrap_err();
@@ -414,6 +512,66 @@ mod tests {
         }
         let neither = unchanged(without_run);
         assert_eq!(account_all(&neither), Ok(()));
+    }
+
+    /// A filesystem the host mounted after CRIU's table was written and unmounted before the
+    /// check, seen only while CRIU ran, is the host's (review r27 R1: it passed as a tmpfs
+    /// made anew).
+    #[test]
+    fn a_filesystem_seen_only_while_criu_ran_is_the_hosts() {
+        let tmpfs = format!("{RESTORED}520 500 0:24 / /mnt rw - tmpfs tmpfs rw\n");
+        let host = feather_sys::mountinfo::parse(HOST);
+        let without: Vec<MountEntry> = host
+            .iter()
+            .filter(|m| m.device != "0:24")
+            .cloned()
+            .collect();
+        let tables = unchanged(without).seen_while_criu_ran(host);
+        let mut accounting = Before::of(&tables, &[], false);
+        accounting.sources = before().sources;
+        let refusal = feather_sys::mountinfo::parse(&tmpfs)
+            .iter()
+            .try_for_each(|m| account(m, &accounting))
+            .unwrap_err();
+        assert!(refusal.contains("mounted on the host before"), "{refusal}");
+    }
+
+    /// The watch sees a filesystem mounted and unmounted while it runs, and one mounted when
+    /// it finishes.
+    #[test]
+    fn the_watch_sees_what_was_mounted_while_it_ran() {
+        let place = Scratch::new("watched");
+        let mount_tmpfs = || {
+            nix::mount::mount(
+                Some("tmpfs"),
+                &place.0,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .unwrap();
+            device_at(&place.0)
+        };
+        let watch = MountWatch::start().unwrap();
+        let gone = mount_tmpfs();
+        // Held, so that the second tmpfs cannot take the first one's number.
+        let held = HeldFilesystems::now().unwrap();
+        // The watcher's read of the change (a thread of this process: scheduled meanwhile).
+        std::thread::sleep(Duration::from_millis(300));
+        nix::mount::umount(&place.0).unwrap();
+        let there = mount_tmpfs();
+        let seen = watch.finish().unwrap();
+        drop(held);
+        let devices: Vec<&str> = seen.iter().map(|m| m.device.as_str()).collect();
+        assert_ne!(gone, there);
+        assert!(
+            devices.contains(&gone.as_str()),
+            "{gone} not in {devices:?}"
+        );
+        assert!(
+            devices.contains(&there.as_str()),
+            "{there} not in {devices:?}"
+        );
     }
 
     /// Under shared propagation the tree's own mounts appear on the host: one only the
@@ -432,6 +590,7 @@ mod tests {
                 .cloned()
                 .collect(),
             restorers: host,
+            ..Default::default()
         };
         let account_all = |shared: bool| {
             let mut accounting = Before::of(&propagated_out, &[], shared);
@@ -506,11 +665,13 @@ mod tests {
         let tables = Tables {
             where_criu_ran: feather_sys::mountinfo::parse(&with_group),
             restorers: feather_sys::mountinfo::parse(HOST),
+            ..Default::default()
         };
         assert!(Before::of(&tables, &[], false).peer_groups.is_empty());
         let now = Tables {
             where_criu_ran: feather_sys::mountinfo::parse(HOST),
             restorers: feather_sys::mountinfo::parse(&with_group),
+            ..Default::default()
         };
         assert_eq!(Before::of(&now, &[], false).peer_groups, ["shared:6"]);
     }
