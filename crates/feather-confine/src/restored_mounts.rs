@@ -314,19 +314,63 @@ fn judge_namespace(
     proc: &OwnedFd,
     expected: &Expected,
 ) -> Result<(), String> {
+    let (mounts, root) = join_namespace(namespace, proc)?;
+    judge(&mounts, expected, &mut |path| look_up(proc, &root, path))
+}
+
+/// In the calling thread, which must be one of its own, ended after: a root and cwd of the
+/// thread's own, then `namespace` joined; its mountinfo (read through `proc`, the host's) and
+/// its root.
+fn join_namespace(
+    namespace: &fs::File,
+    proc: &OwnedFd,
+) -> Result<(Vec<MountEntry>, OwnedFd), String> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
         .map_err(|e| format!("cannot take a root of the thread's own: {e}"))?;
     nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWNS)
         .map_err(|e| format!("cannot join the mount namespace: {e}"))?;
     let text = read_in_proc(proc, "thread-self/mountinfo")?;
-    let mounts = feather_sys::mountinfo::parse(text);
     let root = nix::fcntl::open(
         "/",
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
     .map_err(|e| format!("cannot open the namespace's root: {e}"))?;
-    judge(&mounts, expected, &mut |path| look_up(proc, &root, path))
+    Ok((feather_sys::mountinfo::parse(text), root))
+}
+
+/// The places the check requires masked ([`judge`]: each of `masked` beneath every proc and
+/// sysfs mount, as the namespace's root shows them) that the mount namespace `namespace`
+/// (`/proc/PID/ns/mnt`) has and no mask covers yet, each from that root: what a restorer
+/// masks before the check when a dump lacked a mask (review r27 R7: taken from one process's
+/// view, a chrooted unit's own proc or a second proc mount went unmasked, and the restore was
+/// refused). Looked up as the check looks them up, in a thread of this process that joins the
+/// namespace.
+pub fn unmasked_places(namespace: &fs::File, masked: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let proc = nix::fcntl::open(
+        "/proc",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open /proc: {e}"))?;
+    let unmasked = || {
+        let (mounts, root) = join_namespace(namespace, &proc)?;
+        let mut places = Vec::new();
+        for path in masked.iter().flat_map(|path| kernel_places(&mounts, path)) {
+            let found = look_up(&proc, &root, &path)?;
+            let shown = matches!(found, Found::Link | Found::At { .. });
+            if shown && !is_mask(&mounts, &found) && !places.contains(&path) {
+                places.push(path);
+            }
+        }
+        Ok(places)
+    };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(unmasked)
+            .join()
+            .unwrap_or_else(|_| Err("the thread looking for unmasked kernel paths panicked".into()))
+    })
 }
 
 /// A file of the host's proc, `name` beneath it.
@@ -754,6 +798,36 @@ mod tests {
             refusal.contains("/proc/interrupts is not masked"),
             "{refusal}"
         );
+    }
+
+    /// The places to mask are every proc mount's of the namespace, from its root, a chrooted
+    /// process's own proc too (review r27 R7: a process's view of fixed paths missed it); once
+    /// masked there the check passes, and none is left.
+    #[test]
+    fn every_procs_unmasked_place_is_found_from_the_namespaces_root() {
+        let chrooted = Chrooted::start("none");
+        let pid = chrooted.child.id() as i32;
+        let held = crate::held::TestGroup::frozen("unmasked", &[pid]).unwrap();
+        let namespace = fs::File::open(format!("/proc/{pid}/ns/mnt")).unwrap();
+        let masked = [PathBuf::from("/proc/interrupts")];
+        let places = unmasked_places(&namespace, &masked).unwrap();
+        assert_eq!(
+            places,
+            [masked[0].clone(), chrooted.folder.join("proc/interrupts")]
+        );
+        let pidfd = feather_sys::process::pidfd_open(nix::unistd::Pid::from_raw(pid)).unwrap();
+        feather_sys::process::mask_in_mount_namespace_of(&pidfd, &places).unwrap();
+        assert_eq!(
+            unmasked_places(&namespace, &masked).unwrap(),
+            Vec::<PathBuf>::new()
+        );
+        let expected = Expected {
+            masked: masked.to_vec(),
+            sysfs_writable: true,
+            cgroup_roots: vec!["/".into()],
+            ..Expected::default()
+        };
+        assert_eq!(check_tree(pid, held.hold(), &expected), Ok(()));
     }
 
     #[test]

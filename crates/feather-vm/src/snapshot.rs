@@ -1175,29 +1175,32 @@ fn mask_what_the_dump_lacked(vm: &VmDir, init: &ChildProcess, hold: &Hold) -> Re
 }
 
 /// Masks the kernel interfaces that the mount namespace of process `pid` (`pidfd`) of the
-/// restored VM shows unmasked.
+/// restored VM shows unmasked: each place the mount check requires masked (every proc and
+/// sysfs mount's, as the namespace's root shows them: a chrooted unit's own proc too) that
+/// no mask covers ([`feather_confine::restored_mounts::unmasked_places`], review r27 R7:
+/// before, only the fixed paths of the process's own view were looked at, and such a VM
+/// was refused). Looked up beneath the namespace's root, never through a magic link: a link
+/// in the restored tree is the images' to choose, and through `/proc/PID/root` an absolute
+/// one would lead the host's root to a host path (review r27 R6).
 fn mask_in_namespace_of(vm: &VmDir, pid: i32, pidfd: &std::os::fd::OwnedFd) -> Result<()> {
     let name = vm.name();
-    let mountinfo = format!("/proc/{pid}/mountinfo");
-    let text = fs::read(&mountinfo).at(&mountinfo).in_vm(name)?;
-    // A path the VM's kernel lacks needs no helper (which looks again, safely, at the rest).
-    // Looked up beneath the namespace's root following no link: a link in the restored tree
-    // is the images' to choose, and through `/proc/PID/root` an absolute one would lead the
-    // host's root to a host path (a stat there can wake an automount or hang on a dead
-    // network filesystem: review r27 R6). Only a path surely missing is left out.
-    let root = format!("/proc/{pid}/root");
-    let root = feather_sys::beneath::open_root(Path::new(&root))
-        .at(&root)
-        .in_vm(name)?;
-    let surely_missing = |path: &Path| {
-        let rel = path.strip_prefix("/").unwrap_or(path);
-        let found = feather_sys::beneath::open_beneath(&root, rel, nix::fcntl::OFlag::O_PATH);
-        matches!(found, Err(e) if e.kind() == std::io::ErrorKind::NotFound)
-    };
-    let missing: Vec<PathBuf> = rootfs::unmasked(&feather_sys::mountinfo::parse(text))
-        .into_iter()
-        .filter(|path| !surely_missing(path))
+    let ns = format!("/proc/{pid}/ns/mnt");
+    let namespace = fs::File::open(&ns).at(&ns).in_vm(name)?;
+    let masked: Vec<PathBuf> = rootfs::MASKED_PROC
+        .iter()
+        .chain(&rootfs::MASKED_SYS)
+        .map(|path| Path::new("/").join(path))
         .collect();
+    let missing =
+        feather_confine::restored_mounts::unmasked_places(&namespace, &masked).map_err(|why| {
+            failed(
+                name,
+                format!(
+                    "cannot find the kernel interfaces to mask in process {pid}'s mount \
+                     namespace: {why}"
+                ),
+            )
+        })?;
     if missing.is_empty() {
         return Ok(());
     }
