@@ -74,7 +74,8 @@ pub const KNOB_CAUSES: &str = "either the checkpoint was taken under another ker
 /// What a refusal of a mount the restore cannot account for ([`crate::restored_sources`])
 /// adds: its two likely causes, and what to do for each.
 pub const SOURCE_CAUSES: &str = "a mount the restore cannot account for: either a host mount \
-    changed while the restore ran (restore again), or the checkpoint was altered to bind or \
+    changed while the restore ran (restore again only if you changed that host mount \
+    yourself: a checkpoint can be made to pass only by a race, which retries help), or the checkpoint was altered to bind or \
     mount a host filesystem in the tree: restore only checkpoints this host or a trusted one \
     took";
 

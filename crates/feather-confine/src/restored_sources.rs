@@ -162,28 +162,47 @@ fn read_table(table: &mut fs::File) -> std::io::Result<Vec<MountEntry>> {
 
 /// The mount table of the namespace CRIU runs in, written by the process that becomes CRIU
 /// just before its exec, its own mounts made, and read back by the restorer: a memfd shared
-/// across the fork, closed by the exec.
+/// across the fork, closed by the exec, sealed once written (review r27 R9: nothing can
+/// change it after).
 pub struct CriuMountTable(fs::File);
+
+/// The seals a written table carries: no write, no size change, no further seal.
+const SEALED: nix::fcntl::SealFlag = nix::fcntl::SealFlag::F_SEAL_WRITE
+    .union(nix::fcntl::SealFlag::F_SEAL_SHRINK)
+    .union(nix::fcntl::SealFlag::F_SEAL_GROW)
+    .union(nix::fcntl::SealFlag::F_SEAL_SEAL);
 
 impl CriuMountTable {
     pub fn new() -> std::io::Result<CriuMountTable> {
         let fd = nix::sys::memfd::memfd_create(
             c"feather-restoring-mounts",
-            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC | nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING,
         )?;
         Ok(CriuMountTable(fs::File::from(fd)))
     }
 
-    /// In the process about to become CRIU, once its mounts are made: its own table. An
-    /// error here must stop it from becoming CRIU.
+    /// In the process about to become CRIU, once its mounts are made: its own table, then
+    /// sealed. An error here must stop it from becoming CRIU.
     pub fn write_own(&self) -> std::io::Result<()> {
         let text = fs::read("/proc/self/mountinfo")?;
-        self.0.write_all_at(&text, 0)
+        self.0.write_all_at(&text, 0)?;
+        nix::fcntl::fcntl(&self.0, nix::fcntl::FcntlArg::F_ADD_SEALS(SEALED))?;
+        Ok(())
     }
 
     /// What [`Self::write_own`] wrote, from offset 0 whatever the shared offset; an error if
-    /// it cannot be read whole or has no root mount (not written, or cut short).
+    /// it is not sealed, cannot be read whole or has no root mount (not written, or cut
+    /// short).
     pub fn read(&self) -> Result<Vec<MountEntry>, String> {
+        let seals = nix::fcntl::fcntl(&self.0, nix::fcntl::FcntlArg::F_GET_SEALS)
+            .map_err(|e| format!("cannot read the seals of the mount table CRIU ran on: {e}"))?;
+        if !nix::fcntl::SealFlag::from_bits_truncate(seals).contains(SEALED) {
+            return Err(
+                "the mount table CRIU ran on was not sealed once written: it may \
+                        have changed since, or never been written whole"
+                    .to_owned(),
+            );
+        }
         let mut text = Vec::new();
         let mut at = 0;
         let mut chunk = [0u8; 16 << 10];
@@ -210,32 +229,64 @@ impl CriuMountTable {
     }
 }
 
-/// Every filesystem mounted in the caller's namespace when made, kept mounted until dropped:
-/// a detached copy of the whole tree at `/` (`open_tree(OPEN_TREE_CLONE | AT_RECURSIVE)`),
-/// made private so that no unmount on the host reaches it. While it is held none of their
-/// device numbers is handed out again ([`Before::of`]). For feather-oci's restore, whose CRIU
-/// runs in a slave of the caller's namespace: there an unmount on the host reaches CRIU's
-/// copies too, and nothing else would keep the filesystem mounted.
+/// The filesystems of anonymous device numbers (`0:N`: tmpfs, overlay, proc, btrfs, …)
+/// mounted in the caller's namespace when made, kept mounted until dropped: the kernel hands
+/// a freed anonymous number out again, lowest first, where a block device's number (`maj:min`)
+/// is the device's own while it exists. Each such mount is held by a detached private clone of
+/// it alone (`open_tree(OPEN_TREE_CLONE)`, no submounts), so that no unmount on the host
+/// reaches it: while held none of their numbers is handed out again ([`Before::of`]). For
+/// feather-oci's restore, whose CRIU runs in a slave of the caller's namespace: there an
+/// unmount on the host reaches CRIU's copies too, and nothing else would keep the filesystem
+/// mounted. Not held (review r27 R8): block-device filesystems, so that the host can detach
+/// an unrelated loop device, unmap a volume or close a LUKS device meanwhile (CRIU's run,
+/// which a checkpoint's size lengthens); network and FUSE filesystems, whose mount points a
+/// lookup may wait on for good; a mount no path reaches (covered by another). One of those
+/// unmounted and its number taken by a mount CRIU made is a false refusal, never a pass.
 pub struct HeldFilesystems {
-    _tree: std::os::fd::OwnedFd,
+    _mounts: Vec<std::os::fd::OwnedFd>,
 }
 
+/// Filesystem types of anonymous numbers not held: a lookup of their mount points may wait on
+/// a server or a user-space daemon (or, for autofs, mount one).
+const NOT_HELD: [&str; 11] = [
+    "nfs", "nfs4", "cifs", "smb3", "ceph", "9p", "afs", "autofs", "virtiofs", "gfs2", "ocfs2",
+];
+
 impl HeldFilesystems {
-    pub fn now() -> feather_sys::Result<HeldFilesystems> {
-        use nix::fcntl::OFlag;
-        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        let root =
-            nix::fcntl::open("/", flags, nix::sys::stat::Mode::empty()).map_err(|errno| {
-                feather_sys::SysError {
-                    op: "open",
-                    target: "/".to_owned(),
-                    errno,
-                }
-            })?;
-        let tree = feather_sys::mount::clone_tree_recursive(&root)?;
-        feather_sys::mount::set_propagation(&tree, nix::mount::MsFlags::MS_PRIVATE, true)?;
-        Ok(HeldFilesystems { _tree: tree })
+    pub fn now() -> std::io::Result<HeldFilesystems> {
+        let mounts = feather_sys::mountinfo::mounts()?;
+        let held = mounts
+            .iter()
+            .filter(|m| is_anonymous(&m.device))
+            .filter(|m| !NOT_HELD.contains(&m.fs_type.as_str()) && !m.fs_type.starts_with("fuse"))
+            .filter_map(hold)
+            .collect();
+        Ok(HeldFilesystems { _mounts: held })
     }
+}
+
+/// Whether a device number (`maj:min`) is an anonymous one, of no block device.
+fn is_anonymous(device: &str) -> bool {
+    device
+        .split_once(':')
+        .is_some_and(|(major, _)| major == "0")
+}
+
+/// A private detached clone of `mount` alone, if its mount point still leads to it (not
+/// covered since, nor a link now).
+fn hold(mount: &MountEntry) -> Option<std::os::fd::OwnedFd> {
+    use nix::fcntl::OFlag;
+    use std::os::fd::AsRawFd;
+    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let at = nix::fcntl::open(&mount.mount_point, flags, nix::sys::stat::Mode::empty()).ok()?;
+    let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", at.as_raw_fd())).ok()?;
+    let id = info
+        .lines()
+        .find_map(|line| line.strip_prefix("mnt_id:")?.trim().parse::<u64>().ok())?;
+    if id != mount.id {
+        return None;
+    }
+    feather_sys::mount::clone_tree_private(&at).ok()
 }
 
 /// What existed before CRIU ran, read from the namespace it ran in.
@@ -628,6 +679,72 @@ mod tests {
         drop(held);
     }
 
+    /// A block device's filesystem is not held: once the host unmounts it, its device is
+    /// free (opened exclusively, as `losetup -d`, `cryptsetup close` need it). Before, the
+    /// whole tree was held, and the device stayed busy until the restore ended (review r27
+    /// R8).
+    #[test]
+    fn a_block_devices_filesystem_is_not_held() {
+        let place = Scratch::new("loop");
+        let device = LoopDevice::new(&place.0.with_extension("img"));
+        nix::mount::mount(
+            Some(device.path.as_path()),
+            &place.0,
+            Some("ext4"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        let held = HeldFilesystems::now().unwrap();
+        nix::mount::umount(&place.0).unwrap();
+        let exclusive = std::os::unix::fs::OpenOptionsExt::custom_flags(
+            fs::OpenOptions::new().read(true),
+            libc::O_EXCL,
+        )
+        .open(&device.path);
+        drop(held);
+        assert!(exclusive.is_ok(), "{exclusive:?}");
+    }
+
+    /// A loop device over an ext4 image file of the test's own, detached and removed on drop.
+    struct LoopDevice {
+        path: PathBuf,
+        image: PathBuf,
+    }
+
+    impl LoopDevice {
+        fn new(image: &Path) -> LoopDevice {
+            fs::File::create(image).unwrap().set_len(16 << 20).unwrap();
+            let made = std::process::Command::new("mkfs.ext4")
+                .args(["-q", "-F"])
+                .arg(image)
+                .status()
+                .unwrap();
+            assert!(made.success());
+            let attached = std::process::Command::new("losetup")
+                .args(["--find", "--show"])
+                .arg(image)
+                .output()
+                .unwrap();
+            assert!(attached.status.success(), "{attached:?}");
+            let path = String::from_utf8(attached.stdout).unwrap();
+            LoopDevice {
+                path: PathBuf::from(path.trim()),
+                image: image.to_path_buf(),
+            }
+        }
+    }
+
+    impl Drop for LoopDevice {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .arg("-d")
+                .arg(&self.path)
+                .status();
+            let _ = fs::remove_file(&self.image);
+        }
+    }
+
     /// A folder of this test's own, unmounted and removed when the test ends, passed or not.
     struct Scratch(PathBuf);
 
@@ -689,8 +806,16 @@ mod tests {
         };
         assert!(root(&own).is_some());
         assert_eq!(root(&table.read().unwrap()), root(&own));
+        // Sealed: nothing writes it again (review r27 R9).
+        assert!(table.0.write_all_at(b"x", 0).is_err());
+        assert!(table.0.set_len(0).is_err());
         let never_written = CriuMountTable::new().unwrap();
         assert!(never_written.read().is_err());
+        // Written, but unsealed: refused.
+        let unsealed = CriuMountTable::new().unwrap();
+        let text = fs::read("/proc/self/mountinfo").unwrap();
+        unsealed.0.write_all_at(&text, 0).unwrap();
+        assert!(unsealed.read().unwrap_err().contains("not sealed"));
     }
 
     fn source(device: &str, root: &str, what: &str) -> Source {
