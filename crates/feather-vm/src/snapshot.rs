@@ -924,14 +924,19 @@ pub(crate) fn restore_tree(
         regrouped
     });
     if let Err(e) = ready {
-        // Killed frozen, the held group first (review m26 M5); thawed only by the group's
-        // removal, which kills again first.
-        let _ = hold.kill();
-        let _ = process::signal(&init.pidfd, nix::sys::signal::Signal::SIGKILL);
-        let _ = waitpid(init.pid, None);
+        kill_refused(&hold, &init);
         return Err(e);
     }
     Ok(init)
+}
+
+/// Kills a refused restored tree while it is frozen: the held group first (review m26 M5:
+/// every process of it, those outside init's pid namespace too), then its init, reaped. Left
+/// frozen: thawed only by the group's removal, which kills again first.
+fn kill_refused(hold: &Hold, init: &ChildProcess) {
+    let _ = hold.kill();
+    let _ = process::signal(&init.pidfd, nix::sys::signal::Signal::SIGKILL);
+    let _ = waitpid(init.pid, None);
 }
 
 /// The freezer the restored tree is held still in, from CRIU's `pre-resume` until the keeper
@@ -1386,6 +1391,58 @@ pub(crate) fn await_release(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A process the test started, killed and reaped on drop.
+    struct Started(std::process::Child);
+
+    impl Drop for Started {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn sleeping() -> Started {
+        Started(
+            std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// A refused restore (any `Err` of the checks, `ready`) kills the held group: a process
+    /// of it that init's death does not end (outside init's tree and pid namespace) dies, and
+    /// the group stays frozen. Without the group's kill it lived on (review r27 R10).
+    #[test]
+    fn a_refused_restore_kills_every_process_of_its_held_group() {
+        let mut member = sleeping();
+        let started = sleeping();
+        let pid = Pid::from_raw(started.0.id() as i32);
+        let group = feather_confine::held::TestGroup::frozen("vm-refused", &[member.0.id() as i32])
+            .unwrap();
+        let init = ChildProcess {
+            pid,
+            pidfd: process::pidfd_open(pid).unwrap(),
+        };
+        kill_refused(group.hold(), &init);
+        // Reaped by `kill_refused`: its pid is no longer the test's to signal.
+        std::mem::forget(started);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let status = loop {
+            if let Some(status) = member.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline, "the member lives on");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "{status:?}"
+        );
+        assert!(group.hold().is_frozen().unwrap(), "the group was thawed");
+    }
 
     fn vm_and_config() -> (VmDir, VmConfig) {
         let root = StateRoot::new(Some(PathBuf::from("/state")));
