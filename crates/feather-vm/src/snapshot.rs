@@ -900,7 +900,15 @@ pub(crate) fn restore_tree(
         )
     })
     .and_then(|allowed| {
-        crate::restored_creds::check_tree(name, init.pid, &allowed, restoring_mnt.as_deref(), &hold)
+        // Named always once CRIU ran: the check that no restored task stays there needs it.
+        let criu_ran_in = restoring_mnt.as_deref().ok_or_else(|| {
+            failed(
+                name,
+                "the restoring child never named the mount namespace CRIU ran in: the check that \
+                 no restored process stays there cannot be made; refused",
+            )
+        })?;
+        crate::restored_creds::check_tree(name, init.pid, &allowed, Some(criu_ran_in), &hold)
     })
     .and_then(|()| mask_what_the_dump_lacked(vm, &init, &hold))
     .and_then(|()| {
@@ -984,13 +992,15 @@ fn regroup(
     Ok(())
 }
 
-/// The mount namespace the restoring child prepared and ran CRIU in (`mnt:[…]`), as it wrote
-/// it before its exec (one short write, so whole); None if it did not.
-/// The mount namespace the restoring child made, CRIU's, once the child has said so on
-/// `said` (just before its exec; a child that failed ends without a word), and a descriptor
-/// holding it: whatever CRIU does with namespaces of its own, what the child mounted there
-/// stays mounted, its device numbers taken, until the keeper has checked the restored tree
-/// and masked what the dump lacked (`Before::of`).
+/// The mount namespace the restoring child made, CRIU's (`mnt:[…]`), once the child has said
+/// so on `said` (just before its exec, one short write, so whole; a child that failed ends
+/// without a word: None), and a descriptor holding it: whatever CRIU does with namespaces of
+/// its own, what the child mounted there stays mounted, its device numbers taken, until the
+/// keeper has checked the restored tree and masked what the dump lacked (`Before::of`). Once
+/// the child has spoken both are required: a wait that fails, or a namespace that cannot be
+/// opened or is not the one it named, is an error (review r27 R3: each left the pin out
+/// silently, and a wait that failed the name too, which skipped the check that no restored
+/// task stays in CRIU's namespace).
 fn hold_restoring_namespace(
     child: Pid,
     said: &std::os::fd::OwnedFd,
@@ -1005,15 +1015,30 @@ fn hold_restoring_namespace(
         ];
         match poll(&mut fds, PollTimeout::NONE) {
             Err(nix::errno::Errno::EINTR) => continue,
-            _ => break,
+            Err(e) => return Err(e.into()),
+            Ok(_) => break,
         }
     }
     let Some(path) = restoring_namespace(said) else {
         return Ok((None, None));
     };
-    let namespace = fs::File::open(format!("/proc/{child}/ns/mnt")).ok();
-    let same = fs::read_link(format!("/proc/{child}/ns/mnt")).ok() == Some(path.clone());
-    Ok((Some(path), namespace.filter(|_| same)))
+    let link = format!("/proc/{child}/ns/mnt");
+    let namespace =
+        fs::File::open(&link).map_err(|e| std::io::Error::new(e.kind(), format!("{link}: {e}")))?;
+    // Named again through the descriptor held: the namespace the child said, not a later one.
+    let held = format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&namespace)
+    );
+    let read = fs::read_link(&held)?;
+    if read != path {
+        return Err(std::io::Error::other(format!(
+            "the restoring child said it prepared the restore in {}, but {link} is {}",
+            path.display(),
+            read.display()
+        )));
+    }
+    Ok((Some(path), Some(namespace)))
 }
 
 fn restoring_namespace(said: &std::os::fd::OwnedFd) -> Option<PathBuf> {
@@ -1409,6 +1434,38 @@ mod tests {
                 .spawn()
                 .unwrap(),
         )
+    }
+
+    /// A pipe whose read end is non-blocking (as the restoring child's), `text` written in it.
+    fn said(text: &str) -> std::os::fd::OwnedFd {
+        let flags = nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK;
+        let (read, write) = nix::unistd::pipe2(flags).unwrap();
+        if !text.is_empty() {
+            nix::unistd::write(&write, text.as_bytes()).unwrap();
+        }
+        read
+    }
+
+    /// The namespace the child names is held and given; one it names that is not its own is
+    /// an error (review r27 R3: before, the pin was dropped silently); a child that ended
+    /// without a word gives none.
+    #[test]
+    fn the_restoring_childs_namespace_is_held_or_the_restore_fails() {
+        let child = sleeping();
+        let pid = Pid::from_raw(child.0.id() as i32);
+        let own = fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+        let (path, held) =
+            hold_restoring_namespace(pid, &said(&own.display().to_string())).unwrap();
+        assert_eq!(path.as_deref(), Some(own.as_path()));
+        assert!(held.is_some());
+        let other = hold_restoring_namespace(pid, &said("mnt:[1]"));
+        assert!(other.unwrap_err().to_string().contains("mnt:[1]"));
+        let mut silent = Started(std::process::Command::new("true").spawn().unwrap());
+        let silent_pid = Pid::from_raw(silent.0.id() as i32);
+        // Waited for by its pidfd, which the exit makes readable; reaped after.
+        let (path, held) = hold_restoring_namespace(silent_pid, &said("")).unwrap();
+        let _ = silent.0.wait();
+        assert!(path.is_none() && held.is_none());
     }
 
     /// A refused restore (any `Err` of the checks, `ready`) kills the held group: a process
