@@ -346,8 +346,14 @@ fn join_namespace(
 /// masks before the check when a dump lacked a mask (review r27 R7: taken from one process's
 /// view, a chrooted unit's own proc or a second proc mount went unmasked, and the restore was
 /// refused). Looked up as the check looks them up, in a thread of this process that joins the
-/// namespace.
-pub fn unmasked_places(namespace: &fs::File, masked: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+/// namespace. With `unshared_only`, a place on a shared mount (`shared:N`) is left out: a mask
+/// mounted there would propagate to its peers, which may be the host's (the check then
+/// refuses it unmasked).
+pub fn unmasked_places(
+    namespace: &fs::File,
+    masked: &[PathBuf],
+    unshared_only: bool,
+) -> Result<Vec<PathBuf>, String> {
     let proc = nix::fcntl::open(
         "/proc",
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -360,6 +366,9 @@ pub fn unmasked_places(namespace: &fs::File, masked: &[PathBuf]) -> Result<Vec<P
         for path in masked.iter().flat_map(|path| kernel_places(&mounts, path)) {
             let found = look_up(&proc, &root, &path)?;
             let shown = matches!(found, Found::Link | Found::At { .. });
+            if unshared_only && on_shared_mount(&mounts, &path) {
+                continue;
+            }
             if shown && !is_mask(&mounts, &found) && !places.contains(&path) {
                 places.push(path);
             }
@@ -372,6 +381,16 @@ pub fn unmasked_places(namespace: &fs::File, masked: &[PathBuf]) -> Result<Vec<P
             .join()
             .unwrap_or_else(|_| Err("the thread looking for unmasked kernel paths panicked".into()))
     })
+}
+
+/// Whether the mount `path` lies on (the last mounted at its longest mounted prefix) is
+/// shared: what is mounted beneath it propagates to its peers.
+fn on_shared_mount(mounts: &[MountEntry], path: &Path) -> bool {
+    let on = mounts
+        .iter()
+        .filter(|m| path.starts_with(&m.mount_point) && m.mount_point != path)
+        .max_by_key(|m| m.mount_point.components().count());
+    on.is_some_and(|m| m.optional.iter().any(|f| f.starts_with("shared:")))
 }
 
 /// A file of the host's proc, `name` beneath it.
@@ -811,7 +830,7 @@ mod tests {
         let held = crate::held::TestGroup::frozen("unmasked", &[pid]).unwrap();
         let namespace = fs::File::open(format!("/proc/{pid}/ns/mnt")).unwrap();
         let masked = [PathBuf::from("/proc/interrupts")];
-        let places = unmasked_places(&namespace, &masked).unwrap();
+        let places = unmasked_places(&namespace, &masked, false).unwrap();
         assert_eq!(
             places,
             [masked[0].clone(), chrooted.folder.join("proc/interrupts")]
@@ -819,7 +838,7 @@ mod tests {
         let pidfd = feather_sys::process::pidfd_open(nix::unistd::Pid::from_raw(pid)).unwrap();
         feather_sys::process::mask_in_mount_namespace_of(&pidfd, &places).unwrap();
         assert_eq!(
-            unmasked_places(&namespace, &masked).unwrap(),
+            unmasked_places(&namespace, &masked, false).unwrap(),
             Vec::<PathBuf>::new()
         );
         let expected = Expected {
@@ -829,6 +848,21 @@ mod tests {
             ..Expected::default()
         };
         assert_eq!(check_tree(pid, held.hold(), &expected), Ok(()));
+    }
+
+    /// A place on a shared mount is told as such (feather-oci masks none there: the mask
+    /// would reach the mount's peers), by the mount it lies on, not one mounted at it.
+    #[test]
+    fn a_place_on_a_shared_mount_is_told() {
+        let mounts = feather_sys::mountinfo::parse(
+            "1 0 0:60 / / rw shared:1 - overlay o rw\n\
+             2 1 0:70 / /proc rw - proc proc rw\n\
+             3 1 0:71 / /sys ro shared:9 - sysfs sysfs ro\n\
+             4 3 0:72 / /sys/firmware ro - tmpfs tmpfs ro\n",
+        );
+        assert!(!on_shared_mount(&mounts, Path::new("/proc/kcore")));
+        assert!(on_shared_mount(&mounts, Path::new("/sys/firmware")));
+        assert!(on_shared_mount(&mounts, Path::new("/etc/x")));
     }
 
     #[test]

@@ -553,6 +553,8 @@ fn resume_if_allowed(
     let init = Pid::from_raw(pid);
     let checked = crate::restored::Outside::here(restoring_mnt)
         .and_then(|outside| crate::restored::check_tree(pid, allowed, &outside, hold))
+        // After the processes' check: none is in the host's mount namespace, or CRIU's.
+        .and_then(|()| mask_what_the_dump_lacked(hold, &mounts.mounts.masked))
         .and_then(|()| mounts.expected(container))
         .and_then(|mounts| crate::restored_mounts::check_tree(pid, hold, &mounts))
         .and_then(|()| {
@@ -569,6 +571,46 @@ fn resume_if_allowed(
     }
     let _ = nix::sys::signal::kill(init, Signal::SIGCONT);
     Ok(pid)
+}
+
+/// Masks the config's masked paths that a mount namespace of the frozen tree shows unmasked,
+/// as `create` masks them (`/dev/null` over a file, an empty read-only tmpfs over a folder),
+/// beneath every proc and sysfs mount as the check then requires them (review mntcheck26
+/// MC-6): CRIU recreates only the masks it dumped, and a kernel path absent at the dump (an
+/// older kernel's, another host's: `/proc/sched_debug`) may be here. Every namespace of the
+/// group's processes, each once; a process whose namespace cannot be read is left to the
+/// check (a zombie has none; any other is refused there). Never on a shared mount, whose
+/// peers may be the host's (the check, which refuses a peer of a host mount, comes after).
+fn mask_what_the_dump_lacked(hold: &feather_confine::held::Hold, masked: &[PathBuf]) -> Result<()> {
+    let mut seen = Vec::new();
+    let processes = hold
+        .processes()
+        .context("list the restored processes to mask what their dump lacked")?;
+    for pid in processes {
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        let Ok(namespace) = feather_confine::restored::namespace(&proc, "mnt") else {
+            continue;
+        };
+        if seen.contains(&namespace) {
+            continue;
+        }
+        let ns = proc.join("ns/mnt");
+        let file = fs::File::open(&ns).with_context(|| format!("open {}", ns.display()))?;
+        let places = feather_confine::restored_mounts::unmasked_places(&file, masked, true)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| {
+                format!("find what to mask in the mount namespace of process {pid}")
+            })?;
+        if !places.is_empty() {
+            let pidfd = feather_sys::process::pidfd_open(Pid::from_raw(pid))
+                .with_context(|| format!("open restored process {pid}"))?;
+            feather_sys::process::mask_in_mount_namespace_of(&pidfd, &places).with_context(
+                || format!("mask {places:?} in the mount namespace of restored process {pid}"),
+            )?;
+        }
+        seen.push(namespace);
+    }
+    Ok(())
 }
 
 /// What the restored mounts are judged by: `mounts`, what create makes for `spec`, with what

@@ -1221,8 +1221,8 @@ fn mask_in_namespace_of(vm: &VmDir, pid: i32, pidfd: &std::os::fd::OwnedFd) -> R
         .chain(&rootfs::MASKED_SYS)
         .map(|path| Path::new("/").join(path))
         .collect();
-    let missing =
-        feather_confine::restored_mounts::unmasked_places(&namespace, &masked).map_err(|why| {
+    let missing = feather_confine::restored_mounts::unmasked_places(&namespace, &masked, false)
+        .map_err(|why| {
             failed(
                 name,
                 format!(
