@@ -106,7 +106,7 @@ impl Hold {
     ) -> io::Result<()> {
         let found = restored();
         let trees = match &found {
-            Ok(inits) => Pidfds::of_trees(inits),
+            Ok(inits) => Pidfds::of_trees_outside(inits, self),
             Err(_) => Pidfds::default(),
         };
         let frozen = found.and_then(|inits| {
@@ -291,13 +291,17 @@ impl Hold {
 struct Pidfds(Vec<std::os::fd::OwnedFd>);
 
 impl Pidfds {
-    /// One for each process of the trees under `inits` that can be opened (one that cannot
-    /// has ended).
-    fn of_trees(inits: &[i32]) -> Pidfds {
+    /// One for each process of the trees under `inits` that `hold`'s group does not list, the
+    /// group's kill reaching the others (every one if it cannot be listed): a tree of
+    /// thousands of processes would otherwise take as many descriptors. A process that cannot
+    /// be opened has ended. Its group is stable: CRIU's ptrace stop holds it.
+    fn of_trees_outside(inits: &[i32], hold: &Hold) -> Pidfds {
+        let listed = hold.processes().unwrap_or_default();
         let open = |pid: i32| feather_sys::process::pidfd_open(nix::unistd::Pid::from_raw(pid));
         Pidfds(
             trees_of(inits)
                 .into_iter()
+                .filter(|pid| !listed.contains(pid))
                 .filter_map(|pid| open(pid).ok())
                 .collect(),
         )
