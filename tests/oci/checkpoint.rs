@@ -1003,6 +1003,50 @@ fn a_checkpoint_leaving_proc_sys_writable_is_not_restored() {
     );
 }
 
+/// A checkpoint without a mask the config makes (a kernel path absent at the dump, present
+/// here: an older kernel's, another host's; here the `/sys/firmware` mask's entry left out of
+/// the mount images) is restored with the mask added while it is frozen, as `create` makes it.
+/// Before, the check refused it as not masked (review mntcheck26 MC-6).
+#[test]
+fn a_checkpoint_lacking_a_mask_is_restored_masked() {
+    let SleepCheckpointed {
+        scratch,
+        runtime,
+        bundle,
+        images,
+    } = sleep_checkpointed("checkpoint-nomask", "ckpt-nomask1");
+    if !Path::new("/sys/firmware").is_dir() {
+        eprintln!("skipped: this host has no /sys/firmware");
+        return;
+    }
+    let firmware = |mount: &MntEntry| {
+        let point = mount.mountpoint.as_deref().unwrap_or_default();
+        point.ends_with("/sys/firmware")
+    };
+    assert_eq!(
+        rewrite_entries(&images, firmware, |_| Vec::new()),
+        1,
+        "the dump has /sys/firmware's mask"
+    );
+    let outcome = restore_detached(
+        &runtime,
+        &images,
+        &bundle,
+        "ckpt-nomask2",
+        &scratch.path("out2"),
+    );
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let shown = runtime.run(&[
+        "exec",
+        "ckpt-nomask2",
+        "sh",
+        "-c",
+        "ls -A /sys/firmware | head -c 64; echo end",
+    ]);
+    let _ = runtime.run(&["delete", "--force", "ckpt-nomask2"]);
+    assert_eq!(shown.stdout, "end\n", "{shown:?}");
+}
+
 /// A confined container without a pid namespace of its own keeps its root (the host's uid 0)
 /// from signalling the host's processes by its Landlock domain alone, which CRIU does not
 /// restore: its checkpoint is refused (it runs on), and so is a restore under such a config,

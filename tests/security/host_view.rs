@@ -656,6 +656,39 @@ fn a_restored_vm_masks_the_kernel_interfaces_its_checkpoint_lacked() {
     assert_ne!(write.code, 0, "{write:?}");
 }
 
+/// A second proc mount in the VM (as a chrooted unit's own: `RootDirectory=` with
+/// `MountAPIVFS=`), its knobs read-only as at a start but without masks, gets the masks its
+/// checkpoint lacked beneath it too: the restore's check requires them beneath every proc
+/// mount. Before, the missing masks were looked for at the fixed `/proc` paths of init's view
+/// only, and this restore was refused (review r27 R7).
+#[test]
+fn a_restored_vm_masks_what_its_checkpoint_lacked_beneath_a_second_proc() {
+    let a = Feather::new("host-view-masks-proc2");
+    start_host_vm(&a, "w");
+    let pid = init_pid(&a, "w");
+    let second = "mkdir -p /mnt/proc2 && mount -t proc proc /mnt/proc2 && \
+         for k in bus fs irq sys sysrq-trigger; do [ -e /mnt/proc2/$k ] || continue; \
+         mount --bind /mnt/proc2/$k /mnt/proc2/$k && \
+         mount -o remount,bind,ro /mnt/proc2/$k || exit 1; done";
+    // In its pid namespace: the proc mounted is the VM's.
+    let mounted = Command::new("nsenter")
+        .args(["-t", &pid, "-m", "-p", "sh", "-c", second])
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let reveal = "head -c 64 /mnt/proc2/interrupts; echo end";
+    assert_ne!(a.sh("w", reveal), "end\n", "the second proc is unmasked");
+    a.ok(&["checkpoint", "w"]);
+    let restored = a.run(&["restore", "w"]);
+    assert_eq!(restored.code, 0, "{restored:?}");
+    assert_eq!(a.status("w"), "running");
+    assert_eq!(
+        a.sh("w", reveal),
+        "end\n",
+        "a restored VM's second proc showed the host's interrupts"
+    );
+}
+
 /// Runs `feather run --rm --net none [extra…] -- sh -c 'read go; SCRIPT'` in `a`, with `late`
 /// registered (`feather ls` on it, to its end) while the start is held right after it traced
 /// `phase`: the front, which is the throw-away VM's keeper, is stopped once that line is read,

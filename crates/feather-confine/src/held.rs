@@ -80,39 +80,43 @@ impl Hold {
         &self.group
     }
 
-    /// At CRIU's `pre-resume` (`criu`: its pid, in the group): moves CRIU to the caller's own
-    /// group in the v2 hierarchy, freezes the group, waits until the kernel says every task
-    /// of it is frozen, then makes sure the frozen group holds the restored tree: the
-    /// caller's children CRIU has under its ptrace (the restored inits: CRIU restores with
-    /// `rst_sibling`) and every thread of their trees must be in it. An empty group, or one
+    /// At CRIU's `pre-resume` (`criu`: its pid, in the group): finds the restored trees (the
+    /// caller's children CRIU has under its ptrace: the restored inits, CRIU restores with
+    /// `rst_sibling`, and their descendants) and opens a pidfd for each of their processes,
+    /// moves CRIU to the caller's own group in the v2 hierarchy, freezes the group, waits
+    /// until the kernel says every task of it is frozen, then makes sure the frozen group
+    /// holds the restored trees: every thread of them must be in it. An empty group, or one
     /// the tree was not placed in, reads frozen at once (review freeze26 F26-5): the tree
-    /// would run from CRIU's detach on. On any failure every process left in the group is
-    /// killed (CRIU too, if it could not be moved out), and so is every process of the
-    /// restored trees found, and the group left frozen: nothing of the tree runs unchecked
-    /// (CRIU ignores the hook's answer and detaches), and CRIU's detach then fails.
+    /// would run from CRIU's detach on. On any failure every process of the restored trees is
+    /// killed through its pidfd, then every process left in the group (CRIU too, if it could
+    /// not be moved out), and the group left frozen: nothing of the tree runs unchecked (CRIU
+    /// ignores the hook's answer and detaches), and CRIU's detach then fails.
     pub fn freeze_or_kill(&self, criu: i32) -> io::Result<()> {
         self.freeze_holding_or_kill(criu, || seized_children(criu))
     }
 
-    /// [`Hold::freeze_or_kill`], the restored inits found by `restored`.
+    /// [`Hold::freeze_or_kill`], the restored inits found by `restored`. They are found, and
+    /// their trees' pidfds opened, before anything else (review r27 R4): CRIU's ptrace holds
+    /// every task still whatever fails after, so a tree outside the group is killed also when
+    /// the move or the freeze fails, and no child reparented by a kill escapes a later walk.
     fn freeze_holding_or_kill(
         &self,
         criu: i32,
         restored: impl FnOnce() -> io::Result<Vec<i32>>,
     ) -> io::Result<()> {
-        let mut inits = Vec::new();
-        let frozen = self
-            .move_out(criu)
-            .and_then(|()| self.freeze())
-            .and_then(|()| {
-                inits = restored()?;
-                self.holds_trees_of(&inits)
-            });
+        let found = restored();
+        let trees = match &found {
+            Ok(inits) => Pidfds::of_trees_outside(inits, self),
+            Err(_) => Pidfds::default(),
+        };
+        let frozen = found.and_then(|inits| {
+            self.move_out(criu)?;
+            self.freeze()?;
+            self.holds_trees_of(&inits)
+        });
         if frozen.is_err() {
+            trees.kill();
             let _ = self.kill();
-            for pid in trees_of(&inits) {
-                kill(pid);
-            }
         }
         frozen
     }
@@ -278,6 +282,36 @@ impl Hold {
             kill(pid);
         }
         Ok(())
+    }
+}
+
+/// Pidfds for the processes of restored trees, opened while CRIU's ptrace holds them: a kill
+/// through them reaches exactly those processes, wherever they were moved or reparented since.
+#[derive(Default)]
+struct Pidfds(Vec<std::os::fd::OwnedFd>);
+
+impl Pidfds {
+    /// One for each process of the trees under `inits` that `hold`'s group does not list, the
+    /// group's kill reaching the others (every one if it cannot be listed): a tree of
+    /// thousands of processes would otherwise take as many descriptors. A process that cannot
+    /// be opened has ended. Its group is stable: CRIU's ptrace stop holds it.
+    fn of_trees_outside(inits: &[i32], hold: &Hold) -> Pidfds {
+        let listed = hold.processes().unwrap_or_default();
+        let open = |pid: i32| feather_sys::process::pidfd_open(nix::unistd::Pid::from_raw(pid));
+        Pidfds(
+            trees_of(inits)
+                .into_iter()
+                .filter(|pid| !listed.contains(pid))
+                .filter_map(|pid| open(pid).ok())
+                .collect(),
+        )
+    }
+
+    /// SIGKILL to each.
+    fn kill(&self) {
+        for pidfd in &self.0 {
+            let _ = feather_sys::process::signal(pidfd, nix::sys::signal::Signal::SIGKILL);
+        }
     }
 }
 
@@ -545,6 +579,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(why.contains("were not found"), "{why}");
+    }
+
+    /// A restored tree found, but a freeze that fails (here: the group is gone): the tree,
+    /// outside any group the kill reaches, is killed through its pidfds. Before, its inits
+    /// were looked for only once the freeze succeeded, and it ran on (review r27 R4).
+    #[test]
+    fn a_found_tree_is_killed_when_the_freeze_fails() {
+        let criu = start("sleep", &["60"]);
+        let mut outside = start("sleep", &["60"]);
+        let group = TestGroup::holding("gone", &[]).unwrap();
+        let hold = group.hold().clone();
+        drop(group);
+        let why = hold
+            .freeze_holding_or_kill(pid(&criu), || Ok(vec![pid(&outside)]))
+            .unwrap_err()
+            .to_string();
+        assert!(why.contains("cgroup.freeze"), "{why}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            if let Some(status) = outside.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the tree outside the group runs on"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "{status:?}"
+        );
     }
 
     /// A tree the group holds passes.

@@ -74,7 +74,8 @@ pub const KNOB_CAUSES: &str = "either the checkpoint was taken under another ker
 /// What a refusal of a mount the restore cannot account for ([`crate::restored_sources`])
 /// adds: its two likely causes, and what to do for each.
 pub const SOURCE_CAUSES: &str = "a mount the restore cannot account for: either a host mount \
-    changed while the restore ran (restore again), or the checkpoint was altered to bind or \
+    changed while the restore ran (restore again only if you changed that host mount \
+    yourself: a checkpoint can be made to pass only by a race, which retries help), or the checkpoint was altered to bind or \
     mount a host filesystem in the tree: restore only checkpoints this host or a trusted one \
     took";
 
@@ -314,19 +315,82 @@ fn judge_namespace(
     proc: &OwnedFd,
     expected: &Expected,
 ) -> Result<(), String> {
+    let (mounts, root) = join_namespace(namespace, proc)?;
+    judge(&mounts, expected, &mut |path| look_up(proc, &root, path))
+}
+
+/// In the calling thread, which must be one of its own, ended after: a root and cwd of the
+/// thread's own, then `namespace` joined; its mountinfo (read through `proc`, the host's) and
+/// its root.
+fn join_namespace(
+    namespace: &fs::File,
+    proc: &OwnedFd,
+) -> Result<(Vec<MountEntry>, OwnedFd), String> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
         .map_err(|e| format!("cannot take a root of the thread's own: {e}"))?;
     nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWNS)
         .map_err(|e| format!("cannot join the mount namespace: {e}"))?;
     let text = read_in_proc(proc, "thread-self/mountinfo")?;
-    let mounts = feather_sys::mountinfo::parse(text);
     let root = nix::fcntl::open(
         "/",
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
     .map_err(|e| format!("cannot open the namespace's root: {e}"))?;
-    judge(&mounts, expected, &mut |path| look_up(proc, &root, path))
+    Ok((feather_sys::mountinfo::parse(text), root))
+}
+
+/// The places the check requires masked ([`judge`]: each of `masked` beneath every proc and
+/// sysfs mount, as the namespace's root shows them) that the mount namespace `namespace`
+/// (`/proc/PID/ns/mnt`) has and no mask covers yet, each from that root: what a restorer
+/// masks before the check when a dump lacked a mask (review r27 R7: taken from one process's
+/// view, a chrooted unit's own proc or a second proc mount went unmasked, and the restore was
+/// refused). Looked up as the check looks them up, in a thread of this process that joins the
+/// namespace. With `unshared_only`, a place on a shared mount (`shared:N`) is left out: a mask
+/// mounted there would propagate to its peers, which may be the host's (the check then
+/// refuses it unmasked).
+pub fn unmasked_places(
+    namespace: &fs::File,
+    masked: &[PathBuf],
+    unshared_only: bool,
+) -> Result<Vec<PathBuf>, String> {
+    let proc = nix::fcntl::open(
+        "/proc",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open /proc: {e}"))?;
+    let unmasked = || {
+        let (mounts, root) = join_namespace(namespace, &proc)?;
+        let mut places = Vec::new();
+        for path in masked.iter().flat_map(|path| kernel_places(&mounts, path)) {
+            let found = look_up(&proc, &root, &path)?;
+            let shown = matches!(found, Found::Link | Found::At { .. });
+            if unshared_only && on_shared_mount(&mounts, &path) {
+                continue;
+            }
+            if shown && !is_mask(&mounts, &found) && !places.contains(&path) {
+                places.push(path);
+            }
+        }
+        Ok(places)
+    };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(unmasked)
+            .join()
+            .unwrap_or_else(|_| Err("the thread looking for unmasked kernel paths panicked".into()))
+    })
+}
+
+/// Whether the mount `path` lies on (the last mounted at its longest mounted prefix) is
+/// shared: what is mounted beneath it propagates to its peers.
+fn on_shared_mount(mounts: &[MountEntry], path: &Path) -> bool {
+    let on = mounts
+        .iter()
+        .filter(|m| path.starts_with(&m.mount_point) && m.mount_point != path)
+        .max_by_key(|m| m.mount_point.components().count());
+    on.is_some_and(|m| m.optional.iter().any(|f| f.starts_with("shared:")))
 }
 
 /// A file of the host's proc, `name` beneath it.
@@ -530,6 +594,7 @@ mod tests {
                 &crate::restored_sources::Tables {
                     where_criu_ran: host.clone(),
                     restorers: host,
+                    ..Default::default()
                 },
                 &[],
                 false,
@@ -753,6 +818,51 @@ mod tests {
             refusal.contains("/proc/interrupts is not masked"),
             "{refusal}"
         );
+    }
+
+    /// The places to mask are every proc mount's of the namespace, from its root, a chrooted
+    /// process's own proc too (review r27 R7: a process's view of fixed paths missed it); once
+    /// masked there the check passes, and none is left.
+    #[test]
+    fn every_procs_unmasked_place_is_found_from_the_namespaces_root() {
+        let chrooted = Chrooted::start("none");
+        let pid = chrooted.child.id() as i32;
+        let held = crate::held::TestGroup::frozen("unmasked", &[pid]).unwrap();
+        let namespace = fs::File::open(format!("/proc/{pid}/ns/mnt")).unwrap();
+        let masked = [PathBuf::from("/proc/interrupts")];
+        let places = unmasked_places(&namespace, &masked, false).unwrap();
+        assert_eq!(
+            places,
+            [masked[0].clone(), chrooted.folder.join("proc/interrupts")]
+        );
+        let pidfd = feather_sys::process::pidfd_open(nix::unistd::Pid::from_raw(pid)).unwrap();
+        feather_sys::process::mask_in_mount_namespace_of(&pidfd, &places).unwrap();
+        assert_eq!(
+            unmasked_places(&namespace, &masked, false).unwrap(),
+            Vec::<PathBuf>::new()
+        );
+        let expected = Expected {
+            masked: masked.to_vec(),
+            sysfs_writable: true,
+            cgroup_roots: vec!["/".into()],
+            ..Expected::default()
+        };
+        assert_eq!(check_tree(pid, held.hold(), &expected), Ok(()));
+    }
+
+    /// A place on a shared mount is told as such (feather-oci masks none there: the mask
+    /// would reach the mount's peers), by the mount it lies on, not one mounted at it.
+    #[test]
+    fn a_place_on_a_shared_mount_is_told() {
+        let mounts = feather_sys::mountinfo::parse(
+            "1 0 0:60 / / rw shared:1 - overlay o rw\n\
+             2 1 0:70 / /proc rw - proc proc rw\n\
+             3 1 0:71 / /sys ro shared:9 - sysfs sysfs ro\n\
+             4 3 0:72 / /sys/firmware ro - tmpfs tmpfs ro\n",
+        );
+        assert!(!on_shared_mount(&mounts, Path::new("/proc/kcore")));
+        assert!(on_shared_mount(&mounts, Path::new("/sys/firmware")));
+        assert!(on_shared_mount(&mounts, Path::new("/etc/x")));
     }
 
     #[test]

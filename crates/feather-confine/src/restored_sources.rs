@@ -50,7 +50,7 @@ pub struct Source {
     pub what: PathBuf,
 }
 
-/// The two mount tables a restore's mounts are accounted by.
+/// The mount tables a restore's mounts are accounted by.
 #[derive(Clone, Debug, Default)]
 pub struct Tables {
     /// The namespace CRIU ran in, as CRIU's parent process wrote it just before its exec
@@ -58,6 +58,9 @@ pub struct Tables {
     pub where_criu_ran: Vec<MountEntry>,
     /// The restorer's own namespace, read when it checks the restored tree.
     pub restorers: Vec<MountEntry>,
+    /// Every mount the restorer's own namespace showed while CRIU ran, up to its `pre-resume`
+    /// ([`MountWatch`]; empty where the restorer does not watch).
+    pub while_criu_ran: Vec<MountEntry>,
 }
 
 impl Tables {
@@ -66,34 +69,140 @@ impl Tables {
         Ok(Tables {
             where_criu_ran,
             restorers: feather_sys::mountinfo::mounts()?,
+            while_criu_ran: Vec::new(),
         })
     }
+
+    /// The same, with the mounts a [`MountWatch`] saw.
+    pub fn seen_while_criu_ran(self, while_criu_ran: Vec<MountEntry>) -> Tables {
+        Tables {
+            while_criu_ran,
+            ..self
+        }
+    }
+}
+
+/// The restorer's own mount table, watched while CRIU runs in a slave of its namespace (review
+/// r27 R1): a host filesystem mounted after CRIU's parent wrote its table, bound into the tree
+/// by CRIU, and unmounted before the check is in neither of the other tables, and would pass as
+/// made anew. A thread reads the table at its start and again at each change the kernel reports
+/// (`POLLPRI` on `/proc/self/mountinfo`), and [`MountWatch::finish`] reads it once more, at
+/// CRIU's `pre-resume` (every mount of the tree made, none of its tasks run). What stays unseen:
+/// a filesystem mounted and unmounted between two reads (the kernel's report is one for every
+/// change since the last read). A number seen and freed since may be handed to a mount of the
+/// tree: a false refusal, never a pass. Started after any fork: the thread must not exist in a
+/// child that allocates before its exec.
+pub struct MountWatch {
+    stop: std::os::fd::OwnedFd,
+    thread: std::thread::JoinHandle<std::io::Result<Vec<MountEntry>>>,
+}
+
+impl MountWatch {
+    pub fn start() -> std::io::Result<MountWatch> {
+        let mut table = fs::File::open("/proc/self/mountinfo")?;
+        let mut seen = read_table(&mut table)?;
+        let (stopped, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let thread = std::thread::Builder::new()
+            .name("mount-watch".into())
+            .spawn(move || {
+                while changed(&table, &stopped)? {
+                    seen.extend(read_table(&mut table)?);
+                }
+                Ok(seen)
+            })?;
+        Ok(MountWatch { stop, thread })
+    }
+
+    /// Every mount seen, the table read once more now; an error if a read failed (nothing
+    /// can then be said of what the host mounted meanwhile).
+    pub fn finish(self) -> std::io::Result<Vec<MountEntry>> {
+        drop(self.stop);
+        let mut seen = self
+            .thread
+            .join()
+            .map_err(|_| std::io::Error::other("the mount table's watcher panicked"))??;
+        seen.extend(feather_sys::mountinfo::mounts()?);
+        Ok(seen)
+    }
+}
+
+/// Waits until the table changed (true) or the watch is stopped, its pipe's write end closed
+/// (false).
+fn changed(table: &fs::File, stopped: &std::os::fd::OwnedFd) -> std::io::Result<bool> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    loop {
+        let mut fds = [
+            PollFd::new(table.as_fd(), PollFlags::POLLPRI),
+            PollFd::new(stopped.as_fd(), PollFlags::POLLIN),
+        ];
+        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+        }
+        let happened = |fd: &PollFd| fd.revents().unwrap_or(PollFlags::empty());
+        if !happened(&fds[1]).is_empty() {
+            return Ok(false);
+        }
+        if happened(&fds[0]).intersects(PollFlags::POLLPRI | PollFlags::POLLERR) {
+            return Ok(true);
+        }
+    }
+}
+
+/// The whole table, read from its start (which also clears the kernel's report of a change).
+fn read_table(table: &mut fs::File) -> std::io::Result<Vec<MountEntry>> {
+    use std::io::{Read, Seek};
+    table.seek(std::io::SeekFrom::Start(0))?;
+    let mut text = Vec::new();
+    table.read_to_end(&mut text)?;
+    Ok(feather_sys::mountinfo::parse(&text))
 }
 
 /// The mount table of the namespace CRIU runs in, written by the process that becomes CRIU
 /// just before its exec, its own mounts made, and read back by the restorer: a memfd shared
-/// across the fork, closed by the exec.
+/// across the fork, closed by the exec, sealed once written (review r27 R9: nothing can
+/// change it after).
 pub struct CriuMountTable(fs::File);
+
+/// The seals a written table carries: no write, no size change, no further seal.
+const SEALED: nix::fcntl::SealFlag = nix::fcntl::SealFlag::F_SEAL_WRITE
+    .union(nix::fcntl::SealFlag::F_SEAL_SHRINK)
+    .union(nix::fcntl::SealFlag::F_SEAL_GROW)
+    .union(nix::fcntl::SealFlag::F_SEAL_SEAL);
 
 impl CriuMountTable {
     pub fn new() -> std::io::Result<CriuMountTable> {
         let fd = nix::sys::memfd::memfd_create(
             c"feather-restoring-mounts",
-            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC | nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING,
         )?;
         Ok(CriuMountTable(fs::File::from(fd)))
     }
 
-    /// In the process about to become CRIU, once its mounts are made: its own table. An
-    /// error here must stop it from becoming CRIU.
+    /// In the process about to become CRIU, once its mounts are made: its own table, then
+    /// sealed. An error here must stop it from becoming CRIU.
     pub fn write_own(&self) -> std::io::Result<()> {
         let text = fs::read("/proc/self/mountinfo")?;
-        self.0.write_all_at(&text, 0)
+        self.0.write_all_at(&text, 0)?;
+        nix::fcntl::fcntl(&self.0, nix::fcntl::FcntlArg::F_ADD_SEALS(SEALED))?;
+        Ok(())
     }
 
     /// What [`Self::write_own`] wrote, from offset 0 whatever the shared offset; an error if
-    /// it cannot be read whole or has no root mount (not written, or cut short).
+    /// it is not sealed, cannot be read whole or has no root mount (not written, or cut
+    /// short).
     pub fn read(&self) -> Result<Vec<MountEntry>, String> {
+        let seals = nix::fcntl::fcntl(&self.0, nix::fcntl::FcntlArg::F_GET_SEALS)
+            .map_err(|e| format!("cannot read the seals of the mount table CRIU ran on: {e}"))?;
+        if !nix::fcntl::SealFlag::from_bits_truncate(seals).contains(SEALED) {
+            return Err(
+                "the mount table CRIU ran on was not sealed once written: it may \
+                        have changed since, or never been written whole"
+                    .to_owned(),
+            );
+        }
         let mut text = Vec::new();
         let mut at = 0;
         let mut chunk = [0u8; 16 << 10];
@@ -120,32 +229,64 @@ impl CriuMountTable {
     }
 }
 
-/// Every filesystem mounted in the caller's namespace when made, kept mounted until dropped:
-/// a detached copy of the whole tree at `/` (`open_tree(OPEN_TREE_CLONE | AT_RECURSIVE)`),
-/// made private so that no unmount on the host reaches it. While it is held none of their
-/// device numbers is handed out again ([`Before::of`]). For feather-oci's restore, whose CRIU
-/// runs in a slave of the caller's namespace: there an unmount on the host reaches CRIU's
-/// copies too, and nothing else would keep the filesystem mounted.
+/// The filesystems of anonymous device numbers (`0:N`: tmpfs, overlay, proc, btrfs, …)
+/// mounted in the caller's namespace when made, kept mounted until dropped: the kernel hands
+/// a freed anonymous number out again, lowest first, where a block device's number (`maj:min`)
+/// is the device's own while it exists. Each such mount is held by a detached private clone of
+/// it alone (`open_tree(OPEN_TREE_CLONE)`, no submounts), so that no unmount on the host
+/// reaches it: while held none of their numbers is handed out again ([`Before::of`]). For
+/// feather-oci's restore, whose CRIU runs in a slave of the caller's namespace: there an
+/// unmount on the host reaches CRIU's copies too, and nothing else would keep the filesystem
+/// mounted. Not held (review r27 R8): block-device filesystems, so that the host can detach
+/// an unrelated loop device, unmap a volume or close a LUKS device meanwhile (CRIU's run,
+/// which a checkpoint's size lengthens); network and FUSE filesystems, whose mount points a
+/// lookup may wait on for good; a mount no path reaches (covered by another). One of those
+/// unmounted and its number taken by a mount CRIU made is a false refusal, never a pass.
 pub struct HeldFilesystems {
-    _tree: std::os::fd::OwnedFd,
+    _mounts: Vec<std::os::fd::OwnedFd>,
 }
 
+/// Filesystem types of anonymous numbers not held: a lookup of their mount points may wait on
+/// a server or a user-space daemon (or, for autofs, mount one).
+const NOT_HELD: [&str; 11] = [
+    "nfs", "nfs4", "cifs", "smb3", "ceph", "9p", "afs", "autofs", "virtiofs", "gfs2", "ocfs2",
+];
+
 impl HeldFilesystems {
-    pub fn now() -> feather_sys::Result<HeldFilesystems> {
-        use nix::fcntl::OFlag;
-        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        let root =
-            nix::fcntl::open("/", flags, nix::sys::stat::Mode::empty()).map_err(|errno| {
-                feather_sys::SysError {
-                    op: "open",
-                    target: "/".to_owned(),
-                    errno,
-                }
-            })?;
-        let tree = feather_sys::mount::clone_tree_recursive(&root)?;
-        feather_sys::mount::set_propagation(&tree, nix::mount::MsFlags::MS_PRIVATE, true)?;
-        Ok(HeldFilesystems { _tree: tree })
+    pub fn now() -> std::io::Result<HeldFilesystems> {
+        let mounts = feather_sys::mountinfo::mounts()?;
+        let held = mounts
+            .iter()
+            .filter(|m| is_anonymous(&m.device))
+            .filter(|m| !NOT_HELD.contains(&m.fs_type.as_str()) && !m.fs_type.starts_with("fuse"))
+            .filter_map(hold)
+            .collect();
+        Ok(HeldFilesystems { _mounts: held })
     }
+}
+
+/// Whether a device number (`maj:min`) is an anonymous one, of no block device.
+fn is_anonymous(device: &str) -> bool {
+    device
+        .split_once(':')
+        .is_some_and(|(major, _)| major == "0")
+}
+
+/// A private detached clone of `mount` alone, if its mount point still leads to it (not
+/// covered since, nor a link now).
+fn hold(mount: &MountEntry) -> Option<std::os::fd::OwnedFd> {
+    use nix::fcntl::OFlag;
+    use std::os::fd::AsRawFd;
+    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let at = nix::fcntl::open(&mount.mount_point, flags, nix::sys::stat::Mode::empty()).ok()?;
+    let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", at.as_raw_fd())).ok()?;
+    let id = info
+        .lines()
+        .find_map(|line| line.strip_prefix("mnt_id:")?.trim().parse::<u64>().ok())?;
+    if id != mount.id {
+        return None;
+    }
+    feather_sys::mount::clone_tree_private(&at).ok()
 }
 
 /// What existed before CRIU ran, read from the namespace it ran in.
@@ -176,18 +317,22 @@ impl Before {
     /// nothing, a host tmpfs unmounted meanwhile had CRIU's fresh mask over `/sys/firmware`
     /// taken for it, and the restore of an unaltered checkpoint refused.)
     ///
-    /// Where the config asks for shared propagation, the restorer's table is left out: the
-    /// tree's own mounts under a shared volume appear in it (review r27 R2), and a
+    /// A filesystem the host mounted after CRIU's table was written and unmounted before the
+    /// check is in neither: the mounts seen while CRIU ran count too (review r27 R1).
+    ///
+    /// Where the config asks for shared propagation, the restorer's tables are left out: the
+    /// tree's own mounts under a shared volume appear in them (review r27 R2), and a
     /// filesystem the host mounted while CRIU ran is then not told from them.
     pub fn of(tables: &Tables, exposed: &[PathBuf], shared_allowed: bool) -> Before {
-        let restorers: &[MountEntry] = match shared_allowed {
-            true => &[],
-            false => &tables.restorers,
+        let (restorers, while_criu_ran): (&[MountEntry], &[MountEntry]) = match shared_allowed {
+            true => (&[], &[]),
+            false => (&tables.restorers, &tables.while_criu_ran),
         };
         let mut devices: Vec<String> = tables
             .where_criu_ran
             .iter()
             .chain(restorers)
+            .chain(while_criu_ran)
             .map(|m| m.device.clone())
             .collect();
         devices.sort();
@@ -333,6 +478,7 @@ pub fn account(mount: &MountEntry, before: &Before) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// The namespace `feather-oci restore` runs CRIU in: the host's, slaves; the rootfs an
     /// overlay, a volume on the host's ext4, `/dev` a devtmpfs, a tmpfs on `/run`.
@@ -378,6 +524,7 @@ mod tests {
         Tables {
             where_criu_ran: host.clone(),
             restorers: host,
+            while_criu_ran: Vec::new(),
         }
     }
 
@@ -403,10 +550,12 @@ mod tests {
         let unmounted_since = Tables {
             where_criu_ran: host.clone(),
             restorers: without_run.clone(),
+            ..Default::default()
         };
         let mounted_since = Tables {
             where_criu_ran: without_run.clone(),
             restorers: host.clone(),
+            ..Default::default()
         };
         for tables in [unchanged(host), unmounted_since, mounted_since] {
             let refusal = account_all(&tables).unwrap_err();
@@ -414,6 +563,66 @@ mod tests {
         }
         let neither = unchanged(without_run);
         assert_eq!(account_all(&neither), Ok(()));
+    }
+
+    /// A filesystem the host mounted after CRIU's table was written and unmounted before the
+    /// check, seen only while CRIU ran, is the host's (review r27 R1: it passed as a tmpfs
+    /// made anew).
+    #[test]
+    fn a_filesystem_seen_only_while_criu_ran_is_the_hosts() {
+        let tmpfs = format!("{RESTORED}520 500 0:24 / /mnt rw - tmpfs tmpfs rw\n");
+        let host = feather_sys::mountinfo::parse(HOST);
+        let without: Vec<MountEntry> = host
+            .iter()
+            .filter(|m| m.device != "0:24")
+            .cloned()
+            .collect();
+        let tables = unchanged(without).seen_while_criu_ran(host);
+        let mut accounting = Before::of(&tables, &[], false);
+        accounting.sources = before().sources;
+        let refusal = feather_sys::mountinfo::parse(&tmpfs)
+            .iter()
+            .try_for_each(|m| account(m, &accounting))
+            .unwrap_err();
+        assert!(refusal.contains("mounted on the host before"), "{refusal}");
+    }
+
+    /// The watch sees a filesystem mounted and unmounted while it runs, and one mounted when
+    /// it finishes.
+    #[test]
+    fn the_watch_sees_what_was_mounted_while_it_ran() {
+        let place = Scratch::new("watched");
+        let mount_tmpfs = || {
+            nix::mount::mount(
+                Some("tmpfs"),
+                &place.0,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .unwrap();
+            device_at(&place.0)
+        };
+        let watch = MountWatch::start().unwrap();
+        let gone = mount_tmpfs();
+        // Held, so that the second tmpfs cannot take the first one's number.
+        let held = HeldFilesystems::now().unwrap();
+        // The watcher's read of the change (a thread of this process: scheduled meanwhile).
+        std::thread::sleep(Duration::from_millis(300));
+        nix::mount::umount(&place.0).unwrap();
+        let there = mount_tmpfs();
+        let seen = watch.finish().unwrap();
+        drop(held);
+        let devices: Vec<&str> = seen.iter().map(|m| m.device.as_str()).collect();
+        assert_ne!(gone, there);
+        assert!(
+            devices.contains(&gone.as_str()),
+            "{gone} not in {devices:?}"
+        );
+        assert!(
+            devices.contains(&there.as_str()),
+            "{there} not in {devices:?}"
+        );
     }
 
     /// Under shared propagation the tree's own mounts appear on the host: one only the
@@ -432,6 +641,7 @@ mod tests {
                 .cloned()
                 .collect(),
             restorers: host,
+            ..Default::default()
         };
         let account_all = |shared: bool| {
             let mut accounting = Before::of(&propagated_out, &[], shared);
@@ -467,6 +677,72 @@ mod tests {
         let second = mount_tmpfs();
         assert_ne!(first, second);
         drop(held);
+    }
+
+    /// A block device's filesystem is not held: once the host unmounts it, its device is
+    /// free (opened exclusively, as `losetup -d`, `cryptsetup close` need it). Before, the
+    /// whole tree was held, and the device stayed busy until the restore ended (review r27
+    /// R8).
+    #[test]
+    fn a_block_devices_filesystem_is_not_held() {
+        let place = Scratch::new("loop");
+        let device = LoopDevice::new(&place.0.with_extension("img"));
+        nix::mount::mount(
+            Some(device.path.as_path()),
+            &place.0,
+            Some("ext4"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        let held = HeldFilesystems::now().unwrap();
+        nix::mount::umount(&place.0).unwrap();
+        let exclusive = std::os::unix::fs::OpenOptionsExt::custom_flags(
+            fs::OpenOptions::new().read(true),
+            libc::O_EXCL,
+        )
+        .open(&device.path);
+        drop(held);
+        assert!(exclusive.is_ok(), "{exclusive:?}");
+    }
+
+    /// A loop device over an ext4 image file of the test's own, detached and removed on drop.
+    struct LoopDevice {
+        path: PathBuf,
+        image: PathBuf,
+    }
+
+    impl LoopDevice {
+        fn new(image: &Path) -> LoopDevice {
+            fs::File::create(image).unwrap().set_len(16 << 20).unwrap();
+            let made = std::process::Command::new("mkfs.ext4")
+                .args(["-q", "-F"])
+                .arg(image)
+                .status()
+                .unwrap();
+            assert!(made.success());
+            let attached = std::process::Command::new("losetup")
+                .args(["--find", "--show"])
+                .arg(image)
+                .output()
+                .unwrap();
+            assert!(attached.status.success(), "{attached:?}");
+            let path = String::from_utf8(attached.stdout).unwrap();
+            LoopDevice {
+                path: PathBuf::from(path.trim()),
+                image: image.to_path_buf(),
+            }
+        }
+    }
+
+    impl Drop for LoopDevice {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .arg("-d")
+                .arg(&self.path)
+                .status();
+            let _ = fs::remove_file(&self.image);
+        }
     }
 
     /// A folder of this test's own, unmounted and removed when the test ends, passed or not.
@@ -506,11 +782,13 @@ mod tests {
         let tables = Tables {
             where_criu_ran: feather_sys::mountinfo::parse(&with_group),
             restorers: feather_sys::mountinfo::parse(HOST),
+            ..Default::default()
         };
         assert!(Before::of(&tables, &[], false).peer_groups.is_empty());
         let now = Tables {
             where_criu_ran: feather_sys::mountinfo::parse(HOST),
             restorers: feather_sys::mountinfo::parse(&with_group),
+            ..Default::default()
         };
         assert_eq!(Before::of(&now, &[], false).peer_groups, ["shared:6"]);
     }
@@ -528,8 +806,16 @@ mod tests {
         };
         assert!(root(&own).is_some());
         assert_eq!(root(&table.read().unwrap()), root(&own));
+        // Sealed: nothing writes it again (review r27 R9).
+        assert!(table.0.write_all_at(b"x", 0).is_err());
+        assert!(table.0.set_len(0).is_err());
         let never_written = CriuMountTable::new().unwrap();
         assert!(never_written.read().is_err());
+        // Written, but unsealed: refused.
+        let unsealed = CriuMountTable::new().unwrap();
+        let text = fs::read("/proc/self/mountinfo").unwrap();
+        unsealed.0.write_all_at(&text, 0).unwrap();
+        assert!(unsealed.read().unwrap_err().contains("not sealed"));
     }
 
     fn source(device: &str, root: &str, what: &str) -> Source {

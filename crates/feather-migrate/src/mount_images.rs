@@ -430,6 +430,7 @@ fn judge_entries(
     for entry in entries {
         judge_fields(entry, policy)?;
     }
+    refuse_stacked_roots(entries)?;
     let externals: Vec<&MntEntry> = entries.iter().filter(|e| e.ext_key.is_some()).collect();
     let roots: Vec<&MntEntry> = entries
         .iter()
@@ -449,6 +450,30 @@ fn judge_entries(
         walks.extend(judge_bind(entry, &externals, tree_root, policy)?);
     }
     Ok(Binds(walks))
+}
+
+/// Refuses an entry at `/` whose parent is a mount of the images: a mount stacked on a
+/// namespace's root (a namespace's root has no parent in it; a dump, read from a task's root,
+/// shows only the top of a stack). The check after CRIU looks paths up from the namespace's
+/// root, the bottom of such a stack, and would not see what the top holds: a proc mounted
+/// over it with its knobs writable (review r27 R7).
+fn refuse_stacked_roots(entries: &[MntEntry]) -> Result<(), Refusal> {
+    let ids: Vec<u32> = entries.iter().filter_map(|e| e.mnt_id).collect();
+    let stacked = entries.iter().find(|e| {
+        let parent = e.parent_mnt_id.filter(|p| Some(*p) != e.mnt_id);
+        e.mountpoint.as_deref() == Some("/") && parent.is_some_and(|p| ids.contains(&p))
+    });
+    match stacked {
+        Some(entry) => Err(refuse(
+            entry,
+            format!(
+                "it is mounted over a mount namespace's root (its parent, mnt_id {}, is a \
+                 mount of the images), which no dump holds",
+                entry.parent_mnt_id.unwrap_or_default()
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Where CRIU takes a bind from: the restore's root (`--root`), the host path of the key it is
@@ -1354,6 +1379,58 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("mountpoints-12.img"));
+    }
+
+    /// A mount stacked on a namespace's root (systemd's `mount_move_root` makes one live; a
+    /// dump, read from a task's root, shows only the top): the check after CRIU starts from
+    /// the namespace's root, the bottom mount, and would not look at what the top one holds
+    /// (review r27 R7). A tmpfs over the root task's root, or a bind of the volume over a
+    /// second namespace's, is refused naming `/`.
+    #[test]
+    fn an_overmounted_namespace_root_is_refused() {
+        let allowed = [PathBuf::from("/dev/null")];
+        let policy = policy(&allowed, &[]);
+        let mut first = legitimate();
+        for (id, entry) in first.iter_mut().enumerate() {
+            entry.mnt_id = Some(100 + id as u32);
+        }
+        let volume = first
+            .iter()
+            .find(|e| e.ext_key.is_some() && e.mountpoint.as_deref() == Some("/data"))
+            .unwrap()
+            .clone();
+        let over_first = MntEntry {
+            mnt_id: Some(200),
+            parent_mnt_id: Some(100),
+            ..mount(5, "/", 0x40)
+        };
+        let second_root = MntEntry {
+            mnt_id: Some(300),
+            ..first[0].clone()
+        };
+        let over_second = MntEntry {
+            mnt_id: Some(301),
+            parent_mnt_id: Some(300),
+            ext_key: None,
+            mountpoint: Some("/".into()),
+            ..volume
+        };
+        let crafted = [vec![over_first], vec![second_root.clone(), over_second]];
+        for stacked in crafted {
+            let mut entries = first.clone();
+            entries.extend(stacked);
+            let refusal = judge_entries(&entries, &policy, Some(0..first.len())).unwrap_err();
+            assert_eq!(refusal.mount_point, "/", "{refusal}");
+            assert!(
+                refusal.why.contains("over a mount namespace's root"),
+                "{refusal}"
+            );
+        }
+        // A root whose parent is itself (the initial namespace's) is no stack.
+        first[0].parent_mnt_id = first[0].mnt_id;
+        let mut entries = first.clone();
+        entries.push(second_root);
+        assert!(judge_entries(&entries, &policy, Some(0..first.len())).is_ok());
     }
 
     fn crafted_overlay() -> MntEntry {

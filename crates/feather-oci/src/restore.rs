@@ -20,11 +20,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use feather_confine::restored_mounts::Expected;
-use feather_confine::restored_sources::{CriuMountTable, HeldFilesystems};
+use feather_confine::restored_sources::{CriuMountTable, HeldFilesystems, MountWatch};
 use feather_migrate::archive::read_at_most;
 use feather_migrate::criu::{common_options, Criu, RestoreCall, RESTORE_LOG};
 use feather_migrate::mount_images::{judge, KernelFs, Policy};
 use feather_migrate::rpc;
+use feather_sys::mountinfo::MountEntry;
 use nix::fcntl::OFlag;
 use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
@@ -105,13 +106,14 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
             work.finish();
             // A CRIU that failed after its pre-resume leaves the tree frozen: killed so
             // before the removal, whose kill thaws (review r27 R5, as a refusal's).
-            let (pid, restoring_mnt) = ran.inspect_err(|_| {
+            let (pid, restoring_mnt, while_criu_ran) = ran.inspect_err(|_| {
                 let _ = hold.kill();
             })?;
             let accounted = Accounted {
                 spec: &spec,
                 mounts,
                 where_criu_ran: &where_criu_ran,
+                while_criu_ran,
             };
             let checks = (&allowed, accounted);
             let resumed = resume_if_allowed(pid, checks, restoring_mnt, &container, &hold);
@@ -462,14 +464,16 @@ fn inherited_stdio(images: &Path) -> Result<Vec<rpc::InheritFd>> {
 /// criu gets the restore's stdio, its channel and `netns`: nothing else the engine left open.
 /// Restores the tree, held still in `hold` (frozen at CRIU's `pre-resume`, before any of it
 /// ran, [`feather_confine::held`]); gives its init's pid and the mount namespace CRIU ran in
-/// (the child's, `mnt:[…]`), where no restored process of the container may stay.
+/// (the child's, `mnt:[…]`), where no restored process of the container may stay; and every
+/// mount this namespace showed from the fork until CRIU's `pre-resume` ([`MountWatch`]: review
+/// r27 R1).
 fn run(
     call: RestoreCall,
     place: CriuPlace,
     id: &str,
     hold: &feather_confine::held::Hold,
     log: &Path,
-) -> Result<(i32, Option<PathBuf>)> {
+) -> Result<(i32, Option<PathBuf>, Vec<MountEntry>)> {
     let child = match feather_sys::process::fork_into(CloneFlags::CLONE_NEWNS)
         .map_err(|e| anyhow::anyhow!("{e}"))?
     {
@@ -483,14 +487,23 @@ fn run(
     // The child was made in its own mount namespace: read before it ends.
     let proc = PathBuf::from(format!("/proc/{}", child.pid));
     let restoring_mnt = feather_confine::restored::namespace(&proc, "mnt").ok();
+    // Started once forked: the child allocates before its exec, and no thread may then exist.
+    let mut watch = Some(MountWatch::start());
+    let mut seen = None;
     // criu is the child: it leaves the group before the group freezes.
     let mut held = None;
     let restored = call.restore(id, &mut || {
         let frozen = hold.freeze_or_kill(child.pid.as_raw());
         let answer = frozen.is_ok();
         held = Some(frozen);
+        // Last read at pre-resume: every mount of the tree made, none of its tasks run.
+        seen = watch.take().map(|watch| watch.and_then(MountWatch::finish));
         answer
     });
+    // No pre-resume came (CRIU failed): the watcher ended here, not left running.
+    if let Some(Ok(watch)) = watch {
+        let _ = watch.finish();
+    }
     let _ = waitpid(child.pid, None);
     if let Some(Err(e)) = held {
         bail!(
@@ -511,7 +524,19 @@ fn run(
         },
         other => other,
     });
-    Ok((restored?, restoring_mnt))
+    let pid = restored?;
+    let while_criu_ran = match seen {
+        Some(Ok(seen)) => seen,
+        Some(Err(e)) => bail!(
+            "cannot tell what the host mounted while CRIU ran (its mount table, watched): {e}; \
+             the restored processes are refused"
+        ),
+        None => bail!(
+            "CRIU restored the container without its pre-resume notification: the restored \
+             processes were never held still; refused"
+        ),
+    };
+    Ok((pid, restoring_mnt, while_criu_ran))
 }
 
 /// The frozen tree goes on (thawed, and continued from CRIU's SIGSTOP) when every thread holds
@@ -528,6 +553,8 @@ fn resume_if_allowed(
     let init = Pid::from_raw(pid);
     let checked = crate::restored::Outside::here(restoring_mnt)
         .and_then(|outside| crate::restored::check_tree(pid, allowed, &outside, hold))
+        // After the processes' check: none is in the host's mount namespace, or CRIU's.
+        .and_then(|()| mask_what_the_dump_lacked(hold, &mounts.mounts.masked))
         .and_then(|()| mounts.expected(container))
         .and_then(|mounts| crate::restored_mounts::check_tree(pid, hold, &mounts))
         .and_then(|()| {
@@ -546,17 +573,63 @@ fn resume_if_allowed(
     Ok(pid)
 }
 
+/// Masks the config's masked paths that a mount namespace of the frozen tree shows unmasked,
+/// as `create` masks them (`/dev/null` over a file, an empty read-only tmpfs over a folder),
+/// beneath every proc and sysfs mount as the check then requires them (review mntcheck26
+/// MC-6): CRIU recreates only the masks it dumped, and a kernel path absent at the dump (an
+/// older kernel's, another host's: `/proc/sched_debug`) may be here. Every namespace of the
+/// group's processes, each once; a process whose namespace cannot be read is left to the
+/// check (a zombie has none; any other is refused there). Never on a shared mount, whose
+/// peers may be the host's (the check, which refuses a peer of a host mount, comes after).
+fn mask_what_the_dump_lacked(hold: &feather_confine::held::Hold, masked: &[PathBuf]) -> Result<()> {
+    let mut seen = Vec::new();
+    let processes = hold
+        .processes()
+        .context("list the restored processes to mask what their dump lacked")?;
+    for pid in processes {
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        let Ok(namespace) = feather_confine::restored::namespace(&proc, "mnt") else {
+            continue;
+        };
+        if seen.contains(&namespace) {
+            continue;
+        }
+        let ns = proc.join("ns/mnt");
+        let file = fs::File::open(&ns).with_context(|| format!("open {}", ns.display()))?;
+        let places = feather_confine::restored_mounts::unmasked_places(&file, masked, true)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| {
+                format!("find what to mask in the mount namespace of process {pid}")
+            })?;
+        if !places.is_empty() {
+            let pidfd = feather_sys::process::pidfd_open(Pid::from_raw(pid))
+                .with_context(|| format!("open restored process {pid}"))?;
+            feather_sys::process::mask_in_mount_namespace_of(&pidfd, &places).with_context(
+                || format!("mask {places:?} in the mount namespace of restored process {pid}"),
+            )?;
+        }
+        seen.push(namespace);
+    }
+    Ok(())
+}
+
 /// What the restored mounts are judged by: `mounts`, what create makes for `spec`, with what
 /// was mounted where CRIU ran, read at the check ([`crate::restored_mounts::before`]).
 struct Accounted<'a> {
     spec: &'a oci_spec::runtime::Spec,
     mounts: Expected,
     where_criu_ran: &'a CriuMountTable,
+    while_criu_ran: Vec<MountEntry>,
 }
 
 impl Accounted<'_> {
     fn expected(self, container: &Container) -> Result<Expected> {
-        let before = crate::restored_mounts::before(self.spec, container, self.where_criu_ran)?;
+        let before = crate::restored_mounts::before(
+            self.spec,
+            container,
+            self.where_criu_ran,
+            self.while_criu_ran,
+        )?;
         Ok(Expected {
             before: Some(before),
             ..self.mounts

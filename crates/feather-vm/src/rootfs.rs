@@ -816,23 +816,6 @@ fn masked_paths() -> impl Iterator<Item = PathBuf> {
         .map(|masked| Path::new("/").join(masked))
 }
 
-/// The masked paths of [`MASKED_PROC`] and [`MASKED_SYS`] that no mount covers in a VM whose
-/// init's mountinfo lists `mounts`: what a VM restored from a checkpoint lacks when a kernel
-/// interface was not there at its dump (another host's kernel, another driver loaded) but is
-/// here. A VM cannot mount, so any mount at such a path is its mask.
-pub(crate) fn unmasked(mounts: &[feather_sys::mountinfo::MountEntry]) -> Vec<PathBuf> {
-    MASKED_PROC
-        .iter()
-        .chain(&MASKED_SYS)
-        .map(PathBuf::from)
-        .filter(|path| {
-            !mounts
-                .iter()
-                .any(|m| m.mount_point == Path::new("/").join(path))
-        })
-        .collect()
-}
-
 /// 6b. The VM's services get cgroups of their own below the VM's: the `services` folder of
 ///     the VM's group in each hierarchy (memory, pids, cpu, cpuacct, v2; never devices) is bound
 ///     at its usual place under `/sys/fs/cgroup` (a read-only tmpfs holding only these mount
@@ -969,20 +952,6 @@ fn inside(root: &Path, vm_path: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
-    fn mounted_at(point: &str) -> feather_sys::mountinfo::MountEntry {
-        feather_sys::mountinfo::MountEntry {
-            id: 0,
-            device: "0:1".into(),
-            root: PathBuf::from("/"),
-            mount_point: PathBuf::from(point),
-            options: "ro".into(),
-            optional: Vec::new(),
-            fs_type: "tmpfs".into(),
-            source: "tmpfs".into(),
-            super_options: "ro,size=0k,mode=555".into(),
-        }
-    }
-
     /// What init's own mount table says of a filesystem the keeper listed, by the id of the
     /// mount its path led to: mounted at its place, or gone.
     #[test]
@@ -1020,17 +989,6 @@ mod tests {
             Path::new("/").join(in_base(Path::new("/srv"))),
             Path::new("/srv")
         );
-    }
-
-    #[test]
-    fn every_masked_path_without_a_mount_is_unmasked() {
-        let all = unmasked(&[]);
-        assert_eq!(all.len(), MASKED_PROC.len() + MASKED_SYS.len());
-        let left = unmasked(&[mounted_at("/proc/acpi"), mounted_at("/sys/firmware")]);
-        assert!(!left.contains(&PathBuf::from("proc/acpi")), "{left:?}");
-        assert!(!left.contains(&PathBuf::from("sys/firmware")), "{left:?}");
-        assert!(left.contains(&PathBuf::from("proc/kcore")), "{left:?}");
-        assert_eq!(left.len(), all.len() - 2);
     }
 
     #[test]

@@ -900,7 +900,15 @@ pub(crate) fn restore_tree(
         )
     })
     .and_then(|allowed| {
-        crate::restored_creds::check_tree(name, init.pid, &allowed, restoring_mnt.as_deref(), &hold)
+        // Named always once CRIU ran: the check that no restored task stays there needs it.
+        let criu_ran_in = restoring_mnt.as_deref().ok_or_else(|| {
+            failed(
+                name,
+                "the restoring child never named the mount namespace CRIU ran in: the check that \
+                 no restored process stays there cannot be made; refused",
+            )
+        })?;
+        crate::restored_creds::check_tree(name, init.pid, &allowed, Some(criu_ran_in), &hold)
     })
     .and_then(|()| mask_what_the_dump_lacked(vm, &init, &hold))
     .and_then(|()| {
@@ -924,14 +932,19 @@ pub(crate) fn restore_tree(
         regrouped
     });
     if let Err(e) = ready {
-        // Killed frozen, the held group first (review m26 M5); thawed only by the group's
-        // removal, which kills again first.
-        let _ = hold.kill();
-        let _ = process::signal(&init.pidfd, nix::sys::signal::Signal::SIGKILL);
-        let _ = waitpid(init.pid, None);
+        kill_refused(&hold, &init);
         return Err(e);
     }
     Ok(init)
+}
+
+/// Kills a refused restored tree while it is frozen: the held group first (review m26 M5:
+/// every process of it, those outside init's pid namespace too), then its init, reaped. Left
+/// frozen: thawed only by the group's removal, which kills again first.
+fn kill_refused(hold: &Hold, init: &ChildProcess) {
+    let _ = hold.kill();
+    let _ = process::signal(&init.pidfd, nix::sys::signal::Signal::SIGKILL);
+    let _ = waitpid(init.pid, None);
 }
 
 /// The freezer the restored tree is held still in, from CRIU's `pre-resume` until the keeper
@@ -979,13 +992,15 @@ fn regroup(
     Ok(())
 }
 
-/// The mount namespace the restoring child prepared and ran CRIU in (`mnt:[…]`), as it wrote
-/// it before its exec (one short write, so whole); None if it did not.
-/// The mount namespace the restoring child made, CRIU's, once the child has said so on
-/// `said` (just before its exec; a child that failed ends without a word), and a descriptor
-/// holding it: whatever CRIU does with namespaces of its own, what the child mounted there
-/// stays mounted, its device numbers taken, until the keeper has checked the restored tree
-/// and masked what the dump lacked (`Before::of`).
+/// The mount namespace the restoring child made, CRIU's (`mnt:[…]`), once the child has said
+/// so on `said` (just before its exec, one short write, so whole; a child that failed ends
+/// without a word: None), and a descriptor holding it: whatever CRIU does with namespaces of
+/// its own, what the child mounted there stays mounted, its device numbers taken, until the
+/// keeper has checked the restored tree and masked what the dump lacked (`Before::of`). Once
+/// the child has spoken both are required: a wait that fails, or a namespace that cannot be
+/// opened or is not the one it named, is an error (review r27 R3: each left the pin out
+/// silently, and a wait that failed the name too, which skipped the check that no restored
+/// task stays in CRIU's namespace).
 fn hold_restoring_namespace(
     child: Pid,
     said: &std::os::fd::OwnedFd,
@@ -1000,15 +1015,30 @@ fn hold_restoring_namespace(
         ];
         match poll(&mut fds, PollTimeout::NONE) {
             Err(nix::errno::Errno::EINTR) => continue,
-            _ => break,
+            Err(e) => return Err(e.into()),
+            Ok(_) => break,
         }
     }
     let Some(path) = restoring_namespace(said) else {
         return Ok((None, None));
     };
-    let namespace = fs::File::open(format!("/proc/{child}/ns/mnt")).ok();
-    let same = fs::read_link(format!("/proc/{child}/ns/mnt")).ok() == Some(path.clone());
-    Ok((Some(path), namespace.filter(|_| same)))
+    let link = format!("/proc/{child}/ns/mnt");
+    let namespace =
+        fs::File::open(&link).map_err(|e| std::io::Error::new(e.kind(), format!("{link}: {e}")))?;
+    // Named again through the descriptor held: the namespace the child said, not a later one.
+    let held = format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&namespace)
+    );
+    let read = fs::read_link(&held)?;
+    if read != path {
+        return Err(std::io::Error::other(format!(
+            "the restoring child said it prepared the restore in {}, but {link} is {}",
+            path.display(),
+            read.display()
+        )));
+    }
+    Ok((Some(path), Some(namespace)))
 }
 
 fn restoring_namespace(said: &std::os::fd::OwnedFd) -> Option<PathBuf> {
@@ -1175,29 +1205,32 @@ fn mask_what_the_dump_lacked(vm: &VmDir, init: &ChildProcess, hold: &Hold) -> Re
 }
 
 /// Masks the kernel interfaces that the mount namespace of process `pid` (`pidfd`) of the
-/// restored VM shows unmasked.
+/// restored VM shows unmasked: each place the mount check requires masked (every proc and
+/// sysfs mount's, as the namespace's root shows them: a chrooted unit's own proc too) that
+/// no mask covers ([`feather_confine::restored_mounts::unmasked_places`], review r27 R7:
+/// before, only the fixed paths of the process's own view were looked at, and such a VM
+/// was refused). Looked up beneath the namespace's root, never through a magic link: a link
+/// in the restored tree is the images' to choose, and through `/proc/PID/root` an absolute
+/// one would lead the host's root to a host path (review r27 R6).
 fn mask_in_namespace_of(vm: &VmDir, pid: i32, pidfd: &std::os::fd::OwnedFd) -> Result<()> {
     let name = vm.name();
-    let mountinfo = format!("/proc/{pid}/mountinfo");
-    let text = fs::read(&mountinfo).at(&mountinfo).in_vm(name)?;
-    // A path the VM's kernel lacks needs no helper (which looks again, safely, at the rest).
-    // Looked up beneath the namespace's root following no link: a link in the restored tree
-    // is the images' to choose, and through `/proc/PID/root` an absolute one would lead the
-    // host's root to a host path (a stat there can wake an automount or hang on a dead
-    // network filesystem: review r27 R6). Only a path surely missing is left out.
-    let root = format!("/proc/{pid}/root");
-    let root = feather_sys::beneath::open_root(Path::new(&root))
-        .at(&root)
-        .in_vm(name)?;
-    let surely_missing = |path: &Path| {
-        let rel = path.strip_prefix("/").unwrap_or(path);
-        let found = feather_sys::beneath::open_beneath(&root, rel, nix::fcntl::OFlag::O_PATH);
-        matches!(found, Err(e) if e.kind() == std::io::ErrorKind::NotFound)
-    };
-    let missing: Vec<PathBuf> = rootfs::unmasked(&feather_sys::mountinfo::parse(text))
-        .into_iter()
-        .filter(|path| !surely_missing(path))
+    let ns = format!("/proc/{pid}/ns/mnt");
+    let namespace = fs::File::open(&ns).at(&ns).in_vm(name)?;
+    let masked: Vec<PathBuf> = rootfs::MASKED_PROC
+        .iter()
+        .chain(&rootfs::MASKED_SYS)
+        .map(|path| Path::new("/").join(path))
         .collect();
+    let missing = feather_confine::restored_mounts::unmasked_places(&namespace, &masked, false)
+        .map_err(|why| {
+            failed(
+                name,
+                format!(
+                    "cannot find the kernel interfaces to mask in process {pid}'s mount \
+                     namespace: {why}"
+                ),
+            )
+        })?;
     if missing.is_empty() {
         return Ok(());
     }
@@ -1383,6 +1416,90 @@ pub(crate) fn await_release(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A process the test started, killed and reaped on drop.
+    struct Started(std::process::Child);
+
+    impl Drop for Started {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn sleeping() -> Started {
+        Started(
+            std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// A pipe whose read end is non-blocking (as the restoring child's), `text` written in it.
+    fn said(text: &str) -> std::os::fd::OwnedFd {
+        let flags = nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK;
+        let (read, write) = nix::unistd::pipe2(flags).unwrap();
+        if !text.is_empty() {
+            nix::unistd::write(&write, text.as_bytes()).unwrap();
+        }
+        read
+    }
+
+    /// The namespace the child names is held and given; one it names that is not its own is
+    /// an error (review r27 R3: before, the pin was dropped silently); a child that ended
+    /// without a word gives none.
+    #[test]
+    fn the_restoring_childs_namespace_is_held_or_the_restore_fails() {
+        let child = sleeping();
+        let pid = Pid::from_raw(child.0.id() as i32);
+        let own = fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+        let (path, held) =
+            hold_restoring_namespace(pid, &said(&own.display().to_string())).unwrap();
+        assert_eq!(path.as_deref(), Some(own.as_path()));
+        assert!(held.is_some());
+        let other = hold_restoring_namespace(pid, &said("mnt:[1]"));
+        assert!(other.unwrap_err().to_string().contains("mnt:[1]"));
+        let mut silent = Started(std::process::Command::new("true").spawn().unwrap());
+        let silent_pid = Pid::from_raw(silent.0.id() as i32);
+        // Waited for by its pidfd, which the exit makes readable; reaped after.
+        let (path, held) = hold_restoring_namespace(silent_pid, &said("")).unwrap();
+        let _ = silent.0.wait();
+        assert!(path.is_none() && held.is_none());
+    }
+
+    /// A refused restore (any `Err` of the checks, `ready`) kills the held group: a process
+    /// of it that init's death does not end (outside init's tree and pid namespace) dies, and
+    /// the group stays frozen. Without the group's kill it lived on (review r27 R10).
+    #[test]
+    fn a_refused_restore_kills_every_process_of_its_held_group() {
+        let mut member = sleeping();
+        let started = sleeping();
+        let pid = Pid::from_raw(started.0.id() as i32);
+        let group = feather_confine::held::TestGroup::frozen("vm-refused", &[member.0.id() as i32])
+            .unwrap();
+        let init = ChildProcess {
+            pid,
+            pidfd: process::pidfd_open(pid).unwrap(),
+        };
+        kill_refused(group.hold(), &init);
+        // Reaped by `kill_refused`: its pid is no longer the test's to signal.
+        std::mem::forget(started);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let status = loop {
+            if let Some(status) = member.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline, "the member lives on");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "{status:?}"
+        );
+        assert!(group.hold().is_frozen().unwrap(), "the group was thawed");
+    }
 
     fn vm_and_config() -> (VmDir, VmConfig) {
         let root = StateRoot::new(Some(PathBuf::from("/state")));
