@@ -1,7 +1,7 @@
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use crate::support::{diff_paths, Bind, Feather, ScratchBase};
+use crate::support::{diff_paths, names_in, Bind, Feather, ScratchBase};
 
 /// A VM over a scratch base with a known set of host files.
 fn prepared(label: &str) -> (Feather, ScratchBase) {
@@ -500,7 +500,7 @@ fn commit_never_reaches_a_filesystem_mounted_on_a_layers_own_folder_after_the_st
     let refused = |feather: &Feather| {
         let err = feather.fails(&["commit", "vm"]);
         assert!(
-            err.contains("/mnt/sub/keep (at, beneath or over a host mount")
+            err.contains("is not on the filesystem the layer lay over at the VM's last start")
                 && err.contains("nothing was committed"),
             "{err}"
         );
@@ -601,7 +601,7 @@ fn commit_from_another_mount_namespace_applies_and_still_refuses_a_filesystem_mo
     assert!(
         refused
             .stderr
-            .contains("/mnt/sub/keep (at, beneath or over a host mount")
+            .contains("beneath the VM's layer at /mnt/sub is not on the filesystem")
             && refused.stderr.contains("nothing was committed"),
         "{}",
         refused.stderr
@@ -619,6 +619,93 @@ fn commit_from_another_mount_namespace_applies_and_still_refuses_a_filesystem_mo
         "A /data/new\nM /mnt/sub/keep\n"
     );
     assert_eq!(fs::read_to_string(sub.join("keep")).unwrap(), "vm\n");
+    assert_eq!(base.read("data/new").unwrap(), "vm\n");
+}
+
+/// A layer of a filesystem that was not mounted at the VM's last start (drive A at an earlier
+/// run, drive B mounted there now) is not read: its changes are marked and `commit` refuses
+/// them naming the layer, why and what to do, drive B untouched; the VM's other changes commit
+/// by name. Before, a layer the record did not name was read unchecked and `commit` wrote the
+/// drive A era's file onto drive B (review gl27 M3 b).
+#[test]
+fn commit_refuses_a_layer_whose_filesystem_was_not_mounted_at_the_last_start() {
+    let mut base = ScratchBase::new("commit-unrecorded");
+    base.write("data/keep", "base\n");
+    let drive_a = base.mount_tmpfs("mnt/usb");
+    fs::set_permissions(&drive_a, fs::Permissions::from_mode(0o755)).unwrap();
+    let feather = Feather::new("commit-unrecorded");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    assert_eq!(
+        feather.sh("vm", "echo a > /mnt/usb/photo && echo done"),
+        "done\n"
+    );
+    feather.ok(&["stop", "vm"]);
+    base.unmount(&drive_a);
+    feather.ok(&["start", "vm"]);
+    assert_eq!(
+        feather.sh("vm", "echo vm > /data/new && echo done"),
+        "done\n"
+    );
+    feather.ok(&["stop", "vm"]);
+    let drive_b = base.mount_tmpfs("mnt/usb");
+    fs::write(drive_b.join("marker"), "drive b\n").unwrap();
+
+    let diff = feather.run(&["diff", "vm"]);
+    assert!(
+        diff.stdout.contains("host mount") && diff.stdout.contains("/mnt/usb/photo"),
+        "{}{}",
+        diff.stdout,
+        diff.stderr
+    );
+    let refused = feather.fails(&["commit", "vm"]);
+    assert!(
+        refused
+            .contains("beneath the VM's layer at /mnt/usb was not layered at the VM's last start")
+            && refused.contains("feather reset vm PATH")
+            && refused.contains("nothing was committed"),
+        "{refused}"
+    );
+    assert!(!drive_b.join("photo").exists(), "drive B untouched");
+    assert_eq!(names_in(&drive_b), ["marker"]);
+    feather.ok(&["commit", "vm", "/data"]);
+    assert_eq!(base.read("data/new").unwrap(), "vm\n");
+}
+
+/// A VM stopped across a reboot (its record of another boot) commits into the filesystems it
+/// saw, told by their handles, and not into a fresh one mounted at a layer's place. Before, a
+/// record of another boot was not checked at all (review gl27 M3 a).
+#[test]
+fn commit_after_a_reboot_applies_to_the_filesystems_the_vm_saw_only() {
+    let mut base = ScratchBase::new("commit-reboot");
+    base.write("data/keep", "base\n");
+    let sub = base.mount_tmpfs("mnt/sub");
+    fs::set_permissions(&sub, fs::Permissions::from_mode(0o755)).unwrap();
+    let feather = Feather::new("commit-reboot");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    let done = feather.sh(
+        "vm",
+        "echo vm > /mnt/sub/new && echo vm > /data/new && echo done",
+    );
+    assert_eq!(done, "done\n");
+    feather.ok(&["stop", "vm"]);
+    let record = feather.vm_dir("vm").join("lowers.json");
+    let mut seen: serde_json::Value = serde_json::from_slice(&fs::read(&record).unwrap()).unwrap();
+    seen["boot"] = "a boot before this one".into();
+    fs::write(&record, serde_json::to_vec(&seen).unwrap()).unwrap();
+    assert_eq!(
+        diff_paths(&feather.ok(&["diff", "vm"])),
+        "A /data/new\nA /mnt/sub/new\n"
+    );
+
+    base.unmount(&sub);
+    let fresh = base.mount_tmpfs("mnt/sub");
+    let refused = feather.fails(&["commit", "vm"]);
+    assert!(
+        refused.contains("beneath the VM's layer at /mnt/sub is not on the filesystem"),
+        "{refused}"
+    );
+    assert_eq!(names_in(&fresh), Vec::<String>::new());
+    feather.ok(&["commit", "vm", "/data"]);
     assert_eq!(base.read("data/new").unwrap(), "vm\n");
 }
 

@@ -178,7 +178,7 @@ pub fn commit(
     let hidden = crate::hiding::state_folders_guarded(root)?;
     let all = diff::diff(&trees, &config, &hidden).map_err(io(name, "reading its layer"))?;
     let selected = select(all, paths, name)?;
-    refuse_forbidden(&selected, name)?;
+    refuse_forbidden(&trees, &selected, name)?;
     // Sockets and device nodes: passed over before anything is written (review fixes23 C6).
     let selected: Vec<Change> = selected
         .into_iter()
@@ -233,10 +233,12 @@ pub fn commit(
 }
 
 /// Refuses the whole commit when any of `selected` lies where the VM cannot write by itself,
-/// or where a host mount the VM's layer does not cover is (`Change::forbidden`). Not passed over with the rest applied: such a change says the VM got
+/// or where a host mount the VM's layer does not cover is (`Change::forbidden`), or in a layer
+/// whose lower folder is not the one the VM saw ([`refuse_unseen`]). Not passed over with the
+/// rest applied: such a change says the VM got
 /// past a defence, and the admin should look at all it changed before any of it lands; naming
 /// the other paths still commits them.
-fn refuse_forbidden(selected: &[Change], name: &VmName) -> Result<()> {
+fn refuse_forbidden(trees: &[Tree], selected: &[Change], name: &VmName) -> Result<()> {
     let named = |past_a_defence: bool| -> Vec<String> {
         selected
             .iter()
@@ -254,6 +256,7 @@ fn refuse_forbidden(selected: &[Change], name: &VmName) -> Result<()> {
             paths: forbidden,
         });
     }
+    refuse_unseen(trees, selected, name)?;
     if !host_mounts.is_empty() {
         return Err(VmError::CommitHostMount {
             vm: name.to_string(),
@@ -261,6 +264,30 @@ fn refuse_forbidden(selected: &[Change], name: &VmName) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Refuses the whole commit when any of `selected` lies in a layer whose lower folder is not
+/// the one the VM saw, or cannot be told from another ([`Tree::unseen`]), naming the layer,
+/// why and what to do. Its changes are marked [`diff::Forbidden::HostMount`], which
+/// [`refuse_forbidden`] refuses next in general terms: this says why the whole layer is.
+fn refuse_unseen(trees: &[Tree], selected: &[Change], name: &VmName) -> Result<()> {
+    let unseen = selected
+        .iter()
+        .filter(|change| change.forbidden.is_some_and(|why| why.refused()))
+        .find_map(|change| {
+            let tree = &trees[change.layer];
+            Some((&tree.layer, tree.unseen?))
+        });
+    let Some((layer, why)) = unseen else {
+        return Ok(());
+    };
+    Err(VmError::CommitUnseenLayer {
+        vm: name.to_string(),
+        layer: escape_path(&layer.mount_point).into_owned(),
+        lower: escape_path(&layer.lower).into_owned(),
+        why: why.why(),
+        remedy: why.remedy().replace("VM PATH", &format!("{name} PATH")),
+    })
 }
 
 /// Refuses the whole commit when any of `selected` widens who may use an entry of the base

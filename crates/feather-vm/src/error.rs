@@ -188,6 +188,15 @@ pub enum VmError {
     #[error("commit {vm}: {} at, beneath or over a filesystem mounted on the host where the VM's layer does not reach (mounted under its base or on a layer's own folder after its start, or an automount point; or the filesystem a layer lay over, unmounted since): the VM saw another folder there, not that filesystem, and commit never writes into one or empties it; nothing was committed (unmount it, or mount back the one the VM saw, and commit again, or start the VM again to layer what is there now; commit other paths by name, or drop every change with `feather reset {vm}`): {}", if .paths.len() == 1 { "a change lies" } else { "changes lie" }, .paths.join(", "))]
     CommitHostMount { vm: String, paths: Vec<String> },
 
+    #[error("commit {vm}: the host's folder {lower} beneath the VM's layer at {layer} {why}; every change of that layer is refused, and nothing was committed ({remedy}; or commit other paths by name)")]
+    CommitUnseenLayer {
+        vm: String,
+        layer: String,
+        lower: String,
+        why: &'static str,
+        remedy: String,
+    },
+
     #[error("commit {vm}: the VM widened who may use {} of the base, or made {} others than root may write; nothing was committed (review {} with `feather diff {vm}`, then commit with --keep-privileges to apply {} as they are, or commit other paths): {}", if .paths.len() == 1 { "an entry" } else { "entries" }, if .paths.len() == 1 { "a new one" } else { "new ones" }, if .paths.len() == 1 { "it" } else { "them" }, if .paths.len() == 1 { "it" } else { "them" }, .paths.join(", "))]
     CommitAccess { vm: String, paths: Vec<String> },
 }
