@@ -1,7 +1,7 @@
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use crate::support::{diff_paths, names_in, Bind, Feather, ScratchBase};
+use crate::support::{diff_paths, names_in, Bind, Feather, RecordHold, ScratchBase};
 
 /// A VM over a scratch base with a known set of host files.
 fn prepared(label: &str) -> (Feather, ScratchBase) {
@@ -669,6 +669,45 @@ fn commit_refuses_a_layer_whose_filesystem_was_not_mounted_at_the_last_start() {
     assert_eq!(names_in(&drive_b), ["marker"]);
     feather.ok(&["commit", "vm", "/data"]);
     assert_eq!(base.read("data/new").unwrap(), "vm\n");
+}
+
+/// The record of what a layer lies over is confirmed with what init mounted: a filesystem the
+/// host mounts over a layer's folder between the keeper's record and init's clone is what the
+/// VM sees and what its changes commit into while it is there; once it is unmounted, the
+/// filesystem the keeper recorded (mounted back there, A-B-A) is refused, untouched. Before,
+/// the record named A: the VM's B-era changes were committed into A (review gl27 L4).
+#[test]
+fn commit_knows_the_filesystem_init_layered_not_only_the_one_the_keeper_recorded() {
+    let mut base = ScratchBase::new("commit-aba");
+    base.write("data/keep", "base\n");
+    let a = base.mount_tmpfs("mnt/sub");
+    fs::set_permissions(&a, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(a.join("keep"), "a\n").unwrap();
+    let feather = Feather::new("commit-aba");
+    feather.ok(&["create", "vm", "--base", base.as_str(), "--net", "none"]);
+    let mut hold = RecordHold::after_mount_list("commit-aba");
+    let start = hold.start(&feather, "vm");
+    let b = base.mount_tmpfs("mnt/sub");
+    fs::set_permissions(&b, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(b.join("keep"), "b\n").unwrap();
+    hold.release();
+    let started = start.wait_with_output().unwrap();
+    assert!(started.status.success(), "{started:?}");
+    let seen = feather.sh(
+        "vm",
+        "cat /mnt/sub/keep && echo vm > /mnt/sub/new && echo done",
+    );
+    assert_eq!(seen, "b\ndone\n");
+    feather.ok(&["stop", "vm"]);
+    assert_eq!(diff_paths(&feather.ok(&["diff", "vm"])), "A /mnt/sub/new\n");
+
+    base.unmount(&b);
+    let refused = feather.fails(&["commit", "vm"]);
+    assert!(
+        refused.contains("beneath the VM's layer at /mnt/sub is not on the filesystem"),
+        "{refused}"
+    );
+    assert!(!a.join("new").exists(), "A untouched");
 }
 
 /// A VM stopped across a reboot (its record of another boot) commits into the filesystems it

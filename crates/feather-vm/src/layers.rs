@@ -16,6 +16,7 @@ use feather_sys::hiding_layer::HidingLayer;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{InVm, Result, VmError};
+use crate::lower_id::{folder_id, FolderOn, PinnedLower};
 use crate::read_only;
 
 /// Folders under which the VM gets fresh kernel filesystems of its own instead of a view of
@@ -430,39 +431,6 @@ pub struct SeenLowers {
     unreadable: bool,
 }
 
-/// What names a lower folder on its filesystem, in any mount namespace and across reboots:
-/// the filesystem (`statfs` type and id: ext4's and btrfs's from their UUID, a tmpfs's random)
-/// and the folder's handle on it (`name_to_handle_at`, mount id aside: its inode and, where
-/// the filesystem keeps one, generation, random on tmpfs and ext4, so a folder made anew has
-/// another).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct FolderOn {
-    kind: i64,
-    fsid: u64,
-    /// The handle's type and bytes (`TYPE:HEX`); None where the filesystem gives none.
-    handle: Option<String>,
-}
-
-impl FolderOn {
-    fn of(dir: &File) -> std::io::Result<FolderOn> {
-        let kind = nix::sys::statfs::fstatfs(dir)?.filesystem_type().0 as i64;
-        let fsid = nix::sys::statvfs::fstatvfs(dir)?.filesystem_id();
-        let handle = feather_sys::mount::file_handle(dir)
-            .ok()
-            .map(|(kind, bytes)| {
-                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-                format!("{kind}:{hex}")
-            });
-        Ok(FolderOn { kind, fsid, handle })
-    }
-
-    /// Whether this names one folder for good: a handle on a filesystem with an id of its own
-    /// (FUSE reports none, and every FUSE mount's root has the same handle).
-    fn proves(&self) -> bool {
-        self.handle.is_some() && self.fsid != 0
-    }
-}
-
 /// Why `diff` and `commit` do not read the host folder beneath a layer ([`SeenLowers::saw`]):
 /// every change of the layer is then marked `host-mount`, and `commit` refuses it, saying this.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -569,9 +537,49 @@ impl SeenLowers {
 
     /// Records what the lowers of `layers` are on now, for the VM's `diff` and `commit`.
     pub fn record(vm: &VmDir, config: &VmConfig, layers: &[Layer]) -> Result<()> {
-        let path = vm.lower_mounts();
         let seen = SeenLowers::now(&config.base, layers).at(&config.base)?;
-        let text = serde_json::to_vec(&seen).map_err(crate::error::encode(vm.name(), "lowers"))?;
+        seen.write(vm, config)
+    }
+
+    /// Confirms the VM's record with what its init pinned beneath its layers (`pinned`): a
+    /// layer where init held another folder than the record names is recorded as init saw it
+    /// (its mount id unknown: the folder is compared, [`NO_MOUNT_ID`]), so that the filesystem
+    /// recorded, mounted back there later, is not taken for it; one whose folder init could
+    /// not read is refused ([`UNOPENED`]).
+    pub fn confirm(vm: &VmDir, config: &VmConfig, pinned: &[PinnedLower]) -> Result<()> {
+        let Some(mut seen) = SeenLowers::recorded(vm) else {
+            return Ok(());
+        };
+        match seen.take_pinned(pinned) {
+            true => seen.write(vm, config),
+            false => Ok(()),
+        }
+    }
+
+    /// [`SeenLowers::confirm`] on the record in memory: whether it changed.
+    fn take_pinned(&mut self, pinned: &[PinnedLower]) -> bool {
+        let mut changed = false;
+        for PinnedLower { layer, folder } in pinned {
+            let recorded = (self.folders.get(layer), self.filesystems.get(layer));
+            match folder {
+                Some((id, on)) if recorded == (Some(id), Some(on)) => continue,
+                Some((id, on)) => {
+                    self.folders.insert(layer.clone(), *id);
+                    self.filesystems.insert(layer.clone(), on.clone());
+                    self.mounts.insert(layer.clone(), NO_MOUNT_ID);
+                }
+                None => {
+                    self.mounts.insert(layer.clone(), UNOPENED);
+                }
+            }
+            changed = true;
+        }
+        changed
+    }
+
+    fn write(&self, vm: &VmDir, config: &VmConfig) -> Result<()> {
+        let path = vm.lower_mounts();
+        let text = serde_json::to_vec(self).map_err(crate::error::encode(vm.name(), "lowers"))?;
         let durability = match config.ephemeral {
             true => feather_core::atomic::Durability::Volatile,
             false => feather_core::atomic::Durability::Durable,
@@ -678,13 +686,6 @@ fn mount_namespace() -> std::io::Result<u64> {
     Ok(fs::metadata("/proc/self/ns/mnt")?.ino())
 }
 
-/// A folder's (st_dev, st_ino).
-fn folder_id(dir: &File) -> std::io::Result<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = dir.metadata()?;
-    Ok((meta.dev(), meta.ino()))
-}
-
 /// The mount id recorded for a layer that lay over nothing of the base's: the kernel's unique
 /// ids are never 0, so whatever is there later is a filesystem the VM never saw.
 const NONE_SEEN: u64 = 0;
@@ -724,6 +725,12 @@ pub fn existing(vm: &VmDir, config: &VmConfig) -> Vec<Layer> {
         layers.extend(points.into_iter().map(|p| Layer::submount(vm, config, p)));
     }
     layers
+}
+
+/// The name a layer goes by in the VM's record of what its layers lie over (its folder's name,
+/// [`escape`] of its mount point: `""` for the root layer).
+pub fn name(layer: &Layer) -> String {
+    escape(&layer.mount_point)
 }
 
 fn relative(path: &Path) -> PathBuf {
