@@ -926,6 +926,48 @@ mod tests {
         assert_eq!(judged(&seen, base, &layers[0]), Some(Unseen::Unprovable));
     }
 
+    /// The record confirmed with what init pinned: the same folder changes nothing (the mount
+    /// id stays, compared as before); another is taken as init saw it and compared by folder
+    /// (the one first recorded then refused); one init could not read is refused.
+    #[test]
+    fn the_record_takes_what_init_pinned() {
+        let scratch = Scratch::new("pinned");
+        let base = &scratch.0;
+        let layers = [layer_over(base, "/"), layer_over(base, "/mnt/t")];
+        let a = TestMount::tmpfs(&base.join("mnt/t"));
+        let mut seen = SeenLowers::now(base, &layers).unwrap();
+        let held_a = fs::File::open(&a.0).unwrap();
+        let b = TestMount::tmpfs(&base.join("mnt/t"));
+        let held_b = fs::File::open(&b.0).unwrap();
+        let held_base = fs::File::open(base).unwrap();
+        let same = [
+            PinnedLower::of(name(&layers[0]), &held_base),
+            PinnedLower::of(name(&layers[1]), &held_a),
+        ];
+        assert!(!seen.take_pinned(&same), "nothing changes: {seen:?}");
+        let other = [PinnedLower::of(name(&layers[1]), &held_b)];
+        assert!(seen.take_pinned(&other));
+        assert_eq!(seen.mounts.get("mnt-t"), Some(&NO_MOUNT_ID));
+        assert_eq!(
+            judged(&seen, base, &layers[1]),
+            None,
+            "B, which init layered"
+        );
+        drop(b);
+        assert_eq!(
+            judged(&seen, base, &layers[1]),
+            Some(Unseen::Replaced),
+            "A again"
+        );
+        let unread = [PinnedLower {
+            layer: name(&layers[0]),
+            folder: None,
+        }];
+        assert!(seen.take_pinned(&unread));
+        assert_eq!(judged(&seen, base, &layers[0]), Some(Unseen::Unopened));
+        drop(a);
+    }
+
     /// A record that cannot be read refuses every layer; before, it was as none, and every
     /// layer was read unchecked (review gl27 M3).
     #[test]
