@@ -958,9 +958,9 @@ fn a_vm_with_a_mount_point_that_is_not_utf8_is_refused_a_checkpoint_and_runs_on(
     feather.start_over("vm", &base, &["--net", "none"]);
     feather.require_criu();
     let err = feather.fails(&["checkpoint", "vm"]);
-    // The path escaped (`\xff`), and the error line escaped once more for the terminal.
+    // The path escaped (`\xff`) once: the CLI's escaping of the line leaves backslashes be.
     assert!(
-        err.contains(r"/mnt/b\\xff is a mount point in the VM whose path is not UTF-8")
+        err.contains(r"/mnt/b\xff is a mount point in the VM whose path is not UTF-8")
             && err.contains("nothing was dumped"),
         "{err}"
     );

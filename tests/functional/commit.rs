@@ -1,7 +1,7 @@
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use crate::support::{diff_paths, Bind, Feather, ScratchBase};
+use crate::support::{diff_paths, names_in, Bind, Feather, RecordHold, ScratchBase};
 
 /// A VM over a scratch base with a known set of host files.
 fn prepared(label: &str) -> (Feather, ScratchBase) {
@@ -500,7 +500,7 @@ fn commit_never_reaches_a_filesystem_mounted_on_a_layers_own_folder_after_the_st
     let refused = |feather: &Feather| {
         let err = feather.fails(&["commit", "vm"]);
         assert!(
-            err.contains("/mnt/sub/keep (at, beneath or over a host mount")
+            err.contains("is not on the filesystem the layer lay over at the VM's last start")
                 && err.contains("nothing was committed"),
             "{err}"
         );
@@ -601,7 +601,7 @@ fn commit_from_another_mount_namespace_applies_and_still_refuses_a_filesystem_mo
     assert!(
         refused
             .stderr
-            .contains("/mnt/sub/keep (at, beneath or over a host mount")
+            .contains("beneath the VM's layer at /mnt/sub is not on the filesystem")
             && refused.stderr.contains("nothing was committed"),
         "{}",
         refused.stderr
@@ -620,6 +620,176 @@ fn commit_from_another_mount_namespace_applies_and_still_refuses_a_filesystem_mo
     );
     assert_eq!(fs::read_to_string(sub.join("keep")).unwrap(), "vm\n");
     assert_eq!(base.read("data/new").unwrap(), "vm\n");
+}
+
+/// A layer of a filesystem that was not mounted at the VM's last start (drive A at an earlier
+/// run, drive B mounted there now) is not read: its changes are marked and `commit` refuses
+/// them naming the layer, why and what to do, drive B untouched; the VM's other changes commit
+/// by name. Before, a layer the record did not name was read unchecked and `commit` wrote the
+/// drive A era's file onto drive B (review gl27 M3 b).
+#[test]
+fn commit_refuses_a_layer_whose_filesystem_was_not_mounted_at_the_last_start() {
+    let mut base = ScratchBase::new("commit-unrecorded");
+    base.write("data/keep", "base\n");
+    let drive_a = base.mount_tmpfs("mnt/usb");
+    fs::set_permissions(&drive_a, fs::Permissions::from_mode(0o755)).unwrap();
+    let feather = Feather::new("commit-unrecorded");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    assert_eq!(
+        feather.sh("vm", "echo a > /mnt/usb/photo && echo done"),
+        "done\n"
+    );
+    feather.ok(&["stop", "vm"]);
+    base.unmount(&drive_a);
+    feather.ok(&["start", "vm"]);
+    assert_eq!(
+        feather.sh("vm", "echo vm > /data/new && echo done"),
+        "done\n"
+    );
+    feather.ok(&["stop", "vm"]);
+    let drive_b = base.mount_tmpfs("mnt/usb");
+    fs::write(drive_b.join("marker"), "drive b\n").unwrap();
+
+    let diff = feather.run(&["diff", "vm"]);
+    assert!(
+        diff.stdout.contains("host mount") && diff.stdout.contains("/mnt/usb/photo"),
+        "{}{}",
+        diff.stdout,
+        diff.stderr
+    );
+    let refused = feather.fails(&["commit", "vm"]);
+    assert!(
+        refused
+            .contains("beneath the VM's layer at /mnt/usb was not layered at the VM's last start")
+            && refused.contains("feather reset vm PATH")
+            && refused.contains("nothing was committed"),
+        "{refused}"
+    );
+    assert!(!drive_b.join("photo").exists(), "drive B untouched");
+    assert_eq!(names_in(&drive_b), ["marker"]);
+    feather.ok(&["commit", "vm", "/data"]);
+    assert_eq!(base.read("data/new").unwrap(), "vm\n");
+}
+
+/// The record of what a layer lies over is confirmed with what init mounted: a filesystem the
+/// host mounts over a layer's folder between the keeper's record and init's clone is what the
+/// VM sees and what its changes commit into while it is there; once it is unmounted, the
+/// filesystem the keeper recorded (mounted back there, A-B-A) is refused, untouched. Before,
+/// the record named A: the VM's B-era changes were committed into A (review gl27 L4).
+#[test]
+fn commit_knows_the_filesystem_init_layered_not_only_the_one_the_keeper_recorded() {
+    let mut base = ScratchBase::new("commit-aba");
+    base.write("data/keep", "base\n");
+    let a = base.mount_tmpfs("mnt/sub");
+    fs::set_permissions(&a, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(a.join("keep"), "a\n").unwrap();
+    let feather = Feather::new("commit-aba");
+    feather.ok(&["create", "vm", "--base", base.as_str(), "--net", "none"]);
+    let mut hold = RecordHold::after_mount_list("commit-aba");
+    let start = hold.start(&feather, "vm");
+    let b = base.mount_tmpfs("mnt/sub");
+    fs::set_permissions(&b, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(b.join("keep"), "b\n").unwrap();
+    hold.release();
+    let started = start.wait_with_output().unwrap();
+    assert!(started.status.success(), "{started:?}");
+    let seen = feather.sh(
+        "vm",
+        "cat /mnt/sub/keep && echo vm > /mnt/sub/new && echo done",
+    );
+    assert_eq!(seen, "b\ndone\n");
+    feather.ok(&["stop", "vm"]);
+    assert_eq!(diff_paths(&feather.ok(&["diff", "vm"])), "A /mnt/sub/new\n");
+
+    base.unmount(&b);
+    let refused = feather.fails(&["commit", "vm"]);
+    assert!(
+        refused.contains("beneath the VM's layer at /mnt/sub is not on the filesystem"),
+        "{refused}"
+    );
+    assert!(!a.join("new").exists(), "A untouched");
+}
+
+/// A VM stopped across a reboot (its record of another boot) commits into the filesystems it
+/// saw, told by their handles, and not into a fresh one mounted at a layer's place. Before, a
+/// record of another boot was not checked at all (review gl27 M3 a).
+#[test]
+fn commit_after_a_reboot_applies_to_the_filesystems_the_vm_saw_only() {
+    let mut base = ScratchBase::new("commit-reboot");
+    base.write("data/keep", "base\n");
+    let sub = base.mount_tmpfs("mnt/sub");
+    fs::set_permissions(&sub, fs::Permissions::from_mode(0o755)).unwrap();
+    let feather = Feather::new("commit-reboot");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    let done = feather.sh(
+        "vm",
+        "echo vm > /mnt/sub/new && echo vm > /data/new && echo done",
+    );
+    assert_eq!(done, "done\n");
+    feather.ok(&["stop", "vm"]);
+    let record = feather.vm_dir("vm").join("lowers.json");
+    let mut seen: serde_json::Value = serde_json::from_slice(&fs::read(&record).unwrap()).unwrap();
+    seen["boot"] = "a boot before this one".into();
+    fs::write(&record, serde_json::to_vec(&seen).unwrap()).unwrap();
+    assert_eq!(
+        diff_paths(&feather.ok(&["diff", "vm"])),
+        "A /data/new\nA /mnt/sub/new\n"
+    );
+
+    base.unmount(&sub);
+    let fresh = base.mount_tmpfs("mnt/sub");
+    let refused = feather.fails(&["commit", "vm"]);
+    assert!(
+        refused.contains("beneath the VM's layer at /mnt/sub is not on the filesystem"),
+        "{refused}"
+    );
+    assert_eq!(names_in(&fresh), Vec::<String>::new());
+    feather.ok(&["commit", "vm", "/data"]);
+    assert_eq!(base.read("data/new").unwrap(), "vm\n");
+}
+
+/// `reset VM PATH…` drops the chosen changes only (here a change `commit` refuses, under a
+/// filesystem mounted on the host after the start), so that the rest commits; a link the VM
+/// put in its layer, naming a host folder, is never followed: a path through it drops nothing
+/// and is refused, the link itself is removed as a link, the host's folder untouched. Before,
+/// `reset` took no path: the refused change could only go with every other.
+#[test]
+fn reset_drops_the_changes_at_the_paths_given_and_never_follows_a_link_in_the_layer() {
+    let mut base = ScratchBase::new("reset-paths");
+    base.write("data/keep", "base\n");
+    base.write("data/gone/keep", "base\n");
+    let feather = Feather::new("reset-paths");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    let late = base.mount_tmpfs("mnt/late");
+    let host_data = base.file("data");
+    let script = format!(
+        "echo vm > /data/new && echo vm > /mnt/late/x && rm -r /data/gone \
+         && ln -s {} /evil && echo done",
+        host_data.display()
+    );
+    assert_eq!(feather.sh("vm", &script), "done\n");
+    feather.ok(&["stop", "vm"]);
+    feather.fails(&["commit", "vm"]);
+
+    let through = feather.fails(&["reset", "vm", "/evil/keep"]);
+    assert!(through.contains("/evil/keep has no change"), "{through}");
+    assert_eq!(base.read("data/keep").unwrap(), "base\n");
+    let none = feather.fails(&["reset", "vm", "/data/never"]);
+    assert!(none.contains("has no change"), "{none}");
+    for refused in ["data", "/data/../etc", "/"] {
+        let err = feather.fails(&["reset", "vm", refused]);
+        assert!(err.contains("nothing was dropped"), "{refused}: {err}");
+    }
+    feather.ok(&["reset", "vm", "/mnt/late", "/evil", "/data/gone"]);
+    let mut names = names_in(&host_data);
+    names.sort();
+    assert_eq!(names, ["gone", "keep"], "the link's target untouched");
+    assert_eq!(base.read("data/keep").unwrap(), "base\n");
+    assert_eq!(diff_paths(&feather.ok(&["diff", "vm"])), "A /data/new\n");
+    feather.ok(&["commit", "vm"]);
+    assert_eq!(base.read("data/new").unwrap(), "vm\n");
+    assert_eq!(base.read("data/gone/keep").unwrap(), "base\n");
+    assert_eq!(names_in(&late), Vec::<String>::new());
 }
 
 /// Names that are not UTF-8: a host filesystem mounted under the base at such a path, and

@@ -54,6 +54,25 @@ pub fn escape_for_terminal(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// [`escape_for_terminal`] leaving `\` as it is: for text whose quoted names were escaped where
+/// it was made (an error message quoting [`escape_path`]), which a second pass would escape
+/// twice (`\\xff` for a byte shown `\xff`). Whatever a terminal would act on is still shown as
+/// an escape, so text that came unescaped into the message is harmless, if ambiguous.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_unsafe) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if is_unsafe(c) {
+            push_escaped(&mut out, c);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// Like [`escape_for_terminal`], for bytes that may not be UTF-8 (file names, command lines):
 /// each byte of an invalid sequence is shown as `\xNN`.
 pub fn escape_bytes(bytes: &[u8]) -> Cow<'_, str> {

@@ -376,6 +376,14 @@ pub fn mount_id(fd: &impl std::os::fd::AsFd) -> Result<u64> {
     raw::unique_mount_id(fd.as_fd().as_raw_fd()).ctx("statx(STATX_MNT_ID_UNIQUE)", "descriptor")
 }
 
+/// The filesystem's handle of the inode `fd` is (name_to_handle_at: its type and bytes), which
+/// names it on that filesystem wherever it is mounted, in any mount namespace and across
+/// reboots (see [`raw::file_handle`]).
+pub fn file_handle(fd: &impl std::os::fd::AsFd) -> Result<(i32, Vec<u8>)> {
+    use std::os::fd::AsRawFd;
+    raw::file_handle(fd.as_fd().as_raw_fd()).ctx("name_to_handle_at", "descriptor")
+}
+
 /// Flags of a detached mount made by [`clone_tree`] (`MOUNT_ATTR_*` of uapi/linux/mount.h).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TreeFlags {

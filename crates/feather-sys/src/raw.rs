@@ -936,6 +936,51 @@ pub fn unique_mount_id(fd: RawFd) -> Result<u64, Errno> {
     Ok(stx.stx_mnt_id)
 }
 
+/// name_to_handle_at(2) of the descriptor itself (`AT_EMPTY_PATH`): the filesystem's handle of
+/// the inode (its type, then its bytes), which names it on that filesystem for good (the inode
+/// number and, where the filesystem keeps one, its generation: a folder made anew, or another
+/// tmpfs's root, has another). Asked as a file id (`AT_HANDLE_FID`, Linux 6.5), which a
+/// filesystem that cannot open by handle (overlayfs) still gives; without it, as a plain handle.
+pub fn file_handle(fd: RawFd) -> Result<(i32, Vec<u8>), Errno> {
+    const MAX_HANDLE_SZ: usize = 128;
+    const AT_HANDLE_FID: libc::c_int = 0x200;
+    #[repr(C)]
+    struct Handle {
+        bytes: u32,
+        kind: i32,
+        data: [u8; MAX_HANDLE_SZ],
+    }
+    let attempt = |flags: libc::c_int| -> Result<(i32, Vec<u8>), Errno> {
+        let mut handle = Handle {
+            bytes: MAX_HANDLE_SZ as u32,
+            kind: 0,
+            data: [0; MAX_HANDLE_SZ],
+        };
+        let mut mount_id: libc::c_int = 0;
+        // SAFETY: `handle` is a live `struct file_handle` whose `handle_bytes` says the room
+        // after its header (MAX_HANDLE_SZ, the kernel's largest), and `mount_id` a live int; the
+        // kernel writes at most that much into them. `fd` is borrowed for the call and the
+        // empty path is a valid NUL-terminated string.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_name_to_handle_at,
+                fd,
+                c"".as_ptr(),
+                &mut handle as *mut Handle,
+                &mut mount_id as *mut libc::c_int,
+                libc::AT_EMPTY_PATH | flags,
+            )
+        };
+        Errno::result(ret)?;
+        let length = (handle.bytes as usize).min(MAX_HANDLE_SZ);
+        Ok((handle.kind, handle.data[..length].to_vec()))
+    };
+    match attempt(AT_HANDLE_FID) {
+        Err(Errno::EINVAL) => attempt(0),
+        done => done,
+    }
+}
+
 /// Gives the *calling thread only* the user `uid`, group `gid` and supplementary `groups`
 /// (real, effective and saved). The kernel keeps credentials per thread; glibc's wrappers
 /// broadcast a change to every thread of the process, so the raw system calls are used.

@@ -42,6 +42,9 @@ pub enum ToInit {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FromInitBoot {
+    /// What init holds beneath each layer it mounts, once it has assembled the root, before
+    /// the keeper tells it NETWORK_READY (`layers::SeenLowers::confirm`).
+    Pinned(Vec<crate::lower_id::PinnedLower>),
     Ready,
     Failed(String),
 }

@@ -178,7 +178,7 @@ pub fn commit(
     let hidden = crate::hiding::state_folders_guarded(root)?;
     let all = diff::diff(&trees, &config, &hidden).map_err(io(name, "reading its layer"))?;
     let selected = select(all, paths, name)?;
-    refuse_forbidden(&selected, name)?;
+    refuse_forbidden(&trees, &selected, name)?;
     // Sockets and device nodes: passed over before anything is written (review fixes23 C6).
     let selected: Vec<Change> = selected
         .into_iter()
@@ -233,10 +233,12 @@ pub fn commit(
 }
 
 /// Refuses the whole commit when any of `selected` lies where the VM cannot write by itself,
-/// or where a host mount the VM's layer does not cover is (`Change::forbidden`). Not passed over with the rest applied: such a change says the VM got
+/// or where a host mount the VM's layer does not cover is (`Change::forbidden`), or in a layer
+/// whose lower folder is not the one the VM saw ([`refuse_unseen`]). Not passed over with the
+/// rest applied: such a change says the VM got
 /// past a defence, and the admin should look at all it changed before any of it lands; naming
 /// the other paths still commits them.
-fn refuse_forbidden(selected: &[Change], name: &VmName) -> Result<()> {
+fn refuse_forbidden(trees: &[Tree], selected: &[Change], name: &VmName) -> Result<()> {
     let named = |past_a_defence: bool| -> Vec<String> {
         selected
             .iter()
@@ -254,6 +256,7 @@ fn refuse_forbidden(selected: &[Change], name: &VmName) -> Result<()> {
             paths: forbidden,
         });
     }
+    refuse_unseen(trees, selected, name)?;
     if !host_mounts.is_empty() {
         return Err(VmError::CommitHostMount {
             vm: name.to_string(),
@@ -261,6 +264,30 @@ fn refuse_forbidden(selected: &[Change], name: &VmName) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Refuses the whole commit when any of `selected` lies in a layer whose lower folder is not
+/// the one the VM saw, or cannot be told from another ([`Tree::unseen`]), naming the layer,
+/// why and what to do. Its changes are marked [`diff::Forbidden::HostMount`], which
+/// [`refuse_forbidden`] refuses next in general terms: this says why the whole layer is.
+fn refuse_unseen(trees: &[Tree], selected: &[Change], name: &VmName) -> Result<()> {
+    let unseen = selected
+        .iter()
+        .filter(|change| change.forbidden.is_some_and(|why| why.refused()))
+        .find_map(|change| {
+            let tree = &trees[change.layer];
+            Some((&tree.layer, tree.unseen?))
+        });
+    let Some((layer, why)) = unseen else {
+        return Ok(());
+    };
+    Err(VmError::CommitUnseenLayer {
+        vm: name.to_string(),
+        layer: escape_path(&layer.mount_point).into_owned(),
+        lower: escape_path(&layer.lower).into_owned(),
+        why: why.why(),
+        remedy: why.remedy().replace("VM PATH", &format!("{name} PATH")),
+    })
 }
 
 /// Refuses the whole commit when any of `selected` widens who may use an entry of the base
@@ -679,25 +706,7 @@ fn key(path: &Path) -> String {
 pub fn reset(root: &StateRoot, name: &VmName) -> Result<()> {
     let vm = root.open(name)?;
     let _op = vm.lock_operations()?;
-    match vm.read_state()?.status {
-        VmStatus::Running => return Err(Error::Running(name.to_string()).into()),
-        // Its saved processes hold files of the layer: emptying it would break the checkpoint.
-        VmStatus::Checkpointed => {
-            return Err(failed(
-                name,
-                format!("is checkpointed: `feather restore {name}` it, or `feather rm {name}`"),
-            ))
-        }
-        _ => {}
-    }
-    // A stop's keeper may still be letting go of the VM's mounts (and flushing the layer):
-    // the layer is emptied once they are gone.
-    crate::lifecycle::await_last_keeper(&vm)?;
-    let config = vm.read_config()?;
-    crate::handed_over::refuse_while_alive(&vm, &config)?;
-    if let Some(disk) = config.limits.disk {
-        crate::disk::attach(name, &vm, disk)?;
-    }
+    let config = stopped_for_reset(&vm)?;
     // The layers' entries are emptied through descriptors: the VM made them, and a symlink
     // among them is removed as a link, never followed.
     let home = layers::home(&vm, &config);
@@ -712,4 +721,130 @@ pub fn reset(root: &StateRoot, name: &VmName) -> Result<()> {
     }
     let _ = std::fs::remove_file(vm.commit_journal());
     Ok(())
+}
+
+/// Drops the changes of a stopped VM at or below each of `paths` (paths in the VM, each of
+/// which must hold one), as `commit` selects them: in every layer, the entry at the path and
+/// all it holds, and every layer of a filesystem mounted at or below it, emptied. The rest
+/// stays, to be committed (the changes `commit` refuses, say, dropped first). The layer is the
+/// VM's: each entry is reached beneath the layer's folder by descriptor, no link followed (a
+/// link on the way is no entry of the layer at that path, and nothing is dropped), and a link
+/// at the path is removed as a link. Where a folder above the path was replaced in the layer
+/// (an opaque folder), the host's entry stays hidden: `diff` then shows it deleted.
+pub fn reset_paths(root: &StateRoot, name: &VmName, paths: &[PathBuf]) -> Result<()> {
+    for path in paths {
+        check_reset_path(name, path)?;
+    }
+    let vm = root.open(name)?;
+    let _op = vm.lock_operations()?;
+    let config = stopped_for_reset(&vm)?;
+    let mut dropped = vec![false; paths.len()];
+    for layer in layers::existing(&vm, &config) {
+        let upper = beneath::open_root(&layer.upper).at(&layer.upper)?;
+        for (path, dropped) in paths.iter().zip(dropped.iter_mut()) {
+            *dropped |= drop_in_layer(&upper, &layer.mount_point, path).at(&layer.upper)?;
+        }
+        // Scaffold mount points are feather's, not changes: made again where dropped.
+        let root_layer = layer.mount_point == Path::new("/");
+        let scaffold = config
+            .scaffold
+            .iter()
+            .filter(|dir| root_layer && under_any(dir, paths));
+        for dir in scaffold {
+            let rel = dir.strip_prefix("/").unwrap_or(dir);
+            beneath::make_dirs(&upper, rel, Mode::from_bits_truncate(0o755)).at(dir)?;
+        }
+    }
+    match paths.iter().zip(&dropped).find(|(_, dropped)| !**dropped) {
+        Some((path, _)) => Err(failed(
+            name,
+            format!(
+                "{} has no change in the VM's layers to drop (see `feather diff {name}`; a link \
+                 or a file the VM put on the way is the change: drop that path)",
+                escape_path(path)
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn under_any(dir: &Path, paths: &[PathBuf]) -> bool {
+    paths.iter().any(|path| dir.starts_with(path))
+}
+
+/// Refuses a path `reset` cannot take: relative, with `.` or `..`, or `/` (which is every
+/// change: `feather reset NAME` without paths).
+fn check_reset_path(name: &VmName, path: &Path) -> Result<()> {
+    let plain = path.is_absolute()
+        && path
+            .components()
+            .skip(1)
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    let why = match () {
+        _ if !plain => "is not a path in the VM from its `/` without `.` or `..`",
+        _ if path == Path::new("/") => {
+            "is every change: give no path to drop them all (`feather reset NAME`)"
+        }
+        _ => return Ok(()),
+    };
+    Err(failed(
+        name,
+        format!(
+            "cannot reset {}: it {why}; nothing was dropped",
+            escape_path(path)
+        ),
+    ))
+}
+
+/// Drops the changes at or below the VM path `path` from the layer at `mount_point` whose
+/// upper folder is `upper`; whether there were any.
+fn drop_in_layer(upper: &File, mount_point: &Path, path: &Path) -> std::io::Result<bool> {
+    if mount_point.starts_with(path) {
+        // The whole layer lies at or below the path.
+        let held = !beneath::names(upper)?.is_empty();
+        beneath::empty_dir(upper)?;
+        return Ok(held);
+    }
+    let Ok(rel) = path.strip_prefix(mount_point) else {
+        return Ok(false);
+    };
+    let (Some(parent), Some(entry)) = (rel.parent(), rel.file_name()) else {
+        return Ok(false);
+    };
+    // None where the VM put a link or a file on the way: no entry of the layer is there.
+    let Some(folder) = beneath::open_dir_on_mount(upper, parent)? else {
+        return Ok(false);
+    };
+    if Entry::open_on_mount(&folder, Path::new(entry))?.is_none() {
+        return Ok(false);
+    }
+    beneath::remove_tree(&folder, entry)?;
+    Ok(true)
+}
+
+/// Checks that the VM may have its layers changed by `reset` (stopped, not checkpointed, no
+/// old overlay left writing them), waits for a stop's keeper to let go of its mounts, and
+/// mounts a disk image holding its layers; its configuration.
+fn stopped_for_reset(vm: &VmDir) -> Result<VmConfig> {
+    let name = vm.name();
+    match vm.read_state()?.status {
+        VmStatus::Running => return Err(Error::Running(name.to_string()).into()),
+        // Its saved processes hold files of the layer: emptying it would break the checkpoint.
+        VmStatus::Checkpointed => {
+            return Err(failed(
+                name,
+                format!("is checkpointed: `feather restore {name}` it, or `feather rm {name}`"),
+            ))
+        }
+        _ => {}
+    }
+    // A stop's keeper may still be letting go of the VM's mounts (and flushing the layer):
+    // the layer is changed once they are gone.
+    crate::lifecycle::await_last_keeper(vm)?;
+    let config = vm.read_config()?;
+    crate::handed_over::refuse_while_alive(vm, &config)?;
+    if let Some(disk) = config.limits.disk {
+        crate::disk::attach(name, vm, disk)?;
+    }
+    Ok(config)
 }

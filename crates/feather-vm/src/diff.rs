@@ -24,7 +24,7 @@ use feather_sys::mountinfo::{self, MountEntry};
 use serde::Serialize;
 
 use crate::hiding::StateFolders;
-use crate::layers::{Layer, SeenLowers};
+use crate::layers::{Layer, SeenLowers, Unseen};
 
 /// How deep beneath a folder the VM deleted or replaced `diff` looks for a state folder (see
 /// `Guarded::holds_state_folder`); the host's trees, not the VM's, and roots lie near the top.
@@ -485,8 +485,9 @@ pub struct Tree {
     /// The host folder beneath the layer is on another mount than the one the layer lay over
     /// at the VM's start (see [`crate::layers::SeenLowers`]): a filesystem mounted there since,
     /// or the base's folder beneath one unmounted since. It is never opened for reading or
-    /// writing, and every change of the layer is marked [`Forbidden::HostMount`].
-    pub unseen: bool,
+    /// writing, and every change of the layer is marked [`Forbidden::HostMount`]. Also a layer
+    /// the record does not name, or cannot tell from another ([`Unseen`]).
+    pub unseen: Option<Unseen>,
 }
 
 /// Pins every layer's upper folder and, beneath the base (`base`, opened once), its lower one,
@@ -503,10 +504,10 @@ pub fn open_trees(
             let upper = beneath::open_root(&layer.upper)?;
             let mut lower = crate::layers::open_lower(base, base_path, &layer)?;
             let unseen = match seen {
-                Some(seen) => !seen.saw(&layer, lower.as_ref())?,
-                None => false,
+                Some(seen) => seen.saw(&layer, lower.as_ref())?,
+                None => None,
             };
-            if unseen {
+            if unseen.is_some() {
                 lower = None;
             }
             Ok(Tree {
@@ -557,7 +558,12 @@ pub fn diff_trees(
             Some(lower) => Some(lower.try_clone()?),
             None => None,
         };
-        walk.all(&mut changes, tree.upper.try_clone()?, lower, tree.unseen)?;
+        walk.all(
+            &mut changes,
+            tree.upper.try_clone()?,
+            lower,
+            tree.unseen.is_some(),
+        )?;
     }
     changes.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(changes)

@@ -323,7 +323,9 @@ fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), InitError> {
     // The root is assembled while the keeper moves init into the VM's cgroup and attaches its
     // network (both wait for RCU grace periods on this kernel): nothing here forks or runs a
     // program of the VM's.
-    let old_root = rootfs::assemble(&plan.rootfs).map_err(InitError::Root)?;
+    let (old_root, pinned) = rootfs::assemble(&plan.rootfs).map_err(InitError::Root)?;
+    // What the layers lie over, as mounted, for the keeper's record (review gl27 L4).
+    report(keeper, InitReport::Pinned(pinned));
     // Until the old root is detached (an RCU grace period, on a thread of init's), only steps
     // that resolve no path follow: the wait for the network, the cgroup namespace, the
     // interfaces, the Landlock domain.

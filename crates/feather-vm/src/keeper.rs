@@ -49,6 +49,7 @@ use crate::hiding;
 use crate::idle::Quiet;
 use crate::init::{self, InitPlan, InitReport};
 use crate::layers;
+use crate::lower_id::PinnedLower;
 use crate::moment;
 use crate::protocol::{self, Response};
 use crate::relay::VmEnds;
@@ -450,7 +451,7 @@ impl Keeper {
         });
         // Init has its copy, and closes it once its overlays hold the layer.
         drop(hiding_layer);
-        let ((init, init_waits, record), listener) = match booted {
+        let ((init, init_waits, record, pinned), listener) = match booted {
             Ok(parts) => parts,
             Err(e) => {
                 network.detach();
@@ -458,6 +459,16 @@ impl Keeper {
                 return Err(e);
             }
         };
+        // The record of what the layers lie over, as init mounted them (nothing of the VM's
+        // runs before Start): the host may have mounted another filesystem at a layer's place
+        // since the record was taken (review gl27 L4).
+        if let Err(e) = layers::SeenLowers::confirm(vm, &config, &pinned) {
+            let _ = process::signal(&init.pidfd, Signal::SIGKILL);
+            let _ = waitpid(init.pid, None);
+            network.detach();
+            remove_leftovers(vm, &config);
+            return Err(e);
+        }
         if let Err(e) = network.complete() {
             let _ = process::signal(&init.pidfd, Signal::SIGKILL);
             let _ = waitpid(init.pid, None);
@@ -2087,7 +2098,7 @@ fn start_init(
     stdio: Option<VmEnds>,
     stage: &(dyn Fn(nix::unistd::Pid) -> Result<Staged> + Sync),
     meanwhile: impl FnOnce(),
-) -> Result<(ChildProcess, UnixStream, Staged)> {
+) -> Result<(ChildProcess, UnixStream, Staged, Vec<PinnedLower>)> {
     let (mut ours, theirs) = UnixStream::pair().map_err(io(name, "socketpair"))?;
     // The cgroup namespace is entered later, by init itself, once it is inside the VM's group.
     let mut namespaces = process::vm_namespaces() - nix::sched::CloneFlags::CLONE_NEWCGROUP;
@@ -2164,7 +2175,7 @@ fn start_init(
             })
     };
     match boot_beside(name, &mut ours, place, attach, || stage(pid), meanwhile) {
-        Ok(staged) => Ok((init, ours, staged)),
+        Ok((staged, pinned)) => Ok((init, ours, staged, pinned)),
         Err(e) => {
             let _ = process::signal(&init.pidfd, Signal::SIGKILL);
             let _ = waitpid(init.pid, None);
@@ -2219,8 +2230,9 @@ fn clone_init(
 /// (after this, before init's Start), so init need not wait for it; a keeper killed meanwhile
 /// takes init with it and leaves the staged file to the next start's `remove_leftovers`.
 /// `meanwhile` runs here once init has heard NETWORK_READY, while it finishes its boot.
-/// Returns the staged record once init is ready; on a failure the record is dropped
-/// (removed) and the caller ends init.
+/// Returns the staged record once init is ready, with what init found beneath the layers as
+/// it mounted them (its first report, once the root is assembled: `layers::PinnedLower`); on
+/// a failure the record is dropped (removed) and the caller ends init.
 fn boot_beside<T: Send>(
     name: &VmName,
     ours: &mut UnixStream,
@@ -2228,7 +2240,7 @@ fn boot_beside<T: Send>(
     attach: impl FnOnce() -> Result<()>,
     stage: impl FnOnce() -> Result<T> + Send,
     meanwhile: impl FnOnce(),
-) -> Result<T> {
+) -> Result<(T, Vec<PinnedLower>)> {
     boot::send(ours, &ToInit::Go)
         .map_err(io(name, "init did not start"))
         .map_err(|e| reported_failure(ours, name, e))?;
@@ -2240,9 +2252,11 @@ fn boot_beside<T: Send>(
             .join()
             .unwrap_or_else(|_| Err(failed(name, "its cgroup could not be entered")));
         trace::phase("restrict devices, attach the network (while init assembles)");
+        let mut pinned = Vec::new();
         let ready = placed
             .and(attached)
             .and_then(|()| {
+                pinned = await_pinned(name, ours)?;
                 boot::send(ours, &ToInit::NetworkReady).map_err(io(name, "init did not start"))
             })
             .map_err(|e| reported_failure(ours, name, e))
@@ -2257,8 +2271,32 @@ fn boot_beside<T: Send>(
         trace::phase("sync the running record (beside init's last steps)");
         // Init's own failure says more than the record's.
         let staged = ready.and(staged)?;
-        Ok(staged)
+        Ok((staged, pinned))
     })
+}
+
+/// What init found beneath the layers, its report once it has assembled the root (or why it
+/// failed).
+fn await_pinned(name: &VmName, ours: &mut UnixStream) -> Result<Vec<PinnedLower>> {
+    ours.set_read_timeout(Some(BOOT_TIMEOUT))
+        .map_err(io(name, "init's socket"))?;
+    match boot::receive::<InitReport>(ours, "what init found beneath the layers") {
+        Ok(InitReport::Pinned(found)) => Ok(found),
+        Ok(InitReport::Failed(why)) => Err(failed(name, format!("cannot start: {why}"))),
+        Ok(InitReport::Ready) => Err(failed(
+            name,
+            "init said it was ready before what it found beneath the layers",
+        )),
+        Err(boot::BootError::Closed { .. }) => Err(failed(
+            name,
+            "init died while setting up the VM (see its keeper.log)",
+        )),
+        Err(source) => Err(VmError::Boot {
+            vm: name.to_string(),
+            during: "init",
+            source,
+        }),
+    }
 }
 
 /// Init's report, once it has assembled the VM and is ready (or has failed, saying why).
@@ -2267,6 +2305,10 @@ fn await_init_report(name: &VmName, ours: &mut UnixStream) -> Result<()> {
         .map_err(io(name, "init's socket"))?;
     match boot::receive::<InitReport>(ours, "init's report (ready or failed)") {
         Ok(InitReport::Ready) => Ok(()),
+        Ok(InitReport::Pinned(_)) => Err(failed(
+            name,
+            "init said twice what it found beneath the layers",
+        )),
         Ok(InitReport::Failed(why)) => Err(failed(name, format!("cannot start: {why}"))),
         Err(boot::BootError::Closed { .. }) => Err(failed(
             name,
@@ -2446,6 +2488,7 @@ mod tests {
         let (ready, told) = std::sync::mpsc::channel();
         let init = std::thread::spawn(move || {
             boot::expect(&mut theirs, ToInit::Go).unwrap();
+            boot::send(&mut theirs, &InitReport::Pinned(Vec::new())).unwrap();
             boot::expect(&mut theirs, ToInit::NetworkReady).unwrap();
             boot::send(&mut theirs, &InitReport::Ready).unwrap();
             ready.send(()).unwrap();
@@ -2461,7 +2504,7 @@ mod tests {
         let staged = boot_beside(&name, &mut ours, || Ok(()), || Ok(()), stage, || {});
         drop(ours);
         init.join().unwrap();
-        assert_eq!(staged.unwrap(), "staged");
+        assert_eq!(staged.unwrap().0, "staged");
     }
 
     /// Init's failure is what a failed start reports, even when the record failed too.
@@ -2471,6 +2514,7 @@ mod tests {
         let (mut ours, mut theirs) = UnixStream::pair().unwrap();
         let init = std::thread::spawn(move || {
             boot::expect(&mut theirs, ToInit::Go).unwrap();
+            boot::send(&mut theirs, &InitReport::Pinned(Vec::new())).unwrap();
             boot::expect(&mut theirs, ToInit::NetworkReady).unwrap();
             let why = "no room for the overlay".to_owned();
             boot::send(&mut theirs, &InitReport::Failed(why)).unwrap();

@@ -16,6 +16,7 @@ use feather_sys::hiding_layer::HidingLayer;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{InVm, Result, VmError};
+use crate::lower_id::{folder_id, FolderOn, PinnedLower};
 use crate::read_only;
 
 /// Folders under which the VM gets fresh kernel filesystems of its own instead of a view of
@@ -33,6 +34,10 @@ pub struct Layer {
     /// The part of the VM's [`HidingLayer`] above `lower`, where a host folder hidden from VMs
     /// lies in it (see [`hiding_layer`]): the overlay shows such folders empty by itself.
     pub hiding: Option<PathBuf>,
+    /// `lower` is an empty folder standing in for the host's filesystem the layer lay over,
+    /// which went since a checkpoint (`snapshot::restore_tree`): no folder of the base's, even
+    /// where it lies under the base (a state root under a base of `/`).
+    pub over_nothing: bool,
 }
 
 /// Where a VM's layer folders are: its own folder (`upper/`, `work/`, `mounts/`), or for a VM
@@ -144,6 +149,7 @@ impl Layer {
             upper: home.upper.clone(),
             work: home.work.clone(),
             hiding: None,
+            over_nothing: false,
         }
     }
 
@@ -158,6 +164,7 @@ impl Layer {
             upper: dir.join("upper"),
             work: dir.join("work"),
             hiding: None,
+            over_nothing: false,
             mount_point,
         }
     }
@@ -391,15 +398,18 @@ fn not_a_layer_folder(name: &VmName, folder: &Path, source: std::io::Error) -> V
 /// [`VmDir::lower_mounts`]). `diff` and `commit` read a layer's lower folder only while it is
 /// still on that mount ([`SeenLowers::saw`]): a filesystem mounted on the folder since, or the
 /// folder beneath the one the VM saw once that is unmounted, is a filesystem the VM never saw.
-/// A VM without a record (never started, or by a feather from before it) or with one of
-/// another boot (mount ids begin anew) has every lower read as it is. Mount ids are those of
-/// the mount namespace the record was taken in (a copy of a namespace has its own mounts):
-/// from another one (a systemd unit with `PrivateTmp=`, `unshare -m`), the lower folder's
-/// (st_dev, st_ino) is compared instead.
+/// Mount ids are those of one boot and of the mount namespace the record was taken in (a copy
+/// of a namespace has its own mounts): from another boot or namespace (a systemd unit with
+/// `PrivateTmp=`, `unshare -m`), the lower folder itself is compared instead, by what names it
+/// on its filesystem for good ([`FolderOn`]). A layer the record does not name, one whose
+/// folder could not be opened when it was taken, and one the record cannot tell from another
+/// is not read ([`Unseen`]). A VM without a record (never started, or by a feather from before
+/// it) has every lower read as it is.
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SeenLowers {
     boot: String,
-    /// The layers' folder names ([`escape`]: `""` for the root layer) and their mount ids.
+    /// The layers' folder names ([`escape`]: `""` for the root layer) and their mount ids
+    /// ([`NONE_SEEN`], [`UNOPENED`], [`NO_MOUNT_ID`] aside).
     mounts: BTreeMap<String, u64>,
     /// The mount namespace of the record (the inode of `/proc/self/ns/mnt`); 0 in a record by
     /// a feather from before it, whose mount ids are compared from any namespace.
@@ -410,52 +420,166 @@ pub struct SeenLowers {
     /// unmounted is another inode, and only a bind of the folder itself (harmless) shows both.
     #[serde(default)]
     folders: BTreeMap<String, (u64, u64)>,
+    /// The lower folders' filesystems and file handles, by the names of `mounts`: what tells
+    /// the folder from another boot or mount namespace, where (st_dev, st_ino) repeat (review
+    /// f27 N6: another tmpfs, FUSE or btrfs mount takes the lowest free anonymous device, with
+    /// the same root inode). Absent in a record by a feather from before it.
+    #[serde(default)]
+    filesystems: BTreeMap<String, FolderOn>,
+    /// The record's file is there but is not what feather writes: every layer is refused.
+    #[serde(skip)]
+    unreadable: bool,
+}
+
+/// Why `diff` and `commit` do not read the host folder beneath a layer ([`SeenLowers::saw`]):
+/// every change of the layer is then marked `host-mount`, and `commit` refuses it, saying this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unseen {
+    /// The folder is not on the filesystem the layer lay over at the VM's last start or
+    /// restore: one mounted on it since, the one the VM saw unmounted, the folder gone or made
+    /// anew, or (from another boot) another disk or a fresh tmpfs there.
+    Replaced,
+    /// The record of the VM's last start does not name the layer: it was not layered then
+    /// (nothing was mounted there), and what is mounted there now is no filesystem it saw
+    /// (review gl27 M3: drive B mounted where drive A was at an earlier run).
+    Unrecorded,
+    /// The folder could not be opened when the start recorded it (a user's FUSE mount without
+    /// `allow_other`): nothing tells what the layer lay over.
+    Unopened,
+    /// The record is of another boot or mount namespace, and holds nothing that tells the
+    /// folder for good (a record by an older feather, or a filesystem without file handles
+    /// or a filesystem id, as FUSE).
+    Unprovable,
+    /// The record is there but cannot be read.
+    Unreadable,
+}
+
+impl Unseen {
+    /// What is wrong, after "the host's folder beneath the VM's layer at PATH".
+    pub fn why(self) -> &'static str {
+        match self {
+            Unseen::Replaced => {
+                "is not on the filesystem the layer lay over at the VM's last start (one was \
+                 mounted there since, or the one the VM saw was unmounted or replaced, or the \
+                 host restarted with another filesystem there)"
+            }
+            Unseen::Unrecorded => {
+                "was not layered at the VM's last start (nothing was mounted there then): what \
+                 is there now is no filesystem the VM saw with these changes"
+            }
+            Unseen::Unopened => {
+                "could not be opened when the VM last started, so nothing tells what the \
+                 layer lay over"
+            }
+            Unseen::Unprovable => {
+                "cannot be told from another filesystem: the VM's record of what its layers lay \
+                 over is of another boot or mount namespace and names no file handle for it"
+            }
+            Unseen::Unreadable => "cannot be checked: the VM's record lowers.json is unreadable",
+        }
+    }
+
+    /// What the user can do.
+    pub fn remedy(self) -> &'static str {
+        match self {
+            Unseen::Replaced => {
+                "unmount what was mounted there since, or mount back the filesystem the VM saw, \
+                 and commit again; or start the VM again to layer what is there now"
+            }
+            Unseen::Unrecorded | Unseen::Unopened => {
+                "mount there the filesystem the VM saw and start the VM again, so that it is \
+                 recorded (for a FUSE mount, with allow_other); or drop the layer's changes \
+                 with `feather reset VM PATH`"
+            }
+            Unseen::Unprovable => {
+                "run diff and commit in the mount namespace the VM was started from (and the \
+                 same boot), or start the VM again to record what its layers lie over"
+            }
+            Unseen::Unreadable => "start the VM again to record what its layers lie over",
+        }
+    }
 }
 
 impl SeenLowers {
     /// The mounts the lowers of `layers` (the root layer first) are on now, found as `diff`
     /// finds them ([`open_lower`]); [`NONE_SEEN`] for a layer over no folder of the base's (a
-    /// restored layer whose filesystem went, a folder removed). A lower that cannot be opened
-    /// (a user's FUSE mount root may not enter) is left out, unchecked: the record fails no
-    /// start that went on before it (the layer's own mount decides).
+    /// restored layer whose filesystem went, [`Layer::over_nothing`], a folder removed). A
+    /// lower that cannot be opened (a user's FUSE mount root may not enter) is recorded as
+    /// [`UNOPENED`], never read: the record fails no start that went on before it (the
+    /// layer's own mount decides).
     pub fn now(base_path: &Path, layers: &[Layer]) -> std::io::Result<SeenLowers> {
         let base = feather_sys::beneath::open_root(base_path)?;
-        let mut mounts = BTreeMap::new();
-        let mut folders = BTreeMap::new();
-        for layer in layers {
-            let lower = match layer.lower.starts_with(base_path) {
-                true => open_lower(&base, base_path, layer),
-                false => Ok(None),
-            };
-            let seen = match lower {
-                Ok(Some(lower)) => {
-                    mount_id_of(&lower).and_then(|id| Ok((id, Some(folder_id(&lower)?))))
-                }
-                Ok(None) => Ok((NONE_SEEN, None)),
-                Err(e) => Err(e),
-            };
-            if let Ok((id, folder)) = seen {
-                let name = escape(&layer.mount_point);
-                if let Some(folder) = folder {
-                    folders.insert(name.clone(), folder);
-                }
-                mounts.insert(name, id);
-            }
-        }
-        let boot = feather_core::store::boot_id().unwrap_or_default();
-        Ok(SeenLowers {
-            boot,
-            mounts,
+        let mut seen = SeenLowers {
+            boot: feather_core::store::boot_id().unwrap_or_default(),
             namespace: mount_namespace()?,
-            folders,
-        })
+            ..SeenLowers::default()
+        };
+        for layer in layers {
+            let name = escape(&layer.mount_point);
+            let lower = match layer.over_nothing || !layer.lower.starts_with(base_path) {
+                true => Ok(None),
+                false => open_lower(&base, base_path, layer),
+            };
+            let found = lower.and_then(|lower| lower.map(|l| Found::of(&l)).transpose());
+            let id = match found {
+                Ok(Some(found)) => {
+                    seen.folders.insert(name.clone(), found.folder);
+                    seen.filesystems.insert(name.clone(), found.on);
+                    found.mount
+                }
+                Ok(None) => NONE_SEEN,
+                Err(_) => UNOPENED,
+            };
+            seen.mounts.insert(name, id);
+        }
+        Ok(seen)
     }
 
     /// Records what the lowers of `layers` are on now, for the VM's `diff` and `commit`.
     pub fn record(vm: &VmDir, config: &VmConfig, layers: &[Layer]) -> Result<()> {
-        let path = vm.lower_mounts();
         let seen = SeenLowers::now(&config.base, layers).at(&config.base)?;
-        let text = serde_json::to_vec(&seen).map_err(crate::error::encode(vm.name(), "lowers"))?;
+        seen.write(vm, config)
+    }
+
+    /// Confirms the VM's record with what its init pinned beneath its layers (`pinned`): a
+    /// layer where init held another folder than the record names is recorded as init saw it
+    /// (its mount id unknown: the folder is compared, [`NO_MOUNT_ID`]), so that the filesystem
+    /// recorded, mounted back there later, is not taken for it; one whose folder init could
+    /// not read is refused ([`UNOPENED`]).
+    pub fn confirm(vm: &VmDir, config: &VmConfig, pinned: &[PinnedLower]) -> Result<()> {
+        let Some(mut seen) = SeenLowers::recorded(vm) else {
+            return Ok(());
+        };
+        match seen.take_pinned(pinned) {
+            true => seen.write(vm, config),
+            false => Ok(()),
+        }
+    }
+
+    /// [`SeenLowers::confirm`] on the record in memory: whether it changed.
+    fn take_pinned(&mut self, pinned: &[PinnedLower]) -> bool {
+        let mut changed = false;
+        for PinnedLower { layer, folder } in pinned {
+            let recorded = (self.folders.get(layer), self.filesystems.get(layer));
+            match folder {
+                Some((id, on)) if recorded == (Some(id), Some(on)) => continue,
+                Some((id, on)) => {
+                    self.folders.insert(layer.clone(), *id);
+                    self.filesystems.insert(layer.clone(), on.clone());
+                    self.mounts.insert(layer.clone(), NO_MOUNT_ID);
+                }
+                None => {
+                    self.mounts.insert(layer.clone(), UNOPENED);
+                }
+            }
+            changed = true;
+        }
+        changed
+    }
+
+    fn write(&self, vm: &VmDir, config: &VmConfig) -> Result<()> {
+        let path = vm.lower_mounts();
+        let text = serde_json::to_vec(self).map_err(crate::error::encode(vm.name(), "lowers"))?;
         let durability = match config.ephemeral {
             true => feather_core::atomic::Durability::Volatile,
             false => feather_core::atomic::Durability::Durable,
@@ -464,31 +588,95 @@ impl SeenLowers {
         Ok(())
     }
 
-    /// The VM's record, if it has one of this boot.
+    /// The VM's record, of any boot; None if it has none. One that cannot be read refuses
+    /// every layer ([`Unseen::Unreadable`]).
     pub fn recorded(vm: &VmDir) -> Option<SeenLowers> {
-        let text = fs::read(vm.lower_mounts()).ok()?;
-        let seen: SeenLowers = serde_json::from_slice(&text).ok()?;
-        let boot = feather_core::store::boot_id()?;
-        (seen.boot == boot).then_some(seen)
+        SeenLowers::read(&vm.lower_mounts())
+    }
+
+    /// [`SeenLowers::recorded`] from the file `path`.
+    fn read(path: &Path) -> Option<SeenLowers> {
+        let text = match fs::read(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            read => read.ok(),
+        };
+        let parsed = text.and_then(|text| serde_json::from_slice(&text).ok());
+        Some(parsed.unwrap_or(SeenLowers {
+            unreadable: true,
+            ..SeenLowers::default()
+        }))
     }
 
     /// Whether `lower`, the lower folder of `layer` opened now (None: the base has none), is
-    /// on the mount the VM saw there; true for a layer the record does not name (not layered
-    /// at the last start). A folder gone is not what the VM saw: what commit would make in
-    /// its place lies on another filesystem. From another mount namespace than the record's,
-    /// the folder itself is compared (its mount ids are not those of the record).
-    pub fn saw(&self, layer: &Layer, lower: Option<&File>) -> std::io::Result<bool> {
+    /// the folder the VM saw there: None if so, else why not. A folder gone is not what the VM
+    /// saw: what commit would make in its place lies on another filesystem. A layer the record
+    /// does not name was not layered at the last start, and is not either.
+    pub fn saw(&self, layer: &Layer, lower: Option<&File>) -> std::io::Result<Option<Unseen>> {
+        if self.unreadable {
+            return Ok(Some(Unseen::Unreadable));
+        }
         let name = escape(&layer.mount_point);
         let Some(&id) = self.mounts.get(&name) else {
-            return Ok(true);
+            return Ok(Some(Unseen::Unrecorded));
         };
-        let Some(lower) = lower else {
-            return Ok(id == NONE_SEEN);
-        };
-        if self.namespace == 0 || self.namespace == mount_namespace()? {
-            return Ok(mount_id_of(lower)? == id);
+        if id == UNOPENED {
+            return Ok(Some(Unseen::Unopened));
         }
-        Ok(self.folders.get(&name) == Some(&folder_id(lower)?))
+        let lower = match lower {
+            Some(lower) if id != NONE_SEEN => lower,
+            Some(_) => return Ok(Some(Unseen::Replaced)),
+            None => return Ok((id != NONE_SEEN).then_some(Unseen::Replaced)),
+        };
+        let same_boot = feather_core::store::boot_id().is_some_and(|boot| boot == self.boot);
+        let same_namespace = self.namespace == 0 || self.namespace == mount_namespace()?;
+        if same_boot && same_namespace && id != NO_MOUNT_ID {
+            return Ok((mount_id_of(lower)? != id).then_some(Unseen::Replaced));
+        }
+        self.same_folder(&name, lower, same_boot)
+    }
+
+    /// [`SeenLowers::saw`] from another boot or mount namespace (or without mount ids): the
+    /// folder itself compared, by what names it for good. Its device number only within one
+    /// boot: that of a filesystem without a disk of its own (tmpfs, a btrfs subvolume, NFS) is
+    /// handed out in mount order.
+    fn same_folder(
+        &self,
+        name: &str,
+        lower: &File,
+        same_boot: bool,
+    ) -> std::io::Result<Option<Unseen>> {
+        let (Some(&(dev, ino)), Some(on)) = (self.folders.get(name), self.filesystems.get(name))
+        else {
+            return Ok(Some(Unseen::Unprovable));
+        };
+        if !on.proves() {
+            return Ok(Some(Unseen::Unprovable));
+        }
+        let (dev_now, ino_now) = folder_id(lower)?;
+        let same = ino == ino_now && (dev == dev_now || !same_boot) && *on == FolderOn::of(lower)?;
+        Ok((!same).then_some(Unseen::Replaced))
+    }
+}
+
+/// What a lower folder is on, as [`SeenLowers::now`] records it.
+struct Found {
+    mount: u64,
+    folder: (u64, u64),
+    on: FolderOn,
+}
+
+impl Found {
+    fn of(lower: &File) -> std::io::Result<Found> {
+        let mount = match mount_id_of(lower) {
+            // A kernel without unique mount ids (before 6.8): the folder is compared instead.
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => NO_MOUNT_ID,
+            id => id?,
+        };
+        Ok(Found {
+            mount,
+            folder: folder_id(lower)?,
+            on: FolderOn::of(lower)?,
+        })
     }
 }
 
@@ -498,16 +686,16 @@ fn mount_namespace() -> std::io::Result<u64> {
     Ok(fs::metadata("/proc/self/ns/mnt")?.ino())
 }
 
-/// A folder's (st_dev, st_ino).
-fn folder_id(dir: &File) -> std::io::Result<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = dir.metadata()?;
-    Ok((meta.dev(), meta.ino()))
-}
-
 /// The mount id recorded for a layer that lay over nothing of the base's: the kernel's unique
 /// ids are never 0, so whatever is there later is a filesystem the VM never saw.
 const NONE_SEEN: u64 = 0;
+
+/// The mount id recorded for a layer whose lower folder could not be opened (nor its mount
+/// read): never read ([`Unseen::Unopened`]). Unique mount ids count up from 2^32, one a mount.
+const UNOPENED: u64 = u64::MAX;
+
+/// The mount id recorded where the kernel reports none (before 6.8): the folder is compared.
+const NO_MOUNT_ID: u64 = u64::MAX - 1;
 
 fn mount_id_of(dir: &File) -> std::io::Result<u64> {
     feather_sys::mount::mount_id(dir).map_err(|e| std::io::Error::from_raw_os_error(e.errno as i32))
@@ -537,6 +725,12 @@ pub fn existing(vm: &VmDir, config: &VmConfig) -> Vec<Layer> {
         layers.extend(points.into_iter().map(|p| Layer::submount(vm, config, p)));
     }
     layers
+}
+
+/// The name a layer goes by in the VM's record of what its layers lie over (its folder's name,
+/// [`escape`] of its mount point: `""` for the root layer).
+pub fn name(layer: &Layer) -> String {
+    escape(&layer.mount_point)
 }
 
 fn relative(path: &Path) -> PathBuf {
@@ -609,6 +803,228 @@ mod tests {
         let name = escape(path);
         assert_eq!(name, "mnt-b\\xff\\x2d\\xc3");
         assert_eq!(unescape(name.as_bytes()).unwrap(), path);
+    }
+
+    /// A folder of its own in the temporary folder, removed with what is in it (after the
+    /// mounts in it, which are declared after it).
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(label: &str) -> Scratch {
+            let dir = std::env::temp_dir().join(format!("lowers-{label}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(dir.join("mnt")).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A tmpfs mounted for a test, unmounted when dropped (also when the test fails).
+    struct TestMount(PathBuf);
+
+    impl TestMount {
+        fn tmpfs(at: &Path) -> TestMount {
+            fs::create_dir_all(at).unwrap();
+            nix::mount::mount(
+                Some("tmpfs"),
+                at,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some("mode=0755"),
+            )
+            .unwrap();
+            TestMount(at.to_path_buf())
+        }
+    }
+
+    impl Drop for TestMount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    /// A layer at `mount_point` over the base `base` (its own folders never used here).
+    fn layer_over(base: &Path, mount_point: &str) -> Layer {
+        Layer {
+            mount_point: mount_point.into(),
+            lower: base.join(relative(Path::new(mount_point))),
+            upper: PathBuf::from("/nonexistent/upper"),
+            work: PathBuf::from("/nonexistent/work"),
+            hiding: None,
+            over_nothing: false,
+        }
+    }
+
+    /// What `diff` would find the layer over now, judged against `seen`.
+    fn judged(seen: &SeenLowers, base: &Path, layer: &Layer) -> Option<Unseen> {
+        let opened = feather_sys::beneath::open_root(base).unwrap();
+        let lower = open_lower(&opened, base, layer).unwrap();
+        seen.saw(layer, lower.as_ref()).unwrap()
+    }
+
+    /// A layer the record does not name (not layered at the last start: drive A at an
+    /// earlier run, drive B there now) is not read; before, it was read unchecked (review gl27
+    /// M3 b).
+    #[test]
+    fn a_layer_the_record_does_not_name_is_not_read() {
+        let scratch = Scratch::new("unnamed");
+        let base = &scratch.0;
+        let root = layer_over(base, "/");
+        let seen = SeenLowers::now(base, std::slice::from_ref(&root)).unwrap();
+        let _drive_b = TestMount::tmpfs(&base.join("mnt/usb"));
+        assert_eq!(judged(&seen, base, &root), None);
+        let usb = layer_over(base, "/mnt/usb");
+        assert_eq!(judged(&seen, base, &usb), Some(Unseen::Unrecorded));
+    }
+
+    /// A lower folder that could not be opened at the start (here a name too long; a user's
+    /// FUSE mount without allow_other in life) is recorded so and never read; before, it was
+    /// left out of the record, and read unchecked whatever was there later (review gl27 M3 c).
+    #[test]
+    fn a_lower_that_could_not_be_opened_at_the_start_is_never_read() {
+        let scratch = Scratch::new("unopened");
+        let base = &scratch.0;
+        let long = format!("/mnt/{}", "x".repeat(300));
+        let layer = layer_over(base, &long);
+        let seen = SeenLowers::now(base, std::slice::from_ref(&layer)).unwrap();
+        assert_eq!(seen.mounts.get(&escape(Path::new(&long))), Some(&UNOPENED));
+        let other = fs::File::open(base).unwrap();
+        for lower in [None, Some(&other)] {
+            assert_eq!(seen.saw(&layer, lower).unwrap(), Some(Unseen::Unopened));
+        }
+    }
+
+    /// A record of another boot is checked by the folder itself (its filesystem and handle):
+    /// the same filesystem still there is read, another tmpfs mounted at its place is not.
+    /// Before, a record of another boot was not checked at all (review gl27 M3 a).
+    #[test]
+    fn a_record_of_another_boot_tells_the_filesystem_by_its_handle() {
+        let scratch = Scratch::new("boot");
+        let base = &scratch.0;
+        let mut layers = vec![layer_over(base, "/"), layer_over(base, "/mnt/t")];
+        let first = TestMount::tmpfs(&base.join("mnt/t"));
+        let mut seen = SeenLowers::now(base, &layers).unwrap();
+        seen.boot = "another boot".into();
+        let file = base.join("lowers.json");
+        fs::write(&file, serde_json::to_vec(&seen).unwrap()).unwrap();
+        let mut seen = SeenLowers::read(&file).expect("a record of another boot is read");
+        for layer in &layers {
+            assert_eq!(judged(&seen, base, layer), None, "{layer:?}");
+        }
+        drop(first);
+        let _second = TestMount::tmpfs(&base.join("mnt/t"));
+        assert_eq!(judged(&seen, base, &layers[1]), Some(Unseen::Replaced));
+        assert_eq!(judged(&seen, base, &layers[0]), None);
+        // A record by a feather from before the handles: nothing tells the folder.
+        seen.filesystems.clear();
+        layers.truncate(1);
+        assert_eq!(judged(&seen, base, &layers[0]), Some(Unseen::Unprovable));
+    }
+
+    /// The record confirmed with what init pinned: the same folder changes nothing (the mount
+    /// id stays, compared as before); another is taken as init saw it and compared by folder
+    /// (the one first recorded then refused); one init could not read is refused.
+    #[test]
+    fn the_record_takes_what_init_pinned() {
+        let scratch = Scratch::new("pinned");
+        let base = &scratch.0;
+        let layers = [layer_over(base, "/"), layer_over(base, "/mnt/t")];
+        let a = TestMount::tmpfs(&base.join("mnt/t"));
+        let mut seen = SeenLowers::now(base, &layers).unwrap();
+        let held_a = fs::File::open(&a.0).unwrap();
+        let b = TestMount::tmpfs(&base.join("mnt/t"));
+        let held_b = fs::File::open(&b.0).unwrap();
+        let held_base = fs::File::open(base).unwrap();
+        let same = [
+            PinnedLower::of(name(&layers[0]), &held_base),
+            PinnedLower::of(name(&layers[1]), &held_a),
+        ];
+        assert!(!seen.take_pinned(&same), "nothing changes: {seen:?}");
+        let other = [PinnedLower::of(name(&layers[1]), &held_b)];
+        assert!(seen.take_pinned(&other));
+        assert_eq!(seen.mounts.get("mnt-t"), Some(&NO_MOUNT_ID));
+        assert_eq!(
+            judged(&seen, base, &layers[1]),
+            None,
+            "B, which init layered"
+        );
+        drop(b);
+        assert_eq!(
+            judged(&seen, base, &layers[1]),
+            Some(Unseen::Replaced),
+            "A again"
+        );
+        let unread = [PinnedLower {
+            layer: name(&layers[0]),
+            folder: None,
+        }];
+        assert!(seen.take_pinned(&unread));
+        assert_eq!(judged(&seen, base, &layers[0]), Some(Unseen::Unopened));
+        drop(a);
+    }
+
+    /// A record that cannot be read refuses every layer; before, it was as none, and every
+    /// layer was read unchecked (review gl27 M3).
+    #[test]
+    fn an_unreadable_record_refuses_every_layer() {
+        let scratch = Scratch::new("unreadable");
+        let base = &scratch.0;
+        let file = base.join("lowers.json");
+        fs::write(&file, "{not json").unwrap();
+        let seen = SeenLowers::read(&file).expect("a record that is there");
+        assert_eq!(
+            judged(&seen, base, &layer_over(base, "/")),
+            Some(Unseen::Unreadable)
+        );
+        assert_eq!(SeenLowers::read(&base.join("none.json")), None);
+    }
+
+    /// From another mount namespace, a fresh tmpfs at the lower's place is not the one the
+    /// VM saw, though its (st_dev, st_ino) may well be the same (the lowest free anonymous
+    /// device, the root's inode): before, only those were compared (review f27 N6).
+    #[test]
+    fn from_another_namespace_a_fresh_tmpfs_is_told_from_the_one_seen() {
+        let scratch = Scratch::new("namespace");
+        let base = &scratch.0;
+        let layer = layer_over(base, "/mnt/t");
+        let first = TestMount::tmpfs(&base.join("mnt/t"));
+        let mut seen = SeenLowers::now(base, std::slice::from_ref(&layer)).unwrap();
+        seen.namespace = 1;
+        assert_eq!(judged(&seen, base, &layer), None);
+        drop(first);
+        let _second = TestMount::tmpfs(&base.join("mnt/t"));
+        let now = folder_id(&fs::File::open(base.join("mnt/t")).unwrap()).unwrap();
+        eprintln!(
+            "(st_dev, st_ino) recorded {:?}, now {now:?}",
+            seen.folders.get("mnt-t")
+        );
+        assert_eq!(judged(&seen, base, &layer), Some(Unseen::Replaced));
+    }
+
+    /// A restored layer over the stand-in for a filesystem that went is recorded as over
+    /// nothing, also where the stand-in lies under the base (a state root under a base of
+    /// `/`): before, the stand-in's own mount was recorded, and a folder made on that
+    /// filesystem at the layer's place later was read as the one the VM saw (review gl27 L3).
+    #[test]
+    fn a_layer_over_the_stand_in_for_a_vanished_filesystem_is_recorded_over_nothing() {
+        let scratch = Scratch::new("vanished");
+        let base = &scratch.0;
+        fs::create_dir(base.join("vanished-lower")).unwrap();
+        let layer = Layer {
+            lower: base.join("vanished-lower"),
+            over_nothing: true,
+            ..layer_over(base, "/mnt/data")
+        };
+        let seen = SeenLowers::now(base, std::slice::from_ref(&layer)).unwrap();
+        assert_eq!(seen.mounts.get("mnt-data"), Some(&NONE_SEEN));
+        fs::create_dir(base.join("mnt/data")).unwrap();
+        let remade = layer_over(base, "/mnt/data");
+        assert_eq!(judged(&seen, base, &remade), Some(Unseen::Replaced));
     }
 
     /// A record by a feather from before the namespace and folders were recorded is still

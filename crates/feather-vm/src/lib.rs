@@ -20,7 +20,8 @@
 //!   [`moment`]: a `--leave-running --export` checkpoint's freeze, held while its layers are
 //!   archived
 //! - [`rootfs`]: the isolation recipe, step by step, which init runs; [`layers`] and [`disk`]:
-//!   the overlays a VM needs and their cap; [`read_only`]: the paths it sees read-only instead
+//!   the overlays a VM needs and their cap; [`read_only`]: the paths it sees read-only instead;
+//!   [`lower_id`]: what names a layer's lower folder for the record of what the layers lie over
 //! - [`spawner`]: the one process of a VM that keeps CAP_SYS_ADMIN, for one recipe: a unit's
 //!   process with a private `/tmp` (`PrivateTmp=`)
 //! - [`idle`]: what keeper and init give back of their program's pages once the VM is up
@@ -62,6 +63,7 @@ pub mod keeper;
 pub mod launch;
 pub mod layers;
 pub mod lifecycle;
+pub mod lower_id;
 pub mod migration;
 pub mod moment;
 pub mod options;

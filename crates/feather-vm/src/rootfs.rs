@@ -13,7 +13,8 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
 use crate::hiding;
-use crate::layers::Layer;
+use crate::layers::{self, Layer};
+use crate::lower_id::PinnedLower;
 
 /// Everything the recipe needs, computed by the keeper before the fork.
 #[derive(Clone, Debug)]
@@ -116,8 +117,10 @@ pub(crate) const READ_ONLY_PROC: [&str; 5] = ["bus", "fs", "irq", "sys", "sysrq-
 
 /// Assembles the root and pivots into it. The old root's detach goes on beside the caller's
 /// next steps (see [`mount::pivot_beside`]): nothing of the VM's may run, and no path be
-/// resolved, before [`mount::OldRoot::detached`] has returned.
-pub fn assemble(plan: &RootfsPlan) -> Result<mount::OldRoot> {
+/// resolved, before [`mount::OldRoot::detached`] has returned. Also returns what was found
+/// beneath each layer mounted, the root layer first, for the keeper's record of them
+/// (`layers::SeenLowers::confirm`).
+pub fn assemble(plan: &RootfsPlan) -> Result<(mount::OldRoot, Vec<PinnedLower>)> {
     // 1. Mounts made from here on stay in this namespace, and the host's later mounts stay out.
     mount::make_all_private()?;
     // 2. The copy-on-write view of the base: lower = the base, upper = the VM's layer. Above
@@ -132,6 +135,7 @@ pub fn assemble(plan: &RootfsPlan) -> Result<mount::OldRoot> {
     //    The base is opened first, without following a link, and given by descriptor (see
     //    [`open_base`]), as the other layers' lowers are (step 3).
     let base = open_base(&first.lower)?;
+    let mut found = vec![PinnedLower::of(layers::name(first), &base)];
     let lowers = lowers_by_descriptor(first, &base);
     let lowers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
     mount::overlay(&lowers, &first.upper, &first.work, root, plan.sync)?;
@@ -149,6 +153,11 @@ pub fn assemble(plan: &RootfsPlan) -> Result<mount::OldRoot> {
     //    mounted: the keeper listed the host's mounts before this namespace was copied from the
     //    host's, and the host may have unmounted one since (see [`pin_listed_filesystems`]).
     let pinned = pin_listed_filesystems(&plan.base, others)?;
+    found.extend(
+        pinned
+            .iter()
+            .map(|p| PinnedLower::of(layers::name(p.layer), &p.lower)),
+    );
     crate::test_hooks::held(HOLD_AFTER_MOUNTS_FOUND);
     let mut upper_mounts: Vec<(&Path, UpperMount)> = pinned
         .iter()
@@ -268,7 +277,7 @@ pub fn assemble(plan: &RootfsPlan) -> Result<mount::OldRoot> {
         let _ = nix::unistd::close(fd);
     }
     // 11. Make the assembled tree the root and drop every path back to the host's.
-    mount::pivot_beside(root)
+    Ok((mount::pivot_beside(root)?, found))
 }
 
 /// The VM's tree at `root` (the overlay of step 2), opened: every later mount point is looked

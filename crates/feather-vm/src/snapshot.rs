@@ -638,6 +638,7 @@ pub(crate) fn restore_tree(
             // checkpoint; the VM then keeps its own changes there, over nothing.
             if !layer.lower.is_dir() {
                 layer.lower = images.join(VANISHED_LOWER);
+                layer.over_nothing = true;
             }
             let at = rootfs.join(l.mount_point.strip_prefix("/").unwrap_or(&l.mount_point));
             (layer, at)
@@ -1101,6 +1102,7 @@ fn mount_restored_layer_over_what_is_left(
             })?;
             let over_nothing = layers::Layer {
                 lower: vanished.to_path_buf(),
+                over_nothing: true,
                 ..layer.clone()
             };
             mount_restored_layer(tree, &over_nothing, vm_layer, sync, base)
@@ -1119,8 +1121,10 @@ fn mount_restored_layer_over_what_is_left(
 /// on it was found a folder here, nothing changes them before CRIU reads it, since nothing of
 /// the VM runs.) The layer's lower folder, under the VM's `base`, is opened following no link
 /// and given by descriptor, as a start's are (a link put at a mount point after the keeper
-/// checked `layers.json` fails the restore); the empty folder a vanished one is replaced by lies
-/// in the checkpoint's own folder, opened by its path.
+/// checked `layers.json` fails the restore); the empty folder a vanished one is replaced by
+/// ([`layers::Layer::over_nothing`]) lies in the checkpoint's own folder, opened by its path
+/// (following the links on the state root's path, which the admin chose: review gl27 L3,
+/// a root reached through a link under a base of `/` failed such restores).
 fn mount_restored_layer(
     tree: &fs::File,
     layer: &layers::Layer,
@@ -1129,7 +1133,7 @@ fn mount_restored_layer(
     base: &Path,
 ) -> feather_sys::Result<()> {
     let point = rootfs::make_mount_point(tree, &layer.mount_point)?;
-    let lower = match layer.lower.starts_with(base) {
+    let lower = match !layer.over_nothing && layer.lower.starts_with(base) {
         true => {
             let what = format!(
                 "the lower folder of the layer at {},",

@@ -59,14 +59,7 @@ fn main_with(others: Others) -> ExitCode {
         // As a command whose output goes to `head`: it ends quietly.
         Err(e) if feather_core::stdout::reader_gone(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
-            // An error may quote a VM's path or text: each line is escaped for the terminal.
-            // Each cause once: an I/O error's message quotes its source already.
-            let message = feather_core::error::causes(e.as_ref());
-            let lines: Vec<_> = message
-                .lines()
-                .map(feather_core::display::escape_for_terminal)
-                .collect();
-            eprintln!("feather: {}", lines.join("\n"));
+            eprintln!("feather: {}", shown_error(e.as_ref()));
             ExitCode::from(if runs_a_command {
                 EXIT_FEATHER_FAILED_RUN
             } else {
@@ -74,6 +67,19 @@ fn main_with(others: Others) -> ExitCode {
             })
         }
     }
+}
+
+/// An error as the CLI prints it. It may quote a VM's path or text: each line is escaped for
+/// the terminal, its backslashes left as they are, since the names it quotes were escaped
+/// where it was made (`escape_path`: a byte not UTF-8 is `\xff`, which doubling showed as
+/// `\\xff`). Each cause once: an I/O error's message quotes its source already.
+fn shown_error(error: &(dyn std::error::Error + 'static)) -> String {
+    let message = feather_core::error::causes(error);
+    let lines: Vec<_> = message
+        .lines()
+        .map(feather_core::display::escape_controls)
+        .collect();
+    lines.join("\n")
 }
 
 /// The commands [`crate::full`] runs (and the front hands over). Every command is named
@@ -533,8 +539,25 @@ pub(crate) fn exit_code(code: i32) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::{end_options_after_app, exit_status};
+    use super::{end_options_after_app, exit_status, shown_error};
     use std::process::ExitCode;
+
+    /// A name that is not UTF-8, escaped where the error was made, is shown escaped once
+    /// (`\xff`); before, the CLI escaped the message again (`\\xff`). What a terminal would act
+    /// on, in the message or a cause, is still shown as an escape.
+    #[test]
+    fn an_error_naming_a_path_that_is_not_utf8_is_escaped_once() {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::path::Path::new(std::ffi::OsStr::from_bytes(b"/mnt/b\xff\\x"));
+        let error = anyhow::Error::new(std::io::Error::other("source \x1b[2J")).context(format!(
+            "{} is gone",
+            feather_core::display::escape_path(path)
+        ));
+        assert_eq!(
+            shown_error(error.as_ref()),
+            r"/mnt/b\xff\\x is gone: source \x1b[2J"
+        );
+    }
 
     /// The front returns the status itself (crates/feather/src/main.rs): every one is kept.
     #[test]

@@ -126,10 +126,12 @@ pub enum Command {
         #[arg(long)]
         keep_privileges: bool,
     },
-    /// Drop all changes of a stopped VM
+    /// Drop all changes of a stopped VM, or those at or below the paths given
     Reset {
         #[arg(add = candidates::vm_names())]
         name: String,
+        /// Paths in the VM: drop only the changes at or below them (the rest can be committed)
+        paths: Vec<PathBuf>,
     },
     /// Services: the host's installed services, and private copies of them in VMs
     #[command(subcommand)]

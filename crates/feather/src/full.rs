@@ -86,7 +86,8 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let applied = commit::commit(&root, &name.parse()?, &paths, consent)?;
             output::changes(&applied)?;
         }
-        Command::Reset { name } => commit::reset(&root, &name.parse()?)?,
+        Command::Reset { name, paths } if paths.is_empty() => commit::reset(&root, &name.parse()?)?,
+        Command::Reset { name, paths } => commit::reset_paths(&root, &name.parse()?, &paths)?,
         Command::Service(command) => return service::run(&root, command),
         Command::Audit {
             follow,

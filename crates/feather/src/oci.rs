@@ -144,10 +144,11 @@ fn container_changes(
             upper: layer.upper_path.clone(),
             work: PathBuf::new(),
             hiding: None,
+            over_nothing: false,
         },
         upper: layer.upper,
         lower: Some(layer.lower),
-        unseen: false,
+        unseen: None,
     };
     // Nothing of a container's is ever committed: no folder is guarded.
     let guarded = feather_vm::diff::Guarded::default();

@@ -186,7 +186,8 @@ pub fn changes_with_sizes(changes: &[Change]) -> Said {
             "feather: warning: {host_mounts} of these changes (marked \"never committed\") lie \
              at, beneath or over a filesystem mounted on the host where the VM's layer does not \
              reach (mounted under its base or on a layer's own folder after its start, an \
-             automount point, or a layer's filesystem unmounted since): the VM saw another \
+             automount point, or a layer's filesystem unmounted since, not mounted at its last \
+             start, or not told apart from another: `commit` says which): the VM saw another \
              folder there; `commit` refuses them while it is so"
         );
     }
