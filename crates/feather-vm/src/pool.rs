@@ -3,7 +3,8 @@
 //! runs its command through init's exec channel ([`crate::exec`]) — no namespaces, mounts,
 //! cgroup or network to make while the caller waits.
 //!
-//! - Off unless asked: the size is a setting of the state root ([`set_size`]), 0 by default.
+//! - On by default: the size is a setting of the state root ([`set_size`]), 1 unless set
+//!   (0: off); `FEATHER_POOL=0` keeps one run out of it ([`pooled::opted_out`]).
 //! - A claim ([`claim`]) asks a pooled VM's keeper for it ([`crate::protocol::Request::Claim`]);
 //!   the keeper gives it to one asker only, and ends and removes the VM as a throw-away VM's
 //!   teardown does once that asker's connection closes: its command ended, or it was killed.
@@ -44,7 +45,7 @@ const ANSWER_PATIENCE: Duration = Duration::from_secs(1);
 /// How long a drain waits for the pool's VMs to be gone.
 const DRAIN_PATIENCE: Duration = Duration::from_secs(30);
 
-/// The pool's size setting: 0 (no pool) unless set.
+/// The pool's size setting: [`pooled::DEFAULT_SIZE`] unless set.
 pub fn size(root: &StateRoot) -> usize {
     pooled::size(root)
 }
@@ -507,6 +508,25 @@ pub fn drain(root: &StateRoot) -> Result<Drained> {
             "is still in the pool after the drain; `feather pool --drain` tries again",
         )),
     }
+}
+
+/// Empties the pool as [`drain`] does, but keeps its size setting (absent stays absent): for
+/// `feather network down`, whose network the pooled VMs use; the next run refills the pool.
+/// How many pooled VMs there were (0: nothing done), and what the drain left.
+pub fn empty(root: &StateRoot) -> Result<(usize, Drained)> {
+    let pooled = entries(root).len();
+    if pooled == 0 {
+        return Ok((0, Drained::default()));
+    }
+    let file = pooled::dir(root).join("size");
+    let setting = fs::read(&file).ok();
+    let drained = drain(root);
+    // Back as it was, whatever the drain did: a fill started meanwhile read 0 and made nothing.
+    match setting {
+        Some(setting) => write_atomic(&file, &setting, Durability::Durable)?,
+        None => fs::remove_file(&file).at(&file)?,
+    }
+    Ok((pooled, drained?))
 }
 
 /// Waits a moment for each claimed VM whose run has ended to be set aside by its keeper (a
