@@ -638,6 +638,12 @@ fn what_a_fill_killed_half_way_left_is_removed_by_the_next() {
 
 /// The pooled VM's keeper (by the pid its VM's record holds).
 fn keeper_of(pool: &Pooled, name: &str) -> i32 {
+    // An entry is written before its VM is made, and `pool` counts a VM ready while its
+    // fill's start holds the keeper's lock: waited for until it runs.
+    pool.feather
+        .eventually(&format!("pooled VM {name} runs"), || {
+            pool.feather.status(name) == "running"
+        });
     pool.feather.inspect(name)["state"]["keeper_pid"]
         .as_i64()
         .unwrap() as i32
@@ -1093,6 +1099,8 @@ fn network_down_empties_the_pool_first() {
     assert!(out.status.success(), "{out:?}");
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("pool") && said.contains("emptied"), "{said}");
+    // The drain's own claims are not runs' (it named itself as a run still running before).
+    assert!(!said.contains("in use by a run"), "{said}");
     assert!(pool.entries().is_empty(), "{:?}", pool.entries());
     assert!(!pool.feather.root.join("pool/size").exists());
     assert_eq!(
@@ -1100,5 +1108,37 @@ fn network_down_empties_the_pool_first() {
         support::HostTraces::default(),
         "the network stayed"
     );
+    assert_nothing_left(&pool.feather, &pool.bridge, &cgroups_before);
+}
+
+/// A root moved away (renamed) with the pooled VM its first run left, idle "for ever": the
+/// keeper sees its root's folder gone from its path (`IN_MOVE_SELF`) and ends the VM at once,
+/// leaving no process of it. What the move took along (the VM's entry and folder) is what a
+/// killed keeper leaves, which the root's next fill removes: moved back, the root's drain
+/// and `network down` leave nothing.
+#[test]
+fn a_moved_roots_pooled_vm_goes_at_once() {
+    let cgroups_before = support::feather_cgroups();
+    let pool = Pooled::by_default("pool-default-moved");
+    pool.ok(&["pool", "--idle", "0"]);
+    pool.ok(&["run", "--rm", "--", "true"]);
+    pool.feather
+        .eventually("the first run's fill made one VM", || {
+            pool.entries().len() == 1
+        });
+    let name = pool.entries().into_iter().next().unwrap();
+    let keeper = keeper_of(&pool, &name);
+    let alive = || std::path::Path::new(&format!("/proc/{keeper}")).exists();
+    let root = pool.feather.root.clone();
+    let moved = root.with_file_name(format!(
+        "{}-moved",
+        root.file_name().unwrap().to_string_lossy()
+    ));
+    fs::rename(&root, &moved).unwrap();
+    let ended = feather_testkit::eventually(Duration::from_secs(10), || !alive());
+    // Back where the fixture removes it, whatever the outcome.
+    fs::rename(&moved, &root).unwrap();
+    assert!(ended, "the moved root's pooled VM is still up");
+    pool.ok(&["pool", "--drain"]);
     assert_nothing_left(&pool.feather, &pool.bridge, &cgroups_before);
 }

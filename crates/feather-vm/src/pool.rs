@@ -197,6 +197,7 @@ pub fn claim(root: &StateRoot, workload: &Workload) -> Option<Claimed> {
         }
         if made_under != current {
             // Dropped: its keeper ends it.
+            claimed_to_be_ended(root, &name);
             continue;
         }
         return Some(Claimed {
@@ -346,11 +347,27 @@ fn claim_any(root: &StateRoot) -> Option<Claimed> {
         let socket = root.vm(&name).control_socket();
         let request = Request::Claim { terminal: None };
         let mut conversation = Conversation::start(&socket, &request, CLAIM_PATIENCE).ok()?;
-        matches!(conversation.answer(), Ok(Response::Claimed)).then_some(Claimed {
+        if !matches!(conversation.answer(), Ok(Response::Claimed)) {
+            return None;
+        }
+        claimed_to_be_ended(root, &name);
+        Some(Claimed {
             name,
             held: conversation,
         })
     })
+}
+
+/// Says, in VM `name`'s claimed entry, that its claimer (a fill, or a run whose VM no longer
+/// matches) runs no command in it: the keeper recorded the claimer, and a drain would name the
+/// VM in use by a run for as long as that process lives. Written before the claim is let go,
+/// so before the keeper's teardown, which removes the entry last.
+fn claimed_to_be_ended(root: &StateRoot, name: &VmName) {
+    let _ = write_atomic(
+        &pooled::claimed_entry(root, name),
+        b"",
+        Durability::Volatile,
+    );
 }
 
 /// Removes the pool's entries that will never be claimed, with their VMs, and what claimed
@@ -390,7 +407,7 @@ fn remove_stale(root: &StateRoot) {
         // earlier build knows no claim (its entry is there: removed here first, which is the
         // claim, then stopped; it removes its throw-away VM itself).
         if (made_under != current || lower)
-            && !claimed_to_end(&vm.control_socket())
+            && !claimed_to_end(root, &name)
             && fs::remove_file(&entry).is_ok()
         {
             let _ = lifecycle::stop(root, &name, Duration::ZERO);
@@ -428,12 +445,21 @@ fn end_unanswering(root: &StateRoot, vm: &feather_core::VmDir) {
     }
 }
 
-/// Claims the pooled VM whose keeper listens on `socket` and lets go of it at once, which
-/// ends it; whether its keeper gave it.
-fn claimed_to_end(socket: &Path) -> bool {
-    Conversation::start(socket, &Request::Claim { terminal: None }, CLAIM_PATIENCE)
-        .and_then(|mut claimed| claimed.answer())
-        .is_ok_and(|answer| answer == Response::Claimed)
+/// Claims pooled VM `name` and lets go of it at once, which ends it; whether its keeper gave
+/// it.
+fn claimed_to_end(root: &StateRoot, name: &VmName) -> bool {
+    let socket = root.vm(name).control_socket();
+    let request = Request::Claim { terminal: None };
+    let Ok(mut claim) = Conversation::start(&socket, &request, CLAIM_PATIENCE) else {
+        return false;
+    };
+    let given = claim
+        .answer()
+        .is_ok_and(|answer| answer == Response::Claimed);
+    if given {
+        claimed_to_be_ended(root, name);
+    }
+    given
 }
 
 /// Makes one pooled VM: its entry first (so that `ls` never shows it, and a crash leaves the
