@@ -452,9 +452,13 @@ def cgroup_pids(path: Path | None) -> list[int]:
 
 
 class Feather:
+    """A state root driven through the command line. Every command it runs is out of the pool
+    (`FEATHER_POOL=0`; docs/design.md, "The pool"): on by default, it would leave a VM made ahead
+    in each of the bench's roots. The rows that time the pool set it up on roots of their own."""
+
     def __init__(self, binary: Path, root: Path, env: dict[str, str] | None = None):
         self.binary, self.root = binary, root
-        self.env = None if env is None else {**os.environ, **env}
+        self.env = {**os.environ, **(env or {}), "FEATHER_POOL": "0"}
         self.ids: set[str] = set()  # every VM this run made, to look for leftover cgroups
 
     def cmd(self, *args: str) -> list[str]:
@@ -488,7 +492,8 @@ class Feather:
     def remove_all(self) -> None:
         for name in self.names():
             self.remove(name)
-        # The root's network lingers after its last throw-away VM (docs/network.md).
+        # The root's network lingers after its last throw-away VM (docs/network.md); `network
+        # down` empties the root's pool first, whose VMs use it.
         self("network", "down", check=False, timeout=60)
 
 
@@ -827,6 +832,10 @@ def crun_bundle(bench: Bench) -> Path:
 
 def compare_start(bench: Bench) -> None:
     f = bench.feather
+    # The bench's own root has no pool (persisted: hyperfine's runs carry no FEATHER_POOL=0), so
+    # that its rows, the phase breakdown's included, are cold starts; the pool's rows below have
+    # roots of their own.
+    f("pool", "--size", "0")
     floor_dir = bench.work / "floor-scratch"
     floor_dir.mkdir()
     candidates: list[tuple[str, list[str]]] = [
@@ -890,8 +899,15 @@ def compare_start(bench: Bench) -> None:
     # Like the peers (bwrap's and podman's namespaces hold only loopback), feather gets no network
     # here; what its own network (--net private, the default) costs is section 6.
     candidates.append(("feather run --rm", f.cmd("run", "--rm", "--net", "none", "--", "/bin/true")))
-    # The command a user types: the default network, a private one (issue 15's first row).
-    candidates.append(("feather run --rm, default network (private)", f.cmd("run", "--rm", "--", "/bin/true")))
+    # The default network, a private one (issue 15's first row), made by the run: a cold start.
+    candidates.append((COLD_DEFAULT, f.cmd("run", "--rm", "--", "/bin/true")))
+    # The command a user types, as they get it: the pool on by default (one VM made ahead, which
+    # the first run's fill makes; each run claims it, and its keeper's refill makes the next).
+    typed = Feather(f.binary, bench.work / "default-root")
+    typed_argv = typed.cmd("run", "--rm", "--", "/bin/true")
+    run(typed_argv, env=without_pool_opt_out())  # the root's first run: a miss, and the fill
+    bench.on_cleanup("take down the default root's network", typed.remove_all)
+    candidates.append((TYPED_DEFAULT, typed_argv))
     # A persistent VM's whole life, each step a command of its own as a user types them (issue
     # 15's evidence: "create + start + stop + rm of a persistent VM against the floor"). The
     # shell that chains them is in the figure too: the "sh -c" row below is its own cost.
@@ -936,7 +952,8 @@ def compare_start(bench: Bench) -> None:
              times(s.median / floor.median) if floor else "—"]
         )  # fmt: skip
     feather = stats.get("feather run --rm")
-    default = stats.get("feather run --rm, default network (private)")
+    default = stats.get(COLD_DEFAULT)
+    as_typed = stats.get(TYPED_DEFAULT)
     parts = [
         "Time from exec of the command until it has exited, for a command that does nothing: the "
         "cost of making (and removing) the sandbox. hyperfine without a shell, "
@@ -1005,9 +1022,26 @@ def compare_start(bench: Bench) -> None:
     if default and bwrap:
         ratio = default.median / bwrap.median
         bench.report.target(
-            "start: `feather run --rm -- /bin/true`",
+            "start: `feather run --rm -- /bin/true`, cold (no pool: `pool --size 0`)",
             f"median ≤ {START_TARGET}× `bwrap --unshare-all`",
             f"{secs(default.median)} vs {secs(bwrap.median)}: {times(ratio)}",
+            ratio <= START_TARGET,
+        )
+    if as_typed and bwrap:
+        ratio = as_typed.median / bwrap.median
+        parts.append(
+            f"**As typed** (`{TYPED_DEFAULT}`): a root with no pool setting, so the default's, one VM "
+            "made ahead (docs/design.md, \"The pool\"); its first run (before the row) missed and "
+            "started the fill. Back to back, each run claims the VM the last one's refill made if "
+            "that fill is done, and otherwise makes its own beside the fill: the row mixes hits "
+            f"and misses. Median {times(ratio)} bwrap (target ≤ {START_TARGET}×: "
+            f"{verdict(ratio <= START_TARGET)}); the cold row above is the same command with "
+            "the pool off."
+        )
+        bench.report.target(
+            "start: `feather run --rm -- /bin/true` as typed (pool on by default: 1), back to back",
+            f"median ≤ {START_TARGET}× `bwrap --unshare-all`",
+            f"{secs(as_typed.median)} vs {secs(bwrap.median)}: {times(ratio)}",
             ratio <= START_TARGET,
         )
     pooled = stats.get(pool_label)
@@ -1034,8 +1068,23 @@ def compare_start(bench: Bench) -> None:
         )
     if pooled and "bwrap --unshare-all" in commands:
         parts += spaced_pool_row(bench, commands["bwrap --unshare-all"], commands[pool_label])
+    if as_typed and "bwrap --unshare-all" in commands:
+        parts += spaced_pool_row(bench, commands["bwrap --unshare-all"], commands[TYPED_DEFAULT], size=1)
     parts += phase_breakdown(bench)
     bench.report.add("1. Start", *parts)
+
+
+# The two rows of the command a user types, `feather run --rm -- /bin/true` (issue 15): with the
+# pool off, a cold start; and as it comes, the pool on by default.
+COLD_DEFAULT = "feather run --rm, default network (private), cold (no pool)"
+TYPED_DEFAULT = "feather run --rm, default network (private), as typed (pool on by default: 1 VM)"
+DEFAULT_NOTE = " (the default)"
+
+
+def without_pool_opt_out() -> dict[str, str]:
+    """The bench's environment without `FEATHER_POOL`, whatever its caller exported: the pool's
+    rows time the pool."""
+    return {key: value for key, value in os.environ.items() if key != "FEATHER_POOL"}
 
 
 # The pause between two runs of the spaced pool row: longer than a fill's VM takes to start
@@ -1043,7 +1092,7 @@ def compare_start(bench: Bench) -> None:
 SPACED_PAUSE = 0.3
 
 
-def spaced_pool_row(bench: Bench, bwrap: list[str], pooled: list[str]) -> list[str]:
+def spaced_pool_row(bench: Bench, bwrap: list[str], pooled: list[str], size: int = POOL_SIZE) -> list[str]:
     """Runs from the pool that come apart, as a user types commands or a service spawns
     sandboxes now and then: each run timed alone, `SPACED_PAUSE` after the last, taking turns
     with bwrap's (timed the same way: both pay the same Python spawn cost)."""
@@ -1051,18 +1100,19 @@ def spaced_pool_row(bench: Bench, bwrap: list[str], pooled: list[str]) -> list[s
     for _ in range(bench.plan.runs):
         for label, argv in (("bwrap", bwrap), ("pool", pooled)):
             time.sleep(SPACED_PAUSE)
-            elapsed, _ = timed(argv)
+            elapsed, _ = timed(argv, env=without_pool_opt_out())
             taken[label].append(elapsed)
     b, p = Stats.of(taken["bwrap"]), Stats.of(taken["pool"])
     ratio = p.median / b.median
     bench.report.target(
-        f"start from a pool of {POOL_SIZE}: `feather run --rm -- /bin/true`, {SPACED_PAUSE} s apart",
+        f"start from a pool of {size}{DEFAULT_NOTE if size == 1 else ''}: `feather run --rm -- /bin/true`, "
+        f"{SPACED_PAUSE} s apart",
         f"median ≤ {START_TARGET}× `bwrap --unshare-all`",
         f"{secs(p.median)} vs {secs(b.median)}: {times(ratio)}",
         ratio <= START_TARGET,
     )
     return [
-        f"**From a pool of {POOL_SIZE}, runs {SPACED_PAUSE} s apart** ({bench.plan.runs} of "
+        f"**From a pool of {size}{DEFAULT_NOTE if size == 1 else ''}, runs {SPACED_PAUSE} s apart** ({bench.plan.runs} of "
         "each, bwrap's and feather's taking turns, each timed from Python's spawn to its exit): "
         f"feather median {secs(p.median)} (p90 {secs(p.p90)}), bwrap {secs(b.median)} (p90 "
         f"{secs(b.p90)}): {times(ratio)} (target ≤ {START_TARGET}×: "

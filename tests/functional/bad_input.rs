@@ -289,6 +289,7 @@ fn an_open_file_limit_too_low_for_init_is_named() {
             .arg(Feather::bin())
             .arg("--root")
             .arg(&feather.root)
+            .env(crate::support::NO_POOL, "0")
             .args(args)
             .stdin(Stdio::null())
             .output()

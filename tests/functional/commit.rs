@@ -580,6 +580,7 @@ fn commit_from_another_mount_namespace_applies_and_still_refuses_a_filesystem_mo
         command
             .args(["-m", "--propagation", "slave", Feather::bin(), "--root"])
             .arg(&feather.root)
+            .env(crate::support::NO_POOL, "0")
             .args(args);
         feather_testkit::run(&mut command)
     };

@@ -1318,6 +1318,7 @@ fn a_root_named_through_a_folder_removed_since_keeps_its_network() {
             .arg("--root")
             .arg(format!("../{name}"))
             .env("FEATHER_SUBNET", &subnet.cidr)
+            .env(crate::support::NO_POOL, "0")
             .args(args)
             .stdin(std::process::Stdio::null())
             .output()
@@ -1475,6 +1476,7 @@ impl PrivateMounts {
             .arg("--root")
             .arg(&self.root)
             .env("FEATHER_SUBNET", &subnet.cidr)
+            .env(crate::support::NO_POOL, "0")
             .args(args)
             .output()
             .unwrap();

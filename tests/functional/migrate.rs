@@ -89,6 +89,7 @@ impl TwoHosts {
             .arg(&root.root)
             .args(args)
             .env("FEATHER_MIGRATE_TOKEN", TOKEN)
+            .env(crate::support::NO_POOL, "0")
             .stdin(Stdio::null());
         command
     }
@@ -111,6 +112,7 @@ impl TwoHosts {
             .arg(&root.root)
             .args(args)
             .env("FEATHER_MIGRATE_TOKEN", TOKEN)
+            .env(crate::support::NO_POOL, "0")
             .stdin(Stdio::null());
         command
     }

@@ -1,6 +1,7 @@
 //! The pool of VMs made ahead for `run --rm` (docs/design.md, "The pool"): a run from it is a
 //! run in a VM of its own, claimed once; whatever ends it, nothing is left; a VM that no
-//! longer matches the host is not used.
+//! longer matches the host is not used. On by default (one VM, ended after its idle time):
+//! the tests of that path are at the end.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -63,9 +64,24 @@ impl Pooled {
         panic!("no run took a VM the pool showed ready: {tries:?}");
     }
 
+    /// A state root as a user's first command finds it: no pool setting, so the default's
+    /// (one VM, made by the fill of the root's first `run --rm`).
+    fn by_default(label: &str) -> Pooled {
+        let (feather, subnet, bridge) = root_with_known_bridge(label);
+        Pooled {
+            feather,
+            subnet,
+            bridge,
+            size: 1,
+        }
+    }
+
+    /// A command of this root, in the pool as a user's is (`support::NO_POOL` removed).
     fn command(&self) -> Command {
         let mut command = self.feather.command();
-        command.env("FEATHER_SUBNET", &self.subnet.cidr);
+        command
+            .env("FEATHER_SUBNET", &self.subnet.cidr)
+            .env_remove(support::NO_POOL);
         command
     }
 
@@ -622,6 +638,12 @@ fn what_a_fill_killed_half_way_left_is_removed_by_the_next() {
 
 /// The pooled VM's keeper (by the pid its VM's record holds).
 fn keeper_of(pool: &Pooled, name: &str) -> i32 {
+    // An entry is written before its VM is made, and `pool` counts a VM ready while its
+    // fill's start holds the keeper's lock: waited for until it runs.
+    pool.feather
+        .eventually(&format!("pooled VM {name} runs"), || {
+            pool.feather.status(name) == "running"
+        });
     pool.feather.inspect(name)["state"]["keeper_pid"]
         .as_i64()
         .unwrap() as i32
@@ -918,4 +940,205 @@ fn a_pooled_vm_whose_root_was_removed_goes_at_its_idle_time() {
         support::HostTraces::default(),
         "the removed root's network is left on the host"
     );
+}
+
+/// A root's first `run --rm` (no pool setting: the default) makes its own VM and starts the
+/// fill that leaves one pooled VM; the next run claims it, and its keeper's refill leaves one
+/// again. `pool` says size 1 with no setting written.
+#[test]
+fn a_roots_first_run_leaves_one_pooled_vm_and_the_second_claims_it() {
+    let pool = Pooled::by_default("pool-default");
+    let first = pool.ok(&["run", "--rm", "--", "hostname"]);
+    assert!(!from_the_pool(first.trim()), "{first}");
+    pool.feather
+        .eventually("the first run's fill made one VM", || {
+            pool.entries().len() == 1
+        });
+    assert!(!pool.feather.root.join("pool/size").exists());
+    assert_eq!(pool.ok(&["pool"]).lines().next(), Some("size: 1"));
+    // `ls` lists no pooled VM (and says there is one).
+    assert_eq!(pool.ok(&["ls", "--json"]).trim(), "[]");
+    let (second, _) = pool.taken_from_ready(|| {
+        pool.ok(&["run", "--rm", "--", "hostname"])
+            .trim()
+            .to_owned()
+    });
+    assert!(from_the_pool(&second), "{second}");
+    pool.feather
+        .eventually("the claimed VM's keeper refilled the pool", || {
+            pool.entries().len() == 1 && !pool.entries().contains(&second)
+        });
+}
+
+/// The VM a root's first run leaves ends at the idle time (10 minutes by default; set short
+/// here) and leaves nothing on the host or in the root; no fill follows.
+#[test]
+fn a_default_pooled_vm_expires_and_leaves_nothing() {
+    let cgroups_before = support::feather_cgroups();
+    let pool = Pooled::by_default("pool-default-idle");
+    pool.ok(&["pool", "--idle", "3s"]);
+    assert!(!pool.feather.root.join("pool/size").exists());
+    pool.ok(&["run", "--rm", "--", "true"]);
+    pool.feather
+        .eventually("the first run's fill made one VM", || {
+            !pool.entries().is_empty()
+        });
+    pool.feather
+        .eventually_within("the idle VM is gone", Duration::from_secs(30), || {
+            pool.entries().is_empty() && pool.vm_folders().is_empty()
+        });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(pool.entries().is_empty(), "refilled: {:?}", pool.entries());
+    assert_nothing_left(&pool.feather, &pool.bridge, &cgroups_before);
+}
+
+/// `FEATHER_POOL=0` in a run's environment: the run starts no fill (and claims nothing); a
+/// root whose size was set to 0 keeps it, and its runs leave no VM either.
+#[test]
+fn feather_pool_0_and_size_0_leave_no_pooled_vm() {
+    let cgroups_before = support::feather_cgroups();
+    let pool = Pooled::by_default("pool-opt-out");
+    let out = pool
+        .command()
+        .env(support::NO_POOL, "0")
+        .args(["run", "--rm", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // A fill would have written its entry within this.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(pool.entries().is_empty(), "{:?}", pool.entries());
+    assert!(pool.vm_folders().is_empty(), "{:?}", pool.vm_folders());
+    pool.ok(&["pool", "--size", "0"]);
+    assert_eq!(
+        fs::read_to_string(pool.feather.root.join("pool/size")).unwrap(),
+        "0\n"
+    );
+    pool.ok(&["run", "--rm", "--", "true"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(pool.entries().is_empty(), "{:?}", pool.entries());
+    assert_nothing_left(&pool.feather, &pool.bridge, &cgroups_before);
+}
+
+/// A root removed by hand (`rm -rf`) with the pooled VM its first run left, whose idle time is
+/// "for ever": the keeper sees the removal at once (an inotify watch) and ends the VM once the
+/// removal is over, leaving no keeper, process, cgroup, port on the bridge or mount; the bridge
+/// and tables go as any removed root's (when the next root chooses its network). Before the
+/// watch the keeper looked only at its idle time, and with none kept the VM for ever.
+#[test]
+fn a_removed_roots_pooled_vm_goes_at_once() {
+    let cgroups_before = support::feather_cgroups();
+    let pool = Pooled::by_default("pool-default-removed");
+    pool.ok(&["pool", "--idle", "0"]);
+    pool.ok(&["run", "--rm", "--", "true"]);
+    pool.feather
+        .eventually("the first run's fill made one VM", || {
+            pool.entries().len() == 1
+        });
+    pool.whole();
+    let name = pool.entries().into_iter().next().unwrap();
+    let keeper = keeper_of(&pool, &name);
+    let alive = || std::path::Path::new(&format!("/proc/{keeper}")).exists();
+    let root = pool.feather.root.clone();
+    // The root's network may have namespaces made ahead, mounted in its folder: `rm -rf`
+    // stops short at them (docs/network.md) having removed the rest, the VM's things with it.
+    let rm = || Command::new("rm").arg("-rf").arg(&root).output().unwrap();
+    let first = rm();
+    let said = String::from_utf8_lossy(&first.stderr);
+    assert!(
+        first.status.success() || said.lines().all(|line| line.contains("/network-pool/")),
+        "rm -rf: {first:?}"
+    );
+    pool.feather.eventually(
+        "the removed root's pooled VM and its processes are gone",
+        || !alive() && support::HostTraces::of(&root, None).processes.is_empty(),
+    );
+    // Its keeper took the network down as it went: the `rm -rf` tried again removes the rest.
+    let again = rm();
+    assert!(again.status.success(), "rm -rf again: {again:?}");
+    assert!(!root.exists());
+    let traces = support::HostTraces::of(&root, None);
+    assert!(traces.mounts.is_empty(), "mounts left: {:?}", traces.mounts);
+    let ports = format!("/sys/class/net/{}/brif", pool.bridge);
+    let left: Vec<String> = support::names_in(std::path::Path::new(&ports));
+    assert!(left.is_empty(), "ports left on {}: {left:?}", pool.bridge);
+    pool.feather.eventually("no new VM cgroup stays", || {
+        support::feather_cgroups()
+            .iter()
+            .filter(|group| !cgroups_before.contains(group))
+            .all(|group| !support::cgroup_is_empty(group))
+    });
+    let (next, next_subnet, _) = root_with_known_bridge("pool-after-default-removed");
+    let out = next
+        .command()
+        .env("FEATHER_SUBNET", &next_subnet.cidr)
+        .args(["run", "--rm", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        support::HostTraces::of(&root, Some(&pool.bridge)),
+        support::HostTraces::default(),
+        "the removed root's network is left on the host"
+    );
+}
+
+/// `network down` beside the pooled VM a run left: the pool is emptied first (stderr says so,
+/// its setting kept), and the network goes. Before, the pooled VM kept the network ("a VM uses
+/// it") and whoever removed the root next left the bridge and tables to the next root.
+#[test]
+fn network_down_empties_the_pool_first() {
+    let cgroups_before = support::feather_cgroups();
+    let pool = Pooled::by_default("pool-network-down");
+    pool.ok(&["run", "--rm", "--", "true"]);
+    pool.feather
+        .eventually("the first run's fill made one VM", || {
+            pool.entries().len() == 1
+        });
+    let out = pool.output(&["network", "down"]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("pool") && said.contains("emptied"), "{said}");
+    // The drain's own claims are not runs' (it named itself as a run still running before).
+    assert!(!said.contains("in use by a run"), "{said}");
+    assert!(pool.entries().is_empty(), "{:?}", pool.entries());
+    assert!(!pool.feather.root.join("pool/size").exists());
+    assert_eq!(
+        support::HostTraces::of(&pool.feather.root, Some(&pool.bridge)),
+        support::HostTraces::default(),
+        "the network stayed"
+    );
+    assert_nothing_left(&pool.feather, &pool.bridge, &cgroups_before);
+}
+
+/// A root moved away (renamed) with the pooled VM its first run left, idle "for ever": the
+/// keeper sees its root's folder gone from its path (`IN_MOVE_SELF`) and ends the VM at once,
+/// leaving no process of it. What the move took along (the VM's entry and folder) is what a
+/// killed keeper leaves, which the root's next fill removes: moved back, the root's drain
+/// and `network down` leave nothing.
+#[test]
+fn a_moved_roots_pooled_vm_goes_at_once() {
+    let cgroups_before = support::feather_cgroups();
+    let pool = Pooled::by_default("pool-default-moved");
+    pool.ok(&["pool", "--idle", "0"]);
+    pool.ok(&["run", "--rm", "--", "true"]);
+    pool.feather
+        .eventually("the first run's fill made one VM", || {
+            pool.entries().len() == 1
+        });
+    let name = pool.entries().into_iter().next().unwrap();
+    let keeper = keeper_of(&pool, &name);
+    let alive = || std::path::Path::new(&format!("/proc/{keeper}")).exists();
+    let root = pool.feather.root.clone();
+    let moved = root.with_file_name(format!(
+        "{}-moved",
+        root.file_name().unwrap().to_string_lossy()
+    ));
+    fs::rename(&root, &moved).unwrap();
+    let ended = feather_testkit::eventually(Duration::from_secs(10), || !alive());
+    // Back where the fixture removes it, whatever the outcome.
+    fs::rename(&moved, &root).unwrap();
+    assert!(ended, "the moved root's pooled VM is still up");
+    pool.ok(&["pool", "--drain"]);
+    assert_nothing_left(&pool.feather, &pool.bridge, &cgroups_before);
 }

@@ -1372,6 +1372,7 @@ impl KilledHome<'_> {
             .arg(Feather::bin())
             .arg("--root")
             .arg(&self.feather.root)
+            .env(crate::support::NO_POOL, "0")
             .args(args)
             .stdin(std::process::Stdio::null())
             .output()

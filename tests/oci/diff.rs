@@ -14,6 +14,7 @@ use crate::support::{base_config, run, Bundle, Runtime, Scratch};
 /// `feather --root <scratch> diff ARGS…`.
 fn feather_diff(scratch: &Scratch, args: &[&str]) -> crate::support::Outcome {
     run(std::process::Command::new(sibling("feather"))
+        .env("FEATHER_POOL", "0")
         .arg("--root")
         .arg(scratch.path("feather-root"))
         .arg("diff")

@@ -268,6 +268,7 @@ fn feather_ls_and_ps_show_oci_containers() {
     assert_eq!(runtime.run(&["start", &id]).code, 0);
     let feather = |args: &[&str]| {
         run(std::process::Command::new(sibling("feather"))
+            .env("FEATHER_POOL", "0")
             .arg("--root")
             .arg(scratch.path("feather-root"))
             .args(args))

@@ -27,6 +27,7 @@ fn started(scratch: &Scratch, runtime: &Runtime, id: &str, confine: Option<&str>
 fn probe(scratch: &Scratch, runtime: &Runtime, id: &str) -> (i32, Value) {
     let root = std::fs::canonicalize(&runtime.root).unwrap();
     let outcome = run(std::process::Command::new(sibling("feather"))
+        .env("FEATHER_POOL", "0")
         .arg("--root")
         .arg(scratch.path("feather-root"))
         .args(["check", "ipc", id, "--json", "--runtime-root"])

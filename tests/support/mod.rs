@@ -42,10 +42,16 @@ impl Feather {
         env!("CARGO_BIN_EXE_feather")
     }
 
-    /// A `feather --root <this root>` command, ready for more arguments.
+    /// A `feather --root <this root>` command, ready for more arguments; out of the pool
+    /// ([`NO_POOL`]): a test's `run --rm` leaves no pooled VM behind (tests of the pool remove
+    /// the variable).
     pub fn command(&self) -> Command {
         let mut command = Command::new(Self::bin());
-        command.arg("--root").arg(&self.root).stdin(Stdio::null());
+        command
+            .arg("--root")
+            .arg(&self.root)
+            .env(NO_POOL, "0")
+            .stdin(Stdio::null());
         command
     }
 
@@ -203,6 +209,11 @@ impl Feather {
     }
 }
 
+/// The variable that keeps a `run --rm` out of the pool (`FEATHER_POOL=0`:
+/// feather_vm::pooled::OPT_OUT): the pool is on by default, and each test's root would keep a
+/// pooled VM for 10 minutes, which every "nothing left" count would find.
+pub const NO_POOL: &str = "FEATHER_POOL";
+
 /// The start time of process `pid` in clock ticks since boot (field 22 of its stat line).
 pub fn start_ticks(pid: u32) -> u64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -292,6 +303,11 @@ impl Feather {
         // (and finishes one a crash cut short) before the root goes.
         if self.root.join("vms").exists() {
             let _ = self.run(&["ls"]);
+        }
+        // A pool (a test of it, or a command run without [`NO_POOL`]) is drained first: its
+        // VMs are not `ls`'s, and a pooled VM would keep the root's network.
+        if !names_in(&self.root.join("pool/vms")).is_empty() {
+            let _ = self.run(&["pool", "--drain"]);
         }
         for vm in self.vm_names() {
             if self.run(&["rm", "--force", &vm]).code == 0 {

@@ -53,6 +53,7 @@ use crate::lower_id::PinnedLower;
 use crate::moment;
 use crate::protocol::{self, Response};
 use crate::relay::VmEnds;
+use crate::root_watch::RootWatch;
 use crate::rootfs::RootfsPlan;
 use crate::snapshot;
 use crate::transfer_watch::TransferWatch;
@@ -139,6 +140,9 @@ pub struct Keeper {
     /// Set once a pooled VM waited unclaimed for the pool's idle time and took itself out of
     /// the pool ([`Keeper::expire`]): its teardown is a claimed VM's, but starts no refill.
     expired: std::cell::Cell<bool>,
+    /// Set once a pooled VM's keeper saw its root removed or moved away ([`RootWatch`]): its
+    /// teardown renames nothing in what is left of the root.
+    root_gone: std::cell::Cell<bool>,
     /// A claimed VM's claimer that let go (its command ended): answered once the VM is set
     /// aside, so that its run ends with its VM, as a cold run's does.
     claimer_waiting: Option<UnixStream>,
@@ -493,6 +497,7 @@ impl Keeper {
             checkpointed: std::cell::Cell::new(false),
             claimed: std::cell::Cell::new(false),
             expired: std::cell::Cell::new(false),
+            root_gone: std::cell::Cell::new(false),
             claimer_waiting: None,
             hold: None,
             lock,
@@ -654,6 +659,7 @@ impl Keeper {
             checkpointed: std::cell::Cell::new(false),
             claimed: std::cell::Cell::new(false),
             expired: std::cell::Cell::new(false),
+            root_gone: std::cell::Cell::new(false),
             claimer_waiting: None,
             hold,
             lock,
@@ -925,6 +931,8 @@ impl Keeper {
         } else {
             self.idle_expiry(ready_at)
         };
+        // A pooled VM's root removed by hand is seen at once (the idle time may be "for ever").
+        let mut root_watch = if foreground { None } else { self.root_watch() };
         let status = loop {
             let mut fds = vec![
                 PollFd::new(self.init.pidfd.as_fd(), PollFlags::POLLIN),
@@ -938,6 +946,10 @@ impl Keeper {
             if let Some(claimer) = &claimer {
                 fds.push(PollFd::new(claimer.as_fd(), PollFlags::POLLIN));
             }
+            let watch_at = fds.len();
+            if let Some(watch) = &root_watch {
+                fds.push(PollFd::new(watch.as_fd(), PollFlags::POLLIN));
+            }
             let now = Instant::now();
             let acts_at = phase.patience(now).map(|left| now + left);
             let _ = quiet.wait(&mut fds, acts_at.into_iter().chain(expires_at).min());
@@ -945,6 +957,7 @@ impl Keeper {
             let (init_ended, connection, signalled) =
                 (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]));
             let claim_ended = claimer.is_some() && fds.get(claimer_at).is_some_and(ready);
+            let watched = root_watch.is_some() && fds.get(watch_at).is_some_and(ready);
             if pages_from.is_some() && fds.get(3).is_some_and(ready) {
                 pages_from = None;
                 if lazy.exists() {
@@ -995,6 +1008,18 @@ impl Keeper {
             }
             if self.claimed.get() || phase != Phase::Running {
                 expires_at = None;
+                root_watch = None;
+            } else if watched && root_watch.as_ref().is_some_and(RootWatch::gone) {
+                // Its root is being removed (or was moved away): nothing can claim, drain or
+                // list this VM any more. Ended once the removal is over, leaving nothing.
+                if let Some(watch) = root_watch.take() {
+                    watch.await_removal();
+                }
+                expires_at = None;
+                if self.expire_for_removed_root() {
+                    trace::phase("wait in the pool until its root is removed");
+                    phase = self.act(decide::claim_ended(phase));
+                }
             } else if expires_at.is_some_and(|at| Instant::now() >= at) {
                 // Read again: the setting may have changed since the VM was up. A VM whose
                 // root was removed meanwhile reads as not pooled, and goes now.
@@ -1208,6 +1233,28 @@ impl Keeper {
     /// keeper ends it at its idle time rather than keep it for ever.
     fn root_removed(&self) -> bool {
         !self.claimed.get() && !self.vm.path().exists()
+    }
+
+    /// The watch for this VM's root's removal, if the VM waits in the pool.
+    fn root_watch(&self) -> Option<RootWatch> {
+        let root = self.vm.root()?;
+        if self.claimed.get() || !crate::pooled::is_pooled(&root, self.vm.name()) {
+            return None;
+        }
+        RootWatch::new(&root, &self.vm)
+    }
+
+    /// Ends this pooled VM, whose root was removed (or moved away): as an idle VM ends, but its
+    /// entry is not taken (it went with the root, or a claim would make the `claimed/` folder
+    /// again in a root being removed). Whether it was still unclaimed.
+    fn expire_for_removed_root(&self) -> bool {
+        if self.claimed.get() {
+            return false;
+        }
+        self.claimed.set(true);
+        self.expired.set(true);
+        self.root_gone.set(true);
+        true
     }
 
     /// Takes this pooled VM out of the pool for its own end, as a claim takes it (a run that
@@ -1737,6 +1784,7 @@ impl Keeper {
             eprintln!("feather keeper {name}: {}", causes(e));
         };
         let aside = match self.vm.set_aside(&self.config.id) {
+            _ if self.root_gone.get() => self.vm.clone(),
             Ok(aside) => aside,
             Err(e) => {
                 complain(&e);
@@ -1776,6 +1824,7 @@ impl Keeper {
     /// process, which nobody waits for (its claimer has reported the exit status already).
     fn tear_down_claimed(&mut self, how: &str) {
         let aside = match self.vm.set_aside(&self.config.id) {
+            _ if self.root_gone.get() => self.vm.clone(),
             Ok(aside) => aside,
             Err(e) => {
                 eprintln!("feather keeper {}: {}", self.vm.name(), causes(&e));
@@ -1806,6 +1855,15 @@ impl Keeper {
         // Last: until here a crash leaves the claimed entry that leads a fill to what is left.
         if let Some(root) = self.vm.root() {
             let _ = fs::remove_file(crate::pooled::claimed_entry(&root, self.vm.name()));
+        }
+        // A root whose `rm -rf` stopped short at its network's mounts (namespaces made ahead):
+        // its network goes now unless another VM uses it, as `network down` takes it, so that
+        // the `rm -rf` tried again removes the rest. A root gone whole leaves its bridge and
+        // tables to the sweep of removed roots (feather_net::removed_roots).
+        if let Some(root) = self.vm.root().filter(|_| self.root_gone.get()) {
+            if root.dir().exists() {
+                let _ = feather_net::linger::end(&root);
+            }
         }
         trace::phase("teardown: a claimed VM removed");
     }

@@ -76,6 +76,7 @@ pub mod read_only;
 pub mod relay;
 mod restored_creds;
 mod restored_mounts;
+pub mod root_watch;
 pub mod rootfs;
 mod service_groups;
 pub mod services;

@@ -3,7 +3,8 @@
 //! runs its command through init's exec channel ([`crate::exec`]) — no namespaces, mounts,
 //! cgroup or network to make while the caller waits.
 //!
-//! - Off unless asked: the size is a setting of the state root ([`set_size`]), 0 by default.
+//! - On by default: the size is a setting of the state root ([`set_size`]), 1 unless set
+//!   (0: off); `FEATHER_POOL=0` keeps one run out of it ([`pooled::opted_out`]).
 //! - A claim ([`claim`]) asks a pooled VM's keeper for it ([`crate::protocol::Request::Claim`]);
 //!   the keeper gives it to one asker only, and ends and removes the VM as a throw-away VM's
 //!   teardown does once that asker's connection closes: its command ended, or it was killed.
@@ -44,7 +45,7 @@ const ANSWER_PATIENCE: Duration = Duration::from_secs(1);
 /// How long a drain waits for the pool's VMs to be gone.
 const DRAIN_PATIENCE: Duration = Duration::from_secs(30);
 
-/// The pool's size setting: 0 (no pool) unless set.
+/// The pool's size setting: [`pooled::DEFAULT_SIZE`] unless set.
 pub fn size(root: &StateRoot) -> usize {
     pooled::size(root)
 }
@@ -196,6 +197,7 @@ pub fn claim(root: &StateRoot, workload: &Workload) -> Option<Claimed> {
         }
         if made_under != current {
             // Dropped: its keeper ends it.
+            claimed_to_be_ended(root, &name);
             continue;
         }
         return Some(Claimed {
@@ -345,11 +347,27 @@ fn claim_any(root: &StateRoot) -> Option<Claimed> {
         let socket = root.vm(&name).control_socket();
         let request = Request::Claim { terminal: None };
         let mut conversation = Conversation::start(&socket, &request, CLAIM_PATIENCE).ok()?;
-        matches!(conversation.answer(), Ok(Response::Claimed)).then_some(Claimed {
+        if !matches!(conversation.answer(), Ok(Response::Claimed)) {
+            return None;
+        }
+        claimed_to_be_ended(root, &name);
+        Some(Claimed {
             name,
             held: conversation,
         })
     })
+}
+
+/// Says, in VM `name`'s claimed entry, that its claimer (a fill, or a run whose VM no longer
+/// matches) runs no command in it: the keeper recorded the claimer, and a drain would name the
+/// VM in use by a run for as long as that process lives. Written before the claim is let go,
+/// so before the keeper's teardown, which removes the entry last.
+fn claimed_to_be_ended(root: &StateRoot, name: &VmName) {
+    let _ = write_atomic(
+        &pooled::claimed_entry(root, name),
+        b"",
+        Durability::Volatile,
+    );
 }
 
 /// Removes the pool's entries that will never be claimed, with their VMs, and what claimed
@@ -389,7 +407,7 @@ fn remove_stale(root: &StateRoot) {
         // earlier build knows no claim (its entry is there: removed here first, which is the
         // claim, then stopped; it removes its throw-away VM itself).
         if (made_under != current || lower)
-            && !claimed_to_end(&vm.control_socket())
+            && !claimed_to_end(root, &name)
             && fs::remove_file(&entry).is_ok()
         {
             let _ = lifecycle::stop(root, &name, Duration::ZERO);
@@ -427,12 +445,21 @@ fn end_unanswering(root: &StateRoot, vm: &feather_core::VmDir) {
     }
 }
 
-/// Claims the pooled VM whose keeper listens on `socket` and lets go of it at once, which
-/// ends it; whether its keeper gave it.
-fn claimed_to_end(socket: &Path) -> bool {
-    Conversation::start(socket, &Request::Claim { terminal: None }, CLAIM_PATIENCE)
-        .and_then(|mut claimed| claimed.answer())
-        .is_ok_and(|answer| answer == Response::Claimed)
+/// Claims pooled VM `name` and lets go of it at once, which ends it; whether its keeper gave
+/// it.
+fn claimed_to_end(root: &StateRoot, name: &VmName) -> bool {
+    let socket = root.vm(name).control_socket();
+    let request = Request::Claim { terminal: None };
+    let Ok(mut claim) = Conversation::start(&socket, &request, CLAIM_PATIENCE) else {
+        return false;
+    };
+    let given = claim
+        .answer()
+        .is_ok_and(|answer| answer == Response::Claimed);
+    if given {
+        claimed_to_be_ended(root, name);
+    }
+    given
 }
 
 /// Makes one pooled VM: its entry first (so that `ls` never shows it, and a crash leaves the
@@ -507,6 +534,25 @@ pub fn drain(root: &StateRoot) -> Result<Drained> {
             "is still in the pool after the drain; `feather pool --drain` tries again",
         )),
     }
+}
+
+/// Empties the pool as [`drain`] does, but keeps its size setting (absent stays absent): for
+/// `feather network down`, whose network the pooled VMs use; the next run refills the pool.
+/// How many pooled VMs there were (0: nothing done), and what the drain left.
+pub fn empty(root: &StateRoot) -> Result<(usize, Drained)> {
+    let pooled = entries(root).len();
+    if pooled == 0 {
+        return Ok((0, Drained::default()));
+    }
+    let file = pooled::dir(root).join("size");
+    let setting = fs::read(&file).ok();
+    let drained = drain(root);
+    // Back as it was, whatever the drain did: a fill started meanwhile read 0 and made nothing.
+    match setting {
+        Some(setting) => write_atomic(&file, &setting, Durability::Durable)?,
+        None => fs::remove_file(&file).at(&file)?,
+    }
+    Ok((pooled, drained?))
 }
 
 /// Waits a moment for each claimed VM whose run has ended to be set aside by its keeper (a

@@ -4,7 +4,7 @@
 //! depends on nothing of the asker's side.
 //!
 //! ```text
-//! <root>/pool/size        the size setting ("0" or absent: no pool)
+//! <root>/pool/size        the size setting ("0": no pool; absent: [`DEFAULT_SIZE`])
 //! <root>/pool/idle        how long a pooled VM waits unclaimed before its keeper removes it,
 //!                         in seconds ("0": for ever; absent: [`DEFAULT_IDLE`])
 //! <root>/pool/fill.lock   held by the one filler at work
@@ -39,12 +39,26 @@ pub const SHAPING_SETTINGS: [&str; 5] = [
     "FEATHER_OWN_PROGRAM",
 ];
 
-/// The pool's size setting: 0 (no pool) unless set.
+/// The pool's size where the root sets none: on by default, so that `run --rm` as the README
+/// shows it is fast (issue 15); one VM, which its keeper ends after [`DEFAULT_IDLE`].
+pub const DEFAULT_SIZE: usize = 1;
+
+/// The pool's size setting: [`DEFAULT_SIZE`] unless set (`pool --size 0`, `--drain`: off).
 pub fn size(root: &StateRoot) -> usize {
     std::fs::read_to_string(dir(root).join("size"))
         .ok()
         .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(DEFAULT_SIZE)
+}
+
+/// The variable that keeps a run out of the pool: `FEATHER_POOL=0` in a run's environment, and
+/// the run neither claims a pooled VM nor starts a fill (test harnesses, scripts that count
+/// what is left). Not in the fingerprint: it shapes no VM.
+pub const OPT_OUT: &str = "FEATHER_POOL";
+
+/// Whether this process's environment keeps it out of the pool ([`OPT_OUT`]).
+pub fn opted_out() -> bool {
+    std::env::var_os(OPT_OUT).is_some_and(|value| value == "0")
 }
 
 /// How long a pooled VM waits unclaimed, unless the root says otherwise: long enough for the

@@ -338,8 +338,12 @@ fn start_created(root: &StateRoot, name: &VmName) -> anyhow::Result<ExitCode> {
 
 /// `run`: a throw-away VM with --rm; otherwise the named VM, created and started as needed.
 fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
-    // The pool's VMs are of the default options only: any other is a miss.
-    let default_vm = args.name.is_none() && !args.process.tty && args.create.is_empty();
+    // The pool's VMs are of the default options only: any other is a miss, and starts no fill
+    // (a VM of options it did not ask for would wait for no one). `FEATHER_POOL=0`: no pool.
+    let default_vm = args.name.is_none()
+        && !args.process.tty
+        && args.create.is_empty()
+        && !feather_vm::pooled::opted_out();
     let mut workload = workload(&args.process, args.command)?;
     if args.rm {
         start_where_the_caller_is(&mut workload, args.create.base.as_deref());
@@ -357,7 +361,7 @@ fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
             let peers = std::sync::Arc::new(feather_vm::peers::RootPeers::new(root));
             lifecycle::run_ephemeral(root, &name, &options, workload, peers)?
         };
-        if feather_vm::pool::size(root) > 0 {
+        if default_vm && feather_vm::pool::size(root) > 0 {
             // Missed (empty, or nothing in it matched): the pool is made whole again for the
             // next run.
             feather_vm::pooled::start_filler(root);

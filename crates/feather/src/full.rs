@@ -37,6 +37,7 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Network(cli::NetworkCommand::Down) => {
             use feather_vm::lifecycle::NetworkDown as Ended;
+            empty_the_pool_for_network_down(&root)?;
             match feather_vm::lifecycle::take_network_down(&root) {
                 Ended::Down => {}
                 Ended::Used => eprintln!(
@@ -294,4 +295,24 @@ fn security(token: String, tls: cli::TlsArgs) -> migration::Security {
         _ => None,
     };
     migration::Security { token, files }
+}
+
+/// `network down` beside a pool: its VMs use the root's network, so the pool is emptied first
+/// (its size setting kept: the next `run --rm` refills it), and stderr says so.
+fn empty_the_pool_for_network_down(root: &feather_core::StateRoot) -> anyhow::Result<()> {
+    let (emptied, drained) = feather_vm::pool::empty(root)?;
+    if emptied > 0 {
+        eprintln!(
+            "feather: the root's pool ({emptied} VM(s) made ahead for `run --rm`, which use its \
+             network) was emptied first; the next `run --rm` refills it (`feather pool --size 0` \
+             keeps it empty)"
+        );
+    }
+    for (name, pid) in &drained.in_use {
+        eprintln!(
+            "feather: VM {name} from the pool is in use by a run (pid {pid}) still running its \
+             command; the network stays until it ends"
+        );
+    }
+    Ok(())
 }
