@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use feather_core::roots::Registry;
 use feather_core::{StateRoot, VmDir, VmStatus};
+use feather_sys::mountinfo::MountEntry;
 use feather_sys::process;
 
 /// Mount points the recipe needs in the VM's tree. A base that lacks one (a bare tree made for
@@ -34,10 +35,16 @@ pub const MOUNT_POINTS: [&str; 4] = ["proc", "sys", "dev", "run"];
 /// The host folders every VM must not see: the state and run folders of every registered
 /// root and of `own`, and the registry itself.
 pub fn state_folders(own: &StateRoot) -> Vec<PathBuf> {
-    let mut folders: BTreeSet<PathBuf> = feather_core::roots::host_state_folders()
+    state_folders_in(own, &feather_core::roots::host_mounts())
+}
+
+/// [`state_folders`], their aliases from the host's mount table `mounts` (a start reads it
+/// once, for this and for its layers: issue 15).
+pub fn state_folders_in(own: &StateRoot, mounts: &[MountEntry]) -> Vec<PathBuf> {
+    let mut folders: BTreeSet<PathBuf> = feather_core::roots::host_state_folders_in(mounts)
         .into_iter()
         .collect();
-    folders.extend(feather_core::roots::root_folders(own));
+    folders.extend(feather_core::roots::root_folders_in(own, mounts));
     folders.into_iter().collect()
 }
 

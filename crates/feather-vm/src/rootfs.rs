@@ -972,6 +972,7 @@ mod tests {
     fn mounted_at(point: &str) -> feather_sys::mountinfo::MountEntry {
         feather_sys::mountinfo::MountEntry {
             id: 0,
+            parent: 0,
             device: "0:1".into(),
             root: PathBuf::from("/"),
             mount_point: PathBuf::from(point),
