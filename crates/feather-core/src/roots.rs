@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use feather_sys::beneath::{self, Spared, ROOT_ID_FILE};
 use feather_sys::mountinfo::{self, MountEntry};
 
 use crate::atomic::{write_atomic, Durability};
@@ -43,6 +44,12 @@ struct Entry {
     /// (an entry written before these were recorded gets them at its root's next command).
     #[serde(default)]
     places: Vec<Place>,
+    /// The root's id, which its state folder holds in its [`ROOT_ID_FILE`]: a folder that
+    /// holds it is the root's, whatever its device and inode now (review gl27 M2). Kept when
+    /// the path is registered again (its folder made again, or another filesystem there now).
+    /// Empty in an entry written before ids were (it gets one at its root's next command).
+    #[serde(default)]
+    id: String,
 }
 
 impl Entry {
@@ -83,9 +90,16 @@ impl Registry {
         let path = self.dir.join(entry_name(&entry.dir));
         let known = self.read(&path);
         let new = !known.as_ref().is_some_and(|known| known.same_root(&entry));
-        if !new && known.is_some_and(|known| !known.places.is_empty()) {
+        if !new
+            && known
+                .as_ref()
+                .is_some_and(|known| !known.places.is_empty() && !known.id.is_empty())
+        {
             return Ok(None);
         }
+        entry.id = root_id(&entry.dir, known.as_ref())?;
+        // Before the entry that names it: the id of a root is never missing from its folder.
+        write_root_id(&entry.dir, &entry.id)?;
         // The mount table is read only for an entry to write, not at every command.
         let mounts = host_mounts();
         entry.places = [&entry.dir, &entry.run]
@@ -212,21 +226,29 @@ impl Registry {
             .collect())
     }
 
-    /// The identities (device, inode) the registered roots' state folders had when they were
-    /// registered, read as strictly as [`Registry::roots_strict`]: a folder that is one is a
-    /// root's, whatever path reaches it (a bind mount's source) and even while the path the
-    /// registry names shows something else (the bind unmounted). Not those of roots whose
-    /// path is gone: their folders are gone with them (removed), and their inode numbers may
-    /// be a new folder's by now.
-    pub fn identities_strict(&self) -> Result<Vec<(u64, u64)>> {
+    /// The registered roots' state folders as the walks of `diff` and `commit` know them,
+    /// read as strictly as [`Registry::roots_strict`]: a folder holding a registered root id
+    /// is a root's, whatever path reaches it (a bind mount's source, a folder moved) and even
+    /// while the path the registry names shows something else (the bind unmounted), and
+    /// whatever its device and inode now (after a reboot). The identities (device, inode)
+    /// recorded at registration count only for an entry written before ids were, and only
+    /// while its path exists (a removed root's inode number may be a new folder's).
+    pub fn spared_strict(&self) -> Result<Spared> {
         let entries = self.entries_strict()?;
-        Ok(entries
-            .iter()
-            .filter(|entry| {
-                !matches!(fs::symlink_metadata(&entry.dir), Err(e) if e.kind() == ErrorKind::NotFound)
-            })
-            .map(|entry| (entry.dev, entry.ino))
-            .collect())
+        let exists = |entry: &&Entry| !matches!(fs::symlink_metadata(&entry.dir), Err(e) if e.kind() == ErrorKind::NotFound);
+        Ok(Spared {
+            identities: entries
+                .iter()
+                .filter(|entry| entry.id.is_empty())
+                .filter(exists)
+                .map(|entry| (entry.dev, entry.ino))
+                .collect(),
+            ids: entries
+                .into_iter()
+                .map(|entry| entry.id)
+                .filter(|id| !id.is_empty())
+                .collect(),
+        })
     }
 
     fn entries_strict(&self) -> Result<Vec<Entry>> {
@@ -430,20 +452,50 @@ fn registry_folder() -> Vec<PathBuf> {
     vec![named, canonical]
 }
 
-/// The identities (device, inode) of `folders` that exist, and those the registry recorded
-/// for its roots ([`Registry::identities_strict`]): a folder of the host that is one of them
-/// is a state folder, whatever path reaches it.
-pub fn state_identities_strict(folders: &[PathBuf]) -> Result<Vec<(u64, u64)>> {
-    let mut identities = Registry::host().identities_strict()?;
-    identities.extend(
+/// The state folders as a walk of the host knows them: the identities (device, inode) of
+/// `folders` that exist now, and the registry's ([`Registry::spared_strict`]): a folder of the
+/// host that is one of them is a state folder, whatever path reaches it.
+pub fn state_spared_strict(folders: &[PathBuf]) -> Result<Spared> {
+    let mut spared = Registry::host().spared_strict()?;
+    spared.identities.extend(
         folders
             .iter()
             .filter_map(|folder| fs::metadata(folder).ok())
             .map(|meta| (meta.dev(), meta.ino())),
     );
-    identities.sort_unstable();
-    identities.dedup();
-    Ok(identities)
+    spared.identities.sort_unstable();
+    spared.identities.dedup();
+    Ok(spared)
+}
+
+/// The id of the root whose state folder is `dir`, registered again (`known`, its entry) or
+/// for the first time: the entry's, else the one its folder holds (a root moved or bound
+/// here, whose id stays its own), else a new random one.
+fn root_id(dir: &Path, known: Option<&Entry>) -> Result<String> {
+    if let Some(known) = known.filter(|known| !known.id.is_empty()) {
+        return Ok(known.id.clone());
+    }
+    let folder = fs::File::open(dir).at(dir)?;
+    if let Some(id) = beneath::root_id_in(&folder) {
+        return Ok(id);
+    }
+    let mut random = [0u8; 16];
+    let urandom = Path::new("/dev/urandom");
+    fs::File::open(urandom)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+        .at(urandom)?;
+    Ok(random.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes `id` into the state folder `dir` ([`ROOT_ID_FILE`]) unless it holds an id already
+/// (a folder of another root's, bound or moved here, keeps its own).
+fn write_root_id(dir: &Path, id: &str) -> Result<()> {
+    let folder = fs::File::open(dir).at(dir)?;
+    if beneath::root_id_in(&folder).is_some() {
+        return Ok(());
+    }
+    let path = dir.join(ROOT_ID_FILE);
+    write_atomic(&path, format!("{id}\n").as_bytes(), Durability::Durable)
 }
 
 /// The state and run folders of `root`, canonical where they exist, with their aliases.
@@ -587,6 +639,7 @@ fn entry_of(root: &StateRoot) -> Result<Entry> {
         dev: meta.dev(),
         ino: meta.ino(),
         places: Vec::new(),
+        id: String::new(),
     })
 }
 
@@ -695,7 +748,7 @@ mod tests {
         );
         fs::remove_file(registry.dir().join("broken.json")).unwrap();
         fs::create_dir(registry.dir().join("folder.json")).unwrap();
-        let err = registry.identities_strict().unwrap_err().to_string();
+        let err = registry.spared_strict().unwrap_err().to_string();
         assert!(
             err.contains("folder.json, of the registry") && err.contains("commits nothing"),
             "{err}"
@@ -897,6 +950,57 @@ mod tests {
         assert!(recorded
             .paths(&unbound)
             .contains(&PathBuf::from("/data/feather")));
+    }
+
+    /// What the walks of `diff` and `commit` know a root by: the id in its folder, which it
+    /// keeps moved and which its path keeps registered again, not the device and inode
+    /// recorded at registration, which another folder may have after a reboot (review gl27
+    /// M2, f27 N5).
+    #[test]
+    fn a_root_is_known_by_its_id_not_by_a_stale_inode() {
+        let registry = Registry::at(scratch("registry-ids"));
+        let scratch_dir = scratch("ids");
+        let root = StateRoot::new(Some(scratch_dir.join("root")));
+        root.prepare().unwrap();
+        registry.register(&root).unwrap();
+        let id = fs::read_to_string(root.dir().join(ROOT_ID_FILE)).unwrap();
+        let is_spared = |folder: &Path| {
+            let spared = registry.spared_strict().unwrap();
+            let open = fs::File::open(folder).unwrap();
+            spared.is(&open, &open.metadata().unwrap())
+        };
+        assert!(is_spared(root.dir()));
+
+        // A reboot gave another folder the numbers the entry recorded: it is not the root.
+        let other = scratch_dir.join("other");
+        fs::create_dir(&other).unwrap();
+        let entry_file = registry
+            .dir()
+            .join(entry_name(&fs::canonicalize(root.dir()).unwrap()));
+        let mut entry = registry.read(&entry_file).unwrap();
+        let meta = fs::metadata(&other).unwrap();
+        (entry.dev, entry.ino) = (meta.dev(), meta.ino());
+        fs::write(&entry_file, serde_json::to_vec(&entry).unwrap()).unwrap();
+        assert!(!is_spared(&other), "a stale identity refuses falsely");
+
+        // The root moved away, its path made again and registered again: both are the root's.
+        let moved = scratch_dir.join("moved");
+        fs::rename(root.dir(), &moved).unwrap();
+        assert!(is_spared(&moved), "moved, its path gone");
+        root.prepare().unwrap();
+        assert!(
+            registry.register(&root).unwrap().is_some(),
+            "made again: new"
+        );
+        assert_eq!(
+            fs::read_to_string(root.dir().join(ROOT_ID_FILE)).unwrap(),
+            id,
+            "its path keeps its id"
+        );
+        assert!(is_spared(&moved), "registered again");
+        assert!(is_spared(root.dir()));
+        fs::remove_dir_all(&scratch_dir).unwrap();
+        fs::remove_dir_all(registry.dir()).unwrap();
     }
 
     #[test]

@@ -285,21 +285,21 @@ pub fn each_file_and_folder(
 /// ([`at_a_mount`]), met before that mount's folder is emptied (it would then have failed
 /// `EBUSY` only after emptying whatever filesystem is mounted there).
 pub fn remove_tree(dir: &File, name: &OsStr) -> io::Result<()> {
-    remove_tree_sparing(dir, name, &[])
+    remove_tree_sparing(dir, name, &Spared::default())
 }
 
-/// [`remove_tree`] that never empties nor removes a folder whose (device, inode), as fstat on
-/// its descriptor says, is one of `spared`: such a folder in the tree is the error
+/// [`remove_tree`] that never empties nor removes a folder of `spared` (its device and inode as
+/// fstat on its descriptor says, or the root id its descriptor reads: [`Spared::is`]): such a folder in the tree is the error
 /// [`spared_folder`] before anything is removed ([`holds_spared`]); one the walk by path missed
 /// (a path too long) is refused where the removal meets it, nothing further removed. Identity, not path: a folder a path list misses (moved, or reached where no
 /// mount table names it) is still met.
-pub fn remove_tree_sparing(dir: &File, name: &OsStr, spared: &[(u64, u64)]) -> io::Result<()> {
+pub fn remove_tree_sparing(dir: &File, name: &OsStr, spared: &Spared) -> io::Result<()> {
     let entry = match Entry::open_on_mount(dir, Path::new(name))? {
         None => return Ok(()),
         Some(entry) => entry,
     };
     if entry.meta.is_dir() {
-        refuse_spared(&entry.meta, spared)?;
+        refuse_spared(&entry.fd, &entry.meta, spared)?;
         if let Some(folder) = open_dir_on_mount(dir, Path::new(name))? {
             // Looked for first, so that in all but a tree too deep to walk by path nothing is
             // removed; emptying lifts folders up, which would move the spared one's parents.
@@ -324,13 +324,13 @@ pub fn remove_tree_sparing(dir: &File, name: &OsStr, spared: &[(u64, u64)]) -> i
 /// `feather rm` left such a VM's folder behind. A mount point in it is the error `EXDEV`
 /// ([`at_a_mount`]): what is mounted there is never entered.
 pub fn empty_dir(dir: &File) -> io::Result<()> {
-    empty_dir_sparing(dir, &[])
+    empty_dir_sparing(dir, &Spared::default())
 }
 
 /// [`empty_dir`] that refuses at a folder of `spared` (see [`remove_tree_sparing`]), `dir`
 /// itself included.
-pub fn empty_dir_sparing(dir: &File, spared: &[(u64, u64)]) -> io::Result<()> {
-    refuse_spared(&dir.metadata()?, spared)?;
+pub fn empty_dir_sparing(dir: &File, spared: &Spared) -> io::Result<()> {
+    refuse_spared(dir, &dir.metadata()?, spared)?;
     let mut moved = 0u64;
     loop {
         let names = names(dir)?;
@@ -349,9 +349,9 @@ pub fn empty_dir_sparing(dir: &File, spared: &[(u64, u64)]) -> io::Result<()> {
                 )?;
                 continue;
             }
-            refuse_spared(&entry.meta, spared)?;
+            refuse_spared(&entry.fd, &entry.meta, spared)?;
             if let Some(folder) = open_dir_on_mount(dir, Path::new(&name))? {
-                refuse_spared(&folder.metadata()?, spared)?;
+                refuse_spared(&folder, &folder.metadata()?, spared)?;
                 lift_contents(&folder, dir, &mut moved, spared)?;
             }
             nix::unistd::unlinkat(dir, name.as_os_str(), nix::unistd::UnlinkatFlags::RemoveDir)?;
@@ -361,12 +361,7 @@ pub fn empty_dir_sparing(dir: &File, spared: &[(u64, u64)]) -> io::Result<()> {
 
 /// Unlinks the files of `folder` and moves its folders into `into` under fresh names.
 /// A folder of `spared` is refused before it is moved: it would be moved out of its place.
-fn lift_contents(
-    folder: &File,
-    into: &File,
-    moved: &mut u64,
-    spared: &[(u64, u64)],
-) -> io::Result<()> {
+fn lift_contents(folder: &File, into: &File, moved: &mut u64, spared: &Spared) -> io::Result<()> {
     use nix::fcntl::{renameat2, RenameFlags};
     for name in names(folder)? {
         let Some(entry) = Entry::open_on_mount(folder, Path::new(&name))? else {
@@ -380,7 +375,7 @@ fn lift_contents(
             )?;
             continue;
         }
-        refuse_spared(&entry.meta, spared)?;
+        refuse_spared(&entry.fd, &entry.meta, spared)?;
         loop {
             *moved += 1;
             let fresh = format!(".feather-removing-{moved}");
@@ -419,7 +414,7 @@ pub fn spared_folder(e: &io::Error) -> bool {
 /// Whether a folder of `spared` (by its device and inode) lies in the tree `dir`, on `dir`'s
 /// mount, at most `depth` levels beneath it. What cannot be opened or read is passed over (a
 /// path too long, a folder gone): a removal still refuses where it meets one.
-pub fn holds_spared(dir: &impl AsFd, spared: &[(u64, u64)], depth: usize) -> bool {
+pub fn holds_spared(dir: &impl AsFd, spared: &Spared, depth: usize) -> bool {
     // Paths from `dir`, not descriptors: a wide tree would hold one for each folder.
     let mut folders = vec![(std::path::PathBuf::from("."), 0)];
     while let Some((rel, level)) = folders.pop() {
@@ -430,7 +425,7 @@ pub fn holds_spared(dir: &impl AsFd, spared: &[(u64, u64)], depth: usize) -> boo
             let Ok(Some(entry)) = Entry::open_on_mount(&folder, Path::new(&name)) else {
                 continue;
             };
-            if refuse_spared(&entry.meta, spared).is_err() {
+            if spared.is(&entry.fd, &entry.meta) {
                 return true;
             }
             if entry.meta.is_dir() && level < depth {
@@ -441,11 +436,54 @@ pub fn holds_spared(dir: &impl AsFd, spared: &[(u64, u64)], depth: usize) -> boo
     false
 }
 
-fn refuse_spared(meta: &Metadata, spared: &[(u64, u64)]) -> io::Result<()> {
-    if meta.is_dir() && spared.contains(&(meta.dev(), meta.ino())) {
+fn refuse_spared(fd: &impl AsFd, meta: &Metadata, spared: &Spared) -> io::Result<()> {
+    if spared.is(fd, meta) {
         return Err(io::Error::new(ErrorKind::PermissionDenied, SparedFolder));
     }
     Ok(())
+}
+
+/// The file in a state root's folder that holds the root's id (see [`Spared`]).
+pub const ROOT_ID_FILE: &str = "root-id";
+
+/// The folders a removal must spare, and a walk of the host knows for state folders: those of
+/// `identities` (device, inode), and those holding a [`ROOT_ID_FILE`] that names one of `ids`,
+/// a registered state root's, whatever their device and inode now: after a reboot a tmpfs,
+/// btrfs or overlay folder has other numbers and another folder may have the old ones, and a
+/// root moved keeps its id (review gl27 M2, f27 N2, N5).
+#[derive(Clone, Debug, Default)]
+pub struct Spared {
+    pub identities: Vec<(u64, u64)>,
+    pub ids: Vec<String>,
+}
+
+impl Spared {
+    pub fn is_empty(&self) -> bool {
+        self.identities.is_empty() && self.ids.is_empty()
+    }
+
+    /// Whether the entry `fd` (a descriptor of it, `O_PATH` too), whose metadata is `meta`, is
+    /// a folder to spare.
+    pub fn is(&self, fd: &impl AsFd, meta: &Metadata) -> bool {
+        meta.is_dir()
+            && (self.identities.contains(&(meta.dev(), meta.ino()))
+                || !self.ids.is_empty() && root_id_in(fd).is_some_and(|id| self.ids.contains(&id)))
+    }
+}
+
+/// The root id the folder `folder` holds in its [`ROOT_ID_FILE`], if it holds one: a plain
+/// file on the folder's mount, opened without following a link and without waiting (a FIFO).
+pub fn root_id_in(folder: &impl AsFd) -> Option<String> {
+    use std::io::Read;
+    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK;
+    let file = File::from(open_on_mount(folder, Path::new(ROOT_ID_FILE), flags).ok()?);
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(128).read_to_string(&mut text).ok()?;
+    let id = text.trim();
+    (!id.is_empty()).then(|| id.to_string())
 }
 
 /// Copies the open regular file `from` into `to` (empty, writable), keeping holes: only the
@@ -648,7 +686,10 @@ mod tests {
             fs::create_dir_all(&root_folder).unwrap();
             fs::write(root_folder.join("marker"), "root").unwrap();
             let meta = fs::metadata(&root_folder).unwrap();
-            let spared = [(meta.dev(), meta.ino())];
+            let spared = Spared {
+                identities: vec![(meta.dev(), meta.ino())],
+                ids: Vec::new(),
+            };
             let root = open_root(&scratch.0).unwrap();
             fs::write(scratch.0.join("tree/sub/file"), "x").unwrap();
             let error = remove_tree_sparing(&root, OsStr::new("tree"), &spared).unwrap_err();
@@ -663,6 +704,34 @@ mod tests {
             assert!(spared_folder(&error), "{error}");
             assert!(root_folder.join("marker").exists(), "emptied");
         }
+    }
+
+    /// A folder holding a root id of `ids` is spared whatever its device and inode, and one
+    /// naming another id is not (review gl27 M2: the identity of a root after a reboot).
+    #[test]
+    fn a_folder_naming_a_spared_root_id_is_spared_whatever_its_inode() {
+        let scratch = Scratch::new("spared-id");
+        let root_folder = scratch.0.join("tree/sub/root");
+        fs::create_dir_all(&root_folder).unwrap();
+        fs::write(root_folder.join(ROOT_ID_FILE), "0123abcd\n").unwrap();
+        fs::create_dir_all(scratch.0.join("other/root")).unwrap();
+        fs::write(scratch.0.join("other/root").join(ROOT_ID_FILE), "ffff").unwrap();
+        let spared = Spared {
+            identities: Vec::new(),
+            ids: vec!["0123abcd".into()],
+        };
+        let root = open_root(&scratch.0).unwrap();
+        assert!(holds_spared(&root, &spared, 8));
+        let error = remove_tree_sparing(&root, OsStr::new("tree"), &spared).unwrap_err();
+        assert!(spared_folder(&error), "{error}");
+        assert!(root_folder.join(ROOT_ID_FILE).exists(), "nothing removed");
+        let error = empty_dir_sparing(&open_root(&root_folder).unwrap(), &spared).unwrap_err();
+        assert!(spared_folder(&error), "{error}");
+        remove_tree_sparing(&root, OsStr::new("other"), &spared).unwrap();
+        assert!(
+            !scratch.0.join("other").exists(),
+            "another root's id spares nothing"
+        );
     }
 
     /// A tmpfs mounted at a folder for a test, detached on drop (also when the test fails).

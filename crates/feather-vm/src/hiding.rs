@@ -59,21 +59,18 @@ pub fn state_folders_strict(own: &StateRoot) -> feather_core::error::Result<Vec<
 }
 
 /// What `diff` and `commit` guard of the host: the folders [`state_folders_strict`] gives,
-/// and the identities of the state folders (see [`feather_core::roots::state_identities_strict`]),
-/// by which the walk of a layer knows one at a path no mount table names.
+/// and the state folders as a walk of the host knows them, by identity or by the root id they
+/// hold (see [`feather_core::roots::state_spared_strict`]), at a path no mount table names.
 pub struct StateFolders {
     pub folders: Vec<PathBuf>,
-    pub identities: Vec<(u64, u64)>,
+    pub spared: feather_sys::beneath::Spared,
 }
 
 /// [`StateFolders`] of the host with `own`'s, read strictly.
 pub fn state_folders_guarded(own: &StateRoot) -> feather_core::error::Result<StateFolders> {
     let folders = state_folders_strict(own)?;
-    let identities = feather_core::roots::state_identities_strict(&folders)?;
-    Ok(StateFolders {
-        folders,
-        identities,
-    })
+    let spared = feather_core::roots::state_spared_strict(&folders)?;
+    Ok(StateFolders { folders, spared })
 }
 
 /// Where the host folder `folder` is in a VM over `base`, if the VM sees it at all: folders
