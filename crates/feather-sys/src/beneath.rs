@@ -328,10 +328,22 @@ pub fn empty_dir(dir: &File) -> io::Result<()> {
 }
 
 /// [`empty_dir`] that refuses at a folder of `spared` (see [`remove_tree_sparing`]), `dir`
-/// itself included.
+/// itself included. A refusal puts back the folders it moved up, and makes again (empty, with
+/// their mode and owner) those it removed, so that the spared folder is found at its path
+/// again (review f27 N2: a root moved from its path lost its guard, and the next commit
+/// emptied it); the files it unlinked on the way are gone. Only a tree changed by someone
+/// else since [`holds_spared`] looked gets this far.
 pub fn empty_dir_sparing(dir: &File, spared: &Spared) -> io::Result<()> {
     refuse_spared(dir, &dir.metadata()?, spared)?;
-    let mut moved = 0u64;
+    let mut undo = Undo::default();
+    empty_dir_undoable(dir, spared, &mut undo).inspect_err(|e| {
+        if spared_folder(e) {
+            undo.put_back(dir);
+        }
+    })
+}
+
+fn empty_dir_undoable(dir: &File, spared: &Spared, undo: &mut Undo) -> io::Result<()> {
     loop {
         let names = names(dir)?;
         if names.is_empty() {
@@ -350,18 +362,94 @@ pub fn empty_dir_sparing(dir: &File, spared: &Spared) -> io::Result<()> {
                 continue;
             }
             refuse_spared(&entry.fd, &entry.meta, spared)?;
+            let was = undo.original(&name);
             if let Some(folder) = open_dir_on_mount(dir, Path::new(&name))? {
                 refuse_spared(&folder, &folder.metadata()?, spared)?;
-                lift_contents(&folder, dir, &mut moved, spared)?;
+                lift_contents(&folder, dir, &was, undo, spared)?;
             }
             nix::unistd::unlinkat(dir, name.as_os_str(), nix::unistd::UnlinkatFlags::RemoveDir)?;
+            undo.removed
+                .push((was, entry.meta.mode(), entry.meta.uid(), entry.meta.gid()));
         }
     }
 }
 
-/// Unlinks the files of `folder` and moves its folders into `into` under fresh names.
-/// A folder of `spared` is refused before it is moved: it would be moved out of its place.
-fn lift_contents(folder: &File, into: &File, moved: &mut u64, spared: &Spared) -> io::Result<()> {
+/// What [`empty_dir_sparing`] moved and removed in `dir`, to put back where it refuses.
+#[derive(Default)]
+struct Undo {
+    /// The names lifted into `dir` so far (`.feather-removing-N` from 1 on).
+    moved: u64,
+    /// Each folder lifted into `dir`: its name there, and its path in `dir` before.
+    lifted: Vec<(OsString, std::path::PathBuf)>,
+    /// Each folder removed once emptied, in order (a folder before those lifted out of it):
+    /// its path in `dir` before, its mode, owner and group.
+    removed: Vec<(std::path::PathBuf, u32, u32, u32)>,
+}
+
+impl Undo {
+    /// The path in `dir` that the entry `name` of `dir` had before the removal began.
+    fn original(&self, name: &OsStr) -> std::path::PathBuf {
+        self.lifted
+            .iter()
+            .rev()
+            .find(|(lifted, _)| lifted == name)
+            .map_or_else(|| name.into(), |(_, was)| was.clone())
+    }
+
+    /// Makes the removed folders again, then moves the lifted ones still in `dir` back, in the
+    /// order they went: each one's parent is there again before it. Each parent is opened
+    /// beneath `dir` without following a link. Best effort: the refusal is the error.
+    fn put_back(&self, dir: &File) {
+        let parent_of = |was: &Path| {
+            let (parent, name) = (was.parent()?, was.file_name()?);
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
+            Some((
+                File::from(open_on_mount(dir, parent, flags).ok()?),
+                name.to_owned(),
+            ))
+        };
+        for (was, mode, uid, gid) in &self.removed {
+            let Some((parent, name)) = parent_of(was) else {
+                continue;
+            };
+            if nix::sys::stat::mkdirat(&parent, name.as_os_str(), Mode::from_bits_truncate(0o700))
+                .is_err()
+            {
+                continue;
+            }
+            if let Ok(Some(made)) = open_dir_on_mount(&parent, Path::new(&name)) {
+                let _ = nix::unistd::fchown(
+                    &made,
+                    Some(nix::unistd::Uid::from_raw(*uid)),
+                    Some(nix::unistd::Gid::from_raw(*gid)),
+                );
+                let _ = nix::sys::stat::fchmod(&made, Mode::from_bits_truncate(*mode));
+            }
+        }
+        for (lifted, was) in &self.lifted {
+            if let Some((parent, name)) = parent_of(was) {
+                let _ = nix::fcntl::renameat2(
+                    dir,
+                    lifted.as_os_str(),
+                    &parent,
+                    name.as_os_str(),
+                    nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+                );
+            }
+        }
+    }
+}
+
+/// Unlinks the files of `folder` (at `was` in `into` before the removal began) and moves its
+/// folders into `into` under fresh names, recorded in `undo`. A folder of `spared` is refused
+/// before it is moved: it would be moved out of its place.
+fn lift_contents(
+    folder: &File,
+    into: &File,
+    was: &Path,
+    undo: &mut Undo,
+    spared: &Spared,
+) -> io::Result<()> {
     use nix::fcntl::{renameat2, RenameFlags};
     for name in names(folder)? {
         let Some(entry) = Entry::open_on_mount(folder, Path::new(&name))? else {
@@ -377,8 +465,8 @@ fn lift_contents(folder: &File, into: &File, moved: &mut u64, spared: &Spared) -
         }
         refuse_spared(&entry.fd, &entry.meta, spared)?;
         loop {
-            *moved += 1;
-            let fresh = format!(".feather-removing-{moved}");
+            undo.moved += 1;
+            let fresh = format!(".feather-removing-{}", undo.moved);
             match renameat2(
                 folder,
                 name.as_os_str(),
@@ -387,7 +475,11 @@ fn lift_contents(folder: &File, into: &File, moved: &mut u64, spared: &Spared) -
                 RenameFlags::RENAME_NOREPLACE,
             ) {
                 Err(Errno::EEXIST) => continue, // a name of the tree's own: the next one
-                result => break result?,
+                result => {
+                    result?;
+                    undo.lifted.push((fresh.into(), was.join(&name)));
+                    break;
+                }
             }
         }
     }
@@ -732,6 +824,41 @@ mod tests {
             !scratch.0.join("other").exists(),
             "another root's id spares nothing"
         );
+    }
+
+    /// An emptying that meets a spared folder deep down (one the look before missed: a tree
+    /// changed since) puts back the folders it lifted and removed on the way, so that the
+    /// folder is found at its path again (review f27 N2).
+    #[test]
+    fn a_refused_emptying_puts_back_what_it_moved() {
+        use std::os::unix::fs::PermissionsExt;
+        let scratch = Scratch::new("put-back");
+        let root_folder = scratch.0.join("tree/a/b/root");
+        fs::create_dir_all(&root_folder).unwrap();
+        fs::create_dir_all(scratch.0.join("tree/a/c/d")).unwrap();
+        fs::write(root_folder.join(ROOT_ID_FILE), "feed").unwrap();
+        fs::set_permissions(scratch.0.join("tree/a"), fs::Permissions::from_mode(0o750)).unwrap();
+        let spared = Spared {
+            identities: Vec::new(),
+            ids: vec!["feed".into()],
+        };
+        let tree = open_root(&scratch.0.join("tree")).unwrap();
+        let error = empty_dir_sparing(&tree, &spared).unwrap_err();
+        assert!(spared_folder(&error), "{error}");
+        assert!(
+            root_folder.join(ROOT_ID_FILE).exists(),
+            "the root is at its path"
+        );
+        let mode = fs::metadata(scratch.0.join("tree/a")).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o750, "made again as it was");
+        let left: Vec<OsString> = names(&tree).unwrap();
+        assert!(
+            !left
+                .iter()
+                .any(|name| name.as_bytes().starts_with(b".feather-removing")),
+            "nothing left lifted: {left:?}"
+        );
+        assert!(scratch.0.join("tree/a/c/d").is_dir(), "a sibling put back");
     }
 
     /// A tmpfs mounted at a folder for a test, detached on drop (also when the test fails).
