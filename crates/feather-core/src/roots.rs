@@ -84,8 +84,9 @@ impl Registry {
 
     /// Records `root`, whose state folder must exist. Returns the root with canonical paths when
     /// its entry is new (the caller then hides it in the VMs already running), None when the
-    /// registry already knew it.
-    pub fn register(&self, root: &StateRoot) -> Result<Option<StateRoot>> {
+    /// registry already knew it, and the root's id to write in its folder once it is hidden
+    /// ([`Registration::mark`]).
+    pub fn register(&self, root: &StateRoot) -> Result<Registration> {
         let mut entry = entry_of(root)?;
         let path = self.dir.join(entry_name(&entry.dir));
         let known = self.read(&path);
@@ -95,11 +96,9 @@ impl Registry {
                 .as_ref()
                 .is_some_and(|known| !known.places.is_empty() && !known.id.is_empty())
         {
-            return Ok(None);
+            return Ok(Registration::default());
         }
         entry.id = root_id(&entry.dir, known.as_ref())?;
-        // Before the entry that names it: the id of a root is never missing from its folder.
-        write_root_id(&entry.dir, &entry.id)?;
         // The mount table is read only for an entry to write, not at every command.
         let mounts = host_mounts();
         entry.places = [&entry.dir, &entry.run]
@@ -118,7 +117,10 @@ impl Registry {
             ))
         })?;
         write_atomic(&path, &text, Durability::Durable)?;
-        Ok(new.then(|| entry.root()))
+        Ok(Registration {
+            new: new.then(|| entry.root()),
+            unmarked: Some((entry.dir, entry.id)),
+        })
     }
 
     /// Takes the registry's lock for a registration, waiting at most [`COMMIT_PATIENCE`] for
@@ -370,6 +372,29 @@ fn unreadable(path: &Path, e: std::io::Error) -> Error {
          root's, 0700), or repair that file or folder",
         path.display()
     ))
+}
+
+/// What [`Registry::register`] did.
+#[derive(Debug, Default)]
+pub struct Registration {
+    /// The root, with canonical paths, when its entry is new: to hide in the VMs running.
+    pub new: Option<StateRoot>,
+    /// The state folder and the id its entry names, when an entry was written.
+    unmarked: Option<(PathBuf, String)>,
+}
+
+impl Registration {
+    /// Writes the root's id into its state folder ([`ROOT_ID_FILE`]) where it holds none:
+    /// after the root is hidden in the VMs running, as everything that goes in a new root (a
+    /// VM watching the folder sees nothing of it:
+    /// `host_view::no_vm_sees_any_state_root_of_the_host`). Until then `diff` and `commit`
+    /// know the folder by its path and its identity now.
+    pub fn mark(&self) -> Result<()> {
+        match &self.unmarked {
+            Some((dir, id)) => write_root_id(dir, id),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The registry held still for a commit ([`Registry::hold_for_commit`]) until dropped.
@@ -769,7 +794,11 @@ mod tests {
         let (dir, root_dir) = (registry.dir().to_path_buf(), root.dir().to_path_buf());
         let registering = std::thread::spawn(move || {
             let root = StateRoot::new(Some(root_dir));
-            let _ = done.send(Registry::at(dir).register(&root).map(|new| new.is_some()));
+            let _ = done.send(
+                Registry::at(dir)
+                    .register(&root)
+                    .map(|done| done.new.is_some()),
+            );
         });
         let waited = Duration::from_millis(300);
         assert!(
@@ -803,7 +832,11 @@ mod tests {
         let (dir, root_dir) = (registry.dir().to_path_buf(), root.dir().to_path_buf());
         std::thread::spawn(move || {
             let root = StateRoot::new(Some(root_dir));
-            let _ = done.send(Registry::at(dir).register(&root).map(|new| new.is_some()));
+            let _ = done.send(
+                Registry::at(dir)
+                    .register(&root)
+                    .map(|done| done.new.is_some()),
+            );
         });
         let waited = COMMIT_PATIENCE + Duration::from_secs(5);
         let err = registered.recv_timeout(waited).expect("still waiting");
@@ -816,7 +849,7 @@ mod tests {
         );
         drop(hold);
         assert!(
-            registry.register(&root).unwrap().is_some(),
+            registry.register(&root).unwrap().new.is_some(),
             "registered now"
         );
         fs::remove_dir_all(root.dir()).unwrap();
@@ -962,7 +995,7 @@ mod tests {
         let scratch_dir = scratch("ids");
         let root = StateRoot::new(Some(scratch_dir.join("root")));
         root.prepare().unwrap();
-        registry.register(&root).unwrap();
+        registry.register(&root).unwrap().mark().unwrap();
         let id = fs::read_to_string(root.dir().join(ROOT_ID_FILE)).unwrap();
         let is_spared = |folder: &Path| {
             let spared = registry.spared_strict().unwrap();
@@ -988,10 +1021,9 @@ mod tests {
         fs::rename(root.dir(), &moved).unwrap();
         assert!(is_spared(&moved), "moved, its path gone");
         root.prepare().unwrap();
-        assert!(
-            registry.register(&root).unwrap().is_some(),
-            "made again: new"
-        );
+        let again = registry.register(&root).unwrap();
+        assert!(again.new.is_some(), "made again: new");
+        again.mark().unwrap();
         assert_eq!(
             fs::read_to_string(root.dir().join(ROOT_ID_FILE)).unwrap(),
             id,
@@ -1008,9 +1040,13 @@ mod tests {
         let registry = Registry::at(scratch("registry"));
         let root = StateRoot::new(Some(scratch("root")));
         root.prepare().unwrap();
-        let new = registry.register(&root).unwrap().expect("first time: new");
+        let new = registry
+            .register(&root)
+            .unwrap()
+            .new
+            .expect("first time: new");
         assert_eq!(new.dir(), fs::canonicalize(root.dir()).unwrap());
-        assert!(registry.register(&root).unwrap().is_none(), "known");
+        assert!(registry.register(&root).unwrap().new.is_none(), "known");
         assert_eq!(registry.roots().len(), 1);
         fs::remove_dir_all(root.dir()).unwrap();
         assert!(registry.roots().is_empty(), "a removed root is not listed");
