@@ -1577,6 +1577,7 @@ fn register_behind_the_commands(late: &Feather) {
     feather_core::roots::Registry::host()
         .register(&registered)
         .unwrap()
+        .new
         .expect("the late root is new to the registry");
 }
 

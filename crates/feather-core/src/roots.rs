@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use feather_sys::beneath::{self, Spared, ROOT_ID_FILE};
 use feather_sys::mountinfo::{self, MountEntry};
 
 use crate::atomic::{write_atomic, Durability};
@@ -38,6 +39,28 @@ struct Entry {
     run: PathBuf,
     dev: u64,
     ino: u64,
+    /// Where the state and run folders were in the host's mount table when the root was
+    /// registered: their aliases there are found even once their paths show other folders
+    /// (an entry written before these were recorded gets them at its root's next command).
+    #[serde(default)]
+    places: Vec<Place>,
+    /// The root's id, which its state folder holds in its [`ROOT_ID_FILE`]: a folder that
+    /// holds it is the root's, whatever its device and inode now (review gl27 M2). Kept when
+    /// the path is registered again (its folder made again, or another filesystem there now).
+    /// Empty in an entry written before ids were (it gets one at its root's next command).
+    #[serde(default)]
+    id: String,
+}
+
+impl Entry {
+    fn root(&self) -> StateRoot {
+        StateRoot::with_dirs(self.dir.clone(), self.run.clone())
+    }
+
+    /// Whether it names the same folders as `other`, with the same identity.
+    fn same_root(&self, other: &Entry) -> bool {
+        (&self.dir, &self.run, self.dev, self.ino) == (&other.dir, &other.run, other.dev, other.ino)
+    }
 }
 
 pub struct Registry {
@@ -61,13 +84,27 @@ impl Registry {
 
     /// Records `root`, whose state folder must exist. Returns the root with canonical paths when
     /// its entry is new (the caller then hides it in the VMs already running), None when the
-    /// registry already knew it.
-    pub fn register(&self, root: &StateRoot) -> Result<Option<StateRoot>> {
-        let entry = entry_of(root)?;
+    /// registry already knew it, and the root's id to write in its folder once it is hidden
+    /// ([`Registration::mark`]).
+    pub fn register(&self, root: &StateRoot) -> Result<Registration> {
+        let mut entry = entry_of(root)?;
         let path = self.dir.join(entry_name(&entry.dir));
-        if self.read(&path).is_some_and(|known| known == entry) {
-            return Ok(None);
+        let known = self.read(&path);
+        let new = !known.as_ref().is_some_and(|known| known.same_root(&entry));
+        if !new
+            && known
+                .as_ref()
+                .is_some_and(|known| !known.places.is_empty() && !known.id.is_empty())
+        {
+            return Ok(Registration::default());
         }
+        entry.id = root_id(&entry.dir, known.as_ref())?;
+        // The mount table is read only for an entry to write, not at every command.
+        let mounts = host_mounts();
+        entry.places = [&entry.dir, &entry.run]
+            .into_iter()
+            .filter_map(|folder| Place::of(folder, &mounts))
+            .collect();
         // Made only for a new entry: one read found, the folder exists. Written while no
         // commit runs (see [`Registry::hold_for_commit`]).
         let folder = self.open_folder()?;
@@ -80,7 +117,10 @@ impl Registry {
             ))
         })?;
         write_atomic(&path, &text, Durability::Durable)?;
-        Ok(Some(StateRoot::with_dirs(entry.dir, entry.run)))
+        Ok(Registration {
+            new: new.then(|| entry.root()),
+            unmarked: Some((entry.dir, entry.id)),
+        })
     }
 
     /// Takes the registry's lock for a registration, waiting at most [`COMMIT_PATIENCE`] for
@@ -148,6 +188,11 @@ impl Registry {
     /// Every registered root whose state folder still exists, with canonical paths. Entries
     /// of roots long gone are removed on the way.
     pub fn roots(&self) -> Vec<StateRoot> {
+        self.entries().iter().map(Entry::root).collect()
+    }
+
+    /// The entries of [`Registry::roots`].
+    fn entries(&self) -> Vec<Entry> {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return Vec::new();
         };
@@ -161,7 +206,7 @@ impl Registry {
                 continue;
             };
             match fs::symlink_metadata(&entry.dir) {
-                Ok(_) => roots.push(StateRoot::with_dirs(entry.dir, entry.run)),
+                Ok(_) => roots.push(entry),
                 Err(e) if e.kind() == ErrorKind::NotFound && older_than(&path, STALE_AFTER) => {
                     let _ = fs::remove_file(&path);
                 }
@@ -183,21 +228,29 @@ impl Registry {
             .collect())
     }
 
-    /// The identities (device, inode) the registered roots' state folders had when they were
-    /// registered, read as strictly as [`Registry::roots_strict`]: a folder that is one is a
-    /// root's, whatever path reaches it (a bind mount's source) and even while the path the
-    /// registry names shows something else (the bind unmounted). Not those of roots whose
-    /// path is gone: their folders are gone with them (removed), and their inode numbers may
-    /// be a new folder's by now.
-    pub fn identities_strict(&self) -> Result<Vec<(u64, u64)>> {
+    /// The registered roots' state folders as the walks of `diff` and `commit` know them,
+    /// read as strictly as [`Registry::roots_strict`]: a folder holding a registered root id
+    /// is a root's, whatever path reaches it (a bind mount's source, a folder moved) and even
+    /// while the path the registry names shows something else (the bind unmounted), and
+    /// whatever its device and inode now (after a reboot). The identities (device, inode)
+    /// recorded at registration count only for an entry written before ids were, and only
+    /// while its path exists (a removed root's inode number may be a new folder's).
+    pub fn spared_strict(&self) -> Result<Spared> {
         let entries = self.entries_strict()?;
-        Ok(entries
-            .iter()
-            .filter(|entry| {
-                !matches!(fs::symlink_metadata(&entry.dir), Err(e) if e.kind() == ErrorKind::NotFound)
-            })
-            .map(|entry| (entry.dev, entry.ino))
-            .collect())
+        let exists = |entry: &&Entry| !matches!(fs::symlink_metadata(&entry.dir), Err(e) if e.kind() == ErrorKind::NotFound);
+        Ok(Spared {
+            identities: entries
+                .iter()
+                .filter(|entry| entry.id.is_empty())
+                .filter(exists)
+                .map(|entry| (entry.dev, entry.ino))
+                .collect(),
+            ids: entries
+                .into_iter()
+                .map(|entry| entry.id)
+                .filter(|id| !id.is_empty())
+                .collect(),
+        })
     }
 
     fn entries_strict(&self) -> Result<Vec<Entry>> {
@@ -321,6 +374,29 @@ fn unreadable(path: &Path, e: std::io::Error) -> Error {
     ))
 }
 
+/// What [`Registry::register`] did.
+#[derive(Debug, Default)]
+pub struct Registration {
+    /// The root, with canonical paths, when its entry is new: to hide in the VMs running.
+    pub new: Option<StateRoot>,
+    /// The state folder and the id its entry names, when an entry was written.
+    unmarked: Option<(PathBuf, String)>,
+}
+
+impl Registration {
+    /// Writes the root's id into its state folder ([`ROOT_ID_FILE`]) where it holds none:
+    /// after the root is hidden in the VMs running, as everything that goes in a new root (a
+    /// VM watching the folder sees nothing of it:
+    /// `host_view::no_vm_sees_any_state_root_of_the_host`). Until then `diff` and `commit`
+    /// know the folder by its path and its identity now.
+    pub fn mark(&self) -> Result<()> {
+        match &self.unmarked {
+            Some((dir, id)) => write_root_id(dir, id),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The registry held still for a commit ([`Registry::hold_for_commit`]) until dropped.
 pub struct RegistryHold {
     _folder: fs::File,
@@ -338,26 +414,60 @@ pub const SWEEP_STAMP: &str = "cgroup-sweep.stamp";
 
 /// The host folders no VM, and no OCI container over the host, may see: the state and run
 /// folders of every registered root (canonical where they exist), and the registry itself,
-/// each with its aliases ([`with_aliases`]).
+/// each with its aliases ([`with_aliases_in`]), from the host's mount table read now.
 pub fn host_state_folders() -> Vec<PathBuf> {
-    let mut folders: Vec<PathBuf> = Registry::host()
-        .roots()
-        .iter()
-        .flat_map(canonical_folders)
+    host_state_folders_in(&host_mounts())
+}
+
+/// [`host_state_folders`] from the mount table `mounts` (a start reads it once for all it
+/// does: review issue 15).
+pub fn host_state_folders_in(mounts: &[MountEntry]) -> Vec<PathBuf> {
+    state_folders_of(&Registry::host().entries(), mounts)
+}
+
+/// The state folders of the roots registered that `known` (a start's [`host_state_folders_in`]
+/// with its own root's) does not name, with their aliases in `mounts`: a start's last look,
+/// which finds the roots registered while it started (none, nearly always: then nothing
+/// but the registry's entries is read).
+pub fn late_state_folders_in(known: &[PathBuf], mounts: &[MountEntry]) -> Vec<PathBuf> {
+    let late: Vec<Entry> = Registry::host()
+        .entries()
+        .into_iter()
+        .filter(|entry| !(known.contains(&entry.dir) && known.contains(&entry.run)))
         .collect();
-    folders.extend(registry_folder());
-    with_aliases(folders)
+    match late.is_empty() {
+        true => Vec::new(),
+        false => state_folders_of(&late, mounts),
+    }
 }
 
 /// [`host_state_folders`] from [`Registry::roots_strict`]: an unreadable registry is an error.
 pub fn host_state_folders_strict() -> Result<Vec<PathBuf>> {
-    let mut folders: Vec<PathBuf> = Registry::host()
-        .roots_strict()?
+    let entries = Registry::host().entries_strict()?;
+    Ok(state_folders_of(&entries, &host_mounts()))
+}
+
+/// The state folders of `entries` and the registry's, with their aliases in `mounts`: those
+/// of the paths they have now, and those of where the entries recorded them (a root bound
+/// from `/data/feather` at `/var/lib/feather` keeps its alias `/data/feather` once the bind is
+/// gone and its path shows an empty folder of `/`).
+fn state_folders_of(entries: &[Entry], mounts: &[MountEntry]) -> Vec<PathBuf> {
+    let mut folders: Vec<PathBuf> = entries
         .iter()
-        .flat_map(canonical_folders)
+        .flat_map(|entry| canonical_folders(&entry.root()))
         .collect();
     folders.extend(registry_folder());
-    Ok(with_aliases(folders))
+    let recorded = entries.iter().flat_map(|entry| entry.places.iter());
+    let mut all: std::collections::BTreeSet<PathBuf> =
+        with_aliases_in(folders, mounts).into_iter().collect();
+    all.extend(recorded.flat_map(|place| place.paths(mounts)));
+    all.into_iter().collect()
+}
+
+/// The caller's mount table, as the host's; empty when it cannot be read (the walks of `diff`
+/// and `commit` match the folders' identities too).
+pub fn host_mounts() -> Vec<MountEntry> {
+    mountinfo::mounts().unwrap_or_default()
 }
 
 /// [`REGISTRY_DIR`], and its canonical path where that differs (`/var/lib` a link).
@@ -367,25 +477,60 @@ fn registry_folder() -> Vec<PathBuf> {
     vec![named, canonical]
 }
 
-/// The identities (device, inode) of `folders` that exist, and those the registry recorded
-/// for its roots ([`Registry::identities_strict`]): a folder of the host that is one of them
-/// is a state folder, whatever path reaches it.
-pub fn state_identities_strict(folders: &[PathBuf]) -> Result<Vec<(u64, u64)>> {
-    let mut identities = Registry::host().identities_strict()?;
-    identities.extend(
+/// The state folders as a walk of the host knows them: the identities (device, inode) of
+/// `folders` that exist now, and the registry's ([`Registry::spared_strict`]): a folder of the
+/// host that is one of them is a state folder, whatever path reaches it.
+pub fn state_spared_strict(folders: &[PathBuf]) -> Result<Spared> {
+    let mut spared = Registry::host().spared_strict()?;
+    spared.identities.extend(
         folders
             .iter()
             .filter_map(|folder| fs::metadata(folder).ok())
             .map(|meta| (meta.dev(), meta.ino())),
     );
-    identities.sort_unstable();
-    identities.dedup();
-    Ok(identities)
+    spared.identities.sort_unstable();
+    spared.identities.dedup();
+    Ok(spared)
+}
+
+/// The id of the root whose state folder is `dir`, registered again (`known`, its entry) or
+/// for the first time: the entry's, else the one its folder holds (a root moved or bound
+/// here, whose id stays its own), else a new random one.
+fn root_id(dir: &Path, known: Option<&Entry>) -> Result<String> {
+    if let Some(known) = known.filter(|known| !known.id.is_empty()) {
+        return Ok(known.id.clone());
+    }
+    let folder = fs::File::open(dir).at(dir)?;
+    if let Some(id) = beneath::root_id_in(&folder) {
+        return Ok(id);
+    }
+    let mut random = [0u8; 16];
+    let urandom = Path::new("/dev/urandom");
+    fs::File::open(urandom)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+        .at(urandom)?;
+    Ok(random.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes `id` into the state folder `dir` ([`ROOT_ID_FILE`]) unless it holds an id already
+/// (a folder of another root's, bound or moved here, keeps its own).
+fn write_root_id(dir: &Path, id: &str) -> Result<()> {
+    let folder = fs::File::open(dir).at(dir)?;
+    if beneath::root_id_in(&folder).is_some() {
+        return Ok(());
+    }
+    let path = dir.join(ROOT_ID_FILE);
+    write_atomic(&path, format!("{id}\n").as_bytes(), Durability::Durable)
 }
 
 /// The state and run folders of `root`, canonical where they exist, with their aliases.
 pub fn root_folders(root: &StateRoot) -> Vec<PathBuf> {
-    with_aliases(canonical_folders(root))
+    root_folders_in(root, &host_mounts())
+}
+
+/// [`root_folders`], the aliases from `mounts`.
+pub fn root_folders_in(root: &StateRoot, mounts: &[MountEntry]) -> Vec<PathBuf> {
+    with_aliases_in(canonical_folders(root), mounts)
 }
 
 /// The state and run folders of `root`, canonical where they exist.
@@ -398,58 +543,102 @@ fn canonical_folders(root: &StateRoot) -> [PathBuf; 2] {
 /// (review fixes23 C4): where the folder's filesystem is mounted again, or a folder holding it
 /// is bound elsewhere. With `/dev/sdb1` at `/data` and `/data/feather` bound at
 /// `/var/lib/feather`, each of those two is the other's alias; a VM over `/` sees both, and
-/// must find both hidden, and `commit` must guard both. Each alias is one the folder is found
-/// at (the same device and inode): one covered by another mount shows something else. A
-/// mount table that cannot be read gives no aliases (the walks of `diff` and `commit` match
-/// the folders' identities too).
+/// must find both hidden, and `commit` must guard both. See [`Place::paths`].
 pub fn with_aliases(folders: impl IntoIterator<Item = PathBuf>) -> Vec<PathBuf> {
-    let mounts = mountinfo::mounts().unwrap_or_default();
+    with_aliases_in(folders, &host_mounts())
+}
+
+/// [`with_aliases`] from the mount table `mounts`.
+pub fn with_aliases_in(
+    folders: impl IntoIterator<Item = PathBuf>,
+    mounts: &[MountEntry],
+) -> Vec<PathBuf> {
     let mut all = std::collections::BTreeSet::new();
     for folder in folders {
-        all.extend(aliases(&folder, &mounts));
+        if let Some(place) = Place::of(&folder, mounts) {
+            all.extend(place.paths(mounts));
+        }
         all.insert(folder);
     }
     all.into_iter().collect()
 }
 
-/// The other paths of `mounts` at which the folder `folder` (canonical) is found.
-fn aliases(folder: &Path, mounts: &[MountEntry]) -> Vec<PathBuf> {
-    let Ok(meta) = fs::metadata(folder) else {
-        return Vec::new();
-    };
-    // The mount it is on: the topmost of those with the longest mount point above it
-    // (`max_by_key` gives the last of equals, and the table lists a mount after those it covers).
-    let Some(on) = mounts
-        .iter()
-        .filter(|mount| folder.starts_with(&mount.mount_point))
-        .max_by_key(|mount| mount.mount_point.components().count())
-    else {
-        return Vec::new();
-    };
-    let rest = folder
-        .strip_prefix(&on.mount_point)
-        .unwrap_or(Path::new(""));
-    let in_filesystem = joined(&on.root, rest);
-    let same = |path: &Path, meta: &fs::Metadata| {
-        fs::metadata(path).is_ok_and(|found| (found.dev(), found.ino()) == (meta.dev(), meta.ino()))
-    };
-    let same_device = || mounts.iter().filter(|mount| mount.device == on.device);
-    let whole = same_device()
-        .filter_map(|mount| {
-            let rest = in_filesystem.strip_prefix(&mount.root).ok()?;
-            Some(joined(&mount.mount_point, rest))
+/// Where a folder is in the host's mount table: the device of its filesystem (mountinfo's
+/// `major:minor`, the superblock's: a btrfs subvolume's mount shows its filesystem's, with the
+/// subvolume in the root field) and its path within that filesystem. Its aliases follow from
+/// the table alone, with no look at any other mount: a `stat` of a dead NFS mount or of an
+/// autofs path hangs (review gl27 L2), and the looks cost a start 0.3 ms (issue 15).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Place {
+    device: String,
+    path: PathBuf,
+}
+
+impl Place {
+    /// Where `folder` (canonical) is, as `mounts` tell: in the mount its path leads to.
+    pub fn of(folder: &Path, mounts: &[MountEntry]) -> Option<Place> {
+        let on = showing(folder, mounts)?;
+        let rest = folder.strip_prefix(&on.mount_point).ok()?;
+        Some(Place {
+            device: on.device.clone(),
+            path: joined(&on.root, rest),
         })
-        .filter(|alias| alias != folder)
-        .filter(|alias| same(alias, &meta));
-    // A bind of a folder inside it (its `vms` bound at `/srv/vms`): that whole mount point
-    // shows part of the root (review gl27 M1).
-    let parts = same_device().filter_map(|mount| {
-        let inside = mount.root.strip_prefix(&in_filesystem).ok()?;
-        let part = fs::metadata(folder.join(inside)).ok()?;
-        let is_part = !inside.as_os_str().is_empty() && same(&mount.mount_point, &part);
-        is_part.then(|| mount.mount_point.clone())
-    });
-    whole.chain(parts).filter(|alias| alias != folder).collect()
+    }
+
+    /// Every path of `mounts` that shows the folder or part of it: the folder itself where a
+    /// mount of its filesystem shows it or a folder above it (its root field the folder's path
+    /// or above), and the whole mount point of a bind of a folder inside it (`vms` bound at
+    /// `/srv/vms`: review gl27 M1). Only where that mount is the one the path leads to: a path
+    /// another mount covers shows something else.
+    pub fn paths(&self, mounts: &[MountEntry]) -> Vec<PathBuf> {
+        let leads_to = |path: &Path, mount: &MountEntry| {
+            showing(path, mounts).is_some_and(|shown| shown.id == mount.id)
+        };
+        mounts
+            .iter()
+            .filter(|mount| mount.device == self.device)
+            .filter_map(|mount| {
+                let path = match self.path.strip_prefix(&mount.root) {
+                    Ok(rest) => joined(&mount.mount_point, rest),
+                    Err(_) if mount.root.starts_with(&self.path) => mount.mount_point.clone(),
+                    Err(_) => return None,
+                };
+                leads_to(&path, mount).then_some(path)
+            })
+            .collect()
+    }
+}
+
+/// The mount the path `path` (canonical) leads to in `mounts`, found as a lookup of the path
+/// finds it: from the namespace's root mount, into the mount on the first folder of the path
+/// that has one (a mount stacked on another is on that one's root), until none is. Not by the
+/// table's order: a mount moved since it was made (`/run` from the initramfs) is listed before
+/// the mount it is on.
+fn showing<'a>(path: &Path, mounts: &'a [MountEntry]) -> Option<&'a MountEntry> {
+    let is_listed = |id: u64| mounts.iter().any(|mount| mount.id == id);
+    let at_root = || {
+        mounts
+            .iter()
+            .rev()
+            .filter(|m| m.mount_point == Path::new("/"))
+    };
+    let mut on = at_root()
+        .find(|mount| !is_listed(mount.parent))
+        .or_else(|| at_root().next())?;
+    // Each step goes one mount deeper: no more steps than mounts (a table read as it changed
+    // could hold a loop).
+    for _ in 0..mounts.len() {
+        let next = mounts
+            .iter()
+            .filter(|mount| mount.parent == on.id && mount.id != on.id)
+            .filter(|mount| path.starts_with(&mount.mount_point))
+            .min_by_key(|mount| mount.mount_point.components().count());
+        match next {
+            Some(next) => on = next,
+            None => break,
+        }
+    }
+    Some(on)
 }
 
 /// `rest` beneath `at`, without the trailing `/` an empty `rest` would add.
@@ -474,6 +663,8 @@ fn entry_of(root: &StateRoot) -> Result<Entry> {
         run,
         dev: meta.dev(),
         ino: meta.ino(),
+        places: Vec::new(),
+        id: String::new(),
     })
 }
 
@@ -582,7 +773,7 @@ mod tests {
         );
         fs::remove_file(registry.dir().join("broken.json")).unwrap();
         fs::create_dir(registry.dir().join("folder.json")).unwrap();
-        let err = registry.identities_strict().unwrap_err().to_string();
+        let err = registry.spared_strict().unwrap_err().to_string();
         assert!(
             err.contains("folder.json, of the registry") && err.contains("commits nothing"),
             "{err}"
@@ -603,7 +794,11 @@ mod tests {
         let (dir, root_dir) = (registry.dir().to_path_buf(), root.dir().to_path_buf());
         let registering = std::thread::spawn(move || {
             let root = StateRoot::new(Some(root_dir));
-            let _ = done.send(Registry::at(dir).register(&root).map(|new| new.is_some()));
+            let _ = done.send(
+                Registry::at(dir)
+                    .register(&root)
+                    .map(|done| done.new.is_some()),
+            );
         });
         let waited = Duration::from_millis(300);
         assert!(
@@ -637,7 +832,11 @@ mod tests {
         let (dir, root_dir) = (registry.dir().to_path_buf(), root.dir().to_path_buf());
         std::thread::spawn(move || {
             let root = StateRoot::new(Some(root_dir));
-            let _ = done.send(Registry::at(dir).register(&root).map(|new| new.is_some()));
+            let _ = done.send(
+                Registry::at(dir)
+                    .register(&root)
+                    .map(|done| done.new.is_some()),
+            );
         });
         let waited = COMMIT_PATIENCE + Duration::from_secs(5);
         let err = registered.recv_timeout(waited).expect("still waiting");
@@ -650,7 +849,7 @@ mod tests {
         );
         drop(hold);
         assert!(
-            registry.register(&root).unwrap().is_some(),
+            registry.register(&root).unwrap().new.is_some(),
             "registered now"
         );
         fs::remove_dir_all(root.dir()).unwrap();
@@ -723,14 +922,131 @@ mod tests {
         assert_eq!(found, expected);
     }
 
+    /// A host's mount table as the kernel prints it: `/run` moved from the initramfs (listed
+    /// before the root it is on), a disk at `/data` whose `feather` is bound at
+    /// `/var/lib/feather` and whose `feather/vms` is bound at `/srv/vms`, the disk again at
+    /// `/mnt/nfs-dead/disk` beneath a dead NFS mount, and a tmpfs over `/backup/feather`, which
+    /// covers that disk's bind there.
+    const TABLE: &str = "\
+22 27 0:21 / /run rw - tmpfs tmpfs rw
+27 1 254:0 / / rw - ext4 /dev/vda rw
+30 27 8:17 / /data rw - ext4 /dev/sdb1 rw
+31 27 8:17 /feather /var/lib/feather rw - ext4 /dev/sdb1 rw
+32 27 8:17 /feather/vms /srv/vms rw - ext4 /dev/sdb1 rw
+33 27 0:60 / /mnt/nfs-dead rw - nfs4 server:/ rw
+34 33 8:17 / /mnt/nfs-dead/disk rw - ext4 /dev/sdb1 rw
+35 27 8:17 / /backup rw - ext4 /dev/sdb1 rw
+36 35 0:61 / /backup/feather rw - tmpfs tmpfs rw
+";
+
+    /// Every path showing a root's folder, from the mount table alone: none of these paths
+    /// exists here, and the aliases are found all the same (before, each was `stat`ed, which a
+    /// dead NFS mount hangs: review gl27 L2, issue 15); a path another mount covers is none.
+    #[test]
+    fn aliases_come_from_the_mount_table_alone() {
+        let mounts = mountinfo::parse(TABLE);
+        let found = with_aliases_in([PathBuf::from("/var/lib/feather")], &mounts);
+        let expected: Vec<PathBuf> = [
+            "/data/feather",
+            "/mnt/nfs-dead/disk/feather",
+            "/srv/vms",
+            "/var/lib/feather",
+        ]
+        .map(PathBuf::from)
+        .into();
+        assert_eq!(found, expected, "/backup/feather is the tmpfs's");
+        let place = Place::of(Path::new("/run/feather"), &mounts).unwrap();
+        assert_eq!(
+            (place.device.as_str(), place.path.as_path()),
+            ("0:21", Path::new("/feather")),
+            "/run is on /, listed after it"
+        );
+        assert_eq!(
+            with_aliases_in([PathBuf::from("/srv/other")], &mounts),
+            [PathBuf::from("/srv/other")],
+            "a folder of / beside the bind has none"
+        );
+    }
+
+    /// The place a root had when registered keeps giving its aliases once its own path shows
+    /// another folder (the bind at `/var/lib/feather` unmounted: review gl27 M2b).
+    #[test]
+    fn a_recorded_place_gives_the_aliases_once_the_path_shows_another_folder() {
+        let mounts = mountinfo::parse(TABLE);
+        let recorded = Place::of(Path::new("/var/lib/feather"), &mounts).unwrap();
+        let unbound: Vec<MountEntry> = mounts.into_iter().filter(|m| m.id != 31).collect();
+        assert!(
+            !with_aliases_in([PathBuf::from("/var/lib/feather")], &unbound)
+                .contains(&PathBuf::from("/data/feather")),
+            "the path alone no longer leads there"
+        );
+        assert!(recorded
+            .paths(&unbound)
+            .contains(&PathBuf::from("/data/feather")));
+    }
+
+    /// What the walks of `diff` and `commit` know a root by: the id in its folder, which it
+    /// keeps moved and which its path keeps registered again, not the device and inode
+    /// recorded at registration, which another folder may have after a reboot (review gl27
+    /// M2, f27 N5).
+    #[test]
+    fn a_root_is_known_by_its_id_not_by_a_stale_inode() {
+        let registry = Registry::at(scratch("registry-ids"));
+        let scratch_dir = scratch("ids");
+        let root = StateRoot::new(Some(scratch_dir.join("root")));
+        root.prepare().unwrap();
+        registry.register(&root).unwrap().mark().unwrap();
+        let id = fs::read_to_string(root.dir().join(ROOT_ID_FILE)).unwrap();
+        let is_spared = |folder: &Path| {
+            let spared = registry.spared_strict().unwrap();
+            let open = fs::File::open(folder).unwrap();
+            spared.is(&open, &open.metadata().unwrap())
+        };
+        assert!(is_spared(root.dir()));
+
+        // A reboot gave another folder the numbers the entry recorded: it is not the root.
+        let other = scratch_dir.join("other");
+        fs::create_dir(&other).unwrap();
+        let entry_file = registry
+            .dir()
+            .join(entry_name(&fs::canonicalize(root.dir()).unwrap()));
+        let mut entry = registry.read(&entry_file).unwrap();
+        let meta = fs::metadata(&other).unwrap();
+        (entry.dev, entry.ino) = (meta.dev(), meta.ino());
+        fs::write(&entry_file, serde_json::to_vec(&entry).unwrap()).unwrap();
+        assert!(!is_spared(&other), "a stale identity refuses falsely");
+
+        // The root moved away, its path made again and registered again: both are the root's.
+        let moved = scratch_dir.join("moved");
+        fs::rename(root.dir(), &moved).unwrap();
+        assert!(is_spared(&moved), "moved, its path gone");
+        root.prepare().unwrap();
+        let again = registry.register(&root).unwrap();
+        assert!(again.new.is_some(), "made again: new");
+        again.mark().unwrap();
+        assert_eq!(
+            fs::read_to_string(root.dir().join(ROOT_ID_FILE)).unwrap(),
+            id,
+            "its path keeps its id"
+        );
+        assert!(is_spared(&moved), "registered again");
+        assert!(is_spared(root.dir()));
+        fs::remove_dir_all(&scratch_dir).unwrap();
+        fs::remove_dir_all(registry.dir()).unwrap();
+    }
+
     #[test]
     fn a_root_is_new_once_and_listed_while_it_exists() {
         let registry = Registry::at(scratch("registry"));
         let root = StateRoot::new(Some(scratch("root")));
         root.prepare().unwrap();
-        let new = registry.register(&root).unwrap().expect("first time: new");
+        let new = registry
+            .register(&root)
+            .unwrap()
+            .new
+            .expect("first time: new");
         assert_eq!(new.dir(), fs::canonicalize(root.dir()).unwrap());
-        assert!(registry.register(&root).unwrap().is_none(), "known");
+        assert!(registry.register(&root).unwrap().new.is_none(), "known");
         assert_eq!(registry.roots().len(), 1);
         fs::remove_dir_all(root.dir()).unwrap();
         assert!(registry.roots().is_empty(), "a removed root is not listed");

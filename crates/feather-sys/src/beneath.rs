@@ -285,21 +285,21 @@ pub fn each_file_and_folder(
 /// ([`at_a_mount`]), met before that mount's folder is emptied (it would then have failed
 /// `EBUSY` only after emptying whatever filesystem is mounted there).
 pub fn remove_tree(dir: &File, name: &OsStr) -> io::Result<()> {
-    remove_tree_sparing(dir, name, &[])
+    remove_tree_sparing(dir, name, &Spared::default())
 }
 
-/// [`remove_tree`] that never empties nor removes a folder whose (device, inode), as fstat on
-/// its descriptor says, is one of `spared`: such a folder in the tree is the error
+/// [`remove_tree`] that never empties nor removes a folder of `spared` (its device and inode as
+/// fstat on its descriptor says, or the root id its descriptor reads: [`Spared::is`]): such a folder in the tree is the error
 /// [`spared_folder`] before anything is removed ([`holds_spared`]); one the walk by path missed
 /// (a path too long) is refused where the removal meets it, nothing further removed. Identity, not path: a folder a path list misses (moved, or reached where no
 /// mount table names it) is still met.
-pub fn remove_tree_sparing(dir: &File, name: &OsStr, spared: &[(u64, u64)]) -> io::Result<()> {
+pub fn remove_tree_sparing(dir: &File, name: &OsStr, spared: &Spared) -> io::Result<()> {
     let entry = match Entry::open_on_mount(dir, Path::new(name))? {
         None => return Ok(()),
         Some(entry) => entry,
     };
     if entry.meta.is_dir() {
-        refuse_spared(&entry.meta, spared)?;
+        refuse_spared(&entry.fd, &entry.meta, spared)?;
         if let Some(folder) = open_dir_on_mount(dir, Path::new(name))? {
             // Looked for first, so that in all but a tree too deep to walk by path nothing is
             // removed; emptying lifts folders up, which would move the spared one's parents.
@@ -324,14 +324,26 @@ pub fn remove_tree_sparing(dir: &File, name: &OsStr, spared: &[(u64, u64)]) -> i
 /// `feather rm` left such a VM's folder behind. A mount point in it is the error `EXDEV`
 /// ([`at_a_mount`]): what is mounted there is never entered.
 pub fn empty_dir(dir: &File) -> io::Result<()> {
-    empty_dir_sparing(dir, &[])
+    empty_dir_sparing(dir, &Spared::default())
 }
 
 /// [`empty_dir`] that refuses at a folder of `spared` (see [`remove_tree_sparing`]), `dir`
-/// itself included.
-pub fn empty_dir_sparing(dir: &File, spared: &[(u64, u64)]) -> io::Result<()> {
-    refuse_spared(&dir.metadata()?, spared)?;
-    let mut moved = 0u64;
+/// itself included. A refusal puts back the folders it moved up, and makes again (empty, with
+/// their mode and owner) those it removed, so that the spared folder is found at its path
+/// again (review f27 N2: a root moved from its path lost its guard, and the next commit
+/// emptied it); the files it unlinked on the way are gone. Only a tree changed by someone
+/// else since [`holds_spared`] looked gets this far.
+pub fn empty_dir_sparing(dir: &File, spared: &Spared) -> io::Result<()> {
+    refuse_spared(dir, &dir.metadata()?, spared)?;
+    let mut undo = Undo::default();
+    empty_dir_undoable(dir, spared, &mut undo).inspect_err(|e| {
+        if spared_folder(e) {
+            undo.put_back(dir);
+        }
+    })
+}
+
+fn empty_dir_undoable(dir: &File, spared: &Spared, undo: &mut Undo) -> io::Result<()> {
     loop {
         let names = names(dir)?;
         if names.is_empty() {
@@ -349,23 +361,94 @@ pub fn empty_dir_sparing(dir: &File, spared: &[(u64, u64)]) -> io::Result<()> {
                 )?;
                 continue;
             }
-            refuse_spared(&entry.meta, spared)?;
+            refuse_spared(&entry.fd, &entry.meta, spared)?;
+            let was = undo.original(&name);
             if let Some(folder) = open_dir_on_mount(dir, Path::new(&name))? {
-                refuse_spared(&folder.metadata()?, spared)?;
-                lift_contents(&folder, dir, &mut moved, spared)?;
+                refuse_spared(&folder, &folder.metadata()?, spared)?;
+                lift_contents(&folder, dir, &was, undo, spared)?;
             }
             nix::unistd::unlinkat(dir, name.as_os_str(), nix::unistd::UnlinkatFlags::RemoveDir)?;
+            undo.removed
+                .push((was, entry.meta.mode(), entry.meta.uid(), entry.meta.gid()));
         }
     }
 }
 
-/// Unlinks the files of `folder` and moves its folders into `into` under fresh names.
-/// A folder of `spared` is refused before it is moved: it would be moved out of its place.
+/// What [`empty_dir_sparing`] moved and removed in `dir`, to put back where it refuses.
+#[derive(Default)]
+struct Undo {
+    /// The names lifted into `dir` so far (`.feather-removing-N` from 1 on).
+    moved: u64,
+    /// Each folder lifted into `dir`: its name there, and its path in `dir` before.
+    lifted: Vec<(OsString, std::path::PathBuf)>,
+    /// Each folder removed once emptied, in order (a folder before those lifted out of it):
+    /// its path in `dir` before, its mode, owner and group.
+    removed: Vec<(std::path::PathBuf, u32, u32, u32)>,
+}
+
+impl Undo {
+    /// The path in `dir` that the entry `name` of `dir` had before the removal began.
+    fn original(&self, name: &OsStr) -> std::path::PathBuf {
+        self.lifted
+            .iter()
+            .rev()
+            .find(|(lifted, _)| lifted == name)
+            .map_or_else(|| name.into(), |(_, was)| was.clone())
+    }
+
+    /// Makes the removed folders again, then moves the lifted ones still in `dir` back, in the
+    /// order they went: each one's parent is there again before it. Each parent is opened
+    /// beneath `dir` without following a link. Best effort: the refusal is the error.
+    fn put_back(&self, dir: &File) {
+        let parent_of = |was: &Path| {
+            let (parent, name) = (was.parent()?, was.file_name()?);
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
+            Some((
+                File::from(open_on_mount(dir, parent, flags).ok()?),
+                name.to_owned(),
+            ))
+        };
+        for (was, mode, uid, gid) in &self.removed {
+            let Some((parent, name)) = parent_of(was) else {
+                continue;
+            };
+            if nix::sys::stat::mkdirat(&parent, name.as_os_str(), Mode::from_bits_truncate(0o700))
+                .is_err()
+            {
+                continue;
+            }
+            if let Ok(Some(made)) = open_dir_on_mount(&parent, Path::new(&name)) {
+                let _ = nix::unistd::fchown(
+                    &made,
+                    Some(nix::unistd::Uid::from_raw(*uid)),
+                    Some(nix::unistd::Gid::from_raw(*gid)),
+                );
+                let _ = nix::sys::stat::fchmod(&made, Mode::from_bits_truncate(*mode));
+            }
+        }
+        for (lifted, was) in &self.lifted {
+            if let Some((parent, name)) = parent_of(was) {
+                let _ = nix::fcntl::renameat2(
+                    dir,
+                    lifted.as_os_str(),
+                    &parent,
+                    name.as_os_str(),
+                    nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+                );
+            }
+        }
+    }
+}
+
+/// Unlinks the files of `folder` (at `was` in `into` before the removal began) and moves its
+/// folders into `into` under fresh names, recorded in `undo`. A folder of `spared` is refused
+/// before it is moved: it would be moved out of its place.
 fn lift_contents(
     folder: &File,
     into: &File,
-    moved: &mut u64,
-    spared: &[(u64, u64)],
+    was: &Path,
+    undo: &mut Undo,
+    spared: &Spared,
 ) -> io::Result<()> {
     use nix::fcntl::{renameat2, RenameFlags};
     for name in names(folder)? {
@@ -380,10 +463,10 @@ fn lift_contents(
             )?;
             continue;
         }
-        refuse_spared(&entry.meta, spared)?;
+        refuse_spared(&entry.fd, &entry.meta, spared)?;
         loop {
-            *moved += 1;
-            let fresh = format!(".feather-removing-{moved}");
+            undo.moved += 1;
+            let fresh = format!(".feather-removing-{}", undo.moved);
             match renameat2(
                 folder,
                 name.as_os_str(),
@@ -392,7 +475,11 @@ fn lift_contents(
                 RenameFlags::RENAME_NOREPLACE,
             ) {
                 Err(Errno::EEXIST) => continue, // a name of the tree's own: the next one
-                result => break result?,
+                result => {
+                    result?;
+                    undo.lifted.push((fresh.into(), was.join(&name)));
+                    break;
+                }
             }
         }
     }
@@ -419,7 +506,7 @@ pub fn spared_folder(e: &io::Error) -> bool {
 /// Whether a folder of `spared` (by its device and inode) lies in the tree `dir`, on `dir`'s
 /// mount, at most `depth` levels beneath it. What cannot be opened or read is passed over (a
 /// path too long, a folder gone): a removal still refuses where it meets one.
-pub fn holds_spared(dir: &impl AsFd, spared: &[(u64, u64)], depth: usize) -> bool {
+pub fn holds_spared(dir: &impl AsFd, spared: &Spared, depth: usize) -> bool {
     // Paths from `dir`, not descriptors: a wide tree would hold one for each folder.
     let mut folders = vec![(std::path::PathBuf::from("."), 0)];
     while let Some((rel, level)) = folders.pop() {
@@ -430,7 +517,7 @@ pub fn holds_spared(dir: &impl AsFd, spared: &[(u64, u64)], depth: usize) -> boo
             let Ok(Some(entry)) = Entry::open_on_mount(&folder, Path::new(&name)) else {
                 continue;
             };
-            if refuse_spared(&entry.meta, spared).is_err() {
+            if spared.is(&entry.fd, &entry.meta) {
                 return true;
             }
             if entry.meta.is_dir() && level < depth {
@@ -441,11 +528,54 @@ pub fn holds_spared(dir: &impl AsFd, spared: &[(u64, u64)], depth: usize) -> boo
     false
 }
 
-fn refuse_spared(meta: &Metadata, spared: &[(u64, u64)]) -> io::Result<()> {
-    if meta.is_dir() && spared.contains(&(meta.dev(), meta.ino())) {
+fn refuse_spared(fd: &impl AsFd, meta: &Metadata, spared: &Spared) -> io::Result<()> {
+    if spared.is(fd, meta) {
         return Err(io::Error::new(ErrorKind::PermissionDenied, SparedFolder));
     }
     Ok(())
+}
+
+/// The file in a state root's folder that holds the root's id (see [`Spared`]).
+pub const ROOT_ID_FILE: &str = "root-id";
+
+/// The folders a removal must spare, and a walk of the host knows for state folders: those of
+/// `identities` (device, inode), and those holding a [`ROOT_ID_FILE`] that names one of `ids`,
+/// a registered state root's, whatever their device and inode now: after a reboot a tmpfs,
+/// btrfs or overlay folder has other numbers and another folder may have the old ones, and a
+/// root moved keeps its id (review gl27 M2, f27 N2, N5).
+#[derive(Clone, Debug, Default)]
+pub struct Spared {
+    pub identities: Vec<(u64, u64)>,
+    pub ids: Vec<String>,
+}
+
+impl Spared {
+    pub fn is_empty(&self) -> bool {
+        self.identities.is_empty() && self.ids.is_empty()
+    }
+
+    /// Whether the entry `fd` (a descriptor of it, `O_PATH` too), whose metadata is `meta`, is
+    /// a folder to spare.
+    pub fn is(&self, fd: &impl AsFd, meta: &Metadata) -> bool {
+        meta.is_dir()
+            && (self.identities.contains(&(meta.dev(), meta.ino()))
+                || !self.ids.is_empty() && root_id_in(fd).is_some_and(|id| self.ids.contains(&id)))
+    }
+}
+
+/// The root id the folder `folder` holds in its [`ROOT_ID_FILE`], if it holds one: a plain
+/// file on the folder's mount, opened without following a link and without waiting (a FIFO).
+pub fn root_id_in(folder: &impl AsFd) -> Option<String> {
+    use std::io::Read;
+    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK;
+    let file = File::from(open_on_mount(folder, Path::new(ROOT_ID_FILE), flags).ok()?);
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(128).read_to_string(&mut text).ok()?;
+    let id = text.trim();
+    (!id.is_empty()).then(|| id.to_string())
 }
 
 /// Copies the open regular file `from` into `to` (empty, writable), keeping holes: only the
@@ -648,7 +778,10 @@ mod tests {
             fs::create_dir_all(&root_folder).unwrap();
             fs::write(root_folder.join("marker"), "root").unwrap();
             let meta = fs::metadata(&root_folder).unwrap();
-            let spared = [(meta.dev(), meta.ino())];
+            let spared = Spared {
+                identities: vec![(meta.dev(), meta.ino())],
+                ids: Vec::new(),
+            };
             let root = open_root(&scratch.0).unwrap();
             fs::write(scratch.0.join("tree/sub/file"), "x").unwrap();
             let error = remove_tree_sparing(&root, OsStr::new("tree"), &spared).unwrap_err();
@@ -663,6 +796,69 @@ mod tests {
             assert!(spared_folder(&error), "{error}");
             assert!(root_folder.join("marker").exists(), "emptied");
         }
+    }
+
+    /// A folder holding a root id of `ids` is spared whatever its device and inode, and one
+    /// naming another id is not (review gl27 M2: the identity of a root after a reboot).
+    #[test]
+    fn a_folder_naming_a_spared_root_id_is_spared_whatever_its_inode() {
+        let scratch = Scratch::new("spared-id");
+        let root_folder = scratch.0.join("tree/sub/root");
+        fs::create_dir_all(&root_folder).unwrap();
+        fs::write(root_folder.join(ROOT_ID_FILE), "0123abcd\n").unwrap();
+        fs::create_dir_all(scratch.0.join("other/root")).unwrap();
+        fs::write(scratch.0.join("other/root").join(ROOT_ID_FILE), "ffff").unwrap();
+        let spared = Spared {
+            identities: Vec::new(),
+            ids: vec!["0123abcd".into()],
+        };
+        let root = open_root(&scratch.0).unwrap();
+        assert!(holds_spared(&root, &spared, 8));
+        let error = remove_tree_sparing(&root, OsStr::new("tree"), &spared).unwrap_err();
+        assert!(spared_folder(&error), "{error}");
+        assert!(root_folder.join(ROOT_ID_FILE).exists(), "nothing removed");
+        let error = empty_dir_sparing(&open_root(&root_folder).unwrap(), &spared).unwrap_err();
+        assert!(spared_folder(&error), "{error}");
+        remove_tree_sparing(&root, OsStr::new("other"), &spared).unwrap();
+        assert!(
+            !scratch.0.join("other").exists(),
+            "another root's id spares nothing"
+        );
+    }
+
+    /// An emptying that meets a spared folder deep down (one the look before missed: a tree
+    /// changed since) puts back the folders it lifted and removed on the way, so that the
+    /// folder is found at its path again (review f27 N2).
+    #[test]
+    fn a_refused_emptying_puts_back_what_it_moved() {
+        use std::os::unix::fs::PermissionsExt;
+        let scratch = Scratch::new("put-back");
+        let root_folder = scratch.0.join("tree/a/b/root");
+        fs::create_dir_all(&root_folder).unwrap();
+        fs::create_dir_all(scratch.0.join("tree/a/c/d")).unwrap();
+        fs::write(root_folder.join(ROOT_ID_FILE), "feed").unwrap();
+        fs::set_permissions(scratch.0.join("tree/a"), fs::Permissions::from_mode(0o750)).unwrap();
+        let spared = Spared {
+            identities: Vec::new(),
+            ids: vec!["feed".into()],
+        };
+        let tree = open_root(&scratch.0.join("tree")).unwrap();
+        let error = empty_dir_sparing(&tree, &spared).unwrap_err();
+        assert!(spared_folder(&error), "{error}");
+        assert!(
+            root_folder.join(ROOT_ID_FILE).exists(),
+            "the root is at its path"
+        );
+        let mode = fs::metadata(scratch.0.join("tree/a")).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o750, "made again as it was");
+        let left: Vec<OsString> = names(&tree).unwrap();
+        assert!(
+            !left
+                .iter()
+                .any(|name| name.as_bytes().starts_with(b".feather-removing")),
+            "nothing left lifted: {left:?}"
+        );
+        assert!(scratch.0.join("tree/a/c/d").is_dir(), "a sibling put back");
     }
 
     /// A tmpfs mounted at a folder for a test, detached on drop (also when the test fails).

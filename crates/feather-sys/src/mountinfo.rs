@@ -8,6 +8,9 @@ pub struct MountEntry {
     /// The mount's id in its namespace (what `/proc/<pid>/fdinfo/<fd>` says as `mnt_id` of a
     /// descriptor on it).
     pub id: u64,
+    /// The id of the mount it is mounted on (its own for the namespace's root, or one not in
+    /// the table: the root of a chroot's or a pivoted namespace's old tree).
+    pub parent: u64,
     /// Its filesystem's device, `major:minor` (the superblock's: a bind shows its source's).
     pub device: String,
     /// What of its filesystem the mount shows (`/` for a whole filesystem, a folder of it for
@@ -48,7 +51,7 @@ fn parse_line(line: &[u8]) -> Option<MountEntry> {
     let text = |field: &[u8]| String::from_utf8_lossy(field).into_owned();
     let mut fields = before.split(|&b| b == b' ');
     let id = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
-    let _parent = fields.next()?;
+    let parent = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
     let device = text(fields.next()?);
     let root = path(fields.next()?);
     let mount_point = path(fields.next()?);
@@ -57,6 +60,7 @@ fn parse_line(line: &[u8]) -> Option<MountEntry> {
     let mut after = after.split(|&b| b == b' ');
     Some(MountEntry {
         id,
+        parent,
         device,
         root,
         mount_point,

@@ -24,7 +24,7 @@ use feather_core::atomic::{write_atomic, Durability};
 use feather_core::display::escape_path;
 use feather_core::error::IoContext;
 use feather_core::{Error, StateRoot, VmConfig, VmDir, VmName, VmStatus};
-use feather_sys::beneath::{self, Entry};
+use feather_sys::beneath::{self, Entry, Spared};
 use feather_sys::cgroup::Frozen;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
@@ -216,7 +216,7 @@ pub fn commit(
     if !consent.keep_privileges {
         refuse_widened(&selected, name)?;
     }
-    apply_all(&trees, &selected, &hidden.identities).map_err(|(path, e)| {
+    apply_all(&trees, &selected, &hidden.spared).map_err(|(path, e)| {
         failed(
             name,
             format!(
@@ -380,7 +380,7 @@ type Failure = (PathBuf, std::io::Error);
 ///
 /// No removal empties a state folder of `spared` (their identities): a root reached where no
 /// path list names it, below a folder the VM deleted or replaced (review gl27 H1).
-fn apply_all(trees: &[Tree], changes: &[Change], spared: &[(u64, u64)]) -> Result<(), Failure> {
+fn apply_all(trees: &[Tree], changes: &[Change], spared: &Spared) -> Result<(), Failure> {
     let mut staged: Vec<Staged> = Vec::new();
     let mut flush = Flush::default();
     let written = changes
@@ -502,12 +502,7 @@ impl Flush {
 }
 
 /// Makes or updates the host folder `name` in `parent` after the VM's folder `upper`.
-fn apply_dir(
-    upper: &Entry,
-    parent: &File,
-    name: &OsStr,
-    spared: &[(u64, u64)],
-) -> std::io::Result<()> {
+fn apply_dir(upper: &Entry, parent: &File, name: &OsStr, spared: &Spared) -> std::io::Result<()> {
     match Entry::open_on_mount(parent, Path::new(name))? {
         Some(existing) if existing.meta.is_dir() => {}
         Some(_) => {
@@ -528,7 +523,7 @@ struct Staged {
 }
 
 impl Staged {
-    fn replace_target(&self, spared: &[(u64, u64)]) -> std::io::Result<()> {
+    fn replace_target(&self, spared: &Spared) -> std::io::Result<()> {
         if Entry::open_on_mount(&self.parent, &self.name)?.is_some_and(|e| e.meta.is_dir()) {
             beneath::remove_tree_sparing(&self.parent, self.name.as_os_str(), spared)?;
         }

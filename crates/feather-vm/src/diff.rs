@@ -19,7 +19,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use feather_core::VmConfig;
-use feather_sys::beneath::{self, Entry};
+use feather_sys::beneath::{self, Entry, Spared};
 use feather_sys::mountinfo::{self, MountEntry};
 use serde::Serialize;
 
@@ -215,10 +215,10 @@ pub struct Guarded {
     /// Whether changes at, beneath or over a host mount the layer does not cover are marked
     /// ([`Forbidden::HostMount`]; an OCI container's are not: nothing of them is committed).
     host_mounts: bool,
-    /// The identities (device, inode) of the state folders: a lower folder that is one, and
-    /// all beneath it, is [`Forbidden::Hidden`] whatever path reaches it (the source of a
-    /// bind mount of a root: review fixes23 C4).
-    identities: Vec<(u64, u64)>,
+    /// The state folders by identity or root id: a lower folder that is one, and all beneath
+    /// it, is [`Forbidden::Hidden`] whatever path reaches it (the source of a bind mount of a
+    /// root: review fixes23 C4; a root after a reboot: gl27 M2).
+    spared: Spared,
 }
 
 impl Guarded {
@@ -227,7 +227,7 @@ impl Guarded {
     /// base, also beneath the VM's own `/run` or `/proc`, where the VM sees nothing of it but a
     /// descriptor kept in an ended namespace does.
     pub fn for_vm(config: &VmConfig, hidden: &StateFolders) -> Guarded {
-        let identities = hidden.identities.clone();
+        let spared = hidden.spared.clone();
         let hidden = &hidden.folders;
         let bases = [
             config.base.clone(),
@@ -258,13 +258,14 @@ impl Guarded {
             base: Some(bases[1].clone()),
             link_guarded,
             host_mounts: true,
-            identities,
+            spared,
         }
     }
 
-    /// Whether the host's entry `meta` is a state folder, by its identity.
-    fn is_state_folder(&self, meta: &Metadata) -> bool {
-        meta.is_dir() && self.identities.contains(&(meta.dev(), meta.ino()))
+    /// Whether the host's entry `fd`, of metadata `meta`, is a state folder, by its identity
+    /// or the root id it holds.
+    fn is_state_folder(&self, fd: &impl AsFd, meta: &Metadata) -> bool {
+        self.spared.is(fd, meta)
     }
 
     /// Whether the host's folder `lower` holds a state folder (by identity) anywhere beneath
@@ -274,7 +275,7 @@ impl Guarded {
     /// folder ([`beneath::remove_tree_sparing`]); this lets `diff` show it, and `commit`
     /// refuse before it writes anything.
     fn holds_state_folder(&self, lower: &impl AsFd) -> bool {
-        beneath::holds_spared(lower, &self.identities, HOLDS_DEPTH)
+        beneath::holds_spared(lower, &self.spared, HOLDS_DEPTH)
     }
 
     /// Why a change at `path` (the VM's) is forbidden, if it is: it lies at or beneath a
@@ -622,8 +623,11 @@ impl Folder {
         let names = beneath::names(&upper)?;
         let lower_meta = lower.as_ref().map(File::metadata).transpose()?;
         let host = lower_meta.as_ref().map_or(above, HostFolder::of);
-        let in_state =
-            in_state_above || lower_meta.is_some_and(|meta| guarded.is_state_folder(&meta));
+        let in_state = in_state_above
+            || lower
+                .as_ref()
+                .zip(lower_meta)
+                .is_some_and(|(lower, meta)| guarded.is_state_folder(lower, &meta));
         Ok(Folder {
             rel,
             upper,
@@ -831,19 +835,11 @@ impl Walk<'_> {
 
     /// Whether the entry `name` of the host's folder `lower` is a state folder.
     fn is_state_folder_in(&self, lower: &File, name: &OsStr) -> bool {
-        nix::sys::stat::fstatat(
-            lower,
-            Path::new(name),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        // Across a mount, as `fstatat` looked: a root on a filesystem of its own is one.
+        matches!(
+            Entry::open(lower, Path::new(name)),
+            Ok(Some(entry)) if self.guarded.is_state_folder(&entry.fd, &entry.meta)
         )
-        .is_ok_and(|stat| {
-            let is_dir = stat.st_mode & libc::S_IFMT == libc::S_IFDIR;
-            is_dir
-                && self
-                    .guarded
-                    .identities
-                    .contains(&(stat.st_dev, stat.st_ino))
-        })
     }
 
     /// [`Walk::entry`] unmarked, and whether to mark what it found.
@@ -879,7 +875,7 @@ impl Walk<'_> {
         };
         let in_state = folder.in_state
             || lower.as_ref().is_some_and(|lower| {
-                self.guarded.is_state_folder(&lower.meta) || removes_a_root(lower)
+                self.guarded.is_state_folder(&lower.fd, &lower.meta) || removes_a_root(lower)
             });
         let inner = self.entry_found(changes, folder, &rel, &upper, lower)?;
         Ok((inner, in_state))

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use feather_core::roots::Registry;
 use feather_core::{StateRoot, VmDir, VmStatus};
+use feather_sys::mountinfo::MountEntry;
 use feather_sys::process;
 
 /// Mount points the recipe needs in the VM's tree. A base that lacks one (a bare tree made for
@@ -34,10 +35,16 @@ pub const MOUNT_POINTS: [&str; 4] = ["proc", "sys", "dev", "run"];
 /// The host folders every VM must not see: the state and run folders of every registered
 /// root and of `own`, and the registry itself.
 pub fn state_folders(own: &StateRoot) -> Vec<PathBuf> {
-    let mut folders: BTreeSet<PathBuf> = feather_core::roots::host_state_folders()
+    state_folders_in(own, &feather_core::roots::host_mounts())
+}
+
+/// [`state_folders`], their aliases from the host's mount table `mounts` (a start reads it
+/// once, for this and for its layers: issue 15).
+pub fn state_folders_in(own: &StateRoot, mounts: &[MountEntry]) -> Vec<PathBuf> {
+    let mut folders: BTreeSet<PathBuf> = feather_core::roots::host_state_folders_in(mounts)
         .into_iter()
         .collect();
-    folders.extend(feather_core::roots::root_folders(own));
+    folders.extend(feather_core::roots::root_folders_in(own, mounts));
     folders.into_iter().collect()
 }
 
@@ -52,21 +59,18 @@ pub fn state_folders_strict(own: &StateRoot) -> feather_core::error::Result<Vec<
 }
 
 /// What `diff` and `commit` guard of the host: the folders [`state_folders_strict`] gives,
-/// and the identities of the state folders (see [`feather_core::roots::state_identities_strict`]),
-/// by which the walk of a layer knows one at a path no mount table names.
+/// and the state folders as a walk of the host knows them, by identity or by the root id they
+/// hold (see [`feather_core::roots::state_spared_strict`]), at a path no mount table names.
 pub struct StateFolders {
     pub folders: Vec<PathBuf>,
-    pub identities: Vec<(u64, u64)>,
+    pub spared: feather_sys::beneath::Spared,
 }
 
 /// [`StateFolders`] of the host with `own`'s, read strictly.
 pub fn state_folders_guarded(own: &StateRoot) -> feather_core::error::Result<StateFolders> {
     let folders = state_folders_strict(own)?;
-    let identities = feather_core::roots::state_identities_strict(&folders)?;
-    Ok(StateFolders {
-        folders,
-        identities,
-    })
+    let spared = feather_core::roots::state_spared_strict(&folders)?;
+    Ok(StateFolders { folders, spared })
 }
 
 /// Where the host folder `folder` is in a VM over `base`, if the VM sees it at all: folders

@@ -34,6 +34,7 @@ use feather_migrate::criu::DumpNote;
 use feather_shuttle::Peers;
 use feather_sys::cgroup::{Cgroup, Hierarchies, Limits, V2Entry};
 use feather_sys::mount::LayerSync;
+use feather_sys::mountinfo::MountEntry;
 use feather_sys::process::{self, ChildProcess, Forked};
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::signal::Signal;
@@ -343,8 +344,11 @@ impl Keeper {
         .inspect_err(|_| remove_leftovers(vm, &config))
         .in_vm(&name)?;
         trace::phase("prepare the network (/etc files, ports)");
-        let hidden = hiding::state_folders(root);
-        let mut tree = layers::for_start_in(root, vm, &config, memory_layer, &hidden)?;
+        // Read once: the layers, the state folders' aliases and the last look all use it.
+        let host_mounts = layers::host_mount_table()?;
+        let hidden = hiding::state_folders_in(root, &host_mounts);
+        let mut tree =
+            layers::for_start_in(root, vm, &config, memory_layer, &hidden, &host_mounts)?;
         // What the layers lie over, for `diff` and `commit` to read nothing else.
         if let Err(e) = layers::SeenLowers::record(vm, &config, &tree.layers) {
             network.detach();
@@ -518,7 +522,7 @@ impl Keeper {
         }
         trace::phase("record the VM running");
         // Roots registered while the VM started are hidden now (see `hiding`).
-        if let Err(why) = keeper.hide_state_folders(root, &hidden) {
+        if let Err(why) = keeper.hide_late_state_folders(&hidden, &host_mounts) {
             keeper.say_not_hidden(&why);
         }
         trace::phase("hide late state folders");
@@ -691,7 +695,7 @@ impl Keeper {
         // of this host are hidden before anything of the VM runs again, or it does not run:
         // this look is its only one. A VM received by a migration stays stopped until the
         // sender lets it go (snapshot::await_release).
-        if let Err(why) = keeper.hide_state_folders(root, &[]) {
+        if let Err(why) = keeper.hide_state_folders(root) {
             return Err(keeper.give_back(&prior, why));
         }
         if keeper.hold.is_none() {
@@ -744,12 +748,20 @@ impl Keeper {
 
     /// Hides in the running VM every state folder of the host it does not hide yet, other
     /// than `known` (hidden at its start).
-    fn hide_state_folders(
+    fn hide_state_folders(&self, root: &StateRoot) -> std::result::Result<(), hiding::HidingError> {
+        let folders = hiding::state_folders(root);
+        hiding::in_vm(&self.init.pidfd, self.init.pid, &self.config.base, &folders)
+    }
+
+    /// Hides in the VM the folders of the roots registered since its start found `known`,
+    /// their aliases from the start's mount table `mounts` (with the places the registry
+    /// recorded): the roots known then are not looked at again (issue 15).
+    fn hide_late_state_folders(
         &self,
-        root: &StateRoot,
         known: &[PathBuf],
+        mounts: &[MountEntry],
     ) -> std::result::Result<(), hiding::HidingError> {
-        let late: Vec<PathBuf> = hiding::state_folders(root)
+        let late: Vec<PathBuf> = feather_core::roots::late_state_folders_in(known, mounts)
             .into_iter()
             .filter(|folder| !known.contains(folder))
             .collect();

@@ -265,15 +265,23 @@ pub struct ForStart {
     pub memory_layer: Option<MemoryLayer>,
 }
 
+/// The host's mount table, read once by a start or restore for all it does with it (its
+/// layers, its state folders' aliases).
+pub fn host_mount_table() -> Result<Vec<mountinfo::MountEntry>> {
+    Ok(mountinfo::mounts().at("/proc/self/mountinfo")?)
+}
+
 /// The layers and read-only binds a VM starting (or restored) now needs, given its layer in
 /// memory made already (by [`MemoryLayer::for_vm`]) and the host's state folders
-/// (`hiding::state_folders`). The layers' folders are created.
+/// (`hiding::state_folders_in`, from the host's mount table `host_mounts`, which the
+/// submount layers come from too: read once per start). The layers' folders are created.
 pub fn for_start_in(
     root: &StateRoot,
     vm: &VmDir,
     config: &VmConfig,
     memory_layer: Option<MemoryLayer>,
     state_folders: &[PathBuf],
+    host_mounts: &[mountinfo::MountEntry],
 ) -> Result<ForStart> {
     if let Some(disk) = config.limits.disk {
         // An image holds the layer folders: mounted before any of them is made.
@@ -296,7 +304,7 @@ pub fn for_start_in(
     };
     let base = &config.base;
     let mut submounts: Vec<PathBuf> = Vec::new();
-    for entry in mountinfo::mounts().at("/proc/self/mountinfo")? {
+    for entry in host_mounts {
         let Ok(rel) = entry.mount_point.strip_prefix(base) else {
             continue;
         };

@@ -609,11 +609,13 @@ pub(crate) fn restore_tree(
     let criu = Criu::located_by_starter().in_vm(name)?;
     let hold = holding(name, cgroup)?;
     let images = vm.checkpoint_dir();
-    let state_folders = crate::hiding::state_folders(root);
+    let host_mounts = layers::host_mount_table()?;
+    let state_folders = crate::hiding::state_folders_in(root, &host_mounts);
     let memory_layer = layers::MemoryLayer::for_vm(config)?;
-    let mut top = layers::for_start_in(root, vm, config, memory_layer, &state_folders)?
-        .layers
-        .swap_remove(0);
+    let mut top =
+        layers::for_start_in(root, vm, config, memory_layer, &state_folders, &host_mounts)?
+            .layers
+            .swap_remove(0);
     let rootfs = vm.rootfs();
     // Checked before anything is derived from it: host folders are, from its names.
     let placement = images::Placement {
@@ -1518,6 +1520,7 @@ mod tests {
         let given = upper.display().to_string().replace('\\', "\\\\");
         MountEntry {
             id: 0,
+            parent: 0,
             device: "0:1".into(),
             root: PathBuf::from("/"),
             mount_point: PathBuf::from(at),
@@ -1535,6 +1538,7 @@ mod tests {
     fn mount(at: &str, fs_type: &str) -> MountEntry {
         MountEntry {
             id: 0,
+            parent: 0,
             device: "0:1".into(),
             root: PathBuf::from("/"),
             mount_point: PathBuf::from(at),

@@ -21,15 +21,17 @@ pub(crate) fn open_root(root: &StateRoot) -> anyhow::Result<()> {
             registry.dir().display()
         )
     })?;
-    if let Some(new) = registered {
-        for warning in feather_vm::hiding::in_running_vms(&new) {
+    if let Some(new) = &registered.new {
+        for warning in feather_vm::hiding::in_running_vms(new) {
             eprintln!("feather: warning: {warning}");
         }
         // OCI containers over the host see the host's tree, state roots included.
-        for warning in feather_oci::hiding::in_running_containers(&new) {
+        for warning in feather_oci::hiding::in_running_containers(new) {
             eprintln!("feather: warning: {warning}");
         }
     }
+    // Its id goes in once it is hidden, as everything that goes in a new root.
+    registered.mark()?;
     root.prepare_inside()?;
     Ok(())
 }
