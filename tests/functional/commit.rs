@@ -1,5 +1,6 @@
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use crate::support::{diff_paths, names_in, Bind, Feather, RecordHold, ScratchBase};
 
@@ -476,19 +477,37 @@ fn commit_never_reaches_a_filesystem_mounted_under_the_base_after_the_start() {
     assert_eq!(mode & 0o7777, 0o700);
 }
 
+/// A scratch base holding `data/keep`, a tmpfs (mode 0755) mounted at `at` in it holding `file`
+/// (`text`), and a VM `vm` started over it without a network: the set-up of the tests of a
+/// host filesystem under the base.
+fn vm_over_a_mount_in_a_base(
+    label: &str,
+    at: &Path,
+    file: &str,
+    text: &str,
+) -> (ScratchBase, PathBuf, Feather) {
+    let mut base = ScratchBase::new(label);
+    base.write("data/keep", "base\n");
+    let mounted = base.mount_tmpfs_at(at);
+    fs::set_permissions(&mounted, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(mounted.join(file), text).unwrap();
+    let feather = Feather::new(label);
+    feather.start_over("vm", &base, &["--net", "none"]);
+    (base, mounted, feather)
+}
+
 /// A filesystem mounted after the start on a layer's own lower folder (over a filesystem the
 /// VM has a layer of, or over the base itself) is one the VM never saw: every change of that
 /// layer is marked by `diff` and refused by `commit`, which neither reads nor writes it. Once
 /// unmounted, the filesystems the VM saw are back and the commit applies to them.
 #[test]
 fn commit_never_reaches_a_filesystem_mounted_on_a_layers_own_folder_after_the_start() {
-    let mut base = ScratchBase::new("commit-over-lower");
-    base.write("data/keep", "base\n");
-    let sub = base.mount_tmpfs("mnt/sub");
-    fs::set_permissions(&sub, fs::Permissions::from_mode(0o755)).unwrap();
-    fs::write(sub.join("keep"), "sub at start\n").unwrap();
-    let feather = Feather::new("commit-over-lower");
-    feather.start_over("vm", &base, &["--net", "none"]);
+    let (mut base, sub, feather) = vm_over_a_mount_in_a_base(
+        "commit-over-lower",
+        Path::new("mnt/sub"),
+        "keep",
+        "sub at start\n",
+    );
     let seen = feather.sh(
         "vm",
         "cat /mnt/sub/keep && echo vm > /mnt/sub/keep && rm /data/keep && echo vm > /data/new \
@@ -562,13 +581,12 @@ fn commit_never_reaches_a_filesystem_mounted_on_a_layers_own_folder_after_the_st
 /// mounted on a layer's own folder after the start is still refused, neither read nor written.
 #[test]
 fn commit_from_another_mount_namespace_applies_and_still_refuses_a_filesystem_mounted_since() {
-    let mut base = ScratchBase::new("commit-other-ns");
-    base.write("data/keep", "base\n");
-    let sub = base.mount_tmpfs("mnt/sub");
-    fs::set_permissions(&sub, fs::Permissions::from_mode(0o755)).unwrap();
-    fs::write(sub.join("keep"), "sub at start\n").unwrap();
-    let feather = Feather::new("commit-other-ns");
-    feather.start_over("vm", &base, &["--net", "none"]);
+    let (mut base, sub, feather) = vm_over_a_mount_in_a_base(
+        "commit-other-ns",
+        Path::new("mnt/sub"),
+        "keep",
+        "sub at start\n",
+    );
     let done = feather.sh(
         "vm",
         "echo vm > /mnt/sub/keep && echo vm > /data/new && echo done",
@@ -801,13 +819,8 @@ fn reset_drops_the_changes_at_the_paths_given_and_never_follows_a_link_in_the_la
 fn names_that_are_not_utf8_are_diffed_committed_and_removed() {
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
-    let mut base = ScratchBase::new("commit-bytes");
-    base.write("data/keep", "base\n");
-    let sub = base.mount_tmpfs_at(&std::path::Path::new("mnt").join(OsStr::from_bytes(b"b\xff")));
-    fs::set_permissions(&sub, fs::Permissions::from_mode(0o755)).unwrap();
-    fs::write(sub.join("old"), "host\n").unwrap();
-    let feather = Feather::new("commit-bytes");
-    feather.start_over("vm", &base, &["--net", "none"]);
+    let at = Path::new("mnt").join(OsStr::from_bytes(b"b\xff"));
+    let (base, sub, feather) = vm_over_a_mount_in_a_base("commit-bytes", &at, "old", "host\n");
     let seen = feather.sh(
         "vm",
         r#"d="$(printf '/mnt/b\377')" && cat "$d/old" && echo vm > "$d/new" \

@@ -668,6 +668,22 @@ fn a_checkpoint_binding_a_host_folder_through_proc_is_not_restored() {
     }
 }
 
+/// `sleep 1000` with the host folder `source` bound at `/data` (`rbind`, and `mode`: `rw` or
+/// `ro`): a volume, which a checkpoint lists as a keyed external.
+fn config_with_volume(source: &Path, mode: &str) -> serde_json::Value {
+    let mut config = base_config(&["sleep", "1000"]);
+    config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "destination": "/data",
+            "type": "bind",
+            "source": source,
+            "options": ["rbind", mode]
+        }));
+    config
+}
+
 /// A checkpoint whose `/proc/sys` entry is rewritten into a bind of the config's volume
 /// (`/data`, the volume's device, type, source and options) at `x/<a host folder>` beneath it,
 /// where the volume holds a link `x -> /` (one its container could make before the dump):
@@ -682,16 +698,7 @@ fn a_checkpoint_binding_through_a_link_in_a_volume_is_not_restored() {
     fs::create_dir_all(&host_folder).unwrap();
     fs::write(host_folder.join("marker"), "HOST-FOLDER-MARKER\n").unwrap();
     std::os::unix::fs::symlink("/", volume.join("x")).unwrap();
-    let mut config = base_config(&["sleep", "1000"]);
-    config["mounts"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({
-            "destination": "/data",
-            "type": "bind",
-            "source": volume,
-            "options": ["rbind", "rw"]
-        }));
+    let config = config_with_volume(&volume, "rw");
     let runtime = Runtime::new(&scratch);
     let bundle = Bundle::new(&scratch, "bundle", &config);
     let images = checkpointed(&runtime, &scratch, &bundle, "ckpt-link1");
@@ -750,16 +757,7 @@ fn a_restore_without_cgroup_v2_is_refused_before_anything_is_made() {
     let scratch = Scratch::new("checkpoint-no-v2");
     let volume = scratch.path("volume");
     fs::create_dir_all(&volume).unwrap();
-    let mut config = base_config(&["sleep", "1000"]);
-    config["mounts"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({
-            "destination": "/data",
-            "type": "bind",
-            "source": volume,
-            "options": ["rbind", "rw"]
-        }));
+    let config = config_with_volume(&volume, "rw");
     let runtime = Runtime::new(&scratch);
     let bundle = Bundle::new(&scratch, "bundle", &config);
     let images = checkpointed(&runtime, &scratch, &bundle, "nov2-1");
@@ -926,16 +924,7 @@ fn a_checkpoint_making_a_read_only_bind_writable_is_not_restored() {
     let scratch = Scratch::new("checkpoint-ro-bind");
     let shared = scratch.path("shared");
     fs::create_dir_all(&shared).unwrap();
-    let mut config = base_config(&["sleep", "1000"]);
-    config["mounts"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({
-            "destination": "/data",
-            "type": "bind",
-            "source": shared,
-            "options": ["rbind", "ro"]
-        }));
+    let config = config_with_volume(&shared, "ro");
     let keyed = |mount: &MntEntry| mount.ext_key.as_deref() == Some("/data");
     let probe = "echo x > /data/written";
     assert_read_only_dropped_refused(&scratch, &config, "ckpt-ro", keyed, "/data (", probe);

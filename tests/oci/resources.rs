@@ -146,6 +146,40 @@ fn cpuset_throttles_huge_pages_and_unified_reach_the_container() {
     }
 }
 
+/// The init starts in the container's group in every hierarchy: cloned into the v2 one, it
+/// moves its one thread into each v1 one itself (`0` into `tasks`) before it could fork, as
+/// create no longer moves it by pid (which waits for an RCU grace period).
+#[test]
+fn the_init_is_in_the_containers_group_in_every_hierarchy() {
+    let scratch = Scratch::new("init-groups");
+    let runtime = Runtime::new(&scratch);
+    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "100"]));
+    let id = format!("init-groups-{}", std::process::id());
+    let outcome = runtime.create(&id, &bundle, &scratch.path("output"));
+    let pid = runtime.state(&id)["pid"].as_i64().unwrap_or_default();
+    let table = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    assert_eq!(runtime.run(&["delete", "--force", &id]).code, 0);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let group = format!("/feather-oci/{id}");
+    // (controllers, path) per hierarchy; systemd's named one holds no controller, no group.
+    let hierarchies: Vec<(&str, &str)> = table
+        .lines()
+        .filter_map(|line| line.split_once(':')?.1.split_once(':'))
+        .filter(|(controllers, _)| !controllers.starts_with("name="))
+        .collect();
+    for controllers in ["memory", "pids", "devices", "freezer", "cpuset", ""] {
+        assert!(
+            hierarchies
+                .iter()
+                .any(|(c, _)| c.split(',').any(|c| c == controllers)),
+            "no {controllers:?} hierarchy on this host: {table}"
+        );
+    }
+    for (controllers, path) in hierarchies {
+        assert_eq!(path, group, "hierarchy {controllers:?}: {table}");
+    }
+}
+
 #[test]
 fn resources_this_host_lacks_are_refused_by_name() {
     let scratch = Scratch::new("controllers-refused");

@@ -452,24 +452,10 @@ impl Drop for TestGroup {
 mod tests {
     use super::*;
     use crate::restored::{walk_tree, Unchecked};
-
-    /// A process the test started, killed and reaped on drop.
-    struct Started(std::process::Child);
-
-    impl Drop for Started {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+    use feather_testkit::Started;
 
     fn start(program: &str, args: &[&str]) -> Started {
-        Started(
-            std::process::Command::new(program)
-                .args(args)
-                .spawn()
-                .unwrap(),
-        )
+        Started::spawn(program, args)
     }
 
     fn pid(process: &Started) -> i32 {

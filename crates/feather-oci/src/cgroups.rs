@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use feather_sys::cgroup::{Cgroup, Hierarchies, Limits};
+use feather_sys::cgroup::{Cgroup, Limits, V2Entry};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxMemory, LinuxResources};
@@ -33,10 +33,8 @@ pub fn v2_for_holding() -> Result<PathBuf> {
 
 /// Every cgroup hierarchy mounted: (name inside /sys/fs/cgroup, mount point).
 pub fn hierarchies() -> Vec<(String, PathBuf)> {
-    feather_sys::mountinfo::mounts()
-        .unwrap_or_default()
+    crate::hierarchies::mounts()
         .into_iter()
-        .filter(|m| m.fs_type == "cgroup" || m.fs_type == "cgroup2")
         .filter_map(|m| {
             let name = m.mount_point.file_name()?.to_str()?.to_owned();
             Some((name, m.mount_point))
@@ -70,7 +68,7 @@ const VMS_GROUP: &str = "feather";
 impl Groups {
     pub fn new(relative: &str) -> Groups {
         Groups {
-            cgroup: Cgroup::new(Hierarchies::detect(), relative),
+            cgroup: Cgroup::new(crate::hierarchies::detect(), relative),
             relative: PathBuf::from(relative),
         }
     }
@@ -90,8 +88,14 @@ impl Groups {
 
     /// Creates the group everywhere and applies `resources`.
     pub fn create(&self, resources: Option<&LinuxResources>) -> Result<()> {
+        self.make(resources).map(drop)
+    }
+
+    /// [`Groups::create`], saying how a new process may enter the v2 folder ([`V2Entry`]).
+    pub fn make(&self, resources: Option<&LinuxResources>) -> Result<V2Entry> {
         let limits = resources.map(limits_of).transpose()?.unwrap_or_default();
-        self.cgroup
+        let v2_entry = self
+            .cgroup
             .create(&limits)
             .map_err(|e| anyhow::anyhow!("linux.resources: {e}"))?;
         if let Some(dir) = self.freezer_dir() {
@@ -110,7 +114,35 @@ impl Groups {
         {
             self.apply_devices(&[])?;
         }
-        Ok(())
+        Ok(v2_entry)
+    }
+
+    /// What a new process needs to start in the group without being moved by pid, which
+    /// waits for an RCU grace period (feather_sys's [`Cgroup::entry`]): the hierarchies
+    /// feather-sys knows, and the freezer's and [`crate::controllers::V1_OWN`]'s.
+    pub fn entry(&self, v2: V2Entry) -> Result<Entry> {
+        let common = self
+            .cgroup
+            .entry(v2)
+            .map_err(|e| anyhow::anyhow!("join the container's cgroup: {e}"))?;
+        let known = self.cgroup.dirs();
+        let mut tasks: Vec<(fs::File, PathBuf)> = Vec::new();
+        for dir in self
+            .freezer_dir()
+            .into_iter()
+            .chain(crate::controllers::v1_dirs(&self.relative))
+        {
+            if known.contains(&dir) || tasks.iter().any(|(_, path)| path.parent() == Some(&dir)) {
+                continue;
+            }
+            let path = dir.join("tasks");
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("join the container's cgroup: open {}", path.display()))?;
+            tasks.push((file, path));
+        }
+        Ok(Entry { common, tasks })
     }
 
     /// `update --resources`: the same fields as at create.
@@ -501,6 +533,34 @@ pub fn check_memory_v1_fields(memory: &LinuxMemory) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Open folders and files of a group for a new process to start in it ([`Groups::entry`]).
+pub struct Entry {
+    common: feather_sys::cgroup::Entry,
+    tasks: Vec<(fs::File, PathBuf)>,
+}
+
+impl Entry {
+    /// The v2 folder to clone the process into (`CLONE_INTO_CGROUP`), if any.
+    pub fn v2(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.common.v2()
+    }
+
+    /// In the new process, while it has one thread and before it forks: moves it into every
+    /// group it was not cloned into.
+    pub fn enter(&self) -> Result<()> {
+        self.common
+            .enter()
+            .map_err(|e| anyhow::anyhow!("join the container's cgroup: {e}"))?;
+        for (file, path) in &self.tasks {
+            let mut file = file;
+            std::io::Write::write_all(&mut file, b"0").with_context(|| {
+                format!("join the container's cgroup: write 0 to {}", path.display())
+            })?;
+        }
+        Ok(())
+    }
 }
 
 fn write(path: &Path, value: &str) -> Result<()> {

@@ -288,6 +288,7 @@ impl CriuFlags {
 
 /// Runs the command line; returns the exit code.
 pub fn main() -> i32 {
+    feather_core::trace::begin();
     let cli = Cli::parse_from(std::env::args_os().map(go_spelling));
     crate::log::init(cli.log.clone(), &cli.log_format, cli.debug);
     crate::log::debug(&format!("argv: {:?}", std::env::args().collect::<Vec<_>>()));

@@ -33,6 +33,7 @@ pub struct CreateArgs {
 pub fn create(root: &Path, args: &CreateArgs) -> Result<()> {
     // The init runs this program inside the container until `start`: from a read-only mount
     // (see feather_sys::own_program), before anything is made.
+    feather_core::trace::phase("start the program");
     feather_sys::own_program::run_from_read_only_mount().context("create")?;
     // The init, forked from here, keeps it until its program's execve.
     feather_sys::process::make_undumpable().context("create")?;
@@ -89,6 +90,7 @@ pub fn make_container(
         cgroup,
         annotations: spec.annotations().clone().unwrap_or_default(),
     };
+    feather_core::trace::phase("read and check the config");
     let container = Container::make(root, record)?;
     if let Err(error) = spec.save(container.dir.join("config.json")) {
         crate::ops::destroy(&container);
@@ -99,6 +101,7 @@ pub fn make_container(
     if let Err(error) = crate::registry::RootRegistry::host().register(root) {
         eprintln!("feather-oci: warning: {error}");
     }
+    feather_core::trace::phase("make the container's folder");
     Ok((container, spec, feather))
 }
 
@@ -113,7 +116,9 @@ fn build(
     crate::userns::give_fifo(&container.fifo(), spec)?;
     let linux = spec.linux().clone().context("linux")?;
     let groups = container.groups();
-    groups.create(linux.resources().as_ref())?;
+    feather_core::trace::phase("make the fifo");
+    let v2_entry = groups.make(linux.resources().as_ref())?;
+    feather_core::trace::phase("make the cgroups");
     if feather.host_base {
         crate::mounts::host_layer(&container.dir)?;
     }
@@ -163,6 +168,10 @@ fn build(
     } else {
         Vec::new()
     };
+    feather_core::trace::phase("prepare the namespaces and id-mapped mounts");
+    // The init starts in its groups (cloned into the v2 one, moving its one thread into the
+    // v1 ones itself): a move by pid would wait for an RCU grace period.
+    let cgroup_entry = groups.entry(v2_entry)?;
     let (mut socket, child_socket) = UnixStream::pair().context("socketpair")?;
     // Joined namespaces apply to this process (a pid namespace to its children): the init is
     // cloned into them, and into new ones for the rest.
@@ -170,10 +179,13 @@ fn build(
         nix::sched::setns(file, *flag)
             .with_context(|| format!("linux.namespaces[{typ}].path: join"))?;
     }
-    let child = match feather_sys::process::fork_into(new).map_err(|e| anyhow::anyhow!("{e}"))? {
+    let forked = feather_sys::process::fork_into_cgroup(new, cgroup_entry.v2())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let child = match forked {
         feather_sys::process::Forked::Child => {
             drop(socket);
             Init {
+                cgroup_entry: Some(cgroup_entry),
                 spec: spec.clone(),
                 record: container.record.clone(),
                 dir: container.dir.clone(),
@@ -194,7 +206,9 @@ fn build(
         }
         feather_sys::process::Forked::Parent(child) => child,
     };
+    feather_core::trace::phase("clone the init");
     drop(child_socket);
+    drop(cgroup_entry);
     drop(console);
     drop(idmapped);
     let outcome = supervise(container, spec, &mut socket, child.pid.as_raw()).and_then(|()| {
@@ -214,14 +228,14 @@ fn build(
     Ok(())
 }
 
-/// Drives the init through its steps; returns once it waits for `start`.
+/// Drives the init through its steps, which it begins in its cgroups; returns once it waits
+/// for `start`.
 fn supervise(
     container: &mut Container,
     spec: &Spec,
     socket: &mut UnixStream,
     pid: i32,
 ) -> Result<()> {
-    container.groups().add(nix::unistd::Pid::from_raw(pid))?;
     crate::userns::write_maps(pid, spec)?;
     writeln!(socket, "go {pid}")?;
     container.record.pid = pid;
@@ -230,18 +244,22 @@ fn supervise(
         let line = line?;
         match line.as_str() {
             "mounted" => {
+                feather_core::trace::phase("wait for the init's mounts");
                 // runtime.md: "creating" is lifecycle step 2, the environment being made;
                 // these hooks are steps 3 and 4, after it ("created"; runc says "creating").
                 let state = crate::ops::hook_state(&container.record, "created");
                 hooks::run(spec, Kind::Prestart, &state)?;
                 hooks::run(spec, Kind::CreateRuntime, &state)?;
                 writeln!(socket, "go")?;
+                feather_core::trace::phase("run the prestart hooks");
             }
             "ready" => {
+                feather_core::trace::phase("wait for the init to be ready");
                 container.record.start_ticks =
                     feather_sys::process::start_ticks(nix::unistd::Pid::from_raw(pid))
                         .context("the container's init vanished")?;
                 container.save()?;
+                feather_core::trace::phase("save the record");
                 return Ok(());
             }
             other => match other.strip_prefix("error ") {

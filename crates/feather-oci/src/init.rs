@@ -25,6 +25,8 @@ use crate::hooks::{self, Kind};
 use crate::store::Record;
 
 pub struct Init {
+    /// The container's groups, entered first thing ([`crate::cgroups::Entry`]).
+    pub cgroup_entry: Option<crate::cgroups::Entry>,
     pub spec: Spec,
     pub record: Record,
     pub dir: PathBuf,
@@ -76,6 +78,10 @@ impl Init {
         // Until create has recorded us, its death must be ours.
         feather_sys::process::set_parent_death_signal(Signal::SIGKILL)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Before anything that could fork, and before its descriptors are closed by number.
+        if let Some(entry) = self.cgroup_entry.take() {
+            entry.enter()?;
+        }
         let mut keep: Vec<i32> = (3..3 + self.preserve_fds).collect();
         keep.push(self.socket.as_raw_fd());
         keep.extend(self.console.as_ref().map(|c| c.as_raw_fd()));
@@ -88,6 +94,7 @@ impl Init {
             .and_then(|p| p.parse().ok())
             .context("unexpected message from create")?;
         self.record.pid = host_pid;
+        feather_core::trace::phase("init: wait for go");
         // Every write into /proc goes through a procfs of the init's own, taken before the
         // container has a single mount (docs/security.md): the container's /proc is its own to
         // make lead anywhere.
@@ -115,6 +122,7 @@ impl Init {
             nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).context("linux.namespaces[cgroup]")?;
         }
         nix::unistd::setsid().context("setsid")?;
+        feather_core::trace::phase("init: procfs, fifo, namespaces");
         let groups = Groups::new(&self.record.cgroup);
         let rootfs = crate::mounts::prepare_root(
             &self.spec,
@@ -123,6 +131,7 @@ impl Init {
             self.host_base,
             &self.hidden_roots,
         )?;
+        feather_core::trace::phase("init: prepare the root");
         let assembled = crate::mounts::mount_all(
             &self.spec,
             &rootfs,
@@ -130,16 +139,21 @@ impl Init {
             &groups,
             &std::mem::take(&mut self.idmapped),
         )?;
+        feather_core::trace::phase("init: mount all");
         writeln!(self.socket, "mounted")?;
         if self.receive()? != "go" {
             bail!("unexpected message from create");
         }
         let state = crate::ops::hook_state(&self.record, "created");
         hooks::run(&self.spec, Kind::CreateContainer, &state)?;
+        feather_core::trace::phase("init: wait for the hooks");
         crate::mounts::mask_all(&self.spec, &assembled, &self.confinement)?;
+        feather_core::trace::phase("init: mask");
         crate::mounts::enter_root(&assembled, self.no_pivot)?;
+        feather_core::trace::phase("init: enter the root");
         self.set_names()?;
         crate::mounts::finish_root(&self.spec, &assembled, &self.confinement, &proc)?;
+        feather_core::trace::phase("init: finish the root");
         if has_new_network(&self.spec) {
             // As runc: programs expect 127.0.0.1 in a new network namespace, which starts with
             // `lo` down.
@@ -155,8 +169,10 @@ impl Init {
         if process.terminal() == Some(true) {
             self.give_terminal()?;
         }
+        feather_core::trace::phase("init: loopback, confinement, services, terminal");
         crate::process::find_program(&process)?;
         nix::sys::prctl::set_pdeathsig(None::<Signal>).context("prctl(PR_SET_PDEATHSIG)")?;
+        feather_core::trace::phase("init: find the program");
         writeln!(self.socket, "ready")?;
         // Held open until exec closes it (O_CLOEXEC): `start` reads the byte, then waits for
         // the end of the fifo, so its poststart hooks follow the startContainer ones and the

@@ -41,7 +41,9 @@ pub fn state(root: &Path, id: &str) -> Result<()> {
 }
 
 pub fn start(root: &Path, id: &str) -> Result<()> {
+    feather_core::trace::phase("start the program");
     let container = Container::load(root, id)?;
+    feather_core::trace::phase("load the container");
     match container.status() {
         Status::Created => {}
         other => bail!(
@@ -76,6 +78,7 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
             bail!("cannot start container {id}: its init did not take the start");
         }
     }
+    feather_core::trace::phase("release the init");
     let _ = fs::remove_file(container.fifo());
     let config = container.config()?;
     if let Err(error) = hooks::run(
@@ -123,6 +126,7 @@ pub fn kill_container(root: &Path, id: &str, signal: &str, all: bool) -> Result<
 }
 
 pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
+    feather_core::trace::phase("start the program");
     let container = match Container::load(root, id) {
         Ok(container) => container,
         Err(_) if force && !root.join(id).exists() => return Ok(()),
@@ -146,6 +150,7 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         ),
     }
     let config = container.config();
+    feather_core::trace::phase("load the container");
     destroy(&container);
     if let Ok(config) = config {
         let state = hook_state(&container.record, "stopped");
@@ -165,16 +170,21 @@ pub fn destroy(container: &Container) {
     if let Some(init) = container.init_pidfd() {
         let _ = feather_sys::process::signal(&init, Signal::SIGKILL);
     }
+    feather_core::trace::phase("signal the init");
     groups.kill_all();
+    feather_core::trace::phase("kill the cgroups' processes");
     let deadline = Instant::now() + Duration::from_secs(5);
     while container.init_alive() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(2));
     }
+    feather_core::trace::phase("wait for the init to end");
     groups.remove();
+    feather_core::trace::phase("remove the cgroups");
     if container.record.pid == 0 || !container.init_alive() {
         crate::mounts::remove_host_layer(&container.dir);
         let _ = fs::remove_dir_all(&container.dir);
     }
+    feather_core::trace::phase("remove the container's folder");
 }
 
 pub fn ps(root: &Path, id: &str, json: bool) -> Result<()> {

@@ -746,24 +746,10 @@ fn wait_for(pid: Pid) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A process the test started, killed and reaped on drop.
-    struct Started(std::process::Child);
-
-    impl Drop for Started {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+    use feather_testkit::Started;
 
     fn sleep() -> Started {
-        Started(
-            std::process::Command::new("sleep")
-                .arg("60")
-                .spawn()
-                .unwrap(),
-        )
+        Started::spawn("sleep", &["60"])
     }
 
     /// A refused tree is killed through its held group before anything thaws: a process the

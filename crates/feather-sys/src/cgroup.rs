@@ -46,7 +46,7 @@ impl Hierarchies {
     /// hierarchy is mounted too is no place for every VM's group: a VM's `/sys/fs/cgroup`
     /// binds its `services` groups, and a mount of a VM's tree that shows on the host (a state
     /// root on a shared mount, say) must not become where feather makes them.
-    fn in_mounts(mut mounts: Vec<mountinfo::MountEntry>) -> Self {
+    pub fn in_mounts(mut mounts: Vec<mountinfo::MountEntry>) -> Self {
         let mut found = Hierarchies::default();
         // Stable: in mount order among the whole mounts, then among the binds.
         mounts.sort_by_key(|entry| entry.root != Path::new("/"));

@@ -1,10 +1,12 @@
 //! What feather's integration test crates share, so that each is written once: a scratch
 //! folder of a test's own ([`unique_dir`]), the outcome of a command ([`Outcome`], [`run`]),
-//! waiting for a condition ([`eventually`]), a disk of the host ([`a_disk`]), and CRIU's images
+//! waiting for a condition ([`eventually`]), a disk of the host ([`a_disk`]), a process killed
+//! when the test ends ([`Started`]), and CRIU's images
 //! rewritten as a crafted checkpoint would have them ([`criu_image`], over protobuf's wire format: [`protobuf`]).
 //!
 //! It is a dev-dependency only: of `feather` (whose test crates are tests/functional,
-//! tests/security and tests/web) and `feather-oci` (tests/oci). Product code never depends on
+//! tests/security and tests/web), `feather-oci` (tests/oci and its unit tests) and
+//! `feather-confine` (its unit tests). Product code never depends on
 //! it, which is why feather-migrate's `mount_images` reads CRIU's mount images with a reader
 //! of its own: that one judges an image from a checkpoint or a sender, so it is bounded
 //! (`MAX_IMAGE`), decodes only `MntEntry`, and returns errors; the walkers here rewrite images
@@ -87,5 +89,22 @@ pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A process a test started, killed and reaped when dropped, also when the test fails.
+pub struct Started(pub std::process::Child);
+
+impl Started {
+    /// `program` with `args`, started with the test's stdio.
+    pub fn spawn(program: &str, args: &[&str]) -> Started {
+        Started(Command::new(program).args(args).spawn().unwrap())
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
