@@ -244,6 +244,27 @@ fn process_fields_are_honoured() {
     );
 }
 
+/// An ambient capability that is not inheritable cannot be granted: the container starts
+/// without it, as under runc (Debian's runc 1.1.5 `runc spec` writes such a set), and with the
+/// ambient capabilities that are inheritable.
+#[test]
+fn ambient_capabilities_that_are_not_inheritable_are_left_out_and_the_rest_raised() {
+    let scratch = Scratch::new("ambient");
+    let runtime = Runtime::new(&scratch);
+    let mut config = base_config(&["sh", "-c", "grep -E 'CapAmb|CapEff' /proc/self/status"]);
+    config["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+    config["process"]["capabilities"] = json!({
+        "bounding": ["CAP_CHOWN", "CAP_KILL"], "effective": ["CAP_CHOWN", "CAP_KILL"],
+        "permitted": ["CAP_CHOWN", "CAP_KILL"], "inheritable": ["CAP_CHOWN"],
+        "ambient": ["CAP_CHOWN", "CAP_KILL"]
+    });
+    let output = run_to_end(&runtime, &scratch, "ambient", &config);
+    // CAP_CHOWN is bit 0; CAP_KILL (bit 5) was not inheritable, so not ambient, and a non-root
+    // program keeps only its ambient set.
+    assert!(output.contains("CapAmb:\t0000000000000001"), "{output}");
+    assert!(output.contains("CapEff:\t0000000000000001"), "{output}");
+}
+
 #[test]
 fn absent_capabilities_mean_none_and_seccomp_profile_is_applied() {
     let scratch = Scratch::new("seccomp");

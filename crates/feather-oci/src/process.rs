@@ -277,9 +277,7 @@ fn set_capabilities(process: &Process) -> Result<()> {
     caps::set(None, CapSet::Inheritable, &inheritable)
         .context("process.capabilities.inheritable")?;
     caps::clear(None, CapSet::Ambient).context("process.capabilities.ambient")?;
-    for cap in &ambient {
-        caps::raise(None, CapSet::Ambient, *cap).context("process.capabilities.ambient")?;
-    }
+    raise_ambient(&ambient, &inheritable)?;
     caps::set(
         None,
         CapSet::Effective,
@@ -287,6 +285,28 @@ fn set_capabilities(process: &Process) -> Result<()> {
     )
     .context("process.capabilities.effective")?;
     caps::set(None, CapSet::Permitted, &permitted).context("process.capabilities.permitted")?;
+    Ok(())
+}
+
+/// Raises the ambient capabilities that can be: the kernel grants one only if it is
+/// inheritable (and permitted, as every capability is here). One that is not cannot be granted,
+/// which the runtime spec asks a runtime to warn of rather than fail on; runc and youki warn,
+/// and configs rely on it (Debian's runc 1.1.5 `runc spec` lists ambient capabilities with no
+/// inheritable set). Left out, it is not held after the exec: nothing is granted by the warning.
+fn raise_ambient(ambient: &HashSet<Cap>, inheritable: &HashSet<Cap>) -> Result<()> {
+    let (grantable, not): (Vec<Cap>, Vec<Cap>) =
+        ambient.iter().partition(|cap| inheritable.contains(cap));
+    if !not.is_empty() {
+        let mut names: Vec<String> = not.iter().map(Cap::to_string).collect();
+        names.sort();
+        crate::log::warn(&format!(
+            "process.capabilities.ambient: {} not raised: an ambient capability must be inheritable too (add it to process.capabilities.inheritable)",
+            names.join(", ")
+        ));
+    }
+    for cap in grantable {
+        caps::raise(None, CapSet::Ambient, cap).context("process.capabilities.ambient")?;
+    }
     Ok(())
 }
 
