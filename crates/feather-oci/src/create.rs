@@ -237,7 +237,11 @@ fn supervise(
     pid: i32,
 ) -> Result<()> {
     crate::userns::write_maps(pid, spec)?;
-    writeln!(socket, "go {pid}")?;
+    if let Err(e) = writeln!(socket, "go {pid}") {
+        // The init ended first (its cgroup join, its first step, failed): its reason is
+        // better than "Broken pipe".
+        return Err(init_said_why(socket).unwrap_or_else(|| e.into()));
+    }
     container.record.pid = pid;
     let reader = BufReader::new(socket.try_clone()?);
     for line in reader.lines() {
@@ -270,6 +274,22 @@ fn supervise(
     }
     container.record.pid = 0;
     bail!("the container's init exited during create")
+}
+
+/// The error an init that ended wrote on its socket before it went, if any (waiting a second
+/// at most: an init that cannot be written to has closed its end).
+fn init_said_why(socket: &UnixStream) -> Option<anyhow::Error> {
+    let socket = socket.try_clone().ok()?;
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(1)))
+        .ok()?;
+    BufReader::new(socket)
+        .lines()
+        .map_while(|line| line.ok())
+        .find_map(|line| {
+            line.strip_prefix("error ")
+                .map(|why| anyhow::anyhow!("{why}"))
+        })
 }
 
 /// `--pid-file`, written whole or not at all (engines read it as soon as the command returns),

@@ -1,6 +1,8 @@
 //! Where this host mounts its cgroup hierarchies, as its mount table says: read once per
-//! process (`create` asked 14 times, each a read of /proc/self/mountinfo), and anew in a
-//! forked child, which may join another mount namespace.
+//! process and mount namespace (`create` asked 14 times, each a read of /proc/self/mountinfo),
+//! and anew in a forked child, which may join another mount namespace. Keyed by the mount
+//! namespace too: a child in a new pid namespace may have its parent's pid number. A table
+//! that could not be read is not kept: the next look reads again.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -8,9 +10,10 @@ use std::sync::Mutex;
 use feather_sys::cgroup::Hierarchies;
 use feather_sys::mountinfo::MountEntry;
 
-/// The cgroup mounts as process `pid` read them.
+/// The cgroup mounts as process `pid` read them in the mount namespace `namespace`.
 struct Table {
     pid: u32,
+    namespace: Option<u64>,
     mounts: Vec<MountEntry>,
     hierarchies: Hierarchies,
 }
@@ -21,22 +24,36 @@ fn with_table<T>(look: impl FnOnce(&Table) -> T) -> T {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let pid = std::process::id();
+    let namespace = mount_namespace();
     let read = match table.take() {
-        Some(read) if read.pid == pid => read,
+        Some(read) if read.pid == pid && read.namespace == namespace && namespace.is_some() => read,
         _ => {
-            let mounts: Vec<MountEntry> = feather_sys::mountinfo::mounts()
+            let read = feather_sys::mountinfo::mounts();
+            let kept = read.is_ok();
+            let mounts: Vec<MountEntry> = read
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|m| m.fs_type == "cgroup" || m.fs_type == "cgroup2")
                 .collect();
-            Table {
+            let fresh = Table {
                 pid,
+                namespace,
                 hierarchies: Hierarchies::in_mounts(mounts.clone()),
                 mounts,
+            };
+            if !kept {
+                return look(&fresh);
             }
+            fresh
         }
     };
     look(table.insert(read))
+}
+
+/// The inode of the caller's mount namespace; None when it cannot be read (nothing is kept).
+fn mount_namespace() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/mnt").ok().map(|m| m.ino())
 }
 
 /// The hierarchies feather-sys's [`feather_sys::cgroup::Cgroup`] writes limits to.
