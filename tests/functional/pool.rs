@@ -1130,8 +1130,9 @@ fn a_moved_roots_pooled_vm_goes_at_once() {
     let keeper = keeper_of(&pool, &name);
     let alive = || std::path::Path::new(&format!("/proc/{keeper}")).exists();
     let root = pool.feather.root.clone();
+    // Not a `root-…` name: the sweep of ended tests' roots (tests/support) would take it.
     let moved = root.with_file_name(format!(
-        "{}-moved",
+        "moved-{}",
         root.file_name().unwrap().to_string_lossy()
     ));
     fs::rename(&root, &moved).unwrap();

@@ -485,6 +485,8 @@ fn a_root_registered_while_a_restore_records_the_vm_running_is_hidden_in_it() {
 fn a_root_registered_while_a_vm_with_a_mount_point_that_is_not_utf8_runs_is_hidden_in_it() {
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
+    // Its mount at a path that is not UTF-8 is for its own VM alone.
+    crate::support::own_mount_namespace();
     let mut base = crate::support::ScratchBase::new("host-view-bytes");
     base.mount_tmpfs_at(&Path::new("mnt").join(OsStr::from_bytes(b"b\xff")));
     let late = late_root_in(&base);

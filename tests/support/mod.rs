@@ -252,6 +252,24 @@ impl Drop for Feather {
 /// process, or of a pid reused meanwhile, is left alone; so is every other folder. One test
 /// sweeps at a time (the lock of `dir/sweep.lock`); another that finds it taken goes on, as the
 /// sweep under way removes what it would.
+/// Gives the calling test's thread, and every command it starts from now on, a mount namespace
+/// of its own, a slave of the host's (the host's mounts reach it, its own reach nobody): for a
+/// mount no other test's VM may see. Every VM over `/` copies the host's mounts, and one at a
+/// path that is not UTF-8 makes each such VM refuse a checkpoint. Mount namespaces are a
+/// thread's: the test harness's other threads, and the tests in other processes, keep the host's.
+pub fn own_mount_namespace() {
+    use nix::mount::{mount, MsFlags};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare a mount namespace");
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .expect("make the test's mount namespace a slave of the host's");
+}
+
 pub fn sweep_roots_of_ended_tests(dir: &Path) {
     let ended: Vec<PathBuf> = names_in(dir)
         .iter()
