@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
@@ -65,7 +65,19 @@ class Tour:
         return self.wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, css)))
 
     def click(self, css):
-        self.wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, css))).click()
+        # The page re-renders what the server's live updates change (a VM's row as its status
+        # moves): the element found may be replaced before the click reaches it, which then
+        # raises without clicking. Found and clicked again until one click lands.
+        def clicked(driver):
+            try:
+                element = EC.element_to_be_clickable((By.CSS_SELECTOR, css))(driver)
+                if not element:
+                    return False
+                element.click()
+                return True
+            except StaleElementReferenceException:
+                return False
+        self.wait.until(clicked)
 
     def text_appears(self, css, text, seconds=WAIT):
         try:
