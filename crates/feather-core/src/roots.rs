@@ -10,6 +10,7 @@
 
 use std::fs;
 use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -147,7 +148,7 @@ impl Registry {
         write_atomic(&path, &text, Durability::Durable)?;
         Ok(Registration {
             new: new.then(|| entry.root()),
-            unmarked: Some((entry.dir, entry.id)),
+            unmarked: Some(entry),
         })
     }
 
@@ -414,8 +415,8 @@ fn unreadable(path: &Path, e: std::io::Error) -> Error {
 pub struct Registration {
     /// The root, with canonical paths, when its entry is new: to hide in the VMs running.
     pub new: Option<StateRoot>,
-    /// The state folder and the id its entry names, when an entry was written.
-    unmarked: Option<(PathBuf, String)>,
+    /// The entry written, whose id goes in its state folder.
+    unmarked: Option<Entry>,
 }
 
 impl Registration {
@@ -426,7 +427,7 @@ impl Registration {
     /// know the folder by its path and its identity now.
     pub fn mark(&self) -> Result<()> {
         match &self.unmarked {
-            Some((dir, id)) => write_root_id(dir, id),
+            Some(entry) => write_root_id(entry),
             None => Ok(()),
         }
     }
@@ -618,13 +619,35 @@ fn random_id() -> Result<String> {
 
 /// Writes `id` into the state folder `dir` ([`ROOT_ID_FILE`]) unless it holds an id already
 /// (a folder of another root's, bound or moved here, keeps its own).
-fn write_root_id(dir: &Path, id: &str) -> Result<()> {
-    let folder = fs::File::open(dir).at(dir)?;
+/// Written through the folder's descriptor, once its device and inode are checked to be the
+/// entry's: a folder swapped in at the path since the registration (by a user owning a
+/// parent of a root such as `/home/u/feather`) is refused, not given the id (review roots28 L3).
+fn write_root_id(entry: &Entry) -> Result<()> {
+    let dir = &entry.dir;
+    let folder = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+        .at(dir)?;
+    let meta = folder.metadata().at(dir)?;
+    if (meta.dev(), meta.ino()) != (entry.dev, entry.ino) {
+        return Err(Error::Other(format!(
+            "the state folder {} is another folder than the one registered a moment ago (moved \
+             or replaced meanwhile): its root id was not written; check who can change {} and \
+             run the command again",
+            dir.display(),
+            dir.parent().unwrap_or(dir).display()
+        )));
+    }
     if beneath::root_id_in(&folder).is_some() {
         return Ok(());
     }
-    let path = dir.join(ROOT_ID_FILE);
-    write_atomic(&path, format!("{id}\n").as_bytes(), Durability::Durable)
+    let path = Path::new(&format!("/proc/self/fd/{}", folder.as_raw_fd())).join(ROOT_ID_FILE);
+    write_atomic(
+        &path,
+        format!("{}\n", entry.id).as_bytes(),
+        Durability::Durable,
+    )
 }
 
 /// The state and run folders of `root`, canonical where they exist, with their aliases.
@@ -1431,6 +1454,26 @@ mod tests {
             known.is_empty() && !read.get(),
             "no late root: no table read"
         );
+    }
+
+    /// A state folder swapped at its path between the registration and the mark is not given
+    /// the root's id (review roots28 L3: written by path, into whatever folder was there).
+    #[test]
+    fn the_id_goes_only_into_the_folder_registered() {
+        let registry = Registry::at(scratch("registry-swap"));
+        let folder = scratch("swap");
+        let root = StateRoot::new(Some(folder.join("root")));
+        root.prepare().unwrap();
+        let registered = registry.register(&root).unwrap();
+        fs::rename(root.dir(), folder.join("away")).unwrap();
+        fs::create_dir(root.dir()).unwrap();
+        let marked = registered.mark();
+        let planted = root.dir().join(ROOT_ID_FILE).exists();
+        fs::remove_dir_all(&folder).unwrap();
+        fs::remove_dir_all(registry.dir()).unwrap();
+        let err = marked.unwrap_err().to_string();
+        assert!(err.contains("another folder"), "{err}");
+        assert!(!planted, "the id written into the folder swapped in");
     }
 
     #[test]
