@@ -263,7 +263,9 @@ fn commit_writes_nothing_of_the_layer_into_a_state_root() {
 /// A state root bound from a folder of the base (as `/data/feather` bound at
 /// `/var/lib/feather`, the registry naming the latter): a VM over the base sees the root at
 /// the bind's source too. It is hidden there, and what the VM's layer holds there is marked
-/// and never committed, also once the bind is gone (by the identity the registry recorded).
+/// and never committed, also once the bind is gone (by the identity the registry recorded),
+/// and still hidden at the next start once the root's next command registered the empty
+/// folder the bind left (review roots28 H1a: the places recorded were replaced then).
 /// Review fixes23 C4: both went by the registered path only.
 #[test]
 fn a_state_root_bound_from_a_folder_of_the_base_is_hidden_and_guarded_at_its_source() {
@@ -309,12 +311,20 @@ fn a_state_root_bound_from_a_folder_of_the_base_is_hidden_and_guarded_at_its_sou
     refused(&feather);
 
     // The bind gone, no mount table names the folder: the registry's record of its identity
-    // still does.
+    // still does, also once the root's next command registered the folder the bind left.
     bind.unmount();
+    other.ok(&["ls"]);
     let diff = feather.ok(&["diff", "vm"]);
     assert!(diff.contains(marked), "{diff}");
     refused(&feather);
     assert_eq!(feather.ok(&["commit", "vm", "/data"]), "A /data/legit\n");
+    feather.start_over("vm2", &base, &["--net", "none"]);
+    assert_eq!(
+        listed_at_x_feather(&feather, "vm2"),
+        "listed:\ndone\n",
+        "a VM started after the root's next command read the root at its old source"
+    );
+    feather.ok(&["stop", "vm2"]);
 
     // The VM deletes the folder that holds the root (`rm -rf /x`: one whiteout), which no path
     // of a root names now: its removal would have emptied the root (review gl27 H1).
@@ -338,6 +348,74 @@ fn a_state_root_bound_from_a_folder_of_the_base_is_hidden_and_guarded_at_its_sou
     }
     assert_eq!(base.read("x/feather/marker").unwrap(), "of the root\n");
     assert_eq!(base.read("x/other").unwrap(), "host\n", "nothing applied");
+}
+
+/// What VM `vm` reads at `/x/feather`.
+fn listed_at_x_feather(feather: &Feather, vm: &str) -> String {
+    feather.sh(
+        vm,
+        "cat /x/feather/marker 2>/dev/null; echo listed: $(ls -A /x/feather); echo done",
+    )
+}
+
+/// Dates the host registry's entry of the state root at `dir` two minutes back: as if the
+/// root had been registered a while ago (an entry of a root whose path was gone for a minute
+/// was dropped).
+fn backdate_registry_entry(dir: &Path) {
+    let named = format!("\"dir\":{}", serde_json::to_string(dir).unwrap());
+    let entries = fs::read_dir(feather_core::roots::REGISTRY_DIR).unwrap();
+    let entry = entries
+        .flatten()
+        .map(|e| e.path())
+        .find(|path| fs::read_to_string(path).is_ok_and(|text| text.contains(&named)))
+        .expect("the root's entry");
+    let at = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+    let file = fs::File::options().write(true).open(entry).unwrap();
+    file.set_modified(at).unwrap();
+}
+
+/// A state root bound from a folder of the base, its bind unmounted and its mount point
+/// removed: the registry keeps its entry (before, the next start dropped it as gone, with its
+/// id and places), so a VM started then does not see the root at its source, and a commit of
+/// what a VM wrote there is refused (review roots28 H1b).
+#[test]
+fn a_state_root_bound_from_the_base_then_unbound_and_its_mount_point_removed_stays_hidden_and_guarded(
+) {
+    let base = ScratchBase::new("commit-rmdir-root");
+    fs::create_dir_all(base.file("x/feather")).unwrap();
+    let bind = Bind::new(&base.file("x/feather"), "commit-rmdir-root");
+    let other = Feather::at(bind.target.clone());
+    other.ok(&["ls"]);
+    fs::write(other.root.join("marker"), "of the root\n").unwrap();
+    let feather = Feather::new("commit-rmdir-root");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    feather.ok(&["stop", "vm"]);
+    write_in_layer(&feather, "x/feather/policy.d/x.rules", "from the VM\n");
+    let target = fs::canonicalize(&bind.target).unwrap();
+    bind.unmount();
+    fs::remove_dir(&target).unwrap();
+    feather.ok(&["create", "vm2", "--base", base.as_str(), "--net", "none"]);
+    // Just before the start: a feather of an older build running meanwhile on this host
+    // (without the fix) would drop the entry as this one did.
+    backdate_registry_entry(&target);
+    feather.ok(&["start", "vm2"]);
+    let seen = listed_at_x_feather(&feather, "vm2");
+    feather.ok(&["stop", "vm2"]);
+    assert_eq!(
+        seen, "listed:\ndone\n",
+        "the VM read the root at its source"
+    );
+    let diff = feather.ok(&["diff", "vm"]);
+    assert!(
+        diff.contains("[never committed: in a folder hidden from VMs] /x/feather/policy.d/x.rules"),
+        "{diff}"
+    );
+    let err = feather.fails(&["commit", "vm"]);
+    assert!(err.contains("nothing was committed"), "{err}");
+    assert!(
+        !base.file("x/feather/policy.d").exists(),
+        "written into the root"
+    );
 }
 
 /// A folder inside a state root bound under the base (its `vms` at `/srv/vms`, for a backup)

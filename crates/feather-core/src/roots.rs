@@ -10,6 +10,7 @@
 
 use std::fs;
 use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -26,9 +27,16 @@ use crate::StateRoot;
 /// Where the registry lives. Outside every state root, root-only, hidden from every VM.
 pub const REGISTRY_DIR: &str = "/var/lib/feather-roots";
 
-/// An entry whose root is gone is removed once it is this old: younger ones may belong to a
-/// root being made again right now.
-const STALE_AFTER: Duration = Duration::from_secs(60);
+/// How many entries of roots whose path is gone ("retired") the registry keeps, the newest:
+/// such a root may live on elsewhere (its bind unmounted and its mount point removed, moved by
+/// hand), and its id and recorded places still hide and guard it there (review roots28 H1b).
+/// Past this, the oldest go: a root removed by `feather` leaves no entry ([`Registry::forget_below`]),
+/// so only roots removed or moved by hand count, and the registry stays small.
+const RETIRED_KEPT: usize = 64;
+
+/// How many places, and how many former ids, an entry keeps: a root's path registered again
+/// keeps what it recorded before (the bind unmounted: review roots28 H1a), the newest first.
+const RECORDED_KEPT: usize = 8;
 
 /// How long registering a root waits for the commits that hold the registry.
 const COMMIT_PATIENCE: Duration = Duration::from_secs(5);
@@ -50,6 +58,11 @@ struct Entry {
     /// Empty in an entry written before ids were (it gets one at its root's next command).
     #[serde(default)]
     id: String,
+    /// Ids its path's folder held before the one it holds now (another root's folder moved or
+    /// copied there, or two first registrations that drew each their own): a folder holding
+    /// one is still this root's (review roots28 M1). At most [`RECORDED_KEPT`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    former_ids: Vec<String>,
 }
 
 impl Entry {
@@ -60,6 +73,19 @@ impl Entry {
     /// Whether it names the same folders as `other`, with the same identity.
     fn same_root(&self, other: &Entry) -> bool {
         (&self.dir, &self.run, self.dev, self.ino) == (&other.dir, &other.run, other.dev, other.ino)
+    }
+
+    /// Whether it is `now`'s entry with nothing to add: the same root, its places and id
+    /// recorded.
+    fn is_complete_for(&self, now: &Entry) -> bool {
+        self.same_root(now) && !self.places.is_empty() && !self.id.is_empty()
+    }
+
+    /// Every id that names this root: its own and its former ones.
+    fn ids(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.id)
+            .chain(&self.former_ids)
+            .filter(|id| !id.is_empty())
     }
 }
 
@@ -89,26 +115,29 @@ impl Registry {
     pub fn register(&self, root: &StateRoot) -> Result<Registration> {
         let mut entry = entry_of(root)?;
         let path = self.dir.join(entry_name(&entry.dir));
-        let known = self.read(&path);
-        let new = !known.as_ref().is_some_and(|known| known.same_root(&entry));
-        if !new
-            && known
-                .as_ref()
-                .is_some_and(|known| !known.places.is_empty() && !known.id.is_empty())
-        {
+        // Every command looks: one read of the entry and one of the folder's marker, no lock.
+        if self.read(&path).is_some_and(|known| {
+            known.is_complete_for(&entry) && marker_in(&entry.dir).as_ref() == Some(&known.id)
+        }) {
             return Ok(Registration::default());
         }
-        entry.id = root_id(&entry.dir, known.as_ref())?;
-        // The mount table is read only for an entry to write, not at every command.
-        let mounts = host_mounts();
-        entry.places = [&entry.dir, &entry.run]
-            .into_iter()
-            .filter_map(|folder| Place::of(folder, &mounts))
-            .collect();
-        // Made only for a new entry: one read found, the folder exists. Written while no
-        // commit runs (see [`Registry::hold_for_commit`]).
+        // Written while no commit runs (see [`Registry::hold_for_commit`]), and read again
+        // under the lock: two registrations of one root draw one id (review roots28 M1).
         let folder = self.open_folder()?;
         self.lock_waiting_for_commits(&folder)?;
+        let known = self.read(&path);
+        let marker = marker_in(&entry.dir);
+        // A folder with no marker may be one whose last registration ended before it was
+        // hidden and marked (killed): it is hidden in the running VMs again.
+        let new = marker.is_none() || !known.as_ref().is_some_and(|k| k.same_root(&entry));
+        (entry.id, entry.former_ids) = ids_of(known.as_ref(), marker)?;
+        // The mount table is read only for an entry to write, not at every command.
+        let mounts = host_mounts();
+        let now = [&entry.dir, &entry.run]
+            .into_iter()
+            .filter_map(|folder| Place::of(folder, &mounts));
+        let before = known.iter().flat_map(|known| known.places.iter().cloned());
+        entry.places = newest_distinct(now.chain(before));
         let text = serde_json::to_vec(&entry).map_err(|e| {
             Error::Other(format!(
                 "cannot record state root {} in {}: {e} (give --root a UTF-8 path)",
@@ -119,7 +148,7 @@ impl Registry {
         write_atomic(&path, &text, Durability::Durable)?;
         Ok(Registration {
             new: new.then(|| entry.root()),
-            unmarked: Some((entry.dir, entry.id)),
+            unmarked: Some(entry),
         })
     }
 
@@ -185,19 +214,20 @@ impl Registry {
         Ok(RegistryHold { _folder: folder })
     }
 
-    /// Every registered root whose state folder still exists, with canonical paths. Entries
-    /// of roots long gone are removed on the way.
+    /// Every registered root whose state folder still exists, with canonical paths.
     pub fn roots(&self) -> Vec<StateRoot> {
-        self.entries().iter().map(Entry::root).collect()
+        self.entries().live.iter().map(Entry::root).collect()
     }
 
-    /// The entries of [`Registry::roots`].
-    fn entries(&self) -> Vec<Entry> {
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            return Vec::new();
+    /// The registry's entries: those of roots whose path exists, and those of roots whose
+    /// path is gone, kept for their ids and places (the [`RETIRED_KEPT`] newest; older ones
+    /// are removed on the way).
+    fn entries(&self) -> Entries {
+        let mut listed = Entries::default();
+        let Ok(files) = fs::read_dir(&self.dir) else {
+            return listed;
         };
-        let mut roots = Vec::new();
-        for file in entries.flatten() {
+        for file in files.flatten() {
             let path = file.path();
             if path.extension().is_none_or(|ext| ext != "json") {
                 continue;
@@ -206,14 +236,20 @@ impl Registry {
                 continue;
             };
             match fs::symlink_metadata(&entry.dir) {
-                Ok(_) => roots.push(entry),
-                Err(e) if e.kind() == ErrorKind::NotFound && older_than(&path, STALE_AFTER) => {
-                    let _ = fs::remove_file(&path);
-                }
-                Err(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => listed.retired.push((path, entry)),
+                _ => listed.live.push(entry),
             }
         }
-        roots
+        if listed.retired.len() > RETIRED_KEPT {
+            // Rare (more than RETIRED_KEPT roots removed by hand): only then a stat of each.
+            listed
+                .retired
+                .sort_by_cached_key(|(path, _)| std::cmp::Reverse(modified(path)));
+            for (path, _) in listed.retired.drain(RETIRED_KEPT..) {
+                let _ = fs::remove_file(path);
+            }
+        }
+        listed
     }
 
     /// Every registered root, for a guard that must not miss one (`diff`, `commit`): an entry
@@ -230,26 +266,26 @@ impl Registry {
 
     /// The registered roots' state folders as the walks of `diff` and `commit` know them,
     /// read as strictly as [`Registry::roots_strict`]: a folder holding a registered root id
-    /// is a root's, whatever path reaches it (a bind mount's source, a folder moved) and even
-    /// while the path the registry names shows something else (the bind unmounted), and
-    /// whatever its device and inode now (after a reboot). The identities (device, inode)
-    /// recorded at registration count only for an entry written before ids were, and only
-    /// while its path exists (a removed root's inode number may be a new folder's).
+    /// (an entry's, or one of its former ones) is a root's, whatever path reaches it (a bind
+    /// mount's source, a folder moved) and even while the path the registry names shows
+    /// something else (the bind unmounted), and whatever its device and inode now (after a
+    /// reboot). The identities (device, inode) recorded at registration count while the
+    /// entry's path exists and its folder holds no id of the entry's (an entry written before
+    /// ids were, a marker not written yet or removed: review roots28 M1); not once the path is
+    /// gone (a removed root's inode number may be a new folder's).
     pub fn spared_strict(&self) -> Result<Spared> {
         let entries = self.entries_strict()?;
-        let exists = |entry: &&Entry| !matches!(fs::symlink_metadata(&entry.dir), Err(e) if e.kind() == ErrorKind::NotFound);
+        let unmarked = |entry: &&Entry| match marker_in(&entry.dir) {
+            Some(marker) => !entry.ids().any(|id| *id == marker),
+            None => fs::symlink_metadata(&entry.dir).is_ok(),
+        };
         Ok(Spared {
             identities: entries
                 .iter()
-                .filter(|entry| entry.id.is_empty())
-                .filter(exists)
+                .filter(unmarked)
                 .map(|entry| (entry.dev, entry.ino))
                 .collect(),
-            ids: entries
-                .into_iter()
-                .map(|entry| entry.id)
-                .filter(|id| !id.is_empty())
-                .collect(),
+            ids: entries.iter().flat_map(Entry::ids).cloned().collect(),
         })
     }
 
@@ -379,8 +415,8 @@ fn unreadable(path: &Path, e: std::io::Error) -> Error {
 pub struct Registration {
     /// The root, with canonical paths, when its entry is new: to hide in the VMs running.
     pub new: Option<StateRoot>,
-    /// The state folder and the id its entry names, when an entry was written.
-    unmarked: Option<(PathBuf, String)>,
+    /// The entry written, whose id goes in its state folder.
+    unmarked: Option<Entry>,
 }
 
 impl Registration {
@@ -391,7 +427,7 @@ impl Registration {
     /// know the folder by its path and its identity now.
     pub fn mark(&self) -> Result<()> {
         match &self.unmarked {
-            Some((dir, id)) => write_root_id(dir, id),
+            Some(entry) => write_root_id(entry),
             None => Ok(()),
         }
     }
@@ -422,46 +458,124 @@ pub fn host_state_folders() -> Vec<PathBuf> {
 /// [`host_state_folders`] from the mount table `mounts` (a start reads it once for all it
 /// does: review issue 15).
 pub fn host_state_folders_in(mounts: &[MountEntry]) -> Vec<PathBuf> {
-    state_folders_of(&Registry::host().entries(), mounts)
+    let entries = Registry::host().entries();
+    state_folders_of(&entries.live, &entries.retired(), mounts)
 }
 
 /// The state folders of the roots registered that `known` (a start's [`host_state_folders_in`]
-/// with its own root's) does not name, with their aliases in `mounts`: a start's last look,
-/// which finds the roots registered while it started (none, nearly always: then nothing
-/// but the registry's entries is read).
-pub fn late_state_folders_in(known: &[PathBuf], mounts: &[MountEntry]) -> Vec<PathBuf> {
-    let late: Vec<Entry> = Registry::host()
+/// with its own root's) does not name, with their aliases: a start's last look, which finds
+/// the roots registered while it started (none, nearly always: then nothing but the
+/// registry's entries is read). When there is one, the host's mount table is read again, not
+/// taken from the start's beginning: a root registered meanwhile may have been mounted or
+/// bound meanwhile too (review roots28 L1).
+pub fn late_state_folders_in(known: &[PathBuf]) -> Vec<PathBuf> {
+    late_state_folders_of(&Registry::host(), known, host_mounts)
+}
+
+/// [`late_state_folders_in`] of `registry`, `now` reading the mount table.
+fn late_state_folders_of(
+    registry: &Registry,
+    known: &[PathBuf],
+    now: impl FnOnce() -> Vec<MountEntry>,
+) -> Vec<PathBuf> {
+    let late: Vec<Entry> = registry
         .entries()
+        .live
         .into_iter()
         .filter(|entry| !(known.contains(&entry.dir) && known.contains(&entry.run)))
         .collect();
     match late.is_empty() {
         true => Vec::new(),
-        false => state_folders_of(&late, mounts),
+        false => state_folders_of(&late, &[], &now()),
     }
 }
 
 /// [`host_state_folders`] from [`Registry::roots_strict`]: an unreadable registry is an error.
 pub fn host_state_folders_strict() -> Result<Vec<PathBuf>> {
     let entries = Registry::host().entries_strict()?;
-    Ok(state_folders_of(&entries, &host_mounts()))
+    Ok(state_folders_of(&entries, &[], &host_mounts()))
 }
 
 /// The state folders of `entries` and the registry's, with their aliases in `mounts`: those
-/// of the paths they have now, and those of where the entries recorded them (a root bound
-/// from `/data/feather` at `/var/lib/feather` keeps its alias `/data/feather` once the bind is
-/// gone and its path shows an empty folder of `/`).
-fn state_folders_of(entries: &[Entry], mounts: &[MountEntry]) -> Vec<PathBuf> {
+/// of the paths they have now, and those of where the entries recorded them, also where
+/// `retired` (roots whose path is gone) recorded them: a root bound from `/data/feather` at
+/// `/var/lib/feather` keeps its alias `/data/feather` once the bind is gone and its path shows
+/// an empty folder of `/` (the places are kept when the path is registered again), or once
+/// that folder is removed too (review roots28 H1).
+fn state_folders_of(entries: &[Entry], retired: &[&Entry], mounts: &[MountEntry]) -> Vec<PathBuf> {
     let mut folders: Vec<PathBuf> = entries
         .iter()
         .flat_map(|entry| canonical_folders(&entry.root()))
         .collect();
     folders.extend(registry_folder());
-    let recorded = entries.iter().flat_map(|entry| entry.places.iter());
+    let recorded = entries
+        .iter()
+        .chain(retired.iter().copied())
+        .flat_map(|entry| entry.places.iter());
     let mut all: std::collections::BTreeSet<PathBuf> =
         with_aliases_in(folders, mounts).into_iter().collect();
     all.extend(recorded.flat_map(|place| place.paths(mounts)));
     all.into_iter().collect()
+}
+
+/// What [`Registry::entries`] lists.
+#[derive(Default)]
+struct Entries {
+    /// Those whose root's path exists.
+    live: Vec<Entry>,
+    /// Those whose root's path is gone, with their files.
+    retired: Vec<(PathBuf, Entry)>,
+}
+
+impl Entries {
+    fn retired(&self) -> Vec<&Entry> {
+        self.retired.iter().map(|(_, entry)| entry).collect()
+    }
+}
+
+/// The first [`RECORDED_KEPT`] distinct of `items`.
+fn newest_distinct<T: PartialEq>(items: impl Iterator<Item = T>) -> Vec<T> {
+    let mut kept = Vec::new();
+    for item in items {
+        if kept.len() == RECORDED_KEPT {
+            break;
+        }
+        if !kept.contains(&item) {
+            kept.push(item);
+        }
+    }
+    kept
+}
+
+/// The id, and the former ids, of a root registered again (`known`, its entry) or for the
+/// first time, whose folder holds `marker`: the id the folder holds (a root moved, copied or
+/// bound here keeps its own; the entry's goes to the former ones), else the entry's, else a
+/// new random one.
+fn ids_of(known: Option<&Entry>, marker: Option<String>) -> Result<(String, Vec<String>)> {
+    let former = known.map(|k| k.former_ids.clone()).unwrap_or_default();
+    let recorded = known.map(|k| k.id.clone()).filter(|id| !id.is_empty());
+    let id = match (marker, &recorded) {
+        (Some(marker), _) => marker,
+        (None, Some(recorded)) => recorded.clone(),
+        (None, None) => random_id()?,
+    };
+    let others = newest_distinct(recorded.into_iter().chain(former).filter(|old| *old != id));
+    Ok((id, others))
+}
+
+/// The root id the state folder `dir` holds in its [`ROOT_ID_FILE`], if any: one read (a
+/// plain file, not followed if a link, not waited on if a FIFO).
+fn marker_in(dir: &Path) -> Option<String> {
+    use std::io::Read;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(dir.join(ROOT_ID_FILE))
+        .ok()?;
+    let mut text = String::new();
+    file.take(128).read_to_string(&mut text).ok()?;
+    let id = text.trim();
+    (!id.is_empty()).then(|| id.to_string())
 }
 
 /// The caller's mount table, as the host's; empty when it cannot be read (the walks of `diff`
@@ -493,17 +607,8 @@ pub fn state_spared_strict(folders: &[PathBuf]) -> Result<Spared> {
     Ok(spared)
 }
 
-/// The id of the root whose state folder is `dir`, registered again (`known`, its entry) or
-/// for the first time: the entry's, else the one its folder holds (a root moved or bound
-/// here, whose id stays its own), else a new random one.
-fn root_id(dir: &Path, known: Option<&Entry>) -> Result<String> {
-    if let Some(known) = known.filter(|known| !known.id.is_empty()) {
-        return Ok(known.id.clone());
-    }
-    let folder = fs::File::open(dir).at(dir)?;
-    if let Some(id) = beneath::root_id_in(&folder) {
-        return Ok(id);
-    }
+/// A new root id: 16 random bytes, in hex.
+fn random_id() -> Result<String> {
     let mut random = [0u8; 16];
     let urandom = Path::new("/dev/urandom");
     fs::File::open(urandom)
@@ -514,13 +619,35 @@ fn root_id(dir: &Path, known: Option<&Entry>) -> Result<String> {
 
 /// Writes `id` into the state folder `dir` ([`ROOT_ID_FILE`]) unless it holds an id already
 /// (a folder of another root's, bound or moved here, keeps its own).
-fn write_root_id(dir: &Path, id: &str) -> Result<()> {
-    let folder = fs::File::open(dir).at(dir)?;
+/// Written through the folder's descriptor, once its device and inode are checked to be the
+/// entry's: a folder swapped in at the path since the registration (by a user owning a
+/// parent of a root such as `/home/u/feather`) is refused, not given the id (review roots28 L3).
+fn write_root_id(entry: &Entry) -> Result<()> {
+    let dir = &entry.dir;
+    let folder = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+        .at(dir)?;
+    let meta = folder.metadata().at(dir)?;
+    if (meta.dev(), meta.ino()) != (entry.dev, entry.ino) {
+        return Err(Error::Other(format!(
+            "the state folder {} is another folder than the one registered a moment ago (moved \
+             or replaced meanwhile): its root id was not written; check who can change {} and \
+             run the command again",
+            dir.display(),
+            dir.parent().unwrap_or(dir).display()
+        )));
+    }
     if beneath::root_id_in(&folder).is_some() {
         return Ok(());
     }
-    let path = dir.join(ROOT_ID_FILE);
-    write_atomic(&path, format!("{id}\n").as_bytes(), Durability::Durable)
+    let path = Path::new(&format!("/proc/self/fd/{}", folder.as_raw_fd())).join(ROOT_ID_FILE);
+    write_atomic(
+        &path,
+        format!("{}\n", entry.id).as_bytes(),
+        Durability::Durable,
+    )
 }
 
 /// The state and run folders of `root`, canonical where they exist, with their aliases.
@@ -665,6 +792,7 @@ fn entry_of(root: &StateRoot) -> Result<Entry> {
         ino: meta.ino(),
         places: Vec::new(),
         id: String::new(),
+        former_ids: Vec::new(),
     })
 }
 
@@ -707,12 +835,11 @@ fn entry_name(dir: &Path) -> String {
     format!("{hash:016x}.json")
 }
 
-fn older_than(path: &Path, age: Duration) -> bool {
+/// When the file `path` was last written (the epoch when that cannot be told).
+fn modified(path: &Path) -> std::time::SystemTime {
     fs::metadata(path)
         .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .is_some_and(|elapsed| elapsed > age)
+        .unwrap_or(std::time::UNIX_EPOCH)
 }
 
 /// The pids holding a shared flock on the file `meta` is of, as /proc/locks tells (nothing
@@ -1040,11 +1167,9 @@ mod tests {
         let registry = Registry::at(scratch("registry"));
         let root = StateRoot::new(Some(scratch("root")));
         root.prepare().unwrap();
-        let new = registry
-            .register(&root)
-            .unwrap()
-            .new
-            .expect("first time: new");
+        let new = registry.register(&root).unwrap();
+        new.mark().unwrap();
+        let new = new.new.expect("first time: new");
         assert_eq!(new.dir(), fs::canonicalize(root.dir()).unwrap());
         assert!(registry.register(&root).unwrap().new.is_none(), "known");
         assert_eq!(registry.roots().len(), 1);
@@ -1106,6 +1231,249 @@ mod tests {
         date(-120);
         assert!(registry.claim_sweep(minute).is_err());
         fs::remove_dir_all(registry.dir()).unwrap();
+    }
+
+    /// The state folders a start of a VM over the host hides, as [`host_state_folders_in`]
+    /// gives them, from `registry`.
+    fn hidden_by(registry: &Registry) -> Vec<PathBuf> {
+        let entries = registry.entries();
+        state_folders_of(&entries.live, &entries.retired(), &host_mounts())
+    }
+
+    /// Whether a walk of `diff` or `commit` knows `folder` for a root's by the registry alone.
+    fn spared_by(registry: &Registry, folder: &Path) -> bool {
+        let spared = registry.spared_strict().unwrap();
+        let open = fs::File::open(folder).unwrap();
+        spared.is(&open, &open.metadata().unwrap())
+    }
+
+    /// Dates the file `path` `secs` seconds back.
+    fn backdate(path: &Path, secs: u64) {
+        let at = std::time::SystemTime::now() - Duration::from_secs(secs);
+        let file = fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(at).unwrap();
+    }
+
+    /// A root bound from a source folder, its bind then unmounted: its path, registered again
+    /// (the root's next command), keeps the place recorded before, so the source is still
+    /// hidden; its mount point then removed, the entry is kept (not pruned a minute on) with
+    /// its id and places, so the source is still hidden and guarded (review roots28 H1).
+    #[test]
+    fn a_root_unbound_then_gone_from_its_path_stays_hidden_and_guarded_at_its_source() {
+        let registry = Registry::at(scratch("registry-unbound"));
+        let folder = scratch("unbound");
+        let (source, target) = (folder.join("source"), folder.join("target"));
+        fs::create_dir_all(&source).unwrap();
+        fs::create_dir_all(&target).unwrap();
+        let (source, target) = (
+            fs::canonicalize(&source).unwrap(),
+            fs::canonicalize(&target).unwrap(),
+        );
+        let bound = std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(&source)
+            .arg(&target)
+            .status()
+            .unwrap();
+        assert!(bound.success());
+        let root = StateRoot::new(Some(target.clone()));
+        root.prepare().unwrap();
+        registry.register(&root).unwrap().mark().unwrap();
+        let unbound = std::process::Command::new("umount")
+            .arg(&target)
+            .status()
+            .unwrap();
+        assert!(unbound.success());
+        // The root's next command: its path shows an empty folder now.
+        root.prepare().unwrap();
+        registry.register(&root).unwrap().mark().unwrap();
+        let after_unbind = (hidden_by(&registry), spared_by(&registry, &source));
+        let entry_file = registry.dir().join(entry_name(&target));
+        backdate(&entry_file, 3600);
+        fs::remove_dir_all(&target).unwrap();
+        let after_rmdir = (
+            hidden_by(&registry),
+            spared_by(&registry, &source),
+            entry_file.exists(),
+        );
+        fs::remove_dir_all(&folder).unwrap();
+        fs::remove_dir_all(registry.dir()).unwrap();
+        assert!(after_unbind.0.contains(&source), "{:?}", after_unbind.0);
+        assert!(after_unbind.1, "guarded unbound");
+        assert!(after_rmdir.0.contains(&source), "{:?}", after_rmdir.0);
+        assert!(after_rmdir.1, "guarded, its path gone");
+        assert!(after_rmdir.2, "the entry kept");
+    }
+
+    /// Entries of roots whose path is gone are kept, the newest [`RETIRED_KEPT`] of them: the
+    /// registry does not grow without end with roots removed by hand.
+    #[test]
+    fn only_so_many_entries_of_roots_gone_are_kept_the_newest() {
+        let registry = Registry::at(scratch("registry-retired"));
+        fs::create_dir_all(registry.dir()).unwrap();
+        let gone = scratch("retired-gone");
+        let extra = 3;
+        for n in 0..RETIRED_KEPT + extra {
+            let dir = gone.join(n.to_string());
+            let entry = Entry {
+                run: dir.join("run"),
+                dir,
+                dev: 0,
+                ino: n as u64,
+                places: Vec::new(),
+                id: format!("id{n}"),
+                former_ids: Vec::new(),
+            };
+            let file = registry.dir().join(entry_name(&entry.dir));
+            fs::write(&file, serde_json::to_vec(&entry).unwrap()).unwrap();
+            // The first ones the oldest.
+            backdate(&file, (RETIRED_KEPT + extra - n) as u64 * 10);
+        }
+        assert!(registry.roots().is_empty(), "none listed");
+        let ids = registry.spared_strict().unwrap().ids;
+        fs::remove_dir_all(registry.dir()).unwrap();
+        assert_eq!(ids.len(), RETIRED_KEPT);
+        for n in 0..extra {
+            assert!(!ids.contains(&format!("id{n}")), "the oldest go: {n}");
+        }
+    }
+
+    /// A registration that ended before its root was marked (killed between writing the entry
+    /// and [`Registration::mark`]) is done again at the root's next command, which marks it; a
+    /// folder holding another id than its entry's (another host's root copied there) makes
+    /// the entry take it, keeping the old one; a folder whose marker is removed is still known
+    /// by its recorded identity (review roots28 M1).
+    #[test]
+    fn a_missing_or_other_marker_is_written_or_adopted_and_the_identity_guards_meanwhile() {
+        let registry = Registry::at(scratch("registry-marker"));
+        let root = StateRoot::new(Some(scratch("root-marker")));
+        root.prepare().unwrap();
+        let first = registry.register(&root).unwrap();
+        assert!(first.new.is_some());
+        drop(first); // killed before its mark
+        let again = registry.register(&root).unwrap();
+        assert!(
+            again.new.is_some(),
+            "hidden again: the first may not have been"
+        );
+        again.mark().unwrap();
+        let marker = root.dir().join(ROOT_ID_FILE);
+        let id = fs::read_to_string(&marker).unwrap().trim().to_string();
+        assert!(
+            registry.register(&root).unwrap().new.is_none(),
+            "marked now"
+        );
+
+        fs::remove_file(&marker).unwrap();
+        let unmarked = spared_by(&registry, root.dir());
+
+        fs::write(&marker, "0ther1d\n").unwrap();
+        registry.register(&root).unwrap().mark().unwrap();
+        let entry = registry
+            .read(
+                &registry
+                    .dir()
+                    .join(entry_name(&fs::canonicalize(root.dir()).unwrap())),
+            )
+            .unwrap();
+        let ids = registry.spared_strict().unwrap().ids;
+        fs::remove_dir_all(root.dir()).unwrap();
+        fs::remove_dir_all(registry.dir()).unwrap();
+        assert!(unmarked, "the marker removed: known by its identity");
+        assert_eq!(entry.id, "0ther1d", "the folder's id adopted");
+        assert_eq!(entry.former_ids, std::slice::from_ref(&id));
+        assert!(ids.contains(&id) && ids.contains(&entry.id), "{ids:?}");
+    }
+
+    /// Two commands registering a new root at once draw one id between them: the one its
+    /// folder holds is its entry's (review roots28 M1).
+    #[test]
+    fn concurrent_first_registrations_of_a_root_agree_on_its_id() {
+        for round in 0..8 {
+            let registry = Registry::at(scratch(&format!("registry-race{round}")));
+            let root_dir = scratch(&format!("root-race{round}"));
+            StateRoot::new(Some(root_dir.clone())).prepare().unwrap();
+            let start = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let registering: Vec<_> = (0..2)
+                .map(|_| {
+                    let (dir, root_dir, start) = (
+                        registry.dir().to_path_buf(),
+                        root_dir.clone(),
+                        start.clone(),
+                    );
+                    std::thread::spawn(move || {
+                        let root = StateRoot::new(Some(root_dir));
+                        start.wait();
+                        Registry::at(dir).register(&root).unwrap().mark().unwrap();
+                    })
+                })
+                .collect();
+            for thread in registering {
+                thread.join().unwrap();
+            }
+            let marker = fs::read_to_string(root_dir.join(ROOT_ID_FILE)).unwrap();
+            let entry = registry
+                .read(
+                    &registry
+                        .dir()
+                        .join(entry_name(&fs::canonicalize(&root_dir).unwrap())),
+                )
+                .unwrap();
+            fs::remove_dir_all(&root_dir).unwrap();
+            fs::remove_dir_all(registry.dir()).unwrap();
+            assert_eq!(marker.trim(), entry.id, "round {round}");
+        }
+    }
+
+    /// A start's last look, finding a root registered meanwhile, reads the mount table again:
+    /// the root may have been bound meanwhile too (review roots28 L1). With none, it reads none.
+    #[test]
+    fn the_last_look_reads_the_mount_table_again_only_for_a_late_root() {
+        let registry = Registry::at(scratch("registry-late"));
+        let root = StateRoot::new(Some(scratch("root-late")));
+        root.prepare().unwrap();
+        registry.register(&root).unwrap().mark().unwrap();
+        let dir = fs::canonicalize(root.dir()).unwrap();
+        let run = fs::canonicalize(root.run_dir()).unwrap();
+        // The table now: the folder holding the root bound at /mnt/bound.
+        let parent = dir.parent().unwrap().display().to_string();
+        let table = format!(
+            "27 1 254:0 / / rw - ext4 /dev/vda rw\n40 27 254:0 {parent} /mnt/bound rw - ext4 /dev/vda rw\n"
+        );
+        let bound = Path::new("/mnt/bound").join(dir.file_name().unwrap());
+        let late = late_state_folders_of(&registry, &[], || mountinfo::parse(&table));
+        let read = std::cell::Cell::new(false);
+        let known = late_state_folders_of(&registry, &[dir.clone(), run], || {
+            read.set(true);
+            Vec::new()
+        });
+        fs::remove_dir_all(root.dir()).unwrap();
+        fs::remove_dir_all(registry.dir()).unwrap();
+        assert!(late.contains(&bound), "{late:?}");
+        assert!(
+            known.is_empty() && !read.get(),
+            "no late root: no table read"
+        );
+    }
+
+    /// A state folder swapped at its path between the registration and the mark is not given
+    /// the root's id (review roots28 L3: written by path, into whatever folder was there).
+    #[test]
+    fn the_id_goes_only_into_the_folder_registered() {
+        let registry = Registry::at(scratch("registry-swap"));
+        let folder = scratch("swap");
+        let root = StateRoot::new(Some(folder.join("root")));
+        root.prepare().unwrap();
+        let registered = registry.register(&root).unwrap();
+        fs::rename(root.dir(), folder.join("away")).unwrap();
+        fs::create_dir(root.dir()).unwrap();
+        let marked = registered.mark();
+        let planted = root.dir().join(ROOT_ID_FILE).exists();
+        fs::remove_dir_all(&folder).unwrap();
+        fs::remove_dir_all(registry.dir()).unwrap();
+        let err = marked.unwrap_err().to_string();
+        assert!(err.contains("another folder"), "{err}");
+        assert!(!planted, "the id written into the folder swapped in");
     }
 
     #[test]

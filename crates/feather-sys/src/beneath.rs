@@ -74,6 +74,9 @@ fn open_with(dir: &impl AsFd, rel: &Path, flags: OFlag, mounts: Mounts) -> io::R
 /// path reaches another mount than the pinned folder's.
 pub fn at_a_mount(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::EXDEV)
+        || e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<LeftLifted>())
+            .is_some_and(|left| at_a_mount(&left.source))
 }
 
 /// The folder at `path`, opened to be pinned. `path` is chosen by the host (a state folder or
@@ -304,7 +307,10 @@ pub fn remove_tree_sparing(dir: &File, name: &OsStr, spared: &Spared) -> io::Res
             // Looked for first, so that in all but a tree too deep to walk by path nothing is
             // removed; emptying lifts folders up, which would move the spared one's parents.
             if !spared.is_empty() && holds_spared(&folder, spared, usize::MAX) {
-                return Err(io::Error::new(ErrorKind::PermissionDenied, SparedFolder));
+                return Err(io::Error::new(
+                    ErrorKind::PermissionDenied,
+                    SparedFolder::default(),
+                ));
             }
             empty_dir_sparing(&folder, spared)?;
         }
@@ -328,19 +334,87 @@ pub fn empty_dir(dir: &File) -> io::Result<()> {
 }
 
 /// [`empty_dir`] that refuses at a folder of `spared` (see [`remove_tree_sparing`]), `dir`
-/// itself included. A refusal puts back the folders it moved up, and makes again (empty, with
-/// their mode and owner) those it removed, so that the spared folder is found at its path
-/// again (review f27 N2: a root moved from its path lost its guard, and the next commit
-/// emptied it); the files it unlinked on the way are gone. Only a tree changed by someone
-/// else since [`holds_spared`] looked gets this far.
+/// itself included. A refusal, or any other error once it moved something (a mount point met:
+/// `EXDEV`), puts back the folders it moved up, and makes again (empty, with their mode and
+/// owner) those it removed, so that the spared folder is found at its path again (review f27
+/// N2: a root moved from its path lost its guard, and the next commit emptied it); the files
+/// it unlinked on the way are gone. A folder that cannot go back (its name taken meanwhile)
+/// is named in the error, with the folder it is in (review roots28 M2). Only a tree changed by
+/// someone else since [`holds_spared`] looked gets a refusal this far.
 pub fn empty_dir_sparing(dir: &File, spared: &Spared) -> io::Result<()> {
     refuse_spared(dir, &dir.metadata()?, spared)?;
     let mut undo = Undo::default();
-    empty_dir_undoable(dir, spared, &mut undo).inspect_err(|e| {
-        if spared_folder(e) {
-            undo.put_back(dir);
+    empty_dir_undoable(dir, spared, &mut undo).map_err(|e| {
+        #[cfg(test)]
+        tests::before_put_back();
+        let left = undo.put_back(dir);
+        match left.is_empty() {
+            true => e,
+            false => with_left_lifted(e, dir, left),
         }
     })
+}
+
+/// The error `e` of an emptying of `dir` that left the folders `left` lifted in it.
+fn with_left_lifted(e: io::Error, dir: &File, left: Vec<OsString>) -> io::Error {
+    let left = Left {
+        dir: std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd())).ok(),
+        names: left,
+    };
+    match spared_folder(&e) {
+        true => io::Error::new(
+            ErrorKind::PermissionDenied,
+            SparedFolder { left: Some(left) },
+        ),
+        false => io::Error::new(e.kind(), LeftLifted { source: e, left }),
+    }
+}
+
+/// Folders an emptying moved up and could not put back.
+#[derive(Debug)]
+struct Left {
+    /// The folder they are in, where its path can be told.
+    dir: Option<std::path::PathBuf>,
+    names: Vec<OsString>,
+}
+
+impl std::fmt::Display for Left {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self
+            .names
+            .iter()
+            .map(|name| name.to_string_lossy().into_owned())
+            .collect();
+        let within = match &self.dir {
+            Some(dir) => format!(" in {}", dir.display()),
+            None => String::new(),
+        };
+        write!(
+            f,
+            "; folders it had moved could not be put back (their names were taken meanwhile) \
+             and are now {}{within}: move them back by hand",
+            names.join(", ")
+        )
+    }
+}
+
+/// An emptying's error other than a refusal, with the folders it could not put back.
+#[derive(Debug)]
+struct LeftLifted {
+    source: io::Error,
+    left: Left,
+}
+
+impl std::fmt::Display for LeftLifted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.source, self.left)
+    }
+}
+
+impl std::error::Error for LeftLifted {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
 }
 
 fn empty_dir_undoable(dir: &File, spared: &Spared, undo: &mut Undo) -> io::Result<()> {
@@ -398,8 +472,9 @@ impl Undo {
 
     /// Makes the removed folders again, then moves the lifted ones still in `dir` back, in the
     /// order they went: each one's parent is there again before it. Each parent is opened
-    /// beneath `dir` without following a link. Best effort: the refusal is the error.
-    fn put_back(&self, dir: &File) {
+    /// beneath `dir` without following a link. Returns the lifted folders still in `dir` that
+    /// could not go back (one emptied and removed since is made again by its path instead).
+    fn put_back(&self, dir: &File) -> Vec<OsString> {
         let parent_of = |was: &Path| {
             let (parent, name) = (was.parent()?, was.file_name()?);
             let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
@@ -426,17 +501,31 @@ impl Undo {
                 let _ = nix::sys::stat::fchmod(&made, Mode::from_bits_truncate(*mode));
             }
         }
+        let mut left = Vec::new();
         for (lifted, was) in &self.lifted {
-            if let Some((parent, name)) = parent_of(was) {
-                let _ = nix::fcntl::renameat2(
+            let back = match parent_of(was) {
+                Some((parent, name)) => nix::fcntl::renameat2(
                     dir,
                     lifted.as_os_str(),
                     &parent,
                     name.as_os_str(),
                     nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-                );
+                ),
+                None => Err(Errno::ENOTDIR),
+            };
+            let still_here = || {
+                nix::sys::stat::fstatat(
+                    dir,
+                    lifted.as_os_str(),
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .is_ok()
+            };
+            if back.is_err() && still_here() {
+                left.push(lifted.clone());
             }
         }
+        left
     }
 }
 
@@ -486,13 +575,20 @@ fn lift_contents(
     Ok(())
 }
 
-/// The error of a removal that met a folder it must spare (see [`remove_tree_sparing`]).
-#[derive(Debug)]
-struct SparedFolder;
+/// The error of a removal that met a folder it must spare (see [`remove_tree_sparing`]), with
+/// the folders it moved and could not put back.
+#[derive(Debug, Default)]
+struct SparedFolder {
+    left: Option<Left>,
+}
 
 impl std::fmt::Display for SparedFolder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a folder in it must not be removed; nothing further was removed")
+        f.write_str("a folder in it must not be removed; nothing further was removed")?;
+        match &self.left {
+            Some(left) => write!(f, "{left}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -530,7 +626,10 @@ pub fn holds_spared(dir: &impl AsFd, spared: &Spared, depth: usize) -> bool {
 
 fn refuse_spared(fd: &impl AsFd, meta: &Metadata, spared: &Spared) -> io::Result<()> {
     if spared.is(fd, meta) {
-        return Err(io::Error::new(ErrorKind::PermissionDenied, SparedFolder));
+        return Err(io::Error::new(
+            ErrorKind::PermissionDenied,
+            SparedFolder::default(),
+        ));
     }
     Ok(())
 }
@@ -859,6 +958,85 @@ mod tests {
             "nothing left lifted: {left:?}"
         );
         assert!(scratch.0.join("tree/a/c/d").is_dir(), "a sibling put back");
+    }
+
+    thread_local! {
+        /// What a test does just before an emptying puts back what it moved.
+        static BEFORE_PUT_BACK: std::cell::RefCell<Option<Box<dyn Fn()>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    pub(super) fn before_put_back() {
+        BEFORE_PUT_BACK.with(|hook| {
+            if let Some(hook) = hook.borrow().as_ref() {
+                hook();
+            }
+        });
+    }
+
+    /// A folder that cannot go back (its name taken between the lift and the put-back: an
+    /// owner of the tree racing the removal) is named in the refusal, with where it is now
+    /// (review roots28 M2: left in `.feather-removing-N`, and the error said nothing).
+    #[test]
+    fn a_folder_that_cannot_be_put_back_is_named_in_the_error() {
+        let scratch = Scratch::new("put-back-blocked");
+        let root_folder = scratch.0.join("tree/a/b/root");
+        fs::create_dir_all(&root_folder).unwrap();
+        fs::write(root_folder.join(ROOT_ID_FILE), "feed").unwrap();
+        let spared = Spared {
+            identities: Vec::new(),
+            ids: vec!["feed".into()],
+        };
+        let blocked = scratch.0.join("tree/a/b");
+        let taken = blocked.clone();
+        BEFORE_PUT_BACK.with(|hook| {
+            *hook.borrow_mut() = Some(Box::new(move || fs::create_dir_all(&taken).unwrap()))
+        });
+        let tree = open_root(&scratch.0.join("tree")).unwrap();
+        let error = empty_dir_sparing(&tree, &spared).unwrap_err();
+        BEFORE_PUT_BACK.with(|hook| *hook.borrow_mut() = None);
+        assert!(spared_folder(&error), "{error}");
+        let text = error.to_string();
+        let tree_path = fs::canonicalize(scratch.0.join("tree")).unwrap();
+        assert!(
+            text.contains(".feather-removing-1")
+                && text.contains(&format!("in {}", tree_path.display())),
+            "{text}"
+        );
+        assert!(scratch
+            .0
+            .join("tree/.feather-removing-1/root")
+            .join(ROOT_ID_FILE)
+            .exists());
+    }
+
+    /// An emptying that meets a mount point after it moved folders up puts them back too
+    /// (review roots28 M2: only a refusal did).
+    #[test]
+    fn an_emptying_stopped_by_a_mount_point_puts_back_what_it_moved() {
+        let scratch = Scratch::new("put-back-mount");
+        fs::create_dir_all(scratch.0.join("tree/a/b/x")).unwrap();
+        let mount = TestMount::tmpfs(&scratch.0.join("tree/a/b/m"));
+        let tree = open_root(&scratch.0.join("tree")).unwrap();
+        let error = empty_dir(&tree).unwrap_err();
+        let left: Vec<OsString> = names(&tree).unwrap();
+        let back = scratch.0.join("tree/a/b/m").is_dir();
+        drop(mount);
+        // Wherever the mount went (lifted with its parent, when not put back).
+        for name in &left {
+            let _ = nix::mount::umount2(
+                &scratch.0.join("tree").join(name).join("m"),
+                nix::mount::MntFlags::MNT_DETACH,
+            );
+        }
+        assert!(at_a_mount(&error), "{error}");
+        assert!(
+            !left
+                .iter()
+                .any(|name| name.as_bytes().starts_with(b".feather-removing")),
+            "left lifted: {left:?}"
+        );
+        assert!(back, "the mount point is at its path again");
     }
 
     /// A tmpfs mounted at a folder for a test, detached on drop (also when the test fails).

@@ -34,7 +34,6 @@ use feather_migrate::criu::DumpNote;
 use feather_shuttle::Peers;
 use feather_sys::cgroup::{Cgroup, Hierarchies, Limits, V2Entry};
 use feather_sys::mount::LayerSync;
-use feather_sys::mountinfo::MountEntry;
 use feather_sys::process::{self, ChildProcess, Forked};
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::signal::Signal;
@@ -522,7 +521,7 @@ impl Keeper {
         }
         trace::phase("record the VM running");
         // Roots registered while the VM started are hidden now (see `hiding`).
-        if let Err(why) = keeper.hide_late_state_folders(&hidden, &host_mounts) {
+        if let Err(why) = keeper.hide_late_state_folders(&hidden) {
             keeper.say_not_hidden(&why);
         }
         trace::phase("hide late state folders");
@@ -754,14 +753,13 @@ impl Keeper {
     }
 
     /// Hides in the VM the folders of the roots registered since its start found `known`,
-    /// their aliases from the start's mount table `mounts` (with the places the registry
-    /// recorded): the roots known then are not looked at again (issue 15).
+    /// their aliases from the host's mount table read again when there is one (with the
+    /// places the registry recorded): the roots known then are not looked at again (issue 15).
     fn hide_late_state_folders(
         &self,
         known: &[PathBuf],
-        mounts: &[MountEntry],
     ) -> std::result::Result<(), hiding::HidingError> {
-        let late: Vec<PathBuf> = feather_core::roots::late_state_folders_in(known, mounts)
+        let late: Vec<PathBuf> = feather_core::roots::late_state_folders_in(known)
             .into_iter()
             .filter(|folder| !known.contains(folder))
             .collect();
