@@ -409,7 +409,7 @@ fn not_a_layer_folder(name: &VmName, folder: &Path, source: std::io::Error) -> V
 /// Mount ids are those of one boot and of the mount namespace the record was taken in (a copy
 /// of a namespace has its own mounts): from another boot or namespace (a systemd unit with
 /// `PrivateTmp=`, `unshare -m`), the lower folder itself is compared instead, by what names it
-/// on its filesystem for good ([`FolderOn`]). A layer the record does not name, one whose
+/// on a filesystem with an id of its own ([`FolderOn`]). A layer the record does not name, one whose
 /// folder could not be opened when it was taken, and one the record cannot tell from another
 /// is not read ([`Unseen`]). A VM without a record (never started, or by a feather from before
 /// it) has every lower read as it is.
@@ -455,8 +455,8 @@ pub enum Unseen {
     /// `allow_other`): nothing tells what the layer lay over.
     Unopened,
     /// The record is of another boot or mount namespace, and holds nothing that tells the
-    /// folder for good (a record by an older feather, or a filesystem without file handles
-    /// or a filesystem id, as FUSE).
+    /// folder (a record by an older feather, a filesystem without file handles or a
+    /// filesystem id, as FUSE, or one whose id is its device number, as FAT).
     Unprovable,
     /// The record is there but cannot be read.
     Unreadable,
@@ -481,7 +481,9 @@ impl Unseen {
             }
             Unseen::Unprovable => {
                 "cannot be told from another filesystem: the VM's record of what its layers lay \
-                 over is of another boot or mount namespace and names no file handle for it"
+                 over is of another boot or mount namespace and names no file handle for it, or \
+                 its filesystem's id is only its device number (FAT, exFAT, f2fs, XFS), which \
+                 another volume in the same slot repeats"
             }
             Unseen::Unreadable => "cannot be checked: the VM's record lowers.json is unreadable",
         }
@@ -644,7 +646,7 @@ impl SeenLowers {
     }
 
     /// [`SeenLowers::saw`] from another boot or mount namespace (or without mount ids): the
-    /// folder itself compared, by what names it for good. Its device number only within one
+    /// folder itself compared, by what names it ([`FolderOn::proves`]). Its device number only within one
     /// boot: that of a filesystem without a disk of its own (tmpfs, a btrfs subvolume, NFS) is
     /// handed out in mount order.
     fn same_folder(
@@ -657,7 +659,7 @@ impl SeenLowers {
         else {
             return Ok(Some(Unseen::Unprovable));
         };
-        if !on.proves() {
+        if !on.proves(dev) {
             return Ok(Some(Unseen::Unprovable));
         }
         let (dev_now, ino_now) = folder_id(lower)?;
@@ -932,6 +934,30 @@ mod tests {
         seen.filesystems.clear();
         layers.truncate(1);
         assert_eq!(judged(&seen, base, &layers[0]), Some(Unseen::Unprovable));
+    }
+
+    /// A filesystem whose id is only its device number (FAT, exFAT, f2fs, XFS: `statfs`'s
+    /// `f_fsid` is `huge_encode_dev` of its disk, the folder's st_dev) tells nothing from
+    /// another boot or namespace: another volume in the same slot repeats it, and on FAT the
+    /// root's handle too. Before, such a record passed for proof (review lowers28 M1).
+    #[test]
+    fn a_filesystem_id_that_is_the_device_number_proves_nothing() {
+        let on = FolderOn {
+            kind: 0x4d44, // MSDOS_SUPER_MAGIC
+            fsid: 0x0811,
+            handle: Some("1:0100000000000000".into()),
+        };
+        assert!(!on.proves(0x0811), "FAT on /dev/sdb1 (8:17)");
+        assert!(on.proves(0x0812), "an id that is not the folder's device");
+        assert!(
+            !FolderOn {
+                fsid: 0,
+                ..on.clone()
+            }
+            .proves(0x0811),
+            "FUSE"
+        );
+        assert!(!FolderOn { handle: None, ..on }.proves(0x0812), "no handle");
     }
 
     /// The record confirmed with what init pinned: the same folder changes nothing (the mount
