@@ -545,10 +545,27 @@ impl SeenLowers {
         Ok(seen)
     }
 
-    /// Records what the lowers of `layers` are on now, for the VM's `diff` and `commit`.
+    /// Records what the lowers of `layers` are on now, for the VM's `diff` and `commit`, aside
+    /// ([`pending`]): it replaces the VM's record only once the start or restore succeeded
+    /// ([`SeenLowers::settle`]). A start that fails leaves the record of the run that made the
+    /// layer's changes, which vouches for them (review lowers28 L3: before, a failed start over
+    /// drive B left a record naming B, and commit wrote drive A's changes into B).
     pub fn record(vm: &VmDir, config: &VmConfig, layers: &[Layer]) -> Result<()> {
         let seen = SeenLowers::now(&config.base, layers).at(&config.base)?;
-        seen.write(vm, config)
+        seen.write(&pending(vm), vm, config)
+    }
+
+    /// Makes the record [`SeenLowers::record`] set aside (confirmed) the VM's record: its
+    /// start or restore succeeded, and its layers lie over what it names.
+    pub fn settle(vm: &VmDir, config: &VmConfig) -> Result<()> {
+        let path = vm.lower_mounts();
+        fs::rename(pending(vm), &path).at(&path)?;
+        if !config.ephemeral {
+            fs::File::open(vm.path())
+                .and_then(|dir| dir.sync_all())
+                .at(vm.path())?;
+        }
+        Ok(())
     }
 
     /// Confirms the VM's record with what its init pinned beneath its layers (`pinned`): a
@@ -557,13 +574,18 @@ impl SeenLowers {
     /// recorded, mounted back there later, is not taken for it; one whose folder init could
     /// not read is refused ([`UNOPENED`]).
     pub fn confirm(vm: &VmDir, config: &VmConfig, pinned: &[PinnedLower]) -> Result<()> {
-        let Some(mut seen) = SeenLowers::recorded(vm) else {
+        let Some(mut seen) = SeenLowers::read(&pending(vm)) else {
             return Ok(());
         };
         match seen.take_pinned(pinned) {
-            true => seen.write(vm, config),
+            true => seen.write(&pending(vm), vm, config),
             false => Ok(()),
         }
+    }
+
+    /// Removes the record a failed start or restore set aside: the VM's record stays.
+    pub fn drop_pending(vm: &VmDir) {
+        let _ = fs::remove_file(pending(vm));
     }
 
     /// [`SeenLowers::confirm`] on the record in memory: whether it changed.
@@ -587,14 +609,13 @@ impl SeenLowers {
         changed
     }
 
-    fn write(&self, vm: &VmDir, config: &VmConfig) -> Result<()> {
-        let path = vm.lower_mounts();
+    fn write(&self, path: &Path, vm: &VmDir, config: &VmConfig) -> Result<()> {
         let text = serde_json::to_vec(self).map_err(crate::error::encode(vm.name(), "lowers"))?;
         let durability = match config.ephemeral {
             true => feather_core::atomic::Durability::Volatile,
             false => feather_core::atomic::Durability::Durable,
         };
-        feather_core::atomic::write_atomic(&path, &text, durability)?;
+        feather_core::atomic::write_atomic(path, &text, durability)?;
         Ok(())
     }
 
@@ -688,6 +709,11 @@ impl Found {
             on: FolderOn::of(lower)?,
         })
     }
+}
+
+/// Where a start or restore sets its record aside until it succeeded ([`SeenLowers::settle`]).
+fn pending(vm: &VmDir) -> PathBuf {
+    vm.path().join(".lowers.json.pending")
 }
 
 /// The caller's mount namespace: the inode of its `/proc/self/ns/mnt`.
@@ -958,6 +984,42 @@ mod tests {
             "FUSE"
         );
         assert!(!FolderOn { handle: None, ..on }.proves(0x0812), "no handle");
+    }
+
+    /// A start's record replaces the VM's only once the start succeeded: one that failed
+    /// (over drive B, where the layer's changes were made over drive A) leaves the record that
+    /// refuses B. Before, the record was written at once, and named B (review lowers28 L3).
+    #[test]
+    fn a_failed_starts_record_replaces_nothing() {
+        let scratch = Scratch::new("pending");
+        let base = &scratch.0;
+        let root = StateRoot::new(Some(base.join("state")));
+        let config: VmConfig = toml::from_str(&format!(
+            "name = \"web\"\nid = \"abc\"\nbase = {:?}\ncreated = 0\n",
+            base.display().to_string()
+        ))
+        .unwrap();
+        let vm = root.vm(&config.name);
+        fs::create_dir_all(vm.path()).unwrap();
+        let layers = [layer_over(base, "/"), layer_over(base, "/mnt/t")];
+        let a = TestMount::tmpfs(&base.join("mnt/t"));
+        let seen_a = SeenLowers::now(base, &layers).unwrap();
+        seen_a.write(&vm.lower_mounts(), &vm, &config).unwrap();
+        drop(a);
+        let _b = TestMount::tmpfs(&base.join("mnt/t"));
+        SeenLowers::record(&vm, &config, &layers).unwrap();
+        let recorded = SeenLowers::recorded(&vm).unwrap();
+        assert_eq!(
+            recorded, seen_a,
+            "the failed start's record replaced the VM's"
+        );
+        assert_eq!(judged(&recorded, base, &layers[1]), Some(Unseen::Replaced));
+        SeenLowers::drop_pending(&vm);
+        assert!(!pending(&vm).exists());
+        SeenLowers::record(&vm, &config, &layers).unwrap();
+        SeenLowers::settle(&vm, &config).unwrap();
+        let recorded = SeenLowers::recorded(&vm).unwrap();
+        assert_eq!(judged(&recorded, base, &layers[1]), None, "B, once started");
     }
 
     /// The record confirmed with what init pinned: the same folder changes nothing (the mount
