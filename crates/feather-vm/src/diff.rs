@@ -1180,7 +1180,7 @@ pub(crate) fn is_whiteout(meta: &Metadata) -> bool {
     meta.file_type().is_char_device() && meta.rdev() == 0
 }
 
-fn is_opaque(dir: &File) -> bool {
+pub(crate) fn is_opaque(dir: &File) -> bool {
     use xattr::FileExt;
     matches!(dir.get_xattr("trusted.overlay.opaque"), Ok(Some(value)) if value == b"y")
 }
