@@ -2368,8 +2368,9 @@ fn boot_beside<T: Send>(
 fn await_pinned(name: &VmName, ours: &mut UnixStream) -> Result<Vec<PinnedLower>> {
     ours.set_read_timeout(Some(BOOT_TIMEOUT))
         .map_err(io(name, "init's socket"))?;
-    match boot::receive::<InitReport>(ours, "what init found beneath the layers") {
-        Ok(InitReport::Pinned(found)) => Ok(found),
+    match boot::receive_pinned(ours, "what init found beneath the layers") {
+        // `receive_pinned` gathers the pieces into one `Pinned`.
+        Ok(InitReport::Pinned(found) | InitReport::PinnedPart(found)) => Ok(found),
         Ok(InitReport::Failed(why)) => Err(failed(name, format!("cannot start: {why}"))),
         Ok(InitReport::Ready) => Err(failed(
             name,
@@ -2393,7 +2394,7 @@ fn await_init_report(name: &VmName, ours: &mut UnixStream) -> Result<()> {
         .map_err(io(name, "init's socket"))?;
     match boot::receive::<InitReport>(ours, "init's report (ready or failed)") {
         Ok(InitReport::Ready) => Ok(()),
-        Ok(InitReport::Pinned(_)) => Err(failed(
+        Ok(InitReport::Pinned(_) | InitReport::PinnedPart(_)) => Err(failed(
             name,
             "init said twice what it found beneath the layers",
         )),
