@@ -504,10 +504,7 @@ pub fn open_trees(
         .map(|layer| {
             let upper = beneath::open_root(&layer.upper)?;
             let mut lower = crate::layers::open_lower(base, base_path, &layer)?;
-            let unseen = match seen {
-                Some(seen) => seen.saw(&layer, lower.as_ref())?,
-                None => None,
-            };
+            let unseen = SeenLowers::judge(seen, &layer, lower.as_ref())?;
             if unseen.is_some() {
                 lower = None;
             }

@@ -412,7 +412,8 @@ fn not_a_layer_folder(name: &VmName, folder: &Path, source: std::io::Error) -> V
 /// on a filesystem with an id of its own ([`FolderOn`]). A layer the record does not name, one whose
 /// folder could not be opened when it was taken, and one the record cannot tell from another
 /// is not read ([`Unseen`]). A VM without a record (never started, or by a feather from before
-/// it) has every lower read as it is.
+/// it) has its root layer's lower read as it is, and no submount layer's
+/// ([`SeenLowers::judge`]).
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SeenLowers {
     boot: String,
@@ -472,8 +473,10 @@ impl Unseen {
                  host restarted with another filesystem there)"
             }
             Unseen::Unrecorded => {
-                "was not layered at the VM's last start (nothing was mounted there then): what \
-                 is there now is no filesystem the VM saw with these changes"
+                "was not layered at the VM's last start (nothing was mounted there then), or the \
+                 VM has no record of what its layers lay over (imported and not started since, \
+                 or last started by an older feather): what is there now is no filesystem the \
+                 VM is known to have seen with these changes"
             }
             Unseen::Unopened => {
                 "could not be opened when the VM last started, so nothing tells what the \
@@ -638,6 +641,23 @@ impl SeenLowers {
         }))
     }
 
+    /// [`SeenLowers::saw`] with the VM's record, if it has one. Without one (a VM never
+    /// started, or last started by a feather from before the record), the root layer's lower,
+    /// the base, is read as it is, but a submount layer's is not ([`Unseen::Unrecorded`]):
+    /// such a layer exists only because a start made it (which records) or an archive was
+    /// imported (which carries no record, and chose the layer: review lowers28 L4).
+    pub fn judge(
+        seen: Option<&SeenLowers>,
+        layer: &Layer,
+        lower: Option<&File>,
+    ) -> std::io::Result<Option<Unseen>> {
+        match seen {
+            Some(seen) => seen.saw(layer, lower),
+            None if layer.mount_point == Path::new("/") => Ok(None),
+            None => Ok(Some(Unseen::Unrecorded)),
+        }
+    }
+
     /// Whether `lower`, the lower folder of `layer` opened now (None: the base has none), is
     /// the folder the VM saw there: None if so, else why not. A folder gone is not what the VM
     /// saw: what commit would make in its place lies on another filesystem. A layer the record
@@ -661,7 +681,14 @@ impl SeenLowers {
         let same_boot = feather_core::store::boot_id().is_some_and(|boot| boot == self.boot);
         let same_namespace = self.namespace == 0 || self.namespace == mount_namespace()?;
         if same_boot && same_namespace && id != NO_MOUNT_ID {
-            return Ok((mount_id_of(lower)? != id).then_some(Unseen::Replaced));
+            // The folder too: a base that is a folder of its mount, renamed and made anew
+            // there, is on the same mount (review lowers28 L5).
+            let folder_now = folder_id(lower)?;
+            let moved = self
+                .folders
+                .get(&name)
+                .is_some_and(|&seen| seen != folder_now);
+            return Ok((moved || mount_id_of(lower)? != id).then_some(Unseen::Replaced));
         }
         self.same_folder(&name, lower, same_boot)
     }
@@ -1020,6 +1047,39 @@ mod tests {
         SeenLowers::settle(&vm, &config).unwrap();
         let recorded = SeenLowers::recorded(&vm).unwrap();
         assert_eq!(judged(&recorded, base, &layers[1]), None, "B, once started");
+    }
+
+    /// Without a record, the base beneath the root layer is read as it is, a submount
+    /// layer's folder not: an imported VM's layer at `/mnt/backup` is no filesystem it is
+    /// known to have seen. Before, every lower was read unchecked (review lowers28 L4).
+    #[test]
+    fn without_a_record_only_the_root_layers_lower_is_read() {
+        let scratch = Scratch::new("norecord");
+        let base = &scratch.0;
+        let lower = fs::File::open(base).unwrap();
+        let root = layer_over(base, "/");
+        assert_eq!(SeenLowers::judge(None, &root, Some(&lower)).unwrap(), None);
+        let sub = layer_over(base, "/mnt");
+        assert_eq!(
+            SeenLowers::judge(None, &sub, Some(&lower)).unwrap(),
+            Some(Unseen::Unrecorded)
+        );
+    }
+
+    /// In the start's boot and namespace the folder is compared too, not only its mount: a
+    /// lower that is a folder of its mount, renamed and made anew there, is not the one the
+    /// VM saw. Before, only the mount id was (review lowers28 L5).
+    #[test]
+    fn a_lower_folder_made_anew_on_the_same_mount_is_not_read() {
+        let scratch = Scratch::new("anew");
+        let base = &scratch.0;
+        fs::create_dir(base.join("mnt/d")).unwrap();
+        let layer = layer_over(base, "/mnt/d");
+        let seen = SeenLowers::now(base, std::slice::from_ref(&layer)).unwrap();
+        assert_eq!(judged(&seen, base, &layer), None);
+        fs::rename(base.join("mnt/d"), base.join("mnt/d-old")).unwrap();
+        fs::create_dir(base.join("mnt/d")).unwrap();
+        assert_eq!(judged(&seen, base, &layer), Some(Unseen::Replaced));
     }
 
     /// The record confirmed with what init pinned: the same folder changes nothing (the mount
