@@ -833,6 +833,61 @@ fn reset_drops_the_changes_at_the_paths_given_and_never_follows_a_link_in_the_la
     assert_eq!(names_in(&late), Vec::<String>::new());
 }
 
+/// `reset` refuses a VM whose cgroup still holds a process (as a crashed VM's may, its
+/// overlay mounted, writing the layer while reset walks it), naming `feather stop`, and drops
+/// nothing; once the group is empty it resets. Before, it went on (review lowers28 L8).
+#[test]
+fn reset_refuses_a_vm_whose_cgroup_still_has_processes() {
+    let base = ScratchBase::new("reset-members");
+    let feather = Feather::new("reset-members");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    assert_eq!(
+        feather.sh("vm", "echo vm > /data/new && echo done"),
+        "done\n"
+    );
+    let group = feather.cgroup_dirs("vm").remove(0);
+    feather.ok(&["stop", "vm"]);
+    let left = LeftInGroup::start(&group);
+    let refused = feather.fails(&["reset", "vm", "/data/new"]);
+    assert!(
+        refused.contains("still has processes") && refused.contains("feather stop"),
+        "{refused}"
+    );
+    assert_eq!(diff_paths(&feather.ok(&["diff", "vm"])), "A /data/new\n");
+    drop(left);
+    feather.ok(&["reset", "vm", "/data/new"]);
+}
+
+/// A `sleep` moved into a cgroup folder, ended (and the folder removed) when dropped.
+struct LeftInGroup {
+    child: std::process::Child,
+    group: PathBuf,
+}
+
+impl LeftInGroup {
+    fn start(group: &Path) -> LeftInGroup {
+        fs::create_dir_all(group).unwrap();
+        let child = std::process::Command::new("sleep")
+            .arg("300")
+            .spawn()
+            .unwrap();
+        let left = LeftInGroup {
+            child,
+            group: group.to_path_buf(),
+        };
+        fs::write(group.join("cgroup.procs"), left.child.id().to_string()).unwrap();
+        left
+    }
+}
+
+impl Drop for LeftInGroup {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_dir(&self.group);
+    }
+}
+
 /// Names that are not UTF-8: a host filesystem mounted under the base at such a path, and
 /// files so named in the VM's layers. The VM starts with that filesystem layered (reading the
 /// host's mount table as text failed the start), `diff` lists every change with the bytes
