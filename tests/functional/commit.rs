@@ -849,19 +849,24 @@ fn commit_after_a_reboot_applies_to_the_filesystems_the_vm_saw_only() {
 /// filesystem mounted on the host after the start), so that the rest commits; a link the VM
 /// put in its layer, naming a host folder, is never followed: a path through it drops nothing
 /// and is refused, the link itself is removed as a link, the host's folder untouched. Before,
-/// `reset` took no path: the refused change could only go with every other.
+/// `reset` took no path: the refused change could only go with every other. A command with a
+/// path that has no change drops none of the others (review lowers28 L7: it dropped them
+/// first), and a path beneath a folder the VM replaced over the host's is refused naming that
+/// folder (L2: dropped, the host's file stayed hidden, deleted by the next commit).
 #[test]
 fn reset_drops_the_changes_at_the_paths_given_and_never_follows_a_link_in_the_layer() {
     let mut base = ScratchBase::new("reset-paths");
     base.write("data/keep", "base\n");
     base.write("data/gone/keep", "base\n");
+    base.write("data/app/conf", "base\n");
     let feather = Feather::new("reset-paths");
     feather.start_over("vm", &base, &["--net", "none"]);
     let late = base.mount_tmpfs("mnt/late");
     let host_data = base.file("data");
     let script = format!(
         "echo vm > /data/new && echo vm > /mnt/late/x && rm -r /data/gone \
-         && ln -s {} /evil && echo done",
+         && ln -s {} /evil && rm -r /data/app && mkdir /data/app \
+         && echo vm > /data/app/conf && echo done",
         host_data.display()
     );
     assert_eq!(feather.sh("vm", &script), "done\n");
@@ -871,22 +876,94 @@ fn reset_drops_the_changes_at_the_paths_given_and_never_follows_a_link_in_the_la
     let through = feather.fails(&["reset", "vm", "/evil/keep"]);
     assert!(through.contains("/evil/keep has no change"), "{through}");
     assert_eq!(base.read("data/keep").unwrap(), "base\n");
-    let none = feather.fails(&["reset", "vm", "/data/never"]);
-    assert!(none.contains("has no change"), "{none}");
+    let none = feather.fails(&["reset", "vm", "/data/gone", "/data/never"]);
+    assert!(none.contains("/data/never has no change"), "{none}");
+    let replaced = feather.fails(&["reset", "vm", "/data/app/conf"]);
+    assert!(
+        replaced.contains("replaced the folder /data/app") && replaced.contains("nothing was"),
+        "{replaced}"
+    );
     for refused in ["data", "/data/../etc", "/"] {
         let err = feather.fails(&["reset", "vm", refused]);
         assert!(err.contains("nothing was dropped"), "{refused}: {err}");
     }
-    feather.ok(&["reset", "vm", "/mnt/late", "/evil", "/data/gone"]);
+    feather.ok(&[
+        "reset",
+        "vm",
+        "/mnt/late",
+        "/evil",
+        "/data/gone",
+        "/data/app",
+    ]);
     let mut names = names_in(&host_data);
     names.sort();
-    assert_eq!(names, ["gone", "keep"], "the link's target untouched");
+    assert_eq!(
+        names,
+        ["app", "gone", "keep"],
+        "the link's target untouched"
+    );
     assert_eq!(base.read("data/keep").unwrap(), "base\n");
     assert_eq!(diff_paths(&feather.ok(&["diff", "vm"])), "A /data/new\n");
     feather.ok(&["commit", "vm"]);
     assert_eq!(base.read("data/new").unwrap(), "vm\n");
     assert_eq!(base.read("data/gone/keep").unwrap(), "base\n");
+    assert_eq!(base.read("data/app/conf").unwrap(), "base\n");
     assert_eq!(names_in(&late), Vec::<String>::new());
+}
+
+/// `reset` refuses a VM whose cgroup still holds a process (as a crashed VM's may, its
+/// overlay mounted, writing the layer while reset walks it), naming `feather stop`, and drops
+/// nothing; once the group is empty it resets. Before, it went on (review lowers28 L8).
+#[test]
+fn reset_refuses_a_vm_whose_cgroup_still_has_processes() {
+    let base = ScratchBase::new("reset-members");
+    let feather = Feather::new("reset-members");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    assert_eq!(
+        feather.sh("vm", "echo vm > /data/new && echo done"),
+        "done\n"
+    );
+    let group = feather.cgroup_dirs("vm").remove(0);
+    feather.ok(&["stop", "vm"]);
+    let left = LeftInGroup::start(&group);
+    let refused = feather.fails(&["reset", "vm", "/data/new"]);
+    assert!(
+        refused.contains("still has processes") && refused.contains("feather stop"),
+        "{refused}"
+    );
+    assert_eq!(diff_paths(&feather.ok(&["diff", "vm"])), "A /data/new\n");
+    drop(left);
+    feather.ok(&["reset", "vm", "/data/new"]);
+}
+
+/// A `sleep` moved into a cgroup folder, ended (and the folder removed) when dropped.
+struct LeftInGroup {
+    child: std::process::Child,
+    group: PathBuf,
+}
+
+impl LeftInGroup {
+    fn start(group: &Path) -> LeftInGroup {
+        fs::create_dir_all(group).unwrap();
+        let child = std::process::Command::new("sleep")
+            .arg("300")
+            .spawn()
+            .unwrap();
+        let left = LeftInGroup {
+            child,
+            group: group.to_path_buf(),
+        };
+        fs::write(group.join("cgroup.procs"), left.child.id().to_string()).unwrap();
+        left
+    }
+}
+
+impl Drop for LeftInGroup {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_dir(&self.group);
+    }
 }
 
 /// Names that are not UTF-8: a host filesystem mounted under the base at such a path, and

@@ -19,7 +19,7 @@ use std::io::{Read, Write};
 use serde::{Deserialize, Serialize};
 
 /// Changes whenever a message of this module changes.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The longest message of this module.
 const MAX_LINE: usize = 64 * 1024;
@@ -44,7 +44,11 @@ pub enum ToInit {
 pub enum FromInitBoot {
     /// What init holds beneath each layer it mounts, once it has assembled the root, before
     /// the keeper tells it NETWORK_READY (`layers::SeenLowers::confirm`).
+    /// The last (or only) piece of it: see [`send_pinned`].
     Pinned(Vec<crate::lower_id::PinnedLower>),
+    /// A piece of it, more following: one line holds at most [`MAX_LINE`] bytes, and a host
+    /// with hundreds of mounts beneath the base (a container host) has as many layers.
+    PinnedPart(Vec<crate::lower_id::PinnedLower>),
     Ready,
     Failed(String),
 }
@@ -115,6 +119,50 @@ pub fn receive<T: for<'de> Deserialize<'de>>(
     })
 }
 
+/// The most bytes of entries [`send_pinned`] puts in one line, well below [`MAX_LINE`]: one
+/// entry (a mount point of at most PATH_MAX bytes, escaped, and a handle) stays below the rest.
+const PINNED_PIECE: usize = 32 * 1024;
+
+/// Sends what init holds beneath its layers in lines below [`MAX_LINE`]: pieces
+/// ([`FromInitBoot::PinnedPart`]), the last a [`FromInitBoot::Pinned`]. In one line, a host
+/// with some 250 layers failed every start (review lowers28 L1).
+pub fn send_pinned(
+    to: &mut impl Write,
+    found: Vec<crate::lower_id::PinnedLower>,
+) -> std::io::Result<()> {
+    let mut piece = Vec::new();
+    let mut bytes = 0;
+    for entry in found {
+        let size = serde_json::to_vec(&entry)?.len() + 1;
+        if bytes + size > PINNED_PIECE && !piece.is_empty() {
+            send(to, &FromInitBoot::PinnedPart(std::mem::take(&mut piece)))?;
+            bytes = 0;
+        }
+        bytes += size;
+        piece.push(entry);
+    }
+    send(to, &FromInitBoot::Pinned(piece))
+}
+
+/// Reads what [`send_pinned`] sent, whole, as one [`FromInitBoot::Pinned`]; any other report
+/// (init's failure) as it came.
+pub fn receive_pinned(
+    from: &mut impl Read,
+    expected: &'static str,
+) -> Result<FromInitBoot, BootError> {
+    let mut all = Vec::new();
+    loop {
+        match receive(from, expected)? {
+            FromInitBoot::PinnedPart(piece) => all.extend(piece),
+            FromInitBoot::Pinned(piece) => {
+                all.extend(piece);
+                return Ok(FromInitBoot::Pinned(all));
+            }
+            other => return Ok(other),
+        }
+    }
+}
+
 /// Reads one [`ToInit`] and checks it is `want`.
 pub fn expect(from: &mut impl Read, want: ToInit) -> Result<(), BootError> {
     let expected = match want {
@@ -168,6 +216,39 @@ mod tests {
         ));
         let error = expect(&mut &b"\x67\n"[..], ToInit::Go).unwrap_err();
         assert_eq!(error.to_string(), "expected go, received \"g\"");
+    }
+
+    /// What init holds beneath 600 layers with long names (a container host's `merged`
+    /// overlays beneath the base) reaches the keeper whole, a report of init's after it
+    /// still read; in one line it was past MAX_LINE and failed the start (review lowers28
+    /// L1).
+    #[test]
+    fn what_init_holds_beneath_many_layers_is_sent_in_pieces() {
+        use crate::lower_id::{FolderOn, PinnedLower};
+        let found: Vec<PinnedLower> = (0..600)
+            .map(|i| PinnedLower {
+                layer: format!("var-lib-docker-overlay2-{i:064x}-merged"),
+                folder: Some((
+                    (i, 256),
+                    FolderOn {
+                        kind: 0x794c7630,
+                        fsid: i,
+                        handle: Some(format!("251:{}", "ab".repeat(60))),
+                    },
+                )),
+            })
+            .collect();
+        let mut stream = Vec::new();
+        send_pinned(&mut stream, found.clone()).unwrap();
+        send(&mut stream, &FromInitBoot::Ready).unwrap();
+        assert!(stream
+            .split(|&b| b == b'\n')
+            .all(|line| line.len() < MAX_LINE));
+        let mut reader = stream.as_slice();
+        let whole = receive_pinned(&mut reader, "pinned").unwrap();
+        assert_eq!(whole, FromInitBoot::Pinned(found));
+        let after: FromInitBoot = receive(&mut reader, "ready").unwrap();
+        assert_eq!(after, FromInitBoot::Ready);
     }
 
     #[test]

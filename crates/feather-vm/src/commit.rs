@@ -724,8 +724,11 @@ pub fn reset(root: &StateRoot, name: &VmName) -> Result<()> {
 /// stays, to be committed (the changes `commit` refuses, say, dropped first). The layer is the
 /// VM's: each entry is reached beneath the layer's folder by descriptor, no link followed (a
 /// link on the way is no entry of the layer at that path, and nothing is dropped), and a link
-/// at the path is removed as a link. Where a folder above the path was replaced in the layer
-/// (an opaque folder), the host's entry stays hidden: `diff` then shows it deleted.
+/// at the path is removed as a link. Every path is found before anything is dropped (review
+/// lowers28 L7: one without a change refused the command after the others were gone). A path
+/// beneath a folder the VM replaced (an opaque folder) over a host entry at that path is
+/// refused, naming the folder: dropped, the host's entry would stay hidden, deleted by the
+/// next commit (L2).
 pub fn reset_paths(root: &StateRoot, name: &VmName, paths: &[PathBuf]) -> Result<()> {
     for path in paths {
         check_reset_path(name, path)?;
@@ -733,11 +736,30 @@ pub fn reset_paths(root: &StateRoot, name: &VmName, paths: &[PathBuf]) -> Result
     let vm = root.open(name)?;
     let _op = vm.lock_operations()?;
     let config = stopped_for_reset(&vm)?;
-    let mut dropped = vec![false; paths.len()];
-    for layer in layers::existing(&vm, &config) {
+    let layers = layers::existing(&vm, &config);
+    let mut found = vec![false; paths.len()];
+    for layer in &layers {
         let upper = beneath::open_root(&layer.upper).at(&layer.upper)?;
-        for (path, dropped) in paths.iter().zip(dropped.iter_mut()) {
-            *dropped |= drop_in_layer(&upper, &layer.mount_point, path).at(&layer.upper)?;
+        for (path, found) in paths.iter().zip(found.iter_mut()) {
+            refuse_beneath_replaced(name, layer, &upper, path)?;
+            *found |= drop_in_layer(&upper, &layer.mount_point, path, false).at(&layer.upper)?;
+        }
+    }
+    if let Some((path, _)) = paths.iter().zip(&found).find(|(_, found)| !**found) {
+        return Err(failed(
+            name,
+            format!(
+                "{} has no change in the VM's layers to drop (see `feather diff {name}`; a link \
+                 or a file the VM put on the way is the change: drop that path); nothing was \
+                 dropped",
+                escape_path(path)
+            ),
+        ));
+    }
+    for layer in &layers {
+        let upper = beneath::open_root(&layer.upper).at(&layer.upper)?;
+        for path in paths {
+            drop_in_layer(&upper, &layer.mount_point, path, true).at(&layer.upper)?;
         }
         // Scaffold mount points are feather's, not changes: made again where dropped.
         let root_layer = layer.mount_point == Path::new("/");
@@ -750,17 +772,56 @@ pub fn reset_paths(root: &StateRoot, name: &VmName, paths: &[PathBuf]) -> Result
             beneath::make_dirs(&upper, rel, Mode::from_bits_truncate(0o755)).at(dir)?;
         }
     }
-    match paths.iter().zip(&dropped).find(|(_, dropped)| !**dropped) {
-        Some((path, _)) => Err(failed(
-            name,
-            format!(
-                "{} has no change in the VM's layers to drop (see `feather diff {name}`; a link \
-                 or a file the VM put on the way is the change: drop that path)",
-                escape_path(path)
-            ),
-        )),
-        None => Ok(()),
+    Ok(())
+}
+
+/// Refuses `path` where a folder above it in `layer` (its upper folder `upper`) is opaque, the
+/// VM's replacement of the host's folder, and the host holds an entry at `path` beneath the
+/// layer: dropped from the layer, that entry would stay hidden by the folder (`diff` shows it
+/// deleted, and `commit` deletes it). The folder is named, to be reset whole instead.
+fn refuse_beneath_replaced(
+    name: &VmName,
+    layer: &layers::Layer,
+    upper: &File,
+    path: &Path,
+) -> Result<()> {
+    let Ok(rel) = path.strip_prefix(&layer.mount_point) else {
+        return Ok(());
+    };
+    let mut above: Vec<&Path> = rel.ancestors().skip(1).collect();
+    above.pop(); // the layer's own folder
+    for folder in above.into_iter().rev() {
+        let Some(dir) = beneath::open_dir_on_mount(upper, folder).at(&layer.upper)? else {
+            return Ok(());
+        };
+        if diff::is_opaque(&dir) && host_holds(layer, rel) {
+            let replaced = layer.mount_point.join(folder);
+            return Err(failed(
+                name,
+                format!(
+                    "cannot reset {}: the VM replaced the folder {} above it, which hides the \
+                     host's {} (dropped, it would stay deleted, and `commit` would delete it); \
+                     reset {} to keep the host's folder; nothing was dropped",
+                    escape_path(path),
+                    escape_path(&replaced),
+                    escape_path(path),
+                    escape_path(&replaced),
+                ),
+            ));
+        }
     }
+    Ok(())
+}
+
+/// Whether the host folder beneath `layer` holds an entry at `rel`, found on its own mount and
+/// through no link; not where it cannot be read.
+fn host_holds(layer: &layers::Layer, rel: &Path) -> bool {
+    if layer.over_nothing {
+        return false;
+    }
+    beneath::open_root(&layer.lower)
+        .and_then(|lower| Entry::open_on_mount(&lower, rel))
+        .is_ok_and(|entry| entry.is_some())
 }
 
 fn under_any(dir: &Path, paths: &[PathBuf]) -> bool {
@@ -792,12 +853,19 @@ fn check_reset_path(name: &VmName, path: &Path) -> Result<()> {
 }
 
 /// Drops the changes at or below the VM path `path` from the layer at `mount_point` whose
-/// upper folder is `upper`; whether there were any.
-fn drop_in_layer(upper: &File, mount_point: &Path, path: &Path) -> std::io::Result<bool> {
+/// upper folder is `upper` (only looks, unless `apply`); whether there were any.
+fn drop_in_layer(
+    upper: &File,
+    mount_point: &Path,
+    path: &Path,
+    apply: bool,
+) -> std::io::Result<bool> {
     if mount_point.starts_with(path) {
         // The whole layer lies at or below the path.
         let held = !beneath::names(upper)?.is_empty();
-        beneath::empty_dir(upper)?;
+        if apply {
+            beneath::empty_dir(upper)?;
+        }
         return Ok(held);
     }
     let Ok(rel) = path.strip_prefix(mount_point) else {
@@ -813,8 +881,32 @@ fn drop_in_layer(upper: &File, mount_point: &Path, path: &Path) -> std::io::Resu
     if Entry::open_on_mount(&folder, Path::new(entry))?.is_none() {
         return Ok(false);
     }
-    beneath::remove_tree(&folder, entry)?;
+    if apply {
+        beneath::remove_tree(&folder, entry)?;
+    }
     Ok(true)
+}
+
+/// Refuses a VM whose cgroup still has processes (a crashed VM's keeper died, and they live
+/// on with its overlay mounted, writing the layer while `reset` walks it: review lowers28 L8).
+fn refuse_while_members(vm: &VmDir, config: &VmConfig) -> Result<()> {
+    let name = vm.name();
+    let Some(cgroup) = crate::keeper::cgroup_of(config).filter(|c| c.exists()) else {
+        return Ok(());
+    };
+    let members = cgroup.members();
+    if members.is_empty() {
+        return Ok(());
+    }
+    let pids: Vec<String> = members.iter().map(|pid| pid.to_string()).collect();
+    Err(failed(
+        name,
+        format!(
+            "still has processes in its cgroup ({}), which may write its layers: `feather stop \
+             {name}` ends them, then reset again; nothing was dropped",
+            pids.join(", ")
+        ),
+    ))
 }
 
 /// Checks that the VM may have its layers changed by `reset` (stopped, not checkpointed, no
@@ -837,6 +929,7 @@ fn stopped_for_reset(vm: &VmDir) -> Result<VmConfig> {
     // the layer is changed once they are gone.
     crate::lifecycle::await_last_keeper(vm)?;
     let config = vm.read_config()?;
+    refuse_while_members(vm, &config)?;
     crate::handed_over::refuse_while_alive(vm, &config)?;
     if let Some(disk) = config.limits.disk {
         crate::disk::attach(name, vm, disk)?;

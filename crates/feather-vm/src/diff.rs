@@ -504,10 +504,7 @@ pub fn open_trees(
         .map(|layer| {
             let upper = beneath::open_root(&layer.upper)?;
             let mut lower = crate::layers::open_lower(base, base_path, &layer)?;
-            let unseen = match seen {
-                Some(seen) => seen.saw(&layer, lower.as_ref())?,
-                None => None,
-            };
+            let unseen = SeenLowers::judge(seen, &layer, lower.as_ref())?;
             if unseen.is_some() {
                 lower = None;
             }
@@ -1180,7 +1177,7 @@ pub(crate) fn is_whiteout(meta: &Metadata) -> bool {
     meta.file_type().is_char_device() && meta.rdev() == 0
 }
 
-fn is_opaque(dir: &File) -> bool {
+pub(crate) fn is_opaque(dir: &File) -> bool {
     use xattr::FileExt;
     matches!(dir.get_xattr("trusted.overlay.opaque"), Ok(Some(value)) if value == b"y")
 }

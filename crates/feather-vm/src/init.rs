@@ -325,7 +325,7 @@ fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), InitError> {
     // program of the VM's.
     let (old_root, pinned) = rootfs::assemble(&plan.rootfs).map_err(InitError::Root)?;
     // What the layers lie over, as mounted, for the keeper's record (review gl27 L4).
-    report(keeper, InitReport::Pinned(pinned));
+    let _ = boot::send_pinned(keeper, pinned);
     // Until the old root is detached (an RCU grace period, on a thread of init's), only steps
     // that resolve no path follow: the wait for the network, the cgroup namespace, the
     // interfaces, the Landlock domain.

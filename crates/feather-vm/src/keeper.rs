@@ -520,6 +520,7 @@ impl Keeper {
             }
         }
         trace::phase("record the VM running");
+        keeper.settle_lowers();
         // Roots registered while the VM started are hidden now (see `hiding`).
         if let Err(why) = keeper.hide_late_state_folders(&hidden) {
             keeper.say_not_hidden(&why);
@@ -703,8 +704,24 @@ impl Keeper {
             }
             keeper.let_traffic_through();
         }
+        keeper.settle_lowers();
         trace::phase("restore: state folders hidden, processes continued");
         Ok(keeper)
+    }
+
+    /// Makes the record of what the layers lie over, set aside by this start or restore, the
+    /// VM's (`layers::SeenLowers::settle`). One that cannot be is said: the VM's last record
+    /// stays, which names the filesystems of an earlier run, and `commit` refuses a layer
+    /// whose filesystem is another now (fails closed).
+    fn settle_lowers(&self) {
+        if let Err(e) = layers::SeenLowers::settle(&self.vm, &self.config) {
+            eprintln!(
+                "feather: VM '{}': the record of what its layers lie over could not be kept \
+                 ({e}); commit refuses a layer whose filesystem differs from the last one \
+                 recorded until the VM starts again",
+                self.vm.name()
+            );
+        }
     }
 
     /// Ends a VM whose start (or restore) failed once its init was there, and removes what it
@@ -2034,6 +2051,7 @@ fn remove_leftovers_with(
     let _ = fs::remove_dir_all(vm.run_dir());
     // A record a keeper killed while init assembled the root had staged (never committed).
     feather_core::atomic::remove_abandoned(vm.path());
+    layers::SeenLowers::drop_pending(vm);
 }
 
 /// Removes the cgroup of a VM whose processes should all be gone (any still in it are
@@ -2348,8 +2366,9 @@ fn boot_beside<T: Send>(
 fn await_pinned(name: &VmName, ours: &mut UnixStream) -> Result<Vec<PinnedLower>> {
     ours.set_read_timeout(Some(BOOT_TIMEOUT))
         .map_err(io(name, "init's socket"))?;
-    match boot::receive::<InitReport>(ours, "what init found beneath the layers") {
-        Ok(InitReport::Pinned(found)) => Ok(found),
+    match boot::receive_pinned(ours, "what init found beneath the layers") {
+        // `receive_pinned` gathers the pieces into one `Pinned`.
+        Ok(InitReport::Pinned(found) | InitReport::PinnedPart(found)) => Ok(found),
         Ok(InitReport::Failed(why)) => Err(failed(name, format!("cannot start: {why}"))),
         Ok(InitReport::Ready) => Err(failed(
             name,
@@ -2373,7 +2392,7 @@ fn await_init_report(name: &VmName, ours: &mut UnixStream) -> Result<()> {
         .map_err(io(name, "init's socket"))?;
     match boot::receive::<InitReport>(ours, "init's report (ready or failed)") {
         Ok(InitReport::Ready) => Ok(()),
-        Ok(InitReport::Pinned(_)) => Err(failed(
+        Ok(InitReport::Pinned(_) | InitReport::PinnedPart(_)) => Err(failed(
             name,
             "init said twice what it found beneath the layers",
         )),

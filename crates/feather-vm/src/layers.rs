@@ -409,10 +409,11 @@ fn not_a_layer_folder(name: &VmName, folder: &Path, source: std::io::Error) -> V
 /// Mount ids are those of one boot and of the mount namespace the record was taken in (a copy
 /// of a namespace has its own mounts): from another boot or namespace (a systemd unit with
 /// `PrivateTmp=`, `unshare -m`), the lower folder itself is compared instead, by what names it
-/// on its filesystem for good ([`FolderOn`]). A layer the record does not name, one whose
+/// on a filesystem with an id of its own ([`FolderOn`]). A layer the record does not name, one whose
 /// folder could not be opened when it was taken, and one the record cannot tell from another
 /// is not read ([`Unseen`]). A VM without a record (never started, or by a feather from before
-/// it) has every lower read as it is.
+/// it) has its root layer's lower read as it is, and no submount layer's
+/// ([`SeenLowers::judge`]).
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SeenLowers {
     boot: String,
@@ -455,8 +456,8 @@ pub enum Unseen {
     /// `allow_other`): nothing tells what the layer lay over.
     Unopened,
     /// The record is of another boot or mount namespace, and holds nothing that tells the
-    /// folder for good (a record by an older feather, or a filesystem without file handles
-    /// or a filesystem id, as FUSE).
+    /// folder (a record by an older feather, a filesystem without file handles or a
+    /// filesystem id, as FUSE, or one whose id is its device number, as FAT).
     Unprovable,
     /// The record is there but cannot be read.
     Unreadable,
@@ -472,8 +473,10 @@ impl Unseen {
                  host restarted with another filesystem there)"
             }
             Unseen::Unrecorded => {
-                "was not layered at the VM's last start (nothing was mounted there then): what \
-                 is there now is no filesystem the VM saw with these changes"
+                "was not layered at the VM's last start (nothing was mounted there then), or the \
+                 VM has no record of what its layers lay over (imported and not started since, \
+                 or last started by an older feather): what is there now is no filesystem the \
+                 VM is known to have seen with these changes"
             }
             Unseen::Unopened => {
                 "could not be opened when the VM last started, so nothing tells what the \
@@ -481,7 +484,9 @@ impl Unseen {
             }
             Unseen::Unprovable => {
                 "cannot be told from another filesystem: the VM's record of what its layers lay \
-                 over is of another boot or mount namespace and names no file handle for it"
+                 over is of another boot or mount namespace and names no file handle for it, or \
+                 its filesystem's id is only its device number (FAT, exFAT, f2fs, XFS), which \
+                 another volume in the same slot repeats"
             }
             Unseen::Unreadable => "cannot be checked: the VM's record lowers.json is unreadable",
         }
@@ -543,10 +548,27 @@ impl SeenLowers {
         Ok(seen)
     }
 
-    /// Records what the lowers of `layers` are on now, for the VM's `diff` and `commit`.
+    /// Records what the lowers of `layers` are on now, for the VM's `diff` and `commit`, aside
+    /// ([`pending`]): it replaces the VM's record only once the start or restore succeeded
+    /// ([`SeenLowers::settle`]). A start that fails leaves the record of the run that made the
+    /// layer's changes, which vouches for them (review lowers28 L3: before, a failed start over
+    /// drive B left a record naming B, and commit wrote drive A's changes into B).
     pub fn record(vm: &VmDir, config: &VmConfig, layers: &[Layer]) -> Result<()> {
         let seen = SeenLowers::now(&config.base, layers).at(&config.base)?;
-        seen.write(vm, config)
+        seen.write(&pending(vm), vm, config)
+    }
+
+    /// Makes the record [`SeenLowers::record`] set aside (confirmed) the VM's record: its
+    /// start or restore succeeded, and its layers lie over what it names.
+    pub fn settle(vm: &VmDir, config: &VmConfig) -> Result<()> {
+        let path = vm.lower_mounts();
+        fs::rename(pending(vm), &path).at(&path)?;
+        if !config.ephemeral {
+            fs::File::open(vm.path())
+                .and_then(|dir| dir.sync_all())
+                .at(vm.path())?;
+        }
+        Ok(())
     }
 
     /// Confirms the VM's record with what its init pinned beneath its layers (`pinned`): a
@@ -555,13 +577,18 @@ impl SeenLowers {
     /// recorded, mounted back there later, is not taken for it; one whose folder init could
     /// not read is refused ([`UNOPENED`]).
     pub fn confirm(vm: &VmDir, config: &VmConfig, pinned: &[PinnedLower]) -> Result<()> {
-        let Some(mut seen) = SeenLowers::recorded(vm) else {
+        let Some(mut seen) = SeenLowers::read(&pending(vm)) else {
             return Ok(());
         };
         match seen.take_pinned(pinned) {
-            true => seen.write(vm, config),
+            true => seen.write(&pending(vm), vm, config),
             false => Ok(()),
         }
+    }
+
+    /// Removes the record a failed start or restore set aside: the VM's record stays.
+    pub fn drop_pending(vm: &VmDir) {
+        let _ = fs::remove_file(pending(vm));
     }
 
     /// [`SeenLowers::confirm`] on the record in memory: whether it changed.
@@ -585,14 +612,13 @@ impl SeenLowers {
         changed
     }
 
-    fn write(&self, vm: &VmDir, config: &VmConfig) -> Result<()> {
-        let path = vm.lower_mounts();
+    fn write(&self, path: &Path, vm: &VmDir, config: &VmConfig) -> Result<()> {
         let text = serde_json::to_vec(self).map_err(crate::error::encode(vm.name(), "lowers"))?;
         let durability = match config.ephemeral {
             true => feather_core::atomic::Durability::Volatile,
             false => feather_core::atomic::Durability::Durable,
         };
-        feather_core::atomic::write_atomic(&path, &text, durability)?;
+        feather_core::atomic::write_atomic(path, &text, durability)?;
         Ok(())
     }
 
@@ -613,6 +639,23 @@ impl SeenLowers {
             unreadable: true,
             ..SeenLowers::default()
         }))
+    }
+
+    /// [`SeenLowers::saw`] with the VM's record, if it has one. Without one (a VM never
+    /// started, or last started by a feather from before the record), the root layer's lower,
+    /// the base, is read as it is, but a submount layer's is not ([`Unseen::Unrecorded`]):
+    /// such a layer exists only because a start made it (which records) or an archive was
+    /// imported (which carries no record, and chose the layer: review lowers28 L4).
+    pub fn judge(
+        seen: Option<&SeenLowers>,
+        layer: &Layer,
+        lower: Option<&File>,
+    ) -> std::io::Result<Option<Unseen>> {
+        match seen {
+            Some(seen) => seen.saw(layer, lower),
+            None if layer.mount_point == Path::new("/") => Ok(None),
+            None => Ok(Some(Unseen::Unrecorded)),
+        }
     }
 
     /// Whether `lower`, the lower folder of `layer` opened now (None: the base has none), is
@@ -638,13 +681,20 @@ impl SeenLowers {
         let same_boot = feather_core::store::boot_id().is_some_and(|boot| boot == self.boot);
         let same_namespace = self.namespace == 0 || self.namespace == mount_namespace()?;
         if same_boot && same_namespace && id != NO_MOUNT_ID {
-            return Ok((mount_id_of(lower)? != id).then_some(Unseen::Replaced));
+            // The folder too: a base that is a folder of its mount, renamed and made anew
+            // there, is on the same mount (review lowers28 L5).
+            let folder_now = folder_id(lower)?;
+            let moved = self
+                .folders
+                .get(&name)
+                .is_some_and(|&seen| seen != folder_now);
+            return Ok((moved || mount_id_of(lower)? != id).then_some(Unseen::Replaced));
         }
         self.same_folder(&name, lower, same_boot)
     }
 
     /// [`SeenLowers::saw`] from another boot or mount namespace (or without mount ids): the
-    /// folder itself compared, by what names it for good. Its device number only within one
+    /// folder itself compared, by what names it ([`FolderOn::proves`]). Its device number only within one
     /// boot: that of a filesystem without a disk of its own (tmpfs, a btrfs subvolume, NFS) is
     /// handed out in mount order.
     fn same_folder(
@@ -657,7 +707,7 @@ impl SeenLowers {
         else {
             return Ok(Some(Unseen::Unprovable));
         };
-        if !on.proves() {
+        if !on.proves(dev) {
             return Ok(Some(Unseen::Unprovable));
         }
         let (dev_now, ino_now) = folder_id(lower)?;
@@ -686,6 +736,11 @@ impl Found {
             on: FolderOn::of(lower)?,
         })
     }
+}
+
+/// Where a start or restore sets its record aside until it succeeded ([`SeenLowers::settle`]).
+fn pending(vm: &VmDir) -> PathBuf {
+    vm.path().join(".lowers.json.pending")
 }
 
 /// The caller's mount namespace: the inode of its `/proc/self/ns/mnt`.
@@ -932,6 +987,99 @@ mod tests {
         seen.filesystems.clear();
         layers.truncate(1);
         assert_eq!(judged(&seen, base, &layers[0]), Some(Unseen::Unprovable));
+    }
+
+    /// A filesystem whose id is only its device number (FAT, exFAT, f2fs, XFS: `statfs`'s
+    /// `f_fsid` is `huge_encode_dev` of its disk, the folder's st_dev) tells nothing from
+    /// another boot or namespace: another volume in the same slot repeats it, and on FAT the
+    /// root's handle too. Before, such a record passed for proof (review lowers28 M1).
+    #[test]
+    fn a_filesystem_id_that_is_the_device_number_proves_nothing() {
+        let on = FolderOn {
+            kind: 0x4d44, // MSDOS_SUPER_MAGIC
+            fsid: 0x0811,
+            handle: Some("1:0100000000000000".into()),
+        };
+        assert!(!on.proves(0x0811), "FAT on /dev/sdb1 (8:17)");
+        assert!(on.proves(0x0812), "an id that is not the folder's device");
+        assert!(
+            !FolderOn {
+                fsid: 0,
+                ..on.clone()
+            }
+            .proves(0x0811),
+            "FUSE"
+        );
+        assert!(!FolderOn { handle: None, ..on }.proves(0x0812), "no handle");
+    }
+
+    /// A start's record replaces the VM's only once the start succeeded: one that failed
+    /// (over drive B, where the layer's changes were made over drive A) leaves the record that
+    /// refuses B. Before, the record was written at once, and named B (review lowers28 L3).
+    #[test]
+    fn a_failed_starts_record_replaces_nothing() {
+        let scratch = Scratch::new("pending");
+        let base = &scratch.0;
+        let root = StateRoot::new(Some(base.join("state")));
+        let config: VmConfig = toml::from_str(&format!(
+            "name = \"web\"\nid = \"abc\"\nbase = {:?}\ncreated = 0\n",
+            base.display().to_string()
+        ))
+        .unwrap();
+        let vm = root.vm(&config.name);
+        fs::create_dir_all(vm.path()).unwrap();
+        let layers = [layer_over(base, "/"), layer_over(base, "/mnt/t")];
+        let a = TestMount::tmpfs(&base.join("mnt/t"));
+        let seen_a = SeenLowers::now(base, &layers).unwrap();
+        seen_a.write(&vm.lower_mounts(), &vm, &config).unwrap();
+        drop(a);
+        let _b = TestMount::tmpfs(&base.join("mnt/t"));
+        SeenLowers::record(&vm, &config, &layers).unwrap();
+        let recorded = SeenLowers::recorded(&vm).unwrap();
+        assert_eq!(
+            recorded, seen_a,
+            "the failed start's record replaced the VM's"
+        );
+        assert_eq!(judged(&recorded, base, &layers[1]), Some(Unseen::Replaced));
+        SeenLowers::drop_pending(&vm);
+        assert!(!pending(&vm).exists());
+        SeenLowers::record(&vm, &config, &layers).unwrap();
+        SeenLowers::settle(&vm, &config).unwrap();
+        let recorded = SeenLowers::recorded(&vm).unwrap();
+        assert_eq!(judged(&recorded, base, &layers[1]), None, "B, once started");
+    }
+
+    /// Without a record, the base beneath the root layer is read as it is, a submount
+    /// layer's folder not: an imported VM's layer at `/mnt/backup` is no filesystem it is
+    /// known to have seen. Before, every lower was read unchecked (review lowers28 L4).
+    #[test]
+    fn without_a_record_only_the_root_layers_lower_is_read() {
+        let scratch = Scratch::new("norecord");
+        let base = &scratch.0;
+        let lower = fs::File::open(base).unwrap();
+        let root = layer_over(base, "/");
+        assert_eq!(SeenLowers::judge(None, &root, Some(&lower)).unwrap(), None);
+        let sub = layer_over(base, "/mnt");
+        assert_eq!(
+            SeenLowers::judge(None, &sub, Some(&lower)).unwrap(),
+            Some(Unseen::Unrecorded)
+        );
+    }
+
+    /// In the start's boot and namespace the folder is compared too, not only its mount: a
+    /// lower that is a folder of its mount, renamed and made anew there, is not the one the
+    /// VM saw. Before, only the mount id was (review lowers28 L5).
+    #[test]
+    fn a_lower_folder_made_anew_on_the_same_mount_is_not_read() {
+        let scratch = Scratch::new("anew");
+        let base = &scratch.0;
+        fs::create_dir(base.join("mnt/d")).unwrap();
+        let layer = layer_over(base, "/mnt/d");
+        let seen = SeenLowers::now(base, std::slice::from_ref(&layer)).unwrap();
+        assert_eq!(judged(&seen, base, &layer), None);
+        fs::rename(base.join("mnt/d"), base.join("mnt/d-old")).unwrap();
+        fs::create_dir(base.join("mnt/d")).unwrap();
+        assert_eq!(judged(&seen, base, &layer), Some(Unseen::Replaced));
     }
 
     /// The record confirmed with what init pinned: the same folder changes nothing (the mount

@@ -7,9 +7,11 @@ use std::os::fd::AsFd;
 
 use serde::{Deserialize, Serialize};
 
-/// What names a lower folder on its filesystem, in any mount namespace and across reboots:
-/// the filesystem (`statfs` type and id: ext4's and btrfs's from their UUID, a tmpfs's random)
-/// and the folder's handle on it (`name_to_handle_at`, mount id aside: its inode and, where
+/// What names a lower folder on its filesystem, in any mount namespace and across reboots,
+/// where the filesystem has an id of its own: the filesystem (`statfs` type and id: ext4's and
+/// btrfs's from their UUID, a tmpfs's random; FAT's, exFAT's, f2fs's, XFS's, squashfs's and
+/// erofs's are only their device number, which another volume in the same slot repeats, so
+/// those tell nothing, [`FolderOn::proves`]) and the folder's handle on it (`name_to_handle_at`, mount id aside: its inode and, where
 /// the filesystem keeps one, generation, random on tmpfs and ext4, so a folder made anew has
 /// another).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,10 +35,14 @@ impl FolderOn {
         Ok(FolderOn { kind, fsid, handle })
     }
 
-    /// Whether this names one folder for good: a handle on a filesystem with an id of its own
-    /// (FUSE reports none, and every FUSE mount's root has the same handle).
-    pub(crate) fn proves(&self) -> bool {
-        self.handle.is_some() && self.fsid != 0
+    /// Whether this, recorded of a folder on the device `dev` (its st_dev), tells that folder
+    /// from one on another filesystem: a handle on a filesystem with an id of its own. FUSE
+    /// reports none (0), and every FUSE mount's root has the same handle; FAT, exFAT, f2fs, XFS,
+    /// squashfs and erofs report their device number (`huge_encode_dev`, the st_dev), which a
+    /// volume put in the same slot repeats, with the same root handle on FAT (review
+    /// lowers28 M1: drive B in drive A's slot passed for A).
+    pub(crate) fn proves(&self, dev: u64) -> bool {
+        self.handle.is_some() && self.fsid != 0 && self.fsid != dev
     }
 }
 
