@@ -242,8 +242,14 @@ impl CriuMountTable {
 /// which a checkpoint's size lengthens); network and FUSE filesystems, whose mount points a
 /// lookup may wait on for good; a mount no path reaches (covered by another). One of those
 /// unmounted and its number taken by a mount CRIU made is a false refusal, never a pass.
+/// One clone per filesystem, not per mount (review rest28 N1: a host of a thousand container
+/// mounts ran out of descriptors), and one that cannot be held fails the restore: dropped
+/// silently, its number could be handed out again.
 pub struct HeldFilesystems {
-    _mounts: Vec<std::os::fd::OwnedFd>,
+    /// Each held filesystem's device number, with the clone that holds it (kept open, never
+    /// read but by tests).
+    #[cfg_attr(not(test), expect(dead_code))]
+    held: Vec<(String, std::os::fd::OwnedFd)>,
 }
 
 /// Filesystem types of anonymous numbers not held: a lookup of their mount points may wait on
@@ -255,13 +261,20 @@ const NOT_HELD: [&str; 11] = [
 impl HeldFilesystems {
     pub fn now() -> std::io::Result<HeldFilesystems> {
         let mounts = feather_sys::mountinfo::mounts()?;
-        let held = mounts
+        let mut held: Vec<(String, std::os::fd::OwnedFd)> = Vec::new();
+        let holdable = mounts
             .iter()
             .filter(|m| is_anonymous(&m.device))
-            .filter(|m| !NOT_HELD.contains(&m.fs_type.as_str()) && !m.fs_type.starts_with("fuse"))
-            .filter_map(hold)
-            .collect();
-        Ok(HeldFilesystems { _mounts: held })
+            .filter(|m| !NOT_HELD.contains(&m.fs_type.as_str()) && !m.fs_type.starts_with("fuse"));
+        for mount in holdable {
+            if held.iter().any(|(device, _)| *device == mount.device) {
+                continue;
+            }
+            if let Some(clone) = hold(mount)? {
+                held.push((mount.device.clone(), clone));
+            }
+        }
+        Ok(HeldFilesystems { held })
     }
 }
 
@@ -272,21 +285,41 @@ fn is_anonymous(device: &str) -> bool {
         .is_some_and(|(major, _)| major == "0")
 }
 
-/// A private detached clone of `mount` alone, if its mount point still leads to it (not
-/// covered since, nor a link now).
-fn hold(mount: &MountEntry) -> Option<std::os::fd::OwnedFd> {
+/// A private detached clone of `mount` alone; none if its mount point no longer leads to it
+/// (unmounted or covered since, or a link now: another mount of its filesystem may). Any
+/// other failure (out of descriptors, of memory) is an error naming the mount.
+fn hold(mount: &MountEntry) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+    use nix::errno::Errno;
     use nix::fcntl::OFlag;
     use std::os::fd::AsRawFd;
+    let cannot = |e: &dyn std::fmt::Display| {
+        std::io::Error::other(format!(
+            "cannot hold the {} at {} (device {}) for the restore's check: {e} (if that is \
+             \"too many open files\", raise the limit of open files, `ulimit -n`, and \
+             restore again)",
+            mount.fs_type,
+            mount.mount_point.display(),
+            mount.device
+        ))
+    };
     let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let at = nix::fcntl::open(&mount.mount_point, flags, nix::sys::stat::Mode::empty()).ok()?;
-    let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", at.as_raw_fd())).ok()?;
+    let at = match nix::fcntl::open(&mount.mount_point, flags, nix::sys::stat::Mode::empty()) {
+        Ok(at) => at,
+        Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => return Ok(None),
+        Err(e) => return Err(cannot(&e)),
+    };
+    let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", at.as_raw_fd()))
+        .map_err(|e| cannot(&e))?;
     let id = info
         .lines()
-        .find_map(|line| line.strip_prefix("mnt_id:")?.trim().parse::<u64>().ok())?;
+        .find_map(|line| line.strip_prefix("mnt_id:")?.trim().parse::<u64>().ok())
+        .ok_or_else(|| cannot(&"its descriptor's fdinfo shows no mnt_id"))?;
     if id != mount.id {
-        return None;
+        return Ok(None);
     }
-    feather_sys::mount::clone_tree_private(&at).ok()
+    feather_sys::mount::clone_tree_private(&at)
+        .map(Some)
+        .map_err(|e| cannot(&e))
 }
 
 /// What existed before CRIU ran, read from the namespace it ran in.
@@ -677,6 +710,60 @@ mod tests {
         let second = mount_tmpfs();
         assert_ne!(first, second);
         drop(held);
+    }
+
+    /// A filesystem mounted at two places is held once (review rest28 N1: one descriptor
+    /// per mount ran a busy host out of them).
+    #[test]
+    fn a_filesystem_mounted_twice_is_held_once() {
+        let place = Scratch::new("twice");
+        let bound = Scratch::new("twice-bound");
+        nix::mount::mount(
+            Some("tmpfs"),
+            &place.0,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        nix::mount::mount(
+            Some(&place.0),
+            &bound.0,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        let device = device_at(&place.0);
+        let held = HeldFilesystems::now().unwrap();
+        let clones = held.held.iter().filter(|(d, _)| *d == device).count();
+        assert_eq!(clones, 1);
+    }
+
+    /// Out of descriptors, the hold fails instead of leaving filesystems unheld (review
+    /// rest28 N1). The soft limit is lowered to leave two descriptors free, and put back;
+    /// nextest runs each test in a process of its own.
+    #[test]
+    fn a_hold_that_runs_out_of_descriptors_fails() {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        let open: Vec<u64> = fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+            .collect();
+        // Two free: enough to read the table and hold one filesystem, not a second.
+        let limit = (0..)
+            .filter(|fd| !open.contains(fd))
+            .nth(1)
+            .map(|second_free| second_free + 1)
+            .unwrap();
+        setrlimit(Resource::RLIMIT_NOFILE, limit, hard).unwrap();
+        let held = HeldFilesystems::now();
+        setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+        let refusal = held
+            .err()
+            .expect("the hold passed with too few descriptors");
+        assert!(refusal.to_string().contains("cannot hold"), "{refusal}");
     }
 
     /// A block device's filesystem is not held: once the host unmounts it, its device is
