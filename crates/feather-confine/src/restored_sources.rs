@@ -17,6 +17,7 @@
 //! what the tree mounts there appears on the host, and the reverse) unless the config asks
 //! for shared propagation.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -58,9 +59,9 @@ pub struct Tables {
     pub where_criu_ran: Vec<MountEntry>,
     /// The restorer's own namespace, read when it checks the restored tree.
     pub restorers: Vec<MountEntry>,
-    /// Every mount the restorer's own namespace showed while CRIU ran, up to its `pre-resume`
-    /// ([`MountWatch`]; empty where the restorer does not watch).
-    pub while_criu_ran: Vec<MountEntry>,
+    /// The device of every mount the restorer's own namespace showed while CRIU ran, up to
+    /// its `pre-resume` ([`MountWatch`]; empty where the restorer does not watch).
+    pub while_criu_ran: BTreeSet<String>,
 }
 
 impl Tables {
@@ -69,12 +70,12 @@ impl Tables {
         Ok(Tables {
             where_criu_ran,
             restorers: feather_sys::mountinfo::mounts()?,
-            while_criu_ran: Vec::new(),
+            while_criu_ran: BTreeSet::new(),
         })
     }
 
     /// The same, with the mounts a [`MountWatch`] saw.
-    pub fn seen_while_criu_ran(self, while_criu_ran: Vec<MountEntry>) -> Tables {
+    pub fn seen_while_criu_ran(self, while_criu_ran: BTreeSet<String>) -> Tables {
         Tables {
             while_criu_ran,
             ..self
@@ -91,39 +92,59 @@ impl Tables {
 /// a filesystem mounted and unmounted between two reads (the kernel's report is one for every
 /// change since the last read). A number seen and freed since may be handed to a mount of the
 /// tree: a false refusal, never a pass. Started after any fork: the thread must not exist in a
-/// child that allocates before its exec.
+/// child that allocates before its exec. Only the device numbers are kept, each once (review
+/// rest28 N3: a whole table per change grew without bound on a busy host).
 pub struct MountWatch {
     stop: std::os::fd::OwnedFd,
-    thread: std::thread::JoinHandle<std::io::Result<Vec<MountEntry>>>,
+    seen: std::sync::Arc<std::sync::Mutex<BTreeSet<String>>>,
+    thread: std::thread::JoinHandle<std::io::Result<()>>,
 }
 
 impl MountWatch {
     pub fn start() -> std::io::Result<MountWatch> {
         let mut table = fs::File::open("/proc/self/mountinfo")?;
-        let mut seen = read_table(&mut table)?;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(devices(read_table(&mut table)?)));
         let (stopped, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let adding = seen.clone();
         let thread = std::thread::Builder::new()
             .name("mount-watch".into())
             .spawn(move || {
                 while changed(&table, &stopped)? {
-                    seen.extend(read_table(&mut table)?);
+                    let read = devices(read_table(&mut table)?);
+                    adding
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(read);
                 }
-                Ok(seen)
+                Ok(())
             })?;
-        Ok(MountWatch { stop, thread })
+        Ok(MountWatch { stop, seen, thread })
     }
 
-    /// Every mount seen, the table read once more now; an error if a read failed (nothing
-    /// can then be said of what the host mounted meanwhile).
-    pub fn finish(self) -> std::io::Result<Vec<MountEntry>> {
+    /// Whether the watch has seen `device` so far.
+    pub fn has_seen(&self, device: &str) -> bool {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(device)
+    }
+
+    /// The device of every mount seen, the table read once more now; an error if a read
+    /// failed (nothing can then be said of what the host mounted meanwhile).
+    pub fn finish(self) -> std::io::Result<BTreeSet<String>> {
         drop(self.stop);
-        let mut seen = self
-            .thread
+        self.thread
             .join()
             .map_err(|_| std::io::Error::other("the mount table's watcher panicked"))??;
-        seen.extend(feather_sys::mountinfo::mounts()?);
+        let mut seen = std::mem::take(&mut *self.seen.lock().unwrap_or_else(|e| e.into_inner()));
+        seen.extend(devices(feather_sys::mountinfo::mounts()?));
         Ok(seen)
     }
+}
+
+/// The device numbers of `mounts`.
+fn devices(mounts: Vec<MountEntry>) -> BTreeSet<String> {
+    mounts.into_iter().map(|m| m.device).collect()
 }
 
 /// Waits until the table changed (true) or the watch is stopped, its pipe's write end closed
@@ -357,16 +378,16 @@ impl Before {
     /// tree's own mounts under a shared volume appear in them (review r27 R2), and a
     /// filesystem the host mounted while CRIU ran is then not told from them.
     pub fn of(tables: &Tables, exposed: &[PathBuf], shared_allowed: bool) -> Before {
-        let (restorers, while_criu_ran): (&[MountEntry], &[MountEntry]) = match shared_allowed {
-            true => (&[], &[]),
-            false => (&tables.restorers, &tables.while_criu_ran),
+        let (restorers, while_criu_ran) = match shared_allowed {
+            true => (&[][..], None),
+            false => (&tables.restorers[..], Some(&tables.while_criu_ran)),
         };
         let mut devices: Vec<String> = tables
             .where_criu_ran
             .iter()
             .chain(restorers)
-            .chain(while_criu_ran)
             .map(|m| m.device.clone())
+            .chain(while_criu_ran.into_iter().flatten().cloned())
             .collect();
         devices.sort();
         devices.dedup();
@@ -557,7 +578,7 @@ mod tests {
         Tables {
             where_criu_ran: host.clone(),
             restorers: host,
-            while_criu_ran: Vec::new(),
+            while_criu_ran: BTreeSet::new(),
         }
     }
 
@@ -610,7 +631,7 @@ mod tests {
             .filter(|m| m.device != "0:24")
             .cloned()
             .collect();
-        let tables = unchanged(without).seen_while_criu_ran(host);
+        let tables = unchanged(without).seen_while_criu_ran(devices(host));
         let mut accounting = Before::of(&tables, &[], false);
         accounting.sources = before().sources;
         let refusal = feather_sys::mountinfo::parse(&tmpfs)
@@ -640,22 +661,18 @@ mod tests {
         let gone = mount_tmpfs();
         // Held, so that the second tmpfs cannot take the first one's number.
         let held = HeldFilesystems::now().unwrap();
-        // The watcher's read of the change (a thread of this process: scheduled meanwhile).
-        std::thread::sleep(Duration::from_millis(300));
+        // The watcher's read of the change, waited for (a thread of this process).
+        let waited = std::time::Instant::now();
+        while !watch.has_seen(&gone) && waited.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         nix::mount::umount(&place.0).unwrap();
         let there = mount_tmpfs();
         let seen = watch.finish().unwrap();
         drop(held);
-        let devices: Vec<&str> = seen.iter().map(|m| m.device.as_str()).collect();
         assert_ne!(gone, there);
-        assert!(
-            devices.contains(&gone.as_str()),
-            "{gone} not in {devices:?}"
-        );
-        assert!(
-            devices.contains(&there.as_str()),
-            "{there} not in {devices:?}"
-        );
+        assert!(seen.contains(&gone), "{gone} not in {seen:?}");
+        assert!(seen.contains(&there), "{there} not in {seen:?}");
     }
 
     /// Under shared propagation the tree's own mounts appear on the host: one only the

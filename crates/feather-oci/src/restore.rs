@@ -25,7 +25,6 @@ use feather_migrate::archive::read_at_most;
 use feather_migrate::criu::{common_options, Criu, RestoreCall, RESTORE_LOG};
 use feather_migrate::mount_images::{judge, KernelFs, Policy};
 use feather_migrate::rpc;
-use feather_sys::mountinfo::MountEntry;
 use nix::fcntl::OFlag;
 use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
@@ -473,7 +472,7 @@ fn run(
     id: &str,
     hold: &feather_confine::held::Hold,
     log: &Path,
-) -> Result<(i32, Option<PathBuf>, Vec<MountEntry>)> {
+) -> Result<(i32, Option<PathBuf>, std::collections::BTreeSet<String>)> {
     let child = match feather_sys::process::fork_into(CloneFlags::CLONE_NEWNS)
         .map_err(|e| anyhow::anyhow!("{e}"))?
     {
@@ -619,7 +618,7 @@ struct Accounted<'a> {
     spec: &'a oci_spec::runtime::Spec,
     mounts: Expected,
     where_criu_ran: &'a CriuMountTable,
-    while_criu_ran: Vec<MountEntry>,
+    while_criu_ran: std::collections::BTreeSet<String>,
 }
 
 impl Accounted<'_> {
