@@ -42,10 +42,15 @@ pub struct HostNamespaces {
 }
 
 /// A filesystem mounted before CRIU ran that the restore exposes: mounts of `device` showing
-/// `root` or a path beneath it (mountinfo's `root` field).
+/// `root` or a path beneath it (mountinfo's `root` field), of the same type and source as
+/// where CRIU ran (review rest28 N2: a network or FUSE source, not held, unmounted meanwhile
+/// and its number taken by a host tmpfs, passed as that source).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Source {
     pub device: String,
+    /// Its filesystem type and source as mountinfo shows them, which a bind keeps.
+    pub fs_type: String,
+    pub fs_source: String,
     pub root: PathBuf,
     /// What it is, for a refusal: the host path exposed.
     pub what: PathBuf,
@@ -453,6 +458,8 @@ fn sources_beneath(mounts: &[MountEntry], path: PathBuf) -> Vec<Source> {
             let rest = path.strip_prefix(&m.mount_point).ok()?;
             Some(Source {
                 device: m.device.clone(),
+                fs_type: m.fs_type.clone(),
+                fs_source: m.source.clone(),
                 root: m.root.join(rest),
                 what: path.clone(),
             })
@@ -464,6 +471,8 @@ fn sources_beneath(mounts: &[MountEntry], path: PathBuf) -> Vec<Source> {
         .filter(|m| m.mount_point.starts_with(&path) && m.mount_point != path);
     sources.extend(beneath.map(|m| Source {
         device: m.device.clone(),
+        fs_type: m.fs_type.clone(),
+        fs_source: m.source.clone(),
         root: m.root.clone(),
         what: m.mount_point.clone(),
     }));
@@ -499,6 +508,18 @@ pub fn account(mount: &MountEntry, before: &Before) -> Result<(), String> {
         .iter()
         .filter(|s| s.device == mount.device)
         .collect();
+    if let Some(other) = same
+        .iter()
+        .find(|s| s.fs_type != mount.fs_type || s.fs_source != mount.source)
+    {
+        return Err(format!(
+            "the mount at {point} is {shown}, where the restore exposes {} {} of that device \
+             number (of {}): the number went to another filesystem while the restore ran",
+            other.fs_type,
+            other.fs_source,
+            other.what.display()
+        ));
+    }
     if same.iter().any(|s| mount.root.starts_with(&s.root)) {
         return Ok(());
     }
@@ -639,6 +660,31 @@ mod tests {
             .try_for_each(|m| account(m, &accounting))
             .unwrap_err();
         assert!(refusal.contains("mounted on the host before"), "{refusal}");
+    }
+
+    /// An exposed source's number taken by another filesystem while the restore ran (a FUSE
+    /// volume, not held, unmounted, a host tmpfs mounted next) is refused, not passed as
+    /// that source (review rest28 N2).
+    #[test]
+    fn an_exposed_sources_number_reused_by_another_filesystem_is_refused() {
+        let host = format!("{HOST}27 20 0:61 / /home/u/x rw - fuse.sshfs u@h:/ rw\n");
+        let host = feather_sys::mountinfo::parse(&host);
+        let mut accounting = Before::of(&unchanged(host.clone()), &[], false);
+        accounting.sources = before().sources;
+        accounting
+            .sources
+            .push(source_in(&host, "0:61", "/", "/home/u/x"));
+        let reused = format!("{RESTORED}520 500 0:61 / /mnt rw - tmpfs tmpfs rw\n");
+        let refusal = feather_sys::mountinfo::parse(&reused)
+            .iter()
+            .try_for_each(|m| account(m, &accounting))
+            .unwrap_err();
+        assert!(refusal.contains("went to another filesystem"), "{refusal}");
+        let bound = format!("{RESTORED}520 500 0:61 / /mnt rw - fuse.sshfs u@h:/ rw\n");
+        let passed = feather_sys::mountinfo::parse(&bound)
+            .iter()
+            .try_for_each(|m| account(m, &accounting));
+        assert_eq!(passed, Ok(()));
     }
 
     /// The watch sees a filesystem mounted and unmounted while it runs, and one mounted when
@@ -920,9 +966,18 @@ mod tests {
         assert!(unsealed.read().unwrap_err().contains("not sealed"));
     }
 
+    /// A source of [`HOST`]'s filesystem of `device`.
     fn source(device: &str, root: &str, what: &str) -> Source {
+        source_in(&feather_sys::mountinfo::parse(HOST), device, root, what)
+    }
+
+    /// A source of `table`'s filesystem of `device`.
+    fn source_in(table: &[MountEntry], device: &str, root: &str, what: &str) -> Source {
+        let on = table.iter().find(|m| m.device == device).unwrap();
         Source {
             device: device.into(),
+            fs_type: on.fs_type.clone(),
+            fs_source: on.source.clone(),
             root: root.into(),
             what: what.into(),
         }
@@ -1036,7 +1091,7 @@ mod tests {
              23 22 0:41 /sub /tmp/a/b rw - tmpfs tmpfs rw\n",
         );
         let sources = sources_at(&host, Path::new("/dev/null"));
-        assert_eq!(sources, [source("0:5", "/null", "/dev/null")]);
+        assert_eq!(sources, [source_in(&host, "0:5", "/null", "/dev/null")]);
         let folder = std::env::temp_dir().join(format!("restored-sources-{}", std::process::id()));
         std::fs::create_dir_all(folder.join("b")).unwrap();
         let canonical = folder.canonicalize().unwrap();
@@ -1045,18 +1100,20 @@ mod tests {
              23 20 0:41 /sub {}/b rw - tmpfs tmpfs rw\n",
             canonical.display()
         );
-        let sources = sources_at(&feather_sys::mountinfo::parse(&text), &folder);
+        let table = feather_sys::mountinfo::parse(&text);
+        let sources = sources_at(&table, &folder);
         std::fs::remove_dir_all(&folder).unwrap();
         let b = canonical.join("b");
         assert_eq!(
             sources,
             [
-                source(
+                source_in(
+                    &table,
                     "8:1",
                     &canonical.display().to_string(),
                     &canonical.display().to_string()
                 ),
-                source("0:41", "/sub", &b.display().to_string()),
+                source_in(&table, "0:41", "/sub", &b.display().to_string()),
             ]
         );
     }
