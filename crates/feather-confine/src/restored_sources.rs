@@ -362,6 +362,10 @@ pub struct Before {
     pub shared_allowed: bool,
     /// The host's namespaces the tree keeps.
     pub host_namespaces: HostNamespaces,
+    /// The mount ids of the mounts the restorer made in the tree itself (feather-oci's masks
+    /// of what the dump lacked): their numbers are new, though one may be a number the host
+    /// freed while CRIU ran (review rest28 N4).
+    pub restorers_own: Vec<u64>,
 }
 
 impl Before {
@@ -413,6 +417,15 @@ impl Before {
             sources,
             shared_allowed,
             host_namespaces: HostNamespaces::default(),
+            restorers_own: Vec::new(),
+        }
+    }
+
+    /// The same, where the restorer made the mounts of ids `own` in the tree itself.
+    pub fn with_own_mounts(self, own: Vec<u64>) -> Before {
+        Before {
+            restorers_own: own,
+            ..self
         }
     }
 
@@ -534,7 +547,7 @@ pub fn account(mount: &MountEntry, before: &Before) -> Result<(), String> {
             expected.join(", ")
         ));
     }
-    if before.devices.contains(&mount.device) {
+    if before.devices.contains(&mount.device) && !before.restorers_own.contains(&mount.id) {
         return Err(format!(
             "the mount at {point} is {shown}, a filesystem mounted on the host before the \
              restore that the restore does not expose"
@@ -659,6 +672,31 @@ mod tests {
             .iter()
             .try_for_each(|m| account(m, &accounting))
             .unwrap_err();
+        assert!(refusal.contains("mounted on the host before"), "{refusal}");
+    }
+
+    /// A mount the restorer made in the tree itself (a mask), given a number the host freed
+    /// while CRIU ran, is its own, not the host's (review rest28 N4); the same number on
+    /// any other mount is still refused.
+    #[test]
+    fn a_mount_the_restorer_made_is_not_taken_for_the_hosts() {
+        let host = feather_sys::mountinfo::parse(HOST);
+        let without: Vec<MountEntry> = host
+            .iter()
+            .filter(|m| m.device != "0:24")
+            .cloned()
+            .collect();
+        let tables = unchanged(without).seen_while_criu_ran(devices(host));
+        let mut accounting = Before::of(&tables, &[], false).with_own_mounts(vec![520]);
+        accounting.sources = before().sources;
+        let tree = |id: u32| {
+            let text = format!("{RESTORED}{id} 509 0:24 / /proc/sched_debug ro - tmpfs tmpfs ro\n");
+            feather_sys::mountinfo::parse(&text)
+                .iter()
+                .try_for_each(|m| account(m, &accounting))
+        };
+        assert_eq!(tree(520), Ok(()));
+        let refusal = tree(521).unwrap_err();
         assert!(refusal.contains("mounted on the host before"), "{refusal}");
     }
 
