@@ -109,11 +109,12 @@ impl Hold {
             Ok(inits) => Pidfds::of_trees_outside(inits, self),
             Err(_) => Pidfds::default(),
         };
-        let frozen = found.and_then(|inits| {
-            self.move_out(criu)?;
-            self.freeze()?;
-            self.holds_trees_of(&inits)
-        });
+        // Moved and frozen also when the lookup failed (review rest28 N5): the group is then
+        // killed and left frozen, as on any other failure.
+        let frozen = self
+            .move_out(criu)
+            .and_then(|()| self.freeze())
+            .and_then(|()| self.holds_trees_of(&found?));
         if frozen.is_err() {
             trees.kill();
             let _ = self.kill();
@@ -287,30 +288,40 @@ impl Hold {
 
 /// Pidfds for the processes of restored trees, opened while CRIU's ptrace holds them: a kill
 /// through them reaches exactly those processes, wherever they were moved or reparented since.
+/// A process whose pidfd could not be opened for another reason than its end (out of
+/// descriptors) is kept by pid: CRIU's ptrace stop holds it, so its number is not reused.
 #[derive(Default)]
-struct Pidfds(Vec<std::os::fd::OwnedFd>);
+struct Pidfds {
+    opened: Vec<std::os::fd::OwnedFd>,
+    unopened: Vec<i32>,
+}
 
 impl Pidfds {
     /// One for each process of the trees under `inits` that `hold`'s group does not list, the
     /// group's kill reaching the others (every one if it cannot be listed): a tree of
     /// thousands of processes would otherwise take as many descriptors. A process that cannot
-    /// be opened has ended. Its group is stable: CRIU's ptrace stop holds it.
+    /// be opened with ESRCH has ended; any other failure keeps its pid (review rest28 N5:
+    /// EMFILE left it unkilled). Its group is stable: CRIU's ptrace stop holds it.
     fn of_trees_outside(inits: &[i32], hold: &Hold) -> Pidfds {
         let listed = hold.processes().unwrap_or_default();
-        let open = |pid: i32| feather_sys::process::pidfd_open(nix::unistd::Pid::from_raw(pid));
-        Pidfds(
-            trees_of(inits)
-                .into_iter()
-                .filter(|pid| !listed.contains(pid))
-                .filter_map(|pid| open(pid).ok())
-                .collect(),
-        )
+        let mut pidfds = Pidfds::default();
+        for pid in trees_of(inits).into_iter().filter(|p| !listed.contains(p)) {
+            match feather_sys::process::pidfd_open(nix::unistd::Pid::from_raw(pid)) {
+                Ok(pidfd) => pidfds.opened.push(pidfd),
+                Err(e) if e.errno == nix::errno::Errno::ESRCH => {}
+                Err(_) => pidfds.unopened.push(pid),
+            }
+        }
+        pidfds
     }
 
     /// SIGKILL to each.
     fn kill(&self) {
-        for pidfd in &self.0 {
+        for pidfd in &self.opened {
             let _ = feather_sys::process::signal(pidfd, nix::sys::signal::Signal::SIGKILL);
+        }
+        for &pid in &self.unopened {
+            kill(pid);
         }
     }
 }
@@ -598,6 +609,63 @@ mod tests {
             Some(9),
             "{status:?}"
         );
+    }
+
+    /// A restored tree out of descriptors for its pidfds is still killed when the freeze
+    /// fails: only ESRCH says a process ended (review rest28 N5; before, EMFILE left it
+    /// running). The soft limit leaves no descriptor free during the call, and is put back.
+    #[test]
+    fn a_tree_whose_pidfds_cannot_be_opened_is_killed_when_the_freeze_fails() {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let criu = start("sleep", &["60"]);
+        let mut outside = start("sleep", &["60"]);
+        let group = TestGroup::holding("nofds", &[]).unwrap();
+        let hold = group.hold().clone();
+        drop(group);
+        // Looked up by link, which opens nothing.
+        let free = |fd: &u64| fs::read_link(format!("/proc/self/fd/{fd}")).is_err();
+        let first_free = (0..).find(free).unwrap();
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        setrlimit(Resource::RLIMIT_NOFILE, first_free, hard).unwrap();
+        let failed = hold.freeze_holding_or_kill(pid(&criu), || Ok(vec![pid(&outside)]));
+        setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+        assert!(failed.is_err());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            if let Some(status) = outside.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the tree outside the group runs on"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "{status:?}"
+        );
+    }
+
+    /// A failed lookup of the restored trees still moves CRIU out and freezes the group,
+    /// then kills it, leaving it frozen (review rest28 N5: nothing was frozen, and the doc
+    /// said "left frozen").
+    #[test]
+    fn a_failed_lookup_of_the_restored_trees_leaves_the_group_frozen() {
+        let criu = start("sleep", &["60"]);
+        let member = start("sleep", &["60"]);
+        let group = TestGroup::holding("lookup", &[pid(&criu), pid(&member)]).unwrap();
+        let failed = group
+            .hold()
+            .freeze_holding_or_kill(pid(&criu), || Err(io::Error::other("no children listing")));
+        assert!(failed.is_err());
+        // Its killed tasks leave the frozen count until they are gone.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !group.hold().is_frozen().unwrap() {
+            assert!(Instant::now() < deadline, "the group is not left frozen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// A tree the group holds passes.

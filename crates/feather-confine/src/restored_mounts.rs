@@ -316,7 +316,27 @@ fn judge_namespace(
     expected: &Expected,
 ) -> Result<(), String> {
     let (mounts, root) = join_namespace(namespace, proc)?;
+    refuse_stacked_root(&mounts)?;
     judge(&mounts, expected, &mut |path| look_up(proc, &root, path))
+}
+
+/// Refuses a mount at `/` whose parent is another mount of the namespace: a mount stacked on
+/// its root, which paths looked up from the namespace's root (the bottom) never meet. The
+/// kernel's view, whatever the images spelled (review rest28 N6: `/.` in an image).
+fn refuse_stacked_root(mounts: &[MountEntry]) -> Result<(), String> {
+    let stacked = mounts.iter().find(|m| {
+        m.mount_point == Path::new("/")
+            && m.parent != m.id
+            && mounts.iter().any(|p| p.id == m.parent)
+    });
+    match stacked {
+        Some(m) => Err(format!(
+            "the mount at / is {} {} (device {}), mounted over the namespace's root (its \
+             parent, mount {}, is a mount of the namespace), which no dump holds",
+            m.fs_type, m.source, m.device, m.parent
+        )),
+        None => Ok(()),
+    }
 }
 
 /// In the calling thread, which must be one of its own, ended after: a root and cwd of the
@@ -568,6 +588,17 @@ mod tests {
             "{why}"
         );
         zombie.unwrap();
+    }
+
+    /// A mount over the namespace's root is refused; the root alone passes (review rest28
+    /// N6).
+    #[test]
+    fn a_mount_stacked_on_the_namespaces_root_is_refused() {
+        let created = feather_sys::mountinfo::parse(CREATED);
+        assert_eq!(refuse_stacked_root(&created), Ok(()));
+        let stacked = format!("{CREATED}110 100 0:60 / / rw - proc proc rw\n");
+        let refusal = refuse_stacked_root(&feather_sys::mountinfo::parse(&stacked)).unwrap_err();
+        assert!(refusal.contains("over the namespace's root"), "{refusal}");
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! what the tree mounts there appears on the host, and the reverse) unless the config asks
 //! for shared propagation.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -41,10 +42,15 @@ pub struct HostNamespaces {
 }
 
 /// A filesystem mounted before CRIU ran that the restore exposes: mounts of `device` showing
-/// `root` or a path beneath it (mountinfo's `root` field).
+/// `root` or a path beneath it (mountinfo's `root` field), of the same type and source as
+/// where CRIU ran (review rest28 N2: a network or FUSE source, not held, unmounted meanwhile
+/// and its number taken by a host tmpfs, passed as that source).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Source {
     pub device: String,
+    /// Its filesystem type and source as mountinfo shows them, which a bind keeps.
+    pub fs_type: String,
+    pub fs_source: String,
     pub root: PathBuf,
     /// What it is, for a refusal: the host path exposed.
     pub what: PathBuf,
@@ -58,9 +64,9 @@ pub struct Tables {
     pub where_criu_ran: Vec<MountEntry>,
     /// The restorer's own namespace, read when it checks the restored tree.
     pub restorers: Vec<MountEntry>,
-    /// Every mount the restorer's own namespace showed while CRIU ran, up to its `pre-resume`
-    /// ([`MountWatch`]; empty where the restorer does not watch).
-    pub while_criu_ran: Vec<MountEntry>,
+    /// The device of every mount the restorer's own namespace showed while CRIU ran, up to
+    /// its `pre-resume` ([`MountWatch`]; empty where the restorer does not watch).
+    pub while_criu_ran: BTreeSet<String>,
 }
 
 impl Tables {
@@ -69,12 +75,12 @@ impl Tables {
         Ok(Tables {
             where_criu_ran,
             restorers: feather_sys::mountinfo::mounts()?,
-            while_criu_ran: Vec::new(),
+            while_criu_ran: BTreeSet::new(),
         })
     }
 
     /// The same, with the mounts a [`MountWatch`] saw.
-    pub fn seen_while_criu_ran(self, while_criu_ran: Vec<MountEntry>) -> Tables {
+    pub fn seen_while_criu_ran(self, while_criu_ran: BTreeSet<String>) -> Tables {
         Tables {
             while_criu_ran,
             ..self
@@ -91,39 +97,59 @@ impl Tables {
 /// a filesystem mounted and unmounted between two reads (the kernel's report is one for every
 /// change since the last read). A number seen and freed since may be handed to a mount of the
 /// tree: a false refusal, never a pass. Started after any fork: the thread must not exist in a
-/// child that allocates before its exec.
+/// child that allocates before its exec. Only the device numbers are kept, each once (review
+/// rest28 N3: a whole table per change grew without bound on a busy host).
 pub struct MountWatch {
     stop: std::os::fd::OwnedFd,
-    thread: std::thread::JoinHandle<std::io::Result<Vec<MountEntry>>>,
+    seen: std::sync::Arc<std::sync::Mutex<BTreeSet<String>>>,
+    thread: std::thread::JoinHandle<std::io::Result<()>>,
 }
 
 impl MountWatch {
     pub fn start() -> std::io::Result<MountWatch> {
         let mut table = fs::File::open("/proc/self/mountinfo")?;
-        let mut seen = read_table(&mut table)?;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(devices(read_table(&mut table)?)));
         let (stopped, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let adding = seen.clone();
         let thread = std::thread::Builder::new()
             .name("mount-watch".into())
             .spawn(move || {
                 while changed(&table, &stopped)? {
-                    seen.extend(read_table(&mut table)?);
+                    let read = devices(read_table(&mut table)?);
+                    adding
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(read);
                 }
-                Ok(seen)
+                Ok(())
             })?;
-        Ok(MountWatch { stop, thread })
+        Ok(MountWatch { stop, seen, thread })
     }
 
-    /// Every mount seen, the table read once more now; an error if a read failed (nothing
-    /// can then be said of what the host mounted meanwhile).
-    pub fn finish(self) -> std::io::Result<Vec<MountEntry>> {
+    /// Whether the watch has seen `device` so far.
+    pub fn has_seen(&self, device: &str) -> bool {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(device)
+    }
+
+    /// The device of every mount seen, the table read once more now; an error if a read
+    /// failed (nothing can then be said of what the host mounted meanwhile).
+    pub fn finish(self) -> std::io::Result<BTreeSet<String>> {
         drop(self.stop);
-        let mut seen = self
-            .thread
+        self.thread
             .join()
             .map_err(|_| std::io::Error::other("the mount table's watcher panicked"))??;
-        seen.extend(feather_sys::mountinfo::mounts()?);
+        let mut seen = std::mem::take(&mut *self.seen.lock().unwrap_or_else(|e| e.into_inner()));
+        seen.extend(devices(feather_sys::mountinfo::mounts()?));
         Ok(seen)
     }
+}
+
+/// The device numbers of `mounts`.
+fn devices(mounts: Vec<MountEntry>) -> BTreeSet<String> {
+    mounts.into_iter().map(|m| m.device).collect()
 }
 
 /// Waits until the table changed (true) or the watch is stopped, its pipe's write end closed
@@ -242,8 +268,14 @@ impl CriuMountTable {
 /// which a checkpoint's size lengthens); network and FUSE filesystems, whose mount points a
 /// lookup may wait on for good; a mount no path reaches (covered by another). One of those
 /// unmounted and its number taken by a mount CRIU made is a false refusal, never a pass.
+/// One clone per filesystem, not per mount (review rest28 N1: a host of a thousand container
+/// mounts ran out of descriptors), and one that cannot be held fails the restore: dropped
+/// silently, its number could be handed out again.
 pub struct HeldFilesystems {
-    _mounts: Vec<std::os::fd::OwnedFd>,
+    /// Each held filesystem's device number, with the clone that holds it (kept open, never
+    /// read but by tests).
+    #[cfg_attr(not(test), expect(dead_code))]
+    held: Vec<(String, std::os::fd::OwnedFd)>,
 }
 
 /// Filesystem types of anonymous numbers not held: a lookup of their mount points may wait on
@@ -255,13 +287,20 @@ const NOT_HELD: [&str; 11] = [
 impl HeldFilesystems {
     pub fn now() -> std::io::Result<HeldFilesystems> {
         let mounts = feather_sys::mountinfo::mounts()?;
-        let held = mounts
+        let mut held: Vec<(String, std::os::fd::OwnedFd)> = Vec::new();
+        let holdable = mounts
             .iter()
             .filter(|m| is_anonymous(&m.device))
-            .filter(|m| !NOT_HELD.contains(&m.fs_type.as_str()) && !m.fs_type.starts_with("fuse"))
-            .filter_map(hold)
-            .collect();
-        Ok(HeldFilesystems { _mounts: held })
+            .filter(|m| !NOT_HELD.contains(&m.fs_type.as_str()) && !m.fs_type.starts_with("fuse"));
+        for mount in holdable {
+            if held.iter().any(|(device, _)| *device == mount.device) {
+                continue;
+            }
+            if let Some(clone) = hold(mount)? {
+                held.push((mount.device.clone(), clone));
+            }
+        }
+        Ok(HeldFilesystems { held })
     }
 }
 
@@ -272,21 +311,41 @@ fn is_anonymous(device: &str) -> bool {
         .is_some_and(|(major, _)| major == "0")
 }
 
-/// A private detached clone of `mount` alone, if its mount point still leads to it (not
-/// covered since, nor a link now).
-fn hold(mount: &MountEntry) -> Option<std::os::fd::OwnedFd> {
+/// A private detached clone of `mount` alone; none if its mount point no longer leads to it
+/// (unmounted or covered since, or a link now: another mount of its filesystem may). Any
+/// other failure (out of descriptors, of memory) is an error naming the mount.
+fn hold(mount: &MountEntry) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+    use nix::errno::Errno;
     use nix::fcntl::OFlag;
     use std::os::fd::AsRawFd;
+    let cannot = |e: &dyn std::fmt::Display| {
+        std::io::Error::other(format!(
+            "cannot hold the {} at {} (device {}) for the restore's check: {e} (if that is \
+             \"too many open files\", raise the limit of open files, `ulimit -n`, and \
+             restore again)",
+            mount.fs_type,
+            mount.mount_point.display(),
+            mount.device
+        ))
+    };
     let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let at = nix::fcntl::open(&mount.mount_point, flags, nix::sys::stat::Mode::empty()).ok()?;
-    let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", at.as_raw_fd())).ok()?;
+    let at = match nix::fcntl::open(&mount.mount_point, flags, nix::sys::stat::Mode::empty()) {
+        Ok(at) => at,
+        Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => return Ok(None),
+        Err(e) => return Err(cannot(&e)),
+    };
+    let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", at.as_raw_fd()))
+        .map_err(|e| cannot(&e))?;
     let id = info
         .lines()
-        .find_map(|line| line.strip_prefix("mnt_id:")?.trim().parse::<u64>().ok())?;
+        .find_map(|line| line.strip_prefix("mnt_id:")?.trim().parse::<u64>().ok())
+        .ok_or_else(|| cannot(&"its descriptor's fdinfo shows no mnt_id"))?;
     if id != mount.id {
-        return None;
+        return Ok(None);
     }
-    feather_sys::mount::clone_tree_private(&at).ok()
+    feather_sys::mount::clone_tree_private(&at)
+        .map(Some)
+        .map_err(|e| cannot(&e))
 }
 
 /// What existed before CRIU ran, read from the namespace it ran in.
@@ -303,6 +362,10 @@ pub struct Before {
     pub shared_allowed: bool,
     /// The host's namespaces the tree keeps.
     pub host_namespaces: HostNamespaces,
+    /// The mount ids of the mounts the restorer made in the tree itself (feather-oci's masks
+    /// of what the dump lacked): their numbers are new, though one may be a number the host
+    /// freed while CRIU ran (review rest28 N4).
+    pub restorers_own: Vec<u64>,
 }
 
 impl Before {
@@ -324,16 +387,16 @@ impl Before {
     /// tree's own mounts under a shared volume appear in them (review r27 R2), and a
     /// filesystem the host mounted while CRIU ran is then not told from them.
     pub fn of(tables: &Tables, exposed: &[PathBuf], shared_allowed: bool) -> Before {
-        let (restorers, while_criu_ran): (&[MountEntry], &[MountEntry]) = match shared_allowed {
-            true => (&[], &[]),
-            false => (&tables.restorers, &tables.while_criu_ran),
+        let (restorers, while_criu_ran) = match shared_allowed {
+            true => (&[][..], None),
+            false => (&tables.restorers[..], Some(&tables.while_criu_ran)),
         };
         let mut devices: Vec<String> = tables
             .where_criu_ran
             .iter()
             .chain(restorers)
-            .chain(while_criu_ran)
             .map(|m| m.device.clone())
+            .chain(while_criu_ran.into_iter().flatten().cloned())
             .collect();
         devices.sort();
         devices.dedup();
@@ -354,6 +417,15 @@ impl Before {
             sources,
             shared_allowed,
             host_namespaces: HostNamespaces::default(),
+            restorers_own: Vec::new(),
+        }
+    }
+
+    /// The same, where the restorer made the mounts of ids `own` in the tree itself.
+    pub fn with_own_mounts(self, own: Vec<u64>) -> Before {
+        Before {
+            restorers_own: own,
+            ..self
         }
     }
 
@@ -399,6 +471,8 @@ fn sources_beneath(mounts: &[MountEntry], path: PathBuf) -> Vec<Source> {
             let rest = path.strip_prefix(&m.mount_point).ok()?;
             Some(Source {
                 device: m.device.clone(),
+                fs_type: m.fs_type.clone(),
+                fs_source: m.source.clone(),
                 root: m.root.join(rest),
                 what: path.clone(),
             })
@@ -410,6 +484,8 @@ fn sources_beneath(mounts: &[MountEntry], path: PathBuf) -> Vec<Source> {
         .filter(|m| m.mount_point.starts_with(&path) && m.mount_point != path);
     sources.extend(beneath.map(|m| Source {
         device: m.device.clone(),
+        fs_type: m.fs_type.clone(),
+        fs_source: m.source.clone(),
         root: m.root.clone(),
         what: m.mount_point.clone(),
     }));
@@ -445,6 +521,18 @@ pub fn account(mount: &MountEntry, before: &Before) -> Result<(), String> {
         .iter()
         .filter(|s| s.device == mount.device)
         .collect();
+    if let Some(other) = same
+        .iter()
+        .find(|s| s.fs_type != mount.fs_type || s.fs_source != mount.source)
+    {
+        return Err(format!(
+            "the mount at {point} is {shown}, where the restore exposes {} {} of that device \
+             number (of {}): the number went to another filesystem while the restore ran",
+            other.fs_type,
+            other.fs_source,
+            other.what.display()
+        ));
+    }
     if same.iter().any(|s| mount.root.starts_with(&s.root)) {
         return Ok(());
     }
@@ -459,7 +547,7 @@ pub fn account(mount: &MountEntry, before: &Before) -> Result<(), String> {
             expected.join(", ")
         ));
     }
-    if before.devices.contains(&mount.device) {
+    if before.devices.contains(&mount.device) && !before.restorers_own.contains(&mount.id) {
         return Err(format!(
             "the mount at {point} is {shown}, a filesystem mounted on the host before the \
              restore that the restore does not expose"
@@ -524,7 +612,7 @@ mod tests {
         Tables {
             where_criu_ran: host.clone(),
             restorers: host,
-            while_criu_ran: Vec::new(),
+            while_criu_ran: BTreeSet::new(),
         }
     }
 
@@ -577,7 +665,7 @@ mod tests {
             .filter(|m| m.device != "0:24")
             .cloned()
             .collect();
-        let tables = unchanged(without).seen_while_criu_ran(host);
+        let tables = unchanged(without).seen_while_criu_ran(devices(host));
         let mut accounting = Before::of(&tables, &[], false);
         accounting.sources = before().sources;
         let refusal = feather_sys::mountinfo::parse(&tmpfs)
@@ -585,6 +673,56 @@ mod tests {
             .try_for_each(|m| account(m, &accounting))
             .unwrap_err();
         assert!(refusal.contains("mounted on the host before"), "{refusal}");
+    }
+
+    /// A mount the restorer made in the tree itself (a mask), given a number the host freed
+    /// while CRIU ran, is its own, not the host's (review rest28 N4); the same number on
+    /// any other mount is still refused.
+    #[test]
+    fn a_mount_the_restorer_made_is_not_taken_for_the_hosts() {
+        let host = feather_sys::mountinfo::parse(HOST);
+        let without: Vec<MountEntry> = host
+            .iter()
+            .filter(|m| m.device != "0:24")
+            .cloned()
+            .collect();
+        let tables = unchanged(without).seen_while_criu_ran(devices(host));
+        let mut accounting = Before::of(&tables, &[], false).with_own_mounts(vec![520]);
+        accounting.sources = before().sources;
+        let tree = |id: u32| {
+            let text = format!("{RESTORED}{id} 509 0:24 / /proc/sched_debug ro - tmpfs tmpfs ro\n");
+            feather_sys::mountinfo::parse(&text)
+                .iter()
+                .try_for_each(|m| account(m, &accounting))
+        };
+        assert_eq!(tree(520), Ok(()));
+        let refusal = tree(521).unwrap_err();
+        assert!(refusal.contains("mounted on the host before"), "{refusal}");
+    }
+
+    /// An exposed source's number taken by another filesystem while the restore ran (a FUSE
+    /// volume, not held, unmounted, a host tmpfs mounted next) is refused, not passed as
+    /// that source (review rest28 N2).
+    #[test]
+    fn an_exposed_sources_number_reused_by_another_filesystem_is_refused() {
+        let host = format!("{HOST}27 20 0:61 / /home/u/x rw - fuse.sshfs u@h:/ rw\n");
+        let host = feather_sys::mountinfo::parse(&host);
+        let mut accounting = Before::of(&unchanged(host.clone()), &[], false);
+        accounting.sources = before().sources;
+        accounting
+            .sources
+            .push(source_in(&host, "0:61", "/", "/home/u/x"));
+        let reused = format!("{RESTORED}520 500 0:61 / /mnt rw - tmpfs tmpfs rw\n");
+        let refusal = feather_sys::mountinfo::parse(&reused)
+            .iter()
+            .try_for_each(|m| account(m, &accounting))
+            .unwrap_err();
+        assert!(refusal.contains("went to another filesystem"), "{refusal}");
+        let bound = format!("{RESTORED}520 500 0:61 / /mnt rw - fuse.sshfs u@h:/ rw\n");
+        let passed = feather_sys::mountinfo::parse(&bound)
+            .iter()
+            .try_for_each(|m| account(m, &accounting));
+        assert_eq!(passed, Ok(()));
     }
 
     /// The watch sees a filesystem mounted and unmounted while it runs, and one mounted when
@@ -607,22 +745,18 @@ mod tests {
         let gone = mount_tmpfs();
         // Held, so that the second tmpfs cannot take the first one's number.
         let held = HeldFilesystems::now().unwrap();
-        // The watcher's read of the change (a thread of this process: scheduled meanwhile).
-        std::thread::sleep(Duration::from_millis(300));
+        // The watcher's read of the change, waited for (a thread of this process).
+        let waited = std::time::Instant::now();
+        while !watch.has_seen(&gone) && waited.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         nix::mount::umount(&place.0).unwrap();
         let there = mount_tmpfs();
         let seen = watch.finish().unwrap();
         drop(held);
-        let devices: Vec<&str> = seen.iter().map(|m| m.device.as_str()).collect();
         assert_ne!(gone, there);
-        assert!(
-            devices.contains(&gone.as_str()),
-            "{gone} not in {devices:?}"
-        );
-        assert!(
-            devices.contains(&there.as_str()),
-            "{there} not in {devices:?}"
-        );
+        assert!(seen.contains(&gone), "{gone} not in {seen:?}");
+        assert!(seen.contains(&there), "{there} not in {seen:?}");
     }
 
     /// Under shared propagation the tree's own mounts appear on the host: one only the
@@ -677,6 +811,58 @@ mod tests {
         let second = mount_tmpfs();
         assert_ne!(first, second);
         drop(held);
+    }
+
+    /// A filesystem mounted at two places is held once (review rest28 N1: one descriptor
+    /// per mount ran a busy host out of them).
+    #[test]
+    fn a_filesystem_mounted_twice_is_held_once() {
+        let place = Scratch::new("twice");
+        let bound = Scratch::new("twice-bound");
+        nix::mount::mount(
+            Some("tmpfs"),
+            &place.0,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        nix::mount::mount(
+            Some(&place.0),
+            &bound.0,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        let device = device_at(&place.0);
+        let held = HeldFilesystems::now().unwrap();
+        let clones = held.held.iter().filter(|(d, _)| *d == device).count();
+        assert_eq!(clones, 1);
+    }
+
+    /// Out of descriptors, the hold fails instead of leaving filesystems unheld (review
+    /// rest28 N1). The soft limit is lowered to leave two descriptors free, and put back;
+    /// nextest runs each test in a process of its own.
+    #[test]
+    fn a_hold_that_runs_out_of_descriptors_fails() {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        // Looked up by link, which opens nothing.
+        let free = |fd: &u64| fs::read_link(format!("/proc/self/fd/{fd}")).is_err();
+        // Two free: enough to read the table and hold one filesystem, not a second.
+        let limit = (0..)
+            .filter(free)
+            .nth(1)
+            .map(|second_free| second_free + 1)
+            .unwrap();
+        setrlimit(Resource::RLIMIT_NOFILE, limit, hard).unwrap();
+        let held = HeldFilesystems::now();
+        setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+        let refusal = held
+            .err()
+            .expect("the hold passed with too few descriptors");
+        assert!(refusal.to_string().contains("cannot hold"), "{refusal}");
     }
 
     /// A block device's filesystem is not held: once the host unmounts it, its device is
@@ -818,9 +1004,18 @@ mod tests {
         assert!(unsealed.read().unwrap_err().contains("not sealed"));
     }
 
+    /// A source of [`HOST`]'s filesystem of `device`.
     fn source(device: &str, root: &str, what: &str) -> Source {
+        source_in(&feather_sys::mountinfo::parse(HOST), device, root, what)
+    }
+
+    /// A source of `table`'s filesystem of `device`.
+    fn source_in(table: &[MountEntry], device: &str, root: &str, what: &str) -> Source {
+        let on = table.iter().find(|m| m.device == device).unwrap();
         Source {
             device: device.into(),
+            fs_type: on.fs_type.clone(),
+            fs_source: on.source.clone(),
             root: root.into(),
             what: what.into(),
         }
@@ -934,7 +1129,7 @@ mod tests {
              23 22 0:41 /sub /tmp/a/b rw - tmpfs tmpfs rw\n",
         );
         let sources = sources_at(&host, Path::new("/dev/null"));
-        assert_eq!(sources, [source("0:5", "/null", "/dev/null")]);
+        assert_eq!(sources, [source_in(&host, "0:5", "/null", "/dev/null")]);
         let folder = std::env::temp_dir().join(format!("restored-sources-{}", std::process::id()));
         std::fs::create_dir_all(folder.join("b")).unwrap();
         let canonical = folder.canonicalize().unwrap();
@@ -943,18 +1138,20 @@ mod tests {
              23 20 0:41 /sub {}/b rw - tmpfs tmpfs rw\n",
             canonical.display()
         );
-        let sources = sources_at(&feather_sys::mountinfo::parse(&text), &folder);
+        let table = feather_sys::mountinfo::parse(&text);
+        let sources = sources_at(&table, &folder);
         std::fs::remove_dir_all(&folder).unwrap();
         let b = canonical.join("b");
         assert_eq!(
             sources,
             [
-                source(
+                source_in(
+                    &table,
                     "8:1",
                     &canonical.display().to_string(),
                     &canonical.display().to_string()
                 ),
-                source("0:41", "/sub", &b.display().to_string()),
+                source_in(&table, "0:41", "/sub", &b.display().to_string()),
             ]
         );
     }

@@ -581,6 +581,13 @@ fn read_only(entry: &MntEntry) -> bool {
 /// The fields of one entry, on their own.
 fn judge_fields(entry: &MntEntry, policy: &Policy) -> Result<(), Refusal> {
     let no = |why: String| Err(refuse(entry, why));
+    if let Some(point) = entry.mountpoint.as_deref().filter(|p| !in_clean_form(p)) {
+        return no(format!(
+            "its mountpoint {point:?} is not in clean form (absolute, with no empty, `.` or \
+             `..` component, no trailing `/`), which no dump writes: CRIU joins it to its root \
+             as written, where the checks compare mountpoints as text (`/.` is the root)"
+        ));
+    }
     if entry.ext_mount == Some(true) {
         return no(format!(
             "ext_mount is set (CRIU's legacy spelling of an external, keyed by its root {:?}), \
@@ -905,6 +912,19 @@ fn same_filesystem(a: &MntEntry, b: &MntEntry) -> bool {
         && a.fstype == b.fstype
         && a.source == b.source
         && a.options == b.options
+}
+
+/// Whether a mountpoint is written as a dump writes it: absolute, each component a name
+/// (none empty, `.` or `..`), `/` itself the only one ending in `/` (review rest28 N6: `/.`
+/// or `//` stacked on a namespace's root unseen by [`refuse_stacked_roots`]).
+fn in_clean_form(path: &str) -> bool {
+    match path.strip_prefix('/') {
+        Some("") => true,
+        Some(rest) => rest
+            .split('/')
+            .all(|name| !name.is_empty() && name != "." && name != ".."),
+        None => false,
+    }
 }
 
 /// The names of `entry`'s root (the folder of its filesystem it shows), by component; none
@@ -1431,6 +1451,36 @@ mod tests {
         let mut entries = first.clone();
         entries.push(second_root);
         assert!(judge_entries(&entries, &policy, Some(0..first.len())).is_ok());
+    }
+
+    /// A mountpoint not written as a dump writes it is refused, whatever it names: the
+    /// checks compare mountpoints as text, and `/.` over the root was no stack to them
+    /// (review rest28 N6).
+    #[test]
+    fn a_mountpoint_not_in_clean_form_is_refused() {
+        let allowed = [PathBuf::from("/dev/null")];
+        let policy = policy(&allowed, &[]);
+        let mut first = legitimate();
+        for (id, entry) in first.iter_mut().enumerate() {
+            entry.mnt_id = Some(100 + id as u32);
+        }
+        let root_id = first[0].mnt_id;
+        for point in ["/.", "//", "/./", "/proc/", "/a/../b", "/a//b", "proc", ""] {
+            let mut entries = first.clone();
+            entries.push(MntEntry {
+                mnt_id: Some(300),
+                parent_mnt_id: root_id,
+                ..mount(5, point, 0x40)
+            });
+            let refusal = judge_entries(&entries, &policy, Some(0..first.len())).unwrap_err();
+            assert!(
+                refusal.why.contains("not in clean form"),
+                "{point:?}: {refusal}"
+            );
+        }
+        for point in ["/", "/proc", "/a/b.c/..d"] {
+            assert!(in_clean_form(point), "{point:?}");
+        }
     }
 
     fn crafted_overlay() -> MntEntry {

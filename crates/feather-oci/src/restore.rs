@@ -25,7 +25,6 @@ use feather_migrate::archive::read_at_most;
 use feather_migrate::criu::{common_options, Criu, RestoreCall, RESTORE_LOG};
 use feather_migrate::mount_images::{judge, KernelFs, Policy};
 use feather_migrate::rpc;
-use feather_sys::mountinfo::MountEntry;
 use nix::fcntl::OFlag;
 use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
@@ -473,7 +472,7 @@ fn run(
     id: &str,
     hold: &feather_confine::held::Hold,
     log: &Path,
-) -> Result<(i32, Option<PathBuf>, Vec<MountEntry>)> {
+) -> Result<(i32, Option<PathBuf>, std::collections::BTreeSet<String>)> {
     let child = match feather_sys::process::fork_into(CloneFlags::CLONE_NEWNS)
         .map_err(|e| anyhow::anyhow!("{e}"))?
     {
@@ -555,7 +554,7 @@ fn resume_if_allowed(
         .and_then(|outside| crate::restored::check_tree(pid, allowed, &outside, hold))
         // After the processes' check: none is in the host's mount namespace, or CRIU's.
         .and_then(|()| mask_what_the_dump_lacked(hold, &mounts.mounts.masked))
-        .and_then(|()| mounts.expected(container))
+        .and_then(|own| mounts.expected(container, own))
         .and_then(|mounts| crate::restored_mounts::check_tree(pid, hold, &mounts))
         .and_then(|()| {
             hold.thaw().with_context(|| {
@@ -581,8 +580,16 @@ fn resume_if_allowed(
 /// group's processes, each once; a process whose namespace cannot be read is left to the
 /// check (a zombie has none; any other is refused there). Never on a shared mount, whose
 /// peers may be the host's (the check, which refuses a peer of a host mount, comes after).
-fn mask_what_the_dump_lacked(hold: &feather_confine::held::Hold, masked: &[PathBuf]) -> Result<()> {
+/// Returns the mount ids of the masks made, read from the namespace's table before and after
+/// (the tree is frozen: nothing else mounts there meanwhile), so that the accounting takes
+/// them for the restorer's own (review rest28 N4: a mask given a number the host freed while
+/// CRIU ran was refused as the host's).
+fn mask_what_the_dump_lacked(
+    hold: &feather_confine::held::Hold,
+    masked: &[PathBuf],
+) -> Result<Vec<u64>> {
     let mut seen = Vec::new();
+    let mut own = Vec::new();
     let processes = hold
         .processes()
         .context("list the restored processes to mask what their dump lacked")?;
@@ -602,15 +609,28 @@ fn mask_what_the_dump_lacked(hold: &feather_confine::held::Hold, masked: &[PathB
                 format!("find what to mask in the mount namespace of process {pid}")
             })?;
         if !places.is_empty() {
+            let ids = || mount_ids(&proc);
+            let unmasked = ids()?;
             let pidfd = feather_sys::process::pidfd_open(Pid::from_raw(pid))
                 .with_context(|| format!("open restored process {pid}"))?;
             feather_sys::process::mask_in_mount_namespace_of(&pidfd, &places).with_context(
                 || format!("mask {places:?} in the mount namespace of restored process {pid}"),
             )?;
+            own.extend(ids()?.into_iter().filter(|id| !unmasked.contains(id)));
         }
         seen.push(namespace);
     }
-    Ok(())
+    Ok(own)
+}
+
+/// The mount ids of the mount namespace of the process at `proc`, as its table shows them.
+fn mount_ids(proc: &Path) -> Result<Vec<u64>> {
+    let table = proc.join("mountinfo");
+    let text = fs::read(&table).with_context(|| format!("read {}", table.display()))?;
+    Ok(feather_sys::mountinfo::parse(&text)
+        .into_iter()
+        .map(|m| m.id)
+        .collect())
 }
 
 /// What the restored mounts are judged by: `mounts`, what create makes for `spec`, with what
@@ -619,17 +639,19 @@ struct Accounted<'a> {
     spec: &'a oci_spec::runtime::Spec,
     mounts: Expected,
     where_criu_ran: &'a CriuMountTable,
-    while_criu_ran: Vec<MountEntry>,
+    while_criu_ran: std::collections::BTreeSet<String>,
 }
 
 impl Accounted<'_> {
-    fn expected(self, container: &Container) -> Result<Expected> {
+    /// `own`: the mount ids of the mounts the restorer made in the tree.
+    fn expected(self, container: &Container, own: Vec<u64>) -> Result<Expected> {
         let before = crate::restored_mounts::before(
             self.spec,
             container,
             self.where_criu_ran,
             self.while_criu_ran,
-        )?;
+        )?
+        .with_own_mounts(own);
         Ok(Expected {
             before: Some(before),
             ..self.mounts

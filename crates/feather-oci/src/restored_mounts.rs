@@ -71,14 +71,15 @@ pub fn expected(spec: &Spec, container: &Container) -> Result<Expected> {
 
 /// What was mounted where CRIU ran (`where_criu_ran`, the table its child wrote just before
 /// its exec, its filesystems held mounted since by `restore`), beside this namespace's own,
-/// read now, and every mount it showed while CRIU ran (`while_criu_ran`); and what the restore exposes of it, from what `restore` hands CRIU: the rootfs
+/// read now, and the device of every mount it showed while CRIU ran (`while_criu_ran`); and
+/// what the restore exposes of it, from what `restore` hands CRIU: the rootfs
 /// (`--root`), the config's bind sources (its externals), the host nodes it binds
 /// ([`crate::mounts::host_nodes`]).
 pub fn before(
     spec: &Spec,
     container: &Container,
     where_criu_ran: &CriuMountTable,
-    while_criu_ran: Vec<feather_sys::mountinfo::MountEntry>,
+    while_criu_ran: std::collections::BTreeSet<String>,
 ) -> Result<Before> {
     let where_criu_ran = where_criu_ran.read().map_err(anyhow::Error::msg)?;
     let tables = Tables::read_now(where_criu_ran)
