@@ -64,9 +64,9 @@ pub struct Tables {
     pub where_criu_ran: Vec<MountEntry>,
     /// The restorer's own namespace, read when it checks the restored tree.
     pub restorers: Vec<MountEntry>,
-    /// The device of every mount the restorer's own namespace showed while CRIU ran, up to
-    /// its `pre-resume` ([`MountWatch`]; empty where the restorer does not watch).
-    pub while_criu_ran: BTreeSet<String>,
+    /// Every filesystem the restorer's own namespace showed while CRIU ran, up to its
+    /// `pre-resume` ([`MountWatch`]; empty where the restorer does not watch).
+    pub while_criu_ran: SeenMounts,
 }
 
 impl Tables {
@@ -75,12 +75,12 @@ impl Tables {
         Ok(Tables {
             where_criu_ran,
             restorers: feather_sys::mountinfo::mounts()?,
-            while_criu_ran: BTreeSet::new(),
+            while_criu_ran: SeenMounts::new(),
         })
     }
 
     /// The same, with the mounts a [`MountWatch`] saw.
-    pub fn seen_while_criu_ran(self, while_criu_ran: BTreeSet<String>) -> Tables {
+    pub fn seen_while_criu_ran(self, while_criu_ran: SeenMounts) -> Tables {
         Tables {
             while_criu_ran,
             ..self
@@ -96,26 +96,29 @@ impl Tables {
 /// CRIU's `pre-resume` (every mount of the tree made, none of its tasks run). What stays unseen:
 /// a filesystem mounted and unmounted between two reads (the kernel's report is one for every
 /// change since the last read). A number seen and freed since may be handed to a mount of the
-/// tree: a false refusal, never a pass. Started after any fork: the thread must not exist in a
-/// child that allocates before its exec. Only the device numbers are kept, each once (review
-/// rest28 N3: a whole table per change grew without bound on a busy host).
+/// tree: that mount is refused only where it shows the type and source the watch saw with the
+/// number (a bind of the host's filesystem shows its own; CRIU's fresh `mqueue` given the
+/// number a host tmpfs freed does not), and a false refusal is never a pass. Started after any
+/// fork: the thread must not exist in a child that allocates before its exec. Only each
+/// filesystem's number, type and source are kept, each once (review rest28 N3: a whole table
+/// per change grew without bound on a busy host).
 pub struct MountWatch {
     stop: std::os::fd::OwnedFd,
-    seen: std::sync::Arc<std::sync::Mutex<BTreeSet<String>>>,
+    seen: std::sync::Arc<std::sync::Mutex<SeenMounts>>,
     thread: std::thread::JoinHandle<std::io::Result<()>>,
 }
 
 impl MountWatch {
     pub fn start() -> std::io::Result<MountWatch> {
         let mut table = fs::File::open("/proc/self/mountinfo")?;
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(devices(read_table(&mut table)?)));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(seen_in(read_table(&mut table)?)));
         let (stopped, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let adding = seen.clone();
         let thread = std::thread::Builder::new()
             .name("mount-watch".into())
             .spawn(move || {
                 while changed(&table, &stopped)? {
-                    let read = devices(read_table(&mut table)?);
+                    let read = seen_in(read_table(&mut table)?);
                     adding
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -131,25 +134,47 @@ impl MountWatch {
         self.seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(device)
+            .iter()
+            .any(|seen| seen.device == device)
     }
 
-    /// The device of every mount seen, the table read once more now; an error if a read
-    /// failed (nothing can then be said of what the host mounted meanwhile).
-    pub fn finish(self) -> std::io::Result<BTreeSet<String>> {
+    /// Every filesystem seen, the table read once more now; an error if a read failed
+    /// (nothing can then be said of what the host mounted meanwhile).
+    pub fn finish(self) -> std::io::Result<SeenMounts> {
         drop(self.stop);
         self.thread
             .join()
             .map_err(|_| std::io::Error::other("the mount table's watcher panicked"))??;
         let mut seen = std::mem::take(&mut *self.seen.lock().unwrap_or_else(|e| e.into_inner()));
-        seen.extend(devices(feather_sys::mountinfo::mounts()?));
+        seen.extend(seen_in(feather_sys::mountinfo::mounts()?));
         Ok(seen)
     }
 }
 
-/// The device numbers of `mounts`.
-fn devices(mounts: Vec<MountEntry>) -> BTreeSet<String> {
-    mounts.into_iter().map(|m| m.device).collect()
+/// A filesystem as a mount table shows it: its device number, type and source.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Seen {
+    pub device: String,
+    pub fs_type: String,
+    pub source: String,
+}
+
+impl Seen {
+    fn of(mount: &MountEntry) -> Seen {
+        Seen {
+            device: mount.device.clone(),
+            fs_type: mount.fs_type.clone(),
+            source: mount.source.clone(),
+        }
+    }
+}
+
+/// Filesystems seen while CRIU ran ([`MountWatch`]).
+pub type SeenMounts = BTreeSet<Seen>;
+
+/// The filesystems of `mounts`.
+fn seen_in(mounts: Vec<MountEntry>) -> SeenMounts {
+    mounts.iter().map(Seen::of).collect()
 }
 
 /// Waits until the table changed (true) or the watch is stopped, its pipe's write end closed
@@ -354,6 +379,10 @@ pub struct Before {
     /// The device of every filesystem mounted where CRIU ran, or in the restorer's
     /// namespace when it checks ([`Before::of`]).
     pub devices: Vec<String>,
+    /// The filesystems the restorer's namespace showed only while CRIU ran: their numbers may
+    /// have been freed and handed out again since, so each counts only for a mount showing
+    /// the same type and source.
+    pub seen_while_criu_ran: SeenMounts,
     /// The peer groups (`shared:N`) of the restorer's own mounts, read when it checks.
     pub peer_groups: Vec<String>,
     /// What the restore exposes of them.
@@ -396,10 +425,15 @@ impl Before {
             .iter()
             .chain(restorers)
             .map(|m| m.device.clone())
-            .chain(while_criu_ran.into_iter().flatten().cloned())
             .collect();
         devices.sort();
         devices.dedup();
+        let seen_while_criu_ran = while_criu_ran
+            .into_iter()
+            .flatten()
+            .filter(|seen| devices.binary_search(&seen.device).is_err())
+            .cloned()
+            .collect();
         let peer_groups = tables
             .restorers
             .iter()
@@ -413,6 +447,7 @@ impl Before {
             .collect();
         Before {
             devices,
+            seen_while_criu_ran,
             peer_groups,
             sources,
             shared_allowed,
@@ -547,10 +582,17 @@ pub fn account(mount: &MountEntry, before: &Before) -> Result<(), String> {
             expected.join(", ")
         ));
     }
-    if before.devices.contains(&mount.device) && !before.restorers_own.contains(&mount.id) {
+    let own = before.restorers_own.contains(&mount.id);
+    if before.devices.contains(&mount.device) && !own {
         return Err(format!(
             "the mount at {point} is {shown}, a filesystem mounted on the host before the \
              restore that the restore does not expose"
+        ));
+    }
+    if before.seen_while_criu_ran.contains(&Seen::of(mount)) && !own {
+        return Err(format!(
+            "the mount at {point} is {shown}, a filesystem mounted on the host while the \
+             restore ran that the restore does not expose"
         ));
     }
     if MADE_ANEW.contains(&mount.fs_type.as_str()) {
@@ -612,7 +654,7 @@ mod tests {
         Tables {
             where_criu_ran: host.clone(),
             restorers: host,
-            while_criu_ran: BTreeSet::new(),
+            while_criu_ran: SeenMounts::new(),
         }
     }
 
@@ -665,14 +707,39 @@ mod tests {
             .filter(|m| m.device != "0:24")
             .cloned()
             .collect();
-        let tables = unchanged(without).seen_while_criu_ran(devices(host));
+        let tables = unchanged(without).seen_while_criu_ran(seen_in(host));
         let mut accounting = Before::of(&tables, &[], false);
         accounting.sources = before().sources;
         let refusal = feather_sys::mountinfo::parse(&tmpfs)
             .iter()
             .try_for_each(|m| account(m, &accounting))
             .unwrap_err();
-        assert!(refusal.contains("mounted on the host before"), "{refusal}");
+        assert!(refusal.contains("mounted on the host while"), "{refusal}");
+    }
+
+    /// A filesystem CRIU made anew (its `mqueue`) given a number the host freed while CRIU ran
+    /// is not taken for the host's: the watch saw a tmpfs with that number. (Refused, a
+    /// parallel test's host tmpfs that came and went during a restore failed it now and then.)
+    #[test]
+    fn a_fresh_filesystem_given_a_number_another_one_freed_while_criu_ran_is_made_anew() {
+        let host = feather_sys::mountinfo::parse(HOST);
+        let without: Vec<MountEntry> = host
+            .iter()
+            .filter(|m| m.device != "0:24")
+            .cloned()
+            .collect();
+        let tables = unchanged(without).seen_while_criu_ran(seen_in(host));
+        let mut accounting = Before::of(&tables, &[], false);
+        accounting.sources = before().sources;
+        let tree = |fs: &str| {
+            let text = format!("{RESTORED}520 502 0:24 / /dev/mqueue rw - {fs} {fs} rw\n");
+            feather_sys::mountinfo::parse(&text)
+                .iter()
+                .try_for_each(|m| account(m, &accounting))
+        };
+        assert_eq!(tree("mqueue"), Ok(()));
+        let refusal = tree("tmpfs").unwrap_err();
+        assert!(refusal.contains("mounted on the host while"), "{refusal}");
     }
 
     /// A mount the restorer made in the tree itself (a mask), given a number the host freed
@@ -686,7 +753,7 @@ mod tests {
             .filter(|m| m.device != "0:24")
             .cloned()
             .collect();
-        let tables = unchanged(without).seen_while_criu_ran(devices(host));
+        let tables = unchanged(without).seen_while_criu_ran(seen_in(host));
         let mut accounting = Before::of(&tables, &[], false).with_own_mounts(vec![520]);
         accounting.sources = before().sources;
         let tree = |id: u32| {
@@ -697,7 +764,7 @@ mod tests {
         };
         assert_eq!(tree(520), Ok(()));
         let refusal = tree(521).unwrap_err();
-        assert!(refusal.contains("mounted on the host before"), "{refusal}");
+        assert!(refusal.contains("mounted on the host while"), "{refusal}");
     }
 
     /// An exposed source's number taken by another filesystem while the restore ran (a FUSE
@@ -755,8 +822,9 @@ mod tests {
         let seen = watch.finish().unwrap();
         drop(held);
         assert_ne!(gone, there);
-        assert!(seen.contains(&gone), "{gone} not in {seen:?}");
-        assert!(seen.contains(&there), "{there} not in {seen:?}");
+        let seen_device = |device: &String| seen.iter().any(|s| &s.device == device);
+        assert!(seen_device(&gone), "{gone} not in {seen:?}");
+        assert!(seen_device(&there), "{there} not in {seen:?}");
     }
 
     /// Under shared propagation the tree's own mounts appear on the host: one only the

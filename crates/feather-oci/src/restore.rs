@@ -472,7 +472,11 @@ fn run(
     id: &str,
     hold: &feather_confine::held::Hold,
     log: &Path,
-) -> Result<(i32, Option<PathBuf>, std::collections::BTreeSet<String>)> {
+) -> Result<(
+    i32,
+    Option<PathBuf>,
+    feather_confine::restored_sources::SeenMounts,
+)> {
     let child = match feather_sys::process::fork_into(CloneFlags::CLONE_NEWNS)
         .map_err(|e| anyhow::anyhow!("{e}"))?
     {
@@ -639,7 +643,7 @@ struct Accounted<'a> {
     spec: &'a oci_spec::runtime::Spec,
     mounts: Expected,
     where_criu_ran: &'a CriuMountTable,
-    while_criu_ran: std::collections::BTreeSet<String>,
+    while_criu_ran: feather_confine::restored_sources::SeenMounts,
 }
 
 impl Accounted<'_> {

@@ -79,7 +79,7 @@ pub fn before(
     spec: &Spec,
     container: &Container,
     where_criu_ran: &CriuMountTable,
-    while_criu_ran: std::collections::BTreeSet<String>,
+    while_criu_ran: feather_confine::restored_sources::SeenMounts,
 ) -> Result<Before> {
     let where_criu_ran = where_criu_ran.read().map_err(anyhow::Error::msg)?;
     let tables = Tables::read_now(where_criu_ran)
