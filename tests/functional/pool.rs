@@ -158,10 +158,10 @@ fn from_the_pool(hostname: &str) -> bool {
 }
 
 /// The script each comparison runs: its output, error output, folder, environment, limits,
-/// exit code; the hostname is printed apart (a VM's own name).
+/// `NoNewPrivs`, seccomp mode, capability sets, audit login uid, exit code; the hostname is printed apart (a VM's own name).
 const SCRIPT: &str =
     "echo out; echo err >&2; pwd; env | sort; ulimit -a; umask; id; read line; echo \"in: $line\"; \
-     exit 7";
+     grep -E '^(NoNewPrivs|Seccomp|Cap)' /proc/self/status; cat /proc/self/loginuid; echo; exit 7";
 
 /// A run from the pool gives what a run in a VM of its own gives: the same output, error
 /// output, exit code, folder (the caller's), environment, limits and stdin; its hostname is
@@ -216,6 +216,56 @@ fn a_run_from_the_pool_is_a_run_in_a_vm_of_its_own() {
         own.starts_with("run-") && !from_the_pool(own.trim()),
         "{own}"
     );
+}
+
+/// A caller whose context is not the pooled VM's keeper's (here `NoNewPrivs`, as a systemd
+/// unit's `NoNewPrivileges=` sets it; the network namespace, seccomp, capability sets, LSM label
+/// and audit login uid alike) does not take the VM, whose command would lose it: its command runs
+/// in a VM of its own, which keeps it, and the pooled VM stays for a caller it fits. Nor does a
+/// fill such a caller starts make a VM, which would pass it on to others.
+#[test]
+fn a_caller_of_another_context_takes_no_pooled_vm_and_fills_none() {
+    let pool = Pooled::new("pool-context", 1);
+    let ready = pool.ready();
+    let constrained = |args: &[&str]| {
+        let ours = pool.command();
+        let mut command = Command::new("setpriv");
+        command
+            .arg("--no-new-privs")
+            .arg(ours.get_program())
+            .args(ours.get_args())
+            .args(args)
+            .envs(ours.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .env_remove(support::NO_POOL)
+            .stdin(Stdio::null());
+        command.output().unwrap()
+    };
+    let out = constrained(&[
+        "run",
+        "--rm",
+        "--",
+        "sh",
+        "-c",
+        "hostname; grep NoNewPrivs /proc/self/status",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let hostname = said.lines().next().unwrap_or_default();
+    assert!(
+        !from_the_pool(hostname),
+        "the constrained run took a pooled VM: {said}"
+    );
+    assert!(said.contains("NoNewPrivs:\t1"), "{said}");
+    // Its VM stays for a caller it fits (another test's mount may have made it stale: the
+    // entry is what counts).
+    assert_eq!(pool.entries(), ready.iter().cloned().collect::<Vec<_>>());
+    // A fill from that context makes nothing, and says why.
+    pool.ok(&["pool", "--drain"]);
+    let out = constrained(&["pool", "--size", "1"]);
+    assert!(!out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("NoNewPrivs"), "{said}");
+    assert!(pool.entries().is_empty(), "{:?}", pool.entries());
 }
 
 /// Runs that start together each get a VM of their own: a pooled VM's keeper gives it to one

@@ -184,7 +184,7 @@ pub fn claim(root: &StateRoot, workload: &Workload) -> Option<Claimed> {
     let current = pooled::fingerprint(root);
     for (name, made_under) in entries {
         let vm = root.vm(&name);
-        if !limits_fit(workload, &vm) {
+        if !limits_fit(workload, &vm) || !context_fits(&vm) {
             // Left in the pool for a caller it fits.
             continue;
         }
@@ -216,6 +216,13 @@ fn limits_fit(workload: &Workload, vm: &feather_core::VmDir) -> bool {
     };
     vm.last_keeper()
         .is_some_and(|(keeper, _)| crate::filler::limits_fit(inherited, keeper))
+}
+
+/// Whether the caller's context (network namespace, `NoNewPrivs`, seccomp, capability sets, LSM
+/// label, audit login uid) is the pooled `vm`'s keeper's, which its command would have instead.
+fn context_fits(vm: &feather_core::VmDir) -> bool {
+    vm.last_keeper()
+        .is_some_and(|(keeper, _)| crate::filler::context_fits(keeper))
 }
 
 /// Runs `workload` in the claimed VM as `run --rm` runs it in a VM of its own: through init's
@@ -334,6 +341,16 @@ fn fill_locked(root: &StateRoot) -> Result<()> {
                 drop(claim_any(root));
             }
             return Ok(());
+        }
+        if let Some(why) = crate::filler::not_the_hosts_context() {
+            return Err(failed(
+                &root.dir().display(),
+                format!(
+                    "the pool's fill makes no VM: {why}, and its VMs would pass that on to \
+                     other callers; fill it from the host (`feather pool --fill` as a login's \
+                     process)"
+                ),
+            ));
         }
         for _ in ready..wanted {
             add_one(root)?;
