@@ -1192,3 +1192,82 @@ fn a_moved_roots_pooled_vm_goes_at_once() {
     pool.ok(&["pool", "--drain"]);
     assert_nothing_left(&pool.feather, &pool.bridge, &cgroups_before);
 }
+
+/// `network down` while a fill is under way (held by a test hook after it took its lock, before
+/// it read the size, as a run's refill that had not written its entry yet): `network down`
+/// writes the size 0, waits for the fill, which then makes nothing, takes the network down and
+/// only then puts the setting back; `rm -rf` of the root then succeeds at once and leaves
+/// nothing. Before, `network down` saw no entry, did nothing to the pool, and the fill made a
+/// VM (bringing the network up again) in a root being removed.
+#[test]
+fn network_down_waits_for_a_fill_under_way_and_rm_rf_then_leaves_nothing() {
+    let pool = Pooled::by_default("pool-down-fill");
+    let out = pool
+        .command()
+        .env(support::NO_POOL, "0")
+        .args(["run", "--rm", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The pool's folder made; idle "for ever": a VM made by the fill would stay.
+    pool.ok(&["pool", "--idle", "0"]);
+    let hooks = support::unique_dir("hold-fill", "pool-down-fill");
+    let _remove = Remove(hooks.clone());
+    let hook = hooks.join("fill");
+    let held = fs::File::create(&hook).unwrap();
+    held.lock().unwrap();
+    let mut fill = pool
+        .command()
+        .env(feather_vm::pool::HOLD_FILL, &hook)
+        .args(["pool", "--fill"])
+        .spawn()
+        .unwrap();
+    let lock = pool.feather.root.join("pool/fill.lock");
+    pool.feather
+        .eventually("the fill holds its lock", || holds_flock(fill.id(), &lock));
+    let mut down = pool
+        .command()
+        .args(["network", "down"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let size = pool.feather.root.join("pool/size");
+    // With the fix it waits for the fill, size 0 written; before, it was done at once.
+    feather_testkit::eventually(Duration::from_secs(10), || {
+        fs::read_to_string(&size).is_ok_and(|size| size == "0\n")
+            || matches!(down.try_wait(), Ok(Some(_)))
+    });
+    drop(held);
+    assert!(fill.wait().unwrap().success());
+    let out = down.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(pool.entries().is_empty(), "{:?}", pool.entries());
+    assert!(!size.exists(), "the size setting was not put back");
+    let root = pool.feather.root.clone();
+    let rm = Command::new("rm").arg("-rf").arg(&root).output().unwrap();
+    assert!(rm.status.success(), "rm -rf: {rm:?}");
+    assert_eq!(
+        support::HostTraces::of(&root, Some(&pool.bridge)),
+        support::HostTraces::default(),
+        "left on the host"
+    );
+}
+
+/// Whether process `pid` holds a `flock` on the file at `path` (`/proc/locks`).
+fn holds_flock(pid: u32, path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(inode) = fs::metadata(path).map(|m| m.ino()) else {
+        return false;
+    };
+    let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
+    locks.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // "N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE 0 EOF"; a waiter's line has "->" after N:.
+        fields.get(1) == Some(&"FLOCK")
+            && fields.get(4) == Some(&pid.to_string().as_str())
+            && fields
+                .get(5)
+                .and_then(|id| id.rsplit(':').next())
+                .is_some_and(|ino| ino == inode.to_string())
+    })
+}

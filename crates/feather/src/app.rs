@@ -236,11 +236,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     if let Command::Pool(PoolArgs { fill: true, .. }) = &cli.command {
         // A fill started for a root drained (or removed) meanwhile has nothing to do, and must
-        // not make the root again by opening it.
-        let root = StateRoot::new(cli.global.root.clone());
-        if !root.dir().exists() || feather_vm::pool::size(&root) == 0 {
+        // never make the root again: not opened as other commands open theirs (which makes a
+        // missing root and registers it); the fill makes its folders only inside a root that is
+        // there (`pool::fill`), so a root removed after this look stays removed.
+        if crate::opening::root_is_missing(&cli)? {
             return Ok(ExitCode::SUCCESS);
         }
+        let root = StateRoot::new(cli.global.root.clone());
+        if feather_vm::pool::size(&root) > 0 {
+            lifecycle::settle_throw_aways(&root, false);
+            feather_vm::pool::fill_detached(&root)?;
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let root = opened_root(&cli)?;
     match cli.command {
