@@ -1271,3 +1271,114 @@ fn holds_flock(pid: u32, path: &std::path::Path) -> bool {
                 .is_some_and(|ino| ino == inode.to_string())
     })
 }
+
+/// A root's folder swapped at its path for another root's (`renameat2` exchange: at no moment
+/// is the path empty, as with `rm -rf R; feather --root R …` racing the keeper, or a user's `mv
+/// R x; mkdir R` with a `network.toml` of their choosing) while its pooled VM waits: the keeper
+/// ends its VM, but leaves alone the network of the root now at the path, which is not its
+/// root. Before, it took that root's network down (`linger::end` on whatever was at the path).
+#[test]
+fn a_keeper_whose_root_was_replaced_leaves_the_new_roots_network_alone() {
+    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+    let pool = Pooled::by_default("pool-replaced");
+    pool.ok(&["pool", "--idle", "0"]);
+    pool.ok(&["run", "--rm", "--", "true"]);
+    pool.feather
+        .eventually("the first run's fill made one VM", || {
+            pool.entries().len() == 1
+        });
+    let name = pool.entries().into_iter().next().unwrap();
+    let keeper = keeper_of(&pool, &name);
+    let alive = || std::path::Path::new(&format!("/proc/{keeper}")).exists();
+    let (other, other_subnet, other_bridge) = root_with_known_bridge("pool-replacing");
+    let out = other
+        .command()
+        .env("FEATHER_SUBNET", &other_subnet.cidr)
+        .args(["run", "--rm", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let bridge_up = || std::path::Path::new(&format!("/sys/class/net/{other_bridge}")).exists();
+    assert!(bridge_up(), "the other root's network is not up");
+    let swap = || {
+        renameat2(
+            AT_FDCWD,
+            &pool.feather.root,
+            AT_FDCWD,
+            &other.root,
+            RenameFlags::RENAME_EXCHANGE,
+        )
+        .unwrap()
+    };
+    swap();
+    let ended = feather_testkit::eventually(Duration::from_secs(30), || !alive());
+    // Its teardown over (the keeper's last act), whatever it did.
+    let kept = bridge_up();
+    swap();
+    assert!(ended, "the pooled VM of the swapped root is still up");
+    assert!(
+        kept,
+        "the keeper took down the network of the root now at its path"
+    );
+    let down = other
+        .command()
+        .env("FEATHER_SUBNET", &other_subnet.cidr)
+        .args(["network", "down"])
+        .output()
+        .unwrap();
+    assert!(down.status.success(), "{down:?}");
+    pool.ok(&["pool", "--drain"]);
+}
+
+/// A pooled VM's keeper that gets no inotify instance (a test hook, as when root's
+/// `fs.inotify.max_user_instances` is reached) says so once in its log and looks every 2 s
+/// instead: its root removed by hand, the VM goes though its idle time is "for ever". Before,
+/// it went silently without a watch, and so never.
+#[test]
+fn a_keeper_without_inotify_says_so_and_still_sees_its_root_removed() {
+    let mut pool = Pooled::new("pool-no-inotify", 0);
+    pool.size = 1;
+    pool.ok(&["pool", "--idle", "0"]);
+    let out = pool
+        .command()
+        .env(feather_vm::root_watch::NO_INOTIFY, "1")
+        .args(["pool", "--size", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let name = pool.entries().into_iter().next().expect("a pooled VM");
+    let keeper = keeper_of(&pool, &name);
+    // Killed if the test fails: with its root gone nothing else would end it.
+    let _end = EndKeeper(keeper);
+    let alive = || std::path::Path::new(&format!("/proc/{keeper}")).exists();
+    let root = pool.feather.root.clone();
+    let log = fs::read_to_string(root.join("vms").join(&name).join("keeper.log")).unwrap();
+    assert_eq!(log.matches("no inotify watch").count(), 1, "{log}");
+    pool.feather
+        .eventually("the root's folder is removed by hand", || {
+            let mounts = support::HostTraces::of(&root, None).mounts;
+            for point in mounts.iter().filter_map(|line| line.split(' ').nth(4)) {
+                let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+            }
+            fs::remove_dir_all(&root).is_ok() || !root.exists()
+        });
+    pool.feather.eventually_within(
+        "the removed root's pooled VM and its processes are gone",
+        Duration::from_secs(30),
+        || !alive() && support::HostTraces::of(&root, None).processes.is_empty(),
+    );
+}
+
+/// A keeper killed on drop if it is still there.
+struct EndKeeper(i32);
+
+impl Drop for EndKeeper {
+    fn drop(&mut self) {
+        // Only while the pid is still a keeper's (not reused since it ended).
+        let comm = fs::read_to_string(format!("/proc/{}/comm", self.0)).unwrap_or_default();
+        if comm.starts_with("feather-keeper") {
+            let pid = nix::unistd::Pid::from_raw(self.0);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}

@@ -39,9 +39,7 @@ pub fn become_no_callers(root: &StateRoot) -> Result<()> {
 /// inits this process starts inherit).
 fn keep_only_feathers_settings() {
     for (key, _) in std::env::vars_os() {
-        let kept = key
-            .to_str()
-            .is_some_and(|key| crate::pooled::SHAPING_SETTINGS.contains(&key));
+        let kept = key.to_str().is_some_and(crate::pooled::kept_by_a_fill);
         if !kept {
             std::env::remove_var(&key);
         }

@@ -39,6 +39,13 @@ pub const SHAPING_SETTINGS: [&str; 5] = [
     "FEATHER_OWN_PROGRAM",
 ];
 
+/// Whether a fill keeps environment variable `key` of its starter's, and passes it to the
+/// keepers it starts: [`SHAPING_SETTINGS`], and in a debug build (the tests') the test-only
+/// hooks (`FEATHER_TEST_*`, [`crate::test_hooks`]), which a release build never reads.
+pub fn kept_by_a_fill(key: &str) -> bool {
+    SHAPING_SETTINGS.contains(&key) || (cfg!(debug_assertions) && key.starts_with("FEATHER_TEST_"))
+}
+
 /// The pool's size where the root sets none: on by default, so that `run --rm` as the README
 /// shows it is fast (issue 15); one VM, which its keeper ends after [`DEFAULT_IDLE`].
 pub const DEFAULT_SIZE: usize = 1;
@@ -269,11 +276,7 @@ fn filler_command(root: &StateRoot) -> Option<std::process::Command> {
         .current_dir("/")
         .env_clear()
         .env("PATH", crate::workload::DEFAULT_PATH)
-        .envs(
-            SHAPING_SETTINGS
-                .iter()
-                .filter_map(|key| Some((key, std::env::var(key).ok()?))),
-        )
+        .envs(std::env::vars_os().filter(|(key, _)| key.to_str().is_some_and(kept_by_a_fill)))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());

@@ -5,6 +5,7 @@
 //! or make one step fail ([`set`]: [`crate::snapshot::FAIL_LAYERS`],
 //! [`crate::checkpoint::FAIL_AFTER_DUMPED`], [`crate::keeper::FAIL_SEIZED_FREEZE`],
 //! [`crate::migration::FAIL_RELEASE_RECORD`], [`crate::snapshot::CRIU_CONFIG_MISSING`],
+//! [`crate::root_watch::NO_INOTIFY`],
 //! [`crate::snapshot::FAIL_RESTORED_THAW`], or answer
 //! as an older keeper: [`crate::keeper::AS_AN_OLDER_KEEPER`]). Only a debug build reads them — the
 //! tests run debug builds — so a release keeper cannot be held in the middle of a dump, with its VM
