@@ -1382,3 +1382,58 @@ impl Drop for EndKeeper {
         }
     }
 }
+
+/// A host whose mount table changes between runs (containers, automounts) turns every pooled
+/// VM stale: after two runs in a row found only stale VMs, runs start no more fills (each would
+/// cost a VM start beside the next run, for a VM that goes stale too), until the size is set
+/// again. A run that finds a VM that matches starts the count again.
+#[test]
+fn runs_that_keep_finding_the_pool_stale_stop_refilling_it() {
+    let pool = Pooled::new("pool-churn", 1);
+    let mut mounts = Vec::new();
+    let mut stale_run = |round: usize| {
+        let mounted = support::unique_dir(&format!("churn-{round}"), "pool-churn");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "pool-churn"])
+            .arg(&mounted)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        mounts.push(Unmount(mounted));
+        let out = pool
+            .command()
+            .env("FEATHER_TRACE", "phases")
+            .args(["run", "--rm", "--", "hostname"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let name = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(!from_the_pool(&name), "a stale VM was used: {name}");
+        String::from_utf8_lossy(&out.stderr).contains("start the pool's fill")
+    };
+    pool.whole();
+    assert!(stale_run(0), "the first stale miss started no fill");
+    pool.feather
+        .eventually("the fill made a VM", || pool.entries().len() == 1);
+    pool.whole();
+    assert!(
+        !stale_run(1),
+        "the second stale miss in a row started a fill"
+    );
+    let misses = pool.feather.root.join("pool/stale-misses");
+    assert_eq!(fs::read_to_string(&misses).unwrap(), "2\n");
+    // The size set again: filled, counted from 0.
+    pool.ok(&["pool", "--size", "1"]);
+    assert!(!misses.exists());
+    drop(mounts);
+}
+
+/// A mount a test made, unmounted and its folder removed on drop.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = fs::remove_dir(&self.0);
+    }
+}

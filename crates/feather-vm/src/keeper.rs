@@ -1869,7 +1869,7 @@ impl Keeper {
             .root()
             .filter(|root| !self.expired.get() && crate::pooled::size(root) > 0);
         if let Some(root) = refill {
-            crate::pooled::start_filler(&root);
+            let _ = crate::pooled::start_filler(&root);
         }
         self.remove_throw_away(&aside);
         // Last: until here a crash leaves the claimed entry that leads a fill to what is left.

@@ -66,6 +66,7 @@ pub fn set_size(root: &StateRoot, size: usize) -> Result<()> {
     fs::create_dir_all(&dir).at(&dir)?;
     let file = pooled::dir(root).join("size");
     write_atomic(&file, format!("{size}\n").as_bytes(), Durability::Durable)?;
+    pooled::forget_stale_misses(root);
     Ok(())
 }
 
@@ -182,6 +183,7 @@ pub fn claim(root: &StateRoot, workload: &Workload) -> Option<Claimed> {
     let start = std::process::id() as usize % entries.len();
     entries.rotate_left(start);
     let current = pooled::fingerprint(root);
+    let mut stale = false;
     for (name, made_under) in entries {
         let vm = root.vm(&name);
         if !limits_fit(workload, &vm) || !context_fits(&vm) {
@@ -198,12 +200,19 @@ pub fn claim(root: &StateRoot, workload: &Workload) -> Option<Claimed> {
         if made_under != current {
             // Dropped: its keeper ends it.
             claimed_to_be_ended(root, &name);
+            stale = true;
             continue;
+        }
+        if pooled::stale_misses(root) > 0 {
+            pooled::forget_stale_misses(root);
         }
         return Some(Claimed {
             name,
             held: conversation,
         });
+    }
+    if stale {
+        pooled::record_stale_miss(root);
     }
     None
 }
@@ -262,7 +271,7 @@ fn remove_if_crashed(root: &StateRoot, name: &VmName, deadline: Instant) {
     }
     remove_crashed_claim(root, &vm);
     if size(root) > 0 {
-        pooled::start_filler(root);
+        let _ = pooled::start_filler(root);
     }
 }
 

@@ -370,8 +370,10 @@ fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         if default_vm && feather_vm::pool::size(root) > 0 {
             // Missed (empty, or nothing in it matched): the pool is made whole again for the
-            // next run.
-            feather_vm::pooled::start_filler(root);
+            // next run (not on a host whose runs keep finding it stale).
+            if feather_vm::pooled::start_filler(root) {
+                trace::phase("start the pool's fill");
+            }
         }
         return Ok(exit_code(code));
     }
