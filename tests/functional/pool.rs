@@ -1048,24 +1048,50 @@ fn a_default_pooled_vm_expires_and_leaves_nothing() {
 fn feather_pool_0_and_size_0_leave_no_pooled_vm() {
     let cgroups_before = support::feather_cgroups();
     let pool = Pooled::by_default("pool-opt-out");
-    let out = pool
-        .command()
-        .env(support::NO_POOL, "0")
-        .args(["run", "--rm", "--", "true"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    // A fill would have written its entry within this.
-    std::thread::sleep(Duration::from_secs(2));
+    // The run's trace says when it starts a fill (after its command, before it exits): no
+    // waiting for a fill that does not come.
+    let traced = |opt_out: Option<&str>| {
+        let mut command = pool.command();
+        if let Some(value) = opt_out {
+            command.env(support::NO_POOL, value);
+        }
+        let out = command
+            .env("FEATHER_TRACE", "phases")
+            .args(["run", "--rm", "--", "hostname"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        (String::from_utf8_lossy(&out.stdout).trim().to_owned(), said)
+    };
+    let (_, said) = traced(Some("0"));
+    assert!(!said.contains("start the pool's fill"), "{said}");
     assert!(pool.entries().is_empty(), "{:?}", pool.entries());
-    assert!(pool.vm_folders().is_empty(), "{:?}", pool.vm_folders());
+    // The run's own VM may still be in its teardown (`.removing-…`): no pooled VM's folder.
+    let folders = pool.vm_folders();
+    assert!(
+        !folders.iter().any(|name| from_the_pool(name)),
+        "{folders:?}"
+    );
+    // A ready pooled VM is not claimed by an opted-out run: its own VM, the entry stays.
+    pool.ok(&["pool", "--size", "1"]);
+    pool.whole();
+    let ready = pool.entries();
+    let (name, said) = traced(Some("0"));
+    assert!(
+        !from_the_pool(&name),
+        "an opted-out run took a pooled VM: {name}"
+    );
+    assert!(!said.contains("claim a VM of the pool"), "{said}");
+    assert!(!said.contains("start the pool's fill"), "{said}");
+    assert_eq!(pool.entries(), ready);
     pool.ok(&["pool", "--size", "0"]);
     assert_eq!(
         fs::read_to_string(pool.feather.root.join("pool/size")).unwrap(),
         "0\n"
     );
-    pool.ok(&["run", "--rm", "--", "true"]);
-    std::thread::sleep(Duration::from_secs(2));
+    let (_, said) = traced(None);
+    assert!(!said.contains("start the pool's fill"), "{said}");
     assert!(pool.entries().is_empty(), "{:?}", pool.entries());
     assert_nothing_left(&pool.feather, &pool.bridge, &cgroups_before);
 }

@@ -64,9 +64,19 @@ pub fn size(root: &StateRoot) -> usize {
 /// what is left). Not in the fingerprint: it shapes no VM.
 pub const OPT_OUT: &str = "FEATHER_POOL";
 
-/// Whether this process's environment keeps it out of the pool ([`OPT_OUT`]).
-pub fn opted_out() -> bool {
-    std::env::var_os(OPT_OUT).is_some_and(|value| value == "0")
+/// Whether this process's environment keeps it out of the pool ([`OPT_OUT`]): `0` does, `1`
+/// or unset does not; any other value is refused, naming it (a `false` or `no` meant as an
+/// opt-out was silently a run in the pool).
+pub fn opted_out() -> Result<bool, String> {
+    match std::env::var_os(OPT_OUT) {
+        None => Ok(false),
+        Some(value) if value == "0" => Ok(true),
+        Some(value) if value == "1" => Ok(false),
+        Some(value) => Err(format!(
+            "{OPT_OUT}={value:?} is neither 0 (keep this run out of the pool) nor 1 (use it); \
+             set one of those, or unset it"
+        )),
+    }
 }
 
 /// How long a pooled VM waits unclaimed, unless the root says otherwise: long enough for the

@@ -347,10 +347,9 @@ fn start_created(root: &StateRoot, name: &VmName) -> anyhow::Result<ExitCode> {
 fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
     // The pool's VMs are of the default options only: any other is a miss, and starts no fill
     // (a VM of options it did not ask for would wait for no one). `FEATHER_POOL=0`: no pool.
-    let default_vm = args.name.is_none()
-        && !args.process.tty
-        && args.create.is_empty()
-        && !feather_vm::pooled::opted_out();
+    let opted_out = feather_vm::pooled::opted_out().map_err(anyhow::Error::msg)?;
+    let default_vm =
+        args.name.is_none() && !args.process.tty && args.create.is_empty() && !opted_out;
     let mut workload = workload(&args.process, args.command)?;
     if args.rm {
         start_where_the_caller_is(&mut workload, args.create.base.as_deref());
