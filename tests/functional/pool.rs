@@ -546,8 +546,15 @@ fn a_drained_pool_leaves_nothing() {
     assert_eq!(pool.vm_folders().len(), 2);
     // Pooled VMs are not the user's: `ls` does not show them, but says they are there.
     assert_eq!(pool.ok(&["ls", "--json"]).trim(), "[]");
-    let listed = pool.ok(&["ls"]);
-    assert!(listed.contains("2 VMs in the pool"), "{listed}");
+    // On stderr, so that a script that counts `ls`'s lines is not misled.
+    let listed = pool.output(&["ls"]);
+    assert!(listed.status.success(), "{listed:?}");
+    let (out, said) = (
+        String::from_utf8_lossy(&listed.stdout),
+        String::from_utf8_lossy(&listed.stderr),
+    );
+    assert!(!out.contains("in the pool"), "{out}");
+    assert!(said.contains("2 VMs in the pool"), "{said}");
     pool.drained_leaving_nothing(&cgroups_before);
 }
 
@@ -1313,6 +1320,8 @@ fn a_keeper_whose_root_was_replaced_leaves_the_new_roots_network_alone() {
         .eventually("the first run's fill made one VM", || {
             pool.entries().len() == 1
         });
+    // Up, not only its entry written (the fill writes it first).
+    pool.whole();
     let name = pool.entries().into_iter().next().unwrap();
     let keeper = keeper_of(&pool, &name);
     let alive = || std::path::Path::new(&format!("/proc/{keeper}")).exists();
@@ -1326,6 +1335,16 @@ fn a_keeper_whose_root_was_replaced_leaves_the_new_roots_network_alone() {
     assert!(out.status.success(), "{out:?}");
     let bridge_up = || std::path::Path::new(&format!("/sys/class/net/{other_bridge}")).exists();
     assert!(bridge_up(), "the other root's network is not up");
+    // A port on its bridge (a veth of the test's): the sweep of removed roots (a
+    // teardown's, another root's start), which takes the swapped root for a removed one while
+    // swapped, leaves a bridge with a port; `linger::end` takes it down regardless.
+    let port = Link(format!("fpd{}", std::process::id() % 100_000));
+    let ip = |args: &[&str]| Command::new("ip").args(args).status().unwrap().success();
+    let peer = format!("{}p", port.0);
+    assert!(ip(&[
+        "link", "add", &port.0, "type", "veth", "peer", "name", &peer
+    ]));
+    assert!(ip(&["link", "set", &port.0, "master", &other_bridge]));
     let swap = || {
         renameat2(
             AT_FDCWD,
@@ -1346,6 +1365,7 @@ fn a_keeper_whose_root_was_replaced_leaves_the_new_roots_network_alone() {
         kept,
         "the keeper took down the network of the root now at its path"
     );
+    drop(port);
     let down = other
         .command()
         .env("FEATHER_SUBNET", &other_subnet.cidr)
@@ -1393,6 +1413,15 @@ fn a_keeper_without_inotify_says_so_and_still_sees_its_root_removed() {
         Duration::from_secs(30),
         || !alive() && support::HostTraces::of(&root, None).processes.is_empty(),
     );
+}
+
+/// A link the test made, deleted on drop.
+struct Link(String);
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
 }
 
 /// A keeper killed on drop if it is still there.
@@ -1462,4 +1491,53 @@ impl Drop for Unmount {
         let _ = Command::new("umount").arg(&self.0).status();
         let _ = fs::remove_dir(&self.0);
     }
+}
+
+/// A fill holds no descriptor of whoever started it beyond stdio (a script's `flock 9`, make's
+/// jobserver pipe): the write end of a pipe its starter had at 9 is closed while the fill is
+/// still at work (held under its lock by a test hook). Before, it stayed open until the fill
+/// had made its VMs.
+#[test]
+fn a_fill_holds_nothing_of_its_starters_descriptors() {
+    use std::os::fd::AsFd;
+    let pool = Pooled::by_default("pool-fill-fds");
+    pool.ok(&["pool", "--idle", "0"]);
+    let hooks = support::unique_dir("hold-fill-fds", "pool-fill-fds");
+    let _remove = Remove(hooks.clone());
+    let hook = hooks.join("fill");
+    let held = fs::File::create(&hook).unwrap();
+    held.lock().unwrap();
+    let (read, write) = nix::unistd::pipe().unwrap();
+    let ours = pool.command();
+    // The shell puts the pipe at 9, as `flock 9` or a jobserver would leave it, then becomes
+    // the fill.
+    let mut fill = Command::new("sh")
+        .args(["-c", "exec 9>&1 >/dev/null; exec \"$@\"", "sh"])
+        .arg(ours.get_program())
+        .args(ours.get_args())
+        .args(["pool", "--fill"])
+        .envs(ours.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env_remove(support::NO_POOL)
+        .env(feather_vm::pool::HOLD_FILL, &hook)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write))
+        .spawn()
+        .unwrap();
+    let lock = pool.feather.root.join("pool/fill.lock");
+    pool.feather
+        .eventually("the fill holds its lock", || holds_flock(fill.id(), &lock));
+    let mut fds = [nix::poll::PollFd::new(
+        read.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO);
+    let hung_up = fds[0]
+        .revents()
+        .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLHUP));
+    drop(held);
+    assert!(fill.wait().unwrap().success());
+    assert!(
+        hung_up,
+        "the fill at work still held its starter's descriptor 9"
+    );
 }

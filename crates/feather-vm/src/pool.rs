@@ -535,6 +535,9 @@ fn add_one(root: &StateRoot) -> Result<()> {
 /// `feather pool --fill`, as [`pooled::start_filler`] starts it: in a session of its own, so that
 /// the terminal of the run that started it may close without ending it.
 pub fn fill_detached(root: &StateRoot) -> Result<()> {
+    // Nothing of its starter's beyond stdio: a script's `flock 9` or make's jobserver pipe
+    // would otherwise stay held until the fill has made its VMs.
+    feather_sys::process::close_other_fds(&[]);
     let _ = nix::unistd::setsid();
     let _ = HOLD_FILL_AT.set(crate::test_hooks::set(HOLD_FILL));
     crate::filler::become_no_callers(root)?;

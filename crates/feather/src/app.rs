@@ -316,9 +316,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 // Pooled VMs are not listed; a root that looks empty is not (drain first).
                 let pooled = feather_vm::pool::status(&root);
                 let count = pooled.ready.len() + pooled.stale.len();
+                // On stderr: a script that counts `ls`'s lines sees the VMs it made only.
                 if count > 0 {
-                    say!("")?;
-                    say!("{count} VMs in the pool (feather pool; feather pool --drain)")?;
+                    let vms = if count == 1 { "VM" } else { "VMs" };
+                    eprintln!("feather: {count} {vms} in the pool, made ahead for `run --rm` (`feather pool` shows them)");
                 }
             }
         }
