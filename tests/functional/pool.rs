@@ -1305,77 +1305,6 @@ fn holds_flock(pid: u32, path: &std::path::Path) -> bool {
     })
 }
 
-/// A root's folder swapped at its path for another root's (`renameat2` exchange: at no moment
-/// is the path empty, as with `rm -rf R; feather --root R …` racing the keeper, or a user's `mv
-/// R x; mkdir R` with a `network.toml` of their choosing) while its pooled VM waits: the keeper
-/// ends its VM, but leaves alone the network of the root now at the path, which is not its
-/// root. Before, it took that root's network down (`linger::end` on whatever was at the path).
-#[test]
-fn a_keeper_whose_root_was_replaced_leaves_the_new_roots_network_alone() {
-    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
-    let pool = Pooled::by_default("pool-replaced");
-    pool.ok(&["pool", "--idle", "0"]);
-    pool.ok(&["run", "--rm", "--", "true"]);
-    pool.feather
-        .eventually("the first run's fill made one VM", || {
-            pool.entries().len() == 1
-        });
-    // Up, not only its entry written (the fill writes it first).
-    pool.whole();
-    let name = pool.entries().into_iter().next().unwrap();
-    let keeper = keeper_of(&pool, &name);
-    let alive = || std::path::Path::new(&format!("/proc/{keeper}")).exists();
-    let (other, other_subnet, other_bridge) = root_with_known_bridge("pool-replacing");
-    let out = other
-        .command()
-        .env("FEATHER_SUBNET", &other_subnet.cidr)
-        .args(["run", "--rm", "--", "true"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let bridge_up = || std::path::Path::new(&format!("/sys/class/net/{other_bridge}")).exists();
-    assert!(bridge_up(), "the other root's network is not up");
-    // A port on its bridge (a veth of the test's): the sweep of removed roots (a
-    // teardown's, another root's start), which takes the swapped root for a removed one while
-    // swapped, leaves a bridge with a port; `linger::end` takes it down regardless.
-    let port = Link(format!("fpd{}", std::process::id() % 100_000));
-    let ip = |args: &[&str]| Command::new("ip").args(args).status().unwrap().success();
-    let peer = format!("{}p", port.0);
-    assert!(ip(&[
-        "link", "add", &port.0, "type", "veth", "peer", "name", &peer
-    ]));
-    assert!(ip(&["link", "set", &port.0, "master", &other_bridge]));
-    let swap = || {
-        renameat2(
-            AT_FDCWD,
-            &pool.feather.root,
-            AT_FDCWD,
-            &other.root,
-            RenameFlags::RENAME_EXCHANGE,
-        )
-        .unwrap()
-    };
-    swap();
-    let ended = feather_testkit::eventually(Duration::from_secs(30), || !alive());
-    // Its teardown over (the keeper's last act), whatever it did.
-    let kept = bridge_up();
-    swap();
-    assert!(ended, "the pooled VM of the swapped root is still up");
-    assert!(
-        kept,
-        "the keeper took down the network of the root now at its path"
-    );
-    drop(port);
-    let down = other
-        .command()
-        .env("FEATHER_SUBNET", &other_subnet.cidr)
-        .args(["network", "down"])
-        .output()
-        .unwrap();
-    assert!(down.status.success(), "{down:?}");
-    pool.ok(&["pool", "--drain"]);
-}
-
 /// A pooled VM's keeper that gets no inotify instance (a test hook, as when root's
 /// `fs.inotify.max_user_instances` is reached) says so once in its log and looks every 2 s
 /// instead: its root removed by hand, the VM goes though its idle time is "for ever". Before,
@@ -1413,15 +1342,6 @@ fn a_keeper_without_inotify_says_so_and_still_sees_its_root_removed() {
         Duration::from_secs(30),
         || !alive() && support::HostTraces::of(&root, None).processes.is_empty(),
     );
-}
-
-/// A link the test made, deleted on drop.
-struct Link(String);
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
-    }
 }
 
 /// A keeper killed on drop if it is still there.
