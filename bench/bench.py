@@ -233,7 +233,8 @@ def why(result: subprocess.CompletedProcess) -> str:
 def try_once(argv: list[str], timeout: float = 60) -> str | None:
     """None if the command runs and succeeds here, else why not (exit status and its words)."""
     try:
-        result = run(argv, timeout=timeout, check=False)
+        # As hyperfine runs it: the pool's rows time the pool whatever the caller exported.
+        result = run(argv, timeout=timeout, check=False, env=without_pool_opt_out())
     except FileNotFoundError:
         return f"{argv[0]} is not installed"
     except subprocess.TimeoutExpired:
@@ -492,8 +493,10 @@ class Feather:
     def remove_all(self) -> None:
         for name in self.names():
             self.remove(name)
-        # The root's network lingers after its last throw-away VM (docs/network.md); `network
-        # down` empties the root's pool first, whose VMs use it.
+        # The root's network lingers after its last throw-away VM (docs/network.md). Drained
+        # first (the size left 0, so that no refill under way makes another VM), then the
+        # network taken down.
+        self("pool", "--drain", check=False, timeout=60)
         self("network", "down", check=False, timeout=60)
 
 
@@ -607,7 +610,9 @@ class Bench:
             ]  # fmt: skip
             for label, command in commands if round_ % 2 == 0 else commands[::-1]:
                 argv += ["--command-name", label, shlex.join(command)]
-            run(argv, timeout=600)
+            # Without the caller's FEATHER_POOL: the "as typed" row is the pool on by default
+            # (roots timed cold have `pool --size 0` persisted).
+            run(argv, timeout=600, env=without_pool_opt_out())
             for result in json.loads(export.read_text())["results"]:
                 times[result["command"]] += result["times"]
         return {label: Stats.of(values) for label, values in times.items()}

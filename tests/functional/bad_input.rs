@@ -312,3 +312,23 @@ fn an_open_file_limit_too_low_for_init_is_named() {
             .collect();
     assert_eq!(names, ["kept"]);
 }
+
+/// `FEATHER_POOL` other than 0 or 1 (`false`, `no`, ` 0`) is refused, naming it, before
+/// anything is made: before, only `0` opted out and anything else silently ran in the pool.
+#[test]
+fn a_bad_feather_pool_is_refused_naming_it() {
+    let feather = Feather::new("bad-pool");
+    for value in ["false", " 0", "no"] {
+        let out = feather
+            .command()
+            .env(crate::support::NO_POOL, value)
+            .args(["run", "--rm", "--", "true"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{value:?}: {said}");
+        assert!(said.contains("FEATHER_POOL"), "{said}");
+    }
+    assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+    assert!(!feather.root.join("pool/vms").exists());
+}

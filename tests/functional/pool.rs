@@ -158,10 +158,10 @@ fn from_the_pool(hostname: &str) -> bool {
 }
 
 /// The script each comparison runs: its output, error output, folder, environment, limits,
-/// exit code; the hostname is printed apart (a VM's own name).
+/// `NoNewPrivs`, seccomp mode, capability sets, audit login uid, exit code; the hostname is printed apart (a VM's own name).
 const SCRIPT: &str =
     "echo out; echo err >&2; pwd; env | sort; ulimit -a; umask; id; read line; echo \"in: $line\"; \
-     exit 7";
+     grep -E '^(NoNewPrivs|Seccomp|Cap)' /proc/self/status; cat /proc/self/loginuid; echo; exit 7";
 
 /// A run from the pool gives what a run in a VM of its own gives: the same output, error
 /// output, exit code, folder (the caller's), environment, limits and stdin; its hostname is
@@ -216,6 +216,56 @@ fn a_run_from_the_pool_is_a_run_in_a_vm_of_its_own() {
         own.starts_with("run-") && !from_the_pool(own.trim()),
         "{own}"
     );
+}
+
+/// A caller whose context is not the pooled VM's keeper's (here `NoNewPrivs`, as a systemd
+/// unit's `NoNewPrivileges=` sets it; the network namespace, seccomp, capability sets, LSM label
+/// and audit login uid alike) does not take the VM, whose command would lose it: its command runs
+/// in a VM of its own, which keeps it, and the pooled VM stays for a caller it fits. Nor does a
+/// fill such a caller starts make a VM, which would pass it on to others.
+#[test]
+fn a_caller_of_another_context_takes_no_pooled_vm_and_fills_none() {
+    let pool = Pooled::new("pool-context", 1);
+    let ready = pool.ready();
+    let constrained = |args: &[&str]| {
+        let ours = pool.command();
+        let mut command = Command::new("setpriv");
+        command
+            .arg("--no-new-privs")
+            .arg(ours.get_program())
+            .args(ours.get_args())
+            .args(args)
+            .envs(ours.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .env_remove(support::NO_POOL)
+            .stdin(Stdio::null());
+        command.output().unwrap()
+    };
+    let out = constrained(&[
+        "run",
+        "--rm",
+        "--",
+        "sh",
+        "-c",
+        "hostname; grep NoNewPrivs /proc/self/status",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let hostname = said.lines().next().unwrap_or_default();
+    assert!(
+        !from_the_pool(hostname),
+        "the constrained run took a pooled VM: {said}"
+    );
+    assert!(said.contains("NoNewPrivs:\t1"), "{said}");
+    // Its VM stays for a caller it fits (another test's mount may have made it stale: the
+    // entry is what counts).
+    assert_eq!(pool.entries(), ready.iter().cloned().collect::<Vec<_>>());
+    // A fill from that context makes nothing, and says why.
+    pool.ok(&["pool", "--drain"]);
+    let out = constrained(&["pool", "--size", "1"]);
+    assert!(!out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("NoNewPrivs"), "{said}");
+    assert!(pool.entries().is_empty(), "{:?}", pool.entries());
 }
 
 /// Runs that start together each get a VM of their own: a pooled VM's keeper gives it to one
@@ -496,8 +546,15 @@ fn a_drained_pool_leaves_nothing() {
     assert_eq!(pool.vm_folders().len(), 2);
     // Pooled VMs are not the user's: `ls` does not show them, but says they are there.
     assert_eq!(pool.ok(&["ls", "--json"]).trim(), "[]");
-    let listed = pool.ok(&["ls"]);
-    assert!(listed.contains("2 VMs in the pool"), "{listed}");
+    // On stderr, so that a script that counts `ls`'s lines is not misled.
+    let listed = pool.output(&["ls"]);
+    assert!(listed.status.success(), "{listed:?}");
+    let (out, said) = (
+        String::from_utf8_lossy(&listed.stdout),
+        String::from_utf8_lossy(&listed.stderr),
+    );
+    assert!(!out.contains("in the pool"), "{out}");
+    assert!(said.contains("2 VMs in the pool"), "{said}");
     pool.drained_leaving_nothing(&cgroups_before);
 }
 
@@ -998,24 +1055,50 @@ fn a_default_pooled_vm_expires_and_leaves_nothing() {
 fn feather_pool_0_and_size_0_leave_no_pooled_vm() {
     let cgroups_before = support::feather_cgroups();
     let pool = Pooled::by_default("pool-opt-out");
-    let out = pool
-        .command()
-        .env(support::NO_POOL, "0")
-        .args(["run", "--rm", "--", "true"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    // A fill would have written its entry within this.
-    std::thread::sleep(Duration::from_secs(2));
+    // The run's trace says when it starts a fill (after its command, before it exits): no
+    // waiting for a fill that does not come.
+    let traced = |opt_out: Option<&str>| {
+        let mut command = pool.command();
+        if let Some(value) = opt_out {
+            command.env(support::NO_POOL, value);
+        }
+        let out = command
+            .env("FEATHER_TRACE", "phases")
+            .args(["run", "--rm", "--", "hostname"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        (String::from_utf8_lossy(&out.stdout).trim().to_owned(), said)
+    };
+    let (_, said) = traced(Some("0"));
+    assert!(!said.contains("start the pool's fill"), "{said}");
     assert!(pool.entries().is_empty(), "{:?}", pool.entries());
-    assert!(pool.vm_folders().is_empty(), "{:?}", pool.vm_folders());
+    // The run's own VM may still be in its teardown (`.removing-…`): no pooled VM's folder.
+    let folders = pool.vm_folders();
+    assert!(
+        !folders.iter().any(|name| from_the_pool(name)),
+        "{folders:?}"
+    );
+    // A ready pooled VM is not claimed by an opted-out run: its own VM, the entry stays.
+    pool.ok(&["pool", "--size", "1"]);
+    pool.whole();
+    let ready = pool.entries();
+    let (name, said) = traced(Some("0"));
+    assert!(
+        !from_the_pool(&name),
+        "an opted-out run took a pooled VM: {name}"
+    );
+    assert!(!said.contains("claim a VM of the pool"), "{said}");
+    assert!(!said.contains("start the pool's fill"), "{said}");
+    assert_eq!(pool.entries(), ready);
     pool.ok(&["pool", "--size", "0"]);
     assert_eq!(
         fs::read_to_string(pool.feather.root.join("pool/size")).unwrap(),
         "0\n"
     );
-    pool.ok(&["run", "--rm", "--", "true"]);
-    std::thread::sleep(Duration::from_secs(2));
+    let (_, said) = traced(None);
+    assert!(!said.contains("start the pool's fill"), "{said}");
     assert!(pool.entries().is_empty(), "{:?}", pool.entries());
     assert_nothing_left(&pool.feather, &pool.bridge, &cgroups_before);
 }
@@ -1142,4 +1225,257 @@ fn a_moved_roots_pooled_vm_goes_at_once() {
     assert!(ended, "the moved root's pooled VM is still up");
     pool.ok(&["pool", "--drain"]);
     assert_nothing_left(&pool.feather, &pool.bridge, &cgroups_before);
+}
+
+/// `network down` while a fill is under way (held by a test hook after it took its lock, before
+/// it read the size, as a run's refill that had not written its entry yet): `network down`
+/// writes the size 0, waits for the fill, which then makes nothing, takes the network down and
+/// only then puts the setting back; `rm -rf` of the root then succeeds at once and leaves
+/// nothing. Before, `network down` saw no entry, did nothing to the pool, and the fill made a
+/// VM (bringing the network up again) in a root being removed.
+#[test]
+fn network_down_waits_for_a_fill_under_way_and_rm_rf_then_leaves_nothing() {
+    let pool = Pooled::by_default("pool-down-fill");
+    let out = pool
+        .command()
+        .env(support::NO_POOL, "0")
+        .args(["run", "--rm", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The pool's folder made; idle "for ever": a VM made by the fill would stay.
+    pool.ok(&["pool", "--idle", "0"]);
+    let hooks = support::unique_dir("hold-fill", "pool-down-fill");
+    let _remove = Remove(hooks.clone());
+    let hook = hooks.join("fill");
+    let held = fs::File::create(&hook).unwrap();
+    held.lock().unwrap();
+    let mut fill = pool
+        .command()
+        .env(feather_vm::pool::HOLD_FILL, &hook)
+        .args(["pool", "--fill"])
+        .spawn()
+        .unwrap();
+    let lock = pool.feather.root.join("pool/fill.lock");
+    pool.feather
+        .eventually("the fill holds its lock", || holds_flock(fill.id(), &lock));
+    let mut down = pool
+        .command()
+        .args(["network", "down"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let size = pool.feather.root.join("pool/size");
+    // With the fix it waits for the fill, size 0 written; before, it was done at once.
+    feather_testkit::eventually(Duration::from_secs(10), || {
+        fs::read_to_string(&size).is_ok_and(|size| size == "0\n")
+            || matches!(down.try_wait(), Ok(Some(_)))
+    });
+    drop(held);
+    assert!(fill.wait().unwrap().success());
+    let out = down.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(pool.entries().is_empty(), "{:?}", pool.entries());
+    assert!(!size.exists(), "the size setting was not put back");
+    let root = pool.feather.root.clone();
+    let rm = Command::new("rm").arg("-rf").arg(&root).output().unwrap();
+    assert!(rm.status.success(), "rm -rf: {rm:?}");
+    assert_eq!(
+        support::HostTraces::of(&root, Some(&pool.bridge)),
+        support::HostTraces::default(),
+        "left on the host"
+    );
+}
+
+/// Whether process `pid` holds a `flock` on the file at `path` (`/proc/locks`).
+fn holds_flock(pid: u32, path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(inode) = fs::metadata(path).map(|m| m.ino()) else {
+        return false;
+    };
+    let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
+    locks.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // "N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE 0 EOF"; a waiter's line has "->" after N:.
+        fields.get(1) == Some(&"FLOCK")
+            && fields.get(4) == Some(&pid.to_string().as_str())
+            && fields
+                .get(5)
+                .and_then(|id| id.rsplit(':').next())
+                .is_some_and(|ino| ino == inode.to_string())
+    })
+}
+
+/// A pooled VM's keeper that gets no inotify instance (a test hook, as when root's
+/// `fs.inotify.max_user_instances` is reached) says so once in its log and looks every 2 s
+/// instead: its root removed by hand, the VM goes though its idle time is "for ever". Before,
+/// it went silently without a watch, and so never.
+#[test]
+fn a_keeper_without_inotify_says_so_and_still_sees_its_root_removed() {
+    let mut pool = Pooled::new("pool-no-inotify", 0);
+    pool.size = 1;
+    pool.ok(&["pool", "--idle", "0"]);
+    let out = pool
+        .command()
+        .env(feather_vm::root_watch::NO_INOTIFY, "1")
+        .args(["pool", "--size", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let name = pool.entries().into_iter().next().expect("a pooled VM");
+    let keeper = keeper_of(&pool, &name);
+    // Killed if the test fails: with its root gone nothing else would end it.
+    let _end = EndKeeper(keeper);
+    let alive = || std::path::Path::new(&format!("/proc/{keeper}")).exists();
+    let root = pool.feather.root.clone();
+    let log = fs::read_to_string(root.join("vms").join(&name).join("keeper.log")).unwrap();
+    assert_eq!(log.matches("no inotify watch").count(), 1, "{log}");
+    pool.feather
+        .eventually("the root's folder is removed by hand", || {
+            let mounts = support::HostTraces::of(&root, None).mounts;
+            for point in mounts.iter().filter_map(|line| line.split(' ').nth(4)) {
+                let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+            }
+            fs::remove_dir_all(&root).is_ok() || !root.exists()
+        });
+    pool.feather.eventually_within(
+        "the removed root's pooled VM and its processes are gone",
+        Duration::from_secs(30),
+        || !alive() && support::HostTraces::of(&root, None).processes.is_empty(),
+    );
+}
+
+/// A keeper killed on drop if it is still there.
+struct EndKeeper(i32);
+
+impl Drop for EndKeeper {
+    fn drop(&mut self) {
+        // Only while the pid is still a keeper's (not reused since it ended).
+        let comm = fs::read_to_string(format!("/proc/{}/comm", self.0)).unwrap_or_default();
+        if comm.starts_with("feather-keeper") {
+            let pid = nix::unistd::Pid::from_raw(self.0);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// A host whose mount table changes between runs (containers, automounts) turns every pooled
+/// VM stale: after two runs in a row found only stale VMs, runs start no more fills (each would
+/// cost a VM start beside the next run, for a VM that goes stale too), until the size is set
+/// again. A run that finds a VM that matches starts the count again.
+#[test]
+fn runs_that_keep_finding_the_pool_stale_stop_refilling_it() {
+    let pool = Pooled::new("pool-churn", 1);
+    let mut mounts = Vec::new();
+    let mut stale_run = |round: usize| {
+        let mounted = support::unique_dir(&format!("churn-{round}"), "pool-churn");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "pool-churn"])
+            .arg(&mounted)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        mounts.push(Unmount(mounted));
+        let out = pool
+            .command()
+            .env("FEATHER_TRACE", "phases")
+            .args(["run", "--rm", "--", "hostname"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let name = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(!from_the_pool(&name), "a stale VM was used: {name}");
+        String::from_utf8_lossy(&out.stderr).contains("start the pool's fill")
+    };
+    // Other fills (a claimed VM's keeper's refill, `whole`'s) may end a stale VM before a run
+    // finds it: runs until two in a row found it stale.
+    let misses = pool.feather.root.join("pool/stale-misses");
+    let counted = || {
+        fs::read_to_string(&misses)
+            .ok()
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    let mut round = 0;
+    while counted() < 2 && round < 8 {
+        pool.whole();
+        stale_run(round);
+        round += 1;
+    }
+    assert!(
+        counted() >= 2,
+        "no two stale misses in a row in {round} runs"
+    );
+    // No fill at work any more (one started before the count reached 2 may make a VM).
+    let lock = pool.feather.root.join("pool/fill.lock");
+    pool.feather.eventually("no fill is at work", || {
+        fs::File::open(&lock).is_ok_and(|file| file.try_lock().is_ok())
+    });
+    assert!(
+        !stale_run(round),
+        "a run started a fill after two stale misses in a row"
+    );
+    // The size set again: filled, counted from 0.
+    pool.ok(&["pool", "--size", "1"]);
+    assert!(!misses.exists());
+    drop(mounts);
+}
+
+/// A mount a test made, unmounted and its folder removed on drop.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+/// A fill holds no descriptor of whoever started it beyond stdio (a script's `flock 9`, make's
+/// jobserver pipe): the write end of a pipe its starter had at 9 is closed while the fill is
+/// still at work (held under its lock by a test hook). Before, it stayed open until the fill
+/// had made its VMs.
+#[test]
+fn a_fill_holds_nothing_of_its_starters_descriptors() {
+    use std::os::fd::AsFd;
+    let pool = Pooled::by_default("pool-fill-fds");
+    pool.ok(&["pool", "--idle", "0"]);
+    let hooks = support::unique_dir("hold-fill-fds", "pool-fill-fds");
+    let _remove = Remove(hooks.clone());
+    let hook = hooks.join("fill");
+    let held = fs::File::create(&hook).unwrap();
+    held.lock().unwrap();
+    let (read, write) = nix::unistd::pipe().unwrap();
+    let ours = pool.command();
+    // The shell puts the pipe at 9, as `flock 9` or a jobserver would leave it, then becomes
+    // the fill.
+    let mut fill = Command::new("sh")
+        .args(["-c", "exec 9>&1 >/dev/null; exec \"$@\"", "sh"])
+        .arg(ours.get_program())
+        .args(ours.get_args())
+        .args(["pool", "--fill"])
+        .envs(ours.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env_remove(support::NO_POOL)
+        .env(feather_vm::pool::HOLD_FILL, &hook)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write))
+        .spawn()
+        .unwrap();
+    let lock = pool.feather.root.join("pool/fill.lock");
+    pool.feather
+        .eventually("the fill holds its lock", || holds_flock(fill.id(), &lock));
+    let mut fds = [nix::poll::PollFd::new(
+        read.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO);
+    let hung_up = fds[0]
+        .revents()
+        .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLHUP));
+    drop(held);
+    assert!(fill.wait().unwrap().success());
+    assert!(
+        hung_up,
+        "the fill at work still held its starter's descriptor 9"
+    );
 }

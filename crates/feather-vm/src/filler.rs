@@ -39,9 +39,7 @@ pub fn become_no_callers(root: &StateRoot) -> Result<()> {
 /// inits this process starts inherit).
 fn keep_only_feathers_settings() {
     for (key, _) in std::env::vars_os() {
-        let kept = key
-            .to_str()
-            .is_some_and(|key| crate::pooled::SHAPING_SETTINGS.contains(&key));
+        let kept = key.to_str().is_some_and(crate::pooled::kept_by_a_fill);
         if !kept {
             std::env::remove_var(&key);
         }
@@ -84,6 +82,85 @@ pub fn limits_fit(inherited: &Inherited, keeper: i32) -> bool {
         .iter()
         .zip(keepers)
         .all(|(&(_, hard), held)| held.is_some_and(|(_, held_hard)| hard <= held_hard))
+}
+
+/// What a process passes on to every process it starts, beyond its limits, and a VM's init and
+/// commands keep: its network namespace (a VM's bridge, tables and uplink are made in it), its
+/// `NoNewPrivs`, seccomp mode, capability bounding and ambient sets, LSM label and audit login
+/// uid. A pooled VM has its keeper's; its caller's command would have the caller's.
+#[derive(Debug, PartialEq, Eq)]
+struct Context {
+    network: Option<String>,
+    status: Vec<Option<String>>,
+    label: Option<Vec<u8>>,
+    login_uid: Option<String>,
+}
+
+/// The fields of `/proc/<pid>/status` in [`Context`].
+const CONTEXT_STATUS: [&str; 4] = ["NoNewPrivs", "Seccomp", "CapBnd", "CapAmb"];
+
+fn context_of(pid: &str) -> Context {
+    let proc = |what: &str| format!("/proc/{pid}/{what}");
+    Context {
+        network: fs::read_link(proc("ns/net"))
+            .ok()
+            .map(|link| link.display().to_string()),
+        status: status_fields(pid, &CONTEXT_STATUS),
+        label: fs::read(proc("attr/current")).ok(),
+        login_uid: fs::read_to_string(proc("loginuid")).ok(),
+    }
+}
+
+/// The values of `fields` in `/proc/<pid>/status`, where there.
+fn status_fields(pid: &str, fields: &[&str]) -> Vec<Option<String>> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    fields
+        .iter()
+        .map(|field| {
+            status.lines().find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                (name == *field).then(|| value.trim().to_owned())
+            })
+        })
+        .collect()
+}
+
+/// Whether this process's command would run in the pooled VM whose keeper is `keeper` as in a
+/// VM of its own: its [`Context`] is the keeper's. Another caller's VM stays in the pool.
+pub fn context_fits(keeper: i32) -> bool {
+    context_of("self") == context_of(&keeper.to_string())
+}
+
+/// The namespaces a fill must share with the host's init.
+const HOST_NAMESPACES: [&str; 8] = ["net", "mnt", "uts", "ipc", "pid", "cgroup", "user", "time"];
+
+/// What of this process's context is not the host's (its init's namespaces, where readable, and
+/// capability bounding set, no `NoNewPrivs`, no seccomp filter), if anything: a fill made so makes no
+/// VM, as its VMs would pass a caller's constraints (or lack of them) on to other callers.
+pub fn not_the_hosts_context() -> Option<String> {
+    for namespace in HOST_NAMESPACES {
+        let of = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/{namespace}")).ok();
+        // Where the host's init's cannot be read (a container whose init is not ours to
+        // inspect), the other checks still hold.
+        let (ours, hosts) = (of("self"), of("1"));
+        if hosts.is_some() && ours != hosts {
+            return Some(format!(
+                "its {namespace} namespace ({ours:?}) is not the host's ({hosts:?})"
+            ));
+        }
+    }
+    let ours = status_fields("self", &CONTEXT_STATUS);
+    let hosts = status_fields("1", &CONTEXT_STATUS);
+    let none = Some("0".to_owned());
+    let expected = [none.clone(), none, hosts[2].clone(), hosts[3].clone()];
+    for ((name, ours), expected) in CONTEXT_STATUS.iter().zip(ours).zip(expected) {
+        if ours != expected {
+            return Some(format!(
+                "its {name} is {ours:?}, not {expected:?} as the host's"
+            ));
+        }
+    }
+    None
 }
 
 /// Each of [`LIMITS`] (soft, hard) as process `pid` has it, where readable.

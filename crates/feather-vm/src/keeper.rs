@@ -140,9 +140,11 @@ pub struct Keeper {
     /// Set once a pooled VM waited unclaimed for the pool's idle time and took itself out of
     /// the pool ([`Keeper::expire`]): its teardown is a claimed VM's, but starts no refill.
     expired: std::cell::Cell<bool>,
-    /// Set once a pooled VM's keeper saw its root removed or moved away ([`RootWatch`]): its
-    /// teardown renames nothing in what is left of the root.
-    root_gone: std::cell::Cell<bool>,
+    /// Set once a pooled VM's keeper saw its root removed or moved away ([`RootWatch`]): the
+    /// identity of the root's folder it watched. Its teardown renames nothing in what is left of
+    /// the root, and acts on the root's network only if the folder at the root's path is still
+    /// that one (a removal that stopped short), never on a new root made there since.
+    gone_root: std::cell::Cell<Option<crate::root_watch::Identity>>,
     /// A claimed VM's claimer that let go (its command ended): answered once the VM is set
     /// aside, so that its run ends with its VM, as a cold run's does.
     claimer_waiting: Option<UnixStream>,
@@ -500,7 +502,7 @@ impl Keeper {
             checkpointed: std::cell::Cell::new(false),
             claimed: std::cell::Cell::new(false),
             expired: std::cell::Cell::new(false),
-            root_gone: std::cell::Cell::new(false),
+            gone_root: std::cell::Cell::new(None),
             claimer_waiting: None,
             hold: None,
             lock,
@@ -663,7 +665,7 @@ impl Keeper {
             checkpointed: std::cell::Cell::new(false),
             claimed: std::cell::Cell::new(false),
             expired: std::cell::Cell::new(false),
-            root_gone: std::cell::Cell::new(false),
+            gone_root: std::cell::Cell::new(None),
             claimer_waiting: None,
             hold,
             lock,
@@ -974,17 +976,22 @@ impl Keeper {
                 fds.push(PollFd::new(claimer.as_fd(), PollFlags::POLLIN));
             }
             let watch_at = fds.len();
-            if let Some(watch) = &root_watch {
-                fds.push(PollFd::new(watch.as_fd(), PollFlags::POLLIN));
+            if let Some(fd) = root_watch.as_ref().and_then(RootWatch::fd) {
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
             }
             let now = Instant::now();
             let acts_at = phase.patience(now).map(|left| now + left);
-            let _ = quiet.wait(&mut fds, acts_at.into_iter().chain(expires_at).min());
+            let look_at = root_watch.as_ref().and_then(RootWatch::look_at);
+            let wake_at = acts_at.into_iter().chain(expires_at).chain(look_at).min();
+            let _ = quiet.wait(&mut fds, wake_at);
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
             let (init_ended, connection, signalled) =
                 (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]));
             let claim_ended = claimer.is_some() && fds.get(claimer_at).is_some_and(ready);
-            let watched = root_watch.is_some() && fds.get(watch_at).is_some_and(ready);
+            let watched = root_watch.as_ref().is_some_and(|watch| {
+                watch.time_to_look()
+                    || (watch.fd().is_some() && fds.get(watch_at).is_some_and(ready))
+            });
             if pages_from.is_some() && fds.get(3).is_some_and(ready) {
                 pages_from = None;
                 if lazy.exists() {
@@ -1039,11 +1046,12 @@ impl Keeper {
             } else if watched && root_watch.as_ref().is_some_and(RootWatch::gone) {
                 // Its root is being removed (or was moved away): nothing can claim, drain or
                 // list this VM any more. Ended once the removal is over, leaving nothing.
-                if let Some(watch) = root_watch.take() {
-                    watch.await_removal();
-                }
+                let Some(watch) = root_watch.take() else {
+                    unreachable!("a watch that saw its root gone");
+                };
+                watch.await_removal();
                 expires_at = None;
-                if self.expire_for_removed_root() {
+                if self.expire_for_removed_root(watch.identity()) {
                     trace::phase("wait in the pool until its root is removed");
                     phase = self.act(decide::claim_ended(phase));
                 }
@@ -1274,13 +1282,13 @@ impl Keeper {
     /// Ends this pooled VM, whose root was removed (or moved away): as an idle VM ends, but its
     /// entry is not taken (it went with the root, or a claim would make the `claimed/` folder
     /// again in a root being removed). Whether it was still unclaimed.
-    fn expire_for_removed_root(&self) -> bool {
+    fn expire_for_removed_root(&self, root: crate::root_watch::Identity) -> bool {
         if self.claimed.get() {
             return false;
         }
         self.claimed.set(true);
         self.expired.set(true);
-        self.root_gone.set(true);
+        self.gone_root.set(Some(root));
         true
     }
 
@@ -1811,7 +1819,7 @@ impl Keeper {
             eprintln!("feather keeper {name}: {}", causes(e));
         };
         let aside = match self.vm.set_aside(&self.config.id) {
-            _ if self.root_gone.get() => self.vm.clone(),
+            _ if self.gone_root.get().is_some() => self.vm.clone(),
             Ok(aside) => aside,
             Err(e) => {
                 complain(&e);
@@ -1851,7 +1859,7 @@ impl Keeper {
     /// process, which nobody waits for (its claimer has reported the exit status already).
     fn tear_down_claimed(&mut self, how: &str) {
         let aside = match self.vm.set_aside(&self.config.id) {
-            _ if self.root_gone.get() => self.vm.clone(),
+            _ if self.gone_root.get().is_some() => self.vm.clone(),
             Ok(aside) => aside,
             Err(e) => {
                 eprintln!("feather keeper {}: {}", self.vm.name(), causes(&e));
@@ -1876,7 +1884,7 @@ impl Keeper {
             .root()
             .filter(|root| !self.expired.get() && crate::pooled::size(root) > 0);
         if let Some(root) = refill {
-            crate::pooled::start_filler(&root);
+            let _ = crate::pooled::start_filler(&root);
         }
         self.remove_throw_away(&aside);
         // Last: until here a crash leaves the claimed entry that leads a fill to what is left.
@@ -1887,8 +1895,10 @@ impl Keeper {
         // its network goes now unless another VM uses it, as `network down` takes it, so that
         // the `rm -rf` tried again removes the rest. A root gone whole leaves its bridge and
         // tables to the sweep of removed roots (feather_net::removed_roots).
-        if let Some(root) = self.vm.root().filter(|_| self.root_gone.get()) {
-            if root.dir().exists() {
+        // Only the root watched: a new folder at its path is another root, whose network is
+        // not this keeper's to end (nor a file there naming another root's bridge).
+        if let (Some(root), Some(watched)) = (self.vm.root(), self.gone_root.get()) {
+            if crate::root_watch::is_at(root.dir(), watched) {
                 let _ = feather_net::linger::end(&root);
             }
         }

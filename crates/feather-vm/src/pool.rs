@@ -66,6 +66,7 @@ pub fn set_size(root: &StateRoot, size: usize) -> Result<()> {
     fs::create_dir_all(&dir).at(&dir)?;
     let file = pooled::dir(root).join("size");
     write_atomic(&file, format!("{size}\n").as_bytes(), Durability::Durable)?;
+    pooled::forget_stale_misses(root);
     Ok(())
 }
 
@@ -182,9 +183,10 @@ pub fn claim(root: &StateRoot, workload: &Workload) -> Option<Claimed> {
     let start = std::process::id() as usize % entries.len();
     entries.rotate_left(start);
     let current = pooled::fingerprint(root);
+    let mut stale = false;
     for (name, made_under) in entries {
         let vm = root.vm(&name);
-        if !limits_fit(workload, &vm) {
+        if !limits_fit(workload, &vm) || !context_fits(&vm) {
             // Left in the pool for a caller it fits.
             continue;
         }
@@ -198,12 +200,19 @@ pub fn claim(root: &StateRoot, workload: &Workload) -> Option<Claimed> {
         if made_under != current {
             // Dropped: its keeper ends it.
             claimed_to_be_ended(root, &name);
+            stale = true;
             continue;
+        }
+        if pooled::stale_misses(root) > 0 {
+            pooled::forget_stale_misses(root);
         }
         return Some(Claimed {
             name,
             held: conversation,
         });
+    }
+    if stale {
+        pooled::record_stale_miss(root);
     }
     None
 }
@@ -216,6 +225,13 @@ fn limits_fit(workload: &Workload, vm: &feather_core::VmDir) -> bool {
     };
     vm.last_keeper()
         .is_some_and(|(keeper, _)| crate::filler::limits_fit(inherited, keeper))
+}
+
+/// Whether the caller's context (network namespace, `NoNewPrivs`, seccomp, capability sets, LSM
+/// label, audit login uid) is the pooled `vm`'s keeper's, which its command would have instead.
+fn context_fits(vm: &feather_core::VmDir) -> bool {
+    vm.last_keeper()
+        .is_some_and(|(keeper, _)| crate::filler::context_fits(keeper))
 }
 
 /// Runs `workload` in the claimed VM as `run --rm` runs it in a VM of its own: through init's
@@ -255,7 +271,7 @@ fn remove_if_crashed(root: &StateRoot, name: &VmName, deadline: Instant) {
     }
     remove_crashed_claim(root, &vm);
     if size(root) > 0 {
-        pooled::start_filler(root);
+        let _ = pooled::start_filler(root);
     }
 }
 
@@ -296,8 +312,17 @@ fn claimed(root: &StateRoot) -> Vec<VmName> {
 /// returns at once, and the one at work looks again once it has let go of the lock (a claim
 /// whose fill found it held is not missed).
 pub fn fill(root: &StateRoot) -> Result<()> {
-    for dir in [pooled::entries_dir(root), pooled::claimed_dir(root)] {
-        fs::create_dir_all(&dir).at(&dir)?;
+    // Made one by one, never the root's own folder: a fill for a root removed meanwhile fails
+    // here instead of making the root again.
+    for dir in [
+        pooled::dir(root),
+        pooled::entries_dir(root),
+        pooled::claimed_dir(root),
+    ] {
+        match fs::create_dir(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e).at(&dir)?,
+            _ => {}
+        }
     }
     let lock_path = pooled::dir(root).join("fill.lock");
     loop {
@@ -320,8 +345,18 @@ pub fn fill(root: &StateRoot) -> Result<()> {
     }
 }
 
+/// Test-only ([`crate::test_hooks`]): a fill that has its lock waits, before it reads the
+/// size, for the lock of the file this names: a fill under way, as `network down` meets it.
+pub const HOLD_FILL: &str = "FEATHER_TEST_HOLD_FILL";
+
+/// [`HOLD_FILL`] as the fill's starter set it (read before the fill clears its environment).
+static HOLD_FILL_AT: std::sync::OnceLock<Option<std::ffi::OsString>> = std::sync::OnceLock::new();
+
 /// [`fill`], under its lock.
 fn fill_locked(root: &StateRoot) -> Result<()> {
+    if let Some(Some(hold)) = HOLD_FILL_AT.get() {
+        crate::test_hooks::held_by(hold);
+    }
     loop {
         remove_stale(root);
         let ready = entries(root).len();
@@ -335,7 +370,21 @@ fn fill_locked(root: &StateRoot) -> Result<()> {
             }
             return Ok(());
         }
+        if let Some(why) = crate::filler::not_the_hosts_context() {
+            return Err(failed(
+                &root.dir().display(),
+                format!(
+                    "the pool's fill makes no VM: {why}, and its VMs would pass that on to \
+                     other callers; fill it from the host (`feather pool --fill` as a login's \
+                     process)"
+                ),
+            ));
+        }
         for _ in ready..wanted {
+            // A size lowered meanwhile (a drain, `network down`) stops it at once.
+            if size(root) < wanted {
+                break;
+            }
             add_one(root)?;
         }
     }
@@ -486,7 +535,11 @@ fn add_one(root: &StateRoot) -> Result<()> {
 /// `feather pool --fill`, as [`pooled::start_filler`] starts it: in a session of its own, so that
 /// the terminal of the run that started it may close without ending it.
 pub fn fill_detached(root: &StateRoot) -> Result<()> {
+    // Nothing of its starter's beyond stdio: a script's `flock 9` or make's jobserver pipe
+    // would otherwise stay held until the fill has made its VMs.
+    feather_sys::process::close_other_fds(&[]);
     let _ = nix::unistd::setsid();
+    let _ = HOLD_FILL_AT.set(crate::test_hooks::set(HOLD_FILL));
     crate::filler::become_no_callers(root)?;
     fill(root)
 }
@@ -536,23 +589,50 @@ pub fn drain(root: &StateRoot) -> Result<Drained> {
     }
 }
 
-/// Empties the pool as [`drain`] does, but keeps its size setting (absent stays absent): for
-/// `feather network down`, whose network the pooled VMs use; the next run refills the pool.
-/// How many pooled VMs there were (0: nothing done), and what the drain left.
-pub fn empty(root: &StateRoot) -> Result<(usize, Drained)> {
-    let pooled = entries(root).len();
-    if pooled == 0 {
-        return Ok((0, Drained::default()));
+/// Empties the pool as [`drain`] does while `meanwhile` runs (`feather network down`, whose
+/// network the pooled VMs use), and then puts its size setting back as it was (absent stays
+/// absent: the next run refills the pool). A fill under way is waited for first (its lock),
+/// once the size reads 0: it makes nothing more, and one started later makes nothing, until
+/// `meanwhile` is over. How many pooled VMs there were (0: none), what the drain left, and
+/// what `meanwhile` gave.
+pub fn emptied_while<T>(
+    root: &StateRoot,
+    meanwhile: impl FnOnce() -> T,
+) -> Result<(usize, Drained, T)> {
+    if !pooled::dir(root).exists() {
+        return Ok((0, Drained::default(), meanwhile()));
     }
     let file = pooled::dir(root).join("size");
     let setting = fs::read(&file).ok();
-    let drained = drain(root);
-    // Back as it was, whatever the drain did: a fill started meanwhile read 0 and made nothing.
+    // Counted before the size is 0 too: a fill under way then ends the VMs above it itself.
+    let before = entries(root).len();
+    set_size(root, 0)?;
+    let emptied = await_fill(root).and_then(|()| {
+        let pooled = entries(root).len().max(before);
+        let drained = drain(root)?;
+        Ok((pooled, drained))
+    });
+    // Even after a drain that failed: the network goes unless a VM uses it.
+    let given = meanwhile();
+    // Back as it was, whatever the drain did.
     match setting {
         Some(setting) => write_atomic(&file, &setting, Durability::Durable)?,
         None => fs::remove_file(&file).at(&file)?,
     }
-    Ok((pooled, drained?))
+    let (pooled, drained) = emptied?;
+    Ok((pooled, drained, given))
+}
+
+/// Waits for the fill at work, if any, to end (it reads the size again before it stops).
+fn await_fill(root: &StateRoot) -> Result<()> {
+    let lock_path = pooled::dir(root).join("fill.lock");
+    let lock = match fs::OpenOptions::new().write(true).open(&lock_path) {
+        Ok(lock) => lock,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).at(&lock_path)?,
+    };
+    lock.lock().at(&lock_path)?;
+    Ok(())
 }
 
 /// Waits a moment for each claimed VM whose run has ended to be set aside by its keeper (a

@@ -8,6 +8,7 @@
 //! <root>/pool/idle        how long a pooled VM waits unclaimed before its keeper removes it,
 //!                         in seconds ("0": for ever; absent: [`DEFAULT_IDLE`])
 //! <root>/pool/fill.lock   held by the one filler at work
+//! <root>/pool/stale-misses  how many runs in a row found only stale VMs ([`STALE_MISSES_TO_STOP`])
 //! <root>/pool/vms/<name>  one per pooled VM, unclaimed: the fingerprint it was made under
 //! <root>/pool/claimed/<name>  one per claimed VM until its keeper has removed it: its
 //!                         claimer's pid and start time ("<pid> <ticks>"), once its keeper
@@ -39,6 +40,13 @@ pub const SHAPING_SETTINGS: [&str; 5] = [
     "FEATHER_OWN_PROGRAM",
 ];
 
+/// Whether a fill keeps environment variable `key` of its starter's, and passes it to the
+/// keepers it starts: [`SHAPING_SETTINGS`], and in a debug build (the tests') the test-only
+/// hooks (`FEATHER_TEST_*`, [`crate::test_hooks`]), which a release build never reads.
+pub fn kept_by_a_fill(key: &str) -> bool {
+    SHAPING_SETTINGS.contains(&key) || (cfg!(debug_assertions) && key.starts_with("FEATHER_TEST_"))
+}
+
 /// The pool's size where the root sets none: on by default, so that `run --rm` as the README
 /// shows it is fast (issue 15); one VM, which its keeper ends after [`DEFAULT_IDLE`].
 pub const DEFAULT_SIZE: usize = 1;
@@ -56,9 +64,19 @@ pub fn size(root: &StateRoot) -> usize {
 /// what is left). Not in the fingerprint: it shapes no VM.
 pub const OPT_OUT: &str = "FEATHER_POOL";
 
-/// Whether this process's environment keeps it out of the pool ([`OPT_OUT`]).
-pub fn opted_out() -> bool {
-    std::env::var_os(OPT_OUT).is_some_and(|value| value == "0")
+/// Whether this process's environment keeps it out of the pool ([`OPT_OUT`]): `0` does, `1`
+/// or unset does not; any other value is refused, naming it (a `false` or `no` meant as an
+/// opt-out was silently a run in the pool).
+pub fn opted_out() -> Result<bool, String> {
+    match std::env::var_os(OPT_OUT) {
+        None => Ok(false),
+        Some(value) if value == "0" => Ok(true),
+        Some(value) if value == "1" => Ok(false),
+        Some(value) => Err(format!(
+            "{OPT_OUT}={value:?} is neither 0 (keep this run out of the pool) nor 1 (use it); \
+             set one of those, or unset it"
+        )),
+    }
 }
 
 /// How long a pooled VM waits unclaimed, unless the root says otherwise: long enough for the
@@ -269,11 +287,7 @@ fn filler_command(root: &StateRoot) -> Option<std::process::Command> {
         .current_dir("/")
         .env_clear()
         .env("PATH", crate::workload::DEFAULT_PATH)
-        .envs(
-            SHAPING_SETTINGS
-                .iter()
-                .filter_map(|key| Some((key, std::env::var(key).ok()?))),
-        )
+        .envs(std::env::vars_os().filter(|(key, _)| key.to_str().is_some_and(kept_by_a_fill)))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
@@ -282,11 +296,48 @@ fn filler_command(root: &StateRoot) -> Option<std::process::Command> {
 
 /// Starts a fill ([`filler_command`]) that no one waits for: started by the keeper of a
 /// claimed VM as the VM ends (the claimer has reported its command's exit status already),
-/// and by a run that missed, after its command.
-pub fn start_filler(root: &StateRoot) {
-    if let Some(mut command) = filler_command(root) {
-        let _ = command.spawn();
+/// and by a run that missed, after its command. None once runs in a row found the pool stale
+/// ([`STALE_MISSES_TO_STOP`]). Whether it started one.
+pub fn start_filler(root: &StateRoot) -> bool {
+    if stale_misses(root) >= STALE_MISSES_TO_STOP {
+        return false;
     }
+    filler_command(root).is_some_and(|mut command| command.spawn().is_ok())
+}
+
+/// How many runs in a row found nothing in the pool but VMs made under another fingerprint
+/// (a host whose mount table churns: containers, automounts): at this many, refills stop, so
+/// that such a host's runs cost no more than without a pool (each stale VM costs a claim and
+/// a teardown beside the run, and a fill's VM start beside the next), until a run finds a VM
+/// that matches or the size is set again ([`forget_stale_misses`]).
+pub const STALE_MISSES_TO_STOP: u32 = 2;
+
+/// The record of [`STALE_MISSES_TO_STOP`]'s count, in the pool's folder.
+fn stale_misses_file(root: &StateRoot) -> PathBuf {
+    dir(root).join("stale-misses")
+}
+
+/// How many runs in a row found the pool stale ([`STALE_MISSES_TO_STOP`]).
+pub fn stale_misses(root: &StateRoot) -> u32 {
+    std::fs::read_to_string(stale_misses_file(root))
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Counts a run that found the pool stale.
+pub fn record_stale_miss(root: &StateRoot) {
+    let count = stale_misses(root).saturating_add(1);
+    let _ = feather_core::atomic::write_atomic(
+        &stale_misses_file(root),
+        format!("{count}\n").as_bytes(),
+        feather_core::atomic::Durability::Volatile,
+    );
+}
+
+/// Starts counting again: a run found a VM that matches, or the size was set.
+pub fn forget_stale_misses(root: &StateRoot) {
+    let _ = std::fs::remove_file(stale_misses_file(root));
 }
 
 /// Runs a fill ([`filler_command`]) and waits for it: `feather pool --size`.

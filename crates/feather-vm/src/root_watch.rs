@@ -10,6 +10,7 @@
 //! its run folder (its control socket), and its pool entry. Any event on them is a reason to
 //! look ([`RootWatch::gone`]); none of them changes while the VM waits in the pool unclaimed.
 
+use std::cell::Cell;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -20,15 +21,34 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 /// What a pooled VM's keeper watches for its root's removal.
 pub struct RootWatch {
-    inotify: Inotify,
+    /// `None` where no inotify instance could be had (`fs.inotify.max_user_instances`, 128 by
+    /// default, is per user, and every pooled keeper is root's): then the keeper looks every
+    /// [`LOOK_EVERY`] instead.
+    inotify: Option<Inotify>,
+    /// The root's folder as the watch began, held open: its link count is 0 once it is removed,
+    /// whatever is at its path then.
+    folder: std::fs::File,
     root: PathBuf,
     /// The root folder's device and inode as the watch began: another folder at its path (a
     /// root removed and made again) is not this VM's root.
-    identity: (u64, u64),
+    identity: Identity,
     /// What must be there while the VM waits in the pool: its folder, its control socket, its
     /// pool entry.
     kept: Vec<PathBuf>,
+    /// When a watch without inotify looks next.
+    next_look: Cell<Instant>,
 }
+
+/// Test-only ([`crate::test_hooks`]): set in a keeper's environment, it gets no inotify
+/// instance, as when the per-user limit is reached.
+pub const NO_INOTIFY: &str = "FEATHER_TEST_NO_INOTIFY";
+
+/// A folder's device and inode.
+pub type Identity = (u64, u64);
+
+/// How often a keeper without inotify looks at its root: an `fstat` and a `stat` or four, a
+/// few microseconds, and a removed root's VM then goes within this rather than at its idle time.
+pub const LOOK_EVERY: Duration = Duration::from_secs(2);
 
 /// How long a keeper that saw its root going waits for the removal to end before it tears its
 /// VM down: its teardown must not make or rename anything in a folder `rm -rf` is removing
@@ -40,28 +60,41 @@ pub struct RootWatch {
 const REMOVAL_PATIENCE: Duration = Duration::from_secs(2);
 
 impl RootWatch {
-    /// The watch for pooled VM `vm` of `root`; `None` where inotify cannot be had (the VM then
-    /// goes at its idle time, as its folder's absence is looked for then too).
+    /// The watch for pooled VM `vm` of `root`; `None` where its root's folder cannot be opened
+    /// (removed already: the VM then goes at its idle time, as its folder's absence is looked
+    /// for then too). Where inotify cannot be had, a watch that looks every [`LOOK_EVERY`];
+    /// either way said once on stderr (the keeper's log).
     pub fn new(root: &StateRoot, vm: &VmDir) -> Option<RootWatch> {
-        let identity = identity(root.dir())?;
-        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
-        let itself = AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF;
-        let contents = itself | AddWatchFlags::IN_DELETE | AddWatchFlags::IN_MOVED_FROM;
+        let said = |why: String| {
+            eprintln!("feather keeper {}: {why}", vm.name());
+        };
+        let folder = std::fs::File::open(root.dir())
+            .inspect_err(|e| {
+                said(format!(
+                    "cannot open its root's folder {} to watch it ({e}); the VM goes at its \
+                     idle time",
+                    root.dir().display()
+                ))
+            })
+            .ok()?;
+        let identity = folder.metadata().ok().map(|m| (m.dev(), m.ino()))?;
         let entry = crate::pooled::entry(root, vm.name());
-        let watched = [
-            (root.dir(), itself),
-            (vm.path(), contents),
-            (vm.run_dir(), contents),
-            (entry.as_path(), itself),
-        ];
-        for (path, flags) in watched {
-            inotify.add_watch(path, flags).ok()?;
-        }
+        let inotify = watching(root, vm, &entry)
+            .inspect_err(|e| {
+                said(format!(
+                    "no inotify watch on its root ({e}; `fs.inotify.max_user_instances`); it \
+                     looks every {}s whether the root was removed instead",
+                    LOOK_EVERY.as_secs()
+                ))
+            })
+            .ok();
         Some(RootWatch {
             inotify,
+            folder,
             root: root.dir().to_owned(),
             identity,
             kept: vec![vm.path().to_owned(), vm.control_socket(), entry],
+            next_look: Cell::new(Instant::now() + LOOK_EVERY),
         })
     }
 
@@ -69,31 +102,69 @@ impl RootWatch {
     /// the root is going: its folder moved, removed or replaced, or any of the VM's things in
     /// it gone.
     pub fn gone(&self) -> bool {
-        while matches!(self.inotify.read_events(), Ok(events) if !events.is_empty()) {}
-        identity(&self.root) != Some(self.identity) || self.kept.iter().any(|p| !exists(p))
+        if let Some(inotify) = &self.inotify {
+            while matches!(inotify.read_events(), Ok(events) if !events.is_empty()) {}
+        }
+        self.next_look.set(Instant::now() + LOOK_EVERY);
+        let removed = self.folder.metadata().is_ok_and(|m| m.nlink() == 0);
+        removed || !is_at(&self.root, self.identity) || self.kept.iter().any(|p| !exists(p))
+    }
+
+    /// When to look without an event: `None` with inotify (its descriptor says when).
+    pub fn look_at(&self) -> Option<Instant> {
+        self.inotify.is_none().then(|| self.next_look.get())
+    }
+
+    /// Whether it is time to look ([`Self::look_at`]).
+    pub fn time_to_look(&self) -> bool {
+        self.look_at().is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// The root folder's identity as the watch began.
+    pub fn identity(&self) -> Identity {
+        self.identity
     }
 
     /// Waits (up to [`REMOVAL_PATIENCE`]) until the root's folder is gone from its path, so that
     /// the teardown that follows makes nothing in a folder being removed.
     pub fn await_removal(&self) {
         let deadline = Instant::now() + REMOVAL_PATIENCE;
-        while identity(&self.root) == Some(self.identity) && Instant::now() < deadline {
+        while is_at(&self.root, self.identity) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-}
 
-impl AsFd for RootWatch {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.inotify.as_fd()
+    /// The inotify descriptor to poll, if there is one.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.inotify.as_ref().map(AsFd::as_fd)
     }
 }
 
-/// A folder's device and inode, if it is there.
-fn identity(path: &Path) -> Option<(u64, u64)> {
-    std::fs::symlink_metadata(path)
-        .ok()
-        .map(|m| (m.dev(), m.ino()))
+/// An inotify instance watching what goes early in a removal of `root` (see the module's
+/// documentation).
+fn watching(root: &StateRoot, vm: &VmDir, entry: &Path) -> nix::Result<Inotify> {
+    if crate::test_hooks::set(NO_INOTIFY).is_some() {
+        return Err(nix::errno::Errno::EMFILE);
+    }
+    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+    let itself = AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF;
+    let contents = itself | AddWatchFlags::IN_DELETE | AddWatchFlags::IN_MOVED_FROM;
+    let watched = [
+        (root.dir(), itself),
+        (vm.path(), contents),
+        (vm.run_dir(), contents),
+        (entry, itself),
+    ];
+    for (path, flags) in watched {
+        inotify.add_watch(path, flags)?;
+    }
+    Ok(inotify)
+}
+
+/// Whether the folder at `path` is the one of `identity` (the root a watch began on), as a
+/// removed root's path may hold another folder since (a root made again there).
+pub fn is_at(path: &Path, identity: Identity) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == identity)
 }
 
 fn exists(path: &Path) -> bool {

@@ -1,9 +1,11 @@
 //! The test-only hooks: `FEATHER_TEST_*` variables a test sets in the environment of a keeper (or
 //! of `feather serve`, `migrate`) to hold it at one step ([`held`]: the `HOLD_*` of
-//! [`crate::keeper`], and [`crate::rootfs::HOLD_AFTER_MOUNTS_FOUND`], which a VM's init waits for)
+//! [`crate::keeper`], [`crate::rootfs::HOLD_AFTER_MOUNTS_FOUND`], which a VM's init waits for,
+//! and [`crate::pool::HOLD_FILL`], which a fill under its lock waits for)
 //! or make one step fail ([`set`]: [`crate::snapshot::FAIL_LAYERS`],
 //! [`crate::checkpoint::FAIL_AFTER_DUMPED`], [`crate::keeper::FAIL_SEIZED_FREEZE`],
 //! [`crate::migration::FAIL_RELEASE_RECORD`], [`crate::snapshot::CRIU_CONFIG_MISSING`],
+//! [`crate::root_watch::NO_INOTIFY`],
 //! [`crate::snapshot::FAIL_RESTORED_THAW`], or answer
 //! as an older keeper: [`crate::keeper::AS_AN_OLDER_KEEPER`]). Only a debug build reads them — the
 //! tests run debug builds — so a release keeper cannot be held in the middle of a dump, with its VM
@@ -28,9 +30,14 @@ pub(crate) fn set(_variable: &str) -> Option<OsString> {
 /// Waits for the lock of the file the test-only `variable` names (shared, blocking), if it is
 /// [`set`]: the test holding that lock lets the process go on.
 pub(crate) fn held(variable: &str) {
-    let Some(path) = set(variable) else {
-        return;
-    };
+    if let Some(path) = set(variable) {
+        held_by(&path);
+    }
+}
+
+/// Waits for the lock of the file at `path` (shared, blocking), which a test holds: [`held`]
+/// for a value read earlier (before the process cleared its environment).
+pub(crate) fn held_by(path: &std::ffi::OsStr) {
     if let Ok(file) = std::fs::File::open(path) {
         let _ = file.lock_shared();
     }

@@ -236,11 +236,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     if let Command::Pool(PoolArgs { fill: true, .. }) = &cli.command {
         // A fill started for a root drained (or removed) meanwhile has nothing to do, and must
-        // not make the root again by opening it.
-        let root = StateRoot::new(cli.global.root.clone());
-        if !root.dir().exists() || feather_vm::pool::size(&root) == 0 {
+        // never make the root again: not opened as other commands open theirs (which makes a
+        // missing root and registers it); the fill makes its folders only inside a root that is
+        // there (`pool::fill`), so a root removed after this look stays removed.
+        if crate::opening::root_is_missing(&cli)? {
             return Ok(ExitCode::SUCCESS);
         }
+        let root = StateRoot::new(cli.global.root.clone());
+        if feather_vm::pool::size(&root) > 0 {
+            lifecycle::settle_throw_aways(&root, false);
+            feather_vm::pool::fill_detached(&root)?;
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let root = opened_root(&cli)?;
     match cli.command {
@@ -309,9 +316,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 // Pooled VMs are not listed; a root that looks empty is not (drain first).
                 let pooled = feather_vm::pool::status(&root);
                 let count = pooled.ready.len() + pooled.stale.len();
+                // On stderr: a script that counts `ls`'s lines sees the VMs it made only.
                 if count > 0 {
-                    say!("")?;
-                    say!("{count} VMs in the pool (feather pool; feather pool --drain)")?;
+                    let vms = if count == 1 { "VM" } else { "VMs" };
+                    eprintln!("feather: {count} {vms} in the pool, made ahead for `run --rm` (`feather pool` shows them)");
                 }
             }
         }
@@ -340,10 +348,9 @@ fn start_created(root: &StateRoot, name: &VmName) -> anyhow::Result<ExitCode> {
 fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
     // The pool's VMs are of the default options only: any other is a miss, and starts no fill
     // (a VM of options it did not ask for would wait for no one). `FEATHER_POOL=0`: no pool.
-    let default_vm = args.name.is_none()
-        && !args.process.tty
-        && args.create.is_empty()
-        && !feather_vm::pooled::opted_out();
+    let opted_out = feather_vm::pooled::opted_out().map_err(anyhow::Error::msg)?;
+    let default_vm =
+        args.name.is_none() && !args.process.tty && args.create.is_empty() && !opted_out;
     let mut workload = workload(&args.process, args.command)?;
     if args.rm {
         start_where_the_caller_is(&mut workload, args.create.base.as_deref());
@@ -363,8 +370,10 @@ fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         if default_vm && feather_vm::pool::size(root) > 0 {
             // Missed (empty, or nothing in it matched): the pool is made whole again for the
-            // next run.
-            feather_vm::pooled::start_filler(root);
+            // next run (not on a host whose runs keep finding it stale).
+            if feather_vm::pooled::start_filler(root) {
+                trace::phase("start the pool's fill");
+            }
         }
         return Ok(exit_code(code));
     }

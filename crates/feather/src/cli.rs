@@ -220,8 +220,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The pool of throw-away VMs made ahead for `run --rm` (size 0, the default: none); with
-    /// no option, its size and the VMs it holds
+    /// The pool of throw-away VMs made ahead for `run --rm` (size 1 unless set: on by default;
+    /// `--size 0` turns it off for the root); with no option, its size and the VMs it holds
     Pool(PoolArgs),
     /// The state root's private network: its bridge and firewall tables
     #[command(subcommand)]
@@ -407,7 +407,10 @@ fn idle_time(text: &str) -> Result<std::time::Duration, String> {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Use a throw-away VM, removed when the command ends
+    /// Use a throw-away VM, removed when the command ends; without VM options it is taken
+    /// from the root's pool (on by default: a VM made ahead is left waiting, see `feather
+    /// pool`); FEATHER_POOL=0 in the environment (after sudo: `sudo FEATHER_POOL=0 feather
+    /// …`) keeps the run out of it, `feather pool --size 0` turns it off for the root
     #[arg(long)]
     pub rm: bool,
     #[command(flatten)]
@@ -553,7 +556,8 @@ pub enum MigrateMode {
 pub enum NetworkCommand {
     /// Remove the root's bridge and firewall tables now, unless a VM uses them (after the last
     /// throw-away VM they otherwise stay FEATHER_NETWORK_LINGER seconds, 300 unless set, for
-    /// the next VM to find them made)
+    /// the next VM to find them made); empties the root's pool first (its VMs use the network),
+    /// keeping its size setting
     Down,
 }
 

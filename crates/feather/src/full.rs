@@ -37,8 +37,11 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Network(cli::NetworkCommand::Down) => {
             use feather_vm::lifecycle::NetworkDown as Ended;
-            empty_the_pool_for_network_down(&root)?;
-            match feather_vm::lifecycle::take_network_down(&root) {
+            // Emptied, with no fill making more, while the network is taken down.
+            let ended = empty_the_pool_for_network_down(&root, || {
+                feather_vm::lifecycle::take_network_down(&root)
+            })?;
+            match ended {
                 Ended::Down => {}
                 Ended::Used => eprintln!(
                     "feather: the root's network stays: a VM uses it (`feather ls` shows which)"
@@ -299,8 +302,11 @@ fn security(token: String, tls: cli::TlsArgs) -> migration::Security {
 
 /// `network down` beside a pool: its VMs use the root's network, so the pool is emptied first
 /// (its size setting kept: the next `run --rm` refills it), and stderr says so.
-fn empty_the_pool_for_network_down(root: &feather_core::StateRoot) -> anyhow::Result<()> {
-    let (emptied, drained) = feather_vm::pool::empty(root)?;
+fn empty_the_pool_for_network_down<T>(
+    root: &feather_core::StateRoot,
+    meanwhile: impl FnOnce() -> T,
+) -> anyhow::Result<T> {
+    let (emptied, drained, given) = feather_vm::pool::emptied_while(root, meanwhile)?;
     if emptied > 0 {
         eprintln!(
             "feather: the root's pool ({emptied} VM(s) made ahead for `run --rm`, which use its \
@@ -314,5 +320,5 @@ fn empty_the_pool_for_network_down(root: &feather_core::StateRoot) -> anyhow::Re
              command; the network stays until it ends"
         );
     }
-    Ok(())
+    Ok(given)
 }
