@@ -543,7 +543,10 @@ fn a_pooled_vm_whose_keeper_died_is_passed_over_and_cleaned_up() {
 fn a_drained_pool_leaves_nothing() {
     let cgroups_before = support::feather_cgroups();
     let pool = Pooled::new("pool-drain", 2);
-    assert_eq!(pool.vm_folders().len(), 2);
+    // A root's first fill may let go of its first VM as it is made (stale once the root's
+    // network exists: docs/design.md "The pool"), whose folder goes with its keeper's teardown.
+    let two = feather_testkit::eventually(Duration::from_secs(10), || pool.vm_folders().len() == 2);
+    assert!(two, "{:?}", pool.vm_folders());
     // Pooled VMs are not the user's: `ls` does not show them, but says they are there.
     assert_eq!(pool.ok(&["ls", "--json"]).trim(), "[]");
     // On stderr, so that a script that counts `ls`'s lines is not misled.
