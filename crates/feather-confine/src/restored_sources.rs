@@ -658,6 +658,21 @@ mod tests {
         }
     }
 
+    /// What was mounted before a restore during which the host's `/run` (0:24) was seen only
+    /// while CRIU ran: mounted after CRIU's table was written, unmounted before the check.
+    fn run_0_24_seen_only_while_criu_ran() -> Before {
+        let host = feather_sys::mountinfo::parse(HOST);
+        let without: Vec<MountEntry> = host
+            .iter()
+            .filter(|m| m.device != "0:24")
+            .cloned()
+            .collect();
+        let tables = unchanged(without).seen_while_criu_ran(seen_in(host));
+        let mut accounting = Before::of(&tables, &[], false);
+        accounting.sources = before().sources;
+        accounting
+    }
+
     /// A filesystem in the table CRIU ran on, or in the restorer's at the check, is the
     /// host's: one the host unmounted meanwhile stays mounted in the tree that binds it
     /// (review m27 F1), one it mounted since is still mounted when the check reads it (F2).
@@ -701,15 +716,7 @@ mod tests {
     #[test]
     fn a_filesystem_seen_only_while_criu_ran_is_the_hosts() {
         let tmpfs = format!("{RESTORED}520 500 0:24 / /mnt rw - tmpfs tmpfs rw\n");
-        let host = feather_sys::mountinfo::parse(HOST);
-        let without: Vec<MountEntry> = host
-            .iter()
-            .filter(|m| m.device != "0:24")
-            .cloned()
-            .collect();
-        let tables = unchanged(without).seen_while_criu_ran(seen_in(host));
-        let mut accounting = Before::of(&tables, &[], false);
-        accounting.sources = before().sources;
+        let accounting = run_0_24_seen_only_while_criu_ran();
         let refusal = feather_sys::mountinfo::parse(&tmpfs)
             .iter()
             .try_for_each(|m| account(m, &accounting))
@@ -722,15 +729,7 @@ mod tests {
     /// parallel test's host tmpfs that came and went during a restore failed it now and then.)
     #[test]
     fn a_fresh_filesystem_given_a_number_another_one_freed_while_criu_ran_is_made_anew() {
-        let host = feather_sys::mountinfo::parse(HOST);
-        let without: Vec<MountEntry> = host
-            .iter()
-            .filter(|m| m.device != "0:24")
-            .cloned()
-            .collect();
-        let tables = unchanged(without).seen_while_criu_ran(seen_in(host));
-        let mut accounting = Before::of(&tables, &[], false);
-        accounting.sources = before().sources;
+        let accounting = run_0_24_seen_only_while_criu_ran();
         let tree = |fs: &str| {
             let text = format!("{RESTORED}520 502 0:24 / /dev/mqueue rw - {fs} {fs} rw\n");
             feather_sys::mountinfo::parse(&text)
@@ -747,15 +746,7 @@ mod tests {
     /// any other mount is still refused.
     #[test]
     fn a_mount_the_restorer_made_is_not_taken_for_the_hosts() {
-        let host = feather_sys::mountinfo::parse(HOST);
-        let without: Vec<MountEntry> = host
-            .iter()
-            .filter(|m| m.device != "0:24")
-            .cloned()
-            .collect();
-        let tables = unchanged(without).seen_while_criu_ran(seen_in(host));
-        let mut accounting = Before::of(&tables, &[], false).with_own_mounts(vec![520]);
-        accounting.sources = before().sources;
+        let accounting = run_0_24_seen_only_while_criu_ran().with_own_mounts(vec![520]);
         let tree = |id: u32| {
             let text = format!("{RESTORED}{id} 509 0:24 / /proc/sched_debug ro - tmpfs tmpfs ro\n");
             feather_sys::mountinfo::parse(&text)
