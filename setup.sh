@@ -62,6 +62,7 @@ packages=(
     xdg-dbus-proxy   # Shuttle's D-Bus channels: the filtering proxy between a VM and another's bus
     python3-dbus python3-gi  # Shuttle tests: a program owning names on a VM's system bus
     socat            # Shuttle tests: a unix-socket client inside a VM
+    xfsprogs         # tests: a layer over XFS (its statfs id only its device number, its UUID tells it)
     e2fsprogs        # --disk without project quotas: mkfs.ext4 formats a VM's disk image; tests: chattr tries to change a project
     mount            # --disk without project quotas: mount -o loop attaches a VM's disk image
     # Engines that drive feather-oci in tests/oci (each test starts its own daemon; none is
