@@ -274,19 +274,23 @@ impl Registry {
     /// ids were, a marker not written yet or removed: review roots28 M1); not once the path is
     /// gone (a removed root's inode number may be a new folder's).
     pub fn spared_strict(&self) -> Result<Spared> {
-        let entries = self.entries_strict()?;
+        Ok(self.spared_of(&self.entries_strict()?))
+    }
+
+    /// [`Registry::spared_strict`] of `entries`, read from it.
+    fn spared_of(&self, entries: &[Entry]) -> Spared {
         let unmarked = |entry: &&Entry| match marker_in(&entry.dir) {
             Some(marker) => !entry.ids().any(|id| *id == marker),
             None => fs::symlink_metadata(&entry.dir).is_ok(),
         };
-        Ok(Spared {
+        Spared {
             identities: entries
                 .iter()
                 .filter(unmarked)
                 .map(|entry| (entry.dev, entry.ino))
                 .collect(),
             ids: entries.iter().flat_map(Entry::ids).cloned().collect(),
-        })
+        }
     }
 
     fn entries_strict(&self) -> Result<Vec<Entry>> {
@@ -490,10 +494,51 @@ fn late_state_folders_of(
     }
 }
 
-/// [`host_state_folders`] from [`Registry::roots_strict`]: an unreadable registry is an error.
-pub fn host_state_folders_strict() -> Result<Vec<PathBuf>> {
-    let entries = Registry::host().entries_strict()?;
-    Ok(state_folders_of(&entries, &[], &host_mounts()))
+/// The folders `diff`, `commit` and an export guard: the state folders of every registered
+/// root (read as strictly as [`Registry::roots_strict`]), the registry's and `own`'s, with
+/// their aliases, from one read of the host's mount table (as a start's).
+pub fn guarded_folders_strict(own: &StateRoot) -> Result<Vec<PathBuf>> {
+    Ok(Registry::host().guarded_strict(own, &host_mounts())?.0)
+}
+
+/// [`guarded_folders_strict`], and the state folders as a walk of the host knows them
+/// ([`Registry::spared_strict`], and the identities of those folders, not of their aliases:
+/// [`Registry::guarded_strict`]).
+pub fn guarded_strict(own: &StateRoot) -> Result<(Vec<PathBuf>, Spared)> {
+    Registry::host().guarded_strict(own, &host_mounts())
+}
+
+impl Registry {
+    /// [`guarded_strict`] of this registry, the aliases from `mounts`. The identities are
+    /// `stat`ed of each root's own folders only (which its `root-id` read touches anyway),
+    /// never of an alias: an alias found in the mount table may lie on another mount (a place
+    /// recorded before a reboot whose device number is an NFS or FUSE mount's now), whose
+    /// `stat` hangs while its server is away (review lowroots29), and it is the same folder as
+    /// the one it aliases, of the same identity, where it is one at all.
+    pub fn guarded_strict(
+        &self,
+        own: &StateRoot,
+        mounts: &[MountEntry],
+    ) -> Result<(Vec<PathBuf>, Spared)> {
+        let entries = self.entries_strict()?;
+        let mut own_folders: Vec<PathBuf> = entries
+            .iter()
+            .flat_map(|entry| canonical_folders(&entry.root()))
+            .collect();
+        own_folders.extend(registry_folder());
+        own_folders.extend(canonical_folders(own));
+        let mut spared = self.spared_of(&entries);
+        spared.identities.extend(
+            own_folders
+                .iter()
+                .filter_map(|folder| fs::metadata(folder).ok())
+                .map(|meta| (meta.dev(), meta.ino())),
+        );
+        spared.identities.sort_unstable();
+        spared.identities.dedup();
+        let folders = with_places(own_folders, &entries, &[], mounts);
+        Ok((folders, spared))
+    }
 }
 
 /// The state folders of `entries` and the registry's, with their aliases in `mounts`: those
@@ -508,6 +553,17 @@ fn state_folders_of(entries: &[Entry], retired: &[&Entry], mounts: &[MountEntry]
         .flat_map(|entry| canonical_folders(&entry.root()))
         .collect();
     folders.extend(registry_folder());
+    with_places(folders, entries, retired, mounts)
+}
+
+/// `folders` with their aliases in `mounts`, and the paths of the places `entries` and
+/// `retired` recorded (see [`state_folders_of`]).
+fn with_places(
+    folders: Vec<PathBuf>,
+    entries: &[Entry],
+    retired: &[&Entry],
+    mounts: &[MountEntry],
+) -> Vec<PathBuf> {
     let recorded = entries
         .iter()
         .chain(retired.iter().copied())
@@ -589,22 +645,6 @@ fn registry_folder() -> Vec<PathBuf> {
     let named = PathBuf::from(REGISTRY_DIR);
     let canonical = fs::canonicalize(&named).unwrap_or_else(|_| named.clone());
     vec![named, canonical]
-}
-
-/// The state folders as a walk of the host knows them: the identities (device, inode) of
-/// `folders` that exist now, and the registry's ([`Registry::spared_strict`]): a folder of the
-/// host that is one of them is a state folder, whatever path reaches it.
-pub fn state_spared_strict(folders: &[PathBuf]) -> Result<Spared> {
-    let mut spared = Registry::host().spared_strict()?;
-    spared.identities.extend(
-        folders
-            .iter()
-            .filter_map(|folder| fs::metadata(folder).ok())
-            .map(|meta| (meta.dev(), meta.ino())),
-    );
-    spared.identities.sort_unstable();
-    spared.identities.dedup();
-    Ok(spared)
 }
 
 /// A new root id: 16 random bytes, in hex.
@@ -876,6 +916,113 @@ mod tests {
             .unwrap()
             .as_nanos();
         std::env::temp_dir().join(format!("feather-{kind}-{}-{nanos}", std::process::id()))
+    }
+
+    /// A FUSE filesystem (fuse-overlayfs over a scratch folder) served by a daemon of the
+    /// test's own, stopped (SIGSTOP) on demand, as a dead NFS or FUSE server: a lookup in it
+    /// then waits. Let go, unmounted and ended on drop, also when the test failed.
+    struct StoppableFuse {
+        mount: PathBuf,
+        daemon: std::process::Child,
+        folder: PathBuf,
+    }
+
+    impl StoppableFuse {
+        fn new(kind: &str) -> StoppableFuse {
+            let folder = scratch(kind);
+            let (lower, mount) = (folder.join("lower"), folder.join("mnt"));
+            fs::create_dir_all(lower.join("d/state")).unwrap();
+            fs::create_dir_all(&mount).unwrap();
+            let daemon = std::process::Command::new("fuse-overlayfs")
+                .arg("-f")
+                .arg("-o")
+                .arg(format!("lowerdir={}", lower.display()))
+                .arg(&mount)
+                .spawn()
+                .expect("fuse-overlayfs (./setup.sh)");
+            let fuse = StoppableFuse {
+                mount,
+                daemon,
+                folder,
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !host_mounts().iter().any(|m| m.mount_point == fuse.mount) {
+                assert!(Instant::now() < deadline, "fuse-overlayfs never mounted");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            fuse
+        }
+
+        fn device(&self) -> String {
+            let mounts = host_mounts();
+            let mount = mounts.iter().find(|m| m.mount_point == self.mount);
+            mount.unwrap().device.clone()
+        }
+
+        /// Sends `signal` (`STOP`, `CONT`) to the test's own daemon, by its pid.
+        fn signal(&self, signal: &str) {
+            let _ = std::process::Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(self.daemon.id().to_string())
+                .status();
+        }
+    }
+
+    impl Drop for StoppableFuse {
+        fn drop(&mut self) {
+            self.signal("CONT");
+            let _ = std::process::Command::new("umount")
+                .arg(&self.mount)
+                .status();
+            let _ = self.daemon.kill();
+            let _ = self.daemon.wait();
+            let _ = fs::remove_dir_all(&self.folder);
+        }
+    }
+
+    /// What `diff` and `commit` guard is found with no look at an alias on another mount: a
+    /// place recorded before a reboot whose device number is now a FUSE mount's (its server
+    /// stopped) gives paths in that mount, which are guarded by path, and nothing there is
+    /// `stat`ed. Before, each alias was `stat`ed for its identity, and the command waited as
+    /// long as the server did (review lowroots29).
+    #[test]
+    fn what_diff_guards_is_found_without_a_look_at_an_aliass_mount() {
+        let registry = Registry::at(scratch("registry-dead-alias"));
+        let root = StateRoot::new(Some(scratch("root-dead-alias")));
+        root.prepare().unwrap();
+        registry.register(&root).unwrap().mark().unwrap();
+        let fuse = StoppableFuse::new("fuse-dead-alias");
+        let file = fs::read_dir(registry.dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|ext| ext == "json"))
+            .unwrap();
+        let mut entry: Entry = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
+        entry.places.push(Place {
+            device: fuse.device(),
+            path: "/d/state".into(),
+        });
+        fs::write(&file, serde_json::to_vec(&entry).unwrap()).unwrap();
+        fuse.signal("STOP");
+        let (send, answer) = std::sync::mpsc::channel();
+        let looking = registry.dir().to_path_buf();
+        let own = StateRoot::new(Some(root.dir().to_path_buf()));
+        std::thread::spawn(move || {
+            let found = Registry::at(looking).guarded_strict(&own, &host_mounts());
+            let _ = send.send(found.map(|(folders, _)| folders));
+        });
+        // Generous: the look takes milliseconds; a `stat` in the stopped mount never ends.
+        let folders = answer.recv_timeout(Duration::from_secs(60));
+        fuse.signal("CONT");
+        let folders = folders.expect("the guarded folders, found without waiting on the mount");
+        assert!(
+            folders.unwrap().contains(&fuse.mount.join("d/state")),
+            "the alias is guarded by path"
+        );
+        drop(fuse);
+        fs::remove_dir_all(registry.dir()).unwrap();
+        fs::remove_dir_all(root.dir()).unwrap();
     }
 
     #[test]
