@@ -70,7 +70,7 @@ packages=(
     containerd runc  # containerd 1.6 and ctr: `ctr run --runc-binary feather-oci`; its CRI plugin (docs/kubernetes.md)
     podman           # podman 4.3 --runtime feather-oci (with conmon)
     docker.io        # dockerd with a runtimes entry for feather-oci (docs/oci.md)
-    uidmap fuse-overlayfs slirp4netns  # what podman's package expects beside it
+    uidmap fuse-overlayfs slirp4netns  # what podman's package expects beside it; fuse-overlayfs also: a FUSE mount whose daemon a test stops (roots::tests)
     # opencontainers' own conformance suite (runtime-tools' validation programs, built from
     # source in GOPATH mode by scripts/oci-conformance; tests/oci/conformance.rs runs it).
     golang-go golang-github-opencontainers-runtime-tools-dev golang-github-google-uuid-dev

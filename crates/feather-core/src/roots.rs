@@ -918,6 +918,30 @@ mod tests {
         std::env::temp_dir().join(format!("feather-{kind}-{}-{nanos}", std::process::id()))
     }
 
+    /// `source` and `target` made where missing, canonical, and `source` bound at `target`
+    /// (the test unmounts it).
+    fn bound(source: &Path, target: &Path) -> (PathBuf, PathBuf) {
+        fs::create_dir_all(source).unwrap();
+        fs::create_dir_all(target).unwrap();
+        let (source, target) = (
+            fs::canonicalize(source).unwrap(),
+            fs::canonicalize(target).unwrap(),
+        );
+        let bind = std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(&source)
+            .arg(&target)
+            .status()
+            .unwrap();
+        assert!(
+            bind.success(),
+            "bind {} at {}",
+            source.display(),
+            target.display()
+        );
+        (source, target)
+    }
+
     /// A FUSE filesystem (fuse-overlayfs over a scratch folder) served by a daemon of the
     /// test's own, stopped (SIGSTOP) on demand, as a dead NFS or FUSE server: a lookup in it
     /// then waits. Let go, unmounted and ended on drop, also when the test failed.
@@ -1134,23 +1158,9 @@ mod tests {
     /// same filesystem that shows another folder is none of its aliases.
     #[test]
     fn a_folder_bound_elsewhere_has_the_other_path_for_an_alias() {
-        let source = scratch("alias-source");
-        let target = scratch("alias-target");
         let other = scratch("alias-other");
-        for dir in [&source, &target, &other] {
-            fs::create_dir_all(dir).unwrap();
-        }
-        let (source, target) = (
-            fs::canonicalize(&source).unwrap(),
-            fs::canonicalize(&target).unwrap(),
-        );
-        let bound = std::process::Command::new("mount")
-            .arg("--bind")
-            .arg(&source)
-            .arg(&target)
-            .status()
-            .unwrap();
-        assert!(bound.success());
+        fs::create_dir_all(&other).unwrap();
+        let (source, target) = bound(&scratch("alias-source"), &scratch("alias-target"));
         let found = (
             with_aliases([source.clone()]),
             with_aliases([target.clone()]),
@@ -1173,20 +1183,9 @@ mod tests {
     #[test]
     fn a_bind_of_a_folder_inside_is_an_alias_too() {
         let root = scratch("inside-root");
-        let target = scratch("inside-target");
         fs::create_dir_all(root.join("vms/a")).unwrap();
-        fs::create_dir_all(&target).unwrap();
-        let (root, target) = (
-            fs::canonicalize(&root).unwrap(),
-            fs::canonicalize(&target).unwrap(),
-        );
-        let bound = std::process::Command::new("mount")
-            .arg("--bind")
-            .arg(root.join("vms"))
-            .arg(&target)
-            .status()
-            .unwrap();
-        assert!(bound.success());
+        let (vms, target) = bound(&root.join("vms"), &scratch("inside-target"));
+        let root = vms.parent().unwrap().to_path_buf();
         let found = with_aliases([root.clone()]);
         let _ = std::process::Command::new("umount").arg(&target).status();
         let _ = fs::remove_dir_all(&root);
@@ -1409,20 +1408,7 @@ mod tests {
     fn a_root_unbound_then_gone_from_its_path_stays_hidden_and_guarded_at_its_source() {
         let registry = Registry::at(scratch("registry-unbound"));
         let folder = scratch("unbound");
-        let (source, target) = (folder.join("source"), folder.join("target"));
-        fs::create_dir_all(&source).unwrap();
-        fs::create_dir_all(&target).unwrap();
-        let (source, target) = (
-            fs::canonicalize(&source).unwrap(),
-            fs::canonicalize(&target).unwrap(),
-        );
-        let bound = std::process::Command::new("mount")
-            .arg("--bind")
-            .arg(&source)
-            .arg(&target)
-            .status()
-            .unwrap();
-        assert!(bound.success());
+        let (source, target) = bound(&folder.join("source"), &folder.join("target"));
         let root = StateRoot::new(Some(target.clone()));
         root.prepare().unwrap();
         registry.register(&root).unwrap().mark().unwrap();

@@ -1016,7 +1016,7 @@ mod tests {
     fn an_emptying_stopped_by_a_mount_point_puts_back_what_it_moved() {
         let scratch = Scratch::new("put-back-mount");
         fs::create_dir_all(scratch.0.join("tree/a/b/x")).unwrap();
-        let mount = TestMount::tmpfs(&scratch.0.join("tree/a/b/m"));
+        let mount = TmpfsMount::at(&scratch.0.join("tree/a/b/m"));
         let tree = open_root(&scratch.0.join("tree")).unwrap();
         let error = empty_dir(&tree).unwrap_err();
         let left: Vec<OsString> = names(&tree).unwrap();
@@ -1039,35 +1039,13 @@ mod tests {
         assert!(back, "the mount point is at its path again");
     }
 
-    /// A tmpfs mounted at a folder for a test, detached on drop (also when the test fails).
-    struct TestMount(PathBuf);
-
-    impl TestMount {
-        fn tmpfs(at: &Path) -> TestMount {
-            fs::create_dir_all(at).unwrap();
-            nix::mount::mount(
-                Some("tmpfs"),
-                at,
-                Some("tmpfs"),
-                nix::mount::MsFlags::empty(),
-                Some("mode=0755"),
-            )
-            .unwrap();
-            TestMount(at.to_path_buf())
-        }
-    }
-
-    impl Drop for TestMount {
-        fn drop(&mut self) {
-            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
+    use feather_testkit::TmpfsMount;
 
     #[test]
     fn remove_tree_never_enters_a_mount() {
         let scratch = Scratch::new("mount");
         let point = scratch.0.join("tree/sub/mnt");
-        let mounted = TestMount::tmpfs(&point);
+        let mounted = TmpfsMount::at(&point);
         fs::create_dir(point.join("photos")).unwrap();
         fs::write(point.join("photos/keep"), "keep").unwrap();
         fs::write(point.join("keep2"), "keep").unwrap();

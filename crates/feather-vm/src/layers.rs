@@ -904,29 +904,7 @@ mod tests {
         }
     }
 
-    /// A tmpfs mounted for a test, unmounted when dropped (also when the test fails).
-    struct TestMount(PathBuf);
-
-    impl TestMount {
-        fn tmpfs(at: &Path) -> TestMount {
-            fs::create_dir_all(at).unwrap();
-            nix::mount::mount(
-                Some("tmpfs"),
-                at,
-                Some("tmpfs"),
-                nix::mount::MsFlags::empty(),
-                Some("mode=0755"),
-            )
-            .unwrap();
-            TestMount(at.to_path_buf())
-        }
-    }
-
-    impl Drop for TestMount {
-        fn drop(&mut self) {
-            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
+    use feather_testkit::TmpfsMount;
 
     /// A layer at `mount_point` over the base `base` (its own folders never used here).
     fn layer_over(base: &Path, mount_point: &str) -> Layer {
@@ -956,7 +934,7 @@ mod tests {
         let base = &scratch.0;
         let root = layer_over(base, "/");
         let seen = SeenLowers::now(base, std::slice::from_ref(&root)).unwrap();
-        let _drive_b = TestMount::tmpfs(&base.join("mnt/usb"));
+        let _drive_b = TmpfsMount::at(&base.join("mnt/usb"));
         assert_eq!(judged(&seen, base, &root), None);
         let usb = layer_over(base, "/mnt/usb");
         assert_eq!(judged(&seen, base, &usb), Some(Unseen::Unrecorded));
@@ -987,7 +965,7 @@ mod tests {
         let scratch = Scratch::new("boot");
         let base = &scratch.0;
         let mut layers = vec![layer_over(base, "/"), layer_over(base, "/mnt/t")];
-        let first = TestMount::tmpfs(&base.join("mnt/t"));
+        let first = TmpfsMount::at(&base.join("mnt/t"));
         let mut seen = SeenLowers::now(base, &layers).unwrap();
         seen.boot = "another boot".into();
         let file = base.join("lowers.json");
@@ -997,7 +975,7 @@ mod tests {
             assert_eq!(judged(&seen, base, layer), None, "{layer:?}");
         }
         drop(first);
-        let _second = TestMount::tmpfs(&base.join("mnt/t"));
+        let _second = TmpfsMount::at(&base.join("mnt/t"));
         assert_eq!(judged(&seen, base, &layers[1]), Some(Unseen::Replaced));
         assert_eq!(judged(&seen, base, &layers[0]), None);
         // A record by a feather from before the handles: nothing tells the folder.
@@ -1076,11 +1054,11 @@ mod tests {
         let vm = root.vm(&config.name);
         fs::create_dir_all(vm.path()).unwrap();
         let layers = [layer_over(base, "/"), layer_over(base, "/mnt/t")];
-        let a = TestMount::tmpfs(&base.join("mnt/t"));
+        let a = TmpfsMount::at(&base.join("mnt/t"));
         let seen_a = SeenLowers::now(base, &layers).unwrap();
         seen_a.write(&vm.lower_mounts(), &vm, &config).unwrap();
         drop(a);
-        let _b = TestMount::tmpfs(&base.join("mnt/t"));
+        let _b = TmpfsMount::at(&base.join("mnt/t"));
         SeenLowers::record(&vm, &config, &layers).unwrap();
         let recorded = SeenLowers::recorded(&vm).unwrap();
         assert_eq!(
@@ -1137,7 +1115,7 @@ mod tests {
         let scratch = Scratch::new("pinned");
         let base = &scratch.0;
         let layers = [layer_over(base, "/"), layer_over(base, "/mnt/t")];
-        let a = TestMount::tmpfs(&base.join("mnt/t"));
+        let a = TmpfsMount::at(&base.join("mnt/t"));
         let mut seen = SeenLowers::now(base, &layers).unwrap();
         // As init and a restoring child hold them: O_PATH, which takes no ioctl (a tmpfs's
         // volume UUID is asked through the descriptor reopened).
@@ -1146,7 +1124,7 @@ mod tests {
             fs::File::from(nix::fcntl::open(folder, flags, nix::sys::stat::Mode::empty()).unwrap())
         };
         let held_a = held(&a.0);
-        let b = TestMount::tmpfs(&base.join("mnt/t"));
+        let b = TmpfsMount::at(&base.join("mnt/t"));
         let held_b = held(&b.0);
         let held_base = held(base);
         let same = [
@@ -1212,12 +1190,12 @@ mod tests {
         let scratch = Scratch::new("namespace");
         let base = &scratch.0;
         let layer = layer_over(base, "/mnt/t");
-        let first = TestMount::tmpfs(&base.join("mnt/t"));
+        let first = TmpfsMount::at(&base.join("mnt/t"));
         let mut seen = SeenLowers::now(base, std::slice::from_ref(&layer)).unwrap();
         seen.namespace = 1;
         assert_eq!(judged(&seen, base, &layer), None);
         drop(first);
-        let _second = TestMount::tmpfs(&base.join("mnt/t"));
+        let _second = TmpfsMount::at(&base.join("mnt/t"));
         let now = folder_id(&fs::File::open(base.join("mnt/t")).unwrap()).unwrap();
         eprintln!(
             "(st_dev, st_ino) recorded {:?}, now {now:?}",
