@@ -1484,7 +1484,7 @@ fn a_restores_record_of_its_layers_is_what_the_restoring_child_mounted() {
     feather.start_over("vm", &base, &["--net", "none"]);
     assert_eq!(feather.sh("vm", "cat /data/keep"), "a\n");
     feather.ok(&["checkpoint", "vm"]);
-    let mut hold = crate::support::RecordHold::after_mount_list("ckpt-aba");
+    let mut hold = crate::support::RecordHold::after_restore_record("ckpt-aba");
     let restoring = hold.restore(&feather, "vm");
     let b = base.mount_tmpfs("data");
     fs::write(b.join("keep"), "b\n").unwrap();

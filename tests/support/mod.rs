@@ -1059,11 +1059,16 @@ impl RecordHold {
     }
 
     /// A hold on starting keepers once they have listed the host's mounts under the VM's base,
-    /// before they clone its init, and on restoring keepers once they have recorded what the
-    /// layers lie over, before their child copies the host's mounts
-    /// (`feather_vm::keeper::HOLD_AFTER_MOUNT_LIST`).
+    /// before they clone its init (`feather_vm::keeper::HOLD_AFTER_MOUNT_LIST`).
     pub fn after_mount_list(label: &str) -> Self {
         Self::at(label, feather_vm::keeper::HOLD_AFTER_MOUNT_LIST)
+    }
+
+    /// A hold on restoring keepers once they have recorded what the VM's layers lie over,
+    /// before their child copies the host's mounts
+    /// (`feather_vm::snapshot::HOLD_AFTER_RESTORE_RECORD`).
+    pub fn after_restore_record(label: &str) -> Self {
+        Self::at(label, feather_vm::snapshot::HOLD_AFTER_RESTORE_RECORD)
     }
 
     /// A hold on starting VMs' inits once they have found the filesystems under the base still

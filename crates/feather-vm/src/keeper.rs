@@ -224,9 +224,8 @@ pub const HOLD_BEFORE_RELEASE: &str = "FEATHER_TEST_HOLD_BEFORE_RELEASE";
 
 /// For tests only, as [`HOLD_RUNNING_RECORD`]: the file whose lock a starting keeper waits for
 /// once it has listed the host's mounts under the VM's base (a layer for each), before it
-/// builds the hiding layer and clones init, and a restoring keeper once it has recorded what
-/// the restored layers lie over, before its child copies the host's mounts, so that a test can
-/// unmount or mount one meanwhile, as the host may. Unset, nothing waits.
+/// builds the hiding layer and clones init, so that a test can unmount one of them meanwhile,
+/// as the host may. Unset, nothing waits.
 pub const HOLD_AFTER_MOUNT_LIST: &str = "FEATHER_TEST_HOLD_AFTER_MOUNT_LIST";
 
 /// For tests only: set (to anything) in a keeper's environment, its status answer leaves out

@@ -658,7 +658,7 @@ pub(crate) fn restore_tree(
     // What the layers lie over, for `diff` and `commit` to read nothing else.
     let all: Vec<layers::Layer> = std::iter::once(top.clone()).chain(restored).collect();
     layers::SeenLowers::record(vm, config, &all)?;
-    crate::keeper::held_by_test(crate::keeper::HOLD_AFTER_MOUNT_LIST);
+    crate::test_hooks::held(HOLD_AFTER_RESTORE_RECORD);
     // The overlays hide every state root registered by now by themselves, before CRIU reopens
     // anything of the VM's: a descriptor or working folder a restored process had in a folder
     // that is a state root now is reopened as the empty folder the overlay shows there (the
@@ -1120,6 +1120,12 @@ const VANISHED_LOWER: &str = "vanished-lower";
 /// mounts the layers of the host's filesystems, so that a test can remove one on the host
 /// meanwhile. Unset, nothing waits.
 pub const HOLD_BEFORE_RESTORED_LAYERS: &str = "FEATHER_TEST_HOLD_BEFORE_RESTORED_LAYERS";
+
+/// For tests only, as `keeper::HOLD_RUNNING_RECORD`: the file whose lock a restoring keeper
+/// waits for once it has recorded what the VM's layers lie over, before it forks the child
+/// that copies the host's mounts, so that a test can mount a filesystem at a layer's place
+/// meanwhile, as the host may. Unset, nothing waits.
+pub const HOLD_AFTER_RESTORE_RECORD: &str = "FEATHER_TEST_HOLD_AFTER_RESTORE_RECORD";
 
 /// [`mount_restored_layer`], and once more if that fails and the layer's lower folder is no
 /// longer there: the host removed it since the keeper looked, which also detaches the restoring
