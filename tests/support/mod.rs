@@ -690,6 +690,16 @@ impl Drop for ProjectQuotaFs {
     }
 }
 
+/// VM `vm`'s `commit` refused for its layer at `layer`, whose folder shows `first` again (the
+/// filesystem the keeper recorded, A of A-B-A, mounted back once B, which the VM saw, is
+/// gone), and `first` left without the VM's `new`.
+pub fn commit_refused_over_the_first(feather: &Feather, vm: &str, layer: &str, first: &Path) {
+    let refused = feather.fails(&["commit", vm]);
+    let why = format!("beneath the VM's layer at {layer} is not on the filesystem");
+    assert!(refused.contains(&why), "{refused}");
+    assert!(!first.join("new").exists(), "A untouched");
+}
+
 /// An XFS filesystem on a loop device of its own, mounted at a folder (of a scratch base):
 /// XFS's `statfs` id is only its device number, its volume UUID tells it from another.
 /// [`XfsVolume::format_again`] makes another volume on the same loop device (so the same

@@ -918,6 +918,15 @@ mod tests {
         std::env::temp_dir().join(format!("feather-{kind}-{}-{nanos}", std::process::id()))
     }
 
+    /// A registry and a root made for a test (`label` names their scratch folders), the root's
+    /// folders made, not registered.
+    fn a_root(label: &str) -> (Registry, StateRoot) {
+        let registry = Registry::at(scratch(&format!("registry-{label}")));
+        let root = StateRoot::new(Some(scratch(&format!("root-{label}"))));
+        root.prepare().unwrap();
+        (registry, root)
+    }
+
     /// `source` and `target` made where missing, canonical, and `source` bound at `target`
     /// (the test unmounts it).
     fn bound(source: &Path, target: &Path) -> (PathBuf, PathBuf) {
@@ -1011,9 +1020,7 @@ mod tests {
     /// long as the server did (review lowroots29).
     #[test]
     fn what_diff_guards_is_found_without_a_look_at_an_aliass_mount() {
-        let registry = Registry::at(scratch("registry-dead-alias"));
-        let root = StateRoot::new(Some(scratch("root-dead-alias")));
-        root.prepare().unwrap();
+        let (registry, root) = a_root("dead-alias");
         registry.register(&root).unwrap().mark().unwrap();
         let fuse = StoppableFuse::new("fuse-dead-alias");
         let file = fs::read_dir(registry.dir())
@@ -1083,9 +1090,7 @@ mod tests {
     /// registry: its registration waits for the commit (review fixes23 C7).
     #[test]
     fn a_new_root_is_registered_only_once_no_commit_holds_the_registry() {
-        let registry = Registry::at(scratch("registry-held"));
-        let root = StateRoot::new(Some(scratch("root-held")));
-        root.prepare().unwrap();
+        let (registry, root) = a_root("held");
         let hold = registry.hold_for_commit().unwrap();
         let second = registry.hold_for_commit().unwrap();
         let (done, registered) = std::sync::mpsc::channel();
@@ -1122,9 +1127,7 @@ mod tests {
     /// pid, rather than hang (review gl27 L1).
     #[test]
     fn a_registration_waits_for_a_commit_only_so_long() {
-        let registry = Registry::at(scratch("registry-stuck"));
-        let root = StateRoot::new(Some(scratch("root-stuck")));
-        root.prepare().unwrap();
+        let (registry, root) = a_root("stuck");
         let hold = registry.hold_for_commit().unwrap();
         let (done, registered) = std::sync::mpsc::channel();
         let (dir, root_dir) = (registry.dir().to_path_buf(), root.dir().to_path_buf());
@@ -1310,9 +1313,7 @@ mod tests {
 
     #[test]
     fn a_root_is_new_once_and_listed_while_it_exists() {
-        let registry = Registry::at(scratch("registry"));
-        let root = StateRoot::new(Some(scratch("root")));
-        root.prepare().unwrap();
+        let (registry, root) = a_root("");
         let new = registry.register(&root).unwrap();
         new.mark().unwrap();
         let new = new.new.expect("first time: new");
@@ -1478,9 +1479,7 @@ mod tests {
     /// by its recorded identity (review roots28 M1).
     #[test]
     fn a_missing_or_other_marker_is_written_or_adopted_and_the_identity_guards_meanwhile() {
-        let registry = Registry::at(scratch("registry-marker"));
-        let root = StateRoot::new(Some(scratch("root-marker")));
-        root.prepare().unwrap();
+        let (registry, root) = a_root("marker");
         let first = registry.register(&root).unwrap();
         assert!(first.new.is_some());
         drop(first); // killed before its mark
@@ -1562,9 +1561,7 @@ mod tests {
     /// the root may have been bound meanwhile too (review roots28 L1). With none, it reads none.
     #[test]
     fn the_last_look_reads_the_mount_table_again_only_for_a_late_root() {
-        let registry = Registry::at(scratch("registry-late"));
-        let root = StateRoot::new(Some(scratch("root-late")));
-        root.prepare().unwrap();
+        let (registry, root) = a_root("late");
         registry.register(&root).unwrap().mark().unwrap();
         let dir = fs::canonicalize(root.dir()).unwrap();
         let run = fs::canonicalize(root.run_dir()).unwrap();
