@@ -112,7 +112,7 @@ fn build(
     feather: &Feather,
 ) -> Result<()> {
     nix::unistd::mkfifo(&container.fifo(), Mode::from_bits_truncate(0o622))
-        .context("make exec.fifo")?;
+        .with_context(|| format!("make {}", container.fifo().display()))?;
     crate::userns::give_fifo(&container.fifo(), spec)?;
     let linux = spec.linux().clone().context("linux")?;
     let groups = container.groups();
@@ -179,8 +179,9 @@ fn build(
         nix::sched::setns(file, *flag)
             .with_context(|| format!("linux.namespaces[{typ}].path: join"))?;
     }
-    let forked = feather_sys::process::fork_into_cgroup(new, cgroup_entry.v2())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let forked = feather_sys::process::fork_into_cgroup(new, cgroup_entry.v2()).map_err(|e| {
+        anyhow::anyhow!("clone the container's init into its namespaces and cgroup: {e}")
+    })?;
     let child = match forked {
         feather_sys::process::Forked::Child => {
             drop(socket);
@@ -273,7 +274,7 @@ fn supervise(
         }
     }
     container.record.pid = 0;
-    bail!("the container's init exited during create")
+    bail!("the container's init exited during create without saying why (killed: see the kernel's log for the OOM killer, or the engine's for a kill)")
 }
 
 /// The error an init that ended wrote on its socket before it went, if any (waiting a second

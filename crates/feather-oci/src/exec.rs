@@ -51,8 +51,12 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
     let container = Container::load(root, &args.id)?;
     match container.status() {
         Status::Created | Status::Running => {}
+        Status::Paused => bail!(
+            "cannot exec in container {}: it is paused; resume it first",
+            args.id
+        ),
         other => bail!(
-            "cannot exec in container {}: it is {}",
+            "cannot exec in container {}: it is {} (an exec needs a created or running container)",
             args.id,
             other.name()
         ),
@@ -90,7 +94,10 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
         .map(crate::create::PidFile::prepare)
         .transpose()?;
     let Some(pidfd) = container.init_pidfd() else {
-        bail!("cannot exec in container {}: it stopped", args.id);
+        bail!(
+            "cannot exec in container {}: its init has exited (container not running)",
+            args.id
+        );
     };
     // Opened here, in the host's mount namespace: the child starts in the container's groups
     // (see `start_child`).
