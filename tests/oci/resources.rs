@@ -430,6 +430,60 @@ fn a_cgroups_path_that_exists_is_joined_by_the_init_and_by_exec() {
     let _ = holder.wait();
 }
 
+/// `create` and `exec` run by a process whose own v2 group was once killed (an engine's shim in
+/// a group that outlived a `cgroup.kill`): the kernel kills a clone into the container's fresh
+/// group at birth (feather_sys's `V2Entry`); the init and the exec'd process are cloned again,
+/// move themselves in, and run in the container's group.
+#[test]
+fn create_and_exec_by_a_process_of_a_once_killed_group_start_in_the_containers_group() {
+    let scratch = Scratch::new("from-killed-group");
+    let runtime = Runtime::new(&scratch);
+    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "100"]));
+    let pid = std::process::id();
+    let engine = MadeGroup::new(format!("feather-oci-test-engine-{pid}"));
+    fs::write(engine.v2().join("cgroup.kill"), "1").unwrap();
+    // The runtime, run from a shell that first moves itself into that group.
+    let in_engine_group = |args: &[&str]| {
+        let mut command = std::process::Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!(
+                "echo 0 > {}/cgroup.procs && exec \"$@\"",
+                engine.v2().display()
+            ))
+            .arg("sh")
+            .arg(&runtime.program)
+            .args(runtime.command().get_args())
+            .args(args);
+        command
+    };
+    let id = format!("from-killed-group-{pid}");
+    let output = scratch.path("output");
+    let file = fs::File::create(&output).unwrap();
+    let created = in_engine_group(&["create", "--bundle", bundle.dir.to_str().unwrap(), &id])
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .status()
+        .unwrap();
+    assert!(
+        created.success(),
+        "{}",
+        fs::read_to_string(&output).unwrap()
+    );
+    let group = format!("/feather-oci/{id}");
+    assert_in_group(&init_groups(&runtime, &id), &group, "the init");
+    assert_eq!(runtime.run(&["start", &id]).code, 0);
+    let exec = crate::support::run(&mut in_engine_group(&[
+        "exec",
+        &id,
+        "cat",
+        "/proc/self/cgroup",
+    ]));
+    assert_eq!(exec.code, 0, "{exec:?}");
+    assert_in_group(&exec.stdout, &group, "the exec'd process");
+}
+
 #[test]
 fn resources_this_host_lacks_are_refused_by_name() {
     let scratch = Scratch::new("controllers-refused");
