@@ -2579,9 +2579,8 @@ def oci_lifecycle(bench: Bench, folder: Path, feather_oci: str) -> tuple[list, d
 
 
 def compare_oci_runtime(bench: Bench) -> None:
-    log("building feather-oci (release)")
-    cargo = shutil.which("cargo") or str(Path.home() / ".cargo" / "bin" / "cargo")
-    run([cargo, "build", "--release", "-p", "feather-oci", "--quiet"], cwd=REPO, timeout=1800)
+    # As build() made it (scripts/build-release: a static-pie); a plain `cargo build` here
+    # would relink it dynamic and measure another feather-oci than the installed one.
     feather_oci = str(TARGET_DIR / "release" / "feather-oci")
     folder = bench.work / "oci"
     folder.mkdir()

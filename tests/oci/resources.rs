@@ -4,7 +4,9 @@
 //! a hybrid host) or refused by the field's name; and `update --resources` for them.
 
 use std::fs;
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
@@ -156,12 +158,22 @@ fn the_init_is_in_the_containers_group_in_every_hierarchy() {
     let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "100"]));
     let id = format!("init-groups-{}", std::process::id());
     let outcome = runtime.create(&id, &bundle, &scratch.path("output"));
-    let pid = runtime.state(&id)["pid"].as_i64().unwrap_or_default();
-    let table = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let table = init_groups(&runtime, &id);
     assert_eq!(runtime.run(&["delete", "--force", &id]).code, 0);
     assert_eq!(outcome.code, 0, "{outcome:?}");
-    let group = format!("/feather-oci/{id}");
-    // (controllers, path) per hierarchy; systemd's named one holds no controller, no group.
+    assert_in_group(&table, &format!("/feather-oci/{id}"), "the init");
+}
+
+/// `/proc/PID/cgroup` of the container's init, as the host sees it.
+fn init_groups(runtime: &Runtime, id: &str) -> String {
+    let pid = runtime.state(id)["pid"].as_i64().unwrap_or_default();
+    fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
+}
+
+/// Asserts that the process whose `/proc/PID/cgroup` is `table` is in `group` in every
+/// hierarchy with a controller (systemd's named one holds none, and no group), and that the
+/// table names every hierarchy this host has.
+fn assert_in_group(table: &str, group: &str, who: &str) {
     let hierarchies: Vec<(&str, &str)> = table
         .lines()
         .filter_map(|line| line.split_once(':')?.1.split_once(':'))
@@ -172,12 +184,304 @@ fn the_init_is_in_the_containers_group_in_every_hierarchy() {
             hierarchies
                 .iter()
                 .any(|(c, _)| c.split(',').any(|c| c == controllers)),
-            "no {controllers:?} hierarchy on this host: {table}"
+            "{who}: no {controllers:?} hierarchy in {table}"
         );
     }
     for (controllers, path) in hierarchies {
-        assert_eq!(path, group, "hierarchy {controllers:?}: {table}");
+        assert_eq!(path, group, "{who}, hierarchy {controllers:?}: {table}");
     }
+}
+
+/// The hooks run while the init is made see it in its group: createRuntime (the runtime's
+/// namespaces) and createContainer (the init's mount namespace, before pivot_root) read the
+/// init's `/proc/PID/cgroup`, startContainer (inside the container) its pid 1's.
+#[test]
+fn hooks_see_the_init_in_its_group() {
+    let scratch = Scratch::new("hook-groups");
+    let runtime = Runtime::new(&scratch);
+    let id = format!("hook-groups-{}", std::process::id());
+    let read_init = |out: &Path| {
+        json!({
+            "path": "/bin/sh",
+            "args": ["sh", "-c", format!(
+                "pid=$(sed -n 's/.*\"pid\":\\([0-9]*\\).*/\\1/p'); cat /proc/$pid/cgroup > {}",
+                out.display()
+            )],
+            "env": ["PATH=/usr/bin:/bin"]
+        })
+    };
+    let (runtime_hook, container_hook) = (
+        scratch.path("create-runtime"),
+        scratch.path("create-container"),
+    );
+    let mut config = base_config(&["sleep", "100"]);
+    config["hooks"] = json!({
+        "createRuntime": [read_init(&runtime_hook)],
+        "createContainer": [read_init(&container_hook)],
+        "startContainer": [{
+            "path": "/bin/sh",
+            "args": ["sh", "-c", "cat /proc/1/cgroup > /start-container.tmp; mv /start-container.tmp /start-container"],
+            "env": ["PATH=/bin"]
+        }]
+    });
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let outcome = runtime.create(&id, &bundle, &scratch.path("output"));
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert_eq!(runtime.run(&["start", &id]).code, 0);
+    let start_hook = bundle.dir.join("rootfs/start-container");
+    assert!(
+        eventually(Duration::from_secs(20), || start_hook.exists()),
+        "the startContainer hook did not run: {}",
+        fs::read_to_string(scratch.path("output")).unwrap_or_default()
+    );
+    let group = format!("/feather-oci/{id}");
+    for (hook, file) in [
+        ("createRuntime", runtime_hook),
+        ("createContainer", container_hook),
+        ("startContainer", start_hook),
+    ] {
+        let table = fs::read_to_string(&file).unwrap_or_default();
+        assert_in_group(
+            &table,
+            &group,
+            &format!("the init, as a {hook} hook sees it"),
+        );
+    }
+}
+
+/// `exec`'s process starts in the container's group in every hierarchy, before its program
+/// runs (the program reads its own table); the runtime's process that waits for it stays
+/// out of the group, so `ps`, `kill --all` and the group's limits never count it.
+#[test]
+fn an_exec_starts_in_the_containers_group_and_the_runtime_stays_out() {
+    let scratch = Scratch::new("exec-groups");
+    let runtime = Runtime::new(&scratch);
+    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "100"]));
+    let id = format!("exec-groups-{}", std::process::id());
+    runtime.run_detached(&id, &bundle);
+    let mut exec = runtime
+        .command()
+        .args(["exec", &id, "sh", "-c", "cat /proc/self/cgroup; read line"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The table ends with the v2 hierarchy's line, `0::…`.
+    let mut table = String::new();
+    for line in BufReader::new(exec.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        table.push_str(&line);
+        table.push('\n');
+        if line.starts_with("0::") {
+            break;
+        }
+    }
+    let runtimes_table = fs::read_to_string(format!("/proc/{}/cgroup", exec.id())).unwrap();
+    writeln!(exec.stdin.take().unwrap()).unwrap();
+    let ended = exec.wait_with_output().unwrap();
+    assert!(ended.status.success(), "{ended:?}");
+    let group = format!("/feather-oci/{id}");
+    assert_in_group(&table, &group, "the exec'd process");
+    assert!(
+        !runtimes_table.contains(&group),
+        "the runtime's exec process is in the container's group: {runtimes_table}"
+    );
+}
+
+/// A failure to join one of the container's groups fails `exec`, naming the group, and
+/// leaves no process in the container. The group here is the init's cpuset group, which
+/// the test empties of memory nodes once the init is out of it: the kernel then refuses
+/// every process.
+#[test]
+fn a_failure_to_join_the_containers_group_fails_exec_and_leaves_nothing() {
+    let scratch = Scratch::new("exec-join-fails");
+    let runtime = Runtime::new(&scratch);
+    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "100"]));
+    let id = format!("exec-join-fails-{}", std::process::id());
+    runtime.run_detached(&id, &bundle);
+    let pid = runtime.state(&id)["pid"].as_i64().unwrap();
+    let cpuset = Path::new("/sys/fs/cgroup/cpuset/feather-oci").join(&id);
+    fs::write("/sys/fs/cgroup/cpuset/cgroup.procs", pid.to_string()).unwrap();
+    fs::write(cpuset.join("cpuset.mems"), "\n").unwrap();
+    let outcome = runtime.run(&["exec", &id, "true"]);
+    let members = |dir: &Path| {
+        fs::read_to_string(dir.join(format!("feather-oci/{id}/cgroup.procs"))).unwrap_or_default()
+    };
+    let v2 = members(Path::new("/sys/fs/cgroup/unified"));
+    let memory = members(Path::new("/sys/fs/cgroup/memory"));
+    let cpuset_members = fs::read_to_string(cpuset.join("cgroup.procs")).unwrap_or_default();
+    assert_ne!(outcome.code, 0, "{outcome:?}");
+    assert!(
+        outcome.stderr.contains("join the container's cgroup")
+            && outcome.stderr.contains(&cpuset.display().to_string()),
+        "the error names the group: {outcome:?}"
+    );
+    for (hierarchy, listed) in [("v2", v2), ("memory", memory), ("cpuset", cpuset_members)] {
+        let expected = if hierarchy == "cpuset" {
+            String::new()
+        } else {
+            format!("{pid}\n")
+        };
+        assert_eq!(listed, expected, "{hierarchy}: only the init is left");
+    }
+    assert_eq!(runtime.status(&id), "running");
+}
+
+/// A user namespace's container: its init, and an exec'd process (cloned into the group by a
+/// process that has joined the user namespace), are in its group in every hierarchy.
+#[test]
+fn a_user_namespace_containers_processes_are_in_its_group() {
+    let scratch = Scratch::new("userns-groups");
+    let runtime = Runtime::new(&scratch);
+    let mut config = base_config(&["sleep", "100"]);
+    crate::userns::mapped(&mut config);
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    crate::userns::chown_tree(&bundle.dir.join("rootfs"), crate::userns::HOST_ROOT);
+    let id = format!("userns-groups-{}", std::process::id());
+    let outcome = runtime.create(&id, &bundle, &scratch.path("output"));
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let group = format!("/feather-oci/{id}");
+    assert_in_group(&init_groups(&runtime, &id), &group, "the init");
+    assert_eq!(runtime.run(&["start", &id]).code, 0);
+    let exec = runtime.run(&["exec", &id, "cat", "/proc/self/cgroup"]);
+    assert_eq!(exec.code, 0, "{exec:?}");
+    assert_in_group(&exec.stdout, &group, "the exec'd process");
+}
+/// A group made by the test in every hierarchy (and removed, with what is in it, when dropped):
+/// what an engine's cgroupsPath names when the group exists before the container.
+struct MadeGroup {
+    relative: String,
+}
+
+impl MadeGroup {
+    fn new(relative: String) -> MadeGroup {
+        for (_, dir) in Self::hierarchies(&relative) {
+            fs::create_dir_all(dir).unwrap();
+        }
+        MadeGroup { relative }
+    }
+
+    /// Each hierarchy's folder of `relative` (hierarchies without a controller left out).
+    fn hierarchies(relative: &str) -> Vec<(String, std::path::PathBuf)> {
+        fs::read_dir("/sys/fs/cgroup")
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name != "systemd")
+            .map(|name| {
+                (
+                    name.clone(),
+                    Path::new("/sys/fs/cgroup").join(name).join(relative),
+                )
+            })
+            .collect()
+    }
+
+    fn v2(&self) -> std::path::PathBuf {
+        Path::new("/sys/fs/cgroup/unified").join(&self.relative)
+    }
+}
+
+impl Drop for MadeGroup {
+    fn drop(&mut self) {
+        let _ = fs::write(self.v2().join("cgroup.kill"), "1");
+        for (_, dir) in Self::hierarchies(&self.relative) {
+            let _ = eventually(Duration::from_secs(10), || {
+                fs::remove_dir(&dir).is_ok() || !dir.exists()
+            });
+        }
+    }
+}
+
+/// `linux.cgroupsPath` naming a group that exists already, as containerd and the kubelet
+/// give: one made empty beforehand, and one holding a process whose v2 group was killed once
+/// (a clone into it would be killed at birth: feather_sys's `V2Entry`). The init is in the
+/// group in every hierarchy, and so is an exec'd process (cloned again to move itself in).
+#[test]
+fn a_cgroups_path_that_exists_is_joined_by_the_init_and_by_exec() {
+    let scratch = Scratch::new("existing-groups");
+    let runtime = Runtime::new(&scratch);
+    let pid = std::process::id();
+    let empty = MadeGroup::new(format!("feather-oci-test-pod-{pid}-empty"));
+    let held = MadeGroup::new(format!("feather-oci-test-pod-{pid}-held"));
+    fs::write(held.v2().join("cgroup.kill"), "1").unwrap();
+    let mut holder = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    fs::write(held.v2().join("cgroup.procs"), holder.id().to_string()).unwrap();
+    for (n, made) in [&empty, &held].into_iter().enumerate() {
+        let mut config = base_config(&["sleep", "100"]);
+        config["linux"]["cgroupsPath"] = json!(format!("/{}", made.relative));
+        let bundle = Bundle::new(&scratch, &format!("bundle-{n}"), &config);
+        let id = format!("existing-groups-{pid}-{n}");
+        let outcome = runtime.create(&id, &bundle, &scratch.path("output"));
+        assert_eq!(outcome.code, 0, "{}: {outcome:?}", made.relative);
+        let group = format!("/{}", made.relative);
+        assert_in_group(&init_groups(&runtime, &id), &group, "the init");
+        assert_eq!(runtime.run(&["start", &id]).code, 0);
+        let exec = runtime.run(&["exec", &id, "cat", "/proc/self/cgroup"]);
+        assert_eq!(exec.code, 0, "{}: {exec:?}", made.relative);
+        assert_in_group(&exec.stdout, &group, "the exec'd process");
+        assert_eq!(runtime.run(&["delete", "--force", &id]).code, 0);
+    }
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
+
+/// `create` and `exec` run by a process whose own v2 group was once killed (an engine's shim in
+/// a group that outlived a `cgroup.kill`): the kernel kills a clone into the container's fresh
+/// group at birth (feather_sys's `V2Entry`); the init and the exec'd process are cloned again,
+/// move themselves in, and run in the container's group.
+#[test]
+fn create_and_exec_by_a_process_of_a_once_killed_group_start_in_the_containers_group() {
+    let scratch = Scratch::new("from-killed-group");
+    let runtime = Runtime::new(&scratch);
+    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "100"]));
+    let pid = std::process::id();
+    let engine = MadeGroup::new(format!("feather-oci-test-engine-{pid}"));
+    fs::write(engine.v2().join("cgroup.kill"), "1").unwrap();
+    // The runtime, run from a shell that first moves itself into that group.
+    let in_engine_group = |args: &[&str]| {
+        let mut command = std::process::Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!(
+                "echo 0 > {}/cgroup.procs && exec \"$@\"",
+                engine.v2().display()
+            ))
+            .arg("sh")
+            .arg(&runtime.program)
+            .args(runtime.command().get_args())
+            .args(args);
+        command
+    };
+    let id = format!("from-killed-group-{pid}");
+    let output = scratch.path("output");
+    let file = fs::File::create(&output).unwrap();
+    let created = in_engine_group(&["create", "--bundle", bundle.dir.to_str().unwrap(), &id])
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .status()
+        .unwrap();
+    assert!(
+        created.success(),
+        "{}",
+        fs::read_to_string(&output).unwrap()
+    );
+    let group = format!("/feather-oci/{id}");
+    assert_in_group(&init_groups(&runtime, &id), &group, "the init");
+    assert_eq!(runtime.run(&["start", &id]).code, 0);
+    let exec = crate::support::run(&mut in_engine_group(&[
+        "exec",
+        &id,
+        "cat",
+        "/proc/self/cgroup",
+    ]));
+    assert_eq!(exec.code, 0, "{exec:?}");
+    assert_in_group(&exec.stdout, &group, "the exec'd process");
 }
 
 #[test]

@@ -18,7 +18,10 @@ fn lifecycle_states_and_errors_per_state() {
 
     let outcome = runtime.run(&["start", "nobody"]);
     assert_ne!(outcome.code, 0, "start of a missing container must fail");
-    assert!(outcome.stderr.contains("does not exist"), "{outcome:?}");
+    assert!(
+        outcome.stderr.contains("does not exist") && outcome.stderr.contains("list"),
+        "names what is wrong and where to look: {outcome:?}"
+    );
 
     let outcome = runtime.create("c1", &bundle, &output);
     assert_eq!(outcome.code, 0, "{outcome:?}");
@@ -68,6 +71,9 @@ fn lifecycle_states_and_errors_per_state() {
         0,
         "pause of a paused container"
     );
+    let outcome = runtime.run(&["exec", "c1", "true"]);
+    assert_ne!(outcome.code, 0, "exec in a paused container must fail");
+    assert!(outcome.stderr.contains("resume it first"), "{outcome:?}");
     assert_eq!(runtime.run(&["resume", "c1"]).code, 0);
     assert_eq!(runtime.status("c1"), "running");
 
@@ -79,6 +85,20 @@ fn lifecycle_states_and_errors_per_state() {
     runtime.wait_stopped("c1");
     let outcome = runtime.run(&["kill", "c1", "9"]);
     assert_ne!(outcome.code, 0, "kill of a stopped container must fail");
+    // Engines take "container not running" for a process already gone (containerd's shim).
+    assert!(
+        outcome.stderr.contains("container not running") && outcome.stderr.contains("delete it"),
+        "{outcome:?}"
+    );
+    let outcome = runtime.run(&["exec", "c1", "true"]);
+    assert_ne!(outcome.code, 0, "exec in a stopped container must fail");
+    assert!(
+        outcome.stderr.contains("it is stopped")
+            && outcome
+                .stderr
+                .contains("needs a created or running container"),
+        "{outcome:?}"
+    );
     assert_ne!(
         runtime.run(&["start", "c1"]).code,
         0,

@@ -13,7 +13,7 @@ use crate::support::{
     base_config, busybox_image_tar, runtime_bin, Bundle, Containerd, Runtime, Scratch,
 };
 
-const HOST_ROOT: u32 = 100_000;
+pub(crate) const HOST_ROOT: u32 = 100_000;
 
 pub(crate) fn chown_tree(path: &Path, id: u32) {
     std::os::unix::fs::lchown(path, Some(id), Some(id)).unwrap();
@@ -24,7 +24,7 @@ pub(crate) fn chown_tree(path: &Path, id: u32) {
     }
 }
 
-fn mapped(config: &mut serde_json::Value) {
+pub(crate) fn mapped(config: &mut serde_json::Value) {
     merge(
         config,
         &json!({"linux": {

@@ -547,6 +547,19 @@ impl Entry {
         self.common.v2()
     }
 
+    /// The same group, entered by the new process itself after its clone (see
+    /// [`feather_sys::cgroup::Entry::moved_after_clone`]): for a clone the kernel killed at
+    /// birth. Needs no path, so it can be made after joining the container's mount namespace.
+    pub fn moved_after_clone(self) -> Result<Entry> {
+        Ok(Entry {
+            common: self
+                .common
+                .moved_after_clone()
+                .map_err(|e| anyhow::anyhow!("join the container's cgroup: {e}"))?,
+            tasks: self.tasks,
+        })
+    }
+
     /// In the new process, while it has one thread and before it forks: moves it into every
     /// group it was not cloned into.
     pub fn enter(&self) -> Result<()> {
@@ -556,7 +569,12 @@ impl Entry {
         for (file, path) in &self.tasks {
             let mut file = file;
             std::io::Write::write_all(&mut file, b"0").with_context(|| {
-                format!("join the container's cgroup: write 0 to {}", path.display())
+                format!(
+                    "join the container's cgroup: write 0 to {} (the group was removed, or \
+                     left without CPUs or memory nodes, by something other than the runtime: \
+                     see that it is usable, or delete the container and create it again)",
+                    path.display()
+                )
             })?;
         }
         Ok(())

@@ -112,7 +112,7 @@ fn build(
     feather: &Feather,
 ) -> Result<()> {
     nix::unistd::mkfifo(&container.fifo(), Mode::from_bits_truncate(0o622))
-        .context("make exec.fifo")?;
+        .with_context(|| format!("make {}", container.fifo().display()))?;
     crate::userns::give_fifo(&container.fifo(), spec)?;
     let linux = spec.linux().clone().context("linux")?;
     let groups = container.groups();
@@ -179,8 +179,7 @@ fn build(
         nix::sched::setns(file, *flag)
             .with_context(|| format!("linux.namespaces[{typ}].path: join"))?;
     }
-    let forked = feather_sys::process::fork_into_cgroup(new, cgroup_entry.v2())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (forked, cgroup_entry) = clone_init(new, cgroup_entry)?;
     let child = match forked {
         feather_sys::process::Forked::Child => {
             drop(socket);
@@ -228,6 +227,30 @@ fn build(
     Ok(())
 }
 
+/// Clones the init into `new` namespaces and into the group's v2 folder. A clone the kernel
+/// killed at birth (this process's own v2 group has had `cgroup.kill` written a different
+/// number of times than the container's: feather_sys's `V2Entry`; nothing tells ahead) is
+/// cloned again, to move itself into the v2 group too. Returns the fork and what the init
+/// enters its groups with.
+fn clone_init(
+    new: CloneFlags,
+    entry: crate::cgroups::Entry,
+) -> Result<(feather_sys::process::Forked, crate::cgroups::Entry)> {
+    use feather_sys::process::{fork_into_cgroup, killed_at_birth, Forked};
+    let clone = |entry: &crate::cgroups::Entry| {
+        fork_into_cgroup(new, entry.v2()).map_err(|e| {
+            anyhow::anyhow!("clone the container's init into its namespaces and cgroup: {e}")
+        })
+    };
+    let init = match clone(&entry)? {
+        Forked::Parent(init) if entry.v2().is_some() && killed_at_birth(&init) => init,
+        forked => return Ok((forked, entry)),
+    };
+    let _ = nix::sys::wait::waitpid(init.pid, None);
+    let entry = entry.moved_after_clone()?;
+    Ok((clone(&entry)?, entry))
+}
+
 /// Drives the init through its steps, which it begins in its cgroups; returns once it waits
 /// for `start`.
 fn supervise(
@@ -273,7 +296,7 @@ fn supervise(
         }
     }
     container.record.pid = 0;
-    bail!("the container's init exited during create")
+    bail!("the container's init exited during create without saying why (killed: see the kernel's log for the OOM killer, or the engine's for a kill)")
 }
 
 /// The error an init that ended wrote on its socket before it went, if any (waiting a second

@@ -15,9 +15,10 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use feather_sys::cgroup::V2Entry;
+use feather_sys::process::Forked;
 use nix::sched::CloneFlags;
 use nix::sys::wait::waitpid;
-use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxCapabilities, Process, Spec};
 
 use crate::store::{Container, Status};
@@ -50,8 +51,12 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
     let container = Container::load(root, &args.id)?;
     match container.status() {
         Status::Created | Status::Running => {}
+        Status::Paused => bail!(
+            "cannot exec in container {}: it is paused; resume it first",
+            args.id
+        ),
         other => bail!(
-            "cannot exec in container {}: it is {}",
+            "cannot exec in container {}: it is {} (an exec needs a created or running container)",
             args.id,
             other.name()
         ),
@@ -89,9 +94,17 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
         .map(crate::create::PidFile::prepare)
         .transpose()?;
     let Some(pidfd) = container.init_pidfd() else {
-        bail!("cannot exec in container {}: it stopped", args.id);
+        bail!(
+            "cannot exec in container {}: its init has exited (container not running)",
+            args.id
+        );
     };
-    container.groups().add(Pid::this())?;
+    // Opened here, in the host's mount namespace: the child starts in the container's groups
+    // (see `start_child`).
+    let entry = container
+        .groups()
+        .entry(V2Entry::AtClone)
+        .with_context(|| format!("cannot exec in container {}", args.id))?;
     // Taken in the host's namespaces, before the container's: the child writes into /proc
     // through it, never through the container's /proc (feather_sys::procfs).
     let proc = feather_sys::procfs::ProcFs::private()
@@ -104,42 +117,71 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
             all | CloneFlags::from_bits_truncate(ns.typ() as i32)
         });
     feather_sys::process::join_namespaces(&pidfd, namespaces)
-        .map_err(|e| anyhow::anyhow!("enter container {}: {e}", args.id))?;
+        .map_err(|e| anyhow::anyhow!("cannot enter container {}: {e}", args.id))?;
     crate::process::find_program(&process)?;
-    let (mut report, child_report) = UnixStream::pair()?;
     let seccomp = config.linux().as_ref().and_then(|l| l.seccomp().clone());
-    let Some(child) = feather_sys::process::fork().map_err(|e| anyhow::anyhow!("{e}"))? else {
-        drop(report);
-        // What the program gets besides stdio; the report socket cannot be walked through and
-        // closes at the execve. The procfs and the console socket are closed once used.
-        let mut passed: Vec<i32> = (3..3 + args.preserve_fds).collect();
-        passed.push(child_report.as_raw_fd());
-        let mut keep = passed.clone();
-        keep.push(proc.raw_fd());
-        keep.extend(console.as_ref().map(|c| c.as_raw_fd()));
-        feather_sys::process::close_other_fds(&keep);
-        let error = match become_it(
-            &process,
-            console,
-            seccomp.as_ref(),
-            &confinement,
-            proc,
-            &passed,
-        ) {
-            Ok(never) => match never {},
-            Err(error) => error,
+    let mut entry = entry;
+    let child = loop {
+        let (mut report, child_report) = UnixStream::pair()?;
+        let forked = feather_sys::process::fork_into_cgroup(CloneFlags::empty(), entry.v2())
+            .map_err(|e| anyhow::anyhow!("cannot exec in container {}: {e}", args.id))?;
+        let child = match forked {
+            Forked::Parent(child) => child,
+            Forked::Child => {
+                drop(report);
+                let error = match start_child(&entry, &child_report).and_then(|()| {
+                    // What the program gets besides stdio; the report socket cannot be
+                    // walked through and closes at the execve. The procfs and the console
+                    // socket are closed once used.
+                    let mut passed: Vec<i32> = (3..3 + args.preserve_fds).collect();
+                    passed.push(child_report.as_raw_fd());
+                    let mut keep = passed.clone();
+                    keep.push(proc.raw_fd());
+                    keep.extend(console.as_ref().map(|c| c.as_raw_fd()));
+                    feather_sys::process::close_other_fds(&keep);
+                    become_it(
+                        &process,
+                        console,
+                        seccomp.as_ref(),
+                        &confinement,
+                        proc,
+                        &passed,
+                    )
+                }) {
+                    Ok(never) => match never {},
+                    Err(error) => error,
+                };
+                let _ = write!(&child_report, "{error:#}");
+                std::process::exit(127);
+            }
         };
-        let _ = write!(&child_report, "{error:#}");
-        std::process::exit(127);
+        drop(child_report);
+        let mut message = String::new();
+        let _ = report.read_to_string(&mut message);
+        match message.strip_prefix(RAN) {
+            Some("") => break child,
+            Some(error) => {
+                let _ = waitpid(child.pid, None);
+                bail!("{error}");
+            }
+            None if message.is_empty() && entry.v2().is_some() => {
+                // Killed at birth, before it ran: cloned into a v2 group whose count of kills
+                // differs from this process's own group's (feather_sys's `V2Entry`).
+                let _ = waitpid(child.pid, None);
+                entry = entry.moved_after_clone()?;
+            }
+            None if message.is_empty() => {
+                let _ = waitpid(child.pid, None);
+                bail!("cannot exec in container {}: the new process was killed before it ran (see the kernel's log for the OOM killer or a pids limit)", args.id);
+            }
+            None => {
+                let _ = waitpid(child.pid, None);
+                bail!("{message}");
+            }
+        }
     };
-    drop(child_report);
     drop(console);
-    let mut message = String::new();
-    let _ = report.read_to_string(&mut message);
-    if !message.is_empty() {
-        let _ = waitpid(child, None);
-        bail!("{message}");
-    }
+    let child = child.pid;
     if let Some(pid_file) = &pid_file {
         pid_file.write(child.as_raw())?;
     }
@@ -152,6 +194,18 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
         .map(crate::foreground::receive_master)
         .transpose()?;
     foreground.wait(child, master)
+}
+
+/// What the child writes first on its report socket, once it is in the container's groups: a
+/// report without it is that of a child that never ran (killed at its clone).
+const RAN: &str = "+";
+
+/// The child's first step, before anything of the container's runs: it joins the container's
+/// v1 groups (it was cloned into the v2 one; never moved by pid, which waits for an RCU grace
+/// period), then says it ran.
+fn start_child(entry: &crate::cgroups::Entry, mut report: &UnixStream) -> Result<()> {
+    entry.enter()?;
+    report.write_all(RAN.as_bytes()).context("exec: report")
 }
 
 fn become_it(

@@ -69,13 +69,16 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
             Ok(1) => released = true,
             Ok(_) if released => break,
             Ok(_) | Err(nix::errno::Errno::EAGAIN) => {}
-            Err(e) => return Err(e).context("read exec.fifo"),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot start container {id}: read its exec.fifo"))
+            }
         }
         if !released && !container.init_alive() {
-            bail!("cannot start container {id}: its init exited");
+            bail!("cannot start container {id}: its init exited before the start (its error is on the container's stderr, in the engine's log); delete the container and create it again");
         }
         if Instant::now() > deadline {
-            bail!("cannot start container {id}: its init did not take the start");
+            bail!("cannot start container {id}: its init did not take the start within 30 s (it is stuck in the kernel or stopped by a debugger); delete the container with --force");
         }
     }
     feather_core::trace::phase("release the init");
@@ -112,7 +115,7 @@ pub fn kill_container(root: &Path, id: &str, signal: &str, all: bool) -> Result<
     match container.status() {
         Status::Created | Status::Running | Status::Paused => {}
         other => bail!(
-            "cannot kill container {id}: it is {} (container not running)",
+            "cannot kill container {id}: it is {} (container not running): nothing to signal; delete it",
             other.name()
         ),
     }
@@ -120,9 +123,10 @@ pub fn kill_container(root: &Path, id: &str, signal: &str, all: bool) -> Result<
         return container.groups().signal_all(signal);
     }
     let Some(init) = container.init_pidfd() else {
-        bail!("cannot kill container {id}: container not running");
+        bail!("cannot kill container {id}: its init has exited (container not running): nothing to signal; delete it");
     };
-    feather_sys::process::signal(&init, signal).map_err(|e| anyhow::anyhow!("{e}"))
+    feather_sys::process::signal(&init, signal)
+        .map_err(|e| anyhow::anyhow!("cannot kill container {id}: send {signal} to its init: {e}"))
 }
 
 pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
@@ -159,7 +163,7 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         }
     }
     if container.dir.exists() {
-        bail!("cannot delete container {id}: its init did not exit");
+        bail!("cannot delete container {id}: its folder {} is still there (its init did not exit, or a file in it could not be removed; see the warnings above); run delete --force again", container.dir.display());
     }
     Ok(())
 }

@@ -111,7 +111,11 @@ impl Container {
         let text = match fs::read_to_string(dir.join("record.json")) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                bail!("container {id} does not exist")
+                bail!(
+                    "container {id} does not exist under the runtime root {} (`feather-oci --root {} list` lists the ones that do)",
+                    root.display(),
+                    root.display()
+                )
             }
             Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
         };

@@ -393,16 +393,14 @@ impl Cgroup {
             seen.push(dir);
         }
         let (folder, procs) = match (self.v2_dir(), v2) {
-            (Some(dir), V2Entry::AtClone) => (
-                Some(
-                    fs::OpenOptions::new()
-                        .read(true)
-                        .custom_flags(libc::O_DIRECTORY)
-                        .open(&dir)
-                        .ctx("open", dir.display())?,
-                ),
-                None,
-            ),
+            (Some(dir), V2Entry::AtClone) => {
+                let folder = fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECTORY)
+                    .open(&dir)
+                    .ctx("open", dir.display())?;
+                (Some((folder, dir)), None)
+            }
             (Some(dir), V2Entry::AfterClone) => {
                 let path = dir.join("cgroup.procs");
                 let procs = fs::OpenOptions::new()
@@ -1000,7 +998,7 @@ pub enum V2Entry {
 /// Open folders and files of one group for a new process to start in it (see
 /// [`Cgroup::entry`]).
 pub struct Entry {
-    v2: Option<fs::File>,
+    v2: Option<(fs::File, PathBuf)>,
     v2_procs: Option<(fs::File, PathBuf)>,
     tasks: Vec<(fs::File, PathBuf)>,
 }
@@ -1010,7 +1008,33 @@ impl Entry {
     /// into the v2 group after its clone ([`V2Entry::AfterClone`]).
     pub fn v2(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
-        self.v2.as_ref().map(|dir| dir.as_fd())
+        self.v2.as_ref().map(|(dir, _)| dir.as_fd())
+    }
+
+    /// The same group, entered by the process itself after its clone
+    /// ([`V2Entry::AfterClone`]): for a clone the kernel killed at birth, as it does when the
+    /// cloner's own v2 group was once killed ([`V2Entry`]), which nothing tells ahead. The v2
+    /// group's `cgroup.procs` is opened beneath its folder's descriptor: the caller may have
+    /// joined another mount namespace since, where the folder's path leads elsewhere.
+    pub fn moved_after_clone(self) -> Result<Entry> {
+        let Some((folder, dir)) = self.v2 else {
+            return Ok(self);
+        };
+        let path = dir.join("cgroup.procs");
+        let procs = nix::fcntl::openat(
+            &folder,
+            "cgroup.procs",
+            nix::fcntl::OFlag::O_WRONLY
+                | nix::fcntl::OFlag::O_NOFOLLOW
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ctx("open", path.display())?;
+        Ok(Entry {
+            v2: None,
+            v2_procs: Some((fs::File::from(procs), path)),
+            tasks: self.tasks,
+        })
     }
 
     /// In the new process, while it has one thread: moves it into each group it was not
