@@ -600,10 +600,7 @@ mod tests {
             if let Some(status) = process.0.try_wait().unwrap() {
                 break status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "the process runs on, not killed"
-            );
+            assert!(Instant::now() < deadline, "the process runs on, not killed");
             std::thread::sleep(Duration::from_millis(10));
         };
         assert_eq!(

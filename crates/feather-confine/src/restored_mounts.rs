@@ -403,14 +403,26 @@ pub fn unmasked_places(
     })
 }
 
-/// Whether the mount `path` lies on (the last mounted at its longest mounted prefix) is
-/// shared: what is mounted beneath it propagates to its peers.
+/// Whether the mount a mask at `path` would be mounted on is shared: what is mounted on it
+/// propagates to its peers. That mount is the top of the stack at the longest mounted prefix
+/// of `path`, `path` itself included: a mask at a mount point lies on the mount there, not on
+/// the one below it (review rest28 N7: the mount below was judged, and a mask over a shared
+/// mount at the path reached its peers).
 fn on_shared_mount(mounts: &[MountEntry], path: &Path) -> bool {
-    let on = mounts
+    let point = mounts
         .iter()
-        .filter(|m| path.starts_with(&m.mount_point) && m.mount_point != path)
-        .max_by_key(|m| m.mount_point.components().count());
-    on.is_some_and(|m| m.optional.iter().any(|f| f.starts_with("shared:")))
+        .map(|m| &m.mount_point)
+        .filter(|point| path.starts_with(point))
+        .max_by_key(|point| point.components().count());
+    let Some(point) = point else {
+        return false;
+    };
+    let at_point: Vec<&MountEntry> = mounts.iter().filter(|m| &m.mount_point == point).collect();
+    // The top: the one no other mount at the same point is stacked on.
+    let top = at_point
+        .iter()
+        .find(|m| !at_point.iter().any(|above| above.parent == m.id));
+    top.is_some_and(|m| m.optional.iter().any(|f| f.starts_with("shared:")))
 }
 
 /// A file of the host's proc, `name` beneath it.
@@ -882,17 +894,31 @@ mod tests {
     }
 
     /// A place on a shared mount is told as such (feather-oci masks none there: the mask
-    /// would reach the mount's peers), by the mount it lies on, not one mounted at it.
+    /// would reach the mount's peers), by the mount a mask there would lie on: the top one
+    /// mounted at the place itself, if any, else the one it lies beneath. Before, a mount at
+    /// the place was passed over for the one below it (review rest28 N7): `/proc/kcore` bound
+    /// shared under a private `/proc` was told unshared, `/sys/firmware` private under a
+    /// shared `/sys` shared.
     #[test]
     fn a_place_on_a_shared_mount_is_told() {
         let mounts = feather_sys::mountinfo::parse(
             "1 0 0:60 / / rw shared:1 - overlay o rw\n\
              2 1 0:70 / /proc rw - proc proc rw\n\
              3 1 0:71 / /sys ro shared:9 - sysfs sysfs ro\n\
-             4 3 0:72 / /sys/firmware ro - tmpfs tmpfs ro\n",
+             4 3 0:72 / /sys/firmware ro - tmpfs tmpfs ro\n\
+             5 2 0:70 /kcore /proc/kcore rw shared:12 - proc proc rw\n\
+             6 2 0:70 /acpi /proc/acpi rw shared:13 - proc proc rw\n\
+             7 6 0:73 / /proc/acpi ro - tmpfs tmpfs ro\n",
         );
-        assert!(!on_shared_mount(&mounts, Path::new("/proc/kcore")));
-        assert!(on_shared_mount(&mounts, Path::new("/sys/firmware")));
+        assert!(!on_shared_mount(&mounts, Path::new("/proc/interrupts")));
+        assert!(on_shared_mount(&mounts, Path::new("/proc/kcore")));
+        assert!(!on_shared_mount(&mounts, Path::new("/sys/firmware")));
+        assert!(!on_shared_mount(&mounts, Path::new("/sys/firmware/efi")));
+        assert!(on_shared_mount(&mounts, Path::new("/sys/kernel")));
+        // Stacked: the top of the two at /proc/acpi, whatever the table's order.
+        assert!(!on_shared_mount(&mounts, Path::new("/proc/acpi")));
+        let reordered: Vec<MountEntry> = mounts.iter().rev().cloned().collect();
+        assert!(!on_shared_mount(&reordered, Path::new("/proc/acpi")));
         assert!(on_shared_mount(&mounts, Path::new("/etc/x")));
     }
 
