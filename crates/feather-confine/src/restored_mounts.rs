@@ -10,12 +10,11 @@
 //! root ([`check_tree`]).
 
 use std::fs;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::{Component, Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 
 use feather_sys::mountinfo::MountEntry;
-use nix::errno::Errno;
-use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::OFlag;
 
 /// A path that must be read-only.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,22 +44,8 @@ pub struct Expected {
     pub before: Option<crate::restored_sources::Before>,
 }
 
-/// What is at a path of the tree, looked up from its root as `create` places its mounts:
-/// links followed, never out of the root, no magic link.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Found {
-    Missing,
-    /// Links that lead nowhere but round (a loop, or too many): the path cannot be judged.
-    Link,
-    /// A file or folder on the mount `mount` (its id).
-    At {
-        mount: u64,
-        /// The character device 1:3 (`/dev/null`).
-        null: bool,
-        /// A folder with nothing in it.
-        empty_folder: bool,
-    },
-}
+pub use crate::restored_paths::Found;
+use crate::restored_paths::{look_up, read_in_proc};
 
 /// What a refusal of a kernel knob (a read-only path, a mask, a sysfs or cgroup mount's
 /// flags) adds: its two likely causes, and what to do for each (review m26 M8: every refusal
@@ -228,6 +213,14 @@ fn is_mask(mounts: &[MountEntry], found: &Found) -> bool {
     *null || (*empty_folder && empty_tmpfs())
 }
 
+/// Whether `found` is on a mount the lookups do not enter ([`crate::restored_paths`]).
+fn on_unentered_mount(mounts: &[MountEntry], found: &Found) -> bool {
+    let Found::At { mount, .. } = found else {
+        return false;
+    };
+    mount_of(mounts, *mount).is_some_and(|m| !crate::restored_paths::answers_alone(&m.fs_type))
+}
+
 fn mount_of(mounts: &[MountEntry], id: u64) -> Option<&MountEntry> {
     mounts.iter().find(|m| m.id == id)
 }
@@ -317,7 +310,9 @@ fn judge_namespace(
 ) -> Result<(), String> {
     let (mounts, root) = join_namespace(namespace, proc)?;
     refuse_stacked_root(&mounts)?;
-    judge(&mounts, expected, &mut |path| look_up(proc, &root, path))
+    judge(&mounts, expected, &mut |path| {
+        look_up(proc, &root, &mounts, path)
+    })
 }
 
 /// Refuses a mount at `/` whose parent is another mount of the namespace: a mount stacked on
@@ -384,9 +379,14 @@ pub fn unmasked_places(
         let (mounts, root) = join_namespace(namespace, &proc)?;
         let mut places = Vec::new();
         for path in masked.iter().flat_map(|path| kernel_places(&mounts, path)) {
-            let found = look_up(&proc, &root, &path)?;
+            let found = look_up(&proc, &root, &mounts, &path)?;
             let shown = matches!(found, Found::Link | Found::At { .. });
             if unshared_only && on_shared_mount(&mounts, &path) {
+                continue;
+            }
+            // A mask's mount would look at the place (its `fstat`) there: left to the check,
+            // which refuses it unmasked without entering it (review rest28 N8).
+            if on_unentered_mount(&mounts, &found) {
                 continue;
             }
             if shown && !is_mask(&mounts, &found) && !places.contains(&path) {
@@ -423,74 +423,6 @@ fn on_shared_mount(mounts: &[MountEntry], path: &Path) -> bool {
         .iter()
         .find(|m| !at_point.iter().any(|above| above.parent == m.id));
     top.is_some_and(|m| m.optional.iter().any(|f| f.starts_with("shared:")))
-}
-
-/// A file of the host's proc, `name` beneath it.
-fn read_in_proc(proc: &OwnedFd, name: &str) -> Result<Vec<u8>, String> {
-    let fd = nix::fcntl::openat(
-        proc.as_fd(),
-        name,
-        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|e| format!("cannot open /proc/{name}: {e}"))?;
-    let mut text = Vec::new();
-    std::io::Read::read_to_end(&mut fs::File::from(fd), &mut text)
-        .map_err(|e| format!("cannot read /proc/{name}: {e}"))?;
-    Ok(text)
-}
-
-/// What is at `path` beneath `root`; `proc` the host's, for its fdinfo. Links are followed
-/// inside the root, as `create` follows them to place a config's mounts and read-only paths
-/// (`Within::open`): an image's `/var/run -> /run` leads a read-only `/var/run/secrets/…`
-/// mount where it is (review mntcheck26 MC-3: refused before as reached through a link);
-/// a magic link (`/proc/self/root`, a descriptor) is never followed.
-pub fn look_up(proc: &OwnedFd, root: &OwnedFd, path: &Path) -> Result<Found, String> {
-    let relative: PathBuf = path
-        .components()
-        .filter(|c| matches!(c, Component::Normal(_)))
-        .collect();
-    let relative = match relative.as_os_str().is_empty() {
-        true => PathBuf::from("."),
-        false => relative,
-    };
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let fd = match openat2(root.as_fd(), &relative, how) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT | Errno::ENOTDIR) => return Ok(Found::Missing),
-        Err(Errno::ELOOP) => return Ok(Found::Link),
-        Err(e) => return Err(format!("cannot look at {}: {e}", path.display())),
-    };
-    let unreadable = |e: &dyn std::fmt::Display| format!("cannot read {}: {e}", path.display());
-    let stat = nix::sys::stat::fstat(&fd).map_err(|e| unreadable(&e))?;
-    let kind = stat.st_mode & libc::S_IFMT;
-    let null = kind == libc::S_IFCHR && stat.st_rdev == libc::makedev(1, 3);
-    let empty_folder = kind == libc::S_IFDIR && is_empty_folder(&fd).map_err(|e| unreadable(&e))?;
-    let info = read_in_proc(proc, &format!("thread-self/fdinfo/{}", fd.as_raw_fd()))?;
-    let mount = String::from_utf8_lossy(&info)
-        .lines()
-        .find_map(|line| line.strip_prefix("mnt_id:")?.trim().parse().ok())
-        .ok_or_else(|| unreadable(&"no mnt_id in its fdinfo"))?;
-    Ok(Found::At {
-        mount,
-        null,
-        empty_folder,
-    })
-}
-
-/// Whether the folder `fd` (an `O_PATH` descriptor) holds nothing.
-fn is_empty_folder(fd: &OwnedFd) -> nix::Result<bool> {
-    let opened = nix::fcntl::openat(
-        fd.as_fd(),
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )?;
-    let mut dir = nix::dir::Dir::from_fd(opened)?;
-    let mut names = dir.iter().filter_map(Result::ok);
-    Ok(names.all(|e| matches!(e.file_name().to_bytes(), b"." | b"..")))
 }
 
 /// The cgroup folder `host_path` (a folder of a cgroup hierarchy the host mounted) as a
@@ -737,42 +669,13 @@ mod tests {
         assert_eq!(judge(&mounts, &docker(), &mut missing), Ok(()));
     }
 
-    /// A path through a link inside the root (`var/run -> /run`, as Debian's images have) is
-    /// looked up where the link leads, as `create` placed the mount there; a link loop is
-    /// `Link`. Before, any link was `Link` and refused an ordinary restore (MC-3).
-    #[test]
-    fn a_path_through_a_link_inside_the_root_is_looked_up_where_it_leads() {
-        let folder = std::env::temp_dir().join(format!("restored-links-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&folder);
-        std::fs::create_dir_all(folder.join("run/secrets")).unwrap();
-        std::fs::create_dir_all(folder.join("var")).unwrap();
-        std::os::unix::fs::symlink("/run", folder.join("var/run")).unwrap();
-        std::os::unix::fs::symlink("loop", folder.join("loop")).unwrap();
-        let open = |path: &Path| -> OwnedFd {
-            let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-            nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()).unwrap()
-        };
-        let (proc, root) = (open(Path::new("/proc")), open(&folder));
-        let through_link = look_up(&proc, &root, Path::new("/var/run/secrets"));
-        let looped = look_up(&proc, &root, Path::new("/loop"));
-        std::fs::remove_dir_all(&folder).unwrap();
-        assert!(
-            matches!(
-                through_link,
-                Ok(Found::At {
-                    empty_folder: true,
-                    ..
-                })
-            ),
-            "{through_link:?}"
-        );
-        assert_eq!(looped, Ok(Found::Link));
-    }
-
     /// A process (busybox's `sleep`) in a mount namespace of its own (a copy of the host's),
     /// chrooted into a tmpfs with a proc of its own; `read_only` says which `/proc/sys` are
     /// bound read-only: `none`, `inner` (the chroot's only), `all` (the namespace's `/proc`'s
-    /// too). Killed on drop.
+    /// too), `fuse` (as `all`, with two FUSE filesystems whose server never answers, as a
+    /// frozen one's would not: at the chroot's `fuse` and, writable, at its
+    /// `proc/sys/fs/binfmt_misc`; the sleep holds their `/dev/fuse` descriptors, and its end
+    /// aborts them). Killed on drop.
     struct Chrooted {
         child: std::process::Child,
         folder: PathBuf,
@@ -789,7 +692,11 @@ mod tests {
                  cp /usr/bin/busybox $R/bin/; mount -t proc proc $R/proc; \
                  ro() { mount --bind $1 $1; mount -o remount,bind,ro $1; }; \
                  if [ $2 != none ]; then ro $R/proc/sys; fi; \
-                 if [ $2 = all ]; then ro /proc/sys; fi; \
+                 if [ $2 = all ] || [ $2 = fuse ]; then ro /proc/sys; fi; \
+                 fuse() { mount -i -t fuse -o fd=$1,rootmode=40000,user_id=0,group_id=0 \
+                     never $2; }; \
+                 if [ $2 = fuse ]; then exec 3<>/dev/fuse 4<>/dev/fuse; mkdir $R/fuse; \
+                     fuse 3 $R/fuse; fuse 4 $R/proc/sys/fs/binfmt_misc; fi; \
                  exec chroot $R /bin/busybox sleep 1000";
             let child = std::process::Command::new("unshare")
                 .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
@@ -861,6 +768,79 @@ mod tests {
             refusal.contains("/proc/interrupts is not masked"),
             "{refusal}"
         );
+    }
+
+    /// The check never waits on a filesystem a process answers (review rest28 N8: a frozen
+    /// tree's FUSE server never does): a FUSE mount below `/proc/sys`, writable, is refused as
+    /// writable by what the table says of it, and a read-only path beneath a FUSE mount is
+    /// refused naming that mount, neither entered. Each check runs on a thread of its own,
+    /// waited for 30 s at most: before, the first waited in `fstat`, the second in the
+    /// lookup, for good (the sleep's end, the FUSE connection's abort, frees them).
+    #[test]
+    fn the_check_never_waits_on_a_fuse_filesystem() {
+        let chrooted = Chrooted::start("fuse");
+        let pid = chrooted.child.id() as i32;
+        let held = crate::held::TestGroup::frozen("fuse", &[pid]).unwrap();
+        let nothing_else = Expected {
+            sysfs_writable: true,
+            cgroup_roots: vec!["/".into()],
+            ..Expected::default()
+        };
+        let read_only = |path: PathBuf, recursive| Expected {
+            read_only: vec![ReadOnly { path, recursive }],
+            ..nothing_else.clone()
+        };
+        let checks = [
+            read_only("/proc/sys".into(), true),
+            read_only(chrooted.folder.join("fuse/etc"), false),
+        ];
+        let refusals = checks.map(|expected| {
+            let hold = held.hold().clone();
+            within_30_s(move || check_tree(pid, &hold, &expected)).unwrap_err()
+        });
+        let proc_sys = chrooted.folder.join("proc/sys");
+        assert!(
+            refusals[0].contains(&format!(
+                "{}/fs/binfmt_misc (below {}) is writable",
+                proc_sys.display(),
+                proc_sys.display()
+            )),
+            "{}",
+            refusals[0]
+        );
+        let fuse = chrooted.folder.join("fuse");
+        assert!(
+            refusals[1].contains(&format!(
+                "lies beneath the fuse mount at {} (never)",
+                fuse.display()
+            )),
+            "{}",
+            refusals[1]
+        );
+        // A mask is not mounted there (its `fstat` would wait): the check refuses the place
+        // unmasked.
+        let masked = vec![proc_sys.join("fs/binfmt_misc")];
+        let namespace = fs::File::open(format!("/proc/{pid}/ns/mnt")).unwrap();
+        let to_mask = masked.clone();
+        let places = within_30_s(move || unmasked_places(&namespace, &to_mask, false));
+        assert_eq!(places, Ok(Vec::new()));
+        let hold = held.hold().clone();
+        let unmasked = Expected {
+            masked,
+            ..nothing_else
+        };
+        let refusal = within_30_s(move || check_tree(pid, &hold, &unmasked)).unwrap_err();
+        assert!(refusal.contains("binfmt_misc is not masked"), "{refusal}");
+    }
+
+    /// What `job` gives, on a thread of its own, waited for 30 s at most: a test's deadline
+    /// for what must not wait on a FUSE server (the thread is left waiting otherwise).
+    fn within_30_s<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> T {
+        let (said, answer) = std::sync::mpsc::channel();
+        std::thread::spawn(move || said.send(job()));
+        answer
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("waited on the FUSE server")
     }
 
     /// The places to mask are every proc mount's of the namespace, from its root, a chrooted
