@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use feather_confine::restored_mounts::Expected;
-use feather_confine::restored_sources::{CriuMountTable, HeldFilesystems, MountWatch};
+use feather_confine::restored_sources::{CriuMountTable, HeldFilesystems, MountWatch, SeenMounts};
 use feather_migrate::archive::read_at_most;
 use feather_migrate::criu::{common_options, Criu, RestoreCall, RESTORE_LOG};
 use feather_migrate::mount_images::{judge, KernelFs, Policy};
@@ -105,7 +105,7 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
             work.finish();
             // A CRIU that failed after its pre-resume leaves the tree frozen: killed so
             // before the removal, whose kill thaws (review r27 R5, as a refusal's).
-            let (pid, restoring_mnt, while_criu_ran) = ran.inspect_err(|_| {
+            let (pid, restoring_mnt, (while_criu_ran, held_since)) = ran.inspect_err(|_| {
                 let _ = hold.kill();
             })?;
             let accounted = Accounted {
@@ -116,7 +116,7 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
             };
             let checks = (&allowed, accounted);
             let resumed = resume_if_allowed(pid, checks, restoring_mnt, &container, &hold);
-            drop(held);
+            drop((held, held_since));
             resumed
         });
     let pid = match restored {
@@ -465,18 +465,14 @@ fn inherited_stdio(images: &Path) -> Result<Vec<rpc::InheritFd>> {
 /// ran, [`feather_confine::held`]); gives its init's pid and the mount namespace CRIU ran in
 /// (the child's, `mnt:[…]`), where no restored process of the container may stay; and every
 /// mount this namespace showed from the fork until CRIU's `pre-resume` ([`MountWatch`]: review
-/// r27 R1).
+/// r27 R1), with the holds of the filesystems first seen meanwhile, kept until the check.
 fn run(
     call: RestoreCall,
     place: CriuPlace,
     id: &str,
     hold: &feather_confine::held::Hold,
     log: &Path,
-) -> Result<(
-    i32,
-    Option<PathBuf>,
-    feather_confine::restored_sources::SeenMounts,
-)> {
+) -> Result<(i32, Option<PathBuf>, (SeenMounts, HeldFilesystems))> {
     let child = match feather_sys::process::fork_into(CloneFlags::CLONE_NEWNS)
         .map_err(|e| anyhow::anyhow!("{e}"))?
     {
