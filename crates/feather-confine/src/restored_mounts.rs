@@ -361,13 +361,59 @@ fn join_namespace(
 /// masks before the check when a dump lacked a mask (review r27 R7: taken from one process's
 /// view, a chrooted unit's own proc or a second proc mount went unmasked, and the restore was
 /// refused). Looked up as the check looks them up, in a thread of this process that joins the
-/// namespace. With `unshared_only`, a place on a shared mount (`shared:N`) is left out: a mask
-/// mounted there would propagate to its peers, which may be the host's (the check then
-/// refuses it unmasked).
+/// namespace. A place whose mask would lie on a mount of one of the peer groups `kept_off`
+/// (`shared:N`) is left out: a mask mounted there would propagate to its peers, which may be
+/// the host's (the check then refuses it unmasked).
 pub fn unmasked_places(
     namespace: &fs::File,
     masked: &[PathBuf],
-    unshared_only: bool,
+    kept_off: &[String],
+) -> Result<Vec<PathBuf>, String> {
+    places_lacking(namespace, masked, kept_off, &|mounts, path, look| {
+        let found = look(path)?;
+        let shown = matches!(found, Found::Link | Found::At { .. });
+        // A mask's mount would look at the place (its `fstat`) there: left to the check,
+        // which refuses it unmasked without entering it (review rest28 N8).
+        Ok(shown && !is_mask(mounts, &found) && !on_unentered_mount(mounts, &found))
+    })
+}
+
+/// The places the check requires read-only ([`judge`]: each of `knobs`, with every mount
+/// beneath it, beneath every proc and sysfs mount) that the mount namespace `namespace` shows
+/// writable, each from its root: what a restorer binds read-only before the check when a dump
+/// lacked a read-only bind of a kernel path (review mntcheck26 MC-6: a path absent at the
+/// dump, an older kernel's or another host's, is writable once restored here; masks were
+/// added, read-only binds were not, and the restore was refused). `kept_off` as for
+/// [`unmasked_places`]. A place reached through a link, or on a mount the lookups do not
+/// enter, is left to the check.
+pub fn writable_places(
+    namespace: &fs::File,
+    knobs: &[PathBuf],
+    kept_off: &[String],
+) -> Result<Vec<PathBuf>, String> {
+    places_lacking(namespace, knobs, kept_off, &|mounts, path, look| {
+        let found = look(path)?;
+        if !matches!(found, Found::At { .. }) || on_unentered_mount(mounts, &found) {
+            return Ok(false);
+        }
+        Ok(judge_read_only(mounts, path, true, look)?.is_some())
+    })
+}
+
+/// What a place is judged by in [`places_lacking`]: the namespace's mounts, the place, and
+/// what is at a path of it; whether it lacks what the check requires.
+type Lacks = dyn Fn(&[MountEntry], &Path, &mut dyn FnMut(&Path) -> Result<Found, String>) -> Result<bool, String>
+    + Sync;
+
+/// Each place of `paths` (beneath every proc and sysfs mount of the namespace `namespace`, as
+/// [`kernel_places`] gives them) that `lacks` says lacks what the check requires, once, but
+/// those whose new mount would lie on a mount of a peer group of `kept_off`; looked up in a
+/// thread of this process that joins the namespace.
+fn places_lacking(
+    namespace: &fs::File,
+    paths: &[PathBuf],
+    kept_off: &[String],
+    lacks: &Lacks,
 ) -> Result<Vec<PathBuf>, String> {
     let proc = nix::fcntl::open(
         "/proc",
@@ -375,21 +421,13 @@ pub fn unmasked_places(
         nix::sys::stat::Mode::empty(),
     )
     .map_err(|e| format!("cannot open /proc: {e}"))?;
-    let unmasked = || {
+    let lacking = || {
         let (mounts, root) = join_namespace(namespace, &proc)?;
+        let mut look = |path: &Path| look_up(&proc, &root, &mounts, path);
         let mut places = Vec::new();
-        for path in masked.iter().flat_map(|path| kernel_places(&mounts, path)) {
-            let found = look_up(&proc, &root, &mounts, &path)?;
-            let shown = matches!(found, Found::Link | Found::At { .. });
-            if unshared_only && on_shared_mount(&mounts, &path) {
-                continue;
-            }
-            // A mask's mount would look at the place (its `fstat`) there: left to the check,
-            // which refuses it unmasked without entering it (review rest28 N8).
-            if on_unentered_mount(&mounts, &found) {
-                continue;
-            }
-            if shown && !is_mask(&mounts, &found) && !places.contains(&path) {
+        for path in paths.iter().flat_map(|path| kernel_places(&mounts, path)) {
+            let kept = peer_group_of(&mounts, &path).is_some_and(|g| kept_off.contains(g));
+            if !kept && !places.contains(&path) && lacks(&mounts, &path, &mut look)? {
                 places.push(path);
             }
         }
@@ -397,32 +435,29 @@ pub fn unmasked_places(
     };
     std::thread::scope(|scope| {
         scope
-            .spawn(unmasked)
+            .spawn(lacking)
             .join()
-            .unwrap_or_else(|_| Err("the thread looking for unmasked kernel paths panicked".into()))
+            .unwrap_or_else(|_| Err("the thread looking for kernel paths panicked".into()))
     })
 }
 
-/// Whether the mount a mask at `path` would be mounted on is shared: what is mounted on it
-/// propagates to its peers. That mount is the top of the stack at the longest mounted prefix
-/// of `path`, `path` itself included: a mask at a mount point lies on the mount there, not on
-/// the one below it (review rest28 N7: the mount below was judged, and a mask over a shared
-/// mount at the path reached its peers).
-fn on_shared_mount(mounts: &[MountEntry], path: &Path) -> bool {
+/// The peer group (`shared:N`) of the mount a new mount at `path` would lie on, if it is
+/// shared: what is mounted on it propagates to its peers. That mount is the top of the stack
+/// at the longest mounted prefix of `path`, `path` itself included: a mask at a mount point
+/// lies on the mount there, not on the one below it (review rest28 N7: the mount below was
+/// judged, and a mask over a shared mount at the path reached its peers).
+fn peer_group_of<'a>(mounts: &'a [MountEntry], path: &Path) -> Option<&'a String> {
     let point = mounts
         .iter()
         .map(|m| &m.mount_point)
         .filter(|point| path.starts_with(point))
-        .max_by_key(|point| point.components().count());
-    let Some(point) = point else {
-        return false;
-    };
+        .max_by_key(|point| point.components().count())?;
     let at_point: Vec<&MountEntry> = mounts.iter().filter(|m| &m.mount_point == point).collect();
     // The top: the one no other mount at the same point is stacked on.
     let top = at_point
         .iter()
-        .find(|m| !at_point.iter().any(|above| above.parent == m.id));
-    top.is_some_and(|m| m.optional.iter().any(|f| f.starts_with("shared:")))
+        .find(|m| !at_point.iter().any(|above| above.parent == m.id))?;
+    top.optional.iter().find(|f| f.starts_with("shared:"))
 }
 
 /// The cgroup folder `host_path` (a folder of a cgroup hierarchy the host mounted) as a
@@ -822,7 +857,7 @@ mod tests {
         let masked = vec![proc_sys.join("fs/binfmt_misc")];
         let namespace = fs::File::open(format!("/proc/{pid}/ns/mnt")).unwrap();
         let to_mask = masked.clone();
-        let places = within_30_s(move || unmasked_places(&namespace, &to_mask, false));
+        let places = within_30_s(move || unmasked_places(&namespace, &to_mask, &[]));
         assert_eq!(places, Ok(Vec::new()));
         let hold = held.hold().clone();
         let unmasked = Expected {
@@ -853,7 +888,7 @@ mod tests {
         let held = crate::held::TestGroup::frozen("unmasked", &[pid]).unwrap();
         let namespace = fs::File::open(format!("/proc/{pid}/ns/mnt")).unwrap();
         let masked = [PathBuf::from("/proc/interrupts")];
-        let places = unmasked_places(&namespace, &masked, false).unwrap();
+        let places = unmasked_places(&namespace, &masked, &[]).unwrap();
         assert_eq!(
             places,
             [masked[0].clone(), chrooted.folder.join("proc/interrupts")]
@@ -861,11 +896,64 @@ mod tests {
         let pidfd = feather_sys::process::pidfd_open(nix::unistd::Pid::from_raw(pid)).unwrap();
         feather_sys::process::mask_in_mount_namespace_of(&pidfd, &places).unwrap();
         assert_eq!(
-            unmasked_places(&namespace, &masked, false).unwrap(),
+            unmasked_places(&namespace, &masked, &[]).unwrap(),
             Vec::<PathBuf>::new()
         );
         let expected = Expected {
             masked: masked.to_vec(),
+            sysfs_writable: true,
+            cgroup_roots: vec!["/".into()],
+            ..Expected::default()
+        };
+        assert_eq!(check_tree(pid, held.hold(), &expected), Ok(()));
+    }
+
+    /// The writable places of a read-only kernel path are found from the namespace's root (the
+    /// namespace's `/proc/sys`, not the chroot's, bound read-only already); bound read-only
+    /// there, with what is beneath, the check passes and none is left. A place whose mount is
+    /// of a peer group kept off (the host's) is not offered (review mntcheck26 MC-6).
+    #[test]
+    fn writable_kernel_paths_are_found_and_bound_read_only() {
+        let chrooted = Chrooted::start("inner");
+        let pid = chrooted.child.id() as i32;
+        let held = crate::held::TestGroup::frozen("writable", &[pid]).unwrap();
+        let namespace = fs::File::open(format!("/proc/{pid}/ns/mnt")).unwrap();
+        let knobs = [PathBuf::from("/proc/sys")];
+        let places = writable_places(&namespace, &knobs, &[]).unwrap();
+        assert_eq!(places, knobs);
+        let group = std::process::Command::new("nsenter")
+            .args([
+                "-t",
+                &pid.to_string(),
+                "-m",
+                "mount",
+                "--make-shared",
+                "/proc",
+            ])
+            .status()
+            .unwrap();
+        assert!(group.success());
+        // The namespace's table whole, not the chrooted process's view of it.
+        let shared = std::process::Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-m", "cat", "/proc/self/mountinfo"])
+            .output()
+            .unwrap()
+            .stdout;
+        let proc_group = feather_sys::mountinfo::parse(&shared)
+            .into_iter()
+            .find(|m| m.mount_point == Path::new("/proc"))
+            .and_then(|m| m.optional.into_iter().find(|f| f.starts_with("shared:")))
+            .unwrap();
+        let kept_off = writable_places(&namespace, &knobs, std::slice::from_ref(&proc_group));
+        assert_eq!(kept_off, Ok(Vec::new()), "{proc_group}");
+        let pidfd = feather_sys::process::pidfd_open(nix::unistd::Pid::from_raw(pid)).unwrap();
+        feather_sys::process::read_only_in_mount_namespace_of(&pidfd, &places).unwrap();
+        assert_eq!(writable_places(&namespace, &knobs, &[]), Ok(Vec::new()));
+        let expected = Expected {
+            read_only: vec![ReadOnly {
+                path: "/proc/sys".into(),
+                recursive: true,
+            }],
             sysfs_writable: true,
             cgroup_roots: vec!["/".into()],
             ..Expected::default()
@@ -890,16 +978,19 @@ mod tests {
              6 2 0:70 /acpi /proc/acpi rw shared:13 - proc proc rw\n\
              7 6 0:73 / /proc/acpi ro - tmpfs tmpfs ro\n",
         );
-        assert!(!on_shared_mount(&mounts, Path::new("/proc/interrupts")));
-        assert!(on_shared_mount(&mounts, Path::new("/proc/kcore")));
-        assert!(!on_shared_mount(&mounts, Path::new("/sys/firmware")));
-        assert!(!on_shared_mount(&mounts, Path::new("/sys/firmware/efi")));
-        assert!(on_shared_mount(&mounts, Path::new("/sys/kernel")));
+        fn group<'a>(mounts: &'a [MountEntry], path: &str) -> Option<&'a str> {
+            peer_group_of(mounts, Path::new(path)).map(String::as_str)
+        }
+        assert_eq!(group(&mounts, "/proc/interrupts"), None);
+        assert_eq!(group(&mounts, "/proc/kcore"), Some("shared:12"));
+        assert_eq!(group(&mounts, "/sys/firmware"), None);
+        assert_eq!(group(&mounts, "/sys/firmware/efi"), None);
+        assert_eq!(group(&mounts, "/sys/kernel"), Some("shared:9"));
         // Stacked: the top of the two at /proc/acpi, whatever the table's order.
-        assert!(!on_shared_mount(&mounts, Path::new("/proc/acpi")));
+        assert_eq!(group(&mounts, "/proc/acpi"), None);
         let reordered: Vec<MountEntry> = mounts.iter().rev().cloned().collect();
-        assert!(!on_shared_mount(&reordered, Path::new("/proc/acpi")));
-        assert!(on_shared_mount(&mounts, Path::new("/etc/x")));
+        assert_eq!(group(&reordered, "/proc/acpi"), None);
+        assert_eq!(group(&mounts, "/etc/x"), Some("shared:1"));
     }
 
     #[test]

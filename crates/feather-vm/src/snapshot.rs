@@ -1218,25 +1218,39 @@ fn mask_what_the_dump_lacked(vm: &VmDir, init: &ChildProcess, hold: &Hold) -> Re
 /// was refused). Looked up beneath the namespace's root, never through a magic link: a link
 /// in the restored tree is the images' to choose, and through `/proc/PID/root` an absolute
 /// one would lead the host's root to a host path (review r27 R6).
+/// The writable ones of `/proc/{bus,fs,irq,sys,sysrq-trigger}` are bound read-only first, each
+/// with every mount beneath it, as a start binds them
+/// ([`feather_confine::restored_mounts::writable_places`]; review mntcheck26 MC-6: a dump
+/// that lacked such a bind, a kernel path absent at the dump, was refused as writable).
 fn mask_in_namespace_of(vm: &VmDir, pid: i32, pidfd: &std::os::fd::OwnedFd) -> Result<()> {
     let name = vm.name();
     let ns = format!("/proc/{pid}/ns/mnt");
     let namespace = fs::File::open(&ns).at(&ns).in_vm(name)?;
+    let cannot_find = |what: &str, why: String| {
+        failed(
+            name,
+            format!(
+                "cannot find the kernel interfaces to {what} in process {pid}'s mount \
+                 namespace: {why}"
+            ),
+        )
+    };
+    let knobs: Vec<PathBuf> = rootfs::READ_ONLY_PROC
+        .iter()
+        .map(|path| Path::new("/proc").join(path))
+        .collect();
+    let writable = feather_confine::restored_mounts::writable_places(&namespace, &knobs, &[])
+        .map_err(|why| cannot_find("bind read-only", why))?;
+    if !writable.is_empty() {
+        process::read_only_in_mount_namespace_of(pidfd, &writable).in_vm(name)?;
+    }
     let masked: Vec<PathBuf> = rootfs::MASKED_PROC
         .iter()
         .chain(&rootfs::MASKED_SYS)
         .map(|path| Path::new("/").join(path))
         .collect();
-    let missing = feather_confine::restored_mounts::unmasked_places(&namespace, &masked, false)
-        .map_err(|why| {
-            failed(
-                name,
-                format!(
-                    "cannot find the kernel interfaces to mask in process {pid}'s mount \
-                     namespace: {why}"
-                ),
-            )
-        })?;
+    let missing = feather_confine::restored_mounts::unmasked_places(&namespace, &masked, &[])
+        .map_err(|why| cannot_find("mask", why))?;
     if missing.is_empty() {
         return Ok(());
     }
