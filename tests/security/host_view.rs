@@ -553,6 +553,53 @@ fn a_restore_whose_hiding_fails_does_not_let_the_vm_run() {
     );
 }
 
+/// A restored VM whose tree shows a mount the restore cannot account for is refused, killed
+/// while frozen, and leaves nothing: the VM stays checkpointed, its restored init is gone, no
+/// mount of it is left on the host, and it restores cleanly after. The mount here is the
+/// host's sysfs (of the host's network namespace: its superblock is the host's own `/sys`'s),
+/// mounted in the restored VM's namespace while its keeper holds the frozen tree before the
+/// check, as a CRIU led by crafted images would mount it; the accounting had unit tests only
+/// (review rest28 R1). Read-only, so that only the accounting refuses it: without it the
+/// VM ran with the host's `/sys` at `/mnt`.
+#[test]
+fn a_restored_vm_showing_a_mount_its_restore_did_not_make_is_refused_and_leaves_nothing() {
+    let a = Feather::new("host-view-extra-mount");
+    start_host_vm(&a, "w");
+    a.ok(&["checkpoint", "w"]);
+    let mut hold = crate::support::RecordHold::before_restored_check("host-view-extra-mount");
+    let restoring = hold.restore(&a, "w");
+    let init = hold.held_init().to_string();
+    let mounted = Command::new("nsenter")
+        .args([
+            "-t", &init, "-m", "mount", "-t", "sysfs", "-o", "ro", "sysfs", "/mnt",
+        ])
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    hold.release();
+    let restored = restoring.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&restored.stderr);
+    assert!(!restored.status.success(), "the VM was let run: {said}");
+    assert!(
+        said.contains("the mount at /mnt is sysfs")
+            && said.contains("mounted on the host before the restore"),
+        "{said}"
+    );
+    assert_eq!(a.status("w"), "checkpointed", "{said}");
+    assert!(
+        !Path::new(&format!("/proc/{init}")).exists(),
+        "the restored init is left"
+    );
+    let host_mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let root = a.root.to_string_lossy().into_owned();
+    assert!(
+        !host_mounts.lines().any(|l| l.contains(&root)),
+        "a mount of the refused restore is left on the host"
+    );
+    a.ok(&["restore", "w"]);
+    assert_eq!(a.status("w"), "running");
+}
+
 /// A new root is hidden in running VMs only: a registration reads each VM's state before it
 /// takes the VM's operation lock, and passes over one that is not running, whatever holds that
 /// lock (a start, an rm, a commit). It waited for every VM of the host before, up to 60 s each

@@ -888,6 +888,7 @@ pub(crate) fn restore_tree(
     let pid = Pid::from_raw(restored.map_err(|e| unprepared(name, why_read).unwrap_or(e))?);
     let pidfd = process::pidfd_open(pid).in_vm(name)?;
     let init = ChildProcess { pid, pidfd };
+    crate::test_hooks::held(HOLD_BEFORE_RESTORED_CHECK);
     // Stopped still: a VM never runs with a kernel interface unmasked, nor a unit's process
     // outside its group.
     // Before anything else of the restored tree is touched: what CRIU gave each task came
@@ -1081,6 +1082,12 @@ const VANISHED_LOWER: &str = "vanished-lower";
 /// mounts the layers of the host's filesystems, so that a test can remove one on the host
 /// meanwhile. Unset, nothing waits.
 pub const HOLD_BEFORE_RESTORED_LAYERS: &str = "FEATHER_TEST_HOLD_BEFORE_RESTORED_LAYERS";
+
+/// For tests only, as `keeper::HOLD_RUNNING_RECORD`: the file whose lock a restoring keeper
+/// waits for once CRIU has restored the VM, frozen, before any check of the restored tree, so
+/// that a test can change the tree as crafted images would have CRIU make it. Unset, nothing
+/// waits.
+pub const HOLD_BEFORE_RESTORED_CHECK: &str = "FEATHER_TEST_HOLD_BEFORE_RESTORED_CHECK";
 
 /// [`mount_restored_layer`], and once more if that fails and the layer's lower folder is no
 /// longer there: the host removed it since the keeper looked, which also detaches the restoring
