@@ -532,18 +532,14 @@ fn a_restore_whose_hiding_fails_does_not_let_the_vm_run() {
     let init = hold.held_init();
     crate::support::fill_mount_namespace(init);
     hold.release();
-    let restored = restoring.wait_with_output().unwrap();
-    let said = String::from_utf8_lossy(&restored.stderr);
-    assert!(!restored.status.success(), "the VM was let run: {said}");
-    assert!(
-        said.contains("cannot hide the host's state folders in the restored VM")
-            && said.contains("ENOSPC"),
-        "{said}"
-    );
-    assert_eq!(a.status("w"), "checkpointed", "{said}");
-    assert!(
-        !Path::new(&format!("/proc/{init}")).exists(),
-        "the restored init is left"
+    refused_and_left_checkpointed(
+        &a,
+        restoring,
+        init,
+        &[
+            "cannot hide the host's state folders in the restored VM",
+            "ENOSPC",
+        ],
     );
     a.ok(&["restore", "w"]);
     assert_eq!(
@@ -568,27 +564,22 @@ fn a_restored_vm_showing_a_mount_its_restore_did_not_make_is_refused_and_leaves_
     a.ok(&["checkpoint", "w"]);
     let mut hold = crate::support::RecordHold::before_restored_check("host-view-extra-mount");
     let restoring = hold.restore(&a, "w");
-    let init = hold.held_init().to_string();
+    let init = hold.held_init();
     let mounted = Command::new("nsenter")
-        .args([
-            "-t", &init, "-m", "mount", "-t", "sysfs", "-o", "ro", "sysfs", "/mnt",
-        ])
+        .args(["-t", &init.to_string(), "-m", "mount", "-t", "sysfs"])
+        .args(["-o", "ro", "sysfs", "/mnt"])
         .status()
         .unwrap();
     assert!(mounted.success());
     hold.release();
-    let restored = restoring.wait_with_output().unwrap();
-    let said = String::from_utf8_lossy(&restored.stderr);
-    assert!(!restored.status.success(), "the VM was let run: {said}");
-    assert!(
-        said.contains("the mount at /mnt is sysfs")
-            && said.contains("mounted on the host before the restore"),
-        "{said}"
-    );
-    assert_eq!(a.status("w"), "checkpointed", "{said}");
-    assert!(
-        !Path::new(&format!("/proc/{init}")).exists(),
-        "the restored init is left"
+    refused_and_left_checkpointed(
+        &a,
+        restoring,
+        init,
+        &[
+            "the mount at /mnt is sysfs",
+            "mounted on the host before the restore",
+        ],
     );
     let host_mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let root = a.root.to_string_lossy().into_owned();
@@ -598,6 +589,25 @@ fn a_restored_vm_showing_a_mount_its_restore_did_not_make_is_refused_and_leaves_
     );
     a.ok(&["restore", "w"]);
     assert_eq!(a.status("w"), "running");
+}
+
+/// Waits for VM `w`'s `restoring` and asserts that it was refused saying each of `said`, the
+/// VM left checkpointed and its restored init (`init`) gone.
+fn refused_and_left_checkpointed(
+    a: &Feather,
+    restoring: std::process::Child,
+    init: i32,
+    said: &[&str],
+) {
+    let restored = restoring.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&restored.stderr);
+    assert!(!restored.status.success(), "the VM was let run: {stderr}");
+    assert!(said.iter().all(|s| stderr.contains(s)), "{stderr}");
+    assert_eq!(a.status("w"), "checkpointed", "{stderr}");
+    assert!(
+        !Path::new(&format!("/proc/{init}")).exists(),
+        "the restored init is left"
+    );
 }
 
 /// A new root is hidden in running VMs only: a registration reads each VM's state before it

@@ -751,6 +751,16 @@ mod tests {
         }
     }
 
+    impl Chrooted {
+        /// Its pid, a group holding it frozen (`label`), and its mount namespace.
+        fn frozen(&self, label: &str) -> (i32, crate::held::TestGroup, fs::File) {
+            let pid = self.child.id() as i32;
+            let held = crate::held::TestGroup::frozen(label, &[pid]).unwrap();
+            let namespace = fs::File::open(format!("/proc/{pid}/ns/mnt")).unwrap();
+            (pid, held, namespace)
+        }
+    }
+
     impl Drop for Chrooted {
         fn drop(&mut self) {
             let _ = self.child.kill();
@@ -814,8 +824,7 @@ mod tests {
     #[test]
     fn the_check_never_waits_on_a_fuse_filesystem() {
         let chrooted = Chrooted::start("fuse");
-        let pid = chrooted.child.id() as i32;
-        let held = crate::held::TestGroup::frozen("fuse", &[pid]).unwrap();
+        let (pid, held, namespace) = chrooted.frozen("fuse");
         let nothing_else = Expected {
             sysfs_writable: true,
             cgroup_roots: vec!["/".into()],
@@ -855,7 +864,6 @@ mod tests {
         // A mask is not mounted there (its `fstat` would wait): the check refuses the place
         // unmasked.
         let masked = vec![proc_sys.join("fs/binfmt_misc")];
-        let namespace = fs::File::open(format!("/proc/{pid}/ns/mnt")).unwrap();
         let to_mask = masked.clone();
         let places = within_30_s(move || unmasked_places(&namespace, &to_mask, &[]));
         assert_eq!(places, Ok(Vec::new()));
@@ -884,9 +892,7 @@ mod tests {
     #[test]
     fn every_procs_unmasked_place_is_found_from_the_namespaces_root() {
         let chrooted = Chrooted::start("none");
-        let pid = chrooted.child.id() as i32;
-        let held = crate::held::TestGroup::frozen("unmasked", &[pid]).unwrap();
-        let namespace = fs::File::open(format!("/proc/{pid}/ns/mnt")).unwrap();
+        let (pid, held, namespace) = chrooted.frozen("unmasked");
         let masked = [PathBuf::from("/proc/interrupts")];
         let places = unmasked_places(&namespace, &masked, &[]).unwrap();
         assert_eq!(
@@ -915,9 +921,7 @@ mod tests {
     #[test]
     fn writable_kernel_paths_are_found_and_bound_read_only() {
         let chrooted = Chrooted::start("inner");
-        let pid = chrooted.child.id() as i32;
-        let held = crate::held::TestGroup::frozen("writable", &[pid]).unwrap();
-        let namespace = fs::File::open(format!("/proc/{pid}/ns/mnt")).unwrap();
+        let (pid, held, namespace) = chrooted.frozen("writable");
         let knobs = [PathBuf::from("/proc/sys")];
         let places = writable_places(&namespace, &knobs, &[]).unwrap();
         assert_eq!(places, knobs);
