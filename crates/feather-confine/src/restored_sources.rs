@@ -400,8 +400,15 @@ fn hold(mount: &MountEntry) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
             mount.device
         ))
     };
-    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let at = match nix::fcntl::open(&mount.mount_point, flags, nix::sys::stat::Mode::empty()) {
+    // No link followed on the way: the table's path has none, and one put there since could
+    // lead the lookup through a mount `holdable` passed over.
+    let how = nix::fcntl::OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(
+            nix::fcntl::ResolveFlag::RESOLVE_NO_SYMLINKS
+                | nix::fcntl::ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    let at = match nix::fcntl::openat2(nix::fcntl::AT_FDCWD, &mount.mount_point, how) {
         Ok(at) => at,
         Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => return Ok(None),
         Err(e) => return Err(cannot(&e)),
@@ -939,6 +946,40 @@ mod tests {
             .map(|m| m.device.as_str())
             .collect();
         assert_eq!(held, ["0:5", "0:22", "0:30", "0:24", "0:60", "0:23"]);
+    }
+
+    /// A mount point reached through a link (one put on the table's path since it was read)
+    /// is not held: its lookup follows no link, which could lead it through a FUSE mount.
+    #[test]
+    fn a_mount_point_reached_through_a_link_is_not_held() {
+        let place = Scratch::new("linked");
+        let inner = place.0.join("inner");
+        let tmpfs = |at: &Path| {
+            nix::mount::mount(
+                Some("tmpfs"),
+                at,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .unwrap()
+        };
+        tmpfs(&place.0);
+        fs::create_dir(&inner).unwrap();
+        tmpfs(&inner);
+        let link = place.0.with_extension("link");
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&place.0, &link).unwrap();
+        let mut mount = feather_sys::mountinfo::mounts()
+            .unwrap()
+            .into_iter()
+            .rfind(|m| m.mount_point == inner)
+            .unwrap();
+        let direct = hold(&mount).unwrap().is_some();
+        mount.mount_point = link.join("inner");
+        let through_link = hold(&mount).unwrap().is_some();
+        fs::remove_file(&link).unwrap();
+        assert_eq!((direct, through_link), (true, false));
     }
 
     /// A filesystem mounted at two places is held once (review rest28 N1: one descriptor
