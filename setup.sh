@@ -62,6 +62,7 @@ packages=(
     xdg-dbus-proxy   # Shuttle's D-Bus channels: the filtering proxy between a VM and another's bus
     python3-dbus python3-gi  # Shuttle tests: a program owning names on a VM's system bus
     socat            # Shuttle tests: a unix-socket client inside a VM
+    xfsprogs         # tests: a layer over XFS (its statfs id only its device number, its UUID tells it)
     e2fsprogs        # --disk without project quotas: mkfs.ext4 formats a VM's disk image; tests: chattr tries to change a project
     mount            # --disk without project quotas: mount -o loop attaches a VM's disk image
     # Engines that drive feather-oci in tests/oci (each test starts its own daemon; none is
@@ -69,7 +70,7 @@ packages=(
     containerd runc  # containerd 1.6 and ctr: `ctr run --runc-binary feather-oci`; its CRI plugin (docs/kubernetes.md)
     podman           # podman 4.3 --runtime feather-oci (with conmon)
     docker.io        # dockerd with a runtimes entry for feather-oci (docs/oci.md)
-    uidmap fuse-overlayfs slirp4netns  # what podman's package expects beside it
+    uidmap fuse-overlayfs slirp4netns  # what podman's package expects beside it; fuse-overlayfs also: a FUSE mount whose daemon a test stops (roots::tests)
     # opencontainers' own conformance suite (runtime-tools' validation programs, built from
     # source in GOPATH mode by scripts/oci-conformance; tests/oci/conformance.rs runs it).
     golang-go golang-github-opencontainers-runtime-tools-dev golang-github-google-uuid-dev

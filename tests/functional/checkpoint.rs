@@ -1468,6 +1468,41 @@ fn a_filesystem_the_host_removes_while_the_restore_mounts_its_layer_is_restored_
     );
 }
 
+/// The record of what a restored layer lies over is confirmed with what the restoring child
+/// mounted: a filesystem the host mounts over the layer's folder between the keeper's record
+/// and the child's copy of the host's mounts is what the VM sees and what its changes commit
+/// into; once it is unmounted, the filesystem the keeper recorded (A-B-A) is refused,
+/// untouched. Before, the record named A and the VM's B-era change was committed into A
+/// (review lowroots29; a start had this since gl27 L4).
+#[test]
+fn a_restores_record_of_its_layers_is_what_the_restoring_child_mounted() {
+    let feather = Feather::new("ckpt-aba");
+    feather.require_criu();
+    let mut base = ScratchBase::new("ckpt-aba");
+    let a = base.mount_tmpfs("data");
+    fs::write(a.join("keep"), "a\n").unwrap();
+    feather.start_over("vm", &base, &["--net", "none"]);
+    assert_eq!(feather.sh("vm", "cat /data/keep"), "a\n");
+    feather.ok(&["checkpoint", "vm"]);
+    let mut hold = crate::support::RecordHold::after_restore_record("ckpt-aba");
+    let restoring = hold.restore(&feather, "vm");
+    let b = base.mount_tmpfs("data");
+    fs::write(b.join("keep"), "b\n").unwrap();
+    hold.release();
+    let restored = restoring.wait_with_output().unwrap();
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    let seen = feather.sh("vm", "cat /data/keep && echo vm > /data/new && echo done");
+    assert_eq!(seen, "b\ndone\n");
+    feather.ok(&["stop", "vm"]);
+
+    base.unmount(&b);
+    crate::support::commit_refused_over_the_first(&feather, "vm", "/data", &a);
+}
+
 /// A link put where a restored layer's filesystem was mounted (the filesystem removed, its
 /// folder replaced by a link to another tree) while the restore mounts the VM's layers: the
 /// layer never lies over the tree the link names, and the restore fails naming the folder.

@@ -2,7 +2,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::support::{diff_paths, names_in, Bind, Feather, RecordHold, ScratchBase};
+use crate::support::{diff_paths, names_in, Bind, Feather, RecordHold, ScratchBase, XfsVolume};
 
 /// A VM over a scratch base with a known set of host files.
 fn prepared(label: &str) -> (Feather, ScratchBase) {
@@ -799,12 +799,7 @@ fn commit_knows_the_filesystem_init_layered_not_only_the_one_the_keeper_recorded
     assert_eq!(diff_paths(&feather.ok(&["diff", "vm"])), "A /mnt/sub/new\n");
 
     base.unmount(&b);
-    let refused = feather.fails(&["commit", "vm"]);
-    assert!(
-        refused.contains("beneath the VM's layer at /mnt/sub is not on the filesystem"),
-        "{refused}"
-    );
-    assert!(!a.join("new").exists(), "A untouched");
+    crate::support::commit_refused_over_the_first(&feather, "vm", "/mnt/sub", &a);
 }
 
 /// A VM stopped across a reboot (its record of another boot) commits into the filesystems it
@@ -824,10 +819,7 @@ fn commit_after_a_reboot_applies_to_the_filesystems_the_vm_saw_only() {
     );
     assert_eq!(done, "done\n");
     feather.ok(&["stop", "vm"]);
-    let record = feather.vm_dir("vm").join("lowers.json");
-    let mut seen: serde_json::Value = serde_json::from_slice(&fs::read(&record).unwrap()).unwrap();
-    seen["boot"] = "a boot before this one".into();
-    fs::write(&record, serde_json::to_vec(&seen).unwrap()).unwrap();
+    as_of_another_boot(&feather, "vm");
     assert_eq!(
         diff_paths(&feather.ok(&["diff", "vm"])),
         "A /data/new\nA /mnt/sub/new\n"
@@ -843,6 +835,45 @@ fn commit_after_a_reboot_applies_to_the_filesystems_the_vm_saw_only() {
     assert_eq!(names_in(&fresh), Vec::<String>::new());
     feather.ok(&["commit", "vm", "/data"]);
     assert_eq!(base.read("data/new").unwrap(), "vm\n");
+}
+
+/// Makes VM `vm`'s record of what its layers lie over one of another boot, as a reboot does.
+fn as_of_another_boot(feather: &Feather, vm: &str) {
+    let record = feather.vm_dir(vm).join("lowers.json");
+    let mut seen: serde_json::Value = serde_json::from_slice(&fs::read(&record).unwrap()).unwrap();
+    seen["boot"] = "a boot before this one".into();
+    fs::write(&record, serde_json::to_vec(&seen).unwrap()).unwrap();
+}
+
+/// A VM whose layer lies over XFS (a common server filesystem, whose `statfs` id is only its
+/// device number) commits into it after a reboot, the volume told by its UUID; another XFS
+/// volume made in its place (on the same loop device: the same device number, the same root
+/// inode) is refused, untouched. Before, every XFS layer was refused after a reboot or from
+/// another mount namespace ("start the VM again": review lowroots29).
+#[test]
+fn commit_after_a_reboot_applies_to_the_xfs_volume_the_vm_saw_only() {
+    let base = ScratchBase::new("commit-xfs");
+    base.write("data/keep", "base\n");
+    let xfs = XfsVolume::new("commit-xfs", &base.file("srv"));
+    let feather = Feather::new("commit-xfs");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    assert_eq!(feather.sh("vm", "echo a > /srv/a && echo done"), "done\n");
+    feather.ok(&["stop", "vm"]);
+    as_of_another_boot(&feather, "vm");
+    assert_eq!(diff_paths(&feather.ok(&["commit", "vm"])), "A /srv/a\n");
+    assert_eq!(fs::read_to_string(xfs.mount.join("a")).unwrap(), "a\n");
+
+    feather.ok(&["start", "vm"]);
+    assert_eq!(feather.sh("vm", "echo b > /srv/b && echo done"), "done\n");
+    feather.ok(&["stop", "vm"]);
+    as_of_another_boot(&feather, "vm");
+    xfs.format_again();
+    let refused = feather.fails(&["commit", "vm"]);
+    assert!(
+        refused.contains("beneath the VM's layer at /srv is not on the filesystem"),
+        "{refused}"
+    );
+    assert_eq!(names_in(&xfs.mount), Vec::<String>::new());
 }
 
 /// `reset VM PATH…` drops the chosen changes only (here a change `commit` refuses, under a

@@ -690,6 +690,103 @@ impl Drop for ProjectQuotaFs {
     }
 }
 
+/// VM `vm`'s `commit` refused for its layer at `layer`, whose folder shows `first` again (the
+/// filesystem the keeper recorded, A of A-B-A, mounted back once B, which the VM saw, is
+/// gone), and `first` left without the VM's `new`.
+pub fn commit_refused_over_the_first(feather: &Feather, vm: &str, layer: &str, first: &Path) {
+    let refused = feather.fails(&["commit", vm]);
+    let why = format!("beneath the VM's layer at {layer} is not on the filesystem");
+    assert!(refused.contains(&why), "{refused}");
+    assert!(!first.join("new").exists(), "A untouched");
+}
+
+/// An XFS filesystem on a loop device of its own, mounted at a folder (of a scratch base):
+/// XFS's `statfs` id is only its device number, its volume UUID tells it from another.
+/// [`XfsVolume::format_again`] makes another volume on the same loop device (so the same
+/// device number, another UUID). Unmounted, its loop device freed and its image removed on
+/// drop, also when the test failed.
+pub struct XfsVolume {
+    pub mount: PathBuf,
+    device: String,
+    dir: PathBuf,
+}
+
+impl XfsVolume {
+    pub fn new(label: &str, mount: &Path) -> Self {
+        let dir = unique_dir("xfs", label);
+        let image = dir.join("xfs.img");
+        // 300 MB: the least mkfs.xfs makes; sparse, so a few MB on disk.
+        fs::File::create(&image)
+            .unwrap()
+            .set_len(300 << 20)
+            .unwrap();
+        let attached = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(attached.status.success(), "losetup: {attached:?}");
+        let volume = XfsVolume {
+            mount: mount.to_path_buf(),
+            device: String::from_utf8(attached.stdout)
+                .unwrap()
+                .trim()
+                .to_owned(),
+            dir,
+        };
+        fs::create_dir_all(mount).unwrap();
+        let made = volume.format();
+        assert!(made.status.success(), "mkfs.xfs: {made:?}");
+        volume.mount();
+        volume
+    }
+
+    /// Unmounts the volume and makes another on the same loop device, mounted in its place.
+    /// mkfs.xfs opens the device exclusively, which fails while the old volume's superblock
+    /// lives on: a stopped VM's overlays, which held it, go with its mount namespaces, which
+    /// the kernel releases a little after the stop (measured: 0.4 s). Tried again until then.
+    pub fn format_again(&self) {
+        let status = Command::new("umount").arg(&self.mount).status().unwrap();
+        assert!(status.success(), "umount {}", self.mount.display());
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !self.format().status.success() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} still busy after 60 s",
+                self.device
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.mount();
+    }
+
+    fn format(&self) -> Output {
+        Command::new("mkfs.xfs")
+            .args(["-q", "-f", &self.device])
+            .output()
+            .expect("mkfs.xfs (xfsprogs, ./setup.sh)")
+    }
+
+    fn mount(&self) {
+        let mounted = Command::new("mount")
+            .arg(&self.device)
+            .arg(&self.mount)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount {}", self.device);
+        let open = <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
+        fs::set_permissions(&self.mount, open).unwrap();
+    }
+}
+
+impl Drop for XfsVolume {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A folder holding the `feather` binary alone, without the binaries cargo builds beside it
 /// (`feather-keeper`, `feather-svcd`) until a test adds them; removed on drop.
 pub struct LoneFeather {
@@ -975,6 +1072,13 @@ impl RecordHold {
     /// before they clone its init (`feather_vm::keeper::HOLD_AFTER_MOUNT_LIST`).
     pub fn after_mount_list(label: &str) -> Self {
         Self::at(label, feather_vm::keeper::HOLD_AFTER_MOUNT_LIST)
+    }
+
+    /// A hold on restoring keepers once they have recorded what the VM's layers lie over,
+    /// before their child copies the host's mounts
+    /// (`feather_vm::snapshot::HOLD_AFTER_RESTORE_RECORD`).
+    pub fn after_restore_record(label: &str) -> Self {
+        Self::at(label, feather_vm::snapshot::HOLD_AFTER_RESTORE_RECORD)
     }
 
     /// A hold on starting VMs' inits once they have found the filesystems under the base still

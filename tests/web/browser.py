@@ -193,6 +193,28 @@ def changes(tour):
     tour.notice("Committed 1")
 
 
+def drop(tour):
+    """Chosen changes of a stopped VM dropped, one that commit refuses (at a host mount its
+    layer does not cover) among them: it can be picked, commit says it never commits it, and
+    Drop selected drops it and the other chosen one after a confirmation naming them."""
+    vm = tour.args["vm"]
+    tour.open("#/vm/" + vm)
+    refused = f'#vm-changes input[data-path="{tour.args["refused"]}"]'
+    dropped = f'#vm-changes input[data-path="{tour.args["dropped"]}"]'
+    tour.click(refused)
+    tour.click("#commit-selected")
+    tour.notice("Never committed: " + tour.args["refused"])
+    tour.click(dropped)
+    tour.click("#reset-selected")
+    tour.text_appears("dialog#confirm", tour.args["refused"])
+    tour.text_appears("dialog#confirm", tour.args["dropped"])
+    tour.confirm()
+    tour.notice("Dropped 2")
+    tour.gone(refused)
+    tour.gone(dropped)
+    tour.find(f'#vm-changes input[data-path="{tour.args["keep"]}"]')
+
+
 def shuttle(tour):
     """The rules in force, which rule decides a request, and a denied request arriving live."""
     tour.open("#/shuttle")
@@ -382,7 +404,7 @@ def after_squat(tour):
     assert workers == 0, f"{workers} service worker(s) left for the page's origin"
 
 
-TOURS = {"squat": squat, "after_squat": after_squat, "other_port": other_port, "vms": vms, "phone": phone, "changes": changes, "shuttle": shuttle,
+TOURS = {"squat": squat, "after_squat": after_squat, "other_port": other_port, "vms": vms, "phone": phone, "changes": changes, "drop": drop, "shuttle": shuttle,
          "lost_contact": lost_contact, "checkpoint": checkpoint, "services": services,
          "ipc": ipc, "terminal": terminal, "ask": ask}
 

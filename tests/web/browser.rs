@@ -103,6 +103,38 @@ fn changes_are_shown_as_text_and_a_chosen_one_is_committed() {
     );
 }
 
+/// Chosen changes of a stopped VM are dropped from its page as `feather reset VM PATH…` drops
+/// them, one that commit refuses (written at a host mount mounted after the start) among them,
+/// and the others stay. Before, the page could only drop every change, and a change commit
+/// refused had no checkbox.
+#[test]
+fn chosen_changes_are_dropped_from_the_page_and_the_others_kept() {
+    let feather = Feather::new("web-drop");
+    let mut base = ScratchBase::new("web-drop");
+    base.write("data/keep", "base\n");
+    feather.start_over("d1", &base, &["--net", "none"]);
+    let late = base.mount_tmpfs("mnt/late");
+    feather.sh(
+        "d1",
+        "echo vm > /mnt/late/x; echo gone > /data/dropped.txt; echo kept > /data/kept.txt",
+    );
+    feather.ok(&["stop", "d1"]);
+    let server = WebServer::start(&feather);
+    tour(
+        "drop",
+        &server,
+        json!({ "vm": "d1", "refused": "/mnt/late/x", "dropped": "/data/dropped.txt",
+                "keep": "/data/kept.txt" }),
+    );
+    let diff = feather.ok(&["diff", "d1"]);
+    assert!(diff.contains("/data/kept.txt"), "{diff}");
+    assert!(
+        !diff.contains("/data/dropped.txt") && !diff.contains("/mnt/late/x"),
+        "{diff}"
+    );
+    assert_eq!(crate::support::names_in(&late), Vec::<String>::new());
+}
+
 /// The Shuttle page: the rule in force with its file and line, the policy check naming it, and
 /// a denied request appearing in the audit log while the page is open; `held` lines with a
 /// badge of their own, under "only refusals" when they counted one.

@@ -274,19 +274,23 @@ impl Registry {
     /// ids were, a marker not written yet or removed: review roots28 M1); not once the path is
     /// gone (a removed root's inode number may be a new folder's).
     pub fn spared_strict(&self) -> Result<Spared> {
-        let entries = self.entries_strict()?;
+        Ok(self.spared_of(&self.entries_strict()?))
+    }
+
+    /// [`Registry::spared_strict`] of `entries`, read from it.
+    fn spared_of(&self, entries: &[Entry]) -> Spared {
         let unmarked = |entry: &&Entry| match marker_in(&entry.dir) {
             Some(marker) => !entry.ids().any(|id| *id == marker),
             None => fs::symlink_metadata(&entry.dir).is_ok(),
         };
-        Ok(Spared {
+        Spared {
             identities: entries
                 .iter()
                 .filter(unmarked)
                 .map(|entry| (entry.dev, entry.ino))
                 .collect(),
             ids: entries.iter().flat_map(Entry::ids).cloned().collect(),
-        })
+        }
     }
 
     fn entries_strict(&self) -> Result<Vec<Entry>> {
@@ -490,10 +494,51 @@ fn late_state_folders_of(
     }
 }
 
-/// [`host_state_folders`] from [`Registry::roots_strict`]: an unreadable registry is an error.
-pub fn host_state_folders_strict() -> Result<Vec<PathBuf>> {
-    let entries = Registry::host().entries_strict()?;
-    Ok(state_folders_of(&entries, &[], &host_mounts()))
+/// The folders `diff`, `commit` and an export guard: the state folders of every registered
+/// root (read as strictly as [`Registry::roots_strict`]), the registry's and `own`'s, with
+/// their aliases, from one read of the host's mount table (as a start's).
+pub fn guarded_folders_strict(own: &StateRoot) -> Result<Vec<PathBuf>> {
+    Ok(Registry::host().guarded_strict(own, &host_mounts())?.0)
+}
+
+/// [`guarded_folders_strict`], and the state folders as a walk of the host knows them
+/// ([`Registry::spared_strict`], and the identities of those folders, not of their aliases:
+/// [`Registry::guarded_strict`]).
+pub fn guarded_strict(own: &StateRoot) -> Result<(Vec<PathBuf>, Spared)> {
+    Registry::host().guarded_strict(own, &host_mounts())
+}
+
+impl Registry {
+    /// [`guarded_strict`] of this registry, the aliases from `mounts`. The identities are
+    /// `stat`ed of each root's own folders only (which its `root-id` read touches anyway),
+    /// never of an alias: an alias found in the mount table may lie on another mount (a place
+    /// recorded before a reboot whose device number is an NFS or FUSE mount's now), whose
+    /// `stat` hangs while its server is away (review lowroots29), and it is the same folder as
+    /// the one it aliases, of the same identity, where it is one at all.
+    pub fn guarded_strict(
+        &self,
+        own: &StateRoot,
+        mounts: &[MountEntry],
+    ) -> Result<(Vec<PathBuf>, Spared)> {
+        let entries = self.entries_strict()?;
+        let mut own_folders: Vec<PathBuf> = entries
+            .iter()
+            .flat_map(|entry| canonical_folders(&entry.root()))
+            .collect();
+        own_folders.extend(registry_folder());
+        own_folders.extend(canonical_folders(own));
+        let mut spared = self.spared_of(&entries);
+        spared.identities.extend(
+            own_folders
+                .iter()
+                .filter_map(|folder| fs::metadata(folder).ok())
+                .map(|meta| (meta.dev(), meta.ino())),
+        );
+        spared.identities.sort_unstable();
+        spared.identities.dedup();
+        let folders = with_places(own_folders, &entries, &[], mounts);
+        Ok((folders, spared))
+    }
 }
 
 /// The state folders of `entries` and the registry's, with their aliases in `mounts`: those
@@ -508,6 +553,17 @@ fn state_folders_of(entries: &[Entry], retired: &[&Entry], mounts: &[MountEntry]
         .flat_map(|entry| canonical_folders(&entry.root()))
         .collect();
     folders.extend(registry_folder());
+    with_places(folders, entries, retired, mounts)
+}
+
+/// `folders` with their aliases in `mounts`, and the paths of the places `entries` and
+/// `retired` recorded (see [`state_folders_of`]).
+fn with_places(
+    folders: Vec<PathBuf>,
+    entries: &[Entry],
+    retired: &[&Entry],
+    mounts: &[MountEntry],
+) -> Vec<PathBuf> {
     let recorded = entries
         .iter()
         .chain(retired.iter().copied())
@@ -589,22 +645,6 @@ fn registry_folder() -> Vec<PathBuf> {
     let named = PathBuf::from(REGISTRY_DIR);
     let canonical = fs::canonicalize(&named).unwrap_or_else(|_| named.clone());
     vec![named, canonical]
-}
-
-/// The state folders as a walk of the host knows them: the identities (device, inode) of
-/// `folders` that exist now, and the registry's ([`Registry::spared_strict`]): a folder of the
-/// host that is one of them is a state folder, whatever path reaches it.
-pub fn state_spared_strict(folders: &[PathBuf]) -> Result<Spared> {
-    let mut spared = Registry::host().spared_strict()?;
-    spared.identities.extend(
-        folders
-            .iter()
-            .filter_map(|folder| fs::metadata(folder).ok())
-            .map(|meta| (meta.dev(), meta.ino())),
-    );
-    spared.identities.sort_unstable();
-    spared.identities.dedup();
-    Ok(spared)
 }
 
 /// A new root id: 16 random bytes, in hex.
@@ -878,6 +918,144 @@ mod tests {
         std::env::temp_dir().join(format!("feather-{kind}-{}-{nanos}", std::process::id()))
     }
 
+    /// A registry and a root made for a test (`label` names their scratch folders), the root's
+    /// folders made, not registered.
+    fn a_root(label: &str) -> (Registry, StateRoot) {
+        let registry = Registry::at(scratch(&format!("registry-{label}")));
+        let root = StateRoot::new(Some(scratch(&format!("root-{label}"))));
+        root.prepare().unwrap();
+        (registry, root)
+    }
+
+    /// `source` and `target` made where missing, canonical, and `source` bound at `target`
+    /// (the test unmounts it).
+    fn bound(source: &Path, target: &Path) -> (PathBuf, PathBuf) {
+        fs::create_dir_all(source).unwrap();
+        fs::create_dir_all(target).unwrap();
+        let (source, target) = (
+            fs::canonicalize(source).unwrap(),
+            fs::canonicalize(target).unwrap(),
+        );
+        let bind = std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(&source)
+            .arg(&target)
+            .status()
+            .unwrap();
+        assert!(
+            bind.success(),
+            "bind {} at {}",
+            source.display(),
+            target.display()
+        );
+        (source, target)
+    }
+
+    /// A FUSE filesystem (fuse-overlayfs over a scratch folder) served by a daemon of the
+    /// test's own, stopped (SIGSTOP) on demand, as a dead NFS or FUSE server: a lookup in it
+    /// then waits. Let go, unmounted and ended on drop, also when the test failed.
+    struct StoppableFuse {
+        mount: PathBuf,
+        daemon: std::process::Child,
+        folder: PathBuf,
+    }
+
+    impl StoppableFuse {
+        fn new(kind: &str) -> StoppableFuse {
+            let folder = scratch(kind);
+            let (lower, mount) = (folder.join("lower"), folder.join("mnt"));
+            fs::create_dir_all(lower.join("d/state")).unwrap();
+            fs::create_dir_all(&mount).unwrap();
+            let daemon = std::process::Command::new("fuse-overlayfs")
+                .arg("-f")
+                .arg("-o")
+                .arg(format!("lowerdir={}", lower.display()))
+                .arg(&mount)
+                .spawn()
+                .expect("fuse-overlayfs (./setup.sh)");
+            let fuse = StoppableFuse {
+                mount,
+                daemon,
+                folder,
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !host_mounts().iter().any(|m| m.mount_point == fuse.mount) {
+                assert!(Instant::now() < deadline, "fuse-overlayfs never mounted");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            fuse
+        }
+
+        fn device(&self) -> String {
+            let mounts = host_mounts();
+            let mount = mounts.iter().find(|m| m.mount_point == self.mount);
+            mount.unwrap().device.clone()
+        }
+
+        /// Sends `signal` (`STOP`, `CONT`) to the test's own daemon, by its pid.
+        fn signal(&self, signal: &str) {
+            let _ = std::process::Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(self.daemon.id().to_string())
+                .status();
+        }
+    }
+
+    impl Drop for StoppableFuse {
+        fn drop(&mut self) {
+            self.signal("CONT");
+            let _ = std::process::Command::new("umount")
+                .arg(&self.mount)
+                .status();
+            let _ = self.daemon.kill();
+            let _ = self.daemon.wait();
+            let _ = fs::remove_dir_all(&self.folder);
+        }
+    }
+
+    /// What `diff` and `commit` guard is found with no look at an alias on another mount: a
+    /// place recorded before a reboot whose device number is now a FUSE mount's (its server
+    /// stopped) gives paths in that mount, which are guarded by path, and nothing there is
+    /// `stat`ed. Before, each alias was `stat`ed for its identity, and the command waited as
+    /// long as the server did (review lowroots29).
+    #[test]
+    fn what_diff_guards_is_found_without_a_look_at_an_aliass_mount() {
+        let (registry, root) = a_root("dead-alias");
+        registry.register(&root).unwrap().mark().unwrap();
+        let fuse = StoppableFuse::new("fuse-dead-alias");
+        let file = fs::read_dir(registry.dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|ext| ext == "json"))
+            .unwrap();
+        let mut entry: Entry = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
+        entry.places.push(Place {
+            device: fuse.device(),
+            path: "/d/state".into(),
+        });
+        fs::write(&file, serde_json::to_vec(&entry).unwrap()).unwrap();
+        fuse.signal("STOP");
+        let (send, answer) = std::sync::mpsc::channel();
+        let looking = registry.dir().to_path_buf();
+        let own = StateRoot::new(Some(root.dir().to_path_buf()));
+        std::thread::spawn(move || {
+            let found = Registry::at(looking).guarded_strict(&own, &host_mounts());
+            let _ = send.send(found.map(|(folders, _)| folders));
+        });
+        // Generous: the look takes milliseconds; a `stat` in the stopped mount never ends.
+        let folders = answer.recv_timeout(Duration::from_secs(60));
+        fuse.signal("CONT");
+        let folders = folders.expect("the guarded folders, found without waiting on the mount");
+        assert!(
+            folders.unwrap().contains(&fuse.mount.join("d/state")),
+            "the alias is guarded by path"
+        );
+        drop(fuse);
+        fs::remove_dir_all(registry.dir()).unwrap();
+        fs::remove_dir_all(root.dir()).unwrap();
+    }
+
     #[test]
     fn the_strict_read_keeps_a_missing_root_and_fails_on_an_unreadable_entry() {
         let registry = Registry::at(scratch("registry-strict"));
@@ -912,9 +1090,7 @@ mod tests {
     /// registry: its registration waits for the commit (review fixes23 C7).
     #[test]
     fn a_new_root_is_registered_only_once_no_commit_holds_the_registry() {
-        let registry = Registry::at(scratch("registry-held"));
-        let root = StateRoot::new(Some(scratch("root-held")));
-        root.prepare().unwrap();
+        let (registry, root) = a_root("held");
         let hold = registry.hold_for_commit().unwrap();
         let second = registry.hold_for_commit().unwrap();
         let (done, registered) = std::sync::mpsc::channel();
@@ -951,9 +1127,7 @@ mod tests {
     /// pid, rather than hang (review gl27 L1).
     #[test]
     fn a_registration_waits_for_a_commit_only_so_long() {
-        let registry = Registry::at(scratch("registry-stuck"));
-        let root = StateRoot::new(Some(scratch("root-stuck")));
-        root.prepare().unwrap();
+        let (registry, root) = a_root("stuck");
         let hold = registry.hold_for_commit().unwrap();
         let (done, registered) = std::sync::mpsc::channel();
         let (dir, root_dir) = (registry.dir().to_path_buf(), root.dir().to_path_buf());
@@ -987,23 +1161,9 @@ mod tests {
     /// same filesystem that shows another folder is none of its aliases.
     #[test]
     fn a_folder_bound_elsewhere_has_the_other_path_for_an_alias() {
-        let source = scratch("alias-source");
-        let target = scratch("alias-target");
         let other = scratch("alias-other");
-        for dir in [&source, &target, &other] {
-            fs::create_dir_all(dir).unwrap();
-        }
-        let (source, target) = (
-            fs::canonicalize(&source).unwrap(),
-            fs::canonicalize(&target).unwrap(),
-        );
-        let bound = std::process::Command::new("mount")
-            .arg("--bind")
-            .arg(&source)
-            .arg(&target)
-            .status()
-            .unwrap();
-        assert!(bound.success());
+        fs::create_dir_all(&other).unwrap();
+        let (source, target) = bound(&scratch("alias-source"), &scratch("alias-target"));
         let found = (
             with_aliases([source.clone()]),
             with_aliases([target.clone()]),
@@ -1026,20 +1186,9 @@ mod tests {
     #[test]
     fn a_bind_of_a_folder_inside_is_an_alias_too() {
         let root = scratch("inside-root");
-        let target = scratch("inside-target");
         fs::create_dir_all(root.join("vms/a")).unwrap();
-        fs::create_dir_all(&target).unwrap();
-        let (root, target) = (
-            fs::canonicalize(&root).unwrap(),
-            fs::canonicalize(&target).unwrap(),
-        );
-        let bound = std::process::Command::new("mount")
-            .arg("--bind")
-            .arg(root.join("vms"))
-            .arg(&target)
-            .status()
-            .unwrap();
-        assert!(bound.success());
+        let (vms, target) = bound(&root.join("vms"), &scratch("inside-target"));
+        let root = vms.parent().unwrap().to_path_buf();
         let found = with_aliases([root.clone()]);
         let _ = std::process::Command::new("umount").arg(&target).status();
         let _ = fs::remove_dir_all(&root);
@@ -1164,9 +1313,7 @@ mod tests {
 
     #[test]
     fn a_root_is_new_once_and_listed_while_it_exists() {
-        let registry = Registry::at(scratch("registry"));
-        let root = StateRoot::new(Some(scratch("root")));
-        root.prepare().unwrap();
+        let (registry, root) = a_root("");
         let new = registry.register(&root).unwrap();
         new.mark().unwrap();
         let new = new.new.expect("first time: new");
@@ -1262,20 +1409,7 @@ mod tests {
     fn a_root_unbound_then_gone_from_its_path_stays_hidden_and_guarded_at_its_source() {
         let registry = Registry::at(scratch("registry-unbound"));
         let folder = scratch("unbound");
-        let (source, target) = (folder.join("source"), folder.join("target"));
-        fs::create_dir_all(&source).unwrap();
-        fs::create_dir_all(&target).unwrap();
-        let (source, target) = (
-            fs::canonicalize(&source).unwrap(),
-            fs::canonicalize(&target).unwrap(),
-        );
-        let bound = std::process::Command::new("mount")
-            .arg("--bind")
-            .arg(&source)
-            .arg(&target)
-            .status()
-            .unwrap();
-        assert!(bound.success());
+        let (source, target) = bound(&folder.join("source"), &folder.join("target"));
         let root = StateRoot::new(Some(target.clone()));
         root.prepare().unwrap();
         registry.register(&root).unwrap().mark().unwrap();
@@ -1345,9 +1479,7 @@ mod tests {
     /// by its recorded identity (review roots28 M1).
     #[test]
     fn a_missing_or_other_marker_is_written_or_adopted_and_the_identity_guards_meanwhile() {
-        let registry = Registry::at(scratch("registry-marker"));
-        let root = StateRoot::new(Some(scratch("root-marker")));
-        root.prepare().unwrap();
+        let (registry, root) = a_root("marker");
         let first = registry.register(&root).unwrap();
         assert!(first.new.is_some());
         drop(first); // killed before its mark
@@ -1429,9 +1561,7 @@ mod tests {
     /// the root may have been bound meanwhile too (review roots28 L1). With none, it reads none.
     #[test]
     fn the_last_look_reads_the_mount_table_again_only_for_a_late_root() {
-        let registry = Registry::at(scratch("registry-late"));
-        let root = StateRoot::new(Some(scratch("root-late")));
-        root.prepare().unwrap();
+        let (registry, root) = a_root("late");
         registry.register(&root).unwrap().mark().unwrap();
         let dir = fs::canonicalize(root.dir()).unwrap();
         let run = fs::canonicalize(root.run_dir()).unwrap();

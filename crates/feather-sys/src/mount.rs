@@ -399,6 +399,26 @@ pub fn file_handle(fd: &impl std::os::fd::AsFd) -> Result<(i32, Vec<u8>)> {
     raw::file_handle(fd.as_fd().as_raw_fd()).ctx("name_to_handle_at", "descriptor")
 }
 
+/// The volume UUID of the filesystem `fd` is on (FS_IOC_GETFSUUID, Linux 6.5: ext4, XFS,
+/// btrfs, tmpfs give one), which names the volume wherever its disk sits, where `statfs`'s
+/// `f_fsid` may be only the device number (XFS); None where the filesystem gives none (FAT,
+/// exFAT, FUSE, an older kernel) or gives all zeros (a filesystem made without one). An
+/// `O_PATH` descriptor (which takes no ioctl) is reopened through `/proc/self/fd` to ask: the
+/// same inode, no path walked.
+pub fn volume_uuid(fd: &impl std::os::fd::AsFd) -> Option<Vec<u8>> {
+    let asked = match raw::volume_uuid(fd.as_fd()) {
+        Err(nix::errno::Errno::EBADF) => {
+            let own = format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd());
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+            let reopened =
+                nix::fcntl::open(own.as_str(), flags, nix::sys::stat::Mode::empty()).ok()?;
+            raw::volume_uuid(reopened.as_fd())
+        }
+        asked => asked,
+    };
+    asked.ok().filter(|uuid| uuid.iter().any(|&byte| byte != 0))
+}
+
 /// Flags of a detached mount made by [`clone_tree`] (`MOUNT_ATTR_*` of uapi/linux/mount.h).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TreeFlags {

@@ -843,6 +843,34 @@ const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801c_581f;
 /// `_IOW('X', 32, struct fsxattr)`.
 const FS_IOC_FSSETXATTR: libc::c_ulong = 0x401c_5820;
 
+/// `_IOR(0x15, 0, struct fsuuid2)` (Linux 6.5).
+const FS_IOC_GETFSUUID: libc::c_ulong = 0x8011_1500;
+
+/// FS_IOC_GETFSUUID: the volume UUID of the filesystem `fd` is on (its length, then up to 16
+/// bytes); ENOTTY where the filesystem gives none.
+pub fn volume_uuid(fd: BorrowedFd) -> Result<Vec<u8>, Errno> {
+    #[repr(C)]
+    struct FsUuid2 {
+        len: u8,
+        uuid: [u8; 16],
+    }
+    let mut answer = FsUuid2 {
+        len: 0,
+        uuid: [0; 16],
+    };
+    // SAFETY: `answer` is a writable struct fsuuid2 of the size the request encodes; the kernel
+    // fills it in and keeps no pointer to it.
+    let ret = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            FS_IOC_GETFSUUID,
+            &mut answer as *mut FsUuid2,
+        )
+    };
+    Errno::result(ret)?;
+    Ok(answer.uuid[..usize::from(answer.len).min(16)].to_vec())
+}
+
 /// FS_IOC_FSGETXATTR: the extended attributes (project id, xflags) of the file `fd` is open on.
 pub fn fs_get_xattr(fd: BorrowedFd) -> Result<FsXattr, Errno> {
     let mut attr = FsXattr::default();

@@ -1,12 +1,13 @@
 //! What feather's integration test crates share, so that each is written once: a scratch
 //! folder of a test's own ([`unique_dir`]), the outcome of a command ([`Outcome`], [`run`]),
 //! waiting for a condition ([`eventually`]), a disk of the host ([`a_disk`]), a process killed
-//! when the test ends ([`Started`]), and CRIU's images
+//! when the test ends ([`Started`]), a tmpfs unmounted when the test ends ([`TmpfsMount`]),
+//! and CRIU's images
 //! rewritten as a crafted checkpoint would have them ([`criu_image`], over protobuf's wire format: [`protobuf`]).
 //!
 //! It is a dev-dependency only: of `feather` (whose test crates are tests/functional,
 //! tests/security and tests/web), `feather-oci` (tests/oci and its unit tests) and
-//! `feather-confine` (its unit tests). Product code never depends on
+//! `feather-confine`, `feather-sys` and `feather-vm` (their unit tests). Product code never depends on
 //! it, which is why feather-migrate's `mount_images` reads CRIU's mount images with a reader
 //! of its own: that one judges an image from a checkpoint or a sender, so it is bounded
 //! (`MAX_IMAGE`), decodes only `MntEntry`, and returns errors; the walkers here rewrite images
@@ -106,5 +107,28 @@ impl Drop for Started {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A tmpfs (mode 0755) mounted at a folder for a test (made if missing), detached when dropped,
+/// also when the test fails.
+pub struct TmpfsMount(pub PathBuf);
+
+impl TmpfsMount {
+    pub fn at(at: &std::path::Path) -> TmpfsMount {
+        std::fs::create_dir_all(at).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "mode=0755", "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount a tmpfs at {}", at.display());
+        TmpfsMount(at.to_path_buf())
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }

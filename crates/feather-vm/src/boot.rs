@@ -234,8 +234,10 @@ mod tests {
                         kind: 0x794c7630,
                         fsid: i,
                         handle: Some(format!("251:{}", "ab".repeat(60))),
+                        uuid: Some("cd".repeat(16)),
                     },
                 )),
+                over_nothing: false,
             })
             .collect();
         let mut stream = Vec::new();

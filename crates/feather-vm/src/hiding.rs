@@ -51,16 +51,13 @@ pub fn state_folders_in(own: &StateRoot, mounts: &[MountEntry]) -> Vec<PathBuf> 
 /// [`state_folders`] for a guard that must not miss one (`diff`, `commit`): an unreadable
 /// registry is an error, and a root whose folder is missing still counts.
 pub fn state_folders_strict(own: &StateRoot) -> feather_core::error::Result<Vec<PathBuf>> {
-    let mut folders: BTreeSet<PathBuf> = feather_core::roots::host_state_folders_strict()?
-        .into_iter()
-        .collect();
-    folders.extend(feather_core::roots::root_folders(own));
-    Ok(folders.into_iter().collect())
+    feather_core::roots::guarded_folders_strict(own)
 }
 
 /// What `diff` and `commit` guard of the host: the folders [`state_folders_strict`] gives,
 /// and the state folders as a walk of the host knows them, by identity or by the root id they
-/// hold (see [`feather_core::roots::state_spared_strict`]), at a path no mount table names.
+/// hold (see [`feather_core::roots::Registry::guarded_strict`]), at a path no mount table
+/// names.
 pub struct StateFolders {
     pub folders: Vec<PathBuf>,
     pub spared: feather_sys::beneath::Spared,
@@ -68,8 +65,7 @@ pub struct StateFolders {
 
 /// [`StateFolders`] of the host with `own`'s, read strictly.
 pub fn state_folders_guarded(own: &StateRoot) -> feather_core::error::Result<StateFolders> {
-    let folders = state_folders_strict(own)?;
-    let spared = feather_core::roots::state_spared_strict(&folders)?;
+    let (folders, spared) = feather_core::roots::guarded_strict(own)?;
     Ok(StateFolders { folders, spared })
 }
 

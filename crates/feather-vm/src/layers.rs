@@ -457,7 +457,8 @@ pub enum Unseen {
     Unopened,
     /// The record is of another boot or mount namespace, and holds nothing that tells the
     /// folder (a record by an older feather, a filesystem without file handles or a
-    /// filesystem id, as FUSE, or one whose id is its device number, as FAT).
+    /// filesystem id, as FUSE, or one whose id is its device number and which gives no volume
+    /// UUID, as FAT).
     Unprovable,
     /// The record is there but cannot be read.
     Unreadable,
@@ -485,8 +486,9 @@ impl Unseen {
             Unseen::Unprovable => {
                 "cannot be told from another filesystem: the VM's record of what its layers lay \
                  over is of another boot or mount namespace and names no file handle for it, or \
-                 its filesystem's id is only its device number (FAT, exFAT, f2fs, XFS), which \
-                 another volume in the same slot repeats"
+                 its filesystem's id is only its device number and it gives no volume UUID \
+                 (FAT, exFAT, f2fs; XFS before Linux 6.5), which another volume in the same \
+                 slot repeats"
             }
             Unseen::Unreadable => "cannot be checked: the VM's record lowers.json is unreadable",
         }
@@ -571,7 +573,8 @@ impl SeenLowers {
         Ok(())
     }
 
-    /// Confirms the VM's record with what its init pinned beneath its layers (`pinned`): a
+    /// Confirms the VM's record with what its init (or restoring child) pinned beneath its
+    /// layers (`pinned`): a
     /// layer where init held another folder than the record names is recorded as init saw it
     /// (its mount id unknown: the folder is compared, [`NO_MOUNT_ID`]), so that the filesystem
     /// recorded, mounted back there later, is not taken for it; one whose folder init could
@@ -594,8 +597,21 @@ impl SeenLowers {
     /// [`SeenLowers::confirm`] on the record in memory: whether it changed.
     fn take_pinned(&mut self, pinned: &[PinnedLower]) -> bool {
         let mut changed = false;
-        for PinnedLower { layer, folder } in pinned {
+        for PinnedLower {
+            layer,
+            folder,
+            over_nothing,
+        } in pinned
+        {
             let recorded = (self.folders.get(layer), self.filesystems.get(layer));
+            if *over_nothing {
+                if self.mounts.insert(layer.clone(), NONE_SEEN) != Some(NONE_SEEN) {
+                    self.folders.remove(layer);
+                    self.filesystems.remove(layer);
+                    changed = true;
+                }
+                continue;
+            }
             match folder {
                 Some((id, on)) if recorded == (Some(id), Some(on)) => continue,
                 Some((id, on)) => {
@@ -711,7 +727,8 @@ impl SeenLowers {
             return Ok(Some(Unseen::Unprovable));
         }
         let (dev_now, ino_now) = folder_id(lower)?;
-        let same = ino == ino_now && (dev == dev_now || !same_boot) && *on == FolderOn::of(lower)?;
+        let same =
+            ino == ino_now && (dev == dev_now || !same_boot) && on.matches(&FolderOn::of(lower)?);
         Ok((!same).then_some(Unseen::Replaced))
     }
 }
@@ -887,29 +904,7 @@ mod tests {
         }
     }
 
-    /// A tmpfs mounted for a test, unmounted when dropped (also when the test fails).
-    struct TestMount(PathBuf);
-
-    impl TestMount {
-        fn tmpfs(at: &Path) -> TestMount {
-            fs::create_dir_all(at).unwrap();
-            nix::mount::mount(
-                Some("tmpfs"),
-                at,
-                Some("tmpfs"),
-                nix::mount::MsFlags::empty(),
-                Some("mode=0755"),
-            )
-            .unwrap();
-            TestMount(at.to_path_buf())
-        }
-    }
-
-    impl Drop for TestMount {
-        fn drop(&mut self) {
-            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
+    use feather_testkit::TmpfsMount;
 
     /// A layer at `mount_point` over the base `base` (its own folders never used here).
     fn layer_over(base: &Path, mount_point: &str) -> Layer {
@@ -939,7 +934,7 @@ mod tests {
         let base = &scratch.0;
         let root = layer_over(base, "/");
         let seen = SeenLowers::now(base, std::slice::from_ref(&root)).unwrap();
-        let _drive_b = TestMount::tmpfs(&base.join("mnt/usb"));
+        let _drive_b = TmpfsMount::at(&base.join("mnt/usb"));
         assert_eq!(judged(&seen, base, &root), None);
         let usb = layer_over(base, "/mnt/usb");
         assert_eq!(judged(&seen, base, &usb), Some(Unseen::Unrecorded));
@@ -970,7 +965,7 @@ mod tests {
         let scratch = Scratch::new("boot");
         let base = &scratch.0;
         let mut layers = vec![layer_over(base, "/"), layer_over(base, "/mnt/t")];
-        let first = TestMount::tmpfs(&base.join("mnt/t"));
+        let first = TmpfsMount::at(&base.join("mnt/t"));
         let mut seen = SeenLowers::now(base, &layers).unwrap();
         seen.boot = "another boot".into();
         let file = base.join("lowers.json");
@@ -980,7 +975,7 @@ mod tests {
             assert_eq!(judged(&seen, base, layer), None, "{layer:?}");
         }
         drop(first);
-        let _second = TestMount::tmpfs(&base.join("mnt/t"));
+        let _second = TmpfsMount::at(&base.join("mnt/t"));
         assert_eq!(judged(&seen, base, &layers[1]), Some(Unseen::Replaced));
         assert_eq!(judged(&seen, base, &layers[0]), None);
         // A record by a feather from before the handles: nothing tells the folder.
@@ -989,16 +984,19 @@ mod tests {
         assert_eq!(judged(&seen, base, &layers[0]), Some(Unseen::Unprovable));
     }
 
-    /// A filesystem whose id is only its device number (FAT, exFAT, f2fs, XFS: `statfs`'s
-    /// `f_fsid` is `huge_encode_dev` of its disk, the folder's st_dev) tells nothing from
-    /// another boot or namespace: another volume in the same slot repeats it, and on FAT the
-    /// root's handle too. Before, such a record passed for proof (review lowers28 M1).
+    /// A filesystem whose id is only its device number (FAT, exFAT, f2fs: `statfs`'s
+    /// `f_fsid` is `huge_encode_dev` of its disk, the folder's st_dev) and which gives no
+    /// volume UUID tells nothing from another boot or namespace: another volume in the same
+    /// slot repeats it, and on FAT the root's handle too. Before, such a record passed for
+    /// proof (review lowers28 M1). One with a UUID (XFS) is told by it, and a UUID recorded
+    /// must be found again; a record from before UUIDs is proved by the rest.
     #[test]
-    fn a_filesystem_id_that_is_the_device_number_proves_nothing() {
+    fn a_filesystem_id_that_is_the_device_number_proves_nothing_without_a_uuid() {
         let on = FolderOn {
             kind: 0x4d44, // MSDOS_SUPER_MAGIC
             fsid: 0x0811,
             handle: Some("1:0100000000000000".into()),
+            uuid: None,
         };
         assert!(!on.proves(0x0811), "FAT on /dev/sdb1 (8:17)");
         assert!(on.proves(0x0812), "an id that is not the folder's device");
@@ -1010,7 +1008,34 @@ mod tests {
             .proves(0x0811),
             "FUSE"
         );
-        assert!(!FolderOn { handle: None, ..on }.proves(0x0812), "no handle");
+        let xfs = FolderOn {
+            kind: 0x5846_5342, // XFS_SUPER_MAGIC
+            uuid: Some("2a38a18064b64111baf2618329f089dd".into()),
+            ..on.clone()
+        };
+        assert!(xfs.proves(0x0811), "XFS on /dev/sdb1: its UUID");
+        let other_volume = FolderOn {
+            uuid: Some("dc777532b0b44e329f7ae595dfc4cac6".into()),
+            ..xfs.clone()
+        };
+        assert!(
+            !xfs.matches(&other_volume),
+            "another XFS volume in the slot"
+        );
+        assert!(xfs.matches(&xfs.clone()));
+        let before_uuids = FolderOn {
+            uuid: None,
+            ..xfs.clone()
+        };
+        assert!(before_uuids.matches(&xfs), "a record from before UUIDs");
+        assert!(
+            !FolderOn {
+                handle: None,
+                ..xfs
+            }
+            .proves(0x0812),
+            "no handle"
+        );
     }
 
     /// A start's record replaces the VM's only once the start succeeded: one that failed
@@ -1029,11 +1054,11 @@ mod tests {
         let vm = root.vm(&config.name);
         fs::create_dir_all(vm.path()).unwrap();
         let layers = [layer_over(base, "/"), layer_over(base, "/mnt/t")];
-        let a = TestMount::tmpfs(&base.join("mnt/t"));
+        let a = TmpfsMount::at(&base.join("mnt/t"));
         let seen_a = SeenLowers::now(base, &layers).unwrap();
         seen_a.write(&vm.lower_mounts(), &vm, &config).unwrap();
         drop(a);
-        let _b = TestMount::tmpfs(&base.join("mnt/t"));
+        let _b = TmpfsMount::at(&base.join("mnt/t"));
         SeenLowers::record(&vm, &config, &layers).unwrap();
         let recorded = SeenLowers::recorded(&vm).unwrap();
         assert_eq!(
@@ -1090,12 +1115,18 @@ mod tests {
         let scratch = Scratch::new("pinned");
         let base = &scratch.0;
         let layers = [layer_over(base, "/"), layer_over(base, "/mnt/t")];
-        let a = TestMount::tmpfs(&base.join("mnt/t"));
+        let a = TmpfsMount::at(&base.join("mnt/t"));
         let mut seen = SeenLowers::now(base, &layers).unwrap();
-        let held_a = fs::File::open(&a.0).unwrap();
-        let b = TestMount::tmpfs(&base.join("mnt/t"));
-        let held_b = fs::File::open(&b.0).unwrap();
-        let held_base = fs::File::open(base).unwrap();
+        // As init and a restoring child hold them: O_PATH, which takes no ioctl (a tmpfs's
+        // volume UUID is asked through the descriptor reopened).
+        let held = |folder: &Path| {
+            let flags = nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY;
+            fs::File::from(nix::fcntl::open(folder, flags, nix::sys::stat::Mode::empty()).unwrap())
+        };
+        let held_a = held(&a.0);
+        let b = TmpfsMount::at(&base.join("mnt/t"));
+        let held_b = held(&b.0);
+        let held_base = held(base);
         let same = [
             PinnedLower::of(name(&layers[0]), &held_base),
             PinnedLower::of(name(&layers[1]), &held_a),
@@ -1118,9 +1149,20 @@ mod tests {
         let unread = [PinnedLower {
             layer: name(&layers[0]),
             folder: None,
+            over_nothing: false,
         }];
         assert!(seen.take_pinned(&unread));
         assert_eq!(judged(&seen, base, &layers[0]), Some(Unseen::Unopened));
+        // A restored layer mounted over the stand-in of a filesystem gone meanwhile: over
+        // nothing, so whatever is there later is not what the VM saw.
+        let gone = [PinnedLower::over_nothing(name(&layers[1]))];
+        assert!(seen.take_pinned(&gone));
+        assert!(!seen.take_pinned(&gone), "once");
+        assert_eq!(
+            judged(&seen, base, &layers[1]),
+            Some(Unseen::Replaced),
+            "A, over nothing"
+        );
         drop(a);
     }
 
@@ -1148,12 +1190,12 @@ mod tests {
         let scratch = Scratch::new("namespace");
         let base = &scratch.0;
         let layer = layer_over(base, "/mnt/t");
-        let first = TestMount::tmpfs(&base.join("mnt/t"));
+        let first = TmpfsMount::at(&base.join("mnt/t"));
         let mut seen = SeenLowers::now(base, std::slice::from_ref(&layer)).unwrap();
         seen.namespace = 1;
         assert_eq!(judged(&seen, base, &layer), None);
         drop(first);
-        let _second = TestMount::tmpfs(&base.join("mnt/t"));
+        let _second = TmpfsMount::at(&base.join("mnt/t"));
         let now = folder_id(&fs::File::open(base.join("mnt/t")).unwrap()).unwrap();
         eprintln!(
             "(st_dev, st_ino) recorded {:?}, now {now:?}",

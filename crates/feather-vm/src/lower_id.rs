@@ -10,16 +10,22 @@ use serde::{Deserialize, Serialize};
 /// What names a lower folder on its filesystem, in any mount namespace and across reboots,
 /// where the filesystem has an id of its own: the filesystem (`statfs` type and id: ext4's and
 /// btrfs's from their UUID, a tmpfs's random; FAT's, exFAT's, f2fs's, XFS's, squashfs's and
-/// erofs's are only their device number, which another volume in the same slot repeats, so
-/// those tell nothing, [`FolderOn::proves`]) and the folder's handle on it (`name_to_handle_at`, mount id aside: its inode and, where
-/// the filesystem keeps one, generation, random on tmpfs and ext4, so a folder made anew has
-/// another).
+/// erofs's are only their device number, which another volume in the same slot repeats), its
+/// volume UUID where it gives one (`FS_IOC_GETFSUUID`: XFS, ext4, btrfs, tmpfs; so an XFS
+/// volume is told from another in its slot), and the folder's handle on it
+/// (`name_to_handle_at`, mount id aside: its inode and, where the filesystem keeps one,
+/// generation, random on tmpfs, ext4 and XFS, so a folder made anew has another). Without a
+/// handle, or with neither an id of its own nor a UUID, it tells nothing ([`FolderOn::proves`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FolderOn {
     pub(crate) kind: i64,
     pub(crate) fsid: u64,
     /// The handle's type and bytes (`TYPE:HEX`); None where the filesystem gives none.
     pub(crate) handle: Option<String>,
+    /// The filesystem's volume UUID in hex; None where it gives none, and in a record by a
+    /// feather from before it (review lowroots29: XFS was refused for want of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) uuid: Option<String>,
 }
 
 impl FolderOn {
@@ -28,22 +34,44 @@ impl FolderOn {
         let fsid = nix::sys::statvfs::fstatvfs(dir)?.filesystem_id();
         let handle = feather_sys::mount::file_handle(dir)
             .ok()
-            .map(|(kind, bytes)| {
-                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-                format!("{kind}:{hex}")
-            });
-        Ok(FolderOn { kind, fsid, handle })
+            .map(|(kind, bytes)| format!("{kind}:{}", hex(&bytes)));
+        // FUSE gives none, and asking reopens the folder, which a daemon that hangs would hold.
+        let uuid = match kind == FUSE_SUPER_MAGIC {
+            true => None,
+            false => feather_sys::mount::volume_uuid(dir).map(|uuid| hex(&uuid)),
+        };
+        Ok(FolderOn {
+            kind,
+            fsid,
+            handle,
+            uuid,
+        })
     }
 
     /// Whether this, recorded of a folder on the device `dev` (its st_dev), tells that folder
-    /// from one on another filesystem: a handle on a filesystem with an id of its own. FUSE
-    /// reports none (0), and every FUSE mount's root has the same handle; FAT, exFAT, f2fs, XFS,
-    /// squashfs and erofs report their device number (`huge_encode_dev`, the st_dev), which a
-    /// volume put in the same slot repeats, with the same root handle on FAT (review
-    /// lowers28 M1: drive B in drive A's slot passed for A).
+    /// from one on another filesystem: a handle on a filesystem with an id of its own or a
+    /// volume UUID. FUSE reports neither (its id 0), and every FUSE mount's root has the same
+    /// handle; FAT, exFAT, f2fs, squashfs and erofs report their device number
+    /// (`huge_encode_dev`, the st_dev) and no UUID, which a volume put in the same slot
+    /// repeats, with the same root handle on FAT (review lowers28 M1: drive B in drive A's
+    /// slot passed for A). XFS's id is its device number too, but its UUID tells the volume.
     pub(crate) fn proves(&self, dev: u64) -> bool {
-        self.handle.is_some() && self.fsid != 0 && self.fsid != dev
+        self.handle.is_some() && (self.uuid.is_some() || (self.fsid != 0 && self.fsid != dev))
     }
+
+    /// Whether `now`, what names the folder found now, is what this recorded: a recorded UUID
+    /// must be found again; a record without one (by a feather from before it, or of a
+    /// filesystem without) is proved by the rest ([`FolderOn::proves`]).
+    pub(crate) fn matches(&self, now: &FolderOn) -> bool {
+        let uuid = self.uuid.is_none() || self.uuid == now.uuid;
+        (self.kind, self.fsid, &self.handle) == (now.kind, now.fsid, &now.handle) && uuid
+    }
+}
+
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A folder's (st_dev, st_ino).
@@ -53,26 +81,41 @@ pub(crate) fn folder_id(dir: &impl AsFd) -> std::io::Result<(u64, u64)> {
 }
 
 /// What init found beneath a layer as it mounted it (`rootfs::assemble`), told to its keeper
-/// (`boot::FromInitBoot::Pinned`), which confirms the record with it
-/// (`layers::SeenLowers::confirm`). The keeper's record is taken before init's clone, and the host
-/// may mount another filesystem at a layer's place meanwhile, which init then layers (review
-/// gl27 L4); what names a folder does so in any mount namespace (its mount id would not).
+/// (`boot::FromInitBoot::Pinned`), or a restoring child as it mounted the restored layers
+/// (`snapshot::restore_child`), and which the keeper confirms its record with
+/// (`layers::SeenLowers::confirm`). The keeper's record is taken before init's clone (or the
+/// restoring child's fork), and the host may mount another filesystem at a layer's place
+/// meanwhile, which init then layers (review gl27 L4; for a restore, lowroots29); what names a
+/// folder does so in any mount namespace (its mount id would not).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PinnedLower {
     /// The layer's folder name (`layers::escape` of its mount point).
     pub(crate) layer: String,
-    /// The folder's (st_dev, st_ino) and what names it; None where init could not read them.
+    /// The folder's (st_dev, st_ino) and what names it; None where it could not be read.
     pub(crate) folder: Option<((u64, u64), FolderOn)>,
+    /// The layer lies over an empty folder of feather's, not the base's: a restored layer
+    /// whose filesystem the host removed while the restore mounted it.
+    #[serde(default)]
+    pub(crate) over_nothing: bool,
 }
 
 impl PinnedLower {
-    /// What `lower`, the folder init holds open beneath the layer `layer` (its folder name),
-    /// is.
+    /// What `lower`, the folder held open beneath the layer `layer` (its folder name), is.
     pub fn of(layer: String, lower: &impl AsFd) -> PinnedLower {
         let folder = folder_id(lower).and_then(|id| Ok((id, FolderOn::of(lower)?)));
         PinnedLower {
             layer,
             folder: folder.ok(),
+            over_nothing: false,
+        }
+    }
+
+    /// The layer `layer` (its folder name) mounted over nothing of the base's.
+    pub fn over_nothing(layer: String) -> PinnedLower {
+        PinnedLower {
+            layer,
+            folder: None,
+            over_nothing: true,
         }
     }
 }

@@ -53,6 +53,7 @@ use crate::images::{
     self, held_for, ExternalLayer, EXTERNAL_NETNS, HOLD, LAYERS, LAZY, NETNS_DUMPED,
 };
 use crate::layers;
+use crate::lower_id::PinnedLower;
 use crate::protocol::{self, Response};
 use crate::rootfs;
 use crate::service_groups;
@@ -657,6 +658,7 @@ pub(crate) fn restore_tree(
     // What the layers lie over, for `diff` and `commit` to read nothing else.
     let all: Vec<layers::Layer> = std::iter::once(top.clone()).chain(restored).collect();
     layers::SeenLowers::record(vm, config, &all)?;
+    crate::test_hooks::held(HOLD_AFTER_RESTORE_RECORD);
     // The overlays hide every state root registered by now by themselves, before CRIU reopens
     // anything of the VM's: a descriptor or working folder a restored process had in a folder
     // that is a state root now is reopened as the empty folder the overlay shows there (the
@@ -742,6 +744,12 @@ pub(crate) fn restore_tree(
     // accounted for by it (`restored_mounts`). Written by the child, read at offset 0 here.
     let mounts_before =
         CriuMountTable::new().map_err(io(name, "make the restoring child's mount table file"))?;
+    // What the child finds beneath each layer as it mounts it, for the record of what the
+    // layers lie over (`SeenLowers::confirm`): the host may mount another filesystem at a
+    // layer's place between the record and the child's copy of its mounts. Written by the
+    // child before it says its namespace, read at offset 0 here.
+    let lowers_held = memfd_file(c"feather-restored-lowers")
+        .map_err(io(name, "make the restoring child's file of its lowers"))?;
     // The child, CRIU once it has exec'd, ends with the keeper: a keeper killed mid-restore
     // leaves no CRIU restoring for no one (what it restored is in the VM's cgroup, which the
     // crash clean-up kills). Forked from the keeper's main thread (`fork` takes the only
@@ -760,6 +768,7 @@ pub(crate) fn restore_tree(
                     .map_err(|e| io(name, "unshare mounts")(e.into()))?;
                 mount::make_all_private().in_vm(name)?;
                 let base = rootfs::open_base(&top.lower).in_vm(name)?;
+                let mut held = vec![PinnedLower::of(layers::name(&top), &base)];
                 let lowers = rootfs::lowers_by_descriptor(&top, &base);
                 let lowers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
                 mount::overlay(&lowers, &top.upper, &top.work, &rootfs, sync).in_vm(name)?;
@@ -768,12 +777,17 @@ pub(crate) fn restore_tree(
                 crate::test_hooks::held(HOLD_BEFORE_RESTORED_LAYERS);
                 let vanished = images.join(VANISHED_LOWER);
                 for (layer, _) in &others {
-                    mount_restored_layer_over_what_is_left(
-                        &tree, layer, &top.upper, sync, &vanished, &top.lower,
-                    )
-                    .in_vm(name)?;
+                    held.push(
+                        mount_restored_layer_over_what_is_left(
+                            &tree, layer, &top.upper, sync, &vanished, &top.lower,
+                        )
+                        .in_vm(name)?,
+                    );
                 }
                 drop(tree);
+                let text = serde_json::to_vec(&held).map_err(encode(name, "held lowers"))?;
+                std::os::unix::fs::FileExt::write_all_at(&lowers_held, &text, 0)
+                    .map_err(io(name, "write what the restored layers lie over"))?;
                 if !masks.is_empty() {
                     fs::create_dir_all(&mask).map_err(io(name, mask.display().to_string()))?;
                     rootfs::mount_mask(&mask).in_vm(name)?;
@@ -863,7 +877,8 @@ pub(crate) fn restore_tree(
         Ok((path, namespace)) => (Ok(()), path, namespace),
         Err(e) => (Err(io(name, "wait for the restoring child")(e)), None, None),
     };
-    let restored = wired.and(listening).and(pinned).and_then(|()| {
+    let confirmed = pinned.and_then(|()| confirm_held_lowers(vm, config, &lowers_held));
+    let restored = wired.and(listening).and(confirmed).and_then(|()| {
         let mut at_pre_resume = || {
             let frozen = hold.freeze_or_kill(child.as_raw());
             let answer = frozen.is_ok();
@@ -1045,6 +1060,30 @@ fn hold_restoring_namespace(
     Ok((Some(path), Some(namespace)))
 }
 
+/// A file in memory only, closed across exec.
+fn memfd_file(name: &std::ffi::CStr) -> std::io::Result<fs::File> {
+    let flags = nix::sys::memfd::MFdFlags::MFD_CLOEXEC;
+    Ok(fs::File::from(nix::sys::memfd::memfd_create(name, flags)?))
+}
+
+/// Confirms the VM's record of what its layers lie over with what the restoring child held
+/// beneath them as it mounted them (written to `held`, which it did before saying it was
+/// prepared): a restore as a start does with its init's report (review lowroots29).
+fn confirm_held_lowers(vm: &VmDir, config: &VmConfig, held: &fs::File) -> Result<()> {
+    let name = vm.name();
+    let mut text = Vec::new();
+    let mut from_the_start: &fs::File = held;
+    std::io::Read::read_to_end(&mut from_the_start, &mut text)
+        .map_err(io(name, "read what the restored layers lie over"))?;
+    let held: Vec<PinnedLower> = serde_json::from_slice(&text).map_err(|e| {
+        failed(
+            name,
+            format!("the restoring child's report of what the layers lie over is unreadable: {e}"),
+        )
+    })?;
+    layers::SeenLowers::confirm(vm, config, &held)
+}
+
 fn restoring_namespace(said: &std::os::fd::OwnedFd) -> Option<PathBuf> {
     let mut text = [0u8; 256];
     let len = nix::unistd::read(said, &mut text).ok()?;
@@ -1084,6 +1123,12 @@ const VANISHED_LOWER: &str = "vanished-lower";
 pub const HOLD_BEFORE_RESTORED_LAYERS: &str = "FEATHER_TEST_HOLD_BEFORE_RESTORED_LAYERS";
 
 /// For tests only, as `keeper::HOLD_RUNNING_RECORD`: the file whose lock a restoring keeper
+/// waits for once it has recorded what the VM's layers lie over, before it forks the child
+/// that copies the host's mounts, so that a test can mount a filesystem at a layer's place
+/// meanwhile, as the host may. Unset, nothing waits.
+pub const HOLD_AFTER_RESTORE_RECORD: &str = "FEATHER_TEST_HOLD_AFTER_RESTORE_RECORD";
+
+/// For tests only, as `keeper::HOLD_RUNNING_RECORD`: the file whose lock a restoring keeper
 /// waits for once CRIU has restored the VM, frozen, before any check of the restored tree, so
 /// that a test can change the tree as crafted images would have CRIU make it. Unset, nothing
 /// waits.
@@ -1101,7 +1146,7 @@ fn mount_restored_layer_over_what_is_left(
     sync: LayerSync,
     vanished: &Path,
     base: &Path,
-) -> feather_sys::Result<()> {
+) -> feather_sys::Result<PinnedLower> {
     match mount_restored_layer(tree, layer, vm_layer, sync, base) {
         Err(_) if !layer.lower.is_dir() => {
             fs::create_dir_all(vanished).map_err(|e| feather_sys::SysError {
@@ -1140,9 +1185,10 @@ fn mount_restored_layer(
     vm_layer: &Path,
     sync: LayerSync,
     base: &Path,
-) -> feather_sys::Result<()> {
+) -> feather_sys::Result<PinnedLower> {
     let point = rootfs::make_mount_point(tree, &layer.mount_point)?;
-    let lower = match !layer.over_nothing && layer.lower.starts_with(base) {
+    let of_the_base = !layer.over_nothing && layer.lower.starts_with(base);
+    let lower = match of_the_base {
         true => {
             let what = format!(
                 "the lower folder of the layer at {},",
@@ -1154,6 +1200,10 @@ fn mount_restored_layer(
     };
     let lowers = rootfs::lowers_by_descriptor(layer, &lower);
     let lowers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+    let held = match of_the_base {
+        true => PinnedLower::of(layers::name(layer), &lower),
+        false => PinnedLower::over_nothing(layers::name(layer)),
+    };
     match point {
         rootfs::MountPoint::Folder(point) => mount::overlay(
             &lowers,
@@ -1162,6 +1212,7 @@ fn mount_restored_layer(
             &rootfs::by_descriptor(&point),
             sync,
         )
+        .map(|()| held)
         .map_err(rootfs::at_vm_path(&layer.mount_point)),
         rootfs::MountPoint::Not(errno) => Err(feather_sys::SysError {
             op: "cannot restore the layer of the host's filesystem at",

@@ -184,11 +184,29 @@ pub(super) async fn commit(
     .await
 }
 
-pub(super) async fn reset(State(shared): AppState, Path(name): Path<String>) -> Answer {
+#[derive(Deserialize)]
+pub(super) struct ResetRequest {
+    #[serde(default)]
+    paths: Vec<PathBuf>,
+}
+
+/// Drops the VM's changes at `paths` (as `feather reset VM PATH…`), or every change without a
+/// body or with no path (as `feather reset VM`).
+pub(super) async fn reset(
+    State(shared): AppState,
+    Path(name): Path<String>,
+    request: Option<Json<ResetRequest>>,
+) -> Answer {
     let name = vm_name(&name)?;
+    let paths = request
+        .map(|Json(request)| request.paths)
+        .unwrap_or_default();
     blocking(move || {
-        library(feather_vm::commit::reset(&shared.root, &name))?;
-        Ok(Json(json!({ "reset": name.to_string() })))
+        match paths.is_empty() {
+            true => library(feather_vm::commit::reset(&shared.root, &name))?,
+            false => library(feather_vm::commit::reset_paths(&shared.root, &name, &paths))?,
+        }
+        Ok(Json(json!({ "reset": name.to_string(), "paths": paths })))
     })
     .await
 }

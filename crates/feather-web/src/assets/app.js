@@ -415,6 +415,7 @@ async function renderVm(name) {
         el("span", { class: "actions" },
           el("button", { class: "quiet", onclick: () => loadChanges(name) }, "Refresh"),
           el("button", { id: "commit-selected", onclick: (e) => commitSelected(e.target, name) }, "Commit selected"),
+          el("button", { id: "reset-selected", class: "danger quiet", onclick: (e) => resetSelected(e.target, name) }, "Drop selected"),
           el("button", { id: "reset-vm", class: "danger quiet", onclick: (e) => resetVm(e.target, name) }, "Reset"))),
       el("div", { id: "vm-changes" }, "loading…")));
   refreshVmHeader();
@@ -496,7 +497,8 @@ async function loadChanges(name) {
         const forbidden = c.forbidden ? "never committed: " + forbiddenWord(c.forbidden) : null;
         return el("li", { class: "change " + letter, style: { "--depth": Math.max(0, depth) } },
           el("label", {},
-            el("input", { type: "checkbox", class: "pick", "data-path": c.path, "data-privileges": privileges || null, disabled: !!forbidden }),
+            // A change commit refuses can still be picked, to drop it (`feather reset VM PATH…`).
+            el("input", { type: "checkbox", class: "pick", "data-path": c.path, "data-privileges": privileges || null, "data-forbidden": forbidden }),
             el("span", { class: "kind", title: c.kind.toLowerCase() }, letter),
             el("span", { class: "path" }, c.link_target && letter !== "D" ? c.path + " -> " + c.link_target : c.path),
             forbidden ? el("span", { class: "privileges", title: "where the VM cannot write: it got past a defence, or wrote here before this folder was guarded; never committed: look at all it changed" }, forbidden) : null,
@@ -546,6 +548,11 @@ async function commitSelected(button, name) {
   const picked = [...document.querySelectorAll("#vm-changes input.pick:checked")];
   const paths = picked.map((box) => box.dataset.path);
   if (paths.length === 0) { notice("Choose the changes to commit first.", "error"); return; }
+  const refused = picked.filter((box) => box.dataset.forbidden).map((box) => box.dataset.path);
+  if (refused.length) {
+    notice("Never committed: " + refused.join(", ") + ". Untick them, or drop them with Drop selected.", "error");
+    return;
+  }
   // Confirming a commit that lists them is the consent `--keep-privileges` gives on the command line.
   const privileged = picked.filter((box) => box.dataset.privileges)
     .map((box) => box.dataset.path + " (" + box.dataset.privileges + ")");
@@ -556,6 +563,16 @@ async function commitSelected(button, name) {
   const body = { paths, keep_privileges: privileged.length > 0 };
   const done = await act(button, "Committed " + paths.length + " change(s)",
     () => api("POST", "/api/vms/" + encodeURIComponent(name) + "/commit", body));
+  if (done) loadChanges(name);
+}
+
+async function resetSelected(button, name) {
+  const paths = [...document.querySelectorAll("#vm-changes input.pick:checked")].map((box) => box.dataset.path);
+  if (paths.length === 0) { notice("Choose the changes to drop first.", "error"); return; }
+  const text = "Drop " + paths.length + " change(s) of " + name + "? This cannot be undone: " + paths.join(", ");
+  if (!(await confirmAction(text, "Drop"))) return;
+  const done = await act(button, "Dropped " + paths.length + " change(s)",
+    () => api("POST", "/api/vms/" + encodeURIComponent(name) + "/reset", { paths }));
   if (done) loadChanges(name);
 }
 
