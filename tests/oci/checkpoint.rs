@@ -952,11 +952,13 @@ fn a_checkpoint_making_its_cgroup_folder_writable_is_not_restored() {
 
 /// A checkpoint whose mount images leave out the read-only bind of `/proc/sys` (CRIU then
 /// restores the container's proc writable: without a user namespace its root is the host's,
-/// and `kernel.core_pattern` would run a program as the host's root) is restored stopped,
-/// checked, killed and refused naming `/proc/sys`; no container is left. Without the check
-/// the restored container wrote a sysctl (`kernel.hostname`, of its own UTS namespace).
+/// and `kernel.core_pattern` would run a program as the host's root; or a kernel path absent
+/// at the dump, present here) is restored with `/proc/sys` bound read-only again while it is
+/// frozen, as `create` binds it: a sysctl write fails. Before, the restore was refused as
+/// `/proc/sys is writable` (review mntcheck26 MC-6: masks were added, read-only binds were
+/// not); without the check at all the restored container wrote `kernel.hostname`.
 #[test]
-fn a_checkpoint_leaving_proc_sys_writable_is_not_restored() {
+fn a_checkpoint_lacking_proc_sys_s_read_only_bind_is_restored_with_it() {
     let SleepCheckpointed {
         scratch,
         runtime,
@@ -972,24 +974,14 @@ fn a_checkpoint_leaving_proc_sys_writable_is_not_restored() {
         1,
         "the dump has /proc/sys's read-only bind"
     );
-
-    let outcome = restore_refused(
-        &runtime,
-        &scratch,
-        &bundle,
-        &images,
-        "ckpt-procsys2",
-        |id| {
-            let probe = "echo crafted > /proc/sys/kernel/hostname && cat /proc/sys/kernel/hostname";
-            let wrote = runtime.run(&["exec", id, "sh", "-c", probe]);
-            format!("/proc/sys writable: {wrote:?}")
-        },
-    );
-    assert!(
-        outcome.stderr.contains("/proc/sys is writable")
-            && outcome.stderr.contains("not what its config makes"),
-        "{outcome:?}"
-    );
+    let id = "ckpt-procsys2";
+    let outcome = restore_detached(&runtime, &images, &bundle, id, &scratch.path("out2"));
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let probe = "echo crafted > /proc/sys/kernel/hostname; cat /proc/sys/kernel/hostname";
+    let wrote = runtime.run(&["exec", id, "sh", "-c", probe]);
+    let _ = runtime.run(&["delete", "--force", id]);
+    assert_eq!(wrote.stdout, "box\n", "{wrote:?}");
+    assert!(wrote.stderr.contains("Read-only file system"), "{wrote:?}");
 }
 
 /// A checkpoint without a mask the config makes (a kernel path absent at the dump, present
@@ -998,12 +990,40 @@ fn a_checkpoint_leaving_proc_sys_writable_is_not_restored() {
 /// Before, the check refused it as not masked (review mntcheck26 MC-6).
 #[test]
 fn a_checkpoint_lacking_a_mask_is_restored_masked() {
+    lacking_the_firmware_mask_is_restored_masked("checkpoint-nomask", "ckpt-nomask", |_| {});
+}
+
+/// The same under `rootfsPropagation: rshared`, where every mount of the tree is shared:
+/// each in a peer group the restore made (the container's own, its mounts propagated to the
+/// bundle's rootfs on the host as `create`'s are), so the mask is added there too. Before,
+/// no mask was added on a shared mount and the restore was refused as not masked (review
+/// rest28 MC-6).
+#[test]
+fn a_checkpoint_lacking_a_mask_under_shared_propagation_is_restored_masked() {
+    lacking_the_firmware_mask_is_restored_masked(
+        "checkpoint-nomask-shared",
+        "ckpt-nomasksh",
+        |c| {
+            c["linux"]["rootfsPropagation"] = serde_json::json!("rshared");
+        },
+    );
+}
+
+/// A container of the base config as `change` leaves it, checkpointed (`{id}1`), its
+/// `/sys/firmware` mask's entry left out of the mount images, restored (`{id}2`): its
+/// `/sys/firmware` must show nothing.
+fn lacking_the_firmware_mask_is_restored_masked(
+    label: &str,
+    id: &str,
+    change: impl FnOnce(&mut serde_json::Value),
+) {
+    let (first, second) = (format!("{id}1"), format!("{id}2"));
     let SleepCheckpointed {
         scratch,
         runtime,
         bundle,
         images,
-    } = sleep_checkpointed("checkpoint-nomask", "ckpt-nomask1");
+    } = sleep_checkpointed_with(label, &first, change);
     if !Path::new("/sys/firmware").is_dir() {
         eprintln!("skipped: this host has no /sys/firmware");
         return;
@@ -1017,22 +1037,16 @@ fn a_checkpoint_lacking_a_mask_is_restored_masked() {
         1,
         "the dump has /sys/firmware's mask"
     );
-    let outcome = restore_detached(
-        &runtime,
-        &images,
-        &bundle,
-        "ckpt-nomask2",
-        &scratch.path("out2"),
-    );
+    let outcome = restore_detached(&runtime, &images, &bundle, &second, &scratch.path("out2"));
     assert_eq!(outcome.code, 0, "{outcome:?}");
     let shown = runtime.run(&[
         "exec",
-        "ckpt-nomask2",
+        &second,
         "sh",
         "-c",
         "ls -A /sys/firmware | head -c 64; echo end",
     ]);
-    let _ = runtime.run(&["delete", "--force", "ckpt-nomask2"]);
+    let _ = runtime.run(&["delete", "--force", &second]);
     assert_eq!(shown.stdout, "end\n", "{shown:?}");
 }
 
@@ -1093,9 +1107,20 @@ struct SleepCheckpointed {
 }
 
 fn sleep_checkpointed(label: &str, id: &str) -> SleepCheckpointed {
+    sleep_checkpointed_with(label, id, |_| {})
+}
+
+/// [`sleep_checkpointed`] of the base config as `change` leaves it.
+fn sleep_checkpointed_with(
+    label: &str,
+    id: &str,
+    change: impl FnOnce(&mut serde_json::Value),
+) -> SleepCheckpointed {
     let scratch = Scratch::new(label);
     let runtime = Runtime::new(&scratch);
-    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "1000"]));
+    let mut config = base_config(&["sleep", "1000"]);
+    change(&mut config);
+    let bundle = Bundle::new(&scratch, "bundle", &config);
     let images = checkpointed(&runtime, &scratch, &bundle, id);
     SleepCheckpointed {
         scratch,

@@ -1095,6 +1095,12 @@ impl RecordHold {
         Self::at(label, feather_vm::snapshot::HOLD_BEFORE_RESTORED_LAYERS)
     }
 
+    /// A hold on restoring keepers once CRIU has restored the VM, frozen, before they check
+    /// the restored tree (`feather_vm::snapshot::HOLD_BEFORE_RESTORED_CHECK`).
+    pub fn before_restored_check(label: &str) -> Self {
+        Self::at(label, feather_vm::snapshot::HOLD_BEFORE_RESTORED_CHECK)
+    }
+
     /// `feather start vm` of `feather`'s root under this hold, its stderr piped; returned once a
     /// process of the start waits for the hold.
     pub fn start(&self, feather: &Feather, vm: &str) -> Child {

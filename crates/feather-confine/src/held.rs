@@ -534,12 +534,7 @@ mod tests {
         let mut member = start("sleep", &["60"]);
         let group = TestGroup::frozen("kill", &[pid(&member)]).unwrap();
         group.hold().kill().unwrap();
-        let status = member.0.wait().unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9),
-            "{status:?}"
-        );
+        assert_killed(&mut member);
         let asked = read(&group.hold().group.join("cgroup.freeze")).unwrap();
         assert_eq!(asked.trim(), "1", "the group was thawed");
     }
@@ -562,12 +557,7 @@ mod tests {
                 && why.contains("is not in the group"),
             "{why}"
         );
-        let status = outside.0.wait().unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9),
-            "{status:?}"
-        );
+        assert_killed(&mut outside);
         let criu = start("sleep", &["60"]);
         let group = TestGroup::holding("none", &[pid(&criu)]).unwrap();
         let why = group
@@ -583,25 +573,34 @@ mod tests {
     /// were looked for only once the freeze succeeded, and it ran on (review r27 R4).
     #[test]
     fn a_found_tree_is_killed_when_the_freeze_fails() {
-        let criu = start("sleep", &["60"]);
-        let mut outside = start("sleep", &["60"]);
-        let group = TestGroup::holding("gone", &[]).unwrap();
-        let hold = group.hold().clone();
-        drop(group);
+        let (criu, mut outside, hold) = a_tree_beside_a_group_gone("gone");
         let why = hold
             .freeze_holding_or_kill(pid(&criu), || Ok(vec![pid(&outside)]))
             .unwrap_err()
             .to_string();
         assert!(why.contains("cgroup.freeze"), "{why}");
+        assert_killed(&mut outside);
+    }
+
+    /// A stand-in for CRIU, a restored init outside any group, and the hold of a group that
+    /// is gone (its freeze fails), for the tests of what a failed freeze kills.
+    fn a_tree_beside_a_group_gone(label: &str) -> (Started, Started, Hold) {
+        let criu = start("sleep", &["60"]);
+        let outside = start("sleep", &["60"]);
+        let group = TestGroup::holding(label, &[]).unwrap();
+        let hold = group.hold().clone();
+        drop(group);
+        (criu, outside, hold)
+    }
+
+    /// Waits (5 s at most) for `process` to end, and asserts that SIGKILL ended it.
+    fn assert_killed(process: &mut Started) {
         let deadline = Instant::now() + Duration::from_secs(5);
         let status = loop {
-            if let Some(status) = outside.0.try_wait().unwrap() {
+            if let Some(status) = process.0.try_wait().unwrap() {
                 break status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "the tree outside the group runs on"
-            );
+            assert!(Instant::now() < deadline, "the process runs on, not killed");
             std::thread::sleep(Duration::from_millis(10));
         };
         assert_eq!(
@@ -617,11 +616,7 @@ mod tests {
     #[test]
     fn a_tree_whose_pidfds_cannot_be_opened_is_killed_when_the_freeze_fails() {
         use nix::sys::resource::{getrlimit, setrlimit, Resource};
-        let criu = start("sleep", &["60"]);
-        let mut outside = start("sleep", &["60"]);
-        let group = TestGroup::holding("nofds", &[]).unwrap();
-        let hold = group.hold().clone();
-        drop(group);
+        let (criu, mut outside, hold) = a_tree_beside_a_group_gone("nofds");
         // Looked up by link, which opens nothing.
         let free = |fd: &u64| fs::read_link(format!("/proc/self/fd/{fd}")).is_err();
         let first_free = (0..).find(free).unwrap();
@@ -630,22 +625,7 @@ mod tests {
         let failed = hold.freeze_holding_or_kill(pid(&criu), || Ok(vec![pid(&outside)]));
         setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
         assert!(failed.is_err());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let status = loop {
-            if let Some(status) = outside.0.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the tree outside the group runs on"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9),
-            "{status:?}"
-        );
+        assert_killed(&mut outside);
     }
 
     /// A failed lookup of the restored trees still moves CRIU out and freezes the group,

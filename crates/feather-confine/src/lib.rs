@@ -19,6 +19,7 @@ pub mod held;
 pub mod landlock;
 pub mod restored;
 pub mod restored_mounts;
+pub mod restored_paths;
 pub mod restored_sources;
 pub mod seccomp;
 

@@ -10,12 +10,11 @@
 //! root ([`check_tree`]).
 
 use std::fs;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::{Component, Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 
 use feather_sys::mountinfo::MountEntry;
-use nix::errno::Errno;
-use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::OFlag;
 
 /// A path that must be read-only.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,22 +44,8 @@ pub struct Expected {
     pub before: Option<crate::restored_sources::Before>,
 }
 
-/// What is at a path of the tree, looked up from its root as `create` places its mounts:
-/// links followed, never out of the root, no magic link.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Found {
-    Missing,
-    /// Links that lead nowhere but round (a loop, or too many): the path cannot be judged.
-    Link,
-    /// A file or folder on the mount `mount` (its id).
-    At {
-        mount: u64,
-        /// The character device 1:3 (`/dev/null`).
-        null: bool,
-        /// A folder with nothing in it.
-        empty_folder: bool,
-    },
-}
+pub use crate::restored_paths::Found;
+use crate::restored_paths::{look_up, read_in_proc};
 
 /// What a refusal of a kernel knob (a read-only path, a mask, a sysfs or cgroup mount's
 /// flags) adds: its two likely causes, and what to do for each (review m26 M8: every refusal
@@ -228,6 +213,14 @@ fn is_mask(mounts: &[MountEntry], found: &Found) -> bool {
     *null || (*empty_folder && empty_tmpfs())
 }
 
+/// Whether `found` is on a mount the lookups do not enter ([`crate::restored_paths`]).
+fn on_unentered_mount(mounts: &[MountEntry], found: &Found) -> bool {
+    let Found::At { mount, .. } = found else {
+        return false;
+    };
+    mount_of(mounts, *mount).is_some_and(|m| !crate::restored_paths::answers_alone(&m.fs_type))
+}
+
 fn mount_of(mounts: &[MountEntry], id: u64) -> Option<&MountEntry> {
     mounts.iter().find(|m| m.id == id)
 }
@@ -317,7 +310,9 @@ fn judge_namespace(
 ) -> Result<(), String> {
     let (mounts, root) = join_namespace(namespace, proc)?;
     refuse_stacked_root(&mounts)?;
-    judge(&mounts, expected, &mut |path| look_up(proc, &root, path))
+    judge(&mounts, expected, &mut |path| {
+        look_up(proc, &root, &mounts, path)
+    })
 }
 
 /// Refuses a mount at `/` whose parent is another mount of the namespace: a mount stacked on
@@ -366,13 +361,59 @@ fn join_namespace(
 /// masks before the check when a dump lacked a mask (review r27 R7: taken from one process's
 /// view, a chrooted unit's own proc or a second proc mount went unmasked, and the restore was
 /// refused). Looked up as the check looks them up, in a thread of this process that joins the
-/// namespace. With `unshared_only`, a place on a shared mount (`shared:N`) is left out: a mask
-/// mounted there would propagate to its peers, which may be the host's (the check then
-/// refuses it unmasked).
+/// namespace. A place whose mask would lie on a mount of one of the peer groups `kept_off`
+/// (`shared:N`) is left out: a mask mounted there would propagate to its peers, which may be
+/// the host's (the check then refuses it unmasked).
 pub fn unmasked_places(
     namespace: &fs::File,
     masked: &[PathBuf],
-    unshared_only: bool,
+    kept_off: &[String],
+) -> Result<Vec<PathBuf>, String> {
+    places_lacking(namespace, masked, kept_off, &|mounts, path, look| {
+        let found = look(path)?;
+        let shown = matches!(found, Found::Link | Found::At { .. });
+        // A mask's mount would look at the place (its `fstat`) there: left to the check,
+        // which refuses it unmasked without entering it (review rest28 N8).
+        Ok(shown && !is_mask(mounts, &found) && !on_unentered_mount(mounts, &found))
+    })
+}
+
+/// The places the check requires read-only ([`judge`]: each of `knobs`, with every mount
+/// beneath it, beneath every proc and sysfs mount) that the mount namespace `namespace` shows
+/// writable, each from its root: what a restorer binds read-only before the check when a dump
+/// lacked a read-only bind of a kernel path (review mntcheck26 MC-6: a path absent at the
+/// dump, an older kernel's or another host's, is writable once restored here; masks were
+/// added, read-only binds were not, and the restore was refused). `kept_off` as for
+/// [`unmasked_places`]. A place reached through a link, or on a mount the lookups do not
+/// enter, is left to the check.
+pub fn writable_places(
+    namespace: &fs::File,
+    knobs: &[PathBuf],
+    kept_off: &[String],
+) -> Result<Vec<PathBuf>, String> {
+    places_lacking(namespace, knobs, kept_off, &|mounts, path, look| {
+        let found = look(path)?;
+        if !matches!(found, Found::At { .. }) || on_unentered_mount(mounts, &found) {
+            return Ok(false);
+        }
+        Ok(judge_read_only(mounts, path, true, look)?.is_some())
+    })
+}
+
+/// What a place is judged by in [`places_lacking`]: the namespace's mounts, the place, and
+/// what is at a path of it; whether it lacks what the check requires.
+type Lacks = dyn Fn(&[MountEntry], &Path, &mut dyn FnMut(&Path) -> Result<Found, String>) -> Result<bool, String>
+    + Sync;
+
+/// Each place of `paths` (beneath every proc and sysfs mount of the namespace `namespace`, as
+/// [`kernel_places`] gives them) that `lacks` says lacks what the check requires, once, but
+/// those whose new mount would lie on a mount of a peer group of `kept_off`; looked up in a
+/// thread of this process that joins the namespace.
+fn places_lacking(
+    namespace: &fs::File,
+    paths: &[PathBuf],
+    kept_off: &[String],
+    lacks: &Lacks,
 ) -> Result<Vec<PathBuf>, String> {
     let proc = nix::fcntl::open(
         "/proc",
@@ -380,16 +421,13 @@ pub fn unmasked_places(
         nix::sys::stat::Mode::empty(),
     )
     .map_err(|e| format!("cannot open /proc: {e}"))?;
-    let unmasked = || {
+    let lacking = || {
         let (mounts, root) = join_namespace(namespace, &proc)?;
+        let mut look = |path: &Path| look_up(&proc, &root, &mounts, path);
         let mut places = Vec::new();
-        for path in masked.iter().flat_map(|path| kernel_places(&mounts, path)) {
-            let found = look_up(&proc, &root, &path)?;
-            let shown = matches!(found, Found::Link | Found::At { .. });
-            if unshared_only && on_shared_mount(&mounts, &path) {
-                continue;
-            }
-            if shown && !is_mask(&mounts, &found) && !places.contains(&path) {
+        for path in paths.iter().flat_map(|path| kernel_places(&mounts, path)) {
+            let kept = peer_group_of(&mounts, &path).is_some_and(|g| kept_off.contains(g));
+            if !kept && !places.contains(&path) && lacks(&mounts, &path, &mut look)? {
                 places.push(path);
             }
         }
@@ -397,88 +435,29 @@ pub fn unmasked_places(
     };
     std::thread::scope(|scope| {
         scope
-            .spawn(unmasked)
+            .spawn(lacking)
             .join()
-            .unwrap_or_else(|_| Err("the thread looking for unmasked kernel paths panicked".into()))
+            .unwrap_or_else(|_| Err("the thread looking for kernel paths panicked".into()))
     })
 }
 
-/// Whether the mount `path` lies on (the last mounted at its longest mounted prefix) is
-/// shared: what is mounted beneath it propagates to its peers.
-fn on_shared_mount(mounts: &[MountEntry], path: &Path) -> bool {
-    let on = mounts
+/// The peer group (`shared:N`) of the mount a new mount at `path` would lie on, if it is
+/// shared: what is mounted on it propagates to its peers. That mount is the top of the stack
+/// at the longest mounted prefix of `path`, `path` itself included: a mask at a mount point
+/// lies on the mount there, not on the one below it (review rest28 N7: the mount below was
+/// judged, and a mask over a shared mount at the path reached its peers).
+fn peer_group_of<'a>(mounts: &'a [MountEntry], path: &Path) -> Option<&'a String> {
+    let point = mounts
         .iter()
-        .filter(|m| path.starts_with(&m.mount_point) && m.mount_point != path)
-        .max_by_key(|m| m.mount_point.components().count());
-    on.is_some_and(|m| m.optional.iter().any(|f| f.starts_with("shared:")))
-}
-
-/// A file of the host's proc, `name` beneath it.
-fn read_in_proc(proc: &OwnedFd, name: &str) -> Result<Vec<u8>, String> {
-    let fd = nix::fcntl::openat(
-        proc.as_fd(),
-        name,
-        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|e| format!("cannot open /proc/{name}: {e}"))?;
-    let mut text = Vec::new();
-    std::io::Read::read_to_end(&mut fs::File::from(fd), &mut text)
-        .map_err(|e| format!("cannot read /proc/{name}: {e}"))?;
-    Ok(text)
-}
-
-/// What is at `path` beneath `root`; `proc` the host's, for its fdinfo. Links are followed
-/// inside the root, as `create` follows them to place a config's mounts and read-only paths
-/// (`Within::open`): an image's `/var/run -> /run` leads a read-only `/var/run/secrets/…`
-/// mount where it is (review mntcheck26 MC-3: refused before as reached through a link);
-/// a magic link (`/proc/self/root`, a descriptor) is never followed.
-pub fn look_up(proc: &OwnedFd, root: &OwnedFd, path: &Path) -> Result<Found, String> {
-    let relative: PathBuf = path
-        .components()
-        .filter(|c| matches!(c, Component::Normal(_)))
-        .collect();
-    let relative = match relative.as_os_str().is_empty() {
-        true => PathBuf::from("."),
-        false => relative,
-    };
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let fd = match openat2(root.as_fd(), &relative, how) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT | Errno::ENOTDIR) => return Ok(Found::Missing),
-        Err(Errno::ELOOP) => return Ok(Found::Link),
-        Err(e) => return Err(format!("cannot look at {}: {e}", path.display())),
-    };
-    let unreadable = |e: &dyn std::fmt::Display| format!("cannot read {}: {e}", path.display());
-    let stat = nix::sys::stat::fstat(&fd).map_err(|e| unreadable(&e))?;
-    let kind = stat.st_mode & libc::S_IFMT;
-    let null = kind == libc::S_IFCHR && stat.st_rdev == libc::makedev(1, 3);
-    let empty_folder = kind == libc::S_IFDIR && is_empty_folder(&fd).map_err(|e| unreadable(&e))?;
-    let info = read_in_proc(proc, &format!("thread-self/fdinfo/{}", fd.as_raw_fd()))?;
-    let mount = String::from_utf8_lossy(&info)
-        .lines()
-        .find_map(|line| line.strip_prefix("mnt_id:")?.trim().parse().ok())
-        .ok_or_else(|| unreadable(&"no mnt_id in its fdinfo"))?;
-    Ok(Found::At {
-        mount,
-        null,
-        empty_folder,
-    })
-}
-
-/// Whether the folder `fd` (an `O_PATH` descriptor) holds nothing.
-fn is_empty_folder(fd: &OwnedFd) -> nix::Result<bool> {
-    let opened = nix::fcntl::openat(
-        fd.as_fd(),
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )?;
-    let mut dir = nix::dir::Dir::from_fd(opened)?;
-    let mut names = dir.iter().filter_map(Result::ok);
-    Ok(names.all(|e| matches!(e.file_name().to_bytes(), b"." | b"..")))
+        .map(|m| &m.mount_point)
+        .filter(|point| path.starts_with(point))
+        .max_by_key(|point| point.components().count())?;
+    let at_point: Vec<&MountEntry> = mounts.iter().filter(|m| &m.mount_point == point).collect();
+    // The top: the one no other mount at the same point is stacked on.
+    let top = at_point
+        .iter()
+        .find(|m| !at_point.iter().any(|above| above.parent == m.id))?;
+    top.optional.iter().find(|f| f.starts_with("shared:"))
 }
 
 /// The cgroup folder `host_path` (a folder of a cgroup hierarchy the host mounted) as a
@@ -725,42 +704,13 @@ mod tests {
         assert_eq!(judge(&mounts, &docker(), &mut missing), Ok(()));
     }
 
-    /// A path through a link inside the root (`var/run -> /run`, as Debian's images have) is
-    /// looked up where the link leads, as `create` placed the mount there; a link loop is
-    /// `Link`. Before, any link was `Link` and refused an ordinary restore (MC-3).
-    #[test]
-    fn a_path_through_a_link_inside_the_root_is_looked_up_where_it_leads() {
-        let folder = std::env::temp_dir().join(format!("restored-links-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&folder);
-        std::fs::create_dir_all(folder.join("run/secrets")).unwrap();
-        std::fs::create_dir_all(folder.join("var")).unwrap();
-        std::os::unix::fs::symlink("/run", folder.join("var/run")).unwrap();
-        std::os::unix::fs::symlink("loop", folder.join("loop")).unwrap();
-        let open = |path: &Path| -> OwnedFd {
-            let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-            nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()).unwrap()
-        };
-        let (proc, root) = (open(Path::new("/proc")), open(&folder));
-        let through_link = look_up(&proc, &root, Path::new("/var/run/secrets"));
-        let looped = look_up(&proc, &root, Path::new("/loop"));
-        std::fs::remove_dir_all(&folder).unwrap();
-        assert!(
-            matches!(
-                through_link,
-                Ok(Found::At {
-                    empty_folder: true,
-                    ..
-                })
-            ),
-            "{through_link:?}"
-        );
-        assert_eq!(looped, Ok(Found::Link));
-    }
-
     /// A process (busybox's `sleep`) in a mount namespace of its own (a copy of the host's),
     /// chrooted into a tmpfs with a proc of its own; `read_only` says which `/proc/sys` are
     /// bound read-only: `none`, `inner` (the chroot's only), `all` (the namespace's `/proc`'s
-    /// too). Killed on drop.
+    /// too), `fuse` (as `all`, with two FUSE filesystems whose server never answers, as a
+    /// frozen one's would not: at the chroot's `fuse` and, writable, at its
+    /// `proc/sys/fs/binfmt_misc`; the sleep holds their `/dev/fuse` descriptors, and its end
+    /// aborts them). Killed on drop.
     struct Chrooted {
         child: std::process::Child,
         folder: PathBuf,
@@ -777,7 +727,11 @@ mod tests {
                  cp /usr/bin/busybox $R/bin/; mount -t proc proc $R/proc; \
                  ro() { mount --bind $1 $1; mount -o remount,bind,ro $1; }; \
                  if [ $2 != none ]; then ro $R/proc/sys; fi; \
-                 if [ $2 = all ]; then ro /proc/sys; fi; \
+                 if [ $2 = all ] || [ $2 = fuse ]; then ro /proc/sys; fi; \
+                 fuse() { mount -i -t fuse -o fd=$1,rootmode=40000,user_id=0,group_id=0 \
+                     never $2; }; \
+                 if [ $2 = fuse ]; then exec 3<>/dev/fuse 4<>/dev/fuse; mkdir $R/fuse; \
+                     fuse 3 $R/fuse; fuse 4 $R/proc/sys/fs/binfmt_misc; fi; \
                  exec chroot $R /bin/busybox sleep 1000";
             let child = std::process::Command::new("unshare")
                 .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
@@ -794,6 +748,16 @@ mod tests {
                 std::thread::sleep(std::time::Duration::from_millis(25));
             }
             panic!("the chrooted sleep did not start");
+        }
+    }
+
+    impl Chrooted {
+        /// Its pid, a group holding it frozen (`label`), and its mount namespace.
+        fn frozen(&self, label: &str) -> (i32, crate::held::TestGroup, fs::File) {
+            let pid = self.child.id() as i32;
+            let held = crate::held::TestGroup::frozen(label, &[pid]).unwrap();
+            let namespace = fs::File::open(format!("/proc/{pid}/ns/mnt")).unwrap();
+            (pid, held, namespace)
         }
     }
 
@@ -851,17 +815,86 @@ mod tests {
         );
     }
 
+    /// The check never waits on a filesystem a process answers (review rest28 N8: a frozen
+    /// tree's FUSE server never does): a FUSE mount below `/proc/sys`, writable, is refused as
+    /// writable by what the table says of it, and a read-only path beneath a FUSE mount is
+    /// refused naming that mount, neither entered. Each check runs on a thread of its own,
+    /// waited for 30 s at most: before, the first waited in `fstat`, the second in the
+    /// lookup, for good (the sleep's end, the FUSE connection's abort, frees them).
+    #[test]
+    fn the_check_never_waits_on_a_fuse_filesystem() {
+        let chrooted = Chrooted::start("fuse");
+        let (pid, held, namespace) = chrooted.frozen("fuse");
+        let nothing_else = Expected {
+            sysfs_writable: true,
+            cgroup_roots: vec!["/".into()],
+            ..Expected::default()
+        };
+        let read_only = |path: PathBuf, recursive| Expected {
+            read_only: vec![ReadOnly { path, recursive }],
+            ..nothing_else.clone()
+        };
+        let checks = [
+            read_only("/proc/sys".into(), true),
+            read_only(chrooted.folder.join("fuse/etc"), false),
+        ];
+        let refusals = checks.map(|expected| {
+            let hold = held.hold().clone();
+            within_30_s(move || check_tree(pid, &hold, &expected)).unwrap_err()
+        });
+        let proc_sys = chrooted.folder.join("proc/sys");
+        assert!(
+            refusals[0].contains(&format!(
+                "{}/fs/binfmt_misc (below {}) is writable",
+                proc_sys.display(),
+                proc_sys.display()
+            )),
+            "{}",
+            refusals[0]
+        );
+        let fuse = chrooted.folder.join("fuse");
+        assert!(
+            refusals[1].contains(&format!(
+                "lies beneath the fuse mount at {} (never)",
+                fuse.display()
+            )),
+            "{}",
+            refusals[1]
+        );
+        // A mask is not mounted there (its `fstat` would wait): the check refuses the place
+        // unmasked.
+        let masked = vec![proc_sys.join("fs/binfmt_misc")];
+        let to_mask = masked.clone();
+        let places = within_30_s(move || unmasked_places(&namespace, &to_mask, &[]));
+        assert_eq!(places, Ok(Vec::new()));
+        let hold = held.hold().clone();
+        let unmasked = Expected {
+            masked,
+            ..nothing_else
+        };
+        let refusal = within_30_s(move || check_tree(pid, &hold, &unmasked)).unwrap_err();
+        assert!(refusal.contains("binfmt_misc is not masked"), "{refusal}");
+    }
+
+    /// What `job` gives, on a thread of its own, waited for 30 s at most: a test's deadline
+    /// for what must not wait on a FUSE server (the thread is left waiting otherwise).
+    fn within_30_s<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> T {
+        let (said, answer) = std::sync::mpsc::channel();
+        std::thread::spawn(move || said.send(job()));
+        answer
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("waited on the FUSE server")
+    }
+
     /// The places to mask are every proc mount's of the namespace, from its root, a chrooted
     /// process's own proc too (review r27 R7: a process's view of fixed paths missed it); once
     /// masked there the check passes, and none is left.
     #[test]
     fn every_procs_unmasked_place_is_found_from_the_namespaces_root() {
         let chrooted = Chrooted::start("none");
-        let pid = chrooted.child.id() as i32;
-        let held = crate::held::TestGroup::frozen("unmasked", &[pid]).unwrap();
-        let namespace = fs::File::open(format!("/proc/{pid}/ns/mnt")).unwrap();
+        let (pid, held, namespace) = chrooted.frozen("unmasked");
         let masked = [PathBuf::from("/proc/interrupts")];
-        let places = unmasked_places(&namespace, &masked, false).unwrap();
+        let places = unmasked_places(&namespace, &masked, &[]).unwrap();
         assert_eq!(
             places,
             [masked[0].clone(), chrooted.folder.join("proc/interrupts")]
@@ -869,7 +902,7 @@ mod tests {
         let pidfd = feather_sys::process::pidfd_open(nix::unistd::Pid::from_raw(pid)).unwrap();
         feather_sys::process::mask_in_mount_namespace_of(&pidfd, &places).unwrap();
         assert_eq!(
-            unmasked_places(&namespace, &masked, false).unwrap(),
+            unmasked_places(&namespace, &masked, &[]).unwrap(),
             Vec::<PathBuf>::new()
         );
         let expected = Expected {
@@ -881,19 +914,87 @@ mod tests {
         assert_eq!(check_tree(pid, held.hold(), &expected), Ok(()));
     }
 
+    /// The writable places of a read-only kernel path are found from the namespace's root (the
+    /// namespace's `/proc/sys`, not the chroot's, bound read-only already); bound read-only
+    /// there, with what is beneath, the check passes and none is left. A place whose mount is
+    /// of a peer group kept off (the host's) is not offered (review mntcheck26 MC-6).
+    #[test]
+    fn writable_kernel_paths_are_found_and_bound_read_only() {
+        let chrooted = Chrooted::start("inner");
+        let (pid, held, namespace) = chrooted.frozen("writable");
+        let knobs = [PathBuf::from("/proc/sys")];
+        let places = writable_places(&namespace, &knobs, &[]).unwrap();
+        assert_eq!(places, knobs);
+        let group = std::process::Command::new("nsenter")
+            .args([
+                "-t",
+                &pid.to_string(),
+                "-m",
+                "mount",
+                "--make-shared",
+                "/proc",
+            ])
+            .status()
+            .unwrap();
+        assert!(group.success());
+        // The namespace's table whole, not the chrooted process's view of it.
+        let shared = std::process::Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-m", "cat", "/proc/self/mountinfo"])
+            .output()
+            .unwrap()
+            .stdout;
+        let proc_group = feather_sys::mountinfo::parse(&shared)
+            .into_iter()
+            .find(|m| m.mount_point == Path::new("/proc"))
+            .and_then(|m| m.optional.into_iter().find(|f| f.starts_with("shared:")))
+            .unwrap();
+        let kept_off = writable_places(&namespace, &knobs, std::slice::from_ref(&proc_group));
+        assert_eq!(kept_off, Ok(Vec::new()), "{proc_group}");
+        let pidfd = feather_sys::process::pidfd_open(nix::unistd::Pid::from_raw(pid)).unwrap();
+        feather_sys::process::read_only_in_mount_namespace_of(&pidfd, &places).unwrap();
+        assert_eq!(writable_places(&namespace, &knobs, &[]), Ok(Vec::new()));
+        let expected = Expected {
+            read_only: vec![ReadOnly {
+                path: "/proc/sys".into(),
+                recursive: true,
+            }],
+            sysfs_writable: true,
+            cgroup_roots: vec!["/".into()],
+            ..Expected::default()
+        };
+        assert_eq!(check_tree(pid, held.hold(), &expected), Ok(()));
+    }
+
     /// A place on a shared mount is told as such (feather-oci masks none there: the mask
-    /// would reach the mount's peers), by the mount it lies on, not one mounted at it.
+    /// would reach the mount's peers), by the mount a mask there would lie on: the top one
+    /// mounted at the place itself, if any, else the one it lies beneath. Before, a mount at
+    /// the place was passed over for the one below it (review rest28 N7): `/proc/kcore` bound
+    /// shared under a private `/proc` was told unshared, `/sys/firmware` private under a
+    /// shared `/sys` shared.
     #[test]
     fn a_place_on_a_shared_mount_is_told() {
         let mounts = feather_sys::mountinfo::parse(
             "1 0 0:60 / / rw shared:1 - overlay o rw\n\
              2 1 0:70 / /proc rw - proc proc rw\n\
              3 1 0:71 / /sys ro shared:9 - sysfs sysfs ro\n\
-             4 3 0:72 / /sys/firmware ro - tmpfs tmpfs ro\n",
+             4 3 0:72 / /sys/firmware ro - tmpfs tmpfs ro\n\
+             5 2 0:70 /kcore /proc/kcore rw shared:12 - proc proc rw\n\
+             6 2 0:70 /acpi /proc/acpi rw shared:13 - proc proc rw\n\
+             7 6 0:73 / /proc/acpi ro - tmpfs tmpfs ro\n",
         );
-        assert!(!on_shared_mount(&mounts, Path::new("/proc/kcore")));
-        assert!(on_shared_mount(&mounts, Path::new("/sys/firmware")));
-        assert!(on_shared_mount(&mounts, Path::new("/etc/x")));
+        fn group<'a>(mounts: &'a [MountEntry], path: &str) -> Option<&'a str> {
+            peer_group_of(mounts, Path::new(path)).map(String::as_str)
+        }
+        assert_eq!(group(&mounts, "/proc/interrupts"), None);
+        assert_eq!(group(&mounts, "/proc/kcore"), Some("shared:12"));
+        assert_eq!(group(&mounts, "/sys/firmware"), None);
+        assert_eq!(group(&mounts, "/sys/firmware/efi"), None);
+        assert_eq!(group(&mounts, "/sys/kernel"), Some("shared:9"));
+        // Stacked: the top of the two at /proc/acpi, whatever the table's order.
+        assert_eq!(group(&mounts, "/proc/acpi"), None);
+        let reordered: Vec<MountEntry> = mounts.iter().rev().cloned().collect();
+        assert_eq!(group(&reordered, "/proc/acpi"), None);
+        assert_eq!(group(&mounts, "/etc/x"), Some("shared:1"));
     }
 
     #[test]

@@ -98,35 +98,56 @@ impl Tables {
 /// change since the last read). A number seen and freed since may be handed to a mount of the
 /// tree: that mount is refused only where it shows the type and source the watch saw with the
 /// number (a bind of the host's filesystem shows its own; CRIU's fresh `mqueue` given the
-/// number a host tmpfs freed does not), and a false refusal is never a pass. Started after any
-/// fork: the thread must not exist in a child that allocates before its exec. Only each
-/// filesystem's number, type and source are kept, each once (review rest28 N3: a whole table
-/// per change grew without bound on a busy host).
+/// number a host tmpfs freed does not), and a false refusal is never a pass. Each filesystem
+/// the watch sees that its first read did not show is held as [`HeldFilesystems`] holds one,
+/// until the watch's holds are dropped (after the check): its number, once seen, is never
+/// handed out again meanwhile, so a mount of the tree with it is that filesystem, and none of
+/// CRIU's fresh ones takes it (review rest28 N4: a host mqueue or tmpfs seen and freed while
+/// CRIU ran gave its number to CRIU's fresh mqueue, refused as the host's). One not held (a
+/// kind [`HeldFilesystems`] does not hold, or unmounted before the watch could clone it) is
+/// still told by its number, type and source. Started after any fork: the thread must not
+/// exist in a child that allocates before its exec. Only each filesystem's number, type and
+/// source are kept, each once (review rest28 N3: a whole table per change grew without bound
+/// on a busy host).
 pub struct MountWatch {
     stop: std::os::fd::OwnedFd,
     seen: std::sync::Arc<std::sync::Mutex<SeenMounts>>,
+    held: std::sync::Arc<std::sync::Mutex<HeldFilesystems>>,
     thread: std::thread::JoinHandle<std::io::Result<()>>,
 }
 
 impl MountWatch {
     pub fn start() -> std::io::Result<MountWatch> {
         let mut table = fs::File::open("/proc/self/mountinfo")?;
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(seen_in(read_table(&mut table)?)));
+        let first = seen_in(read_table(&mut table)?);
+        let shown_first: BTreeSet<String> = first.iter().map(|s| s.device.clone()).collect();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(first));
+        let held = std::sync::Arc::new(std::sync::Mutex::new(HeldFilesystems::default()));
         let (stopped, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let adding = seen.clone();
+        let (adding, holding) = (seen.clone(), held.clone());
         let thread = std::thread::Builder::new()
             .name("mount-watch".into())
             .spawn(move || {
                 while changed(&table, &stopped)? {
-                    let read = seen_in(read_table(&mut table)?);
+                    let read = read_table(&mut table)?;
+                    let new = read.iter().filter(|m| !shown_first.contains(&m.device));
+                    holding
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .hold_new(new, &read);
                     adding
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .extend(read);
+                        .extend(seen_in(read));
                 }
                 Ok(())
             })?;
-        Ok(MountWatch { stop, seen, thread })
+        Ok(MountWatch {
+            stop,
+            seen,
+            held,
+            thread,
+        })
     }
 
     /// Whether the watch has seen `device` so far.
@@ -138,16 +159,18 @@ impl MountWatch {
             .any(|seen| seen.device == device)
     }
 
-    /// Every filesystem seen, the table read once more now; an error if a read failed
+    /// Every filesystem seen, the table read once more now, and the holds of those seen
+    /// since the first read (to keep until the check is done); an error if a read failed
     /// (nothing can then be said of what the host mounted meanwhile).
-    pub fn finish(self) -> std::io::Result<SeenMounts> {
+    pub fn finish(self) -> std::io::Result<(SeenMounts, HeldFilesystems)> {
         drop(self.stop);
         self.thread
             .join()
             .map_err(|_| std::io::Error::other("the mount table's watcher panicked"))??;
         let mut seen = std::mem::take(&mut *self.seen.lock().unwrap_or_else(|e| e.into_inner()));
         seen.extend(seen_in(feather_sys::mountinfo::mounts()?));
-        Ok(seen)
+        let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
+        Ok((seen, held))
     }
 }
 
@@ -296,10 +319,10 @@ impl CriuMountTable {
 /// One clone per filesystem, not per mount (review rest28 N1: a host of a thousand container
 /// mounts ran out of descriptors), and one that cannot be held fails the restore: dropped
 /// silently, its number could be handed out again.
+#[derive(Default)]
 pub struct HeldFilesystems {
     /// Each held filesystem's device number, with the clone that holds it (kept open, never
-    /// read but by tests).
-    #[cfg_attr(not(test), expect(dead_code))]
+    /// read).
     held: Vec<(String, std::os::fd::OwnedFd)>,
 }
 
@@ -312,21 +335,45 @@ const NOT_HELD: [&str; 11] = [
 impl HeldFilesystems {
     pub fn now() -> std::io::Result<HeldFilesystems> {
         let mounts = feather_sys::mountinfo::mounts()?;
-        let mut held: Vec<(String, std::os::fd::OwnedFd)> = Vec::new();
-        let holdable = mounts
-            .iter()
-            .filter(|m| is_anonymous(&m.device))
-            .filter(|m| !NOT_HELD.contains(&m.fs_type.as_str()) && !m.fs_type.starts_with("fuse"));
-        for mount in holdable {
-            if held.iter().any(|(device, _)| *device == mount.device) {
-                continue;
-            }
-            if let Some(clone) = hold(mount)? {
-                held.push((mount.device.clone(), clone));
+        let mut held = HeldFilesystems::default();
+        for mount in mounts.iter().filter(|m| holdable(m, &mounts)) {
+            if !held.holds(&mount.device) {
+                if let Some(clone) = hold(mount)? {
+                    held.held.push((mount.device.clone(), clone));
+                }
             }
         }
-        Ok(HeldFilesystems { held })
+        Ok(held)
     }
+
+    /// Holds each filesystem of `new` (mounts of `table`) not held yet, as far as it can: one
+    /// unmounted meanwhile, or that cannot be cloned, is left (the watch's record of it still
+    /// tells its number, type and source).
+    fn hold_new<'a>(&mut self, new: impl Iterator<Item = &'a MountEntry>, table: &[MountEntry]) {
+        for mount in new.filter(|m| holdable(m, table)) {
+            if !self.holds(&mount.device) {
+                if let Ok(Some(clone)) = hold(mount) {
+                    self.held.push((mount.device.clone(), clone));
+                }
+            }
+        }
+    }
+
+    fn holds(&self, device: &str) -> bool {
+        self.held.iter().any(|(held, _)| held == device)
+    }
+}
+
+/// Whether `mount` (of `table`) is of a kind held: an anonymous device number, a filesystem
+/// and a mount point reached through none whose lookups may wait on a server ([`NOT_HELD`],
+/// FUSE).
+fn holdable(mount: &MountEntry, table: &[MountEntry]) -> bool {
+    let waits =
+        |m: &MountEntry| NOT_HELD.contains(&m.fs_type.as_str()) || m.fs_type.starts_with("fuse");
+    let mut on_the_way = table
+        .iter()
+        .filter(|m| mount.mount_point.starts_with(&m.mount_point) && m.id != mount.id);
+    is_anonymous(&mount.device) && !waits(mount) && !on_the_way.any(waits)
 }
 
 /// Whether a device number (`maj:min`) is an anonymous one, of no block device.
@@ -353,8 +400,15 @@ fn hold(mount: &MountEntry) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
             mount.device
         ))
     };
-    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let at = match nix::fcntl::open(&mount.mount_point, flags, nix::sys::stat::Mode::empty()) {
+    // No link followed on the way: the table's path has none, and one put there since could
+    // lead the lookup through a mount `holdable` passed over.
+    let how = nix::fcntl::OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(
+            nix::fcntl::ResolveFlag::RESOLVE_NO_SYMLINKS
+                | nix::fcntl::ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    let at = match nix::fcntl::openat2(nix::fcntl::AT_FDCWD, &mount.mount_point, how) {
         Ok(at) => at,
         Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => return Ok(None),
         Err(e) => return Err(cannot(&e)),
@@ -783,10 +837,11 @@ mod tests {
         assert_eq!(passed, Ok(()));
     }
 
-    /// The watch sees a filesystem mounted and unmounted while it runs, and one mounted when
-    /// it finishes.
+    /// The watch sees a filesystem mounted and unmounted while it runs, and holds it until
+    /// its holds are dropped, so that a tmpfs mounted next gets another number; and it sees
+    /// one mounted when it finishes.
     #[test]
-    fn the_watch_sees_what_was_mounted_while_it_ran() {
+    fn the_watch_sees_and_holds_what_was_mounted_while_it_ran() {
         let place = Scratch::new("watched");
         let mount_tmpfs = || {
             nix::mount::mount(
@@ -801,8 +856,6 @@ mod tests {
         };
         let watch = MountWatch::start().unwrap();
         let gone = mount_tmpfs();
-        // Held, so that the second tmpfs cannot take the first one's number.
-        let held = HeldFilesystems::now().unwrap();
         // The watcher's read of the change, waited for (a thread of this process).
         let waited = std::time::Instant::now();
         while !watch.has_seen(&gone) && waited.elapsed() < Duration::from_secs(10) {
@@ -810,9 +863,14 @@ mod tests {
         }
         nix::mount::umount(&place.0).unwrap();
         let there = mount_tmpfs();
-        let seen = watch.finish().unwrap();
+        let (seen, held) = watch.finish().unwrap();
+        // The watch held the first: the second could not take its number (review rest28 N4:
+        // unheld, the kernel hands it out again, lowest first, and CRIU's fresh mqueue or
+        // tmpfs given it was refused as the host's).
+        let held_gone = held.holds(&gone);
         drop(held);
         assert_ne!(gone, there);
+        assert!(held_gone, "{gone} not held");
         let seen_device = |device: &String| seen.iter().any(|s| &s.device == device);
         assert!(seen_device(&gone), "{gone} not in {seen:?}");
         assert!(seen_device(&there), "{there} not in {seen:?}");
@@ -870,6 +928,58 @@ mod tests {
         let second = mount_tmpfs();
         assert_ne!(first, second);
         drop(held);
+    }
+
+    /// Only anonymous filesystems whose mount points no lookup reaches through a network or
+    /// FUSE mount are held: holding one opens its mount point, and a lookup through a FUSE
+    /// mount waits on its server (review rest28 N8; the watch holds too).
+    #[test]
+    fn a_mount_reached_through_a_fuse_mount_is_not_held() {
+        let table = feather_sys::mountinfo::parse(format!(
+            "{HOST}27 20 0:61 / /home/u/x rw - fuse.sshfs u@h:/ rw\n\
+             28 27 0:62 / /home/u/x/y rw - tmpfs tmpfs rw\n\
+             29 20 0:63 / /home/u/z rw - nfs4 h:/ rw\n"
+        ));
+        let held: Vec<&str> = table
+            .iter()
+            .filter(|m| holdable(m, &table))
+            .map(|m| m.device.as_str())
+            .collect();
+        assert_eq!(held, ["0:5", "0:22", "0:30", "0:24", "0:60", "0:23"]);
+    }
+
+    /// A mount point reached through a link (one put on the table's path since it was read)
+    /// is not held: its lookup follows no link, which could lead it through a FUSE mount.
+    #[test]
+    fn a_mount_point_reached_through_a_link_is_not_held() {
+        let place = Scratch::new("linked");
+        let inner = place.0.join("inner");
+        let tmpfs = |at: &Path| {
+            nix::mount::mount(
+                Some("tmpfs"),
+                at,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .unwrap()
+        };
+        tmpfs(&place.0);
+        fs::create_dir(&inner).unwrap();
+        tmpfs(&inner);
+        let link = place.0.with_extension("link");
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&place.0, &link).unwrap();
+        let mut mount = feather_sys::mountinfo::mounts()
+            .unwrap()
+            .into_iter()
+            .rfind(|m| m.mount_point == inner)
+            .unwrap();
+        let direct = hold(&mount).unwrap().is_some();
+        mount.mount_point = link.join("inner");
+        let through_link = hold(&mount).unwrap().is_some();
+        fs::remove_file(&link).unwrap();
+        assert_eq!((direct, through_link), (true, false));
     }
 
     /// A filesystem mounted at two places is held once (review rest28 N1: one descriptor

@@ -18,9 +18,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
+use crate::restored_mounts::KernelPaths;
 use anyhow::{bail, Context, Result};
 use feather_confine::restored_mounts::Expected;
-use feather_confine::restored_sources::{CriuMountTable, HeldFilesystems, MountWatch};
+use feather_confine::restored_sources::{CriuMountTable, HeldFilesystems, MountWatch, SeenMounts};
 use feather_migrate::archive::read_at_most;
 use feather_migrate::criu::{common_options, Criu, RestoreCall, RESTORE_LOG};
 use feather_migrate::mount_images::{judge, KernelFs, Policy};
@@ -92,6 +93,7 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
             // fresh mounts could then take (`Before::of`).
             let held = HeldFilesystems::now()
                 .context("hold the host's filesystems mounted for the restore's check")?;
+            let host_groups = host_peer_groups()?;
             let place = CriuPlace {
                 netns: netns.as_ref(),
                 container: &container,
@@ -105,18 +107,20 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
             work.finish();
             // A CRIU that failed after its pre-resume leaves the tree frozen: killed so
             // before the removal, whose kill thaws (review r27 R5, as a refusal's).
-            let (pid, restoring_mnt, while_criu_ran) = ran.inspect_err(|_| {
+            let (pid, restoring_mnt, (while_criu_ran, held_since)) = ran.inspect_err(|_| {
                 let _ = hold.kill();
             })?;
             let accounted = Accounted {
                 spec: &spec,
                 mounts,
+                kernel_paths: KernelPaths::of(&spec)?,
+                host_groups,
                 where_criu_ran: &where_criu_ran,
                 while_criu_ran,
             };
             let checks = (&allowed, accounted);
             let resumed = resume_if_allowed(pid, checks, restoring_mnt, &container, &hold);
-            drop(held);
+            drop((held, held_since));
             resumed
         });
     let pid = match restored {
@@ -465,18 +469,14 @@ fn inherited_stdio(images: &Path) -> Result<Vec<rpc::InheritFd>> {
 /// ran, [`feather_confine::held`]); gives its init's pid and the mount namespace CRIU ran in
 /// (the child's, `mnt:[…]`), where no restored process of the container may stay; and every
 /// mount this namespace showed from the fork until CRIU's `pre-resume` ([`MountWatch`]: review
-/// r27 R1).
+/// r27 R1), with the holds of the filesystems first seen meanwhile, kept until the check.
 fn run(
     call: RestoreCall,
     place: CriuPlace,
     id: &str,
     hold: &feather_confine::held::Hold,
     log: &Path,
-) -> Result<(
-    i32,
-    Option<PathBuf>,
-    feather_confine::restored_sources::SeenMounts,
-)> {
+) -> Result<(i32, Option<PathBuf>, (SeenMounts, HeldFilesystems))> {
     let child = match feather_sys::process::fork_into(CloneFlags::CLONE_NEWNS)
         .map_err(|e| anyhow::anyhow!("{e}"))?
     {
@@ -557,7 +557,7 @@ fn resume_if_allowed(
     let checked = crate::restored::Outside::here(restoring_mnt)
         .and_then(|outside| crate::restored::check_tree(pid, allowed, &outside, hold))
         // After the processes' check: none is in the host's mount namespace, or CRIU's.
-        .and_then(|()| mask_what_the_dump_lacked(hold, &mounts.mounts.masked))
+        .and_then(|()| add_what_the_dump_lacked(hold, &mounts.kernel_paths, &mounts.host_groups))
         .and_then(|own| mounts.expected(container, own))
         .and_then(|mounts| crate::restored_mounts::check_tree(pid, hold, &mounts))
         .and_then(|()| {
@@ -576,27 +576,32 @@ fn resume_if_allowed(
     Ok(pid)
 }
 
-/// Masks the config's masked paths that a mount namespace of the frozen tree shows unmasked,
-/// as `create` masks them (`/dev/null` over a file, an empty read-only tmpfs over a folder),
-/// beneath every proc and sysfs mount as the check then requires them (review mntcheck26
-/// MC-6): CRIU recreates only the masks it dumped, and a kernel path absent at the dump (an
-/// older kernel's, another host's: `/proc/sched_debug`) may be here. Every namespace of the
-/// group's processes, each once; a process whose namespace cannot be read is left to the
-/// check (a zombie has none; any other is refused there). Never on a shared mount, whose
-/// peers may be the host's (the check, which refuses a peer of a host mount, comes after).
-/// Returns the mount ids of the masks made, read from the namespace's table before and after
-/// (the tree is frozen: nothing else mounts there meanwhile), so that the accounting takes
-/// them for the restorer's own (review rest28 N4: a mask given a number the host freed while
-/// CRIU ran was refused as the host's).
-fn mask_what_the_dump_lacked(
+/// Adds what a mount namespace of the frozen tree lacks of the kernel paths `create` makes
+/// read-only and masks for the config (`paths`): CRIU recreates only the binds and masks it
+/// dumped, and a kernel path absent at the dump (an older kernel's, another host's:
+/// `/proc/sched_debug`) may be here. The writable read-only paths are bound read-only, each
+/// with every mount beneath it, then the unmasked masked paths masked (`/dev/null` over a file,
+/// an empty read-only tmpfs over a folder), beneath every proc and sysfs mount as the check then
+/// requires them (review mntcheck26 MC-6: masks were added, read-only binds were not). Every
+/// namespace of the group's processes, each once; a process whose namespace cannot be read is
+/// left to the check (a zombie has none; any other is refused there). Never on a mount of a
+/// peer group of `host_groups`, the host's before CRIU ran, whose peers may be the host's
+/// mounts (the check, which refuses a peer of a host mount, comes after); a peer group the
+/// restore made (under `rootfsPropagation: rshared` every mount of the tree is in one) takes
+/// them, as `create`'s would have. Returns the mount ids of the masks made, read from the
+/// namespace's table before and after (the tree is frozen: nothing else mounts there
+/// meanwhile), so that the accounting takes them for the restorer's own (review rest28 N4: a
+/// mask given a number the host freed while CRIU ran was refused as the host's).
+fn add_what_the_dump_lacked(
     hold: &feather_confine::held::Hold,
-    masked: &[PathBuf],
+    paths: &KernelPaths,
+    host_groups: &[String],
 ) -> Result<Vec<u64>> {
     let mut seen = Vec::new();
     let mut own = Vec::new();
     let processes = hold
         .processes()
-        .context("list the restored processes to mask what their dump lacked")?;
+        .context("list the restored processes to add what their dump lacked")?;
     for pid in processes {
         let proc = PathBuf::from(format!("/proc/{pid}"));
         let Ok(namespace) = feather_confine::restored::namespace(&proc, "mnt") else {
@@ -607,24 +612,45 @@ fn mask_what_the_dump_lacked(
         }
         let ns = proc.join("ns/mnt");
         let file = fs::File::open(&ns).with_context(|| format!("open {}", ns.display()))?;
-        let places = feather_confine::restored_mounts::unmasked_places(&file, masked, true)
-            .map_err(anyhow::Error::msg)
-            .with_context(|| {
-                format!("find what to mask in the mount namespace of process {pid}")
-            })?;
-        if !places.is_empty() {
+        let in_namespace = || format!("in the mount namespace of restored process {pid}");
+        let writable =
+            feather_confine::restored_mounts::writable_places(&file, &paths.read_only, host_groups)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("find what to bind read-only {}", in_namespace()))?;
+        let pidfd = feather_sys::process::pidfd_open(Pid::from_raw(pid))
+            .with_context(|| format!("open restored process {pid}"))?;
+        if !writable.is_empty() {
+            feather_sys::process::read_only_in_mount_namespace_of(&pidfd, &writable)
+                .with_context(|| format!("bind {writable:?} read-only {}", in_namespace()))?;
+        }
+        let unmasked =
+            feather_confine::restored_mounts::unmasked_places(&file, &paths.masked, host_groups)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("find what to mask {}", in_namespace()))?;
+        if !unmasked.is_empty() {
             let ids = || mount_ids(&proc);
-            let unmasked = ids()?;
-            let pidfd = feather_sys::process::pidfd_open(Pid::from_raw(pid))
-                .with_context(|| format!("open restored process {pid}"))?;
-            feather_sys::process::mask_in_mount_namespace_of(&pidfd, &places).with_context(
-                || format!("mask {places:?} in the mount namespace of restored process {pid}"),
-            )?;
-            own.extend(ids()?.into_iter().filter(|id| !unmasked.contains(id)));
+            let before = ids()?;
+            feather_sys::process::mask_in_mount_namespace_of(&pidfd, &unmasked)
+                .with_context(|| format!("mask {unmasked:?} {}", in_namespace()))?;
+            own.extend(ids()?.into_iter().filter(|id| !before.contains(id)));
         }
         seen.push(namespace);
     }
     Ok(own)
+}
+
+/// The peer groups (`shared:N`) of this process's mount namespace, the host's: read before
+/// CRIU runs, so that none the restore makes is among them.
+fn host_peer_groups() -> Result<Vec<String>> {
+    let mounts = feather_sys::mountinfo::mounts().context("read /proc/self/mountinfo")?;
+    let mut groups: Vec<String> = mounts
+        .into_iter()
+        .flat_map(|m| m.optional)
+        .filter(|field| field.starts_with("shared:"))
+        .collect();
+    groups.sort();
+    groups.dedup();
+    Ok(groups)
 }
 
 /// The mount ids of the mount namespace of the process at `proc`, as its table shows them.
@@ -642,6 +668,10 @@ fn mount_ids(proc: &Path) -> Result<Vec<u64>> {
 struct Accounted<'a> {
     spec: &'a oci_spec::runtime::Spec,
     mounts: Expected,
+    /// What of the kernel's paths a dump may lack, and the host's peer groups before CRIU ran:
+    /// [`add_what_the_dump_lacked`].
+    kernel_paths: KernelPaths,
+    host_groups: Vec<String>,
     where_criu_ran: &'a CriuMountTable,
     while_criu_ran: feather_confine::restored_sources::SeenMounts,
 }

@@ -30,22 +30,13 @@ use crate::store::Container;
 /// before CRIU ran ([`before`], read once it has).
 pub fn expected(spec: &Spec, container: &Container) -> Result<Expected> {
     let groups = &container.groups();
-    let linux = spec.linux().as_ref().context("linux")?;
-    let feather = crate::annotations::Feather::parse(spec)?;
-    let confinement = crate::confine::Confinement::of(feather.confine, spec);
-    let knob = |(path, _): (String, String)| ReadOnly {
-        path: PathBuf::from(path),
+    let knob = |path| ReadOnly {
+        path,
         recursive: true,
     };
-    let mut read_only: Vec<ReadOnly> = crate::mounts::read_only_paths(linux, &confinement)
-        .into_iter()
-        .map(knob)
-        .collect();
+    let KernelPaths { read_only, masked } = KernelPaths::of(spec)?;
+    let mut read_only: Vec<ReadOnly> = read_only.into_iter().map(knob).collect();
     read_only.extend(read_only_mounts(spec));
-    let masked = crate::mounts::masked_paths(linux, &confinement)
-        .into_iter()
-        .map(|(path, _)| PathBuf::from(path))
-        .collect();
     let sysfs_writable = spec
         .mounts()
         .iter()
@@ -67,6 +58,31 @@ pub fn expected(spec: &Spec, container: &Container) -> Result<Expected> {
         cgroup_roots,
         before: None,
     })
+}
+
+/// The kernel's paths `create` makes read-only (each with every mount beneath it) and masks
+/// for a config: what a dump taken under another kernel may lack ([`crate::restore`] adds it).
+pub struct KernelPaths {
+    pub read_only: Vec<PathBuf>,
+    pub masked: Vec<PathBuf>,
+}
+
+impl KernelPaths {
+    pub fn of(spec: &Spec) -> Result<KernelPaths> {
+        let linux = spec.linux().as_ref().context("linux")?;
+        let feather = crate::annotations::Feather::parse(spec)?;
+        let confinement = crate::confine::Confinement::of(feather.confine, spec);
+        let paths = |listed: Vec<(String, String)>| {
+            listed
+                .into_iter()
+                .map(|(path, _)| PathBuf::from(path))
+                .collect()
+        };
+        Ok(KernelPaths {
+            read_only: paths(crate::mounts::read_only_paths(linux, &confinement)),
+            masked: paths(crate::mounts::masked_paths(linux, &confinement)),
+        })
+    }
 }
 
 /// What was mounted where CRIU ran (`where_criu_ran`, the table its child wrote just before

@@ -903,6 +903,7 @@ pub(crate) fn restore_tree(
     let pid = Pid::from_raw(restored.map_err(|e| unprepared(name, why_read).unwrap_or(e))?);
     let pidfd = process::pidfd_open(pid).in_vm(name)?;
     let init = ChildProcess { pid, pidfd };
+    crate::test_hooks::held(HOLD_BEFORE_RESTORED_CHECK);
     // Stopped still: a VM never runs with a kernel interface unmasked, nor a unit's process
     // outside its group.
     // Before anything else of the restored tree is touched: what CRIU gave each task came
@@ -1127,6 +1128,12 @@ pub const HOLD_BEFORE_RESTORED_LAYERS: &str = "FEATHER_TEST_HOLD_BEFORE_RESTORED
 /// meanwhile, as the host may. Unset, nothing waits.
 pub const HOLD_AFTER_RESTORE_RECORD: &str = "FEATHER_TEST_HOLD_AFTER_RESTORE_RECORD";
 
+/// For tests only, as `keeper::HOLD_RUNNING_RECORD`: the file whose lock a restoring keeper
+/// waits for once CRIU has restored the VM, frozen, before any check of the restored tree, so
+/// that a test can change the tree as crafted images would have CRIU make it. Unset, nothing
+/// waits.
+pub const HOLD_BEFORE_RESTORED_CHECK: &str = "FEATHER_TEST_HOLD_BEFORE_RESTORED_CHECK";
+
 /// [`mount_restored_layer`], and once more if that fails and the layer's lower folder is no
 /// longer there: the host removed it since the keeper looked, which also detaches the restoring
 /// child's copy of a filesystem mounted there (the kernel then refuses it, EINVAL, or finds no
@@ -1269,25 +1276,39 @@ fn mask_what_the_dump_lacked(vm: &VmDir, init: &ChildProcess, hold: &Hold) -> Re
 /// was refused). Looked up beneath the namespace's root, never through a magic link: a link
 /// in the restored tree is the images' to choose, and through `/proc/PID/root` an absolute
 /// one would lead the host's root to a host path (review r27 R6).
+/// The writable ones of `/proc/{bus,fs,irq,sys,sysrq-trigger}` are bound read-only first, each
+/// with every mount beneath it, as a start binds them
+/// ([`feather_confine::restored_mounts::writable_places`]; review mntcheck26 MC-6: a dump
+/// that lacked such a bind, a kernel path absent at the dump, was refused as writable).
 fn mask_in_namespace_of(vm: &VmDir, pid: i32, pidfd: &std::os::fd::OwnedFd) -> Result<()> {
     let name = vm.name();
     let ns = format!("/proc/{pid}/ns/mnt");
     let namespace = fs::File::open(&ns).at(&ns).in_vm(name)?;
+    let cannot_find = |what: &str, why: String| {
+        failed(
+            name,
+            format!(
+                "cannot find the kernel interfaces to {what} in process {pid}'s mount \
+                 namespace: {why}"
+            ),
+        )
+    };
+    let knobs: Vec<PathBuf> = rootfs::READ_ONLY_PROC
+        .iter()
+        .map(|path| Path::new("/proc").join(path))
+        .collect();
+    let writable = feather_confine::restored_mounts::writable_places(&namespace, &knobs, &[])
+        .map_err(|why| cannot_find("bind read-only", why))?;
+    if !writable.is_empty() {
+        process::read_only_in_mount_namespace_of(pidfd, &writable).in_vm(name)?;
+    }
     let masked: Vec<PathBuf> = rootfs::MASKED_PROC
         .iter()
         .chain(&rootfs::MASKED_SYS)
         .map(|path| Path::new("/").join(path))
         .collect();
-    let missing = feather_confine::restored_mounts::unmasked_places(&namespace, &masked, false)
-        .map_err(|why| {
-            failed(
-                name,
-                format!(
-                    "cannot find the kernel interfaces to mask in process {pid}'s mount \
-                     namespace: {why}"
-                ),
-            )
-        })?;
+    let missing = feather_confine::restored_mounts::unmasked_places(&namespace, &masked, &[])
+        .map_err(|why| cannot_find("mask", why))?;
     if missing.is_empty() {
         return Ok(());
     }

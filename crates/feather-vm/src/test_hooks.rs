@@ -2,6 +2,7 @@
 //! of `feather serve`, `migrate`) to hold it at one step ([`held`]: the `HOLD_*` of
 //! [`crate::keeper`], [`crate::snapshot::HOLD_AFTER_RESTORE_RECORD`],
 //! [`crate::rootfs::HOLD_AFTER_MOUNTS_FOUND`], which a VM's init waits for,
+//! [`crate::snapshot::HOLD_BEFORE_RESTORED_CHECK`], which a restoring keeper waits for,
 //! and [`crate::pool::HOLD_FILL`], which a fill under its lock waits for)
 //! or make one step fail ([`set`]: [`crate::snapshot::FAIL_LAYERS`],
 //! [`crate::checkpoint::FAIL_AFTER_DUMPED`], [`crate::keeper::FAIL_SEIZED_FREEZE`],
