@@ -744,8 +744,11 @@ impl Keeper {
     pub fn begin(&mut self, root: &StateRoot, terminal: Option<PathBuf>, peers: Arc<dyn Peers>) {
         self.open_broker(root, terminal, peers);
         if let Some(mut init) = self.init_waits.take() {
-            // Init's end, if it ended meanwhile, is seen by serve().
-            if boot::send(&mut init, &ToInit::Start).is_ok() {
+            // Init's end, if it ended meanwhile, is seen by serve(). The wait is for a
+            // checkpoint's sake, which a throw-away VM never has: there it held up the
+            // keeper's loop, and so a short command's exit status, until init's spawner (a
+            // fork of init's) had closed its copy of the socket too.
+            if boot::send(&mut init, &ToInit::Start).is_ok() && !self.config.ephemeral {
                 await_init_letting_go(&mut init);
             }
         }
