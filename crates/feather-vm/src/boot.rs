@@ -17,8 +17,6 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-
 use serde::{Deserialize, Serialize};
 
 /// Changes whenever a message of this module changes.
@@ -99,12 +97,7 @@ pub fn send(to: &mut impl Write, message: &impl Serialize) -> std::io::Result<()
 /// not to take any of the next: 284 calls in a `run --rm`'s keeper, most of them while init
 /// waited for NETWORK_READY.
 pub fn pair() -> std::io::Result<(UnixStream, UnixStream)> {
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )?;
+    let (ours, theirs) = feather_sys::fdpass::seqpacket_pair()?;
     Ok((UnixStream::from(ours), UnixStream::from(theirs)))
 }
 
