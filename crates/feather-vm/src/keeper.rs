@@ -744,8 +744,11 @@ impl Keeper {
     pub fn begin(&mut self, root: &StateRoot, terminal: Option<PathBuf>, peers: Arc<dyn Peers>) {
         self.open_broker(root, terminal, peers);
         if let Some(mut init) = self.init_waits.take() {
-            // Init's end, if it ended meanwhile, is seen by serve().
-            if boot::send(&mut init, &ToInit::Start).is_ok() {
+            // Init's end, if it ended meanwhile, is seen by serve(). The wait is for a
+            // checkpoint's sake, which a throw-away VM never has: there it held up the
+            // keeper's loop, and so a short command's exit status, until init's spawner (a
+            // fork of init's) had closed its copy of the socket too.
+            if boot::send(&mut init, &ToInit::Start).is_ok() && !self.config.ephemeral {
                 await_init_letting_go(&mut init);
             }
         }
@@ -2195,7 +2198,7 @@ fn start_init(
     stage: &(dyn Fn(nix::unistd::Pid) -> Result<Staged> + Sync),
     meanwhile: impl FnOnce(),
 ) -> Result<(ChildProcess, UnixStream, Staged, Vec<PinnedLower>)> {
-    let (mut ours, theirs) = UnixStream::pair().map_err(io(name, "socketpair"))?;
+    let (mut ours, theirs) = boot::pair().map_err(io(name, "socketpair"))?;
     // The cgroup namespace is entered later, by init itself, once it is inside the VM's group.
     let mut namespaces = process::vm_namespaces() - nix::sched::CloneFlags::CLONE_NEWCGROUP;
     // A namespace made ahead (feather_net::pool) is joined instead of made: fresh, never used.
@@ -2534,7 +2537,7 @@ mod tests {
     fn a_signal_does_not_end_the_wait_for_init_to_let_go() {
         use std::sync::atomic::{AtomicBool, Ordering};
         static ENDED: AtomicBool = AtomicBool::new(false);
-        let (mut keepers, inits) = UnixStream::pair().unwrap();
+        let (mut keepers, inits) = boot::pair().unwrap();
         let (said, tid) = std::sync::mpsc::channel();
         let waiting = std::thread::spawn(move || {
             said.send(nix::unistd::gettid().as_raw()).unwrap();
@@ -2581,7 +2584,7 @@ mod tests {
     #[test]
     fn init_is_told_the_network_is_ready_while_the_record_is_synced() {
         let name: VmName = "boot-beside".parse().unwrap();
-        let (mut ours, mut theirs) = UnixStream::pair().unwrap();
+        let (mut ours, mut theirs) = boot::pair().unwrap();
         let (ready, told) = std::sync::mpsc::channel();
         let init = std::thread::spawn(move || {
             boot::expect(&mut theirs, ToInit::Go).unwrap();
@@ -2608,7 +2611,7 @@ mod tests {
     #[test]
     fn inits_failure_is_reported_before_the_records() {
         let name: VmName = "boot-beside-fails".parse().unwrap();
-        let (mut ours, mut theirs) = UnixStream::pair().unwrap();
+        let (mut ours, mut theirs) = boot::pair().unwrap();
         let init = std::thread::spawn(move || {
             boot::expect(&mut theirs, ToInit::Go).unwrap();
             boot::send(&mut theirs, &InitReport::Pinned(Vec::new())).unwrap();
@@ -2627,7 +2630,7 @@ mod tests {
     #[test]
     fn inits_failure_before_go_is_what_the_start_reports() {
         let name: VmName = "boot-fails-before-go".parse().unwrap();
-        let (mut ours, mut theirs) = UnixStream::pair().unwrap();
+        let (mut ours, mut theirs) = boot::pair().unwrap();
         let why = "init cannot enter the VM's cgroup: enter cgroup by writing 0 to /x".to_owned();
         boot::send(&mut theirs, &InitReport::Failed(why)).unwrap();
         drop(theirs);
