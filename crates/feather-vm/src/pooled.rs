@@ -9,6 +9,8 @@
 //!                         in seconds ("0": for ever; absent: [`DEFAULT_IDLE`])
 //! <root>/pool/fill.lock   held by the one filler at work
 //! <root>/pool/stale-misses  how many runs in a row found only stale VMs ([`STALE_MISSES_TO_STOP`])
+//! <root>/pool/generation  how many times `network down` emptied the pool ([`generation`]): a
+//!                         fill started before makes nothing
 //! <root>/pool/vms/<name>  one per pooled VM, unclaimed: the fingerprint it was made under
 //! <root>/pool/claimed/<name>  one per claimed VM until its keeper has removed it: its
 //!                         claimer's pid and start time ("<pid> <ticks>"), once its keeper
@@ -283,7 +285,8 @@ fn filler_command(root: &StateRoot) -> Option<std::process::Command> {
         command.arg("--root").arg(root.dir());
     }
     command
-        .args(["pool", "--fill"])
+        .args(["pool", "--fill", "--generation"])
+        .arg(generation(root).to_string())
         .current_dir("/")
         .env_clear()
         .env("PATH", crate::workload::DEFAULT_PATH)
@@ -338,6 +341,32 @@ pub fn record_stale_miss(root: &StateRoot) {
 /// Starts counting again: a run found a VM that matches, or the size was set.
 pub fn forget_stale_misses(root: &StateRoot) {
     let _ = std::fs::remove_file(stale_misses_file(root));
+}
+
+/// The record of [`generation`], in the pool's folder.
+fn generation_file(root: &StateRoot) -> PathBuf {
+    dir(root).join("generation")
+}
+
+/// How many times the pool was emptied for its root's network to go (`network down`): a fill
+/// is told the generation its starter saw ([`filler_command`]) and makes nothing under
+/// another, so that a fill started before `network down` but at work only after it (its size
+/// setting put back) makes no VM, and so no network, in a root being removed.
+pub fn generation(root: &StateRoot) -> u64 {
+    std::fs::read_to_string(generation_file(root))
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Starts the next [`generation`]: every fill started before makes nothing.
+pub fn next_generation(root: &StateRoot) -> feather_core::error::Result<()> {
+    let next = generation(root).wrapping_add(1);
+    feather_core::atomic::write_atomic(
+        &generation_file(root),
+        format!("{next}\n").as_bytes(),
+        feather_core::atomic::Durability::Volatile,
+    )
 }
 
 /// Runs a fill ([`filler_command`]) and waits for it: `feather pool --size`.

@@ -1,7 +1,8 @@
 //! The test-only hooks: `FEATHER_TEST_*` variables a test sets in the environment of a keeper (or
 //! of `feather serve`, `migrate`) to hold it at one step ([`held`]: the `HOLD_*` of
 //! [`crate::keeper`], [`crate::rootfs::HOLD_AFTER_MOUNTS_FOUND`], which a VM's init waits for,
-//! and [`crate::pool::HOLD_FILL`], which a fill under its lock waits for)
+//! [`crate::pool::HOLD_FILL`], which a fill under its lock waits for, and
+//! [`crate::pool::HOLD_FILL_START`], which a fill waits for before it takes its lock)
 //! or make one step fail ([`set`]: [`crate::snapshot::FAIL_LAYERS`],
 //! [`crate::checkpoint::FAIL_AFTER_DUMPED`], [`crate::keeper::FAIL_SEIZED_FREEZE`],
 //! [`crate::migration::FAIL_RELEASE_RECORD`], [`crate::snapshot::CRIU_CONFIG_MISSING`],
