@@ -129,6 +129,70 @@ impl Pooled {
         assert_eq!(self.ok(&["pool"]).lines().next(), Some("size: 0"));
         assert_nothing_left(&self.feather, &self.bridge, cgroups_before);
     }
+
+    /// `pool --size 1` of the root given as `root` (its path, or another spelling), its VM's
+    /// keeper given no inotify instance (a test hook): the VM's name and its keeper's pid.
+    fn filled_without_inotify(&self, root: &std::path::Path) -> (String, i32) {
+        let out = Command::new(Feather::bin())
+            .arg("--root")
+            .arg(root)
+            .args(["pool", "--size", "1"])
+            .env("FEATHER_SUBNET", &self.subnet.cidr)
+            .env(feather_vm::root_watch::NO_INOTIFY, "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let name = self.entries().into_iter().next().expect("a pooled VM");
+        let keeper = keeper_of(self, &name);
+        (name, keeper)
+    }
+
+    /// Removes the root's folder by hand, as scripts do (its network's namespaces made ahead,
+    /// mounted in it, unmounted first).
+    fn remove_the_root_by_hand(&self) {
+        let root = &self.feather.root;
+        self.feather
+            .eventually("the root's folder is removed by hand", || {
+                let mounts = support::HostTraces::of(root, None).mounts;
+                for point in mounts.iter().filter_map(|line| line.split(' ').nth(4)) {
+                    let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+                }
+                fs::remove_dir_all(root).is_ok() || !root.exists()
+            });
+    }
+
+    /// Once the pooled VM of this root, removed by hand, is gone: no port is left on its
+    /// bridge, nor a new VM cgroup; the next root that chooses its network removes this one's
+    /// bridge and tables (feather_net::removed_roots), leaving nothing of it on the host.
+    fn removed_roots_network_goes_with_the_next_root(
+        &self,
+        root: &std::path::Path,
+        cgroups_before: &[std::path::PathBuf],
+    ) {
+        let ports = format!("/sys/class/net/{}/brif", self.bridge);
+        let left: Vec<String> = support::names_in(std::path::Path::new(&ports));
+        assert!(left.is_empty(), "ports left on {}: {left:?}", self.bridge);
+        self.feather.eventually("no new VM cgroup stays", || {
+            support::feather_cgroups()
+                .iter()
+                .filter(|group| !cgroups_before.contains(group))
+                .all(|group| !support::cgroup_is_empty(group))
+        });
+        let (next, next_subnet, _) = root_with_known_bridge("pool-after-root-removed");
+        let out = next
+            .command()
+            .env("FEATHER_SUBNET", &next_subnet.cidr)
+            .args(["run", "--rm", "--", "true"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            support::HostTraces::of(root, Some(&self.bridge)),
+            support::HostTraces::default(),
+            "the removed root's network is left on the host"
+        );
+    }
 }
 
 impl Drop for Pooled {
@@ -962,14 +1026,7 @@ fn a_pooled_vm_whose_root_was_removed_goes_at_its_idle_time() {
     let keeper = keeper_of(&pool, &name);
     let alive = || std::path::Path::new(&format!("/proc/{keeper}")).exists();
     let root = pool.feather.root.clone();
-    pool.feather
-        .eventually("the root's folder is removed by hand", || {
-            let mounts = support::HostTraces::of(&root, None).mounts;
-            for point in mounts.iter().filter_map(|line| line.split(' ').nth(4)) {
-                let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
-            }
-            fs::remove_dir_all(&root).is_ok() || !root.exists()
-        });
+    pool.remove_the_root_by_hand();
     assert!(
         alive(),
         "the pooled VM was gone before its root was removed"
@@ -979,29 +1036,7 @@ fn a_pooled_vm_whose_root_was_removed_goes_at_its_idle_time() {
         Duration::from_secs(30),
         || !alive() && support::HostTraces::of(&root, None).processes.is_empty(),
     );
-    let ports = format!("/sys/class/net/{}/brif", pool.bridge);
-    let left: Vec<String> = support::names_in(std::path::Path::new(&ports));
-    assert!(left.is_empty(), "ports left on {}: {left:?}", pool.bridge);
-    pool.feather.eventually("no new empty VM cgroup stays", || {
-        support::feather_cgroups()
-            .iter()
-            .filter(|group| !cgroups_before.contains(group))
-            .all(|group| !support::cgroup_is_empty(group))
-    });
-    // The next root that chooses its network removes the removed root's.
-    let (next, next_subnet, _) = root_with_known_bridge("pool-after-root-removed");
-    let out = next
-        .command()
-        .env("FEATHER_SUBNET", &next_subnet.cidr)
-        .args(["run", "--rm", "--", "true"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(
-        support::HostTraces::of(&root, Some(&pool.bridge)),
-        support::HostTraces::default(),
-        "the removed root's network is left on the host"
-    );
+    pool.removed_roots_network_goes_with_the_next_root(&root, &cgroups_before);
 }
 
 /// A root's first `run --rm` (no pool setting: the default) makes its own VM and starts the
@@ -1147,28 +1182,7 @@ fn a_removed_roots_pooled_vm_goes_at_once() {
     assert!(!root.exists());
     let traces = support::HostTraces::of(&root, None);
     assert!(traces.mounts.is_empty(), "mounts left: {:?}", traces.mounts);
-    let ports = format!("/sys/class/net/{}/brif", pool.bridge);
-    let left: Vec<String> = support::names_in(std::path::Path::new(&ports));
-    assert!(left.is_empty(), "ports left on {}: {left:?}", pool.bridge);
-    pool.feather.eventually("no new VM cgroup stays", || {
-        support::feather_cgroups()
-            .iter()
-            .filter(|group| !cgroups_before.contains(group))
-            .all(|group| !support::cgroup_is_empty(group))
-    });
-    let (next, next_subnet, _) = root_with_known_bridge("pool-after-default-removed");
-    let out = next
-        .command()
-        .env("FEATHER_SUBNET", &next_subnet.cidr)
-        .args(["run", "--rm", "--", "true"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(
-        support::HostTraces::of(&root, Some(&pool.bridge)),
-        support::HostTraces::default(),
-        "the removed root's network is left on the host"
-    );
+    pool.removed_roots_network_goes_with_the_next_root(&root, &cgroups_before);
 }
 
 /// `network down` beside the pooled VM a run left: the pool is emptied first (stderr says so,
@@ -1475,29 +1489,14 @@ fn a_keeper_without_inotify_says_so_and_still_sees_its_root_removed() {
     let mut pool = Pooled::new("pool-no-inotify", 0);
     pool.size = 1;
     pool.ok(&["pool", "--idle", "0"]);
-    let out = pool
-        .command()
-        .env(feather_vm::root_watch::NO_INOTIFY, "1")
-        .args(["pool", "--size", "1"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let name = pool.entries().into_iter().next().expect("a pooled VM");
-    let keeper = keeper_of(&pool, &name);
+    let (name, keeper) = pool.filled_without_inotify(&pool.feather.root);
     // Killed if the test fails: with its root gone nothing else would end it.
     let _end = EndKeeper(keeper);
     let alive = || std::path::Path::new(&format!("/proc/{keeper}")).exists();
     let root = pool.feather.root.clone();
     let log = fs::read_to_string(root.join("vms").join(&name).join("keeper.log")).unwrap();
     assert_eq!(log.matches("no inotify watch").count(), 1, "{log}");
-    pool.feather
-        .eventually("the root's folder is removed by hand", || {
-            let mounts = support::HostTraces::of(&root, None).mounts;
-            for point in mounts.iter().filter_map(|line| line.split(' ').nth(4)) {
-                let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
-            }
-            fs::remove_dir_all(&root).is_ok() || !root.exists()
-        });
+    pool.remove_the_root_by_hand();
     pool.feather.eventually_within(
         "the removed root's pooled VM and its processes are gone",
         Duration::from_secs(30),
@@ -1641,4 +1640,36 @@ fn a_fill_holds_nothing_of_its_starters_descriptors() {
         hung_up,
         "the fill at work still held its starter's descriptor 9"
     );
+}
+
+/// A root given as a symbolic link is one pool with the root it names: a fill through the
+/// link makes the VM the root's own path shows ready, and its keeper watches the root's own
+/// path, so that the link removed (the root untouched) leaves the VM in the pool, claimed
+/// then through the root's path. Before, the keeper watched the link's path and took the
+/// link's removal for its root's (seen here by a keeper without inotify, which looks every
+/// 2 s whatever changed).
+#[test]
+fn a_root_given_as_a_symbolic_link_is_one_pool_with_it() {
+    let mut pool = Pooled::new("pool-symlink", 0);
+    pool.size = 1;
+    pool.ok(&["pool", "--idle", "0"]);
+    let links = support::unique_dir("links", "pool-symlink");
+    let _remove = Remove(links.clone());
+    let link = links.join("root");
+    std::os::unix::fs::symlink(&pool.feather.root, &link).unwrap();
+    let (_, keeper) = pool.filled_without_inotify(&link);
+    let _end = EndKeeper(keeper);
+    fs::remove_file(&link).unwrap();
+    // Twice the look of a keeper without inotify, and a second more.
+    std::thread::sleep(feather_vm::root_watch::LOOK_EVERY * 2 + Duration::from_secs(1));
+    assert!(
+        std::path::Path::new(&format!("/proc/{keeper}")).exists(),
+        "the pooled VM ended when the link to its root was removed"
+    );
+    let (taken, _) = pool.taken_from_ready(|| {
+        pool.ok(&["run", "--rm", "--", "hostname"])
+            .trim()
+            .to_owned()
+    });
+    assert!(from_the_pool(&taken), "{taken}");
 }

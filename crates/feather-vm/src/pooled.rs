@@ -280,9 +280,12 @@ fn identity(path: &Path) -> String {
 fn filler_command(root: &StateRoot) -> Option<std::process::Command> {
     let exe = std::env::current_exe().ok()?;
     let mut command = std::process::Command::new(exe.with_file_name(FRONT_PROGRAM));
-    // The default root is named by no option (its sockets are not under its folder).
+    // The default root is named by no option (its sockets are not under its folder). Another
+    // by its own path, not a symbolic link's: the keepers of the VMs the fill starts watch
+    // that path for their root's removal, and a link removed is no root removed.
     if root.run_dir() == root.dir().join("run") {
-        command.arg("--root").arg(root.dir());
+        let dir = std::fs::canonicalize(root.dir()).unwrap_or_else(|_| root.dir().to_owned());
+        command.arg("--root").arg(dir);
     }
     command
         .args(["pool", "--fill", "--generation"])
@@ -322,20 +325,32 @@ fn stale_misses_file(root: &StateRoot) -> PathBuf {
 
 /// How many runs in a row found the pool stale ([`STALE_MISSES_TO_STOP`]).
 pub fn stale_misses(root: &StateRoot) -> u32 {
-    std::fs::read_to_string(stale_misses_file(root))
-        .ok()
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(0)
+    count_in(&stale_misses_file(root))
 }
 
 /// Counts a run that found the pool stale.
 pub fn record_stale_miss(root: &StateRoot) {
-    let count = stale_misses(root).saturating_add(1);
-    let _ = feather_core::atomic::write_atomic(
+    let _ = write_count(
         &stale_misses_file(root),
+        stale_misses(root).saturating_add(1),
+    );
+}
+
+/// The count a file of the pool's folder holds; 0 where it has none.
+fn count_in<T: std::str::FromStr + Default>(file: &Path) -> T {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or_default()
+}
+
+/// Records `count` in `file` (whole or not at all: read by other processes meanwhile).
+fn write_count(file: &Path, count: impl std::fmt::Display) -> feather_core::error::Result<()> {
+    feather_core::atomic::write_atomic(
+        file,
         format!("{count}\n").as_bytes(),
         feather_core::atomic::Durability::Volatile,
-    );
+    )
 }
 
 /// Starts counting again: a run found a VM that matches, or the size was set.
@@ -353,20 +368,12 @@ fn generation_file(root: &StateRoot) -> PathBuf {
 /// another, so that a fill started before `network down` but at work only after it (its size
 /// setting put back) makes no VM, and so no network, in a root being removed.
 pub fn generation(root: &StateRoot) -> u64 {
-    std::fs::read_to_string(generation_file(root))
-        .ok()
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(0)
+    count_in(&generation_file(root))
 }
 
 /// Starts the next [`generation`]: every fill started before makes nothing.
 pub fn next_generation(root: &StateRoot) -> feather_core::error::Result<()> {
-    let next = generation(root).wrapping_add(1);
-    feather_core::atomic::write_atomic(
-        &generation_file(root),
-        format!("{next}\n").as_bytes(),
-        feather_core::atomic::Durability::Volatile,
-    )
+    write_count(&generation_file(root), generation(root).wrapping_add(1))
 }
 
 /// Runs a fill ([`filler_command`]) and waits for it: `feather pool --size`.
