@@ -623,8 +623,9 @@ pub fn drain(root: &StateRoot) -> Result<Drained> {
 /// network the pooled VMs use), and then puts its size setting back as it was (absent stays
 /// absent: the next run refills the pool). A fill under way is waited for first (its lock),
 /// once the size reads 0: it makes nothing more, and one started later makes nothing, until
-/// `meanwhile` is over. How many pooled VMs there were (0: none), what the drain left, and
-/// what `meanwhile` gave.
+/// `meanwhile` is over; one started before but at work only after makes nothing either (the
+/// pool's next [`pooled::generation`]). How many pooled VMs there were (0: none), what the
+/// drain left, and what `meanwhile` gave.
 pub fn emptied_while<T>(
     root: &StateRoot,
     meanwhile: impl FnOnce() -> T,
