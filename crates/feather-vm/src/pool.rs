@@ -319,11 +319,13 @@ fn claimed(root: &StateRoot) -> Vec<VmName> {
 }
 
 /// Brings the pool to its size: removes what is stale or left by a crash, makes VMs that are
-/// missing, claims and lets go of those over the size. One fill works at a time (a lock);
-/// another waits for it, then looks again: what it would do (replace VMs made under a lower
-/// hard limit than its own, make those claimed meanwhile) is not lost. With `generation`
-/// (what its starter saw: [`pooled::generation`]), a fill that finds the pool emptied since
-/// for its network to go makes nothing.
+/// missing, claims and lets go of those over the size. One fill works at a time (a lock).
+/// Another returns at once where the one at work can do all it would (its hard limits are
+/// not below this one's), and the one at work looks again once it has let go of the lock (a
+/// claim whose fill returned so is not missed); otherwise it waits for it, then does its own
+/// round: VMs made under a lower hard limit than its own are replaced, not left. With
+/// `generation` (what its starter saw: [`pooled::generation`]), a fill that finds the pool
+/// emptied since for its network to go makes nothing.
 pub fn fill(root: &StateRoot, generation: Option<u64>) -> Result<()> {
     // Made one by one, never the root's own folder: a fill for a root removed meanwhile fails
     // here instead of making the root again.
@@ -338,16 +340,56 @@ pub fn fill(root: &StateRoot, generation: Option<u64>) -> Result<()> {
         }
     }
     let lock_path = pooled::dir(root).join("fill.lock");
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .at(&lock_path)?;
-    if lock.try_lock().is_err() {
-        lock.lock().at(&lock_path)?;
+    loop {
+        let mut lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .at(&lock_path)?;
+        if lock.try_lock().is_err() {
+            if at_work_can_do_ours(&mut lock) {
+                return Ok(());
+            }
+            lock.lock().at(&lock_path)?;
+        }
+        say_who_fills(&mut lock);
+        if !fill_locked(root, generation)? {
+            return Ok(());
+        }
+        drop(lock);
+        // Only a claim made meanwhile (whose fill found the lock taken and returned) asks for
+        // another round; what this one could not remove waits for the next fill.
+        if entries(root).len() >= size(root) {
+            return Ok(());
+        }
     }
-    fill_locked(root, generation)
+}
+
+/// Records this fill in the lock it holds ([`pooled::process_record`]), for another fill to
+/// look at ([`at_work_can_do_ours`]).
+fn say_who_fills(lock: &mut fs::File) {
+    use std::io::{Seek, Write};
+    let Some(record) = pooled::process_record(nix::unistd::getpid()) else {
+        return;
+    };
+    let _ = lock.set_len(0);
+    let _ = lock.rewind();
+    let _ = lock.write_all(record.as_bytes());
+}
+
+/// Whether the fill that holds `lock` does all this one would: it still runs (as it recorded
+/// itself) and no hard limit of this process's is above its own (it replaces VMs made under
+/// lower ones as this one would). Unknown: no, and this one waits.
+fn at_work_can_do_ours(lock: &mut fs::File) -> bool {
+    use std::io::{Read, Seek};
+    let mut record = String::new();
+    let read = lock
+        .rewind()
+        .and_then(|()| lock.read_to_string(&mut record));
+    let at_work = read.ok().and_then(|_| pooled::still_running(&record));
+    at_work.is_some_and(|pid| crate::filler::limits_fit(&Inherited::of_this_process(), pid))
 }
 
 /// Test-only ([`crate::test_hooks`]): a fill that has its lock waits, before it reads the
@@ -361,26 +403,26 @@ static HOLD_FILL_AT: std::sync::OnceLock<Option<std::ffi::OsString>> = std::sync
 /// the file this names: a fill started before `network down` but at work only after it.
 pub const HOLD_FILL_START: &str = "FEATHER_TEST_HOLD_FILL_START";
 
-/// [`fill`], under its lock.
-fn fill_locked(root: &StateRoot, generation: Option<u64>) -> Result<()> {
+/// [`fill`], under its lock; whether it did its work (not: its `generation` is over).
+fn fill_locked(root: &StateRoot, generation: Option<u64>) -> Result<bool> {
     if let Some(Some(hold)) = HOLD_FILL_AT.get() {
         crate::test_hooks::held_by(hold);
     }
     if generation.is_some_and(|seen| seen != pooled::generation(root)) {
-        return Ok(());
+        return Ok(false);
     }
     loop {
         remove_stale(root);
         let ready = entries(root).len();
         let wanted = size(root);
         if ready == wanted {
-            return Ok(());
+            return Ok(true);
         }
         if ready > wanted {
             for _ in wanted..ready {
                 drop(claim_any(root));
             }
-            return Ok(());
+            return Ok(true);
         }
         if let Some(why) = crate::filler::not_the_hosts_context() {
             return Err(failed(

@@ -146,11 +146,9 @@ pub fn record_claimer(root: &StateRoot, name: &VmName, claimer: &std::os::unix::
     let Ok(credentials) = getsockopt(claimer, PeerCredentials) else {
         return;
     };
-    let pid = nix::unistd::Pid::from_raw(credentials.pid());
-    let Some(started) = feather_sys::process::start_ticks(pid) else {
+    let Some(record) = process_record(nix::unistd::Pid::from_raw(credentials.pid())) else {
         return;
     };
-    let record = format!("{pid} {started}\n");
     let _ = feather_core::atomic::write_atomic(
         &claimed_entry(root, name),
         record.as_bytes(),
@@ -161,7 +159,18 @@ pub fn record_claimer(root: &StateRoot, name: &VmName, claimer: &std::os::unix::
 /// The process that claimed VM `name`, if its keeper recorded it and it still runs (its
 /// command has not ended: it lets go of the VM as it ends).
 pub fn claimer_running(root: &StateRoot, name: &VmName) -> Option<i32> {
-    let record = std::fs::read_to_string(claimed_entry(root, name)).ok()?;
+    still_running(&std::fs::read_to_string(claimed_entry(root, name)).ok()?)
+}
+
+/// Process `pid` as a record names it: its pid and start time ("<pid> <ticks>"), so that the
+/// record never names another process given the pid since.
+pub fn process_record(pid: nix::unistd::Pid) -> Option<String> {
+    let started = feather_sys::process::start_ticks(pid)?;
+    Some(format!("{pid} {started}\n"))
+}
+
+/// The process a [`process_record`] names, if it still runs.
+pub fn still_running(record: &str) -> Option<i32> {
     let (pid, started) = record.trim().split_once(' ')?;
     let (pid, started): (i32, u64) = (pid.parse().ok()?, started.parse().ok()?);
     let running = feather_sys::process::start_ticks(nix::unistd::Pid::from_raw(pid));
