@@ -2382,20 +2382,11 @@ fn await_pinned(name: &VmName, ours: &mut UnixStream) -> Result<Vec<PinnedLower>
     match boot::receive_pinned(ours, "what init found beneath the layers") {
         // `receive_pinned` gathers the pieces into one `Pinned`.
         Ok(InitReport::Pinned(found) | InitReport::PinnedPart(found)) => Ok(found),
-        Ok(InitReport::Failed(why)) => Err(failed(name, format!("cannot start: {why}"))),
-        Ok(InitReport::Ready) => Err(failed(
+        other => Err(not_the_report(
             name,
+            other,
             "init said it was ready before what it found beneath the layers",
         )),
-        Err(boot::BootError::Closed { .. }) => Err(failed(
-            name,
-            "init died while setting up the VM (see its keeper.log)",
-        )),
-        Err(source) => Err(VmError::Boot {
-            vm: name.to_string(),
-            during: "init",
-            source,
-        }),
     }
 }
 
@@ -2405,20 +2396,33 @@ fn await_init_report(name: &VmName, ours: &mut UnixStream) -> Result<()> {
         .map_err(io(name, "init's socket"))?;
     match boot::receive::<InitReport>(ours, "init's report (ready or failed)") {
         Ok(InitReport::Ready) => Ok(()),
-        Ok(InitReport::Pinned(_) | InitReport::PinnedPart(_)) => Err(failed(
+        other => Err(not_the_report(
             name,
+            other,
             "init said twice what it found beneath the layers",
         )),
-        Ok(InitReport::Failed(why)) => Err(failed(name, format!("cannot start: {why}"))),
-        Err(boot::BootError::Closed { .. }) => Err(failed(
+    }
+}
+
+/// Why the start fails when init's handshake gave `got` instead of the report awaited: init's
+/// own reason, init gone, the handshake's failure, or `out_of_order` (another report).
+fn not_the_report(
+    name: &VmName,
+    got: std::result::Result<InitReport, boot::BootError>,
+    out_of_order: &str,
+) -> VmError {
+    match got {
+        Ok(InitReport::Failed(why)) => failed(name, format!("cannot start: {why}")),
+        Ok(_) => failed(name, out_of_order),
+        Err(boot::BootError::Closed { .. }) => failed(
             name,
             "init died while setting up the VM (see its keeper.log)",
-        )),
-        Err(source) => Err(VmError::Boot {
+        ),
+        Err(source) => VmError::Boot {
             vm: name.to_string(),
             during: "init",
             source,
-        }),
+        },
     }
 }
 
