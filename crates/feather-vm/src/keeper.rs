@@ -2481,8 +2481,9 @@ pub fn main_background(
     // A started VM is up once it is recorded running: nothing after can fail its start (the
     // broker opens, init is told Start and lets go of its boot socket), so `feather start`
     // returns now, beside those steps. What the VM runs waits for Start, and every request
-    // (`stop`, `checkpoint`, whose CRIU needs init's boot socket closed) for `serve`, after
-    // them. A restore answers after them, as before (its `begin` has no Start to send).
+    // (`stop`, `checkpoint`, whose CRIU needs init's boot socket closed: a kept VM's keeper
+    // waits for init to let go of it; a throw-away VM is never checkpointed) for `serve`,
+    // after them. A restore answers after them, as before (its `begin` has no Start to send).
     let answer = |ready: &mut File| {
         let _ = boot::send(
             ready,
