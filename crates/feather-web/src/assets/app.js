@@ -578,7 +578,7 @@ async function resetSelected(button, name) {
 
 async function resetVm(button, name) {
   if (!(await confirmAction("Drop every change " + name + " made? This cannot be undone.", "Reset " + name))) return;
-  const done = await act(button, "VM " + name + " reset", () => api("POST", "/api/vms/" + encodeURIComponent(name) + "/reset"));
+  const done = await act(button, "VM " + name + " reset", () => api("POST", "/api/vms/" + encodeURIComponent(name) + "/reset", { all: true }));
   if (done) loadChanges(name);
 }
 
