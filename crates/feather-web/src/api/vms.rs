@@ -216,7 +216,9 @@ impl ResetRequest {
         };
         match (self.paths, self.all) {
             (Some(_), true) => Err(refused("names both paths and all")),
-            (Some(paths), false) if paths.is_empty() => Err(refused("names an empty list of paths")),
+            (Some(paths), false) if paths.is_empty() => {
+                Err(refused("names an empty list of paths"))
+            }
             (Some(paths), false) => Ok(ResetScope::Paths(paths)),
             (None, true) => Ok(ResetScope::Every),
             (None, false) => Err(refused("names neither paths nor all")),
