@@ -220,9 +220,8 @@ fn a_reset_that_names_no_paths_drops_nothing() {
     json.push("Content-Type: application/json".to_owned());
     let plain: Vec<&str> = plain.iter().map(String::as_str).collect();
     let json: Vec<&str> = json.iter().map(String::as_str).collect();
-    let reset = |headers: &[&str], body: &str| {
-        server.request("POST", "/api/vms/r1/reset", headers, body)
-    };
+    let reset =
+        |headers: &[&str], body: &str| server.request("POST", "/api/vms/r1/reset", headers, body);
     for (headers, body, named) in [
         (&plain, r#"{"paths":["/tmp/a"]}"#, "Content-Type"),
         (&plain, "", "Content-Type"),
@@ -245,7 +244,10 @@ fn a_reset_that_names_no_paths_drops_nothing() {
     let one = reset(&json, r#"{"paths":["/tmp/a"]}"#);
     assert_eq!(one.status, 200, "{}", one.body);
     let diff = feather.ok(&["diff", "r1"]);
-    assert!(!diff.contains("/tmp/a") && diff.contains("/tmp/b"), "{diff}");
+    assert!(
+        !diff.contains("/tmp/a") && diff.contains("/tmp/b"),
+        "{diff}"
+    );
     let every = reset(&json, r#"{"all":true}"#);
     assert_eq!(every.status, 200, "{}", every.body);
     assert!(!feather.ok(&["diff", "r1"]).contains("/tmp/b"));

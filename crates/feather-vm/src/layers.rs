@@ -487,8 +487,8 @@ impl Unseen {
                 "cannot be told from another filesystem: the VM's record of what its layers lay \
                  over is of another boot or mount namespace and names no file handle for it, or \
                  its filesystem's id is only its device number and it gives no volume UUID \
-                 (FAT, exFAT, f2fs; XFS before Linux 6.5), which another volume in the same \
-                 slot repeats"
+                 (FAT, exFAT, squashfs; XFS on a kernel without the FS_IOC_GETFSUUID ioctl, \
+                 which came with Linux 6.9), which another volume in the same slot repeats"
             }
             Unseen::Unreadable => "cannot be checked: the VM's record lowers.json is unreadable",
         }
