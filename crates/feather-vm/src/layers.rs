@@ -727,8 +727,9 @@ impl SeenLowers {
             return Ok(Some(Unseen::Unprovable));
         }
         let (dev_now, ino_now) = folder_id(lower)?;
-        let same =
-            ino == ino_now && (dev == dev_now || !same_boot) && on.matches(&FolderOn::of(lower)?);
+        let same = ino == ino_now
+            && (dev == dev_now || !same_boot)
+            && on.matches(&FolderOn::of(lower)?, dev);
         Ok((!same).then_some(Unseen::Replaced))
     }
 }
@@ -1019,15 +1020,36 @@ mod tests {
             ..xfs.clone()
         };
         assert!(
-            !xfs.matches(&other_volume),
+            !xfs.matches(&other_volume, 0x0811),
             "another XFS volume in the slot"
         );
-        assert!(xfs.matches(&xfs.clone()));
+        assert!(xfs.matches(&xfs.clone(), 0x0811));
+        let renumbered = FolderOn {
+            fsid: 0x0821,
+            ..xfs.clone()
+        };
+        assert!(
+            xfs.matches(&renumbered, 0x0811),
+            "the same XFS volume, its disk sdc after a reboot"
+        );
+        assert!(
+            !on.matches(
+                &FolderOn {
+                    fsid: 0x0821,
+                    ..on.clone()
+                },
+                0x0812
+            ),
+            "an id of its own must be found again"
+        );
         let before_uuids = FolderOn {
             uuid: None,
             ..xfs.clone()
         };
-        assert!(before_uuids.matches(&xfs), "a record from before UUIDs");
+        assert!(
+            before_uuids.matches(&xfs, 0x0811),
+            "a record from before UUIDs"
+        );
         assert!(
             !FolderOn {
                 handle: None,

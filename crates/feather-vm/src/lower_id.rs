@@ -61,12 +61,17 @@ impl FolderOn {
         self.handle.is_some() && (self.uuid.is_some() || (self.fsid != 0 && self.fsid != dev))
     }
 
-    /// Whether `now`, what names the folder found now, is what this recorded: a recorded UUID
-    /// must be found again; a record without one (by a feather from before it, or of a
-    /// filesystem without) is proved by the rest ([`FolderOn::proves`]).
-    pub(crate) fn matches(&self, now: &FolderOn) -> bool {
+    /// Whether `now`, what names the folder found now, is what this recorded of a folder on
+    /// the device `dev`: a recorded UUID must be found again; a record without one (by a
+    /// feather from before it, or of a filesystem without) is proved by the rest
+    /// ([`FolderOn::proves`]). Where the recorded id was only the device number and a UUID
+    /// was recorded (XFS), the UUID names the volume and the id is not compared: a reboot
+    /// that numbers the disks in another order (sdb → sdc, dm-2 → dm-3) changes it (review
+    /// lowroots29 M2).
+    pub(crate) fn matches(&self, now: &FolderOn, dev: u64) -> bool {
         let uuid = self.uuid.is_none() || self.uuid == now.uuid;
-        (self.kind, self.fsid, &self.handle) == (now.kind, now.fsid, &now.handle) && uuid
+        let fsid = self.fsid == now.fsid || (self.uuid.is_some() && self.fsid == dev);
+        (self.kind, &self.handle) == (now.kind, &now.handle) && fsid && uuid
     }
 }
 
