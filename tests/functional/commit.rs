@@ -837,6 +837,52 @@ fn commit_after_a_reboot_applies_to_the_filesystems_the_vm_saw_only() {
     assert_eq!(base.read("data/new").unwrap(), "vm\n");
 }
 
+/// A host folder the VM deleted is searched for a state root within a budget of entries (the
+/// host's tree, not the VM's to size: review lowroots29 M6); once it is spent the deletion is
+/// marked and `commit` refuses it, naming the folder and what to do, and removes nothing;
+/// within the budget the deletion commits. Here the budget is made small by the test-only
+/// variable; before, the search walked every folder of the deleted tree.
+#[test]
+fn commit_never_removes_a_host_folder_too_large_to_search_for_a_state_root() {
+    let base = ScratchBase::new("commit-unsearched");
+    for folder in ["a", "b", "c/d"] {
+        base.write(&format!("data/tree/{folder}/file"), "base\n");
+    }
+    let feather = Feather::new("commit-unsearched");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    assert_eq!(feather.sh("vm", "rm -r /data/tree && echo done"), "done\n");
+    feather.ok(&["stop", "vm"]);
+    let small_budget = |args: &[&str]| {
+        feather_testkit::run(
+            feather
+                .command()
+                .env(feather_vm::diff::HOLDS_ENTRIES_HOOK, "2")
+                .args(args),
+        )
+    };
+    let diff = small_budget(&["diff", "vm"]);
+    assert!(
+        diff.stdout
+            .contains("too large to search for a state root] /data/tree"),
+        "{}",
+        diff.stdout
+    );
+    let refused = small_budget(&["commit", "vm"]);
+    assert_ne!(refused.code, 0, "{}", refused.stdout);
+    assert!(
+        refused
+            .stderr
+            .contains("too large to search for a state root")
+            && refused.stderr.contains("/data/tree")
+            && refused.stderr.contains("remove it on the host yourself"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(base.read("data/tree/c/d/file").unwrap(), "base\n");
+    assert!(feather.ok(&["commit", "vm"]).contains("/data/tree"));
+    assert!(!base.file("data/tree").exists());
+}
+
 /// Makes VM `vm`'s record of what its layers lie over one of another boot, as a reboot does.
 fn as_of_another_boot(feather: &Feather, vm: &str) {
     let record = feather.vm_dir(vm).join("lowers.json");

@@ -520,7 +520,7 @@ async function loadChanges(name) {
 }
 
 function forbiddenWord(why) {
-  return { "hidden": "in a folder hidden from VMs", "read-only": "under a --ro path", "special": "a socket or device node", "host-mount": "at, beneath or over a host mount the VM's layer does not cover" }[why] || why;
+  return { "hidden": "in a folder hidden from VMs", "read-only": "under a --ro path", "special": "a socket or device node", "host-mount": "at, beneath or over a host mount the VM's layer does not cover", "unsearched": "removes a host folder too large to search for a state root" }[why] || why;
 }
 
 // As feather_vm::diff::Access::shown and ::widens.
