@@ -877,7 +877,17 @@ pub(crate) fn restore_tree(
         Ok((path, namespace)) => (Ok(()), path, namespace),
         Err(e) => (Err(io(name, "wait for the restoring child")(e)), None, None),
     };
-    let confirmed = pinned.and_then(|()| confirm_held_lowers(vm, config, &lowers_held));
+    // Only a child that named its namespace wrote its report of the layers: one that ended
+    // without a word left it empty, and is refused as such (not as an unreadable report),
+    // its own reason told first where it gave one (`unprepared`; review lowroots29 L1).
+    let confirmed = pinned.and_then(|()| match restoring_mnt.is_some() {
+        true => confirm_held_lowers(vm, config, &lowers_held),
+        false => Err(failed(
+            name,
+            "the restoring child ended before it named its mount namespace and reported the \
+             layers it mounted; nothing was restored",
+        )),
+    });
     let restored = wired.and(listening).and(confirmed).and_then(|()| {
         let mut at_pre_resume = || {
             let frozen = hold.freeze_or_kill(child.as_raw());
