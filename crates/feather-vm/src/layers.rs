@@ -574,11 +574,10 @@ impl SeenLowers {
     }
 
     /// Confirms the VM's record with what its init (or restoring child) pinned beneath its
-    /// layers (`pinned`): a
-    /// layer where init held another folder than the record names is recorded as init saw it
-    /// (its mount id unknown: the folder is compared, [`NO_MOUNT_ID`]), so that the filesystem
-    /// recorded, mounted back there later, is not taken for it; one whose folder init could
-    /// not read is refused ([`UNOPENED`]).
+    /// layers (`pinned`): a layer where init held another folder than the record names is
+    /// recorded as init saw it (its mount id unknown: the folder is compared,
+    /// [`NO_MOUNT_ID`]), so that the filesystem recorded, mounted back there later, is not
+    /// taken for it; one whose folder init could not read is refused ([`UNOPENED`]).
     pub fn confirm(vm: &VmDir, config: &VmConfig, pinned: &[PinnedLower]) -> Result<()> {
         let Some(mut seen) = SeenLowers::read(&pending(vm)) else {
             return Ok(());
