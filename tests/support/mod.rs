@@ -787,7 +787,8 @@ impl XfsVolume {
 
 impl Drop for XfsVolume {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mount).status();
+        // Lazily: a test that failed may leave the volume busy, and it must not stay mounted.
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
         let _ = Command::new("losetup").args(["-d", &self.device]).status();
         let _ = fs::remove_dir_all(&self.dir);
     }

@@ -1004,7 +1004,9 @@ mod tests {
     impl Drop for StoppableFuse {
         fn drop(&mut self) {
             self.signal("CONT");
+            // Lazily, before the daemon goes: a busy mount must not stay behind, dead (ENOTCONN).
             let _ = std::process::Command::new("umount")
+                .args(["-l"])
                 .arg(&self.mount)
                 .status();
             let _ = self.daemon.kill();
