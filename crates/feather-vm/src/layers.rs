@@ -726,9 +726,11 @@ impl SeenLowers {
             return Ok(Some(Unseen::Unprovable));
         }
         let (dev_now, ino_now) = folder_id(lower)?;
-        let same = ino == ino_now
-            && (dev == dev_now || !same_boot)
-            && on.matches(&FolderOn::of(lower)?, dev);
+        let now = FolderOn::of(lower)?;
+        if on.lost_its_proof(&now, dev) {
+            return Ok(Some(Unseen::Unprovable));
+        }
+        let same = ino == ino_now && (dev == dev_now || !same_boot) && on.matches(&now, dev);
         Ok((!same).then_some(Unseen::Replaced))
     }
 }
@@ -1048,6 +1050,26 @@ mod tests {
         assert!(
             before_uuids.matches(&xfs, 0x0811),
             "a record from before UUIDs"
+        );
+        // Its UUID not found now (a kernel without the ioctl): nothing proves it either way;
+        // ext4's own id, from its UUID, still does (review lowroots29 L3).
+        assert!(
+            xfs.lost_its_proof(&before_uuids, 0x0811),
+            "XFS without its UUID"
+        );
+        let ext4 = FolderOn {
+            kind: 0xef53, // EXT4_SUPER_MAGIC
+            fsid: 0x5d1c_0e2a_77b4_3f01,
+            ..xfs.clone()
+        };
+        let ext4_without = FolderOn {
+            uuid: None,
+            ..ext4.clone()
+        };
+        assert!(!ext4.lost_its_proof(&ext4_without, 0x0811));
+        assert!(
+            ext4.matches(&ext4_without, 0x0811),
+            "ext4 proved by its own id"
         );
         assert!(
             !FolderOn {

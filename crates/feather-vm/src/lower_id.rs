@@ -58,18 +58,36 @@ impl FolderOn {
     /// f2fs's and erofs's id is their device number too, but their UUID tells the volume (on
     /// a kernel with FS_IOC_GETFSUUID; without it they are refused as FAT is).
     pub(crate) fn proves(&self, dev: u64) -> bool {
-        self.handle.is_some() && (self.uuid.is_some() || (self.fsid != 0 && self.fsid != dev))
+        self.handle.is_some() && (self.uuid.is_some() || self.has_an_id_of_its_own(dev))
+    }
+
+    /// Whether the filesystem id, recorded of a folder on the device `dev`, names the
+    /// filesystem by itself: neither FUSE's 0 nor the device number.
+    fn has_an_id_of_its_own(&self, dev: u64) -> bool {
+        self.fsid != 0 && self.fsid != dev
+    }
+
+    /// Whether the UUID this recorded is not found now (a kernel without FS_IOC_GETFSUUID,
+    /// booted since; a reopen through `/proc/self/fd` refused) where nothing else tells the
+    /// volume (XFS): then nothing proves the folder either way (review lowroots29 L3: it was
+    /// said to be another filesystem). Where the id is the filesystem's own (ext4's, from its
+    /// UUID), the rest proves it ([`FolderOn::matches`]).
+    pub(crate) fn lost_its_proof(&self, now: &FolderOn, dev: u64) -> bool {
+        self.uuid.is_some() && now.uuid.is_none() && !self.has_an_id_of_its_own(dev)
     }
 
     /// Whether `now`, what names the folder found now, is what this recorded of a folder on
-    /// the device `dev`: a recorded UUID must be found again; a record without one (by a
-    /// feather from before it, or of a filesystem without) is proved by the rest
+    /// the device `dev`: a recorded UUID must be found again, unless none is found now and
+    /// the id is the filesystem's own; a record without one (by a feather from before it, or
+    /// of a filesystem without) is proved by the rest
     /// ([`FolderOn::proves`]). Where the recorded id was only the device number and a UUID
     /// was recorded (XFS), the UUID names the volume and the id is not compared: a reboot
     /// that numbers the disks in another order (sdb → sdc, dm-2 → dm-3) changes it (review
     /// lowroots29 M2).
     pub(crate) fn matches(&self, now: &FolderOn, dev: u64) -> bool {
-        let uuid = self.uuid.is_none() || self.uuid == now.uuid;
+        let uuid = self.uuid.is_none()
+            || self.uuid == now.uuid
+            || now.uuid.is_none() && self.has_an_id_of_its_own(dev);
         let fsid = self.fsid == now.fsid || (self.uuid.is_some() && self.fsid == dev);
         (self.kind, &self.handle) == (now.kind, &now.handle) && fsid && uuid
     }
