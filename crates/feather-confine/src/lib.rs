@@ -20,6 +20,7 @@ pub mod landlock;
 pub mod restored;
 pub mod restored_mounts;
 pub mod restored_sources;
+pub mod sealed;
 pub mod seccomp;
 
 #[derive(Debug, thiserror::Error)]
