@@ -10,7 +10,8 @@
 //! [`crate::migration::FAIL_RELEASE_RECORD`], [`crate::snapshot::CRIU_CONFIG_MISSING`],
 //! [`crate::root_watch::NO_INOTIFY`],
 //! [`crate::snapshot::FAIL_RESTORED_THAW`], or answer
-//! as an older keeper: [`crate::keeper::AS_AN_OLDER_KEEPER`]). Only a debug build reads them — the
+//! as an older keeper: [`crate::keeper::AS_AN_OLDER_KEEPER`], or search less:
+//! [`crate::diff::HOLDS_ENTRIES_HOOK`]). Only a debug build reads them — the
 //! tests run debug builds — so a release keeper cannot be held in the middle of a dump, with its VM
 //! frozen or seized, nor made to fail one, by whatever sets its environment.
 
