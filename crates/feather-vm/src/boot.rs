@@ -98,7 +98,26 @@ pub fn send(to: &mut impl Write, message: &impl Serialize) -> std::io::Result<()
 /// waited for NETWORK_READY.
 pub fn pair() -> std::io::Result<(UnixStream, UnixStream)> {
     let (ours, theirs) = feather_sys::fdpass::seqpacket_pair()?;
+    for end in [&ours, &theirs] {
+        room_for_the_longest_packet(end)?;
+    }
     Ok((UnixStream::from(ours), UnixStream::from(theirs)))
+}
+
+/// A packet is refused (EMSGSIZE) when longer than its sender's send buffer, which
+/// `net.core.wmem_default` sizes (a host may lower it below a [`MAX_LINE`] packet): each end's
+/// is set to hold the longest (review start29 L1). Root sets it past `wmem_max` too.
+fn room_for_the_longest_packet(end: &impl std::os::fd::AsFd) -> std::io::Result<()> {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+    // Twice the packet: the kernel counts its bookkeeping against the buffer too (and
+    // doubles what is set, reporting the doubled size).
+    let wanted = 2 * (MAX_LINE + 2);
+    if getsockopt(end, sockopt::SndBuf)? >= wanted {
+        return Ok(());
+    }
+    setsockopt(end, sockopt::SndBufForce, &wanted)
+        .or_else(|_| setsockopt(end, sockopt::SndBuf, &wanted))?;
+    Ok(())
 }
 
 /// Reads one message from a socket of [`pair`]: one packet, one line.
@@ -288,6 +307,26 @@ mod tests {
             expect(&mut keeper, ToInit::Go),
             Err(BootError::Closed { expected: "go" })
         ));
+    }
+
+    /// On a host whose `net.core.wmem_default` is below a packet of [`MAX_LINE`], the pair
+    /// still carries the longest message (a socket made with such a buffer stands in for
+    /// the host: the sysctl is the whole machine's).
+    #[test]
+    fn the_longest_packet_fits_a_socket_made_with_a_small_send_buffer() {
+        use nix::sys::socket::{setsockopt, sockopt};
+        let (ours, theirs) = feather_sys::fdpass::seqpacket_pair().unwrap();
+        setsockopt(&ours, sockopt::SndBuf, &4096).unwrap();
+        let (mut ours, mut theirs) = (UnixStream::from(ours), UnixStream::from(theirs));
+        let longest = vec![b' '; MAX_LINE + 1];
+        assert!(
+            ours.write(&longest).is_err(),
+            "the stand-in buffer is too large"
+        );
+        room_for_the_longest_packet(&ours).unwrap();
+        assert_eq!(ours.write(&longest).unwrap(), longest.len());
+        let mut packet = vec![0u8; MAX_LINE + 2];
+        assert_eq!(theirs.read(&mut packet).unwrap(), longest.len());
     }
 
     /// What init holds beneath 600 layers with long names (a container host's `merged`
