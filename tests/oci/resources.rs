@@ -564,6 +564,46 @@ fn an_exec_into_a_cgroup_namespace_sees_the_containers_group_as_its_root() {
     );
 }
 
+/// `linux.namespaces[cgroup].path`: the init joins that cgroup namespace (after entering its
+/// groups, as runc: see exec's) and is in its own container's group.
+#[test]
+fn a_joined_cgroup_namespace_is_the_inits() {
+    let scratch = Scratch::new("joined-cgroupns");
+    let runtime = Runtime::new(&scratch);
+    let pid = std::process::id();
+    let mut config = base_config(&["sleep", "100"]);
+    config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "cgroup"}));
+    let owner = format!("joined-cgroupns-owner-{pid}");
+    runtime.run_detached(&owner, &Bundle::new(&scratch, "owner", &config));
+    let owner_ns = format!("/proc/{}/ns/cgroup", runtime.state(&owner)["pid"]);
+    config["linux"]["namespaces"].as_array_mut().unwrap().pop();
+    config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "cgroup", "path": owner_ns}));
+    let id = format!("joined-cgroupns-{pid}");
+    let outcome = runtime.create(
+        &id,
+        &Bundle::new(&scratch, "joiner", &config),
+        &scratch.path("output"),
+    );
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let init = runtime.state(&id)["pid"].clone();
+    let namespace = |path: String| fs::read_link(path).unwrap();
+    assert_eq!(
+        namespace(format!("/proc/{init}/ns/cgroup")),
+        namespace(owner_ns)
+    );
+    assert_in_group(
+        &init_groups(&runtime, &id),
+        &format!("/feather-oci/{id}"),
+        "the init",
+    );
+}
+
 /// `create` and `exec` run by a process whose own v2 group was once killed (an engine's shim in
 /// a group that outlived a `cgroup.kill`): the kernel kills a clone into the container's fresh
 /// group at birth (feather_sys's `V2Entry`); the init and the exec'd process are cloned again,
