@@ -528,10 +528,7 @@ fn an_exec_into_a_cgroup_namespace_sees_the_containers_group_as_its_root() {
     let scratch = Scratch::new("exec-cgroupns");
     let runtime = Runtime::new(&scratch);
     let mut config = base_config(&["sleep", "100"]);
-    config["linux"]["namespaces"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"type": "cgroup"}));
+    add_namespace(&mut config, json!({"type": "cgroup"}));
     let bundle = Bundle::new(&scratch, "bundle", &config);
     let id = format!("exec-cgroupns-{}", std::process::id());
     runtime.run_detached(&id, &bundle);
@@ -564,6 +561,13 @@ fn an_exec_into_a_cgroup_namespace_sees_the_containers_group_as_its_root() {
     );
 }
 
+fn add_namespace(config: &mut serde_json::Value, namespace: serde_json::Value) {
+    config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(namespace);
+}
+
 /// `linux.namespaces[cgroup].path`: the init joins that cgroup namespace (after entering its
 /// groups, as runc: see exec's) and is in its own container's group.
 #[test]
@@ -572,18 +576,12 @@ fn a_joined_cgroup_namespace_is_the_inits() {
     let runtime = Runtime::new(&scratch);
     let pid = std::process::id();
     let mut config = base_config(&["sleep", "100"]);
-    config["linux"]["namespaces"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"type": "cgroup"}));
+    add_namespace(&mut config, json!({"type": "cgroup"}));
     let owner = format!("joined-cgroupns-owner-{pid}");
     runtime.run_detached(&owner, &Bundle::new(&scratch, "owner", &config));
     let owner_ns = format!("/proc/{}/ns/cgroup", runtime.state(&owner)["pid"]);
     config["linux"]["namespaces"].as_array_mut().unwrap().pop();
-    config["linux"]["namespaces"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"type": "cgroup", "path": owner_ns}));
+    add_namespace(&mut config, json!({"type": "cgroup", "path": owner_ns}));
     let id = format!("joined-cgroupns-{pid}");
     let outcome = runtime.create(
         &id,
