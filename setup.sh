@@ -32,7 +32,7 @@ packages=(
     openssl          # tests make certificate authorities (the web view beyond loopback, migration over mutual TLS)
     gcc libc6-dev    # scripts/install-criu compiles the small shim it preloads into criu (TCP sockets on Linux >= 6.16, other users' limits without CAP_SYS_RESOURCE)
                      # gcc's libgcc_eh.a: the `feather` front links the unwinder in (crates/feather/src/main.rs); readelf (binutils, with gcc): a test reads its libraries, install-feather checks the release pair is static
-                     # libc6-dev's libc.a: scripts/build-release links `feather` and `feather-keeper` statically
+                     # libc6-dev's libc.a: scripts/build-release links `feather`, `feather-keeper` and `feather-oci` statically
     tar zstd         # checkpoint --export / restore --import: VM archives (.tar.zst)
     iptables         # CRIU saves and restores a VM's firewall rules with iptables-save/-restore
     python3          # checkpoint tests: a unix-socket server and client inside a VM over /

@@ -479,6 +479,95 @@ fn the_installed_static_pair_runs_kept_and_throw_away_vms() {
     assert!(!left.contains("kept"), "no VM is left: {left}");
 }
 
+/// The installed feather-oci is the static-pie scripts/build-release links (engines run it
+/// three or four times per container): a position-independent executable naming no loader,
+/// that runs a bundle's whole life as an engine drives it — create, start, exec (the child
+/// cloned into the container's group; a terminal-less exec's output) and delete — with
+/// static glibc's own lookups (the process's user by number, never NSS).
+#[test]
+fn the_installed_static_feather_oci_runs_a_containers_life() {
+    let oci = installed("feather-oci");
+    let (kind, interpreter) = elf_type_and_interpreter(&oci);
+    assert!(
+        kind.contains("DYN") && !interpreter,
+        "feather-oci: {kind}, INTERP {interpreter} (run scripts/build-release and scripts/install-feather)"
+    );
+    let scratch = ScratchDir::new("installed-oci");
+    let bundle = scratch.path.join("bundle");
+    let bin = bundle.join("rootfs/bin");
+    fs::create_dir_all(&bin).unwrap();
+    fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is installed");
+    for applet in ["sh", "sleep", "cat", "echo"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+    }
+    let config = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {"args": ["sleep", "100"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+                    "env": ["PATH=/bin"]},
+        "root": {"path": "rootfs"},
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"},
+                                 {"type": "uts"}, {"type": "cgroup"}]}
+    });
+    fs::write(bundle.join("config.json"), config.to_string()).unwrap();
+    let root = scratch.path.join("state");
+    let id = format!("installed-oci-{}", std::process::id());
+    let run = |args: &[&str]| {
+        Command::new(&oci)
+            .arg("--root")
+            .arg(&root)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("the installed feather-oci runs")
+    };
+    // Deleted when the test ends, also after a failed assertion.
+    struct Deleted<'a>(&'a dyn Fn(&[&str]) -> std::process::Output, &'a str);
+    impl Drop for Deleted<'_> {
+        fn drop(&mut self) {
+            let _ = (self.0)(&["delete", "--force", self.1]);
+        }
+    }
+    let _deleted = Deleted(&run, &id);
+    // The init inherits create's stdio: nothing here waits for a pipe it holds.
+    let created = Command::new(&oci)
+        .arg("--root")
+        .arg(&root)
+        .args(["create", "--bundle"])
+        .arg(&bundle)
+        .arg(&id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(created.success(), "installed feather-oci create: {created}");
+    let started = run(&["start", &id]);
+    assert!(started.status.success(), "start: {started:?}");
+    let exec = run(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "echo exec ran; cat /proc/self/cgroup",
+    ]);
+    assert!(exec.status.success(), "exec: {exec:?}");
+    let printed = String::from_utf8_lossy(&exec.stdout);
+    assert!(
+        printed.starts_with("exec ran\n") && printed.lines().any(|l| l.ends_with("::/")),
+        "the exec'd program, at the root of the container's cgroup namespace: {printed}"
+    );
+    let deleted = run(&["delete", "--force", &id]);
+    assert!(deleted.status.success(), "delete: {deleted:?}");
+    let listed = run(&["list"]);
+    assert!(
+        !String::from_utf8_lossy(&listed.stdout).contains(&id),
+        "no container is left: {listed:?}"
+    );
+}
+
 /// The installed (static) front never loads the host's NSS modules, which a static glibc
 /// cannot run (libnss_systemd crashed it): its one lookup, std's home directory for a `~`
 /// completed with HOME unset, as a user /etc/passwd does not list (a systemd DynamicUser, an

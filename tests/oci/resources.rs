@@ -170,6 +170,38 @@ fn init_groups(runtime: &Runtime, id: &str) -> String {
     fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
 }
 
+/// The cgroup hierarchies this host has mounted, with a controller or v2 (systemd's named one
+/// holds none): (controllers as `/proc/PID/cgroup` names them, "" for v2; mount point).
+fn host_hierarchies() -> Vec<(String, std::path::PathBuf)> {
+    fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let (mount, kind, options) = (fields.get(1)?, fields.get(2)?, fields.get(3)?);
+            let controllers = match *kind {
+                "cgroup2" => String::new(),
+                "cgroup" => options
+                    .split(',')
+                    .filter(|o| {
+                        !matches!(*o, "rw" | "ro" | "relatime" | "nosuid" | "nodev" | "noexec")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
+                _ => return None,
+            };
+            (!controllers.contains("name=")).then(|| (controllers, mount.into()))
+        })
+        .collect()
+}
+
+/// The v2 hierarchy's mount point, where the host has one.
+fn v2_mount() -> Option<std::path::PathBuf> {
+    host_hierarchies()
+        .into_iter()
+        .find_map(|(controllers, mount)| controllers.is_empty().then_some(mount))
+}
+
 /// Asserts that the process whose `/proc/PID/cgroup` is `table` is in `group` in every
 /// hierarchy with a controller (systemd's named one holds none, and no group), and that the
 /// table names every hierarchy this host has.
@@ -179,7 +211,8 @@ fn assert_in_group(table: &str, group: &str, who: &str) {
         .filter_map(|line| line.split_once(':')?.1.split_once(':'))
         .filter(|(controllers, _)| !controllers.starts_with("name="))
         .collect();
-    for controllers in ["memory", "pids", "devices", "freezer", "cpuset", ""] {
+    for (controllers, _) in host_hierarchies() {
+        let controllers = controllers.split(',').next().unwrap_or_default();
         assert!(
             hierarchies
                 .iter()
@@ -261,21 +294,27 @@ fn an_exec_starts_in_the_containers_group_and_the_runtime_stays_out() {
     runtime.run_detached(&id, &bundle);
     let mut exec = runtime
         .command()
-        .args(["exec", &id, "sh", "-c", "cat /proc/self/cgroup; read line"])
+        .args([
+            "exec",
+            &id,
+            "sh",
+            "-c",
+            "cat /proc/self/cgroup; echo end; read line",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The table ends with the v2 hierarchy's line, `0::…`.
+    // The table ends where the program says so (or where the program ended).
     let mut table = String::new();
     for line in BufReader::new(exec.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
-        table.push_str(&line);
-        table.push('\n');
-        if line.starts_with("0::") {
+        if line == "end" {
             break;
         }
+        table.push_str(&line);
+        table.push('\n');
     }
     let runtimes_table = fs::read_to_string(format!("/proc/{}/cgroup", exec.id())).unwrap();
     writeln!(exec.stdin.take().unwrap()).unwrap();
@@ -295,35 +334,43 @@ fn an_exec_starts_in_the_containers_group_and_the_runtime_stays_out() {
 /// every process.
 #[test]
 fn a_failure_to_join_the_containers_group_fails_exec_and_leaves_nothing() {
+    let Some(cpuset_mount) = host_hierarchies()
+        .into_iter()
+        .find_map(|(controllers, mount)| (controllers == "cpuset").then_some(mount))
+    else {
+        eprintln!("skipped: this host has no v1 cpuset hierarchy");
+        return;
+    };
     let scratch = Scratch::new("exec-join-fails");
     let runtime = Runtime::new(&scratch);
     let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "100"]));
     let id = format!("exec-join-fails-{}", std::process::id());
     runtime.run_detached(&id, &bundle);
     let pid = runtime.state(&id)["pid"].as_i64().unwrap();
-    let cpuset = Path::new("/sys/fs/cgroup/cpuset/feather-oci").join(&id);
-    fs::write("/sys/fs/cgroup/cpuset/cgroup.procs", pid.to_string()).unwrap();
+    let cpuset = cpuset_mount.join("feather-oci").join(&id);
+    fs::write(cpuset_mount.join("cgroup.procs"), pid.to_string()).unwrap();
     fs::write(cpuset.join("cpuset.mems"), "\n").unwrap();
     let outcome = runtime.run(&["exec", &id, "true"]);
     let members = |dir: &Path| {
         fs::read_to_string(dir.join(format!("feather-oci/{id}/cgroup.procs"))).unwrap_or_default()
     };
-    let v2 = members(Path::new("/sys/fs/cgroup/unified"));
-    let memory = members(Path::new("/sys/fs/cgroup/memory"));
-    let cpuset_members = fs::read_to_string(cpuset.join("cgroup.procs")).unwrap_or_default();
+    let listed: Vec<(String, String)> = host_hierarchies()
+        .into_iter()
+        .map(|(controllers, mount)| (controllers, members(&mount)))
+        .collect();
     assert_ne!(outcome.code, 0, "{outcome:?}");
     assert!(
         outcome.stderr.contains("join the container's cgroup")
             && outcome.stderr.contains(&cpuset.display().to_string()),
         "the error names the group: {outcome:?}"
     );
-    for (hierarchy, listed) in [("v2", v2), ("memory", memory), ("cpuset", cpuset_members)] {
+    for (hierarchy, listed) in listed {
         let expected = if hierarchy == "cpuset" {
             String::new()
         } else {
             format!("{pid}\n")
         };
-        assert_eq!(listed, expected, "{hierarchy}: only the init is left");
+        assert_eq!(listed, expected, "{hierarchy:?}: only the init is left");
     }
     assert_eq!(runtime.status(&id), "running");
 }
@@ -348,45 +395,50 @@ fn a_user_namespace_containers_processes_are_in_its_group() {
     assert_eq!(exec.code, 0, "{exec:?}");
     assert_in_group(&exec.stdout, &group, "the exec'd process");
 }
-/// A group made by the test in every hierarchy (and removed, with what is in it, when dropped):
-/// what an engine's cgroupsPath names when the group exists before the container.
+/// A group made by the test in every hierarchy this host has (and removed, with what is in
+/// it, when dropped, also after a failed assertion): what an engine's cgroupsPath names when
+/// the group exists before the container.
 struct MadeGroup {
     relative: String,
 }
 
 impl MadeGroup {
     fn new(relative: String) -> MadeGroup {
-        for (_, dir) in Self::hierarchies(&relative) {
+        let made = MadeGroup { relative };
+        for dir in made.dirs() {
             fs::create_dir_all(dir).unwrap();
         }
-        MadeGroup { relative }
+        made
     }
 
-    /// Each hierarchy's folder of `relative` (hierarchies without a controller left out).
-    fn hierarchies(relative: &str) -> Vec<(String, std::path::PathBuf)> {
-        fs::read_dir("/sys/fs/cgroup")
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|name| name != "systemd")
-            .map(|name| {
-                (
-                    name.clone(),
-                    Path::new("/sys/fs/cgroup").join(name).join(relative),
-                )
-            })
+    fn dirs(&self) -> Vec<std::path::PathBuf> {
+        host_hierarchies()
+            .into_iter()
+            .map(|(_, mount)| mount.join(&self.relative))
             .collect()
     }
 
     fn v2(&self) -> std::path::PathBuf {
-        Path::new("/sys/fs/cgroup/unified").join(&self.relative)
+        v2_mount()
+            .expect("a cgroup v2 hierarchy")
+            .join(&self.relative)
+    }
+
+    /// The group's folder in the hierarchy that holds `controller`.
+    fn dir_of(&self, controller: &str) -> std::path::PathBuf {
+        host_hierarchies()
+            .into_iter()
+            .find(|(controllers, _)| controllers.split(',').any(|c| c == controller))
+            .map_or_else(|| self.v2(), |(_, mount)| mount.join(&self.relative))
     }
 }
 
 impl Drop for MadeGroup {
     fn drop(&mut self) {
-        let _ = fs::write(self.v2().join("cgroup.kill"), "1");
-        for (_, dir) in Self::hierarchies(&self.relative) {
+        if let Some(v2) = v2_mount() {
+            let _ = fs::write(v2.join(&self.relative).join("cgroup.kill"), "1");
+        }
+        for dir in self.dirs() {
             let _ = eventually(Duration::from_secs(10), || {
                 fs::remove_dir(&dir).is_ok() || !dir.exists()
             });
@@ -394,40 +446,160 @@ impl Drop for MadeGroup {
     }
 }
 
-/// `linux.cgroupsPath` naming a group that exists already, as containerd and the kubelet
-/// give: one made empty beforehand, and one holding a process whose v2 group was killed once
-/// (a clone into it would be killed at birth: feather_sys's `V2Entry`). The init is in the
-/// group in every hierarchy, and so is an exec'd process (cloned again to move itself in).
+/// `linux.cgroupsPath` naming an empty group that exists already, as containerd and the
+/// kubelet give, with limits of its own (a pod's): the group is kept as it is, its limits
+/// too, and the init and an exec'd process are in it in every hierarchy.
 #[test]
-fn a_cgroups_path_that_exists_is_joined_by_the_init_and_by_exec() {
+fn a_cgroups_path_that_exists_keeps_its_limits_and_is_joined_by_the_init_and_by_exec() {
     let scratch = Scratch::new("existing-groups");
     let runtime = Runtime::new(&scratch);
     let pid = std::process::id();
-    let empty = MadeGroup::new(format!("feather-oci-test-pod-{pid}-empty"));
-    let held = MadeGroup::new(format!("feather-oci-test-pod-{pid}-held"));
-    fs::write(held.v2().join("cgroup.kill"), "1").unwrap();
+    let made = MadeGroup::new(format!("feather-oci-test-pod-{pid}"));
+    // A limit of the pids controller (v1 or v2), and one of v2's own that needs no controller.
+    let pids_max = made.dir_of("pids").join("pids.max");
+    fs::write(&pids_max, "77").unwrap();
+    let descendants = v2_mount().map(|_| made.v2().join("cgroup.max.descendants"));
+    if let Some(file) = &descendants {
+        fs::write(file, "7").unwrap();
+    }
+    let mut config = base_config(&["sleep", "100"]);
+    config["linux"]["cgroupsPath"] = json!(format!("/{}", made.relative));
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let id = format!("existing-groups-{pid}");
+    let outcome = runtime.create(&id, &bundle, &scratch.path("output"));
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert_eq!(fs::read_to_string(&pids_max).unwrap().trim(), "77");
+    if let Some(file) = &descendants {
+        assert_eq!(fs::read_to_string(file).unwrap().trim(), "7", "{file:?}");
+    }
+    let group = format!("/{}", made.relative);
+    assert_in_group(&init_groups(&runtime, &id), &group, "the init");
+    assert_eq!(runtime.run(&["start", &id]).code, 0);
+    let exec = runtime.run(&["exec", &id, "cat", "/proc/self/cgroup"]);
+    assert_eq!(exec.code, 0, "{exec:?}");
+    assert_in_group(&exec.stdout, &group, "the exec'd process");
+    assert_eq!(runtime.run(&["delete", "--force", &id]).code, 0);
+}
+
+/// `linux.cgroupsPath` naming a group that holds a process not the container's: create is
+/// refused, naming the group, and that process survives it and a `delete --force` of the id
+/// (which would kill every process of the container's group).
+#[test]
+fn a_cgroups_path_holding_another_process_is_refused_and_that_process_survives() {
+    let scratch = Scratch::new("occupied-group");
+    let runtime = Runtime::new(&scratch);
+    let pid = std::process::id();
+    let made = MadeGroup::new(format!("feather-oci-test-occupied-{pid}"));
     let mut holder = std::process::Command::new("sleep")
         .arg("1000")
         .spawn()
         .unwrap();
-    fs::write(held.v2().join("cgroup.procs"), holder.id().to_string()).unwrap();
-    for (n, made) in [&empty, &held].into_iter().enumerate() {
-        let mut config = base_config(&["sleep", "100"]);
-        config["linux"]["cgroupsPath"] = json!(format!("/{}", made.relative));
-        let bundle = Bundle::new(&scratch, &format!("bundle-{n}"), &config);
-        let id = format!("existing-groups-{pid}-{n}");
-        let outcome = runtime.create(&id, &bundle, &scratch.path("output"));
-        assert_eq!(outcome.code, 0, "{}: {outcome:?}", made.relative);
-        let group = format!("/{}", made.relative);
-        assert_in_group(&init_groups(&runtime, &id), &group, "the init");
-        assert_eq!(runtime.run(&["start", &id]).code, 0);
-        let exec = runtime.run(&["exec", &id, "cat", "/proc/self/cgroup"]);
-        assert_eq!(exec.code, 0, "{}: {exec:?}", made.relative);
-        assert_in_group(&exec.stdout, &group, "the exec'd process");
-        assert_eq!(runtime.run(&["delete", "--force", &id]).code, 0);
+    let procs = made.dir_of("pids").join("cgroup.procs");
+    for file in [made.v2().join("cgroup.procs"), procs.clone()] {
+        fs::write(file, holder.id().to_string()).unwrap();
     }
+    let mut config = base_config(&["sleep", "100"]);
+    config["linux"]["cgroupsPath"] = json!(format!("/{}", made.relative));
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let id = format!("occupied-group-{pid}");
+    let outcome = runtime.create(&id, &bundle, &scratch.path("output"));
+    let deleted = runtime.run(&["delete", "--force", &id]);
+    let alive = holder.try_wait().unwrap().is_none();
+    let still_in = fs::read_to_string(&procs).unwrap_or_default();
     let _ = holder.kill();
     let _ = holder.wait();
+    assert_ne!(outcome.code, 0, "{outcome:?}");
+    assert!(
+        outcome.stderr.contains("already holds processes")
+            && outcome.stderr.contains(&made.relative),
+        "the error names the group: {outcome:?} (delete: {deleted:?})"
+    );
+    assert!(alive, "the group's process was killed: {deleted:?}");
+    assert_eq!(still_in.trim(), holder.id().to_string());
+}
+
+/// An exec into a container with a cgroup namespace of its own (docker's and podman's default
+/// on a cgroup v2 host): the exec'd process is in the container's group and sees it as the
+/// root (`/`) of its cgroup namespace in every hierarchy. It joins that namespace last, after
+/// its clone into the group and its v1 joins, as runc does: on an `nsdelegate` hierarchy
+/// (systemd's mount) a move from inside it would be refused (docs/oci.md).
+#[test]
+fn an_exec_into_a_cgroup_namespace_sees_the_containers_group_as_its_root() {
+    let scratch = Scratch::new("exec-cgroupns");
+    let runtime = Runtime::new(&scratch);
+    let mut config = base_config(&["sleep", "100"]);
+    add_namespace(&mut config, json!({"type": "cgroup"}));
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let id = format!("exec-cgroupns-{}", std::process::id());
+    runtime.run_detached(&id, &bundle);
+    let exec = runtime.run(&["exec", &id, "cat", "/proc/self/cgroup"]);
+    assert_eq!(exec.code, 0, "{exec:?}");
+    assert_in_group(
+        &exec.stdout,
+        "/",
+        "the exec'd process, in its cgroup namespace",
+    );
+    // Detached, with no pipe that would wait for its end.
+    let pid_file = scratch.path("exec.pid");
+    let detached = runtime
+        .command()
+        .args(["exec", "--detach", "--pid-file"])
+        .arg(&pid_file)
+        .args([id.as_str(), "sleep", "100"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(detached.success(), "exec --detach: {detached}");
+    let exec_pid = fs::read_to_string(&pid_file).unwrap();
+    let table = fs::read_to_string(format!("/proc/{}/cgroup", exec_pid.trim())).unwrap();
+    assert_in_group(
+        &table,
+        &format!("/feather-oci/{id}"),
+        "the exec'd process, from the host",
+    );
+}
+
+fn add_namespace(config: &mut serde_json::Value, namespace: serde_json::Value) {
+    config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(namespace);
+}
+
+/// `linux.namespaces[cgroup].path`: the init joins that cgroup namespace (after entering its
+/// groups, as runc: see exec's) and is in its own container's group.
+#[test]
+fn a_joined_cgroup_namespace_is_the_inits() {
+    let scratch = Scratch::new("joined-cgroupns");
+    let runtime = Runtime::new(&scratch);
+    let pid = std::process::id();
+    let mut config = base_config(&["sleep", "100"]);
+    add_namespace(&mut config, json!({"type": "cgroup"}));
+    let owner = format!("joined-cgroupns-owner-{pid}");
+    runtime.run_detached(&owner, &Bundle::new(&scratch, "owner", &config));
+    let owner_ns = format!("/proc/{}/ns/cgroup", runtime.state(&owner)["pid"]);
+    config["linux"]["namespaces"].as_array_mut().unwrap().pop();
+    add_namespace(&mut config, json!({"type": "cgroup", "path": owner_ns}));
+    let id = format!("joined-cgroupns-{pid}");
+    let outcome = runtime.create(
+        &id,
+        &Bundle::new(&scratch, "joiner", &config),
+        &scratch.path("output"),
+    );
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let init = runtime.state(&id)["pid"].clone();
+    let namespace = |path: String| fs::read_link(path).unwrap();
+    assert_eq!(
+        namespace(format!("/proc/{init}/ns/cgroup")),
+        namespace(owner_ns)
+    );
+    assert_in_group(
+        &init_groups(&runtime, &id),
+        &format!("/feather-oci/{id}"),
+        "the init",
+    );
 }
 
 /// `create` and `exec` run by a process whose own v2 group was once killed (an engine's shim in

@@ -86,6 +86,27 @@ impl Groups {
         hierarchy.join(&self.relative)
     }
 
+    /// Refuses a group found holding processes (runc's behaviour): a container's `kill --all`
+    /// and `delete` signal every process of its group, which must then all be its own. Called
+    /// before the container's folder exists, so that the failure's clean-up kills nothing.
+    pub fn refuse_occupied(&self) -> Result<()> {
+        let found = self.members();
+        if found.is_empty() {
+            return Ok(());
+        }
+        bail!(
+            "linux.cgroupsPath {}: the group already holds processes ({}): a container's group \
+             must hold only its own, as its kill and delete signal every process in it; name \
+             an empty group, or move those processes out",
+            self.relative.display(),
+            found
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+
     /// Creates the group everywhere and applies `resources`.
     pub fn create(&self, resources: Option<&LinuxResources>) -> Result<()> {
         self.make(resources).map(drop)
@@ -96,7 +117,7 @@ impl Groups {
         let limits = resources.map(limits_of).transpose()?.unwrap_or_default();
         let v2_entry = self
             .cgroup
-            .create(&limits)
+            .create_keeping(&limits)
             .map_err(|e| anyhow::anyhow!("linux.resources: {e}"))?;
         if let Some(dir) = self.freezer_dir() {
             fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -547,17 +568,19 @@ impl Entry {
         self.common.v2()
     }
 
+    /// How the process enters the v2 group (kept in the container's record, for `exec`).
+    pub fn v2_entry(&self) -> V2Entry {
+        self.common.v2_entry()
+    }
+
     /// The same group, entered by the new process itself after its clone (see
     /// [`feather_sys::cgroup::Entry::moved_after_clone`]): for a clone the kernel killed at
-    /// birth. Needs no path, so it can be made after joining the container's mount namespace.
-    pub fn moved_after_clone(self) -> Result<Entry> {
-        Ok(Entry {
-            common: self
-                .common
-                .moved_after_clone()
-                .map_err(|e| anyhow::anyhow!("join the container's cgroup: {e}"))?,
+    /// birth. Its files were opened in this process's namespaces, before any was joined.
+    pub fn moved_after_clone(self) -> Entry {
+        Entry {
+            common: self.common.moved_after_clone(),
             tasks: self.tasks,
-        })
+        }
     }
 
     /// In the new process, while it has one thread and before it forks: moves it into every

@@ -9,6 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use feather_sys::cgroup::V2Entry;
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
@@ -76,6 +77,7 @@ pub fn make_container(
         crate::seccomp::compile(seccomp)?;
     }
     let cgroup = crate::cgroups::relative_path(linux.cgroups_path().as_deref(), id)?;
+    crate::cgroups::Groups::new(&cgroup).refuse_occupied()?;
     let rootfs = match (&feather.host_base, spec.root()) {
         (true, _) | (false, None) => PathBuf::from("/"),
         (false, Some(root)) => bundle.join(root.path()),
@@ -89,6 +91,7 @@ pub fn make_container(
         created: crate::log::now_rfc3339(),
         cgroup,
         annotations: spec.annotations().clone().unwrap_or_default(),
+        v2_after_clone: false,
     };
     feather_core::trace::phase("read and check the config");
     let container = Container::make(root, record)?;
@@ -126,6 +129,7 @@ fn build(
     let mut new_cgroup_namespace = false;
     let mut joins = Vec::new();
     let mut mount_namespace = None;
+    let mut cgroup_namespace = None;
     for namespace in linux.namespaces().iter().flatten() {
         let flag = CloneFlags::from_bits_truncate(namespace.typ() as i32);
         match namespace.path() {
@@ -141,6 +145,8 @@ fn build(
                 // engine's paths (pid file, state root) in its own.
                 if namespace.typ() == LinuxNamespaceType::Mount {
                     mount_namespace = Some(file);
+                } else if namespace.typ() == LinuxNamespaceType::Cgroup {
+                    cgroup_namespace = Some(file);
                 } else {
                     joins.push((file, flag, namespace.typ()));
                 }
@@ -179,7 +185,18 @@ fn build(
         nix::sched::setns(file, *flag)
             .with_context(|| format!("linux.namespaces[{typ}].path: join"))?;
     }
+    // A joined cgroup namespace is the init's to join, last, once in its groups (as runc: on
+    // an `nsdelegate` hierarchy a move is refused from inside a namespace whose root does not
+    // hold the mover's group). An init in a new user namespace has no right to join one
+    // owned by the host's: this process joins it then, before the clone.
+    if new.contains(CloneFlags::CLONE_NEWUSER) {
+        if let Some(file) = cgroup_namespace.take() {
+            nix::sched::setns(file, CloneFlags::CLONE_NEWCGROUP)
+                .context("linux.namespaces[cgroup].path: join")?;
+        }
+    }
     let (forked, cgroup_entry) = clone_init(new, cgroup_entry)?;
+    container.record.v2_after_clone = cgroup_entry.v2_entry() == V2Entry::AfterClone;
     let child = match forked {
         feather_sys::process::Forked::Child => {
             drop(socket);
@@ -192,6 +209,7 @@ fn build(
                 console,
                 no_pivot: args.no_pivot,
                 new_cgroup_namespace,
+                cgroup_namespace,
                 mount_namespace,
                 host_base: feather.host_base,
                 hidden_roots: hidden_roots.clone(),
@@ -247,7 +265,7 @@ fn clone_init(
         forked => return Ok((forked, entry)),
     };
     let _ = nix::sys::wait::waitpid(init.pid, None);
-    let entry = entry.moved_after_clone()?;
+    let entry = entry.moved_after_clone();
     Ok((clone(&entry)?, entry))
 }
 
@@ -296,7 +314,7 @@ fn supervise(
         }
     }
     container.record.pid = 0;
-    bail!("the container's init exited during create without saying why (killed: see the kernel's log for the OOM killer, or the engine's for a kill)")
+    bail!("the container's init exited during create without saying why (if it was killed, the kernel's log names the OOM killer, or the engine's log a kill)")
 }
 
 /// The error an init that ended wrote on its socket before it went, if any (waiting a second

@@ -2,9 +2,12 @@
 //! under the container's seccomp profile, with the user, capabilities and environment of the
 //! `--process` JSON (or the container's process with the flags' changes).
 //!
-//! This process joins the container's cgroup, then its namespaces through a pidfd of the
-//! init (checked against the recorded start time, so a reused pid is never entered), then
-//! forks: the child is in the container's pid namespace and becomes the program. Its errors
+//! This process opens the container's groups in the host's namespaces, joins the container's
+//! namespaces through a pidfd of the init (checked against the recorded start time, so a
+//! reused pid is never entered) but its cgroup namespace, then clones a child into the v2 group
+//! (`CLONE_INTO_CGROUP`): the child joins the v1 groups, then the cgroup namespace last (as
+//! runc: on an `nsdelegate` hierarchy a move is refused from inside a namespace whose root does
+//! not hold the mover's group), and becomes the program. Its errors
 //! come back over a close-on-exec socket, so a failed exec is this command's error. Without
 //! `--detach` this command waits for the program, passing signals on, and relays its terminal
 //! itself when `--tty` comes without `--console-socket` ([`crate::foreground`]).
@@ -15,7 +18,6 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use feather_sys::cgroup::V2Entry;
 use feather_sys::process::Forked;
 use nix::sched::CloneFlags;
 use nix::sys::wait::waitpid;
@@ -103,7 +105,7 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
     // (see `start_child`).
     let entry = container
         .groups()
-        .entry(V2Entry::AtClone)
+        .entry(container.record.v2_entry())
         .with_context(|| format!("cannot exec in container {}", args.id))?;
     // Taken in the host's namespaces, before the container's: the child writes into /proc
     // through it, never through the container's /proc (feather_sys::procfs).
@@ -116,7 +118,11 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
         .fold(CloneFlags::empty(), |all, ns| {
             all | CloneFlags::from_bits_truncate(ns.typ() as i32)
         });
-    feather_sys::process::join_namespaces(&pidfd, namespaces)
+    // The cgroup namespace is the child's to join, last (see the module's doc).
+    let cgroup_namespace = namespaces
+        .contains(CloneFlags::CLONE_NEWCGROUP)
+        .then_some(&pidfd);
+    feather_sys::process::join_namespaces(&pidfd, namespaces - CloneFlags::CLONE_NEWCGROUP)
         .map_err(|e| anyhow::anyhow!("cannot enter container {}: {e}", args.id))?;
     crate::process::find_program(&process)?;
     let seccomp = config.linux().as_ref().and_then(|l| l.seccomp().clone());
@@ -124,33 +130,34 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
     let child = loop {
         let (mut report, child_report) = UnixStream::pair()?;
         let forked = feather_sys::process::fork_into_cgroup(CloneFlags::empty(), entry.v2())
-            .map_err(|e| anyhow::anyhow!("cannot exec in container {}: {e}", args.id))?;
+            .map_err(|e| clone_failed(&args.id, e))?;
         let child = match forked {
             Forked::Parent(child) => child,
             Forked::Child => {
                 drop(report);
-                let error = match start_child(&entry, &child_report).and_then(|()| {
-                    // What the program gets besides stdio; the report socket cannot be
-                    // walked through and closes at the execve. The procfs and the console
-                    // socket are closed once used.
-                    let mut passed: Vec<i32> = (3..3 + args.preserve_fds).collect();
-                    passed.push(child_report.as_raw_fd());
-                    let mut keep = passed.clone();
-                    keep.push(proc.raw_fd());
-                    keep.extend(console.as_ref().map(|c| c.as_raw_fd()));
-                    feather_sys::process::close_other_fds(&keep);
-                    become_it(
-                        &process,
-                        console,
-                        seccomp.as_ref(),
-                        &confinement,
-                        proc,
-                        &passed,
-                    )
-                }) {
-                    Ok(never) => match never {},
-                    Err(error) => error,
-                };
+                let error =
+                    match start_child(&entry, cgroup_namespace, &child_report).and_then(|()| {
+                        // What the program gets besides stdio; the report socket cannot be
+                        // walked through and closes at the execve. The procfs and the console
+                        // socket are closed once used.
+                        let mut passed: Vec<i32> = (3..3 + args.preserve_fds).collect();
+                        passed.push(child_report.as_raw_fd());
+                        let mut keep = passed.clone();
+                        keep.push(proc.raw_fd());
+                        keep.extend(console.as_ref().map(|c| c.as_raw_fd()));
+                        feather_sys::process::close_other_fds(&keep);
+                        become_it(
+                            &process,
+                            console,
+                            seccomp.as_ref(),
+                            &confinement,
+                            proc,
+                            &passed,
+                        )
+                    }) {
+                        Ok(never) => match never {},
+                        Err(error) => error,
+                    };
                 let _ = write!(&child_report, "{error:#}");
                 std::process::exit(127);
             }
@@ -168,11 +175,11 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
                 // Killed at birth, before it ran: cloned into a v2 group whose count of kills
                 // differs from this process's own group's (feather_sys's `V2Entry`).
                 let _ = waitpid(child.pid, None);
-                entry = entry.moved_after_clone()?;
+                entry = entry.moved_after_clone();
             }
             None if message.is_empty() => {
                 let _ = waitpid(child.pid, None);
-                bail!("cannot exec in container {}: the new process was killed before it ran (see the kernel's log for the OOM killer or a pids limit)", args.id);
+                bail!("cannot exec in container {}: the new process ended before it ran, without saying why (killed: see the kernel's log for the OOM killer)", args.id);
             }
             None => {
                 let _ = waitpid(child.pid, None);
@@ -180,6 +187,8 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
             }
         }
     };
+    // Host descriptors of the groups: nothing needs them once the child is in.
+    drop(entry);
     drop(console);
     let child = child.pid;
     if let Some(pid_file) = &pid_file {
@@ -202,10 +211,31 @@ const RAN: &str = "+";
 
 /// The child's first step, before anything of the container's runs: it joins the container's
 /// v1 groups (it was cloned into the v2 one; never moved by pid, which waits for an RCU grace
-/// period), then says it ran.
-fn start_child(entry: &crate::cgroups::Entry, mut report: &UnixStream) -> Result<()> {
+/// period), then its cgroup namespace, then says it ran.
+fn start_child(
+    entry: &crate::cgroups::Entry,
+    cgroup_namespace: Option<&std::os::fd::OwnedFd>,
+    mut report: &UnixStream,
+) -> Result<()> {
     entry.enter()?;
+    if let Some(pidfd) = cgroup_namespace {
+        nix::sched::setns(pidfd, CloneFlags::CLONE_NEWCGROUP)
+            .context("join the container's cgroup namespace")?;
+    }
     report.write_all(RAN.as_bytes()).context("exec: report")
+}
+
+/// A failed clone into the container's v2 group, saying what the user can do about it.
+fn clone_failed(id: &str, error: feather_sys::SysError) -> anyhow::Error {
+    let why = match error.errno {
+        nix::errno::Errno::EAGAIN => " (the container's group is at its pids limit, pids.max)",
+        nix::errno::Errno::EBUSY => {
+            " (the container's group has controllers enabled for groups below it, and only \
+             those can hold processes)"
+        }
+        _ => "",
+    };
+    anyhow::anyhow!("cannot exec in container {id}: {error}{why}")
 }
 
 fn become_it(

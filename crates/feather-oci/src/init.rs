@@ -34,6 +34,8 @@ pub struct Init {
     pub console: Option<UnixStream>,
     pub no_pivot: bool,
     pub new_cgroup_namespace: bool,
+    /// `linux.namespaces[cgroup].path`: joined by the init once in its groups.
+    pub cgroup_namespace: Option<std::fs::File>,
     /// `linux.namespaces[mount].path`: joined by the init before it builds the root there.
     pub mount_namespace: Option<std::fs::File>,
     pub host_base: bool,
@@ -81,6 +83,10 @@ impl Init {
         // Before anything that could fork, and before its descriptors are closed by number.
         if let Some(entry) = self.cgroup_entry.take() {
             entry.enter()?;
+        }
+        if let Some(namespace) = self.cgroup_namespace.take() {
+            nix::sched::setns(namespace, CloneFlags::CLONE_NEWCGROUP)
+                .context("linux.namespaces[cgroup].path: join")?;
         }
         let mut keep: Vec<i32> = (3..3 + self.preserve_fds).collect();
         keep.push(self.socket.as_raw_fd());

@@ -32,6 +32,20 @@ pub struct Record {
     pub cgroup: String,
     #[serde(default)]
     pub annotations: HashMap<String, String>,
+    /// The init moved itself into the v2 group after its clone (feather_sys's `V2Entry`):
+    /// `exec` enters the same way, never paying a clone the kernel kills at birth first.
+    #[serde(default)]
+    pub v2_after_clone: bool,
+}
+
+impl Record {
+    pub fn v2_entry(&self) -> feather_sys::cgroup::V2Entry {
+        if self.v2_after_clone {
+            feather_sys::cgroup::V2Entry::AfterClone
+        } else {
+            feather_sys::cgroup::V2Entry::AtClone
+        }
+    }
 }
 
 /// The status the runtime specification names, plus runc's `paused`.

@@ -241,6 +241,24 @@ impl Cgroup {
     /// again: its kill count is then 0, like any group made anew ([`V2Entry`]).
     pub fn create(&self, limits: &Limits) -> Result<V2Entry> {
         let v2_entry = self.renew_v2();
+        self.make(limits)?;
+        Ok(v2_entry)
+    }
+
+    /// [`Cgroup::create`] for a group someone else may have made, with settings of their own
+    /// (a container runtime's `cgroupsPath`): a v2 folder that is there is kept as it is, never
+    /// removed and made anew, and a new process moves itself into it after its clone
+    /// ([`V2Entry::AfterClone`]: its kill count is unknown).
+    pub fn create_keeping(&self, limits: &Limits) -> Result<V2Entry> {
+        let v2_entry = match self.v2_dir() {
+            Some(dir) if dir.exists() => V2Entry::AfterClone,
+            _ => V2Entry::AtClone,
+        };
+        self.make(limits)?;
+        Ok(v2_entry)
+    }
+
+    fn make(&self, limits: &Limits) -> Result<()> {
         for dir in self.dirs() {
             fs::create_dir_all(&dir).ctx("create cgroup", dir.display())?;
         }
@@ -269,7 +287,7 @@ impl Cgroup {
                 None => return Err(missing_controller("cpu")),
             }
         }
-        Ok(v2_entry)
+        Ok(())
     }
 
     /// Removes the group's v2 folder if it is there and holds no process, so that
@@ -392,28 +410,37 @@ impl Cgroup {
             tasks.push((file, path));
             seen.push(dir);
         }
-        let (folder, procs) = match (self.v2_dir(), v2) {
-            (Some(dir), V2Entry::AtClone) => {
-                let folder = fs::OpenOptions::new()
+        // cgroup.procs is opened here in either case, in the caller's namespaces: a write
+        // is checked against the cgroup namespace the file was opened in, and a process
+        // moved after its clone may have joined the container's by then (on an `nsdelegate`
+        // hierarchy one that does not hold the mover's group would refuse it: ENOENT).
+        let Some(dir) = self.v2_dir() else {
+            return Ok(Entry {
+                v2: None,
+                v2_procs: None,
+                cloned_into_v2: false,
+                tasks,
+            });
+        };
+        let path = dir.join("cgroup.procs");
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .ctx("open", path.display())?;
+        let folder = match v2 {
+            V2Entry::AtClone => Some(
+                fs::OpenOptions::new()
                     .read(true)
                     .custom_flags(libc::O_DIRECTORY)
                     .open(&dir)
-                    .ctx("open", dir.display())?;
-                (Some((folder, dir)), None)
-            }
-            (Some(dir), V2Entry::AfterClone) => {
-                let path = dir.join("cgroup.procs");
-                let procs = fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .ctx("open", path.display())?;
-                (None, Some((procs, path)))
-            }
-            (None, _) => (None, None),
+                    .ctx("open", dir.display())?,
+            ),
+            V2Entry::AfterClone => None,
         };
         Ok(Entry {
+            cloned_into_v2: folder.is_some(),
             v2: folder,
-            v2_procs: procs,
+            v2_procs: Some((procs, path)),
             tasks,
         })
     }
@@ -998,8 +1025,11 @@ pub enum V2Entry {
 /// Open folders and files of one group for a new process to start in it (see
 /// [`Cgroup::entry`]).
 pub struct Entry {
-    v2: Option<(fs::File, PathBuf)>,
+    /// The v2 folder, for `CLONE_INTO_CGROUP` ([`V2Entry::AtClone`]).
+    v2: Option<fs::File>,
+    /// The v2 group's `cgroup.procs`, for a process that moves itself in after its clone.
     v2_procs: Option<(fs::File, PathBuf)>,
+    cloned_into_v2: bool,
     tasks: Vec<(fs::File, PathBuf)>,
 }
 
@@ -1008,47 +1038,45 @@ impl Entry {
     /// into the v2 group after its clone ([`V2Entry::AfterClone`]).
     pub fn v2(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
-        self.v2.as_ref().map(|(dir, _)| dir.as_fd())
+        self.v2
+            .as_ref()
+            .filter(|_| self.cloned_into_v2)
+            .map(|dir| dir.as_fd())
+    }
+
+    /// How the process enters the v2 group.
+    pub fn v2_entry(&self) -> V2Entry {
+        if self.cloned_into_v2 {
+            V2Entry::AtClone
+        } else {
+            V2Entry::AfterClone
+        }
     }
 
     /// The same group, entered by the process itself after its clone
     /// ([`V2Entry::AfterClone`]): for a clone the kernel killed at birth, as it does when the
-    /// cloner's own v2 group was once killed ([`V2Entry`]), which nothing tells ahead. The v2
-    /// group's `cgroup.procs` is opened beneath its folder's descriptor: the caller may have
-    /// joined another mount namespace since, where the folder's path leads elsewhere.
-    pub fn moved_after_clone(self) -> Result<Entry> {
-        let Some((folder, dir)) = self.v2 else {
-            return Ok(self);
-        };
-        let path = dir.join("cgroup.procs");
-        let procs = nix::fcntl::openat(
-            &folder,
-            "cgroup.procs",
-            nix::fcntl::OFlag::O_WRONLY
-                | nix::fcntl::OFlag::O_NOFOLLOW
-                | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )
-        .ctx("open", path.display())?;
-        Ok(Entry {
-            v2: None,
-            v2_procs: Some((fs::File::from(procs), path)),
-            tasks: self.tasks,
-        })
+    /// cloner's own v2 group was once killed ([`V2Entry`]), which nothing tells ahead. Its
+    /// `cgroup.procs` was opened by [`Cgroup::entry`], in the caller's namespaces then.
+    pub fn moved_after_clone(self) -> Entry {
+        Entry {
+            cloned_into_v2: false,
+            ..self
+        }
     }
 
     /// In the new process, while it has one thread: moves it into each group it was not
     /// cloned into (the v2 one after [`V2Entry::AfterClone`], every v1 one).
     pub fn enter(&self) -> Result<()> {
         use std::io::Write;
-        for (file, path) in self.v2_procs.iter().chain(&self.tasks) {
+        let v2_procs = self.v2_procs.iter().filter(|_| !self.cloned_into_v2);
+        for (file, path) in v2_procs.chain(&self.tasks) {
             let mut file = file;
             file.write_all(b"0").ctx(
                 "enter cgroup",
                 format_args!(
                     "by writing 0 to {} (the group vanished, is frozen, or holds groups with \
                      controllers on: see that no process of an earlier run is left in it, \
-                     then start the VM again)",
+                     then start it again)",
                     path.display()
                 ),
             )?;
@@ -1510,7 +1538,7 @@ mod tests {
         let error = entry.unwrap().enter().unwrap_err().to_string();
         let procs = v2.join("cgroup.procs").display().to_string();
         assert!(error.contains(&procs), "{error}");
-        assert!(error.contains("start the VM again"), "{error}");
+        assert!(error.contains("then start it again"), "{error}");
     }
 
     /// A member that ends between the listing and its `pidfd_open` may leave its pid to a

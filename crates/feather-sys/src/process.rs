@@ -72,7 +72,7 @@ pub fn fork_into_cgroup(
     cgroup: Option<std::os::fd::BorrowedFd>,
 ) -> Result<Forked> {
     let cgroup = cgroup.map(|fd| fd.as_raw_fd());
-    match raw::clone3(namespaces.bits(), cgroup).ctx("clone3", "new VM namespaces")? {
+    match raw::clone3(namespaces.bits(), cgroup).ctx("clone3", "into new namespaces")? {
         Cloned::Parent { pid, pidfd } => Ok(Forked::Parent(ChildProcess {
             pid: Pid::from_raw(pid),
             pidfd,
@@ -132,7 +132,7 @@ pub fn join_namespaces(pidfd: &impl AsFd, namespaces: CloneFlags) -> Result<()> 
     if namespaces.contains(CloneFlags::CLONE_NEWNS) {
         raw::remember_threads();
     }
-    nix::sched::setns(pidfd.as_fd(), namespaces).ctx("setns", "VM namespaces")
+    nix::sched::setns(pidfd.as_fd(), namespaces).ctx("setns", "namespaces of a process")
 }
 
 /// A descriptor of the mount namespace a short-lived child makes together with the other new
