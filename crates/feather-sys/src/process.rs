@@ -224,25 +224,6 @@ pub fn mask_in_mount_namespace_of(pidfd: &impl AsFd, rels: &[std::path::PathBuf]
     }
 }
 
-/// Binds each of the kernel interfaces `rels` (paths from the namespace's root) on itself
-/// read-only, with every mount beneath it read-only too ([`crate::mount::read_only_beneath`]),
-/// in the mount namespace of the process `pidfd` names, from a short-lived child as
-/// [`hide_in_mount_namespace_of`] does. Paths that are not there are passed over.
-pub fn read_only_in_mount_namespace_of(
-    pidfd: &impl AsFd,
-    rels: &[std::path::PathBuf],
-) -> Result<()> {
-    // SAFETY: the job makes system calls only: openat2, open_tree, mount_setattr and
-    // move_mount with paths nix keeps on its stack (a path of under 1 KiB). It takes no lock
-    // and allocates nothing.
-    unsafe {
-        in_mount_namespace_of(pidfd, "bind read-only in mount namespace", |root| {
-            rels.iter()
-                .try_for_each(|rel| crate::mount::read_only_beneath(root, rel).map(drop))
-        })
-    }
-}
-
 /// Runs `job` on the root folder of the mount namespace of the process `pidfd` names, in a
 /// child forked for it that joins that namespace and exits right after: the caller's own
 /// mounts stay as they are, and the caller may have other threads.
