@@ -90,8 +90,8 @@ struct Level {
 /// host's, for `fdinfo`). Links are followed inside the root, as `create` follows them to
 /// place a config's mounts and read-only paths (`Within::open`): an image's `/var/run -> /run`
 /// leads a read-only `/var/run/secrets/…` mount where it is (review mntcheck26 MC-3); a link's
-/// text is resolved beneath the root, a magic link's too (`/proc/self/root` reads `/`), never
-/// its jump. No filesystem the kernel does not answer alone is entered (module doc).
+/// text is resolved beneath the root; a link that may be a magic one (on a proc mount) is
+/// `Link`, neither its text nor its jump followed ([`may_be_magic`]). No filesystem the kernel does not answer alone is entered (module doc).
 pub fn look_up(
     proc: &OwnedFd,
     root: &OwnedFd,
@@ -154,7 +154,7 @@ pub fn look_up(
         let stat = nix::sys::stat::fstat(&fd).map_err(|e| cannot(&e))?;
         if stat.st_mode & libc::S_IFMT == libc::S_IFLNK {
             links += 1;
-            if links > MAX_LINKS {
+            if links > MAX_LINKS || may_be_magic(mounts, here.mount, &name) {
                 return Ok(Found::Link);
             }
             let target = nix::fcntl::readlinkat(fd.as_fd(), "").map_err(|e| cannot(&e))?;
@@ -171,6 +171,19 @@ pub fn look_up(
     }
     let last = levels.pop().expect("the root is never popped");
     describe(last.fd, last.mount).map_err(|e| cannot(&e))
+}
+
+/// Whether a link named `name` on the mount `mount` may be a magic link (`/proc/PID/cwd`,
+/// `root`, `fd/N`, `map_files/…`): any link on a proc mount but `self` and `thread-self`,
+/// whose text is the jump. A magic link's text (its target's `d_path`) is not where the kernel
+/// jumps: a target on a mount hidden under another prints the same path, which leads to the
+/// top one (review rest29 M1), so such a path cannot be judged.
+fn may_be_magic(mounts: &[MountEntry], mount: u64, name: &OsStr) -> bool {
+    let on_proc = mounts
+        .iter()
+        .find(|m| m.id == mount)
+        .is_none_or(|m| m.fs_type == "proc");
+    on_proc && name != "self" && name != "thread-self"
 }
 
 /// The names `path` walks through, `..` kept (links' targets may hold it), `.` left out.
@@ -334,6 +347,29 @@ mod tests {
             "{through_link:?}"
         );
         assert_eq!(looped, Ok(Found::Link));
+    }
+
+    /// A path through a magic link (`/proc/self/cwd`, `/proc/self/root`) is `Link`, not what
+    /// its text names: that text is not where the kernel jumps (a target under a mount hidden
+    /// by another prints the same path). `/proc/self` itself, an ordinary link, is followed.
+    /// Before, the text was followed and `/proc/self/cwd` judged as the folder it named
+    /// (review rest29 M1).
+    #[test]
+    fn a_path_through_a_magic_link_is_link() {
+        let open = |path: &str| -> OwnedFd {
+            let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+            nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()).unwrap()
+        };
+        let (proc, root) = (open("/proc"), open("/"));
+        let mounts = feather_sys::mountinfo::mounts().unwrap();
+        let look = |path: &str| look_up(&proc, &root, &mounts, Path::new(path));
+        assert_eq!(look("/proc/self/cwd"), Ok(Found::Link));
+        assert_eq!(look("/proc/thread-self/root/etc"), Ok(Found::Link));
+        assert!(
+            matches!(look("/proc/self/status"), Ok(Found::At { .. })),
+            "{:?}",
+            look("/proc/self/status")
+        );
     }
 
     #[test]
