@@ -131,10 +131,11 @@ impl MountWatch {
                 while changed(&table, &stopped)? {
                     let read = read_table(&mut table)?;
                     let new = read.iter().filter(|m| !shown_first.contains(&m.device));
-                    holding
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .hold_new(new, &read);
+                    holding.lock().unwrap_or_else(|e| e.into_inner()).hold_new(
+                        new,
+                        &read,
+                        MAX_HELD_NEW,
+                    );
                     adding
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -161,7 +162,9 @@ impl MountWatch {
 
     /// Every filesystem seen, the table read once more now, and the holds of those seen
     /// since the first read (to keep until the check is done); an error if a read failed
-    /// (nothing can then be said of what the host mounted meanwhile).
+    /// (nothing can then be said of what the host mounted meanwhile) or a filesystem seen
+    /// could not be held, or more than [`MAX_HELD_NEW`] were (its number could be handed out
+    /// again: review rest29 M3).
     pub fn finish(self) -> std::io::Result<(SeenMounts, HeldFilesystems)> {
         drop(self.stop);
         self.thread
@@ -169,8 +172,11 @@ impl MountWatch {
             .map_err(|_| std::io::Error::other("the mount table's watcher panicked"))??;
         let mut seen = std::mem::take(&mut *self.seen.lock().unwrap_or_else(|e| e.into_inner()));
         seen.extend(seen_in(feather_sys::mountinfo::mounts()?));
-        let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
-        Ok((seen, held))
+        let mut held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
+        match held.failed.take() {
+            Some(why) => Err(std::io::Error::other(why)),
+            None => Ok((seen, held)),
+        }
     }
 }
 
@@ -324,33 +330,69 @@ pub struct HeldFilesystems {
     /// Each held filesystem's device number, with the clone that holds it (kept open, never
     /// read).
     held: Vec<(String, std::os::fd::OwnedFd)>,
+    /// Why a filesystem the watch saw could not be held ([`MountWatch`]): the first failure,
+    /// after which it holds no more. [`MountWatch::finish`] fails on it.
+    failed: Option<String>,
 }
+
+/// How many filesystems mounted while CRIU runs the watch holds at most: each hold is a
+/// descriptor, kept until the check, and keeps the host's filesystem alive after the host
+/// unmounted it (review rest29 M3: a busy host mounting containers' overlays throughout a
+/// long restore held them without bound). More fails the restore.
+const MAX_HELD_NEW: usize = 256;
 
 impl HeldFilesystems {
     pub fn now() -> std::io::Result<HeldFilesystems> {
         let mounts = feather_sys::mountinfo::mounts()?;
         let mut held = HeldFilesystems::default();
-        for mount in mounts.iter().filter(|m| holdable(m, &mounts)) {
-            if !held.holds(&mount.device) {
-                if let Some(clone) = hold(mount)? {
-                    held.held.push((mount.device.clone(), clone));
-                }
-            }
-        }
+        held.hold_each(mounts.iter(), &mounts, usize::MAX)?;
         Ok(held)
     }
 
-    /// Holds each filesystem of `new` (mounts of `table`) not held yet, as far as it can: one
-    /// unmounted meanwhile, or that cannot be cloned, is left (the watch's record of it still
-    /// tells its number, type and source).
-    fn hold_new<'a>(&mut self, new: impl Iterator<Item = &'a MountEntry>, table: &[MountEntry]) {
-        for mount in new.filter(|m| holdable(m, table)) {
-            if !self.holds(&mount.device) {
-                if let Ok(Some(clone)) = hold(mount) {
-                    self.held.push((mount.device.clone(), clone));
-                }
+    /// Holds each filesystem of `new` (mounts of `table`) not held yet, at most
+    /// [`MAX_HELD_NEW`] in all; one unmounted meanwhile is left (the watch's record of it still
+    /// tells its number, type and source). A hold that fails, or one past the limit, is
+    /// recorded (`failed`) and ends the holding: the restore fails, rather than the
+    /// filesystem's number being handed out again unseen.
+    fn hold_new<'a>(
+        &mut self,
+        new: impl Iterator<Item = &'a MountEntry>,
+        table: &[MountEntry],
+        limit: usize,
+    ) {
+        if self.failed.is_none() {
+            if let Err(e) = self.hold_each(new, table, limit) {
+                self.failed = Some(e.to_string());
             }
         }
+    }
+
+    /// Holds each holdable filesystem of `mounts` (of `table`) not held yet; an error for the
+    /// first that cannot be held, or once `limit` are held.
+    fn hold_each<'a>(
+        &mut self,
+        mounts: impl Iterator<Item = &'a MountEntry>,
+        table: &[MountEntry],
+        limit: usize,
+    ) -> std::io::Result<()> {
+        for mount in mounts.filter(|m| holdable(m, table)) {
+            if self.holds(&mount.device) {
+                continue;
+            }
+            if self.held.len() >= limit {
+                return Err(std::io::Error::other(format!(
+                    "more than {limit} filesystems were mounted on the host while CRIU ran \
+                     (the last the {} at {}): too many to hold for the restore's check; \
+                     restore again when the host mounts fewer",
+                    mount.fs_type,
+                    mount.mount_point.display()
+                )));
+            }
+            if let Some(clone) = hold(mount)? {
+                self.held.push((mount.device.clone(), clone));
+            }
+        }
+        Ok(())
     }
 
     fn holds(&self, device: &str) -> bool {
@@ -870,6 +912,39 @@ mod tests {
         let seen_device = |device: &String| seen.iter().any(|s| &s.device == device);
         assert!(seen_device(&gone), "{gone} not in {seen:?}");
         assert!(seen_device(&there), "{there} not in {seen:?}");
+    }
+
+    /// A filesystem the watch cannot hold, past its limit here, is recorded and fails
+    /// `finish`, naming it; under the limit it is held. Before, every failure to hold was
+    /// dropped and the number could be handed out again unseen, and the watch held without
+    /// bound (review rest29 M3).
+    #[test]
+    fn a_filesystem_the_watch_cannot_hold_fails_the_restore() {
+        let place = Scratch::new("overheld");
+        nix::mount::mount(
+            Some("tmpfs"),
+            &place.0,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        let device = device_at(&place.0);
+        let table = feather_sys::mountinfo::mounts().unwrap();
+        let new = || table.iter().filter(|m| m.device == device);
+        let mut over = HeldFilesystems::default();
+        over.hold_new(new(), &table, 0);
+        let mut under = HeldFilesystems::default();
+        under.hold_new(new(), &table, 1);
+        let (failed, held) = (over.failed.clone(), under.holds(&device));
+        drop((over, under));
+        let failed = failed.expect("a hold past the limit was not recorded");
+        assert!(
+            failed.contains("more than 0 filesystems")
+                && failed.contains(&place.0.display().to_string()),
+            "{failed}"
+        );
+        assert!(held, "{device} not held under the limit");
     }
 
     /// Under shared propagation the tree's own mounts appear on the host: one only the
