@@ -715,17 +715,27 @@ mod tests {
                 .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
                 .arg(&folder)
                 .arg(read_only)
+                .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap();
-            let chrooted = Chrooted { child, folder };
+            let mut chrooted = Chrooted { child, folder };
             let name = format!("/proc/{}/comm", chrooted.child.id());
-            for _ in 0..200 {
+            // Generous on a loaded host; a set-up that fails (a mount the kernel refuses:
+            // FUSE or binfmt_misc not there) ends the script at once and says why.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while std::time::Instant::now() < deadline {
                 if fs::read_to_string(&name).is_ok_and(|n| n == "busybox\n") {
                     return chrooted;
                 }
+                if let Some(status) = chrooted.child.try_wait().unwrap() {
+                    let mut said = String::new();
+                    let stderr = chrooted.child.stderr.as_mut().unwrap();
+                    std::io::Read::read_to_string(stderr, &mut said).unwrap();
+                    panic!("the chrooted sleep's set-up ({read_only}) failed, {status}: {said}");
+                }
                 std::thread::sleep(std::time::Duration::from_millis(25));
             }
-            panic!("the chrooted sleep did not start");
+            panic!("the chrooted sleep did not start in 60 s");
         }
     }
 
