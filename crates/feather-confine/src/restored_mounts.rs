@@ -45,7 +45,7 @@ pub struct Expected {
 }
 
 pub use crate::restored_paths::Found;
-use crate::restored_paths::{look_up, read_in_proc};
+use crate::restored_paths::{look_up, read_in_proc, unentered};
 
 /// What a refusal of a kernel knob (a read-only path, a mask, a sysfs or cgroup mount's
 /// flags) adds: its two likely causes, and what to do for each (review m26 M8: every refusal
@@ -215,10 +215,7 @@ fn is_mask(mounts: &[MountEntry], found: &Found) -> bool {
 
 /// Whether `found` is on a mount the lookups do not enter ([`crate::restored_paths`]).
 fn on_unentered_mount(mounts: &[MountEntry], found: &Found) -> bool {
-    let Found::At { mount, .. } = found else {
-        return false;
-    };
-    mount_of(mounts, *mount).is_some_and(|m| !crate::restored_paths::answers_alone(&m.fs_type))
+    matches!(found, Found::At { mount, .. } if unentered(mounts, *mount).is_some())
 }
 
 fn mount_of(mounts: &[MountEntry], id: u64) -> Option<&MountEntry> {

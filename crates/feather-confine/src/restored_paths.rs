@@ -198,7 +198,7 @@ fn components(path: &Path) -> VecDeque<OsString> {
 }
 
 /// The mount of the table `mounts` with id `id`, if it is one the walk does not enter.
-fn unentered(mounts: &[MountEntry], id: u64) -> Option<&MountEntry> {
+pub(crate) fn unentered(mounts: &[MountEntry], id: u64) -> Option<&MountEntry> {
     mounts
         .iter()
         .find(|m| m.id == id)
@@ -276,12 +276,15 @@ fn describe(fd: OwnedFd, mount: u64) -> Result<Found, String> {
 /// The id of the mount `fd` is on, from its `fdinfo` (which asks no filesystem).
 fn mount_id(proc: &OwnedFd, fd: &OwnedFd) -> Result<u64, String> {
     let info = read_in_proc(proc, &format!("thread-self/fdinfo/{}", fd.as_raw_fd()))?;
-    info.split(|&b| b == b'\n')
-        .find_map(|line| {
-            let value = line.strip_prefix(b"mnt_id:")?;
-            std::str::from_utf8(value).ok()?.trim().parse().ok()
-        })
-        .ok_or_else(|| "no mnt_id in its fdinfo".to_string())
+    mnt_id_in(&info).ok_or_else(|| "no mnt_id in its fdinfo".to_string())
+}
+
+/// The `mnt_id` an `fdinfo` file's text `info` shows.
+pub(crate) fn mnt_id_in(info: &[u8]) -> Option<u64> {
+    info.split(|&b| b == b'\n').find_map(|line| {
+        let value = line.strip_prefix(b"mnt_id:")?;
+        std::str::from_utf8(value).ok()?.trim().parse().ok()
+    })
 }
 
 /// A file of the host's proc, `name` beneath it.

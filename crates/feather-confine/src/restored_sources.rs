@@ -451,11 +451,8 @@ fn hold(mount: &MountEntry) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
         Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => return Ok(None),
         Err(e) => return Err(cannot(&e)),
     };
-    let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", at.as_raw_fd()))
-        .map_err(|e| cannot(&e))?;
-    let id = info
-        .lines()
-        .find_map(|line| line.strip_prefix("mnt_id:")?.trim().parse::<u64>().ok())
+    let info = fs::read(format!("/proc/self/fdinfo/{}", at.as_raw_fd())).map_err(|e| cannot(&e))?;
+    let id = crate::restored_paths::mnt_id_in(&info)
         .ok_or_else(|| cannot(&"its descriptor's fdinfo shows no mnt_id"))?;
     if id != mount.id {
         return Ok(None);
