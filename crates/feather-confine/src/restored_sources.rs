@@ -878,17 +878,7 @@ mod tests {
     #[test]
     fn the_watch_sees_and_holds_what_was_mounted_while_it_ran() {
         let place = Scratch::new("watched");
-        let mount_tmpfs = || {
-            nix::mount::mount(
-                Some("tmpfs"),
-                &place.0,
-                Some("tmpfs"),
-                nix::mount::MsFlags::empty(),
-                None::<&str>,
-            )
-            .unwrap();
-            device_at(&place.0)
-        };
+        let mount_tmpfs = || tmpfs_at(&place.0);
         let watch = MountWatch::start().unwrap();
         let gone = mount_tmpfs();
         // The watcher's read of the change, waited for (a thread of this process).
@@ -918,15 +908,7 @@ mod tests {
     #[test]
     fn a_filesystem_the_watch_cannot_hold_fails_the_restore() {
         let place = Scratch::new("overheld");
-        nix::mount::mount(
-            Some("tmpfs"),
-            &place.0,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .unwrap();
-        let device = device_at(&place.0);
+        let device = tmpfs_at(&place.0);
         let table = feather_sys::mountinfo::mounts().unwrap();
         let new = || table.iter().filter(|m| m.device == device);
         let mut over = HeldFilesystems::default();
@@ -979,17 +961,7 @@ mod tests {
     #[test]
     fn a_held_filesystems_number_is_not_handed_out_again() {
         let place = Scratch::new("held");
-        let mount_tmpfs = || {
-            nix::mount::mount(
-                Some("tmpfs"),
-                &place.0,
-                Some("tmpfs"),
-                nix::mount::MsFlags::empty(),
-                None::<&str>,
-            )
-            .unwrap();
-            device_at(&place.0)
-        };
+        let mount_tmpfs = || tmpfs_at(&place.0);
         let first = mount_tmpfs();
         let held = HeldFilesystems::now().unwrap();
         nix::mount::umount(&place.0).unwrap();
@@ -1026,19 +998,9 @@ mod tests {
     fn a_mount_point_reached_through_a_link_is_not_held() {
         let place = Scratch::new("linked");
         let inner = place.0.join("inner");
-        let tmpfs = |at: &Path| {
-            nix::mount::mount(
-                Some("tmpfs"),
-                at,
-                Some("tmpfs"),
-                nix::mount::MsFlags::empty(),
-                None::<&str>,
-            )
-            .unwrap()
-        };
-        tmpfs(&place.0);
+        tmpfs_at(&place.0);
         fs::create_dir(&inner).unwrap();
-        tmpfs(&inner);
+        tmpfs_at(&inner);
         let link = place.0.with_extension("link");
         let _ = fs::remove_file(&link);
         std::os::unix::fs::symlink(&place.0, &link).unwrap();
@@ -1060,14 +1022,7 @@ mod tests {
     fn a_filesystem_mounted_twice_is_held_once() {
         let place = Scratch::new("twice");
         let bound = Scratch::new("twice-bound");
-        nix::mount::mount(
-            Some("tmpfs"),
-            &place.0,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .unwrap();
+        let device = tmpfs_at(&place.0);
         nix::mount::mount(
             Some(&place.0),
             &bound.0,
@@ -1076,7 +1031,6 @@ mod tests {
             None::<&str>,
         )
         .unwrap();
-        let device = device_at(&place.0);
         let held = HeldFilesystems::now().unwrap();
         let clones = held.held.iter().filter(|(d, _)| *d == device).count();
         assert_eq!(clones, 1);
@@ -1189,6 +1143,19 @@ mod tests {
             while nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
             let _ = fs::remove_dir(&self.0);
         }
+    }
+
+    /// Mounts a tmpfs at `at`; its device number.
+    fn tmpfs_at(at: &Path) -> String {
+        nix::mount::mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        device_at(at)
     }
 
     /// The device of the mount at `path`, as mountinfo writes it.
