@@ -129,6 +129,70 @@ impl Pooled {
         assert_eq!(self.ok(&["pool"]).lines().next(), Some("size: 0"));
         assert_nothing_left(&self.feather, &self.bridge, cgroups_before);
     }
+
+    /// `pool --size 1` of the root given as `root` (its path, or another spelling), its VM's
+    /// keeper given no inotify instance (a test hook): the VM's name and its keeper's pid.
+    fn filled_without_inotify(&self, root: &std::path::Path) -> (String, i32) {
+        let out = Command::new(Feather::bin())
+            .arg("--root")
+            .arg(root)
+            .args(["pool", "--size", "1"])
+            .env("FEATHER_SUBNET", &self.subnet.cidr)
+            .env(feather_vm::root_watch::NO_INOTIFY, "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let name = self.entries().into_iter().next().expect("a pooled VM");
+        let keeper = keeper_of(self, &name);
+        (name, keeper)
+    }
+
+    /// Removes the root's folder by hand, as scripts do (its network's namespaces made ahead,
+    /// mounted in it, unmounted first).
+    fn remove_the_root_by_hand(&self) {
+        let root = &self.feather.root;
+        self.feather
+            .eventually("the root's folder is removed by hand", || {
+                let mounts = support::HostTraces::of(root, None).mounts;
+                for point in mounts.iter().filter_map(|line| line.split(' ').nth(4)) {
+                    let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+                }
+                fs::remove_dir_all(root).is_ok() || !root.exists()
+            });
+    }
+
+    /// Once the pooled VM of this root, removed by hand, is gone: no port is left on its
+    /// bridge, nor a new VM cgroup; the next root that chooses its network removes this one's
+    /// bridge and tables (feather_net::removed_roots), leaving nothing of it on the host.
+    fn removed_roots_network_goes_with_the_next_root(
+        &self,
+        root: &std::path::Path,
+        cgroups_before: &[std::path::PathBuf],
+    ) {
+        let ports = format!("/sys/class/net/{}/brif", self.bridge);
+        let left: Vec<String> = support::names_in(std::path::Path::new(&ports));
+        assert!(left.is_empty(), "ports left on {}: {left:?}", self.bridge);
+        self.feather.eventually("no new VM cgroup stays", || {
+            support::feather_cgroups()
+                .iter()
+                .filter(|group| !cgroups_before.contains(group))
+                .all(|group| !support::cgroup_is_empty(group))
+        });
+        let (next, next_subnet, _) = root_with_known_bridge("pool-after-root-removed");
+        let out = next
+            .command()
+            .env("FEATHER_SUBNET", &next_subnet.cidr)
+            .args(["run", "--rm", "--", "true"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            support::HostTraces::of(root, Some(&self.bridge)),
+            support::HostTraces::default(),
+            "the removed root's network is left on the host"
+        );
+    }
 }
 
 impl Drop for Pooled {
@@ -543,8 +607,8 @@ fn a_pooled_vm_whose_keeper_died_is_passed_over_and_cleaned_up() {
 fn a_drained_pool_leaves_nothing() {
     let cgroups_before = support::feather_cgroups();
     let pool = Pooled::new("pool-drain", 2);
-    // A root's first fill may let go of its first VM as it is made (stale once the root's
-    // network exists: docs/design.md "The pool"), whose folder goes with its keeper's teardown.
+    // Another test's mount may have made a VM stale (`whole` then made another), whose folder
+    // goes with its keeper's teardown.
     let two = feather_testkit::eventually(Duration::from_secs(10), || pool.vm_folders().len() == 2);
     assert!(two, "{:?}", pool.vm_folders());
     // Pooled VMs are not the user's: `ls` does not show them, but says they are there.
@@ -734,28 +798,12 @@ fn the_pool_carries_nothing_of_the_caller_that_filled_it() {
     // this host may withhold) starts a fill: it makes no VM, or one without that limit.
     fill_from("ulimit -n 200; exec \"$@\"");
     // A caller with umask 077, nice 5 and a secret in its environment starts a fill, which
-    // replaces a VM made with lower limits than its own. A fill that finds another at work
-    // returns at once (the one at work reads the size again): the first fill's VM may have
-    // gone stale as it was made (the root's network made with it), and that VM's keeper's
-    // refill, with the lowered limit, may be at work then; the caller's fill is tried again.
-    let limits_of = |keeper: i32| fs::read_to_string(format!("/proc/{keeper}/limits")).unwrap();
+    // replaces a VM made with lower limits than its own.
+    fill_from("umask 077; exec nice -n 5 \"$@\"");
     let lowered = |limits: &str| {
         let open_files = limits.lines().find(|l| l.starts_with("Max open files"));
         open_files.unwrap().contains(" 200 ")
     };
-    let mut last = String::new();
-    let replaced = feather_testkit::eventually(Duration::from_secs(20), || {
-        fill_from("umask 077; exec nice -n 5 \"$@\"");
-        // Entries, not `ready`: another test's mount may make the VM stale, not remove it.
-        let entries = pool.entries();
-        let [name] = &entries[..] else {
-            last = format!("{entries:?}");
-            return false;
-        };
-        last = limits_of(keeper_of(&pool, name));
-        !lowered(&last)
-    });
-    assert!(replaced, "{last}");
     let entries = pool.entries();
     assert_eq!(entries.len(), 1, "{entries:?}");
     let name = entries.into_iter().next().unwrap();
@@ -978,14 +1026,7 @@ fn a_pooled_vm_whose_root_was_removed_goes_at_its_idle_time() {
     let keeper = keeper_of(&pool, &name);
     let alive = || std::path::Path::new(&format!("/proc/{keeper}")).exists();
     let root = pool.feather.root.clone();
-    pool.feather
-        .eventually("the root's folder is removed by hand", || {
-            let mounts = support::HostTraces::of(&root, None).mounts;
-            for point in mounts.iter().filter_map(|line| line.split(' ').nth(4)) {
-                let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
-            }
-            fs::remove_dir_all(&root).is_ok() || !root.exists()
-        });
+    pool.remove_the_root_by_hand();
     assert!(
         alive(),
         "the pooled VM was gone before its root was removed"
@@ -995,29 +1036,7 @@ fn a_pooled_vm_whose_root_was_removed_goes_at_its_idle_time() {
         Duration::from_secs(30),
         || !alive() && support::HostTraces::of(&root, None).processes.is_empty(),
     );
-    let ports = format!("/sys/class/net/{}/brif", pool.bridge);
-    let left: Vec<String> = support::names_in(std::path::Path::new(&ports));
-    assert!(left.is_empty(), "ports left on {}: {left:?}", pool.bridge);
-    pool.feather.eventually("no new empty VM cgroup stays", || {
-        support::feather_cgroups()
-            .iter()
-            .filter(|group| !cgroups_before.contains(group))
-            .all(|group| !support::cgroup_is_empty(group))
-    });
-    // The next root that chooses its network removes the removed root's.
-    let (next, next_subnet, _) = root_with_known_bridge("pool-after-root-removed");
-    let out = next
-        .command()
-        .env("FEATHER_SUBNET", &next_subnet.cidr)
-        .args(["run", "--rm", "--", "true"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(
-        support::HostTraces::of(&root, Some(&pool.bridge)),
-        support::HostTraces::default(),
-        "the removed root's network is left on the host"
-    );
+    pool.removed_roots_network_goes_with_the_next_root(&root, &cgroups_before);
 }
 
 /// A root's first `run --rm` (no pool setting: the default) makes its own VM and starts the
@@ -1163,28 +1182,7 @@ fn a_removed_roots_pooled_vm_goes_at_once() {
     assert!(!root.exists());
     let traces = support::HostTraces::of(&root, None);
     assert!(traces.mounts.is_empty(), "mounts left: {:?}", traces.mounts);
-    let ports = format!("/sys/class/net/{}/brif", pool.bridge);
-    let left: Vec<String> = support::names_in(std::path::Path::new(&ports));
-    assert!(left.is_empty(), "ports left on {}: {left:?}", pool.bridge);
-    pool.feather.eventually("no new VM cgroup stays", || {
-        support::feather_cgroups()
-            .iter()
-            .filter(|group| !cgroups_before.contains(group))
-            .all(|group| !support::cgroup_is_empty(group))
-    });
-    let (next, next_subnet, _) = root_with_known_bridge("pool-after-default-removed");
-    let out = next
-        .command()
-        .env("FEATHER_SUBNET", &next_subnet.cidr)
-        .args(["run", "--rm", "--", "true"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(
-        support::HostTraces::of(&root, Some(&pool.bridge)),
-        support::HostTraces::default(),
-        "the removed root's network is left on the host"
-    );
+    pool.removed_roots_network_goes_with_the_next_root(&root, &cgroups_before);
 }
 
 /// `network down` beside the pooled VM a run left: the pool is emptied first (stderr says so,
@@ -1266,14 +1264,10 @@ fn network_down_waits_for_a_fill_under_way_and_rm_rf_then_leaves_nothing() {
     assert!(out.status.success(), "{out:?}");
     // The pool's folder made; idle "for ever": a VM made by the fill would stay.
     pool.ok(&["pool", "--idle", "0"]);
-    let hooks = support::unique_dir("hold-fill", "pool-down-fill");
-    let _remove = Remove(hooks.clone());
-    let hook = hooks.join("fill");
-    let held = fs::File::create(&hook).unwrap();
-    held.lock().unwrap();
+    let mut hook = Hook::held("pool-down-fill");
     let mut fill = pool
         .command()
-        .env(feather_vm::pool::HOLD_FILL, &hook)
+        .env(feather_vm::pool::HOLD_FILL, &hook.path)
         .args(["pool", "--fill"])
         .spawn()
         .unwrap();
@@ -1292,7 +1286,7 @@ fn network_down_waits_for_a_fill_under_way_and_rm_rf_then_leaves_nothing() {
         fs::read_to_string(&size).is_ok_and(|size| size == "0\n")
             || matches!(down.try_wait(), Ok(Some(_)))
     });
-    drop(held);
+    hook.release();
     assert!(fill.wait().unwrap().success());
     let out = down.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -1310,21 +1304,180 @@ fn network_down_waits_for_a_fill_under_way_and_rm_rf_then_leaves_nothing() {
 
 /// Whether process `pid` holds a `flock` on the file at `path` (`/proc/locks`).
 fn holds_flock(pid: u32, path: &std::path::Path) -> bool {
+    flocks(path).contains(&(pid, false))
+}
+
+/// The processes that hold (`false`) or wait for (`true`) a `flock` on the file at `path`, as
+/// `/proc/locks` lists them.
+fn flocks(path: &std::path::Path) -> Vec<(u32, bool)> {
     use std::os::unix::fs::MetadataExt;
-    let Ok(inode) = fs::metadata(path).map(|m| m.ino()) else {
-        return false;
+    let Ok(inode) = fs::metadata(path).map(|m| m.ino().to_string()) else {
+        return Vec::new();
     };
     let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
-    locks.lines().any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        // "N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE 0 EOF"; a waiter's line has "->" after N:.
-        fields.get(1) == Some(&"FLOCK")
-            && fields.get(4) == Some(&pid.to_string().as_str())
-            && fields
-                .get(5)
-                .and_then(|id| id.rsplit(':').next())
-                .is_some_and(|ino| ino == inode.to_string())
-    })
+    locks
+        .lines()
+        .filter_map(|line| {
+            // "N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE 0 EOF"; a waiter's has "->" after N:.
+            let mut fields: Vec<&str> = line.split_whitespace().skip(1).collect();
+            let waiting = fields.first() == Some(&"->");
+            if waiting {
+                fields.remove(0);
+            }
+            let of_path = fields.get(4)?.rsplit(':').next()? == inode;
+            (fields.first() == Some(&"FLOCK") && of_path)
+                .then(|| Some((fields.get(3)?.parse().ok()?, waiting)))
+                .flatten()
+        })
+        .collect()
+}
+
+/// A file whose lock a test holds, for a test hook (`pool::HOLD_FILL`, `HOLD_FILL_START`) to
+/// wait for; its folder removed on drop.
+struct Hook {
+    path: std::path::PathBuf,
+    held: Option<fs::File>,
+    _folder: Remove,
+}
+
+impl Hook {
+    fn held(label: &str) -> Hook {
+        let folder = support::unique_dir("hold-fill", label);
+        let path = folder.join("fill");
+        let held = fs::File::create(&path).unwrap();
+        held.lock().unwrap();
+        Hook {
+            path,
+            held: Some(held),
+            _folder: Remove(folder),
+        }
+    }
+
+    /// The process waiting at the hook, once one does.
+    fn waiter(&self, feather: &Feather) -> u32 {
+        let waiter = || flocks(&self.path).into_iter().find(|&(_, waiting)| waiting);
+        feather.eventually("a process waits at the hook", || waiter().is_some());
+        waiter().unwrap().0
+    }
+
+    fn release(&mut self) {
+        self.held = None;
+    }
+}
+
+/// A fill that finds another at work waits for it, then does what it came for: here, replaces
+/// the VM the one at work made under a lower hard limit (a caller's `ulimit -n 200`) with one
+/// of the host's limits. Before, it returned at once and the lowered VM stayed, serving only
+/// callers as low.
+#[test]
+fn a_fill_that_finds_another_at_work_waits_and_replaces_its_lowered_vm() {
+    let mut pool = Pooled::new("pool-fill-waits", 0);
+    fs::write(pool.feather.root.join("pool/size"), "1\n").unwrap();
+    pool.size = 1;
+    let mut hook = Hook::held("pool-fill-waits");
+    let fill = |script: &str| {
+        let ours = pool.command();
+        let mut fill = Command::new("sh");
+        fill.args(["-c", script, "sh"])
+            .arg(ours.get_program())
+            .args(ours.get_args())
+            .args(["pool", "--fill"])
+            .envs(ours.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .env_remove(support::NO_POOL)
+            .stdin(Stdio::null());
+        fill
+    };
+    let mut lowered = fill("ulimit -n 200; exec \"$@\"")
+        .env(feather_vm::pool::HOLD_FILL, &hook.path)
+        .spawn()
+        .unwrap();
+    let lock = pool.feather.root.join("pool/fill.lock");
+    pool.feather
+        .eventually("the lowered fill holds its lock", || {
+            holds_flock(lowered.id(), &lock)
+        });
+    let ours = std::cell::RefCell::new(fill("exec \"$@\"").spawn().unwrap());
+    pool.feather
+        .eventually("our fill waits for the lock, or has returned", || {
+            let mut ours = ours.borrow_mut();
+            flocks(&lock).contains(&(ours.id(), true)) || ours.try_wait().unwrap().is_some()
+        });
+    let mut ours = ours.into_inner();
+    hook.release();
+    assert!(lowered.wait().unwrap().success());
+    assert!(ours.wait().unwrap().success());
+    let entries = pool.entries();
+    let [name] = &entries[..] else {
+        panic!("the pool holds {entries:?}")
+    };
+    let limits = fs::read_to_string(format!("/proc/{}/limits", keeper_of(&pool, name))).unwrap();
+    let open_files = limits.lines().find(|l| l.starts_with("Max open files"));
+    assert!(!open_files.unwrap().contains(" 200 "), "{limits}");
+}
+
+/// A fill a run started before `network down` but at work only after it (held by a test hook
+/// before it takes its lock), when the size setting is back as it was: it makes nothing, so
+/// that `rm -rf` of the root after `network down` leaves nothing. Before, it made a VM (and
+/// brought the network up again) in the root being removed.
+#[test]
+fn a_fill_started_before_network_down_and_at_work_after_it_makes_nothing() {
+    let pool = Pooled::by_default("pool-down-late-fill");
+    pool.ok(&["pool", "--idle", "0"]);
+    let mut hook = Hook::held("pool-down-late-fill");
+    let out = pool
+        .command()
+        .env(feather_vm::pool::HOLD_FILL_START, &hook.path)
+        .env("FEATHER_TRACE", "phases")
+        .args(["run", "--rm", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("start the pool's fill"), "{said}");
+    let fill = hook.waiter(&pool.feather);
+    let out = pool.output(&["network", "down"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!pool.feather.root.join("pool/size").exists());
+    hook.release();
+    pool.feather.eventually("the late fill has ended", || {
+        !std::path::Path::new(&format!("/proc/{fill}")).exists()
+    });
+    assert!(pool.entries().is_empty(), "{:?}", pool.entries());
+    let folders = pool.vm_folders();
+    assert!(
+        !folders.iter().any(|name| from_the_pool(name)),
+        "{folders:?}"
+    );
+}
+
+/// A root's first fill makes one VM: its fingerprint is taken once the root's network exists
+/// (made with that VM). Before, the first VM was stale as soon as it was made (`network.toml`
+/// written meanwhile), and the fill let it go and made a second; counted by the fill's trace,
+/// which says each VM it makes. Another test's mount may make a VM stale meanwhile: a fresh
+/// root is tried up to three times.
+#[test]
+fn a_roots_first_fill_makes_one_vm() {
+    let mut made = Vec::new();
+    for attempt in 0..3 {
+        let pool = Pooled::by_default(&format!("pool-first-fill-{attempt}"));
+        assert_eq!(pool.ok(&["pool"]).lines().next(), Some("size: 1"));
+        assert!(!pool.feather.root.join("network.toml").exists());
+        let out = pool
+            .command()
+            .env("FEATHER_TRACE", "phases")
+            .args(["pool", "--fill"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        let count = said.matches("make a pooled VM").count();
+        if count == 1 {
+            assert_eq!(pool.entries().len(), 1, "{:?}", pool.entries());
+            return;
+        }
+        made.push(count);
+    }
+    panic!("a root's first fill made {made:?} VMs, not 1");
 }
 
 /// A pooled VM's keeper that gets no inotify instance (a test hook, as when root's
@@ -1336,29 +1489,14 @@ fn a_keeper_without_inotify_says_so_and_still_sees_its_root_removed() {
     let mut pool = Pooled::new("pool-no-inotify", 0);
     pool.size = 1;
     pool.ok(&["pool", "--idle", "0"]);
-    let out = pool
-        .command()
-        .env(feather_vm::root_watch::NO_INOTIFY, "1")
-        .args(["pool", "--size", "1"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let name = pool.entries().into_iter().next().expect("a pooled VM");
-    let keeper = keeper_of(&pool, &name);
+    let (name, keeper) = pool.filled_without_inotify(&pool.feather.root);
     // Killed if the test fails: with its root gone nothing else would end it.
     let _end = EndKeeper(keeper);
     let alive = || std::path::Path::new(&format!("/proc/{keeper}")).exists();
     let root = pool.feather.root.clone();
     let log = fs::read_to_string(root.join("vms").join(&name).join("keeper.log")).unwrap();
     assert_eq!(log.matches("no inotify watch").count(), 1, "{log}");
-    pool.feather
-        .eventually("the root's folder is removed by hand", || {
-            let mounts = support::HostTraces::of(&root, None).mounts;
-            for point in mounts.iter().filter_map(|line| line.split(' ').nth(4)) {
-                let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
-            }
-            fs::remove_dir_all(&root).is_ok() || !root.exists()
-        });
+    pool.remove_the_root_by_hand();
     pool.feather.eventually_within(
         "the removed root's pooled VM and its processes are gone",
         Duration::from_secs(30),
@@ -1427,6 +1565,12 @@ fn runs_that_keep_finding_the_pool_stale_stop_refilling_it() {
         counted() >= 2,
         "no two stale misses in a row in {round} runs"
     );
+    // `pool` says so, and how to end it.
+    let shown = pool.ok(&["pool"]);
+    assert!(
+        shown.contains("refills stopped") && shown.contains("feather pool --size 1"),
+        "{shown}"
+    );
     // No fill at work any more (one started before the count reached 2 may make a VM).
     let lock = pool.feather.root.join("pool/fill.lock");
     pool.feather.eventually("no fill is at work", || {
@@ -1439,6 +1583,7 @@ fn runs_that_keep_finding_the_pool_stale_stop_refilling_it() {
     // The size set again: filled, counted from 0.
     pool.ok(&["pool", "--size", "1"]);
     assert!(!misses.exists());
+    assert!(!pool.ok(&["pool"]).contains("refills stopped"));
     drop(mounts);
 }
 
@@ -1461,11 +1606,7 @@ fn a_fill_holds_nothing_of_its_starters_descriptors() {
     use std::os::fd::AsFd;
     let pool = Pooled::by_default("pool-fill-fds");
     pool.ok(&["pool", "--idle", "0"]);
-    let hooks = support::unique_dir("hold-fill-fds", "pool-fill-fds");
-    let _remove = Remove(hooks.clone());
-    let hook = hooks.join("fill");
-    let held = fs::File::create(&hook).unwrap();
-    held.lock().unwrap();
+    let mut hook = Hook::held("pool-fill-fds");
     let (read, write) = nix::unistd::pipe().unwrap();
     let ours = pool.command();
     // The shell puts the pipe at 9, as `flock 9` or a jobserver would leave it, then becomes
@@ -1477,7 +1618,7 @@ fn a_fill_holds_nothing_of_its_starters_descriptors() {
         .args(["pool", "--fill"])
         .envs(ours.get_envs().filter_map(|(k, v)| Some((k, v?))))
         .env_remove(support::NO_POOL)
-        .env(feather_vm::pool::HOLD_FILL, &hook)
+        .env(feather_vm::pool::HOLD_FILL, &hook.path)
         .stdin(Stdio::null())
         .stdout(Stdio::from(write))
         .spawn()
@@ -1493,10 +1634,42 @@ fn a_fill_holds_nothing_of_its_starters_descriptors() {
     let hung_up = fds[0]
         .revents()
         .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLHUP));
-    drop(held);
+    hook.release();
     assert!(fill.wait().unwrap().success());
     assert!(
         hung_up,
         "the fill at work still held its starter's descriptor 9"
     );
+}
+
+/// A root given as a symbolic link is one pool with the root it names: a fill through the
+/// link makes the VM the root's own path shows ready, and its keeper watches the root's own
+/// path, so that the link removed (the root untouched) leaves the VM in the pool, claimed
+/// then through the root's path. Before, the keeper watched the link's path and took the
+/// link's removal for its root's (seen here by a keeper without inotify, which looks every
+/// 2 s whatever changed).
+#[test]
+fn a_root_given_as_a_symbolic_link_is_one_pool_with_it() {
+    let mut pool = Pooled::new("pool-symlink", 0);
+    pool.size = 1;
+    pool.ok(&["pool", "--idle", "0"]);
+    let links = support::unique_dir("links", "pool-symlink");
+    let _remove = Remove(links.clone());
+    let link = links.join("root");
+    std::os::unix::fs::symlink(&pool.feather.root, &link).unwrap();
+    let (_, keeper) = pool.filled_without_inotify(&link);
+    let _end = EndKeeper(keeper);
+    fs::remove_file(&link).unwrap();
+    // Twice the look of a keeper without inotify, and a second more.
+    std::thread::sleep(feather_vm::root_watch::LOOK_EVERY * 2 + Duration::from_secs(1));
+    assert!(
+        std::path::Path::new(&format!("/proc/{keeper}")).exists(),
+        "the pooled VM ended when the link to its root was removed"
+    );
+    let (taken, _) = pool.taken_from_ready(|| {
+        pool.ok(&["run", "--rm", "--", "hostname"])
+            .trim()
+            .to_owned()
+    });
+    assert!(from_the_pool(&taken), "{taken}");
 }

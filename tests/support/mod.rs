@@ -741,6 +741,12 @@ impl XfsVolume {
         volume
     }
 
+    /// Whether the kernel tells the volume's UUID (FS_IOC_GETFSUUID, Linux 6.9 or a backport).
+    pub fn gives_its_uuid(&self) -> bool {
+        let root = fs::File::open(&self.mount).unwrap();
+        feather_sys::mount::volume_uuid(&root).is_some()
+    }
+
     /// Unmounts the volume and makes another on the same loop device, mounted in its place.
     /// mkfs.xfs opens the device exclusively, which fails while the old volume's superblock
     /// lives on: a stopped VM's overlays, which held it, go with its mount namespaces, which
@@ -781,7 +787,8 @@ impl XfsVolume {
 
 impl Drop for XfsVolume {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mount).status();
+        // Lazily: a test that failed may leave the volume busy, and it must not stay mounted.
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
         let _ = Command::new("losetup").args(["-d", &self.device]).status();
         let _ = fs::remove_dir_all(&self.dir);
     }

@@ -185,12 +185,18 @@ def changes(tour):
     assert label.find_element(By.CSS_SELECTOR, ".privileges").text == "set-user-ID", label.text
     tour.click(privileged)
     tour.click("#commit-selected")
-    tour.text_appears("dialog#confirm", "run with privileges on the host, or let other users write them: " + tour.args["privileged"])
+    tour.text_appears("dialog#confirm", "run with privileges on the host, or let other users write them:")
+    assert tour.args["privileged"] + " (set-user-ID)" in confirmed_lines(tour)
     tour.confirm()
     # The first commit's notice may still read "Committed 1": the change leaving the list is
     # what says this commit is done (the test then reads the base).
     tour.gone(privileged)
     tour.notice("Committed 1")
+
+
+def confirmed_lines(tour):
+    """The lines of the open confirmation, each stripped."""
+    return [line.strip() for line in tour.find("#confirm-text").text.splitlines()]
 
 
 def drop(tour):
@@ -207,7 +213,9 @@ def drop(tour):
     tour.click(dropped)
     tour.click("#reset-selected")
     tour.text_appears("dialog#confirm", tour.args["refused"])
-    tour.text_appears("dialog#confirm", tour.args["dropped"])
+    # One path per line, so that a name the VM chose cannot read as a list of others.
+    lines = confirmed_lines(tour)
+    assert tour.args["refused"] in lines and tour.args["dropped"] in lines, lines
     tour.confirm()
     tour.notice("Dropped 2")
     tour.gone(refused)

@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use crate::server::{succeeds, WebServer};
-use crate::support::Feather;
+use crate::support::{Feather, ScratchBase};
 
 #[test]
 fn nothing_answers_without_the_token_and_the_token_works_once() {
@@ -200,6 +200,57 @@ fn bad_input_is_refused_naming_what_is_wrong() {
         feather.ok(&["ls", "--json"]).trim() == "[]",
         "nothing was made"
     );
+}
+
+/// A reset drops every change only when asked by `{"all": true}`. A body that lost its paths
+/// (none, no content type, malformed, an empty list, a misspelt field) is refused naming what
+/// is wrong, and the VM keeps every change. Before, each of these dropped them all.
+#[test]
+fn a_reset_that_names_no_paths_drops_nothing() {
+    let feather = Feather::new("web-reset");
+    let base = ScratchBase::new("web-reset");
+    feather.start_over("r1", &base, &["--net", "none"]);
+    feather.sh("r1", "echo a > /tmp/a; echo b > /tmp/b");
+    feather.ok(&["stop", "r1"]);
+    let server = WebServer::start(&feather);
+    let session = server.log_in();
+    let mut plain = session.headers();
+    plain.push(format!("X-Feather-Csrf: {}", server.csrf(&session)));
+    let mut json = plain.clone();
+    json.push("Content-Type: application/json".to_owned());
+    let plain: Vec<&str> = plain.iter().map(String::as_str).collect();
+    let json: Vec<&str> = json.iter().map(String::as_str).collect();
+    let reset =
+        |headers: &[&str], body: &str| server.request("POST", "/api/vms/r1/reset", headers, body);
+    for (headers, body, named) in [
+        (&plain, r#"{"paths":["/tmp/a"]}"#, "Content-Type"),
+        (&plain, "", "Content-Type"),
+        (&json, "", "JSON"),
+        (&json, r#"{"paths":["/tmp/a"]"#, "JSON"),
+        (&json, "{}", "neither paths nor all"),
+        (&json, r#"{"paths":[]}"#, "empty list"),
+        (&json, r#"{"path":["/tmp/a"]}"#, "unknown field `path`"),
+        (&json, r#"{"paths":["/tmp/a"],"all":true}"#, "both"),
+    ] {
+        let refused = reset(headers, body);
+        assert_eq!(refused.status, 400, "{body}: {}", refused.body);
+        assert!(refused.body.contains(named), "{body}: {}", refused.body);
+        let diff = feather.ok(&["diff", "r1"]);
+        assert!(
+            diff.contains("/tmp/a") && diff.contains("/tmp/b"),
+            "{body} dropped changes: {diff}"
+        );
+    }
+    let one = reset(&json, r#"{"paths":["/tmp/a"]}"#);
+    assert_eq!(one.status, 200, "{}", one.body);
+    let diff = feather.ok(&["diff", "r1"]);
+    assert!(
+        !diff.contains("/tmp/a") && diff.contains("/tmp/b"),
+        "{diff}"
+    );
+    let every = reset(&json, r#"{"all":true}"#);
+    assert_eq!(every.status, 200, "{}", every.body);
+    assert!(!feather.ok(&["diff", "r1"]).contains("/tmp/b"));
 }
 
 #[test]

@@ -21,6 +21,7 @@ pub mod restored;
 pub mod restored_mounts;
 pub mod restored_paths;
 pub mod restored_sources;
+pub mod sealed;
 pub mod seccomp;
 
 #[derive(Debug, thiserror::Error)]

@@ -19,10 +19,11 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use feather_sys::mountinfo::MountEntry;
+
+use crate::sealed::SealedReport;
 
 /// Filesystem types a restore may make anew: their content is the kernel's view of the
 /// tree's own namespaces, or starts empty.
@@ -241,61 +242,26 @@ fn read_table(table: &mut fs::File) -> std::io::Result<Vec<MountEntry>> {
 }
 
 /// The mount table of the namespace CRIU runs in, written by the process that becomes CRIU
-/// just before its exec, its own mounts made, and read back by the restorer: a memfd shared
-/// across the fork, closed by the exec, sealed once written (review r27 R9: nothing can
-/// change it after).
-pub struct CriuMountTable(fs::File);
-
-/// The seals a written table carries: no write, no size change, no further seal.
-const SEALED: nix::fcntl::SealFlag = nix::fcntl::SealFlag::F_SEAL_WRITE
-    .union(nix::fcntl::SealFlag::F_SEAL_SHRINK)
-    .union(nix::fcntl::SealFlag::F_SEAL_GROW)
-    .union(nix::fcntl::SealFlag::F_SEAL_SEAL);
+/// just before its exec, its own mounts made, and read back by the restorer: a
+/// [`SealedReport`] (review r27 R9: nothing can change it after).
+pub struct CriuMountTable(SealedReport);
 
 impl CriuMountTable {
     pub fn new() -> std::io::Result<CriuMountTable> {
-        let fd = nix::sys::memfd::memfd_create(
-            c"feather-restoring-mounts",
-            nix::sys::memfd::MFdFlags::MFD_CLOEXEC | nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING,
-        )?;
-        Ok(CriuMountTable(fs::File::from(fd)))
+        let report = SealedReport::new(c"feather-restoring-mounts", "the mount table CRIU ran on")?;
+        Ok(CriuMountTable(report))
     }
 
     /// In the process about to become CRIU, once its mounts are made: its own table, then
     /// sealed. An error here must stop it from becoming CRIU.
     pub fn write_own(&self) -> std::io::Result<()> {
-        let text = fs::read("/proc/self/mountinfo")?;
-        self.0.write_all_at(&text, 0)?;
-        nix::fcntl::fcntl(&self.0, nix::fcntl::FcntlArg::F_ADD_SEALS(SEALED))?;
-        Ok(())
+        self.0.write(&fs::read("/proc/self/mountinfo")?)
     }
 
-    /// What [`Self::write_own`] wrote, from offset 0 whatever the shared offset; an error if
-    /// it is not sealed, cannot be read whole or has no root mount (not written, or cut
-    /// short).
+    /// What [`Self::write_own`] wrote; an error if it is not sealed, cannot be read whole or
+    /// has no root mount (not written, or cut short).
     pub fn read(&self) -> Result<Vec<MountEntry>, String> {
-        let seals = nix::fcntl::fcntl(&self.0, nix::fcntl::FcntlArg::F_GET_SEALS)
-            .map_err(|e| format!("cannot read the seals of the mount table CRIU ran on: {e}"))?;
-        if !nix::fcntl::SealFlag::from_bits_truncate(seals).contains(SEALED) {
-            return Err(
-                "the mount table CRIU ran on was not sealed once written: it may \
-                        have changed since, or never been written whole"
-                    .to_owned(),
-            );
-        }
-        let mut text = Vec::new();
-        let mut at = 0;
-        let mut chunk = [0u8; 16 << 10];
-        loop {
-            match self.0.read_at(&mut chunk, at) {
-                Ok(0) => break,
-                Ok(len) => {
-                    text.extend_from_slice(&chunk[..len]);
-                    at += len as u64;
-                }
-                Err(e) => return Err(format!("cannot read the mount table CRIU ran on: {e}")),
-            }
-        }
+        let text = self.0.read()?;
         let mounts = feather_sys::mountinfo::parse(&text);
         match text.ends_with(b"\n") && mounts.iter().any(|m| m.mount_point == Path::new("/")) {
             true => Ok(mounts),
@@ -1191,6 +1157,7 @@ mod tests {
     /// offset 0 whatever the shared offset.
     #[test]
     fn the_table_written_before_criu_reaches_the_restorer() {
+        use std::os::unix::fs::FileExt;
         let table = CriuMountTable::new().unwrap();
         table.write_own().unwrap();
         let own = feather_sys::mountinfo::mounts().unwrap();
@@ -1201,14 +1168,14 @@ mod tests {
         assert!(root(&own).is_some());
         assert_eq!(root(&table.read().unwrap()), root(&own));
         // Sealed: nothing writes it again (review r27 R9).
-        assert!(table.0.write_all_at(b"x", 0).is_err());
-        assert!(table.0.set_len(0).is_err());
+        assert!(table.0.file.write_all_at(b"x", 0).is_err());
+        assert!(table.0.file.set_len(0).is_err());
         let never_written = CriuMountTable::new().unwrap();
         assert!(never_written.read().is_err());
         // Written, but unsealed: refused.
         let unsealed = CriuMountTable::new().unwrap();
         let text = fs::read("/proc/self/mountinfo").unwrap();
-        unsealed.0.write_all_at(&text, 0).unwrap();
+        unsealed.0.file.write_all_at(&text, 0).unwrap();
         assert!(unsealed.read().unwrap_err().contains("not sealed"));
     }
 

@@ -498,14 +498,22 @@ fn late_state_folders_of(
 /// root (read as strictly as [`Registry::roots_strict`]), the registry's and `own`'s, with
 /// their aliases, from one read of the host's mount table (as a start's).
 pub fn guarded_folders_strict(own: &StateRoot) -> Result<Vec<PathBuf>> {
-    Ok(Registry::host().guarded_strict(own, &host_mounts())?.0)
+    Ok(guarded_strict(own)?.folders)
 }
 
-/// [`guarded_folders_strict`], and the state folders as a walk of the host knows them
-/// ([`Registry::spared_strict`], and the identities of those folders, not of their aliases:
-/// [`Registry::guarded_strict`]).
-pub fn guarded_strict(own: &StateRoot) -> Result<(Vec<PathBuf>, Spared)> {
-    Registry::host().guarded_strict(own, &host_mounts())
+/// What `diff`, `commit` and an export guard of the host: the folders
+/// [`guarded_folders_strict`] gives, and the state folders as a walk of the host knows them,
+/// by identity or by the root id they hold, at a path no mount table names.
+#[derive(Clone, Debug, Default)]
+pub struct StateFolders {
+    pub folders: Vec<PathBuf>,
+    pub spared: Spared,
+}
+
+/// [`StateFolders`] of the host's registry and `own` ([`Registry::spared_strict`], and the
+/// identities of those folders, not of their aliases: [`Registry::guarded_with`]).
+pub fn guarded_strict(own: &StateRoot) -> Result<StateFolders> {
+    Registry::host().guarded_with(own, &host_mounts())
 }
 
 impl Registry {
@@ -515,11 +523,7 @@ impl Registry {
     /// recorded before a reboot whose device number is an NFS or FUSE mount's now), whose
     /// `stat` hangs while its server is away (review lowroots29), and it is the same folder as
     /// the one it aliases, of the same identity, where it is one at all.
-    pub fn guarded_strict(
-        &self,
-        own: &StateRoot,
-        mounts: &[MountEntry],
-    ) -> Result<(Vec<PathBuf>, Spared)> {
+    pub fn guarded_with(&self, own: &StateRoot, mounts: &[MountEntry]) -> Result<StateFolders> {
         let entries = self.entries_strict()?;
         let mut own_folders: Vec<PathBuf> = entries
             .iter()
@@ -537,7 +541,7 @@ impl Registry {
         spared.identities.sort_unstable();
         spared.identities.dedup();
         let folders = with_places(own_folders, &entries, &[], mounts);
-        Ok((folders, spared))
+        Ok(StateFolders { folders, spared })
     }
 }
 
@@ -1004,7 +1008,9 @@ mod tests {
     impl Drop for StoppableFuse {
         fn drop(&mut self) {
             self.signal("CONT");
+            // Lazily, before the daemon goes: a busy mount must not stay behind, dead (ENOTCONN).
             let _ = std::process::Command::new("umount")
+                .args(["-l"])
                 .arg(&self.mount)
                 .status();
             let _ = self.daemon.kill();
@@ -1040,8 +1046,8 @@ mod tests {
         let looking = registry.dir().to_path_buf();
         let own = StateRoot::new(Some(root.dir().to_path_buf()));
         std::thread::spawn(move || {
-            let found = Registry::at(looking).guarded_strict(&own, &host_mounts());
-            let _ = send.send(found.map(|(folders, _)| folders));
+            let found = Registry::at(looking).guarded_with(&own, &host_mounts());
+            let _ = send.send(found.map(|found| found.folders));
         });
         // Generous: the look takes milliseconds; a `stat` in the stopped mount never ends.
         let folders = answer.recv_timeout(Duration::from_secs(60));

@@ -58,6 +58,30 @@ const PRIVATE: u32 = 0o700;
 /// without it (an older feather's) is walked again at the next command.
 const TIGHTENED: &str = ".tightened-v1";
 
+/// Whether `dir` is the default root's folder spelled otherwise (`/var/lib/feather/`,
+/// `//var/lib/feather`, through a symbolic link to `/var` or to the folder): its sockets are
+/// in [`DEFAULT_RUN_DIR`] too. Given as `<dir>/run`, a command's claims, fills and status
+/// requests looked for the default root's VMs' sockets where none are (a fill of one
+/// spelling ended the other's pooled VMs as not answering). The folder may not exist yet
+/// (a host's first command): its parent's identity is compared then.
+fn is_the_default(dir: &Path) -> bool {
+    let default = Path::new(DEFAULT_STATE_DIR);
+    if dir == default {
+        return true;
+    }
+    let resolved = |path: &Path| -> Option<PathBuf> {
+        if let Ok(path) = fs::canonicalize(path) {
+            return Some(path);
+        }
+        Some(
+            fs::canonicalize(path.parent()?)
+                .ok()?
+                .join(path.file_name()?),
+        )
+    };
+    resolved(dir).is_some_and(|dir| Some(dir) == resolved(default))
+}
+
 /// A state root: the folder holding every VM, and the run folder holding their sockets.
 #[derive(Clone, Debug)]
 pub struct StateRoot {
@@ -71,7 +95,9 @@ impl StateRoot {
     pub fn new(dir: Option<PathBuf>) -> Self {
         // Absolute: a VM's init mounts under it after changing folder, and the process a
         // throw-away VM's teardown is handed to leaves the caller's folder.
-        let dir = dir.map(|dir| std::path::absolute(&dir).unwrap_or(dir));
+        let dir = dir
+            .map(|dir| std::path::absolute(&dir).unwrap_or(dir))
+            .filter(|dir| !is_the_default(dir));
         match dir {
             Some(dir) => StateRoot {
                 run: dir.join("run"),
@@ -748,6 +774,34 @@ fn try_lock(path: &Path) -> Result<Option<File>> {
 mod tests {
     use super::*;
     use crate::Limits;
+
+    /// The default root spelled otherwise is the default root, sockets in `/run/feather`
+    /// included; another folder, a link to it included, is not. Only looked at (`stat`,
+    /// `readlink`): nothing of the host's default root is made or changed.
+    #[test]
+    fn the_default_root_spelled_otherwise_is_the_default_root() {
+        let links = std::env::temp_dir().join(format!("feather-spellings-{}", std::process::id()));
+        fs::create_dir_all(&links).unwrap();
+        std::os::unix::fs::symlink("/var", links.join("var")).unwrap();
+        std::os::unix::fs::symlink(&links, links.join("other")).unwrap();
+        let spellings = [
+            PathBuf::from("/var/lib/feather/"),
+            PathBuf::from("//var/lib/feather"),
+            PathBuf::from("/var/lib/./feather"),
+            links.join("var/lib/feather"),
+        ];
+        let roots: Vec<(PathBuf, StateRoot)> = spellings
+            .into_iter()
+            .map(|dir| (dir.clone(), StateRoot::new(Some(dir))))
+            .collect();
+        let not_default = StateRoot::new(Some(links.join("other")));
+        let _ = fs::remove_dir_all(&links);
+        for (dir, root) in roots {
+            assert_eq!(root.dir(), Path::new(DEFAULT_STATE_DIR), "{dir:?}");
+            assert_eq!(root.run_dir(), Path::new(DEFAULT_RUN_DIR), "{dir:?}");
+        }
+        assert_eq!(not_default.run_dir(), links.join("other/run"));
+    }
 
     fn scratch() -> StateRoot {
         let dir = std::env::temp_dir().join(format!(

@@ -4,9 +4,22 @@
 use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
-use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockFlag};
+use nix::sys::socket::{
+    sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
+};
 
 use crate::raw;
+
+/// A connected pair of SOCK_SEQPACKET unix sockets, both ends close-on-exec: every message
+/// keeps its bounds, and one read takes one whole message.
+pub fn seqpacket_pair() -> nix::Result<(OwnedFd, OwnedFd)> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+}
 
 /// Accepts one connection of a listening socket (non-blocking, close-on-exec).
 pub fn accept(listener: &impl AsFd) -> nix::Result<OwnedFd> {

@@ -384,10 +384,12 @@ pub fn file_handle(fd: &impl std::os::fd::AsFd) -> Result<(i32, Vec<u8>)> {
     raw::file_handle(fd.as_fd().as_raw_fd()).ctx("name_to_handle_at", "descriptor")
 }
 
-/// The volume UUID of the filesystem `fd` is on (FS_IOC_GETFSUUID, Linux 6.5: ext4, XFS,
-/// btrfs, tmpfs give one), which names the volume wherever its disk sits, where `statfs`'s
-/// `f_fsid` may be only the device number (XFS); None where the filesystem gives none (FAT,
-/// exFAT, FUSE, an older kernel) or gives all zeros (a filesystem made without one). An
+/// The 16-byte volume UUID of the filesystem `fd` is on (FS_IOC_GETFSUUID, on kernels that
+/// have it: Linux 6.9 and later, and backports; ext4, XFS, btrfs, f2fs, erofs and tmpfs give
+/// one), which names the volume wherever its disk sits, where `statfs`'s `f_fsid` may be only
+/// the device number (XFS); None where the filesystem gives none (exFAT, squashfs, FUSE, a
+/// kernel without the ioctl), gives all zeros (a filesystem made without one) or gives fewer
+/// than 16 bytes (FAT's 4-byte volume serial, which volumes repeat by chance and by design). An
 /// `O_PATH` descriptor (which takes no ioctl) is reopened through `/proc/self/fd` to ask: the
 /// same inode, no path walked.
 pub fn volume_uuid(fd: &impl std::os::fd::AsFd) -> Option<Vec<u8>> {
@@ -401,7 +403,9 @@ pub fn volume_uuid(fd: &impl std::os::fd::AsFd) -> Option<Vec<u8>> {
         }
         asked => asked,
     };
-    asked.ok().filter(|uuid| uuid.iter().any(|&byte| byte != 0))
+    asked
+        .ok()
+        .filter(|uuid| uuid.len() == 16 && uuid.iter().any(|&byte| byte != 0))
 }
 
 /// Flags of a detached mount made by [`clone_tree`] (`MOUNT_ATTR_*` of uapi/linux/mount.h).

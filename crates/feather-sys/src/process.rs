@@ -143,13 +143,7 @@ pub fn join_namespaces(pidfd: &impl AsFd, namespaces: CloneFlags) -> Result<()> 
 /// must be single-threaded; the child is reaped before this returns.
 pub fn new_mount_namespace(namespaces: CloneFlags) -> Result<OwnedFd> {
     let what = "new mount namespace";
-    let (ours, theirs) = nix::sys::socket::socketpair(
-        nix::sys::socket::AddressFamily::Unix,
-        nix::sys::socket::SockType::SeqPacket,
-        None,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-    )
-    .ctx("socketpair", what)?;
+    let (ours, theirs) = crate::fdpass::seqpacket_pair().ctx("socketpair", what)?;
     let namespaces = namespaces | CloneFlags::CLONE_NEWNS;
     let Some(pid) = raw::fork_into_namespaces(namespaces.bits()).ctx("clone", what)? else {
         drop(ours);

@@ -843,7 +843,8 @@ const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801c_581f;
 /// `_IOW('X', 32, struct fsxattr)`.
 const FS_IOC_FSSETXATTR: libc::c_ulong = 0x401c_5820;
 
-/// `_IOR(0x15, 0, struct fsuuid2)` (Linux 6.5).
+/// `_IOR(0x15, 0, struct fsuuid2)`: merged for Linux 6.9 (2024; some distributions backport
+/// it); ENOTTY on kernels without it.
 const FS_IOC_GETFSUUID: libc::c_ulong = 0x8011_1500;
 
 /// FS_IOC_GETFSUUID: the volume UUID of the filesystem `fd` is on (its length, then up to 16

@@ -15,6 +15,7 @@
 //! is told to be reinstalled together rather than misread.
 
 use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 
 use serde::{Deserialize, Serialize};
 
@@ -89,9 +90,67 @@ pub fn send(to: &mut impl Write, message: &impl Serialize) -> std::io::Result<()
     to.write_all(&line)
 }
 
-/// Reads one message: byte by byte up to its line end, so that nothing of a later message is
-/// taken from the stream (init keeps reading it after it re-executes itself).
+/// The keeper's and init's ends of their boot socket. A SOCK_SEQPACKET pair (wrapped as
+/// `UnixStream`s: reading and writing are the same calls): every message is one packet, which
+/// [`receive`] reads whole in one call and never with any of the next one, which init reads
+/// after it re-executes itself. Over a byte stream each message was read a byte per call so as
+/// not to take any of the next: 284 calls in a `run --rm`'s keeper, most of them while init
+/// waited for NETWORK_READY.
+pub fn pair() -> std::io::Result<(UnixStream, UnixStream)> {
+    let (ours, theirs) = feather_sys::fdpass::seqpacket_pair()?;
+    for end in [&ours, &theirs] {
+        room_for_the_longest_packet(end)?;
+    }
+    Ok((UnixStream::from(ours), UnixStream::from(theirs)))
+}
+
+/// A packet is refused (EMSGSIZE) when longer than its sender's send buffer, which
+/// `net.core.wmem_default` sizes (a host may lower it below a [`MAX_LINE`] packet): each end's
+/// is set to hold the longest (review start29 L1). Root sets it past `wmem_max` too.
+fn room_for_the_longest_packet(end: &impl std::os::fd::AsFd) -> std::io::Result<()> {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+    // Twice the packet: the kernel counts its bookkeeping against the buffer too (and
+    // doubles what is set, reporting the doubled size).
+    let wanted = 2 * (MAX_LINE + 2);
+    if getsockopt(end, sockopt::SndBuf)? >= wanted {
+        return Ok(());
+    }
+    setsockopt(end, sockopt::SndBufForce, &wanted)
+        .or_else(|_| setsockopt(end, sockopt::SndBuf, &wanted))?;
+    Ok(())
+}
+
+/// Reads one message from a socket of [`pair`]: one packet, one line.
 pub fn receive<T: for<'de> Deserialize<'de>>(
+    from: &mut impl Read,
+    expected: &'static str,
+) -> Result<T, BootError> {
+    // One byte more than the longest packet: a longer one fills the buffer.
+    let mut packet = vec![0u8; MAX_LINE + 2];
+    let mut reset_seen = false;
+    loop {
+        match from.read(&mut packet) {
+            Ok(0) => return Err(BootError::Closed { expected }),
+            Ok(read) if read > MAX_LINE + 1 => return Err(too_long(expected)),
+            Ok(read) => {
+                let line = &packet[..read];
+                return parse(line.strip_suffix(b"\n").unwrap_or(line), expected);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // A seqpacket peer that closed with a packet of ours unread in its queue (init
+            // failing before it read GO) is reported as a reset once, before the packets it
+            // sent: read on, so its last word (why it failed) is what the start reports.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !reset_seen => {
+                reset_seen = true;
+            }
+            Err(source) => return Err(BootError::Io { expected, source }),
+        }
+    }
+}
+
+/// Reads one message from a byte stream (the keeper's report pipe): byte by byte up to its
+/// line end, so that nothing after it is taken.
+fn receive_line<T: for<'de> Deserialize<'de>>(
     from: &mut impl Read,
     expected: &'static str,
 ) -> Result<T, BootError> {
@@ -103,19 +162,28 @@ pub fn receive<T: for<'de> Deserialize<'de>>(
             Ok(0) => break,
             Ok(_) if byte[0] == b'\n' => break,
             Ok(_) if line.len() < MAX_LINE => line.push(byte[0]),
-            Ok(_) => {
-                return Err(BootError::Unexpected {
-                    expected,
-                    received: format!("a line of more than {MAX_LINE} bytes"),
-                })
-            }
+            Ok(_) => return Err(too_long(expected)),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(source) => return Err(BootError::Io { expected, source }),
         }
     }
-    serde_json::from_slice(&line).map_err(|_| BootError::Unexpected {
+    parse(&line, expected)
+}
+
+fn too_long(expected: &'static str) -> BootError {
+    BootError::Unexpected {
         expected,
-        received: format!("{:?}", String::from_utf8_lossy(&line)),
+        received: format!("a line of more than {MAX_LINE} bytes"),
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(
+    line: &[u8],
+    expected: &'static str,
+) -> Result<T, BootError> {
+    serde_json::from_slice(line).map_err(|_| BootError::Unexpected {
+        expected,
+        received: format!("{:?}", String::from_utf8_lossy(line)),
     })
 }
 
@@ -183,7 +251,7 @@ pub fn expect(from: &mut impl Read, want: ToInit) -> Result<(), BootError> {
 /// keeper's own message ([`BootError::KeeperFailed`]) or what came instead.
 pub fn read_report(from: &mut impl Read) -> Result<(), BootError> {
     const EXPECTED: &str = "the keeper's report (up or failed)";
-    match receive::<KeeperReport>(from, EXPECTED)? {
+    match receive_line::<KeeperReport>(from, EXPECTED)? {
         KeeperReport::Up { version } if version == VERSION => Ok(()),
         KeeperReport::Up { version } => Err(BootError::Unexpected {
             expected: "a keeper of this feather's protocol version",
@@ -202,20 +270,63 @@ mod tests {
 
     #[test]
     fn messages_are_read_one_at_a_time_and_named_when_unexpected() {
-        let mut stream = Vec::new();
-        send(&mut stream, &ToInit::Go).unwrap();
-        send(&mut stream, &ToInit::NetworkReady).unwrap();
-        let mut reader = stream.as_slice();
-        expect(&mut reader, ToInit::Go).unwrap();
-        // The second message is still there, whole.
-        let error = expect(&mut reader, ToInit::Start).unwrap_err();
+        let (mut keeper, mut init) = pair().unwrap();
+        send(&mut keeper, &ToInit::Go).unwrap();
+        send(&mut keeper, &ToInit::NetworkReady).unwrap();
+        expect(&mut init, ToInit::Go).unwrap();
+        // The second message is still there, whole, for whoever reads next (init after its
+        // re-execution).
+        let mut reexecuted = init.try_clone().unwrap();
+        drop(init);
+        let error = expect(&mut reexecuted, ToInit::Start).unwrap_err();
         assert_eq!(error.to_string(), "expected start, received NetworkReady");
+        keeper.write_all(b"\x67\n").unwrap();
+        let error = expect(&mut reexecuted, ToInit::Go).unwrap_err();
+        assert_eq!(error.to_string(), "expected go, received \"g\"");
+        keeper.write_all(&vec![b' '; MAX_LINE + 2]).unwrap();
+        let error = expect(&mut reexecuted, ToInit::Go).unwrap_err();
+        assert!(error.to_string().contains("a line of more than"), "{error}");
+        drop(keeper);
         assert!(matches!(
-            expect(&mut reader, ToInit::Go),
+            expect(&mut reexecuted, ToInit::Go),
             Err(BootError::Closed { expected: "go" })
         ));
-        let error = expect(&mut &b"\x67\n"[..], ToInit::Go).unwrap_err();
-        assert_eq!(error.to_string(), "expected go, received \"g\"");
+    }
+
+    /// Init that fails before it read GO sends its reason and exits with GO unread in its
+    /// queue; the kernel then reports a reset to the keeper before init's packet, which the
+    /// start must still report (review start29 M1: it said "Connection reset by peer").
+    #[test]
+    fn the_last_word_of_a_peer_that_closed_with_ours_unread_is_read() {
+        let (mut keeper, mut init) = pair().unwrap();
+        send(&mut keeper, &ToInit::Go).unwrap();
+        send(&mut init, &ToInit::NetworkReady).unwrap();
+        drop(init);
+        expect(&mut keeper, ToInit::NetworkReady).unwrap();
+        assert!(matches!(
+            expect(&mut keeper, ToInit::Go),
+            Err(BootError::Closed { expected: "go" })
+        ));
+    }
+
+    /// On a host whose `net.core.wmem_default` is below a packet of [`MAX_LINE`], the pair
+    /// still carries the longest message (a socket made with such a buffer stands in for
+    /// the host: the sysctl is the whole machine's).
+    #[test]
+    fn the_longest_packet_fits_a_socket_made_with_a_small_send_buffer() {
+        use nix::sys::socket::{setsockopt, sockopt};
+        let (ours, theirs) = feather_sys::fdpass::seqpacket_pair().unwrap();
+        setsockopt(&ours, sockopt::SndBuf, &4096).unwrap();
+        let (mut ours, mut theirs) = (UnixStream::from(ours), UnixStream::from(theirs));
+        let longest = vec![b' '; MAX_LINE + 1];
+        assert!(
+            ours.write(&longest).is_err(),
+            "the stand-in buffer is too large"
+        );
+        room_for_the_longest_packet(&ours).unwrap();
+        assert_eq!(ours.write(&longest).unwrap(), longest.len());
+        let mut packet = vec![0u8; MAX_LINE + 2];
+        assert_eq!(theirs.read(&mut packet).unwrap(), longest.len());
     }
 
     /// What init holds beneath 600 layers with long names (a container host's `merged`
@@ -240,17 +351,23 @@ mod tests {
                 over_nothing: false,
             })
             .collect();
-        let mut stream = Vec::new();
-        send_pinned(&mut stream, found.clone()).unwrap();
-        send(&mut stream, &FromInitBoot::Ready).unwrap();
-        assert!(stream
+        let mut lines = Vec::new();
+        send_pinned(&mut lines, found.clone()).unwrap();
+        assert!(lines
             .split(|&b| b == b'\n')
             .all(|line| line.len() < MAX_LINE));
-        let mut reader = stream.as_slice();
-        let whole = receive_pinned(&mut reader, "pinned").unwrap();
+        let (mut keeper, mut init) = pair().unwrap();
+        let sent = found.clone();
+        // The socket holds a few packets only: the keeper reads while init sends.
+        let sending = std::thread::spawn(move || {
+            send_pinned(&mut init, sent).unwrap();
+            send(&mut init, &FromInitBoot::Ready).unwrap();
+        });
+        let whole = receive_pinned(&mut keeper, "pinned").unwrap();
         assert_eq!(whole, FromInitBoot::Pinned(found));
-        let after: FromInitBoot = receive(&mut reader, "ready").unwrap();
+        let after: FromInitBoot = receive(&mut keeper, "ready").unwrap();
         assert_eq!(after, FromInitBoot::Ready);
+        sending.join().unwrap();
     }
 
     #[test]

@@ -239,23 +239,30 @@ pub fn commit(
 /// past a defence, and the admin should look at all it changed before any of it lands; naming
 /// the other paths still commits them.
 fn refuse_forbidden(trees: &[Tree], selected: &[Change], name: &VmName) -> Result<()> {
-    let named = |past_a_defence: bool| -> Vec<String> {
+    let named = |kind: &dyn Fn(diff::Forbidden) -> bool| -> Vec<String> {
         selected
             .iter()
             .filter_map(|change| {
-                let why = change.forbidden.filter(|why| why.refused())?;
-                (why.past_a_defence() == past_a_defence)
-                    .then(|| format!("{} ({})", escape_path(&change.path), why.word()))
+                let why = change.forbidden.filter(|why| why.refused() && kind(*why))?;
+                Some(format!("{} ({})", escape_path(&change.path), why.word()))
             })
             .collect()
     };
-    let (forbidden, host_mounts) = (named(true), named(false));
+    let forbidden = named(&|why| why.past_a_defence());
     if !forbidden.is_empty() {
         return Err(VmError::CommitForbidden {
             vm: name.to_string(),
             paths: forbidden,
         });
     }
+    let unsearched = named(&|why| why == diff::Forbidden::Unsearched);
+    if !unsearched.is_empty() {
+        return Err(VmError::CommitUnsearched {
+            vm: name.to_string(),
+            paths: unsearched,
+        });
+    }
+    let host_mounts = named(&|why| why == diff::Forbidden::HostMount);
     refuse_unseen(trees, selected, name)?;
     if !host_mounts.is_empty() {
         return Err(VmError::CommitHostMount {

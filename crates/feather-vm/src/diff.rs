@@ -30,6 +30,23 @@ use crate::layers::{Layer, SeenLowers, Unseen};
 /// `Guarded::holds_state_folder`); the host's trees, not the VM's, and roots lie near the top.
 const HOLDS_DEPTH: usize = 64;
 
+/// How many entries (folders, by the listing's type) that search opens beneath one such
+/// folder before it gives up and takes the folder for one holding a state folder
+/// ([`Forbidden::Unsearched`]): the host's tree is not the VM's to size, and a VM that deletes
+/// `/usr` would otherwise make every `diff` walk it (review lowroots29 M6). A debug build
+/// takes another from [`HOLDS_ENTRIES_HOOK`], for tests.
+const HOLDS_ENTRIES: usize = 20_000;
+
+/// The test-only variable that sets [`HOLDS_ENTRIES`] (see [`crate::test_hooks`]).
+pub const HOLDS_ENTRIES_HOOK: &str = "FEATHER_TEST_HOLDS_ENTRIES";
+
+/// [`HOLDS_ENTRIES`], or the number [`HOLDS_ENTRIES_HOOK`] holds in a debug build.
+fn holds_entries() -> usize {
+    crate::test_hooks::set(HOLDS_ENTRIES_HOOK)
+        .and_then(|value| value.to_str()?.parse().ok())
+        .unwrap_or(HOLDS_ENTRIES)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, PartialOrd, Ord)]
 pub enum ChangeKind {
     /// The path exists in the VM and not on the host.
@@ -175,6 +192,10 @@ pub enum Forbidden {
     /// under its lower folder: the VM saw (and changed) the base's own folder there, and
     /// applying the change would write, or empty, the filesystem mounted over it.
     HostMount,
+    /// A deletion or replacement of a host folder too large to search for a state folder
+    /// within [`HOLDS_ENTRIES`]: it may hold one, and `commit` does not remove what it could
+    /// not search.
+    Unsearched,
 }
 
 impl Forbidden {
@@ -186,6 +207,7 @@ impl Forbidden {
             Forbidden::HostMount => {
                 "at, beneath or over a host mount the VM's layer does not cover"
             }
+            Forbidden::Unsearched => "removes a host folder too large to search for a state root",
         }
     }
 
@@ -268,14 +290,23 @@ impl Guarded {
         self.spared.is(fd, meta)
     }
 
-    /// Whether the host's folder `lower` holds a state folder (by identity) anywhere beneath
+    /// Why a deletion or replacement of the host's folder `lower` is forbidden, if it is: it
+    /// holds a state folder (by identity) anywhere beneath
     /// it on its own mount: deleting or replacing it would empty that root, also one reached
     /// where no path of a root is (review gl27 H1). What it cannot read, and what lies deeper
     /// than [`HOLDS_DEPTH`] levels, is passed over: the removal itself refuses at a state
     /// folder ([`beneath::remove_tree_sparing`]); this lets `diff` show it, and `commit`
     /// refuse before it writes anything.
-    fn holds_state_folder(&self, lower: &impl AsFd) -> bool {
-        beneath::holds_spared(lower, &self.spared, HOLDS_DEPTH)
+    fn holds_state_folder(&self, lower: &impl AsFd) -> Option<Forbidden> {
+        let bounds = beneath::Bounds {
+            depth: HOLDS_DEPTH,
+            entries: holds_entries(),
+        };
+        match beneath::holds_spared(lower, &self.spared, bounds) {
+            beneath::Search::Holds => Some(Forbidden::Hidden),
+            beneath::Search::Clear => None,
+            beneath::Search::Unfinished => Some(Forbidden::Unsearched),
+        }
     }
 
     /// Why a change at `path` (the VM's) is forbidden, if it is: it lies at or beneath a
@@ -801,11 +832,12 @@ impl Walk<'_> {
             {
                 let rel = folder.rel.join(name);
                 let mut change = self.change(ChangeKind::Deleted, &rel, None, folder.beyond)?;
-                if folder.in_state
-                    || self.is_state_folder_in(lower, name)
-                    || self.holds_state_folder_in(lower, name)
-                {
-                    mark_in_state(std::slice::from_mut(&mut change));
+                let why = match folder.in_state || self.is_state_folder_in(lower, name) {
+                    true => Some(Forbidden::Hidden),
+                    false => self.holds_state_folder_in(lower, name),
+                };
+                if let Some(why) = why {
+                    mark(std::slice::from_mut(&mut change), why);
                 }
                 changes.push(change);
             }
@@ -823,9 +855,9 @@ impl Walk<'_> {
         name: &OsStr,
     ) -> std::io::Result<Option<Folder>> {
         let first = changes.len();
-        let (inner, in_state) = self.entry_unmarked(changes, folder, name)?;
-        if in_state {
-            mark_in_state(&mut changes[first..]);
+        let (inner, why) = self.entry_unmarked(changes, folder, name)?;
+        if let Some(why) = why {
+            mark(&mut changes[first..], why);
         }
         Ok(inner)
     }
@@ -839,25 +871,26 @@ impl Walk<'_> {
         )
     }
 
-    /// [`Walk::entry`] unmarked, and whether to mark what it found.
+    /// [`Walk::entry`] unmarked, and why to mark what it found, if it is to be.
     fn entry_unmarked(
         &self,
         changes: &mut Vec<Change>,
         folder: &Folder,
         name: &OsStr,
-    ) -> std::io::Result<(Option<Folder>, bool)> {
+    ) -> std::io::Result<(Option<Folder>, Option<Forbidden>)> {
         let rel = folder.rel.join(name);
+        let in_state = folder.in_state.then_some(Forbidden::Hidden);
         if self.scaffold.contains(&self.tree.layer.vm_path(&rel)) {
-            return Ok((None, false));
+            return Ok((None, None));
         }
         let Some(upper) = Entry::open(&folder.upper, Path::new(name))? else {
-            return Ok((None, false)); // gone since it was listed
+            return Ok((None, None)); // gone since it was listed
         };
         let lower = match &folder.lower {
             Some(dir) => match Entry::open_on_mount(dir, Path::new(name)) {
                 Err(e) if beneath::at_a_mount(&e) => {
                     let inner = self.at_host_mount(changes, folder, name, &upper)?;
-                    return Ok((inner, folder.in_state));
+                    return Ok((inner, in_state));
                 }
                 found => found?,
             },
@@ -865,26 +898,28 @@ impl Walk<'_> {
         };
         // A folder of the host the VM deleted, or replaced with something else, holding a
         // state folder: committing that would empty it (review gl27 H1).
-        let removes_a_root = |lower: &Entry| {
-            lower.meta.is_dir()
-                && !upper.meta.is_dir()
-                && self.guarded.holds_state_folder(&lower.fd)
+        let removes_a_root = |lower: &Entry| match lower.meta.is_dir() && !upper.meta.is_dir() {
+            true => self.guarded.holds_state_folder(&lower.fd),
+            false => None,
         };
-        let in_state = folder.in_state
-            || lower.as_ref().is_some_and(|lower| {
-                self.guarded.is_state_folder(&lower.fd, &lower.meta) || removes_a_root(lower)
-            });
+        let why = in_state.or_else(|| {
+            let lower = lower.as_ref()?;
+            match self.guarded.is_state_folder(&lower.fd, &lower.meta) {
+                true => Some(Forbidden::Hidden),
+                false => removes_a_root(lower),
+            }
+        });
         let inner = self.entry_found(changes, folder, &rel, &upper, lower)?;
-        Ok((inner, in_state))
+        Ok((inner, why))
     }
 
-    /// Whether the host's folder `name` in `lower` holds a state folder (see
+    /// Why a deletion of the host's folder `name` in `lower` is forbidden, if it is (see
     /// [`Guarded::holds_state_folder`]).
-    fn holds_state_folder_in(&self, lower: &File, name: &OsStr) -> bool {
-        matches!(
-            beneath::open_dir_on_mount(lower, Path::new(name)),
-            Ok(Some(folder)) if self.guarded.holds_state_folder(&folder)
-        )
+    fn holds_state_folder_in(&self, lower: &File, name: &OsStr) -> Option<Forbidden> {
+        match beneath::open_dir_on_mount(lower, Path::new(name)) {
+            Ok(Some(folder)) => self.guarded.holds_state_folder(&folder),
+            _ => None,
+        }
     }
 
     /// [`Walk::entry_unmarked`] of the entry at `rel`, `upper` in the layer, `lower` the
@@ -992,12 +1027,12 @@ impl Walk<'_> {
     }
 }
 
-/// Marks `changes`, found in a state folder or at one (by identity), [`Forbidden::Hidden`],
-/// unless already refused for another reason.
-fn mark_in_state(changes: &mut [Change]) {
+/// Marks `changes` `why` ([`Forbidden::Hidden`]: found in a state folder or at one, by
+/// identity; [`Forbidden::Unsearched`]), unless already refused for another reason.
+fn mark(changes: &mut [Change], why: Forbidden) {
     for change in changes {
         if !change.forbidden.is_some_and(Forbidden::refused) {
-            change.forbidden = Some(Forbidden::Hidden);
+            change.forbidden = Some(why);
         }
     }
 }

@@ -24,7 +24,6 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use feather_core::{StateRoot, VmDir};
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
 use crate::error::{io, Result};
 use crate::launch::FinishArgs;
@@ -72,13 +71,8 @@ impl Finisher {
     /// its start; see `feather_sys::process::spawn_handing_over`).
     pub fn start(root: &StateRoot, vm: &VmDir, id: &str) -> Result<Finisher> {
         let name = vm.name();
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| io(name, "socketpair")(e.into()))?;
+        let (ours, theirs) =
+            feather_sys::fdpass::seqpacket_pair().map_err(|e| io(name, "socketpair")(e.into()))?;
         let args = FinishArgs {
             state_dir: root.dir().to_path_buf(),
             run_dir: root.run_dir().to_path_buf(),

@@ -54,19 +54,11 @@ pub fn state_folders_strict(own: &StateRoot) -> feather_core::error::Result<Vec<
     feather_core::roots::guarded_folders_strict(own)
 }
 
-/// What `diff` and `commit` guard of the host: the folders [`state_folders_strict`] gives,
-/// and the state folders as a walk of the host knows them, by identity or by the root id they
-/// hold (see [`feather_core::roots::Registry::guarded_strict`]), at a path no mount table
-/// names.
-pub struct StateFolders {
-    pub folders: Vec<PathBuf>,
-    pub spared: feather_sys::beneath::Spared,
-}
+pub use feather_core::roots::StateFolders;
 
 /// [`StateFolders`] of the host with `own`'s, read strictly.
 pub fn state_folders_guarded(own: &StateRoot) -> feather_core::error::Result<StateFolders> {
-    let (folders, spared) = feather_core::roots::guarded_strict(own)?;
-    Ok(StateFolders { folders, spared })
+    feather_core::roots::guarded_strict(own)
 }
 
 /// Where the host folder `folder` is in a VM over `base`, if the VM sees it at all: folders

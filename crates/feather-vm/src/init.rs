@@ -36,6 +36,8 @@ pub enum InitError {
     },
     #[error(transparent)]
     Root(feather_sys::SysError),
+    #[error("cannot tell the keeper what the VM's layers lie over")]
+    Pinned(#[source] std::io::Error),
     #[error("the keeper did not attach the VM's network")]
     Network(#[source] boot::BootError),
     #[error(transparent)]
@@ -325,7 +327,7 @@ fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), InitError> {
     // program of the VM's.
     let (old_root, pinned) = rootfs::assemble(&plan.rootfs).map_err(InitError::Root)?;
     // What the layers lie over, as mounted, for the keeper's record (review gl27 L4).
-    let _ = boot::send_pinned(keeper, pinned);
+    boot::send_pinned(keeper, pinned).map_err(InitError::Pinned)?;
     // Until the old root is detached (an RCU grace period, on a thread of init's), only steps
     // that resolve no path follow: the wait for the network, the cgroup namespace, the
     // interfaces, the Landlock domain.

@@ -744,8 +744,11 @@ impl Keeper {
     pub fn begin(&mut self, root: &StateRoot, terminal: Option<PathBuf>, peers: Arc<dyn Peers>) {
         self.open_broker(root, terminal, peers);
         if let Some(mut init) = self.init_waits.take() {
-            // Init's end, if it ended meanwhile, is seen by serve().
-            if boot::send(&mut init, &ToInit::Start).is_ok() {
+            // Init's end, if it ended meanwhile, is seen by serve(). The wait is for a
+            // checkpoint's sake, which a throw-away VM never has: there it held up the
+            // keeper's loop, and so a short command's exit status, until init's spawner (a
+            // fork of init's) had closed its copy of the socket too.
+            if boot::send(&mut init, &ToInit::Start).is_ok() && !self.config.ephemeral {
                 await_init_letting_go(&mut init);
             }
         }
@@ -2195,7 +2198,7 @@ fn start_init(
     stage: &(dyn Fn(nix::unistd::Pid) -> Result<Staged> + Sync),
     meanwhile: impl FnOnce(),
 ) -> Result<(ChildProcess, UnixStream, Staged, Vec<PinnedLower>)> {
-    let (mut ours, theirs) = UnixStream::pair().map_err(io(name, "socketpair"))?;
+    let (mut ours, theirs) = boot::pair().map_err(io(name, "socketpair"))?;
     // The cgroup namespace is entered later, by init itself, once it is inside the VM's group.
     let mut namespaces = process::vm_namespaces() - nix::sched::CloneFlags::CLONE_NEWCGROUP;
     // A namespace made ahead (feather_net::pool) is joined instead of made: fresh, never used.
@@ -2379,20 +2382,11 @@ fn await_pinned(name: &VmName, ours: &mut UnixStream) -> Result<Vec<PinnedLower>
     match boot::receive_pinned(ours, "what init found beneath the layers") {
         // `receive_pinned` gathers the pieces into one `Pinned`.
         Ok(InitReport::Pinned(found) | InitReport::PinnedPart(found)) => Ok(found),
-        Ok(InitReport::Failed(why)) => Err(failed(name, format!("cannot start: {why}"))),
-        Ok(InitReport::Ready) => Err(failed(
+        other => Err(not_the_report(
             name,
+            other,
             "init said it was ready before what it found beneath the layers",
         )),
-        Err(boot::BootError::Closed { .. }) => Err(failed(
-            name,
-            "init died while setting up the VM (see its keeper.log)",
-        )),
-        Err(source) => Err(VmError::Boot {
-            vm: name.to_string(),
-            during: "init",
-            source,
-        }),
     }
 }
 
@@ -2402,20 +2396,33 @@ fn await_init_report(name: &VmName, ours: &mut UnixStream) -> Result<()> {
         .map_err(io(name, "init's socket"))?;
     match boot::receive::<InitReport>(ours, "init's report (ready or failed)") {
         Ok(InitReport::Ready) => Ok(()),
-        Ok(InitReport::Pinned(_) | InitReport::PinnedPart(_)) => Err(failed(
+        other => Err(not_the_report(
             name,
+            other,
             "init said twice what it found beneath the layers",
         )),
-        Ok(InitReport::Failed(why)) => Err(failed(name, format!("cannot start: {why}"))),
-        Err(boot::BootError::Closed { .. }) => Err(failed(
+    }
+}
+
+/// Why the start fails when init's handshake gave `got` instead of the report awaited: init's
+/// own reason, init gone, the handshake's failure, or `out_of_order` (another report).
+fn not_the_report(
+    name: &VmName,
+    got: std::result::Result<InitReport, boot::BootError>,
+    out_of_order: &str,
+) -> VmError {
+    match got {
+        Ok(InitReport::Failed(why)) => failed(name, format!("cannot start: {why}")),
+        Ok(_) => failed(name, out_of_order),
+        Err(boot::BootError::Closed { .. }) => failed(
             name,
             "init died while setting up the VM (see its keeper.log)",
-        )),
-        Err(source) => Err(VmError::Boot {
+        ),
+        Err(source) => VmError::Boot {
             vm: name.to_string(),
             during: "init",
             source,
-        }),
+        },
     }
 }
 
@@ -2474,8 +2481,9 @@ pub fn main_background(
     // A started VM is up once it is recorded running: nothing after can fail its start (the
     // broker opens, init is told Start and lets go of its boot socket), so `feather start`
     // returns now, beside those steps. What the VM runs waits for Start, and every request
-    // (`stop`, `checkpoint`, whose CRIU needs init's boot socket closed) for `serve`, after
-    // them. A restore answers after them, as before (its `begin` has no Start to send).
+    // (`stop`, `checkpoint`, whose CRIU needs init's boot socket closed: a kept VM's keeper
+    // waits for init to let go of it; a throw-away VM is never checkpointed) for `serve`,
+    // after them. A restore answers after them, as before (its `begin` has no Start to send).
     let answer = |ready: &mut File| {
         let _ = boot::send(
             ready,
@@ -2534,7 +2542,7 @@ mod tests {
     fn a_signal_does_not_end_the_wait_for_init_to_let_go() {
         use std::sync::atomic::{AtomicBool, Ordering};
         static ENDED: AtomicBool = AtomicBool::new(false);
-        let (mut keepers, inits) = UnixStream::pair().unwrap();
+        let (mut keepers, inits) = boot::pair().unwrap();
         let (said, tid) = std::sync::mpsc::channel();
         let waiting = std::thread::spawn(move || {
             said.send(nix::unistd::gettid().as_raw()).unwrap();
@@ -2581,7 +2589,7 @@ mod tests {
     #[test]
     fn init_is_told_the_network_is_ready_while_the_record_is_synced() {
         let name: VmName = "boot-beside".parse().unwrap();
-        let (mut ours, mut theirs) = UnixStream::pair().unwrap();
+        let (mut ours, mut theirs) = boot::pair().unwrap();
         let (ready, told) = std::sync::mpsc::channel();
         let init = std::thread::spawn(move || {
             boot::expect(&mut theirs, ToInit::Go).unwrap();
@@ -2608,7 +2616,7 @@ mod tests {
     #[test]
     fn inits_failure_is_reported_before_the_records() {
         let name: VmName = "boot-beside-fails".parse().unwrap();
-        let (mut ours, mut theirs) = UnixStream::pair().unwrap();
+        let (mut ours, mut theirs) = boot::pair().unwrap();
         let init = std::thread::spawn(move || {
             boot::expect(&mut theirs, ToInit::Go).unwrap();
             boot::send(&mut theirs, &InitReport::Pinned(Vec::new())).unwrap();
@@ -2627,7 +2635,7 @@ mod tests {
     #[test]
     fn inits_failure_before_go_is_what_the_start_reports() {
         let name: VmName = "boot-fails-before-go".parse().unwrap();
-        let (mut ours, mut theirs) = UnixStream::pair().unwrap();
+        let (mut ours, mut theirs) = boot::pair().unwrap();
         let why = "init cannot enter the VM's cgroup: enter cgroup by writing 0 to /x".to_owned();
         boot::send(&mut theirs, &InitReport::Failed(why)).unwrap();
         drop(theirs);

@@ -487,8 +487,8 @@ impl Unseen {
                 "cannot be told from another filesystem: the VM's record of what its layers lay \
                  over is of another boot or mount namespace and names no file handle for it, or \
                  its filesystem's id is only its device number and it gives no volume UUID \
-                 (FAT, exFAT, f2fs; XFS before Linux 6.5), which another volume in the same \
-                 slot repeats"
+                 (FAT, exFAT, squashfs; XFS on a kernel without the FS_IOC_GETFSUUID ioctl, \
+                 which came with Linux 6.9), which another volume in the same slot repeats"
             }
             Unseen::Unreadable => "cannot be checked: the VM's record lowers.json is unreadable",
         }
@@ -574,11 +574,10 @@ impl SeenLowers {
     }
 
     /// Confirms the VM's record with what its init (or restoring child) pinned beneath its
-    /// layers (`pinned`): a
-    /// layer where init held another folder than the record names is recorded as init saw it
-    /// (its mount id unknown: the folder is compared, [`NO_MOUNT_ID`]), so that the filesystem
-    /// recorded, mounted back there later, is not taken for it; one whose folder init could
-    /// not read is refused ([`UNOPENED`]).
+    /// layers (`pinned`): a layer where init held another folder than the record names is
+    /// recorded as init saw it (its mount id unknown: the folder is compared,
+    /// [`NO_MOUNT_ID`]), so that the filesystem recorded, mounted back there later, is not
+    /// taken for it; one whose folder init could not read is refused ([`UNOPENED`]).
     pub fn confirm(vm: &VmDir, config: &VmConfig, pinned: &[PinnedLower]) -> Result<()> {
         let Some(mut seen) = SeenLowers::read(&pending(vm)) else {
             return Ok(());
@@ -727,8 +726,11 @@ impl SeenLowers {
             return Ok(Some(Unseen::Unprovable));
         }
         let (dev_now, ino_now) = folder_id(lower)?;
-        let same =
-            ino == ino_now && (dev == dev_now || !same_boot) && on.matches(&FolderOn::of(lower)?);
+        let now = FolderOn::of(lower)?;
+        if on.lost_its_proof(&now, dev) {
+            return Ok(Some(Unseen::Unprovable));
+        }
+        let same = ino == ino_now && (dev == dev_now || !same_boot) && on.matches(&now, dev);
         Ok((!same).then_some(Unseen::Replaced))
     }
 }
@@ -1019,15 +1021,56 @@ mod tests {
             ..xfs.clone()
         };
         assert!(
-            !xfs.matches(&other_volume),
+            !xfs.matches(&other_volume, 0x0811),
             "another XFS volume in the slot"
         );
-        assert!(xfs.matches(&xfs.clone()));
+        assert!(xfs.matches(&xfs.clone(), 0x0811));
+        let renumbered = FolderOn {
+            fsid: 0x0821,
+            ..xfs.clone()
+        };
+        assert!(
+            xfs.matches(&renumbered, 0x0811),
+            "the same XFS volume, its disk sdc after a reboot"
+        );
+        assert!(
+            !on.matches(
+                &FolderOn {
+                    fsid: 0x0821,
+                    ..on.clone()
+                },
+                0x0812
+            ),
+            "an id of its own must be found again"
+        );
         let before_uuids = FolderOn {
             uuid: None,
             ..xfs.clone()
         };
-        assert!(before_uuids.matches(&xfs), "a record from before UUIDs");
+        assert!(
+            before_uuids.matches(&xfs, 0x0811),
+            "a record from before UUIDs"
+        );
+        // Its UUID not found now (a kernel without the ioctl): nothing proves it either way;
+        // ext4's own id, from its UUID, still does (review lowroots29 L3).
+        assert!(
+            xfs.lost_its_proof(&before_uuids, 0x0811),
+            "XFS without its UUID"
+        );
+        let ext4 = FolderOn {
+            kind: 0xef53, // EXT4_SUPER_MAGIC
+            fsid: 0x5d1c_0e2a_77b4_3f01,
+            ..xfs.clone()
+        };
+        let ext4_without = FolderOn {
+            uuid: None,
+            ..ext4.clone()
+        };
+        assert!(!ext4.lost_its_proof(&ext4_without, 0x0811));
+        assert!(
+            ext4.matches(&ext4_without, 0x0811),
+            "ext4 proved by its own id"
+        );
         assert!(
             !FolderOn {
                 handle: None,

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 /// where the filesystem has an id of its own: the filesystem (`statfs` type and id: ext4's and
 /// btrfs's from their UUID, a tmpfs's random; FAT's, exFAT's, f2fs's, XFS's, squashfs's and
 /// erofs's are only their device number, which another volume in the same slot repeats), its
-/// volume UUID where it gives one (`FS_IOC_GETFSUUID`: XFS, ext4, btrfs, tmpfs; so an XFS
+/// 16-byte volume UUID where it gives one (`FS_IOC_GETFSUUID`, on kernels that have it: XFS,
+/// ext4, btrfs (one for all its subvolumes), f2fs, erofs, tmpfs; so an XFS, f2fs or erofs
 /// volume is told from another in its slot), and the folder's handle on it
 /// (`name_to_handle_at`, mount id aside: its inode and, where the filesystem keeps one,
 /// generation, random on tmpfs, ext4 and XFS, so a folder made anew has another). Without a
@@ -51,20 +52,44 @@ impl FolderOn {
     /// Whether this, recorded of a folder on the device `dev` (its st_dev), tells that folder
     /// from one on another filesystem: a handle on a filesystem with an id of its own or a
     /// volume UUID. FUSE reports neither (its id 0), and every FUSE mount's root has the same
-    /// handle; FAT, exFAT, f2fs, squashfs and erofs report their device number
-    /// (`huge_encode_dev`, the st_dev) and no UUID, which a volume put in the same slot
-    /// repeats, with the same root handle on FAT (review lowers28 M1: drive B in drive A's
-    /// slot passed for A). XFS's id is its device number too, but its UUID tells the volume.
+    /// handle; FAT, exFAT and squashfs report their device number (`huge_encode_dev`, the
+    /// st_dev) and no 16-byte UUID, which a volume put in the same slot repeats, with the same
+    /// root handle on FAT (review lowers28 M1: drive B in drive A's slot passed for A). XFS's,
+    /// f2fs's and erofs's id is their device number too, but their UUID tells the volume (on
+    /// a kernel with FS_IOC_GETFSUUID; without it they are refused as FAT is).
     pub(crate) fn proves(&self, dev: u64) -> bool {
-        self.handle.is_some() && (self.uuid.is_some() || (self.fsid != 0 && self.fsid != dev))
+        self.handle.is_some() && (self.uuid.is_some() || self.has_an_id_of_its_own(dev))
     }
 
-    /// Whether `now`, what names the folder found now, is what this recorded: a recorded UUID
-    /// must be found again; a record without one (by a feather from before it, or of a
-    /// filesystem without) is proved by the rest ([`FolderOn::proves`]).
-    pub(crate) fn matches(&self, now: &FolderOn) -> bool {
-        let uuid = self.uuid.is_none() || self.uuid == now.uuid;
-        (self.kind, self.fsid, &self.handle) == (now.kind, now.fsid, &now.handle) && uuid
+    /// Whether the filesystem id, recorded of a folder on the device `dev`, names the
+    /// filesystem by itself: neither FUSE's 0 nor the device number.
+    fn has_an_id_of_its_own(&self, dev: u64) -> bool {
+        self.fsid != 0 && self.fsid != dev
+    }
+
+    /// Whether the UUID this recorded is not found now (a kernel without FS_IOC_GETFSUUID,
+    /// booted since; a reopen through `/proc/self/fd` refused) where nothing else tells the
+    /// volume (XFS): then nothing proves the folder either way (review lowroots29 L3: it was
+    /// said to be another filesystem). Where the id is the filesystem's own (ext4's, from its
+    /// UUID), the rest proves it ([`FolderOn::matches`]).
+    pub(crate) fn lost_its_proof(&self, now: &FolderOn, dev: u64) -> bool {
+        self.uuid.is_some() && now.uuid.is_none() && !self.has_an_id_of_its_own(dev)
+    }
+
+    /// Whether `now`, what names the folder found now, is what this recorded of a folder on
+    /// the device `dev`: a recorded UUID must be found again, unless none is found now and
+    /// the id is the filesystem's own; a record without one (by a feather from before it, or
+    /// of a filesystem without) is proved by the rest
+    /// ([`FolderOn::proves`]). Where the recorded id was only the device number and a UUID
+    /// was recorded (XFS), the UUID names the volume and the id is not compared: a reboot
+    /// that numbers the disks in another order (sdb → sdc, dm-2 → dm-3) changes it (review
+    /// lowroots29 M2).
+    pub(crate) fn matches(&self, now: &FolderOn, dev: u64) -> bool {
+        let uuid = self.uuid.is_none()
+            || self.uuid == now.uuid
+            || now.uuid.is_none() && self.has_an_id_of_its_own(dev);
+        let fsid = self.fsid == now.fsid || (self.uuid.is_some() && self.fsid == dev);
+        (self.kind, &self.handle) == (now.kind, &now.handle) && fsid && uuid
     }
 }
 

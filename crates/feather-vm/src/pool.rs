@@ -100,6 +100,16 @@ pub struct Status {
     /// Pooled VMs that will not be claimed (made under another fingerprint, or their keeper
     /// is gone): the next fill removes them.
     pub stale: Vec<VmName>,
+    /// How many runs in a row found only stale VMs: at [`pooled::STALE_MISSES_TO_STOP`] no
+    /// refill starts until a run finds a VM that matches or the size is set again.
+    pub stale_misses: u32,
+}
+
+impl Status {
+    /// Whether runs that kept finding the pool stale stopped its refills.
+    pub fn refills_stopped(&self) -> bool {
+        self.stale_misses >= pooled::STALE_MISSES_TO_STOP
+    }
 }
 
 /// The pool as it is now.
@@ -108,6 +118,7 @@ pub fn status(root: &StateRoot) -> Status {
     let mut status = Status {
         size: size(root),
         idle: pooled::idle(root),
+        stale_misses: pooled::stale_misses(root),
         ..Status::default()
     };
     for (name, made_under) in entries(root) {
@@ -308,10 +319,14 @@ fn claimed(root: &StateRoot) -> Vec<VmName> {
 }
 
 /// Brings the pool to its size: removes what is stale or left by a crash, makes VMs that are
-/// missing, claims and lets go of those over the size. Only one fill works at a time; another
-/// returns at once, and the one at work looks again once it has let go of the lock (a claim
-/// whose fill found it held is not missed).
-pub fn fill(root: &StateRoot) -> Result<()> {
+/// missing, claims and lets go of those over the size. One fill works at a time (a lock).
+/// Another returns at once where the one at work can do all it would (its hard limits are
+/// not below this one's), and the one at work looks again once it has let go of the lock (a
+/// claim whose fill returned so is not missed); otherwise it waits for it, then does its own
+/// round: VMs made under a lower hard limit than its own are replaced, not left. With
+/// `generation` (what its starter saw: [`pooled::generation`]), a fill that finds the pool
+/// emptied since for its network to go makes nothing.
+pub fn fill(root: &StateRoot, generation: Option<u64>) -> Result<()> {
     // Made one by one, never the root's own folder: a fill for a root removed meanwhile fails
     // here instead of making the root again.
     for dir in [
@@ -326,23 +341,55 @@ pub fn fill(root: &StateRoot) -> Result<()> {
     }
     let lock_path = pooled::dir(root).join("fill.lock");
     loop {
-        let lock = fs::OpenOptions::new()
+        let mut lock = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(&lock_path)
             .at(&lock_path)?;
         if lock.try_lock().is_err() {
+            if at_work_can_do_ours(&mut lock) {
+                return Ok(());
+            }
+            lock.lock().at(&lock_path)?;
+        }
+        say_who_fills(&mut lock);
+        if !fill_locked(root, generation)? {
             return Ok(());
         }
-        fill_locked(root)?;
         drop(lock);
-        // Only a claim made meanwhile (whose fill found the lock taken) asks for another
-        // round; what this one could not remove waits for the next fill.
+        // Only a claim made meanwhile (whose fill found the lock taken and returned) asks for
+        // another round; what this one could not remove waits for the next fill.
         if entries(root).len() >= size(root) {
             return Ok(());
         }
     }
+}
+
+/// Records this fill in the lock it holds ([`pooled::process_record`]), for another fill to
+/// look at ([`at_work_can_do_ours`]).
+fn say_who_fills(lock: &mut fs::File) {
+    use std::io::{Seek, Write};
+    let Some(record) = pooled::process_record(nix::unistd::getpid()) else {
+        return;
+    };
+    let _ = lock.set_len(0);
+    let _ = lock.rewind();
+    let _ = lock.write_all(record.as_bytes());
+}
+
+/// Whether the fill that holds `lock` does all this one would: it still runs (as it recorded
+/// itself) and no hard limit of this process's is above its own (it replaces VMs made under
+/// lower ones as this one would). Unknown: no, and this one waits.
+fn at_work_can_do_ours(lock: &mut fs::File) -> bool {
+    use std::io::{Read, Seek};
+    let mut record = String::new();
+    let read = lock
+        .rewind()
+        .and_then(|()| lock.read_to_string(&mut record));
+    let at_work = read.ok().and_then(|_| pooled::still_running(&record));
+    at_work.is_some_and(|pid| crate::filler::limits_fit(&Inherited::of_this_process(), pid))
 }
 
 /// Test-only ([`crate::test_hooks`]): a fill that has its lock waits, before it reads the
@@ -352,23 +399,30 @@ pub const HOLD_FILL: &str = "FEATHER_TEST_HOLD_FILL";
 /// [`HOLD_FILL`] as the fill's starter set it (read before the fill clears its environment).
 static HOLD_FILL_AT: std::sync::OnceLock<Option<std::ffi::OsString>> = std::sync::OnceLock::new();
 
-/// [`fill`], under its lock.
-fn fill_locked(root: &StateRoot) -> Result<()> {
+/// Test-only ([`crate::test_hooks`]): a fill waits, before it takes its lock, for the lock of
+/// the file this names: a fill started before `network down` but at work only after it.
+pub const HOLD_FILL_START: &str = "FEATHER_TEST_HOLD_FILL_START";
+
+/// [`fill`], under its lock; whether it did its work (not: its `generation` is over).
+fn fill_locked(root: &StateRoot, generation: Option<u64>) -> Result<bool> {
     if let Some(Some(hold)) = HOLD_FILL_AT.get() {
         crate::test_hooks::held_by(hold);
+    }
+    if generation.is_some_and(|seen| seen != pooled::generation(root)) {
+        return Ok(false);
     }
     loop {
         remove_stale(root);
         let ready = entries(root).len();
         let wanted = size(root);
         if ready == wanted {
-            return Ok(());
+            return Ok(true);
         }
         if ready > wanted {
             for _ in wanted..ready {
                 drop(claim_any(root));
             }
-            return Ok(());
+            return Ok(true);
         }
         if let Some(why) = crate::filler::not_the_hosts_context() {
             return Err(failed(
@@ -512,36 +566,54 @@ fn claimed_to_end(root: &StateRoot, name: &VmName) -> bool {
 }
 
 /// Makes one pooled VM: its entry first (so that `ls` never shows it, and a crash leaves the
-/// entry that leads the next fill to it), then the VM, then its start.
+/// entry that leads the next fill to it), then the VM, then its fingerprint, then its start.
 fn add_one(root: &StateRoot) -> Result<()> {
     let name: VmName = format!("run-{}", lifecycle::new_id()).parse()?;
     let entry = pooled::entry(root, &name);
-    fs::write(&entry, pooled::fingerprint(root)).at(&entry)?;
+    // Matches no fingerprint until the VM's is written: a crash before leaves it stale.
+    fs::write(&entry, "").at(&entry)?;
     // The options of a `run --rm` that names none, read as the command line reads them.
     let options = CreateOptions {
         ephemeral: true,
         ..crate::options::CreateRequest::default().options()?
     };
     let made = lifecycle::create(root, &name, &options).and_then(|vm| {
-        lifecycle::start(root, &name)
+        fingerprinted(root, &entry)
+            .and_then(|()| lifecycle::start(root, &name))
             .inspect_err(|_| lifecycle::remove_failed_throw_away(root, &vm))
     });
     if made.is_err() {
         let _ = fs::remove_file(&entry);
     }
+    feather_core::trace::phase("make a pooled VM");
     made
+}
+
+/// Writes the fingerprint into a pooled VM's `entry` once the VM is created and before it
+/// starts: after the root's network exists (the creation chose it, writing `network.toml`, a
+/// root's first VM included), before the start reads what the fingerprint holds (the mounts,
+/// the `/etc` files, the policy). Taken before the creation, a root's first pooled VM was
+/// stale as soon as it was made, and the fill let it go and made another.
+fn fingerprinted(root: &StateRoot, entry: &Path) -> Result<()> {
+    let fingerprint = pooled::fingerprint(root);
+    write_atomic(entry, fingerprint.as_bytes(), Durability::Volatile)?;
+    Ok(())
 }
 
 /// `feather pool --fill`, as [`pooled::start_filler`] starts it: in a session of its own, so that
 /// the terminal of the run that started it may close without ending it.
-pub fn fill_detached(root: &StateRoot) -> Result<()> {
+pub fn fill_detached(root: &StateRoot, generation: Option<u64>) -> Result<()> {
     // Nothing of its starter's beyond stdio: a script's `flock 9` or make's jobserver pipe
     // would otherwise stay held until the fill has made its VMs.
     feather_sys::process::close_other_fds(&[]);
     let _ = nix::unistd::setsid();
     let _ = HOLD_FILL_AT.set(crate::test_hooks::set(HOLD_FILL));
+    let hold_start = crate::test_hooks::set(HOLD_FILL_START);
     crate::filler::become_no_callers(root)?;
-    fill(root)
+    if let Some(hold) = hold_start {
+        crate::test_hooks::held_by(&hold);
+    }
+    fill(root, generation)
 }
 
 /// How long a drain waits for a claimed VM whose run has ended (killed: a run that ends lets
@@ -565,12 +637,12 @@ pub struct Drained {
 pub fn drain(root: &StateRoot) -> Result<Drained> {
     set_size(root, 0)?;
     let names: Vec<VmName> = entries(root).into_iter().map(|(name, _)| name).collect();
-    fill(root)?;
+    fill(root, None)?;
     // A fill at work meanwhile (it held the lock) reads the size 0 before it stops.
     let deadline = Instant::now() + DRAIN_PATIENCE;
     while !entries(root).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
-        fill(root)?;
+        fill(root, None)?;
     }
     for name in &names {
         let vm = root.vm(name);
@@ -593,16 +665,19 @@ pub fn drain(root: &StateRoot) -> Result<Drained> {
 /// network the pooled VMs use), and then puts its size setting back as it was (absent stays
 /// absent: the next run refills the pool). A fill under way is waited for first (its lock),
 /// once the size reads 0: it makes nothing more, and one started later makes nothing, until
-/// `meanwhile` is over. How many pooled VMs there were (0: none), what the drain left, and
-/// what `meanwhile` gave.
+/// `meanwhile` is over; one started before but at work only after makes nothing either (the
+/// pool's next [`pooled::generation`]). How many pooled VMs there were (0: none), what the
+/// drain left, and what `meanwhile` gave.
 pub fn emptied_while<T>(
     root: &StateRoot,
     meanwhile: impl FnOnce() -> T,
 ) -> Result<(usize, Drained, T)> {
-    if !pooled::dir(root).exists() {
-        return Ok((0, Drained::default(), meanwhile()));
-    }
-    let file = pooled::dir(root).join("size");
+    // First, also in a root whose pool was never filled: a fill a run started before this but
+    // at work only after it (its size setting put back) makes nothing.
+    let dir = pooled::dir(root);
+    fs::create_dir_all(&dir).at(&dir)?;
+    pooled::next_generation(root)?;
+    let file = dir.join("size");
     let setting = fs::read(&file).ok();
     // Counted before the size is 0 too: a fill under way then ends the VMs above it itself.
     let before = entries(root).len();

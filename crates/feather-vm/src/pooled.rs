@@ -9,6 +9,8 @@
 //!                         in seconds ("0": for ever; absent: [`DEFAULT_IDLE`])
 //! <root>/pool/fill.lock   held by the one filler at work
 //! <root>/pool/stale-misses  how many runs in a row found only stale VMs ([`STALE_MISSES_TO_STOP`])
+//! <root>/pool/generation  how many times `network down` emptied the pool ([`generation`]): a
+//!                         fill started before makes nothing
 //! <root>/pool/vms/<name>  one per pooled VM, unclaimed: the fingerprint it was made under
 //! <root>/pool/claimed/<name>  one per claimed VM until its keeper has removed it: its
 //!                         claimer's pid and start time ("<pid> <ticks>"), once its keeper
@@ -144,11 +146,9 @@ pub fn record_claimer(root: &StateRoot, name: &VmName, claimer: &std::os::unix::
     let Ok(credentials) = getsockopt(claimer, PeerCredentials) else {
         return;
     };
-    let pid = nix::unistd::Pid::from_raw(credentials.pid());
-    let Some(started) = feather_sys::process::start_ticks(pid) else {
+    let Some(record) = process_record(nix::unistd::Pid::from_raw(credentials.pid())) else {
         return;
     };
-    let record = format!("{pid} {started}\n");
     let _ = feather_core::atomic::write_atomic(
         &claimed_entry(root, name),
         record.as_bytes(),
@@ -159,7 +159,18 @@ pub fn record_claimer(root: &StateRoot, name: &VmName, claimer: &std::os::unix::
 /// The process that claimed VM `name`, if its keeper recorded it and it still runs (its
 /// command has not ended: it lets go of the VM as it ends).
 pub fn claimer_running(root: &StateRoot, name: &VmName) -> Option<i32> {
-    let record = std::fs::read_to_string(claimed_entry(root, name)).ok()?;
+    still_running(&std::fs::read_to_string(claimed_entry(root, name)).ok()?)
+}
+
+/// Process `pid` as a record names it: its pid and start time ("<pid> <ticks>"), so that the
+/// record never names another process given the pid since.
+pub fn process_record(pid: nix::unistd::Pid) -> Option<String> {
+    let started = feather_sys::process::start_ticks(pid)?;
+    Some(format!("{pid} {started}\n"))
+}
+
+/// The process a [`process_record`] names, if it still runs.
+pub fn still_running(record: &str) -> Option<i32> {
     let (pid, started) = record.trim().split_once(' ')?;
     let (pid, started): (i32, u64) = (pid.parse().ok()?, started.parse().ok()?);
     let running = feather_sys::process::start_ticks(nix::unistd::Pid::from_raw(pid));
@@ -278,12 +289,16 @@ fn identity(path: &Path) -> String {
 fn filler_command(root: &StateRoot) -> Option<std::process::Command> {
     let exe = std::env::current_exe().ok()?;
     let mut command = std::process::Command::new(exe.with_file_name(FRONT_PROGRAM));
-    // The default root is named by no option (its sockets are not under its folder).
+    // The default root is named by no option (its sockets are not under its folder). Another
+    // by its own path, not a symbolic link's: the keepers of the VMs the fill starts watch
+    // that path for their root's removal, and a link removed is no root removed.
     if root.run_dir() == root.dir().join("run") {
-        command.arg("--root").arg(root.dir());
+        let dir = std::fs::canonicalize(root.dir()).unwrap_or_else(|_| root.dir().to_owned());
+        command.arg("--root").arg(dir);
     }
     command
-        .args(["pool", "--fill"])
+        .args(["pool", "--fill", "--generation"])
+        .arg(generation(root).to_string())
         .current_dir("/")
         .env_clear()
         .env("PATH", crate::workload::DEFAULT_PATH)
@@ -319,25 +334,55 @@ fn stale_misses_file(root: &StateRoot) -> PathBuf {
 
 /// How many runs in a row found the pool stale ([`STALE_MISSES_TO_STOP`]).
 pub fn stale_misses(root: &StateRoot) -> u32 {
-    std::fs::read_to_string(stale_misses_file(root))
-        .ok()
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(0)
+    count_in(&stale_misses_file(root))
 }
 
 /// Counts a run that found the pool stale.
 pub fn record_stale_miss(root: &StateRoot) {
-    let count = stale_misses(root).saturating_add(1);
-    let _ = feather_core::atomic::write_atomic(
+    let _ = write_count(
         &stale_misses_file(root),
+        stale_misses(root).saturating_add(1),
+    );
+}
+
+/// The count a file of the pool's folder holds; 0 where it has none.
+fn count_in<T: std::str::FromStr + Default>(file: &Path) -> T {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or_default()
+}
+
+/// Records `count` in `file` (whole or not at all: read by other processes meanwhile).
+fn write_count(file: &Path, count: impl std::fmt::Display) -> feather_core::error::Result<()> {
+    feather_core::atomic::write_atomic(
+        file,
         format!("{count}\n").as_bytes(),
         feather_core::atomic::Durability::Volatile,
-    );
+    )
 }
 
 /// Starts counting again: a run found a VM that matches, or the size was set.
 pub fn forget_stale_misses(root: &StateRoot) {
     let _ = std::fs::remove_file(stale_misses_file(root));
+}
+
+/// The record of [`generation`], in the pool's folder.
+fn generation_file(root: &StateRoot) -> PathBuf {
+    dir(root).join("generation")
+}
+
+/// How many times the pool was emptied for its root's network to go (`network down`): a fill
+/// is told the generation its starter saw ([`filler_command`]) and makes nothing under
+/// another, so that a fill started before `network down` but at work only after it (its size
+/// setting put back) makes no VM, and so no network, in a root being removed.
+pub fn generation(root: &StateRoot) -> u64 {
+    count_in(&generation_file(root))
+}
+
+/// Starts the next [`generation`]: every fill started before makes nothing.
+pub fn next_generation(root: &StateRoot) -> feather_core::error::Result<()> {
+    write_count(&generation_file(root), generation(root).wrapping_add(1))
 }
 
 /// Runs a fill ([`filler_command`]) and waits for it: `feather pool --size`.

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use feather_core::{StateRoot, VmDir};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 /// What a pooled VM's keeper watches for its root's removal.
@@ -58,6 +59,9 @@ pub const LOOK_EVERY: Duration = Duration::from_secs(2);
 /// goes on after this, then takes the network down ([`crate::keeper`]), so that the next
 /// `rm -rf` succeeds.
 const REMOVAL_PATIENCE: Duration = Duration::from_secs(2);
+
+/// How often a keeper without inotify looks whether the removal it saw begin is over.
+const LOOK_WHILE_REMOVED: Duration = Duration::from_millis(10);
 
 impl RootWatch {
     /// The watch for pooled VM `vm` of `root`; `None` where its root's folder cannot be opened
@@ -126,11 +130,25 @@ impl RootWatch {
     }
 
     /// Waits (up to [`REMOVAL_PATIENCE`]) until the root's folder is gone from its path, so that
-    /// the teardown that follows makes nothing in a folder being removed.
+    /// the teardown that follows makes nothing in a folder being removed: woken by the watch's
+    /// events (the root's folder removed or moved is one), looking again at each; without
+    /// inotify, every [`LOOK_WHILE_REMOVED`].
     pub fn await_removal(&self) {
         let deadline = Instant::now() + REMOVAL_PATIENCE;
-        while is_at(&self.root, self.identity) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
+        while is_at(&self.root, self.identity) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match &self.inotify {
+                Some(inotify) => {
+                    let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+                    let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+                    let _ = poll(&mut fds, timeout);
+                    while matches!(inotify.read_events(), Ok(events) if !events.is_empty()) {}
+                }
+                None => std::thread::sleep(LOOK_WHILE_REMOVED.min(left)),
+            }
         }
     }
 

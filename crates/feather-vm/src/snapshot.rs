@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use feather_confine::held::Hold;
 use feather_confine::restored_sources::CriuMountTable;
+use feather_confine::sealed::SealedReport;
 use feather_core::atomic::Durability;
 use feather_core::error::IoContext;
 use feather_core::{StateRoot, VmConfig, VmDir};
@@ -746,10 +747,13 @@ pub(crate) fn restore_tree(
         CriuMountTable::new().map_err(io(name, "make the restoring child's mount table file"))?;
     // What the child finds beneath each layer as it mounts it, for the record of what the
     // layers lie over (`SeenLowers::confirm`): the host may mount another filesystem at a
-    // layer's place between the record and the child's copy of its mounts. Written by the
-    // child before it says its namespace, read at offset 0 here.
-    let lowers_held = memfd_file(c"feather-restored-lowers")
-        .map_err(io(name, "make the restoring child's file of its lowers"))?;
+    // layer's place between the record and the child's copy of its mounts. Written and
+    // sealed by the child before it says its namespace.
+    let lowers_held = SealedReport::new(
+        c"feather-restored-lowers",
+        "the restoring child's report of what the layers lie over",
+    )
+    .map_err(io(name, "make the restoring child's file of its lowers"))?;
     // The child, CRIU once it has exec'd, ends with the keeper: a keeper killed mid-restore
     // leaves no CRIU restoring for no one (what it restored is in the VM's cgroup, which the
     // crash clean-up kills). Forked from the keeper's main thread (`fork` takes the only
@@ -786,7 +790,8 @@ pub(crate) fn restore_tree(
                 }
                 drop(tree);
                 let text = serde_json::to_vec(&held).map_err(encode(name, "held lowers"))?;
-                std::os::unix::fs::FileExt::write_all_at(&lowers_held, &text, 0)
+                lowers_held
+                    .write(&text)
                     .map_err(io(name, "write what the restored layers lie over"))?;
                 if !masks.is_empty() {
                     fs::create_dir_all(&mask).map_err(io(name, mask.display().to_string()))?;
@@ -877,7 +882,17 @@ pub(crate) fn restore_tree(
         Ok((path, namespace)) => (Ok(()), path, namespace),
         Err(e) => (Err(io(name, "wait for the restoring child")(e)), None, None),
     };
-    let confirmed = pinned.and_then(|()| confirm_held_lowers(vm, config, &lowers_held));
+    // Only a child that named its namespace wrote its report of the layers: one that ended
+    // without a word left it empty, and is refused as such (not as an unreadable report),
+    // its own reason told first where it gave one (`unprepared`; review lowroots29 L1).
+    let confirmed = pinned.and_then(|()| match restoring_mnt.is_some() {
+        true => confirm_held_lowers(vm, config, &lowers_held),
+        false => Err(failed(
+            name,
+            "the restoring child ended before it named its mount namespace and reported the \
+             layers it mounted; nothing was restored",
+        )),
+    });
     let restored = wired.and(listening).and(confirmed).and_then(|()| {
         let mut at_pre_resume = || {
             let frozen = hold.freeze_or_kill(child.as_raw());
@@ -1060,21 +1075,12 @@ fn hold_restoring_namespace(
     Ok((Some(path), Some(namespace)))
 }
 
-/// A file in memory only, closed across exec.
-fn memfd_file(name: &std::ffi::CStr) -> std::io::Result<fs::File> {
-    let flags = nix::sys::memfd::MFdFlags::MFD_CLOEXEC;
-    Ok(fs::File::from(nix::sys::memfd::memfd_create(name, flags)?))
-}
-
 /// Confirms the VM's record of what its layers lie over with what the restoring child held
 /// beneath them as it mounted them (written to `held`, which it did before saying it was
 /// prepared): a restore as a start does with its init's report (review lowroots29).
-fn confirm_held_lowers(vm: &VmDir, config: &VmConfig, held: &fs::File) -> Result<()> {
+fn confirm_held_lowers(vm: &VmDir, config: &VmConfig, held: &SealedReport) -> Result<()> {
     let name = vm.name();
-    let mut text = Vec::new();
-    let mut from_the_start: &fs::File = held;
-    std::io::Read::read_to_end(&mut from_the_start, &mut text)
-        .map_err(io(name, "read what the restored layers lie over"))?;
+    let text = held.read().map_err(|e| failed(name, e))?;
     let held: Vec<PinnedLower> = serde_json::from_slice(&text).map_err(|e| {
         failed(
             name,

@@ -33,7 +33,6 @@ use nix::mount::MsFlags;
 use nix::poll::{PollFd, PollFlags};
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
@@ -64,16 +63,11 @@ pub fn start(
     vm_filters: &Compiled,
     quiet: Quiet,
 ) -> Result<OwnedFd, SpawnerError> {
-    let (init_end, spawner_end) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|source| SpawnerError::Call {
-        call: "socketpair",
-        source,
-    })?;
+    let (init_end, spawner_end) =
+        feather_sys::fdpass::seqpacket_pair().map_err(|source| SpawnerError::Call {
+            call: "socketpair",
+            source,
+        })?;
     match feather_sys::process::fork().map_err(SpawnerError::Sys)? {
         Some(_) => {
             drop(spawner_end);
@@ -195,13 +189,8 @@ fn answer_one(socket: &OwnedFd, vm_filters: &Compiled) -> bool {
 /// channel to it.
 fn spawn(request: &SpawnRequest, vm_filters: &Compiled) -> Result<(Pid, OwnedFd, OwnedFd), String> {
     check_folder_name(&request.folder).map_err(|e| e.to_string())?;
-    let (manager_end, child_end) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| format!("socketpair: {e}"))?;
+    let (manager_end, child_end) =
+        feather_sys::fdpass::seqpacket_pair().map_err(|e| format!("socketpair: {e}"))?;
     match feather_sys::process::fork().map_err(|e| feather_core::error::causes(&e))? {
         Some(pid) => {
             drop(child_end);

@@ -3,13 +3,15 @@
 //! [`crate::keeper`], [`crate::snapshot::HOLD_AFTER_RESTORE_RECORD`],
 //! [`crate::rootfs::HOLD_AFTER_MOUNTS_FOUND`], which a VM's init waits for,
 //! [`crate::snapshot::HOLD_BEFORE_RESTORED_CHECK`], which a restoring keeper waits for,
-//! and [`crate::pool::HOLD_FILL`], which a fill under its lock waits for)
+//! [`crate::pool::HOLD_FILL`], which a fill under its lock waits for, and
+//! [`crate::pool::HOLD_FILL_START`], which a fill waits for before it takes its lock)
 //! or make one step fail ([`set`]: [`crate::snapshot::FAIL_LAYERS`],
 //! [`crate::checkpoint::FAIL_AFTER_DUMPED`], [`crate::keeper::FAIL_SEIZED_FREEZE`],
 //! [`crate::migration::FAIL_RELEASE_RECORD`], [`crate::snapshot::CRIU_CONFIG_MISSING`],
 //! [`crate::root_watch::NO_INOTIFY`],
 //! [`crate::snapshot::FAIL_RESTORED_THAW`], or answer
-//! as an older keeper: [`crate::keeper::AS_AN_OLDER_KEEPER`]). Only a debug build reads them — the
+//! as an older keeper: [`crate::keeper::AS_AN_OLDER_KEEPER`], or search less:
+//! [`crate::diff::HOLDS_ENTRIES_HOOK`]). Only a debug build reads them — the
 //! tests run debug builds — so a release keeper cannot be held in the middle of a dump, with its VM
 //! frozen or seized, nor made to fail one, by whatever sets its environment.
 

@@ -234,7 +234,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             args,
         )));
     }
-    if let Command::Pool(PoolArgs { fill: true, .. }) = &cli.command {
+    if let Command::Pool(PoolArgs {
+        fill: true,
+        generation,
+        ..
+    }) = &cli.command
+    {
         // A fill started for a root drained (or removed) meanwhile has nothing to do, and must
         // never make the root again: not opened as other commands open theirs (which makes a
         // missing root and registers it); the fill makes its folders only inside a root that is
@@ -245,7 +250,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         let root = StateRoot::new(cli.global.root.clone());
         if feather_vm::pool::size(&root) > 0 {
             lifecycle::settle_throw_aways(&root, false);
-            feather_vm::pool::fill_detached(&root)?;
+            feather_vm::pool::fill_detached(&root, *generation)?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -433,7 +438,7 @@ fn run_from_the_pool(
 fn pool(root: &StateRoot, args: PoolArgs) -> anyhow::Result<()> {
     use feather_vm::pool;
     if args.fill {
-        return Ok(pool::fill_detached(root)?);
+        return Ok(pool::fill_detached(root, args.generation)?);
     }
     if let Some(idle) = args.idle {
         pool::set_idle(root, Some(idle).filter(|idle| !idle.is_zero()))?;
@@ -466,6 +471,14 @@ fn pool(root: &StateRoot, args: PoolArgs) -> anyhow::Result<()> {
             "stale (removed by the next fill): {} {}",
             status.stale.len(),
             names(&status.stale).join(" ")
+        )?;
+    }
+    if status.refills_stopped() {
+        say!(
+            "refills stopped: {} runs in a row found only stale VMs (the host's mounts or \
+             settings change between runs); `feather pool --size {}` starts them again",
+            status.stale_misses,
+            status.size
         )?;
     }
     Ok(())

@@ -394,6 +394,10 @@ pub struct PoolArgs {
     /// Bring the pool to its size, in a session of its own (what a run starts after claiming)
     #[arg(long, hide = true, conflicts_with_all = ["size", "drain", "idle"])]
     pub fill: bool,
+    /// With --fill: the pool's generation its starter saw; under another (`network down` came
+    /// since) the fill makes nothing
+    #[arg(long, hide = true, value_name = "N", requires = "fill")]
+    pub generation: Option<u64>,
 }
 
 /// `pool --idle`: a time such as `90s`, `10m`, `1h 30m`; `0` (for ever) as a zero time.

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -184,28 +185,78 @@ pub(super) async fn commit(
     .await
 }
 
+/// What a reset drops: `{"paths": [...]}` (some changes) or `{"all": true}` (every change).
+/// Each must be asked for by name, so that a body that lost its paths (a typo, an empty
+/// list, no content type) is refused instead of dropping every change.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct ResetRequest {
     #[serde(default)]
-    paths: Vec<PathBuf>,
+    paths: Option<Vec<PathBuf>>,
+    #[serde(default)]
+    all: bool,
 }
 
-/// Drops the VM's changes at `paths` (as `feather reset VM PATH…`), or every change without a
-/// body or with no path (as `feather reset VM`).
+/// The changes a [`ResetRequest`] names.
+enum ResetScope {
+    Every,
+    Paths(Vec<PathBuf>),
+}
+
+impl ResetRequest {
+    fn scope(self) -> Result<ResetScope, ApiError> {
+        let refused = |what: &str| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "a reset {what}: send {{\"paths\": [\"/a/path\", …]}} to drop those \
+                     changes, or {{\"all\": true}} to drop every change"
+                ),
+            )
+        };
+        match (self.paths, self.all) {
+            (Some(_), true) => Err(refused("names both paths and all")),
+            (Some(paths), false) if paths.is_empty() => {
+                Err(refused("names an empty list of paths"))
+            }
+            (Some(paths), false) => Ok(ResetScope::Paths(paths)),
+            (None, true) => Ok(ResetScope::Every),
+            (None, false) => Err(refused("names neither paths nor all")),
+        }
+    }
+}
+
+/// Drops the VM's changes at `paths` (as `feather reset VM PATH…`), or every change with
+/// `all` (as `feather reset VM`). Any other body (none, no JSON content type, malformed, an
+/// unknown field) is refused with 400 and drops nothing.
 pub(super) async fn reset(
     State(shared): AppState,
     Path(name): Path<String>,
-    request: Option<Json<ResetRequest>>,
+    request: Result<Json<ResetRequest>, JsonRejection>,
 ) -> Answer {
     let name = vm_name(&name)?;
-    let paths = request
-        .map(|Json(request)| request.paths)
-        .unwrap_or_default();
+    let Json(request) = request.map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "a reset needs a JSON body (Content-Type: application/json) naming \
+                 {{\"paths\": [...]}} or {{\"all\": true}}: {}",
+                rejection.body_text()
+            ),
+        )
+    })?;
+    let scope = request.scope()?;
     blocking(move || {
-        match paths.is_empty() {
-            true => library(feather_vm::commit::reset(&shared.root, &name))?,
-            false => library(feather_vm::commit::reset_paths(&shared.root, &name, &paths))?,
-        }
+        let paths = match scope {
+            ResetScope::Every => {
+                library(feather_vm::commit::reset(&shared.root, &name))?;
+                Vec::new()
+            }
+            ResetScope::Paths(paths) => {
+                library(feather_vm::commit::reset_paths(&shared.root, &name, &paths))?;
+                paths
+            }
+        };
         Ok(Json(json!({ "reset": name.to_string(), "paths": paths })))
     })
     .await

@@ -116,6 +116,13 @@ async function act(button, what, call) {
   }
 }
 
+// Paths a VM named, one per line, each with its control characters escaped: a name such as
+// "x, /data/other" or one holding a line break cannot read as more or other paths.
+function pathLines(paths) {
+  return paths.map((path) => "\n  " + path.replace(/[\x00-\x1f\x7f]/g,
+    (c) => "\\x" + c.charCodeAt(0).toString(16).padStart(2, "0"))).join("");
+}
+
 function confirmAction(text, okLabel) {
   const dialog = document.getElementById("confirm");
   document.getElementById("confirm-text").textContent = text;
@@ -513,7 +520,7 @@ async function loadChanges(name) {
 }
 
 function forbiddenWord(why) {
-  return { "hidden": "in a folder hidden from VMs", "read-only": "under a --ro path", "special": "a socket or device node", "host-mount": "at, beneath or over a host mount the VM's layer does not cover" }[why] || why;
+  return { "hidden": "in a folder hidden from VMs", "read-only": "under a --ro path", "special": "a socket or device node", "host-mount": "at, beneath or over a host mount the VM's layer does not cover", "unsearched": "removes a host folder too large to search for a state root" }[why] || why;
 }
 
 // As feather_vm::diff::Access::shown and ::widens.
@@ -556,9 +563,9 @@ async function commitSelected(button, name) {
   // Confirming a commit that lists them is the consent `--keep-privileges` gives on the command line.
   const privileged = picked.filter((box) => box.dataset.privileges)
     .map((box) => box.dataset.path + " (" + box.dataset.privileges + ")");
-  const text = "Commit " + paths.length + " change(s) of " + name + " to its base? The base's files are replaced: "
-    + paths.join(", ")
-    + (privileged.length ? ". These will run with privileges on the host, or let other users write them: " + privileged.join(", ") : "");
+  const text = "Commit " + paths.length + " change(s) of " + name + " to its base? The base's files are replaced:"
+    + pathLines(paths)
+    + (privileged.length ? "\nThese will run with privileges on the host, or let other users write them:" + pathLines(privileged) : "");
   if (!(await confirmAction(text, "Commit"))) return;
   const body = { paths, keep_privileges: privileged.length > 0 };
   const done = await act(button, "Committed " + paths.length + " change(s)",
@@ -569,7 +576,7 @@ async function commitSelected(button, name) {
 async function resetSelected(button, name) {
   const paths = [...document.querySelectorAll("#vm-changes input.pick:checked")].map((box) => box.dataset.path);
   if (paths.length === 0) { notice("Choose the changes to drop first.", "error"); return; }
-  const text = "Drop " + paths.length + " change(s) of " + name + "? This cannot be undone: " + paths.join(", ");
+  const text = "Drop " + paths.length + " change(s) of " + name + "? This cannot be undone:" + pathLines(paths);
   if (!(await confirmAction(text, "Drop"))) return;
   const done = await act(button, "Dropped " + paths.length + " change(s)",
     () => api("POST", "/api/vms/" + encodeURIComponent(name) + "/reset", { paths }));
@@ -578,7 +585,7 @@ async function resetSelected(button, name) {
 
 async function resetVm(button, name) {
   if (!(await confirmAction("Drop every change " + name + " made? This cannot be undone.", "Reset " + name))) return;
-  const done = await act(button, "VM " + name + " reset", () => api("POST", "/api/vms/" + encodeURIComponent(name) + "/reset"));
+  const done = await act(button, "VM " + name + " reset", () => api("POST", "/api/vms/" + encodeURIComponent(name) + "/reset", { all: true }));
   if (done) loadChanges(name);
 }
 
