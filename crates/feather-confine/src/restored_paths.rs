@@ -91,35 +91,66 @@ struct Level {
 /// place a config's mounts and read-only paths (`Within::open`): an image's `/var/run -> /run`
 /// leads a read-only `/var/run/secrets/…` mount where it is (review mntcheck26 MC-3); a link's
 /// text is resolved beneath the root; a link that may be a magic one (on a proc mount) is
-/// `Link`, neither its text nor its jump followed ([`may_be_magic`]). No filesystem the kernel does not answer alone is entered (module doc).
+/// `Link`, neither its text nor its jump followed ([`may_be_magic`]). No filesystem the kernel
+/// does not answer alone is entered (module doc).
 pub fn look_up(
     proc: &OwnedFd,
     root: &OwnedFd,
     mounts: &[MountEntry],
     path: &Path,
 ) -> Result<Found, String> {
-    let cannot = |e: &dyn std::fmt::Display| format!("cannot look at {}: {e}", path.display());
-    let root_mount = mount_id(proc, root).map_err(|e| cannot(&e))?;
-    let fd = root.try_clone().map_err(|e| cannot(&e))?;
-    let mut levels = vec![Level {
-        fd,
-        path: PathBuf::from("/"),
-        mount: root_mount,
-    }];
-    let mut pending: VecDeque<OsString> = components(path);
+    let root_mount = mount_id(proc, root).map_err(|e| cannot(path, &e))?;
+    let pending = components(path);
     if let Some(unentered) = unentered(mounts, root_mount) {
         return at_unentered(unentered, pending.is_empty(), path);
     }
-    let mut links = 0;
-    while let Some(name) = pending.pop_front() {
+    let fd = root.try_clone().map_err(|e| cannot(path, &e))?;
+    let mut walk = Walk {
+        proc,
+        mounts,
+        levels: vec![Level {
+            fd,
+            path: PathBuf::from("/"),
+            mount: root_mount,
+        }],
+        pending,
+        links: 0,
+    };
+    while let Some(name) = walk.pending.pop_front() {
+        if let Some(found) = walk.step(&name, path)? {
+            return Ok(found);
+        }
+    }
+    let last = walk.levels.pop().expect("the root is never popped");
+    describe(last.fd, last.mount).map_err(|e| cannot(path, &e))
+}
+
+/// Why `path` cannot be looked at.
+fn cannot(path: &Path, e: &dyn std::fmt::Display) -> String {
+    format!("cannot look at {}: {e}", path.display())
+}
+
+/// A lookup of [`look_up`] under way: the folders reached (the root first), the names still
+/// to walk, the links followed so far.
+struct Walk<'a> {
+    proc: &'a OwnedFd,
+    mounts: &'a [MountEntry],
+    levels: Vec<Level>,
+    pending: VecDeque<OsString>,
+    links: usize,
+}
+
+impl Walk<'_> {
+    /// Walks `name`, the next name of `path`: what is there if the walk ends at it.
+    fn step(&mut self, name: &OsStr, path: &Path) -> Result<Option<Found>, String> {
         if name == ".." {
             // Never above the root, as `RESOLVE_IN_ROOT`.
-            if levels.len() > 1 {
-                levels.pop();
+            if self.levels.len() > 1 {
+                self.levels.pop();
             }
-            continue;
+            return Ok(None);
         }
-        let here = levels.last().expect("the root is never popped");
+        let here = self.levels.last().expect("the root is never popped");
         let how = OpenHow::new()
             .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
             .resolve(
@@ -127,50 +158,66 @@ pub fn look_up(
                     | ResolveFlag::RESOLVE_BENEATH
                     | ResolveFlag::RESOLVE_NO_MAGICLINKS,
             );
-        let fd = match openat2(here.fd.as_fd(), name.as_os_str(), how) {
+        let fd = match openat2(here.fd.as_fd(), name, how) {
             Ok(fd) => fd,
-            Err(Errno::ENOENT | Errno::ENOTDIR) => return Ok(Found::Missing),
-            Err(Errno::EXDEV) => {
-                let point = here.path.join(&name);
-                let mount = top_mount_at(mounts, here.mount, &point).ok_or_else(|| {
-                    cannot(&format_args!(
-                        "{} is a mount point the namespace's table does not list",
-                        point.display()
-                    ))
-                })?;
-                if !answers_alone(&mount.fs_type) {
-                    return at_unentered(mount, pending.is_empty(), path);
-                }
-                let fd = cross(proc, here, &name, mount.id).map_err(|e| cannot(&e))?;
-                levels.push(Level {
-                    fd,
-                    path: point,
-                    mount: mount.id,
-                });
-                continue;
-            }
-            Err(e) => return Err(cannot(&e)),
+            Err(Errno::ENOENT | Errno::ENOTDIR) => return Ok(Some(Found::Missing)),
+            Err(Errno::EXDEV) => return self.cross_mount_point(name, path),
+            Err(e) => return Err(cannot(path, &e)),
         };
-        let stat = nix::sys::stat::fstat(&fd).map_err(|e| cannot(&e))?;
+        let stat = nix::sys::stat::fstat(&fd).map_err(|e| cannot(path, &e))?;
         if stat.st_mode & libc::S_IFMT == libc::S_IFLNK {
-            links += 1;
-            if links > MAX_LINKS || may_be_magic(mounts, here.mount, &name) {
-                return Ok(Found::Link);
-            }
-            let target = nix::fcntl::readlinkat(fd.as_fd(), "").map_err(|e| cannot(&e))?;
-            if Path::new(&target).is_absolute() {
-                levels.truncate(1);
-            }
-            for component in components(Path::new(&target)).into_iter().rev() {
-                pending.push_front(component);
-            }
-            continue;
+            return self.follow(&fd, name).map_err(|e| cannot(path, &e));
         }
-        let (path, mount) = (here.path.join(&name), here.mount);
-        levels.push(Level { fd, path, mount });
+        let (path, mount) = (here.path.join(name), here.mount);
+        self.levels.push(Level { fd, path, mount });
+        Ok(None)
     }
-    let last = levels.pop().expect("the root is never popped");
-    describe(last.fd, last.mount).map_err(|e| cannot(&e))
+
+    /// Crosses the mount point `name` of the last folder reached, found first in the table:
+    /// entered only if the kernel answers its type alone; another ends the walk there
+    /// ([`at_unentered`]).
+    fn cross_mount_point(&mut self, name: &OsStr, path: &Path) -> Result<Option<Found>, String> {
+        let here = self.levels.last().expect("the root is never popped");
+        let point = here.path.join(name);
+        let mount = top_mount_at(self.mounts, here.mount, &point).ok_or_else(|| {
+            cannot(
+                path,
+                &format_args!(
+                    "{} is a mount point the namespace's table does not list",
+                    point.display()
+                ),
+            )
+        })?;
+        if !answers_alone(&mount.fs_type) {
+            return at_unentered(mount, self.pending.is_empty(), path).map(Some);
+        }
+        let fd = cross(self.proc, here, name, mount.id).map_err(|e| cannot(path, &e))?;
+        self.levels.push(Level {
+            fd,
+            path: point,
+            mount: mount.id,
+        });
+        Ok(None)
+    }
+
+    /// Follows the link `fd`, named `name`, in the last folder reached: its text's names are
+    /// walked next, from the root if it is absolute. `Link` past [`MAX_LINKS`], or for a link
+    /// that may be a magic one ([`may_be_magic`]).
+    fn follow(&mut self, fd: &OwnedFd, name: &OsStr) -> Result<Option<Found>, String> {
+        let here = self.levels.last().expect("the root is never popped");
+        self.links += 1;
+        if self.links > MAX_LINKS || may_be_magic(self.mounts, here.mount, name) {
+            return Ok(Some(Found::Link));
+        }
+        let target = nix::fcntl::readlinkat(fd.as_fd(), "").map_err(|e| e.to_string())?;
+        if Path::new(&target).is_absolute() {
+            self.levels.truncate(1);
+        }
+        for component in components(Path::new(&target)).into_iter().rev() {
+            self.pending.push_front(component);
+        }
+        Ok(None)
+    }
 }
 
 /// Whether a link named `name` on the mount `mount` may be a magic link (`/proc/PID/cwd`,
