@@ -67,11 +67,7 @@ pub const SOURCE_CAUSES: &str = "a mount the restore cannot account for: either 
 /// Judges one mount tree: `mounts`, its mountinfo; `look`, what is at a path. The refusal
 /// names the path, what is wrong with it and its likely causes ([`KNOB_CAUSES`],
 /// [`SOURCE_CAUSES`]).
-pub fn judge(
-    mounts: &[MountEntry],
-    expected: &Expected,
-    look: &mut dyn FnMut(&Path) -> Result<Found, String>,
-) -> Result<(), String> {
+pub fn judge(mounts: &[MountEntry], expected: &Expected, look: &mut LookUp) -> Result<(), String> {
     let knob = |why: String| format!("{why}; {KNOB_CAUSES}");
     for mount in mounts {
         if let Some(before) = &expected.before {
@@ -159,7 +155,7 @@ fn judge_read_only(
     mounts: &[MountEntry],
     path: &Path,
     recursive: bool,
-    look: &mut dyn FnMut(&Path) -> Result<Found, String>,
+    look: &mut LookUp,
 ) -> Result<Option<String>, String> {
     let mut places = vec![path.to_path_buf()];
     if recursive {
@@ -375,10 +371,12 @@ pub fn unmasked_places(
     })
 }
 
+/// What is at a path of the namespace ([`look_up`] on its root and table).
+type LookUp<'a> = dyn FnMut(&Path) -> Result<Found, String> + 'a;
+
 /// What a place is judged by in [`places_lacking`]: the namespace's mounts, the place, and
 /// what is at a path of it; whether it lacks what the check requires.
-type Lacks = dyn Fn(&[MountEntry], &Path, &mut dyn FnMut(&Path) -> Result<Found, String>) -> Result<bool, String>
-    + Sync;
+type Lacks = dyn Fn(&[MountEntry], &Path, &mut LookUp) -> Result<bool, String> + Sync;
 
 /// Each place of `paths` (beneath every proc and sysfs mount of the namespace `namespace`, as
 /// [`kernel_places`] gives them) that `lacks` says lacks what the check requires, once, but
