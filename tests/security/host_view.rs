@@ -715,37 +715,6 @@ fn a_restored_vm_masks_the_kernel_interfaces_its_checkpoint_lacked() {
     assert_ne!(write.code, 0, "{write:?}");
 }
 
-/// A restored VM whose checkpoint lacked the read-only bind of `/proc/sys` (a kernel path
-/// absent at the dump; made here by unmounting the bind in the VM's mount namespace before
-/// its checkpoint) gets it again while frozen, as a start binds it. Before, the restore was
-/// refused as `/proc/sys is writable` (review mntcheck26 MC-6: masks were added, read-only
-/// binds were not).
-#[test]
-fn a_restored_vm_binds_read_only_the_kernel_paths_its_checkpoint_lacked() {
-    let a = Feather::new("host-view-ro");
-    start_host_vm(&a, "w");
-    let pid = init_pid(&a, "w");
-    let unmount = Command::new("nsenter")
-        .args(["-t", &pid, "-m", "-p", "umount", "/proc/sys"])
-        .status()
-        .unwrap();
-    assert!(unmount.success());
-    let proc_sys_mount = |a: &Feather| {
-        let mounts = a.sh("w", "cat /proc/self/mountinfo");
-        mounts
-            .lines()
-            .find(|l| l.split(' ').nth(4) == Some("/proc/sys"))
-            .map(str::to_owned)
-    };
-    assert_eq!(proc_sys_mount(&a), None, "the bind was taken away");
-    a.ok(&["checkpoint", "w"]);
-    a.ok(&["restore", "w"]);
-    assert_eq!(a.status("w"), "running");
-    let mount = proc_sys_mount(&a).expect("no bind at /proc/sys");
-    let options = mount.split(' ').nth(5).unwrap();
-    assert!(options.starts_with("ro,") || options == "ro", "{mount}");
-}
-
 /// A second proc mount in the VM (as a chrooted unit's own: `RootDirectory=` with
 /// `MountAPIVFS=`), its knobs read-only as at a start but without masks, gets the masks its
 /// checkpoint lacked beneath it too: the restore's check requires them beneath every proc

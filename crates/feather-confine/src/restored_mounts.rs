@@ -45,7 +45,7 @@ pub struct Expected {
 }
 
 pub use crate::restored_paths::Found;
-use crate::restored_paths::{look_up, read_in_proc};
+use crate::restored_paths::{look_up, read_in_proc, unentered};
 
 /// What a refusal of a kernel knob (a read-only path, a mask, a sysfs or cgroup mount's
 /// flags) adds: its two likely causes, and what to do for each (review m26 M8: every refusal
@@ -67,11 +67,7 @@ pub const SOURCE_CAUSES: &str = "a mount the restore cannot account for: either 
 /// Judges one mount tree: `mounts`, its mountinfo; `look`, what is at a path. The refusal
 /// names the path, what is wrong with it and its likely causes ([`KNOB_CAUSES`],
 /// [`SOURCE_CAUSES`]).
-pub fn judge(
-    mounts: &[MountEntry],
-    expected: &Expected,
-    look: &mut dyn FnMut(&Path) -> Result<Found, String>,
-) -> Result<(), String> {
+pub fn judge(mounts: &[MountEntry], expected: &Expected, look: &mut LookUp) -> Result<(), String> {
     let knob = |why: String| format!("{why}; {KNOB_CAUSES}");
     for mount in mounts {
         if let Some(before) = &expected.before {
@@ -159,7 +155,7 @@ fn judge_read_only(
     mounts: &[MountEntry],
     path: &Path,
     recursive: bool,
-    look: &mut dyn FnMut(&Path) -> Result<Found, String>,
+    look: &mut LookUp,
 ) -> Result<Option<String>, String> {
     let mut places = vec![path.to_path_buf()];
     if recursive {
@@ -215,10 +211,7 @@ fn is_mask(mounts: &[MountEntry], found: &Found) -> bool {
 
 /// Whether `found` is on a mount the lookups do not enter ([`crate::restored_paths`]).
 fn on_unentered_mount(mounts: &[MountEntry], found: &Found) -> bool {
-    let Found::At { mount, .. } = found else {
-        return false;
-    };
-    mount_of(mounts, *mount).is_some_and(|m| !crate::restored_paths::answers_alone(&m.fs_type))
+    matches!(found, Found::At { mount, .. } if unentered(mounts, *mount).is_some())
 }
 
 fn mount_of(mounts: &[MountEntry], id: u64) -> Option<&MountEntry> {
@@ -378,32 +371,12 @@ pub fn unmasked_places(
     })
 }
 
-/// The places the check requires read-only ([`judge`]: each of `knobs`, with every mount
-/// beneath it, beneath every proc and sysfs mount) that the mount namespace `namespace` shows
-/// writable, each from its root: what a restorer binds read-only before the check when a dump
-/// lacked a read-only bind of a kernel path (review mntcheck26 MC-6: a path absent at the
-/// dump, an older kernel's or another host's, is writable once restored here; masks were
-/// added, read-only binds were not, and the restore was refused). `kept_off` as for
-/// [`unmasked_places`]. A place reached through a link, or on a mount the lookups do not
-/// enter, is left to the check.
-pub fn writable_places(
-    namespace: &fs::File,
-    knobs: &[PathBuf],
-    kept_off: &[String],
-) -> Result<Vec<PathBuf>, String> {
-    places_lacking(namespace, knobs, kept_off, &|mounts, path, look| {
-        let found = look(path)?;
-        if !matches!(found, Found::At { .. }) || on_unentered_mount(mounts, &found) {
-            return Ok(false);
-        }
-        Ok(judge_read_only(mounts, path, true, look)?.is_some())
-    })
-}
+/// What is at a path of the namespace ([`look_up`] on its root and table).
+type LookUp<'a> = dyn FnMut(&Path) -> Result<Found, String> + 'a;
 
 /// What a place is judged by in [`places_lacking`]: the namespace's mounts, the place, and
 /// what is at a path of it; whether it lacks what the check requires.
-type Lacks = dyn Fn(&[MountEntry], &Path, &mut dyn FnMut(&Path) -> Result<Found, String>) -> Result<bool, String>
-    + Sync;
+type Lacks = dyn Fn(&[MountEntry], &Path, &mut LookUp) -> Result<bool, String> + Sync;
 
 /// Each place of `paths` (beneath every proc and sysfs mount of the namespace `namespace`, as
 /// [`kernel_places`] gives them) that `lacks` says lacks what the check requires, once, but
@@ -737,17 +710,27 @@ mod tests {
                 .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
                 .arg(&folder)
                 .arg(read_only)
+                .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap();
-            let chrooted = Chrooted { child, folder };
+            let mut chrooted = Chrooted { child, folder };
             let name = format!("/proc/{}/comm", chrooted.child.id());
-            for _ in 0..200 {
+            // Generous on a loaded host; a set-up that fails (a mount the kernel refuses:
+            // FUSE or binfmt_misc not there) ends the script at once and says why.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while std::time::Instant::now() < deadline {
                 if fs::read_to_string(&name).is_ok_and(|n| n == "busybox\n") {
                     return chrooted;
                 }
+                if let Some(status) = chrooted.child.try_wait().unwrap() {
+                    let mut said = String::new();
+                    let stderr = chrooted.child.stderr.as_mut().unwrap();
+                    std::io::Read::read_to_string(stderr, &mut said).unwrap();
+                    panic!("the chrooted sleep's set-up ({read_only}) failed, {status}: {said}");
+                }
                 std::thread::sleep(std::time::Duration::from_millis(25));
             }
-            panic!("the chrooted sleep did not start");
+            panic!("the chrooted sleep did not start in 60 s");
         }
     }
 
@@ -914,63 +897,6 @@ mod tests {
         assert_eq!(check_tree(pid, held.hold(), &expected), Ok(()));
     }
 
-    /// The writable places of a read-only kernel path are found from the namespace's root (the
-    /// namespace's `/proc/sys`, not the chroot's, bound read-only already); bound read-only
-    /// there, with what is beneath, the check passes and none is left. A place whose mount is
-    /// of a peer group kept off (the host's) is not offered (review mntcheck26 MC-6).
-    #[test]
-    fn writable_kernel_paths_are_found_and_bound_read_only() {
-        let chrooted = Chrooted::start("inner");
-        let (pid, held, namespace) = chrooted.frozen("writable");
-        let knobs = [PathBuf::from("/proc/sys")];
-        let places = writable_places(&namespace, &knobs, &[]).unwrap();
-        assert_eq!(places, knobs);
-        let group = std::process::Command::new("nsenter")
-            .args([
-                "-t",
-                &pid.to_string(),
-                "-m",
-                "mount",
-                "--make-shared",
-                "/proc",
-            ])
-            .status()
-            .unwrap();
-        assert!(group.success());
-        // The namespace's table whole, not the chrooted process's view of it.
-        let shared = std::process::Command::new("nsenter")
-            .args(["-t", &pid.to_string(), "-m", "cat", "/proc/self/mountinfo"])
-            .output()
-            .unwrap()
-            .stdout;
-        let proc_group = feather_sys::mountinfo::parse(&shared)
-            .into_iter()
-            .find(|m| m.mount_point == Path::new("/proc"))
-            .and_then(|m| m.optional.into_iter().find(|f| f.starts_with("shared:")))
-            .unwrap();
-        let kept_off = writable_places(&namespace, &knobs, std::slice::from_ref(&proc_group));
-        assert_eq!(kept_off, Ok(Vec::new()), "{proc_group}");
-        let pidfd = feather_sys::process::pidfd_open(nix::unistd::Pid::from_raw(pid)).unwrap();
-        feather_sys::process::read_only_in_mount_namespace_of(&pidfd, &places).unwrap();
-        assert_eq!(writable_places(&namespace, &knobs, &[]), Ok(Vec::new()));
-        let expected = Expected {
-            read_only: vec![ReadOnly {
-                path: "/proc/sys".into(),
-                recursive: true,
-            }],
-            sysfs_writable: true,
-            cgroup_roots: vec!["/".into()],
-            ..Expected::default()
-        };
-        assert_eq!(check_tree(pid, held.hold(), &expected), Ok(()));
-    }
-
-    /// A place on a shared mount is told as such (feather-oci masks none there: the mask
-    /// would reach the mount's peers), by the mount a mask there would lie on: the top one
-    /// mounted at the place itself, if any, else the one it lies beneath. Before, a mount at
-    /// the place was passed over for the one below it (review rest28 N7): `/proc/kcore` bound
-    /// shared under a private `/proc` was told unshared, `/sys/firmware` private under a
-    /// shared `/sys` shared.
     #[test]
     fn a_place_on_a_shared_mount_is_told() {
         let mounts = feather_sys::mountinfo::parse(

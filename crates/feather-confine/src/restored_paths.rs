@@ -90,36 +90,67 @@ struct Level {
 /// host's, for `fdinfo`). Links are followed inside the root, as `create` follows them to
 /// place a config's mounts and read-only paths (`Within::open`): an image's `/var/run -> /run`
 /// leads a read-only `/var/run/secrets/…` mount where it is (review mntcheck26 MC-3); a link's
-/// text is resolved beneath the root, a magic link's too (`/proc/self/root` reads `/`), never
-/// its jump. No filesystem the kernel does not answer alone is entered (module doc).
+/// text is resolved beneath the root; a link that may be a magic one (on a proc mount) is
+/// `Link`, neither its text nor its jump followed ([`may_be_magic`]). No filesystem the kernel
+/// does not answer alone is entered (module doc).
 pub fn look_up(
     proc: &OwnedFd,
     root: &OwnedFd,
     mounts: &[MountEntry],
     path: &Path,
 ) -> Result<Found, String> {
-    let cannot = |e: &dyn std::fmt::Display| format!("cannot look at {}: {e}", path.display());
-    let root_mount = mount_id(proc, root).map_err(|e| cannot(&e))?;
-    let fd = root.try_clone().map_err(|e| cannot(&e))?;
-    let mut levels = vec![Level {
-        fd,
-        path: PathBuf::from("/"),
-        mount: root_mount,
-    }];
-    let mut pending: VecDeque<OsString> = components(path);
+    let root_mount = mount_id(proc, root).map_err(|e| cannot(path, &e))?;
+    let pending = components(path);
     if let Some(unentered) = unentered(mounts, root_mount) {
         return at_unentered(unentered, pending.is_empty(), path);
     }
-    let mut links = 0;
-    while let Some(name) = pending.pop_front() {
+    let fd = root.try_clone().map_err(|e| cannot(path, &e))?;
+    let mut walk = Walk {
+        proc,
+        mounts,
+        levels: vec![Level {
+            fd,
+            path: PathBuf::from("/"),
+            mount: root_mount,
+        }],
+        pending,
+        links: 0,
+    };
+    while let Some(name) = walk.pending.pop_front() {
+        if let Some(found) = walk.step(&name, path)? {
+            return Ok(found);
+        }
+    }
+    let last = walk.levels.pop().expect("the root is never popped");
+    describe(last.fd, last.mount).map_err(|e| cannot(path, &e))
+}
+
+/// Why `path` cannot be looked at.
+fn cannot(path: &Path, e: &dyn std::fmt::Display) -> String {
+    format!("cannot look at {}: {e}", path.display())
+}
+
+/// A lookup of [`look_up`] under way: the folders reached (the root first), the names still
+/// to walk, the links followed so far.
+struct Walk<'a> {
+    proc: &'a OwnedFd,
+    mounts: &'a [MountEntry],
+    levels: Vec<Level>,
+    pending: VecDeque<OsString>,
+    links: usize,
+}
+
+impl Walk<'_> {
+    /// Walks `name`, the next name of `path`: what is there if the walk ends at it.
+    fn step(&mut self, name: &OsStr, path: &Path) -> Result<Option<Found>, String> {
         if name == ".." {
             // Never above the root, as `RESOLVE_IN_ROOT`.
-            if levels.len() > 1 {
-                levels.pop();
+            if self.levels.len() > 1 {
+                self.levels.pop();
             }
-            continue;
+            return Ok(None);
         }
-        let here = levels.last().expect("the root is never popped");
+        let here = self.levels.last().expect("the root is never popped");
         let how = OpenHow::new()
             .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
             .resolve(
@@ -127,50 +158,79 @@ pub fn look_up(
                     | ResolveFlag::RESOLVE_BENEATH
                     | ResolveFlag::RESOLVE_NO_MAGICLINKS,
             );
-        let fd = match openat2(here.fd.as_fd(), name.as_os_str(), how) {
+        let fd = match openat2(here.fd.as_fd(), name, how) {
             Ok(fd) => fd,
-            Err(Errno::ENOENT | Errno::ENOTDIR) => return Ok(Found::Missing),
-            Err(Errno::EXDEV) => {
-                let point = here.path.join(&name);
-                let mount = top_mount_at(mounts, here.mount, &point).ok_or_else(|| {
-                    cannot(&format_args!(
-                        "{} is a mount point the namespace's table does not list",
-                        point.display()
-                    ))
-                })?;
-                if !answers_alone(&mount.fs_type) {
-                    return at_unentered(mount, pending.is_empty(), path);
-                }
-                let fd = cross(proc, here, &name, mount.id).map_err(|e| cannot(&e))?;
-                levels.push(Level {
-                    fd,
-                    path: point,
-                    mount: mount.id,
-                });
-                continue;
-            }
-            Err(e) => return Err(cannot(&e)),
+            Err(Errno::ENOENT | Errno::ENOTDIR) => return Ok(Some(Found::Missing)),
+            Err(Errno::EXDEV) => return self.cross_mount_point(name, path),
+            Err(e) => return Err(cannot(path, &e)),
         };
-        let stat = nix::sys::stat::fstat(&fd).map_err(|e| cannot(&e))?;
+        let stat = nix::sys::stat::fstat(&fd).map_err(|e| cannot(path, &e))?;
         if stat.st_mode & libc::S_IFMT == libc::S_IFLNK {
-            links += 1;
-            if links > MAX_LINKS {
-                return Ok(Found::Link);
-            }
-            let target = nix::fcntl::readlinkat(fd.as_fd(), "").map_err(|e| cannot(&e))?;
-            if Path::new(&target).is_absolute() {
-                levels.truncate(1);
-            }
-            for component in components(Path::new(&target)).into_iter().rev() {
-                pending.push_front(component);
-            }
-            continue;
+            return self.follow(&fd, name).map_err(|e| cannot(path, &e));
         }
-        let (path, mount) = (here.path.join(&name), here.mount);
-        levels.push(Level { fd, path, mount });
+        let (path, mount) = (here.path.join(name), here.mount);
+        self.levels.push(Level { fd, path, mount });
+        Ok(None)
     }
-    let last = levels.pop().expect("the root is never popped");
-    describe(last.fd, last.mount).map_err(|e| cannot(&e))
+
+    /// Crosses the mount point `name` of the last folder reached, found first in the table:
+    /// entered only if the kernel answers its type alone; another ends the walk there
+    /// ([`at_unentered`]).
+    fn cross_mount_point(&mut self, name: &OsStr, path: &Path) -> Result<Option<Found>, String> {
+        let here = self.levels.last().expect("the root is never popped");
+        let point = here.path.join(name);
+        let mount = top_mount_at(self.mounts, here.mount, &point).ok_or_else(|| {
+            cannot(
+                path,
+                &format_args!(
+                    "{} is a mount point the namespace's table does not list",
+                    point.display()
+                ),
+            )
+        })?;
+        if !answers_alone(&mount.fs_type) {
+            return at_unentered(mount, self.pending.is_empty(), path).map(Some);
+        }
+        let fd = cross(self.proc, here, name, mount.id).map_err(|e| cannot(path, &e))?;
+        self.levels.push(Level {
+            fd,
+            path: point,
+            mount: mount.id,
+        });
+        Ok(None)
+    }
+
+    /// Follows the link `fd`, named `name`, in the last folder reached: its text's names are
+    /// walked next, from the root if it is absolute. `Link` past [`MAX_LINKS`], or for a link
+    /// that may be a magic one ([`may_be_magic`]).
+    fn follow(&mut self, fd: &OwnedFd, name: &OsStr) -> Result<Option<Found>, String> {
+        let here = self.levels.last().expect("the root is never popped");
+        self.links += 1;
+        if self.links > MAX_LINKS || may_be_magic(self.mounts, here.mount, name) {
+            return Ok(Some(Found::Link));
+        }
+        let target = nix::fcntl::readlinkat(fd.as_fd(), "").map_err(|e| e.to_string())?;
+        if Path::new(&target).is_absolute() {
+            self.levels.truncate(1);
+        }
+        for component in components(Path::new(&target)).into_iter().rev() {
+            self.pending.push_front(component);
+        }
+        Ok(None)
+    }
+}
+
+/// Whether a link named `name` on the mount `mount` may be a magic link (`/proc/PID/cwd`,
+/// `root`, `fd/N`, `map_files/…`): any link on a proc mount but `self` and `thread-self`,
+/// whose text is the jump. A magic link's text (its target's `d_path`) is not where the kernel
+/// jumps: a target on a mount hidden under another prints the same path, which leads to the
+/// top one (review rest29 M1), so such a path cannot be judged.
+fn may_be_magic(mounts: &[MountEntry], mount: u64, name: &OsStr) -> bool {
+    let on_proc = mounts
+        .iter()
+        .find(|m| m.id == mount)
+        .is_none_or(|m| m.fs_type == "proc");
+    on_proc && name != "self" && name != "thread-self"
 }
 
 /// The names `path` walks through, `..` kept (links' targets may hold it), `.` left out.
@@ -185,7 +245,7 @@ fn components(path: &Path) -> VecDeque<OsString> {
 }
 
 /// The mount of the table `mounts` with id `id`, if it is one the walk does not enter.
-fn unentered(mounts: &[MountEntry], id: u64) -> Option<&MountEntry> {
+pub(crate) fn unentered(mounts: &[MountEntry], id: u64) -> Option<&MountEntry> {
     mounts
         .iter()
         .find(|m| m.id == id)
@@ -263,12 +323,15 @@ fn describe(fd: OwnedFd, mount: u64) -> Result<Found, String> {
 /// The id of the mount `fd` is on, from its `fdinfo` (which asks no filesystem).
 fn mount_id(proc: &OwnedFd, fd: &OwnedFd) -> Result<u64, String> {
     let info = read_in_proc(proc, &format!("thread-self/fdinfo/{}", fd.as_raw_fd()))?;
-    info.split(|&b| b == b'\n')
-        .find_map(|line| {
-            let value = line.strip_prefix(b"mnt_id:")?;
-            std::str::from_utf8(value).ok()?.trim().parse().ok()
-        })
-        .ok_or_else(|| "no mnt_id in its fdinfo".to_string())
+    mnt_id_in(&info).ok_or_else(|| "no mnt_id in its fdinfo".to_string())
+}
+
+/// The `mnt_id` an `fdinfo` file's text `info` shows.
+pub(crate) fn mnt_id_in(info: &[u8]) -> Option<u64> {
+    info.split(|&b| b == b'\n').find_map(|line| {
+        let value = line.strip_prefix(b"mnt_id:")?;
+        std::str::from_utf8(value).ok()?.trim().parse().ok()
+    })
 }
 
 /// A file of the host's proc, `name` beneath it.
@@ -334,6 +397,29 @@ mod tests {
             "{through_link:?}"
         );
         assert_eq!(looped, Ok(Found::Link));
+    }
+
+    /// A path through a magic link (`/proc/self/cwd`, `/proc/self/root`) is `Link`, not what
+    /// its text names: that text is not where the kernel jumps (a target under a mount hidden
+    /// by another prints the same path). `/proc/self` itself, an ordinary link, is followed.
+    /// Before, the text was followed and `/proc/self/cwd` judged as the folder it named
+    /// (review rest29 M1).
+    #[test]
+    fn a_path_through_a_magic_link_is_link() {
+        let open = |path: &str| -> OwnedFd {
+            let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+            nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()).unwrap()
+        };
+        let (proc, root) = (open("/proc"), open("/"));
+        let mounts = feather_sys::mountinfo::mounts().unwrap();
+        let look = |path: &str| look_up(&proc, &root, &mounts, Path::new(path));
+        assert_eq!(look("/proc/self/cwd"), Ok(Found::Link));
+        assert_eq!(look("/proc/thread-self/root/etc"), Ok(Found::Link));
+        assert!(
+            matches!(look("/proc/self/status"), Ok(Found::At { .. })),
+            "{:?}",
+            look("/proc/self/status")
+        );
     }
 
     #[test]

@@ -132,10 +132,11 @@ impl MountWatch {
                 while changed(&table, &stopped)? {
                     let read = read_table(&mut table)?;
                     let new = read.iter().filter(|m| !shown_first.contains(&m.device));
-                    holding
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .hold_new(new, &read);
+                    holding.lock().unwrap_or_else(|e| e.into_inner()).hold_new(
+                        new,
+                        &read,
+                        MAX_HELD_NEW,
+                    );
                     adding
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -162,7 +163,9 @@ impl MountWatch {
 
     /// Every filesystem seen, the table read once more now, and the holds of those seen
     /// since the first read (to keep until the check is done); an error if a read failed
-    /// (nothing can then be said of what the host mounted meanwhile).
+    /// (nothing can then be said of what the host mounted meanwhile) or a filesystem seen
+    /// could not be held, or more than [`MAX_HELD_NEW`] were (its number could be handed out
+    /// again: review rest29 M3).
     pub fn finish(self) -> std::io::Result<(SeenMounts, HeldFilesystems)> {
         drop(self.stop);
         self.thread
@@ -170,8 +173,11 @@ impl MountWatch {
             .map_err(|_| std::io::Error::other("the mount table's watcher panicked"))??;
         let mut seen = std::mem::take(&mut *self.seen.lock().unwrap_or_else(|e| e.into_inner()));
         seen.extend(seen_in(feather_sys::mountinfo::mounts()?));
-        let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
-        Ok((seen, held))
+        let mut held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
+        match held.failed.take() {
+            Some(why) => Err(std::io::Error::other(why)),
+            None => Ok((seen, held)),
+        }
     }
 }
 
@@ -290,39 +296,69 @@ pub struct HeldFilesystems {
     /// Each held filesystem's device number, with the clone that holds it (kept open, never
     /// read).
     held: Vec<(String, std::os::fd::OwnedFd)>,
+    /// Why a filesystem the watch saw could not be held ([`MountWatch`]): the first failure,
+    /// after which it holds no more. [`MountWatch::finish`] fails on it.
+    failed: Option<String>,
 }
 
-/// Filesystem types of anonymous numbers not held: a lookup of their mount points may wait on
-/// a server or a user-space daemon (or, for autofs, mount one).
-const NOT_HELD: [&str; 11] = [
-    "nfs", "nfs4", "cifs", "smb3", "ceph", "9p", "afs", "autofs", "virtiofs", "gfs2", "ocfs2",
-];
+/// How many filesystems mounted while CRIU runs the watch holds at most: each hold is a
+/// descriptor, kept until the check, and keeps the host's filesystem alive after the host
+/// unmounted it (review rest29 M3: a busy host mounting containers' overlays throughout a
+/// long restore held them without bound). More fails the restore.
+const MAX_HELD_NEW: usize = 256;
 
 impl HeldFilesystems {
     pub fn now() -> std::io::Result<HeldFilesystems> {
         let mounts = feather_sys::mountinfo::mounts()?;
         let mut held = HeldFilesystems::default();
-        for mount in mounts.iter().filter(|m| holdable(m, &mounts)) {
-            if !held.holds(&mount.device) {
-                if let Some(clone) = hold(mount)? {
-                    held.held.push((mount.device.clone(), clone));
-                }
-            }
-        }
+        held.hold_each(mounts.iter(), &mounts, usize::MAX)?;
         Ok(held)
     }
 
-    /// Holds each filesystem of `new` (mounts of `table`) not held yet, as far as it can: one
-    /// unmounted meanwhile, or that cannot be cloned, is left (the watch's record of it still
-    /// tells its number, type and source).
-    fn hold_new<'a>(&mut self, new: impl Iterator<Item = &'a MountEntry>, table: &[MountEntry]) {
-        for mount in new.filter(|m| holdable(m, table)) {
-            if !self.holds(&mount.device) {
-                if let Ok(Some(clone)) = hold(mount) {
-                    self.held.push((mount.device.clone(), clone));
-                }
+    /// Holds each filesystem of `new` (mounts of `table`) not held yet, at most
+    /// [`MAX_HELD_NEW`] in all; one unmounted meanwhile is left (the watch's record of it still
+    /// tells its number, type and source). A hold that fails, or one past the limit, is
+    /// recorded (`failed`) and ends the holding: the restore fails, rather than the
+    /// filesystem's number being handed out again unseen.
+    fn hold_new<'a>(
+        &mut self,
+        new: impl Iterator<Item = &'a MountEntry>,
+        table: &[MountEntry],
+        limit: usize,
+    ) {
+        if self.failed.is_none() {
+            if let Err(e) = self.hold_each(new, table, limit) {
+                self.failed = Some(e.to_string());
             }
         }
+    }
+
+    /// Holds each holdable filesystem of `mounts` (of `table`) not held yet; an error for the
+    /// first that cannot be held, or once `limit` are held.
+    fn hold_each<'a>(
+        &mut self,
+        mounts: impl Iterator<Item = &'a MountEntry>,
+        table: &[MountEntry],
+        limit: usize,
+    ) -> std::io::Result<()> {
+        for mount in mounts.filter(|m| holdable(m, table)) {
+            if self.holds(&mount.device) {
+                continue;
+            }
+            if self.held.len() >= limit {
+                return Err(std::io::Error::other(format!(
+                    "more than {limit} filesystems were mounted on the host while CRIU ran \
+                     (the last the {} at {}): too many to hold for the restore's check; \
+                     restore again when the host mounts fewer",
+                    mount.fs_type,
+                    mount.mount_point.display()
+                )));
+            }
+            if let Some(clone) = hold(mount)? {
+                self.held.push((mount.device.clone(), clone));
+            }
+        }
+        Ok(())
     }
 
     fn holds(&self, device: &str) -> bool {
@@ -331,11 +367,13 @@ impl HeldFilesystems {
 }
 
 /// Whether `mount` (of `table`) is of a kind held: an anonymous device number, a filesystem
-/// and a mount point reached through none whose lookups may wait on a server ([`NOT_HELD`],
-/// FUSE).
+/// and a mount point reached through none whose lookups may wait on a server or a process.
+/// Judged by the one list of the types the kernel answers alone, which the check's lookups
+/// enter ([`crate::restored_paths::answers_alone`]): a type it does not know (Lustre, GPFS,
+/// BeeGFS, one newer than the list) is not held, a false refusal at worst, where a list of
+/// those that wait missed them and a hold could hang CRIU's `pre-resume` (review rest29 M2).
 fn holdable(mount: &MountEntry, table: &[MountEntry]) -> bool {
-    let waits =
-        |m: &MountEntry| NOT_HELD.contains(&m.fs_type.as_str()) || m.fs_type.starts_with("fuse");
+    let waits = |m: &MountEntry| !crate::restored_paths::answers_alone(&m.fs_type);
     let mut on_the_way = table
         .iter()
         .filter(|m| mount.mount_point.starts_with(&m.mount_point) && m.id != mount.id);
@@ -379,11 +417,8 @@ fn hold(mount: &MountEntry) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
         Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => return Ok(None),
         Err(e) => return Err(cannot(&e)),
     };
-    let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", at.as_raw_fd()))
-        .map_err(|e| cannot(&e))?;
-    let id = info
-        .lines()
-        .find_map(|line| line.strip_prefix("mnt_id:")?.trim().parse::<u64>().ok())
+    let info = fs::read(format!("/proc/self/fdinfo/{}", at.as_raw_fd())).map_err(|e| cannot(&e))?;
+    let id = crate::restored_paths::mnt_id_in(&info)
         .ok_or_else(|| cannot(&"its descriptor's fdinfo shows no mnt_id"))?;
     if id != mount.id {
         return Ok(None);
@@ -809,17 +844,7 @@ mod tests {
     #[test]
     fn the_watch_sees_and_holds_what_was_mounted_while_it_ran() {
         let place = Scratch::new("watched");
-        let mount_tmpfs = || {
-            nix::mount::mount(
-                Some("tmpfs"),
-                &place.0,
-                Some("tmpfs"),
-                nix::mount::MsFlags::empty(),
-                None::<&str>,
-            )
-            .unwrap();
-            device_at(&place.0)
-        };
+        let mount_tmpfs = || tmpfs_at(&place.0);
         let watch = MountWatch::start().unwrap();
         let gone = mount_tmpfs();
         // The watcher's read of the change, waited for (a thread of this process).
@@ -840,6 +865,31 @@ mod tests {
         let seen_device = |device: &String| seen.iter().any(|s| &s.device == device);
         assert!(seen_device(&gone), "{gone} not in {seen:?}");
         assert!(seen_device(&there), "{there} not in {seen:?}");
+    }
+
+    /// A filesystem the watch cannot hold, past its limit here, is recorded and fails
+    /// `finish`, naming it; under the limit it is held. Before, every failure to hold was
+    /// dropped and the number could be handed out again unseen, and the watch held without
+    /// bound (review rest29 M3).
+    #[test]
+    fn a_filesystem_the_watch_cannot_hold_fails_the_restore() {
+        let place = Scratch::new("overheld");
+        let device = tmpfs_at(&place.0);
+        let table = feather_sys::mountinfo::mounts().unwrap();
+        let new = || table.iter().filter(|m| m.device == device);
+        let mut over = HeldFilesystems::default();
+        over.hold_new(new(), &table, 0);
+        let mut under = HeldFilesystems::default();
+        under.hold_new(new(), &table, 1);
+        let (failed, held) = (over.failed.clone(), under.holds(&device));
+        drop((over, under));
+        let failed = failed.expect("a hold past the limit was not recorded");
+        assert!(
+            failed.contains("more than 0 filesystems")
+                && failed.contains(&place.0.display().to_string()),
+            "{failed}"
+        );
+        assert!(held, "{device} not held under the limit");
     }
 
     /// Under shared propagation the tree's own mounts appear on the host: one only the
@@ -877,17 +927,7 @@ mod tests {
     #[test]
     fn a_held_filesystems_number_is_not_handed_out_again() {
         let place = Scratch::new("held");
-        let mount_tmpfs = || {
-            nix::mount::mount(
-                Some("tmpfs"),
-                &place.0,
-                Some("tmpfs"),
-                nix::mount::MsFlags::empty(),
-                None::<&str>,
-            )
-            .unwrap();
-            device_at(&place.0)
-        };
+        let mount_tmpfs = || tmpfs_at(&place.0);
         let first = mount_tmpfs();
         let held = HeldFilesystems::now().unwrap();
         nix::mount::umount(&place.0).unwrap();
@@ -898,13 +938,17 @@ mod tests {
 
     /// Only anonymous filesystems whose mount points no lookup reaches through a network or
     /// FUSE mount are held: holding one opens its mount point, and a lookup through a FUSE
-    /// mount waits on its server (review rest28 N8; the watch holds too).
+    /// mount waits on its server (review rest28 N8; the watch holds too). A type the kernel
+    /// is not known to answer alone (Lustre, one the list does not know) is not held either:
+    /// before, a list of those that wait held them (review rest29 M2).
     #[test]
     fn a_mount_reached_through_a_fuse_mount_is_not_held() {
         let table = feather_sys::mountinfo::parse(format!(
             "{HOST}27 20 0:61 / /home/u/x rw - fuse.sshfs u@h:/ rw\n\
              28 27 0:62 / /home/u/x/y rw - tmpfs tmpfs rw\n\
-             29 20 0:63 / /home/u/z rw - nfs4 h:/ rw\n"
+             29 20 0:63 / /home/u/z rw - nfs4 h:/ rw\n\
+             30 20 0:64 / /mnt/lustre rw - lustre 10.0.0.1@tcp:/fs rw\n\
+             31 20 0:65 / /mnt/new rw - newfs none rw\n"
         ));
         let held: Vec<&str> = table
             .iter()
@@ -920,19 +964,9 @@ mod tests {
     fn a_mount_point_reached_through_a_link_is_not_held() {
         let place = Scratch::new("linked");
         let inner = place.0.join("inner");
-        let tmpfs = |at: &Path| {
-            nix::mount::mount(
-                Some("tmpfs"),
-                at,
-                Some("tmpfs"),
-                nix::mount::MsFlags::empty(),
-                None::<&str>,
-            )
-            .unwrap()
-        };
-        tmpfs(&place.0);
+        tmpfs_at(&place.0);
         fs::create_dir(&inner).unwrap();
-        tmpfs(&inner);
+        tmpfs_at(&inner);
         let link = place.0.with_extension("link");
         let _ = fs::remove_file(&link);
         std::os::unix::fs::symlink(&place.0, &link).unwrap();
@@ -954,14 +988,7 @@ mod tests {
     fn a_filesystem_mounted_twice_is_held_once() {
         let place = Scratch::new("twice");
         let bound = Scratch::new("twice-bound");
-        nix::mount::mount(
-            Some("tmpfs"),
-            &place.0,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .unwrap();
+        let device = tmpfs_at(&place.0);
         nix::mount::mount(
             Some(&place.0),
             &bound.0,
@@ -970,7 +997,6 @@ mod tests {
             None::<&str>,
         )
         .unwrap();
-        let device = device_at(&place.0);
         let held = HeldFilesystems::now().unwrap();
         let clones = held.held.iter().filter(|(d, _)| *d == device).count();
         assert_eq!(clones, 1);
@@ -1083,6 +1109,19 @@ mod tests {
             while nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
             let _ = fs::remove_dir(&self.0);
         }
+    }
+
+    /// Mounts a tmpfs at `at`; its device number.
+    fn tmpfs_at(at: &Path) -> String {
+        nix::mount::mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        device_at(at)
     }
 
     /// The device of the mount at `path`, as mountinfo writes it.

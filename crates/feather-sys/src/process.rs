@@ -178,8 +178,10 @@ pub fn join_namespace(ns: &impl AsFd, namespace: CloneFlags) -> Result<()> {
 /// as they are, and the caller may have other threads (a keeper hides roots registered while
 /// its VM started). Folders that are not there are passed over.
 pub fn hide_in_mount_namespace_of(pidfd: &impl AsFd, rels: &[std::path::PathBuf]) -> Result<()> {
+    refuse_heap_paths("hide in mount namespace", rels)?;
     // SAFETY: the job makes system calls only: open, openat2, fchdir and mount with paths nix
-    // keeps on its stack (a VM path of under 1 KiB). It takes no lock and allocates nothing.
+    // keeps on its stack (each under 1 KiB, refused above otherwise). It takes no lock and
+    // allocates nothing.
     unsafe {
         in_mount_namespace_of(pidfd, "hide in mount namespace", |root| {
             rels.iter()
@@ -193,6 +195,7 @@ pub fn hide_in_mount_namespace_of(pidfd: &impl AsFd, rels: &[std::path::PathBuf]
 /// ([`crate::mount::mask_beneath`]), from a short-lived child as
 /// [`hide_in_mount_namespace_of`] does. Paths that are not there are passed over.
 pub fn mask_in_mount_namespace_of(pidfd: &impl AsFd, rels: &[std::path::PathBuf]) -> Result<()> {
+    refuse_heap_paths("mask in mount namespace", rels)?;
     // One detached bind mount of the host's /dev/null per path that may be a file, made here:
     // open_tree copies only mounts of the caller's own namespace.
     let dev_null = nix::fcntl::open(
@@ -207,8 +210,8 @@ pub fn mask_in_mount_namespace_of(pidfd: &impl AsFd, rels: &[std::path::PathBuf]
         clones.push(crate::mount::clone_tree_private(&dev_null)?);
     }
     // SAFETY: the job makes system calls only: open, openat2, fstat, fchdir, mount and
-    // move_mount with paths nix keeps on its stack (a VM path of under 1 KiB); the clones were
-    // made before the fork. It takes no lock and allocates nothing.
+    // move_mount with paths nix keeps on its stack (each under 1 KiB, refused above
+    // otherwise); the clones were made before the fork. It takes no lock and allocates nothing.
     unsafe {
         in_mount_namespace_of(pidfd, "mask in mount namespace", |root| {
             rels.iter().zip(clones).try_for_each(|(rel, dev_null)| {
@@ -218,22 +221,20 @@ pub fn mask_in_mount_namespace_of(pidfd: &impl AsFd, rels: &[std::path::PathBuf]
     }
 }
 
-/// Binds each of the kernel interfaces `rels` (paths from the namespace's root) on itself
-/// read-only, with every mount beneath it read-only too ([`crate::mount::read_only_beneath`]),
-/// in the mount namespace of the process `pidfd` names, from a short-lived child as
-/// [`hide_in_mount_namespace_of`] does. Paths that are not there are passed over.
-pub fn read_only_in_mount_namespace_of(
-    pidfd: &impl AsFd,
-    rels: &[std::path::PathBuf],
-) -> Result<()> {
-    // SAFETY: the job makes system calls only: openat2, open_tree, mount_setattr and
-    // move_mount with paths nix keeps on its stack (a path of under 1 KiB). It takes no lock
-    // and allocates nothing.
-    unsafe {
-        in_mount_namespace_of(pidfd, "bind read-only in mount namespace", |root| {
-            rels.iter()
-                .try_for_each(|rel| crate::mount::read_only_beneath(root, rel).map(drop))
-        })
+/// The length from which nix copies a path to the heap, not its stack, to end it with a NUL.
+const STACK_PATH: usize = 1024;
+
+/// Refuses, before any fork, a path of `rels` that nix would copy to the heap in the forked
+/// child of a threaded process, which must not allocate: the places come from a restored
+/// tree's mount points, which its images choose (review rest29 L3: a proc mounted at a path
+/// over 1 KiB).
+fn refuse_heap_paths(what: &'static str, rels: &[std::path::PathBuf]) -> Result<()> {
+    match rels.iter().find(|rel| rel.as_os_str().len() >= STACK_PATH) {
+        Some(rel) => Err::<(), _>(nix::errno::Errno::ENAMETOOLONG).ctx(
+            what,
+            format_args!("a path of {} bytes (1 KiB or more)", rel.as_os_str().len()),
+        ),
+        None => Ok(()),
     }
 }
 
@@ -691,6 +692,21 @@ pub fn set_nice(nice: i32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A path of 1 KiB or more is refused before the fork, naming its length: nix would copy
+    /// it to the heap in the child (review rest29 L3). Before, the child looked it up.
+    #[test]
+    fn a_path_of_a_kib_is_refused_before_the_fork() {
+        let pidfd = pidfd_open(nix::unistd::getpid()).unwrap();
+        let long = vec![std::path::PathBuf::from("a/".repeat(512))];
+        for outcome in [
+            hide_in_mount_namespace_of(&pidfd, &long),
+            mask_in_mount_namespace_of(&pidfd, &long),
+        ] {
+            let refused = outcome.unwrap_err().to_string();
+            assert!(refused.contains("a path of 1024 bytes"), "{refused}");
+        }
+    }
 
     /// A status longer than any fixed buffer (`Cpus_allowed` and `Mems_allowed` of a large
     /// host): the SIGKILL queued in `ShdPnd` below them is still seen, where a read into 4096
