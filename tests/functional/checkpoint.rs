@@ -1717,3 +1717,46 @@ fn a_restored_unit_that_lost_its_landlock_domain_says_so_until_it_restarts() {
     feather.ok(&["service", "restart", "vm", "strict"]);
     assert_eq!(not_applied("strict.service"), serde_json::json!([]));
 }
+
+/// A throw-away VM's keeper refuses a checkpoint asked of it directly, not only through `feather
+/// checkpoint`, whose front refuses it first: the keeper does not wait for init to let go of
+/// its boot socket, which CRIU could not dump (review start29 L2).
+#[test]
+fn a_throw_away_vms_keeper_refuses_a_checkpoint_asked_of_it_directly() {
+    use std::io::{BufRead, BufReader};
+    let feather = Feather::new("ckpt-run-rm");
+    feather.require_criu();
+    let mut run = feather
+        .command()
+        .args([
+            "run",
+            "--rm",
+            "--net",
+            "none",
+            "--",
+            "sh",
+            "-c",
+            "hostname; exec sleep 60",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut name = String::new();
+    BufReader::new(run.stdout.take().unwrap())
+        .read_line(&mut name)
+        .unwrap();
+    let answer = ask_keeper(&feather.control_socket(name.trim()), post_copy_dump()).answer();
+    // The run's front passes SIGTERM on to its command, which ends, and the VM with it.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    run.wait().unwrap();
+    match answer.unwrap() {
+        feather_vm::protocol::Response::Error { message } => {
+            assert_eq!(message, "a throw-away VM cannot be checkpointed")
+        }
+        other => panic!("a throw-away VM's keeper answered a checkpoint with {other:?}"),
+    }
+}

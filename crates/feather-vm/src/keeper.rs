@@ -1199,6 +1199,18 @@ impl Keeper {
             }
             decide::Answer::Stop(grace) => Answered::Stop(grace),
             decide::Answer::Claim { terminal } => self.claim(stream, terminal),
+            // The front refuses it first (`checkpoint::checkpointable`); refused here too
+            // because a throw-away VM's keeper does not wait for init to let go of its boot
+            // socket, which CRIU could not dump (review start29 L2).
+            decide::Answer::Checkpoint { .. } if self.config.ephemeral => {
+                let _ = protocol::write_response(
+                    stream,
+                    &Response::Error {
+                        message: "a throw-away VM cannot be checkpointed".to_owned(),
+                    },
+                );
+                Answered::Done
+            }
             decide::Answer::Checkpoint {
                 leave_running,
                 criu,
