@@ -1673,3 +1673,27 @@ fn a_root_given_as_a_symbolic_link_is_one_pool_with_it() {
     });
     assert!(from_the_pool(&taken), "{taken}");
 }
+
+/// A `fill.lock` that a user owning the root's folder made a symbolic link (`sudo feather
+/// --root ~/vms …`) is not followed: the file it points at keeps its bytes, and the fill says
+/// what is wrong and what to do (review pool29 H2: it was truncated and overwritten as root).
+#[test]
+fn a_fill_lock_made_a_symbolic_link_is_refused_and_its_target_kept() {
+    let pool = Pooled::new("pool-lock-link", 0);
+    let scratch = support::unique_dir("scratch", "pool-lock-link");
+    let _remove = Remove(scratch.clone());
+    let target = scratch.join("precious");
+    fs::write(&target, b"not the pool's\n").unwrap();
+    let lock = pool.feather.root.join("pool/fill.lock");
+    let _ = fs::remove_file(&lock);
+    std::os::unix::fs::symlink(&target, &lock).unwrap();
+    let out = pool.output(&["pool", "--size", "1"]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    fs::remove_file(&lock).unwrap();
+    assert_eq!(fs::read(&target).unwrap(), b"not the pool's\n", "{said}");
+    assert!(!out.status.success(), "the fill went through the link");
+    assert!(
+        said.contains("fill.lock") && said.contains("symbolic link") && said.contains("remove it"),
+        "{said}"
+    );
+}

@@ -339,22 +339,16 @@ pub fn fill(root: &StateRoot, generation: Option<u64>) -> Result<()> {
             _ => {}
         }
     }
-    let lock_path = pooled::dir(root).join("fill.lock");
+    let folder = pooled::open_dir(root).at(pooled::dir(root))?;
     loop {
-        let mut lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&lock_path)
-            .at(&lock_path)?;
+        let lock = open_fill_lock(root, &folder)?;
         if lock.try_lock().is_err() {
-            if at_work_can_do_ours(&mut lock) {
+            if at_work_can_do_ours(&folder) {
                 return Ok(());
             }
-            lock.lock().at(&lock_path)?;
+            lock.lock().at(pooled::dir(root).join(pooled::FILL_LOCK))?;
         }
-        say_who_fills(&mut lock);
+        say_who_fills(&folder);
         if !fill_locked(root, generation)? {
             return Ok(());
         }
@@ -367,28 +361,62 @@ pub fn fill(root: &StateRoot, generation: Option<u64>) -> Result<()> {
     }
 }
 
-/// Records this fill in the lock it holds ([`pooled::process_record`]), for another fill to
-/// look at ([`at_work_can_do_ours`]).
-fn say_who_fills(lock: &mut fs::File) {
-    use std::io::{Seek, Write};
+/// The pool's lock ([`pooled::FILL_LOCK`]) in its opened `folder`, made if missing: only a
+/// plain file, never through a symbolic link (which a user owning the root's folder could
+/// point at any file, for a fill run as root to lock), never waited on.
+fn open_fill_lock(root: &StateRoot, folder: &fs::File) -> Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = pooled::dir(root).join(pooled::FILL_LOCK);
+    let opened = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(pooled::in_folder(folder, pooled::FILL_LOCK));
+    let lock = match opened {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(not_the_lock(&shown, "a symbolic link"))
+        }
+        opened => opened.at(&shown)?,
+    };
+    if !lock.metadata().at(&shown)?.is_file() {
+        return Err(not_the_lock(&shown, "not a plain file"));
+    }
+    Ok(lock)
+}
+
+/// What a fill says of a lock file it will not use: what is wrong, and what to do.
+fn not_the_lock(shown: &Path, what: &str) -> crate::error::VmError {
+    failed(
+        &shown.display(),
+        format!(
+            "is {what}, not the pool's lock: the fill makes no VM and leaves it as it is; \
+             remove it (the next fill makes the lock anew), and check who can write the root's \
+             folder"
+        ),
+    )
+}
+
+/// Records this fill, while it holds the lock, in the pool's opened `folder`
+/// ([`pooled::FILLER`]), for another fill to look at ([`at_work_can_do_ours`]). Written whole
+/// by a rename, which replaces a symbolic link put there rather than writing through it.
+fn say_who_fills(folder: &fs::File) {
     let Some(record) = pooled::process_record(nix::unistd::getpid()) else {
         return;
     };
-    let _ = lock.set_len(0);
-    let _ = lock.rewind();
-    let _ = lock.write_all(record.as_bytes());
+    let file = pooled::in_folder(folder, pooled::FILLER);
+    let _ = write_atomic(&file, record.as_bytes(), Durability::Volatile);
 }
 
-/// Whether the fill that holds `lock` does all this one would: it still runs (as it recorded
-/// itself) and no hard limit of this process's is above its own (it replaces VMs made under
-/// lower ones as this one would). Unknown: no, and this one waits.
-fn at_work_can_do_ours(lock: &mut fs::File) -> bool {
-    use std::io::{Read, Seek};
-    let mut record = String::new();
-    let read = lock
-        .rewind()
-        .and_then(|()| lock.read_to_string(&mut record));
-    let at_work = read.ok().and_then(|_| pooled::still_running(&record));
+/// Whether the fill that holds the lock does all this one would: it still runs (as it
+/// recorded itself in the pool's opened `folder`) and no hard limit of this process's is above
+/// its own (it replaces VMs made under lower ones as this one would). Unknown: no, and this
+/// one waits.
+fn at_work_can_do_ours(folder: &fs::File) -> bool {
+    let record = pooled::read_small(&pooled::in_folder(folder, pooled::FILLER));
+    let at_work = record.and_then(|record| pooled::still_running(&record));
     at_work.is_some_and(|pid| crate::filler::limits_fit(&Inherited::of_this_process(), pid))
 }
 
@@ -700,13 +728,13 @@ pub fn emptied_while<T>(
 
 /// Waits for the fill at work, if any, to end (it reads the size again before it stops).
 fn await_fill(root: &StateRoot) -> Result<()> {
-    let lock_path = pooled::dir(root).join("fill.lock");
-    let lock = match fs::OpenOptions::new().write(true).open(&lock_path) {
-        Ok(lock) => lock,
+    let folder = match pooled::open_dir(root) {
+        Ok(folder) => folder,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).at(&lock_path)?,
+        Err(e) => return Err(e).at(pooled::dir(root))?,
     };
-    lock.lock().at(&lock_path)?;
+    let lock = open_fill_lock(root, &folder)?;
+    lock.lock().at(pooled::dir(root).join(pooled::FILL_LOCK))?;
     Ok(())
 }
 

@@ -7,7 +7,9 @@
 //! <root>/pool/size        the size setting ("0": no pool; absent: [`DEFAULT_SIZE`])
 //! <root>/pool/idle        how long a pooled VM waits unclaimed before its keeper removes it,
 //!                         in seconds ("0": for ever; absent: [`DEFAULT_IDLE`])
-//! <root>/pool/fill.lock   held by the one filler at work
+//! <root>/pool/fill.lock   held by the one filler at work (never written: only locked)
+//! <root>/pool/filler      the filler at work, while it holds the lock: its pid and start
+//!                         time ("<pid> <ticks>"), written whole (a rename, never through a link)
 //! <root>/pool/stale-misses  how many runs in a row found only stale VMs ([`STALE_MISSES_TO_STOP`])
 //! <root>/pool/generation  how many times `network down` emptied the pool ([`generation`]): a
 //!                         fill started before makes nothing
@@ -55,8 +57,7 @@ pub const DEFAULT_SIZE: usize = 1;
 
 /// The pool's size setting: [`DEFAULT_SIZE`] unless set (`pool --size 0`, `--drain`: off).
 pub fn size(root: &StateRoot) -> usize {
-    std::fs::read_to_string(dir(root).join("size"))
-        .ok()
+    read_small(&dir(root).join("size"))
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or(DEFAULT_SIZE)
 }
@@ -88,9 +89,8 @@ pub const DEFAULT_IDLE: Duration = Duration::from_secs(10 * 60);
 
 /// How long a pooled VM waits unclaimed before its keeper removes it; `None`: for ever.
 pub fn idle(root: &StateRoot) -> Option<Duration> {
-    let seconds = std::fs::read_to_string(dir(root).join("idle"))
-        .ok()
-        .and_then(|text| text.trim().parse::<u64>().ok());
+    let seconds =
+        read_small(&dir(root).join("idle")).and_then(|text| text.trim().parse::<u64>().ok());
     match seconds {
         None => Some(DEFAULT_IDLE),
         Some(0) => None,
@@ -102,6 +102,48 @@ pub fn idle(root: &StateRoot) -> Option<Duration> {
 pub fn dir(root: &StateRoot) -> PathBuf {
     root.dir().join("pool")
 }
+
+/// The pool's lock file, in its folder: held by the one filler at work ([`crate::pool::fill`]).
+pub const FILL_LOCK: &str = "fill.lock";
+
+/// The record of the filler at work, in the pool's folder ([`process_record`]).
+pub const FILLER: &str = "filler";
+
+/// The pool's folder, opened, never through a symbolic link: the pool's files are opened
+/// relative to it ([`in_folder`]). A root's folder may be a user's (`sudo feather --root
+/// ~/vms …`), and a fill runs as root.
+pub fn open_dir(root: &StateRoot) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir(root))
+}
+
+/// File `name` of the opened folder `folder`, as a path the kernel resolves through its
+/// descriptor (not through the folder's path, which may have been replaced since).
+pub fn in_folder(folder: &std::fs::File, name: &str) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", folder.as_raw_fd())).join(name)
+}
+
+/// The few bytes a setting or record of the pool's folder holds: a plain file's, read once
+/// and at most [`SMALL`] bytes, never through a symbolic link, never waited on (a FIFO).
+pub fn read_small(file: &Path) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(file)
+        .ok()?;
+    let mut text = String::new();
+    opened.take(SMALL).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// The most [`read_small`] reads: a number, or a [`process_record`].
+const SMALL: u64 = 64;
 
 /// The folder of the entries, one per pooled VM.
 pub fn entries_dir(root: &StateRoot) -> PathBuf {
@@ -347,8 +389,7 @@ pub fn record_stale_miss(root: &StateRoot) {
 
 /// The count a file of the pool's folder holds; 0 where it has none.
 fn count_in<T: std::str::FromStr + Default>(file: &Path) -> T {
-    std::fs::read_to_string(file)
-        .ok()
+    read_small(file)
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or_default()
 }
