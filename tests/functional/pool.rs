@@ -1697,3 +1697,18 @@ fn a_fill_lock_made_a_symbolic_link_is_refused_and_its_target_kept() {
         "{said}"
     );
 }
+
+/// A fill that is over leaves no record of itself as the fill at work: a fill that finds the
+/// lock taken by the next one, not recorded yet, must not trust the record of one that is
+/// over and return (review pool29 M3: the record stayed after the lock was let go).
+#[test]
+fn a_fill_over_leaves_no_record_of_a_fill_at_work() {
+    let pool = Pooled::new("pool-record-cleared", 1);
+    pool.ok(&["pool", "--fill"]);
+    let record = pool.feather.root.join("pool/filler");
+    assert!(
+        !record.exists(),
+        "{}",
+        fs::read_to_string(&record).unwrap_or_default()
+    );
+}

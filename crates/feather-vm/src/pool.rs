@@ -349,10 +349,14 @@ pub fn fill(root: &StateRoot, generation: Option<u64>) -> Result<()> {
             lock.lock().at(pooled::dir(root).join(pooled::FILL_LOCK))?;
         }
         say_who_fills(&folder);
-        if !fill_locked(root, generation)? {
+        let worked = fill_locked(root, generation);
+        // Before the lock goes: a fill taking it next has not recorded itself yet, and one
+        // finding it taken then must not trust this one's record, which is over.
+        let _ = fs::remove_file(pooled::in_folder(&folder, pooled::FILLER));
+        drop(lock);
+        if !worked? {
             return Ok(());
         }
-        drop(lock);
         // Only a claim made meanwhile (whose fill found the lock taken and returned) asks for
         // another round; what this one could not remove waits for the next fill.
         if entries(root).len() >= size(root) {
