@@ -1712,3 +1712,39 @@ fn a_fill_over_leaves_no_record_of_a_fill_at_work() {
         fs::read_to_string(&record).unwrap_or_default()
     );
 }
+
+/// A root with a policy rule file, filled through its own path, is claimed from through a
+/// symbolic link to it: its rule files are fingerprinted by their names in the policy folder,
+/// not by the root's spelling (review pool29 M1: every run through the link found the pool
+/// stale, ended its VM and missed).
+#[test]
+fn a_root_with_policy_rules_is_claimed_from_through_a_symbolic_link() {
+    let mut pool = Pooled::new("pool-link-policy", 0);
+    let policy = pool.feather.root.join("policy.d");
+    fs::create_dir_all(&policy).unwrap();
+    fs::write(
+        policy.join("10-db.policy"),
+        "ipc  tcp:5432  vm  db  allow\n",
+    )
+    .unwrap();
+    pool.size = 1;
+    pool.ok(&["pool", "--size", "1"]);
+    let links = support::unique_dir("links", "pool-link-policy");
+    let _remove = Remove(links.clone());
+    let link = links.join("root");
+    std::os::unix::fs::symlink(&pool.feather.root, &link).unwrap();
+    let (taken, _) = pool.taken_from_ready(|| {
+        let out = Command::new(Feather::bin())
+            .arg("--root")
+            .arg(&link)
+            .args(["run", "--rm", "--", "hostname"])
+            .env("FEATHER_SUBNET", &pool.subnet.cidr)
+            .env_remove(support::NO_POOL)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    });
+    assert!(from_the_pool(&taken), "{taken}");
+}

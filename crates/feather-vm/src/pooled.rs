@@ -275,18 +275,21 @@ fn host_mounts(root: &StateRoot) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// The names and contents of the rule files in the root's policy folders, in order.
-fn policy_files(root: &StateRoot) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+/// The rule files in the root's policy folders, in order: each by its folder's place in
+/// that order and its name in it (not by its full path: a root spelled through a symbolic
+/// link is the same pool, review pool29 M1), and its contents.
+fn policy_files(root: &StateRoot) -> Vec<(usize, std::ffi::OsString, Option<Vec<u8>>)> {
     let mut files = Vec::new();
-    for dir in feather_shuttle::policy::policy_dirs(root.dir()) {
-        let Ok(read) = std::fs::read_dir(&dir) else {
+    let dirs = feather_shuttle::policy::policy_dirs(root.dir());
+    for (place, dir) in dirs.iter().enumerate() {
+        let Ok(read) = std::fs::read_dir(dir) else {
             continue;
         };
-        let mut paths: Vec<PathBuf> = read.flatten().map(|entry| entry.path()).collect();
-        paths.sort();
-        files.extend(paths.into_iter().map(|path| {
-            let contents = std::fs::read(&path).ok();
-            (path, contents)
+        let mut names: Vec<std::ffi::OsString> = read.flatten().map(|e| e.file_name()).collect();
+        names.sort();
+        files.extend(names.into_iter().map(|name| {
+            let contents = std::fs::read(dir.join(&name)).ok();
+            (place, name, contents)
         }));
     }
     files
