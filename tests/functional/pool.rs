@@ -148,6 +148,20 @@ impl Pooled {
         (name, keeper)
     }
 
+    /// `pool --fill` of this root, run by `sh -c script` (which ends with `exec "$@"`).
+    fn fill_in_shell(&self, script: &str) -> Command {
+        let ours = self.command();
+        let mut fill = Command::new("sh");
+        fill.args(["-c", script, "sh"])
+            .arg(ours.get_program())
+            .args(ours.get_args())
+            .args(["pool", "--fill"])
+            .envs(ours.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .env_remove(support::NO_POOL)
+            .stdin(Stdio::null());
+        fill
+    }
+
     /// Removes the root's folder by hand, as scripts do (its network's namespaces made ahead,
     /// mounted in it, unmounted first).
     fn remove_the_root_by_hand(&self) {
@@ -1375,18 +1389,7 @@ fn a_fill_that_finds_another_at_work_waits_and_replaces_its_lowered_vm() {
     fs::write(pool.feather.root.join("pool/size"), "1\n").unwrap();
     pool.size = 1;
     let mut hook = Hook::held("pool-fill-waits");
-    let fill = |script: &str| {
-        let ours = pool.command();
-        let mut fill = Command::new("sh");
-        fill.args(["-c", script, "sh"])
-            .arg(ours.get_program())
-            .args(ours.get_args())
-            .args(["pool", "--fill"])
-            .envs(ours.get_envs().filter_map(|(k, v)| Some((k, v?))))
-            .env_remove(support::NO_POOL)
-            .stdin(Stdio::null());
-        fill
-    };
+    let fill = |script: &str| pool.fill_in_shell(script);
     let mut lowered = fill("ulimit -n 200; exec \"$@\"")
         .env(feather_vm::pool::HOLD_FILL, &hook.path)
         .spawn()
@@ -1747,4 +1750,39 @@ fn a_root_with_policy_rules_is_claimed_from_through_a_symbolic_link() {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     });
     assert!(from_the_pool(&taken), "{taken}");
+}
+
+/// A fill that finds another at work that does all it would (the same limits, the same
+/// context) returns at once, while that one still holds the lock: back-to-back runs do not
+/// queue one fill each (review pool29 L5: only the bench caught a version where every fill
+/// waited, which made a pool of 4 back to back 4x slower).
+#[test]
+fn a_fill_that_finds_one_at_work_doing_all_it_would_returns_at_once() {
+    let mut pool = Pooled::new("pool-fill-returns", 0);
+    fs::write(pool.feather.root.join("pool/size"), "1\n").unwrap();
+    pool.size = 1;
+    let mut hook = Hook::held("pool-fill-returns");
+    let mut at_work = pool
+        .fill_in_shell("exec \"$@\"")
+        .env(feather_vm::pool::HOLD_FILL, &hook.path)
+        .spawn()
+        .unwrap();
+    let lock = pool.feather.root.join("pool/fill.lock");
+    pool.feather
+        .eventually("the fill at work holds its lock", || {
+            holds_flock(at_work.id(), &lock)
+        });
+    let ours = std::cell::RefCell::new(pool.fill_in_shell("exec \"$@\"").spawn().unwrap());
+    pool.feather.eventually("our fill returns", || {
+        ours.borrow_mut().try_wait().unwrap().is_some()
+    });
+    let mut ours = ours.into_inner();
+    let still_held = holds_flock(at_work.id(), &lock);
+    hook.release();
+    assert!(ours.wait().unwrap().success());
+    assert!(at_work.wait().unwrap().success());
+    assert!(
+        still_held,
+        "our fill returned only once the one at work was done"
+    );
 }
