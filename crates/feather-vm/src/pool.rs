@@ -322,7 +322,8 @@ fn claimed(root: &StateRoot) -> Vec<VmName> {
 /// missing, claims and lets go of those over the size. One fill works at a time (a lock).
 /// Another returns at once where the one at work can do all it would (its hard limits are
 /// not below this one's), and the one at work looks again once it has let go of the lock (a
-/// claim whose fill returned so is not missed); otherwise it waits for it, then does its own
+/// claim whose fill returned so is not missed; not a fill whose generation is over, nor one
+/// that failed: review pool29 M2); otherwise it waits for it, then does its own
 /// round: VMs made under a lower hard limit than its own are replaced, not left. With
 /// `generation` (what its starter saw: [`pooled::generation`]), a fill that finds the pool
 /// emptied since for its network to go makes nothing.
