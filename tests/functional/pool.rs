@@ -162,6 +162,30 @@ impl Pooled {
         fill
     }
 
+    /// [`Pooled::fill_in_shell`] held by `hook` (`pool::HOLD_FILL`) under the pool's lock, once
+    /// it holds it.
+    fn fill_held(&self, script: &str, hook: &Hook) -> std::process::Child {
+        let fill = self
+            .fill_in_shell(script)
+            .env(feather_vm::pool::HOLD_FILL, &hook.path)
+            .spawn()
+            .unwrap();
+        let lock = self.feather.root.join("pool/fill.lock");
+        self.feather
+            .eventually("the held fill holds the pool's lock", || {
+                holds_flock(fill.id(), &lock)
+            });
+        fill
+    }
+
+    /// A symbolic link to the root's folder, in a folder of its own, removed on drop.
+    fn link_to_root(&self, label: &str) -> (std::path::PathBuf, Remove) {
+        let links = support::unique_dir("links", label);
+        let link = links.join("root");
+        std::os::unix::fs::symlink(&self.feather.root, &link).unwrap();
+        (link, Remove(links))
+    }
+
     /// Removes the root's folder by hand, as scripts do (its network's namespaces made ahead,
     /// mounted in it, unmounted first).
     fn remove_the_root_by_hand(&self) {
@@ -1390,15 +1414,8 @@ fn a_fill_that_finds_another_at_work_waits_and_replaces_its_lowered_vm() {
     pool.size = 1;
     let mut hook = Hook::held("pool-fill-waits");
     let fill = |script: &str| pool.fill_in_shell(script);
-    let mut lowered = fill("ulimit -n 200; exec \"$@\"")
-        .env(feather_vm::pool::HOLD_FILL, &hook.path)
-        .spawn()
-        .unwrap();
+    let mut lowered = pool.fill_held("ulimit -n 200; exec \"$@\"", &hook);
     let lock = pool.feather.root.join("pool/fill.lock");
-    pool.feather
-        .eventually("the lowered fill holds its lock", || {
-            holds_flock(lowered.id(), &lock)
-        });
     let ours = std::cell::RefCell::new(fill("exec \"$@\"").spawn().unwrap());
     pool.feather
         .eventually("our fill waits for the lock, or has returned", || {
@@ -1659,10 +1676,7 @@ fn a_root_given_as_a_symbolic_link_is_one_pool_with_it() {
     let mut pool = Pooled::new("pool-symlink", 0);
     pool.size = 1;
     pool.ok(&["pool", "--idle", "0"]);
-    let links = support::unique_dir("links", "pool-symlink");
-    let _remove = Remove(links.clone());
-    let link = links.join("root");
-    std::os::unix::fs::symlink(&pool.feather.root, &link).unwrap();
+    let (link, _remove) = pool.link_to_root("pool-symlink");
     let (_, keeper) = pool.filled_without_inotify(&link);
     let _end = EndKeeper(keeper);
     fs::remove_file(&link).unwrap();
@@ -1735,10 +1749,7 @@ fn a_root_with_policy_rules_is_claimed_from_through_a_symbolic_link() {
     .unwrap();
     pool.size = 1;
     pool.ok(&["pool", "--size", "1"]);
-    let links = support::unique_dir("links", "pool-link-policy");
-    let _remove = Remove(links.clone());
-    let link = links.join("root");
-    std::os::unix::fs::symlink(&pool.feather.root, &link).unwrap();
+    let (link, _remove) = pool.link_to_root("pool-link-policy");
     let (taken, _) = pool.taken_from_ready(|| {
         let out = Command::new(Feather::bin())
             .arg("--root")
@@ -1765,16 +1776,8 @@ fn a_fill_that_finds_one_at_work_doing_all_it_would_returns_at_once() {
     fs::write(pool.feather.root.join("pool/size"), "1\n").unwrap();
     pool.size = 1;
     let mut hook = Hook::held("pool-fill-returns");
-    let mut at_work = pool
-        .fill_in_shell("exec \"$@\"")
-        .env(feather_vm::pool::HOLD_FILL, &hook.path)
-        .spawn()
-        .unwrap();
+    let mut at_work = pool.fill_held("exec \"$@\"", &hook);
     let lock = pool.feather.root.join("pool/fill.lock");
-    pool.feather
-        .eventually("the fill at work holds its lock", || {
-            holds_flock(at_work.id(), &lock)
-        });
     let ours = std::cell::RefCell::new(pool.fill_in_shell("exec \"$@\"").spawn().unwrap());
     pool.feather.eventually("our fill returns", || {
         ours.borrow_mut().try_wait().unwrap().is_some()
