@@ -326,7 +326,10 @@ fn claimed(root: &StateRoot) -> Vec<VmName> {
 /// that failed: review pool29 M2); otherwise it waits for it, then does its own
 /// round: VMs made under a lower hard limit than its own are replaced, not left. With
 /// `generation` (what its starter saw: [`pooled::generation`]), a fill that finds the pool
-/// emptied since for its network to go makes nothing.
+/// emptied since for its network to go makes nothing. A fill records itself for others to
+/// trust only once it knows it will work (its generation current, the host's context), and
+/// removes the record before it lets go of the lock; one that fails after (a VM it could not
+/// make) does not look again.
 pub fn fill(root: &StateRoot, generation: Option<u64>) -> Result<()> {
     // Made one by one, never the root's own folder: a fill for a root removed meanwhile fails
     // here instead of making the root again.
@@ -349,15 +352,20 @@ pub fn fill(root: &StateRoot, generation: Option<u64>) -> Result<()> {
             }
             lock.lock().at(pooled::dir(root).join(pooled::FILL_LOCK))?;
         }
-        say_who_fills(&folder);
-        let worked = fill_locked(root, generation);
+        // Over before it writes its record: a fill that finds the lock taken then waits for
+        // this one rather than trust it, and does its own round.
+        if generation.is_some_and(|seen| seen != pooled::generation(root)) {
+            return Ok(());
+        }
+        if crate::filler::not_the_hosts_context().is_none() {
+            say_who_fills(&folder);
+        }
+        let worked = fill_locked(root);
         // Before the lock goes: a fill taking it next has not recorded itself yet, and one
         // finding it taken then must not trust this one's record, which is over.
         let _ = fs::remove_file(pooled::in_folder(&folder, pooled::FILLER));
         drop(lock);
-        if !worked? {
-            return Ok(());
-        }
+        worked?;
         // Only a claim made meanwhile (whose fill found the lock taken and returned) asks for
         // another round; what this one could not remove waits for the next fill.
         if entries(root).len() >= size(root) {
@@ -422,7 +430,10 @@ fn say_who_fills(folder: &fs::File) {
 fn at_work_can_do_ours(folder: &fs::File) -> bool {
     let record = pooled::read_small(&pooled::in_folder(folder, pooled::FILLER));
     let at_work = record.and_then(|record| pooled::still_running(&record));
-    at_work.is_some_and(|pid| crate::filler::limits_fit(&Inherited::of_this_process(), pid))
+    at_work.is_some_and(|pid| {
+        crate::filler::limits_fit(&Inherited::of_this_process(), pid)
+            && crate::filler::context_fits(pid)
+    })
 }
 
 /// Test-only ([`crate::test_hooks`]): a fill that has its lock waits, before it reads the
@@ -436,26 +447,23 @@ static HOLD_FILL_AT: std::sync::OnceLock<Option<std::ffi::OsString>> = std::sync
 /// the file this names: a fill started before `network down` but at work only after it.
 pub const HOLD_FILL_START: &str = "FEATHER_TEST_HOLD_FILL_START";
 
-/// [`fill`], under its lock; whether it did its work (not: its `generation` is over).
-fn fill_locked(root: &StateRoot, generation: Option<u64>) -> Result<bool> {
+/// [`fill`], under its lock.
+fn fill_locked(root: &StateRoot) -> Result<()> {
     if let Some(Some(hold)) = HOLD_FILL_AT.get() {
         crate::test_hooks::held_by(hold);
-    }
-    if generation.is_some_and(|seen| seen != pooled::generation(root)) {
-        return Ok(false);
     }
     loop {
         remove_stale(root);
         let ready = entries(root).len();
         let wanted = size(root);
         if ready == wanted {
-            return Ok(true);
+            return Ok(());
         }
         if ready > wanted {
             for _ in wanted..ready {
                 drop(claim_any(root));
             }
-            return Ok(true);
+            return Ok(());
         }
         if let Some(why) = crate::filler::not_the_hosts_context() {
             return Err(failed(
@@ -709,12 +717,15 @@ pub fn emptied_while<T>(
     // at work only after it (its size setting put back) makes nothing.
     let dir = pooled::dir(root);
     fs::create_dir_all(&dir).at(&dir)?;
-    pooled::next_generation(root)?;
     let file = dir.join("size");
     let setting = fs::read(&file).ok();
     // Counted before the size is 0 too: a fill under way then ends the VMs above it itself.
     let before = entries(root).len();
+    // The size 0 first, then the next generation; a starter reads them the other way round
+    // ([`pooled::start_filler`]): one that read the generation before it was raised reads a
+    // size of 0 or starts a fill of the generation over, which makes nothing.
     set_size(root, 0)?;
+    pooled::next_generation(root)?;
     let emptied = await_fill(root).and_then(|()| {
         let pooled = entries(root).len().max(before);
         let drained = drain(root)?;

@@ -331,7 +331,7 @@ fn identity(path: &Path) -> String {
 /// `/dev/null` (no terminal: a pooled VM's `ask` rules ask its claimer's), in `/`, with an
 /// environment of the settings that shape a VM only (nothing of its starter's reaches the
 /// keepers it starts, which serve other callers).
-fn filler_command(root: &StateRoot) -> Option<std::process::Command> {
+fn filler_command(root: &StateRoot, generation: u64) -> Option<std::process::Command> {
     let exe = std::env::current_exe().ok()?;
     let mut command = std::process::Command::new(exe.with_file_name(FRONT_PROGRAM));
     // The default root is named by no option (its sockets are not under its folder). Another
@@ -343,7 +343,7 @@ fn filler_command(root: &StateRoot) -> Option<std::process::Command> {
     }
     command
         .args(["pool", "--fill", "--generation"])
-        .arg(generation(root).to_string())
+        .arg(generation.to_string())
         .current_dir("/")
         .env_clear()
         .env("PATH", crate::workload::DEFAULT_PATH)
@@ -359,10 +359,13 @@ fn filler_command(root: &StateRoot) -> Option<std::process::Command> {
 /// and by a run that missed, after its command. None once runs in a row found the pool stale
 /// ([`STALE_MISSES_TO_STOP`]). Whether it started one.
 pub fn start_filler(root: &StateRoot) -> bool {
-    if stale_misses(root) >= STALE_MISSES_TO_STOP {
+    // The generation before the size: `network down` writes them the other way round
+    // ([`crate::pool::emptied_while`]).
+    let seen = generation(root);
+    if size(root) == 0 || stale_misses(root) >= STALE_MISSES_TO_STOP {
         return false;
     }
-    filler_command(root).is_some_and(|mut command| command.spawn().is_ok())
+    filler_command(root, seen).is_some_and(|mut command| command.spawn().is_ok())
 }
 
 /// How many runs in a row found nothing in the pool but VMs made under another fingerprint
@@ -432,7 +435,7 @@ pub fn next_generation(root: &StateRoot) -> feather_core::error::Result<()> {
 /// Runs a fill ([`filler_command`]) and waits for it: `feather pool --size`.
 pub fn run_filler(root: &StateRoot) -> crate::error::Result<()> {
     let name = root.dir().display();
-    let mut command = filler_command(root).ok_or_else(|| {
+    let mut command = filler_command(root, generation(root)).ok_or_else(|| {
         crate::error::failed(&name, "cannot find the feather program to fill the pool")
     })?;
     let status = command
