@@ -148,6 +148,44 @@ impl Pooled {
         (name, keeper)
     }
 
+    /// `pool --fill` of this root, run by `sh -c script` (which ends with `exec "$@"`).
+    fn fill_in_shell(&self, script: &str) -> Command {
+        let ours = self.command();
+        let mut fill = Command::new("sh");
+        fill.args(["-c", script, "sh"])
+            .arg(ours.get_program())
+            .args(ours.get_args())
+            .args(["pool", "--fill"])
+            .envs(ours.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .env_remove(support::NO_POOL)
+            .stdin(Stdio::null());
+        fill
+    }
+
+    /// [`Pooled::fill_in_shell`] held by `hook` (`pool::HOLD_FILL`) under the pool's lock, once
+    /// it holds it.
+    fn fill_held(&self, script: &str, hook: &Hook) -> std::process::Child {
+        let fill = self
+            .fill_in_shell(script)
+            .env(feather_vm::pool::HOLD_FILL, &hook.path)
+            .spawn()
+            .unwrap();
+        let lock = self.feather.root.join("pool/fill.lock");
+        self.feather
+            .eventually("the held fill holds the pool's lock", || {
+                holds_flock(fill.id(), &lock)
+            });
+        fill
+    }
+
+    /// A symbolic link to the root's folder, in a folder of its own, removed on drop.
+    fn link_to_root(&self, label: &str) -> (std::path::PathBuf, Remove) {
+        let links = support::unique_dir("links", label);
+        let link = links.join("root");
+        std::os::unix::fs::symlink(&self.feather.root, &link).unwrap();
+        (link, Remove(links))
+    }
+
     /// Removes the root's folder by hand, as scripts do (its network's namespaces made ahead,
     /// mounted in it, unmounted first).
     fn remove_the_root_by_hand(&self) {
@@ -1375,27 +1413,9 @@ fn a_fill_that_finds_another_at_work_waits_and_replaces_its_lowered_vm() {
     fs::write(pool.feather.root.join("pool/size"), "1\n").unwrap();
     pool.size = 1;
     let mut hook = Hook::held("pool-fill-waits");
-    let fill = |script: &str| {
-        let ours = pool.command();
-        let mut fill = Command::new("sh");
-        fill.args(["-c", script, "sh"])
-            .arg(ours.get_program())
-            .args(ours.get_args())
-            .args(["pool", "--fill"])
-            .envs(ours.get_envs().filter_map(|(k, v)| Some((k, v?))))
-            .env_remove(support::NO_POOL)
-            .stdin(Stdio::null());
-        fill
-    };
-    let mut lowered = fill("ulimit -n 200; exec \"$@\"")
-        .env(feather_vm::pool::HOLD_FILL, &hook.path)
-        .spawn()
-        .unwrap();
+    let fill = |script: &str| pool.fill_in_shell(script);
+    let mut lowered = pool.fill_held("ulimit -n 200; exec \"$@\"", &hook);
     let lock = pool.feather.root.join("pool/fill.lock");
-    pool.feather
-        .eventually("the lowered fill holds its lock", || {
-            holds_flock(lowered.id(), &lock)
-        });
     let ours = std::cell::RefCell::new(fill("exec \"$@\"").spawn().unwrap());
     pool.feather
         .eventually("our fill waits for the lock, or has returned", || {
@@ -1565,10 +1585,13 @@ fn runs_that_keep_finding_the_pool_stale_stop_refilling_it() {
         counted() >= 2,
         "no two stale misses in a row in {round} runs"
     );
-    // `pool` says so, and how to end it.
+    // `pool` says so, and how to end it without turning the default size into a setting
+    // (review pool29 L3: it said `feather pool --size 1`, which `network down` then keeps).
     let shown = pool.ok(&["pool"]);
     assert!(
-        shown.contains("refills stopped") && shown.contains("feather pool --size 1"),
+        shown.contains("refills stopped")
+            && shown.contains("`feather pool --fill`")
+            && !shown.contains("--size"),
         "{shown}"
     );
     // No fill at work any more (one started before the count reached 2 may make a VM).
@@ -1653,10 +1676,7 @@ fn a_root_given_as_a_symbolic_link_is_one_pool_with_it() {
     let mut pool = Pooled::new("pool-symlink", 0);
     pool.size = 1;
     pool.ok(&["pool", "--idle", "0"]);
-    let links = support::unique_dir("links", "pool-symlink");
-    let _remove = Remove(links.clone());
-    let link = links.join("root");
-    std::os::unix::fs::symlink(&pool.feather.root, &link).unwrap();
+    let (link, _remove) = pool.link_to_root("pool-symlink");
     let (_, keeper) = pool.filled_without_inotify(&link);
     let _end = EndKeeper(keeper);
     fs::remove_file(&link).unwrap();
@@ -1672,4 +1692,103 @@ fn a_root_given_as_a_symbolic_link_is_one_pool_with_it() {
             .to_owned()
     });
     assert!(from_the_pool(&taken), "{taken}");
+}
+
+/// A `fill.lock` that a user owning the root's folder made a symbolic link (`sudo feather
+/// --root ~/vms …`) is not followed: the file it points at keeps its bytes, and the fill says
+/// what is wrong and what to do (review pool29 H2: it was truncated and overwritten as root).
+#[test]
+fn a_fill_lock_made_a_symbolic_link_is_refused_and_its_target_kept() {
+    let pool = Pooled::new("pool-lock-link", 0);
+    let scratch = support::unique_dir("scratch", "pool-lock-link");
+    let _remove = Remove(scratch.clone());
+    let target = scratch.join("precious");
+    fs::write(&target, b"not the pool's\n").unwrap();
+    let lock = pool.feather.root.join("pool/fill.lock");
+    let _ = fs::remove_file(&lock);
+    std::os::unix::fs::symlink(&target, &lock).unwrap();
+    let out = pool.output(&["pool", "--size", "1"]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    fs::remove_file(&lock).unwrap();
+    assert_eq!(fs::read(&target).unwrap(), b"not the pool's\n", "{said}");
+    assert!(!out.status.success(), "the fill went through the link");
+    assert!(
+        said.contains("fill.lock") && said.contains("symbolic link") && said.contains("remove it"),
+        "{said}"
+    );
+}
+
+/// A fill that is over leaves no record of itself as the fill at work: a fill that finds the
+/// lock taken by the next one, not recorded yet, must not trust the record of one that is
+/// over and return (review pool29 M3: the record stayed after the lock was let go).
+#[test]
+fn a_fill_over_leaves_no_record_of_a_fill_at_work() {
+    let pool = Pooled::new("pool-record-cleared", 1);
+    pool.ok(&["pool", "--fill"]);
+    let record = pool.feather.root.join("pool/filler");
+    assert!(
+        !record.exists(),
+        "{}",
+        fs::read_to_string(&record).unwrap_or_default()
+    );
+}
+
+/// A root with a policy rule file, filled through its own path, is claimed from through a
+/// symbolic link to it: its rule files are fingerprinted by their names in the policy folder,
+/// not by the root's spelling (review pool29 M1: every run through the link found the pool
+/// stale, ended its VM and missed).
+#[test]
+fn a_root_with_policy_rules_is_claimed_from_through_a_symbolic_link() {
+    let mut pool = Pooled::new("pool-link-policy", 0);
+    let policy = pool.feather.root.join("policy.d");
+    fs::create_dir_all(&policy).unwrap();
+    fs::write(
+        policy.join("10-db.policy"),
+        "ipc  tcp:5432  vm  db  allow\n",
+    )
+    .unwrap();
+    pool.size = 1;
+    pool.ok(&["pool", "--size", "1"]);
+    let (link, _remove) = pool.link_to_root("pool-link-policy");
+    let (taken, _) = pool.taken_from_ready(|| {
+        let out = Command::new(Feather::bin())
+            .arg("--root")
+            .arg(&link)
+            .args(["run", "--rm", "--", "hostname"])
+            .env("FEATHER_SUBNET", &pool.subnet.cidr)
+            .env_remove(support::NO_POOL)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    });
+    assert!(from_the_pool(&taken), "{taken}");
+}
+
+/// A fill that finds another at work that does all it would (the same limits, the same
+/// context) returns at once, while that one still holds the lock: back-to-back runs do not
+/// queue one fill each (review pool29 L5: only the bench caught a version where every fill
+/// waited, which made a pool of 4 back to back 4x slower).
+#[test]
+fn a_fill_that_finds_one_at_work_doing_all_it_would_returns_at_once() {
+    let mut pool = Pooled::new("pool-fill-returns", 0);
+    fs::write(pool.feather.root.join("pool/size"), "1\n").unwrap();
+    pool.size = 1;
+    let mut hook = Hook::held("pool-fill-returns");
+    let mut at_work = pool.fill_held("exec \"$@\"", &hook);
+    let lock = pool.feather.root.join("pool/fill.lock");
+    let ours = std::cell::RefCell::new(pool.fill_in_shell("exec \"$@\"").spawn().unwrap());
+    pool.feather.eventually("our fill returns", || {
+        ours.borrow_mut().try_wait().unwrap().is_some()
+    });
+    let mut ours = ours.into_inner();
+    let still_held = holds_flock(at_work.id(), &lock);
+    hook.release();
+    assert!(ours.wait().unwrap().success());
+    assert!(at_work.wait().unwrap().success());
+    assert!(
+        still_held,
+        "our fill returned only once the one at work was done"
+    );
 }

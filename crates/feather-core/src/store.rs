@@ -780,7 +780,13 @@ mod tests {
     /// `readlink`): nothing of the host's default root is made or changed.
     #[test]
     fn the_default_root_spelled_otherwise_is_the_default_root() {
-        let links = std::env::temp_dir().join(format!("feather-spellings-{}", std::process::id()));
+        // Unique, not just this process's: a folder an earlier run left (same pid) made
+        // `symlink` fail with EEXIST.
+        let links = std::env::temp_dir().join(format!(
+            "feather-spellings-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
         fs::create_dir_all(&links).unwrap();
         std::os::unix::fs::symlink("/var", links.join("var")).unwrap();
         std::os::unix::fs::symlink(&links, links.join("other")).unwrap();

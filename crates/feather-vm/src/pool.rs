@@ -322,10 +322,14 @@ fn claimed(root: &StateRoot) -> Vec<VmName> {
 /// missing, claims and lets go of those over the size. One fill works at a time (a lock).
 /// Another returns at once where the one at work can do all it would (its hard limits are
 /// not below this one's), and the one at work looks again once it has let go of the lock (a
-/// claim whose fill returned so is not missed); otherwise it waits for it, then does its own
+/// claim whose fill returned so is not missed; not a fill whose generation is over, nor one
+/// that failed: review pool29 M2); otherwise it waits for it, then does its own
 /// round: VMs made under a lower hard limit than its own are replaced, not left. With
 /// `generation` (what its starter saw: [`pooled::generation`]), a fill that finds the pool
-/// emptied since for its network to go makes nothing.
+/// emptied since for its network to go makes nothing. A fill records itself for others to
+/// trust only once it knows it will work (its generation current, the host's context), and
+/// removes the record before it lets go of the lock; one that fails after (a VM it could not
+/// make) does not look again.
 pub fn fill(root: &StateRoot, generation: Option<u64>) -> Result<()> {
     // Made one by one, never the root's own folder: a fill for a root removed meanwhile fails
     // here instead of making the root again.
@@ -339,26 +343,29 @@ pub fn fill(root: &StateRoot, generation: Option<u64>) -> Result<()> {
             _ => {}
         }
     }
-    let lock_path = pooled::dir(root).join("fill.lock");
+    let folder = pooled::open_dir(root).at(pooled::dir(root))?;
     loop {
-        let mut lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&lock_path)
-            .at(&lock_path)?;
+        let lock = open_fill_lock(root, &folder)?;
         if lock.try_lock().is_err() {
-            if at_work_can_do_ours(&mut lock) {
+            if at_work_can_do_ours(&folder) {
                 return Ok(());
             }
-            lock.lock().at(&lock_path)?;
+            lock.lock().at(pooled::dir(root).join(pooled::FILL_LOCK))?;
         }
-        say_who_fills(&mut lock);
-        if !fill_locked(root, generation)? {
+        // Over before it writes its record: a fill that finds the lock taken then waits for
+        // this one rather than trust it, and does its own round.
+        if generation.is_some_and(|seen| seen != pooled::generation(root)) {
             return Ok(());
         }
+        if crate::filler::not_the_hosts_context().is_none() {
+            say_who_fills(&folder);
+        }
+        let worked = fill_locked(root);
+        // Before the lock goes: a fill taking it next has not recorded itself yet, and one
+        // finding it taken then must not trust this one's record, which is over.
+        let _ = fs::remove_file(pooled::in_folder(&folder, pooled::FILLER));
         drop(lock);
+        worked?;
         // Only a claim made meanwhile (whose fill found the lock taken and returned) asks for
         // another round; what this one could not remove waits for the next fill.
         if entries(root).len() >= size(root) {
@@ -367,29 +374,66 @@ pub fn fill(root: &StateRoot, generation: Option<u64>) -> Result<()> {
     }
 }
 
-/// Records this fill in the lock it holds ([`pooled::process_record`]), for another fill to
-/// look at ([`at_work_can_do_ours`]).
-fn say_who_fills(lock: &mut fs::File) {
-    use std::io::{Seek, Write};
+/// The pool's lock ([`pooled::FILL_LOCK`]) in its opened `folder`, made if missing: only a
+/// plain file, never through a symbolic link (which a user owning the root's folder could
+/// point at any file, for a fill run as root to lock), never waited on.
+fn open_fill_lock(root: &StateRoot, folder: &fs::File) -> Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = pooled::dir(root).join(pooled::FILL_LOCK);
+    let opened = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(pooled::in_folder(folder, pooled::FILL_LOCK));
+    let lock = match opened {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(not_the_lock(&shown, "a symbolic link"))
+        }
+        opened => opened.at(&shown)?,
+    };
+    if !lock.metadata().at(&shown)?.is_file() {
+        return Err(not_the_lock(&shown, "not a plain file"));
+    }
+    Ok(lock)
+}
+
+/// What a fill says of a lock file it will not use: what is wrong, and what to do.
+fn not_the_lock(shown: &Path, what: &str) -> crate::error::VmError {
+    failed(
+        &shown.display(),
+        format!(
+            "is {what}, not the pool's lock: the fill makes no VM and leaves it as it is; \
+             remove it (the next fill makes the lock anew), and check who can write the root's \
+             folder"
+        ),
+    )
+}
+
+/// Records this fill, while it holds the lock, in the pool's opened `folder`
+/// ([`pooled::FILLER`]), for another fill to look at ([`at_work_can_do_ours`]). Written whole
+/// by a rename, which replaces a symbolic link put there rather than writing through it.
+fn say_who_fills(folder: &fs::File) {
     let Some(record) = pooled::process_record(nix::unistd::getpid()) else {
         return;
     };
-    let _ = lock.set_len(0);
-    let _ = lock.rewind();
-    let _ = lock.write_all(record.as_bytes());
+    let file = pooled::in_folder(folder, pooled::FILLER);
+    let _ = write_atomic(&file, record.as_bytes(), Durability::Volatile);
 }
 
-/// Whether the fill that holds `lock` does all this one would: it still runs (as it recorded
-/// itself) and no hard limit of this process's is above its own (it replaces VMs made under
-/// lower ones as this one would). Unknown: no, and this one waits.
-fn at_work_can_do_ours(lock: &mut fs::File) -> bool {
-    use std::io::{Read, Seek};
-    let mut record = String::new();
-    let read = lock
-        .rewind()
-        .and_then(|()| lock.read_to_string(&mut record));
-    let at_work = read.ok().and_then(|_| pooled::still_running(&record));
-    at_work.is_some_and(|pid| crate::filler::limits_fit(&Inherited::of_this_process(), pid))
+/// Whether the fill that holds the lock does all this one would: it still runs (as it
+/// recorded itself in the pool's opened `folder`) and no hard limit of this process's is above
+/// its own (it replaces VMs made under lower ones as this one would). Unknown: no, and this
+/// one waits.
+fn at_work_can_do_ours(folder: &fs::File) -> bool {
+    let record = pooled::read_small(&pooled::in_folder(folder, pooled::FILLER));
+    let at_work = record.and_then(|record| pooled::still_running(&record));
+    at_work.is_some_and(|pid| {
+        crate::filler::limits_fit(&Inherited::of_this_process(), pid)
+            && crate::filler::context_fits(pid)
+    })
 }
 
 /// Test-only ([`crate::test_hooks`]): a fill that has its lock waits, before it reads the
@@ -403,26 +447,23 @@ static HOLD_FILL_AT: std::sync::OnceLock<Option<std::ffi::OsString>> = std::sync
 /// the file this names: a fill started before `network down` but at work only after it.
 pub const HOLD_FILL_START: &str = "FEATHER_TEST_HOLD_FILL_START";
 
-/// [`fill`], under its lock; whether it did its work (not: its `generation` is over).
-fn fill_locked(root: &StateRoot, generation: Option<u64>) -> Result<bool> {
+/// [`fill`], under its lock.
+fn fill_locked(root: &StateRoot) -> Result<()> {
     if let Some(Some(hold)) = HOLD_FILL_AT.get() {
         crate::test_hooks::held_by(hold);
-    }
-    if generation.is_some_and(|seen| seen != pooled::generation(root)) {
-        return Ok(false);
     }
     loop {
         remove_stale(root);
         let ready = entries(root).len();
         let wanted = size(root);
         if ready == wanted {
-            return Ok(true);
+            return Ok(());
         }
         if ready > wanted {
             for _ in wanted..ready {
                 drop(claim_any(root));
             }
-            return Ok(true);
+            return Ok(());
         }
         if let Some(why) = crate::filler::not_the_hosts_context() {
             return Err(failed(
@@ -676,12 +717,15 @@ pub fn emptied_while<T>(
     // at work only after it (its size setting put back) makes nothing.
     let dir = pooled::dir(root);
     fs::create_dir_all(&dir).at(&dir)?;
-    pooled::next_generation(root)?;
     let file = dir.join("size");
     let setting = fs::read(&file).ok();
     // Counted before the size is 0 too: a fill under way then ends the VMs above it itself.
     let before = entries(root).len();
+    // The size 0 first, then the next generation; a starter reads them the other way round
+    // ([`pooled::start_filler`]): one that read the generation before it was raised reads a
+    // size of 0 or starts a fill of the generation over, which makes nothing.
     set_size(root, 0)?;
+    pooled::next_generation(root)?;
     let emptied = await_fill(root).and_then(|()| {
         let pooled = entries(root).len().max(before);
         let drained = drain(root)?;
@@ -700,13 +744,13 @@ pub fn emptied_while<T>(
 
 /// Waits for the fill at work, if any, to end (it reads the size again before it stops).
 fn await_fill(root: &StateRoot) -> Result<()> {
-    let lock_path = pooled::dir(root).join("fill.lock");
-    let lock = match fs::OpenOptions::new().write(true).open(&lock_path) {
-        Ok(lock) => lock,
+    let folder = match pooled::open_dir(root) {
+        Ok(folder) => folder,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).at(&lock_path)?,
+        Err(e) => return Err(e).at(pooled::dir(root))?,
     };
-    lock.lock().at(&lock_path)?;
+    let lock = open_fill_lock(root, &folder)?;
+    lock.lock().at(pooled::dir(root).join(pooled::FILL_LOCK))?;
     Ok(())
 }
 

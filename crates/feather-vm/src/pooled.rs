@@ -7,7 +7,9 @@
 //! <root>/pool/size        the size setting ("0": no pool; absent: [`DEFAULT_SIZE`])
 //! <root>/pool/idle        how long a pooled VM waits unclaimed before its keeper removes it,
 //!                         in seconds ("0": for ever; absent: [`DEFAULT_IDLE`])
-//! <root>/pool/fill.lock   held by the one filler at work
+//! <root>/pool/fill.lock   held by the one filler at work (never written: only locked)
+//! <root>/pool/filler      the filler at work, while it holds the lock: its pid and start
+//!                         time ("<pid> <ticks>"), written whole (a rename, never through a link)
 //! <root>/pool/stale-misses  how many runs in a row found only stale VMs ([`STALE_MISSES_TO_STOP`])
 //! <root>/pool/generation  how many times `network down` emptied the pool ([`generation`]): a
 //!                         fill started before makes nothing
@@ -55,8 +57,7 @@ pub const DEFAULT_SIZE: usize = 1;
 
 /// The pool's size setting: [`DEFAULT_SIZE`] unless set (`pool --size 0`, `--drain`: off).
 pub fn size(root: &StateRoot) -> usize {
-    std::fs::read_to_string(dir(root).join("size"))
-        .ok()
+    read_small(&dir(root).join("size"))
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or(DEFAULT_SIZE)
 }
@@ -88,9 +89,8 @@ pub const DEFAULT_IDLE: Duration = Duration::from_secs(10 * 60);
 
 /// How long a pooled VM waits unclaimed before its keeper removes it; `None`: for ever.
 pub fn idle(root: &StateRoot) -> Option<Duration> {
-    let seconds = std::fs::read_to_string(dir(root).join("idle"))
-        .ok()
-        .and_then(|text| text.trim().parse::<u64>().ok());
+    let seconds =
+        read_small(&dir(root).join("idle")).and_then(|text| text.trim().parse::<u64>().ok());
     match seconds {
         None => Some(DEFAULT_IDLE),
         Some(0) => None,
@@ -102,6 +102,48 @@ pub fn idle(root: &StateRoot) -> Option<Duration> {
 pub fn dir(root: &StateRoot) -> PathBuf {
     root.dir().join("pool")
 }
+
+/// The pool's lock file, in its folder: held by the one filler at work ([`crate::pool::fill`]).
+pub const FILL_LOCK: &str = "fill.lock";
+
+/// The record of the filler at work, in the pool's folder ([`process_record`]).
+pub const FILLER: &str = "filler";
+
+/// The pool's folder, opened, never through a symbolic link: the pool's files are opened
+/// relative to it ([`in_folder`]). A root's folder may be a user's (`sudo feather --root
+/// ~/vms …`), and a fill runs as root.
+pub fn open_dir(root: &StateRoot) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir(root))
+}
+
+/// File `name` of the opened folder `folder`, as a path the kernel resolves through its
+/// descriptor (not through the folder's path, which may have been replaced since).
+pub fn in_folder(folder: &std::fs::File, name: &str) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", folder.as_raw_fd())).join(name)
+}
+
+/// The few bytes a setting or record of the pool's folder holds: a plain file's, read once
+/// and at most [`SMALL`] bytes, never through a symbolic link, never waited on (a FIFO).
+pub fn read_small(file: &Path) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(file)
+        .ok()?;
+    let mut text = String::new();
+    opened.take(SMALL).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// The most [`read_small`] reads: a number, or a [`process_record`].
+const SMALL: u64 = 64;
 
 /// The folder of the entries, one per pooled VM.
 pub fn entries_dir(root: &StateRoot) -> PathBuf {
@@ -233,18 +275,21 @@ fn host_mounts(root: &StateRoot) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// The names and contents of the rule files in the root's policy folders, in order.
-fn policy_files(root: &StateRoot) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+/// The rule files in the root's policy folders, in order: each by its folder's place in
+/// that order and its name in it (not by its full path: a root spelled through a symbolic
+/// link is the same pool, review pool29 M1), and its contents.
+fn policy_files(root: &StateRoot) -> Vec<(usize, std::ffi::OsString, Option<Vec<u8>>)> {
     let mut files = Vec::new();
-    for dir in feather_shuttle::policy::policy_dirs(root.dir()) {
-        let Ok(read) = std::fs::read_dir(&dir) else {
+    let dirs = feather_shuttle::policy::policy_dirs(root.dir());
+    for (place, dir) in dirs.iter().enumerate() {
+        let Ok(read) = std::fs::read_dir(dir) else {
             continue;
         };
-        let mut paths: Vec<PathBuf> = read.flatten().map(|entry| entry.path()).collect();
-        paths.sort();
-        files.extend(paths.into_iter().map(|path| {
-            let contents = std::fs::read(&path).ok();
-            (path, contents)
+        let mut names: Vec<std::ffi::OsString> = read.flatten().map(|e| e.file_name()).collect();
+        names.sort();
+        files.extend(names.into_iter().map(|name| {
+            let contents = std::fs::read(dir.join(&name)).ok();
+            (place, name, contents)
         }));
     }
     files
@@ -286,7 +331,7 @@ fn identity(path: &Path) -> String {
 /// `/dev/null` (no terminal: a pooled VM's `ask` rules ask its claimer's), in `/`, with an
 /// environment of the settings that shape a VM only (nothing of its starter's reaches the
 /// keepers it starts, which serve other callers).
-fn filler_command(root: &StateRoot) -> Option<std::process::Command> {
+fn filler_command(root: &StateRoot, generation: u64) -> Option<std::process::Command> {
     let exe = std::env::current_exe().ok()?;
     let mut command = std::process::Command::new(exe.with_file_name(FRONT_PROGRAM));
     // The default root is named by no option (its sockets are not under its folder). Another
@@ -298,7 +343,7 @@ fn filler_command(root: &StateRoot) -> Option<std::process::Command> {
     }
     command
         .args(["pool", "--fill", "--generation"])
-        .arg(generation(root).to_string())
+        .arg(generation.to_string())
         .current_dir("/")
         .env_clear()
         .env("PATH", crate::workload::DEFAULT_PATH)
@@ -314,10 +359,13 @@ fn filler_command(root: &StateRoot) -> Option<std::process::Command> {
 /// and by a run that missed, after its command. None once runs in a row found the pool stale
 /// ([`STALE_MISSES_TO_STOP`]). Whether it started one.
 pub fn start_filler(root: &StateRoot) -> bool {
-    if stale_misses(root) >= STALE_MISSES_TO_STOP {
+    // The generation before the size: `network down` writes them the other way round
+    // ([`crate::pool::emptied_while`]).
+    let seen = generation(root);
+    if size(root) == 0 || stale_misses(root) >= STALE_MISSES_TO_STOP {
         return false;
     }
-    filler_command(root).is_some_and(|mut command| command.spawn().is_ok())
+    filler_command(root, seen).is_some_and(|mut command| command.spawn().is_ok())
 }
 
 /// How many runs in a row found nothing in the pool but VMs made under another fingerprint
@@ -347,8 +395,7 @@ pub fn record_stale_miss(root: &StateRoot) {
 
 /// The count a file of the pool's folder holds; 0 where it has none.
 fn count_in<T: std::str::FromStr + Default>(file: &Path) -> T {
-    std::fs::read_to_string(file)
-        .ok()
+    read_small(file)
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or_default()
 }
@@ -388,7 +435,7 @@ pub fn next_generation(root: &StateRoot) -> feather_core::error::Result<()> {
 /// Runs a fill ([`filler_command`]) and waits for it: `feather pool --size`.
 pub fn run_filler(root: &StateRoot) -> crate::error::Result<()> {
     let name = root.dir().display();
-    let mut command = filler_command(root).ok_or_else(|| {
+    let mut command = filler_command(root, generation(root)).ok_or_else(|| {
         crate::error::failed(&name, "cannot find the feather program to fill the pool")
     })?;
     let status = command

@@ -131,25 +131,54 @@ impl RootWatch {
 
     /// Waits (up to [`REMOVAL_PATIENCE`]) until the root's folder is gone from its path, so that
     /// the teardown that follows makes nothing in a folder being removed: woken by the watch's
-    /// events (the root's folder removed or moved is one), looking again at each; without
-    /// inotify, every [`LOOK_WHILE_REMOVED`].
-    pub fn await_removal(&self) {
+    /// events, looking again at each; without inotify, every [`LOOK_WHILE_REMOVED`]. Whether
+    /// it saw the root go (not: its patience ran out, no event having come).
+    pub fn await_removal(&self) -> bool {
+        self.await_removal_waking(|| {})
+    }
+
+    /// [`Self::await_removal`], calling `before_wait` each time before it waits (a test's
+    /// removal, made while the keeper waits).
+    fn await_removal_waking(&self, mut before_wait: impl FnMut()) -> bool {
+        let woken = self
+            .inotify
+            .as_ref()
+            .filter(|inotify| self.watch_parent(inotify));
         let deadline = Instant::now() + REMOVAL_PATIENCE;
         while is_at(&self.root, self.identity) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return;
+                return false;
             }
-            match &self.inotify {
+            before_wait();
+            match woken {
                 Some(inotify) => {
                     let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
                     let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
-                    let _ = poll(&mut fds, timeout);
+                    if poll(&mut fds, timeout) == Ok(0) {
+                        return false;
+                    }
                     while matches!(inotify.read_events(), Ok(events) if !events.is_empty()) {}
                 }
                 None => std::thread::sleep(LOOK_WHILE_REMOVED.min(left)),
             }
         }
+        true
+    }
+
+    /// Adds the root's parent folder to the watch, for the root's name removed or moved from it:
+    /// the root's own `IN_DELETE_SELF` comes only once no one holds the folder open, and this
+    /// watch holds it ([`RootWatch::folder`]), so only its parent says when `rm -rf` removed it
+    /// (review pool29 H1: the wait ran out its patience on every removal). Added only now, so
+    /// that the other roots of a parent such as `/var/lib` wake no pooled keeper meanwhile.
+    /// Whether it was added (else the caller looks every [`LOOK_WHILE_REMOVED`]).
+    fn watch_parent(&self, inotify: &Inotify) -> bool {
+        let Some(parent) = self.root.parent().filter(|p| !p.as_os_str().is_empty()) else {
+            return false;
+        };
+        let flags =
+            AddWatchFlags::IN_DELETE | AddWatchFlags::IN_MOVED_FROM | AddWatchFlags::IN_ONLYDIR;
+        inotify.add_watch(parent, flags).is_ok()
     }
 
     /// The inotify descriptor to poll, if there is one.
@@ -187,4 +216,52 @@ pub fn is_at(path: &Path, identity: Identity) -> bool {
 
 fn exists(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder of the test's, removed whatever its outcome.
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// The keeper waits for its root's folder itself to go, the last step of `rm -rf` (the VM's
+    /// things in it are gone already), while its watch holds that folder open: the removal
+    /// wakes it (the root's parent's event), and it says the root went. Before, only the
+    /// root's `IN_DELETE_SELF` was watched, which the held folder defers: it waited out its
+    /// patience and said so.
+    #[test]
+    fn the_wait_for_a_removal_is_woken_by_the_roots_folder_going() {
+        let scratch = Scratch(feather_testkit::unique_dir("root-watch", "removal"));
+        let root = StateRoot::new(Some(scratch.0.join("root")));
+        let vm = root.vm(&"pooled".parse().unwrap());
+        let entry = crate::pooled::entry(&root, vm.name());
+        for folder in [vm.path(), vm.run_dir(), entry.parent().unwrap()] {
+            std::fs::create_dir_all(folder).unwrap();
+        }
+        std::fs::write(&entry, "").unwrap();
+        let watch = RootWatch::new(&root, &vm).unwrap();
+        assert!(watch.inotify.is_some(), "no inotify instance for the test");
+        for inside in std::fs::read_dir(root.dir()).unwrap().flatten() {
+            std::fs::remove_dir_all(inside.path()).unwrap();
+        }
+        assert!(watch.gone(), "the VM's things removed are not seen");
+        let mut removed = false;
+        let went = watch.await_removal_waking(|| {
+            if !removed {
+                std::fs::remove_dir(root.dir()).unwrap();
+                removed = true;
+            }
+        });
+        assert!(
+            went,
+            "the wait ran out its patience: the root's removal did not wake it"
+        );
+    }
 }

@@ -476,9 +476,9 @@ fn pool(root: &StateRoot, args: PoolArgs) -> anyhow::Result<()> {
     if status.refills_stopped() {
         say!(
             "refills stopped: {} runs in a row found only stale VMs (the host's mounts or \
-             settings change between runs); `feather pool --size {}` starts them again",
-            status.stale_misses,
-            status.size
+             settings change between runs); `feather pool --fill` makes the pool whole now, and \
+             the next run that takes a VM from it starts them again",
+            status.stale_misses
         )?;
     }
     Ok(())
