@@ -362,13 +362,36 @@ pub fn unmasked_places(
     masked: &[PathBuf],
     kept_off: &[String],
 ) -> Result<Vec<PathBuf>, String> {
-    places_lacking(namespace, masked, kept_off, &|mounts, path, look| {
+    let places = places_lacking(namespace, masked, kept_off, &|mounts, path, look| {
         let found = look(path)?;
         let shown = matches!(found, Found::Link | Found::At { .. });
         // A mask's mount would look at the place (its `fstat`) there: left to the check,
         // which refuses it unmasked without entering it (review rest28 N8).
         Ok(shown && !is_mask(mounts, &found) && !on_unentered_mount(mounts, &found))
-    })
+    })?;
+    refuse_masking_late(&places)?;
+    Ok(places)
+}
+
+/// Files whose open is judged by the opener's credentials alone: a descriptor of one that
+/// CRIU opened, as host root, before a mask is placed keeps what it grants, whatever the mask
+/// and the restored credentials (`/proc/kcore`: every page of kernel memory, checked against
+/// `CAP_SYS_RAWIO` at open only; review fixes29 N1). A dump that lacks their mask is refused,
+/// never masked after CRIU ran.
+const GRANTED_AT_OPEN: &[&str] = &["kcore"];
+
+fn refuse_masking_late(places: &[PathBuf]) -> Result<(), String> {
+    match places
+        .iter()
+        .find(|place| GRANTED_AT_OPEN.iter().any(|name| place.ends_with(name)))
+    {
+        Some(place) => Err(format!(
+            "the checkpoint's images leave {} unmasked: a descriptor CRIU opened there before a \
+             mask would still read kernel memory; checkpoint it again with the mask in place",
+            place.display()
+        )),
+        None => Ok(()),
+    }
 }
 
 /// What is at a path of the namespace ([`look_up`] on its root and table).
@@ -867,6 +890,24 @@ mod tests {
         answer
             .recv_timeout(std::time::Duration::from_secs(30))
             .expect("waited on the FUSE server")
+    }
+
+    /// A dump that lacks the mask over `/proc/kcore` is refused, not masked after CRIU ran:
+    /// a descriptor CRIU opened there first would read kernel memory through the mask; every
+    /// other place lacking its mask is masked. (Judged on the places [`unmasked_places`]
+    /// found: this host's kernel has no `/proc/kcore`, CONFIG_PROC_KCORE being off.)
+    #[test]
+    fn an_unmasked_kcore_is_refused_not_masked() {
+        let lacking = |paths: &[&str]| {
+            refuse_masking_late(&paths.iter().map(PathBuf::from).collect::<Vec<_>>())
+        };
+        let refusal = lacking(&["/proc/interrupts", "/tmp/chroot/proc/kcore"]).unwrap_err();
+        assert!(
+            refusal.contains("/tmp/chroot/proc/kcore unmasked")
+                && refusal.contains("kernel memory"),
+            "{refusal}"
+        );
+        assert_eq!(lacking(&["/proc/interrupts", "/proc/keys"]), Ok(()));
     }
 
     /// The places to mask are every proc mount's of the namespace, from its root, a chrooted
