@@ -47,7 +47,7 @@ pub fn stage(path: &Path, contents: &[u8], durability: Durability, kind: &str) -
         durability,
     };
     let write = |temp: &Path| -> std::io::Result<()> {
-        let mut file = File::create(temp)?;
+        let mut file = create_new(temp)?;
         file.write_all(contents)?;
         if durability != Durability::Volatile {
             file.sync_all()?;
@@ -58,6 +58,29 @@ pub fn stage(path: &Path, contents: &[u8], durability: Durability, kind: &str) -
         write(temp).at(path)?;
     }
     Ok(staged)
+}
+
+/// A new file at `temp`, never through a link there: a state folder may be a user's (a root
+/// given as `--root ~/vms`), who could otherwise plant a link under the predictable name and
+/// have root truncate and write its target (review fixpool29 H1'). What is at the name already
+/// (a link, or a file a process of the same pid left) is removed first: a link goes, not
+/// what it names.
+fn create_new(temp: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = || {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(temp)
+    };
+    match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            fs::remove_file(temp)?;
+            open()
+        }
+        opened => opened,
+    }
 }
 
 impl Staged {
@@ -197,6 +220,25 @@ pub fn sync_all(paths: &[std::path::PathBuf]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A link planted under the name a write stages at (a user's state folder) is replaced,
+    /// never written through: what it names keeps its bytes (review fixpool29 H1').
+    #[test]
+    fn a_link_at_the_staging_name_is_not_written_through() {
+        let dir = std::env::temp_dir().join(format!("feather-staged-link-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        fs::write(&victim, "keep me").unwrap();
+        let target = dir.join("size");
+        let staging = dir.join(format!(".size.tmp-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &staging).unwrap();
+        write_atomic(&target, b"4", Durability::Volatile).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "keep me");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "4");
+        assert!(fs::symlink_metadata(&target).unwrap().file_type().is_file());
+        assert!(fs::symlink_metadata(&staging).is_err(), "the link is gone");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn files_staged_by_dead_processes_are_removed_and_live_ones_kept() {

@@ -718,7 +718,9 @@ pub fn emptied_while<T>(
     let dir = pooled::dir(root);
     fs::create_dir_all(&dir).at(&dir)?;
     let file = dir.join("size");
-    let setting = fs::read(&file).ok();
+    // Never through a link nor unbounded: the root's folder may be a user's (review
+    // fixpool29 H2': a `size` linked to a file only root reads was copied into the root).
+    let setting = pooled::read_small(&file).map(String::into_bytes);
     // Counted before the size is 0 too: a fill under way then ends the VMs above it itself.
     let before = entries(root).len();
     // The size 0 first, then the next generation; a starter reads them the other way round
