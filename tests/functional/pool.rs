@@ -171,9 +171,12 @@ impl Pooled {
             .spawn()
             .unwrap();
         let lock = self.feather.root.join("pool/fill.lock");
+        // Held under its lock once it has said who fills (the hook holds it after): another
+        // fill coming before the record would wait rather than return (review fixpool29 L2').
+        let record = self.feather.root.join("pool/filler");
         self.feather
-            .eventually("the held fill holds the pool's lock", || {
-                holds_flock(fill.id(), &lock)
+            .eventually("the held fill holds the pool's lock and says so", || {
+                holds_flock(fill.id(), &lock) && record.exists()
             });
         fill
     }
