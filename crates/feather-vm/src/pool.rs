@@ -677,6 +677,10 @@ pub struct Drained {
 /// still running their command are theirs: not waited for, named in what it returns.
 pub fn drain(root: &StateRoot) -> Result<Drained> {
     set_size(root, 0)?;
+    // A fill at work (a run's refill, making its VM) reads the size 0 only once that VM is
+    // made: waited for, so that its VM is among those drained and waited for, not left behind
+    // mid-teardown when the drain returns.
+    await_fill(root)?;
     let names: Vec<VmName> = entries(root).into_iter().map(|(name, _)| name).collect();
     fill(root, None)?;
     // A fill at work meanwhile (it held the lock) reads the size 0 before it stops.
