@@ -141,7 +141,7 @@ fn entries(root: &StateRoot) -> Vec<(VmName, String)> {
         .flatten()
         .filter_map(|entry| {
             let name: VmName = entry.file_name().to_str()?.parse().ok()?;
-            let made_under = fs::read_to_string(entry.path()).ok()?;
+            let made_under = pooled::read_small(&entry.path())?;
             Some((name, made_under.trim().to_owned()))
         })
         .collect();

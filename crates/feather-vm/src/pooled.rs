@@ -142,7 +142,7 @@ pub fn read_small(file: &Path) -> Option<String> {
     Some(text)
 }
 
-/// The most [`read_small`] reads: a number, or a [`process_record`].
+/// The most [`read_small`] reads: a number, a [`process_record`] or a [`fingerprint`].
 const SMALL: u64 = 64;
 
 /// The folder of the entries, one per pooled VM.
@@ -201,7 +201,7 @@ pub fn record_claimer(root: &StateRoot, name: &VmName, claimer: &std::os::unix::
 /// The process that claimed VM `name`, if its keeper recorded it and it still runs (its
 /// command has not ended: it lets go of the VM as it ends).
 pub fn claimer_running(root: &StateRoot, name: &VmName) -> Option<i32> {
-    still_running(&std::fs::read_to_string(claimed_entry(root, name)).ok()?)
+    still_running(&read_small(&claimed_entry(root, name))?)
 }
 
 /// Process `pid` as a record names it: its pid and start time ("<pid> <ticks>"), so that the
