@@ -41,6 +41,11 @@ const RECORDED_KEPT: usize = 8;
 /// How long registering a root waits for the commits that hold the registry.
 const COMMIT_PATIENCE: Duration = Duration::from_secs(5);
 
+/// The lock file, in the registry's folder, that a registration holds while it waits for the
+/// commits in flight and that a commit passes before it holds the registry
+/// ([`Registry::hold_for_commit`]).
+const TURNSTILE: &str = "turnstile.lock";
+
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct Entry {
     dir: PathBuf,
@@ -155,10 +160,23 @@ impl Registry {
     /// Takes the registry's lock for a registration, waiting at most [`COMMIT_PATIENCE`] for
     /// the commits that hold it: one stopped (Ctrl-Z) or writing into an unread pager would
     /// otherwise hang every command that registers a root (review gl27 L1).
+    ///
+    /// The wait is at the [`TURNSTILE`] first: once a registration holds it, no commit begins
+    /// until the registration is done, so commits that overlap one another (parallel commits,
+    /// a script committing in a loop) cannot keep the registry held for ever — `flock` itself
+    /// lets a shared lock in past a waiting exclusive one.
     fn lock_waiting_for_commits(&self, folder: &fs::File) -> Result<()> {
         let deadline = Instant::now() + COMMIT_PATIENCE;
+        let turnstile = self.open_turnstile()?;
+        self.try_lock_until(&turnstile, deadline, folder)?;
+        self.try_lock_until(folder, deadline, folder)
+    }
+
+    /// Takes `file`'s exclusive lock, polling until `deadline`; past it, the error names the
+    /// commits holding the registry `folder`.
+    fn try_lock_until(&self, file: &fs::File, deadline: Instant, folder: &fs::File) -> Result<()> {
         loop {
-            match folder.try_lock() {
+            match file.try_lock() {
                 Ok(()) => return Ok(()),
                 Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(50));
@@ -167,6 +185,19 @@ impl Registry {
                 Err(fs::TryLockError::Error(e)) => return Err(e).at(&self.dir),
             }
         }
+    }
+
+    /// The registry's [`TURNSTILE`] file, made if missing (never through a link).
+    fn open_turnstile(&self) -> Result<fs::File> {
+        let path = self.dir.join(TURNSTILE);
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .at(&path)
     }
 
     /// The error of a registration that waited too long for the commits holding the registry.
@@ -210,6 +241,10 @@ impl Registry {
     /// of a new root waits for them (one of a root already known takes no lock).
     pub fn hold_for_commit(&self) -> Result<RegistryHold> {
         let folder = self.open_folder()?;
+        // Through the turnstile: a registration waiting for the commits in flight holds it
+        // (at most COMMIT_PATIENCE), and this commit waits behind it.
+        let turnstile = self.open_turnstile()?;
+        turnstile.lock_shared().at(&self.dir)?;
         folder.lock_shared().at(&self.dir)?;
         Ok(RegistryHold { _folder: folder })
     }
@@ -1124,6 +1159,48 @@ mod tests {
         assert!(new.unwrap(), "registered once no commit held it");
         registering.join().unwrap();
         assert_eq!(registry.roots().len(), 1);
+        fs::remove_dir_all(root.dir()).unwrap();
+        fs::remove_dir_all(registry.dir()).unwrap();
+    }
+
+    /// Commits that overlap one another cannot keep a registration out for ever: once it
+    /// waits, a commit that begins waits behind it (flock alone would let it in).
+    #[test]
+    fn a_commit_begun_while_a_registration_waits_waits_behind_it() {
+        let (registry, root) = a_root("turnstile");
+        let first = registry.hold_for_commit().unwrap();
+        let (dir, root_dir) = (registry.dir().to_path_buf(), root.dir().to_path_buf());
+        let registering = std::thread::spawn(move || {
+            let root = StateRoot::new(Some(root_dir));
+            Registry::at(dir)
+                .register(&root)
+                .map(|done| done.new.is_some())
+        });
+        let turnstile = registry.open_turnstile().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while turnstile.try_lock_shared().is_ok() {
+            turnstile.unlock().unwrap();
+            assert!(
+                Instant::now() < deadline,
+                "the registration never began to wait"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (held, next_holds) = std::sync::mpsc::channel();
+        let dir = registry.dir().to_path_buf();
+        let next = std::thread::spawn(move || {
+            let hold = Registry::at(dir).hold_for_commit().unwrap();
+            let _ = held.send(());
+            hold
+        });
+        assert!(
+            next_holds.recv_timeout(Duration::from_millis(300)).is_err(),
+            "a commit began while a registration waited"
+        );
+        drop(first);
+        assert!(registering.join().unwrap().unwrap(), "registered");
+        next_holds.recv_timeout(Duration::from_secs(10)).unwrap();
+        drop(next.join().unwrap());
         fs::remove_dir_all(root.dir()).unwrap();
         fs::remove_dir_all(registry.dir()).unwrap();
     }
