@@ -1503,6 +1503,53 @@ fn a_roots_first_fill_makes_one_vm() {
     panic!("a root's first fill made {made:?} VMs, not 1");
 }
 
+/// A claimed VM's keeper reaps the refill it started: held (a test hook) after it started it,
+/// it has no child left once the refill has made the pool whole and ended. Before, the ended
+/// fill stayed its zombie for as long as the keeper lived.
+#[test]
+fn a_claimed_vms_keeper_reaps_the_refill_it_started() {
+    let pool = Pooled::by_default("pool-refill-reaped");
+    let mut hook = Hook::held("refill-reaped");
+    // Every fill passes the hook on to the keepers it starts: a miss's too.
+    let held = |args: &[&str]| {
+        let out = pool
+            .command()
+            .env(feather_vm::keeper::HOLD_AFTER_REFILL, &hook.path)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    held(&["pool", "--size", "1"]);
+    pool.taken_from_ready(|| held(&["run", "--rm", "--", "hostname"]));
+    let keeper = hook.waiter(&pool.feather);
+    let lock = pool.feather.root.join("pool/fill.lock");
+    pool.feather
+        .eventually("the refill has made the pool whole and let go", || {
+            pool.entries().len() == 1 && flocks(&lock).is_empty()
+        });
+    pool.feather.eventually(
+        "the held keeper has no child left: the refill reaped",
+        || children_of(keeper).is_empty(),
+    );
+    hook.release();
+}
+
+/// The children of process `pid`, of all its threads.
+fn children_of(pid: u32) -> Vec<String> {
+    support::names_in(std::path::Path::new(&format!("/proc/{pid}/task")))
+        .iter()
+        .filter_map(|task| fs::read_to_string(format!("/proc/{pid}/task/{task}/children")).ok())
+        .flat_map(|children| {
+            children
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// A pooled VM's keeper that gets no inotify instance (a test hook, as when root's
 /// `fs.inotify.max_user_instances` is reached) says so once in its log and looks every 2 s
 /// instead: its root removed by hand, the VM goes though its idle time is "for ever". Before,

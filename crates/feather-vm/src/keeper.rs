@@ -228,6 +228,10 @@ pub const HOLD_BEFORE_RELEASE: &str = "FEATHER_TEST_HOLD_BEFORE_RELEASE";
 /// as the host may. Unset, nothing waits.
 pub const HOLD_AFTER_MOUNT_LIST: &str = "FEATHER_TEST_HOLD_AFTER_MOUNT_LIST";
 
+/// For tests only: names a file whose lock a claimed VM's keeper waits for once it has started
+/// the pool's refill, before it removes the VM: a keeper that lives on after its refill ended.
+pub const HOLD_AFTER_REFILL: &str = "FEATHER_TEST_HOLD_AFTER_REFILL";
+
 /// For tests only: set (to anything) in a keeper's environment, its status answer leaves out
 /// [`Response::Running`]'s `ends_released_copy`, as a keeper of a build before it answers, so
 /// that a test sees `migrate` refuse post-copy with such a keeper. Unset, the answer has it.
@@ -235,7 +239,8 @@ pub const AS_AN_OLDER_KEEPER: &str = "FEATHER_TEST_AS_AN_OLDER_KEEPER";
 
 /// Waits for the lock of the file the test-only `variable` names ([`HOLD_RUNNING_RECORD`],
 /// [`HOLD_BEFORE_CRIU`], [`HOLD_BEFORE_BEGIN`], [`HOLD_AFTER_STOP_ANSWER`],
-/// [`HOLD_AFTER_RESUME`], [`HOLD_BEFORE_RELEASE`], [`HOLD_AFTER_MOUNT_LIST`]), if it is set: in a debug build only (see
+/// [`HOLD_AFTER_RESUME`], [`HOLD_BEFORE_RELEASE`], [`HOLD_AFTER_MOUNT_LIST`],
+/// [`HOLD_AFTER_REFILL`]), if it is set: in a debug build only (see
 /// [`crate::test_hooks`]).
 pub(crate) fn held_by_test(variable: &str) {
     crate::test_hooks::held(variable);
@@ -1899,7 +1904,9 @@ impl Keeper {
             .root()
             .filter(|root| !self.expired.get() && crate::pooled::size(root) > 0);
         if let Some(root) = refill {
-            let _ = crate::pooled::start_filler(&root);
+            if crate::pooled::start_filler(&root) {
+                held_by_test(HOLD_AFTER_REFILL);
+            }
         }
         self.remove_throw_away(&aside);
         // Last: until here a crash leaves the claimed entry that leads a fill to what is left.
