@@ -769,6 +769,31 @@ fn many_runs_from_the_pool_leave_nothing_beyond_the_pool() {
     pool.drained_leaving_nothing(&cgroups_before);
 }
 
+/// Runs from the pool back to back keep the root's network for the refills' VMs, as cold runs
+/// keep it for the next: a claimed VM's teardown is handed to a finisher, which refills the
+/// namespaces made ahead and lingers, and a refill's VM takes one of them (its entry claimed,
+/// `network-pool/claimed/`) instead of making its veth pair and firewall entries. Before, the
+/// claimed VM's keeper took the root's bridge, tables and namespaces down with its VM, and no
+/// pooled VM ever found one made ahead.
+#[test]
+fn a_refills_vm_takes_a_namespace_made_ahead() {
+    let pool = Pooled::new("pool-refill-netns", 1);
+    let claimed = pool.feather.root.join("network-pool/claimed");
+    let took_one = (0..10).any(|_| {
+        pool.taken_from_ready(|| {
+            pool.ok(&["run", "--rm", "--", "hostname"])
+                .trim()
+                .to_owned()
+        });
+        pool.whole();
+        !support::names_in(&claimed).is_empty()
+    });
+    assert!(
+        took_one,
+        "no refill's VM took a namespace made ahead in 10 runs from the pool"
+    );
+}
+
 /// What a fill killed half-way leaves — an entry whose VM it never made, a VM it made but
 /// never started — is hidden from `ls`, never claimed, and removed by the next fill.
 #[test]

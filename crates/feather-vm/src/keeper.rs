@@ -1847,6 +1847,16 @@ impl Keeper {
                 return;
             }
         };
+        self.hand_over_set_aside(&aside);
+    }
+
+    /// Hands the teardown of the VM set aside as `aside` to a finisher: the one started ahead,
+    /// else one started now; done by this process if none takes it.
+    fn hand_over_set_aside(&mut self, aside: &VmDir) {
+        let name = self.vm.name().clone();
+        let complain = |e: &dyn std::error::Error| {
+            eprintln!("feather keeper {name}: {}", causes(e));
+        };
         let held = Held {
             mounts: self.held_mounts.take(),
             memory_layer: self.memory_layer.take().map(|layer| layer.fd),
@@ -1868,15 +1878,18 @@ impl Keeper {
             Ok(()) => trace::phase("teardown: set aside, hand the rest over"),
             Err(held) => {
                 held.release();
-                self.remove_throw_away(&aside);
+                self.remove_throw_away(aside);
             }
         }
     }
 
     /// Ends a VM claimed from the pool as a throw-away VM's teardown ends: set aside first (its
     /// name free, out of `ls`, and every command that waits for teardowns waits for this
-    /// process's keeper lock), and the claimer told, then everything it held removed, by this
-    /// process, which nobody waits for (its claimer has reported the exit status already).
+    /// process's keeper lock), and the claimer told, then everything it held removed, which
+    /// nobody waits for (its claimer has reported the exit status already): by a finisher when
+    /// a refill starts (as a cold run's teardown), else by this process. A finisher killed
+    /// half-way leaves the set-aside VM with its lock free, which the next feather command
+    /// finishes ([`crate::lifecycle::settle_throw_aways`]).
     fn tear_down_claimed(&mut self, how: &str) {
         let aside = match self.vm.set_aside(&self.config.id) {
             _ if self.gone_root.get().is_some() => self.vm.clone(),
@@ -1903,12 +1916,25 @@ impl Keeper {
             .vm
             .root()
             .filter(|root| !self.expired.get() && crate::pooled::size(root) > 0);
-        if let Some(root) = refill {
-            if crate::pooled::start_filler(&root) {
+        if let Some(root) = &refill {
+            if crate::pooled::start_filler(root) {
                 held_by_test(HOLD_AFTER_REFILL);
             }
         }
-        self.remove_throw_away(&aside);
+        // With a refill under way, the rest goes as a cold run's teardown goes: handed to a
+        // finisher, which keeps the root's bridge, tables and namespaces made ahead for the
+        // next VM (the refill's, which takes one) and lingers. Removed here, a pooled VM
+        // that was the root's last user of its network took them down while the refill's VM
+        // was being made, which then made them all anew and its own veth pair (16–49 ms of its
+        // keeper's 20–60 ms, load 7–9); an idle VM's end, which starts no refill, still does.
+        // Only a VM set aside (not one whose root is gone, nor one that could not be): the
+        // finisher finds it by its set-aside folder.
+        let set_aside = aside.path() != self.vm.path();
+        if refill.is_some() && set_aside {
+            self.hand_over_set_aside(&aside);
+        } else {
+            self.remove_throw_away(&aside);
+        }
         // Last: until here a crash leaves the claimed entry that leads a fill to what is left.
         if let Some(root) = self.vm.root() {
             let _ = fs::remove_file(crate::pooled::claimed_entry(&root, self.vm.name()));
