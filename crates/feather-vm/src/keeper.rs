@@ -356,7 +356,7 @@ impl Keeper {
         let mut tree =
             layers::for_start_in(root, vm, &config, memory_layer, &hidden, &host_mounts)?;
         // What the layers lie over, for `diff` and `commit` to read nothing else.
-        if let Err(e) = layers::SeenLowers::record(vm, &config, &tree.layers) {
+        if let Err(e) = layers::SeenLowers::record_unsynced(vm, &config, &tree.layers) {
             network.detach();
             remove_leftovers(vm, &config);
             return Err(e);
@@ -437,6 +437,8 @@ impl Keeper {
         };
         let memory_recorded = memory_layer.as_ref().map(|layer| layer.recorded);
         let stage = |init: nix::unistd::Pid| {
+            // The record of what the layers lie over, written unsynced before the clone.
+            layers::SeenLowers::sync_pending(vm, &config)?;
             let state = running_state(init, memory_recorded);
             Ok(vm.stage_state(&state, recorded)?)
         };
