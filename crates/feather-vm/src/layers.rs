@@ -1131,7 +1131,7 @@ mod tests {
         let layers = [layer_over(base, "/"), layer_over(base, "/mnt/t")];
         let a = TmpfsMount::at(&base.join("mnt/t"));
         let seen_a = SeenLowers::now(base, &layers).unwrap();
-        seen_a.write(&vm.lower_mounts(), &vm, &config).unwrap();
+        seen_a.write(&vm.lower_mounts(), &vm, durability_of(&config)).unwrap();
         drop(a);
         let _b = TmpfsMount::at(&base.join("mnt/t"));
         SeenLowers::record(&vm, &config, &layers).unwrap();
@@ -1143,7 +1143,9 @@ mod tests {
         assert_eq!(judged(&recorded, base, &layers[1]), Some(Unseen::Replaced));
         SeenLowers::drop_pending(&vm);
         assert!(!pending(&vm).exists());
-        SeenLowers::record(&vm, &config, &layers).unwrap();
+        // As a start writes it: unsynced before init's clone, synced beside init's assembly.
+        SeenLowers::record_unsynced(&vm, &config, &layers).unwrap();
+        SeenLowers::sync_pending(&vm, &config).unwrap();
         SeenLowers::settle(&vm, &config).unwrap();
         let recorded = SeenLowers::recorded(&vm).unwrap();
         assert_eq!(judged(&recorded, base, &layers[1]), None, "B, once started");
