@@ -1131,7 +1131,9 @@ mod tests {
         let layers = [layer_over(base, "/"), layer_over(base, "/mnt/t")];
         let a = TmpfsMount::at(&base.join("mnt/t"));
         let seen_a = SeenLowers::now(base, &layers).unwrap();
-        seen_a.write(&vm.lower_mounts(), &vm, durability_of(&config)).unwrap();
+        seen_a
+            .write(&vm.lower_mounts(), &vm, durability_of(&config))
+            .unwrap();
         drop(a);
         let _b = TmpfsMount::at(&base.join("mnt/t"));
         SeenLowers::record(&vm, &config, &layers).unwrap();
