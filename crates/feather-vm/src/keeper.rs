@@ -314,6 +314,30 @@ fn hold_mount_namespace(init: &ChildProcess) -> Option<OwnedFd> {
         .map(OwnedFd::from)
 }
 
+/// A keeper whose VM is up and recorded running, before the steps that cannot fail its start
+/// (each failure is only said): the record of what its layers lie over settled (a synced
+/// rename), and the roots registered while it started hidden in it. Both come before anything
+/// of the VM's runs (init's Start, any request served); a background start answers
+/// `feather start` before them (`keeper_main`).
+struct Unsettled {
+    keeper: Keeper,
+    /// The state folders the start hid: the late look passes over them.
+    known_state_folders: Vec<PathBuf>,
+}
+
+impl Unsettled {
+    fn settle(self) -> Keeper {
+        let keeper = self.keeper;
+        keeper.settle_lowers();
+        // Roots registered while the VM started are hidden now (see `hiding`).
+        if let Err(why) = keeper.hide_late_state_folders(&self.known_state_folders) {
+            keeper.say_not_hidden(&why);
+        }
+        trace::phase("hide late state folders");
+        keeper
+    }
+}
+
 impl Keeper {
     /// Builds and starts the VM. On failure nothing it made is left behind. `stdio`: for a
     /// foreground run, the VM's ends of the pipes this process relays (see [`crate::relay`]),
@@ -325,6 +349,17 @@ impl Keeper {
         workload: Option<Workload>,
         stdio: Option<VmEnds>,
     ) -> Result<Keeper> {
+        Ok(Keeper::boot_unsettled(root, vm, workload, stdio)?.settle())
+    }
+
+    /// [`Keeper::boot`] up to the VM recorded running, without the steps that follow, which
+    /// cannot fail its start ([`Unsettled::settle`]).
+    fn boot_unsettled(
+        root: &StateRoot,
+        vm: &VmDir,
+        workload: Option<Workload>,
+        stdio: Option<VmEnds>,
+    ) -> Result<Unsettled> {
         let attached = stdio.is_some();
         let name = vm.name().clone();
         init::check_descriptor_limit(name.as_str())?;
@@ -529,13 +564,10 @@ impl Keeper {
             }
         }
         trace::phase("record the VM running");
-        keeper.settle_lowers();
-        // Roots registered while the VM started are hidden now (see `hiding`).
-        if let Err(why) = keeper.hide_late_state_folders(&hidden) {
-            keeper.say_not_hidden(&why);
-        }
-        trace::phase("hide late state folders");
-        Ok(keeper)
+        Ok(Unsettled {
+            keeper,
+            known_state_folders: hidden,
+        })
     }
 
     /// Restores a checkpointed VM (see [`crate::checkpoint`]): its cgroup is made anew with
@@ -2511,48 +2543,51 @@ pub fn main_background(
     // A background keeper's phases (in its keeper.log) start here: what comes before is the
     // exec and loading of `feather-keeper`, seen by `feather start` as its wait.
     trace::begin();
-    let mut ready = File::from(ready);
+    let ready = File::from(ready);
     let vm = root.vm(&name);
-    let mut keeper = match if restore {
-        Keeper::restore(&root, &vm, netns)
-    } else {
-        Keeper::boot(&root, &vm, None, None)
-    } {
-        Ok(keeper) => keeper,
-        Err(e) => {
-            let message = causes(&e);
-            let _ = boot::send(&mut ready, &KeeperReport::Failed { message });
-            return 1;
-        }
-    };
-    // A started VM is up once it is recorded running: nothing after can fail its start (the
-    // broker opens, init is told Start and lets go of its boot socket), so `feather start`
+    // A started VM is up once it is recorded running: nothing after can fail its start (its
+    // record of what its layers lie over settled, the roots registered meanwhile hidden, the
+    // broker opened, init told Start, which lets go of its boot socket), so `feather start`
     // returns now, beside those steps. What the VM runs waits for Start, and every request
     // (`stop`, `checkpoint`, whose CRIU needs init's boot socket closed: a kept VM's keeper
     // waits for init to let go of it; a throw-away VM is never checkpointed) for `serve`,
     // after them. A restore answers after them, as before (its `begin` has no Start to send).
-    let answer = |ready: &mut File| {
+    let answer = |mut ready: File| {
         let _ = boot::send(
-            ready,
+            &mut ready,
             &KeeperReport::Up {
                 version: boot::VERSION,
             },
         );
     };
-    if !restore {
-        answer(&mut ready);
-        drop(ready);
+    let failed = |mut ready: File, e: VmError| {
+        let message = causes(&e);
+        let _ = boot::send(&mut ready, &KeeperReport::Failed { message });
+        1
+    };
+    let keeper = if restore {
+        let mut keeper = match Keeper::restore(&root, &vm, netns) {
+            Ok(keeper) => keeper,
+            Err(e) => return failed(ready, e),
+        };
+        keeper.begin(&root, terminal, peers);
+        trace::phase("open the broker");
+        answer(ready);
+        keeper
+    } else {
+        let booted = match Keeper::boot_unsettled(&root, &vm, None, None) {
+            Ok(booted) => booted,
+            Err(e) => return failed(ready, e),
+        };
+        answer(ready);
+        let mut keeper = booted.settle();
         held_by_test(HOLD_BEFORE_BEGIN);
         keeper.begin(&root, terminal, peers);
         trace::phase("open the broker, tell init Start (after the answer)");
         keeper.replaced_record.take();
         trace::phase("free the VM's record before it ran (after the answer)");
-    } else {
-        keeper.begin(&root, terminal, peers);
-        trace::phase("open the broker");
-        answer(&mut ready);
-        drop(ready);
-    }
+        keeper
+    };
     match keeper.serve(false) {
         Ok(_) => 0,
         Err(e) => {
