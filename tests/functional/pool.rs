@@ -769,6 +769,31 @@ fn many_runs_from_the_pool_leave_nothing_beyond_the_pool() {
     pool.drained_leaving_nothing(&cgroups_before);
 }
 
+/// Runs from the pool back to back keep the root's network for the refills' VMs, as cold runs
+/// keep it for the next: a claimed VM's teardown is handed to a finisher, which refills the
+/// namespaces made ahead and lingers, and a refill's VM takes one of them (its entry claimed,
+/// `network-pool/claimed/`) instead of making its veth pair and firewall entries. Before, the
+/// claimed VM's keeper took the root's bridge, tables and namespaces down with its VM, and no
+/// pooled VM ever found one made ahead.
+#[test]
+fn a_refills_vm_takes_a_namespace_made_ahead() {
+    let pool = Pooled::new("pool-refill-netns", 1);
+    let claimed = pool.feather.root.join("network-pool/claimed");
+    let took_one = (0..10).any(|_| {
+        pool.taken_from_ready(|| {
+            pool.ok(&["run", "--rm", "--", "hostname"])
+                .trim()
+                .to_owned()
+        });
+        pool.whole();
+        !support::names_in(&claimed).is_empty()
+    });
+    assert!(
+        took_one,
+        "no refill's VM took a namespace made ahead in 10 runs from the pool"
+    );
+}
+
 /// What a fill killed half-way leaves — an entry whose VM it never made, a VM it made but
 /// never started — is hidden from `ls`, never claimed, and removed by the next fill.
 #[test]
@@ -1501,6 +1526,53 @@ fn a_roots_first_fill_makes_one_vm() {
         made.push(count);
     }
     panic!("a root's first fill made {made:?} VMs, not 1");
+}
+
+/// A claimed VM's keeper reaps the refill it started: held (a test hook) after it started it,
+/// it has no child left once the refill has made the pool whole and ended. Before, the ended
+/// fill stayed its zombie for as long as the keeper lived.
+#[test]
+fn a_claimed_vms_keeper_reaps_the_refill_it_started() {
+    let pool = Pooled::by_default("pool-refill-reaped");
+    let mut hook = Hook::held("refill-reaped");
+    // Every fill passes the hook on to the keepers it starts: a miss's too.
+    let held = |args: &[&str]| {
+        let out = pool
+            .command()
+            .env(feather_vm::keeper::HOLD_AFTER_REFILL, &hook.path)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    held(&["pool", "--size", "1"]);
+    pool.taken_from_ready(|| held(&["run", "--rm", "--", "hostname"]));
+    let keeper = hook.waiter(&pool.feather);
+    let lock = pool.feather.root.join("pool/fill.lock");
+    pool.feather
+        .eventually("the refill has made the pool whole and let go", || {
+            pool.entries().len() == 1 && flocks(&lock).is_empty()
+        });
+    pool.feather.eventually(
+        "the held keeper has no child left: the refill reaped",
+        || children_of(keeper).is_empty(),
+    );
+    hook.release();
+}
+
+/// The children of process `pid`, of all its threads.
+fn children_of(pid: u32) -> Vec<String> {
+    support::names_in(std::path::Path::new(&format!("/proc/{pid}/task")))
+        .iter()
+        .filter_map(|task| fs::read_to_string(format!("/proc/{pid}/task/{task}/children")).ok())
+        .flat_map(|children| {
+            children
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// A pooled VM's keeper that gets no inotify instance (a test hook, as when root's

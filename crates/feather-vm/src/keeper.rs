@@ -228,6 +228,10 @@ pub const HOLD_BEFORE_RELEASE: &str = "FEATHER_TEST_HOLD_BEFORE_RELEASE";
 /// as the host may. Unset, nothing waits.
 pub const HOLD_AFTER_MOUNT_LIST: &str = "FEATHER_TEST_HOLD_AFTER_MOUNT_LIST";
 
+/// For tests only: names a file whose lock a claimed VM's keeper waits for once it has started
+/// the pool's refill, before it removes the VM: a keeper that lives on after its refill ended.
+pub const HOLD_AFTER_REFILL: &str = "FEATHER_TEST_HOLD_AFTER_REFILL";
+
 /// For tests only: set (to anything) in a keeper's environment, its status answer leaves out
 /// [`Response::Running`]'s `ends_released_copy`, as a keeper of a build before it answers, so
 /// that a test sees `migrate` refuse post-copy with such a keeper. Unset, the answer has it.
@@ -235,7 +239,8 @@ pub const AS_AN_OLDER_KEEPER: &str = "FEATHER_TEST_AS_AN_OLDER_KEEPER";
 
 /// Waits for the lock of the file the test-only `variable` names ([`HOLD_RUNNING_RECORD`],
 /// [`HOLD_BEFORE_CRIU`], [`HOLD_BEFORE_BEGIN`], [`HOLD_AFTER_STOP_ANSWER`],
-/// [`HOLD_AFTER_RESUME`], [`HOLD_BEFORE_RELEASE`], [`HOLD_AFTER_MOUNT_LIST`]), if it is set: in a debug build only (see
+/// [`HOLD_AFTER_RESUME`], [`HOLD_BEFORE_RELEASE`], [`HOLD_AFTER_MOUNT_LIST`],
+/// [`HOLD_AFTER_REFILL`]), if it is set: in a debug build only (see
 /// [`crate::test_hooks`]).
 pub(crate) fn held_by_test(variable: &str) {
     crate::test_hooks::held(variable);
@@ -309,6 +314,30 @@ fn hold_mount_namespace(init: &ChildProcess) -> Option<OwnedFd> {
         .map(OwnedFd::from)
 }
 
+/// A keeper whose VM is up and recorded running, before the steps that cannot fail its start
+/// (each failure is only said): the record of what its layers lie over settled (a synced
+/// rename), and the roots registered while it started hidden in it. Both come before anything
+/// of the VM's runs (init's Start, any request served); a background start answers
+/// `feather start` before them (`keeper_main`).
+struct Unsettled {
+    keeper: Keeper,
+    /// The state folders the start hid: the late look passes over them.
+    known_state_folders: Vec<PathBuf>,
+}
+
+impl Unsettled {
+    fn settle(self) -> Keeper {
+        let keeper = self.keeper;
+        keeper.settle_lowers();
+        // Roots registered while the VM started are hidden now (see `hiding`).
+        if let Err(why) = keeper.hide_late_state_folders(&self.known_state_folders) {
+            keeper.say_not_hidden(&why);
+        }
+        trace::phase("hide late state folders");
+        keeper
+    }
+}
+
 impl Keeper {
     /// Builds and starts the VM. On failure nothing it made is left behind. `stdio`: for a
     /// foreground run, the VM's ends of the pipes this process relays (see [`crate::relay`]),
@@ -320,6 +349,17 @@ impl Keeper {
         workload: Option<Workload>,
         stdio: Option<VmEnds>,
     ) -> Result<Keeper> {
+        Ok(Keeper::boot_unsettled(root, vm, workload, stdio)?.settle())
+    }
+
+    /// [`Keeper::boot`] up to the VM recorded running, without the steps that follow, which
+    /// cannot fail its start ([`Unsettled::settle`]).
+    fn boot_unsettled(
+        root: &StateRoot,
+        vm: &VmDir,
+        workload: Option<Workload>,
+        stdio: Option<VmEnds>,
+    ) -> Result<Unsettled> {
         let attached = stdio.is_some();
         let name = vm.name().clone();
         init::check_descriptor_limit(name.as_str())?;
@@ -351,7 +391,7 @@ impl Keeper {
         let mut tree =
             layers::for_start_in(root, vm, &config, memory_layer, &hidden, &host_mounts)?;
         // What the layers lie over, for `diff` and `commit` to read nothing else.
-        if let Err(e) = layers::SeenLowers::record(vm, &config, &tree.layers) {
+        if let Err(e) = layers::SeenLowers::record_unsynced(vm, &config, &tree.layers) {
             network.detach();
             remove_leftovers(vm, &config);
             return Err(e);
@@ -432,6 +472,8 @@ impl Keeper {
         };
         let memory_recorded = memory_layer.as_ref().map(|layer| layer.recorded);
         let stage = |init: nix::unistd::Pid| {
+            // The record of what the layers lie over, written unsynced before the clone.
+            layers::SeenLowers::sync_pending(vm, &config)?;
             let state = running_state(init, memory_recorded);
             Ok(vm.stage_state(&state, recorded)?)
         };
@@ -522,13 +564,10 @@ impl Keeper {
             }
         }
         trace::phase("record the VM running");
-        keeper.settle_lowers();
-        // Roots registered while the VM started are hidden now (see `hiding`).
-        if let Err(why) = keeper.hide_late_state_folders(&hidden) {
-            keeper.say_not_hidden(&why);
-        }
-        trace::phase("hide late state folders");
-        Ok(keeper)
+        Ok(Unsettled {
+            keeper,
+            known_state_folders: hidden,
+        })
     }
 
     /// Restores a checkpointed VM (see [`crate::checkpoint`]): its cgroup is made anew with
@@ -1842,6 +1881,16 @@ impl Keeper {
                 return;
             }
         };
+        self.hand_over_set_aside(&aside);
+    }
+
+    /// Hands the teardown of the VM set aside as `aside` to a finisher: the one started ahead,
+    /// else one started now; done by this process if none takes it.
+    fn hand_over_set_aside(&mut self, aside: &VmDir) {
+        let name = self.vm.name().clone();
+        let complain = |e: &dyn std::error::Error| {
+            eprintln!("feather keeper {name}: {}", causes(e));
+        };
         let held = Held {
             mounts: self.held_mounts.take(),
             memory_layer: self.memory_layer.take().map(|layer| layer.fd),
@@ -1863,15 +1912,18 @@ impl Keeper {
             Ok(()) => trace::phase("teardown: set aside, hand the rest over"),
             Err(held) => {
                 held.release();
-                self.remove_throw_away(&aside);
+                self.remove_throw_away(aside);
             }
         }
     }
 
     /// Ends a VM claimed from the pool as a throw-away VM's teardown ends: set aside first (its
     /// name free, out of `ls`, and every command that waits for teardowns waits for this
-    /// process's keeper lock), and the claimer told, then everything it held removed, by this
-    /// process, which nobody waits for (its claimer has reported the exit status already).
+    /// process's keeper lock), and the claimer told, then everything it held removed, which
+    /// nobody waits for (its claimer has reported the exit status already): by a finisher when
+    /// a refill starts (as a cold run's teardown), else by this process. A finisher killed
+    /// half-way leaves the set-aside VM with its lock free, which the next feather command
+    /// finishes ([`crate::lifecycle::settle_throw_aways`]).
     fn tear_down_claimed(&mut self, how: &str) {
         let aside = match self.vm.set_aside(&self.config.id) {
             _ if self.gone_root.get().is_some() => self.vm.clone(),
@@ -1898,10 +1950,25 @@ impl Keeper {
             .vm
             .root()
             .filter(|root| !self.expired.get() && crate::pooled::size(root) > 0);
-        if let Some(root) = refill {
-            let _ = crate::pooled::start_filler(&root);
+        if let Some(root) = &refill {
+            if crate::pooled::start_filler(root) {
+                held_by_test(HOLD_AFTER_REFILL);
+            }
         }
-        self.remove_throw_away(&aside);
+        // With a refill under way, the rest goes as a cold run's teardown goes: handed to a
+        // finisher, which keeps the root's bridge, tables and namespaces made ahead for the
+        // next VM (the refill's, which takes one) and lingers. Removed here, a pooled VM
+        // that was the root's last user of its network took them down while the refill's VM
+        // was being made, which then made them all anew and its own veth pair (16–49 ms of its
+        // keeper's 20–60 ms, load 7–9); an idle VM's end, which starts no refill, still does.
+        // Only a VM set aside (not one whose root is gone, nor one that could not be): the
+        // finisher finds it by its set-aside folder.
+        let set_aside = aside.path() != self.vm.path();
+        if refill.is_some() && set_aside {
+            self.hand_over_set_aside(&aside);
+        } else {
+            self.remove_throw_away(&aside);
+        }
         // Last: until here a crash leaves the claimed entry that leads a fill to what is left.
         if let Some(root) = self.vm.root() {
             let _ = fs::remove_file(crate::pooled::claimed_entry(&root, self.vm.name()));
@@ -2476,48 +2543,51 @@ pub fn main_background(
     // A background keeper's phases (in its keeper.log) start here: what comes before is the
     // exec and loading of `feather-keeper`, seen by `feather start` as its wait.
     trace::begin();
-    let mut ready = File::from(ready);
+    let ready = File::from(ready);
     let vm = root.vm(&name);
-    let mut keeper = match if restore {
-        Keeper::restore(&root, &vm, netns)
-    } else {
-        Keeper::boot(&root, &vm, None, None)
-    } {
-        Ok(keeper) => keeper,
-        Err(e) => {
-            let message = causes(&e);
-            let _ = boot::send(&mut ready, &KeeperReport::Failed { message });
-            return 1;
-        }
-    };
-    // A started VM is up once it is recorded running: nothing after can fail its start (the
-    // broker opens, init is told Start and lets go of its boot socket), so `feather start`
+    // A started VM is up once it is recorded running: nothing after can fail its start (its
+    // record of what its layers lie over settled, the roots registered meanwhile hidden, the
+    // broker opened, init told Start, which lets go of its boot socket), so `feather start`
     // returns now, beside those steps. What the VM runs waits for Start, and every request
     // (`stop`, `checkpoint`, whose CRIU needs init's boot socket closed: a kept VM's keeper
     // waits for init to let go of it; a throw-away VM is never checkpointed) for `serve`,
     // after them. A restore answers after them, as before (its `begin` has no Start to send).
-    let answer = |ready: &mut File| {
+    let answer = |mut ready: File| {
         let _ = boot::send(
-            ready,
+            &mut ready,
             &KeeperReport::Up {
                 version: boot::VERSION,
             },
         );
     };
-    if !restore {
-        answer(&mut ready);
-        drop(ready);
+    let failed = |mut ready: File, e: VmError| {
+        let message = causes(&e);
+        let _ = boot::send(&mut ready, &KeeperReport::Failed { message });
+        1
+    };
+    let keeper = if restore {
+        let mut keeper = match Keeper::restore(&root, &vm, netns) {
+            Ok(keeper) => keeper,
+            Err(e) => return failed(ready, e),
+        };
+        keeper.begin(&root, terminal, peers);
+        trace::phase("open the broker");
+        answer(ready);
+        keeper
+    } else {
+        let booted = match Keeper::boot_unsettled(&root, &vm, None, None) {
+            Ok(booted) => booted,
+            Err(e) => return failed(ready, e),
+        };
+        answer(ready);
+        let mut keeper = booted.settle();
         held_by_test(HOLD_BEFORE_BEGIN);
         keeper.begin(&root, terminal, peers);
         trace::phase("open the broker, tell init Start (after the answer)");
         keeper.replaced_record.take();
         trace::phase("free the VM's record before it ran (after the answer)");
-    } else {
-        keeper.begin(&root, terminal, peers);
-        trace::phase("open the broker");
-        answer(&mut ready);
-        drop(ready);
-    }
+        keeper
+    };
     match keeper.serve(false) {
         Ok(_) => 0,
         Err(e) => {

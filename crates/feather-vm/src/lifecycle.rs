@@ -239,9 +239,11 @@ pub(crate) fn spawn_keeper_with(
 ) -> Result<()> {
     let name = vm.name();
     await_last_keeper(vm)?;
+    trace::phase("wait for the VM's last keeper");
     // Never beside an overlay of the VM's layer that something still keeps alive (a file
     // it handed over to another VM, say): two overlays on one upper layer lose files.
     crate::handed_over::refuse_while_alive(vm, &vm.read_config()?)?;
+    trace::phase("check no hand-over keeps its layer");
     // Close-on-exec (std's pipe is): the keeper is passed the write end by name, and no
     // program another thread of this process starts meanwhile (`feather serve`'s, the web
     // view's) gets it, which would keep the read below from ever seeing the keeper's end.

@@ -360,6 +360,7 @@ pub fn fill(root: &StateRoot, generation: Option<u64>) -> Result<()> {
         if crate::filler::not_the_hosts_context().is_none() {
             say_who_fills(&folder);
         }
+        feather_core::trace::phase("fill: take the lock, record itself");
         let worked = fill_locked(root);
         // Before the lock goes: a fill taking it next has not recorded itself yet, and one
         // finding it taken then must not trust this one's record, which is over.
@@ -454,6 +455,7 @@ fn fill_locked(root: &StateRoot) -> Result<()> {
     }
     loop {
         remove_stale(root);
+        feather_core::trace::phase("fill: remove stale VMs");
         let ready = entries(root).len();
         let wanted = size(root);
         if ready == wanted {
@@ -619,7 +621,9 @@ fn add_one(root: &StateRoot) -> Result<()> {
         ..crate::options::CreateRequest::default().options()?
     };
     let made = lifecycle::create(root, &name, &options).and_then(|vm| {
+        feather_core::trace::phase("fill: create the VM");
         fingerprinted(root, &entry)
+            .inspect(|()| feather_core::trace::phase("fill: its fingerprint"))
             .and_then(|()| lifecycle::start(root, &name))
             .inspect_err(|_| lifecycle::remove_failed_throw_away(root, &vm))
     });
@@ -651,6 +655,7 @@ pub fn fill_detached(root: &StateRoot, generation: Option<u64>) -> Result<()> {
     let _ = HOLD_FILL_AT.set(crate::test_hooks::set(HOLD_FILL));
     let hold_start = crate::test_hooks::set(HOLD_FILL_START);
     crate::filler::become_no_callers(root)?;
+    feather_core::trace::phase("fill: become no caller's (pool cgroup, limits)");
     if let Some(hold) = hold_start {
         crate::test_hooks::held_by(&hold);
     }

@@ -45,10 +45,13 @@ pub const SHAPING_SETTINGS: [&str; 5] = [
 ];
 
 /// Whether a fill keeps environment variable `key` of its starter's, and passes it to the
-/// keepers it starts: [`SHAPING_SETTINGS`], and in a debug build (the tests') the test-only
-/// hooks (`FEATHER_TEST_*`, [`crate::test_hooks`]), which a release build never reads.
+/// keepers it starts: [`SHAPING_SETTINGS`], the phase timings' switch (a traced fill's keepers
+/// write theirs to their logs; it shapes no VM), and in a debug build (the tests') the
+/// test-only hooks (`FEATHER_TEST_*`, [`crate::test_hooks`]), which a release build never reads.
 pub fn kept_by_a_fill(key: &str) -> bool {
-    SHAPING_SETTINGS.contains(&key) || (cfg!(debug_assertions) && key.starts_with("FEATHER_TEST_"))
+    SHAPING_SETTINGS.contains(&key)
+        || key == feather_core::trace::VARIABLE
+        || (cfg!(debug_assertions) && key.starts_with("FEATHER_TEST_"))
 }
 
 /// The pool's size where the root sets none: on by default, so that `run --rm` as the README
@@ -365,7 +368,22 @@ pub fn start_filler(root: &StateRoot) -> bool {
     if size(root) == 0 || stale_misses(root) >= STALE_MISSES_TO_STOP {
         return false;
     }
-    filler_command(root, seen).is_some_and(|mut command| command.spawn().is_ok())
+    let Some(fill) = filler_command(root, seen).and_then(|mut command| command.spawn().ok()) else {
+        return false;
+    };
+    reap_when_it_ends(fill);
+    true
+}
+
+/// Waits for `fill` on a thread of its own, so that it does not stay a zombie for as long as
+/// its starter lives (a claimed VM's keeper, whose teardown goes on after it started the
+/// refill): a zombie keeps its pid and start time, and so looks at work to whatever finds a
+/// fill by them ([`still_running`]). A starter that ends first leaves the fill to whoever
+/// inherits it, which reaps it.
+fn reap_when_it_ends(mut fill: std::process::Child) {
+    let _ = std::thread::Builder::new()
+        .name("reap the fill".into())
+        .spawn(move || fill.wait());
 }
 
 /// How many runs in a row found nothing in the pool but VMs made under another fingerprint
