@@ -44,6 +44,7 @@ pub struct Expected {
     pub before: Option<crate::restored_sources::Before>,
 }
 
+use crate::restored_descriptors::Namespace;
 pub use crate::restored_paths::Found;
 use crate::restored_paths::{look_up, read_in_proc, unentered};
 
@@ -221,6 +222,10 @@ fn mount_of(mounts: &[MountEntry], id: u64) -> Option<&MountEntry> {
 /// Checks the mount tree of every mount namespace the threads of the tree under
 /// `init` (a host pid, held still in `hold`'s frozen group) are in; the refusal names the
 /// path, the namespace and a pid.
+/// Then what every thread holds (descriptors, working folder, root, mapped files) is checked
+/// against the places these namespaces cover ([`crate::restored_descriptors`]): a mask or a
+/// read-only bind added after CRIU opened them, or one an image stacked over a mount it
+/// names, covers nothing a descriptor holds beneath it.
 pub fn check_tree(init: i32, hold: &crate::held::Hold, expected: &Expected) -> Result<(), String> {
     let mut seen = Vec::new();
     crate::restored::walk_tree(
@@ -228,14 +233,36 @@ pub fn check_tree(init: i32, hold: &crate::held::Hold, expected: &Expected) -> R
         hold,
         |thread| check_namespace_of(&thread, &mut seen, expected),
         |unchecked| unchecked.to_string(),
-    )
+    )?;
+    let namespaces: Vec<Namespace> = seen.into_iter().map(|(_, covered)| covered).collect();
+    crate::restored_descriptors::check(init, hold, &namespaces)
+        .map_err(|why| format!("{why}; {KNOB_CAUSES}"))
+}
+
+/// The places of `mounts` the check requires covered ([`kernel_places`]), for the check of
+/// what the tree's threads hold.
+fn covered(mounts: Vec<MountEntry>, expected: &Expected) -> Namespace {
+    let places = |paths: Vec<&PathBuf>| -> Vec<PathBuf> {
+        let places = paths
+            .into_iter()
+            .flat_map(|path| kernel_places(&mounts, path));
+        places.collect()
+    };
+    let masked = places(expected.masked.iter().collect());
+    let read_only = places(expected.read_only.iter().map(|r| &r.path).collect());
+    Namespace {
+        mounts,
+        masked,
+        read_only,
+    }
 }
 
 /// Checks the mount namespace of `thread` unless one of `seen` (read whole from the
-/// namespace's root: the same for every thread in it, whatever its own root).
+/// namespace's root: the same for every thread in it, whatever its own root); each seen with
+/// its table and covered places.
 fn check_namespace_of(
     thread: &crate::restored::Thread,
-    seen: &mut Vec<PathBuf>,
+    seen: &mut Vec<(PathBuf, Namespace)>,
     expected: &Expected,
 ) -> Result<(), String> {
     let namespace = match crate::restored::namespace(thread.path, "mnt") {
@@ -253,10 +280,10 @@ fn check_namespace_of(
             ))
         }
     };
-    if seen.contains(&namespace) {
+    if seen.iter().any(|(known, _)| known == &namespace) {
         return Ok(());
     }
-    check_thread_view(thread.path, expected).map_err(|why| {
+    let mounts = check_thread_view(thread.path, expected).map_err(|why| {
         let command = fs::read_to_string(format!("/proc/{}/comm", thread.pid)).unwrap_or_default();
         format!(
             "in the mount namespace {} of process {} ({:?}): {why}",
@@ -265,7 +292,7 @@ fn check_namespace_of(
             command.trim_end_matches('\n')
         )
     })?;
-    seen.push(namespace);
+    seen.push((namespace, covered(mounts, expected)));
     Ok(())
 }
 
@@ -276,7 +303,7 @@ fn check_namespace_of(
 /// root, and a task CRIU chrooted into a folder (its root and cwd are the images',
 /// `fs-N.img`) would hide a writable proc outside it that its cwd or a descriptor still
 /// reaches (review mntcheck26 MC-1).
-fn check_thread_view(thread: &Path, expected: &Expected) -> Result<(), String> {
+fn check_thread_view(thread: &Path, expected: &Expected) -> Result<Vec<MountEntry>, String> {
     let ns_path = thread.join("ns/mnt");
     let namespace =
         fs::File::open(&ns_path).map_err(|e| format!("cannot open {}: {e}", ns_path.display()))?;
@@ -295,17 +322,18 @@ fn check_thread_view(thread: &Path, expected: &Expected) -> Result<(), String> {
 }
 
 /// In a thread of its own, ended after: joins `namespace`, reads its mountinfo through
-/// `proc` (the host's), judges it with paths looked up from the namespace's root.
+/// `proc` (the host's), judges it with paths looked up from the namespace's root; the table.
 fn judge_namespace(
     namespace: &fs::File,
     proc: &OwnedFd,
     expected: &Expected,
-) -> Result<(), String> {
+) -> Result<Vec<MountEntry>, String> {
     let (mounts, root) = join_namespace(namespace, proc)?;
     refuse_stacked_root(&mounts)?;
     judge(&mounts, expected, &mut |path| {
         look_up(proc, &root, &mounts, path)
-    })
+    })?;
+    Ok(mounts)
 }
 
 /// Refuses a mount at `/` whose parent is another mount of the namespace: a mount stacked on
@@ -703,7 +731,10 @@ mod tests {
     /// A process (busybox's `sleep`) in a mount namespace of its own (a copy of the host's),
     /// chrooted into a tmpfs with a proc of its own; `read_only` says which `/proc/sys` are
     /// bound read-only: `none`, `inner` (the chroot's only), `all` (the namespace's `/proc`'s
-    /// too), `fuse` (as `all`, with two FUSE filesystems whose server never answers, as a
+    /// too), `held` (as `all`, the namespace's bound after the sleep's descriptor 3 was opened
+    /// on `/proc/interrupts` and 4 on the folder `/proc/sys/kernel`, as CRIU opens a restored
+    /// task's before the restorer binds), `fuse` (as `all`, with two FUSE filesystems whose
+    /// server never answers, as a
     /// frozen one's would not: at the chroot's `fuse` and, writable, at its
     /// `proc/sys/fs/binfmt_misc`; the sleep holds their `/dev/fuse` descriptors, and its end
     /// aborts them). Killed on drop.
@@ -724,6 +755,8 @@ mod tests {
                  ro() { mount --bind $1 $1; mount -o remount,bind,ro $1; }; \
                  if [ $2 != none ]; then ro $R/proc/sys; fi; \
                  if [ $2 = all ] || [ $2 = fuse ]; then ro /proc/sys; fi; \
+                 if [ $2 = held ]; then exec 3</proc/interrupts 4</proc/sys/kernel; \
+                     ro /proc/sys; fi; \
                  fuse() { mount -i -t fuse -o fd=$1,rootmode=40000,user_id=0,group_id=0 \
                      never $2; }; \
                  if [ $2 = fuse ]; then exec 3<>/dev/fuse 4<>/dev/fuse; mkdir $R/fuse; \
@@ -817,6 +850,48 @@ mod tests {
         let refusal = check_tree(pid, held.hold(), &expected).unwrap_err();
         assert!(
             refusal.contains("/proc/interrupts is not masked"),
+            "{refusal}"
+        );
+    }
+
+    /// A descriptor opened before the cover over its place reaches past it, and fails the
+    /// check though every path passes (review rest29 H1, fixes29 N1): the folder
+    /// `/proc/sys/kernel` held on the writable proc beneath a read-only bind of `/proc/sys`
+    /// (`openat` from it writes `core_pattern`), `/proc/interrupts` held on the proc beneath
+    /// its mask (it still reads). Each refusal names the process, the descriptor and the
+    /// place.
+    #[test]
+    fn a_descriptor_opened_beneath_a_later_cover_is_refused() {
+        let chrooted = Chrooted::start("held");
+        let (pid, held, namespace) = chrooted.frozen("held");
+        let read_only = Expected {
+            read_only: vec![ReadOnly {
+                path: "/proc/sys".into(),
+                recursive: true,
+            }],
+            sysfs_writable: true,
+            cgroup_roots: vec!["/".into()],
+            ..Expected::default()
+        };
+        let refusal = check_tree(pid, held.hold(), &read_only).unwrap_err();
+        assert!(
+            refusal.contains(&format!(
+                "restored process {pid} (thread {pid}) holds descriptor 4 on /proc/sys/kernel"
+            )) && refusal.contains("shows /proc/sys writable"),
+            "{refusal}"
+        );
+        let masked = Expected {
+            read_only: Vec::new(),
+            masked: vec!["/proc/interrupts".into()],
+            ..read_only
+        };
+        let places = unmasked_places(&namespace, &masked.masked, &[]).unwrap();
+        let pidfd = feather_sys::process::pidfd_open(nix::unistd::Pid::from_raw(pid)).unwrap();
+        feather_sys::process::mask_in_mount_namespace_of(&pidfd, &places).unwrap();
+        let refusal = check_tree(pid, held.hold(), &masked).unwrap_err();
+        assert!(
+            refusal.contains("holds descriptor 3 on /proc/interrupts")
+                && refusal.contains("shows /proc/interrupts unmasked"),
             "{refusal}"
         );
     }

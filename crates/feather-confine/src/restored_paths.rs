@@ -321,7 +321,7 @@ fn describe(fd: OwnedFd, mount: u64) -> Result<Found, String> {
 }
 
 /// The id of the mount `fd` is on, from its `fdinfo` (which asks no filesystem).
-fn mount_id(proc: &OwnedFd, fd: &OwnedFd) -> Result<u64, String> {
+pub(crate) fn mount_id(proc: &OwnedFd, fd: &OwnedFd) -> Result<u64, String> {
     let info = read_in_proc(proc, &format!("thread-self/fdinfo/{}", fd.as_raw_fd()))?;
     mnt_id_in(&info).ok_or_else(|| "no mnt_id in its fdinfo".to_string())
 }
