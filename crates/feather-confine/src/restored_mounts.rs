@@ -401,6 +401,30 @@ pub fn unmasked_places(
     Ok(places)
 }
 
+/// The places the check requires read-only ([`judge`]: each of `knobs`, with every mount
+/// beneath it, beneath every proc and sysfs mount) that the mount namespace `namespace` shows
+/// writable, each from its root: what a restorer binds read-only before the check when a dump
+/// lacked a read-only bind of a kernel path (review mntcheck26 MC-6: a path absent at the
+/// dump, an older kernel's or another host's, is writable once restored here; masks were
+/// added, read-only binds were not, and the restore was refused). What CRIU opened beneath
+/// such a place before the bind keeps the writable mount it was opened on: the check then
+/// refuses it ([`crate::restored_descriptors`]; review rest29 H1). `kept_off` as for
+/// [`unmasked_places`]. A place reached through a link, or on a mount the lookups do not
+/// enter, is left to the check.
+pub fn writable_places(
+    namespace: &fs::File,
+    knobs: &[PathBuf],
+    kept_off: &[String],
+) -> Result<Vec<PathBuf>, String> {
+    places_lacking(namespace, knobs, kept_off, &|mounts, path, look| {
+        let found = look(path)?;
+        if !matches!(found, Found::At { .. }) || on_unentered_mount(mounts, &found) {
+            return Ok(false);
+        }
+        Ok(judge_read_only(mounts, path, true, look)?.is_some())
+    })
+}
+
 /// Files whose open is judged by the opener's credentials alone: a descriptor of one that
 /// CRIU opened, as host root, before a mask is placed keeps what it grants, whatever the mask
 /// and the restored credentials (`/proc/kcore`: every page of kernel memory, checked against
