@@ -737,23 +737,16 @@ fn a_restored_vm_binds_read_only_the_kernel_paths_its_checkpoint_lacked() {
 /// the check of what the tasks hold, it was restored.
 #[test]
 fn a_restored_process_working_beneath_a_knob_its_checkpoint_left_writable_is_refused() {
-    let a = Feather::new("host-view-ro-cwd");
-    start_host_vm(&a, "w");
-    take_away_in_vm(&a, "w", &["/proc/sys"]);
-    a.sh(
-        "w",
+    let refused = restore_refused_holding(
+        "host-view-ro-cwd",
+        "/proc/sys",
         "cd /proc/sys/kernel && sleep 1000 </dev/null >/dev/null 2>&1 &",
     );
-    a.ok(&["checkpoint", "w"]);
-    let refused = a.run(&["restore", "w"]);
-    assert_ne!(refused.code, 0, "restored: {refused:?}");
     assert!(
-        refused.stderr.contains("holds its cwd on /proc/sys/kernel")
-            && refused.stderr.contains("shows /proc/sys writable"),
-        "{refused:?}"
+        refused.contains("holds its cwd on /proc/sys/kernel")
+            && refused.contains("shows /proc/sys writable"),
+        "{refused}"
     );
-    assert_eq!(a.status("w"), "checkpointed");
-    a.ok(&["rm", "--force", "w"]);
 }
 
 /// A process of a VM whose checkpoint lacked the mask over `/proc/interrupts` (taken away in
@@ -763,25 +756,32 @@ fn a_restored_process_working_beneath_a_knob_its_checkpoint_left_writable_is_ref
 /// of what the tasks hold, it was restored and the process read the host's interrupts.
 #[test]
 fn a_restored_process_holding_a_file_its_checkpoint_left_unmasked_is_refused() {
-    let a = Feather::new("host-view-mask-fd");
-    start_host_vm(&a, "w");
-    take_away_in_vm(&a, "w", &["/proc/interrupts"]);
-    a.sh(
-        "w",
+    let refused = restore_refused_holding(
+        "host-view-mask-fd",
+        "/proc/interrupts",
         "sleep 1000 3</proc/interrupts </dev/null >/dev/null 2>&1 &",
     );
+    assert!(
+        refused.contains("holds descriptor 3 on /proc/interrupts")
+            && refused.contains("shows /proc/interrupts unmasked"),
+        "{refused}"
+    );
+}
+
+/// A VM (root `label`) whose `taken_away` mount was unmounted before `holding` (a script run
+/// in it) started a process holding something beneath it, checkpointed: its restore must be
+/// refused and leave the VM checkpointed (then removed); the refusal.
+fn restore_refused_holding(label: &str, taken_away: &str, holding: &str) -> String {
+    let a = Feather::new(label);
+    start_host_vm(&a, "w");
+    take_away_in_vm(&a, "w", &[taken_away]);
+    a.sh("w", holding);
     a.ok(&["checkpoint", "w"]);
     let refused = a.run(&["restore", "w"]);
     assert_ne!(refused.code, 0, "restored: {refused:?}");
-    assert!(
-        refused
-            .stderr
-            .contains("holds descriptor 3 on /proc/interrupts")
-            && refused.stderr.contains("shows /proc/interrupts unmasked"),
-        "{refused:?}"
-    );
-    assert_eq!(a.status("w"), "checkpointed");
+    assert_eq!(a.status("w"), "checkpointed", "{refused:?}");
     a.ok(&["rm", "--force", "w"]);
+    refused.stderr
 }
 
 /// Unmounts `paths` in the mount namespace of VM `vm`'s init (in its pid namespace too:

@@ -622,18 +622,23 @@ fn add_what_the_dump_lacked(
         };
         let ids = || mount_ids(&proc);
         let before = ids()?;
-        let writable =
-            feather_confine::restored_mounts::writable_places(&file, &paths.read_only, host_groups)
+        let found = |what: &str, places: Result<Vec<PathBuf>, String>| {
+            places
                 .map_err(anyhow::Error::msg)
-                .with_context(|| format!("find what to bind read-only {}", in_namespace()))?;
+                .with_context(|| format!("find what to {what} {}", in_namespace()))
+        };
+        let writable = found(
+            "bind read-only",
+            feather_confine::restored_mounts::writable_places(&file, &paths.read_only, host_groups),
+        )?;
         if !writable.is_empty() {
             feather_sys::process::read_only_in_mount_namespace_of(&pidfd()?, &writable)
                 .with_context(|| format!("bind {writable:?} read-only {}", in_namespace()))?;
         }
-        let unmasked =
-            feather_confine::restored_mounts::unmasked_places(&file, &paths.masked, host_groups)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| format!("find what to mask {}", in_namespace()))?;
+        let unmasked = found(
+            "mask",
+            feather_confine::restored_mounts::unmasked_places(&file, &paths.masked, host_groups),
+        )?;
         if !unmasked.is_empty() {
             feather_sys::process::mask_in_mount_namespace_of(&pidfd()?, &unmasked)
                 .with_context(|| format!("mask {unmasked:?} {}", in_namespace()))?;
