@@ -1065,7 +1065,7 @@ mod tests {
         in_namespace(&["mount", "--make-shared", "/proc"]);
         // The namespace's table whole, not the chrooted process's view of it.
         let table =
-            || feather_sys::mountinfo::parse(&in_namespace(&["cat", "/proc/self/mountinfo"]));
+            || feather_sys::mountinfo::parse(in_namespace(&["cat", "/proc/self/mountinfo"]));
         let proc_group = table()
             .into_iter()
             .find(|m| m.mount_point == Path::new("/proc"))
