@@ -474,8 +474,12 @@ fn places_lacking(
         let mut look = |path: &Path| look_up(&proc, &root, &mounts, path);
         let mut places = Vec::new();
         for path in paths.iter().flat_map(|path| kernel_places(&mounts, path)) {
-            let kept = peer_group_of(&mounts, &path).is_some_and(|g| kept_off.contains(g));
-            if !kept && !places.contains(&path) && lacks(&mounts, &path, &mut look)? {
+            if places.contains(&path) {
+                continue;
+            }
+            let found = look(&path)?;
+            let kept = peer_group_of(&mounts, &found).is_some_and(|g| kept_off.contains(g));
+            if !kept && lacks(&mounts, &path, &mut look)? {
                 places.push(path);
             }
         }
@@ -489,23 +493,18 @@ fn places_lacking(
     })
 }
 
-/// The peer group (`shared:N`) of the mount a new mount at `path` would lie on, if it is
-/// shared: what is mounted on it propagates to its peers. That mount is the top of the stack
-/// at the longest mounted prefix of `path`, `path` itself included: a mask at a mount point
-/// lies on the mount there, not on the one below it (review rest28 N7: the mount below was
-/// judged, and a mask over a shared mount at the path reached its peers).
-fn peer_group_of<'a>(mounts: &'a [MountEntry], path: &Path) -> Option<&'a String> {
-    let point = mounts
-        .iter()
-        .map(|m| &m.mount_point)
-        .filter(|point| path.starts_with(point))
-        .max_by_key(|point| point.components().count())?;
-    let at_point: Vec<&MountEntry> = mounts.iter().filter(|m| &m.mount_point == point).collect();
-    // The top: the one no other mount at the same point is stacked on.
-    let top = at_point
-        .iter()
-        .find(|m| !at_point.iter().any(|above| above.parent == m.id))?;
-    top.optional.iter().find(|f| f.starts_with("shared:"))
+/// The peer group (`shared:N`) of the mount a new mount at a path would lie on, if it is
+/// shared: what is mounted on it propagates to its peers. That mount is the one the path's
+/// lookup `found` it on: the top of the stack mounted at the path itself, if any (a mask at a
+/// mount point lies on the mount there, not on the one below it: review rest28 N7), by its id
+/// (review rest29 L2: by the longest mount point, a string two mounts may share, a hidden one
+/// or one of another parent could be judged instead). None for a path not found on a mount.
+fn peer_group_of<'a>(mounts: &'a [MountEntry], found: &Found) -> Option<&'a String> {
+    let Found::At { mount, .. } = found else {
+        return None;
+    };
+    let on = mount_of(mounts, *mount)?;
+    on.optional.iter().find(|f| f.starts_with("shared:"))
 }
 
 /// The cgroup folder `host_path` (a folder of a cgroup hierarchy the host mounted) as a
@@ -1116,18 +1115,28 @@ mod tests {
              7 6 0:73 / /proc/acpi ro - tmpfs tmpfs ro\n",
         );
         fn group<'a>(mounts: &'a [MountEntry], path: &str) -> Option<&'a str> {
-            peer_group_of(mounts, Path::new(path)).map(String::as_str)
+            let found = looker(mounts)(Path::new(path)).unwrap();
+            peer_group_of(mounts, &found).map(String::as_str)
         }
         assert_eq!(group(&mounts, "/proc/interrupts"), None);
         assert_eq!(group(&mounts, "/proc/kcore"), Some("shared:12"));
         assert_eq!(group(&mounts, "/sys/firmware"), None);
         assert_eq!(group(&mounts, "/sys/firmware/efi"), None);
         assert_eq!(group(&mounts, "/sys/kernel"), Some("shared:9"));
-        // Stacked: the top of the two at /proc/acpi, whatever the table's order.
-        assert_eq!(group(&mounts, "/proc/acpi"), None);
-        let reordered: Vec<MountEntry> = mounts.iter().rev().cloned().collect();
-        assert_eq!(group(&reordered, "/proc/acpi"), None);
         assert_eq!(group(&mounts, "/etc/x"), Some("shared:1"));
+        // The mount the lookup found, by its id: not another at the same point (a hidden
+        // one, or of another parent) the table lists first (review rest29 L2).
+        let found = |mount| Found::At {
+            mount,
+            null: false,
+            empty_folder: true,
+        };
+        assert_eq!(peer_group_of(&mounts, &found(7)), None);
+        assert_eq!(
+            peer_group_of(&mounts, &found(6)).map(String::as_str),
+            Some("shared:13")
+        );
+        assert_eq!(peer_group_of(&mounts, &Found::Missing), None);
     }
 
     #[test]

@@ -426,7 +426,9 @@ mod tests {
 
     #[test]
     fn only_filesystems_the_kernel_answers_alone_are_entered() {
-        for kind in ["proc", "tmpfs", "overlay", "ext4", "bcachefs", "nilfs2", "ntfs3"] {
+        for kind in [
+            "proc", "tmpfs", "overlay", "ext4", "bcachefs", "nilfs2", "ntfs3",
+        ] {
             assert!(answers_alone(kind), "{kind}");
         }
         for kind in [
