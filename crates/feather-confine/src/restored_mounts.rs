@@ -831,6 +831,20 @@ mod tests {
         }
     }
 
+    /// `/proc/sys` read-only with every mount below it, in a copy of the host's namespace (its
+    /// sysfs and cgroup mounts are writable).
+    fn proc_sys_read_only() -> Expected {
+        Expected {
+            read_only: vec![ReadOnly {
+                path: "/proc/sys".into(),
+                recursive: true,
+            }],
+            sysfs_writable: true,
+            cgroup_roots: vec!["/".into()],
+            ..Expected::default()
+        }
+    }
+
     /// The real reading, of the whole namespace: a process whose own proc has `/proc/sys`
     /// writable is refused naming it and its mount namespace; so is one chrooted into a
     /// folder whose proc is read-only while the namespace's `/proc/sys` outside the chroot is
@@ -839,20 +853,10 @@ mod tests {
     /// the namespace's root, not the reader's).
     #[test]
     fn a_real_trees_mounts_are_read_whole_from_its_namespace() {
+        let without_masks = proc_sys_read_only();
         let expected = Expected {
-            read_only: vec![ReadOnly {
-                path: "/proc/sys".into(),
-                recursive: true,
-            }],
             masked: vec!["/proc/interrupts".into()],
-            // A copy of the host's namespace: its sysfs and cgroup mounts are writable.
-            sysfs_writable: true,
-            cgroup_roots: vec!["/".into()],
-            ..Expected::default()
-        };
-        let without_masks = Expected {
-            masked: Vec::new(),
-            ..expected.clone()
+            ..without_masks.clone()
         };
         for writable in ["none", "inner"] {
             let chrooted = Chrooted::start(writable);
@@ -887,15 +891,7 @@ mod tests {
     fn a_descriptor_opened_beneath_a_later_cover_is_refused() {
         let chrooted = Chrooted::start("held");
         let (pid, held, namespace) = chrooted.frozen("held");
-        let read_only = Expected {
-            read_only: vec![ReadOnly {
-                path: "/proc/sys".into(),
-                recursive: true,
-            }],
-            sysfs_writable: true,
-            cgroup_roots: vec!["/".into()],
-            ..Expected::default()
-        };
+        let read_only = proc_sys_read_only();
         let refusal = check_tree(pid, held.hold(), &read_only).unwrap_err();
         assert!(
             refusal.contains(&format!(
@@ -1085,15 +1081,7 @@ mod tests {
                 .any(|m| m.fs_type == "tmpfs" && m.is_read_only()),
             "{at_submount:?}"
         );
-        let expected = Expected {
-            read_only: vec![ReadOnly {
-                path: "/proc/sys".into(),
-                recursive: true,
-            }],
-            sysfs_writable: true,
-            cgroup_roots: vec!["/".into()],
-            ..Expected::default()
-        };
+        let expected = proc_sys_read_only();
         assert_eq!(check_tree(pid, held.hold(), &expected), Ok(()));
     }
 
