@@ -659,7 +659,6 @@ fn a_restored_vm_masks_the_kernel_interfaces_its_checkpoint_lacked() {
     // the VM's mount namespace before its checkpoint, so that its images hold none of them.
     let a = Feather::new("host-view-masks");
     start_host_vm(&a, "w");
-    let pid = init_pid(&a, "w");
     let masked = [
         "/proc/acpi",
         "/proc/interrupts",
@@ -675,14 +674,7 @@ fn a_restored_vm_masks_the_kernel_interfaces_its_checkpoint_lacked() {
         present.contains(&"/sys/firmware") && present.contains(&"/proc/interrupts"),
         "this test needs a host with /sys/firmware and /proc/interrupts"
     );
-    // In its pid namespace too: umount reads /proc/self/mountinfo, and the VM's /proc shows
-    // only the VM's processes.
-    let unmount = Command::new("nsenter")
-        .args(["-t", &pid, "-m", "-p", "umount"])
-        .args(&present)
-        .status()
-        .unwrap();
-    assert!(unmount.success());
+    take_away_in_vm(&a, "w", &present);
     let reveal = "ls -A /sys/firmware | head -c 64; head -c 64 /proc/interrupts; echo end";
     assert_ne!(a.sh("w", reveal), "end\n", "the masks were taken away");
     a.ok(&["checkpoint", "w"]);
@@ -713,6 +705,104 @@ fn a_restored_vm_masks_the_kernel_interfaces_its_checkpoint_lacked() {
     }
     let write = a.run(&["exec", "w", "--", "sh", "-c", "touch /sys/firmware/x"]);
     assert_ne!(write.code, 0, "{write:?}");
+}
+
+/// A restored VM whose checkpoint lacked the read-only bind of `/proc/sys` (a kernel path
+/// absent at the dump; made here by unmounting the bind in the VM's mount namespace before
+/// its checkpoint) gets it again while frozen, as a start binds it, and its root cannot write
+/// a sysctl. Before, the restore was refused as `/proc/sys is writable` (review mntcheck26
+/// MC-6: masks were added, read-only binds were not; rest29 added the bind, fixrest29 took it
+/// away again until what the tasks hold beneath it was checked).
+#[test]
+fn a_restored_vm_binds_read_only_the_kernel_paths_its_checkpoint_lacked() {
+    let a = Feather::new("host-view-ro");
+    start_host_vm(&a, "w");
+    take_away_in_vm(&a, "w", &["/proc/sys"]);
+    assert_eq!(proc_sys_mount(&a), None, "the bind was taken away");
+    a.ok(&["checkpoint", "w"]);
+    a.ok(&["restore", "w"]);
+    assert_eq!(a.status("w"), "running");
+    let mount = proc_sys_mount(&a).expect("no bind at /proc/sys");
+    let options = mount.split(' ').nth(5).unwrap();
+    assert!(options.starts_with("ro,") || options == "ro", "{mount}");
+    let probe = "echo crafted > /proc/sys/kernel/hostname";
+    let wrote = a.run(&["exec", "w", "--", "sh", "-c", probe]);
+    assert!(wrote.stderr.contains("Read-only file system"), "{wrote:?}");
+}
+
+/// The same checkpoint, with a process of the VM working in `/proc/sys` at the dump: CRIU
+/// gives it back its working folder on the writable proc before the bind is made, and from
+/// it `kernel/core_pattern` is the host's to write (review rest29 H1). The restore is refused
+/// naming the process's working folder and `/proc/sys`; the VM stays checkpointed. Without
+/// the check of what the tasks hold, it was restored.
+#[test]
+fn a_restored_process_working_beneath_a_knob_its_checkpoint_left_writable_is_refused() {
+    let refused = restore_refused_holding(
+        "host-view-ro-cwd",
+        "/proc/sys",
+        "cd /proc/sys/kernel && sleep 1000 </dev/null >/dev/null 2>&1 &",
+    );
+    assert!(
+        refused.contains("holds its cwd on /proc/sys/kernel")
+            && refused.contains("shows /proc/sys writable"),
+        "{refused}"
+    );
+}
+
+/// A process of a VM whose checkpoint lacked the mask over `/proc/interrupts` (taken away in
+/// the VM before the checkpoint) held it open at the dump: CRIU opens it again before the
+/// restore masks the file, and the descriptor reads on beneath the mask. The restore is
+/// refused naming the descriptor and the place; the VM stays checkpointed. Without the check
+/// of what the tasks hold, it was restored and the process read the host's interrupts.
+#[test]
+fn a_restored_process_holding_a_file_its_checkpoint_left_unmasked_is_refused() {
+    let refused = restore_refused_holding(
+        "host-view-mask-fd",
+        "/proc/interrupts",
+        "sleep 1000 3</proc/interrupts </dev/null >/dev/null 2>&1 &",
+    );
+    assert!(
+        refused.contains("holds descriptor 3 on /proc/interrupts")
+            && refused.contains("shows /proc/interrupts unmasked"),
+        "{refused}"
+    );
+}
+
+/// A VM (root `label`) whose `taken_away` mount was unmounted before `holding` (a script run
+/// in it) started a process holding something beneath it, checkpointed: its restore must be
+/// refused and leave the VM checkpointed (then removed); the refusal.
+fn restore_refused_holding(label: &str, taken_away: &str, holding: &str) -> String {
+    let a = Feather::new(label);
+    start_host_vm(&a, "w");
+    take_away_in_vm(&a, "w", &[taken_away]);
+    a.sh("w", holding);
+    a.ok(&["checkpoint", "w"]);
+    let refused = a.run(&["restore", "w"]);
+    assert_ne!(refused.code, 0, "restored: {refused:?}");
+    assert_eq!(a.status("w"), "checkpointed", "{refused:?}");
+    a.ok(&["rm", "--force", "w"]);
+    refused.stderr
+}
+
+/// Unmounts `paths` in the mount namespace of VM `vm`'s init (in its pid namespace too:
+/// umount reads /proc/self/mountinfo, and the VM's /proc shows only the VM's processes).
+fn take_away_in_vm(feather: &Feather, vm: &str, paths: &[&str]) {
+    let pid = init_pid(feather, vm);
+    let unmount = Command::new("nsenter")
+        .args(["-t", &pid, "-m", "-p", "umount"])
+        .args(paths)
+        .status()
+        .unwrap();
+    assert!(unmount.success());
+}
+
+/// VM `w`'s mountinfo line for `/proc/sys`, if one.
+fn proc_sys_mount(feather: &Feather) -> Option<String> {
+    let mounts = feather.sh("w", "cat /proc/self/mountinfo");
+    mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/proc/sys"))
+        .map(str::to_owned)
 }
 
 /// A second proc mount in the VM (as a chrooted unit's own: `RootDirectory=` with

@@ -18,6 +18,7 @@ pub mod devices;
 pub mod held;
 pub mod landlock;
 pub mod restored;
+mod restored_descriptors;
 pub mod restored_mounts;
 pub mod restored_paths;
 pub mod restored_sources;

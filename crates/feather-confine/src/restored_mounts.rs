@@ -44,6 +44,7 @@ pub struct Expected {
     pub before: Option<crate::restored_sources::Before>,
 }
 
+use crate::restored_descriptors::Namespace;
 pub use crate::restored_paths::Found;
 use crate::restored_paths::{look_up, read_in_proc, unentered};
 
@@ -221,6 +222,10 @@ fn mount_of(mounts: &[MountEntry], id: u64) -> Option<&MountEntry> {
 /// Checks the mount tree of every mount namespace the threads of the tree under
 /// `init` (a host pid, held still in `hold`'s frozen group) are in; the refusal names the
 /// path, the namespace and a pid.
+/// Then what every thread holds (descriptors, working folder, root, mapped files) is checked
+/// against the places these namespaces cover ([`crate::restored_descriptors`]): a mask or a
+/// read-only bind added after CRIU opened them, or one an image stacked over a mount it
+/// names, covers nothing a descriptor holds beneath it.
 pub fn check_tree(init: i32, hold: &crate::held::Hold, expected: &Expected) -> Result<(), String> {
     let mut seen = Vec::new();
     crate::restored::walk_tree(
@@ -228,14 +233,36 @@ pub fn check_tree(init: i32, hold: &crate::held::Hold, expected: &Expected) -> R
         hold,
         |thread| check_namespace_of(&thread, &mut seen, expected),
         |unchecked| unchecked.to_string(),
-    )
+    )?;
+    let namespaces: Vec<Namespace> = seen.into_iter().map(|(_, covered)| covered).collect();
+    crate::restored_descriptors::check(init, hold, &namespaces)
+        .map_err(|why| format!("{why}; {KNOB_CAUSES}"))
+}
+
+/// The places of `mounts` the check requires covered ([`kernel_places`]), for the check of
+/// what the tree's threads hold.
+fn covered(mounts: Vec<MountEntry>, expected: &Expected) -> Namespace {
+    let places = |paths: Vec<&PathBuf>| -> Vec<PathBuf> {
+        let places = paths
+            .into_iter()
+            .flat_map(|path| kernel_places(&mounts, path));
+        places.collect()
+    };
+    let masked = places(expected.masked.iter().collect());
+    let read_only = places(expected.read_only.iter().map(|r| &r.path).collect());
+    Namespace {
+        mounts,
+        masked,
+        read_only,
+    }
 }
 
 /// Checks the mount namespace of `thread` unless one of `seen` (read whole from the
-/// namespace's root: the same for every thread in it, whatever its own root).
+/// namespace's root: the same for every thread in it, whatever its own root); each seen with
+/// its table and covered places.
 fn check_namespace_of(
     thread: &crate::restored::Thread,
-    seen: &mut Vec<PathBuf>,
+    seen: &mut Vec<(PathBuf, Namespace)>,
     expected: &Expected,
 ) -> Result<(), String> {
     let namespace = match crate::restored::namespace(thread.path, "mnt") {
@@ -253,10 +280,10 @@ fn check_namespace_of(
             ))
         }
     };
-    if seen.contains(&namespace) {
+    if seen.iter().any(|(known, _)| known == &namespace) {
         return Ok(());
     }
-    check_thread_view(thread.path, expected).map_err(|why| {
+    let mounts = check_thread_view(thread.path, expected).map_err(|why| {
         let command = fs::read_to_string(format!("/proc/{}/comm", thread.pid)).unwrap_or_default();
         format!(
             "in the mount namespace {} of process {} ({:?}): {why}",
@@ -265,7 +292,7 @@ fn check_namespace_of(
             command.trim_end_matches('\n')
         )
     })?;
-    seen.push(namespace);
+    seen.push((namespace, covered(mounts, expected)));
     Ok(())
 }
 
@@ -276,7 +303,7 @@ fn check_namespace_of(
 /// root, and a task CRIU chrooted into a folder (its root and cwd are the images',
 /// `fs-N.img`) would hide a writable proc outside it that its cwd or a descriptor still
 /// reaches (review mntcheck26 MC-1).
-fn check_thread_view(thread: &Path, expected: &Expected) -> Result<(), String> {
+fn check_thread_view(thread: &Path, expected: &Expected) -> Result<Vec<MountEntry>, String> {
     let ns_path = thread.join("ns/mnt");
     let namespace =
         fs::File::open(&ns_path).map_err(|e| format!("cannot open {}: {e}", ns_path.display()))?;
@@ -295,17 +322,18 @@ fn check_thread_view(thread: &Path, expected: &Expected) -> Result<(), String> {
 }
 
 /// In a thread of its own, ended after: joins `namespace`, reads its mountinfo through
-/// `proc` (the host's), judges it with paths looked up from the namespace's root.
+/// `proc` (the host's), judges it with paths looked up from the namespace's root; the table.
 fn judge_namespace(
     namespace: &fs::File,
     proc: &OwnedFd,
     expected: &Expected,
-) -> Result<(), String> {
+) -> Result<Vec<MountEntry>, String> {
     let (mounts, root) = join_namespace(namespace, proc)?;
     refuse_stacked_root(&mounts)?;
     judge(&mounts, expected, &mut |path| {
         look_up(proc, &root, &mounts, path)
-    })
+    })?;
+    Ok(mounts)
 }
 
 /// Refuses a mount at `/` whose parent is another mount of the namespace: a mount stacked on
@@ -373,6 +401,30 @@ pub fn unmasked_places(
     Ok(places)
 }
 
+/// The places the check requires read-only ([`judge`]: each of `knobs`, with every mount
+/// beneath it, beneath every proc and sysfs mount) that the mount namespace `namespace` shows
+/// writable, each from its root: what a restorer binds read-only before the check when a dump
+/// lacked a read-only bind of a kernel path (review mntcheck26 MC-6: a path absent at the
+/// dump, an older kernel's or another host's, is writable once restored here; masks were
+/// added, read-only binds were not, and the restore was refused). What CRIU opened beneath
+/// such a place before the bind keeps the writable mount it was opened on: the check then
+/// refuses it ([`crate::restored_descriptors`]; review rest29 H1). `kept_off` as for
+/// [`unmasked_places`]. A place reached through a link, or on a mount the lookups do not
+/// enter, is left to the check.
+pub fn writable_places(
+    namespace: &fs::File,
+    knobs: &[PathBuf],
+    kept_off: &[String],
+) -> Result<Vec<PathBuf>, String> {
+    places_lacking(namespace, knobs, kept_off, &|mounts, path, look| {
+        let found = look(path)?;
+        if !matches!(found, Found::At { .. }) || on_unentered_mount(mounts, &found) {
+            return Ok(false);
+        }
+        Ok(judge_read_only(mounts, path, true, look)?.is_some())
+    })
+}
+
 /// Files whose open is judged by the opener's credentials alone: a descriptor of one that
 /// CRIU opened, as host root, before a mask is placed keeps what it grants, whatever the mask
 /// and the restored credentials (`/proc/kcore`: every page of kernel memory, checked against
@@ -422,8 +474,12 @@ fn places_lacking(
         let mut look = |path: &Path| look_up(&proc, &root, &mounts, path);
         let mut places = Vec::new();
         for path in paths.iter().flat_map(|path| kernel_places(&mounts, path)) {
-            let kept = peer_group_of(&mounts, &path).is_some_and(|g| kept_off.contains(g));
-            if !kept && !places.contains(&path) && lacks(&mounts, &path, &mut look)? {
+            if places.contains(&path) {
+                continue;
+            }
+            let found = look(&path)?;
+            let kept = peer_group_of(&mounts, &found).is_some_and(|g| kept_off.contains(g));
+            if !kept && lacks(&mounts, &path, &mut look)? {
                 places.push(path);
             }
         }
@@ -437,23 +493,18 @@ fn places_lacking(
     })
 }
 
-/// The peer group (`shared:N`) of the mount a new mount at `path` would lie on, if it is
-/// shared: what is mounted on it propagates to its peers. That mount is the top of the stack
-/// at the longest mounted prefix of `path`, `path` itself included: a mask at a mount point
-/// lies on the mount there, not on the one below it (review rest28 N7: the mount below was
-/// judged, and a mask over a shared mount at the path reached its peers).
-fn peer_group_of<'a>(mounts: &'a [MountEntry], path: &Path) -> Option<&'a String> {
-    let point = mounts
-        .iter()
-        .map(|m| &m.mount_point)
-        .filter(|point| path.starts_with(point))
-        .max_by_key(|point| point.components().count())?;
-    let at_point: Vec<&MountEntry> = mounts.iter().filter(|m| &m.mount_point == point).collect();
-    // The top: the one no other mount at the same point is stacked on.
-    let top = at_point
-        .iter()
-        .find(|m| !at_point.iter().any(|above| above.parent == m.id))?;
-    top.optional.iter().find(|f| f.starts_with("shared:"))
+/// The peer group (`shared:N`) of the mount a new mount at a path would lie on, if it is
+/// shared: what is mounted on it propagates to its peers. That mount is the one the path's
+/// lookup `found` it on: the top of the stack mounted at the path itself, if any (a mask at a
+/// mount point lies on the mount there, not on the one below it: review rest28 N7), by its id
+/// (review rest29 L2: by the longest mount point, a string two mounts may share, a hidden one
+/// or one of another parent could be judged instead). None for a path not found on a mount.
+fn peer_group_of<'a>(mounts: &'a [MountEntry], found: &Found) -> Option<&'a String> {
+    let Found::At { mount, .. } = found else {
+        return None;
+    };
+    let on = mount_of(mounts, *mount)?;
+    on.optional.iter().find(|f| f.starts_with("shared:"))
 }
 
 /// The cgroup folder `host_path` (a folder of a cgroup hierarchy the host mounted) as a
@@ -703,7 +754,10 @@ mod tests {
     /// A process (busybox's `sleep`) in a mount namespace of its own (a copy of the host's),
     /// chrooted into a tmpfs with a proc of its own; `read_only` says which `/proc/sys` are
     /// bound read-only: `none`, `inner` (the chroot's only), `all` (the namespace's `/proc`'s
-    /// too), `fuse` (as `all`, with two FUSE filesystems whose server never answers, as a
+    /// too), `held` (as `all`, the namespace's bound after the sleep's descriptor 3 was opened
+    /// on `/proc/interrupts` and 4 on the folder `/proc/sys/kernel`, as CRIU opens a restored
+    /// task's before the restorer binds), `fuse` (as `all`, with two FUSE filesystems whose
+    /// server never answers, as a
     /// frozen one's would not: at the chroot's `fuse` and, writable, at its
     /// `proc/sys/fs/binfmt_misc`; the sleep holds their `/dev/fuse` descriptors, and its end
     /// aborts them). Killed on drop.
@@ -724,6 +778,8 @@ mod tests {
                  ro() { mount --bind $1 $1; mount -o remount,bind,ro $1; }; \
                  if [ $2 != none ]; then ro $R/proc/sys; fi; \
                  if [ $2 = all ] || [ $2 = fuse ]; then ro /proc/sys; fi; \
+                 if [ $2 = held ]; then exec 3</proc/interrupts 4</proc/sys/kernel; \
+                     ro /proc/sys; fi; \
                  fuse() { mount -i -t fuse -o fd=$1,rootmode=40000,user_id=0,group_id=0 \
                      never $2; }; \
                  if [ $2 = fuse ]; then exec 3<>/dev/fuse 4<>/dev/fuse; mkdir $R/fuse; \
@@ -775,6 +831,20 @@ mod tests {
         }
     }
 
+    /// `/proc/sys` read-only with every mount below it, in a copy of the host's namespace (its
+    /// sysfs and cgroup mounts are writable).
+    fn proc_sys_read_only() -> Expected {
+        Expected {
+            read_only: vec![ReadOnly {
+                path: "/proc/sys".into(),
+                recursive: true,
+            }],
+            sysfs_writable: true,
+            cgroup_roots: vec!["/".into()],
+            ..Expected::default()
+        }
+    }
+
     /// The real reading, of the whole namespace: a process whose own proc has `/proc/sys`
     /// writable is refused naming it and its mount namespace; so is one chrooted into a
     /// folder whose proc is read-only while the namespace's `/proc/sys` outside the chroot is
@@ -783,20 +853,10 @@ mod tests {
     /// the namespace's root, not the reader's).
     #[test]
     fn a_real_trees_mounts_are_read_whole_from_its_namespace() {
+        let without_masks = proc_sys_read_only();
         let expected = Expected {
-            read_only: vec![ReadOnly {
-                path: "/proc/sys".into(),
-                recursive: true,
-            }],
             masked: vec!["/proc/interrupts".into()],
-            // A copy of the host's namespace: its sysfs and cgroup mounts are writable.
-            sysfs_writable: true,
-            cgroup_roots: vec!["/".into()],
-            ..Expected::default()
-        };
-        let without_masks = Expected {
-            masked: Vec::new(),
-            ..expected.clone()
+            ..without_masks.clone()
         };
         for writable in ["none", "inner"] {
             let chrooted = Chrooted::start(writable);
@@ -817,6 +877,40 @@ mod tests {
         let refusal = check_tree(pid, held.hold(), &expected).unwrap_err();
         assert!(
             refusal.contains("/proc/interrupts is not masked"),
+            "{refusal}"
+        );
+    }
+
+    /// A descriptor opened before the cover over its place reaches past it, and fails the
+    /// check though every path passes (review rest29 H1, fixes29 N1): the folder
+    /// `/proc/sys/kernel` held on the writable proc beneath a read-only bind of `/proc/sys`
+    /// (`openat` from it writes `core_pattern`), `/proc/interrupts` held on the proc beneath
+    /// its mask (it still reads). Each refusal names the process, the descriptor and the
+    /// place.
+    #[test]
+    fn a_descriptor_opened_beneath_a_later_cover_is_refused() {
+        let chrooted = Chrooted::start("held");
+        let (pid, held, namespace) = chrooted.frozen("held");
+        let read_only = proc_sys_read_only();
+        let refusal = check_tree(pid, held.hold(), &read_only).unwrap_err();
+        assert!(
+            refusal.contains(&format!(
+                "restored process {pid} (thread {pid}) holds descriptor 4 on /proc/sys/kernel"
+            )) && refusal.contains("shows /proc/sys writable"),
+            "{refusal}"
+        );
+        let masked = Expected {
+            read_only: Vec::new(),
+            masked: vec!["/proc/interrupts".into()],
+            ..read_only
+        };
+        let places = unmasked_places(&namespace, &masked.masked, &[]).unwrap();
+        let pidfd = feather_sys::process::pidfd_open(nix::unistd::Pid::from_raw(pid)).unwrap();
+        feather_sys::process::mask_in_mount_namespace_of(&pidfd, &places).unwrap();
+        let refusal = check_tree(pid, held.hold(), &masked).unwrap_err();
+        assert!(
+            refusal.contains("holds descriptor 3 on /proc/interrupts")
+                && refusal.contains("shows /proc/interrupts unmasked"),
             "{refusal}"
         );
     }
@@ -938,6 +1032,65 @@ mod tests {
         assert_eq!(check_tree(pid, held.hold(), &expected), Ok(()));
     }
 
+    /// The writable places of a read-only kernel path are found from the namespace's root (the
+    /// namespace's `/proc/sys`, not the chroot's, bound read-only already); bound read-only
+    /// there, with what is beneath (a writable tmpfs at `/proc/sys/fs/binfmt_misc` comes back
+    /// read-only in the clone: review rest29 T6), the check passes and none is left. A place
+    /// whose mount is of a peer group kept off (the host's) is not offered (review mntcheck26
+    /// MC-6).
+    #[test]
+    fn writable_kernel_paths_are_found_and_bound_read_only() {
+        let chrooted = Chrooted::start("inner");
+        let (pid, held, namespace) = chrooted.frozen("writable");
+        let in_namespace = |args: &[&str]| {
+            let pid = pid.to_string();
+            let nsenter = ["-t", pid.as_str(), "-m"];
+            let out = std::process::Command::new("nsenter")
+                .args(nsenter.iter().chain(args))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{args:?}: {out:?}");
+            out.stdout
+        };
+        let submount = "/proc/sys/fs/binfmt_misc";
+        in_namespace(&["mount", "-t", "tmpfs", "writable", submount]);
+        let knobs = [PathBuf::from("/proc/sys")];
+        let places = writable_places(&namespace, &knobs, &[]).unwrap();
+        assert_eq!(places, knobs);
+        in_namespace(&["mount", "--make-shared", "/proc"]);
+        // The namespace's table whole, not the chrooted process's view of it.
+        let table =
+            || feather_sys::mountinfo::parse(in_namespace(&["cat", "/proc/self/mountinfo"]));
+        let proc_group = table()
+            .into_iter()
+            .find(|m| m.mount_point == Path::new("/proc"))
+            .and_then(|m| m.optional.into_iter().find(|f| f.starts_with("shared:")))
+            .unwrap();
+        let kept_off = writable_places(&namespace, &knobs, std::slice::from_ref(&proc_group));
+        assert_eq!(kept_off, Ok(Vec::new()), "{proc_group}");
+        let pidfd = feather_sys::process::pidfd_open(nix::unistd::Pid::from_raw(pid)).unwrap();
+        feather_sys::process::read_only_in_mount_namespace_of(&pidfd, &places).unwrap();
+        assert_eq!(writable_places(&namespace, &knobs, &[]), Ok(Vec::new()));
+        let at_submount: Vec<MountEntry> = table()
+            .into_iter()
+            .filter(|m| m.mount_point == Path::new(submount))
+            .collect();
+        assert!(
+            at_submount
+                .iter()
+                .any(|m| m.fs_type == "tmpfs" && m.is_read_only()),
+            "{at_submount:?}"
+        );
+        let expected = proc_sys_read_only();
+        assert_eq!(check_tree(pid, held.hold(), &expected), Ok(()));
+    }
+
+    /// A place on a shared mount is told as such (feather-oci masks none there: the mask
+    /// would reach the mount's peers), by the mount a mask there would lie on: the top one
+    /// mounted at the place itself, if any, else the one it lies beneath. Before, a mount at
+    /// the place was passed over for the one below it (review rest28 N7): `/proc/kcore` bound
+    /// shared under a private `/proc` was told unshared, `/sys/firmware` private under a
+    /// shared `/sys` shared.
     #[test]
     fn a_place_on_a_shared_mount_is_told() {
         let mounts = feather_sys::mountinfo::parse(
@@ -950,18 +1103,28 @@ mod tests {
              7 6 0:73 / /proc/acpi ro - tmpfs tmpfs ro\n",
         );
         fn group<'a>(mounts: &'a [MountEntry], path: &str) -> Option<&'a str> {
-            peer_group_of(mounts, Path::new(path)).map(String::as_str)
+            let found = looker(mounts)(Path::new(path)).unwrap();
+            peer_group_of(mounts, &found).map(String::as_str)
         }
         assert_eq!(group(&mounts, "/proc/interrupts"), None);
         assert_eq!(group(&mounts, "/proc/kcore"), Some("shared:12"));
         assert_eq!(group(&mounts, "/sys/firmware"), None);
         assert_eq!(group(&mounts, "/sys/firmware/efi"), None);
         assert_eq!(group(&mounts, "/sys/kernel"), Some("shared:9"));
-        // Stacked: the top of the two at /proc/acpi, whatever the table's order.
-        assert_eq!(group(&mounts, "/proc/acpi"), None);
-        let reordered: Vec<MountEntry> = mounts.iter().rev().cloned().collect();
-        assert_eq!(group(&reordered, "/proc/acpi"), None);
         assert_eq!(group(&mounts, "/etc/x"), Some("shared:1"));
+        // The mount the lookup found, by its id: not another at the same point (a hidden
+        // one, or of another parent) the table lists first (review rest29 L2).
+        let found = |mount| Found::At {
+            mount,
+            null: false,
+            empty_folder: true,
+        };
+        assert_eq!(peer_group_of(&mounts, &found(7)), None);
+        assert_eq!(
+            peer_group_of(&mounts, &found(6)).map(String::as_str),
+            Some("shared:13")
+        );
+        assert_eq!(peer_group_of(&mounts, &Found::Missing), None);
     }
 
     #[test]

@@ -72,9 +72,11 @@ pub fn answers_alone(fs_type: &str) -> bool {
         "fusectl",
         "nsfs",
     ];
+    // bcachefs, nilfs2 and ntfs3 too: a host whose `/` or container store is one of them had
+    // nothing beneath it held, and a reused number was refused (review fixrest29, M2's cost).
     const LOCAL_DISKS: &[&str] = &[
         "ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "vfat", "exfat", "squashfs", "erofs",
-        "iso9660", "zfs",
+        "iso9660", "zfs", "bcachefs", "nilfs2", "ntfs3",
     ];
     KERNELS.contains(&fs_type) || LOCAL_DISKS.contains(&fs_type)
 }
@@ -321,7 +323,7 @@ fn describe(fd: OwnedFd, mount: u64) -> Result<Found, String> {
 }
 
 /// The id of the mount `fd` is on, from its `fdinfo` (which asks no filesystem).
-fn mount_id(proc: &OwnedFd, fd: &OwnedFd) -> Result<u64, String> {
+pub(crate) fn mount_id(proc: &OwnedFd, fd: &OwnedFd) -> Result<u64, String> {
     let info = read_in_proc(proc, &format!("thread-self/fdinfo/{}", fd.as_raw_fd()))?;
     mnt_id_in(&info).ok_or_else(|| "no mnt_id in its fdinfo".to_string())
 }
@@ -424,7 +426,9 @@ mod tests {
 
     #[test]
     fn only_filesystems_the_kernel_answers_alone_are_entered() {
-        for kind in ["proc", "tmpfs", "overlay", "ext4"] {
+        for kind in [
+            "proc", "tmpfs", "overlay", "ext4", "bcachefs", "nilfs2", "ntfs3",
+        ] {
             assert!(answers_alone(kind), "{kind}");
         }
         for kind in [

@@ -1282,10 +1282,13 @@ fn mask_what_the_dump_lacked(vm: &VmDir, init: &ChildProcess, hold: &Hold) -> Re
 /// was refused). Looked up beneath the namespace's root, never through a magic link: a link
 /// in the restored tree is the images' to choose, and through `/proc/PID/root` an absolute
 /// one would lead the host's root to a host path (review r27 R6).
-/// A writable one of `/proc/{bus,fs,irq,sys,sysrq-trigger}` is not bound read-only here but
-/// refused by the check: what CRIU opened beneath it while it was writable (a descriptor on
-/// `/proc/sys/kernel/core_pattern`, a working folder on `/proc/sys`) would stay writable under
-/// a bind made now (review rest29 H1).
+/// The writable ones of `/proc/{bus,fs,irq,sys,sysrq-trigger}` are bound read-only first, each
+/// with every mount beneath it, as a start binds them
+/// ([`feather_confine::restored_mounts::writable_places`]; review mntcheck26 MC-6: a dump
+/// that lacked such a bind, a kernel path absent at the dump, was refused as writable). What
+/// CRIU opened beneath one before (a descriptor on `/proc/sys/kernel/core_pattern`, a working
+/// folder on `/proc/sys`) keeps the writable mount it was opened on: the check refuses it
+/// (review rest29 H1).
 fn mask_in_namespace_of(vm: &VmDir, pid: i32, pidfd: &std::os::fd::OwnedFd) -> Result<()> {
     let name = vm.name();
     let ns = format!("/proc/{pid}/ns/mnt");
@@ -1299,6 +1302,15 @@ fn mask_in_namespace_of(vm: &VmDir, pid: i32, pidfd: &std::os::fd::OwnedFd) -> R
             ),
         )
     };
+    let knobs: Vec<PathBuf> = rootfs::READ_ONLY_PROC
+        .iter()
+        .map(|path| Path::new("/proc").join(path))
+        .collect();
+    let writable = feather_confine::restored_mounts::writable_places(&namespace, &knobs, &[])
+        .map_err(|why| cannot_find("bind read-only", why))?;
+    if !writable.is_empty() {
+        process::read_only_in_mount_namespace_of(pidfd, &writable).in_vm(name)?;
+    }
     let masked: Vec<PathBuf> = rootfs::MASKED_PROC
         .iter()
         .chain(&rootfs::MASKED_SYS)
