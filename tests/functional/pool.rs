@@ -469,7 +469,7 @@ fn a_claimed_vms_keeper_keeps_its_root_watch_until_its_claimer_is_answered() {
     let pool = Pooled::new("pool-watch-kept", 1);
     let (mut run, claimed) = a_run_holding_a_pooled_vm(&pool);
     let keeper = keeper_of(&pool, &claimed);
-    let log = pool.feather.root.join("vms").join(&claimed).join("keeper.log");
+    let log = pool.feather.root.join(format!("vms/{claimed}/keeper.log"));
     let log = fs::read_to_string(log).unwrap_or_default();
     assert!(
         !log.contains("no inotify watch"),
@@ -502,9 +502,8 @@ fn holds_inotify(pid: i32) -> bool {
     let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
         return false;
     };
-    fds.flatten().any(|fd| {
-        fs::read_link(fd.path()).is_ok_and(|to| to.as_os_str() == "anon_inode:inotify")
-    })
+    fds.flatten()
+        .any(|fd| fs::read_link(fd.path()).is_ok_and(|to| to.as_os_str() == "anon_inode:inotify"))
 }
 
 /// Kills `run` with SIGKILL (it can do nothing) and reaps it.
