@@ -460,14 +460,7 @@ fn ended_or_in(pid: u32, calls: &[libc::c_long]) -> bool {
         .into_iter()
         .flatten()
         .flatten()
-        .any(|task| {
-            fs::read_to_string(task.path().join("syscall")).is_ok_and(|call| {
-                call.split_whitespace()
-                    .next()
-                    .and_then(|number| number.parse::<libc::c_long>().ok())
-                    .is_some_and(|number| calls.contains(&number))
-            })
-        });
+        .any(|task| support::in_system_call(&task.path(), calls));
     ended || waiting
 }
 

@@ -457,6 +457,55 @@ fn a_run_holding_a_pooled_vm(pool: &Pooled) -> (std::process::Child, String) {
     panic!("no run took a VM of the pool");
 }
 
+/// A claimed VM's keeper closes its root watch (an inotify instance) only after its claimer has
+/// been answered, not at the claim: closing one waits for the kernel's grace period (fsnotify's
+/// SRCU, 10-20 ms here), and the keeper, busy with it, saw a short command's claimer let go only
+/// after it. That made a hit slower than a cold run (docs/benchmarks.md, 2026-12-07 09:54:
+/// 12.3 ms against 8.6 ms; with the watch kept, spaced hits 12.1 ms against 16.6 ms cold in one
+/// loop at load 5-8).
+#[test]
+fn a_claimed_vms_keeper_keeps_its_root_watch_until_its_claimer_is_answered() {
+    let cgroups_before = support::feather_cgroups();
+    let pool = Pooled::new("pool-watch-kept", 1);
+    let (mut run, claimed) = a_run_holding_a_pooled_vm(&pool);
+    let keeper = keeper_of(&pool, &claimed);
+    let log = pool.feather.root.join(format!("vms/{claimed}/keeper.log"));
+    let log = fs::read_to_string(log).unwrap_or_default();
+    assert!(
+        !log.contains("no inotify watch"),
+        "the pooled VM's keeper had no root watch to keep (fs.inotify.max_user_instances \
+         reached by other processes of root?): {log}"
+    );
+    // Past the claim: between requests the keeper waits in poll(2), for its claimer's end.
+    pool.feather
+        .eventually("the claimed VM's keeper waits for its claimer", || {
+            waits_in_poll(keeper)
+        });
+    let held = holds_inotify(keeper);
+    kill(&mut run);
+    assert!(
+        held,
+        "the keeper of claimed VM {claimed} closed its root watch at the claim"
+    );
+    pool.drained_leaving_nothing(&cgroups_before);
+}
+
+/// Whether process `pid`'s main thread (the keeper's loop; its shuttle thread polls too) is in
+/// poll(2).
+fn waits_in_poll(pid: i32) -> bool {
+    let main_thread = std::path::PathBuf::from(format!("/proc/{pid}"));
+    support::in_system_call(&main_thread, &[libc::SYS_poll, libc::SYS_ppoll])
+}
+
+/// Whether process `pid` holds an inotify instance.
+fn holds_inotify(pid: i32) -> bool {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten()
+        .any(|fd| fs::read_link(fd.path()).is_ok_and(|to| to.as_os_str() == "anon_inode:inotify"))
+}
+
 /// Kills `run` with SIGKILL (it can do nothing) and reaps it.
 fn kill(run: &mut std::process::Child) {
     let pid = nix::unistd::Pid::from_raw(run.id() as i32);

@@ -221,6 +221,18 @@ pub fn start_ticks(pid: u32) -> u64 {
     after.split_whitespace().nth(19).unwrap().parse().unwrap()
 }
 
+/// Whether the thread whose `/proc` folder is `task` (`/proc/PID` is a process's main thread,
+/// `/proc/PID/task/TID` any thread) is in one of the system calls `calls`, as its `syscall`
+/// file says.
+pub fn in_system_call(task: &Path, calls: &[libc::c_long]) -> bool {
+    fs::read_to_string(task.join("syscall")).is_ok_and(|call| {
+        call.split_whitespace()
+            .next()
+            .and_then(|number| number.parse::<libc::c_long>().ok())
+            .is_some_and(|number| calls.contains(&number))
+    })
+}
+
 /// The names in folder `dir`, in no order (none where it cannot be read).
 pub fn names_in(dir: &Path) -> Vec<String> {
     fs::read_dir(dir)

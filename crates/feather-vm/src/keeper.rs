@@ -1004,6 +1004,10 @@ impl Keeper {
         };
         // A pooled VM's root removed by hand is seen at once (the idle time may be "for ever").
         let mut root_watch = if foreground { None } else { self.root_watch() };
+        // The watch once the VM is out of the pool, no longer looked at but closed only after
+        // the teardown: closing an inotify instance waits for the kernel's grace period
+        // (fsnotify's SRCU, 10-20 ms here), which at the claim held up the claimer's let-go.
+        let mut retired_watch: Option<RootWatch> = None;
         let status = loop {
             let mut fds = vec![
                 PollFd::new(self.init.pidfd.as_fd(), PollFlags::POLLIN),
@@ -1084,7 +1088,7 @@ impl Keeper {
             }
             if self.claimed.get() || phase != Phase::Running {
                 expires_at = None;
-                root_watch = None;
+                retired_watch = retired_watch.or(root_watch.take());
             } else if watched && root_watch.as_ref().is_some_and(RootWatch::gone) {
                 // Its root is being removed (or was moved away): nothing can claim, drain or
                 // list this VM any more. Ended once the removal is over, leaving nothing.
@@ -1139,6 +1143,7 @@ impl Keeper {
             handed_over::Ended::default()
         };
         self.tear_down(&ended.how, foreground);
+        drop(retired_watch);
         // The broker's last words (the audit lines its pace held back) go into the root's log
         // before anyone waiting for the stop hears of it: they may remove the root next.
         drop(self.broker.take());

@@ -182,6 +182,7 @@ impl Claimed {
 /// VM's `ask` rules then ask, as a VM started from here would.
 pub fn claim(root: &StateRoot, workload: &Workload) -> Option<Claimed> {
     let mut entries = entries(root);
+    feather_core::trace::phase("claim: read the pool's entries");
     // A command too big for init's message runs as it would in a VM of its own only there: a
     // miss, which costs the pool nothing.
     if entries.is_empty() || !crate::commands::fits(workload) {
@@ -194,6 +195,7 @@ pub fn claim(root: &StateRoot, workload: &Workload) -> Option<Claimed> {
     let start = std::process::id() as usize % entries.len();
     entries.rotate_left(start);
     let current = pooled::fingerprint(root);
+    feather_core::trace::phase("claim: fingerprint the host");
     let mut stale = false;
     for (name, made_under) in entries {
         let vm = root.vm(&name);
@@ -257,6 +259,7 @@ pub fn run_claimed(root: &StateRoot, claimed: Claimed, workload: &Workload) -> R
         "opening this process's network namespace",
     ))?;
     let code = crate::exec::exec(root, &claimed.name, workload, false);
+    feather_core::trace::phase("run the command through the pooled VM's init");
     nix::sched::setns(host.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(|e| io(&claimed.name, "going back to the host's network")(e.into()))?;
     let name = claimed.name.clone();
@@ -265,6 +268,7 @@ pub fn run_claimed(root: &StateRoot, claimed: Claimed, workload: &Workload) -> R
         // another, so give it a moment to let go of its lock.
         remove_if_crashed(root, &name, Instant::now() + CRASH_PATIENCE);
     }
+    feather_core::trace::phase("wait for the pooled VM to be set aside");
     code
 }
 

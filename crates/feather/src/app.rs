@@ -429,8 +429,8 @@ fn run_from_the_pool(
         return Ok(None);
     };
     trace::phase("claim a VM of the pool");
+    // Traced in parts: the command through the VM's init, then the wait for its set-aside.
     let code = feather_vm::pool::run_claimed(root, claimed, &workload);
-    trace::phase("run the command (in a VM of the pool)");
     Ok(Some(code?))
 }
 
