@@ -1518,8 +1518,38 @@ fn a_fill_that_finds_another_at_work_waits_and_replaces_its_lowered_vm() {
 /// brought the network up again) in the root being removed.
 #[test]
 fn a_fill_started_before_network_down_and_at_work_after_it_makes_nothing() {
-    let pool = Pooled::by_default("pool-down-late-fill");
-    pool.ok(&["pool", "--idle", "0"]);
+    a_late_fill_makes_nothing("pool-down-late-fill", true);
+}
+
+/// [`a_fill_started_before_network_down_and_at_work_after_it_makes_nothing`] in a root whose
+/// pool was never used: the run that starts the fill makes the pool's folder first, so that
+/// `network down`, which makes nothing of a pool where there is none, raises its generation.
+/// Without that, the fill made the folder only after `network down`, and a VM.
+#[test]
+fn a_roots_first_fill_started_before_network_down_makes_nothing_after_it() {
+    a_late_fill_makes_nothing("pool-down-first-fill", false);
+}
+
+/// `network down` in a root whose pool was never used makes nothing of a pool there (it made
+/// `pool/` with its settings, and the pool's lock, in every root it took down).
+#[test]
+fn network_down_makes_no_pool_where_there_is_none() {
+    let feather = Feather::new("pool-down-none");
+    feather.ok(&["ls"]);
+    feather.ok(&["network", "down"]);
+    assert!(
+        !feather.root.join("pool").exists(),
+        "a pool's folder was made"
+    );
+}
+
+/// A fill started by a run, held before it takes its lock, at work only after `network down`;
+/// the pool's folder made before the run (a setting) or by it (`made_first` false).
+fn a_late_fill_makes_nothing(label: &str, made_first: bool) {
+    let pool = Pooled::by_default(label);
+    if made_first {
+        pool.ok(&["pool", "--idle", "0"]);
+    }
     let mut hook = Hook::held("pool-down-late-fill");
     let out = pool
         .command()
