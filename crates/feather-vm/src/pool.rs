@@ -180,7 +180,7 @@ impl Claimed {
 /// VM's `ask` rules then ask, as a VM started from here would.
 pub fn claim(root: &StateRoot, workload: &Workload) -> Option<Claimed> {
     let mut entries = entries(root);
-    feather_core::trace::phase("claim: read the pool's entries");
+    feather_core::trace::phase("look in the pool");
     // A command too big for init's message runs as it would in a VM of its own only there: a
     // miss, which costs the pool nothing.
     if entries.is_empty() || !crate::commands::fits(workload) {
