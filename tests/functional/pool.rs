@@ -690,12 +690,17 @@ fn a_drained_pool_leaves_nothing() {
 #[test]
 fn a_drain_after_runs_from_the_pool_leaves_nothing_for_rm_rf() {
     let pool = Pooled::new("pool-drain-rm-rf", 1);
-    pool.taken_from_ready(|| pool.ok(&["run", "--rm", "--", "hostname"]).trim().to_owned());
+    pool.taken_from_ready(|| {
+        pool.ok(&["run", "--rm", "--", "hostname"])
+            .trim()
+            .to_owned()
+    });
     pool.ok(&["pool", "--drain"]);
     let root = &pool.feather.root;
-    pool.feather.eventually("no process of the root is left", || {
-        support::HostTraces::of(root, None).processes.is_empty()
-    });
+    pool.feather
+        .eventually("no process of the root is left", || {
+            support::HostTraces::of(root, None).processes.is_empty()
+        });
     let traces = support::HostTraces::of(root, Some(&pool.bridge));
     assert_eq!(traces, support::HostTraces::default(), "left on the host");
     fs::remove_dir_all(root).unwrap();
@@ -1573,7 +1578,11 @@ fn a_claimed_vms_keeper_reaps_the_refill_it_started() {
     let pool = Pooled::by_default("pool-refill-reaped")
         .hooked(feather_vm::keeper::HOLD_AFTER_REFILL, &hook);
     pool.ok(&["pool", "--size", "1"]);
-    pool.taken_from_ready(|| pool.ok(&["run", "--rm", "--", "hostname"]).trim().to_owned());
+    pool.taken_from_ready(|| {
+        pool.ok(&["run", "--rm", "--", "hostname"])
+            .trim()
+            .to_owned()
+    });
     let keeper = hook.waiter(&pool.feather);
     let lock = pool.feather.root.join("pool/fill.lock");
     pool.feather

@@ -204,6 +204,13 @@ pub const HOLD_BEFORE_CRIU: &str = "FEATHER_TEST_HOLD_BEFORE_CRIU";
 /// Unset, nothing waits.
 pub const HOLD_BEFORE_BEGIN: &str = "FEATHER_TEST_HOLD_BEFORE_BEGIN";
 
+/// For tests only, as [`HOLD_RUNNING_RECORD`]: the file whose lock a starting keeper waits for
+/// once it has recorded the VM running (a background keeper: told `feather start` the VM is
+/// up), right before its late look at the registry, which hides the roots registered while the
+/// VM started, so that a test sends a request meanwhile and sees it served only after that
+/// look. Unset, nothing waits.
+pub const HOLD_BEFORE_LATE_LOOK: &str = "FEATHER_TEST_HOLD_BEFORE_LATE_LOOK";
+
 /// For tests only, as [`HOLD_RUNNING_RECORD`]: the file whose lock a kept VM's keeper waits for
 /// once it has answered the VM's stop, before its last steps (the root's network, the flush of
 /// the VM's layer), so that a test sees what waits for the keeper's end. Unset, nothing waits.
@@ -238,7 +245,8 @@ pub const HOLD_AFTER_REFILL: &str = "FEATHER_TEST_HOLD_AFTER_REFILL";
 pub const AS_AN_OLDER_KEEPER: &str = "FEATHER_TEST_AS_AN_OLDER_KEEPER";
 
 /// Waits for the lock of the file the test-only `variable` names ([`HOLD_RUNNING_RECORD`],
-/// [`HOLD_BEFORE_CRIU`], [`HOLD_BEFORE_BEGIN`], [`HOLD_AFTER_STOP_ANSWER`],
+/// [`HOLD_BEFORE_CRIU`], [`HOLD_BEFORE_LATE_LOOK`], [`HOLD_BEFORE_BEGIN`],
+/// [`HOLD_AFTER_STOP_ANSWER`],
 /// [`HOLD_AFTER_RESUME`], [`HOLD_BEFORE_RELEASE`], [`HOLD_AFTER_MOUNT_LIST`],
 /// [`HOLD_AFTER_REFILL`]), if it is set: in a debug build only (see
 /// [`crate::test_hooks`]).
@@ -326,14 +334,16 @@ struct Unsettled {
 }
 
 impl Unsettled {
-    fn settle(self) -> Keeper {
+    /// The steps after the record; `phase`: what the trace calls them.
+    fn settle(self, phase: &str) -> Keeper {
+        held_by_test(HOLD_BEFORE_LATE_LOOK);
         let keeper = self.keeper;
         keeper.settle_lowers();
         // Roots registered while the VM started are hidden now (see `hiding`).
         if let Err(why) = keeper.hide_late_state_folders(&self.known_state_folders) {
             keeper.say_not_hidden(&why);
         }
-        trace::phase("hide late state folders");
+        trace::phase(phase);
         keeper
     }
 }
@@ -349,7 +359,7 @@ impl Keeper {
         workload: Option<Workload>,
         stdio: Option<VmEnds>,
     ) -> Result<Keeper> {
-        Ok(Keeper::boot_unsettled(root, vm, workload, stdio)?.settle())
+        Ok(Keeper::boot_unsettled(root, vm, workload, stdio)?.settle("hide late state folders"))
     }
 
     /// [`Keeper::boot`] up to the VM recorded running, without the steps that follow, which
@@ -2580,7 +2590,10 @@ pub fn main_background(
             Err(e) => return failed(ready, e),
         };
         answer(ready);
-        let mut keeper = booted.settle();
+        // Before `begin`: init serves no request before Start, and `feather exec` talks to
+        // init, not to this keeper, so the roots registered during the start are hidden
+        // before anything (the workload, an exec sent right after the answer) runs in the VM.
+        let mut keeper = booted.settle("hide late state folders (after the answer)");
         held_by_test(HOLD_BEFORE_BEGIN);
         keeper.begin(&root, terminal, peers);
         trace::phase("open the broker, tell init Start (after the answer)");
