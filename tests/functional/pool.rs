@@ -19,6 +19,9 @@ struct Pooled {
     subnet: TestSubnet,
     bridge: String,
     size: usize,
+    /// Test hooks every command of the root carries (and so every fill, and every keeper a
+    /// fill starts): [`Pooled::hooked`].
+    hooks: Vec<(&'static str, std::path::PathBuf)>,
 }
 
 impl Pooled {
@@ -29,6 +32,7 @@ impl Pooled {
             subnet,
             bridge,
             size,
+            hooks: Vec::new(),
         };
         pooled.ok(&["pool", "--size", &size.to_string()]);
         pooled.whole();
@@ -73,7 +77,17 @@ impl Pooled {
             subnet,
             bridge,
             size: 1,
+            hooks: Vec::new(),
         }
+    }
+
+    /// This root with test hook `variable` set to `hook` in every command of it: a hook for
+    /// keepers reaches a pooled VM's keeper only through the fill that made it, and any fill
+    /// (one of [`Pooled::whole`]'s, after another test's mount made the pool stale) can make
+    /// the VM a run claims.
+    fn hooked(mut self, variable: &'static str, hook: &Hook) -> Pooled {
+        self.hooks.push((variable, hook.path.clone()));
+        self
     }
 
     /// A command of this root, in the pool as a user's is (`support::NO_POOL` removed).
@@ -81,7 +95,8 @@ impl Pooled {
         let mut command = self.feather.command();
         command
             .env("FEATHER_SUBNET", &self.subnet.cidr)
-            .env_remove(support::NO_POOL);
+            .env_remove(support::NO_POOL)
+            .envs(self.hooks.iter().map(|(variable, path)| (variable, path)));
         command
     }
 
@@ -769,6 +784,31 @@ fn a_drained_pool_leaves_nothing() {
     assert!(!out.contains("in the pool"), "{out}");
     assert!(said.contains("2 VMs in the pool"), "{said}");
     pool.drained_leaving_nothing(&cgroups_before);
+}
+
+/// After runs from the pool, `pool --drain` (no `network down`) leaves nothing of the root on
+/// the host, and `rm -rf` of the root then removes it all: the drain ends the root's network
+/// unless a VM uses it — the bridge and its tables that a run's teardown keeps, lingering, for
+/// the next VM, and the namespaces made ahead, mounted in the root. Before, each run's
+/// teardown left them for 5 minutes, with a process of the root lingering, and `rm -rf`
+/// stopped at the namespaces' mounts.
+#[test]
+fn a_drain_after_runs_from_the_pool_leaves_nothing_for_rm_rf() {
+    let pool = Pooled::new("pool-drain-rm-rf", 1);
+    pool.taken_from_ready(|| {
+        pool.ok(&["run", "--rm", "--", "hostname"])
+            .trim()
+            .to_owned()
+    });
+    pool.ok(&["pool", "--drain"]);
+    let root = &pool.feather.root;
+    pool.feather
+        .eventually("no process of the root is left", || {
+            support::HostTraces::of(root, None).processes.is_empty()
+        });
+    let traces = support::HostTraces::of(root, Some(&pool.bridge));
+    assert_eq!(traces, support::HostTraces::default(), "left on the host");
+    fs::remove_dir_all(root).unwrap();
 }
 
 /// A host mount made after the pool filled is seen by the next run, as by a run in a VM of
@@ -1681,21 +1721,16 @@ fn a_roots_first_fill_makes_one_vm() {
 /// fill stayed its zombie for as long as the keeper lived.
 #[test]
 fn a_claimed_vms_keeper_reaps_the_refill_it_started() {
-    let pool = Pooled::by_default("pool-refill-reaped");
     let mut hook = Hook::held("refill-reaped");
-    // Every fill passes the hook on to the keepers it starts: a miss's too.
-    let held = |args: &[&str]| {
-        let out = pool
-            .command()
-            .env(feather_vm::keeper::HOLD_AFTER_REFILL, &hook.path)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
-    held(&["pool", "--size", "1"]);
-    pool.taken_from_ready(|| held(&["run", "--rm", "--", "hostname"]));
+    // Every fill passes the hook on to the keepers it starts: a miss's too, and `whole`'s.
+    let pool = Pooled::by_default("pool-refill-reaped")
+        .hooked(feather_vm::keeper::HOLD_AFTER_REFILL, &hook);
+    pool.ok(&["pool", "--size", "1"]);
+    pool.taken_from_ready(|| {
+        pool.ok(&["run", "--rm", "--", "hostname"])
+            .trim()
+            .to_owned()
+    });
     let keeper = hook.waiter(&pool.feather);
     let lock = pool.feather.root.join("pool/fill.lock");
     pool.feather

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::support::Feather;
+use crate::support::{Feather, RecordHold};
 
 fn mode(path: &Path) -> u32 {
     fs::metadata(path)
@@ -931,6 +931,69 @@ fn roots_registered_while_a_vm_starts_are_hidden_in_it() {
         );
         roots.push(late);
     }
+}
+
+/// A background `feather start` answers before its keeper's late look at the registry, which
+/// hides the roots registered while the VM started; a `feather exec` sent right after the
+/// answer goes to init directly, which serves no request before Start, sent after that look:
+/// the exec does not see such a root. Held (test hooks) after the keeper's first look while a
+/// root is registered, and right before the late look (after the answer) until the exec waits
+/// in init's queue. With the late look after Start the exec was served at once (and saw the
+/// root's folders).
+#[test]
+fn an_exec_right_after_a_background_start_does_not_see_a_root_registered_during_it() {
+    let a = Feather::new("host-view-exec-after-start");
+    a.ok(&["create", "w", "--net", "none"]);
+    let mut listed = RecordHold::after_mount_list("exec-after-start-listed");
+    let mut answered = RecordHold::before_late_look("exec-after-start-answered");
+    let start = a
+        .command()
+        .env(listed.env().0, listed.env().1)
+        .env(answered.env().0, answered.env().1)
+        .args(["start", "w"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    a.eventually("the start has looked at the registry", || listed.awaited());
+    let late = Feather::new("host-view-exec-after-start-late");
+    late.ok(&["ls"]);
+    listed.release();
+    let started = start.wait_with_output().unwrap();
+    assert!(started.status.success(), "{started:?}");
+    a.eventually("the keeper waits before its late look", || {
+        answered.awaited()
+    });
+    let script = format!("ls -A {}; echo end", late.root.display());
+    let exec = a
+        .command()
+        .args(["exec", "w", "--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let init = init_pid(&a, "w");
+    a.eventually(
+        "the exec waits in init's queue, not served before the late look",
+        || queued_at_init(&init),
+    );
+    answered.release();
+    let out = exec.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "end\n", "{out:?}");
+}
+
+/// Whether a connection waits to be accepted on a listening socket of the network namespace
+/// of process `pid` (a VM's init: its command socket), as `ss` shows its accept queue.
+fn queued_at_init(pid: &str) -> bool {
+    let out = Command::new("nsenter")
+        .args(["-t", pid, "-n", "ss", "-xlH"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().any(|line| {
+        let queued = line.split_whitespace().nth(2);
+        queued.and_then(|n| n.parse::<u32>().ok()).unwrap_or(0) > 0
+    })
 }
 
 /// A throw-away VM's command is forked and prepared while its keeper is still starting the VM,

@@ -1073,6 +1073,13 @@ impl RecordHold {
         Self::at(label, feather_vm::keeper::HOLD_ROOT_WATCH_CLOSE)
     }
 
+    /// A hold on starting keepers once they have recorded the VM running (a background
+    /// keeper: answered `feather start`), right before their late look at the registry
+    /// (`feather_vm::keeper::HOLD_BEFORE_LATE_LOOK`).
+    pub fn before_late_look(label: &str) -> Self {
+        Self::at(label, feather_vm::keeper::HOLD_BEFORE_LATE_LOOK)
+    }
+
     /// A hold on kept VMs' keepers once they have answered their VM's stop, before their last
     /// steps (`feather_vm::keeper::HOLD_AFTER_STOP_ANSWER`).
     pub fn after_stop_answer(label: &str) -> Self {

@@ -277,6 +277,11 @@ fn serve(mut keeper: UnixStream, resumed: Resumed, quiet: Quiet) -> ! {
             std::process::exit(crate::workload::EXIT_CANNOT_EXEC);
         }
     };
+    // No request is served before Start (`supervise`, below, is the first to accept one):
+    // a background keeper answers `feather start` before it hides the roots registered while
+    // the VM started, and sends Start only after; `feather exec` connects to this process
+    // directly, so an exec served earlier could see such a root (keeper.rs, `main_background`;
+    // the security test `host_view::an_exec_right_after_a_background_start_…`).
     if let Err(e) = boot::expect(&mut keeper, ToInit::Start) {
         eprintln!("feather init: from the keeper: {e}");
         std::process::exit(1);

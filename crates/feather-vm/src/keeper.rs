@@ -208,6 +208,13 @@ pub const HOLD_BEFORE_CRIU: &str = "FEATHER_TEST_HOLD_BEFORE_CRIU";
 /// Unset, nothing waits.
 pub const HOLD_BEFORE_BEGIN: &str = "FEATHER_TEST_HOLD_BEFORE_BEGIN";
 
+/// For tests only, as [`HOLD_RUNNING_RECORD`]: the file whose lock a starting keeper waits for
+/// once it has recorded the VM running (a background keeper: told `feather start` the VM is
+/// up), right before its late look at the registry, which hides the roots registered while the
+/// VM started, so that a test sends a request meanwhile and sees it served only after that
+/// look. Unset, nothing waits.
+pub const HOLD_BEFORE_LATE_LOOK: &str = "FEATHER_TEST_HOLD_BEFORE_LATE_LOOK";
+
 /// For tests only, as [`HOLD_RUNNING_RECORD`]: the file whose lock a kept VM's keeper waits for
 /// once it has answered the VM's stop, before its last steps (the root's network, the flush of
 /// the VM's layer), so that a test sees what waits for the keeper's end. Unset, nothing waits.
@@ -247,7 +254,8 @@ pub const HOLD_ROOT_WATCH_CLOSE: &str = "FEATHER_TEST_HOLD_ROOT_WATCH_CLOSE";
 pub const AS_AN_OLDER_KEEPER: &str = "FEATHER_TEST_AS_AN_OLDER_KEEPER";
 
 /// Waits for the lock of the file the test-only `variable` names ([`HOLD_RUNNING_RECORD`],
-/// [`HOLD_BEFORE_CRIU`], [`HOLD_BEFORE_BEGIN`], [`HOLD_AFTER_STOP_ANSWER`],
+/// [`HOLD_BEFORE_CRIU`], [`HOLD_BEFORE_LATE_LOOK`], [`HOLD_BEFORE_BEGIN`],
+/// [`HOLD_AFTER_STOP_ANSWER`],
 /// [`HOLD_AFTER_RESUME`], [`HOLD_BEFORE_RELEASE`], [`HOLD_AFTER_MOUNT_LIST`],
 /// [`HOLD_AFTER_REFILL`], [`HOLD_ROOT_WATCH_CLOSE`]), if it is set: in a debug build only (see
 /// [`crate::test_hooks`]).
@@ -349,14 +357,16 @@ struct Unsettled {
 }
 
 impl Unsettled {
-    fn settle(self) -> Keeper {
+    /// The steps after the record; `phase`: what the trace calls them.
+    fn settle(self, phase: &str) -> Keeper {
+        held_by_test(HOLD_BEFORE_LATE_LOOK);
         let keeper = self.keeper;
         keeper.settle_lowers();
         // Roots registered while the VM started are hidden now (see `hiding`).
         if let Err(why) = keeper.hide_late_state_folders(&self.known_state_folders) {
             keeper.say_not_hidden(&why);
         }
-        trace::phase("hide late state folders");
+        trace::phase(phase);
         keeper
     }
 }
@@ -372,7 +382,7 @@ impl Keeper {
         workload: Option<Workload>,
         stdio: Option<VmEnds>,
     ) -> Result<Keeper> {
-        Ok(Keeper::boot_unsettled(root, vm, workload, stdio)?.settle())
+        Ok(Keeper::boot_unsettled(root, vm, workload, stdio)?.settle("hide late state folders"))
     }
 
     /// [`Keeper::boot`] up to the VM recorded running, without the steps that follow, which
@@ -414,7 +424,9 @@ impl Keeper {
         let mut tree =
             layers::for_start_in(root, vm, &config, memory_layer, &hidden, &host_mounts)?;
         // What the layers lie over, for `diff` and `commit` to read nothing else.
-        if let Err(e) = layers::SeenLowers::record_unsynced(vm, &config, &tree.layers) {
+        let recorded =
+            layers::SeenLowers::record(vm, &config, &tree.layers, layers::RecordSync::Later);
+        if let Err(e) = recorded {
             network.detach();
             remove_leftovers(vm, &config);
             return Err(e);
@@ -1896,15 +1908,11 @@ impl Keeper {
     /// `run --rm` first waits for teardowns under way, so that what feather shows never
     /// includes one.
     fn hand_off(&mut self) {
-        let name = self.vm.name().clone();
-        let complain = |e: &dyn std::error::Error| {
-            eprintln!("feather keeper {name}: {}", causes(e));
-        };
         let aside = match self.vm.set_aside(&self.config.id) {
             _ if self.gone_root.get().is_some() => self.vm.clone(),
             Ok(aside) => aside,
             Err(e) => {
-                complain(&e);
+                self.complain(&e);
                 self.remove_throw_away(&self.vm);
                 return;
             }
@@ -1912,13 +1920,14 @@ impl Keeper {
         self.hand_over_set_aside(&aside);
     }
 
+    /// Says on the keeper's stderr (its log) what went wrong in a teardown that goes on.
+    fn complain(&self, e: &dyn std::error::Error) {
+        eprintln!("feather keeper {}: {}", self.vm.name(), causes(e));
+    }
+
     /// Hands the teardown of the VM set aside as `aside` to a finisher: the one started ahead,
-    /// else one started now; done by this process if none takes it.
-    fn hand_over_set_aside(&mut self, aside: &VmDir) {
-        let name = self.vm.name().clone();
-        let complain = |e: &dyn std::error::Error| {
-            eprintln!("feather keeper {name}: {}", causes(e));
-        };
+    /// else one started now; done by this process if none takes it. Whether one took it.
+    fn hand_over_set_aside(&mut self, aside: &VmDir) -> bool {
         let held = Held {
             mounts: self.held_mounts.take(),
             memory_layer: self.memory_layer.take().map(|layer| layer.fd),
@@ -1932,15 +1941,19 @@ impl Keeper {
         .or_else(|held| match self.start_finisher() {
             Ok(finisher) => finisher.hand_over(&self.lock, held),
             Err(e) => {
-                complain(&e);
+                self.complain(&e);
                 Err(held)
             }
         });
         match handed {
-            Ok(()) => trace::phase("teardown: set aside, hand the rest over"),
+            Ok(()) => {
+                trace::phase("teardown: set aside, hand the rest over");
+                true
+            }
             Err(held) => {
                 held.release();
                 self.remove_throw_away(aside);
+                false
             }
         }
     }
@@ -1957,7 +1970,7 @@ impl Keeper {
             _ if self.gone_root.get().is_some() => self.vm.clone(),
             Ok(aside) => aside,
             Err(e) => {
-                eprintln!("feather keeper {}: {}", self.vm.name(), causes(&e));
+                self.complain(&e);
                 self.vm.clone()
             }
         };
@@ -1974,27 +1987,28 @@ impl Keeper {
         // The pool is made whole again beside this teardown, which no one waits for either
         // (unless it was drained meanwhile: a fill would find nothing to do), but not after an
         // idle VM's end: the next run refills it (a miss, or a claim).
-        let refill = self
+        let refilling = self
             .vm
             .root()
-            .filter(|root| !self.expired.get() && crate::pooled::size(root) > 0);
-        if let Some(root) = &refill {
-            if crate::pooled::start_filler(root) {
-                held_by_test(HOLD_AFTER_REFILL);
-            }
+            .filter(|root| !self.expired.get() && crate::pooled::size(root) > 0)
+            .is_some_and(|root| crate::pooled::start_filler(&root));
+        if refilling {
+            held_by_test(HOLD_AFTER_REFILL);
         }
         // With a refill under way, the rest goes as a cold run's teardown goes: handed to a
         // finisher, which keeps the root's bridge, tables and namespaces made ahead for the
         // next VM (the refill's, which takes one) and lingers. Removed here, a pooled VM
         // that was the root's last user of its network took them down while the refill's VM
         // was being made, which then made them all anew and its own veth pair (16–49 ms of its
-        // keeper's 20–60 ms, load 7–9); an idle VM's end, which starts no refill, still does.
+        // keeper's 20–60 ms, load 7–9). A teardown that started no refill (an idle VM's end,
+        // a drain's, refills stopped after stale misses, a fill that could not be spawned)
+        // still removes it here: no VM comes next to use the network.
         // Only a VM set aside (not one whose root is gone, nor one that could not be): the
         // finisher finds it by its set-aside folder.
         let set_aside = aside.path() != self.vm.path();
-        if refill.is_some() && set_aside {
-            self.hand_over_set_aside(&aside);
-        } else {
+        let hand_over = refilling && set_aside;
+        let handed = hand_over && self.hand_over_set_aside(&aside);
+        if !hand_over {
             self.remove_throw_away(&aside);
         }
         // Last: until here a crash leaves the claimed entry that leads a fill to what is left.
@@ -2012,7 +2026,11 @@ impl Keeper {
                 let _ = feather_net::linger::end(&root);
             }
         }
-        trace::phase("teardown: a claimed VM removed");
+        trace::phase(if handed {
+            "teardown: a claimed VM's entry removed (the VM handed over)"
+        } else {
+            "teardown: a claimed VM removed"
+        });
     }
 
     /// Starts the process that finishes the teardown (see [`crate::finisher`]).
@@ -2588,7 +2606,7 @@ pub fn main_background(
             },
         );
     };
-    let failed = |mut ready: File, e: VmError| {
+    let answer_failed = |mut ready: File, e: VmError| {
         let message = causes(&e);
         let _ = boot::send(&mut ready, &KeeperReport::Failed { message });
         1
@@ -2596,7 +2614,7 @@ pub fn main_background(
     let keeper = if restore {
         let mut keeper = match Keeper::restore(&root, &vm, netns) {
             Ok(keeper) => keeper,
-            Err(e) => return failed(ready, e),
+            Err(e) => return answer_failed(ready, e),
         };
         keeper.begin(&root, terminal, peers);
         trace::phase("open the broker");
@@ -2605,10 +2623,13 @@ pub fn main_background(
     } else {
         let booted = match Keeper::boot_unsettled(&root, &vm, None, None) {
             Ok(booted) => booted,
-            Err(e) => return failed(ready, e),
+            Err(e) => return answer_failed(ready, e),
         };
         answer(ready);
-        let mut keeper = booted.settle();
+        // Before `begin`: init serves no request before Start, and `feather exec` talks to
+        // init, not to this keeper, so the roots registered during the start are hidden
+        // before anything (the workload, an exec sent right after the answer) runs in the VM.
+        let mut keeper = booted.settle("hide late state folders (after the answer)");
         held_by_test(HOLD_BEFORE_BEGIN);
         keeper.begin(&root, terminal, peers);
         trace::phase("open the broker, tell init Start (after the answer)");

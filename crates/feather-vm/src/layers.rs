@@ -554,22 +554,18 @@ impl SeenLowers {
     /// ([`pending`]): it replaces the VM's record only once the start or restore succeeded
     /// ([`SeenLowers::settle`]). A start that fails leaves the record of the run that made the
     /// layer's changes, which vouches for them (review lowers28 L3: before, a failed start over
-    /// drive B left a record naming B, and commit wrote drive A's changes into B).
-    pub fn record(vm: &VmDir, config: &VmConfig, layers: &[Layer]) -> Result<()> {
+    /// drive B left a record naming B, and commit wrote drive A's changes into B). `sync`: when
+    /// it reaches the disk.
+    pub fn record(vm: &VmDir, config: &VmConfig, layers: &[Layer], sync: RecordSync) -> Result<()> {
         let seen = SeenLowers::now(&config.base, layers).at(&config.base)?;
-        seen.write(&pending(vm), vm, durability_of(config))
+        let durability = match sync {
+            RecordSync::Now => durability_of(config),
+            RecordSync::Later => feather_core::atomic::Durability::Volatile,
+        };
+        seen.write(&pending(vm), vm, durability)
     }
 
-    /// [`SeenLowers::record`] unsynced, for a start that syncs it with
-    /// [`SeenLowers::sync_pending`] while init assembles the root, before it settles it: the
-    /// two journal commits of a synced write (4–10 ms on this host's ext4, before init's clone)
-    /// are off the way to the VM's start.
-    pub fn record_unsynced(vm: &VmDir, config: &VmConfig, layers: &[Layer]) -> Result<()> {
-        let seen = SeenLowers::now(&config.base, layers).at(&config.base)?;
-        seen.write(&pending(vm), vm, feather_core::atomic::Durability::Volatile)
-    }
-
-    /// Syncs the record [`SeenLowers::record_unsynced`] set aside, for a kept VM: its contents
+    /// Syncs the record [`SeenLowers::record`] set aside ([`RecordSync::Later`]), for a kept VM: its contents
     /// reach the disk before [`SeenLowers::settle`] renames it into place (and syncs that).
     pub fn sync_pending(vm: &VmDir, config: &VmConfig) -> Result<()> {
         if config.ephemeral {
@@ -778,6 +774,17 @@ impl Found {
             on: FolderOn::of(lower)?,
         })
     }
+}
+
+/// When a start's or restore's record of what its layers lie over ([`SeenLowers::record`])
+/// reaches the disk.
+pub enum RecordSync {
+    /// As it is written: synced for a kept VM ([`durability_of`]).
+    Now,
+    /// Later, by [`SeenLowers::sync_pending`]: a start syncs it while init assembles the
+    /// root, before it settles it, so that the two journal commits of a synced write (4–10 ms
+    /// on this host's ext4, before init's clone) are off the way to the VM's start.
+    Later,
 }
 
 /// How a VM's record of what its layers lie over is written: synced for a kept VM, whose
@@ -1136,7 +1143,7 @@ mod tests {
             .unwrap();
         drop(a);
         let _b = TmpfsMount::at(&base.join("mnt/t"));
-        SeenLowers::record(&vm, &config, &layers).unwrap();
+        SeenLowers::record(&vm, &config, &layers, RecordSync::Now).unwrap();
         let recorded = SeenLowers::recorded(&vm).unwrap();
         assert_eq!(
             recorded, seen_a,
@@ -1146,7 +1153,7 @@ mod tests {
         SeenLowers::drop_pending(&vm);
         assert!(!pending(&vm).exists());
         // As a start writes it: unsynced before init's clone, synced beside init's assembly.
-        SeenLowers::record_unsynced(&vm, &config, &layers).unwrap();
+        SeenLowers::record(&vm, &config, &layers, RecordSync::Later).unwrap();
         SeenLowers::sync_pending(&vm, &config).unwrap();
         SeenLowers::settle(&vm, &config).unwrap();
         let recorded = SeenLowers::recorded(&vm).unwrap();

@@ -689,9 +689,20 @@ pub struct Drained {
 }
 
 /// Empties the pool and sets its size to 0: every pooled VM is claimed and let go, and waited
-/// for until its teardown is over, so that nothing of the pool is left. VMs claimed by runs
-/// still running their command are theirs: not waited for, named in what it returns.
+/// for until its teardown is over, and then the root's network goes unless a VM uses it (the
+/// linger the teardowns of runs from the pool begin, the namespaces made ahead mounted in the
+/// root), so that nothing of the pool is left and `rm -rf` of the root leaves nothing. VMs
+/// claimed by runs still running their command are theirs: not waited for, named in what it
+/// returns.
 pub fn drain(root: &StateRoot) -> Result<Drained> {
+    let drained = emptied(root);
+    // Even after a drain that failed, as `network down` does.
+    lifecycle::take_network_down(root);
+    drained
+}
+
+/// [`drain`] but the root's network.
+fn emptied(root: &StateRoot) -> Result<Drained> {
     set_size(root, 0)?;
     // A fill at work (a run's refill, making its VM) reads the size 0 only once that VM is
     // made: waited for, so that its VM is among those drained and waited for, not left behind
@@ -753,7 +764,7 @@ pub fn emptied_while<T>(
     pooled::next_generation(root, &folder)?;
     let emptied = await_fill(root).and_then(|()| {
         let pooled = entries(root).len().max(before);
-        let drained = drain(root)?;
+        let drained = emptied(root)?;
         Ok((pooled, drained))
     });
     // Even after a drain that failed: the network goes unless a VM uses it.

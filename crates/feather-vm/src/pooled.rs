@@ -401,7 +401,10 @@ pub fn start_filler(root: &StateRoot) -> bool {
 /// its starter lives (a claimed VM's keeper, whose teardown goes on after it started the
 /// refill): a zombie keeps its pid and start time, and so looks at work to whatever finds a
 /// fill by them ([`still_running`]). A starter that ends first leaves the fill to whoever
-/// inherits it, which reaps it.
+/// inherits it, which reaps it. A thread that cannot be spawned (out of threads or memory)
+/// leaves the fill unreaped, a zombie until the starter ends, as before this: harmless but for
+/// that look, which then waits for it as for a fill at work, and not worth failing the start
+/// of a refill for.
 fn reap_when_it_ends(mut fill: std::process::Child) {
     let _ = std::thread::Builder::new()
         .name("reap the fill".into())

@@ -658,7 +658,7 @@ pub(crate) fn restore_tree(
     layers::make_folders(name, &layers::home(vm, config), &restored)?;
     // What the layers lie over, for `diff` and `commit` to read nothing else.
     let all: Vec<layers::Layer> = std::iter::once(top.clone()).chain(restored).collect();
-    layers::SeenLowers::record(vm, config, &all)?;
+    layers::SeenLowers::record(vm, config, &all, layers::RecordSync::Now)?;
     crate::test_hooks::held(HOLD_AFTER_RESTORE_RECORD);
     // The overlays hide every state root registered by now by themselves, before CRIU reopens
     // anything of the VM's: a descriptor or working folder a restored process had in a folder
