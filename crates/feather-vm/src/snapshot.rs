@@ -1326,6 +1326,10 @@ fn cover_in_namespace_of(
         .iter()
         .map(|path| Path::new("/proc").join(path))
         .collect();
+    // No peer group is kept off (`&[]`, for the bind and the masks alike), unlike
+    // feather-oci's `host_groups`: the clone attached at a place propagates to the peers of
+    // the place's mount, and a VM's mounts are never peers of the host's (its root is mounted
+    // private, and the mount check after refuses a peer of a host mount, review restore30 L8).
     let writable = feather_confine::restored_mounts::writable_places(&namespace, &knobs, &[])
         .map_err(|why| cannot_find("bind read-only", why))?;
     if !writable.is_empty() {
