@@ -1123,6 +1123,14 @@ mod tests {
         ]
     }
 
+    /// `entries` given the `mnt_id`s 100, 101, … in order.
+    fn numbered(mut entries: Vec<MntEntry>) -> Vec<MntEntry> {
+        for (id, entry) in entries.iter_mut().enumerate() {
+            entry.mnt_id = Some(100 + id as u32);
+        }
+        entries
+    }
+
     fn policy<'a>(allowed: &'a [PathBuf], read_only: &'a [PathBuf]) -> Policy<'a> {
         Policy {
             keyed: &KEYED,
@@ -1502,10 +1510,7 @@ mod tests {
     fn an_overmounted_namespace_root_is_refused() {
         let allowed = [PathBuf::from("/dev/null")];
         let policy = policy(&allowed, &[]);
-        let mut first = legitimate();
-        for (id, entry) in first.iter_mut().enumerate() {
-            entry.mnt_id = Some(100 + id as u32);
-        }
+        let mut first = numbered(legitimate());
         let volume = first
             .iter()
             .find(|e| e.ext_key.is_some() && e.mountpoint.as_deref() == Some("/data"))
@@ -1552,10 +1557,7 @@ mod tests {
     fn a_mountpoint_not_in_clean_form_is_refused() {
         let allowed = [PathBuf::from("/dev/null")];
         let policy = policy(&allowed, &[]);
-        let mut first = legitimate();
-        for (id, entry) in first.iter_mut().enumerate() {
-            entry.mnt_id = Some(100 + id as u32);
-        }
+        let first = numbered(legitimate());
         let root_id = first[0].mnt_id;
         for point in ["/.", "//", "/./", "/proc/", "/a/../b", "/a//b", "proc", ""] {
             let mut entries = first.clone();
@@ -1591,10 +1593,7 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let allowed = [PathBuf::from("/dev/null")];
         let policy = policy(&allowed, &[]);
-        let mut first = legitimate();
-        for (id, entry) in first.iter_mut().enumerate() {
-            entry.mnt_id = Some(100 + id as u32);
-        }
+        let first = numbered(legitimate());
         // A devtmpfs as a second namespace's root (refused whichever image is read first).
         let second = MntEntry {
             mnt_id: Some(7),
@@ -1722,12 +1721,9 @@ mod tests {
     fn a_kernel_file_queued_in_a_unix_socket_is_refused() {
         let allowed = [PathBuf::from("/dev/null")];
         let policy = policy(&allowed, &[]);
-        let mut entries = legitimate();
-        for (id, entry) in entries.iter_mut().enumerate() {
-            entry.mnt_id = Some(100 + id as u32);
-        }
+        let entries = numbered(legitimate());
         let (proc_id, dev_id) = (101, 102);
-        let dir = crate::queued_files::tests::Scratch::new("feather-queued-kernel-file");
+        let dir = feather_testkit::ScratchDir::new("queued-kernel-file");
         fs::write(dir.0.join("mountpoints-12.img"), image(&entries)).unwrap();
         let queue = |mnt_id: i32| {
             crate::queued_files::tests::queue_file(

@@ -242,27 +242,9 @@ pub(crate) mod tests {
         fs::write(dir.join("files.img"), image(&entries)).unwrap();
     }
 
-    /// A scratch folder of images, removed when dropped (also when a test fails).
-    pub(crate) struct Scratch(pub std::path::PathBuf);
-
-    impl Scratch {
-        pub(crate) fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).unwrap();
-            Scratch(dir)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
     #[test]
     fn only_the_files_a_queued_message_carries_are_listed_past_each_message_s_data() {
-        let dir = Scratch::new("feather-queued-files");
+        let dir = feather_testkit::ScratchDir::new("queued-files");
         assert_eq!(queued_files(&dir.0).unwrap(), Vec::new());
         queue_file(&dir.0, 7, "/proc/sys/kernel/core_pattern", 30);
         assert_eq!(
