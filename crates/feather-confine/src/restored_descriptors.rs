@@ -33,8 +33,14 @@ pub(crate) struct Namespace {
     pub mounts: Vec<MountEntry>,
     /// Places a mask covers: nothing of what is beneath may be reached.
     pub masked: Vec<PathBuf>,
-    /// Places a read-only bind covers: nothing beneath may be reached on a writable mount.
+    /// Places a read-only bind covers with every mount beneath: nothing beneath may be
+    /// reached on a writable mount.
     pub read_only: Vec<PathBuf>,
+    /// Places a read-only bind covers alone (the config's non-recursive read-only paths, a
+    /// read-only root): only a mount at the place itself is judged, as the check of the
+    /// namespace judges only it (review restore30 M3: before, each was taken as recursive,
+    /// and a file on a writable tmpfs beneath a read-only root was refused).
+    pub read_only_alone: Vec<PathBuf>,
 }
 
 /// As many links (descriptors, working folders, roots, mapped files) as the check reads in
@@ -248,13 +254,23 @@ fn mount_in_fdinfo(thread: &OwnedFd, fd: &str) -> nix::Result<u64> {
 /// next mount's point a descriptor may hold, too).
 fn may_be_hidden(ns: &Namespace, path: &Path) -> bool {
     let covered = ns.masked.iter().chain(&ns.read_only);
-    if !covered.into_iter().any(|place| related(place, path)) {
-        return false;
+    if covered.into_iter().any(|place| related(place, path)) {
+        let reached = visible(&ns.mounts, path).map(|m| m.id);
+        return ns
+            .mounts
+            .iter()
+            .any(|m| path.starts_with(&m.mount_point) && Some(m.id) != reached);
     }
-    let reached = visible(&ns.mounts, path).map(|m| m.id);
-    ns.mounts
+    ns.read_only_alone
         .iter()
-        .any(|m| path.starts_with(&m.mount_point) && Some(m.id) != reached)
+        .any(|place| path.starts_with(place) && !hidden_at(ns, place).is_empty())
+}
+
+/// The mounts at `place` itself that lookups of it do not reach (stacked beneath the top).
+fn hidden_at<'a>(ns: &'a Namespace, place: &Path) -> Vec<&'a MountEntry> {
+    let reached = visible(&ns.mounts, place).map(|m| m.id);
+    let at_place = ns.mounts.iter().filter(|m| m.mount_point == place);
+    at_place.filter(|m| Some(m.id) != reached).collect()
 }
 
 /// Whether the mount of something at `path` is read: where it may be hidden
@@ -303,38 +319,48 @@ fn reaches_past_a_cover(ns: &Namespace, mount: u64, path: &Path) -> Option<Strin
     if visible(&ns.mounts, path).is_some_and(|m| m.id == mount) {
         return None;
     }
-    let on = |m: &MountEntry| {
-        format!(
-            "mount {} ({} at {})",
-            m.id,
-            m.fs_type,
-            m.mount_point.display()
-        )
-    };
     for place in &ns.masked {
         if let Some(reached) = reached_at(ns, held, path, place) {
             return Some(format!(
                 "a mount lookups no longer reach there, which shows {} unmasked (on {}): \
                  the mask over it hides nothing from this process",
                 place.display(),
-                on(reached)
+                described(reached)
             ));
         }
     }
-    for place in &ns.read_only {
-        if let Some(reached) =
-            reached_at(ns, held, path, place).filter(|m| reaches_writable(&ns.mounts, m))
-        {
-            return Some(format!(
-                "a mount lookups no longer reach there, which shows {} writable (on {}): \
-                 through it this process would write where the read-only bind over it allows \
-                 reading only",
-                place.display(),
-                on(reached)
-            ));
-        }
+    // A place bound read-only alone: only a writable mount stacked at the place itself.
+    let alone = ns.read_only_alone.iter().filter(|place| {
+        path.starts_with(place) && held.mount_point == **place && !held.is_read_only()
+    });
+    if let Some(place) = alone.into_iter().next() {
+        return Some(writable_beneath(place, held));
     }
-    None
+    ns.read_only.iter().find_map(|place| {
+        reached_at(ns, held, path, place)
+            .filter(|m| reaches_writable(&ns.mounts, m))
+            .map(|reached| writable_beneath(place, reached))
+    })
+}
+
+/// A mount by its id, type and point.
+fn described(m: &MountEntry) -> String {
+    format!(
+        "mount {} ({} at {})",
+        m.id,
+        m.fs_type,
+        m.mount_point.display()
+    )
+}
+
+/// The refusal of a file that reaches `place`, bound read-only, writable on `reached`.
+fn writable_beneath(place: &Path, reached: &MountEntry) -> String {
+    format!(
+        "a mount lookups no longer reach there, which shows {} writable (on {}): through it \
+         this process would write where the read-only bind over it allows reading only",
+        place.display(),
+        described(reached)
+    )
 }
 
 /// The mount through which a file at `path` on the mount `held` reaches `place`, when that is
@@ -455,6 +481,7 @@ mod tests {
             mounts: feather_sys::mountinfo::parse(TABLE.as_bytes()),
             masked: vec!["/proc/keys".into()],
             read_only: vec!["/proc/sys".into()],
+            read_only_alone: Vec::new(),
         }
     }
 
@@ -553,6 +580,37 @@ mod tests {
         let covered = format!("{stacked}31 30 0:5 /sys /proc/sys ro - proc proc rw\n");
         ns.mounts = feather_sys::mountinfo::parse(covered.as_bytes());
         assert_eq!(reaches_past_a_cover(&ns, 30, Path::new("/proc")), None);
+    }
+
+    /// A read-only root bound alone (`readOnlyRootFilesystem`): a file on a writable tmpfs
+    /// mounted beneath it, hidden by another mount, passes, and its mount is not read; a
+    /// writable mount stacked at `/` itself beneath the read-only top is refused (review
+    /// restore30 M3: before, the place was taken as recursive and the tmpfs file refused).
+    #[test]
+    fn a_place_bound_read_only_alone_judges_only_the_mounts_at_it() {
+        let table = |lines: &[&str]| feather_sys::mountinfo::parse(lines.join("\n").as_bytes());
+        let ns = Namespace {
+            mounts: table(&[
+                "20 1 0:40 / / ro - overlay overlay rw",
+                "60 20 0:61 / /tmp rw - tmpfs tmpfs rw",
+                "61 60 0:62 / /tmp rw - tmpfs tmpfs rw",
+            ]),
+            masked: Vec::new(),
+            read_only: Vec::new(),
+            read_only_alone: vec!["/".into()],
+        };
+        assert_eq!(reaches_past_a_cover(&ns, 60, Path::new("/tmp/x")), None);
+        assert!(!may_be_hidden(&ns, Path::new("/tmp/x")));
+        let ns = Namespace {
+            mounts: table(&[
+                "19 1 0:39 / / rw - overlay overlay rw",
+                "20 19 0:40 / / ro - overlay overlay rw",
+            ]),
+            ..ns
+        };
+        assert!(may_be_hidden(&ns, Path::new("/etc/passwd")));
+        let why = reaches_past_a_cover(&ns, 19, Path::new("/etc/passwd")).unwrap();
+        assert!(why.contains("shows / writable"), "{why}");
     }
 
     /// Only a path on the way to, at or beneath a covered place where the table has a mount

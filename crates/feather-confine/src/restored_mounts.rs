@@ -249,11 +249,19 @@ fn covered(mounts: Vec<MountEntry>, expected: &Expected) -> Namespace {
         places.collect()
     };
     let masked = places(expected.masked.iter().collect());
-    let read_only = places(expected.read_only.iter().map(|r| &r.path).collect());
+    let recursive = |want: bool| {
+        let paths = expected
+            .read_only
+            .iter()
+            .filter(move |r| r.recursive == want);
+        places(paths.map(|r| &r.path).collect())
+    };
+    let (read_only, read_only_alone) = (recursive(true), recursive(false));
     Namespace {
         mounts,
         masked,
         read_only,
+        read_only_alone,
     }
 }
 
