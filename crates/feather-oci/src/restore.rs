@@ -149,7 +149,6 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
 /// network namespace it hands the restored tree (joined by `path`), which criu inherits;
 /// CRIU's work folder, restore's own ([`Work`]); and the paths of the files that messages
 /// queued in the images carry ([`add_what_the_dump_lacked`]).
-#[allow(clippy::type_complexity)]
 fn prepare(
     criu: &Criu,
     container: &Container,
