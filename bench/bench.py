@@ -1072,6 +1072,11 @@ def compare_start(bench: Bench) -> None:
             ratio <= START_TARGET,
         )
     spaced_peers = [commands.get("bwrap --unshare-all"), commands.get(COLD_DEFAULT)]
+    if (pooled or as_typed) and not all(spaced_peers):
+        parts.append(
+            "No spaced pool rows: they time bwrap's run and the cold run (`"
+            f"{COLD_DEFAULT}`) beside the pool's, and one of those rows failed or was left out."
+        )
     if pooled and all(spaced_peers):
         parts += spaced_pool_row(bench, *spaced_peers, commands[pool_label])
     if as_typed and all(spaced_peers):
@@ -1093,26 +1098,87 @@ def without_pool_opt_out() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key != "FEATHER_POOL"}
 
 
-# The pause between two runs of the spaced pool row: longer than a fill's VM takes to start
-# here (about 60-120 ms), so that each run finds the VM the last one's refill made.
+# The pause between two runs of the spaced pool row, each begun once both roots are at rest
+# (`at_rest`): a user's or a service's commands come apart by more than a keystroke.
 SPACED_PAUSE = 0.3
+
+# How long a spaced run waits for the roots to be at rest before it is timed anyway (and
+# counted so in its row): a refill or teardown still at work then competes with the run.
+REST_PATIENCE = 10.0
+
+
+def root_of(argv: list[str]) -> Path:
+    """The state root a bench command of feather's names (`Feather.cmd`)."""
+    return Path(argv[argv.index("--root") + 1])
+
+
+def names_in(folder: Path) -> set[str]:
+    try:
+        return set(os.listdir(folder))
+    except FileNotFoundError:
+        return set()
+
+
+def pool_ready(binary: str, root: Path) -> set[str]:
+    """The VMs `feather pool` shows ready to be claimed in `root` (up, made under the host's
+    present fingerprint)."""
+    shown = run([binary, "--root", str(root), "pool"], env=without_pool_opt_out()).stdout
+    line = next((l for l in shown.splitlines() if l.startswith("ready: ")), "ready: 0")
+    return set(line.split()[2:])
+
+
+def throw_aways(root: Path) -> set[str]:
+    """The folders of `root`'s throw-away VMs (`run-…`, a run's or the pool's) and of those set
+    aside for their teardown (`.removing-…`); a root's kept VMs are not among them."""
+    return {name for name in names_in(root / "vms") if name.startswith(("run-", ".removing-"))}
+
+
+def at_rest(binary: str, cold_root: Path, pool_root: Path, size: int) -> bool:
+    """Whether nothing of the last spaced run is at work: the cold root holds no throw-away VM
+    (the last cold run's teardown is over), and the pool's root holds its `size` VMs, all
+    ready, and no other (the last hit's VM set aside and removed, its refill's VM up)."""
+    if throw_aways(cold_root) or names_in(pool_root / "pool" / "claimed"):
+        return False
+    entries = names_in(pool_root / "pool" / "vms")
+    if len(entries) != size or throw_aways(pool_root) != entries:
+        return False
+    return pool_ready(binary, pool_root) == entries
+
+
+def rested(binary: str, cold_root: Path, pool_root: Path, size: int) -> bool:
+    """Waits (up to `REST_PATIENCE`) until `at_rest`; whether it came."""
+    deadline = time.monotonic() + REST_PATIENCE
+    while not at_rest(binary, cold_root, pool_root, size):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def spaced_pool_row(bench: Bench, bwrap: list[str], cold: list[str], pooled: list[str], size: int = POOL_SIZE) -> list[str]:
     """Runs from the pool that come apart, as a user types commands or a service spawns
-    sandboxes now and then: each run timed alone, `SPACED_PAUSE` after the last, taking turns
-    with bwrap's and with the same command on a root without a pool (a cold start), timed the
-    same way: all pay the same Python spawn cost and start as cold in the CPU's caches, so the
-    pool's worth is its row against the cold one of this loop, not against hyperfine's."""
+    sandboxes now and then: each run timed alone, `SPACED_PAUSE` after both roots came to rest
+    (`at_rest`), taking turns with bwrap's and with the same command on a root without a pool
+    (a cold start), timed the same way: all pay the same Python spawn cost and start as cold in
+    the CPU's caches, so the pool's worth is its row against the cold one of this loop, not
+    against hyperfine's. A pooled run is a hit if a VM the pool held ready before it is gone
+    from the pool after it."""
     taken: dict[str, list[float]] = {"bwrap": [], "cold": [], "pool": []}
+    cold_root, pool_root = root_of(cold), root_of(pooled)
+    hits = unrested = 0
     for turn in range(bench.plan.runs):
         order = [("bwrap", bwrap), ("cold", cold), ("pool", pooled)]
         for label, argv in order if turn % 2 == 0 else order[::-1]:
+            unrested += not rested(pooled[0], cold_root, pool_root, size)
             time.sleep(SPACED_PAUSE)
+            ready = names_in(pool_root / "pool" / "vms")
             elapsed, _ = timed(argv, env=without_pool_opt_out())
             taken[label].append(elapsed)
+            if label == "pool":
+                hits += bool(ready - names_in(pool_root / "pool" / "vms"))
     b, c, p = (Stats.of(taken[label]) for label in ("bwrap", "cold", "pool"))
     ratio = p.median / b.median
+    runs = bench.plan.runs
     name = f"a pool of {size}{DEFAULT_NOTE if size == 1 else ''}"
     bench.report.target(
         f"start from {name}: `feather run --rm -- /bin/true`, {SPACED_PAUSE} s apart",
@@ -1123,17 +1189,20 @@ def spaced_pool_row(bench: Bench, bwrap: list[str], cold: list[str], pooled: lis
     bench.report.target(
         f"start from {name}, {SPACED_PAUSE} s apart: a hit against a cold run",
         "median below the cold run's in the same loop",
-        f"{secs(p.median)} vs {secs(c.median)}: {times(p.median / c.median)}",
+        f"{secs(p.median)} vs {secs(c.median)}: {times(p.median / c.median)} ({hits} of {runs} hits)",
         p.median < c.median,
     )
     return [
-        f"**From {name}, runs {SPACED_PAUSE} s apart** ({bench.plan.runs} of "
+        f"**From {name}, runs {SPACED_PAUSE} s apart** ({runs} of "
         "each, bwrap's, the cold run's (`pool --size 0`) and feather's from the pool taking turns, "
-        "each timed from Python's spawn to its exit): "
+        "each timed from Python's spawn to its exit, begun once the last run's VM was gone and "
+        f"the pool whole, then {SPACED_PAUSE} s): "
         f"feather median {secs(p.median)} (p90 {secs(p.p90)}), cold {secs(c.median)} (p90 "
         f"{secs(c.p90)}), bwrap {secs(b.median)} (p90 {secs(b.p90)}): {times(ratio)} bwrap "
         f"(target ≤ {START_TARGET}×: {verdict(ratio <= START_TARGET)}), {times(p.median / c.median)} "
-        "the cold run. Each run finds the VM the last one's refill made."
+        f"the cold run. {hits} of {runs} pooled runs were hits (a VM ready before the run gone "
+        f"from the pool after it); {unrested} of {3 * runs} runs began before the roots were at "
+        f"rest ({REST_PATIENCE:.0f} s waited)."
     ]
 
 

@@ -26,4 +26,5 @@ mod shuttle_edges;
 mod shuttle_paths;
 mod spawner;
 mod spoofing;
+mod state_root;
 mod terminal_escapes;

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use crate::support::{Feather, ScratchBase};
 
 /// Runs `feather args…`, killing it if it has not ended after `limit` (a hang is a failure
-/// here, not a wait for CI's own timeout).
-fn run_at_most(feather: &Feather, args: &[&str], limit: Duration) -> (Output, Duration) {
+/// here, not a wait for CI's own timeout). Also for `state_root`'s FIFOs.
+pub(crate) fn run_at_most(feather: &Feather, args: &[&str], limit: Duration) -> (Output, Duration) {
     let started = Instant::now();
     let mut child = feather
         .command()
@@ -23,7 +23,7 @@ fn run_at_most(feather: &Feather, args: &[&str], limit: Duration) -> (Output, Du
             let _ = child.kill();
             let output = child.wait_with_output().unwrap();
             panic!(
-                "feather {args:?} still waited after {limit:?} on the VM's client: {}",
+                "feather {args:?} still waited after {limit:?}: {}",
                 String::from_utf8_lossy(&output.stderr)
             );
         }

@@ -1067,6 +1067,12 @@ impl RecordHold {
         Self::at(label, feather_vm::keeper::HOLD_BEFORE_BEGIN)
     }
 
+    /// A hold on the thread that closes a claimed VM's root watch, before it closes it
+    /// (`feather_vm::keeper::HOLD_ROOT_WATCH_CLOSE`).
+    pub fn root_watch_close(label: &str) -> Self {
+        Self::at(label, feather_vm::keeper::HOLD_ROOT_WATCH_CLOSE)
+    }
+
     /// A hold on kept VMs' keepers once they have answered their VM's stop, before their last
     /// steps (`feather_vm::keeper::HOLD_AFTER_STOP_ANSWER`).
     pub fn after_stop_answer(label: &str) -> Self {

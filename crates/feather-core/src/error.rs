@@ -32,6 +32,19 @@ pub enum Error {
     #[error("feather must run as root (try `sudo feather ...`)")]
     NotRoot,
 
+    #[error(
+        "state root {root}: {folder} {why}; feather acts in a state root as root, and whoever \
+         can change a folder on its way could have root write or read any file through it: \
+         choose a root whose folders only root can change (the default /var/lib/feather, or a \
+         folder beside it), or make {folder} root's and writable by root alone (`chown root: \
+         {folder}; chmod go-w {folder}`)"
+    )]
+    UntrustedRoot {
+        root: PathBuf,
+        folder: PathBuf,
+        why: String,
+    },
+
     #[error("state of VM {vm} is damaged: {path}: {why}")]
     CorruptState {
         vm: String,

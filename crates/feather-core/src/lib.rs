@@ -13,9 +13,11 @@ pub mod name;
 pub mod network;
 pub mod roots;
 pub mod size;
+pub mod small_file;
 pub mod state;
 pub mod stdout;
 pub mod store;
+pub mod strict_modes;
 pub mod trace;
 
 pub use config::{DiskQuota, Limits, VmConfig};

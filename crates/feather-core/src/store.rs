@@ -217,14 +217,27 @@ impl StateRoot {
 
     /// Makes the state folder alone exist, 0700, without anything in it yet: what the
     /// registry of roots needs before the root is hidden from running VMs.
+    /// Refused, before anything is made or changed in it, when a user other than root could
+    /// change a folder on its way ([`crate::strict_modes`]).
     pub fn prepare_dir(&self) -> Result<()> {
+        self.check_folders()?;
         // Opened first, made only if missing (a root's first command): a folder made here is
         // 0700 already, and an existing one is not asked to be made again (mkdir's EEXIST and
         // the look that follows it, at every command).
         if !make_private(&self.dir, Follow::Yes)? {
             make_private_dir(&self.dir)?;
+            // Looked at again as made: a part of it someone else made first (in the sticky
+            // /tmp) is theirs, and mkdir took it as it was.
+            self.check_folders()?;
         }
         Ok(())
+    }
+
+    /// Whether only root can change the folders the root's folder is found through (see
+    /// [`crate::strict_modes`]): for a command that acts on a root it does not prepare (a
+    /// pool's fill).
+    pub fn check_folders(&self) -> Result<()> {
+        crate::strict_modes::check_state_root(&self.dir)
     }
 
     /// Makes the VM's run folder (and the root's) exist, 0700, before its keeper puts its

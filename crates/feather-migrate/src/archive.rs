@@ -804,32 +804,14 @@ fn unknown_field(given: &toml::Table, known: &toml::Table, at: &str) -> Option<S
     })
 }
 
-/// Opens a file of a checkpoint or a record without following a link, and refuses one that is not a
-/// plain file (a FIFO a crafted checkpoint put there would block the read).
-pub(crate) fn open_plain(path: &Path) -> std::io::Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "not a plain file, which a dump always writes",
-        ));
-    }
-    Ok(file)
-}
-
 /// The plain file at `path` if it holds at most `max` bytes, None if it holds more. A link is
 /// not followed and a FIFO or device not waited on (a record may come from an archive made
-/// elsewhere): both are errors.
+/// elsewhere): both are errors ([`feather_core::small_file::read`]).
 pub fn read_at_most(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
-    use std::io::Read;
-    let file = open_plain(path)?;
-    let mut bytes = Vec::new();
-    file.take(max + 1).read_to_end(&mut bytes)?;
-    Ok((bytes.len() as u64 <= max).then_some(bytes))
+    match feather_core::small_file::read(path, max) {
+        Err(e) if feather_core::small_file::too_large(&e) => Ok(None),
+        read => read.map(Some),
+    }
 }
 
 /// Why tar could not unpack an archive, from what it printed (`stderr`). A VM nests its

@@ -133,7 +133,7 @@ fn for_each_entry(
     let invalid = |why: String| {
         std::io::Error::new(ErrorKind::InvalidData, format!("{}: {why}", path.display()))
     };
-    let file = match crate::archive::open_plain(path) {
+    let file = match feather_core::small_file::open(path) {
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
         opened => opened.map_err(|e| invalid(e.to_string()))?,
     };

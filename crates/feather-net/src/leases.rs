@@ -22,6 +22,9 @@ fn leases_dir(network: &RootNetwork) -> PathBuf {
 }
 
 /// Every lease of the root: its address and its holder.
+/// The most a lease holds: the id of the VM that holds it.
+const MAX_LEASE: u64 = 256;
+
 pub(crate) fn held(network: &RootNetwork) -> Result<Vec<(Ipv4Addr, String)>> {
     let dir = leases_dir(network);
     let entries = match fs::read_dir(&dir) {
@@ -33,7 +36,7 @@ pub(crate) fn held(network: &RootNetwork) -> Result<Vec<(Ipv4Addr, String)>> {
         .flatten()
         .filter_map(|entry| {
             let address = entry.file_name().to_str()?.parse().ok()?;
-            let id = fs::read_to_string(entry.path()).ok()?;
+            let id = feather_core::small_file::read_text(&entry.path(), MAX_LEASE).ok()?;
             Some((address, id.trim().to_owned()))
         })
         .collect())
@@ -122,7 +125,7 @@ pub fn files(root_dir: &Path, address: Ipv4Addr) -> [PathBuf; 2] {
 /// [`release`] reads every lease of the root. Another VM's lease of that address is kept.
 pub fn release_at(network: &RootNetwork, vm_id: &str, address: Ipv4Addr) -> Result<()> {
     let path = leases_dir(network).join(address.to_string());
-    match fs::read_to_string(&path) {
+    match feather_core::small_file::read_text(&path, MAX_LEASE) {
         Ok(holder) if holder.trim() == vm_id => match fs::remove_file(&path) {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(e).at(path),
             _ => Ok(()),

@@ -39,6 +39,9 @@ struct SettingsFile {
     uplink: Option<String>,
 }
 
+/// The most a root's `network.toml` holds: three settings take a few dozen bytes.
+pub const MAX_SETTINGS: u64 = 64 << 10;
+
 /// The network of one state root.
 #[derive(Clone, Debug)]
 pub struct RootNetwork {
@@ -55,10 +58,12 @@ impl RootNetwork {
         root.join("network.toml")
     }
 
-    /// The root's network as recorded, or None if no VM of this root ever had one.
+    /// The root's network as recorded, or None if no VM of this root ever had one. Read as
+    /// every file of a root a run reads ([`feather_core::small_file`]): at most
+    /// [`MAX_SETTINGS`] bytes, never through a link, never waited on.
     pub fn load(root: &Path) -> Result<Option<RootNetwork>> {
         let path = Self::settings_path(root);
-        let text = match fs::read_to_string(&path) {
+        let text = match feather_core::small_file::read_text(&path, MAX_SETTINGS) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).at(path),

@@ -53,6 +53,12 @@ fn parse_groups(status: &str) -> Vec<Gid> {
         .unwrap_or_default()
 }
 
+/// This process's effective uid: whom its files are made for, besides root the one owner a
+/// folder it trusts may have ([`crate::lookup`]).
+pub fn effective_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ pub mod fnv;
 pub mod hiding_layer;
 pub mod io;
 pub mod kernel;
+pub mod lookup;
 pub mod memory;
 pub mod mount;
 pub mod mountinfo;

@@ -181,6 +181,10 @@ pub struct Keeper {
     /// answered: its blocks' release (a synchronous discard on ext4 with `discard`) is kept
     /// off the start's path ([`feather_core::atomic::Replaced`]).
     replaced_record: std::cell::Cell<Option<feather_core::atomic::Replaced>>,
+    /// A pooled VM's watch for its root's removal ([`RootWatch`]), made before the VM is
+    /// recorded running: a root moved or removed once the VM reads as running is seen, even
+    /// before [`Keeper::serve`] looks at the watch (a background start answers before it).
+    root_watch: Option<RootWatch>,
 }
 
 /// The thread writing a VM's state durably.
@@ -232,6 +236,11 @@ pub const HOLD_AFTER_MOUNT_LIST: &str = "FEATHER_TEST_HOLD_AFTER_MOUNT_LIST";
 /// the pool's refill, before it removes the VM: a keeper that lives on after its refill ended.
 pub const HOLD_AFTER_REFILL: &str = "FEATHER_TEST_HOLD_AFTER_REFILL";
 
+/// For tests only: names a file whose lock the thread closing a claimed VM's root watch waits
+/// for before it closes it ([`close_aside`]), so that a test sees that nothing of the run
+/// waits for that close. Unset, nothing waits.
+pub const HOLD_ROOT_WATCH_CLOSE: &str = "FEATHER_TEST_HOLD_ROOT_WATCH_CLOSE";
+
 /// For tests only: set (to anything) in a keeper's environment, its status answer leaves out
 /// [`Response::Running`]'s `ends_released_copy`, as a keeper of a build before it answers, so
 /// that a test sees `migrate` refuse post-copy with such a keeper. Unset, the answer has it.
@@ -240,7 +249,7 @@ pub const AS_AN_OLDER_KEEPER: &str = "FEATHER_TEST_AS_AN_OLDER_KEEPER";
 /// Waits for the lock of the file the test-only `variable` names ([`HOLD_RUNNING_RECORD`],
 /// [`HOLD_BEFORE_CRIU`], [`HOLD_BEFORE_BEGIN`], [`HOLD_AFTER_STOP_ANSWER`],
 /// [`HOLD_AFTER_RESUME`], [`HOLD_BEFORE_RELEASE`], [`HOLD_AFTER_MOUNT_LIST`],
-/// [`HOLD_AFTER_REFILL`]), if it is set: in a debug build only (see
+/// [`HOLD_AFTER_REFILL`], [`HOLD_ROOT_WATCH_CLOSE`]), if it is set: in a debug build only (see
 /// [`crate::test_hooks`]).
 pub(crate) fn held_by_test(variable: &str) {
     crate::test_hooks::held(variable);
@@ -304,6 +313,20 @@ fn take_keeper_lock(vm: &VmDir) -> Result<File> {
     VmDir::record_keeper(&lock, std::process::id(), started)
         .map_err(io(name, "recording its keeper in keeper.lock"))?;
     Ok(lock)
+}
+
+/// Closes a VM's root watch, once the VM is out of the pool, on a short-lived thread of its own:
+/// closing an inotify instance waits for the kernel's grace period (fsnotify's SRCU, 10-20 ms
+/// here), which in the keeper's loop held up the claimer's let-go; and kept until the VM's
+/// end, every long run from the pool would hold one of root's inotify instances, which are
+/// counted host-wide (`fs.inotify.max_user_instances`, 128 by default). Where no thread can be
+/// had, closed here.
+fn close_aside(watch: RootWatch) {
+    let closing = std::thread::Builder::new().name("close-watch".into());
+    let _ = closing.spawn(move || {
+        held_by_test(HOLD_ROOT_WATCH_CLOSE);
+        drop(watch);
+    });
 }
 
 /// Init's mount namespace, opened while init is this process's unreaped child (its pid cannot
@@ -533,7 +556,7 @@ impl Keeper {
         let held_mounts = holds_mounts(&config, attached)
             .then(|| hold_mount_namespace(&init))
             .flatten();
-        let keeper = Keeper {
+        let mut keeper = Keeper {
             vm: vm.clone(),
             config,
             cgroup,
@@ -555,7 +578,9 @@ impl Keeper {
             finisher,
             recording: std::cell::RefCell::new(None),
             replaced_record: std::cell::Cell::new(None),
+            root_watch: None,
         };
+        keeper.root_watch = keeper.watch_for_root_removal();
         match record.commit_keeping_replaced() {
             Ok(replaced) => keeper.replaced_record.set(Some(replaced)),
             Err(e) => {
@@ -715,6 +740,7 @@ impl Keeper {
             finisher: None,
             recording: std::cell::RefCell::new(None),
             replaced_record: std::cell::Cell::new(None),
+            root_watch: None,
         };
         trace::phase("restore: CRIU restored the tree, network completed");
         // Synced before anything of the VM runs: the checkpoint it was restored from must not
@@ -1003,11 +1029,7 @@ impl Keeper {
             self.idle_expiry(ready_at)
         };
         // A pooled VM's root removed by hand is seen at once (the idle time may be "for ever").
-        let mut root_watch = if foreground { None } else { self.root_watch() };
-        // The watch once the VM is out of the pool, no longer looked at but closed only after
-        // the teardown: closing an inotify instance waits for the kernel's grace period
-        // (fsnotify's SRCU, 10-20 ms here), which at the claim held up the claimer's let-go.
-        let mut retired_watch: Option<RootWatch> = None;
+        let mut root_watch = self.root_watch.take().filter(|_| !foreground);
         let status = loop {
             let mut fds = vec![
                 PollFd::new(self.init.pidfd.as_fd(), PollFlags::POLLIN),
@@ -1088,7 +1110,9 @@ impl Keeper {
             }
             if self.claimed.get() || phase != Phase::Running {
                 expires_at = None;
-                retired_watch = retired_watch.or(root_watch.take());
+                if let Some(watch) = root_watch.take() {
+                    close_aside(watch);
+                }
             } else if watched && root_watch.as_ref().is_some_and(RootWatch::gone) {
                 // Its root is being removed (or was moved away): nothing can claim, drain or
                 // list this VM any more. Ended once the removal is over, leaving nothing.
@@ -1143,7 +1167,6 @@ impl Keeper {
             handed_over::Ended::default()
         };
         self.tear_down(&ended.how, foreground);
-        drop(retired_watch);
         // The broker's last words (the audit lines its pace held back) go into the root's log
         // before anyone waiting for the stop hears of it: they may remove the root next.
         drop(self.broker.take());
@@ -1330,7 +1353,7 @@ impl Keeper {
     }
 
     /// The watch for this VM's root's removal, if the VM waits in the pool.
-    fn root_watch(&self) -> Option<RootWatch> {
+    fn watch_for_root_removal(&self) -> Option<RootWatch> {
         let root = self.vm.root()?;
         if self.claimed.get() || !crate::pooled::is_pooled(&root, self.vm.name()) {
             return None;

@@ -62,8 +62,7 @@ pub fn set_size(root: &StateRoot, size: usize) -> Result<()> {
             format!("a pool of {size} VMs is too large: at most {MAX_SIZE}"),
         ));
     }
-    let dir = pooled::entries_dir(root);
-    fs::create_dir_all(&dir).at(&dir)?;
+    make_folders(root)?;
     let file = pooled::dir(root).join("size");
     write_atomic(&file, format!("{size}\n").as_bytes(), Durability::Durable)?;
     pooled::forget_stale_misses(root);
@@ -79,10 +78,9 @@ pub fn set_idle(root: &StateRoot, idle: Option<Duration>) -> Result<()> {
         // Whole seconds, at least one: 0 is "for ever".
         Some(idle) => idle.as_secs().max(1),
     };
-    let dir = pooled::dir(root);
-    fs::create_dir_all(&dir).at(&dir)?;
+    make_folders(root)?;
     write_atomic(
-        &dir.join("idle"),
+        &pooled::dir(root).join("idle"),
         format!("{seconds}\n").as_bytes(),
         Durability::Durable,
     )?;
@@ -182,7 +180,7 @@ impl Claimed {
 /// VM's `ask` rules then ask, as a VM started from here would.
 pub fn claim(root: &StateRoot, workload: &Workload) -> Option<Claimed> {
     let mut entries = entries(root);
-    feather_core::trace::phase("claim: read the pool's entries");
+    feather_core::trace::phase("look in the pool");
     // A command too big for init's message runs as it would in a VM of its own only there: a
     // miss, which costs the pool nothing.
     if entries.is_empty() || !crate::commands::fits(workload) {
@@ -335,18 +333,7 @@ fn claimed(root: &StateRoot) -> Vec<VmName> {
 /// removes the record before it lets go of the lock; one that fails after (a VM it could not
 /// make) does not look again.
 pub fn fill(root: &StateRoot, generation: Option<u64>) -> Result<()> {
-    // Made one by one, never the root's own folder: a fill for a root removed meanwhile fails
-    // here instead of making the root again.
-    for dir in [
-        pooled::dir(root),
-        pooled::entries_dir(root),
-        pooled::claimed_dir(root),
-    ] {
-        match fs::create_dir(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e).at(&dir)?,
-            _ => {}
-        }
-    }
+    make_folders(root)?;
     let folder = pooled::open_dir(root).at(pooled::dir(root))?;
     loop {
         let lock = open_fill_lock(root, &folder)?;
@@ -377,6 +364,23 @@ pub fn fill(root: &StateRoot, generation: Option<u64>) -> Result<()> {
             return Ok(());
         }
     }
+}
+
+/// Makes the pool's folders where missing, one by one and never the root's own folder: a
+/// fill (or a setting) for a root removed meanwhile fails here instead of making the root
+/// again.
+fn make_folders(root: &StateRoot) -> Result<()> {
+    for dir in [
+        pooled::dir(root),
+        pooled::entries_dir(root),
+        pooled::claimed_dir(root),
+    ] {
+        match fs::create_dir(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e).at(&dir)?,
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The pool's lock ([`pooled::FILL_LOCK`]) in its opened `folder`, made if missing: only a
@@ -656,6 +660,9 @@ pub fn fill_detached(root: &StateRoot, generation: Option<u64>) -> Result<()> {
     // would otherwise stay held until the fill has made its VMs.
     feather_sys::process::close_other_fds(&[]);
     let _ = nix::unistd::setsid();
+    // In `/`, as a filler a run starts ([`pooled::start_filler`]): run by hand, the caller's
+    // folder would otherwise be held by the keepers it starts (a mount it keeps busy).
+    std::env::set_current_dir("/").at("/")?;
     let _ = HOLD_FILL_AT.set(crate::test_hooks::set(HOLD_FILL));
     let hold_start = crate::test_hooks::set(HOLD_FILL_START);
     crate::filler::become_no_callers(root)?;
@@ -720,27 +727,30 @@ pub fn drain(root: &StateRoot) -> Result<Drained> {
 /// absent: the next run refills the pool). A fill under way is waited for first (its lock),
 /// once the size reads 0: it makes nothing more, and one started later makes nothing, until
 /// `meanwhile` is over; one started before but at work only after makes nothing either (the
-/// pool's next [`pooled::generation`]). How many pooled VMs there were (0: none), what the
-/// drain left, and what `meanwhile` gave.
+/// pool's next [`pooled::generation`]). A root without a pool's folder has no pooled VM and
+/// no fill to come (a fill's starter makes the folder before it reads the generation:
+/// [`pooled::start_filler`]): nothing is made in it. The settings are reached through the
+/// pool's opened folder, never through a link in its place. How many pooled VMs there were
+/// (0: none), what the drain left, and what `meanwhile` gave.
 pub fn emptied_while<T>(
     root: &StateRoot,
     meanwhile: impl FnOnce() -> T,
 ) -> Result<(usize, Drained, T)> {
-    // First, also in a root whose pool was never filled: a fill a run started before this but
-    // at work only after it (its size setting put back) makes nothing.
-    let dir = pooled::dir(root);
-    fs::create_dir_all(&dir).at(&dir)?;
-    let file = dir.join("size");
-    // Never through a link nor unbounded: the root's folder may be a user's (review
-    // fixpool29 H2': a `size` linked to a file only root reads was copied into the root).
-    let setting = pooled::read_small(&file).map(String::into_bytes);
+    let folder = match pooled::open_dir(root) {
+        Ok(folder) => folder,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((0, Drained::default(), meanwhile()))
+        }
+        Err(e) => return Err(e).at(pooled::dir(root))?,
+    };
+    let setting = pooled::read_small(&pooled::in_folder(&folder, pooled::SIZE));
     // Counted before the size is 0 too: a fill under way then ends the VMs above it itself.
     let before = entries(root).len();
     // The size 0 first, then the next generation; a starter reads them the other way round
     // ([`pooled::start_filler`]): one that read the generation before it was raised reads a
     // size of 0 or starts a fill of the generation over, which makes nothing.
-    set_size(root, 0)?;
-    pooled::next_generation(root)?;
+    pooled::write_in(root, &folder, pooled::SIZE, b"0\n", Durability::Durable)?;
+    pooled::next_generation(root, &folder)?;
     let emptied = await_fill(root).and_then(|()| {
         let pooled = entries(root).len().max(before);
         let drained = drain(root)?;
@@ -750,20 +760,35 @@ pub fn emptied_while<T>(
     let given = meanwhile();
     // Back as it was, whatever the drain did.
     match setting {
-        Some(setting) => write_atomic(&file, &setting, Durability::Durable)?,
-        None => fs::remove_file(&file).at(&file)?,
+        Some(setting) => pooled::write_in(
+            root,
+            &folder,
+            pooled::SIZE,
+            setting.as_bytes(),
+            Durability::Durable,
+        )?,
+        None => {
+            let file = pooled::in_folder(&folder, pooled::SIZE);
+            fs::remove_file(file).at(pooled::dir(root).join(pooled::SIZE))?
+        }
     }
     let (pooled, drained) = emptied?;
     Ok((pooled, drained, given))
 }
 
-/// Waits for the fill at work, if any, to end (it reads the size again before it stops).
+/// Waits for the fill at work, if any, to end (it reads the size again before it stops). A
+/// pool without a lock has no fill at work, and is not given one: a fill that takes the lock
+/// later reads the size and generation after.
 fn await_fill(root: &StateRoot) -> Result<()> {
     let folder = match pooled::open_dir(root) {
         Ok(folder) => folder,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).at(pooled::dir(root))?,
     };
+    let lock = pooled::in_folder(&folder, pooled::FILL_LOCK);
+    if fs::symlink_metadata(lock).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+        return Ok(());
+    }
     let lock = open_fill_lock(root, &folder)?;
     lock.lock().at(pooled::dir(root).join(pooled::FILL_LOCK))?;
     Ok(())

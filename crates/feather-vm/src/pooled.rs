@@ -54,13 +54,16 @@ pub fn kept_by_a_fill(key: &str) -> bool {
         || (cfg!(debug_assertions) && key.starts_with("FEATHER_TEST_"))
 }
 
+/// The size setting's file, in the pool's folder.
+pub const SIZE: &str = "size";
+
 /// The pool's size where the root sets none: on by default, so that `run --rm` as the README
 /// shows it is fast (issue 15); one VM, which its keeper ends after [`DEFAULT_IDLE`].
 pub const DEFAULT_SIZE: usize = 1;
 
 /// The pool's size setting: [`DEFAULT_SIZE`] unless set (`pool --size 0`, `--drain`: off).
 pub fn size(root: &StateRoot) -> usize {
-    read_small(&dir(root).join("size"))
+    read_small(&dir(root).join(SIZE))
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or(DEFAULT_SIZE)
 }
@@ -130,19 +133,31 @@ pub fn in_folder(folder: &std::fs::File, name: &str) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", folder.as_raw_fd())).join(name)
 }
 
-/// The few bytes a setting or record of the pool's folder holds: a plain file's, read once
-/// and at most [`SMALL`] bytes, never through a symbolic link, never waited on (a FIFO).
+/// Writes file `name` of the pool's opened `folder` whole (a rename in that folder, which
+/// replaces a link rather than writing through it); an error names it by the root's path.
+pub fn write_in(
+    root: &StateRoot,
+    folder: &std::fs::File,
+    name: &str,
+    contents: &[u8],
+    durability: feather_core::atomic::Durability,
+) -> feather_core::error::Result<()> {
+    use feather_core::Error;
+    feather_core::atomic::write_atomic(&in_folder(folder, name), contents, durability).map_err(
+        |e| match e {
+            Error::Io { source, .. } => Error::Io {
+                path: dir(root).join(name),
+                source,
+            },
+            e => e,
+        },
+    )
+}
+
+/// The few bytes a setting or record of the pool's folder holds: a plain file's, at most
+/// [`SMALL`] bytes, never through a symbolic link, never waited on (a FIFO); None otherwise.
 pub fn read_small(file: &Path) -> Option<String> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let opened = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(file)
-        .ok()?;
-    let mut text = String::new();
-    opened.take(SMALL).read_to_string(&mut text).ok()?;
-    Some(text)
+    feather_core::small_file::read_text(file, SMALL).ok()
 }
 
 /// The most [`read_small`] reads: a number, a [`process_record`] or a [`fingerprint`].
@@ -240,7 +255,8 @@ pub fn fingerprint(root: &StateRoot) -> String {
     for file in ["/etc/resolv.conf", "/etc/hosts", "/etc/hostname"] {
         std::fs::read(file).ok().hash(&mut hash);
     }
-    std::fs::read(root.dir().join("network.toml"))
+    let settings = root.dir().join("network.toml");
+    feather_core::small_file::read(&settings, feather_net::settings::MAX_SETTINGS)
         .ok()
         .hash(&mut hash);
     policy_files(root).hash(&mut hash);
@@ -281,7 +297,7 @@ fn host_mounts(root: &StateRoot) -> Vec<Vec<u8>> {
 /// The rule files in the root's policy folders, in order: each by its folder's place in
 /// that order and its name in it (not by its full path: a root spelled through a symbolic
 /// link is the same pool, review pool29 M1), and its contents.
-fn policy_files(root: &StateRoot) -> Vec<(usize, std::ffi::OsString, Option<Vec<u8>>)> {
+fn policy_files(root: &StateRoot) -> Vec<(usize, std::ffi::OsString, Option<String>)> {
     let mut files = Vec::new();
     let dirs = feather_shuttle::policy::policy_dirs(root.dir());
     for (place, dir) in dirs.iter().enumerate() {
@@ -291,7 +307,7 @@ fn policy_files(root: &StateRoot) -> Vec<(usize, std::ffi::OsString, Option<Vec<
         let mut names: Vec<std::ffi::OsString> = read.flatten().map(|e| e.file_name()).collect();
         names.sort();
         files.extend(names.into_iter().map(|name| {
-            let contents = std::fs::read(dir.join(&name)).ok();
+            let contents = feather_shuttle::policy::read_rule_file(&dir.join(&name)).ok();
             (place, name, contents)
         }));
     }
@@ -362,8 +378,14 @@ fn filler_command(root: &StateRoot, generation: u64) -> Option<std::process::Com
 /// and by a run that missed, after its command. None once runs in a row found the pool stale
 /// ([`STALE_MISSES_TO_STOP`]). Whether it started one.
 pub fn start_filler(root: &StateRoot) -> bool {
-    // The generation before the size: `network down` writes them the other way round
-    // ([`crate::pool::emptied_while`]).
+    // The pool's folder before the generation is read (made if missing, never the root's own
+    // folder): `network down` takes a root without one for a root no fill is coming to, and
+    // raises no generation there ([`crate::pool::emptied_while`]).
+    match std::fs::create_dir(dir(root)) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return false,
+        _ => {}
+    }
+    // The generation before the size: `network down` writes them the other way round.
     let seen = generation(root);
     if size(root) == 0 || stale_misses(root) >= STALE_MISSES_TO_STOP {
         return false;
@@ -433,21 +455,31 @@ pub fn forget_stale_misses(root: &StateRoot) {
 }
 
 /// The record of [`generation`], in the pool's folder.
-fn generation_file(root: &StateRoot) -> PathBuf {
-    dir(root).join("generation")
-}
+const GENERATION: &str = "generation";
 
 /// How many times the pool was emptied for its root's network to go (`network down`): a fill
 /// is told the generation its starter saw ([`filler_command`]) and makes nothing under
 /// another, so that a fill started before `network down` but at work only after it (its size
 /// setting put back) makes no VM, and so no network, in a root being removed.
 pub fn generation(root: &StateRoot) -> u64 {
-    count_in(&generation_file(root))
+    count_in(&dir(root).join(GENERATION))
 }
 
-/// Starts the next [`generation`]: every fill started before makes nothing.
-pub fn next_generation(root: &StateRoot) -> feather_core::error::Result<()> {
-    write_count(&generation_file(root), generation(root).wrapping_add(1))
+/// Starts the next [`generation`] in the pool's opened `folder`: every fill started before
+/// makes nothing.
+pub fn next_generation(
+    root: &StateRoot,
+    folder: &std::fs::File,
+) -> feather_core::error::Result<()> {
+    let now: u64 = count_in(&in_folder(folder, GENERATION));
+    let next = format!("{}\n", now.wrapping_add(1));
+    write_in(
+        root,
+        folder,
+        GENERATION,
+        next.as_bytes(),
+        feather_core::atomic::Durability::Volatile,
+    )
 }
 
 /// Runs a fill ([`filler_command`]) and waits for it: `feather pool --size`.

@@ -248,6 +248,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         let root = StateRoot::new(cli.global.root.clone());
+        root.check_folders()?;
         if feather_vm::pool::size(&root) > 0 {
             lifecycle::settle_throw_aways(&root, false);
             feather_vm::pool::fill_detached(&root, *generation)?;

@@ -391,8 +391,9 @@ pub struct PoolArgs {
     /// Remove every pooled VM and set the size to 0
     #[arg(long)]
     pub drain: bool,
-    /// Bring the pool to its size, in a session of its own (what a run starts after claiming)
-    #[arg(long, hide = true, conflicts_with_all = ["size", "drain", "idle"])]
+    /// Bring the pool to its size now, as the next run's refill would: in a session of its
+    /// own, in /, with none of the caller's environment but the settings that shape a VM
+    #[arg(long, conflicts_with_all = ["size", "drain", "idle"])]
     pub fill: bool,
     /// With --fill: the pool's generation its starter saw; under another (`network down` came
     /// since) the fill makes nothing

@@ -1,0 +1,166 @@
+//! A state root only root can change: feather acts in it as root, by path, so a root whose
+//! folder (or a folder above it) a local user owns or can write is refused before anything is
+//! made or read in it (`sudo feather --root ~/vms …`: the user could swap `pool/` for a link to
+//! /etc/sudoers.d between feather's checks and its writes); and the files root reads in a root
+//! on every run are read bounded, never through a link, never waited on.
+
+use std::fs;
+use std::os::unix::fs::{lchown, symlink, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::{self, Feather, Outcome};
+
+/// `feather --root <root> args…`, out of the pool.
+fn feather_on(root: &Path, args: &[&str]) -> Outcome {
+    feather_testkit::run(
+        Command::new(Feather::bin())
+            .arg("--root")
+            .arg(root)
+            .env(support::NO_POOL, "0")
+            .args(args),
+    )
+}
+
+/// Asserts that every command in `commands` was refused on `root`, naming `folder` and `why`.
+fn refused_everywhere(root: &Path, folder: &Path, why: &str, commands: &[&[&str]]) {
+    for args in commands {
+        let outcome = feather_on(root, args);
+        assert_ne!(
+            outcome.code,
+            0,
+            "feather {args:?} went on in {}",
+            root.display()
+        );
+        let said = &outcome.stderr;
+        assert!(
+            said.contains(&format!("{}: {} {why}", root.display(), folder.display()))
+                && said.contains("choose a root"),
+            "feather {args:?}: {said}"
+        );
+    }
+}
+
+/// A root in a user's folder, a root under a folder others may write without the sticky bit,
+/// a root folder others may write, and a root reached through a user's link: each is refused by
+/// every command, naming the folder and what is wrong with it, and nothing is made in it, nor
+/// through a `pool` link planted in it. The roots of every other test, under the sticky /tmp in
+/// root's 0755 /tmp/feather-tests, are taken.
+#[test]
+fn a_root_whose_folders_a_local_user_could_change_is_refused_before_anything_is_made() {
+    // Its folder holds the roots tried here; removed, with them, on drop.
+    let scratch = Feather::new("strict-root");
+    let mode = |dir: &Path, mode: u32| {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let home = scratch.root.join("home");
+    fs::create_dir(&home).unwrap();
+    lchown(&home, Some(65534), Some(65534)).unwrap();
+    let in_home = home.join("vms");
+    refused_everywhere(&in_home, &home, "is owned by uid 65534", &[&["ls"]]);
+    assert!(!in_home.exists(), "the root was made in the user's folder");
+
+    // What a user who could change the root would plant: `pool` a link to a folder of root's.
+    let precious = scratch.root.join("precious");
+    fs::create_dir(&precious).unwrap();
+    let plant = |root: &Path| {
+        fs::create_dir(root).unwrap();
+        mode(root, 0o700);
+        symlink(&precious, root.join("pool")).unwrap();
+    };
+    let every_kind: &[&[&str]] = &[
+        &["ls"],
+        &["pool", "--size", "1"],
+        &["pool", "--fill"],
+        &["network", "down"],
+        &["run", "--rm", "--", "true"],
+    ];
+    let shared = scratch.root.join("shared");
+    fs::create_dir(&shared).unwrap();
+    mode(&shared, 0o775);
+    let under_shared = shared.join("root");
+    plant(&under_shared);
+    refused_everywhere(
+        &under_shared,
+        &shared,
+        "is writable by group or others without the sticky bit (mode 0775)",
+        every_kind,
+    );
+    let loose = scratch.root.join("loose");
+    plant(&loose);
+    mode(&loose, 0o1770);
+    refused_everywhere(
+        &loose,
+        &loose,
+        "is writable by group or others (mode 1770)",
+        every_kind,
+    );
+    // A root only root changes, reached through a link in the user's folder: the user can
+    // point it elsewhere at any time.
+    let kept = scratch.root.join("kept");
+    plant(&kept);
+    let link = home.join("link");
+    symlink(&kept, &link).unwrap();
+    refused_everywhere(&link, &home, "is owned by uid 65534", every_kind);
+    for root in [&under_shared, &loose, &kept] {
+        assert_eq!(support::names_in(root), ["pool"], "{}", root.display());
+    }
+    assert!(
+        support::names_in(&precious).is_empty(),
+        "written through `pool`"
+    );
+}
+
+/// `network.toml` and a rule file of the root's policy made a FIFO or a link to /dev/zero:
+/// `feather pool` (which reads both for its fingerprint) answers, and a run that needs the
+/// root's network is refused, naming the file and what to put there, instead of waiting for
+/// ever on the FIFO or reading /dev/zero until the host runs out of memory.
+#[test]
+fn a_roots_files_made_a_fifo_or_a_link_to_dev_zero_are_refused_without_waiting() {
+    let feather = Feather::new("root-fifo");
+    feather.ok(&["ls"]);
+    let settings = feather.root.join("network.toml");
+    let policy = feather.root.join("policy.d");
+    fs::create_dir(&policy).unwrap();
+    let rules = policy.join("fifo.policy");
+    fifo(&rules);
+    for (kind, zero) in [("not a plain file", false), ("symbolic link", true)] {
+        let _ = fs::remove_file(&settings);
+        if zero {
+            symlink("/dev/zero", &settings).unwrap();
+        } else {
+            fifo(&settings);
+        }
+        let status = answered(&feather, &["pool"]);
+        assert!(status.contains("size: 1"), "{status}");
+        let run = answered(&feather, &["run", "--rm", "--", "true"]);
+        assert!(
+            run.contains("network.toml") && run.contains(kind),
+            "a run with network.toml {kind}: {run}"
+        );
+    }
+    // A VM's start reads the policy's rule files too.
+    let _ = fs::remove_file(&settings);
+    answered(&feather, &["run", "--rm", "--net", "none", "--", "true"]);
+    // Not left for the root's teardown to meet.
+    fs::remove_file(&rules).unwrap();
+}
+
+/// A FIFO made at `file`.
+fn fifo(file: &Path) {
+    let made = Command::new("mkfifo").arg(file).status().unwrap();
+    assert!(made.success());
+}
+
+/// What `feather args…` printed (stdout and stderr), once it has ended; fails the test if it
+/// has not ended within a generous deadline (it waits on a FIFO).
+fn answered(feather: &Feather, args: &[&str]) -> String {
+    let limit = Duration::from_secs(60);
+    let (out, _) = crate::service_client::run_at_most(feather, args, limit);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
