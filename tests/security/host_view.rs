@@ -6,6 +6,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::support::{Feather, RecordHold};
 
@@ -740,7 +741,8 @@ fn a_restored_process_working_beneath_a_knob_its_checkpoint_left_writable_is_ref
     let refused = restore_refused_holding(
         "host-view-ro-cwd",
         "/proc/sys",
-        "cd /proc/sys/kernel && sleep 1000 </dev/null >/dev/null 2>&1 &",
+        "cd /proc/sys/kernel && sleep 1000 </dev/null >/dev/null 2>&1 & echo $! >/tmp/held",
+        "[ \"$(readlink /proc/$(cat /tmp/held)/cwd)\" = /proc/sys/kernel ] && echo held",
     );
     assert!(
         refused.contains("holds its cwd on /proc/sys/kernel")
@@ -759,7 +761,8 @@ fn a_restored_process_holding_a_file_its_checkpoint_left_unmasked_is_refused() {
     let refused = restore_refused_holding(
         "host-view-mask-fd",
         "/proc/interrupts",
-        "sleep 1000 3</proc/interrupts </dev/null >/dev/null 2>&1 &",
+        "sleep 1000 3</proc/interrupts </dev/null >/dev/null 2>&1 & echo $! >/tmp/held",
+        "[ \"$(readlink /proc/$(cat /tmp/held)/fd/3)\" = /proc/interrupts ] && echo held",
     );
     assert!(
         refused.contains("holds descriptor 3 on /proc/interrupts")
@@ -769,19 +772,82 @@ fn a_restored_process_holding_a_file_its_checkpoint_left_unmasked_is_refused() {
 }
 
 /// A VM (root `label`) whose `taken_away` mount was unmounted before `holding` (a script run
-/// in it) started a process holding something beneath it, checkpointed: its restore must be
-/// refused and leave the VM checkpointed (then removed); the refusal.
-fn restore_refused_holding(label: &str, taken_away: &str, holding: &str) -> String {
+/// in it) started a process holding something beneath it, checkpointed once `held` (a script
+/// run in it) prints `held`: the process, started in the background, holds nothing until
+/// then, and a checkpoint taken sooner is restored. Its restore must be refused and leave the
+/// VM checkpointed (then removed); the refusal.
+fn restore_refused_holding(label: &str, taken_away: &str, holding: &str, held: &str) -> String {
     let a = Feather::new(label);
     start_host_vm(&a, "w");
     take_away_in_vm(&a, "w", &[taken_away]);
     a.sh("w", holding);
+    a.eventually_within(
+        "the VM's process holds what it opened",
+        Duration::from_secs(60),
+        || a.sh("w", &format!("{held} || true")) == "held\n",
+    );
     a.ok(&["checkpoint", "w"]);
     let refused = a.run(&["restore", "w"]);
     assert_ne!(refused.code, 0, "restored: {refused:?}");
     assert_eq!(a.status("w"), "checkpointed", "{refused:?}");
     a.ok(&["rm", "--force", "w"]);
     refused.stderr
+}
+
+/// A process of a VM whose checkpoint left `/proc/sys` writable (its bind taken away) sent
+/// itself `/proc/sys/kernel/core_pattern` over a unix socket and closed its own descriptor:
+/// at the dump the file is only in the socket's queue. CRIU restores it into the queue, where
+/// no check of the restored tree sees it, opened on the writable proc beneath the read-only
+/// bind the restore adds; a task receiving it after the thaw could write the host's core
+/// pattern (review restore30 H1). The restore is refused from the images, naming the file;
+/// the VM stays checkpointed. Without the check of the queued files, it was restored.
+#[test]
+fn a_restored_process_with_a_kernel_file_queued_on_a_socket_is_refused() {
+    let refused = restore_refused_holding(
+        "host-view-queued-fd",
+        "/proc/sys",
+        &queue_on_a_socket("/proc/sys/kernel/core_pattern"),
+        "[ -e /tmp/queued ] && echo held",
+    );
+    assert!(
+        refused.contains("carries /proc/sys/kernel/core_pattern"),
+        "{refused}"
+    );
+}
+
+/// The same with a file of the VM's root queued (`/etc/hostname`): CRIU opens a queued file
+/// by its path from the namespace's root, following the tree's links, so a crafted entry
+/// naming the root's mount may still lead onto the writable proc. The restore, which adds the
+/// `/proc/sys` bind the dump lacked after CRIU ran, is refused naming the place and the file.
+/// Without the refusal it was restored.
+#[test]
+fn a_restore_adding_a_cover_with_a_file_queued_on_a_socket_is_refused() {
+    let refused = restore_refused_holding(
+        "host-view-queued-root-fd",
+        "/proc/sys",
+        &queue_on_a_socket("/etc/hostname"),
+        "[ -e /tmp/queued ] && echo held",
+    );
+    assert!(
+        refused.contains("lacked the read-only bind or mask over /proc/sys")
+            && refused.contains("carries /etc/hostname"),
+        "{refused}"
+    );
+}
+
+/// A script starting a VM process that sends itself `path` over a unix socket, closes its own
+/// descriptor and sleeps, then makes `/tmp/queued`: the file is then only in the queue.
+fn queue_on_a_socket(path: &str) -> String {
+    let send = format!(
+        "import os, socket, time\n\
+         a, b = socket.socketpair()\n\
+         fd = os.open('{path}', os.O_RDONLY)\n\
+         socket.send_fds(a, [b'x'], [fd])\n\
+         os.close(fd)\n\
+         open('/tmp/queued', 'w').close()\n\
+         time.sleep(1000)\n"
+    );
+    format!("python3 -c \"{send}\" </dev/null >/dev/null 2>&1 &")
 }
 
 /// Unmounts `paths` in the mount namespace of VM `vm`'s init (in its pid namespace too:

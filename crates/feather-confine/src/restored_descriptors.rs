@@ -10,7 +10,9 @@
 //! `/proc/self/fd/N`, writes a knob the bind makes read-only (`/proc/sys/kernel/core_pattern`
 //! on the writable proc beneath: the host's, as the tree's root is the host's uid 0). So each
 //! descriptor, working folder, root, mapped file and executable of every task is told by its
-//! mount (its id: `fdinfo`'s `mnt_id`, which asks no filesystem) and its path in that mount's
+//! mount (its id: a descriptor's `fdinfo` `mnt_id`, which asks no filesystem; for a link with
+//! no `fdinfo`, that of a descriptor opened `O_PATH` through it, which may ask a network
+//! filesystem's server, so it is opened only where the mount is needed) and its path in that mount's
 //! namespace (the link's text, the kernel's `d_path` from that namespace's root, as the host's
 //! root lies outside it): one on a mount that lookups of that path no longer reach (hidden) at,
 //! beneath or above a covered place, reaching there more than the cover gives (a mask:
@@ -31,8 +33,14 @@ pub(crate) struct Namespace {
     pub mounts: Vec<MountEntry>,
     /// Places a mask covers: nothing of what is beneath may be reached.
     pub masked: Vec<PathBuf>,
-    /// Places a read-only bind covers: nothing beneath may be reached on a writable mount.
+    /// Places a read-only bind covers with every mount beneath: nothing beneath may be
+    /// reached on a writable mount.
     pub read_only: Vec<PathBuf>,
+    /// Places a read-only bind covers alone (the config's non-recursive read-only paths, a
+    /// read-only root): only a mount at the place itself is judged, as the check of the
+    /// namespace judges only it (review restore30 M3: before, each was taken as recursive,
+    /// and a file on a writable tmpfs beneath a read-only root was refused).
+    pub read_only_alone: Vec<PathBuf>,
 }
 
 /// As many links (descriptors, working folders, roots, mapped files) as the check reads in
@@ -84,7 +92,15 @@ struct Reader<'a> {
 enum MountOf<'a> {
     /// A descriptor's, beneath its thread's folder.
     FdInfo(&'a OwnedFd),
+    /// A working folder's, root's, mapped file's or executable's: of a descriptor this
+    /// process opens `O_PATH` through the link.
     Opened,
+}
+
+/// A folder of links (a thread's `fd`, a process's `map_files`) and the names in it.
+struct Entries {
+    folder: OwnedFd,
+    names: Vec<String>,
 }
 
 impl Reader<'_> {
@@ -107,6 +123,10 @@ impl Reader<'_> {
         let read = |reader: &mut Self, folder: &OwnedFd, name: &str, mount_of: MountOf| match reader
             .link(folder, name, mount_of)
         {
+            Err(_) if reader.read > MAX_LINKS => Err(format!(
+                "the restored tree holds more than {MAX_LINKS} descriptors, working folders, \
+                 roots, mapped files and executables, the most the check reads: refused"
+            )),
             Err(_) if crate::held::has_ended(thread.path) => Ok(()),
             Err(e) => Err(held(name, e)),
             Ok(Some(why)) => Err(format!(
@@ -120,8 +140,8 @@ impl Reader<'_> {
             read(self, &dir, name, MountOf::Opened)?;
         }
         let fds = open_entries(&dir, "fd").map_err(|e| held("fd", e))?;
-        for fd in &fds.1 {
-            read(self, &fds.0, fd, MountOf::FdInfo(&dir))?;
+        for fd in &fds.names {
+            read(self, &fds.folder, fd, MountOf::FdInfo(&dir))?;
         }
         if crate::restored::thread_id(thread.path) != thread.pid.to_string() {
             return Ok(());
@@ -130,8 +150,8 @@ impl Reader<'_> {
         let process = open_folder(&process).map_err(|e| held("its /proc folder", e))?;
         read(self, &process, "exe", MountOf::Opened)?;
         let maps = open_entries(&process, "map_files").map_err(|e| held("map_files", e))?;
-        for map in &maps.1 {
-            read(self, &maps.0, map, MountOf::Opened)?;
+        for map in &maps.names {
+            read(self, &maps.folder, map, MountOf::Opened)?;
         }
         Ok(())
     }
@@ -157,7 +177,7 @@ impl Reader<'_> {
             None => path,
         };
         // Pipes, sockets and anonymous files (`pipe:[…]`) lie on no mount of the tree.
-        if !path.is_absolute() || !self.namespaces.iter().any(|ns| may_be_hidden(ns, path)) {
+        if !path.is_absolute() || !self.namespaces.iter().any(|ns| mount_is_needed(ns, path)) {
             return Ok(None);
         }
         let mount = match mount_of {
@@ -176,10 +196,12 @@ impl Reader<'_> {
             Ok(fd) => format!("descriptor {fd}"),
             Err(_) => format!("its {name}"),
         };
-        Ok(self
-            .namespaces
-            .iter()
-            .find_map(|ns| reaches_past_a_cover(ns, mount, path))
+        Ok(unknown_mount(self.namespaces, mount, path)
+            .or_else(|| {
+                self.namespaces
+                    .iter()
+                    .find_map(|ns| reaches_past_a_cover(ns, mount, path))
+            })
             .map(|why| format!("{what} on {}, {why}", path.display())))
     }
 }
@@ -193,7 +215,7 @@ fn open_folder(path: &Path) -> nix::Result<OwnedFd> {
 }
 
 /// The folder `name` beneath `parent`, and the names in it but `.` and `..`.
-fn open_entries(parent: &OwnedFd, name: &str) -> nix::Result<(OwnedFd, Vec<String>)> {
+fn open_entries(parent: &OwnedFd, name: &str) -> nix::Result<Entries> {
     let folder = nix::fcntl::openat(parent, name, folder_flags(), Mode::empty())?;
     let mut dir = nix::dir::Dir::from_fd(folder.try_clone().map_err(io_errno)?)?;
     let mut names = Vec::new();
@@ -203,7 +225,7 @@ fn open_entries(parent: &OwnedFd, name: &str) -> nix::Result<(OwnedFd, Vec<Strin
             names.push(name);
         }
     }
-    Ok((folder, names))
+    Ok(Entries { folder, names })
 }
 
 fn io_errno(e: std::io::Error) -> nix::Error {
@@ -232,13 +254,56 @@ fn mount_in_fdinfo(thread: &OwnedFd, fd: &str) -> nix::Result<u64> {
 /// next mount's point a descriptor may hold, too).
 fn may_be_hidden(ns: &Namespace, path: &Path) -> bool {
     let covered = ns.masked.iter().chain(&ns.read_only);
-    if !covered.into_iter().any(|place| related(place, path)) {
-        return false;
+    if covered.into_iter().any(|place| related(place, path)) {
+        let reached = visible(&ns.mounts, path).map(|m| m.id);
+        return ns
+            .mounts
+            .iter()
+            .any(|m| path.starts_with(&m.mount_point) && Some(m.id) != reached);
     }
-    let reached = visible(&ns.mounts, path).map(|m| m.id);
-    ns.mounts
+    ns.read_only_alone
         .iter()
-        .any(|m| path.starts_with(&m.mount_point) && Some(m.id) != reached)
+        .any(|place| path.starts_with(place) && !hidden_at(ns, place).is_empty())
+}
+
+/// The mounts at `place` itself that lookups of it do not reach (stacked beneath the top).
+fn hidden_at<'a>(ns: &'a Namespace, place: &Path) -> Vec<&'a MountEntry> {
+    let reached = visible(&ns.mounts, place).map(|m| m.id);
+    let at_place = ns.mounts.iter().filter(|m| m.mount_point == place);
+    at_place.filter(|m| Some(m.id) != reached).collect()
+}
+
+/// Whether the mount of something at `path` is read: where it may be hidden
+/// ([`may_be_hidden`]), or where it is at or beneath a covered place, which a mount no table
+/// of the tree has would reach uncovered ([`unknown_mount`]). Beneath a kernel place lie only
+/// the kernel's filesystems and the covers, which answer an open alone.
+fn mount_is_needed(ns: &Namespace, path: &Path) -> bool {
+    let beneath = |place: &PathBuf| path.starts_with(place);
+    may_be_hidden(ns, path) || ns.masked.iter().chain(&ns.read_only).any(beneath)
+}
+
+/// Why a file at `path` on the mount `mount` is refused when no mount namespace of the tree
+/// has that mount, at, beneath or above one's covered place: nothing masks or binds the
+/// namespace it is of (one no live task of the tree is in, CRIU's own), so it may reach the
+/// kernel's files uncovered (review restore30 M1: before, such a file passed).
+fn unknown_mount(namespaces: &[Namespace], mount: u64, path: &Path) -> Option<String> {
+    if namespaces
+        .iter()
+        .any(|ns| ns.mounts.iter().any(|m| m.id == mount))
+    {
+        return None;
+    }
+    let place = namespaces.iter().find_map(|ns| {
+        ns.masked
+            .iter()
+            .chain(&ns.read_only)
+            .find(|place| related(place, path))
+    })?;
+    Some(format!(
+        "mount {mount}, which no mount namespace of the restored tree has, by {}: nothing \
+         covers that place on it",
+        place.display()
+    ))
 }
 
 /// Whether `path` is at, beneath or above `place`.
@@ -254,38 +319,48 @@ fn reaches_past_a_cover(ns: &Namespace, mount: u64, path: &Path) -> Option<Strin
     if visible(&ns.mounts, path).is_some_and(|m| m.id == mount) {
         return None;
     }
-    let on = |m: &MountEntry| {
-        format!(
-            "mount {} ({} at {})",
-            m.id,
-            m.fs_type,
-            m.mount_point.display()
-        )
-    };
     for place in &ns.masked {
         if let Some(reached) = reached_at(ns, held, path, place) {
             return Some(format!(
                 "a mount lookups no longer reach there, which shows {} unmasked (on {}): \
                  the mask over it hides nothing from this process",
                 place.display(),
-                on(reached)
+                described(reached)
             ));
         }
     }
-    for place in &ns.read_only {
-        if let Some(reached) =
-            reached_at(ns, held, path, place).filter(|m| reaches_writable(&ns.mounts, m))
-        {
-            return Some(format!(
-                "a mount lookups no longer reach there, which shows {} writable (on {}): \
-                 through it this process would write where the read-only bind over it allows \
-                 reading only",
-                place.display(),
-                on(reached)
-            ));
-        }
+    // A place bound read-only alone: only a writable mount stacked at the place itself.
+    let alone = ns.read_only_alone.iter().filter(|place| {
+        path.starts_with(place) && held.mount_point == **place && !held.is_read_only()
+    });
+    if let Some(place) = alone.into_iter().next() {
+        return Some(writable_beneath(place, held));
     }
-    None
+    ns.read_only.iter().find_map(|place| {
+        reached_at(ns, held, path, place)
+            .filter(|m| reaches_writable(&ns.mounts, m))
+            .map(|reached| writable_beneath(place, reached))
+    })
+}
+
+/// A mount by its id, type and point.
+fn described(m: &MountEntry) -> String {
+    format!(
+        "mount {} ({} at {})",
+        m.id,
+        m.fs_type,
+        m.mount_point.display()
+    )
+}
+
+/// The refusal of a file that reaches `place`, bound read-only, writable on `reached`.
+fn writable_beneath(place: &Path, reached: &MountEntry) -> String {
+    format!(
+        "a mount lookups no longer reach there, which shows {} writable (on {}): through it \
+         this process would write where the read-only bind over it allows reading only",
+        place.display(),
+        described(reached)
+    )
 }
 
 /// The mount through which a file at `path` on the mount `held` reaches `place`, when that is
@@ -406,6 +481,7 @@ mod tests {
             mounts: feather_sys::mountinfo::parse(TABLE.as_bytes()),
             masked: vec!["/proc/keys".into()],
             read_only: vec!["/proc/sys".into()],
+            read_only_alone: Vec::new(),
         }
     }
 
@@ -425,10 +501,40 @@ mod tests {
             (40, "/proc/keys"),
             (41, "/proc/sys/kernel/core_pattern"),
             (42, "/proc/sys/fs/binfmt_misc/register"),
-            (99, "/proc/sys/kernel/core_pattern"),
         ] {
             assert_eq!(judged(mount, path), None, "{mount} {path}");
         }
+        assert_eq!(
+            unknown_mount(&[namespace()], 99, Path::new("/etc/passwd")),
+            None
+        );
+    }
+
+    /// A file at, beneath or above a covered place on a mount no namespace of the tree has
+    /// (one no live task is in, which nothing masks or binds) is refused naming the mount
+    /// and the place; and its mount is read beneath a place even where no table mount is
+    /// hidden (review restore30 M1: before, it passed).
+    #[test]
+    fn a_file_on_a_mount_no_table_has_by_a_covered_place_is_refused() {
+        for path in ["/proc/sys/kernel/core_pattern", "/proc/keys", "/proc"] {
+            let why = unknown_mount(&[namespace()], 99, Path::new(path)).unwrap();
+            assert!(
+                why.contains("mount 99, which no mount namespace"),
+                "{path}: {why}"
+            );
+        }
+        // A namespace whose table shows no proc: nothing is hidden at its places.
+        let mut plain = namespace();
+        plain.mounts = feather_sys::mountinfo::parse(b"20 1 0:40 / / rw - overlay overlay rw\n");
+        assert!(!may_be_hidden(
+            &plain,
+            Path::new("/proc/sys/kernel/core_pattern")
+        ));
+        assert!(mount_is_needed(
+            &plain,
+            Path::new("/proc/sys/kernel/core_pattern")
+        ));
+        assert!(!mount_is_needed(&plain, Path::new("/etc/passwd")));
     }
 
     /// A file beneath a mask on the mount it hides, a knob or a folder beneath the bind on the
@@ -474,6 +580,37 @@ mod tests {
         let covered = format!("{stacked}31 30 0:5 /sys /proc/sys ro - proc proc rw\n");
         ns.mounts = feather_sys::mountinfo::parse(covered.as_bytes());
         assert_eq!(reaches_past_a_cover(&ns, 30, Path::new("/proc")), None);
+    }
+
+    /// A read-only root bound alone (`readOnlyRootFilesystem`): a file on a writable tmpfs
+    /// mounted beneath it, hidden by another mount, passes, and its mount is not read; a
+    /// writable mount stacked at `/` itself beneath the read-only top is refused (review
+    /// restore30 M3: before, the place was taken as recursive and the tmpfs file refused).
+    #[test]
+    fn a_place_bound_read_only_alone_judges_only_the_mounts_at_it() {
+        let table = |lines: &[&str]| feather_sys::mountinfo::parse(lines.join("\n").as_bytes());
+        let ns = Namespace {
+            mounts: table(&[
+                "20 1 0:40 / / ro - overlay overlay rw",
+                "60 20 0:61 / /tmp rw - tmpfs tmpfs rw",
+                "61 60 0:62 / /tmp rw - tmpfs tmpfs rw",
+            ]),
+            masked: Vec::new(),
+            read_only: Vec::new(),
+            read_only_alone: vec!["/".into()],
+        };
+        assert_eq!(reaches_past_a_cover(&ns, 60, Path::new("/tmp/x")), None);
+        assert!(!may_be_hidden(&ns, Path::new("/tmp/x")));
+        let ns = Namespace {
+            mounts: table(&[
+                "19 1 0:39 / / rw - overlay overlay rw",
+                "20 19 0:40 / / ro - overlay overlay rw",
+            ]),
+            ..ns
+        };
+        assert!(may_be_hidden(&ns, Path::new("/etc/passwd")));
+        let why = reaches_past_a_cover(&ns, 19, Path::new("/etc/passwd")).unwrap();
+        assert!(why.contains("shows / writable"), "{why}");
     }
 
     /// Only a path on the way to, at or beneath a covered place where the table has a mount

@@ -249,11 +249,19 @@ fn covered(mounts: Vec<MountEntry>, expected: &Expected) -> Namespace {
         places.collect()
     };
     let masked = places(expected.masked.iter().collect());
-    let read_only = places(expected.read_only.iter().map(|r| &r.path).collect());
+    let recursive = |want: bool| {
+        let paths = expected
+            .read_only
+            .iter()
+            .filter(move |r| r.recursive == want);
+        places(paths.map(|r| &r.path).collect())
+    };
+    let (read_only, read_only_alone) = (recursive(true), recursive(false));
     Namespace {
         mounts,
         masked,
         read_only,
+        read_only_alone,
     }
 }
 
@@ -390,12 +398,11 @@ pub fn unmasked_places(
     masked: &[PathBuf],
     kept_off: &[String],
 ) -> Result<Vec<PathBuf>, String> {
-    let places = places_lacking(namespace, masked, kept_off, &|mounts, path, look| {
-        let found = look(path)?;
+    let places = places_lacking(namespace, masked, kept_off, &|mounts, _, found, _| {
         let shown = matches!(found, Found::Link | Found::At { .. });
         // A mask's mount would look at the place (its `fstat`) there: left to the check,
         // which refuses it unmasked without entering it (review rest28 N8).
-        Ok(shown && !is_mask(mounts, &found) && !on_unentered_mount(mounts, &found))
+        Ok(shown && !is_mask(mounts, found) && !on_unentered_mount(mounts, found))
     })?;
     refuse_masking_late(&places)?;
     Ok(places)
@@ -416,9 +423,8 @@ pub fn writable_places(
     knobs: &[PathBuf],
     kept_off: &[String],
 ) -> Result<Vec<PathBuf>, String> {
-    places_lacking(namespace, knobs, kept_off, &|mounts, path, look| {
-        let found = look(path)?;
-        if !matches!(found, Found::At { .. }) || on_unentered_mount(mounts, &found) {
+    places_lacking(namespace, knobs, kept_off, &|mounts, path, found, look| {
+        if !matches!(found, Found::At { .. }) || on_unentered_mount(mounts, found) {
             return Ok(false);
         }
         Ok(judge_read_only(mounts, path, true, look)?.is_some())
@@ -449,9 +455,10 @@ fn refuse_masking_late(places: &[PathBuf]) -> Result<(), String> {
 /// What is at a path of the namespace ([`look_up`] on its root and table).
 type LookUp<'a> = dyn FnMut(&Path) -> Result<Found, String> + 'a;
 
-/// What a place is judged by in [`places_lacking`]: the namespace's mounts, the place, and
-/// what is at a path of it; whether it lacks what the check requires.
-type Lacks = dyn Fn(&[MountEntry], &Path, &mut LookUp) -> Result<bool, String> + Sync;
+/// What a place is judged by in [`places_lacking`]: the namespace's mounts, the place, what
+/// its lookup found (looked up once, review restore30 L7), and what is at a path of it;
+/// whether it lacks what the check requires.
+type Lacks = dyn Fn(&[MountEntry], &Path, &Found, &mut LookUp) -> Result<bool, String> + Sync;
 
 /// Each place of `paths` (beneath every proc and sysfs mount of the namespace `namespace`, as
 /// [`kernel_places`] gives them) that `lacks` says lacks what the check requires, once, but
@@ -479,7 +486,7 @@ fn places_lacking(
             }
             let found = look(&path)?;
             let kept = peer_group_of(&mounts, &found).is_some_and(|g| kept_off.contains(g));
-            if !kept && lacks(&mounts, &path, &mut look)? {
+            if !kept && lacks(&mounts, &path, &found, &mut look)? {
                 places.push(path);
             }
         }

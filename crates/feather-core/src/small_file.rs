@@ -3,7 +3,7 @@
 //! Root reads these on every run; a link to `/dev/zero` would otherwise read until memory ran
 //! out, host-wide, and a FIFO would hold the run for ever.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{self, ErrorKind, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -12,6 +12,21 @@ use std::path::Path;
 /// as `fs::read` says it; a link, anything but a plain file, or more than `max` bytes: an
 /// error that says which, and what to put there instead ([`too_large`] tells the last).
 pub fn read(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let file = open(path)?;
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(io::Error::new(
+            ErrorKind::FileTooLarge,
+            format!("holds more than the {max} bytes such a file may: check what wrote it"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The plain file at `path`, opened to be read as [`read`] does (no link followed, nothing
+/// waited on), for a file read piece by piece rather than whole (a checkpoint's image).
+pub fn open(path: &Path) -> io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -30,15 +45,7 @@ pub fn read(path: &Path, max: u64) -> io::Result<Vec<u8>> {
             "is not a plain file (a FIFO, a device or a folder): put a plain file in its place",
         ));
     }
-    let mut bytes = Vec::new();
-    file.take(max + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max {
-        return Err(io::Error::new(
-            ErrorKind::FileTooLarge,
-            format!("holds more than the {max} bytes such a file may: check what wrote it"),
-        ));
-    }
-    Ok(bytes)
+    Ok(file)
 }
 
 /// [`read`] as text; bytes that are not UTF-8 are an `InvalidData` error.

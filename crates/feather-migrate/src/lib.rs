@@ -24,6 +24,7 @@ pub mod kdat;
 pub mod mount_images;
 pub mod pages;
 pub mod precopy;
+mod queued_files;
 pub mod room;
 pub mod rpc;
 pub mod transfer;

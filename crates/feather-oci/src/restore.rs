@@ -84,7 +84,8 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
             let hold = container.groups().hold()?;
             let allowed = crate::restored::Allowed::for_config(&spec)?;
             let mounts = crate::restored_mounts::expected(&spec, &container)?;
-            let (call, netns, work) = prepare(&criu, &container, &spec, args, images, mode)?;
+            let (call, netns, work, queued) =
+                prepare(&criu, &container, &spec, args, images, mode)?;
             let read_only_root = spec.root().as_ref().and_then(|r| r.readonly()) == Some(true);
             let where_criu_ran =
                 CriuMountTable::new().context("make the file CRIU's mount table goes in")?;
@@ -115,6 +116,7 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
                 mounts,
                 kernel_paths: KernelPaths::of(&spec)?,
                 host_groups,
+                queued,
                 where_criu_ran: &where_criu_ran,
                 while_criu_ran,
             };
@@ -144,8 +146,9 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
 }
 
 /// The restore request: the config's externals, the inherited descriptors, the flags; the
-/// network namespace it hands the restored tree (joined by `path`), which criu inherits; and
-/// CRIU's work folder, restore's own ([`Work`]).
+/// network namespace it hands the restored tree (joined by `path`), which criu inherits;
+/// CRIU's work folder, restore's own ([`Work`]); and the paths of the files that messages
+/// queued in the images carry ([`add_what_the_dump_lacked`]).
 fn prepare(
     criu: &Criu,
     container: &Container,
@@ -153,14 +156,14 @@ fn prepare(
     args: &RestoreArgs,
     images: fs::File,
     mode: i32,
-) -> Result<(RestoreCall, Option<OwnedFd>, Work)> {
+) -> Result<(RestoreCall, Option<OwnedFd>, Work, Vec<String>)> {
     let engines = match &args.work_path {
         Some(path) => Some(checkpoint::open_folder(path, "--work-path")?),
         None => None,
     };
     let externals =
         checkpoint::external_mounts(spec, &container.record.bundle, &container.groups());
-    check_automatic_binds(
+    let queued = check_automatic_binds(
         spec,
         &images,
         &args.image_path,
@@ -208,7 +211,7 @@ fn prepare(
         ..common_options()
     };
     let call = criu.restore_call_with(images, opts, work.folder.join(RESTORE_LOG))?;
-    Ok((call, netns, work))
+    Ok((call, netns, work, queued))
 }
 
 /// The folder CRIU works in (its cwd, where it writes its log and `stats-restore` by name,
@@ -338,7 +341,7 @@ fn check_automatic_binds(
     image_path: &Path,
     rootfs: &Path,
     externals: &[checkpoint::External],
-) -> Result<()> {
+) -> Result<Vec<String>> {
     let folder = PathBuf::from(format!("/proc/self/fd/{}", images.as_raw_fd()));
     let binds_of = |read_only: bool| {
         externals
@@ -367,8 +370,13 @@ fn check_automatic_binds(
         .iter()
         .map(|e| (e.key.clone(), e.source.clone()))
         .collect();
-    match judged.and_then(|binds| binds.check(rootfs, &sources)) {
-        Ok(()) => Ok(()),
+    let checked = judged.and_then(|binds| {
+        binds
+            .check(rootfs, &sources)
+            .map(|()| binds.queued_by_path().to_vec())
+    });
+    match checked {
+        Ok(queued) => Ok(queued),
         Err(refusal) => bail!(
             "--image-path {}: the checkpoint's mount images are refused: {refusal}; feather-oci \
              does not mount that for this config (a checkpoint altered to bind or mount a host \
@@ -557,7 +565,10 @@ fn resume_if_allowed(
     let checked = crate::restored::Outside::here(restoring_mnt)
         .and_then(|outside| crate::restored::check_tree(pid, allowed, &outside, hold))
         // After the processes' check: none is in the host's mount namespace, or CRIU's.
-        .and_then(|()| add_what_the_dump_lacked(hold, &mounts.kernel_paths, &mounts.host_groups))
+        .and_then(|()| {
+            let kernel = (&mounts.kernel_paths, mounts.host_groups.as_slice());
+            add_what_the_dump_lacked(hold, kernel, &mounts.queued)
+        })
         .and_then(|own| mounts.expected(container, own))
         .and_then(|mounts| crate::restored_mounts::check_tree(pid, hold, &mounts))
         .and_then(|()| {
@@ -595,10 +606,12 @@ fn resume_if_allowed(
 /// before and after (the tree is frozen: nothing else mounts there meanwhile), so that the
 /// accounting takes them for the restorer's own (review rest28 N4: a mask given a number the
 /// host freed while CRIU ran was refused as the host's).
+/// A restore that adds either, while a queued message carries a file (`queued`), is refused
+/// ([`feather_migrate::mount_images::refuse_in_flight`]).
 fn add_what_the_dump_lacked(
     hold: &feather_confine::held::Hold,
-    paths: &KernelPaths,
-    host_groups: &[String],
+    (paths, host_groups): (&KernelPaths, &[String]),
+    queued: &[String],
 ) -> Result<Vec<u64>> {
     let mut seen = Vec::new();
     let mut own = Vec::new();
@@ -646,6 +659,16 @@ fn add_what_the_dump_lacked(
         if !writable.is_empty() || !unmasked.is_empty() {
             own.extend(ids()?.into_iter().filter(|id| !before.contains(id)));
         }
+        let covered: Vec<PathBuf> = writable.into_iter().chain(unmasked).collect();
+        feather_migrate::mount_images::refuse_in_flight(queued, &covered)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| {
+                format!(
+                    "restore refused {}: restore a checkpoint taken with every read-only bind \
+                     and mask in place",
+                    in_namespace()
+                )
+            })?;
         seen.push(namespace);
     }
     Ok(own)
@@ -684,6 +707,9 @@ struct Accounted<'a> {
     /// [`add_what_the_dump_lacked`].
     kernel_paths: KernelPaths,
     host_groups: Vec<String>,
+    /// The paths of the files messages queued in the images carry: a restore that adds a
+    /// cover is refused with one ([`feather_migrate::mount_images::refuse_in_flight`]).
+    queued: Vec<String>,
     where_criu_ran: &'a CriuMountTable,
     while_criu_ran: feather_confine::restored_sources::SeenMounts,
 }

@@ -39,6 +39,22 @@ pub fn unique_dir(kind: &str, label: &str) -> PathBuf {
     dir
 }
 
+/// A scratch folder of a test's own ([`unique_dir`]), removed when dropped, also when the test
+/// fails.
+pub struct ScratchDir(pub PathBuf);
+
+impl ScratchDir {
+    pub fn new(label: &str) -> ScratchDir {
+        ScratchDir(unique_dir("scratch", label))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// "major:minor" of a disk of this host (not a loop device).
 pub fn a_disk() -> String {
     std::fs::read_dir("/sys/block")

@@ -378,6 +378,7 @@ fn check_listed_once(vm: &impl Display, groups: &[SavedGroup]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use feather_testkit::ScratchDir;
 
     #[test]
     fn a_v2_groups_controllers_are_written_back_as_enabled() {
@@ -494,32 +495,10 @@ mod tests {
         assert!(!made, "the group was made before its settings were checked");
     }
 
-    /// A fresh folder under the temporary one, removed when dropped.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(what: &str) -> Scratch {
-            let dir = std::env::temp_dir().join(format!(
-                "feather-{what}-{}-{:?}",
-                std::process::id(),
-                std::thread::current().id()
-            ));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).unwrap();
-            Scratch(dir)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
     #[test]
     fn a_group_whose_name_is_not_utf8_is_left_out_and_the_dump_goes_on() {
         use std::os::unix::ffi::OsStrExt;
-        let dir = Scratch::new("odd-name");
+        let dir = ScratchDir::new("odd-name");
         let odd = dir.0.join(std::ffi::OsStr::from_bytes(b"\xff.service"));
         fs::create_dir_all(odd.join("inner")).unwrap();
         fs::create_dir(dir.0.join("a.service")).unwrap();
@@ -536,7 +515,7 @@ mod tests {
 
     #[test]
     fn no_more_groups_are_saved_than_a_restore_makes() {
-        let dir = Scratch::new("many");
+        let dir = ScratchDir::new("many");
         for i in 0..MAX_CGROUPS {
             fs::create_dir(dir.0.join(format!("{i:04}.service"))).unwrap();
         }
@@ -555,7 +534,10 @@ mod tests {
     fn the_deepest_groups_with_the_longest_names_are_saved_and_made_again() {
         use nix::fcntl::{openat, OFlag};
         use nix::sys::stat::{mkdirat, Mode};
-        let (dumped, restored) = (Scratch::new("deepest"), Scratch::new("deepest-restored"));
+        let (dumped, restored) = (
+            ScratchDir::new("deepest"),
+            ScratchDir::new("deepest-restored"),
+        );
         let name = "n".repeat(255);
         // One level more than a VM may make, each made beneath the last (past PATH_MAX).
         let mut dir: std::os::fd::OwnedFd = fs::File::open(&dumped.0).unwrap().into();
@@ -571,7 +553,7 @@ mod tests {
 
     #[test]
     fn more_groups_than_a_vm_may_make_are_refused_before_any_is_made() {
-        let dir = Scratch::new("too-many");
+        let dir = ScratchDir::new("too-many");
         let groups: Vec<SavedGroup> = (0..=MAX_CGROUPS)
             .map(|i| SavedGroup {
                 path: format!("{i}.service").into(),
@@ -585,7 +567,7 @@ mod tests {
 
     #[test]
     fn a_group_deeper_than_a_vm_may_make_is_refused() {
-        let dir = Scratch::new("too-deep");
+        let dir = ScratchDir::new("too-deep");
         let deep: PathBuf = (0..MAX_CGROUP_DEPTH).map(|i| format!("d{i}")).collect();
         let group = SavedGroup {
             path: deep,
@@ -600,7 +582,7 @@ mod tests {
 
     #[test]
     fn a_group_that_cannot_be_made_is_left_out_and_the_restore_goes_on() {
-        let dir = Scratch::new("unmade");
+        let dir = ScratchDir::new("unmade");
         let group = |path: &str, pids: Vec<i32>| SavedGroup {
             path: path.into(),
             pids,
@@ -706,7 +688,7 @@ mod tests {
 
     #[test]
     fn a_process_listed_twice_is_refused_before_any_is_moved() {
-        let dir = Scratch::new("twice");
+        let dir = ScratchDir::new("twice");
         let groups = [
             SavedGroup {
                 path: "a.service".into(),
@@ -729,7 +711,7 @@ mod tests {
 
     #[test]
     fn a_process_not_of_the_restored_vm_is_not_moved() {
-        let dir = Scratch::new("stranger");
+        let dir = ScratchDir::new("stranger");
         let groups = [SavedGroup {
             path: "a.service".into(),
             pids: vec![7, 8],

@@ -944,7 +944,7 @@ pub(crate) fn restore_tree(
         })?;
         crate::restored_creds::check_tree(name, init.pid, &allowed, Some(criu_ran_in), &hold)
     })
-    .and_then(|()| mask_what_the_dump_lacked(vm, &init, &hold))
+    .and_then(|()| cover_what_the_dump_lacked(vm, &init, &hold, binds.queued_by_path()))
     .and_then(|()| {
         let exposed: Vec<PathBuf> = std::iter::once(rootfs.clone())
             .chain(mapping.iter().map(|(_, path)| path.clone()))
@@ -1242,7 +1242,14 @@ fn mount_restored_layer(
 /// namespace is the VM's as much as init's, and a mask left out there would show its
 /// processes the kernel interface (requiring there only what the dump had would). Done while
 /// the VM is frozen.
-fn mask_what_the_dump_lacked(vm: &VmDir, init: &ChildProcess, hold: &Hold) -> Result<()> {
+/// `queued`: the files messages queued in the images carry, which refuse a restore that adds
+/// a cover ([`feather_migrate::mount_images::refuse_in_flight`]).
+fn cover_what_the_dump_lacked(
+    vm: &VmDir,
+    init: &ChildProcess,
+    hold: &Hold,
+    queued: &[String],
+) -> Result<()> {
     let name = vm.name();
     let cannot = |e: std::io::Error| {
         failed(
@@ -1263,13 +1270,22 @@ fn mask_what_the_dump_lacked(vm: &VmDir, init: &ChildProcess, hold: &Hold) -> Re
             continue;
         }
         seen.push(namespace);
-        match pid == init.pid.as_raw() {
-            true => mask_in_namespace_of(vm, pid, &init.pidfd)?,
+        let covered = match pid == init.pid.as_raw() {
+            true => cover_in_namespace_of(vm, pid, &init.pidfd)?,
             false => {
                 let pidfd = process::pidfd_open(Pid::from_raw(pid)).in_vm(name)?;
-                mask_in_namespace_of(vm, pid, &pidfd)?
+                cover_in_namespace_of(vm, pid, &pidfd)?
             }
-        }
+        };
+        feather_migrate::mount_images::refuse_in_flight(queued, &covered).map_err(|why| {
+            failed(
+                name,
+                format!(
+                    "{why}; refusing the restore: start the VM anew, or restore a checkpoint \
+                     taken with every read-only bind and mask in place"
+                ),
+            )
+        })?;
     }
     Ok(())
 }
@@ -1288,8 +1304,12 @@ fn mask_what_the_dump_lacked(vm: &VmDir, init: &ChildProcess, hold: &Hold) -> Re
 /// that lacked such a bind, a kernel path absent at the dump, was refused as writable). What
 /// CRIU opened beneath one before (a descriptor on `/proc/sys/kernel/core_pattern`, a working
 /// folder on `/proc/sys`) keeps the writable mount it was opened on: the check refuses it
-/// (review rest29 H1).
-fn mask_in_namespace_of(vm: &VmDir, pid: i32, pidfd: &std::os::fd::OwnedFd) -> Result<()> {
+/// (review rest29 H1). Returns the places bound or masked.
+fn cover_in_namespace_of(
+    vm: &VmDir,
+    pid: i32,
+    pidfd: &std::os::fd::OwnedFd,
+) -> Result<Vec<PathBuf>> {
     let name = vm.name();
     let ns = format!("/proc/{pid}/ns/mnt");
     let namespace = fs::File::open(&ns).at(&ns).in_vm(name)?;
@@ -1306,6 +1326,10 @@ fn mask_in_namespace_of(vm: &VmDir, pid: i32, pidfd: &std::os::fd::OwnedFd) -> R
         .iter()
         .map(|path| Path::new("/proc").join(path))
         .collect();
+    // No peer group is kept off (`&[]`, for the bind and the masks alike), unlike
+    // feather-oci's `host_groups`: the clone attached at a place propagates to the peers of
+    // the place's mount, and a VM's mounts are never peers of the host's (its root is mounted
+    // private, and the mount check after refuses a peer of a host mount, review restore30 L8).
     let writable = feather_confine::restored_mounts::writable_places(&namespace, &knobs, &[])
         .map_err(|why| cannot_find("bind read-only", why))?;
     if !writable.is_empty() {
@@ -1318,11 +1342,10 @@ fn mask_in_namespace_of(vm: &VmDir, pid: i32, pidfd: &std::os::fd::OwnedFd) -> R
         .collect();
     let missing = feather_confine::restored_mounts::unmasked_places(&namespace, &masked, &[])
         .map_err(|why| cannot_find("mask", why))?;
-    if missing.is_empty() {
-        return Ok(());
+    if !missing.is_empty() {
+        process::mask_in_mount_namespace_of(pidfd, &missing).in_vm(name)?;
     }
-    process::mask_in_mount_namespace_of(pidfd, &missing).in_vm(name)?;
-    Ok(())
+    Ok(writable.into_iter().chain(missing).collect())
 }
 
 /// For tests only: set (to anything) in a keeper's environment, the thaw of its restored VM
