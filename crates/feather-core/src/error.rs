@@ -34,15 +34,14 @@ pub enum Error {
 
     #[error(
         "state root {root}: {folder} {why}; feather acts in a state root as root, and whoever \
-         can change a folder on its way could have root write or read any file through it: \
-         choose a root whose folders only root can change (the default /var/lib/feather, or a \
-         folder beside it), or make {folder} root's and writable by root alone (`chown root: \
-         {folder}; chmod go-w {folder}`)"
+         can change a folder on its way or in it could have root write or read any file \
+         through it: {advice}"
     )]
     UntrustedRoot {
         root: PathBuf,
         folder: PathBuf,
         why: String,
+        advice: String,
     },
 
     #[error("state of VM {vm} is damaged: {path}: {why}")]
