@@ -35,13 +35,16 @@ pub enum Error {
     #[error(
         "state root {root}: {folder} {why}; feather acts in a state root as root, and whoever \
          can change a folder on its way or in it could have root write or read any file \
-         through it: {advice}"
+         through it: {advice}",
+        advice = crate::strict_modes::advice(.root, .folder, *.own)
     )]
     UntrustedRoot {
         root: PathBuf,
         folder: PathBuf,
         why: String,
-        advice: String,
+        /// Whether `folder` is the root's own (or an entry of it), to be made root's; else a
+        /// folder above it, someone else's, left alone.
+        own: bool,
     },
 
     #[error("state of VM {vm} is damaged: {path}: {why}")]

@@ -839,10 +839,12 @@ mod tests {
         assert_eq!(not_default.run_dir(), links.join("other/run"));
     }
 
+    /// What a test does to the root's path, as a local user racing feather would.
+    type Race = Box<dyn Fn(&Path)>;
+
     std::thread_local! {
-        /// What a test does between the root's check and its open, as a local user racing
-        /// feather would.
-        static BETWEEN_CHECK_AND_OPEN: std::cell::RefCell<Option<Box<dyn Fn(&Path)>>> =
+        /// What a test does between the root's check and its open.
+        static BETWEEN_CHECK_AND_OPEN: std::cell::RefCell<Option<Race>> =
             const { std::cell::RefCell::new(None) };
     }
 

@@ -121,13 +121,23 @@ fn check_entries(dir: &Path, lookup: &Lookup) -> Result<()> {
     Ok(())
 }
 
-/// The refusal of `root` for `folder`, with advice that fits: the root's own folder (or an
-/// entry of it) may be made root's, everything in it included; a folder above it is someone
-/// else's (a user's home), so the root goes elsewhere.
+/// The refusal of `root` for `folder`; `own`: the root's own folder or an entry of it.
 fn untrusted_root(root: &Path, folder: &Path, why: String, own: bool) -> Error {
+    Error::UntrustedRoot {
+        root: root.to_path_buf(),
+        folder: folder.to_path_buf(),
+        why,
+        own,
+    }
+}
+
+/// What to do about a refused root, fitting the folder: the root's own (or an entry of it)
+/// may be made root's, everything in it included; a folder above it is someone else's (a
+/// user's home), so the root goes elsewhere.
+pub fn advice(root: &Path, folder: &Path, own: bool) -> String {
     let elsewhere = "choose a root whose folders only root can change (the default \
                      /var/lib/feather, or a folder beside it)";
-    let advice = if own {
+    if own {
         format!(
             "{elsewhere}, or make the root and everything in it root's and writable by root \
              alone (`chown -R root: {r}; chmod -R go-w {r}`)",
@@ -138,12 +148,6 @@ fn untrusted_root(root: &Path, folder: &Path, why: String, own: bool) -> Error {
             "{elsewhere}; {} is not the root's own, leave it as it is",
             folder.display()
         )
-    };
-    Error::UntrustedRoot {
-        root: root.to_path_buf(),
-        folder: folder.to_path_buf(),
-        why,
-        advice,
     }
 }
 
