@@ -131,26 +131,6 @@ fn untrusted_root(root: &Path, folder: &Path, why: String, own: bool) -> Error {
     }
 }
 
-/// What to do about a refused root, fitting the folder: the root's own (or an entry of it)
-/// may be made root's, everything in it included; a folder above it is someone else's (a
-/// user's home), so the root goes elsewhere.
-pub fn advice(root: &Path, folder: &Path, own: bool) -> String {
-    let elsewhere = "choose a root whose folders only root can change (the default \
-                     /var/lib/feather, or a folder beside it)";
-    if own {
-        format!(
-            "{elsewhere}, or make the root and everything in it root's and writable by root \
-             alone (`chown -R root: {r}; chmod -R go-w {r}`)",
-            r = root.display()
-        )
-    } else {
-        format!(
-            "{elsewhere}; {} is not the root's own, leave it as it is",
-            folder.display()
-        )
-    }
-}
-
 /// What makes a folder or link of a root's lookup one a user other than root could change.
 fn untrusted(meta: &std::fs::Metadata, the_root: bool) -> Option<String> {
     let owner = meta.uid();

@@ -80,7 +80,7 @@ pub fn set_idle(root: &StateRoot, idle: Option<Duration>) -> Result<()> {
     };
     make_folders(root)?;
     write_atomic(
-        &pooled::dir(root).join("idle"),
+        &pooled::dir(root).join(pooled::IDLE),
         format!("{seconds}\n").as_bytes(),
         Durability::Durable,
     )?;

@@ -57,6 +57,9 @@ pub fn kept_by_a_fill(key: &str) -> bool {
 /// The size setting's file, in the pool's folder.
 pub const SIZE: &str = "size";
 
+/// The pool's idle setting, in its folder ([`crate::pool::set_idle`]).
+pub const IDLE: &str = "idle";
+
 /// The pool's size where the root sets none: on by default, so that `run --rm` as the README
 /// shows it is fast (issue 15); one VM, which its keeper ends after [`DEFAULT_IDLE`].
 pub const DEFAULT_SIZE: usize = 1;
@@ -96,7 +99,7 @@ pub const DEFAULT_IDLE: Duration = Duration::from_secs(10 * 60);
 /// How long a pooled VM waits unclaimed before its keeper removes it; `None`: for ever.
 pub fn idle(root: &StateRoot) -> Option<Duration> {
     let seconds =
-        read_small(&dir(root).join("idle")).and_then(|text| text.trim().parse::<u64>().ok());
+        read_small(&dir(root).join(IDLE)).and_then(|text| text.trim().parse::<u64>().ok());
     match seconds {
         None => Some(DEFAULT_IDLE),
         Some(0) => None,
@@ -539,8 +542,27 @@ fn fence_aside(root: &StateRoot) -> PathBuf {
         .join(format!(".pool-fence-{}", std::process::id()))
 }
 
+/// Runs a fill ([`filler_command`]) and waits for it: `feather pool --size`.
+pub fn run_filler(root: &StateRoot) -> crate::error::Result<()> {
+    let name = root.dir().display();
+    let mut command = filler_command(root, generation(root)).ok_or_else(|| {
+        crate::error::failed(&name, "cannot find the feather program to fill the pool")
+    })?;
+    let status = command
+        .stderr(std::process::Stdio::inherit())
+        .status()
+        .map_err(crate::error::io(&name, "starting the pool's fill"))?;
+    if !status.success() {
+        return Err(crate::error::failed(
+            &name,
+            format!("the pool's fill failed ({status}); `feather pool` shows what it made"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
-mod fence_tests {
+mod tests {
     use super::*;
 
     /// `network down` in a root without a pool: while its network goes, a fill's starter reads
@@ -566,23 +588,4 @@ mod fence_tests {
         assert_ne!(generation, 0);
         assert!(names.is_empty(), "left in the root: {names:?}");
     }
-}
-
-/// Runs a fill ([`filler_command`]) and waits for it: `feather pool --size`.
-pub fn run_filler(root: &StateRoot) -> crate::error::Result<()> {
-    let name = root.dir().display();
-    let mut command = filler_command(root, generation(root)).ok_or_else(|| {
-        crate::error::failed(&name, "cannot find the feather program to fill the pool")
-    })?;
-    let status = command
-        .stderr(std::process::Stdio::inherit())
-        .status()
-        .map_err(crate::error::io(&name, "starting the pool's fill"))?;
-    if !status.success() {
-        return Err(crate::error::failed(
-            &name,
-            format!("the pool's fill failed ({status}); `feather pool` shows what it made"),
-        ));
-    }
-    Ok(())
 }
