@@ -34,15 +34,17 @@ pub enum Error {
 
     #[error(
         "state root {root}: {folder} {why}; feather acts in a state root as root, and whoever \
-         can change a folder on its way could have root write or read any file through it: \
-         choose a root whose folders only root can change (the default /var/lib/feather, or a \
-         folder beside it), or make {folder} root's and writable by root alone (`chown root: \
-         {folder}; chmod go-w {folder}`)"
+         can change a folder on its way or in it could have root write or read any file \
+         through it: {advice}",
+        advice = untrusted_root_advice(.root, .folder, *.own)
     )]
     UntrustedRoot {
         root: PathBuf,
         folder: PathBuf,
         why: String,
+        /// Whether `folder` is the root's own (or an entry of it), to be made root's; else a
+        /// folder above it, someone else's, left alone.
+        own: bool,
     },
 
     #[error("state of VM {vm} is damaged: {path}: {why}")]
@@ -94,6 +96,26 @@ impl<T> IoContext<T> for std::io::Result<T> {
             path: path.into(),
             source,
         })
+    }
+}
+
+/// What to do about a refused root, fitting the folder: the root's own (or an entry of it)
+/// may be made root's, everything in it included; a folder above it is someone else's (a
+/// user's home), so the root goes elsewhere.
+fn untrusted_root_advice(root: &std::path::Path, folder: &std::path::Path, own: bool) -> String {
+    let elsewhere = "choose a root whose folders only root can change (the default \
+                     /var/lib/feather, or a folder beside it)";
+    if own {
+        format!(
+            "{elsewhere}, or make the root and everything in it root's and writable by root \
+             alone (`chown -R root: {r}; chmod -R go-w {r}`)",
+            r = root.display()
+        )
+    } else {
+        format!(
+            "{elsewhere}; {} is not the root's own, leave it as it is",
+            folder.display()
+        )
     }
 }
 

@@ -34,15 +34,16 @@ pub fn open(path: &Path) -> io::Result<File> {
         .map_err(|e| match e.raw_os_error() {
             Some(libc::ELOOP) => refused(
                 ErrorKind::InvalidInput,
-                "is a symbolic link, which feather does not follow here: put the file itself in \
-                 its place",
+                "is a symbolic link, which feather does not follow here: it reads only a plain \
+                 file at this path",
             ),
             _ => e,
         })?;
     if !file.metadata()?.is_file() {
         return Err(refused(
             ErrorKind::InvalidInput,
-            "is not a plain file (a FIFO, a device or a folder): put a plain file in its place",
+            "is not a plain file (a FIFO, a device or a folder): feather reads only a plain file \
+             here",
         ));
     }
     Ok(file)

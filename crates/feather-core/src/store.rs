@@ -220,24 +220,28 @@ impl StateRoot {
     /// Refused, before anything is made or changed in it, when a user other than root could
     /// change a folder on its way ([`crate::strict_modes`]).
     pub fn prepare_dir(&self) -> Result<()> {
-        self.check_folders()?;
-        // Opened first, made only if missing (a root's first command): a folder made here is
-        // 0700 already, and an existing one is not asked to be made again (mkdir's EEXIST and
-        // the look that follows it, at every command).
-        if !make_private(&self.dir, Follow::Yes)? {
-            make_private_dir(&self.dir)?;
-            // Looked at again as made: a part of it someone else made first (in the sticky
-            // /tmp) is theirs, and mkdir took it as it was.
-            self.check_folders()?;
+        // Made, where missing, one folder at a time in the folders the check went through,
+        // each looked at once made (a part of it someone else made first in the sticky /tmp is
+        // theirs); an existing root is not asked to be made again (mkdir's EEXIST and the look
+        // that follows it, at every command).
+        let made = crate::strict_modes::made_state_root(&self.dir)?;
+        #[cfg(test)]
+        tests::between_check_and_open(&self.dir);
+        // Opened once by path, as every later step finds it: it must be the folder the check
+        // ended in, not one put in its place since (a rename in a sticky folder above it).
+        let opened = open_folder(&self.dir, Follow::Yes)?;
+        crate::strict_modes::same_root(&self.dir, &made, opened.as_ref())?;
+        if let Some(opened) = opened {
+            tighten(&opened, &self.dir)?;
         }
         Ok(())
     }
 
-    /// Whether only root can change the folders the root's folder is found through (see
-    /// [`crate::strict_modes`]): for a command that acts on a root it does not prepare (a
-    /// pool's fill).
+    /// Whether only root can change the folders the root's folder is found through, and the
+    /// entries feather makes in it (see [`crate::strict_modes`]): for a command that acts on
+    /// a root it does not prepare (a pool's fill).
     pub fn check_folders(&self) -> Result<()> {
-        crate::strict_modes::check_state_root(&self.dir)
+        crate::strict_modes::check_state_root(&self.dir).map(drop)
     }
 
     /// Makes the VM's run folder (and the root's) exist, 0700, before its keeper puts its
@@ -734,22 +738,35 @@ enum Follow {
 /// Takes group and other permissions off an existing folder, acting on the opened folder, and
 /// says whether it exists. A missing one is fine; a link where feather made a folder is refused.
 fn make_private(dir: &Path, follow: Follow) -> Result<bool> {
+    let Some(opened) = open_folder(dir, follow)? else {
+        return Ok(false);
+    };
+    tighten(&opened, dir)?;
+    Ok(true)
+}
+
+/// The folder `dir`, opened (None when missing).
+fn open_folder(dir: &Path, follow: Follow) -> Result<Option<File>> {
     let mut flags = libc::O_DIRECTORY | libc::O_CLOEXEC;
     if follow == Follow::No {
         flags |= libc::O_NOFOLLOW;
     }
-    let opened = match OpenOptions::new().read(true).custom_flags(flags).open(dir) {
-        Ok(file) => file,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e).at(dir),
-    };
+    match OpenOptions::new().read(true).custom_flags(flags).open(dir) {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).at(dir),
+    }
+}
+
+/// Takes group and other permissions off the opened folder `dir`.
+fn tighten(opened: &File, dir: &Path) -> Result<()> {
     let mode = opened.metadata().at(dir)?.mode();
     if mode & 0o077 != 0 {
         opened
             .set_permissions(fs::Permissions::from_mode(PRIVATE))
             .at(dir)?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// The boot id recorded when `/proc/sys/kernel/random/boot_id` cannot be read: a record made
@@ -820,6 +837,67 @@ mod tests {
             assert_eq!(root.run_dir(), Path::new(DEFAULT_RUN_DIR), "{dir:?}");
         }
         assert_eq!(not_default.run_dir(), links.join("other/run"));
+    }
+
+    /// What a test does to the root's path, as a local user racing feather would.
+    type Race = Box<dyn Fn(&Path)>;
+
+    std::thread_local! {
+        /// What a test does between the root's check and its open.
+        static BETWEEN_CHECK_AND_OPEN: std::cell::RefCell<Option<Race>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    pub(super) fn between_check_and_open(dir: &Path) {
+        BETWEEN_CHECK_AND_OPEN.with(|hook| {
+            if let Some(hook) = hook.borrow().as_ref() {
+                hook(dir)
+            }
+        });
+    }
+
+    /// A folder as `/tmp` is (root's, 1777), removed on drop.
+    struct Sticky(PathBuf);
+
+    impl Drop for Sticky {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// `sudo feather --root /tmp/vms` where `/tmp/vms` is not made yet: a user who renames a
+    /// folder of theirs to `vms` after the check and before feather opens it (a rename in a
+    /// sticky folder is theirs to make) has it refused, left as it was (not made 0700 by root,
+    /// nothing made in it), root's own folder not used.
+    #[test]
+    fn a_root_a_user_puts_in_place_between_its_check_and_its_open_is_refused_untouched() {
+        let sticky = Sticky(std::env::temp_dir().join(format!("feather-sticky-{}", rand_suffix())));
+        fs::create_dir(&sticky.0).unwrap();
+        fs::set_permissions(&sticky.0, fs::Permissions::from_mode(0o1777)).unwrap();
+        let users = sticky.0.join("mine");
+        fs::create_dir(&users).unwrap();
+        fs::set_permissions(&users, fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::lchown(&users, Some(65534), Some(65534)).unwrap();
+        let root = StateRoot::new(Some(sticky.0.join("vms")));
+        let (from, aside) = (users.clone(), sticky.0.join("roots-own"));
+        BETWEEN_CHECK_AND_OPEN.with(|hook| {
+            *hook.borrow_mut() = Some(Box::new(move |dir: &Path| {
+                let _ = fs::rename(dir, &aside);
+                fs::rename(&from, dir).unwrap();
+            }))
+        });
+        let refused = root.prepare_dir();
+        BETWEEN_CHECK_AND_OPEN.with(|hook| hook.borrow_mut().take());
+        match refused {
+            Err(Error::UntrustedRoot { folder, why, .. }) => {
+                assert_eq!(folder, sticky.0);
+                assert!(why.contains("replaced"), "{why}");
+            }
+            other => panic!("a root a user put in place was taken: {other:?}"),
+        }
+        let theirs = fs::metadata(root.dir()).unwrap();
+        assert_eq!((theirs.uid(), theirs.mode() & 0o7777), (65534, 0o755));
+        assert_eq!(fs::read_dir(root.dir()).unwrap().count(), 0);
     }
 
     fn scratch() -> StateRoot {

@@ -7,8 +7,11 @@
 //! lookup goes through ([`feather_sys::lookup`]), links included, never by a path looked up
 //! again.
 
+use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Component, Path};
+
+use feather_sys::lookup::Lookup;
 
 use crate::error::{Error, IoContext, Result};
 
@@ -18,25 +21,114 @@ const WRITABLE_BY_OTHERS: u32 = 0o022;
 /// Entries of a folder with it may be renamed or removed only by their owner (`/tmp`).
 const STICKY: u32 = 0o1000;
 
+/// What feather makes in a state root and then acts on by path, as root: each must be root's
+/// as the root's folder is, or its owner could swap what is in it.
+const ROOTS_OWN: [&str; 6] = [
+    "vms",
+    "run",
+    "pool",
+    "policy.d",
+    "network-leases",
+    "network.toml",
+];
+
+/// As many folders as [`made_state_root`] makes, or finds made by someone else, for one root.
+const MAX_MADE: usize = 256;
+
 /// Refuses the state root `dir` unless every folder and link its lookup goes through is
 /// owned by root (or this process's user) and no one else can write to it (the sticky `/tmp`
 /// aside: no one can move what root made in it), the root's own folder not even with the
-/// sticky bit (its names are feather's). A part not made yet is fine: whoever makes it (root,
-/// next) is looked at again once it is made.
-pub fn check_state_root(dir: &Path) -> Result<()> {
+/// sticky bit (its names are feather's), nor any of its entries feather makes ([`ROOTS_OWN`]).
+/// A part not made yet is fine here; [`made_state_root`] makes it and looks again. The
+/// lookup is handed back, the folder it ended in pinned.
+pub fn check_state_root(dir: &Path) -> Result<Lookup> {
     let lookup = feather_sys::lookup::walk(dir).at(dir)?;
-    let last = lookup.steps.len() - 1;
-    for (place, step) in lookup.steps.iter().enumerate() {
-        let the_root = place == last && lookup.missing.is_none();
-        if let Some(why) = untrusted(&step.meta, the_root) {
-            return Err(Error::UntrustedRoot {
-                root: dir.to_path_buf(),
-                folder: step.path.clone(),
-                why,
+    for step in &lookup.steps {
+        if let Some(why) = untrusted(&step.meta, false) {
+            return Err(untrusted_root(dir, &step.path, why, false));
+        }
+    }
+    if lookup.missing.is_none() {
+        // The folder the walk ended in, not the last name it went through: `x/..` is `x`'s
+        // folder above.
+        let end = &lookup.end.step;
+        if let Some(why) = untrusted(&end.meta, true) {
+            return Err(untrusted_root(dir, &end.path, why, true));
+        }
+        check_entries(dir, &lookup)?;
+    }
+    Ok(lookup)
+}
+
+/// [`check_state_root`], with the missing part of the root made one folder at a time (0700)
+/// in the folder the walk pinned, each walked and looked at again once made: a folder or
+/// link someone else put there first is judged as any other, never followed by mkdir.
+pub fn made_state_root(dir: &Path) -> Result<Lookup> {
+    for _ in 0..MAX_MADE {
+        let lookup = check_state_root(dir)?;
+        let Some(missing) = &lookup.missing else {
+            return Ok(lookup);
+        };
+        let Some(Component::Normal(name)) = missing.components().next() else {
+            return Err(Error::Io {
+                path: dir.to_path_buf(),
+                source: ErrorKind::InvalidInput.into(),
             });
+        };
+        let name = Path::new(name);
+        match feather_sys::lookup::make_folder(&lookup.end.pinned, name, 0o700) {
+            Err(e) if e.kind() != ErrorKind::AlreadyExists => {
+                return Err(e).at(lookup.end.step.path.join(name));
+            }
+            _ => {}
+        }
+    }
+    Err(Error::Io {
+        path: dir.to_path_buf(),
+        source: std::io::Error::other(format!("more than {MAX_MADE} folders to make")),
+    })
+}
+
+/// Refuses the root's folder `opened` by path unless it is the one the check ended in
+/// (`checked`, by device and inode): another put in its place since, or none at all, was
+/// renamed there by someone who can rename in a folder above it.
+pub fn same_root(dir: &Path, checked: &Lookup, opened: Option<&std::fs::File>) -> Result<()> {
+    let end = &checked.end.step;
+    let opened = opened.map(|file| file.metadata().at(dir)).transpose()?;
+    if opened.is_some_and(|meta| meta.dev() == end.meta.dev() && meta.ino() == end.meta.ino()) {
+        return Ok(());
+    }
+    let above = end.path.parent().unwrap_or(Path::new("/"));
+    let why = format!(
+        "let {} be replaced while feather looked at it",
+        end.path.display()
+    );
+    Err(untrusted_root(dir, above, why, false))
+}
+
+/// Refuses an entry of the root feather makes ([`ROOTS_OWN`]) that is not root's, or that
+/// others may write to: looked at in the pinned root folder, a link not followed.
+fn check_entries(dir: &Path, lookup: &Lookup) -> Result<()> {
+    let root = &lookup.end;
+    for name in ROOTS_OWN {
+        let entry = root.step.path.join(name);
+        let meta = feather_sys::lookup::look_at(&root.pinned, Path::new(name)).at(&entry)?;
+        let Some(meta) = meta else { continue };
+        if let Some(why) = untrusted(&meta, true) {
+            return Err(untrusted_root(dir, &entry, why, true));
         }
     }
     Ok(())
+}
+
+/// The refusal of `root` for `folder`; `own`: the root's own folder or an entry of it.
+fn untrusted_root(root: &Path, folder: &Path, why: String, own: bool) -> Error {
+    Error::UntrustedRoot {
+        root: root.to_path_buf(),
+        folder: folder.to_path_buf(),
+        why,
+        own,
+    }
 }
 
 /// What makes a folder or link of a root's lookup one a user other than root could change.
@@ -169,15 +261,67 @@ mod tests {
         // The root's own folder a user's.
         std::os::unix::fs::lchown(&root, Some(65534), None).unwrap();
         assert_eq!(refusal(&root).0, root);
-        // A link of a user's in the sticky /tmp: the user may replace it.
+        // A link of a user's in a sticky folder: the user may replace it.
         std::os::unix::fs::lchown(&root, Some(0), None).unwrap();
-        let in_tmp =
-            std::env::temp_dir().join(format!("feather-strict-link-{}", std::process::id()));
-        let _ = fs::remove_file(&in_tmp);
-        std::os::unix::fs::symlink(&root, &in_tmp).unwrap();
-        std::os::unix::fs::lchown(&in_tmp, Some(65534), None).unwrap();
-        let refused = refusal(&in_tmp);
-        fs::remove_file(&in_tmp).unwrap();
-        assert_eq!(refused.0, in_tmp);
+        let sticky = Scratch::new("sticky");
+        set_mode(&sticky.0, 0o1777);
+        let in_sticky = sticky.0.join("link");
+        std::os::unix::fs::symlink(&root, &in_sticky).unwrap();
+        std::os::unix::fs::lchown(&in_sticky, Some(65534), None).unwrap();
+        assert_eq!(refusal(&in_sticky).0, in_sticky);
+    }
+
+    /// `x/..` is the folder above `x`, and that one is judged as the root's own: a sticky
+    /// `/tmp` is fine on the way, never as a root.
+    #[test]
+    fn a_root_ending_in_dot_dot_is_judged_as_the_folder_it_reaches() {
+        let scratch = Scratch::new("up");
+        let below = scratch.0.join("below");
+        fs::create_dir(&below).unwrap();
+        set_mode(&scratch.0, 0o1777);
+        let (folder, why) = refusal(&below.join(".."));
+        assert_eq!(folder, scratch.0);
+        assert!(why.contains("1777"), "{why}");
+        set_mode(&scratch.0, 0o755);
+        check_state_root(&below.join("..")).unwrap();
+    }
+
+    /// What feather makes in a root and acts on there by path must be root's too: a user's
+    /// `pool/` in a root only root changes is refused, and the advice is to take back the
+    /// whole root (`chown -R`), not the root's folder alone.
+    #[test]
+    fn an_entry_of_the_root_a_user_owns_or_others_may_write_is_refused() {
+        let scratch = Scratch::new("entries");
+        let pool = scratch.0.join("pool");
+        fs::create_dir(&pool).unwrap();
+        check_state_root(&scratch.0).unwrap();
+        std::os::unix::fs::lchown(&pool, Some(65534), None).unwrap();
+        let refused = check_state_root(&scratch.0).unwrap_err().to_string();
+        assert!(
+            refused.contains(&format!("{} is owned by uid 65534", pool.display())),
+            "{refused}"
+        );
+        assert!(
+            refused.contains(&format!("chown -R root: {}", scratch.0.display())),
+            "{refused}"
+        );
+        std::os::unix::fs::lchown(&pool, Some(0), None).unwrap();
+        let settings = scratch.0.join("network.toml");
+        fs::write(&settings, "").unwrap();
+        set_mode(&settings, 0o666);
+        assert_eq!(refusal(&scratch.0).0, settings);
+    }
+
+    /// A folder above the root that is not root's (a user's home) is not the admin's to
+    /// take: the advice is a root elsewhere, never to chown it.
+    #[test]
+    fn a_folder_above_the_root_is_never_advised_to_be_chowned() {
+        let scratch = Scratch::new("home");
+        let home = scratch.0.join("alice");
+        fs::create_dir(&home).unwrap();
+        std::os::unix::fs::lchown(&home, Some(65534), None).unwrap();
+        let refused = check_state_root(&home.join("vms")).unwrap_err().to_string();
+        assert!(refused.contains("choose a root"), "{refused}");
+        assert!(!refused.contains("chown"), "{refused}");
     }
 }

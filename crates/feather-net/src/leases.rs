@@ -21,10 +21,10 @@ fn leases_dir(network: &RootNetwork) -> PathBuf {
     network.root().join(LEASES)
 }
 
-/// Every lease of the root: its address and its holder.
 /// The most a lease holds: the id of the VM that holds it.
 const MAX_LEASE: u64 = 256;
 
+/// Every lease of the root: its address and its holder.
 pub(crate) fn held(network: &RootNetwork) -> Result<Vec<(Ipv4Addr, String)>> {
     let dir = leases_dir(network);
     let entries = match fs::read_dir(&dir) {

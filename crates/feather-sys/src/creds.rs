@@ -54,7 +54,8 @@ fn parse_groups(status: &str) -> Vec<Gid> {
 }
 
 /// This process's effective uid: whom its files are made for, besides root the one owner a
-/// folder it trusts may have ([`crate::lookup`]).
+/// folder it trusts may have (a state root's, as `feather_core::strict_modes` judges them on
+/// [`crate::lookup`]'s walk).
 pub fn effective_uid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }

@@ -27,11 +27,33 @@ pub struct Step {
 }
 
 /// Every folder and link a lookup went through, `/` first, and the path's missing part if it
-/// stopped short (a folder not made yet): `<last step>/<missing>`.
+/// stopped short (a folder not made yet): `<end>/<missing>`.
 #[derive(Debug)]
 pub struct Lookup {
     pub steps: Vec<Step>,
     pub missing: Option<PathBuf>,
+    /// Where the walk ended, on the descriptor it went through: the path's own folder (or
+    /// what its last name is) when nothing is missing, the folder its missing part would be
+    /// made in otherwise. Not always the last step: a path may end in `..`.
+    pub end: End,
+}
+
+/// The folder a walk ended in, pinned (`O_PATH`): what a caller makes or opens next is
+/// relative to it, never found again by path.
+#[derive(Debug)]
+pub struct End {
+    pub step: Step,
+    pub pinned: File,
+}
+
+impl End {
+    fn of(pinned: File, path: PathBuf) -> io::Result<Self> {
+        let meta = pinned.metadata()?;
+        Ok(End {
+            step: Step { path, meta },
+            pinned,
+        })
+    }
 }
 
 /// Walks the absolute `path` from `/`, one name at a time ([module doc](self)). `..` goes
@@ -74,9 +96,11 @@ pub fn walk(path: &Path) -> io::Result<Lookup> {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 let rest = std::iter::once(Name::Plain(name)).chain(names);
                 let rest: PathBuf = rest.map(|name| name.into_os_string()).collect();
+                let (folder, at) = trail.pop().expect("/ stays on the trail");
                 return Ok(Lookup {
                     steps,
                     missing: Some(rest),
+                    end: End::of(folder, at)?,
                 });
             }
             Err(e) => return Err(e),
@@ -98,15 +122,40 @@ pub fn walk(path: &Path) -> io::Result<Lookup> {
             }
             continue;
         }
-        if !meta.is_dir() && !names.is_empty() {
-            return Err(Errno::ENOTDIR.into());
+        if !meta.is_dir() {
+            if !names.is_empty() {
+                return Err(Errno::ENOTDIR.into());
+            }
+            return Ok(Lookup {
+                steps,
+                missing: None,
+                end: End::of(opened, shown)?,
+            });
         }
         trail.push((opened, shown));
     }
+    let (folder, at) = trail.pop().expect("/ stays on the trail");
     Ok(Lookup {
         steps,
         missing: None,
+        end: End::of(folder, at)?,
     })
+}
+
+/// Makes the folder `name` (one name, mode `mode` less the umask) in the pinned `folder`:
+/// never through a link in its place (mkdir does not follow one; it is `EEXIST`).
+pub fn make_folder(folder: &File, name: &Path, mode: u32) -> io::Result<()> {
+    nix::sys::stat::mkdirat(folder.as_fd(), name, Mode::from_bits_truncate(mode))?;
+    Ok(())
+}
+
+/// What `name` in the pinned `folder` is, a link not followed; None when there is none.
+pub fn look_at(folder: &File, name: &Path) -> io::Result<Option<Metadata>> {
+    match open_path(Some(folder), name) {
+        Ok(opened) => opened.metadata().map(Some),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// A name of a path, owned: a link's target joins the names still to walk.

@@ -17,7 +17,8 @@
 pub mod criu_image;
 pub mod protobuf;
 
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -33,9 +34,10 @@ static MADE: AtomicUsize = AtomicUsize::new(0);
 /// pid); the caller removes it.
 pub fn unique_dir(kind: &str, label: &str) -> PathBuf {
     let n = MADE.fetch_add(1, Ordering::SeqCst);
-    let dir = PathBuf::from(TESTS_DIR).join(format!("{kind}-{label}-{}-{n}", std::process::id()));
+    let dir = tests_dir().join(format!("{kind}-{label}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    set_mode(&dir, 0o755);
     dir
 }
 
@@ -53,6 +55,36 @@ impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// [`TESTS_DIR`], made root's and 0755 whatever the umask: a test's state root lies in it, and
+/// feather refuses a root under a folder others could change. One a user made (a run not as
+/// root) fails every test at once, saying what to do.
+fn tests_dir() -> &'static Path {
+    static READY: std::sync::Once = std::sync::Once::new();
+    let dir = Path::new(TESTS_DIR);
+    READY.call_once(|| {
+        match std::fs::create_dir(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                panic!("{TESTS_DIR}: {e}")
+            }
+            _ => {}
+        }
+        let meta = std::fs::symlink_metadata(dir).unwrap();
+        assert!(
+            meta.is_dir() && meta.uid() == 0,
+            "{TESTS_DIR} is not a folder of root's (uid {}): state roots in it would be \
+             refused; remove it (`sudo rm -rf {TESTS_DIR}`) and run the tests as root",
+            meta.uid()
+        );
+        set_mode(dir, 0o755);
+    });
+    dir
+}
+
+fn set_mode(dir: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 /// "major:minor" of a disk of this host (not a loop device).

@@ -63,7 +63,7 @@ pub fn set_size(root: &StateRoot, size: usize) -> Result<()> {
         ));
     }
     make_folders(root)?;
-    let file = pooled::dir(root).join("size");
+    let file = pooled::dir(root).join(pooled::SIZE);
     write_atomic(&file, format!("{size}\n").as_bytes(), Durability::Durable)?;
     pooled::forget_stale_misses(root);
     Ok(())
@@ -80,7 +80,7 @@ pub fn set_idle(root: &StateRoot, idle: Option<Duration>) -> Result<()> {
     };
     make_folders(root)?;
     write_atomic(
-        &pooled::dir(root).join("idle"),
+        &pooled::dir(root).join(pooled::IDLE),
         format!("{seconds}\n").as_bytes(),
         Durability::Durable,
     )?;
@@ -739,18 +739,27 @@ fn emptied(root: &StateRoot) -> Result<Drained> {
 /// once the size reads 0: it makes nothing more, and one started later makes nothing, until
 /// `meanwhile` is over; one started before but at work only after makes nothing either (the
 /// pool's next [`pooled::generation`]). A root without a pool's folder has no pooled VM and
-/// no fill to come (a fill's starter makes the folder before it reads the generation:
-/// [`pooled::start_filler`]): nothing is made in it. The settings are reached through the
-/// pool's opened folder, never through a link in its place. How many pooled VMs there were
-/// (0: none), what the drain left, and what `meanwhile` gave.
+/// no fill started before (a fill's starter makes the folder before it reads the generation:
+/// [`pooled::start_filler`]); it gets a folder with the size 0 while `meanwhile` runs, so that
+/// a fill started then makes nothing, and none after ([`pooled::fence`]). The size and
+/// generation are written through the pool's opened folder; the drain that follows reaches
+/// the rest of the pool by path (its settings, `vms/`, `claimed/`, `fill.lock`), in a root
+/// whose folders and entries only root can change ([`feather_core::strict_modes`]). How many
+/// pooled VMs there were (0: none), what the drain left, and what `meanwhile` gave.
 pub fn emptied_while<T>(
     root: &StateRoot,
     meanwhile: impl FnOnce() -> T,
 ) -> Result<(usize, Drained, T)> {
     let folder = match pooled::open_dir(root) {
         Ok(folder) => folder,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && pooled::fence(root)? => {
+            let given = meanwhile();
+            pooled::lift_fence(root);
+            return Ok((0, Drained::default(), given));
+        }
+        // Made meanwhile by a fill's starter: emptied as any pool.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok((0, Drained::default(), meanwhile()))
+            pooled::open_dir(root).at(pooled::dir(root))?
         }
         Err(e) => return Err(e).at(pooled::dir(root))?,
     };

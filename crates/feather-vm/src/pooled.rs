@@ -57,6 +57,9 @@ pub fn kept_by_a_fill(key: &str) -> bool {
 /// The size setting's file, in the pool's folder.
 pub const SIZE: &str = "size";
 
+/// The pool's idle setting, in its folder ([`crate::pool::set_idle`]).
+pub const IDLE: &str = "idle";
+
 /// The pool's size where the root sets none: on by default, so that `run --rm` as the README
 /// shows it is fast (issue 15); one VM, which its keeper ends after [`DEFAULT_IDLE`].
 pub const DEFAULT_SIZE: usize = 1;
@@ -96,7 +99,7 @@ pub const DEFAULT_IDLE: Duration = Duration::from_secs(10 * 60);
 /// How long a pooled VM waits unclaimed before its keeper removes it; `None`: for ever.
 pub fn idle(root: &StateRoot) -> Option<Duration> {
     let seconds =
-        read_small(&dir(root).join("idle")).and_then(|text| text.trim().parse::<u64>().ok());
+        read_small(&dir(root).join(IDLE)).and_then(|text| text.trim().parse::<u64>().ok());
     match seconds {
         None => Some(DEFAULT_IDLE),
         Some(0) => None,
@@ -379,8 +382,9 @@ fn filler_command(root: &StateRoot, generation: u64) -> Option<std::process::Com
 /// ([`STALE_MISSES_TO_STOP`]). Whether it started one.
 pub fn start_filler(root: &StateRoot) -> bool {
     // The pool's folder before the generation is read (made if missing, never the root's own
-    // folder): `network down` takes a root without one for a root no fill is coming to, and
-    // raises no generation there ([`crate::pool::emptied_while`]).
+    // folder): `network down` takes a root without one for a root no fill started before is
+    // coming to, and fences it with the size 0 only while its network goes
+    // ([`crate::pool::emptied_while`], [`fence`]).
     match std::fs::create_dir(dir(root)) {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return false,
         _ => {}
@@ -485,6 +489,62 @@ pub fn next_generation(
     )
 }
 
+/// Puts a pool's folder in place where there is none, whole (made aside, then renamed, never
+/// replacing one), holding the size 0 and a generation past the absent one's: a fill a run
+/// starts meanwhile (its starter makes the folder if missing, then reads the generation and
+/// the size) makes nothing, in a root whose network is going (`network down`,
+/// [`crate::pool::emptied_while`]). False when a folder appeared first: a starter made it, and
+/// the pool is emptied as any other.
+pub fn fence(root: &StateRoot) -> feather_core::error::Result<bool> {
+    use feather_core::atomic::{write_atomic, Durability};
+    use feather_core::error::IoContext;
+    let staged = fence_aside(root);
+    // Left by a `network down` killed with this pid: nothing of anyone's.
+    let _ = std::fs::remove_dir_all(&staged);
+    std::fs::create_dir(&staged).at(&staged)?;
+    write_atomic(&staged.join(SIZE), b"0\n", Durability::Volatile)?;
+    write_count(&staged.join(GENERATION), 1)?;
+    let placed = nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        &staged,
+        nix::fcntl::AT_FDCWD,
+        &dir(root),
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    );
+    if placed.is_err() {
+        let _ = std::fs::remove_dir_all(&staged);
+    }
+    match placed {
+        Ok(()) => Ok(true),
+        Err(nix::errno::Errno::EEXIST) => Ok(false),
+        Err(e) => Err(std::io::Error::from(e)).at(dir(root)),
+    }
+}
+
+/// Takes the [`fence`] away once the network is down: the whole folder where nothing else came
+/// into it (renamed aside first, so that a starter then finds none and makes its own), else
+/// only the size (absent, as it was), the generation kept (a fill started meanwhile is over).
+pub fn lift_fence(root: &StateRoot) {
+    let folder = dir(root);
+    let only_the_fence = std::fs::read_dir(&folder).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .all(|entry| [SIZE, GENERATION].contains(&&*entry.file_name().to_string_lossy()))
+    });
+    let aside = fence_aside(root);
+    if only_the_fence && std::fs::rename(&folder, &aside).is_ok() {
+        let _ = std::fs::remove_dir_all(&aside);
+        return;
+    }
+    let _ = std::fs::remove_file(folder.join(SIZE));
+}
+
+/// Where a [`fence`] is made, and put when lifted: a name of this process's in the root.
+fn fence_aside(root: &StateRoot) -> PathBuf {
+    root.dir()
+        .join(format!(".pool-fence-{}", std::process::id()))
+}
+
 /// Runs a fill ([`filler_command`]) and waits for it: `feather pool --size`.
 pub fn run_filler(root: &StateRoot) -> crate::error::Result<()> {
     let name = root.dir().display();
@@ -502,4 +562,33 @@ pub fn run_filler(root: &StateRoot) -> crate::error::Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `network down` in a root without a pool: while its network goes, a fill's starter reads
+    /// the size 0 and a generation no earlier fill was told (so a run's refill makes nothing);
+    /// once it is down, the root has no pool's folder again, and nothing of the fence is left.
+    #[test]
+    fn a_root_without_a_pool_is_fenced_while_its_network_goes_and_left_without_one() {
+        let dir = std::env::temp_dir().join(format!(
+            "feather-fence-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir(&dir).unwrap();
+        let root = StateRoot::new(Some(dir.clone()));
+        let seen = crate::pool::emptied_while(&root, || (size(&root), generation(&root)));
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        let _ = std::fs::remove_dir_all(&dir);
+        let (pooled, _, (size, generation)) = seen.unwrap();
+        assert_eq!((pooled, size), (0, 0));
+        assert_ne!(generation, 0);
+        assert!(names.is_empty(), "left in the root: {names:?}");
+    }
 }
