@@ -100,15 +100,20 @@ impl<T> IoContext<T> for std::io::Result<T> {
 }
 
 /// What to do about a refused root, fitting the folder: the root's own (or an entry of it)
-/// may be made root's, everything in it included; a folder above it is someone else's (a
+/// may be made root's, that folder alone — never recursively: a root holds its VMs' layers,
+/// whose files keep the VMs' owners and modes (a database's, a `/tmp` at 1777, setuid
+/// programs), which a `chown -R` would wreck for good; a folder above it is someone else's (a
 /// user's home), so the root goes elsewhere.
 fn untrusted_root_advice(root: &std::path::Path, folder: &std::path::Path, own: bool) -> String {
     let elsewhere = "choose a root whose folders only root can change (the default \
                      /var/lib/feather, or a folder beside it)";
     if own {
         format!(
-            "{elsewhere}, or make the root and everything in it root's and writable by root \
-             alone (`chown -R root: {r}; chmod -R go-w {r}`)",
+            "{elsewhere}, or make {f} root's and writable by root alone (`chown root: {f}; \
+             chmod go-w {f}`, that folder only: never `-R`, which would change the files of \
+             the VMs' layers); someone else could change what is in it until now, so look at \
+             {r} before you use it again, or make a fresh root",
+            f = folder.display(),
             r = root.display()
         )
     } else {

@@ -733,6 +733,22 @@ fn emptied(root: &StateRoot) -> Result<Drained> {
     }
 }
 
+/// Whether [`pooled::fence`] put its folder in place. One that cannot be written (a full or
+/// read-only disk, when an admin most needs `network down`) does not keep the network up: it
+/// is said, and `meanwhile` runs unfenced, as before fences were.
+fn fenced(root: &StateRoot) -> bool {
+    match pooled::fence(root) {
+        Ok(placed) => placed,
+        Err(e) => {
+            eprintln!(
+                "feather: warning: cannot fence the pool while the network goes down ({e}); \
+                 a run ending meanwhile may fill the pool again: `feather pool --drain` after"
+            );
+            false
+        }
+    }
+}
+
 /// Empties the pool as [`drain`] does while `meanwhile` runs (`feather network down`, whose
 /// network the pooled VMs use), and then puts its size setting back as it was (absent stays
 /// absent: the next run refills the pool). A fill under way is waited for first (its lock),
@@ -752,7 +768,7 @@ pub fn emptied_while<T>(
 ) -> Result<(usize, Drained, T)> {
     let folder = match pooled::open_dir(root) {
         Ok(folder) => folder,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && pooled::fence(root)? => {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && fenced(root) => {
             let given = meanwhile();
             pooled::lift_fence(root);
             return Ok((0, Drained::default(), given));

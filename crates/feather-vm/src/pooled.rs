@@ -501,20 +501,28 @@ pub fn fence(root: &StateRoot) -> feather_core::error::Result<bool> {
     let staged = fence_aside(root);
     // Left by a `network down` killed with this pid: nothing of anyone's.
     let _ = std::fs::remove_dir_all(&staged);
-    std::fs::create_dir(&staged).at(&staged)?;
-    write_atomic(&staged.join(SIZE), b"0\n", Durability::Volatile)?;
-    write_count(&staged.join(GENERATION), 1)?;
-    let placed = nix::fcntl::renameat2(
-        nix::fcntl::AT_FDCWD,
-        &staged,
-        nix::fcntl::AT_FDCWD,
-        &dir(root),
-        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-    );
-    if placed.is_err() {
+    // 0700 whatever the umask: a fence left in place (a fill came into it) is the pool's
+    // folder, which a group-writable mode would make every later command refuse.
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staged)
+        .at(&staged)?;
+    let placed = write_atomic(&staged.join(SIZE), b"0\n", Durability::Volatile)
+        .and_then(|()| write_count(&staged.join(GENERATION), 1))
+        .map(|()| {
+            nix::fcntl::renameat2(
+                nix::fcntl::AT_FDCWD,
+                &staged,
+                nix::fcntl::AT_FDCWD,
+                &dir(root),
+                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            )
+        });
+    if !matches!(placed, Ok(Ok(()))) {
         let _ = std::fs::remove_dir_all(&staged);
     }
-    match placed {
+    match placed? {
         Ok(()) => Ok(true),
         Err(nix::errno::Errno::EEXIST) => Ok(false),
         Err(e) => Err(std::io::Error::from(e)).at(dir(root)),
