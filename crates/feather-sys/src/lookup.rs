@@ -185,12 +185,19 @@ fn names_of(path: &Path) -> impl Iterator<Item = Name> + '_ {
     })
 }
 
-/// `name` opened `O_PATH | O_NOFOLLOW` in `folder` (or from the process's `/`).
+/// `name` opened `O_PATH | O_NOFOLLOW` in `folder` (or from the process's `/`): as a folder
+/// first, since only a lookup that wants a folder (`O_DIRECTORY`) triggers an automount not
+/// mounted yet (without it the walk would pin the autofs stub, not the filesystem the root is
+/// on); a link or a file is then opened as itself.
 fn open_path(folder: Option<&File>, name: &Path) -> io::Result<File> {
     let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let fd = match folder {
-        Some(folder) => nix::fcntl::openat(folder.as_fd(), name, flags, Mode::empty())?,
-        None => nix::fcntl::open(name, flags, Mode::empty())?,
+    let open = |flags| match folder {
+        Some(folder) => nix::fcntl::openat(folder.as_fd(), name, flags, Mode::empty()),
+        None => nix::fcntl::open(name, flags, Mode::empty()),
+    };
+    let fd = match open(flags | OFlag::O_DIRECTORY) {
+        Err(nix::errno::Errno::ENOTDIR) => open(flags)?,
+        other => other?,
     };
     Ok(File::from(fd))
 }
