@@ -114,8 +114,28 @@ fn check_entries(dir: &Path, lookup: &Lookup) -> Result<()> {
         let entry = root.step.path.join(name);
         let meta = feather_sys::lookup::look_at(&root.pinned, Path::new(name)).at(&entry)?;
         let Some(meta) = meta else { continue };
+        if meta.file_type().is_symlink() {
+            check_linked_entry(dir, &entry)?;
+            continue;
+        }
         if let Some(why) = untrusted(&meta, true) {
             return Err(untrusted_root(dir, &entry, why, true));
+        }
+    }
+    Ok(())
+}
+
+/// An entry that is a link (an admin's `policy.d` kept elsewhere) is judged where it leads:
+/// root reads and writes there by path, so every folder and link on the way must be as the
+/// root's own path's are, and what it ends in as an entry. What it leads to is not the root's
+/// own: the advice is never to take it over.
+fn check_linked_entry(dir: &Path, entry: &Path) -> Result<()> {
+    let lookup = feather_sys::lookup::walk(entry).at(entry)?;
+    let end = lookup.missing.is_none().then_some(&lookup.end.step);
+    let judged = lookup.steps.iter().map(|step| (step, false));
+    for (step, the_end) in judged.chain(end.map(|end| (end, true))) {
+        if let Some(why) = untrusted(&step.meta, the_end) {
+            return Err(untrusted_root(dir, &step.path, why, false));
         }
     }
     Ok(())
@@ -311,6 +331,25 @@ mod tests {
         fs::write(&settings, "").unwrap();
         set_mode(&settings, 0o666);
         assert_eq!(refusal(&scratch.0).0, settings);
+    }
+
+    /// An entry that is a link is judged where it leads: a root's `policy.d` linked into a
+    /// user's folder is refused (root would read its rules there, and make leases in such a
+    /// `network-leases`); linked to a folder only root changes, it is fine.
+    #[test]
+    fn an_entry_linked_elsewhere_is_judged_where_it_leads() {
+        let scratch = Scratch::new("linked");
+        let root = scratch.0.join("root");
+        let rules = scratch.0.join("rules");
+        fs::create_dir(&root).unwrap();
+        fs::create_dir(&rules).unwrap();
+        std::os::unix::fs::symlink(&rules, root.join("policy.d")).unwrap();
+        check_state_root(&root).unwrap();
+        std::os::unix::fs::lchown(&rules, Some(65534), None).unwrap();
+        let (folder, why) = refusal(&root);
+        assert_eq!(folder, rules, "{why}");
+        let refused = check_state_root(&root).unwrap_err().to_string();
+        assert!(!refused.contains("chown root:"), "{refused}");
     }
 
     /// A folder above the root that is not root's (a user's home) is not the admin's to
