@@ -2494,8 +2494,9 @@ fn a_sender_killed_during_post_copy_loses_the_vm_and_the_receiver_ends_its_copy(
         .spawn()
         .unwrap();
     await_post_copy_window(&target, &mut migrating);
-    // The sending host goes: its migrate, the VM's keeper and the CRIU serving the pages.
-    let mut pids = children(keeper);
+    // The sending host goes: its migrate, the VM's keeper and the CRIU serving the pages (a
+    // child of the keeper's dumping thread, not of its main one).
+    let mut pids = children_of_threads(keeper);
     pids.extend([keeper, migrating.id()]);
     for pid in pids {
         let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();

@@ -301,7 +301,7 @@ async fn join(
     mut heard: tokio::sync::watch::Receiver<Decision>,
     served: &AtomicU64,
 ) {
-    let page_server = match page_server
+    let criu = match page_server
         .set_nonblocking(true)
         .and_then(|()| tokio::net::UnixStream::from_std(page_server.try_clone()?))
     {
@@ -312,7 +312,8 @@ async fn join(
         }
     };
     let (mut from_receiver, mut to_receiver) = tokio::io::split(receiver);
-    let (mut pages_back, mut to_criu) = page_server.into_split();
+    let (mut pages_back, mut to_criu) = criu.into_split();
+    let page_server = &page_server;
     let requests = async move {
         let mut asked = [0u8; REQUEST_LEN];
         let mut closed = false;
@@ -338,10 +339,15 @@ async fn join(
                 }
             }
         }
-        if !closed {
+        if closed {
+            let _ = to_criu.shutdown().await;
+        } else {
             let _ = to_criu.write_all(&request(UNKNOWN_COMMAND)).await;
+            // Both ways: a CRIU blocked sending an answer the receiver no longer reads (it
+            // died) reads no request, and the keeper's copy of this end keeps the end of file
+            // from it; its send fails instead, and so does the transfer.
+            let _ = page_server.shutdown(Shutdown::Both);
         }
-        let _ = to_criu.shutdown().await;
     };
     let pages = async move {
         let mut buffer = vec![0u8; PAGES_BUFFER];
@@ -565,6 +571,48 @@ mod tests {
         assert!(got == expected, "the answer arrived altered");
         drop(criu.join().unwrap());
         drop(relaying);
+    }
+
+    /// The receiver dies (its host goes) after the VM was let go, while CRIU's page server is
+    /// sending it an answer larger than the socket to the relay holds. The keeper keeps a copy
+    /// of the relay's end open (its transfer watch), so the relay's end closing alone is no end
+    /// of file to CRIU: unless the relay shuts the connection down both ways, CRIU waits for
+    /// good to send the rest, its dump never ends, and `feather migrate` hangs instead of
+    /// saying the VM is lost.
+    #[test]
+    fn a_receiver_gone_while_criu_sends_an_answer_makes_its_send_fail() {
+        use nix::sys::socket::{setsockopt, sockopt};
+        let server = ServerSide::new(&security("t")).unwrap();
+        let (to_criu, mut criu) = UnixStream::pair().unwrap();
+        let keepers_copy = to_criu.try_clone().unwrap();
+        let (relay, pinned) = relay_for(&server);
+        setsockopt(&relay.listener, sockopt::SndBuf, &(8 << 10)).unwrap();
+        let at = relay.local_addr().unwrap();
+        let relaying = relay.serve(pinned, to_criu);
+        relaying.let_go();
+        let mut receiver = slow_receiver(at, &server);
+        let (answered, answer_ended) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut asked = [0u8; REQUEST_LEN];
+            criu.read_exact(&mut asked).unwrap();
+            // Far more than the socket pair and the TCP connection hold together.
+            let answer = vec![7u8; 64 << 20];
+            let _ = answered.send(criu.write_all(&answer).map_err(|e| e.kind()));
+        });
+        receiver.write_all(&request(7)).unwrap();
+        receiver.flush().unwrap();
+        let mut first = [0u8; 4 << 10];
+        receiver.read_exact(&mut first).unwrap();
+        // Closed with unread pages in its buffer: the relay's next send is reset.
+        drop(receiver);
+        let outcome = answer_ended.recv_timeout(Duration::from_secs(120));
+        // Ends CRIU's send either way, so that a failure leaves no thread blocked.
+        drop(keepers_copy);
+        drop(relaying);
+        assert!(
+            matches!(outcome, Ok(Err(_))),
+            "CRIU's send to a receiver that is gone: {outcome:?}"
+        );
     }
 
     #[test]
