@@ -3,9 +3,10 @@
 //! then closes before the tree is resumed. No check of the restored tree sees them (no task's
 //! descriptor table holds one until a task receives the message, after the thaw), so they are
 //! judged here, from the images, before CRIU runs: one on a proc or sysfs mount is refused
-//! whatever its path. It is opened on the mount CRIU restores, which may be writable beneath a
-//! place the restore binds read-only or masks only afterwards (`/proc/sys/kernel/core_pattern`
-//! opened for writing on a proc whose `/proc/sys` bind the dump lacked).
+//! whatever its path. It is opened on the mount CRIU restores, which may be unmasked beneath a
+//! place the restore masks only afterwards, or writable where the dump left a kernel path so
+//! (`/proc/sys/kernel/core_pattern` opened for writing on a proc whose `/proc/sys` bind the
+//! dump lacked: such a restore is refused after CRIU, this is a first layer).
 
 use std::collections::BTreeSet;
 use std::io::{BufReader, ErrorKind, Read};
