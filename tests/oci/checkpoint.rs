@@ -953,15 +953,13 @@ fn a_checkpoint_making_its_cgroup_folder_writable_is_not_restored() {
 /// A checkpoint whose mount images leave out the read-only bind of `/proc/sys` (CRIU then
 /// restores the container's proc writable: without a user namespace its root is the host's,
 /// and `kernel.core_pattern` would run a program as the host's root; or a kernel path absent
-/// at the dump, present here) is restored with `/proc/sys` bound read-only again while it is
-/// frozen, as `create` binds it: a sysctl write fails with "Read-only file system". What CRIU
-/// opened beneath the writable mount before the bind is checked and refused (review rest29
-/// H1; `feather-confine restored_mounts::tests::a_descriptor_opened_beneath_a_later_cover_…`).
-/// Before, the restore was refused as `/proc/sys is writable` (review mntcheck26 MC-6; rest29
-/// added the bind, fixrest29 took it away until that check); without the check at all the
-/// restored container wrote a sysctl (`kernel.hostname`, of its own UTS namespace).
+/// at the dump, present here) is restored stopped, checked, killed and refused naming
+/// `/proc/sys`; no container is left. The bind is not added as the masks are: what CRIU
+/// opened beneath the writable mount would stay writable under it (review rest29 H1; for a
+/// while the restore bound it and passed). Without the check the restored container wrote a
+/// sysctl (`kernel.hostname`, of its own UTS namespace).
 #[test]
-fn a_checkpoint_lacking_proc_sys_s_read_only_bind_is_restored_with_it() {
+fn a_checkpoint_leaving_proc_sys_writable_is_not_restored() {
     let SleepCheckpointed {
         scratch,
         runtime,
@@ -977,14 +975,24 @@ fn a_checkpoint_lacking_proc_sys_s_read_only_bind_is_restored_with_it() {
         1,
         "the dump has /proc/sys's read-only bind"
     );
-    let id = "ckpt-procsys2";
-    let outcome = restore_detached(&runtime, &images, &bundle, id, &scratch.path("out2"));
-    assert_eq!(outcome.code, 0, "{outcome:?}");
-    let probe = "echo crafted > /proc/sys/kernel/hostname; cat /proc/sys/kernel/hostname";
-    let wrote = runtime.run(&["exec", id, "sh", "-c", probe]);
-    let _ = runtime.run(&["delete", "--force", id]);
-    assert_eq!(wrote.stdout, "box\n", "{wrote:?}");
-    assert!(wrote.stderr.contains("Read-only file system"), "{wrote:?}");
+
+    let outcome = restore_refused(
+        &runtime,
+        &scratch,
+        &bundle,
+        &images,
+        "ckpt-procsys2",
+        |id| {
+            let probe = "echo crafted > /proc/sys/kernel/hostname && cat /proc/sys/kernel/hostname";
+            let wrote = runtime.run(&["exec", id, "sh", "-c", probe]);
+            format!("/proc/sys writable: {wrote:?}")
+        },
+    );
+    assert!(
+        outcome.stderr.contains("/proc/sys is writable")
+            && outcome.stderr.contains("not what its config makes"),
+        "{outcome:?}"
+    );
 }
 
 /// A checkpoint without a mask the config makes (a kernel path absent at the dump, present

@@ -408,29 +408,6 @@ pub fn unmasked_places(
     Ok(places)
 }
 
-/// The places the check requires read-only ([`judge`]: each of `knobs`, with every mount
-/// beneath it, beneath every proc and sysfs mount) that the mount namespace `namespace` shows
-/// writable, each from its root: what a restorer binds read-only before the check when a dump
-/// lacked a read-only bind of a kernel path (review mntcheck26 MC-6: a path absent at the
-/// dump, an older kernel's or another host's, is writable once restored here; masks were
-/// added, read-only binds were not, and the restore was refused). What CRIU opened beneath
-/// such a place before the bind keeps the writable mount it was opened on: the check then
-/// refuses it ([`crate::restored_descriptors`]; review rest29 H1). `kept_off` as for
-/// [`unmasked_places`]. A place reached through a link, or on a mount the lookups do not
-/// enter, is left to the check.
-pub fn writable_places(
-    namespace: &fs::File,
-    knobs: &[PathBuf],
-    kept_off: &[String],
-) -> Result<Vec<PathBuf>, String> {
-    places_lacking(namespace, knobs, kept_off, &|mounts, path, found, look| {
-        if !matches!(found, Found::At { .. }) || on_unentered_mount(mounts, found) {
-            return Ok(false);
-        }
-        Ok(judge_read_only(mounts, path, true, look)?.is_some())
-    })
-}
-
 /// Files whose open is judged by the opener's credentials alone: a descriptor of one that
 /// CRIU opened, as host root, before a mask is placed keeps what it grants, whatever the mask
 /// and the restored credentials (`/proc/kcore`: every page of kernel memory, checked against
@@ -1036,59 +1013,6 @@ mod tests {
             cgroup_roots: vec!["/".into()],
             ..Expected::default()
         };
-        assert_eq!(check_tree(pid, held.hold(), &expected), Ok(()));
-    }
-
-    /// The writable places of a read-only kernel path are found from the namespace's root (the
-    /// namespace's `/proc/sys`, not the chroot's, bound read-only already); bound read-only
-    /// there, with what is beneath (a writable tmpfs at `/proc/sys/fs/binfmt_misc` comes back
-    /// read-only in the clone: review rest29 T6), the check passes and none is left. A place
-    /// whose mount is of a peer group kept off (the host's) is not offered (review mntcheck26
-    /// MC-6).
-    #[test]
-    fn writable_kernel_paths_are_found_and_bound_read_only() {
-        let chrooted = Chrooted::start("inner");
-        let (pid, held, namespace) = chrooted.frozen("writable");
-        let in_namespace = |args: &[&str]| {
-            let pid = pid.to_string();
-            let nsenter = ["-t", pid.as_str(), "-m"];
-            let out = std::process::Command::new("nsenter")
-                .args(nsenter.iter().chain(args))
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{args:?}: {out:?}");
-            out.stdout
-        };
-        let submount = "/proc/sys/fs/binfmt_misc";
-        in_namespace(&["mount", "-t", "tmpfs", "writable", submount]);
-        let knobs = [PathBuf::from("/proc/sys")];
-        let places = writable_places(&namespace, &knobs, &[]).unwrap();
-        assert_eq!(places, knobs);
-        in_namespace(&["mount", "--make-shared", "/proc"]);
-        // The namespace's table whole, not the chrooted process's view of it.
-        let table =
-            || feather_sys::mountinfo::parse(in_namespace(&["cat", "/proc/self/mountinfo"]));
-        let proc_group = table()
-            .into_iter()
-            .find(|m| m.mount_point == Path::new("/proc"))
-            .and_then(|m| m.optional.into_iter().find(|f| f.starts_with("shared:")))
-            .unwrap();
-        let kept_off = writable_places(&namespace, &knobs, std::slice::from_ref(&proc_group));
-        assert_eq!(kept_off, Ok(Vec::new()), "{proc_group}");
-        let pidfd = feather_sys::process::pidfd_open(nix::unistd::Pid::from_raw(pid)).unwrap();
-        feather_sys::process::read_only_in_mount_namespace_of(&pidfd, &places).unwrap();
-        assert_eq!(writable_places(&namespace, &knobs, &[]), Ok(Vec::new()));
-        let at_submount: Vec<MountEntry> = table()
-            .into_iter()
-            .filter(|m| m.mount_point == Path::new(submount))
-            .collect();
-        assert!(
-            at_submount
-                .iter()
-                .any(|m| m.fs_type == "tmpfs" && m.is_read_only()),
-            "{at_submount:?}"
-        );
-        let expected = proc_sys_read_only();
         assert_eq!(check_tree(pid, held.hold(), &expected), Ok(()));
     }
 

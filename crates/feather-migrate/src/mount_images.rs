@@ -327,7 +327,8 @@ pub fn judge(images: &Path, policy: &Policy) -> std::io::Result<Result<Binds, Re
 /// ([`crate::queued_files`]), and one on a mount no image has (its mount's type is unknown);
 /// else the paths of the queued files, for [`refuse_in_flight`]. CRIU opens such a file and
 /// sends it into the queue, where no check of the restored tree sees it: one opened on a
-/// writable proc beneath a place the restore binds read-only, or masks, afterwards
+/// proc left writable (which the restore refuses, never binding it read-only after CRIU ran),
+/// or beneath a place the restore masks afterwards,
 /// (`/proc/sys/kernel/core_pattern`, `/proc/keys`) would reach the host's kernel once a task
 /// receives it.
 fn refuse_queued_kernel_files(
@@ -360,8 +361,8 @@ fn refuse_queued_kernel_files(
                     mount,
                     format!(
                         "{carried}, a file of the kernel's: CRIU opens it on this mount, which \
-                         may be writable beneath a place the restore binds read-only or masks \
-                         only afterwards, and restores it into the queue, where no check of the \
+                         may be writable, or unmasked beneath a place the restore masks only \
+                         afterwards, and restores it into the queue, where no check of the \
                          restored tree sees it"
                     ),
                 )
@@ -373,8 +374,8 @@ fn refuse_queued_kernel_files(
     Ok(Ok(queued.into_iter().map(|file| file.path).collect()))
 }
 
-/// Refuses a restore that added a read-only bind or a mask (`covered`, the places the dump
-/// lacked them at) when a queued message carries a file (`queued`, [`Binds::queued_by_path`]):
+/// Refuses a restore that added a mask (`covered`, the places the dump lacked one at; a
+/// read-only bind the dump lacked is never added: the restore is refused) when a queued message carries a file (`queued`, [`Binds::queued_by_path`]):
 /// CRIU opens such a file by its path from its mount namespace's root, following links in the
 /// tree, before the cover is added, so it may lie on the kernel's writable or unmasked files
 /// whatever mount its entry names; it is in no task's descriptor table for the check of the
@@ -383,7 +384,7 @@ fn refuse_queued_kernel_files(
 pub fn refuse_in_flight(queued: &[String], covered: &[PathBuf]) -> Result<(), String> {
     match (queued.first(), covered.is_empty()) {
         (Some(path), false) => Err(format!(
-            "its checkpoint lacked the read-only bind or mask over {}, which the restore adds \
+            "its checkpoint lacked the mask over {}, which the restore adds \
              only after CRIU ran, and a message queued on a unix socket carries {path}, which \
              CRIU opened by its path before that, where it may reach the kernel's file \
              uncovered, and which no check of the restored tasks sees (it is in no task's \

@@ -148,7 +148,7 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
 /// The restore request: the config's externals, the inherited descriptors, the flags; the
 /// network namespace it hands the restored tree (joined by `path`), which criu inherits;
 /// CRIU's work folder, restore's own ([`Work`]); and the paths of the files that messages
-/// queued in the images carry ([`add_what_the_dump_lacked`]).
+/// queued in the images carry ([`mask_what_the_dump_lacked`]).
 fn prepare(
     criu: &Criu,
     container: &Container,
@@ -567,7 +567,7 @@ fn resume_if_allowed(
         // After the processes' check: none is in the host's mount namespace, or CRIU's.
         .and_then(|()| {
             let kernel = (&mounts.kernel_paths, mounts.host_groups.as_slice());
-            add_what_the_dump_lacked(hold, kernel, &mounts.queued)
+            mask_what_the_dump_lacked(hold, kernel, &mounts.queued)
         })
         .and_then(|own| mounts.expected(container, own))
         .and_then(|mounts| crate::restored_mounts::check_tree(pid, hold, &mounts))
@@ -587,28 +587,28 @@ fn resume_if_allowed(
     Ok(pid)
 }
 
-/// Adds what a mount namespace of the frozen tree lacks of the kernel paths `create` makes
-/// read-only and masks for the config (`paths`): CRIU recreates only the binds and masks it
-/// dumped, and a kernel path absent at the dump (an older kernel's, another host's:
-/// `/proc/sched_debug`) may be here. The writable read-only paths are bound read-only, each
-/// with every mount beneath it, then the unmasked masked paths masked (`/dev/null` over a file,
-/// an empty read-only tmpfs over a folder), beneath every proc and sysfs mount as the check then
-/// requires them (review mntcheck26 MC-6). What CRIU opened beneath such a place before (a
-/// descriptor on `/proc/sys/kernel/core_pattern`, a working folder on `/proc/sys`) keeps the
-/// writable mount it was opened on: the check refuses it
-/// (`feather_confine::restored_mounts::check_tree`; review rest29 H1). Every namespace of the
-/// group's processes, each once; a process whose namespace cannot be read is left to the check
-/// (a zombie has none; any other is refused there). Never on a mount of a peer group of
-/// `host_groups`, the host's before CRIU ran, whose peers may be the host's mounts (the check,
-/// which refuses a peer of a host mount, comes after); a peer group the restore made (under
+/// Masks the config's masked paths (`paths.masked`) that a mount namespace of the frozen tree
+/// shows unmasked, as `create` masks them (`/dev/null` over a file, an empty read-only tmpfs
+/// over a folder), beneath every proc and sysfs mount as the check then requires them (review
+/// mntcheck26 MC-6): CRIU recreates only the masks it dumped, and a kernel path absent at the
+/// dump (an older kernel's, another host's: `/proc/sched_debug`) may be here. A read-only
+/// path the dump left writable is not bound read-only here but refused by the check: what
+/// CRIU opened beneath it while it was writable (a descriptor in a task's table, or one CRIU
+/// queues on a unix socket, where no check of the tasks sees it; a working folder on
+/// `/proc/sys`) would keep write access to `/proc/sys/kernel/core_pattern` under a bind made
+/// now (reviews rest29 H1, fixrestore30 H1, H2). Every namespace of the group's processes,
+/// each once; a process whose namespace cannot be read is left to the check (a zombie has
+/// none; any other is refused there). Never on a mount of a peer group of `host_groups`, the
+/// host's before CRIU ran, whose peers may be the host's mounts (the check, which refuses a
+/// peer of a host mount, comes after); a peer group the restore made (under
 /// `rootfsPropagation: rshared` every mount of the tree is in one) takes them, as `create`'s
-/// would have. Returns the mount ids of the mounts made, read from the namespace's table
+/// would have. Returns the mount ids of the masks made, read from the namespace's table
 /// before and after (the tree is frozen: nothing else mounts there meanwhile), so that the
 /// accounting takes them for the restorer's own (review rest28 N4: a mask given a number the
 /// host freed while CRIU ran was refused as the host's).
-/// A restore that adds either, while a queued message carries a file (`queued`), is refused
-/// ([`feather_migrate::mount_images::refuse_in_flight`]).
-fn add_what_the_dump_lacked(
+/// A restore that masks, while a queued message carries a file beneath a mask (`queued`), is
+/// refused ([`feather_migrate::mount_images::refuse_in_flight`]).
+fn mask_what_the_dump_lacked(
     hold: &feather_confine::held::Hold,
     (paths, host_groups): (&KernelPaths, &[String]),
     queued: &[String],
@@ -617,7 +617,7 @@ fn add_what_the_dump_lacked(
     let mut own = Vec::new();
     let processes = hold
         .processes()
-        .context("list the restored processes to add what their dump lacked")?;
+        .context("list the restored processes to mask what their dump lacked")?;
     for pid in processes {
         let proc = PathBuf::from(format!("/proc/{pid}"));
         let Ok(namespace) = feather_confine::restored::namespace(&proc, "mnt") else {
@@ -629,38 +629,20 @@ fn add_what_the_dump_lacked(
         let ns = proc.join("ns/mnt");
         let file = fs::File::open(&ns).with_context(|| format!("open {}", ns.display()))?;
         let in_namespace = || format!("in the mount namespace of restored process {pid}");
-        let pidfd = || {
-            feather_sys::process::pidfd_open(Pid::from_raw(pid))
-                .with_context(|| format!("open restored process {pid}"))
-        };
-        let ids = || mount_ids(&proc);
-        let before = ids()?;
-        let found = |what: &str, places: Result<Vec<PathBuf>, String>| {
-            places
+        let unmasked =
+            feather_confine::restored_mounts::unmasked_places(&file, &paths.masked, host_groups)
                 .map_err(anyhow::Error::msg)
-                .with_context(|| format!("find what to {what} {}", in_namespace()))
-        };
-        let writable = found(
-            "bind read-only",
-            feather_confine::restored_mounts::writable_places(&file, &paths.read_only, host_groups),
-        )?;
-        if !writable.is_empty() {
-            feather_sys::process::read_only_in_mount_namespace_of(&pidfd()?, &writable)
-                .with_context(|| format!("bind {writable:?} read-only {}", in_namespace()))?;
-        }
-        let unmasked = found(
-            "mask",
-            feather_confine::restored_mounts::unmasked_places(&file, &paths.masked, host_groups),
-        )?;
+                .with_context(|| format!("find what to mask {}", in_namespace()))?;
         if !unmasked.is_empty() {
-            feather_sys::process::mask_in_mount_namespace_of(&pidfd()?, &unmasked)
+            let pidfd = feather_sys::process::pidfd_open(Pid::from_raw(pid))
+                .with_context(|| format!("open restored process {pid}"))?;
+            let ids = || mount_ids(&proc);
+            let before = ids()?;
+            feather_sys::process::mask_in_mount_namespace_of(&pidfd, &unmasked)
                 .with_context(|| format!("mask {unmasked:?} {}", in_namespace()))?;
-        }
-        if !writable.is_empty() || !unmasked.is_empty() {
             own.extend(ids()?.into_iter().filter(|id| !before.contains(id)));
         }
-        let covered: Vec<PathBuf> = writable.into_iter().chain(unmasked).collect();
-        feather_migrate::mount_images::refuse_in_flight(queued, &covered)
+        feather_migrate::mount_images::refuse_in_flight(queued, &unmasked)
             .map_err(anyhow::Error::msg)
             .with_context(|| {
                 format!(
@@ -704,7 +686,7 @@ struct Accounted<'a> {
     spec: &'a oci_spec::runtime::Spec,
     mounts: Expected,
     /// What of the kernel's paths a dump may lack, and the host's peer groups before CRIU ran:
-    /// [`add_what_the_dump_lacked`].
+    /// [`mask_what_the_dump_lacked`].
     kernel_paths: KernelPaths,
     host_groups: Vec<String>,
     /// The paths of the files messages queued in the images carry: a restore that adds a

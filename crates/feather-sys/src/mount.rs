@@ -256,21 +256,6 @@ pub fn mask_beneath(dir: &impl AsFd, rel: &Path, dev_null: OwnedFd) -> nix::Resu
     Ok(true)
 }
 
-/// Binds `rel` beneath `dir` on itself read-only with every mount beneath it, as a container's
-/// read-only path is made: a detached clone of the tree there (`open_tree` `OPEN_TREE_CLONE`,
-/// `AT_RECURSIVE`), every mount of it made read-only (`mount_setattr` `AT_RECURSIVE`), attached
-/// on what was opened. Found as [`mask_beneath`] finds its place. Returns false when there is
-/// nothing at `rel`.
-pub fn read_only_beneath(dir: &impl AsFd, rel: &Path) -> nix::Result<bool> {
-    let Some(target) = open_beneath(dir, rel, OFlag::empty())? else {
-        return Ok(false);
-    };
-    let tree = raw::open_tree_clone(target.as_fd(), true)?;
-    raw::mount_setattr(tree.as_fd(), true, attr::RDONLY, 0, 0)?;
-    raw::move_mount_onto(tree.as_fd(), target.as_fd())?;
-    Ok(true)
-}
-
 /// `rel` (leading `/` ignored) opened `O_PATH` (with `flags`) beneath `dir` without following
 /// any symbolic link and never leaving it; None when nothing of that kind is there.
 fn open_beneath(dir: &impl AsFd, rel: &Path, flags: OFlag) -> nix::Result<Option<OwnedFd>> {

@@ -221,26 +221,6 @@ pub fn mask_in_mount_namespace_of(pidfd: &impl AsFd, rels: &[std::path::PathBuf]
     }
 }
 
-/// Binds each of the kernel interfaces `rels` (paths from the namespace's root) on itself
-/// read-only, with every mount beneath it read-only too ([`crate::mount::read_only_beneath`]),
-/// in the mount namespace of the process `pidfd` names, from a short-lived child as
-/// [`hide_in_mount_namespace_of`] does. Paths that are not there are passed over.
-pub fn read_only_in_mount_namespace_of(
-    pidfd: &impl AsFd,
-    rels: &[std::path::PathBuf],
-) -> Result<()> {
-    refuse_heap_paths("bind read-only in mount namespace", rels)?;
-    // SAFETY: the job makes system calls only: openat2, open_tree, mount_setattr and
-    // move_mount with paths nix keeps on its stack (each under 1 KiB, refused above
-    // otherwise). It takes no lock and allocates nothing.
-    unsafe {
-        in_mount_namespace_of(pidfd, "bind read-only in mount namespace", |root| {
-            rels.iter()
-                .try_for_each(|rel| crate::mount::read_only_beneath(root, rel).map(drop))
-        })
-    }
-}
-
 /// The length from which nix copies a path to the heap, not its stack, to end it with a NUL.
 const STACK_PATH: usize = 1024;
 

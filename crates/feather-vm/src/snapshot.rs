@@ -1298,13 +1298,11 @@ fn cover_what_the_dump_lacked(
 /// was refused). Looked up beneath the namespace's root, never through a magic link: a link
 /// in the restored tree is the images' to choose, and through `/proc/PID/root` an absolute
 /// one would lead the host's root to a host path (review r27 R6).
-/// The writable ones of `/proc/{bus,fs,irq,sys,sysrq-trigger}` are bound read-only first, each
-/// with every mount beneath it, as a start binds them
-/// ([`feather_confine::restored_mounts::writable_places`]; review mntcheck26 MC-6: a dump
-/// that lacked such a bind, a kernel path absent at the dump, was refused as writable). What
-/// CRIU opened beneath one before (a descriptor on `/proc/sys/kernel/core_pattern`, a working
-/// folder on `/proc/sys`) keeps the writable mount it was opened on: the check refuses it
-/// (review rest29 H1). Returns the places bound or masked.
+/// A writable one of `/proc/{bus,fs,irq,sys,sysrq-trigger}` is not bound read-only here but
+/// refused by the check: what CRIU opened beneath it while it was writable (a descriptor in a
+/// task's table, or one CRIU queues on a unix socket, where no check of the tasks sees it; a
+/// working folder on `/proc/sys`) would keep write access to `/proc/sys/kernel/core_pattern`
+/// under a bind made now (reviews rest29 H1, fixrestore30 H1, H2). Returns the places masked.
 fn cover_in_namespace_of(
     vm: &VmDir,
     pid: i32,
@@ -1322,19 +1320,10 @@ fn cover_in_namespace_of(
             ),
         )
     };
-    let knobs: Vec<PathBuf> = rootfs::READ_ONLY_PROC
-        .iter()
-        .map(|path| Path::new("/proc").join(path))
-        .collect();
-    // No peer group is kept off (`&[]`, for the bind and the masks alike), unlike
-    // feather-oci's `host_groups`: the clone attached at a place propagates to the peers of
-    // the place's mount, and a VM's mounts are never peers of the host's (its root is mounted
-    // private, and the mount check after refuses a peer of a host mount, review restore30 L8).
-    let writable = feather_confine::restored_mounts::writable_places(&namespace, &knobs, &[])
-        .map_err(|why| cannot_find("bind read-only", why))?;
-    if !writable.is_empty() {
-        process::read_only_in_mount_namespace_of(pidfd, &writable).in_vm(name)?;
-    }
+    // No peer group is kept off (`&[]`), unlike feather-oci's `host_groups`: a mask
+    // propagates to the peers of the place's mount, and a VM's mounts are never peers of the
+    // host's (its root is mounted private, and the mount check after refuses a peer of a host
+    // mount, review restore30 L8).
     let masked: Vec<PathBuf> = rootfs::MASKED_PROC
         .iter()
         .chain(&rootfs::MASKED_SYS)
@@ -1345,7 +1334,7 @@ fn cover_in_namespace_of(
     if !missing.is_empty() {
         process::mask_in_mount_namespace_of(pidfd, &missing).in_vm(name)?;
     }
-    Ok(writable.into_iter().chain(missing).collect())
+    Ok(missing)
 }
 
 /// For tests only: set (to anything) in a keeper's environment, the thaw of its restored VM
