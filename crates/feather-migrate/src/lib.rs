@@ -20,6 +20,7 @@ pub mod archive;
 pub mod channel;
 pub mod criu;
 mod error;
+mod image_frame;
 pub mod kdat;
 pub mod mount_images;
 pub mod pages;

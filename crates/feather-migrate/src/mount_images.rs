@@ -262,6 +262,7 @@ fn named(id: String, held: &[(String, Option<u32>)]) -> String {
 /// field this reader does not know. The namespaces' roots are one filesystem, of a type a
 /// root is on ([`ROOT_TYPES`]), with one root, or binds of an external.
 pub fn judge(images: &Path, policy: &Policy) -> std::io::Result<Result<Binds, Refusal>> {
+    crate::image_frame::require_images_v1_1(images)?;
     let root_image = root_task_image(images)?;
     let mut root_ns = None;
     let mut entries = Vec::new();
@@ -302,9 +303,12 @@ pub fn judge(images: &Path, policy: &Policy) -> std::io::Result<Result<Binds, Re
             ),
         ));
     }
-    let judged = refuse_queued_kernel_files(images, &entries)?.and_then(|queued| {
-        judge_entries(&entries, policy, root_ns).map(|binds| Binds { queued, ..binds })
-    });
+    let judged = match refuse_duplicate_ids(&entries) {
+        Err(refusal) => Err(refusal),
+        Ok(()) => refuse_queued_kernel_files(images, &entries)?.and_then(|queued| {
+            judge_entries(&entries, policy, root_ns).map(|binds| Binds { queued, ..binds })
+        }),
+    };
     Ok(match judged {
         Ok(Binds { walks, queued }) => Ok(Binds {
             walks: walks
@@ -323,6 +327,23 @@ pub fn judge(images: &Path, policy: &Policy) -> std::io::Result<Result<Binds, Re
     })
 }
 
+/// Refuses a `mnt_id` that more than one entry of the images has (the kernel's are unique in a
+/// dump): which of them a queued file's mount is, and which CRIU mounts where, would depend on
+/// the order each reads them in (review fixrestore30 M2).
+fn refuse_duplicate_ids(entries: &[MntEntry]) -> Result<(), Refusal> {
+    let mut seen = std::collections::BTreeSet::new();
+    match entries
+        .iter()
+        .find(|e| e.mnt_id.is_some_and(|id| !seen.insert(id)))
+    {
+        Some(entry) => Err(refuse(
+            entry,
+            "its mnt_id is another entry's too, which no dump holds".into(),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Refuses a file on a proc or sysfs mount that a queued message carries
 /// ([`crate::queued_files`]), and one on a mount no image has (its mount's type is unknown);
 /// else the paths of the queued files, for [`refuse_in_flight`]. CRIU opens such a file and
@@ -337,6 +358,18 @@ fn refuse_queued_kernel_files(
 ) -> std::io::Result<Result<Vec<String>, Refusal>> {
     let queued = crate::queued_files::queued_files(images)?;
     for file in &queued {
+        if !in_clean_form(&file.path) {
+            return Ok(Err(Refusal {
+                mount_point: "no mount judged".into(),
+                entry: format!("file id {}", file.id),
+                why: format!(
+                    "a message queued on a unix socket (sk-queues.img) carries {:?}, a path not \
+                     in clean form (absolute, without `.`, `..` or `//`), which no dump writes: \
+                     the mount its entry names does not say where CRIU opens it",
+                    file.path
+                ),
+            }));
+        }
         let mount = file
             .mnt_id
             .and_then(|id| entries.iter().find(|e| e.mnt_id == Some(id)));
@@ -405,7 +438,7 @@ pub fn refuse_in_flight(queued: &[String], covered: &[PathBuf]) -> Result<(), St
 /// (no tree CRIU could restore).
 fn root_task_image(images: &Path) -> std::io::Result<Option<String>> {
     let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
-    let first = |name: &str| -> std::io::Result<Option<Vec<u8>>> {
+    let first = |name: &str, magic: u32| -> std::io::Result<Option<Vec<u8>>> {
         let path = images.join(name);
         match crate::archive::read_at_most(&path, MAX_IMAGE) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -415,17 +448,19 @@ fn root_task_image(images: &Path) -> std::io::Result<Option<String>> {
                 path.display(),
                 MAX_IMAGE >> 20
             ))),
-            Ok(Some(image)) => Ok(first_entry(&image).map(<[u8]>::to_vec)),
+            Ok(Some(image)) => first_entry(&image, magic)
+                .map(|body| body.map(<[u8]>::to_vec))
+                .map_err(|why| invalid(format!("{}: {why}", path.display()))),
         }
     };
-    let Some(pstree) = first("pstree.img")? else {
+    let Some(pstree) = first("pstree.img", crate::image_frame::PSTREE_MAGIC)? else {
         return Ok(None);
     };
     let pid = <PstreeEntry as prost::Message>::decode(pstree.as_slice())
         .ok()
         .and_then(|e| e.pid)
         .ok_or_else(|| invalid("pstree.img: its first entry names no pid".into()))?;
-    let ids = first(&format!("ids-{pid}.img"))?
+    let ids = first(&format!("ids-{pid}.img"), crate::image_frame::IDS_MAGIC)?
         .and_then(|ids| <TaskKobjIds as prost::Message>::decode(ids.as_slice()).ok())
         .and_then(|ids| ids.mnt_ns_id)
         .ok_or_else(|| {
@@ -437,17 +472,19 @@ fn root_task_image(images: &Path) -> std::io::Result<Option<String>> {
     Ok(Some(format!("mountpoints-{ids}.img")))
 }
 
-/// The first entry of an image (after its two magic words), if whole.
-fn first_entry(image: &[u8]) -> Option<&[u8]> {
-    let size = image.get(8..12)?;
-    let size = u32::from_le_bytes([size[0], size[1], size[2], size[3]]) as usize;
-    image.get(12..12 + size)
+/// The first entry of an image of kind `magic` (after its two magic words, checked), if whole.
+fn first_entry(image: &[u8], magic: u32) -> Result<Option<&[u8]>, String> {
+    crate::image_frame::check_magics(image, magic)?;
+    Ok(crate::image_frame::first_body(
+        &image[crate::image_frame::HEAD..],
+    ))
 }
 
-/// An image is two magic words, then entries: a little-endian u32 length, then a `MntEntry`.
-/// An entry with a field number past CRIU's known ones is an error, not skipped.
+/// An image is two magic words (checked), then entries: a little-endian u32 length, then a
+/// `MntEntry`. An entry with a field number past CRIU's known ones is an error, not skipped.
 fn entries_in(image: &[u8]) -> Result<Vec<MntEntry>, String> {
-    let mut rest = image.get(8..).ok_or("shorter than its magic words")?;
+    crate::image_frame::check_magics(image, crate::image_frame::MNTS_MAGIC)?;
+    let mut rest = &image[crate::image_frame::HEAD..];
     let mut entries = Vec::new();
     while !rest.is_empty() {
         let size = rest
@@ -1045,16 +1082,18 @@ fn beneath(entry: &MntEntry, outer: &MntEntry) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image_frame::{IDS_MAGIC, MNTS_MAGIC, PSTREE_MAGIC};
     use prost::Message;
 
+    /// A mount image of `entries`, framed as CRIU frames one.
     fn image(entries: &[MntEntry]) -> Vec<u8> {
-        let mut out = vec![0u8; 8];
-        for entry in entries {
-            let body = entry.encode_to_vec();
-            out.extend((body.len() as u32).to_le_bytes());
-            out.extend(body);
-        }
-        out
+        framed(MNTS_MAGIC, entries.iter().map(Message::encode_to_vec))
+    }
+
+    /// An image of kind `magic` of entry `bodies`.
+    fn framed(magic: u32, bodies: impl Iterator<Item = Vec<u8>>) -> Vec<u8> {
+        let entries: Vec<(Vec<u8>, &[u8])> = bodies.map(|body| (body, &b""[..])).collect();
+        crate::queued_files::tests::image(magic, &entries)
     }
 
     fn judged(entries: &[MntEntry], policy: &Policy) -> Result<(), Refusal> {
@@ -1315,6 +1354,7 @@ mod tests {
     fn an_oversized_or_linked_image_is_refused_unread() {
         let dir = std::env::temp_dir().join(format!("feather-mount-images-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
+        crate::image_frame::tests::write_inventory(&dir, 2);
         let image_path = dir.join("mountpoints-13.img");
         let policy = policy(&[], &[]);
         fs::write(&image_path, vec![0u8; MAX_IMAGE as usize + 1]).unwrap();
@@ -1472,21 +1512,18 @@ mod tests {
         // Through the images: pstree.img's first task 7, its ids-7.img naming namespace 12.
         let dir = std::env::temp_dir().join(format!("feather-mount-roots-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
-        let raw = |bodies: &[Vec<u8>]| {
-            let mut out = vec![0u8; 8];
-            for body in bodies {
-                out.extend((body.len() as u32).to_le_bytes());
-                out.extend(body);
-            }
-            out
-        };
-        let pstree = [PstreeEntry { pid: Some(7) }.encode_to_vec()];
-        fs::write(dir.join("pstree.img"), raw(&pstree)).unwrap();
-        let ids = [TaskKobjIds {
+        crate::image_frame::tests::write_inventory(&dir, 2);
+        let pstree = PstreeEntry { pid: Some(7) }.encode_to_vec();
+        fs::write(
+            dir.join("pstree.img"),
+            framed(PSTREE_MAGIC, [pstree].into_iter()),
+        )
+        .unwrap();
+        let ids = TaskKobjIds {
             mnt_ns_id: Some(12),
         }
-        .encode_to_vec()];
-        fs::write(dir.join("ids-7.img"), raw(&ids)).unwrap();
+        .encode_to_vec();
+        fs::write(dir.join("ids-7.img"), framed(IDS_MAGIC, [ids].into_iter())).unwrap();
         fs::write(dir.join("mountpoints-12.img"), image(&first)).unwrap();
         fs::write(dir.join("mountpoints-13.img"), image(&[crafted_overlay()])).unwrap();
         let refused = judge(&dir, &policy).unwrap();
@@ -1600,6 +1637,7 @@ mod tests {
             mnt_id: Some(7),
             ..mount(3, "/", 0x5)
         };
+        crate::image_frame::tests::write_inventory(&dir, 2);
         fs::write(dir.join("mountpoints-12.img"), image(&first)).unwrap();
         fs::write(dir.join("mountpoints-13.img"), image(&[second])).unwrap();
         let refusal = judge(&dir, &policy).unwrap().unwrap_err();
@@ -1725,6 +1763,7 @@ mod tests {
         let entries = numbered(legitimate());
         let (proc_id, dev_id) = (101, 102);
         let dir = feather_testkit::ScratchDir::new("queued-kernel-file");
+        crate::image_frame::tests::write_inventory(&dir.0, 2);
         fs::write(dir.0.join("mountpoints-12.img"), image(&entries)).unwrap();
         let queue = |mnt_id: i32| {
             crate::queued_files::tests::queue_file(
@@ -1762,5 +1801,94 @@ mod tests {
         );
         assert_eq!(refuse_in_flight(passed.queued_by_path(), &[]), Ok(()));
         assert_eq!(refuse_in_flight(&[], &lacked), Ok(()));
+    }
+
+    /// Images framed as CRIU's v1 (the image's own magic word alone), of another kind under
+    /// an image's name, or declared v1 by the inventory are refused naming the file: read as
+    /// v1.1, their entries were judged out of frame, not as CRIU restores them (review
+    /// fixrestore30 H2).
+    #[test]
+    fn an_image_out_of_frame_is_refused_naming_it() {
+        let allowed = [PathBuf::from("/dev/null")];
+        let policy = policy(&allowed, &[]);
+        let dir = feather_testkit::ScratchDir::new("images-framed");
+        crate::image_frame::tests::write_inventory(&dir.0, 2);
+        let mounts = image(&numbered(legitimate()));
+        let write = |name: &str, bytes: &[u8]| fs::write(dir.0.join(name), bytes).unwrap();
+        let refused = || judge(&dir.0, &policy).unwrap_err().to_string();
+        write("mountpoints-12.img", &mounts);
+        crate::queued_files::tests::queue_file(&dir.0, 7, "/etc/hostname", 102);
+        assert!(judge(&dir.0, &policy).unwrap().is_ok());
+        write("mountpoints-12.img", &mounts[4..]);
+        let v1 = refused();
+        assert!(
+            v1.contains("mountpoints-12.img") && v1.contains("first magic"),
+            "{v1}"
+        );
+        write("mountpoints-12.img", &mounts);
+        fs::copy(dir.0.join("files.img"), dir.0.join("sk-queues.img")).unwrap();
+        let other = refused();
+        assert!(
+            other.contains("sk-queues.img") && other.contains("another kind"),
+            "{other}"
+        );
+        crate::image_frame::tests::write_inventory(&dir.0, 1);
+        assert!(refused().contains("inventory.img"));
+    }
+
+    /// A `mnt_id` two entries have is refused: a queued file's mount is looked up by it, and
+    /// the first found (a `/dev` tmpfs) need not be the one CRIU opens it on (review
+    /// fixrestore30 M2).
+    #[test]
+    fn a_mount_id_listed_twice_is_refused() {
+        let allowed = [PathBuf::from("/dev/null")];
+        let policy = policy(&allowed, &[]);
+        let dir = feather_testkit::ScratchDir::new("images-twice");
+        crate::image_frame::tests::write_inventory(&dir.0, 2);
+        let entries = numbered(legitimate());
+        let proc = entries.iter().find(|e| e.mnt_id == Some(101)).unwrap();
+        let twice = MntEntry {
+            mnt_id: Some(102),
+            ..proc.clone()
+        };
+        fs::write(dir.0.join("mountpoints-12.img"), image(&entries)).unwrap();
+        assert!(judge(&dir.0, &policy).unwrap().is_ok());
+        fs::write(dir.0.join("mountpoints-13.img"), image(&[twice])).unwrap();
+        let refusal = judge(&dir.0, &policy).unwrap().unwrap_err();
+        assert!(refusal.why.contains("another entry's too"), "{refusal}");
+        for words in ["mnt_id 102", "mountpoints-12.img", "mountpoints-13.img"] {
+            assert!(refusal.entry.contains(words), "{refusal}");
+        }
+    }
+
+    /// A queued file's name not in clean form (`..`, `.`, `//`) is refused whatever its mount:
+    /// CRIU opens it by that path, and `/dev/../proc/…` on the `/dev` tmpfs lands on proc
+    /// (review fixrestore30 M3).
+    #[test]
+    fn a_queued_file_name_not_in_clean_form_is_refused() {
+        let allowed = [PathBuf::from("/dev/null")];
+        let policy = policy(&allowed, &[]);
+        let dir = feather_testkit::ScratchDir::new("queued-unclean");
+        crate::image_frame::tests::write_inventory(&dir.0, 2);
+        fs::write(
+            dir.0.join("mountpoints-12.img"),
+            image(&numbered(legitimate())),
+        )
+        .unwrap();
+        for path in [
+            "/dev/../proc/sys/kernel/core_pattern",
+            "/dev/./null",
+            "/dev//null",
+            "dev/null",
+        ] {
+            crate::queued_files::tests::queue_file(&dir.0, 7, path, 102);
+            let refusal = judge(&dir.0, &policy).unwrap().unwrap_err();
+            assert!(
+                refusal.why.contains("not in clean form"),
+                "{path}: {refusal}"
+            );
+        }
+        crate::queued_files::tests::queue_file(&dir.0, 7, "/dev/null", 102);
+        assert!(judge(&dir.0, &policy).unwrap().is_ok());
     }
 }

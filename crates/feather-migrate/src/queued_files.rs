@@ -12,6 +12,8 @@ use std::collections::BTreeSet;
 use std::io::{BufReader, ErrorKind, Read};
 use std::path::Path;
 
+use crate::image_frame::{check_magics, FILES_MAGIC, HEAD, REG_FILES_MAGIC, SK_QUEUES_MAGIC};
+
 /// The most one entry of `sk-queues.img` or `files.img` may be: a packet's entry lists at most
 /// `SCM_MAX_FD` (253) descriptors, a file's a path of at most `PATH_MAX` and a few numbers.
 /// A longer one is refused, not read into memory.
@@ -111,7 +113,7 @@ pub(crate) fn queued_files(images: &Path) -> std::io::Result<Vec<QueuedFile>> {
             });
         }
     };
-    for_each_entry(&images.join("files.img"), |body| {
+    for_each_entry(&images.join("files.img"), FILES_MAGIC, |body| {
         let file: FileEntry = decode(body)?;
         match (file.kind, file.id.filter(|id| queued.contains(id))) {
             (Some(FD_TYPE_REG), _) => keep(file.reg.unwrap_or_default()),
@@ -121,7 +123,7 @@ pub(crate) fn queued_files(images: &Path) -> std::io::Result<Vec<QueuedFile>> {
         }
         Ok(0)
     })?;
-    for_each_entry(&images.join("reg-files.img"), |body| {
+    for_each_entry(&images.join("reg-files.img"), REG_FILES_MAGIC, |body| {
         keep(decode(body)?);
         Ok(0)
     })?;
@@ -150,7 +152,7 @@ fn unjudged(images: &Path, id: u32, what: &str) -> std::io::Error {
 /// The file ids every queued message's control messages carry.
 fn queued_ids(images: &Path) -> std::io::Result<BTreeSet<u32>> {
     let mut ids = BTreeSet::new();
-    for_each_entry(&images.join("sk-queues.img"), |body| {
+    for_each_entry(&images.join("sk-queues.img"), SK_QUEUES_MAGIC, |body| {
         let packet: SkPacketEntry = decode(body)?;
         let rights: usize = packet.scm.iter().map(|scm| scm.rights.len()).sum();
         if rights > MAX_RIGHTS_PER_MESSAGE {
@@ -172,11 +174,13 @@ fn decode<M: prost::Message + Default>(body: &[u8]) -> Result<M, String> {
     M::decode(body).map_err(|e| e.to_string())
 }
 
-/// Reads the image at `path` entry by entry (two magic words, then each entry's little-endian
-/// u32 length and body), without reading it whole: `entry` is given each body and says how
-/// many bytes of data follow it. A missing image has no entries.
+/// Reads the image at `path` entry by entry (two magic words, checked to be an image of kind
+/// `magic`, then each entry's little-endian u32 length and body), without reading it whole:
+/// `entry` is given each body and says how many bytes of data follow it. A missing image has
+/// no entries.
 fn for_each_entry(
     path: &Path,
+    magic: u32,
     mut entry: impl FnMut(&[u8]) -> Result<u64, String>,
 ) -> std::io::Result<()> {
     let invalid = |why: String| {
@@ -187,10 +191,11 @@ fn for_each_entry(
         opened => opened.map_err(|e| invalid(e.to_string()))?,
     };
     let mut reader = BufReader::new(file);
-    let mut magic = [0u8; 8];
+    let mut head = [0u8; HEAD];
     reader
-        .read_exact(&mut magic)
+        .read_exact(&mut head)
         .map_err(|_| invalid("shorter than its magic words".into()))?;
+    check_magics(&head, magic).map_err(invalid)?;
     while let Some(size) = entry_size(&mut reader).map_err(|e| invalid(e.to_string()))? {
         if size > MAX_ENTRY {
             return Err(invalid(format!(
@@ -227,9 +232,9 @@ pub(crate) mod tests {
     use prost::Message;
     use std::fs;
 
-    /// An image of `entries`, each followed by its data.
-    pub(crate) fn image(entries: &[(Vec<u8>, &[u8])]) -> Vec<u8> {
-        let mut out = vec![0u8; 8];
+    /// An image of kind `magic` of `entries`, each followed by its data.
+    pub(crate) fn image(magic: u32, entries: &[(Vec<u8>, &[u8])]) -> Vec<u8> {
+        let mut out = crate::image_frame::tests::head(magic);
         for (body, data) in entries {
             out.extend((body.len() as u32).to_le_bytes());
             out.extend(body);
@@ -256,10 +261,13 @@ pub(crate) mod tests {
         };
         fs::write(
             dir.join("sk-queues.img"),
-            image(&[
-                (unqueued.encode_to_vec(), b"abc"),
-                (packet.encode_to_vec(), b"hello"),
-            ]),
+            image(
+                SK_QUEUES_MAGIC,
+                &[
+                    (unqueued.encode_to_vec(), b"abc"),
+                    (packet.encode_to_vec(), b"hello"),
+                ],
+            ),
         )
         .unwrap();
         let reg = |id: u32, path: &str| RegFileEntry {
@@ -288,7 +296,7 @@ pub(crate) mod tests {
             .iter()
             .map(|f| (f.encode_to_vec(), &b""[..]))
             .collect();
-        fs::write(dir.join("files.img"), image(&entries)).unwrap();
+        fs::write(dir.join("files.img"), image(FILES_MAGIC, &entries)).unwrap();
     }
 
     #[test]
@@ -319,7 +327,7 @@ pub(crate) mod tests {
         };
         fs::write(
             dir.join("sk-queues.img"),
-            image(&[(packet.encode_to_vec(), b"")]),
+            image(SK_QUEUES_MAGIC, &[(packet.encode_to_vec(), b"")]),
         )
         .unwrap();
         let entries: Vec<(Vec<u8>, &[u8])> = files
@@ -333,7 +341,7 @@ pub(crate) mod tests {
                 (file.encode_to_vec(), &b""[..])
             })
             .collect();
-        fs::write(dir.join("files.img"), image(&entries)).unwrap();
+        fs::write(dir.join("files.img"), image(FILES_MAGIC, &entries)).unwrap();
     }
 
     /// A queued FIFO opens the path of the REG entry its `regf_id` names, which the reader
