@@ -1090,6 +1090,13 @@ mod tests {
         framed(MNTS_MAGIC, entries.iter().map(Message::encode_to_vec))
     }
 
+    /// A scratch folder of images, with an inventory declaring CRIU's images v1.1.
+    fn images_dir(name: &str) -> feather_testkit::ScratchDir {
+        let dir = feather_testkit::ScratchDir::new(name);
+        crate::image_frame::tests::write_inventory(&dir.0, 2);
+        dir
+    }
+
     /// An image of kind `magic` of entry `bodies`.
     fn framed(magic: u32, bodies: impl Iterator<Item = Vec<u8>>) -> Vec<u8> {
         let entries: Vec<(Vec<u8>, &[u8])> = bodies.map(|body| (body, &b""[..])).collect();
@@ -1762,8 +1769,7 @@ mod tests {
         let policy = policy(&allowed, &[]);
         let entries = numbered(legitimate());
         let (proc_id, dev_id) = (101, 102);
-        let dir = feather_testkit::ScratchDir::new("queued-kernel-file");
-        crate::image_frame::tests::write_inventory(&dir.0, 2);
+        let dir = images_dir("queued-kernel-file");
         fs::write(dir.0.join("mountpoints-12.img"), image(&entries)).unwrap();
         let queue = |mnt_id: i32| {
             crate::queued_files::tests::queue_file(
@@ -1811,8 +1817,7 @@ mod tests {
     fn an_image_out_of_frame_is_refused_naming_it() {
         let allowed = [PathBuf::from("/dev/null")];
         let policy = policy(&allowed, &[]);
-        let dir = feather_testkit::ScratchDir::new("images-framed");
-        crate::image_frame::tests::write_inventory(&dir.0, 2);
+        let dir = images_dir("images-framed");
         let mounts = image(&numbered(legitimate()));
         let write = |name: &str, bytes: &[u8]| fs::write(dir.0.join(name), bytes).unwrap();
         let refused = || judge(&dir.0, &policy).unwrap_err().to_string();
@@ -1843,8 +1848,7 @@ mod tests {
     fn a_mount_id_listed_twice_is_refused() {
         let allowed = [PathBuf::from("/dev/null")];
         let policy = policy(&allowed, &[]);
-        let dir = feather_testkit::ScratchDir::new("images-twice");
-        crate::image_frame::tests::write_inventory(&dir.0, 2);
+        let dir = images_dir("images-twice");
         let entries = numbered(legitimate());
         let proc = entries.iter().find(|e| e.mnt_id == Some(101)).unwrap();
         let twice = MntEntry {
@@ -1868,8 +1872,7 @@ mod tests {
     fn a_queued_file_name_not_in_clean_form_is_refused() {
         let allowed = [PathBuf::from("/dev/null")];
         let policy = policy(&allowed, &[]);
-        let dir = feather_testkit::ScratchDir::new("queued-unclean");
-        crate::image_frame::tests::write_inventory(&dir.0, 2);
+        let dir = images_dir("queued-unclean");
         fs::write(
             dir.0.join("mountpoints-12.img"),
             image(&numbered(legitimate())),
