@@ -255,10 +255,9 @@ pub const AS_AN_OLDER_KEEPER: &str = "FEATHER_TEST_AS_AN_OLDER_KEEPER";
 
 /// Waits for the lock of the file the test-only `variable` names ([`HOLD_RUNNING_RECORD`],
 /// [`HOLD_BEFORE_CRIU`], [`HOLD_BEFORE_LATE_LOOK`], [`HOLD_BEFORE_BEGIN`],
-/// [`HOLD_AFTER_STOP_ANSWER`],
-/// [`HOLD_AFTER_RESUME`], [`HOLD_BEFORE_RELEASE`], [`HOLD_AFTER_MOUNT_LIST`],
-/// [`HOLD_AFTER_REFILL`], [`HOLD_ROOT_WATCH_CLOSE`]), if it is set: in a debug build only (see
-/// [`crate::test_hooks`]).
+/// [`HOLD_AFTER_STOP_ANSWER`], [`HOLD_AFTER_RESUME`], [`HOLD_BEFORE_RELEASE`],
+/// [`HOLD_AFTER_MOUNT_LIST`], [`HOLD_AFTER_REFILL`], [`HOLD_ROOT_WATCH_CLOSE`]), if it is set:
+/// in a debug build only (see [`crate::test_hooks`]).
 pub(crate) fn held_by_test(variable: &str) {
     crate::test_hooks::held(variable);
 }
