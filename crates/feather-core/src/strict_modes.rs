@@ -176,30 +176,8 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
     use std::path::PathBuf;
 
-    /// A scratch folder under the sticky `/tmp`, made 0755 and removed on drop.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(label: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!(
-                "feather-strict-{label}-{}-{}",
-                std::process::id(),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos()
-            ));
-            fs::create_dir(&dir).unwrap();
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-            Scratch(dir)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    /// A scratch folder of the test's own, root's and 0755, removed on drop.
+    use feather_testkit::ScratchDir as Scratch;
 
     fn refusal(dir: &Path) -> (PathBuf, String) {
         match check_state_root(dir) {

@@ -581,19 +581,10 @@ mod tests {
     /// once it is down, the root has no pool's folder again, and nothing of the fence is left.
     #[test]
     fn a_root_without_a_pool_is_fenced_while_its_network_goes_and_left_without_one() {
-        let dir = std::env::temp_dir().join(format!(
-            "feather-fence-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir(&dir).unwrap();
-        let root = StateRoot::new(Some(dir.clone()));
+        let dir = feather_testkit::ScratchDir::new("fence");
+        let root = StateRoot::new(Some(dir.0.clone()));
         let seen = crate::pool::emptied_while(&root, || (size(&root), generation(&root)));
-        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
-        let _ = std::fs::remove_dir_all(&dir);
+        let names: Vec<_> = std::fs::read_dir(&dir.0).unwrap().flatten().collect();
         let (pooled, _, (size, generation)) = seen.unwrap();
         assert_eq!((pooled, size), (0, 0));
         assert_ne!(generation, 0);
