@@ -24,6 +24,7 @@ use crate::launch::{InitArgs, Resumed};
 use crate::rootfs::{self, RootfsPlan};
 use crate::spawner;
 use crate::workload::Workload;
+use feather_core::trace;
 
 /// Why init could not assemble the VM or get ready (reported to the keeper, with its causes).
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +123,7 @@ pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
         eprintln!("feather init: from the keeper: {e}");
         std::process::exit(1);
     }
+    trace::init_step("wait for GO");
     if let Err(why) = prepare(&plan, &mut keeper) {
         report_failure(&mut keeper, &why);
         std::process::exit(1);
@@ -208,6 +210,8 @@ pub fn program_files() -> std::io::Result<Vec<std::path::PathBuf>> {
 /// capability set, starts the first workload, reports to the keeper on `keeper`, and
 /// supervises until the VM ends. Never returns.
 pub fn resume(keeper: UnixStream, resumed: Resumed) -> ! {
+    // Init's steps go on from here (the re-execution itself is not timed).
+    trace::begin_init();
     serve(keeper, resumed, Quiet::release_first())
 }
 
@@ -233,9 +237,11 @@ fn serve(mut keeper: UnixStream, resumed: Resumed, quiet: Quiet) -> ! {
             std::process::exit(1);
         }
     };
+    trace::init_step("compile the seccomp filters");
     // The spawner gives its pages back when init does: for a foreground run, not while its
     // command may end at once (reading its smaps and unmapping took CPU from the command).
     let spawner = start_spawner(seccomp, &filters, quiet.clone());
+    trace::init_step("fork the spawner");
     // The seccomp filter and the reduced capability set, inherited by everything init starts.
     // (Until now nothing of the VM's has run: only init, its re-execution from the VM's own
     // copy of feather's binary, and the spawner's fork.)
@@ -243,6 +249,7 @@ fn serve(mut keeper: UnixStream, resumed: Resumed, quiet: Quiet) -> ! {
         report_failure(&mut keeper, &InitError::Confine(e));
         std::process::exit(1);
     }
+    trace::init_step("confine init (filter, capabilities)");
     // As pid 1 of its namespace, init would ignore every signal it has no handler for; blocked
     // and read from a signalfd, they arrive.
     let signals = match feather_sys::process::block_signals(&HANDLED) {
@@ -261,6 +268,7 @@ fn serve(mut keeper: UnixStream, resumed: Resumed, quiet: Quiet) -> ! {
         }
     };
     report(&mut keeper, InitReport::Ready);
+    trace::init_step("signals, exec channel, report ready");
     // Right after the report: the keeper's steps up to Start are its own (the network's last
     // step, its record, hiding state roots registered meanwhile, the shuttle broker), and the
     // fork and the command's preparation go beside them; its working folder is entered only
@@ -282,10 +290,12 @@ fn serve(mut keeper: UnixStream, resumed: Resumed, quiet: Quiet) -> ! {
     // the VM started, and sends Start only after; `feather exec` connects to this process
     // directly, so an exec served earlier could see such a root (keeper.rs, `main_background`;
     // the security test `host_view::an_exec_right_after_a_background_start_…`).
+    trace::init_step("fork and prepare the first workload");
     if let Err(e) = boot::expect(&mut keeper, ToInit::Start) {
         eprintln!("feather init: from the keeper: {e}");
         std::process::exit(1);
     }
+    trace::init_step("wait for Start");
     drop(keeper);
     let workload = first.map(FirstWorkload::start);
     let code = supervise(
@@ -333,10 +343,12 @@ fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), InitError> {
     let (old_root, pinned) = rootfs::assemble(&plan.rootfs).map_err(InitError::Root)?;
     // What the layers lie over, as mounted, for the keeper's record (review gl27 L4).
     boot::send_pinned(keeper, pinned).map_err(InitError::Pinned)?;
+    trace::init_step("tell the keeper what the layers lie over");
     // Until the old root is detached (an RCU grace period, on a thread of init's), only steps
     // that resolve no path follow: the wait for the network, the cgroup namespace, the
     // interfaces, the Landlock domain.
     boot::expect(keeper, ToInit::NetworkReady).map_err(InitError::Network)?;
+    trace::init_step("wait for the keeper's network");
     // The cgroup namespace is made now, after the keeper moved us into the VM's group, so that
     // the VM sees its own group as the root of the hierarchy.
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(call("unshare cgroup namespace"))?;
@@ -358,13 +370,16 @@ fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), InitError> {
         feather_confine::landlock::scope_ipc()
     }
     .map_err(InitError::Landlock)?;
+    trace::init_step("cgroup namespace, interfaces, Landlock domain");
     old_root.detached().map_err(InitError::Root)?;
+    trace::init_step("wait for the old root's detach");
     // The VM's tree shared within the VM (never with the host: the recipe's step 1 made it
     // private; after the pivot, which refuses a shared parent), so that what the host hides in
     // this namespace later (a root registered while the VM runs, the roots a restore hides
     // again) reaches every mount namespace of the VM: those of its units with `PrivateTmp=`
     // (slaves, crate::spawner), made before or after (crate::hiding).
     feather_sys::mount::make_all_shared().map_err(InitError::Root)?;
+    trace::init_step("make every mount shared");
     if !plan.attached {
         if scoping == feather_confine::landlock::Scoping::Unsupported {
             eprintln!(
@@ -499,7 +514,9 @@ fn supervise(
         match decide::init_on_signal(signal, workload) {
             InitAction::Reap => {
                 if let Some(code) = reap(workload, commands) {
+                    trace::init_step("run the first workload until it ends");
                     shut_down(decide::grace_after_workload(grace), signals, commands);
+                    trace::init_step("stop the rest of the VM");
                     return code;
                 }
             }

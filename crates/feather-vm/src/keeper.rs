@@ -2335,6 +2335,7 @@ fn start_init(
     let (forked, entry) = clone_init(name, namespaces, group)?;
     let init = match forked {
         Forked::Child => {
+            trace::begin_init();
             drop(ours);
             if let Some(namespace) = pooled {
                 if nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
@@ -2363,6 +2364,7 @@ fn start_init(
                 .chain(plan.rootfs.hiding_layer_fd)
                 .collect();
             process::close_other_fds(&keep);
+            trace::init_step("enter the VM's cgroups, take stdio");
             init::run(plan, theirs)
         }
         Forked::Parent(init) => init,

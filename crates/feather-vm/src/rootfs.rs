@@ -123,6 +123,7 @@ pub(crate) const READ_ONLY_PROC: [&str; 5] = ["bus", "fs", "irq", "sys", "sysrq-
 pub fn assemble(plan: &RootfsPlan) -> Result<(mount::OldRoot, Vec<PinnedLower>)> {
     // 1. Mounts made from here on stay in this namespace, and the host's later mounts stay out.
     mount::make_all_private()?;
+    step("make every mount private");
     // 2. The copy-on-write view of the base: lower = the base, upper = the VM's layer. Above
     //    the base, the VM's hiding layer: an empty opaque folder at each state folder of the
     //    host (see step 4), so the overlay itself shows them empty, in every mount namespace
@@ -140,6 +141,7 @@ pub fn assemble(plan: &RootfsPlan) -> Result<(mount::OldRoot, Vec<PinnedLower>)>
     let lowers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
     mount::overlay(&lowers, &first.upper, &first.work, root, plan.sync)?;
     drop(base);
+    step("open the base, mount the root overlay");
     //    Every later mount point is a name in this tree, which the VM's layer controls (a link
     //    `proc -> /x` left there by an earlier run). Each is opened beneath the tree without
     //    following a link, checked to be a folder, and mounted on what was opened.
@@ -158,6 +160,7 @@ pub fn assemble(plan: &RootfsPlan) -> Result<(mount::OldRoot, Vec<PinnedLower>)>
             .iter()
             .map(|p| PinnedLower::of(layers::name(p.layer), &p.lower)),
     );
+    step("find the filesystems under the base");
     crate::test_hooks::held(HOLD_AFTER_MOUNTS_FOUND);
     let mut upper_mounts: Vec<(&Path, UpperMount)> = pinned
         .iter()
@@ -186,6 +189,7 @@ pub fn assemble(plan: &RootfsPlan) -> Result<(mount::OldRoot, Vec<PinnedLower>)>
             UpperMount::ReadOnlyFilesystem => bind_read_only_filesystem(&plan.base, root, vm_path)?,
         }
     }
+    step("mount their layers, bind the read-only paths");
     //    The overlays hold the filesystems now: init lets go of them before anything of the
     //    VM's runs.
     drop(pinned);
@@ -204,21 +208,27 @@ pub fn assemble(plan: &RootfsPlan) -> Result<(mount::OldRoot, Vec<PinnedLower>)>
     //    The folders are found beneath the VM's root without following links (a link in the
     //    VM's layer cannot steer the mount), and the tmpfs is mounted on what was opened.
     hide_state_folders(plan)?;
+    step("hide the state folders");
     //    Steps 5 to 8 mount the VM's own /proc, /sys, /dev and /run on folders opened as above
     //    (a link or a non-folder there fails the start: the VM must get its own instances).
     //    What they then do below those points is in the filesystems just mounted, which
     //    nothing of the VM's layer reaches.
     mount_proc(root, &tree)?;
+    step("mount /proc, its read-only places");
     let mut folder_mask = None;
     mask(root, &MASKED_PROC, &mut folder_mask)?;
+    step("mask /proc's places");
     // 6. sysfs read-only: it shows this VM's network devices, and nothing in it can be written.
     let ro = Flags::MS_RDONLY | Flags::MS_NOSUID | Flags::MS_NODEV | Flags::MS_NOEXEC;
     let sys = own_mount_point(&tree, "sys")?;
     mount::api_filesystem("sysfs", &by_descriptor(&sys), ro, None)
         .map_err(at_vm_path(Path::new("/sys")))?;
     mask(root, &MASKED_SYS, &mut folder_mask)?;
+    step("mount /sys, mask its places");
     mount_service_cgroups(root, &plan.service_cgroups)?;
+    step("bind the services' cgroups");
     mount_dev(root, &tree)?;
+    step("mount /dev");
     // 8. A private /run: the host's sockets and pid files there are not the VM's.
     let run = own_mount_point(&tree, "run")?;
     mount::tmpfs(
@@ -252,6 +262,7 @@ pub fn assemble(plan: &RootfsPlan) -> Result<(mount::OldRoot, Vec<PinnedLower>)>
         mount::bind(host_file, &target)?;
         mount::remount_bind_readonly(&target)?;
     }
+    step("mount /run, bind init's files");
     // 9. The VM's own hostname, in its own UTS namespace.
     nix::unistd::sethostname(&plan.hostname).map_err(|errno| feather_sys::SysError {
         op: "sethostname",
@@ -276,8 +287,16 @@ pub fn assemble(plan: &RootfsPlan) -> Result<(mount::OldRoot, Vec<PinnedLower>)>
     if let Some(fd) = plan.memory_layer_fd {
         let _ = nix::unistd::close(fd);
     }
+    step("set the hostname, bind the /etc files");
     // 11. Make the assembled tree the root and drop every path back to the host's.
-    Ok((mount::pivot_beside(root)?, found))
+    let old_root = mount::pivot_beside(root)?;
+    step("pivot into the root");
+    Ok((old_root, found))
+}
+
+/// One step of the recipe done, for `FEATHER_TRACE=phases` (init's own lines).
+fn step(name: &str) {
+    feather_core::trace::init_step(name);
 }
 
 /// The VM's tree at `root` (the overlay of step 2), opened: every later mount point is looked
