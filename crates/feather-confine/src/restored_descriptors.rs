@@ -12,36 +12,24 @@
 //! descriptor, working folder, root, mapped file and executable of every task is told by its
 //! mount (its id: a descriptor's `fdinfo` `mnt_id`, which asks no filesystem; for a link with
 //! no `fdinfo`, that of a descriptor opened `O_PATH` through it, which may ask a network
-//! filesystem's server, so it is opened only where the mount is needed) and its path in that mount's
-//! namespace (the link's text, the kernel's `d_path` from that namespace's root, as the host's
-//! root lies outside it): one on a mount that lookups of that path no longer reach (hidden) at,
-//! beneath or above a covered place, reaching there more than the cover gives (a mask:
-//! anything; a read-only bind: a writable mount), fails the restore.
+//! filesystem's server) and its path in that mount's namespace (the link's text, the kernel's
+//! `d_path` from that namespace's root, as the host's root lies outside it): one on a mount
+//! that lookups of that path no longer reach (hidden) at, beneath or above a covered place,
+//! reaching there more than the cover gives (a mask: anything; a read-only bind: a writable
+//! mount), fails the restore ([`crate::restored_reach`] judges, with bounded work); so does
+//! one on a mount no namespace of the tree has, wherever its path says it is
+//! ([`Outside::refusal`]).
 
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use feather_sys::mountinfo::MountEntry;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
-/// One mount namespace of the tree: its table, and the places the check requires covered
-/// there (each of the config's paths beneath every proc and sysfs mount, as the namespace's
-/// root shows them).
-pub(crate) struct Namespace {
-    pub mounts: Vec<MountEntry>,
-    /// Places a mask covers: nothing of what is beneath may be reached.
-    pub masked: Vec<PathBuf>,
-    /// Places a read-only bind covers with every mount beneath: nothing beneath may be
-    /// reached on a writable mount.
-    pub read_only: Vec<PathBuf>,
-    /// Places a read-only bind covers alone (the config's non-recursive read-only paths, a
-    /// read-only root): only a mount at the place itself is judged, as the check of the
-    /// namespace judges only it (review restore30 M3: before, each was taken as recursive,
-    /// and a file on a writable tmpfs beneath a read-only root was refused).
-    pub read_only_alone: Vec<PathBuf>,
-}
+use crate::restored_reach::{Judge, Namespace, TooMuchWork};
 
 /// As many links (descriptors, working folders, roots, mapped files) as the check reads in
 /// one tree: a bound on its work whatever the images hold (a task may hold a million
@@ -52,6 +40,12 @@ const MAX_LINKS: usize = 1 << 22;
 /// epoll's or inotify's list) is not needed.
 const FDINFO_BYTES: u64 = 4096;
 
+/// Filesystems of the kernel's own internal mounts, in no namespace's table, whose files
+/// lead nowhere else: an aio ring's, `memfd_secret`'s, a dma-buf's (`AIO_RING_MAGIC`,
+/// `SECRETMEM_MAGIC`, `DMA_BUF_MAGIC`). The shared-memory tmpfs (memfd, SysV shm, a shared
+/// anonymous map) is known by its mount's id instead: any tmpfs may be mounted.
+const INTERNAL_FILESYSTEMS: [u64; 3] = [0xa10a_10a1, 0x5345_434d, 0x444d_4142];
+
 /// Checks what every thread of the tree under `init` (held still in `hold`) holds against
 /// the covered places of `namespaces` (the tree's every mount namespace, already checked);
 /// the refusal names the process, what it holds, the mount and the place.
@@ -60,16 +54,30 @@ pub(crate) fn check(
     hold: &crate::held::Hold,
     namespaces: &[Namespace],
 ) -> Result<(), String> {
+    check_within(init, hold, namespaces, MAX_LINKS)
+}
+
+/// [`check`], reading at most `max_links` links.
+fn check_within(
+    init: i32,
+    hold: &crate::held::Hold,
+    namespaces: &[Namespace],
+    max_links: usize,
+) -> Result<(), String> {
     let proc = nix::fcntl::open(
         "/proc",
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
     .map_err(|e| format!("cannot open /proc: {e}"))?;
+    let outside = Outside::read(&proc)?;
     let mut reader = Reader {
         proc,
-        namespaces,
+        judge: Judge::new(namespaces),
+        outside,
         read: 0,
+        max_links,
+        maps_read: HashSet::new(),
     };
     crate::restored::walk_tree(
         init,
@@ -79,12 +87,75 @@ pub(crate) fn check(
     )
 }
 
+/// What a file on a mount no namespace of the tree has may be on without a refusal.
+struct Outside {
+    /// The kernel's shared-memory mount (a memfd's, a SysV segment's), by a memfd this
+    /// process makes.
+    shared_memory: u64,
+    /// The mounts of this process's namespace, the host's (or the engine's), by id: a
+    /// descriptor the restore was handed (a container's standard output) lies there.
+    host: HashMap<u64, MountEntry>,
+}
+
+impl Outside {
+    fn read(proc: &OwnedFd) -> Result<Self, String> {
+        let memfd = nix::sys::memfd::memfd_create(
+            "feather-restore-check",
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+        )
+        .map_err(|e| format!("cannot make a memfd to learn the shared-memory mount: {e}"))?;
+        let shared_memory = crate::restored_paths::mount_id(proc, &memfd)?;
+        let table = crate::restored_paths::read_in_proc(proc, "thread-self/mountinfo")?;
+        let host = feather_sys::mountinfo::parse(table);
+        Ok(Outside {
+            shared_memory,
+            host: host.into_iter().map(|m| (m.id, m)).collect(),
+        })
+    }
+
+    /// Why a file `opened` on `mount`, a mount no namespace of the tree has, is refused: it
+    /// may be on a proc or sysfs (or a folder of one, or of the host's tree) that nothing
+    /// masks or binds (one of a namespace no live task of the tree is in, CRIU's own, or
+    /// detached), wherever its path says it is (review fixrestore30 M1: before, only one by
+    /// a covered place was refused). Passed: the kernel's internal mounts, and a file not a
+    /// folder on a mount of the host's namespace that is neither proc nor sysfs (what the
+    /// restore hands the tree: standard input, output and error).
+    fn refusal(&self, mount: u64, opened: &OwnedFd) -> nix::Result<Option<String>> {
+        let filesystem = nix::sys::statfs::fstatfs(opened)?.filesystem_type().0 as u64;
+        let tmpfs = nix::sys::statfs::TMPFS_MAGIC.0 as u64;
+        let internal = INTERNAL_FILESYSTEMS.contains(&filesystem)
+            || (filesystem == tmpfs && mount == self.shared_memory);
+        if internal {
+            return Ok(None);
+        }
+        let folder = nix::sys::stat::fstat(opened)?.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        let host = self.host.get(&mount);
+        let kernel_files = |m: &&MountEntry| ["proc", "sysfs"].contains(&m.fs_type.as_str());
+        if !folder && host.is_some_and(|m| !kernel_files(&m)) {
+            return Ok(None);
+        }
+        let kind = host.map_or_else(
+            || format!("filesystem {filesystem:#x}"),
+            |m| m.fs_type.clone(),
+        );
+        Ok(Some(format!(
+            "mount {mount} ({kind}), which no mount namespace of the restored tree has: \
+             nothing masks or binds read-only what it reaches"
+        )))
+    }
+}
+
 /// Reads the links of the tree's threads, counting them.
 struct Reader<'a> {
     /// The host's proc, for the `fdinfo` of a descriptor of this process.
     proc: OwnedFd,
-    namespaces: &'a [Namespace],
+    judge: Judge<'a>,
+    outside: Outside,
     read: usize,
+    /// [`MAX_LINKS`]; less in a test.
+    max_links: usize,
+    /// The processes whose mapped files and executable were read (through a live thread).
+    maps_read: HashSet<i32>,
 }
 
 /// Where a link's mount id is read: a descriptor's own `fdinfo`, or (a working folder, a
@@ -103,16 +174,35 @@ struct Entries {
     names: Vec<String>,
 }
 
+/// Why a link was not judged.
+enum Unjudged {
+    Unreadable(nix::Error),
+    TooMuch(TooMuchWork),
+}
+
+impl From<nix::Error> for Unjudged {
+    fn from(e: nix::Error) -> Self {
+        Unjudged::Unreadable(e)
+    }
+}
+
+impl From<TooMuchWork> for Unjudged {
+    fn from(e: TooMuchWork) -> Self {
+        Unjudged::TooMuch(e)
+    }
+}
+
 impl Reader<'_> {
-    /// One thread: its working folder, root and descriptors; a thread group's leader also its
-    /// mapped files and executable. Its `/proc` folder opened once, each read beneath it.
+    /// One thread: its working folder, root and descriptors; the first live thread of a
+    /// thread group also the group's mapped files and executable. Its `/proc` folder opened
+    /// once, each read beneath it.
     fn thread(&mut self, thread: &crate::restored::Thread) -> Result<(), String> {
+        let tid = crate::restored::thread_id(thread.path);
         let held = |what: &str, e: nix::Error| {
             format!(
-                "cannot read {what} of restored process {} (thread {}) to check what it holds: \
-                 {e}",
-                thread.pid,
-                crate::restored::thread_id(thread.path)
+                "cannot read {what} of restored process {} (thread {tid}) to check what it \
+                 holds: {e}",
+                thread.pid
             )
         };
         let dir = match open_folder(thread.path) {
@@ -123,16 +213,17 @@ impl Reader<'_> {
         let read = |reader: &mut Self, folder: &OwnedFd, name: &str, mount_of: MountOf| match reader
             .link(folder, name, mount_of)
         {
-            Err(_) if reader.read > MAX_LINKS => Err(format!(
-                "the restored tree holds more than {MAX_LINKS} descriptors, working folders, \
-                 roots, mapped files and executables, the most the check reads: refused"
+            Err(Unjudged::TooMuch(e)) => Err(e.to_string()),
+            Err(_) if reader.read > reader.max_links => Err(format!(
+                "the restored tree holds more than {} descriptors, working folders, roots, \
+                 mapped files and executables, the most the check reads: refused",
+                reader.max_links
             )),
             Err(_) if crate::held::has_ended(thread.path) => Ok(()),
-            Err(e) => Err(held(name, e)),
+            Err(Unjudged::Unreadable(e)) => Err(held(name, e)),
             Ok(Some(why)) => Err(format!(
-                "restored process {} (thread {}) holds {why}",
-                thread.pid,
-                crate::restored::thread_id(thread.path)
+                "restored process {} (thread {tid}) holds {why}",
+                thread.pid
             )),
             Ok(None) => Ok(()),
         };
@@ -143,32 +234,36 @@ impl Reader<'_> {
         for fd in &fds.names {
             read(self, &fds.folder, fd, MountOf::FdInfo(&dir))?;
         }
-        if crate::restored::thread_id(thread.path) != thread.pid.to_string() {
+        // A group's memory and executable are read through any live thread of it: through a
+        // leader that has ended, `map_files` is empty and `exe` unreadable (review restore30
+        // L1: before, such a group's mapped files passed unread). `/proc/TID` is the thread's
+        // view of them.
+        if self.maps_read.contains(&thread.pid) || crate::held::has_ended(thread.path) {
             return Ok(());
         }
-        let process = PathBuf::from(format!("/proc/{}", thread.pid));
-        let process = open_folder(&process).map_err(|e| held("its /proc folder", e))?;
+        let process = nix::fcntl::openat(&self.proc, tid.as_str(), folder_flags(), Mode::empty())
+            .map_err(|e| held("its /proc folder", e))?;
         read(self, &process, "exe", MountOf::Opened)?;
         let maps = open_entries(&process, "map_files").map_err(|e| held("map_files", e))?;
         for map in &maps.names {
             read(self, &maps.folder, map, MountOf::Opened)?;
         }
+        self.maps_read.insert(thread.pid);
         Ok(())
     }
 
     /// The link `name` in `folder` (a thread's, its `fd` or `map_files` folder): why what it
-    /// leads to reaches past a cover, if it does. Its mount is read only where its path could
-    /// be hidden at a covered place ([`may_be_hidden`]): most never are, and an open through
-    /// a link to a network filesystem may ask its server.
+    /// leads to reaches past a cover, or lies on a mount no namespace of the tree has, if it
+    /// does. The mount of every absolute path is read.
     fn link(
         &mut self,
         folder: &OwnedFd,
         name: &str,
         mount_of: MountOf,
-    ) -> nix::Result<Option<String>> {
+    ) -> Result<Option<String>, Unjudged> {
         self.read += 1;
-        if self.read > MAX_LINKS {
-            return Err(nix::Error::E2BIG);
+        if self.read > self.max_links {
+            return Err(nix::Error::E2BIG.into());
         }
         let text = nix::fcntl::readlinkat(folder, name)?;
         let path = Path::new(&text);
@@ -177,32 +272,40 @@ impl Reader<'_> {
             None => path,
         };
         // Pipes, sockets and anonymous files (`pipe:[…]`) lie on no mount of the tree.
-        if !path.is_absolute() || !self.namespaces.iter().any(|ns| mount_is_needed(ns, path)) {
+        if !path.is_absolute() {
             return Ok(None);
         }
-        let mount = match mount_of {
-            MountOf::FdInfo(thread) => mount_in_fdinfo(thread, name)?,
+        let open_through = || {
+            nix::fcntl::openat(
+                folder,
+                name,
+                OFlag::O_PATH | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+        };
+        let (mount, opened) = match mount_of {
+            MountOf::FdInfo(thread) => (mount_in_fdinfo(thread, name)?, None),
             MountOf::Opened => {
-                let opened = nix::fcntl::openat(
-                    folder,
-                    name,
-                    OFlag::O_PATH | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )?;
-                crate::restored_paths::mount_id(&self.proc, &opened).map_err(|_| nix::Error::EIO)?
+                let opened = open_through()?;
+                let mount = crate::restored_paths::mount_id(&self.proc, &opened)
+                    .map_err(|_| nix::Error::EIO)?;
+                (mount, Some(opened))
             }
+        };
+        let why = if self.judge.knows(mount) {
+            self.judge.verdict(mount, path)?
+        } else {
+            let opened = match opened {
+                Some(opened) => opened,
+                None => open_through()?,
+            };
+            self.outside.refusal(mount, &opened)?
         };
         let what = match name.parse::<u32>() {
             Ok(fd) => format!("descriptor {fd}"),
             Err(_) => format!("its {name}"),
         };
-        Ok(unknown_mount(self.namespaces, mount, path)
-            .or_else(|| {
-                self.namespaces
-                    .iter()
-                    .find_map(|ns| reaches_past_a_cover(ns, mount, path))
-            })
-            .map(|why| format!("{what} on {}, {why}", path.display())))
+        Ok(why.map(|why| format!("{what} on {}, {why}", path.display())))
     }
 }
 
@@ -247,387 +350,211 @@ fn mount_in_fdinfo(thread: &OwnedFd, fd: &str) -> nix::Result<u64> {
         .map_err(io_errno)?;
     crate::restored_paths::mnt_id_in(&text).ok_or(nix::Error::EINVAL)
 }
-
-/// Whether something at `path` in the namespace `ns` could lie on a mount lookups of `path`
-/// do not reach, at, beneath or above a covered place: a mount of the table whose point
-/// `path` lies on is not the one lookups reach there (one on the way, whose folder at the
-/// next mount's point a descriptor may hold, too).
-fn may_be_hidden(ns: &Namespace, path: &Path) -> bool {
-    let covered = ns.masked.iter().chain(&ns.read_only);
-    if covered.into_iter().any(|place| related(place, path)) {
-        let reached = visible(&ns.mounts, path).map(|m| m.id);
-        return ns
-            .mounts
-            .iter()
-            .any(|m| path.starts_with(&m.mount_point) && Some(m.id) != reached);
-    }
-    ns.read_only_alone
-        .iter()
-        .any(|place| path.starts_with(place) && !hidden_at(ns, place).is_empty())
-}
-
-/// The mounts at `place` itself that lookups of it do not reach (stacked beneath the top).
-fn hidden_at<'a>(ns: &'a Namespace, place: &Path) -> Vec<&'a MountEntry> {
-    let reached = visible(&ns.mounts, place).map(|m| m.id);
-    let at_place = ns.mounts.iter().filter(|m| m.mount_point == place);
-    at_place.filter(|m| Some(m.id) != reached).collect()
-}
-
-/// Whether the mount of something at `path` is read: where it may be hidden
-/// ([`may_be_hidden`]), or where it is at or beneath a covered place, which a mount no table
-/// of the tree has would reach uncovered ([`unknown_mount`]). Beneath a kernel place lie only
-/// the kernel's filesystems and the covers, which answer an open alone.
-fn mount_is_needed(ns: &Namespace, path: &Path) -> bool {
-    let beneath = |place: &PathBuf| path.starts_with(place);
-    may_be_hidden(ns, path) || ns.masked.iter().chain(&ns.read_only).any(beneath)
-}
-
-/// Why a file at `path` on the mount `mount` is refused when no mount namespace of the tree
-/// has that mount, at, beneath or above one's covered place: nothing masks or binds the
-/// namespace it is of (one no live task of the tree is in, CRIU's own), so it may reach the
-/// kernel's files uncovered (review restore30 M1: before, such a file passed).
-fn unknown_mount(namespaces: &[Namespace], mount: u64, path: &Path) -> Option<String> {
-    if namespaces
-        .iter()
-        .any(|ns| ns.mounts.iter().any(|m| m.id == mount))
-    {
-        return None;
-    }
-    let place = namespaces.iter().find_map(|ns| {
-        ns.masked
-            .iter()
-            .chain(&ns.read_only)
-            .find(|place| related(place, path))
-    })?;
-    Some(format!(
-        "mount {mount}, which no mount namespace of the restored tree has, by {}: nothing \
-         covers that place on it",
-        place.display()
-    ))
-}
-
-/// Whether `path` is at, beneath or above `place`.
-fn related(place: &Path, path: &Path) -> bool {
-    path.starts_with(place) || place.starts_with(path)
-}
-
-/// Why a file at `path` on the mount `mount` reaches past a cover of `ns`: it lies on a mount
-/// lookups of `path` do not reach, and from it a covered place is reached with more than the
-/// cover gives. None when `mount` is not of `ns`, or is the one lookups reach.
-fn reaches_past_a_cover(ns: &Namespace, mount: u64, path: &Path) -> Option<String> {
-    let held = ns.mounts.iter().find(|m| m.id == mount)?;
-    if visible(&ns.mounts, path).is_some_and(|m| m.id == mount) {
-        return None;
-    }
-    for place in &ns.masked {
-        if let Some(reached) = reached_at(ns, held, path, place) {
-            return Some(format!(
-                "a mount lookups no longer reach there, which shows {} unmasked (on {}): \
-                 the mask over it hides nothing from this process",
-                place.display(),
-                described(reached)
-            ));
-        }
-    }
-    // A place bound read-only alone: only a writable mount stacked at the place itself.
-    let alone = ns.read_only_alone.iter().filter(|place| {
-        path.starts_with(place) && held.mount_point == **place && !held.is_read_only()
-    });
-    if let Some(place) = alone.into_iter().next() {
-        return Some(writable_beneath(place, held));
-    }
-    ns.read_only.iter().find_map(|place| {
-        reached_at(ns, held, path, place)
-            .filter(|m| reaches_writable(&ns.mounts, m))
-            .map(|reached| writable_beneath(place, reached))
-    })
-}
-
-/// A mount by its id, type and point.
-fn described(m: &MountEntry) -> String {
-    format!(
-        "mount {} ({} at {})",
-        m.id,
-        m.fs_type,
-        m.mount_point.display()
-    )
-}
-
-/// The refusal of a file that reaches `place`, bound read-only, writable on `reached`.
-fn writable_beneath(place: &Path, reached: &MountEntry) -> String {
-    format!(
-        "a mount lookups no longer reach there, which shows {} writable (on {}): through it \
-         this process would write where the read-only bind over it allows reading only",
-        place.display(),
-        described(reached)
-    )
-}
-
-/// The mount through which a file at `path` on the mount `held` reaches `place`, when that is
-/// not the mount lookups of `place` reach; None when `path` is neither at, beneath nor above
-/// `place`.
-fn reached_at<'a>(
-    ns: &'a Namespace,
-    held: &'a MountEntry,
-    path: &Path,
-    place: &Path,
-) -> Option<&'a MountEntry> {
-    if path.starts_with(place) {
-        // At or beneath the place: what the descriptor reaches is its own mount.
-        return Some(held);
-    }
-    if !place.starts_with(path) {
-        return None;
-    }
-    // Above: a lookup from it to the place crosses the mounts on the way, but none stacked
-    // where it starts.
-    let first = children_on_the_way(&ns.mounts, held, place)
-        .into_iter()
-        .filter(|m| m.mount_point.as_path() != path)
-        .min_by_key(|m| m.mount_point.components().count());
-    let reached = first.map_or(held, |first| last(&descend(&ns.mounts, first, place)));
-    let shown = visible(&ns.mounts, place).map(|m| m.id);
-    (Some(reached.id) != shown).then_some(reached)
-}
-
-/// The mount lookups of `path` from the namespace's root reach ([`descend`] from its root
-/// mount). None without a root.
-fn visible<'a>(mounts: &'a [MountEntry], path: &Path) -> Option<&'a MountEntry> {
-    Some(last(&descend(mounts, root_of(mounts)?, path)))
-}
-
-/// The namespace's root mount: at `/`, its parent not of the table.
-fn root_of(mounts: &[MountEntry]) -> Option<&MountEntry> {
-    mounts.iter().find(|m| {
-        m.mount_point == Path::new("/") && !mounts.iter().any(|p| p.id == m.parent && p.id != m.id)
-    })
-}
-
-/// The mounts a lookup of `path` that arrives on `from` crosses, `from` first, the one it
-/// reaches last: each step to the child mount first met on the way (the shortest point that
-/// `path` lies on; a mount stacked on another is its child at the same point, and a lookup
-/// arriving at a point crosses every mount stacked there).
-fn descend<'a>(mounts: &'a [MountEntry], from: &'a MountEntry, path: &Path) -> Vec<&'a MountEntry> {
-    let mut crossed = vec![from];
-    // Each step goes one mount down the tree: no more steps than mounts.
-    for _ in 0..mounts.len() {
-        let here = last(&crossed);
-        let next = children_on_the_way(mounts, here, path)
-            .into_iter()
-            .min_by_key(|m| m.mount_point.components().count());
-        match next {
-            Some(next) => crossed.push(next),
-            None => break,
-        }
-    }
-    crossed
-}
-
-/// The mounts on `parent` whose point `path` lies on.
-fn children_on_the_way<'a>(
-    mounts: &'a [MountEntry],
-    parent: &MountEntry,
-    path: &Path,
-) -> Vec<&'a MountEntry> {
-    let on_parent = mounts
-        .iter()
-        .filter(|m| m.parent == parent.id && m.id != parent.id);
-    on_parent
-        .filter(|m| path.starts_with(&m.mount_point))
-        .collect()
-}
-
-/// The mount a lookup reached last of those [`descend`] gives (never none: it starts on one).
-fn last<'a>(crossed: &[&'a MountEntry]) -> &'a MountEntry {
-    crossed[crossed.len() - 1]
-}
-
-/// Whether `mount`, or a mount beneath it in the tree (which lookups from it cross into), is
-/// writable.
-fn reaches_writable(mounts: &[MountEntry], mount: &MountEntry) -> bool {
-    let mut pending = vec![mount];
-    let mut seen = Vec::new();
-    while let Some(m) = pending.pop() {
-        if seen.contains(&m.id) {
-            continue;
-        }
-        seen.push(m.id);
-        if !m.is_read_only() {
-            return true;
-        }
-        pending.extend(mounts.iter().filter(|c| c.parent == m.id && c.id != m.id));
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use feather_testkit::{eventually, ScratchDir, Started};
+    use std::time::Duration;
 
-    /// A VM's namespace after a restore added a mask over `/proc/keys` and a read-only bind
-    /// over `/proc/sys` (with its `binfmt_misc` cloned read-only): proc (30) is hidden at
-    /// both places; mount 33 is the host's `binfmt_misc` left beneath the bind.
-    const TABLE: &str = "\
-20 1 0:40 / / rw - overlay overlay rw
-30 20 0:5 / /proc rw,nosuid - proc proc rw
-33 30 0:50 / /proc/sys/fs/binfmt_misc rw - binfmt_misc binfmt_misc rw
-40 30 0:1 /null /proc/keys ro - devtmpfs udev rw
-41 30 0:5 /sys /proc/sys ro - proc proc rw
-42 41 0:50 / /proc/sys/fs/binfmt_misc ro - binfmt_misc binfmt_misc rw
-";
+    /// `script` run by `sh` in a mount namespace of its own, `$1` a scratch folder of the
+    /// test's (what it mounts there is the namespace's alone); once `ready` holds of its pid
+    /// and its scratch folder (within a generous minute; a set-up that fails ends the script
+    /// and the test at once).
+    /// Killed and removed on drop, the process first.
+    fn started(
+        label: &str,
+        script: &str,
+        ready: impl Fn(i32, &Path) -> bool,
+    ) -> (Started, ScratchDir) {
+        let scratch = ScratchDir::new(label);
+        let folder = scratch.0.display().to_string();
+        let private = ["-m", "--propagation", "private", "sh", "-c", script, "sh"];
+        let mut child = Started::spawn("unshare", &[&private[..], &[&folder]].concat());
+        let pid = child.0.id() as i32;
+        let came = eventually(Duration::from_secs(60), || {
+            if let Ok(Some(status)) = child.0.try_wait() {
+                panic!("{label}: the set-up ended, {status}");
+            }
+            ready(pid, &scratch.0)
+        });
+        assert!(came, "{label}: the process was not ready in 60 s");
+        (child, scratch)
+    }
 
-    fn namespace() -> Namespace {
-        Namespace {
-            mounts: feather_sys::mountinfo::parse(TABLE.as_bytes()),
-            masked: vec!["/proc/keys".into()],
+    /// The namespace `pid` is in (read through a live thread), `/proc/sys` bound read-only
+    /// there as the check requires.
+    fn namespace_of(pid: i32) -> Vec<Namespace> {
+        let mut tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+        let table = tasks
+            .find_map(|t| std::fs::read(t.unwrap().path().join("mountinfo")).ok())
+            .unwrap();
+        vec![Namespace {
+            mounts: feather_sys::mountinfo::parse(table),
+            masked: Vec::new(),
             read_only: vec!["/proc/sys".into()],
             read_only_alone: Vec::new(),
-        }
+        }]
     }
 
-    fn judged(mount: u64, path: &str) -> Option<String> {
-        reaches_past_a_cover(&namespace(), mount, Path::new(path))
+    /// What the check says of the tree of `pid`, frozen as a restore holds it.
+    fn checked(label: &str, pids: &[i32]) -> Result<(), String> {
+        let held = crate::held::TestGroup::frozen(label, pids).unwrap();
+        check(pids[0], held.hold(), &namespace_of(pids[0]))
     }
 
-    /// What a lookup of each path would reach passes: the root, proc, the mask, the bind and
-    /// its clone; a mount the images or the host use elsewhere is not this namespace's.
+    fn comm_is(pid: i32, name: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c == format!("{name}\n"))
+    }
+
+    /// A tree holding more links than the check reads is refused saying so; the same tree
+    /// within the limit passes (review restore30 M4: the limit had no test).
     #[test]
-    fn what_lookups_reach_passes() {
-        for (mount, path) in [
-            (20, "/"),
-            (20, "/etc/passwd"),
-            (30, "/proc"),
-            (30, "/proc/1/status"),
-            (40, "/proc/keys"),
-            (41, "/proc/sys/kernel/core_pattern"),
-            (42, "/proc/sys/fs/binfmt_misc/register"),
-        ] {
-            assert_eq!(judged(mount, path), None, "{mount} {path}");
-        }
-        assert_eq!(
-            unknown_mount(&[namespace()], 99, Path::new("/etc/passwd")),
-            None
-        );
-    }
-
-    /// A file at, beneath or above a covered place on a mount no namespace of the tree has
-    /// (one no live task is in, which nothing masks or binds) is refused naming the mount
-    /// and the place; and its mount is read beneath a place even where no table mount is
-    /// hidden (review restore30 M1: before, it passed).
-    #[test]
-    fn a_file_on_a_mount_no_table_has_by_a_covered_place_is_refused() {
-        for path in ["/proc/sys/kernel/core_pattern", "/proc/keys", "/proc"] {
-            let why = unknown_mount(&[namespace()], 99, Path::new(path)).unwrap();
-            assert!(
-                why.contains("mount 99, which no mount namespace"),
-                "{path}: {why}"
-            );
-        }
-        // A namespace whose table shows no proc: nothing is hidden at its places.
-        let mut plain = namespace();
-        plain.mounts = feather_sys::mountinfo::parse(b"20 1 0:40 / / rw - overlay overlay rw\n");
-        assert!(!may_be_hidden(
-            &plain,
-            Path::new("/proc/sys/kernel/core_pattern")
-        ));
-        assert!(mount_is_needed(
-            &plain,
-            Path::new("/proc/sys/kernel/core_pattern")
-        ));
-        assert!(!mount_is_needed(&plain, Path::new("/etc/passwd")));
-    }
-
-    /// A file beneath a mask on the mount it hides, a knob or a folder beneath the bind on the
-    /// writable mount beneath it, and a mount hidden beneath the bind's clone: each refused
-    /// naming the place and the mount.
-    #[test]
-    fn what_lies_beneath_a_cover_is_refused() {
-        let keys = judged(30, "/proc/keys").unwrap();
+    fn a_tree_holding_more_links_than_the_check_reads_is_refused() {
+        let script = "exec 3</dev/null 4</dev/null 5</dev/null 6</dev/null 7</dev/null \
+                      8</dev/null 9</dev/null; exec busybox sleep 1000";
+        let (child, _scratch) = started("many-links", script, |pid, _| comm_is(pid, "busybox"));
+        let pid = child.0.id() as i32;
+        let held = crate::held::TestGroup::frozen("many-links", &[pid]).unwrap();
+        let namespaces = namespace_of(pid);
+        let refusal = check_within(pid, held.hold(), &namespaces, 8).unwrap_err();
         assert!(
-            keys.contains("/proc/keys unmasked") && keys.contains("mount 30 (proc at /proc)"),
-            "{keys}"
+            refusal.contains("holds more than 8 descriptors, working folders"),
+            "{refusal}"
         );
-        for (mount, path) in [
-            (30, "/proc/sys/kernel/core_pattern"),
-            (30, "/proc/sys"),
-            (33, "/proc/sys/fs/binfmt_misc"),
-        ] {
-            let why = judged(mount, path).unwrap();
-            assert!(
-                why.contains("/proc/sys writable") && why.contains(&format!("mount {mount} ")),
-                "{mount} {path}: {why}"
-            );
-        }
+        assert_eq!(check_within(pid, held.hold(), &namespaces, 1000), Ok(()));
     }
 
-    /// A folder above a covered place on a mount lookups do not reach (a second proc stacked
-    /// on a writable one at `/proc`): a lookup from it reaches the writable knobs; one whose
-    /// way to the place is covered too (its own read-only bind) passes.
+    /// A folder of a proc no namespace of the tree has (mounted in the namespace, then
+    /// detached): its path reads `/sys/kernel`, near no covered place, but `openat` from it
+    /// writes `core_pattern`. Refused naming the descriptor and the mount (review
+    /// fixrestore30 M1: before, only a path at, beneath or above a covered place had its
+    /// mount read, and this passed).
     #[test]
-    fn a_hidden_folder_above_a_covered_place_is_refused_unless_covered_on_its_way() {
-        let stacked = "\
-20 1 0:40 / / rw - overlay overlay rw
-30 20 0:5 / /proc rw - proc proc rw
-50 30 0:6 / /proc rw - proc proc rw
-51 50 0:6 /sys /proc/sys ro - proc proc rw
-";
-        let mut ns = namespace();
-        ns.mounts = feather_sys::mountinfo::parse(stacked.as_bytes());
-        ns.masked.clear();
-        let why = reaches_past_a_cover(&ns, 30, Path::new("/proc")).unwrap();
-        assert!(why.contains("/proc/sys writable"), "{why}");
-        assert!(may_be_hidden(&ns, Path::new("/proc")));
-        let covered = format!("{stacked}31 30 0:5 /sys /proc/sys ro - proc proc rw\n");
-        ns.mounts = feather_sys::mountinfo::parse(covered.as_bytes());
-        assert_eq!(reaches_past_a_cover(&ns, 30, Path::new("/proc")), None);
+    fn a_descriptor_on_a_mount_no_namespace_of_the_tree_has_is_refused_wherever_it_lies() {
+        let script = "set -e; mount -t proc proc $1; exec 5<$1/sys/kernel; umount -l $1; \
+                      exec busybox sleep 1000";
+        let (child, _scratch) = started("detached-proc", script, |pid, _| comm_is(pid, "busybox"));
+        let pid = child.0.id() as i32;
+        let refusal = checked("detached-proc", &[pid]).unwrap_err();
+        assert!(
+            refusal.contains(&format!(
+                "process {pid} (thread {pid}) holds descriptor 5 on /sys/kernel, mount"
+            )) && refusal.contains("which no mount namespace of the restored tree has"),
+            "{refusal}"
+        );
     }
 
-    /// A read-only root bound alone (`readOnlyRootFilesystem`): a file on a writable tmpfs
-    /// mounted beneath it, hidden by another mount, passes, and its mount is not read; a
-    /// writable mount stacked at `/` itself beneath the read-only top is refused (review
-    /// restore30 M3: before, the place was taken as recursive and the tmpfs file refused).
+    /// A process whose executable lies on a tmpfs detached after its exec: refused naming
+    /// the executable.
     #[test]
-    fn a_place_bound_read_only_alone_judges_only_the_mounts_at_it() {
-        let table = |lines: &[&str]| feather_sys::mountinfo::parse(lines.join("\n").as_bytes());
-        let ns = Namespace {
-            mounts: table(&[
-                "20 1 0:40 / / ro - overlay overlay rw",
-                "60 20 0:61 / /tmp rw - tmpfs tmpfs rw",
-                "61 60 0:62 / /tmp rw - tmpfs tmpfs rw",
-            ]),
-            masked: Vec::new(),
-            read_only: Vec::new(),
-            read_only_alone: vec!["/".into()],
+    fn an_executable_on_a_mount_no_namespace_of_the_tree_has_is_refused() {
+        let script = "set -e; mount -t tmpfs t $1; cp /usr/bin/busybox $1/bb; \
+                      exec python3 -c 'import os, subprocess, sys\n\
+d = sys.argv[1]\n\
+fd = os.open(d + \"/bb\", os.O_RDONLY)\n\
+subprocess.run([\"umount\", \"-l\", d], check=True)\n\
+os.chdir(\"/\")\n\
+os.execv(f\"/proc/self/fd/{fd}\", [\"sleep\", \"1000\"])' $1";
+        let exe_is_bb = |pid: i32, _: &Path| {
+            std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == Path::new("/bb"))
         };
-        assert_eq!(reaches_past_a_cover(&ns, 60, Path::new("/tmp/x")), None);
-        assert!(!may_be_hidden(&ns, Path::new("/tmp/x")));
-        let ns = Namespace {
-            mounts: table(&[
-                "19 1 0:39 / / rw - overlay overlay rw",
-                "20 19 0:40 / / ro - overlay overlay rw",
-            ]),
-            ..ns
-        };
-        assert!(may_be_hidden(&ns, Path::new("/etc/passwd")));
-        let why = reaches_past_a_cover(&ns, 19, Path::new("/etc/passwd")).unwrap();
-        assert!(why.contains("shows / writable"), "{why}");
+        let (child, _scratch) = started("detached-exe", script, exe_is_bb);
+        let pid = child.0.id() as i32;
+        let refusal = checked("detached-exe", &[pid]).unwrap_err();
+        assert!(
+            refusal.contains("holds its exe on /bb, mount")
+                && refusal.contains("(filesystem 0x1021994)"),
+            "{refusal}"
+        );
     }
 
-    /// Only a path on the way to, at or beneath a covered place where the table has a mount
-    /// lookups do not reach has its mount read.
+    /// A thread group whose leader has exited, its other thread alive, maps a file of a
+    /// tmpfs detached after the map: through the leader `map_files` is empty; read through
+    /// the live thread, the map is refused (review restore30 L1: before, it passed unread).
     #[test]
-    fn only_paths_that_may_be_hidden_have_their_mount_read() {
-        let ns = namespace();
-        for (path, hidden) in [
-            ("/", false),
-            ("/etc", false),
-            // The overlay's own `/proc` folder lies beneath proc.
-            ("/proc", true),
-            ("/proc/1/status", false),
-            ("/proc/keys", true),
-            ("/proc/sys/kernel", true),
-        ] {
-            assert_eq!(may_be_hidden(&ns, Path::new(path)), hidden, "{path}");
-        }
+    fn a_mapped_file_of_a_group_whose_leader_exited_is_read_through_a_live_thread() {
+        let script = "set -e; mount -t tmpfs t $1; echo mapped > $1/mapped; \
+                      exec python3 -c 'import ctypes, mmap, os, subprocess, sys, threading, time\n\
+d = sys.argv[1]\n\
+libc = ctypes.CDLL(None, use_errno=True)\n\
+libc.mmap.restype = ctypes.c_void_p\n\
+fd = os.open(d + \"/mapped\", os.O_RDONLY)\n\
+kept = libc.mmap(None, 4096, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)\n\
+assert kept not in (None, ctypes.c_void_p(-1).value)\n\
+os.close(fd)\n\
+subprocess.run([\"umount\", \"-l\", d], check=True)\n\
+os.chdir(\"/\")\n\
+threading.Thread(target=time.sleep, args=(1000,)).start()\n\
+exit_nr = {\"x86_64\": 60, \"aarch64\": 93}[os.uname().machine]\n\
+libc.syscall(exit_nr, 0)' $1";
+        let leader_gone = |pid: i32, _: &Path| {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |t| t.count());
+            tasks == 2 && crate::held::has_ended(Path::new(&format!("/proc/{pid}/task/{pid}")))
+        };
+        let (child, _scratch) = started("leader-gone", script, leader_gone);
+        let pid = child.0.id() as i32;
+        let refusal = checked("leader-gone", &[pid]).unwrap_err();
+        assert!(
+            refusal.contains(&format!("process {pid} (thread "))
+                && refusal.contains(" on /mapped, mount")
+                && !refusal.contains("descriptor")
+                && refusal.contains("which no mount namespace of the restored tree has"),
+            "{refusal}"
+        );
+    }
+
+    /// A thread other than the leader with a root of its own (`unshare(CLONE_FS)`, then
+    /// `chroot`) at a proc that is then detached: refused naming the thread and its root
+    /// (review restore30 M4: no test had a non-leader thread's links, nor a root).
+    #[test]
+    fn a_threads_own_root_on_a_mount_no_namespace_of_the_tree_has_is_refused() {
+        let script = "set -e; mkdir $1/p; mount -t proc proc $1/p; \
+                      exec python3 -c 'import ctypes, os, subprocess, sys, threading, time\n\
+d = sys.argv[1]\n\
+rooted = threading.Event()\n\
+def chrooted():\n\
+\x20   assert ctypes.CDLL(None).unshare(0x200) == 0\n\
+\x20   os.chroot(d + \"/p\")\n\
+\x20   rooted.set()\n\
+\x20   time.sleep(1000)\n\
+threading.Thread(target=chrooted).start()\n\
+rooted.wait()\n\
+subprocess.run([\"umount\", \"-l\", d + \"/p\"], check=True)\n\
+open(d + \"/ready\", \"w\").close()\n\
+time.sleep(1000)' $1";
+        let ready = |_, folder: &Path| folder.join("ready").exists();
+        let (child, _scratch) = started("thread-root", script, ready);
+        let pid = child.0.id() as i32;
+        let refusal = checked("thread-root", &[pid]).unwrap_err();
+        assert!(
+            !refusal.contains(&format!("(thread {pid})"))
+                && refusal.contains(" holds its root on ")
+                && refusal.contains("which no mount namespace of the restored tree has"),
+            "{refusal}"
+        );
+    }
+
+    /// What a restore hands the tree or the kernel makes for it passes: a memfd (the
+    /// shared-memory mount), a file of the host's (standard output on the host's tree); a
+    /// folder of the host's tree and a file of its proc do not.
+    #[test]
+    fn of_the_mounts_no_namespace_of_the_tree_has_only_harmless_ones_pass() {
+        let proc =
+            nix::fcntl::open("/proc", OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let outside = Outside::read(&proc).unwrap();
+        let judged = |fd: OwnedFd| {
+            let mount = crate::restored_paths::mount_id(&proc, &fd).unwrap();
+            outside.refusal(mount, &fd).unwrap()
+        };
+        let memfd = nix::sys::memfd::memfd_create("m", nix::sys::memfd::MFdFlags::empty()).unwrap();
+        assert_eq!(judged(memfd), None);
+        let at = |path: &str| {
+            nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty()).unwrap()
+        };
+        assert_eq!(judged(at("/etc/hostname")), None);
+        let folder = judged(at("/")).unwrap();
+        assert!(folder.contains("which no mount namespace"), "{folder}");
+        let knob = judged(at("/proc/sys/kernel/core_pattern")).unwrap();
+        assert!(knob.contains("(proc)"), "{knob}");
     }
 }

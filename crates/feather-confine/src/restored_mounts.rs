@@ -44,9 +44,9 @@ pub struct Expected {
     pub before: Option<crate::restored_sources::Before>,
 }
 
-use crate::restored_descriptors::Namespace;
 pub use crate::restored_paths::Found;
 use crate::restored_paths::{look_up, read_in_proc, unentered};
+use crate::restored_reach::Namespace;
 
 /// What a refusal of a kernel knob (a read-only path, a mask, a sysfs or cgroup mount's
 /// flags) adds: its two likely causes, and what to do for each (review m26 M8: every refusal
