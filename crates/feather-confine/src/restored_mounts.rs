@@ -42,8 +42,13 @@ pub struct Expected {
     /// What existed before CRIU ran and what of it the restore exposes: every mount must be
     /// accounted for by it ([`crate::restored_sources`]).
     pub before: Option<crate::restored_sources::Before>,
+    /// The files the restorer handed CRIU to give the tree (`inherit_fd`: a container's
+    /// standard input, output and error), by `(st_dev, st_ino)`: of the files on a mount no
+    /// namespace of the tree has, these alone pass ([`crate::restored_descriptors`]).
+    pub handed: Vec<(u64, u64)>,
 }
 
+pub use crate::restored_descriptors::handed_files;
 pub use crate::restored_paths::Found;
 use crate::restored_paths::{look_up, read_in_proc, unentered};
 use crate::restored_reach::Namespace;
@@ -235,8 +240,8 @@ pub fn check_tree(init: i32, hold: &crate::held::Hold, expected: &Expected) -> R
         |unchecked| unchecked.to_string(),
     )?;
     let namespaces: Vec<Namespace> = seen.into_iter().map(|(_, covered)| covered).collect();
-    crate::restored_descriptors::check(init, hold, &namespaces)
-        .map_err(|why| format!("{why}; {KNOB_CAUSES}"))
+    crate::restored_descriptors::check(init, hold, &namespaces, &expected.handed)
+        .map_err(|refusal| refusal.with_causes(KNOB_CAUSES))
 }
 
 /// The places of `mounts` the check requires covered ([`kernel_places`]), for the check of
@@ -534,6 +539,7 @@ mod tests {
             sysfs_writable: false,
             cgroup_roots: vec!["/feather/c1".into()],
             before: None,
+            handed: Vec::new(),
         }
     }
 
