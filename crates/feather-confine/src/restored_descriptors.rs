@@ -526,6 +526,24 @@ fn mount_in_fdinfo(thread: &OwnedFd, fd: &str) -> nix::Result<u64> {
 }
 
 #[cfg(test)]
+/// The standard input, output and error of `pid` (read through a live thread), which the
+/// test hands it as a restore hands the tree its own (they lie on the test's mounts, not
+/// the process's namespace).
+pub(crate) fn stdio_of(pid: i32) -> Vec<(u64, u64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let fds = tasks
+        .map(|t| t.unwrap().path().join("fd"))
+        .find(|fds| fds.join("0").exists())
+        .unwrap();
+    let file = |fd| std::fs::metadata(fds.join(format!("{fd}"))).ok();
+    let identity = |m: std::fs::Metadata| {
+        use std::os::unix::fs::MetadataExt;
+        (m.dev(), m.ino())
+    };
+    (0..3).filter_map(file).map(identity).collect()
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use feather_testkit::{eventually, ScratchDir, Started};
@@ -577,23 +595,6 @@ mod tests {
         let namespaces = namespace_of(pids[0]);
         let handed = stdio_of(pids[0]);
         check(pids[0], held.hold(), &namespaces, &handed).map_err(|r| r.to_string())
-    }
-
-    /// The standard input, output and error of `pid` (read through a live thread), which the
-    /// test hands it as a restore hands the tree its own (they lie on the test's mounts, not
-    /// the process's namespace).
-    fn stdio_of(pid: i32) -> Vec<(u64, u64)> {
-        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
-        let fds = tasks
-            .map(|t| t.unwrap().path().join("fd"))
-            .find(|fds| fds.join("0").exists())
-            .unwrap();
-        let file = |fd| std::fs::metadata(fds.join(format!("{fd}"))).ok();
-        let identity = |m: std::fs::Metadata| {
-            use std::os::unix::fs::MetadataExt;
-            (m.dev(), m.ino())
-        };
-        (0..3).filter_map(file).map(identity).collect()
     }
 
     /// How many entries the folder `/proc/{pid}/{name}` has.

@@ -823,6 +823,24 @@ mod tests {
 
     /// `/proc/sys` read-only with every mount below it, in a copy of the host's namespace (its
     /// sysfs and cgroup mounts are writable).
+    /// [`check_tree`], the process's standard input, output and error (the test's) handed
+    /// to it as a restore hands the tree its own.
+    fn check_handing_stdio(
+        pid: i32,
+        hold: &crate::held::Hold,
+        expected: &Expected,
+    ) -> Result<(), String> {
+        let handed = crate::restored_descriptors::stdio_of(pid);
+        check_tree(
+            pid,
+            hold,
+            &Expected {
+                handed,
+                ..expected.clone()
+            },
+        )
+    }
+
     fn proc_sys_read_only() -> Expected {
         Expected {
             read_only: vec![ReadOnly {
@@ -853,7 +871,7 @@ mod tests {
             let pid = chrooted.child.id() as i32;
             let label = format!("mounts-{writable}");
             let held = crate::held::TestGroup::frozen(&label, &[pid]).unwrap();
-            let refusal = check_tree(pid, held.hold(), &without_masks).unwrap_err();
+            let refusal = check_handing_stdio(pid, held.hold(), &without_masks).unwrap_err();
             assert!(
                 refusal.contains(&format!("of process {pid} (\""))
                     && refusal.contains("\"): /proc/sys is writable"),
@@ -863,8 +881,11 @@ mod tests {
         let read_only = Chrooted::start("all");
         let pid = read_only.child.id() as i32;
         let held = crate::held::TestGroup::frozen("mounts-ro", &[pid]).unwrap();
-        assert_eq!(check_tree(pid, held.hold(), &without_masks), Ok(()));
-        let refusal = check_tree(pid, held.hold(), &expected).unwrap_err();
+        assert_eq!(
+            check_handing_stdio(pid, held.hold(), &without_masks),
+            Ok(())
+        );
+        let refusal = check_handing_stdio(pid, held.hold(), &expected).unwrap_err();
         assert!(
             refusal.contains("/proc/interrupts is not masked"),
             "{refusal}"
@@ -882,7 +903,7 @@ mod tests {
         let chrooted = Chrooted::start("held");
         let (pid, held, namespace) = chrooted.frozen("held");
         let read_only = proc_sys_read_only();
-        let refusal = check_tree(pid, held.hold(), &read_only).unwrap_err();
+        let refusal = check_handing_stdio(pid, held.hold(), &read_only).unwrap_err();
         assert!(
             refusal.contains(&format!(
                 "restored process {pid} (thread {pid}) holds descriptor 4 on /proc/sys/kernel"
@@ -897,7 +918,7 @@ mod tests {
         let places = unmasked_places(&namespace, &masked.masked, &[]).unwrap();
         let pidfd = feather_sys::process::pidfd_open(nix::unistd::Pid::from_raw(pid)).unwrap();
         feather_sys::process::mask_in_mount_namespace_of(&pidfd, &places).unwrap();
-        let refusal = check_tree(pid, held.hold(), &masked).unwrap_err();
+        let refusal = check_handing_stdio(pid, held.hold(), &masked).unwrap_err();
         assert!(
             refusal.contains("holds descriptor 3 on /proc/interrupts")
                 && refusal.contains("shows /proc/interrupts unmasked"),
@@ -930,7 +951,7 @@ mod tests {
         ];
         let refusals = checks.map(|expected| {
             let hold = held.hold().clone();
-            within_30_s(move || check_tree(pid, &hold, &expected)).unwrap_err()
+            within_30_s(move || check_handing_stdio(pid, &hold, &expected)).unwrap_err()
         });
         let proc_sys = chrooted.folder.join("proc/sys");
         assert!(
@@ -962,7 +983,7 @@ mod tests {
             masked,
             ..nothing_else
         };
-        let refusal = within_30_s(move || check_tree(pid, &hold, &unmasked)).unwrap_err();
+        let refusal = within_30_s(move || check_handing_stdio(pid, &hold, &unmasked)).unwrap_err();
         assert!(refusal.contains("binfmt_misc is not masked"), "{refusal}");
     }
 
@@ -1019,7 +1040,7 @@ mod tests {
             cgroup_roots: vec!["/".into()],
             ..Expected::default()
         };
-        assert_eq!(check_tree(pid, held.hold(), &expected), Ok(()));
+        assert_eq!(check_handing_stdio(pid, held.hold(), &expected), Ok(()));
     }
 
     /// A place on a shared mount is told as such (feather-oci masks none there: the mask
