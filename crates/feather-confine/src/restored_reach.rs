@@ -153,6 +153,14 @@ impl Work {
     }
 }
 
+/// One namespace's table (its index `t` among the tree's, a part of each cache key) and the
+/// work of the tree's judging, which every lookup in it takes part of.
+struct Within<'j, 'a> {
+    table: &'j Table<'a>,
+    t: usize,
+    work: &'j mut Work,
+}
+
 /// The tree's namespaces indexed, and the work of judging against them.
 pub(crate) struct Judge<'a> {
     tables: Vec<Table<'a>>,
@@ -196,7 +204,14 @@ impl<'a> Judge<'a> {
             return Ok(known.clone());
         }
         let why = match self.owner.get(&mount) {
-            Some(&t) => reaches_past_a_cover(&self.tables[t], t, &mut self.work, mount, path)?,
+            Some(&t) => {
+                let mut within = Within {
+                    table: &self.tables[t],
+                    t,
+                    work: &mut self.work,
+                };
+                reaches_past_a_cover(&mut within, mount, path)?
+            }
             None => None,
         };
         if self.work.may_keep(Some(path)) {
@@ -211,31 +226,30 @@ fn related(place: &Path, path: &Path) -> bool {
     path.starts_with(place) || place.starts_with(path)
 }
 
-/// Why a file at `path` on the mount `mount` reaches past a cover of the namespace of `table`
-/// (its index `t`): it lies on a mount lookups of `path` do not reach, and from it a covered
+/// Why a file at `path` on the mount `mount` reaches past a cover of the namespace `within`
+/// judges by: it lies on a mount lookups of `path` do not reach, and from it a covered
 /// place is reached with more than the cover gives. None when `mount` is not of the table, is
 /// the one lookups reach, or `path` is near no covered place.
 fn reaches_past_a_cover(
-    table: &Table,
-    t: usize,
-    work: &mut Work,
+    within: &mut Within,
     mount: u64,
     path: &Path,
 ) -> Result<Option<String>, TooMuchWork> {
+    let table = within.table;
     let Some(&held) = table.by_id.get(&mount) else {
         return Ok(None);
     };
     // Each place is looked at below, twice at most: a table may have thousands of procs.
     let ns = table.ns;
-    work.compare(
+    within.work.compare(
         2 * (ns.masked.len() + ns.read_only.len() + ns.read_only_alone.len()),
         path,
     )?;
-    if !table.near_a_place(path) || visible(table, t, work, path)? == Some(mount) {
+    if !table.near_a_place(path) || visible(within, path)? == Some(mount) {
         return Ok(None);
     }
     for place in &ns.masked {
-        if let Some(reached) = reached_at(table, t, work, held, path, place)? {
+        if let Some(reached) = reached_at(within, held, path, place)? {
             return Ok(Some(format!(
                 "a mount lookups no longer reach there, which shows {} unmasked (on {}): \
                  the mask over it hides nothing from this process",
@@ -252,8 +266,8 @@ fn reaches_past_a_cover(
         return Ok(Some(writable_beneath(place, held)));
     }
     for place in &ns.read_only {
-        if let Some(reached) = reached_at(table, t, work, held, path, place)? {
-            if reaches_writable(table, t, work, reached)? {
+        if let Some(reached) = reached_at(within, held, path, place)? {
+            if reaches_writable(within, reached)? {
                 return Ok(Some(writable_beneath(place, table.by_id[&reached])));
             }
         }
@@ -285,13 +299,12 @@ fn writable_beneath(place: &Path, reached: &MountEntry) -> String {
 /// not the mount lookups of `place` reach; None when `path` is neither at, beneath nor above
 /// `place`.
 fn reached_at(
-    table: &Table,
-    t: usize,
-    work: &mut Work,
+    within: &mut Within,
     held: &MountEntry,
     path: &Path,
     place: &Path,
 ) -> Result<Option<u64>, TooMuchWork> {
+    let table = within.table;
     if path.starts_with(place) {
         // At or beneath the place: what the descriptor reaches is its own mount.
         return Ok(Some(held.id));
@@ -302,29 +315,25 @@ fn reached_at(
     // Above: a lookup from it to the place crosses the mounts on the way, but none stacked
     // where it starts.
     let on_the_way = table.children_of(held.id);
-    work.compare(on_the_way.len(), place)?;
+    within.work.compare(on_the_way.len(), place)?;
     let first = on_the_way
         .iter()
         .filter(|m| place.starts_with(&m.mount_point) && m.mount_point.as_path() != path)
         .min_by_key(|m| m.mount_point.components().count());
     let reached = match first {
-        Some(first) => descend(table, t, work, first.id, place)?,
+        Some(first) => descend(within, first.id, place)?,
         None => held.id,
     };
-    let shown = visible(table, t, work, place)?;
+    let shown = visible(within, place)?;
     Ok((Some(reached) != shown).then_some(reached))
 }
 
 /// The mount lookups of `path` from the namespace's root reach ([`descend`] from its root
 /// mount). None without a root.
-fn visible(
-    table: &Table,
-    t: usize,
-    work: &mut Work,
-    path: &Path,
-) -> Result<Option<u64>, TooMuchWork> {
+fn visible(within: &mut Within, path: &Path) -> Result<Option<u64>, TooMuchWork> {
+    let table = within.table;
     match table.root {
-        Some(root) => descend(table, t, work, root.id, path).map(Some),
+        Some(root) => descend(within, root.id, path).map(Some),
         None => Ok(None),
     }
 }
@@ -332,23 +341,18 @@ fn visible(
 /// The mount a lookup of `path` that arrives on `from` reaches last: each step to the child
 /// mount first met on the way (the shortest point that `path` lies on; a mount stacked on
 /// another is its child at the same point, and a lookup arriving at a point crosses every
-/// mount stacked there). Each mount looked at is a step of `work`.
-fn descend(
-    table: &Table,
-    t: usize,
-    work: &mut Work,
-    from: u64,
-    path: &Path,
-) -> Result<u64, TooMuchWork> {
+/// mount stacked there). Each mount looked at is a step of `within`'s work.
+fn descend(within: &mut Within, from: u64, path: &Path) -> Result<u64, TooMuchWork> {
+    let (table, t) = (within.table, within.t);
     let key = (t, from, path.to_path_buf());
-    if let Some(&reached) = work.reached.get(&key) {
+    if let Some(&reached) = within.work.reached.get(&key) {
         return Ok(reached);
     }
     let mut here = from;
     // Each step goes one mount down the tree: no more steps than mounts.
     for _ in 0..table.ns.mounts.len() {
         let children = table.children_of(here);
-        work.compare(children.len() + 1, path)?;
+        within.work.compare(children.len() + 1, path)?;
         let next = children
             .iter()
             .filter(|m| path.starts_with(&m.mount_point))
@@ -358,21 +362,17 @@ fn descend(
             None => break,
         }
     }
-    if work.may_keep(Some(path)) {
-        work.reached.insert(key, here);
+    if within.work.may_keep(Some(path)) {
+        within.work.reached.insert(key, here);
     }
     Ok(here)
 }
 
 /// Whether `mount`, or a mount beneath it in the tree (which lookups from it cross into), is
 /// writable.
-fn reaches_writable(
-    table: &Table,
-    t: usize,
-    work: &mut Work,
-    mount: u64,
-) -> Result<bool, TooMuchWork> {
-    if let Some(&known) = work.writable.get(&(t, mount)) {
+fn reaches_writable(within: &mut Within, mount: u64) -> Result<bool, TooMuchWork> {
+    let (table, t) = (within.table, within.t);
+    if let Some(&known) = within.work.writable.get(&(t, mount)) {
         return Ok(known);
     }
     let mut pending = vec![mount];
@@ -382,15 +382,15 @@ fn reaches_writable(
         if !seen.insert(id) {
             continue;
         }
-        work.take(1)?;
+        within.work.take(1)?;
         if table.by_id.get(&id).is_some_and(|m| !m.is_read_only()) {
             writable = true;
             break;
         }
         pending.extend(table.children_of(id).iter().map(|c| c.id));
     }
-    if work.may_keep(None) {
-        work.writable.insert((t, mount), writable);
+    if within.work.may_keep(None) {
+        within.work.writable.insert((t, mount), writable);
     }
     Ok(writable)
 }
