@@ -995,6 +995,57 @@ fn a_checkpoint_leaving_proc_sys_writable_is_not_restored() {
     );
 }
 
+/// A container whose config did not mask `/proc/keys` holds it open (descriptor 3) at its
+/// checkpoint; restored under a config that masks it, the descriptor is opened again through
+/// the mask: it is on the mask's mount (`/dev/null`), not on proc, and the restore passes the
+/// check of what the restored tasks hold, which reads the mount of every descriptor (a
+/// descriptor on proc beneath the mask would have been refused).
+#[test]
+fn a_container_holding_a_file_its_checkpoint_left_unmasked_gets_it_back_masked() {
+    let scratch = Scratch::new("checkpoint-heldmask");
+    let runtime = Runtime::new(&scratch);
+    let holding = ["sh", "-c", "exec 3</proc/keys; exec sleep 1000"];
+    let masked = base_config(&holding);
+    let mut unmasked = masked.clone();
+    let paths = unmasked["linux"]["maskedPaths"].as_array_mut().unwrap();
+    paths.retain(|path| path != "/proc/keys");
+    let bundle = Bundle::new(&scratch, "bundle", &unmasked);
+    let first = "ckpt-heldmask1";
+    assert_eq!(runtime.create(first, &bundle, &scratch.path("out")).code, 0);
+    assert_eq!(runtime.run(&["start", first]).code, 0);
+    let pid = runtime.state(first)["pid"].as_i64().unwrap();
+    let holds =
+        || fs::read_link(format!("/proc/{pid}/fd/3")).is_ok_and(|l| l == Path::new("/proc/keys"));
+    assert!(
+        eventually(Duration::from_secs(60), holds),
+        "the container's process did not open /proc/keys in 60 s"
+    );
+    let images = scratch.path("images");
+    let outcome = runtime.run(&[
+        "checkpoint",
+        "--image-path",
+        images.to_str().unwrap(),
+        first,
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    bundle.set_config(&masked);
+    let second = "ckpt-heldmask2";
+    let outcome = restore_detached(&runtime, &images, &bundle, second, &scratch.path("out2"));
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let info = init_file(&runtime, second, "fdinfo/3");
+    let mounts = init_file(&runtime, second, "mountinfo");
+    let _ = runtime.run(&["delete", "--force", second]);
+    let mask = mounts
+        .lines()
+        .find(|line| line.split(' ').nth(4) == Some("/proc/keys"))
+        .and_then(|line| line.split(' ').next())
+        .unwrap_or_else(|| panic!("no mask at /proc/keys: {mounts}"));
+    assert!(
+        info.lines().any(|line| line == format!("mnt_id:\t{mask}")),
+        "descriptor 3 is not on the mask's mount {mask}: {info}"
+    );
+}
+
 /// A checkpoint without a mask the config makes (a kernel path absent at the dump, present
 /// here: an older kernel's, another host's; here the `/sys/firmware` mask's entry left out of
 /// the mount images) is restored with the mask added while it is frozen, as `create` makes it.

@@ -21,6 +21,7 @@ pub mod restored;
 mod restored_descriptors;
 pub mod restored_mounts;
 pub mod restored_paths;
+mod restored_reach;
 pub mod restored_sources;
 pub mod sealed;
 pub mod seccomp;

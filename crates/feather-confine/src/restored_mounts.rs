@@ -42,11 +42,16 @@ pub struct Expected {
     /// What existed before CRIU ran and what of it the restore exposes: every mount must be
     /// accounted for by it ([`crate::restored_sources`]).
     pub before: Option<crate::restored_sources::Before>,
+    /// The files the restorer handed CRIU to give the tree (`inherit_fd`: a container's
+    /// standard input, output and error), by `(st_dev, st_ino)`: of the files on a mount no
+    /// namespace of the tree has, these alone pass ([`crate::restored_descriptors`]).
+    pub handed: Vec<(u64, u64)>,
 }
 
-use crate::restored_descriptors::Namespace;
+pub use crate::restored_descriptors::handed_files;
 pub use crate::restored_paths::Found;
 use crate::restored_paths::{look_up, read_in_proc, unentered};
+use crate::restored_reach::Namespace;
 
 /// What a refusal of a kernel knob (a read-only path, a mask, a sysfs or cgroup mount's
 /// flags) adds: its two likely causes, and what to do for each (review m26 M8: every refusal
@@ -235,8 +240,8 @@ pub fn check_tree(init: i32, hold: &crate::held::Hold, expected: &Expected) -> R
         |unchecked| unchecked.to_string(),
     )?;
     let namespaces: Vec<Namespace> = seen.into_iter().map(|(_, covered)| covered).collect();
-    crate::restored_descriptors::check(init, hold, &namespaces)
-        .map_err(|why| format!("{why}; {KNOB_CAUSES}"))
+    crate::restored_descriptors::check(init, hold, &namespaces, &expected.handed)
+        .map_err(|refusal| refusal.with_causes(KNOB_CAUSES))
 }
 
 /// The places of `mounts` the check requires covered ([`kernel_places`]), for the check of
@@ -534,6 +539,7 @@ mod tests {
             sysfs_writable: false,
             cgroup_roots: vec!["/feather/c1".into()],
             before: None,
+            handed: Vec::new(),
         }
     }
 
@@ -817,6 +823,24 @@ mod tests {
 
     /// `/proc/sys` read-only with every mount below it, in a copy of the host's namespace (its
     /// sysfs and cgroup mounts are writable).
+    /// [`check_tree`], the process's standard input, output and error (the test's) handed
+    /// to it as a restore hands the tree its own.
+    fn check_handing_stdio(
+        pid: i32,
+        hold: &crate::held::Hold,
+        expected: &Expected,
+    ) -> Result<(), String> {
+        let handed = crate::restored_descriptors::stdio_of(pid);
+        check_tree(
+            pid,
+            hold,
+            &Expected {
+                handed,
+                ..expected.clone()
+            },
+        )
+    }
+
     fn proc_sys_read_only() -> Expected {
         Expected {
             read_only: vec![ReadOnly {
@@ -847,7 +871,7 @@ mod tests {
             let pid = chrooted.child.id() as i32;
             let label = format!("mounts-{writable}");
             let held = crate::held::TestGroup::frozen(&label, &[pid]).unwrap();
-            let refusal = check_tree(pid, held.hold(), &without_masks).unwrap_err();
+            let refusal = check_handing_stdio(pid, held.hold(), &without_masks).unwrap_err();
             assert!(
                 refusal.contains(&format!("of process {pid} (\""))
                     && refusal.contains("\"): /proc/sys is writable"),
@@ -857,8 +881,11 @@ mod tests {
         let read_only = Chrooted::start("all");
         let pid = read_only.child.id() as i32;
         let held = crate::held::TestGroup::frozen("mounts-ro", &[pid]).unwrap();
-        assert_eq!(check_tree(pid, held.hold(), &without_masks), Ok(()));
-        let refusal = check_tree(pid, held.hold(), &expected).unwrap_err();
+        assert_eq!(
+            check_handing_stdio(pid, held.hold(), &without_masks),
+            Ok(())
+        );
+        let refusal = check_handing_stdio(pid, held.hold(), &expected).unwrap_err();
         assert!(
             refusal.contains("/proc/interrupts is not masked"),
             "{refusal}"
@@ -876,7 +903,7 @@ mod tests {
         let chrooted = Chrooted::start("held");
         let (pid, held, namespace) = chrooted.frozen("held");
         let read_only = proc_sys_read_only();
-        let refusal = check_tree(pid, held.hold(), &read_only).unwrap_err();
+        let refusal = check_handing_stdio(pid, held.hold(), &read_only).unwrap_err();
         assert!(
             refusal.contains(&format!(
                 "restored process {pid} (thread {pid}) holds descriptor 4 on /proc/sys/kernel"
@@ -891,7 +918,7 @@ mod tests {
         let places = unmasked_places(&namespace, &masked.masked, &[]).unwrap();
         let pidfd = feather_sys::process::pidfd_open(nix::unistd::Pid::from_raw(pid)).unwrap();
         feather_sys::process::mask_in_mount_namespace_of(&pidfd, &places).unwrap();
-        let refusal = check_tree(pid, held.hold(), &masked).unwrap_err();
+        let refusal = check_handing_stdio(pid, held.hold(), &masked).unwrap_err();
         assert!(
             refusal.contains("holds descriptor 3 on /proc/interrupts")
                 && refusal.contains("shows /proc/interrupts unmasked"),
@@ -924,7 +951,7 @@ mod tests {
         ];
         let refusals = checks.map(|expected| {
             let hold = held.hold().clone();
-            within_30_s(move || check_tree(pid, &hold, &expected)).unwrap_err()
+            within_30_s(move || check_handing_stdio(pid, &hold, &expected)).unwrap_err()
         });
         let proc_sys = chrooted.folder.join("proc/sys");
         assert!(
@@ -956,7 +983,7 @@ mod tests {
             masked,
             ..nothing_else
         };
-        let refusal = within_30_s(move || check_tree(pid, &hold, &unmasked)).unwrap_err();
+        let refusal = within_30_s(move || check_handing_stdio(pid, &hold, &unmasked)).unwrap_err();
         assert!(refusal.contains("binfmt_misc is not masked"), "{refusal}");
     }
 
@@ -1013,7 +1040,7 @@ mod tests {
             cgroup_roots: vec!["/".into()],
             ..Expected::default()
         };
-        assert_eq!(check_tree(pid, held.hold(), &expected), Ok(()));
+        assert_eq!(check_handing_stdio(pid, held.hold(), &expected), Ok(()));
     }
 
     /// A place on a shared mount is told as such (feather-oci masks none there: the mask

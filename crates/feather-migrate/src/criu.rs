@@ -885,6 +885,14 @@ pub struct RestoreCall {
 }
 
 impl RestoreCall {
+    /// The descriptors of this process the request hands criu to give the restored tree
+    /// (`inherit_fd`).
+    pub fn inherited(&self) -> Vec<i32> {
+        let opts = self.request.opts.iter();
+        opts.flat_map(|o| o.inherit_fd.iter().map(|i| i.fd))
+            .collect()
+    }
+
     /// The descriptor the child running criu must keep open.
     pub fn criu_end(&self) -> i32 {
         self.channel.criu_end().unwrap_or(-1)

@@ -83,9 +83,11 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
         .and_then(|()| {
             let hold = container.groups().hold()?;
             let allowed = crate::restored::Allowed::for_config(&spec)?;
-            let mounts = crate::restored_mounts::expected(&spec, &container)?;
+            let mut mounts = crate::restored_mounts::expected(&spec, &container)?;
             let (call, netns, work, queued) =
                 prepare(&criu, &container, &spec, args, images, mode)?;
+            mounts.handed = feather_confine::restored_mounts::handed_files(&call.inherited())
+                .map_err(anyhow::Error::msg)?;
             let read_only_root = spec.root().as_ref().and_then(|r| r.readonly()) == Some(true);
             let where_criu_ran =
                 CriuMountTable::new().context("make the file CRIU's mount table goes in")?;

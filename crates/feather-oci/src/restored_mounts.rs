@@ -57,6 +57,8 @@ pub fn expected(spec: &Spec, container: &Container) -> Result<Expected> {
         sysfs_writable,
         cgroup_roots,
         before: None,
+        // Set once the restore knows what it hands CRIU (`restore::Accounted`).
+        handed: Vec::new(),
     })
 }
 

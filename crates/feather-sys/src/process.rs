@@ -86,6 +86,12 @@ pub fn fork() -> Result<Option<Pid>> {
     Ok(raw::fork().ctx("fork", "process")?.map(Pid::from_raw))
 }
 
+/// Whether the threads `a` and `b` share one descriptor table (kcmp(2), `KCMP_FILES`: one
+/// made with `CLONE_FILES` shares its creator's).
+pub fn shares_descriptor_table(a: Pid, b: Pid) -> Result<bool> {
+    raw::shares_descriptor_table(a.as_raw(), b.as_raw()).ctx("kcmp", a)
+}
+
 pub fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
     raw::pidfd_open(pid.as_raw()).ctx("pidfd_open", pid)
 }

@@ -145,6 +145,17 @@ pub fn mount_namespace_id(ns: BorrowedFd<'_>) -> Result<u64, Errno> {
     Ok(id)
 }
 
+/// kcmp(2) with `KCMP_FILES`: whether the tasks `a` and `b` (thread ids of the caller's pid
+/// namespace) share one descriptor table.
+pub fn shares_descriptor_table(a: libc::pid_t, b: libc::pid_t) -> Result<bool, Errno> {
+    /// uapi/linux/kcmp.h.
+    const KCMP_FILES: libc::c_int = 2;
+    // SAFETY: kcmp takes five integers (the indices are unused with KCMP_FILES) and returns
+    // 0, 1, 2, 3 or -1; it reads and writes no memory of ours.
+    let ordered = unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_FILES, 0, 0) };
+    Errno::result(ordered).map(|order| order == 0)
+}
+
 /// pidfd_getfd(2): a duplicate, in the caller, of descriptor `fd` of the process behind `pidfd`
 /// (close-on-exec, as the kernel always makes it). The duplicate refers to the same open file
 /// as the target's descriptor: what the kernel holds, not anything the target could describe.
