@@ -22,7 +22,7 @@ use feather_sys::mountinfo::{self, MountEntry};
 
 use crate::atomic::{write_atomic, Durability};
 use crate::error::{Error, IoContext, Result};
-use crate::StateRoot;
+use crate::{folder_summary, StateRoot};
 
 /// Where the registry lives. Outside every state root, root-only, hidden from every VM.
 pub const REGISTRY_DIR: &str = "/var/lib/feather-roots";
@@ -249,6 +249,11 @@ impl Registry {
         Ok(RegistryHold { _folder: folder })
     }
 
+    /// The registry as it is now ([`registry_now`]).
+    pub fn seen(&self) -> RegistrySeen {
+        RegistrySeen(folder_summary::Seen::of(&self.dir))
+    }
+
     /// Every registered root whose state folder still exists, with canonical paths.
     pub fn roots(&self) -> Vec<StateRoot> {
         self.entries().live.iter().map(Entry::root).collect()
@@ -259,15 +264,11 @@ impl Registry {
     /// are removed on the way).
     fn entries(&self) -> Entries {
         let mut listed = Entries::default();
-        let Ok(files) = fs::read_dir(&self.dir) else {
-            return listed;
-        };
-        for file in files.flatten() {
-            let path = file.path();
-            if path.extension().is_none_or(|ext| ext != "json") {
-                continue;
-            }
-            let Some(entry) = self.read(&path) else {
+        // From the registry's summary while nothing changed since it was written: a start
+        // opens no entry, however many the registry keeps (issue 15).
+        let files = folder_summary::read(&self.dir, |path| self.read(path));
+        for (path, entry) in files {
+            let Some(entry) = entry else {
                 continue;
             };
             match fs::symlink_metadata(&entry.dir) {
@@ -501,22 +502,38 @@ pub fn host_state_folders_in(mounts: &[MountEntry]) -> Vec<PathBuf> {
     state_folders_of(&entries.live, &entries.retired(), mounts)
 }
 
+/// The host's registry as it is now, for a start's last look ([`late_state_folders_in`]) to
+/// tell whether any root was registered since: taken before the start reads the registry.
+pub fn registry_now() -> RegistrySeen {
+    Registry::host().seen()
+}
+
+/// The registry as a start saw it ([`registry_now`]).
+#[derive(Clone, Debug)]
+pub struct RegistrySeen(Option<folder_summary::Seen>);
+
 /// The state folders of the roots registered that `known` (a start's [`host_state_folders_in`]
 /// with its own root's) does not name, with their aliases: a start's last look, which finds
-/// the roots registered while it started (none, nearly always: then nothing but the
-/// registry's entries is read). When there is one, the host's mount table is read again, not
-/// taken from the start's beginning: a root registered meanwhile may have been mounted or
-/// bound meanwhile too (review roots28 L1).
-pub fn late_state_folders_in(known: &[PathBuf]) -> Vec<PathBuf> {
-    late_state_folders_of(&Registry::host(), known, host_mounts)
+/// the roots registered while it started (none, nearly always). A registry that lists the
+/// same entry files, each the same file (inode), as when the start looked (`seen`) had none
+/// registered since (an entry is written by a rename, which adds a name or gives a new inode):
+/// then no entry is read at all (issue 15). When there is one, the host's mount table is
+/// read again, not taken from the start's beginning: a root registered meanwhile may have
+/// been mounted or bound meanwhile too (review roots28 L1).
+pub fn late_state_folders_in(known: &[PathBuf], seen: &RegistrySeen) -> Vec<PathBuf> {
+    late_state_folders_of(&Registry::host(), known, seen, host_mounts)
 }
 
 /// [`late_state_folders_in`] of `registry`, `now` reading the mount table.
 fn late_state_folders_of(
     registry: &Registry,
     known: &[PathBuf],
+    seen: &RegistrySeen,
     now: impl FnOnce() -> Vec<MountEntry>,
 ) -> Vec<PathBuf> {
+    if seen.0.is_some() && registry.seen().0 == seen.0 {
+        return Vec::new();
+    }
     let late: Vec<Entry> = registry
         .entries()
         .live
@@ -1480,8 +1497,8 @@ mod tests {
     /// Dates the file `path` `secs` seconds back.
     fn backdate(path: &Path, secs: u64) {
         let at = std::time::SystemTime::now() - Duration::from_secs(secs);
-        let file = fs::File::options().write(true).open(path).unwrap();
-        file.set_modified(at).unwrap();
+        // Read-only: a folder too (the owner may date what it opened so).
+        fs::File::open(path).unwrap().set_modified(at).unwrap();
     }
 
     /// A root bound from a source folder, its bind then unmounted: its path, registered again
@@ -1654,9 +1671,10 @@ mod tests {
             "27 1 254:0 / / rw - ext4 /dev/vda rw\n40 27 254:0 {parent} /mnt/bound rw - ext4 /dev/vda rw\n"
         );
         let bound = Path::new("/mnt/bound").join(dir.file_name().unwrap());
-        let late = late_state_folders_of(&registry, &[], || mountinfo::parse(&table));
+        let unseen = RegistrySeen(None);
+        let late = late_state_folders_of(&registry, &[], &unseen, || mountinfo::parse(&table));
         let read = std::cell::Cell::new(false);
-        let known = late_state_folders_of(&registry, &[dir.clone(), run], || {
+        let known = late_state_folders_of(&registry, &[dir.clone(), run], &unseen, || {
             read.set(true);
             Vec::new()
         });
@@ -1667,6 +1685,59 @@ mod tests {
             known.is_empty() && !read.get(),
             "no late root: no table read"
         );
+    }
+
+    /// A start's last look at a registry unchanged since the start read it reads nothing of
+    /// it; a root registered since is found (issue 15).
+    #[test]
+    fn the_last_look_reads_nothing_of_a_registry_unchanged_since_the_start() {
+        let (registry, first) = a_root("seen-first");
+        registry.register(&first).unwrap().mark().unwrap();
+        let seen = registry.seen();
+        let read = std::cell::Cell::new(false);
+        // `first` not named known: only a look that reads the registry would find it.
+        let unchanged = late_state_folders_of(&registry, &[], &seen, || {
+            read.set(true);
+            Vec::new()
+        });
+        let second = StateRoot::new(Some(scratch("root-seen-second")));
+        second.prepare().unwrap();
+        registry.register(&second).unwrap().mark().unwrap();
+        let second_dir = fs::canonicalize(second.dir()).unwrap();
+        let after = late_state_folders_of(&registry, &[], &seen, Vec::new);
+        for dir in [first.dir(), second.dir(), registry.dir()] {
+            fs::remove_dir_all(dir).unwrap();
+        }
+        assert!(unchanged.is_empty() && !read.get(), "{unchanged:?}");
+        assert!(after.contains(&second_dir), "{after:?}");
+    }
+
+    /// What a start hides comes from the registry's summary once the registry has settled,
+    /// and a root registered after the summary was written is hidden all the same: the summary
+    /// no longer matches the registry, and is passed over (issue 15).
+    #[test]
+    fn a_root_registered_after_the_registrys_summary_is_hidden() {
+        let (registry, first) = a_root("summary-first");
+        registry.register(&first).unwrap().mark().unwrap();
+        fs::create_dir_all(registry.dir().join(folder_summary::SUMMARY_DIR)).unwrap();
+        backdate(registry.dir(), 3600);
+        hidden_by(&registry);
+        let summarised = registry
+            .dir()
+            .join(folder_summary::SUMMARY_DIR)
+            .read_dir()
+            .unwrap()
+            .count();
+        let second = StateRoot::new(Some(scratch("root-summary-second")));
+        second.prepare().unwrap();
+        registry.register(&second).unwrap().mark().unwrap();
+        let hidden = hidden_by(&registry);
+        let second_dir = fs::canonicalize(second.dir()).unwrap();
+        for dir in [first.dir(), second.dir(), registry.dir()] {
+            fs::remove_dir_all(dir).unwrap();
+        }
+        assert_eq!(summarised, 1, "the settled registry summarised");
+        assert!(hidden.contains(&second_dir), "{hidden:?}");
     }
 
     /// A state folder swapped at its path between the registration and the mark is not given
