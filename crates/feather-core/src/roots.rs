@@ -249,11 +249,6 @@ impl Registry {
         Ok(RegistryHold { _folder: folder })
     }
 
-    /// The registry as it is now ([`registry_now`]).
-    pub fn seen(&self) -> RegistrySeen {
-        RegistrySeen(folder_summary::Seen::of(&self.dir))
-    }
-
     /// Every registered root whose state folder still exists, with canonical paths.
     pub fn roots(&self) -> Vec<StateRoot> {
         self.entries().live.iter().map(Entry::root).collect()
@@ -266,7 +261,7 @@ impl Registry {
         let mut listed = Entries::default();
         // From the registry's summary while nothing changed since it was written: a start
         // opens no entry, however many the registry keeps (issue 15).
-        let files = folder_summary::read(&self.dir, |path| self.read(path));
+        let files = folder_summary::read(&self.dir, parse_entry);
         for (path, entry) in files {
             let Some(entry) = entry else {
                 continue;
@@ -377,7 +372,7 @@ impl Registry {
     }
 
     fn read(&self, path: &Path) -> Option<Entry> {
-        serde_json::from_slice(&fs::read(path).ok()?).ok()
+        parse_entry(&fs::read(path).ok()?)
     }
 
     /// The stamp of the host's last sweep of removed roots' cgroups: its mtime is when that
@@ -502,38 +497,22 @@ pub fn host_state_folders_in(mounts: &[MountEntry]) -> Vec<PathBuf> {
     state_folders_of(&entries.live, &entries.retired(), mounts)
 }
 
-/// The host's registry as it is now, for a start's last look ([`late_state_folders_in`]) to
-/// tell whether any root was registered since: taken before the start reads the registry.
-pub fn registry_now() -> RegistrySeen {
-    Registry::host().seen()
-}
-
-/// The registry as a start saw it ([`registry_now`]).
-#[derive(Clone, Debug)]
-pub struct RegistrySeen(Option<folder_summary::Seen>);
-
 /// The state folders of the roots registered that `known` (a start's [`host_state_folders_in`]
 /// with its own root's) does not name, with their aliases: a start's last look, which finds
-/// the roots registered while it started (none, nearly always). A registry that lists the
-/// same entry files, each the same file (inode), as when the start looked (`seen`) had none
-/// registered since (an entry is written by a rename, which adds a name or gives a new inode):
-/// then no entry is read at all (issue 15). When there is one, the host's mount table is
-/// read again, not taken from the start's beginning: a root registered meanwhile may have
-/// been mounted or bound meanwhile too (review roots28 L1).
-pub fn late_state_folders_in(known: &[PathBuf], seen: &RegistrySeen) -> Vec<PathBuf> {
-    late_state_folders_of(&Registry::host(), known, seen, host_mounts)
+/// the roots registered while it started (none, nearly always: then nothing but the
+/// registry's entries is read, from its summary while that matches). When there is one, the
+/// host's mount table is read again, not taken from the start's beginning: a root registered
+/// meanwhile may have been mounted or bound meanwhile too (review roots28 L1).
+pub fn late_state_folders_in(known: &[PathBuf]) -> Vec<PathBuf> {
+    late_state_folders_of(&Registry::host(), known, host_mounts)
 }
 
 /// [`late_state_folders_in`] of `registry`, `now` reading the mount table.
 fn late_state_folders_of(
     registry: &Registry,
     known: &[PathBuf],
-    seen: &RegistrySeen,
     now: impl FnOnce() -> Vec<MountEntry>,
 ) -> Vec<PathBuf> {
-    if seen.0.is_some() && registry.seen().0 == seen.0 {
-        return Vec::new();
-    }
     let late: Vec<Entry> = registry
         .entries()
         .live
@@ -694,6 +673,11 @@ fn marker_in(dir: &Path) -> Option<String> {
 /// and `commit` match the folders' identities too).
 pub fn host_mounts() -> Vec<MountEntry> {
     mountinfo::mounts().unwrap_or_default()
+}
+
+/// An entry of the registry from its file's text (None: not an entry).
+fn parse_entry(text: &[u8]) -> Option<Entry> {
+    serde_json::from_slice(text).ok()
 }
 
 /// [`REGISTRY_DIR`], and its canonical path where that differs (`/var/lib` a link).
@@ -1671,10 +1655,9 @@ mod tests {
             "27 1 254:0 / / rw - ext4 /dev/vda rw\n40 27 254:0 {parent} /mnt/bound rw - ext4 /dev/vda rw\n"
         );
         let bound = Path::new("/mnt/bound").join(dir.file_name().unwrap());
-        let unseen = RegistrySeen(None);
-        let late = late_state_folders_of(&registry, &[], &unseen, || mountinfo::parse(&table));
+        let late = late_state_folders_of(&registry, &[], || mountinfo::parse(&table));
         let read = std::cell::Cell::new(false);
-        let known = late_state_folders_of(&registry, &[dir.clone(), run], &unseen, || {
+        let known = late_state_folders_of(&registry, &[dir.clone(), run], || {
             read.set(true);
             Vec::new()
         });
@@ -1687,29 +1670,37 @@ mod tests {
         );
     }
 
-    /// A start's last look at a registry unchanged since the start read it reads nothing of
-    /// it; a root registered since is found (issue 15).
+    /// A registry holding one root (`label`), settled and summarised, then read by a start from
+    /// its summary: the registry, the root, what that start hid, and whether it was summarised.
+    fn a_summarised_registry(label: &str) -> (Registry, StateRoot, Vec<PathBuf>, bool) {
+        let (registry, root) = a_root(label);
+        registry.register(&root).unwrap().mark().unwrap();
+        let summary_dir = registry.dir().join(folder_summary::SUMMARY_DIR);
+        fs::create_dir_all(&summary_dir).unwrap();
+        backdate(registry.dir(), 3600);
+        hidden_by(&registry);
+        let summarised = summary_dir.join("files.json").exists();
+        let hidden = hidden_by(&registry);
+        (registry, root, hidden, summarised)
+    }
+
+    /// A root's entry written again during a start, under the same name (its run folder moved),
+    /// after the start read the registry from its settled summary: the start's last look reads
+    /// the new entry, not the summary's, and hides the new run folder (review startcost31 L1).
     #[test]
-    fn the_last_look_reads_nothing_of_a_registry_unchanged_since_the_start() {
-        let (registry, first) = a_root("seen-first");
-        registry.register(&first).unwrap().mark().unwrap();
-        let seen = registry.seen();
-        let read = std::cell::Cell::new(false);
-        // `first` not named known: only a look that reads the registry would find it.
-        let unchanged = late_state_folders_of(&registry, &[], &seen, || {
-            read.set(true);
-            Vec::new()
-        });
-        let second = StateRoot::new(Some(scratch("root-seen-second")));
-        second.prepare().unwrap();
-        registry.register(&second).unwrap().mark().unwrap();
-        let second_dir = fs::canonicalize(second.dir()).unwrap();
-        let after = late_state_folders_of(&registry, &[], &seen, Vec::new);
-        for dir in [first.dir(), second.dir(), registry.dir()] {
+    fn an_entry_rewritten_after_a_start_read_the_summary_is_read_anew_by_the_last_look() {
+        let (registry, root, known, summarised) = a_summarised_registry("rewritten");
+        let moved = StateRoot::with_dirs(root.dir().into(), scratch("run-rewritten"));
+        moved.prepare().unwrap();
+        registry.register(&moved).unwrap().mark().unwrap();
+        let new_run = fs::canonicalize(moved.run_dir()).unwrap();
+        let late = late_state_folders_of(&registry, &known, Vec::new);
+        for dir in [root.dir(), moved.run_dir(), registry.dir()] {
             fs::remove_dir_all(dir).unwrap();
         }
-        assert!(unchanged.is_empty() && !read.get(), "{unchanged:?}");
-        assert!(after.contains(&second_dir), "{after:?}");
+        assert!(summarised, "the start read the registry's summary");
+        assert!(!known.contains(&new_run), "{known:?}");
+        assert!(late.contains(&new_run), "{late:?}");
     }
 
     /// What a start hides comes from the registry's summary once the registry has settled,
@@ -1717,17 +1708,7 @@ mod tests {
     /// no longer matches the registry, and is passed over (issue 15).
     #[test]
     fn a_root_registered_after_the_registrys_summary_is_hidden() {
-        let (registry, first) = a_root("summary-first");
-        registry.register(&first).unwrap().mark().unwrap();
-        fs::create_dir_all(registry.dir().join(folder_summary::SUMMARY_DIR)).unwrap();
-        backdate(registry.dir(), 3600);
-        hidden_by(&registry);
-        let summarised = registry
-            .dir()
-            .join(folder_summary::SUMMARY_DIR)
-            .read_dir()
-            .unwrap()
-            .count();
+        let (registry, first, _, summarised) = a_summarised_registry("summary-first");
         let second = StateRoot::new(Some(scratch("root-summary-second")));
         second.prepare().unwrap();
         registry.register(&second).unwrap().mark().unwrap();
@@ -1736,7 +1717,7 @@ mod tests {
         for dir in [first.dir(), second.dir(), registry.dir()] {
             fs::remove_dir_all(dir).unwrap();
         }
-        assert_eq!(summarised, 1, "the settled registry summarised");
+        assert!(summarised, "the settled registry summarised");
         assert!(hidden.contains(&second_dir), "{hidden:?}");
     }
 

@@ -353,8 +353,6 @@ struct Unsettled {
     keeper: Keeper,
     /// The state folders the start hid: the late look passes over them.
     known_state_folders: Vec<PathBuf>,
-    /// The registry as the start read it: unchanged, the late look reads none of it.
-    registry_seen: feather_core::roots::RegistrySeen,
 }
 
 impl Unsettled {
@@ -364,8 +362,7 @@ impl Unsettled {
         let keeper = self.keeper;
         keeper.settle_lowers();
         // Roots registered while the VM started are hidden now (see `hiding`).
-        let late = keeper.hide_late_state_folders(&self.known_state_folders, &self.registry_seen);
-        if let Err(why) = late {
+        if let Err(why) = keeper.hide_late_state_folders(&self.known_state_folders) {
             keeper.say_not_hidden(&why);
         }
         trace::phase(phase);
@@ -422,8 +419,6 @@ impl Keeper {
         trace::phase("prepare the network (/etc files, ports)");
         // Read once: the layers, the state folders' aliases and the last look all use it.
         let host_mounts = layers::host_mount_table()?;
-        // Before the registry is read: the last look reads it again only if it changed since.
-        let registry_seen = feather_core::roots::registry_now();
         let hidden = hiding::state_folders_in(root, &host_mounts);
         let mut tree =
             layers::for_start_in(root, vm, &config, memory_layer, &hidden, &host_mounts)?;
@@ -608,7 +603,6 @@ impl Keeper {
         Ok(Unsettled {
             keeper,
             known_state_folders: hidden,
-            registry_seen,
         })
     }
 
@@ -862,9 +856,8 @@ impl Keeper {
     fn hide_late_state_folders(
         &self,
         known: &[PathBuf],
-        seen: &feather_core::roots::RegistrySeen,
     ) -> std::result::Result<(), hiding::HidingError> {
-        let late: Vec<PathBuf> = feather_core::roots::late_state_folders_in(known, seen)
+        let late: Vec<PathBuf> = feather_core::roots::late_state_folders_in(known)
             .into_iter()
             .filter(|folder| !known.contains(folder))
             .collect();
