@@ -134,7 +134,7 @@ fn parsed<T>(
 }
 
 /// The files `read` as a summary holds them, if every one was read (a file that could not be
-/// be read may hold anything: summarised as nothing, it would stay unseen until the folder
+/// read may hold anything: summarised as nothing, it would stay unseen until the folder
 /// changes) and each is text small enough to keep.
 fn summarisable(
     read: &[(String, u64, std::io::Result<Vec<u8>>)],
@@ -333,7 +333,7 @@ mod tests {
         scratch
     }
 
-    /// Dates `path`'s last change `from_now` (an hour back: a folder no one has changed for
+    /// Dates `path`'s last change `at` (an hour back: a folder no one has changed for
     /// long; ahead: one whose reads are never summarised, however slow the test).
     fn date(path: &Path, at: SystemTime) {
         fs::File::open(path).unwrap().set_modified(at).unwrap();
