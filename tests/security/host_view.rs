@@ -362,6 +362,61 @@ fn no_vm_sees_any_state_root_of_the_host() {
     assert_eq!(out.trim_end(), "end", "{out}");
 }
 
+/// A start that takes the registry of roots from its summary, trusted (the registry unchanged
+/// since the summary was written), hides another root's state folders as one that reads every
+/// entry does (review startcost31). The host's registry changes with every test's root, so the
+/// test gives itself one of its own: a tmpfs over it in the test's mount namespace, dated an
+/// hour back once both roots are registered.
+#[test]
+fn a_start_through_the_registrys_summary_hides_another_roots_state_folders() {
+    use std::os::unix::fs::MetadataExt;
+    crate::support::own_mount_namespace();
+    let registry = Path::new(feather_core::roots::REGISTRY_DIR);
+    nix::mount::mount(
+        Some("tmpfs"),
+        registry,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("mode=0700"),
+    )
+    .expect("a registry of the test's own");
+    let other = Feather::new("host-view-summary-other");
+    vm_with_marker(&other);
+    let a = Feather::new("host-view-summary-a");
+    a.ok(&["ls"]);
+    fs::create_dir(registry.join("summary")).unwrap();
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    fs::File::open(registry)
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+    a.ok(&["ls"]);
+    let summary = registry.join("summary/files.json");
+    let as_summarised = |path: &Path| {
+        let meta = fs::metadata(path).unwrap();
+        (
+            meta.ino(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ctime(),
+            meta.ctime_nsec(),
+        )
+    };
+    let before = (as_summarised(registry), as_summarised(&summary));
+    let script = format!(
+        "ls -A {0}; ls -A {0}/run; cat {0}/vms/holder/upper/root/marker; echo end",
+        other.root.display()
+    );
+    let out = a.run(&["run", "--rm", "--net", "none", "--", "sh", "-c", &script]);
+    let after = (as_summarised(registry), as_summarised(&summary));
+    assert_eq!(
+        before, after,
+        "the registry changed: the start did not take the summary"
+    );
+    assert_eq!((out.code, out.stdout.trim_end()), (0, "end"), "{out:?}");
+    assert!(!out.stderr.contains("secret"), "{out:?}");
+}
+
 #[test]
 fn a_restored_vm_hides_the_roots_made_since_and_restores_despite_roots_removed_since() {
     let gone = Feather::new("host-view-gone");

@@ -23,6 +23,11 @@ pub fn write_atomic(path: &Path, contents: &[u8], durability: Durability) -> Res
     stage(path, contents, durability, "tmp")?.commit()
 }
 
+/// [`write_atomic`] of a file only its owner may read or write (0600, whatever the umask).
+pub fn write_atomic_private(path: &Path, contents: &[u8], durability: Durability) -> Result<()> {
+    stage_in_mode(path, contents, durability, "tmp", 0o600)?.commit()
+}
+
 /// A new version of a file, written (and synced, unless `Volatile`) beside it, that replaces it
 /// only when committed: the slow half of [`write_atomic`] done ahead, while something else is
 /// waited for. Dropped uncommitted, it is removed and the file stays as it was.
@@ -37,6 +42,17 @@ pub struct Staged {
 
 /// Writes `contents` beside `path` under a name of this process's (`.<name>.<kind>-<pid>`).
 pub fn stage(path: &Path, contents: &[u8], durability: Durability, kind: &str) -> Result<Staged> {
+    stage_in_mode(path, contents, durability, kind, 0o666)
+}
+
+/// [`stage`] with the file made in `mode` (less the umask).
+fn stage_in_mode(
+    path: &Path,
+    contents: &[u8],
+    durability: Durability,
+    kind: &str,
+    mode: u32,
+) -> Result<Staged> {
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy())
@@ -47,7 +63,7 @@ pub fn stage(path: &Path, contents: &[u8], durability: Durability, kind: &str) -
         durability,
     };
     let write = |temp: &Path| -> std::io::Result<()> {
-        let mut file = create_new(temp)?;
+        let mut file = create_new(temp, mode)?;
         file.write_all(contents)?;
         if durability != Durability::Volatile {
             file.sync_all()?;
@@ -65,12 +81,13 @@ pub fn stage(path: &Path, contents: &[u8], durability: Durability, kind: &str) -
 /// have root truncate and write its target (review fixpool29 H1'). What is at the name already
 /// (a link, or a file a process of the same pid left) is removed first: a link goes, not
 /// what it names.
-fn create_new(temp: &Path) -> std::io::Result<File> {
+fn create_new(temp: &Path, mode: u32) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let open = || {
         fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(mode)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(temp)
     };

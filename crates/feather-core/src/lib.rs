@@ -8,6 +8,7 @@ pub mod atomic;
 pub mod config;
 pub mod display;
 pub mod error;
+pub mod folder_summary;
 pub mod lock_holder;
 pub mod name;
 pub mod network;

@@ -22,7 +22,7 @@ use feather_sys::mountinfo::{self, MountEntry};
 
 use crate::atomic::{write_atomic, Durability};
 use crate::error::{Error, IoContext, Result};
-use crate::StateRoot;
+use crate::{folder_summary, StateRoot};
 
 /// Where the registry lives. Outside every state root, root-only, hidden from every VM.
 pub const REGISTRY_DIR: &str = "/var/lib/feather-roots";
@@ -259,15 +259,11 @@ impl Registry {
     /// are removed on the way).
     fn entries(&self) -> Entries {
         let mut listed = Entries::default();
-        let Ok(files) = fs::read_dir(&self.dir) else {
-            return listed;
-        };
-        for file in files.flatten() {
-            let path = file.path();
-            if path.extension().is_none_or(|ext| ext != "json") {
-                continue;
-            }
-            let Some(entry) = self.read(&path) else {
+        // From the registry's summary while nothing changed since it was written: a start
+        // opens no entry, however many the registry keeps (issue 15).
+        let files = folder_summary::read(&self.dir, parse_entry);
+        for (path, entry) in files {
+            let Some(entry) = entry else {
                 continue;
             };
             match fs::symlink_metadata(&entry.dir) {
@@ -376,7 +372,7 @@ impl Registry {
     }
 
     fn read(&self, path: &Path) -> Option<Entry> {
-        serde_json::from_slice(&fs::read(path).ok()?).ok()
+        parse_entry(&fs::read(path).ok()?)
     }
 
     /// The stamp of the host's last sweep of removed roots' cgroups: its mtime is when that
@@ -504,9 +500,9 @@ pub fn host_state_folders_in(mounts: &[MountEntry]) -> Vec<PathBuf> {
 /// The state folders of the roots registered that `known` (a start's [`host_state_folders_in`]
 /// with its own root's) does not name, with their aliases: a start's last look, which finds
 /// the roots registered while it started (none, nearly always: then nothing but the
-/// registry's entries is read). When there is one, the host's mount table is read again, not
-/// taken from the start's beginning: a root registered meanwhile may have been mounted or
-/// bound meanwhile too (review roots28 L1).
+/// registry's entries is read, from its summary while that matches). When there is one, the
+/// host's mount table is read again, not taken from the start's beginning: a root registered
+/// meanwhile may have been mounted or bound meanwhile too (review roots28 L1).
 pub fn late_state_folders_in(known: &[PathBuf]) -> Vec<PathBuf> {
     late_state_folders_of(&Registry::host(), known, host_mounts)
 }
@@ -677,6 +673,11 @@ fn marker_in(dir: &Path) -> Option<String> {
 /// and `commit` match the folders' identities too).
 pub fn host_mounts() -> Vec<MountEntry> {
     mountinfo::mounts().unwrap_or_default()
+}
+
+/// An entry of the registry from its file's text (None: not an entry).
+fn parse_entry(text: &[u8]) -> Option<Entry> {
+    serde_json::from_slice(text).ok()
 }
 
 /// [`REGISTRY_DIR`], and its canonical path where that differs (`/var/lib` a link).
@@ -1480,8 +1481,8 @@ mod tests {
     /// Dates the file `path` `secs` seconds back.
     fn backdate(path: &Path, secs: u64) {
         let at = std::time::SystemTime::now() - Duration::from_secs(secs);
-        let file = fs::File::options().write(true).open(path).unwrap();
-        file.set_modified(at).unwrap();
+        // Read-only: a folder too (the owner may date what it opened so).
+        fs::File::open(path).unwrap().set_modified(at).unwrap();
     }
 
     /// A root bound from a source folder, its bind then unmounted: its path, registered again
@@ -1667,6 +1668,57 @@ mod tests {
             known.is_empty() && !read.get(),
             "no late root: no table read"
         );
+    }
+
+    /// A registry holding one root (`label`), settled and summarised, then read by a start from
+    /// its summary: the registry, the root, what that start hid, and whether it was summarised.
+    fn a_summarised_registry(label: &str) -> (Registry, StateRoot, Vec<PathBuf>, bool) {
+        let (registry, root) = a_root(label);
+        registry.register(&root).unwrap().mark().unwrap();
+        let summary_dir = registry.dir().join(folder_summary::SUMMARY_DIR);
+        fs::create_dir_all(&summary_dir).unwrap();
+        backdate(registry.dir(), 3600);
+        hidden_by(&registry);
+        let summarised = summary_dir.join("files.json").exists();
+        let hidden = hidden_by(&registry);
+        (registry, root, hidden, summarised)
+    }
+
+    /// A root's entry written again during a start, under the same name (its run folder moved),
+    /// after the start read the registry from its settled summary: the start's last look reads
+    /// the new entry, not the summary's, and hides the new run folder (review startcost31 L1).
+    #[test]
+    fn an_entry_rewritten_after_a_start_read_the_summary_is_read_anew_by_the_last_look() {
+        let (registry, root, known, summarised) = a_summarised_registry("rewritten");
+        let moved = StateRoot::with_dirs(root.dir().into(), scratch("run-rewritten"));
+        moved.prepare().unwrap();
+        registry.register(&moved).unwrap().mark().unwrap();
+        let new_run = fs::canonicalize(moved.run_dir()).unwrap();
+        let late = late_state_folders_of(&registry, &known, Vec::new);
+        for dir in [root.dir(), moved.run_dir(), registry.dir()] {
+            fs::remove_dir_all(dir).unwrap();
+        }
+        assert!(summarised, "the start read the registry's summary");
+        assert!(!known.contains(&new_run), "{known:?}");
+        assert!(late.contains(&new_run), "{late:?}");
+    }
+
+    /// What a start hides comes from the registry's summary once the registry has settled,
+    /// and a root registered after the summary was written is hidden all the same: the summary
+    /// no longer matches the registry, and is passed over (issue 15).
+    #[test]
+    fn a_root_registered_after_the_registrys_summary_is_hidden() {
+        let (registry, first, _, summarised) = a_summarised_registry("summary-first");
+        let second = StateRoot::new(Some(scratch("root-summary-second")));
+        second.prepare().unwrap();
+        registry.register(&second).unwrap().mark().unwrap();
+        let hidden = hidden_by(&registry);
+        let second_dir = fs::canonicalize(second.dir()).unwrap();
+        for dir in [first.dir(), second.dir(), registry.dir()] {
+            fs::remove_dir_all(dir).unwrap();
+        }
+        assert!(summarised, "the settled registry summarised");
+        assert!(hidden.contains(&second_dir), "{hidden:?}");
     }
 
     /// A state folder swapped at its path between the registration and the mark is not given

@@ -93,8 +93,14 @@ fn build_one(
     // lower, and where in `made` its folder in the layer is.
     let mut path: Vec<(&OsStr, OwnedFd, usize)> = Vec::new();
     let mut hidden: Vec<&Path> = Vec::new();
+    // The last folder of the walk the lower does not hold as a folder of its own filesystem
+    // (missing, a link, a mount point on the way, not a folder): nothing beneath it is either,
+    // and is not looked for again (the entries of roots long gone: issue 15).
+    let mut unreachable: Option<PathBuf> = None;
     'folders: for folder in folders {
-        if hidden.iter().any(|h| folder.starts_with(h)) {
+        if hidden.iter().any(|h| folder.starts_with(h))
+            || unreachable.as_ref().is_some_and(|u| folder.starts_with(u))
+        {
             continue;
         }
         let names: Vec<&OsStr> = folder
@@ -145,12 +151,14 @@ fn build_one(
                 // Nothing there, a link, a mount point on the way, not a folder: overlayfs does
                 // not show the folder at that path either.
                 Err(Errno::ENOENT | Errno::ELOOP | Errno::EXDEV | Errno::ENOTDIR) => {
-                    continue 'folders
+                    unreachable = Some(names[..=shared + n].iter().collect());
+                    continue 'folders;
                 }
                 Err(errno) => return Err(errno).ctx("open", lower.join(folder).display()),
             };
             let st = nix::sys::stat::fstat(&next).ctx("stat", lower.join(folder).display())?;
             if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                unreachable = Some(names[..=shared + n].iter().collect());
                 continue 'folders;
             }
             found.push((name, Some(next), st));
@@ -356,6 +364,47 @@ mod tests {
             nix::sys::wait::WaitStatus::Exited(child, 0),
             "1: built as if missing, 2: another error"
         );
+    }
+
+    /// A folder beneath a missing one, a link or a file is passed over with it (not looked
+    /// for), and only that: a folder beside it, whose name begins the same, is still hidden.
+    #[test]
+    fn the_folders_beneath_one_missing_are_passed_over_and_their_neighbours_hidden() {
+        let lower = scratch("beneath-missing");
+        std::fs::create_dir_all(lower.join("srv/gone2/root")).unwrap();
+        std::fs::create_dir_all(lower.join("srv/real")).unwrap();
+        std::os::unix::fs::symlink("real", lower.join("srv/link")).unwrap();
+        std::fs::write(lower.join("srv/file"), "").unwrap();
+        let folders: Vec<PathBuf> = [
+            "srv/gone/root",
+            "srv/gone/root/run",
+            "srv/gone2/root",
+            "srv/link/root",
+            "srv/link/root/run",
+            "srv/file/root",
+            "srv/real",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        let layer = HidingLayer::build(&[(lower.as_path(), folders)])
+            .unwrap()
+            .unwrap();
+        let made: Vec<(String, bool)> = listing(&layer, 0)
+            .into_iter()
+            .map(|(name, _, _, _, opaque)| (name, opaque))
+            .collect();
+        let _ = std::fs::remove_dir_all(&lower);
+        let expected: Vec<(String, bool)> = [
+            ("srv", false),
+            ("srv/gone2", false),
+            ("srv/gone2/root", true),
+            ("srv/real", true),
+        ]
+        .iter()
+        .map(|(name, opaque)| (name.to_string(), *opaque))
+        .collect();
+        assert_eq!(made, expected);
     }
 
     /// The folders above a hidden one copy the lower's attributes; the hidden one is opaque and
