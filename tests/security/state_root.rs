@@ -194,3 +194,81 @@ fn answered(feather: &Feather, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// A FUSE filesystem a user serves (`allow_other`, every file reported root's and 0755 by
+/// fuse-overlayfs's `squash_to_root`) holds nothing a state root can trust: its server answers
+/// every later lookup as it likes. A root on it is refused, naming the mount point and the
+/// server's uid, and nothing is made there. Run in a mount namespace of the test's own, where
+/// `/etc/fuse.conf` allows `allow_other` and `/dev/fuse` opens for the user (binds over the
+/// host's, which stay untouched); the mount goes with the namespace.
+#[test]
+fn a_root_on_a_fuse_filesystem_a_user_serves_is_refused() {
+    let scratch = Feather::new("fuse-root");
+    let dir = |name: &str| {
+        let dir = scratch.root.join(name);
+        fs::create_dir(&dir).unwrap();
+        dir
+    };
+    let (lower, upper, work, mount) = (dir("lower"), dir("upper"), dir("work"), dir("mnt"));
+    for users in [&upper, &work, &mount] {
+        lchown(users, Some(65534), Some(65534)).unwrap();
+    }
+    let conf = scratch.root.join("fuse.conf");
+    fs::write(&conf, "user_allow_other\n").unwrap();
+    let device = scratch.root.join("fuse");
+    let made = Command::new("mknod")
+        .args(["-m", "0666"])
+        .arg(&device)
+        .args(["c", "10", "229"])
+        .status()
+        .unwrap();
+    assert!(made.success(), "mknod {}", device.display());
+    let root = mount.join("vms");
+    let script = r#"
+        mount --bind "$1" /etc/fuse.conf && mount --bind "$2" /dev/fuse || exit 90
+        setpriv --reuid 65534 --regid 65534 --clear-groups fuse-overlayfs \
+            -o "squash_to_root,allow_other,lowerdir=$3,upperdir=$4,workdir=$5" "$6" || exit 91
+        "$7" --root "$6/vms" ls
+        code=$?
+        fusermount3 -u "$6"
+        exit $code
+    "#;
+    let outcome = feather_testkit::run(
+        Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+                "sh",
+            ])
+            .args([&conf, &device, &lower, &upper, &work, &mount])
+            .arg(Feather::bin())
+            .env(support::NO_POOL, "0"),
+    );
+    assert!(
+        ![90, 91].contains(&outcome.code),
+        "the user's FUSE mount was not made: {}",
+        outcome.stderr
+    );
+    assert_ne!(
+        outcome.code, 0,
+        "the root on the user's FUSE mount was taken"
+    );
+    let said = &outcome.stderr;
+    assert!(
+        said.contains(&format!(
+            "{}: {} is on a FUSE filesystem",
+            root.display(),
+            mount.display()
+        )) && said.contains("served by uid 65534")
+            && said.contains("choose a root"),
+        "{said}"
+    );
+    assert!(
+        support::names_in(&upper).is_empty(),
+        "made on the user's mount"
+    );
+}

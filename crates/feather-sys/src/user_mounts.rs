@@ -1,0 +1,143 @@
+//! Mounts whose files' owners and modes a local user decides: what such a filesystem reports
+//! (uid 0, mode 0755) says nothing of who can change it. A FUSE server a user started answers
+//! every lookup as it likes (with `allow_other`, root's lookups too); a filesystem a user
+//! mounted from an image of their own (`udisksctl loop-setup`, an fstab line with `user`) holds
+//! whatever the user wrote into the image, and the image stays theirs to write while mounted.
+
+use std::io::Read;
+use std::path::Path;
+
+use crate::mountinfo::{unescape, MountEntry};
+
+/// Where libmount records what the kernel's table does not say: who mounted a `user` mount,
+/// which helper (udisks) made one.
+const UTAB: &str = "/run/mount/utab";
+
+/// More than a machine's utab holds; a longer one is read only so far.
+const UTAB_LIMIT: u64 = 1 << 20;
+
+/// Why `mount`'s files are ones a local user decides, or None.
+pub fn set_by_a_user(mount: &MountEntry) -> Option<String> {
+    if let Some(why) = fuse_of_a_user(mount) {
+        return Some(why);
+    }
+    let utab = read_utab();
+    mounted_for_a_user(mount, &utab)
+}
+
+/// A FUSE mount (`fuse`, `fuse.<server>`, `fuseblk`) whose server is not root's: the kernel
+/// records the mounter's uid as `user_id=` in the superblock's options.
+fn fuse_of_a_user(mount: &MountEntry) -> Option<String> {
+    let is_fuse = mount.fs_type == "fuse" || mount.fs_type.starts_with("fuse.");
+    if !is_fuse && mount.fs_type != "fuseblk" {
+        return None;
+    }
+    let user = mount
+        .super_options
+        .split(',')
+        .find_map(|option| option.strip_prefix("user_id="));
+    match user {
+        Some("0") => None,
+        Some(uid) => Some(format!(
+            "is on a FUSE filesystem ({}) served by uid {uid}, which decides every owner and mode on it",
+            mount.fs_type
+        )),
+        None => Some(format!(
+            "is on a FUSE filesystem ({}) whose server's uid is not known",
+            mount.fs_type
+        )),
+    }
+}
+
+/// A mount libmount's `utab` says a user made (`user=NAME`, NAME not root) or udisks made for
+/// one (`uhelper=udisks2`): matched by the mount's id where the line has one, else by where it
+/// is mounted.
+fn mounted_for_a_user(mount: &MountEntry, utab: &str) -> Option<String> {
+    let id = mount.id.to_string();
+    let target = mount.mount_point.to_string_lossy();
+    for line in utab.lines() {
+        let fields: Vec<(&str, &str)> = line
+            .split(' ')
+            .filter_map(|field| field.split_once('='))
+            .collect();
+        let value = |key: &str| fields.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        let same = match value("ID") {
+            Some(line_id) => line_id == id,
+            None => value("TARGET").is_some_and(|t| unescape(t) == target),
+        };
+        if !same {
+            continue;
+        }
+        for option in value("OPTS").unwrap_or("").split(',') {
+            match option.split_once('=') {
+                Some(("user", who)) if who != "root" => {
+                    return Some(format!("is on a filesystem user {who} mounted"));
+                }
+                Some(("uhelper", helper)) if helper.starts_with("udisks") => {
+                    return Some(format!(
+                        "is on a filesystem {helper} mounted for a user (a disk or image of theirs)"
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
+/// libmount's utab, bounded; empty where there is none (no mount made by mount(8) or udisks
+/// needed a record).
+fn read_utab() -> String {
+    let mut text = String::new();
+    if let Ok(file) = std::fs::File::open(Path::new(UTAB)) {
+        let _ = file.take(UTAB_LIMIT).read_to_string(&mut text);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mountinfo::parse;
+
+    fn mount(line: &str) -> MountEntry {
+        parse(line).pop().expect("a mountinfo line")
+    }
+
+    #[test]
+    fn a_fuse_mount_is_a_users_unless_roots_server_serves_it() {
+        let users = mount(
+            "70 47 0:40 / /home/a/mnt rw,nosuid,nodev - fuse.sshfs a@b:/ rw,user_id=1000,group_id=1000,allow_other",
+        );
+        let why = fuse_of_a_user(&users).expect("refused");
+        assert!(
+            why.contains("uid 1000") && why.contains("fuse.sshfs"),
+            "{why}"
+        );
+        let blk = mount("71 47 0:41 / /mnt/x rw - fuseblk /dev/sdb1 rw,user_id=1000");
+        assert!(fuse_of_a_user(&blk).is_some());
+        let roots = mount("72 47 0:42 / /srv rw - fuse.x x rw,user_id=0,group_id=0,allow_other");
+        assert_eq!(fuse_of_a_user(&roots), None);
+        let ext4 = mount("73 47 8:1 / /data rw - ext4 /dev/sda1 rw,user_id=1000");
+        assert_eq!(fuse_of_a_user(&ext4), None);
+    }
+
+    #[test]
+    fn a_mount_utab_says_a_user_or_udisks_made_is_a_users() {
+        let media = mount("80 47 7:0 / /media/a/disk rw,nosuid,nodev - ext4 /dev/loop0 rw");
+        let utab = "SRC=/dev/sda1 TARGET=/boot ROOT=/ OPTS=x-systemd.automount\n\
+                    SRC=/dev/loop0 TARGET=/media/a/disk ROOT=/ OPTS=uhelper=udisks2\n";
+        let why = mounted_for_a_user(&media, utab).expect("refused");
+        assert!(why.contains("udisks2"), "{why}");
+        let by_id = "ID=80 SRC=/dev/loop0 TARGET=/elsewhere ROOT=/ OPTS=user=alice\n";
+        let why = mounted_for_a_user(&media, by_id).expect("refused");
+        assert!(why.contains("alice"), "{why}");
+        // Another mount's line, and root's own `user` mount, say nothing of this one.
+        let other = "ID=81 SRC=/dev/loop0 TARGET=/media/a/disk ROOT=/ OPTS=user=alice\n\
+                     ID=80 SRC=/dev/loop0 TARGET=/media/a/disk ROOT=/ OPTS=user=root\n";
+        assert_eq!(mounted_for_a_user(&media, other), None);
+        let spaced = mount("82 47 7:1 / /media/a/my\\040disk rw - ext4 /dev/loop1 rw");
+        let utab = "SRC=/dev/loop1 TARGET=/media/a/my\\040disk OPTS=uhelper=udisks2\n";
+        assert!(mounted_for_a_user(&spaced, utab).is_some());
+    }
+}
