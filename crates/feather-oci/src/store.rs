@@ -90,12 +90,21 @@ pub fn validate_id(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a runtime root a user other than root could change, as feather refuses such a state
+/// root (`feather_core::strict_modes`, StrictModes): feather-oci acts in it as root, by path,
+/// so whoever could change a folder on its way could have root write or read any file through
+/// it. A root not made yet is fine here ([`root_dir`] makes it).
+pub fn check_root(root: &Path) -> Result<()> {
+    feather_core::strict_modes::check_state_root(&std::path::absolute(root)?)?;
+    Ok(())
+}
+
+/// Makes the runtime root where it is missing, one folder at a time (0700), each looked at once
+/// made, after the same check as [`check_root`].
 pub fn root_dir(root: &Path) -> Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(root)
-        .with_context(|| format!("create the runtime root {}", root.display()))
+    feather_core::strict_modes::made_state_root(&std::path::absolute(root)?)
+        .with_context(|| format!("create the runtime root {}", root.display()))?;
+    Ok(())
 }
 
 impl Container {
