@@ -78,6 +78,15 @@ impl TwoHosts {
         hosts
     }
 
+    /// Host b goes dark: its end of the wire down, so that nothing it sends leaves and nothing
+    /// sent to it arrives (no reset, as a host powered off or a cable pulled).
+    fn cut_b(&self) {
+        let b_end = self.wire.replacen("fma", "fmb", 1);
+        let args = ["-n", &self.b, "link", "set", &b_end, "down"];
+        let status = Command::new("ip").args(args).status().unwrap();
+        assert!(status.success(), "ip {args:?}");
+    }
+
     /// `feather --root <root> args…` inside namespace `ns`.
     fn feather(ns: &str, root: &Feather, args: &[&str]) -> Command {
         // nsenter, not `ip netns exec`: that one also mounts a fresh /sys, which hides the
@@ -770,6 +779,70 @@ fn a_receiver_killed_midway_leaves_the_vm_running_on_the_source_only() {
         daemons.iter().all(|daemon| daemon.ended()),
         "a lazy-pages daemon outlived its serve: {daemons:?}"
     );
+}
+
+/// A receiver that goes dark once the VM has arrived there (its host's end of the wire taken
+/// down: no reset, no answer, nothing more from it) ends the migration with an error within the
+/// connections' bound for a silent peer (keepalive and TCP_USER_TIMEOUT: 30 s), and the VM
+/// runs on at the source. Before, `migrate` waited on the silent connection for ever.
+#[test]
+fn a_receiver_gone_dark_ends_the_migration_and_the_vm_runs_on_at_the_source() {
+    let (hosts, source, target, base) = counting_vm_on_two_hosts("mig-dark");
+    let before = count(&source, "vm");
+    let server = Server::accepting(&hosts, &target, &[], &["--base", base.as_str()]);
+    // Stop-and-copy: the receiver restores from what it holds, so what goes dark is its
+    // conversation alone (a post-copy restore losing its pages is left to hang in CRIU).
+    let migrating = migrating(&hosts, &source, "vm", &["--mode", "stop-and-copy"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Looked for often: the window between its arrival and its restore there is short.
+    let arrived = target.vm_dir("vm");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !arrived.exists() {
+        assert!(std::time::Instant::now() < deadline, "the VM never arrived");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    hosts.cut_b();
+    let limit = std::time::Duration::from_secs(150);
+    let failed = ended_within(migrating, limit, "migrate to a receiver gone dark");
+
+    assert_ne!(failed.code, 0, "{}", failed.stderr);
+    assert!(
+        failed.stderr.contains("runs here again"),
+        "{}",
+        failed.stderr
+    );
+    assert_eq!(source.status("vm"), "running", "restored on the source");
+    let resumed = count(&source, "vm");
+    assert!(resumed >= before, "resumed at {resumed}, left at {before}");
+    source.eventually("the loop counts on at the source", || {
+        count(&source, "vm") > resumed
+    });
+    drop(server);
+}
+
+/// What `child` said once it ended; fails the test, the child killed, if it has not ended
+/// within `limit` (`what` says what was waited for).
+fn ended_within(
+    mut child: Child,
+    limit: std::time::Duration,
+    what: &str,
+) -> crate::support::Outcome {
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "{what}: still running after {limit:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap().into()
 }
 
 /// A process named by its pid and its start time (field 22 of its stat line), which together

@@ -153,6 +153,8 @@ pub fn offer(to: &str, security: &Security, offer: &Offer) -> Result<Accepted> {
     let tcp = TcpStream::connect(to).map_err(|e| failed(TransferError::Connect(e)))?;
     tcp.set_read_timeout(Some(PATIENCE))
         .map_err(|e| failed(TransferError::Lost(e)))?;
+    crate::dark_peer::give_up_on_a_dark_peer(&tcp)
+        .map_err(|e| failed(TransferError::Connect(e)))?;
     let stream = channel.connect(tcp).map_err(failed)?;
     let pages = match channel::receiver_certificate(&stream) {
         Some(certificate) => channel.pinned(certificate)?,
@@ -517,6 +519,8 @@ impl Receiver {
             source,
         };
         tcp.set_read_timeout(Some(HANDSHAKE))
+            .map_err(|e| failed(TransferError::Lost(e)))?;
+        crate::dark_peer::give_up_on_a_dark_peer(&tcp)
             .map_err(|e| failed(TransferError::Lost(e)))?;
         // Nothing is read from the sender but its handshake and its proof of the token.
         let stream = self.channel.accept(tcp).map_err(failed)?;
