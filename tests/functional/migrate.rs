@@ -739,30 +739,13 @@ fn a_receiver_killed_midway_leaves_the_vm_running_on_the_source_only() {
     .unwrap();
     // The receiver dies once the VM has arrived there, while it restores it or waits for the
     // sender's release.
-    let arrived = target.vm_dir("vm");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !arrived.exists() {
-        assert!(std::time::Instant::now() < deadline, "the VM never arrived");
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    await_arrival(&target);
     // In post-copy, the kill may find the daemon fetching the pages started: it ends too.
     let daemons = lazy_pages_daemons(server.child.id());
     server.child.kill().unwrap();
     server.child.wait().unwrap();
-    let failed: crate::support::Outcome = migrating.wait_with_output().unwrap().into();
-
-    assert_ne!(failed.code, 0);
-    assert!(
-        failed.stderr.contains("runs here again"),
-        "{}",
-        failed.stderr
-    );
-    assert_eq!(source.status("vm"), "running", "restored on the source");
-    let resumed = count(&source, "vm");
-    assert!(resumed >= before, "resumed at {resumed}, left at {before}");
-    source.eventually("the loop counts on at the source", || {
-        count(&source, "vm") > resumed
-    });
+    let failed = ended_within(migrating, MIGRATE_ENDS, "migrate to a receiver killed");
+    assert_runs_on_at_the_source(&failed, &source, before);
     // The copy on the receiver never runs: its keeper saw the receiver end and ended it.
     target.eventually("the receiver's copy is not running", || {
         target.status("vm") == "checkpointed"
@@ -797,17 +780,31 @@ fn a_receiver_gone_dark_ends_the_migration_and_the_vm_runs_on_at_the_source() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Looked for often: the window between its arrival and its restore there is short.
+    await_arrival(&target);
+    hosts.cut_b();
+    let failed = ended_within(migrating, MIGRATE_ENDS, "migrate to a receiver gone dark");
+    assert_runs_on_at_the_source(&failed, &source, before);
+    drop(server);
+}
+
+/// How long a migration whose receiver died or went dark may take to end: the connections'
+/// 30 s bound for a silent peer, the restore at the source, and a loaded host's slowness.
+const MIGRATE_ENDS: std::time::Duration = std::time::Duration::from_secs(150);
+
+/// Waits (60 s at most) until VM `vm` has arrived at `target`: looked for often, since the
+/// window between its arrival and its restore there is short.
+fn await_arrival(target: &Feather) {
     let arrived = target.vm_dir("vm");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !arrived.exists() {
         assert!(std::time::Instant::now() < deadline, "the VM never arrived");
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    hosts.cut_b();
-    let limit = std::time::Duration::from_secs(150);
-    let failed = ended_within(migrating, limit, "migrate to a receiver gone dark");
+}
 
+/// Asserts that the migration `failed`, said the VM runs at the source again, and that its
+/// loop (at `before` when the migration began) counts on there.
+fn assert_runs_on_at_the_source(failed: &crate::support::Outcome, source: &Feather, before: u64) {
     assert_ne!(failed.code, 0, "{}", failed.stderr);
     assert!(
         failed.stderr.contains("runs here again"),
@@ -815,12 +812,11 @@ fn a_receiver_gone_dark_ends_the_migration_and_the_vm_runs_on_at_the_source() {
         failed.stderr
     );
     assert_eq!(source.status("vm"), "running", "restored on the source");
-    let resumed = count(&source, "vm");
+    let resumed = count(source, "vm");
     assert!(resumed >= before, "resumed at {resumed}, left at {before}");
     source.eventually("the loop counts on at the source", || {
-        count(&source, "vm") > resumed
+        count(source, "vm") > resumed
     });
-    drop(server);
 }
 
 /// What `child` said once it ended; fails the test, the child killed, if it has not ended
