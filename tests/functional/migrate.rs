@@ -744,7 +744,8 @@ fn a_receiver_killed_midway_leaves_the_vm_running_on_the_source_only() {
     let daemons = lazy_pages_daemons(server.child.id());
     server.child.kill().unwrap();
     server.child.wait().unwrap();
-    let failed = ended_within(migrating, MIGRATE_ENDS, "migrate to a receiver killed");
+    let failed =
+        feather_testkit::ended_within(migrating, MIGRATE_ENDS, "migrate to a receiver killed");
     assert_runs_on_at_the_source(&failed, &source, before);
     // The copy on the receiver never runs: its keeper saw the receiver end and ended it.
     target.eventually("the receiver's copy is not running", || {
@@ -764,15 +765,20 @@ fn a_receiver_killed_midway_leaves_the_vm_running_on_the_source_only() {
     );
 }
 
-/// A receiver that goes dark once the VM has arrived there (its host's end of the wire taken
-/// down: no reset, no answer, nothing more from it) ends the migration with an error within the
-/// connections' bound for a silent peer (keepalive and TCP_USER_TIMEOUT: 30 s), and the VM
-/// runs on at the source. Before, `migrate` waited on the silent connection for ever.
+/// A receiver that goes dark before it answers (its host's end of the wire taken down while its
+/// keeper is held before CRIU restores the VM: no reset, no answer, nothing more from it) ends
+/// the migration with an error within the conversation's bound for a silent peer (keepalive:
+/// 30 s), and the VM runs on at the source. Before, `migrate` waited for the answer up to the
+/// conversation's 10 min read timeout. The hold makes the cut land before the receiver can
+/// answer, whatever the host's load.
 #[test]
 fn a_receiver_gone_dark_ends_the_migration_and_the_vm_runs_on_at_the_source() {
     let (hosts, source, target, base) = counting_vm_on_two_hosts("mig-dark");
     let before = count(&source, "vm");
-    let server = Server::accepting(&hosts, &target, &[], &["--base", base.as_str()]);
+    let mut hold = crate::support::RecordHold::before_criu("mig-dark");
+    let (variable, value) = hold.env();
+    let held = [(variable, value.to_str().unwrap())];
+    let server = Server::accepting(&hosts, &target, &held, &["--base", base.as_str()]);
     // Stop-and-copy: the receiver restores from what it holds, so what goes dark is its
     // conversation alone (a post-copy restore losing its pages is left to hang in CRIU).
     let migrating = migrating(&hosts, &source, "vm", &["--mode", "stop-and-copy"])
@@ -780,9 +786,15 @@ fn a_receiver_gone_dark_ends_the_migration_and_the_vm_runs_on_at_the_source() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    await_arrival(&target);
+    target.eventually_within(
+        "the receiver's keeper waits before its CRIU restore",
+        std::time::Duration::from_secs(120),
+        || hold.awaited(),
+    );
     hosts.cut_b();
-    let failed = ended_within(migrating, MIGRATE_ENDS, "migrate to a receiver gone dark");
+    hold.release();
+    let failed =
+        feather_testkit::ended_within(migrating, MIGRATE_ENDS, "migrate to a receiver gone dark");
     assert_runs_on_at_the_source(&failed, &source, before);
     drop(server);
 }
@@ -817,28 +829,6 @@ fn assert_runs_on_at_the_source(failed: &crate::support::Outcome, source: &Feath
     source.eventually("the loop counts on at the source", || {
         count(source, "vm") > resumed
     });
-}
-
-/// What `child` said once it ended; fails the test, the child killed, if it has not ended
-/// within `limit` (`what` says what was waited for).
-fn ended_within(
-    mut child: Child,
-    limit: std::time::Duration,
-    what: &str,
-) -> crate::support::Outcome {
-    let deadline = std::time::Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "{what}: still running after {limit:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap().into()
 }
 
 /// A process named by its pid and its start time (field 22 of its stat line), which together

@@ -98,11 +98,6 @@ impl<T> IoContext<T> for std::io::Result<T> {
     }
 }
 
-/// What to do about a refused root, fitting the folder: the root's own (or an entry of it)
-/// may be made root's, that folder alone — never recursively: a root holds its VMs' layers,
-/// whose files keep the VMs' owners and modes (a database's, a `/tmp` at 1777, setuid
-/// programs), which a `chown -R` would wreck for good; a folder above it is someone else's (a
-/// user's home), so the root goes elsewhere.
 /// What is wrong with a state root's folder ([`Error::UntrustedRoot`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RootFault {
@@ -110,13 +105,18 @@ pub enum RootFault {
     Own,
     /// A folder above it is someone else's: left alone.
     Above,
-    /// A folder on its way is on a filesystem a user mounted (FUSE, an image of theirs): what
-    /// it reports of owners means nothing.
+    /// A folder on its way is on a filesystem a user mounted (FUSE, an image of theirs), or is
+    /// a mount point a user may mount on: what it reports of owners means nothing.
     UsersMount,
     /// The root's folder was not the one looked at when it was opened.
     Replaced,
 }
 
+/// What to do about a refused root, fitting the folder: the root's own (or an entry of it)
+/// may be made root's, that folder alone — never recursively: a root holds its VMs' layers,
+/// whose files keep the VMs' owners and modes (a database's, a `/tmp` at 1777, setuid
+/// programs), which a `chown -R` would wreck for good; a folder above it is someone else's (a
+/// user's home), so the root goes elsewhere.
 fn untrusted_root_advice(
     root: &std::path::Path,
     folder: &std::path::Path,
@@ -126,7 +126,7 @@ fn untrusted_root_advice(
                      /var/lib/feather, or a folder beside it)";
     match fault {
         RootFault::UsersMount => format!(
-            "{elsewhere}, on no filesystem a user mounted; {} stays as it is",
+            "{elsewhere}, on no filesystem a user mounted or may mount; {} stays as it is",
             folder.display()
         ),
         RootFault::Replaced => format!(

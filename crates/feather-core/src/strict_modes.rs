@@ -12,7 +12,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path};
 
 use feather_sys::lookup::{Lookup, Step};
-use feather_sys::user_mounts;
+use feather_sys::user_mounts::{self, UsersMountPoints};
 
 use crate::error::{Error, IoContext, Result, RootFault};
 
@@ -44,8 +44,9 @@ const MAX_MADE: usize = 256;
 /// lookup is handed back, the folder it ended in pinned.
 pub fn check_state_root(dir: &Path) -> Result<Lookup> {
     let lookup = feather_sys::lookup::walk(dir).at(dir)?;
+    let users_points = UsersMountPoints::of_this_host();
     for step in &lookup.steps {
-        if let Some(why) = untrusted(step, false) {
+        if let Some(why) = untrusted(step, false, &users_points) {
             return Err(untrusted_root(dir, &step.path, why, RootFault::Above));
         }
     }
@@ -53,10 +54,10 @@ pub fn check_state_root(dir: &Path) -> Result<Lookup> {
         // The folder the walk ended in, not the last name it went through: `x/..` is `x`'s
         // folder above.
         let end = &lookup.end.step;
-        if let Some(why) = untrusted(end, true) {
+        if let Some(why) = untrusted(end, true, &users_points) {
             return Err(untrusted_root(dir, &end.path, why, RootFault::Own));
         }
-        check_entries(dir, &lookup)?;
+        check_entries(dir, &lookup, &users_points)?;
     }
     Ok(lookup)
 }
@@ -119,17 +120,17 @@ pub fn same_root(dir: &Path, checked: &Lookup, opened: Option<&std::fs::File>) -
 
 /// Refuses an entry of the root feather makes ([`ROOTS_OWN`]) that is not root's, or that
 /// others may write to: looked at in the pinned root folder, a link not followed.
-fn check_entries(dir: &Path, lookup: &Lookup) -> Result<()> {
+fn check_entries(dir: &Path, lookup: &Lookup, users_points: &UsersMountPoints) -> Result<()> {
     let root = &lookup.end;
     for name in ROOTS_OWN {
         let entry = root.step.path.join(name);
         let step = feather_sys::lookup::look_at(root, Path::new(name)).at(&entry)?;
         let Some(step) = step else { continue };
         if step.meta.file_type().is_symlink() {
-            check_linked_entry(dir, &entry)?;
+            check_linked_entry(dir, &entry, users_points)?;
             continue;
         }
-        if let Some(why) = untrusted(&step, true) {
+        if let Some(why) = untrusted(&step, true, users_points) {
             return Err(untrusted_root(dir, &entry, why, RootFault::Own));
         }
     }
@@ -140,12 +141,12 @@ fn check_entries(dir: &Path, lookup: &Lookup) -> Result<()> {
 /// root reads and writes there by path, so every folder and link on the way must be as the
 /// root's own path's are, and what it ends in as an entry. What it leads to is not the root's
 /// own: the advice is never to take it over.
-fn check_linked_entry(dir: &Path, entry: &Path) -> Result<()> {
+fn check_linked_entry(dir: &Path, entry: &Path, users_points: &UsersMountPoints) -> Result<()> {
     let lookup = feather_sys::lookup::walk(entry).at(entry)?;
     let end = lookup.missing.is_none().then_some(&lookup.end.step);
     let judged = lookup.steps.iter().map(|step| (step, false));
     for (step, the_end) in judged.chain(end.map(|end| (end, true))) {
-        if let Some(why) = untrusted(step, the_end) {
+        if let Some(why) = untrusted(step, the_end, users_points) {
             return Err(untrusted_root(dir, &step.path, why, RootFault::Above));
         }
     }
@@ -174,10 +175,16 @@ fn untrusted_root(root: &Path, folder: &Path, why: Untrusted, fault: RootFault) 
 }
 
 /// What makes a folder or link of a root's lookup one a user other than root could change:
-/// a mount whose owners a user decides, whatever it reports, or what it reports.
-fn untrusted(step: &Step, the_root: bool) -> Option<Untrusted> {
+/// a mount whose owners a user decides, whatever it reports, a mount point a user may mount
+/// on (`users_points`), or what it reports.
+fn untrusted(step: &Step, the_root: bool, users_points: &UsersMountPoints) -> Option<Untrusted> {
     if let Some(why) = step.mount.as_ref().and_then(user_mounts::set_by_a_user) {
         return Some(Untrusted::Mount(why));
+    }
+    if step.meta.is_dir() {
+        if let Some(why) = users_points.at(&step.path) {
+            return Some(Untrusted::Mount(why));
+        }
     }
     modes_untrusted(&step.meta, the_root).map(Untrusted::Modes)
 }
@@ -315,9 +322,6 @@ mod tests {
         check_state_root(&below.join("..")).unwrap();
     }
 
-    /// What feather makes in a root and acts on there by path must be root's too: a user's
-    /// `pool/` in a root only root changes is refused, and the advice is to take back that
-    /// entry alone (never `chown -R`, which would change the files of the VMs' layers).
     /// `--root /x/missing/../y` would make a stray `missing` beside the root: refused, and
     /// nothing is made.
     #[test]
@@ -332,6 +336,9 @@ mod tests {
         made_state_root(&scratch.0.join("root")).unwrap();
     }
 
+    /// What feather makes in a root and acts on there by path must be root's too: a user's
+    /// `pool/` in a root only root changes is refused, and the advice is to take back that
+    /// entry alone (never `chown -R`, which would change the files of the VMs' layers).
     #[test]
     fn an_entry_of_the_root_a_user_owns_or_others_may_write_is_refused() {
         let scratch = Scratch::new("entries");

@@ -120,7 +120,7 @@ impl Relay {
                 .ok()?
                 .ok()?;
             let _ = peer.set_nodelay(true);
-            if crate::dark_peer::give_up_on_a_dark_peer(&peer).is_err() {
+            if crate::dark_peer::for_the_page_stream(&peer).is_err() {
                 continue;
             }
             if let Ok(Ok(stream)) =
@@ -227,7 +227,7 @@ pub fn tunnel(sender: SocketAddr, channel: &ServerSide) -> Result<UnixStream, Tr
     let upstream =
         TcpStream::connect_timeout(&sender, HANDSHAKE).map_err(TransferError::Connect)?;
     let _ = upstream.set_nodelay(true);
-    crate::dark_peer::give_up_on_a_dark_peer(&upstream).map_err(TransferError::Connect)?;
+    crate::dark_peer::for_the_page_stream(&upstream).map_err(TransferError::Connect)?;
     upstream
         .set_nonblocking(true)
         .map_err(TransferError::Connect)?;

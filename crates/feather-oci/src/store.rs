@@ -112,9 +112,9 @@ impl Container {
         self.dir.join("exec.fifo")
     }
 
-    /// Makes the container's folder; an existing one means the id is taken.
+    /// Makes the container's folder in `root` (made and judged by [`root_dir`] before); an
+    /// existing one means the id is taken.
     pub fn make(root: &Path, record: Record) -> Result<Container> {
-        root_dir(root)?;
         let dir = root.join(&record.id);
         match fs::DirBuilder::new().mode(0o711).create(&dir) {
             Ok(()) => {}

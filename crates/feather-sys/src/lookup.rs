@@ -179,7 +179,13 @@ impl Mounts {
             .iter()
             .find(|mount| mount.id == id)
             .cloned()
-            .ok_or_else(|| io::Error::other(format!("mount {id} is not in this namespace's table")))
+            .ok_or_else(|| {
+                io::Error::other(format!(
+                    "the mount crossed here (id {id}) is not in /proc/self/mountinfo: it was \
+                     unmounted while feather looked, or /proc is not mounted; run the command \
+                     again once it stays mounted"
+                ))
+            })
     }
 }
 
