@@ -78,6 +78,15 @@ impl TwoHosts {
         hosts
     }
 
+    /// Host b goes dark: its end of the wire down, so that nothing it sends leaves and nothing
+    /// sent to it arrives (no reset, as a host powered off or a cable pulled).
+    fn cut_b(&self) {
+        let b_end = self.wire.replacen("fma", "fmb", 1);
+        let args = ["-n", &self.b, "link", "set", &b_end, "down"];
+        let status = Command::new("ip").args(args).status().unwrap();
+        assert!(status.success(), "ip {args:?}");
+    }
+
     /// `feather --root <root> args…` inside namespace `ns`.
     fn feather(ns: &str, root: &Feather, args: &[&str]) -> Command {
         // nsenter, not `ip netns exec`: that one also mounts a fresh /sys, which hides the
@@ -730,30 +739,14 @@ fn a_receiver_killed_midway_leaves_the_vm_running_on_the_source_only() {
     .unwrap();
     // The receiver dies once the VM has arrived there, while it restores it or waits for the
     // sender's release.
-    let arrived = target.vm_dir("vm");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !arrived.exists() {
-        assert!(std::time::Instant::now() < deadline, "the VM never arrived");
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    await_arrival(&target);
     // In post-copy, the kill may find the daemon fetching the pages started: it ends too.
     let daemons = lazy_pages_daemons(server.child.id());
     server.child.kill().unwrap();
     server.child.wait().unwrap();
-    let failed: crate::support::Outcome = migrating.wait_with_output().unwrap().into();
-
-    assert_ne!(failed.code, 0);
-    assert!(
-        failed.stderr.contains("runs here again"),
-        "{}",
-        failed.stderr
-    );
-    assert_eq!(source.status("vm"), "running", "restored on the source");
-    let resumed = count(&source, "vm");
-    assert!(resumed >= before, "resumed at {resumed}, left at {before}");
-    source.eventually("the loop counts on at the source", || {
-        count(&source, "vm") > resumed
-    });
+    let failed =
+        feather_testkit::ended_within(migrating, MIGRATE_ENDS, "migrate to a receiver killed");
+    assert_runs_on_at_the_source(&failed, &source, before);
     // The copy on the receiver never runs: its keeper saw the receiver end and ended it.
     target.eventually("the receiver's copy is not running", || {
         target.status("vm") == "checkpointed"
@@ -770,6 +763,72 @@ fn a_receiver_killed_midway_leaves_the_vm_running_on_the_source_only() {
         daemons.iter().all(|daemon| daemon.ended()),
         "a lazy-pages daemon outlived its serve: {daemons:?}"
     );
+}
+
+/// A receiver that goes dark before it answers (its host's end of the wire taken down while its
+/// keeper is held before CRIU restores the VM: no reset, no answer, nothing more from it) ends
+/// the migration with an error within the conversation's bound for a silent peer (keepalive:
+/// 30 s), and the VM runs on at the source. Before, `migrate` waited for the answer up to the
+/// conversation's 10 min read timeout. The hold makes the cut land before the receiver can
+/// answer, whatever the host's load.
+#[test]
+fn a_receiver_gone_dark_ends_the_migration_and_the_vm_runs_on_at_the_source() {
+    let (hosts, source, target, base) = counting_vm_on_two_hosts("mig-dark");
+    let before = count(&source, "vm");
+    let mut hold = crate::support::RecordHold::before_criu("mig-dark");
+    let (variable, value) = hold.env();
+    let held = [(variable, value.to_str().unwrap())];
+    let server = Server::accepting(&hosts, &target, &held, &["--base", base.as_str()]);
+    // Stop-and-copy: the receiver restores from what it holds, so what goes dark is its
+    // conversation alone (a post-copy restore losing its pages is left to hang in CRIU).
+    let migrating = migrating(&hosts, &source, "vm", &["--mode", "stop-and-copy"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    target.eventually_within(
+        "the receiver's keeper waits before its CRIU restore",
+        std::time::Duration::from_secs(120),
+        || hold.awaited(),
+    );
+    hosts.cut_b();
+    hold.release();
+    let failed =
+        feather_testkit::ended_within(migrating, MIGRATE_ENDS, "migrate to a receiver gone dark");
+    assert_runs_on_at_the_source(&failed, &source, before);
+    drop(server);
+}
+
+/// How long a migration whose receiver died or went dark may take to end: the connections'
+/// 30 s bound for a silent peer, the restore at the source, and a loaded host's slowness.
+const MIGRATE_ENDS: std::time::Duration = std::time::Duration::from_secs(150);
+
+/// Waits (60 s at most) until VM `vm` has arrived at `target`: looked for often, since the
+/// window between its arrival and its restore there is short.
+fn await_arrival(target: &Feather) {
+    let arrived = target.vm_dir("vm");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !arrived.exists() {
+        assert!(std::time::Instant::now() < deadline, "the VM never arrived");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Asserts that the migration `failed`, said the VM runs at the source again, and that its
+/// loop (at `before` when the migration began) counts on there.
+fn assert_runs_on_at_the_source(failed: &crate::support::Outcome, source: &Feather, before: u64) {
+    assert_ne!(failed.code, 0, "{}", failed.stderr);
+    assert!(
+        failed.stderr.contains("runs here again"),
+        "{}",
+        failed.stderr
+    );
+    assert_eq!(source.status("vm"), "running", "restored on the source");
+    let resumed = count(source, "vm");
+    assert!(resumed >= before, "resumed at {resumed}, left at {before}");
+    source.eventually("the loop counts on at the source", || {
+        count(source, "vm") > resumed
+    });
 }
 
 /// A process named by its pid and its start time (field 22 of its stat line), which together

@@ -157,3 +157,39 @@ fn a_container_over_the_host_that_unmounts_the_hiding_tmpfs_still_sees_no_state_
         "the registry of state roots was listed: {outcome:?}"
     );
 }
+
+/// A runtime root a local user could change (`--root` in a folder of uid 65534) is refused as
+/// feather refuses such a state root, by every command that uses it, before anything is made:
+/// feather-oci acts in it as root, by path. The engines' own roots (root's, under /run) pass:
+/// the engine tests run through them.
+#[test]
+fn a_runtime_root_in_a_users_folder_is_refused_before_anything_is_made() {
+    let scratch = Scratch::new("oci-users-root");
+    let home = scratch.path("home");
+    fs::create_dir(&home).unwrap();
+    std::os::unix::fs::lchown(&home, Some(65534), Some(65534)).unwrap();
+    let mut runtime = Runtime::new(&scratch);
+    runtime.root = home.join("oci-root");
+    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["/bin/true"]));
+    let bundle = bundle.dir.to_str().unwrap().to_owned();
+    let id = format!("users-root-{}", std::process::id());
+    for args in [
+        vec!["list"],
+        vec!["create", "--bundle", &bundle, &id],
+        vec!["run", "--bundle", &bundle, &id],
+        vec!["state", &id],
+    ] {
+        let outcome = runtime.run(&args);
+        assert_ne!(outcome.code, 0, "feather-oci {args:?} went on");
+        let said = &outcome.stderr;
+        assert!(
+            said.contains(&format!("{} is owned by uid 65534", home.display()))
+                && said.contains("choose a root"),
+            "feather-oci {args:?}: {said}"
+        );
+    }
+    assert!(
+        fs::read_dir(&home).unwrap().next().is_none(),
+        "made in the user's folder"
+    );
+}

@@ -194,3 +194,153 @@ fn answered(feather: &Feather, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// A FUSE filesystem a user serves (`allow_other`, every file reported root's and 0755 by
+/// fuse-overlayfs's `squash_to_root`) holds nothing a state root can trust: its server answers
+/// every later lookup as it likes. A root on it is refused, naming the mount point and the
+/// server's uid, and nothing is made there. Run in a mount namespace of the test's own, where
+/// `/etc/fuse.conf` allows `allow_other` and `/dev/fuse` opens for the user (binds over the
+/// host's, which stay untouched); the mount goes with the namespace, and the FUSE server with
+/// the test's pid namespace, also when the test fails.
+#[test]
+fn a_root_on_a_fuse_filesystem_a_user_serves_is_refused() {
+    let scratch = Feather::new("fuse-root");
+    let dir = |name: &str| {
+        let dir = scratch.root.join(name);
+        fs::create_dir(&dir).unwrap();
+        dir
+    };
+    let (lower, upper, work, mount) = (dir("lower"), dir("upper"), dir("work"), dir("mnt"));
+    for users in [&upper, &work, &mount] {
+        lchown(users, Some(65534), Some(65534)).unwrap();
+    }
+    let conf = scratch.root.join("fuse.conf");
+    fs::write(&conf, "user_allow_other\n").unwrap();
+    let device = scratch.root.join("fuse");
+    let made = Command::new("mknod")
+        .args(["-m", "0666"])
+        .arg(&device)
+        .args(["c", "10", "229"])
+        .status()
+        .unwrap();
+    assert!(made.success(), "mknod {}", device.display());
+    let root = mount.join("vms");
+    assert!(
+        Path::new("/etc/fuse.conf").exists(),
+        "/etc/fuse.conf is missing: install fuse3 (scripts/setup.sh does); the test binds its own \
+         over it in a mount namespace of its own"
+    );
+    let script = r#"
+        mount --bind "$1" /etc/fuse.conf && mount --bind "$2" /dev/fuse || exit 90
+        setpriv --reuid 65534 --regid 65534 --clear-groups fuse-overlayfs \
+            -o "squash_to_root,allow_other,lowerdir=$3,upperdir=$4,workdir=$5" "$6" || exit 91
+        "$7" --root "$6/vms" ls
+        code=$?
+        fusermount3 -u "$6"
+        exit $code
+    "#;
+    let outcome = feather_testkit::run_within(
+        in_namespaces_of_its_own(script)
+            .args([&conf, &device, &lower, &upper, &work, &mount])
+            .arg(Feather::bin())
+            .env(support::NO_POOL, "0"),
+        Duration::from_secs(120),
+        "feather ls of a root on a user's FUSE mount",
+    );
+    assert!(
+        ![90, 91].contains(&outcome.code),
+        "the user's FUSE mount was not made: {}",
+        outcome.stderr
+    );
+    assert_ne!(
+        outcome.code, 0,
+        "the root on the user's FUSE mount was taken"
+    );
+    let said = &outcome.stderr;
+    assert!(
+        said.contains(&format!(
+            "{}: {} is on a FUSE filesystem",
+            root.display(),
+            mount.display()
+        )) && said.contains("mounted by uid 65534")
+            && said.contains("choose a root"),
+        "{said}"
+    );
+    assert!(
+        support::names_in(&upper).is_empty(),
+        "made on the user's mount"
+    );
+}
+
+/// `sh -c script` in a mount namespace and a pid namespace of its own: what it mounts goes with
+/// it, and every process it starts (a FUSE server) ends with it, also when the test kills it at
+/// its deadline (unshare's `--kill-child`).
+fn in_namespaces_of_its_own(script: &str) -> Command {
+    let mut command = Command::new("unshare");
+    command.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "sh",
+        "-c",
+        script,
+        "sh",
+    ]);
+    command
+}
+
+/// A mount point `/etc/fstab` lets users mount on (`users`, `user`, `owner`, `group`): any
+/// user may mount a filesystem of theirs there at any moment, whose files report root's and
+/// 0755 (an ext4 image they made), mounted now or not. A root on or under it is refused naming
+/// the mount point, the option and `/etc/fstab`, and nothing is made there. Run with a crafted
+/// fstab bound over the host's in a mount namespace of the test's own (the host's untouched).
+#[test]
+fn a_root_at_a_mount_point_fstab_lets_users_mount_on_is_refused() {
+    let scratch = Feather::new("fstab-root");
+    let stick = scratch.root.join("stick");
+    fs::create_dir(&stick).unwrap();
+    fs::set_permissions(&stick, fs::Permissions::from_mode(0o755)).unwrap();
+    for option in ["users", "user", "owner", "group"] {
+        let fstab = scratch.root.join("fstab");
+        let line = format!(
+            "/dev/disk/by-label/STICK {} auto noauto,{option} 0 0\n",
+            stick.display()
+        );
+        fs::write(&fstab, format!("# crafted by the test\n{line}")).unwrap();
+        for root in [stick.clone(), stick.join("vms")] {
+            let script = r#"mount --bind "$1" /etc/fstab || exit 90; "$2" --root "$3" ls"#;
+            let outcome = feather_testkit::run_within(
+                in_namespaces_of_its_own(script)
+                    .arg(&fstab)
+                    .arg(Feather::bin())
+                    .arg(&root)
+                    .env(support::NO_POOL, "0"),
+                Duration::from_secs(60),
+                "feather ls of a root at a users' mount point",
+            );
+            assert_ne!(
+                outcome.code, 90,
+                "the crafted fstab was not bound: {}",
+                outcome.stderr
+            );
+            assert_ne!(outcome.code, 0, "{} taken ({option})", root.display());
+            let said = &outcome.stderr;
+            assert!(
+                said.contains(&format!(
+                    "{}: {} is a mount point /etc/fstab",
+                    root.display(),
+                    stick.display()
+                )) && said.contains(&format!("(`{option}`)"))
+                    && said.contains("choose a root"),
+                "{said}"
+            );
+            assert!(
+                support::names_in(&stick).is_empty(),
+                "made at the users' mount point"
+            );
+        }
+    }
+}

@@ -36,15 +36,14 @@ pub enum Error {
         "state root {root}: {folder} {why}; feather acts in a state root as root, and whoever \
          can change a folder on its way or in it could have root write or read any file \
          through it: {advice}",
-        advice = untrusted_root_advice(.root, .folder, *.own)
+        advice = untrusted_root_advice(.root, .folder, *.fault)
     )]
     UntrustedRoot {
         root: PathBuf,
         folder: PathBuf,
         why: String,
-        /// Whether `folder` is the root's own (or an entry of it), to be made root's; else a
-        /// folder above it, someone else's, left alone.
-        own: bool,
+        /// What is wrong, for the advice.
+        fault: RootFault,
     },
 
     #[error("state of VM {vm} is damaged: {path}: {why}")]
@@ -99,28 +98,54 @@ impl<T> IoContext<T> for std::io::Result<T> {
     }
 }
 
+/// What is wrong with a state root's folder ([`Error::UntrustedRoot`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootFault {
+    /// The root's own folder (or an entry of it) is not root's alone: to be made root's.
+    Own,
+    /// A folder above it is someone else's: left alone.
+    Above,
+    /// A folder on its way is on a filesystem a user mounted (FUSE, an image of theirs), or is
+    /// a mount point a user may mount on: what it reports of owners means nothing.
+    UsersMount,
+    /// The root's folder was not the one looked at when it was opened.
+    Replaced,
+}
+
 /// What to do about a refused root, fitting the folder: the root's own (or an entry of it)
 /// may be made root's, that folder alone — never recursively: a root holds its VMs' layers,
 /// whose files keep the VMs' owners and modes (a database's, a `/tmp` at 1777, setuid
 /// programs), which a `chown -R` would wreck for good; a folder above it is someone else's (a
 /// user's home), so the root goes elsewhere.
-fn untrusted_root_advice(root: &std::path::Path, folder: &std::path::Path, own: bool) -> String {
+fn untrusted_root_advice(
+    root: &std::path::Path,
+    folder: &std::path::Path,
+    fault: RootFault,
+) -> String {
     let elsewhere = "choose a root whose folders only root can change (the default \
                      /var/lib/feather, or a folder beside it)";
-    if own {
-        format!(
+    match fault {
+        RootFault::UsersMount => format!(
+            "{elsewhere}, on no filesystem a user mounted or may mount; {} stays as it is",
+            folder.display()
+        ),
+        RootFault::Replaced => format!(
+            "run the command again; if this recurs, look for what replaces {} (someone who \
+             can rename in the folder above it)",
+            folder.display()
+        ),
+        RootFault::Own => format!(
             "{elsewhere}, or make {f} root's and writable by root alone (`chown root: {f}; \
              chmod go-w {f}`, that folder only: never `-R`, which would change the files of \
              the VMs' layers); someone else could change what is in it until now, so look at \
              {r} before you use it again, or make a fresh root",
             f = folder.display(),
             r = root.display()
-        )
-    } else {
-        format!(
+        ),
+        RootFault::Above => format!(
             "{elsewhere}; {} is not the root's own, leave it as it is",
             folder.display()
-        )
+        ),
     }
 }
 

@@ -655,16 +655,10 @@ fn ids_of(known: Option<&Entry>, marker: Option<String>) -> Result<(String, Vec<
 }
 
 /// The root id the state folder `dir` holds in its [`ROOT_ID_FILE`], if any: one read (a
-/// plain file, not followed if a link, not waited on if a FIFO).
+/// plain file of at most 128 bytes, not followed if a link, not waited on if a FIFO:
+/// [`crate::small_file`]); anything else holds none.
 fn marker_in(dir: &Path) -> Option<String> {
-    use std::io::Read;
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(dir.join(ROOT_ID_FILE))
-        .ok()?;
-    let mut text = String::new();
-    file.take(128).read_to_string(&mut text).ok()?;
+    let text = crate::small_file::read_text(&dir.join(ROOT_ID_FILE), 128).ok()?;
     let id = text.trim();
     (!id.is_empty()).then(|| id.to_string())
 }

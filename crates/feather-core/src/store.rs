@@ -889,9 +889,21 @@ mod tests {
         let refused = root.prepare_dir();
         BETWEEN_CHECK_AND_OPEN.with(|hook| hook.borrow_mut().take());
         match refused {
-            Err(Error::UntrustedRoot { folder, why, .. }) => {
-                assert_eq!(folder, sticky.0);
+            Err(
+                ref refusal @ Error::UntrustedRoot {
+                    ref folder,
+                    ref why,
+                    fault,
+                    ..
+                },
+            ) => {
+                // The root's own folder is named, and what to do: not /tmp's owner blamed.
+                assert_eq!(folder, root.dir());
                 assert!(why.contains("replaced"), "{why}");
+                assert_eq!(fault, crate::error::RootFault::Replaced);
+                let said = refusal.to_string();
+                assert!(said.contains("run the command again"), "{said}");
+                assert!(!said.contains("leave it as it is"), "{said}");
             }
             other => panic!("a root a user put in place was taken: {other:?}"),
         }

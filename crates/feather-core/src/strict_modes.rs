@@ -11,9 +11,10 @@ use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path};
 
-use feather_sys::lookup::Lookup;
+use feather_sys::lookup::{Lookup, Step};
+use feather_sys::user_mounts::{self, UsersMountPoints};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Result, RootFault};
 
 /// Anyone but the owner may write (`S_IWGRP | S_IWOTH`).
 const WRITABLE_BY_OTHERS: u32 = 0o022;
@@ -43,19 +44,20 @@ const MAX_MADE: usize = 256;
 /// lookup is handed back, the folder it ended in pinned.
 pub fn check_state_root(dir: &Path) -> Result<Lookup> {
     let lookup = feather_sys::lookup::walk(dir).at(dir)?;
+    let users_points = UsersMountPoints::of_this_host();
     for step in &lookup.steps {
-        if let Some(why) = untrusted(&step.meta, false) {
-            return Err(untrusted_root(dir, &step.path, why, false));
+        if let Some(why) = untrusted(step, false, &users_points) {
+            return Err(untrusted_root(dir, &step.path, why, RootFault::Above));
         }
     }
     if lookup.missing.is_none() {
         // The folder the walk ended in, not the last name it went through: `x/..` is `x`'s
         // folder above.
         let end = &lookup.end.step;
-        if let Some(why) = untrusted(&end.meta, true) {
-            return Err(untrusted_root(dir, &end.path, why, true));
+        if let Some(why) = untrusted(end, true, &users_points) {
+            return Err(untrusted_root(dir, &end.path, why, RootFault::Own));
         }
-        check_entries(dir, &lookup)?;
+        check_entries(dir, &lookup, &users_points)?;
     }
     Ok(lookup)
 }
@@ -69,6 +71,20 @@ pub fn made_state_root(dir: &Path) -> Result<Lookup> {
         let Some(missing) = &lookup.missing else {
             return Ok(lookup);
         };
+        if missing
+            .components()
+            .any(|part| part == Component::ParentDir)
+        {
+            // `x/../y` with `x` missing would make a stray `x` beside the root.
+            return Err(Error::InvalidValue {
+                what: "state root",
+                value: dir.display().to_string(),
+                why: format!(
+                    "`..` in {}, a part not made yet: name the root without `..`",
+                    missing.display()
+                ),
+            });
+        }
         let Some(Component::Normal(name)) = missing.components().next() else {
             return Err(Error::Io {
                 path: dir.to_path_buf(),
@@ -98,28 +114,24 @@ pub fn same_root(dir: &Path, checked: &Lookup, opened: Option<&std::fs::File>) -
     if opened.is_some_and(|meta| meta.dev() == end.meta.dev() && meta.ino() == end.meta.ino()) {
         return Ok(());
     }
-    let above = end.path.parent().unwrap_or(Path::new("/"));
-    let why = format!(
-        "let {} be replaced while feather looked at it",
-        end.path.display()
-    );
-    Err(untrusted_root(dir, above, why, false))
+    let why = Untrusted::Modes("was replaced by another folder while feather looked at it".into());
+    Err(untrusted_root(dir, &end.path, why, RootFault::Replaced))
 }
 
 /// Refuses an entry of the root feather makes ([`ROOTS_OWN`]) that is not root's, or that
 /// others may write to: looked at in the pinned root folder, a link not followed.
-fn check_entries(dir: &Path, lookup: &Lookup) -> Result<()> {
+fn check_entries(dir: &Path, lookup: &Lookup, users_points: &UsersMountPoints) -> Result<()> {
     let root = &lookup.end;
     for name in ROOTS_OWN {
         let entry = root.step.path.join(name);
-        let meta = feather_sys::lookup::look_at(&root.pinned, Path::new(name)).at(&entry)?;
-        let Some(meta) = meta else { continue };
-        if meta.file_type().is_symlink() {
-            check_linked_entry(dir, &entry)?;
+        let step = feather_sys::lookup::look_at(root, Path::new(name)).at(&entry)?;
+        let Some(step) = step else { continue };
+        if step.meta.file_type().is_symlink() {
+            check_linked_entry(dir, &entry, users_points)?;
             continue;
         }
-        if let Some(why) = untrusted(&meta, true) {
-            return Err(untrusted_root(dir, &entry, why, true));
+        if let Some(why) = untrusted(&step, true, users_points) {
+            return Err(untrusted_root(dir, &entry, why, RootFault::Own));
         }
     }
     Ok(())
@@ -129,30 +141,56 @@ fn check_entries(dir: &Path, lookup: &Lookup) -> Result<()> {
 /// root reads and writes there by path, so every folder and link on the way must be as the
 /// root's own path's are, and what it ends in as an entry. What it leads to is not the root's
 /// own: the advice is never to take it over.
-fn check_linked_entry(dir: &Path, entry: &Path) -> Result<()> {
+fn check_linked_entry(dir: &Path, entry: &Path, users_points: &UsersMountPoints) -> Result<()> {
     let lookup = feather_sys::lookup::walk(entry).at(entry)?;
     let end = lookup.missing.is_none().then_some(&lookup.end.step);
     let judged = lookup.steps.iter().map(|step| (step, false));
     for (step, the_end) in judged.chain(end.map(|end| (end, true))) {
-        if let Some(why) = untrusted(&step.meta, the_end) {
-            return Err(untrusted_root(dir, &step.path, why, false));
+        if let Some(why) = untrusted(step, the_end, users_points) {
+            return Err(untrusted_root(dir, &step.path, why, RootFault::Above));
         }
     }
     Ok(())
 }
 
-/// The refusal of `root` for `folder`; `own`: the root's own folder or an entry of it.
-fn untrusted_root(root: &Path, folder: &Path, why: String, own: bool) -> Error {
+/// What [`untrusted`] found: a mount a user made (whatever the folder's modes), or modes.
+enum Untrusted {
+    Mount(String),
+    Modes(String),
+}
+
+/// The refusal of `root` for `folder`; `fault`: what its modes' fault is (the root's own, a
+/// folder above), unless the fault is the mount it is on.
+fn untrusted_root(root: &Path, folder: &Path, why: Untrusted, fault: RootFault) -> Error {
+    let (why, fault) = match why {
+        Untrusted::Mount(why) => (why, RootFault::UsersMount),
+        Untrusted::Modes(why) => (why, fault),
+    };
     Error::UntrustedRoot {
         root: root.to_path_buf(),
         folder: folder.to_path_buf(),
         why,
-        own,
+        fault,
     }
 }
 
-/// What makes a folder or link of a root's lookup one a user other than root could change.
-fn untrusted(meta: &std::fs::Metadata, the_root: bool) -> Option<String> {
+/// What makes a folder or link of a root's lookup one a user other than root could change:
+/// a mount whose owners a user decides, whatever it reports, a mount point a user may mount
+/// on (`users_points`), or what it reports.
+fn untrusted(step: &Step, the_root: bool, users_points: &UsersMountPoints) -> Option<Untrusted> {
+    if let Some(why) = step.mount.as_ref().and_then(user_mounts::set_by_a_user) {
+        return Some(Untrusted::Mount(why));
+    }
+    if step.meta.is_dir() {
+        if let Some(why) = users_points.at(&step.path) {
+            return Some(Untrusted::Mount(why));
+        }
+    }
+    modes_untrusted(&step.meta, the_root).map(Untrusted::Modes)
+}
+
+/// What of a folder's or link's owner and mode lets a user other than root change it.
+fn modes_untrusted(meta: &std::fs::Metadata, the_root: bool) -> Option<String> {
     let owner = meta.uid();
     if owner != 0 && owner != feather_sys::creds::effective_uid() {
         return Some(format!("is owned by uid {owner}, not root"));
@@ -282,6 +320,20 @@ mod tests {
         assert!(why.contains("1777"), "{why}");
         set_mode(&scratch.0, 0o755);
         check_state_root(&below.join("..")).unwrap();
+    }
+
+    /// `--root /x/missing/../y` would make a stray `missing` beside the root: refused, and
+    /// nothing is made.
+    #[test]
+    fn a_root_with_dot_dot_in_its_part_not_made_yet_is_refused_before_anything_is_made() {
+        let scratch = Scratch::new("dotdot-made");
+        let asked = scratch.0.join("stray/../root");
+        match made_state_root(&asked) {
+            Err(Error::InvalidValue { why, .. }) => assert!(why.contains("`..`"), "{why}"),
+            other => panic!("{} was not refused: {other:?}", asked.display()),
+        }
+        assert_eq!(fs::read_dir(&scratch.0).unwrap().count(), 0);
+        made_state_root(&scratch.0.join("root")).unwrap();
     }
 
     /// What feather makes in a root and acts on there by path must be root's too: a user's

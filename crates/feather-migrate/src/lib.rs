@@ -6,6 +6,8 @@
 //! - [`rpc`]: CRIU's RPC messages and the connection to `criu swrk`
 //! - [`archive`]: a stopped or checkpointed VM as one compressed file, and back
 //! - [`room`]: how much an archive may unpack to on the state root's filesystem
+//! - [`dark_peer`]: a migration connection given up once its peer is silent 30 s before the
+//!   release; after it, an outage waited out (15 min)
 //! - [`channel`]: what every migration connection runs over: TLS 1.3, and both ends' proof of
 //!   the shared token bound to the session
 //! - [`precopy`]: a migration's layers sent while the VM runs, then only what changed
@@ -19,6 +21,7 @@
 pub mod archive;
 pub mod channel;
 pub mod criu;
+pub mod dark_peer;
 mod error;
 mod image_frame;
 pub mod kdat;

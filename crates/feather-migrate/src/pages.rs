@@ -120,6 +120,9 @@ impl Relay {
                 .ok()?
                 .ok()?;
             let _ = peer.set_nodelay(true);
+            if crate::dark_peer::for_the_page_stream(&peer).is_err() {
+                continue;
+            }
             if let Ok(Ok(stream)) =
                 tokio::time::timeout(HANDSHAKE, channel.connect_async(peer)).await
             {
@@ -224,6 +227,7 @@ pub fn tunnel(sender: SocketAddr, channel: &ServerSide) -> Result<UnixStream, Tr
     let upstream =
         TcpStream::connect_timeout(&sender, HANDSHAKE).map_err(TransferError::Connect)?;
     let _ = upstream.set_nodelay(true);
+    crate::dark_peer::for_the_page_stream(&upstream).map_err(TransferError::Connect)?;
     upstream
         .set_nonblocking(true)
         .map_err(TransferError::Connect)?;

@@ -153,6 +153,8 @@ pub fn offer(to: &str, security: &Security, offer: &Offer) -> Result<Accepted> {
     let tcp = TcpStream::connect(to).map_err(|e| failed(TransferError::Connect(e)))?;
     tcp.set_read_timeout(Some(PATIENCE))
         .map_err(|e| failed(TransferError::Lost(e)))?;
+    crate::dark_peer::give_up_on_a_silent_peer(&tcp)
+        .map_err(|e| failed(TransferError::Connect(e)))?;
     let stream = channel.connect(tcp).map_err(failed)?;
     let pages = match channel::receiver_certificate(&stream) {
         Some(certificate) => channel.pinned(certificate)?,
@@ -310,6 +312,8 @@ impl Restored {
     /// Lets the VM run at the receiver, and waits for its word that it does.
     pub fn release(mut self) -> Released {
         let accepted = &mut self.accepted;
+        // Only the receiver can run the VM from here: an outage is waited out, not given up on.
+        wait_out_an_outage(&accepted.reader.get_ref().sock);
         if let Err(e) = write(accepted.reader.get_mut(), &Message::Release) {
             return Released::Unknown(channel::broken(e));
         }
@@ -462,7 +466,10 @@ impl<'a> Incoming<'a> {
     pub fn restored(&mut self) -> std::result::Result<(), TransferError> {
         write(self.reader.get_mut(), &Message::Restored).map_err(channel::broken)?;
         match read(&mut self.reader)? {
-            Message::Release => Ok(()),
+            Message::Release => {
+                wait_out_an_outage(&self.reader.get_ref().sock);
+                Ok(())
+            }
             other => Err(TransferError::NotReleased {
                 received: other.name(),
             }),
@@ -517,6 +524,8 @@ impl Receiver {
             source,
         };
         tcp.set_read_timeout(Some(HANDSHAKE))
+            .map_err(|e| failed(TransferError::Lost(e)))?;
+        crate::dark_peer::give_up_on_a_silent_peer(&tcp)
             .map_err(|e| failed(TransferError::Lost(e)))?;
         // Nothing is read from the sender but its handshake and its proof of the token.
         let stream = self.channel.accept(tcp).map_err(failed)?;
@@ -589,6 +598,13 @@ impl Receiver {
             broken: None,
         })
     }
+}
+
+/// Gives the conversation [`crate::dark_peer::AFTER_RELEASE`] once the VM is let go. A socket
+/// that refuses it keeps the bound for a silent peer, which still ends the migration as a
+/// broken connection does, so the release goes on.
+fn wait_out_an_outage(socket: &TcpStream) {
+    let _ = crate::dark_peer::wait_out_an_outage(socket);
 }
 
 fn write(stream: &mut impl Write, message: &Message) -> std::io::Result<()> {
@@ -725,6 +741,47 @@ mod tests {
             broken,
             sent,
         }
+    }
+
+    fn user_timeout(socket: &TcpStream) -> Duration {
+        use nix::sys::socket::{getsockopt, sockopt};
+        Duration::from_millis(getsockopt(socket, sockopt::TcpUserTimeout).unwrap().into())
+    }
+
+    /// Both ends of the conversation give up on a silent peer before the release (no
+    /// TCP_USER_TIMEOUT, keepalive only) and wait out an outage after it, when only the
+    /// receiver can run the VM.
+    #[test]
+    fn the_release_turns_both_ends_from_giving_up_to_waiting_out_an_outage() {
+        let receiver = Receiver::bind("127.0.0.1:0", &security()).unwrap();
+        let to = receiver.local_addr();
+        let sender = std::thread::spawn(move || {
+            let offer = Offer {
+                vm: "vm".into(),
+                ..Offer::default()
+            };
+            let accepted = offer_to(&to, &offer);
+            let (_, restored) = accepted
+                .send_archive(&mut [0u8; 16].as_slice(), || Ok(()), &mut |_, _| {})
+                .unwrap();
+            let socket = restored.accepted.reader.get_ref().sock.try_clone().unwrap();
+            let before = user_timeout(&socket);
+            let released = restored.release();
+            (before, user_timeout(&socket), released)
+        });
+        let mut incoming = receiver.next(|_| Ok::<(), TransferError>(())).unwrap();
+        std::io::copy(&mut incoming.archive(&mut |_, _| {}), &mut std::io::sink()).unwrap();
+        incoming.verify().unwrap();
+        let receivers_before = user_timeout(&incoming.reader.get_ref().sock);
+        incoming.restored().unwrap();
+        let receivers_after = user_timeout(&incoming.reader.get_ref().sock);
+        incoming.finish(Ok(()));
+        let (senders_before, senders_after, released) = sender.join().unwrap();
+        assert!(matches!(released, Released::Running), "{released:?}");
+        assert_eq!(receivers_before, Duration::ZERO);
+        assert_eq!(senders_before, Duration::ZERO);
+        assert_eq!(receivers_after, crate::dark_peer::AFTER_RELEASE);
+        assert_eq!(senders_after, crate::dark_peer::AFTER_RELEASE);
     }
 
     fn offer_to(to: &str, what: &Offer) -> Accepted {

@@ -121,6 +121,17 @@ pub fn files(root_dir: &Path, address: Ipv4Addr) -> [PathBuf; 2] {
     [dir.join(address.to_string()), dir]
 }
 
+/// Whether a VM of the root holds the lease of `address`: its file is there. Read as every
+/// lease is ([`feather_core::small_file`]: bounded, no link followed, nothing waited on), and
+/// anything in its place that is no lease (a FIFO, a link) counts as held, never as free.
+pub fn is_held(network: &RootNetwork, address: Ipv4Addr) -> bool {
+    let path = leases_dir(network).join(address.to_string());
+    !matches!(
+        feather_core::small_file::read_text(&path, MAX_LEASE),
+        Err(e) if e.kind() == ErrorKind::NotFound
+    )
+}
+
 /// Returns the lease of `address` to the pool if VM `vm_id` holds it: one read, where
 /// [`release`] reads every lease of the root. Another VM's lease of that address is kept.
 pub fn release_at(network: &RootNetwork, vm_id: &str, address: Ipv4Addr) -> Result<()> {
@@ -195,6 +206,34 @@ mod tests {
         assert!(lease_new(&network, "vm0").is_err());
         assert!(lease_exact(&network, "vm0", network.subnet.vm_hosts().next().unwrap()).is_err());
         assert!(!network.root().exists(), "the removed root was made again");
+    }
+
+    /// A FIFO in a lease's place (root reads leases by path in a folder of the root) is held,
+    /// and answered at once: an unbounded read waited on it for ever.
+    #[test]
+    fn a_lease_made_a_fifo_is_held_without_waiting() {
+        let network = scratch_network("fifo");
+        let mut addresses = network.subnet.vm_hosts();
+        let (free, fifo) = (addresses.next().unwrap(), addresses.next().unwrap());
+        let dir = leases_dir(&network);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(fifo.to_string());
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let looking = network.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send((is_held(&looking, free), is_held(&looking, fifo)));
+        });
+        let answer = rx.recv_timeout(std::time::Duration::from_secs(60));
+        // A regression's reader is let go, so the thread ends with the test.
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path);
+        let _ = fs::remove_dir_all(network.root());
+        let answer = answer.expect("is_held answered within 60 s (a FIFO lease was waited on)");
+        assert_eq!(answer, (false, true));
     }
 
     #[test]

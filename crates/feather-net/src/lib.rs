@@ -189,10 +189,7 @@ pub fn keep_address(
             }
         }
         None => {
-            let taken =
-                fs::read_to_string(root_dir.join("network-leases").join(address.to_string()))
-                    .is_ok();
-            if taken {
+            if leases::is_held(&network, address) {
                 return refused("but another VM of this state root holds it".into());
             }
         }

@@ -308,6 +308,12 @@ fn run(cli: Cli) -> Result<i32> {
         bail!("--systemd-cgroup: feather-oci manages cgroupfs paths only; configure the engine's cgroup manager as cgroupfs (podman --cgroup-manager cgroupfs, Docker native.cgroupdriver=cgroupfs, containerd SystemdCgroup = false)");
     }
     let root = &cli.root;
+    // One walk of the root a command: made (and judged) by the commands that add to it.
+    match cli.command {
+        Command::Spec { .. } | Command::Features => {}
+        Command::Create { .. } | Command::Run { .. } => crate::store::root_dir(root)?,
+        _ => crate::store::check_root(root)?,
+    }
     match cli.command {
         Command::Create {
             bundle,

@@ -125,10 +125,9 @@ pub struct ConsoleListener {
 }
 
 impl ConsoleListener {
-    /// A socket in the runtime's root (the caller's own folder, mode 0700), named after the
-    /// container.
+    /// A socket in the runtime's root (the caller's own folder, mode 0700, made and judged by
+    /// [`crate::store::root_dir`] before), named after the container.
     pub fn new(root: &Path, id: &str) -> Result<ConsoleListener> {
-        crate::store::root_dir(root)?;
         let path = root.join(format!(".{id}.console.sock"));
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)

@@ -90,12 +90,21 @@ pub fn validate_id(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a runtime root a user other than root could change, as feather refuses such a state
+/// root (`feather_core::strict_modes`, StrictModes): feather-oci acts in it as root, by path,
+/// so whoever could change a folder on its way could have root write or read any file through
+/// it. A root not made yet is fine here ([`root_dir`] makes it).
+pub fn check_root(root: &Path) -> Result<()> {
+    feather_core::strict_modes::check_state_root(&std::path::absolute(root)?)?;
+    Ok(())
+}
+
+/// Makes the runtime root where it is missing, one folder at a time (0700), each looked at once
+/// made, after the same check as [`check_root`].
 pub fn root_dir(root: &Path) -> Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(root)
-        .with_context(|| format!("create the runtime root {}", root.display()))
+    feather_core::strict_modes::made_state_root(&std::path::absolute(root)?)
+        .with_context(|| format!("create the runtime root {}", root.display()))?;
+    Ok(())
 }
 
 impl Container {
@@ -103,9 +112,9 @@ impl Container {
         self.dir.join("exec.fifo")
     }
 
-    /// Makes the container's folder; an existing one means the id is taken.
+    /// Makes the container's folder in `root` (made and judged by [`root_dir`] before); an
+    /// existing one means the id is taken.
     pub fn make(root: &Path, record: Record) -> Result<Container> {
-        root_dir(root)?;
         let dir = root.join(&record.id);
         match fs::DirBuilder::new().mode(0o711).create(&dir) {
             Ok(()) => {}

@@ -27,6 +27,7 @@ pub mod quota;
 mod raw;
 pub mod seccomp;
 pub mod timed;
+pub mod user_mounts;
 
 pub use nix::errno::Errno;
 pub use nix::sched::CloneFlags;

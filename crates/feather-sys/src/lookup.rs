@@ -9,12 +9,15 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs::{File, Metadata};
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
+
+use crate::mountinfo::{self, MountEntry};
 
 /// As many links as the kernel follows in one lookup (`MAXSYMLINKS`).
 const MAX_LINKS: usize = 40;
@@ -24,6 +27,10 @@ const MAX_LINKS: usize = 40;
 pub struct Step {
     pub path: PathBuf,
     pub meta: Metadata,
+    /// The mount this name is on, when the walk crossed into it here (its filesystem's device
+    /// is not the folder's it was found in): what a filesystem reports of its owners is only
+    /// as good as who mounted it ([`crate::user_mounts`]).
+    pub mount: Option<MountEntry>,
 }
 
 /// Every folder and link a lookup went through, `/` first, and the path's missing part if it
@@ -50,7 +57,11 @@ impl End {
     fn of(pinned: File, path: PathBuf) -> io::Result<Self> {
         let meta = pinned.metadata()?;
         Ok(End {
-            step: Step { path, meta },
+            step: Step {
+                path,
+                meta,
+                mount: None,
+            },
             pinned,
         })
     }
@@ -67,12 +78,15 @@ pub fn walk(path: &Path) -> io::Result<Lookup> {
         ));
     }
     let slash = open_path(None, Path::new("/"))?;
+    let slash_meta = slash.metadata()?;
+    // The folders the walk is in, `/` first, each with its device: `..` goes back one.
+    let mut trail = vec![(slash, PathBuf::from("/"), slash_meta.dev())];
     let mut steps = vec![Step {
         path: "/".into(),
-        meta: slash.metadata()?,
+        meta: slash_meta,
+        mount: None,
     }];
-    // The folders the walk is in, `/` first: `..` goes back one.
-    let mut trail = vec![(slash, PathBuf::from("/"))];
+    let mut mounts = Mounts::default();
     let mut names: VecDeque<Name> = names_of(path).collect();
     let mut links = 0;
     while let Some(name) = names.pop_front() {
@@ -89,14 +103,14 @@ pub fn walk(path: &Path) -> io::Result<Lookup> {
             }
             Name::Plain(name) => name,
         };
-        let (folder, at) = trail.last().expect("/ stays on the trail");
+        let (folder, at, folders_dev) = trail.last().expect("/ stays on the trail");
         let shown = at.join(&name);
         let opened = match open_path(Some(folder), Path::new(&name)) {
             Ok(opened) => opened,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 let rest = std::iter::once(Name::Plain(name)).chain(names);
                 let rest: PathBuf = rest.map(|name| name.into_os_string()).collect();
-                let (folder, at) = trail.pop().expect("/ stays on the trail");
+                let (folder, at, _) = trail.pop().expect("/ stays on the trail");
                 return Ok(Lookup {
                     steps,
                     missing: Some(rest),
@@ -106,9 +120,15 @@ pub fn walk(path: &Path) -> io::Result<Lookup> {
             Err(e) => return Err(e),
         };
         let meta = opened.metadata()?;
+        let mount = if meta.dev() != *folders_dev {
+            Some(mounts.of(&opened)?)
+        } else {
+            None
+        };
         steps.push(Step {
             path: shown.clone(),
             meta: meta.clone(),
+            mount,
         });
         if meta.file_type().is_symlink() {
             links += 1;
@@ -132,14 +152,41 @@ pub fn walk(path: &Path) -> io::Result<Lookup> {
                 end: End::of(opened, shown)?,
             });
         }
-        trail.push((opened, shown));
+        let dev = meta.dev();
+        trail.push((opened, shown, dev));
     }
-    let (folder, at) = trail.pop().expect("/ stays on the trail");
+    let (folder, at, _) = trail.pop().expect("/ stays on the trail");
     Ok(Lookup {
         steps,
         missing: None,
         end: End::of(folder, at)?,
     })
+}
+
+/// The namespace's mount table, read once a walk crosses into a mount, then kept for the walk.
+#[derive(Default)]
+struct Mounts(Option<Vec<MountEntry>>);
+
+impl Mounts {
+    /// The entry of the mount `opened` is on, by the id the kernel gives its descriptor.
+    fn of(&mut self, opened: &File) -> io::Result<MountEntry> {
+        let id = crate::raw::listed_mount_id(opened.as_raw_fd())?;
+        if self.0.is_none() {
+            self.0 = Some(mountinfo::mounts()?);
+        }
+        let table = self.0.as_deref().unwrap_or_default();
+        table
+            .iter()
+            .find(|mount| mount.id == id)
+            .cloned()
+            .ok_or_else(|| {
+                io::Error::other(format!(
+                    "the mount crossed here (id {id}) is not in /proc/self/mountinfo: it was \
+                     unmounted while feather looked, or /proc is not mounted; run the command \
+                     again once it stays mounted"
+                ))
+            })
+    }
 }
 
 /// Makes the folder `name` (one name, mode `mode` less the umask) in the pinned `folder`:
@@ -149,13 +196,25 @@ pub fn make_folder(folder: &File, name: &Path, mode: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// What `name` in the pinned `folder` is, a link not followed; None when there is none.
-pub fn look_at(folder: &File, name: &Path) -> io::Result<Option<Metadata>> {
-    match open_path(Some(folder), name) {
-        Ok(opened) => opened.metadata().map(Some),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-        Err(e) => Err(e),
-    }
+/// What `name` in the pinned folder `end` is, a link not followed, and its mount when one is
+/// mounted there; None when there is none.
+pub fn look_at(end: &End, name: &Path) -> io::Result<Option<Step>> {
+    let opened = match open_path(Some(&end.pinned), name) {
+        Ok(opened) => opened,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let meta = opened.metadata()?;
+    let mount = if meta.dev() != end.step.meta.dev() {
+        Some(Mounts::default().of(&opened)?)
+    } else {
+        None
+    };
+    Ok(Some(Step {
+        path: end.step.path.join(name),
+        meta,
+        mount,
+    }))
 }
 
 /// A name of a path, owned: a link's target joins the names still to walk.

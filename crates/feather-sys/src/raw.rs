@@ -954,6 +954,17 @@ pub fn quotactl_fd_getinfo(fd: BorrowedFd, kind: libc::c_int) -> Result<(), Errn
 /// (STATX_MNT_ID_UNIQUE, never reused while the system runs), or ENODATA if the kernel did not
 /// report one.
 pub fn unique_mount_id(fd: RawFd) -> Result<u64, Errno> {
+    mount_id_of(fd, libc::STATX_MNT_ID_UNIQUE)
+}
+
+/// statx(2) of the descriptor itself: the id of the mount it is on as the namespace's
+/// mountinfo lists it (STATX_MNT_ID), or ENODATA if the kernel did not report one.
+pub fn listed_mount_id(fd: RawFd) -> Result<u64, Errno> {
+    mount_id_of(fd, libc::STATX_MNT_ID)
+}
+
+/// The mount id `fd` is on, of the kind `mask` asks (`STATX_MNT_ID` or `STATX_MNT_ID_UNIQUE`).
+fn mount_id_of(fd: RawFd, mask: u32) -> Result<u64, Errno> {
     let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
     // SAFETY: `fd` is borrowed for the call; the empty path is a valid NUL-terminated string;
     // `stx` is writable memory of exactly the size of `struct statx`, which the kernel fills.
@@ -962,7 +973,7 @@ pub fn unique_mount_id(fd: RawFd) -> Result<u64, Errno> {
             fd,
             c"".as_ptr(),
             libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-            libc::STATX_MNT_ID_UNIQUE,
+            mask,
             stx.as_mut_ptr(),
         )
     };
@@ -970,7 +981,7 @@ pub fn unique_mount_id(fd: RawFd) -> Result<u64, Errno> {
     // SAFETY: statx succeeded and filled the struct (it was zeroed before, so every field is
     // initialised either way).
     let stx = unsafe { stx.assume_init() };
-    if stx.stx_mask & libc::STATX_MNT_ID_UNIQUE == 0 {
+    if stx.stx_mask & mask == 0 {
         return Err(Errno::ENODATA);
     }
     Ok(stx.stx_mnt_id)

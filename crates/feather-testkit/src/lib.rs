@@ -17,9 +17,10 @@
 pub mod criu_image;
 pub mod protobuf;
 
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -125,6 +126,68 @@ pub fn run(command: &mut Command) -> Outcome {
         .output()
         .unwrap_or_else(|e| panic!("{command:?}: {e}"))
         .into()
+}
+
+/// [`run`], bounded: fails the test, the command killed (by its pid), if it has not ended
+/// within `limit` (`what` says what was waited for).
+pub fn run_within(command: &mut Command, limit: Duration, what: &str) -> Outcome {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    ended_within(child, limit, what)
+}
+
+/// What `child` said once it ended; fails the test, the child killed, if it has not ended
+/// within `limit` (`what` says what was waited for). Its output is read as it comes, so that
+/// a child saying more than a pipe holds is not stopped by it.
+pub fn ended_within(mut child: Child, limit: Duration, what: &str) -> Outcome {
+    let stdout = drained(child.stdout.take());
+    let stderr = drained(child.stderr.take());
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{what}: still running after {limit:?}: {}",
+                String::from_utf8_lossy(&said(&stderr))
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::process::Output {
+        status,
+        stdout: said(&stdout),
+        stderr: said(&stderr),
+    }
+    .into()
+}
+
+/// Everything `pipe` says until its end, read on a thread of its own and handed over once read.
+fn drained(pipe: Option<impl Read + Send + 'static>) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (hand_over, handed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut said = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut said);
+        }
+        let _ = hand_over.send(said);
+    });
+    handed
+}
+
+/// What a [`drained`] pipe said, once its writers have ended; if one of the child's own
+/// children holds it open 30 s on, that is said instead of waiting on it.
+fn said(drained: &std::sync::mpsc::Receiver<Vec<u8>>) -> Vec<u8> {
+    drained
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| b"(its output still open 30 s after it ended)".to_vec())
 }
 
 /// Polls `check` every 20 ms until it holds (true) or `limit` passes (false).

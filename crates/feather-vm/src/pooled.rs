@@ -508,7 +508,7 @@ pub fn fence(root: &StateRoot) -> feather_core::error::Result<bool> {
         .mode(0o700)
         .create(&staged)
         .at(&staged)?;
-    let placed = write_atomic(&staged.join(SIZE), b"0\n", Durability::Volatile)
+    let placed = write_atomic(&staged.join(SIZE), FENCES_SIZE, Durability::Volatile)
         .and_then(|()| write_count(&staged.join(GENERATION), 1))
         .map(|()| {
             nix::fcntl::renameat2(
@@ -534,6 +534,11 @@ pub fn fence(root: &StateRoot) -> feather_core::error::Result<bool> {
 /// only the size (absent, as it was), the generation kept (a fill started meanwhile is over).
 pub fn lift_fence(root: &StateRoot) {
     let folder = dir(root);
+    // A size set meanwhile (`pool --size 3` during `network down`) is the admin's: kept, and
+    // the folder with it.
+    if read_small(&folder.join(SIZE)).as_deref() != std::str::from_utf8(FENCES_SIZE).ok() {
+        return;
+    }
     let only_the_fence = std::fs::read_dir(&folder).is_ok_and(|entries| {
         entries
             .flatten()
@@ -546,6 +551,9 @@ pub fn lift_fence(root: &StateRoot) {
     }
     let _ = std::fs::remove_file(folder.join(SIZE));
 }
+
+/// The size a [`fence`] writes: read as 0, told apart from a `pool --size 0` set meanwhile.
+const FENCES_SIZE: &[u8] = b"0 \n";
 
 /// Where a [`fence`] is made, and put when lifted: a name of this process's in the root.
 fn fence_aside(root: &StateRoot) -> PathBuf {
@@ -589,5 +597,19 @@ mod tests {
         assert_eq!((pooled, size), (0, 0));
         assert_ne!(generation, 0);
         assert!(names.is_empty(), "left in the root: {names:?}");
+    }
+
+    /// A size set while the network goes (`pool --size 3`, `pool --size 0`, during `network
+    /// down` of a root without a pool) outlives the fence: lifting it removed the setting.
+    #[test]
+    fn a_size_set_while_the_fence_stands_is_kept() {
+        for set in [3, 0] {
+            let dir = feather_testkit::ScratchDir::new("fence-size");
+            let root = StateRoot::new(Some(dir.0.clone()));
+            let seen = crate::pool::emptied_while(&root, || crate::pool::set_size(&root, set));
+            seen.unwrap().2.unwrap();
+            let setting = read_small(&dir.0.join("pool").join(SIZE));
+            assert_eq!(setting, Some(format!("{set}\n")), "pool --size {set}");
+        }
     }
 }
