@@ -2050,3 +2050,31 @@ fn a_fill_that_finds_one_at_work_doing_all_it_would_returns_at_once() {
         "our fill returned only once the one at work was done"
     );
 }
+
+/// A run that finds in the pool only an entry whose VM does not answer (back to back, the
+/// refill's, whose VM is still being made) misses without fingerprinting the host, which only
+/// a VM claimed is compared with. Before, every such miss paid for the fingerprint.
+#[test]
+fn a_miss_past_a_vm_not_ready_takes_no_fingerprint() {
+    let cgroups_before = support::feather_cgroups();
+    let mut pool = Pooled::new("pool-miss-no-print", 0);
+    fs::write(pool.feather.root.join("pool/size"), "1\n").unwrap();
+    pool.size = 1;
+    // An entry as a fill writes it before it starts the VM: no VM answers for it yet.
+    fs::write(pool.feather.root.join("pool/vms/run-notready"), "").unwrap();
+    let out = pool
+        .command()
+        .env("FEATHER_TRACE", "phases")
+        .args(["run", "--rm", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("look in the pool"), "{said}");
+    assert!(!said.contains("claim a VM of the pool"), "{said}");
+    assert!(!said.contains("fingerprint the host"), "{said}");
+    pool.feather.eventually("the fill removed the entry", || {
+        !pool.entries().iter().any(|e| e == "run-notready")
+    });
+    pool.drained_leaving_nothing(&cgroups_before);
+}

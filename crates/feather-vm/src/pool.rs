@@ -192,8 +192,11 @@ pub fn claim(root: &StateRoot, workload: &Workload) -> Option<Claimed> {
     // Concurrent runs start at different entries, so that they seldom ask the same keeper.
     let start = std::process::id() as usize % entries.len();
     entries.rotate_left(start);
-    let current = pooled::fingerprint(root);
-    feather_core::trace::phase("claim: fingerprint the host");
+    // Taken at the first VM claimed, not before: back to back, the entry a run finds is often
+    // the refill's, whose VM is still being made (its keeper does not listen yet), and the
+    // fingerprint (the host's mount table and files, hashed: 2.3–2.7 ms in a debug build) was
+    // that miss's cost for nothing.
+    let mut current = None;
     let mut stale = false;
     for (name, made_under) in entries {
         let vm = root.vm(&name);
@@ -208,7 +211,12 @@ pub fn claim(root: &StateRoot, workload: &Workload) -> Option<Claimed> {
         if !matches!(conversation.answer(), Ok(Response::Claimed)) {
             continue;
         }
-        if made_under != current {
+        let current = current.get_or_insert_with(|| {
+            let taken = pooled::fingerprint(root);
+            feather_core::trace::phase("claim: fingerprint the host");
+            taken
+        });
+        if made_under != *current {
             // Dropped: its keeper ends it.
             claimed_to_be_ended(root, &name);
             stale = true;
