@@ -1205,6 +1205,7 @@ impl Keeper {
         }
         // The checkpoint it replaced goes once the asker has their answer.
         snapshot::remove_stale(&self.vm);
+        trace::phase("teardown: the replaced checkpoint removed, after the answer");
         held_by_test(HOLD_AFTER_STOP_ANSWER);
         // A kept VM's answer came once its own network was gone (`tear_down`); the root's
         // bridge, tables and pool go now if the VM was their last user, a removal claimed
@@ -1295,6 +1296,8 @@ impl Keeper {
                 lazy,
                 hold_frozen,
             } => {
+                // The time before it is the keeper's idle wait for the request.
+                trace::phase("checkpoint: asked");
                 // Frozen from before the dump until the asker has archived the layers.
                 let held = match hold_frozen
                     .then(|| moment::freeze(&self.vm, self.cgroup.as_ref()))
