@@ -1203,10 +1203,12 @@ impl Keeper {
                 },
             );
         }
-        // The checkpoint it replaced goes once the asker has their answer.
+        held_by_test(HOLD_AFTER_STOP_ANSWER);
+        // The checkpoint it replaced, if its removal beside the dump has not ended yet (else
+        // set aside by a dump that failed, or left by a crash), goes once the asker has their
+        // answer.
         snapshot::remove_stale(&self.vm);
         trace::phase("teardown: the replaced checkpoint removed, after the answer");
-        held_by_test(HOLD_AFTER_STOP_ANSWER);
         // A kept VM's answer came once its own network was gone (`tear_down`); the root's
         // bridge, tables and pool go now if the VM was their last user, a removal claimed
         // before the stop was recorded (`Attachment::detach_keeping_bridge`): killed from

@@ -71,9 +71,11 @@ const STALE_PREFIX: &str = "checkpoint.stale-";
 
 /// Moves the VM's last checkpoint out of the way of a new one (a checkpoint taken now replaces
 /// the last one; a failed one leaves none behind). Removing hundreds of megabytes of images
-/// takes long on some filesystems (ext4 with `discard`), so it is left to
-/// [`remove_stale`], after the user has their answer.
-pub(crate) fn set_aside_last(vm: &VmDir) -> feather_core::Result<()> {
+/// takes long on some filesystems (ext4 with `discard`: 20-170 ms for 64 MB here), so it is
+/// never waited for before the answer: `beside_dump`, it starts now, in a thread, while CRIU
+/// dumps (for a VM whose processes end with the dump, whose freeze no one waits out);
+/// otherwise it is left to [`remove_stale`], after the answer, which also waits for the thread.
+pub(crate) fn set_aside_last(vm: &VmDir, beside_dump: bool) -> feather_core::Result<()> {
     let images = vm.checkpoint_dir();
     if !images.exists() {
         return Ok(());
@@ -82,7 +84,24 @@ pub(crate) fn set_aside_last(vm: &VmDir) -> feather_core::Result<()> {
         .path()
         .join(format!("{STALE_PREFIX}{}", std::process::id()));
     let _ = fs::remove_dir_all(&stale);
-    fs::rename(&images, &stale).at(&images)
+    fs::rename(&images, &stale).at(&images)?;
+    if beside_dump {
+        let removal = std::thread::spawn(move || {
+            let _ = fs::remove_dir_all(stale);
+        });
+        *removing() = Some(removal);
+    }
+    Ok(())
+}
+
+/// The removal of a replaced checkpoint started beside a dump ([`set_aside_last`]), until
+/// [`remove_stale`] waits for it.
+fn removing() -> std::sync::MutexGuard<'static, Option<std::thread::JoinHandle<()>>> {
+    static REMOVAL: std::sync::Mutex<Option<std::thread::JoinHandle<()>>> =
+        std::sync::Mutex::new(None);
+    REMOVAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Refuses to checkpoint a VM with a mount point whose path is not UTF-8 (a host filesystem
@@ -104,8 +123,13 @@ fn refuse_mount_points_not_utf8(name: &feather_core::VmName, mounts: &[MountEntr
     ))
 }
 
-/// Removes checkpoints set aside by [`set_aside_last`] (also those a crash left behind).
+/// Removes checkpoints set aside by [`set_aside_last`] (also those a crash left behind), once
+/// a removal it started beside the dump has ended.
 pub(crate) fn remove_stale(vm: &VmDir) {
+    let started = removing().take();
+    if let Some(removal) = started {
+        let _ = removal.join();
+    }
     let Ok(entries) = fs::read_dir(vm.path()) else {
         return;
     };
@@ -164,7 +188,7 @@ pub(crate) fn dump(
     let text = fs::read(&mountinfo).at(&mountinfo).in_vm(name)?;
     let mounts = feather_sys::mountinfo::parse(text);
     refuse_mount_points_not_utf8(name, &mounts)?;
-    set_aside_last(vm).in_vm(name)?;
+    set_aside_last(vm, !leave_running && lazy.is_none()).in_vm(name)?;
     let config = vm.read_config().in_vm(name)?;
     let mut layers: Vec<ExternalLayer> =
         numbered(&mounts, "layer", |m| is_own_layer(vm, &config, m), |l| l).collect();
