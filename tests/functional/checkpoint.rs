@@ -157,28 +157,12 @@ fn a_checkpoint_returns_before_its_keeper_s_last_steps_and_a_restore_right_after
     feather.require_criu();
     let base = ScratchBase::new("ckpt-early");
     let mut hold = crate::support::RecordHold::after_stop_answer("ckpt-early");
-    let (variable, value) = hold.env();
     feather.start_over("vm", &base, &["--net", "none"]);
     feather.ok(&["checkpoint", "vm"]);
     // The restored VM's keeper waits after it answers the next checkpoint.
-    let restored = feather
-        .command()
-        .env(variable, value)
-        .args(["restore", "vm"])
-        .output()
-        .unwrap();
-    assert!(restored.status.success(), "{restored:?}");
+    hold.run(&feather, &["restore", "vm"]);
     let checkpoint = feather.spawn(&["checkpoint", "vm"]);
-    let keeper = std::cell::Cell::new(None);
-    feather.eventually_within(
-        "the keeper waits after its checkpoint's answer",
-        Duration::from_secs(60),
-        || {
-            keeper.set(hold.waiter());
-            keeper.get().is_some()
-        },
-    );
-    let keeper = keeper.get().unwrap();
+    let keeper = hold.await_waiter(&feather, "the keeper waits after its checkpoint's answer");
     let checkpointed = checkpoint.wait_with_output().unwrap();
     assert!(checkpointed.status.success(), "{checkpointed:?}");
     assert_eq!(

@@ -1223,6 +1223,29 @@ impl RecordHold {
             .expect("the restoring keeper has its VM's init as a child")
     }
 
+    /// `feather <args>` of `feather`'s root under this hold, run to its end; it must succeed.
+    pub fn run(&self, feather: &Feather, args: &[&str]) {
+        let (variable, value) = self.env();
+        let output = feather
+            .command()
+            .env(variable, value)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+    }
+
+    /// The process that waits for the hold, once one does (up to 60 s; `what`: what the test
+    /// waits for, for the failure's message).
+    pub fn await_waiter(&self, feather: &Feather, what: &str) -> i32 {
+        let waiter = std::cell::Cell::new(None);
+        feather.eventually_within(what, Duration::from_secs(60), || {
+            waiter.set(self.waiter());
+            waiter.get().is_some()
+        });
+        waiter.get().unwrap()
+    }
+
     /// Lets the waiting keepers go on.
     pub fn release(&mut self) {
         self.lock = None;
