@@ -1167,7 +1167,7 @@ impl RecordHold {
 
     /// `feather restore vm` of `feather`'s root under this hold, its output piped; returned once
     /// its keeper waits for the hold (it first waits for the checkpointing keeper's end, up to
-    /// 60 s: that keeper flushes the VM's layer after its answer).
+    /// 60 s: that keeper finishes its last steps after its answer).
     pub fn restore(&self, feather: &Feather, vm: &str) -> Child {
         let (variable, value) = self.env();
         let restoring = feather

@@ -70,13 +70,14 @@ pub fn checkpoint(
         export_at_one_moment(root, &vm, &config, &request(true), file, progress)?;
         return Ok(vm.checkpoint_dir());
     }
-    let keeper = dump(&vm, &request(false))?;
+    // Back at the keeper's answer: the VM's processes are gone, its layer flushed and the
+    // checkpoint recorded. The keeper's last steps (the root's network if the VM was its last
+    // user, the lock) touch nothing an export archives, and a `restore`, `start` or `rm` that
+    // comes next waits for the keeper's end itself (`lifecycle::await_last_keeper`).
+    dump(&vm, &request(false))?;
     record_subnet(root, &vm, &config)?;
     // The VM's processes ended with the dump: its layers hold still while they are archived.
     if let Some(file) = export {
-        // The keeper's last steps after its answer remove the checkpoint this one replaced
-        // from the VM's folder, which the archive must not see half gone.
-        keeper_ended(&vm, keeper)?;
         progress(Progress::Phase(&format!("writing {}", file.display())));
         archive::export(vm.path(), file, &mut |done| {
             progress(Progress::Bytes { done, total: 0 })
@@ -99,19 +100,6 @@ fn dump(vm: &feather_core::VmDir, request: &Request) -> Result<protocol::Convers
     })?;
     trace::phase("checkpoint: the keeper answered");
     Ok(keeper)
-}
-
-/// Waits for the end of the keeper that answered a checkpoint `keeper` without leaving the VM
-/// running. It answers once the VM's processes are gone and its end is recorded; its last
-/// steps (the removal of the checkpoint this one replaced: a 64 MB image took 20-170 ms on a
-/// disk mounted with `discard`; the root's network if the VM was its last user) come after.
-/// A plain checkpoint does not wait for them: a `restore`, `start` or `rm` that comes next
-/// waits for the keeper's end itself (`lifecycle::await_last_keeper`).
-fn keeper_ended(vm: &feather_core::VmDir, keeper: protocol::Conversation) -> Result<()> {
-    drop(keeper);
-    vm.keeper_ends_by(std::time::Instant::now() + Duration::from_secs(10))?;
-    trace::phase("checkpoint: the keeper ended");
-    Ok(())
 }
 
 /// `checkpoint --leave-running --export FILE`: the VM's processes and layers in `file` as they
