@@ -146,6 +146,110 @@ fn checkpoint_and_restore_continue_where_the_vm_was() {
     assert!(!feather.vm_dir("vm").exists());
 }
 
+/// `feather checkpoint` returns once its keeper has answered (the VM's processes gone, the
+/// checkpoint recorded), not after the keeper's last steps (the root's network if unused); the
+/// checkpoint it replaced is removed beside CRIU's dump, not after the answer (tens of
+/// milliseconds for 64 MB on a disk mounted with `discard`); a `restore` right after waits for
+/// the keeper's end itself, says so, and restores the new checkpoint. The keeper is held after
+/// its answer for as long as the test likes: a `checkpoint` that waited for its end would fail
+/// when its patience ran out (`lifecycle::await_last_keeper`, 60 s), and one that waited without
+/// a bound is failed by the test's own bound, far above that.
+#[test]
+fn a_checkpoint_returns_before_its_keeper_s_last_steps_and_a_restore_right_after_waits_for_them() {
+    let feather = Feather::new("ckpt-early");
+    feather.require_criu();
+    let base = ScratchBase::new("ckpt-early");
+    let mut hold = crate::support::RecordHold::after_stop_answer("ckpt-early");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    feather.ok(&["checkpoint", "vm"]);
+    // The restored VM's keeper waits after it answers the next checkpoint.
+    hold.run(&feather, &["restore", "vm"]);
+    let checkpoint = std::cell::RefCell::new(feather.spawn(&["checkpoint", "vm"]));
+    let keeper = hold.await_waiter(&feather, "the keeper waits after its checkpoint's answer");
+    feather.eventually_within(
+        "checkpoint returns while its keeper waits after its answer",
+        Duration::from_secs(180),
+        || checkpoint.borrow_mut().try_wait().unwrap().is_some(),
+    );
+    let checkpointed = checkpoint.into_inner().wait_with_output().unwrap();
+    assert!(checkpointed.status.success(), "{checkpointed:?}");
+    assert_eq!(
+        hold.waiter(),
+        Some(keeper),
+        "checkpoint returned while its keeper {keeper} still waited before its last steps"
+    );
+    assert_eq!(feather.status("vm"), "checkpointed");
+    feather.eventually_within(
+        "the replaced checkpoint is removed while the keeper waits after its answer",
+        Duration::from_secs(60),
+        || set_aside(&feather, "vm").is_empty(),
+    );
+    assert_eq!(hold.waiter(), Some(keeper), "the keeper still waits");
+
+    let mut restoring = feather.spawn(&["restore", "vm"]);
+    // A restore that went by the record alone would run beside the last keeper; it waits, and
+    // says so while the keeper is held (read before the release: its stderr ends only with it).
+    let mut said =
+        std::io::BufRead::lines(std::io::BufReader::new(restoring.stderr.take().unwrap()))
+            .map_while(Result::ok);
+    let waiting = format!("waiting for its last keeper, pid {keeper}");
+    let first = said.by_ref().find(|line| line.contains(&waiting));
+    assert!(first.is_some(), "restore never said it is {waiting}");
+    hold.release();
+    let rest: Vec<String> = said.collect();
+    let restored = restoring.wait().unwrap();
+    assert!(restored.success(), "{restored:?}: {rest:?}");
+    assert_eq!(feather.status("vm"), "running");
+    assert_eq!(feather.sh("vm", "hostname").trim(), "vm");
+}
+
+/// The checkpoints of `vm` set aside for removal (`checkpoint.stale-*` in its folder).
+fn set_aside(feather: &Feather, vm: &str) -> Vec<String> {
+    fs::read_dir(feather.vm_dir(vm))
+        .unwrap()
+        .filter_map(|entry| entry.unwrap().file_name().into_string().ok())
+        .filter(|name| name.starts_with("checkpoint.stale-"))
+        .collect()
+}
+
+/// A plain checkpoint that fails once the checkpoint it replaces was set aside and its removal
+/// started beside the dump (its `layers.json` cannot be written, made to fail by the test-only
+/// `FEATHER_TEST_FAIL_LAYERS` in the keeper's environment, as a full disk would) says why, the
+/// VM runs on, nothing set aside is left once it has answered, and the same keeper's next
+/// checkpoint (the failure disarmed) succeeds and restores.
+#[test]
+fn a_checkpoint_that_fails_beside_the_replaced_one_s_removal_leaves_the_vm_running_and_nothing_behind(
+) {
+    let feather = Feather::new("ckpt-layersfail");
+    feather.require_criu();
+    let base = ScratchBase::new("ckpt-layersfail");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    feather.ok(&["checkpoint", "vm"]);
+    let armed = crate::support::ScratchDir::new("ckpt-layersfail");
+    let failing = armed.path.join("fail");
+    fs::write(&failing, "").unwrap();
+    let restored = feather_testkit::run(
+        feather
+            .command()
+            .env("FEATHER_TEST_FAIL_LAYERS", &failing)
+            .args(["restore", "vm"]),
+    );
+    assert_eq!(restored.code, 0, "{}", restored.stderr);
+
+    let said = feather.fails(&["checkpoint", "vm"]);
+    assert!(said.contains("FEATHER_TEST_FAIL_LAYERS is set"), "{said}");
+    assert_eq!(feather.status("vm"), "running");
+    assert_eq!(feather.sh("vm", "echo runs").trim(), "runs");
+    assert_eq!(set_aside(&feather, "vm"), Vec::<String>::new());
+
+    fs::remove_file(&failing).unwrap();
+    feather.ok(&["checkpoint", "vm"]);
+    assert_eq!(feather.status("vm"), "checkpointed");
+    assert_eq!(set_aside(&feather, "vm"), Vec::<String>::new());
+    feather.ok(&["restore", "vm"]);
+    assert_eq!(feather.sh("vm", "echo runs").trim(), "runs");
+}
+
 /// For each mask over a kernel folder, and the read-only tmpfs at /sys/fs/cgroup: where, the
 /// mount's filesystem and superblock options as the VM's mountinfo shows them, how many
 /// entries it lists, and whether root in the VM can write there.

@@ -791,15 +791,8 @@ fn the_root_s_network_goes_by_itself_when_its_linger_ends() {
 fn rm_returns_once_the_vm_s_keeper_has_ended() {
     let feather = Feather::new("rm-keeper");
     let mut hold = support::RecordHold::after_stop_answer("rm-keeper");
-    let (variable, value) = hold.env();
     feather.ok(&["create", "vm"]);
-    let started = feather
-        .command()
-        .env(variable, value)
-        .args(["start", "vm"])
-        .output()
-        .unwrap();
-    assert!(started.status.success(), "{started:?}");
+    hold.run(&feather, &["start", "vm"]);
     let removing = std::cell::RefCell::new(
         feather
             .command()
@@ -809,16 +802,7 @@ fn rm_returns_once_the_vm_s_keeper_has_ended() {
             .spawn()
             .unwrap(),
     );
-    let keeper = std::cell::Cell::new(None);
-    feather.eventually_within(
-        "the keeper waits after its stop's answer",
-        Duration::from_secs(60),
-        || {
-            keeper.set(hold.waiter());
-            keeper.get().is_some()
-        },
-    );
-    let keeper = keeper.get().unwrap();
+    let keeper = hold.await_waiter(&feather, "the keeper waits after its stop's answer");
     let keeper_alive = || {
         fs::read_to_string(format!("/proc/{keeper}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
     };

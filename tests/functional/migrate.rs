@@ -1842,15 +1842,8 @@ fn a_migration_whose_copy_here_stays_succeeds_with_a_warning() {
     let (source, target) = (Feather::new("mig-left"), Feather::new("mig-left-dst"));
     let base = ScratchBase::new("mig-left");
     let hold = crate::support::RecordHold::after_stop_answer("mig-left");
-    let (variable, value) = hold.env();
     source.ok(&["create", "vm", "--base", base.as_str(), "--net", "none"]);
-    let started = source
-        .command()
-        .env(variable, value)
-        .args(["start", "vm"])
-        .output()
-        .unwrap();
-    assert!(started.status.success(), "{started:?}");
+    hold.run(&source, &["start", "vm"]);
     let server = Server::accepting(&hosts, &target, &[], &["--base", base.as_str()]);
     let moved: crate::support::Outcome =
         migrating(&hosts, &source, "vm", &["--mode", "stop-and-copy"])

@@ -1167,7 +1167,7 @@ impl RecordHold {
 
     /// `feather restore vm` of `feather`'s root under this hold, its output piped; returned once
     /// its keeper waits for the hold (it first waits for the checkpointing keeper's end, up to
-    /// 60 s: that keeper flushes the VM's layer after its answer).
+    /// 60 s: that keeper finishes its last steps after its answer).
     pub fn restore(&self, feather: &Feather, vm: &str) -> Child {
         let (variable, value) = self.env();
         let restoring = feather
@@ -1221,6 +1221,29 @@ impl RecordHold {
             .filter_map(|pid| pid.parse().ok())
             .find(|&pid| namespace(pid) != namespace(keeper))
             .expect("the restoring keeper has its VM's init as a child")
+    }
+
+    /// `feather <args>` of `feather`'s root under this hold, run to its end; it must succeed.
+    pub fn run(&self, feather: &Feather, args: &[&str]) {
+        let (variable, value) = self.env();
+        let output = feather
+            .command()
+            .env(variable, value)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+    }
+
+    /// The process that waits for the hold, once one does (up to 60 s; `what`: what the test
+    /// waits for, for the failure's message).
+    pub fn await_waiter(&self, feather: &Feather, what: &str) -> i32 {
+        let waiter = std::cell::Cell::new(None);
+        feather.eventually_within(what, Duration::from_secs(60), || {
+            waiter.set(self.waiter());
+            waiter.get().is_some()
+        });
+        waiter.get().unwrap()
     }
 
     /// Lets the waiting keepers go on.

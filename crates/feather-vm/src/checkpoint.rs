@@ -70,6 +70,10 @@ pub fn checkpoint(
         export_at_one_moment(root, &vm, &config, &request(true), file, progress)?;
         return Ok(vm.checkpoint_dir());
     }
+    // Back at the keeper's answer: the VM's processes are gone, its layer flushed and the
+    // checkpoint recorded. The keeper's last steps (the root's network if the VM was its last
+    // user, the lock) touch nothing an export archives, and a `restore`, `start` or `rm` that
+    // comes next waits for the keeper's end itself (`lifecycle::await_last_keeper`).
     dump(&vm, &request(false))?;
     record_subnet(root, &vm, &config)?;
     // The VM's processes ended with the dump: its layers hold still while they are archived.
@@ -89,16 +93,12 @@ fn dump(vm: &feather_core::VmDir, request: &Request) -> Result<protocol::Convers
     let name = vm.name();
     let mut keeper = protocol::Conversation::start(&vm.control_socket(), request, DUMP_TIMEOUT)
         .map_err(|source| protocol::silent(name, source))?;
-    let left_running = protocol::expect(keeper.answer(), name, |response| match response {
-        Response::Checkpointed { leave_running } => Ok(leave_running),
+    trace::phase("checkpoint: checks, the keeper asked");
+    protocol::expect(keeper.answer(), name, |response| match response {
+        Response::Checkpointed { .. } => Ok(()),
         other => Err(other),
     })?;
-    // The keeper answers once the VM's processes are gone, just before it exits itself; a
-    // restore right after must not find its lock still held.
-    if !left_running {
-        vm.keeper_ends_by(std::time::Instant::now() + Duration::from_secs(10))?;
-    }
-    trace::phase("checkpoint: dump");
+    trace::phase("checkpoint: the keeper answered");
     Ok(keeper)
 }
 

@@ -164,6 +164,9 @@ pub struct Keeper {
     /// before the lock, so that it goes first on every way out: a lock let go while the mounts
     /// were still there would let a start mount the VM's layer beside them.
     held_mounts: std::cell::Cell<Option<OwnedFd>>,
+    /// The removal of the checkpoint a dump replaced, running beside the dump until waited for
+    /// ([`snapshot::set_aside_last`]).
+    stale_removal: snapshot::StaleRemoval,
     /// Held until the VM is cleaned up, its mounts included (or the keeper dies): its release
     /// tells others the VM is no longer kept. Its file names this process
     /// ([`take_keeper_lock`]), whose end a start waits for.
@@ -585,6 +588,7 @@ impl Keeper {
             broker: None,
             init_waits: Some(init_waits),
             held_mounts: std::cell::Cell::new(held_mounts),
+            stale_removal: snapshot::StaleRemoval::default(),
             memory_layer,
             finisher,
             recording: std::cell::RefCell::new(None),
@@ -747,6 +751,7 @@ impl Keeper {
             broker: None,
             init_waits: None,
             held_mounts: std::cell::Cell::new(held_mounts),
+            stale_removal: snapshot::StaleRemoval::default(),
             memory_layer: None,
             finisher: None,
             recording: std::cell::RefCell::new(None),
@@ -1203,9 +1208,12 @@ impl Keeper {
                 },
             );
         }
-        // The checkpoint it replaced goes once the asker has their answer.
-        snapshot::remove_stale(&self.vm);
         held_by_test(HOLD_AFTER_STOP_ANSWER);
+        // The checkpoint it replaced, if its removal beside the dump has not ended yet (else
+        // set aside by a dump that failed, or left by a crash), goes once the asker has their
+        // answer.
+        snapshot::remove_stale(&self.vm, &self.stale_removal);
+        trace::phase("teardown: the replaced checkpoint removed, after the answer");
         // A kept VM's answer came once its own network was gone (`tear_down`); the root's
         // bridge, tables and pool go now if the VM was their last user, a removal claimed
         // before the stop was recorded (`Attachment::detach_keeping_bridge`): killed from
@@ -1295,6 +1303,8 @@ impl Keeper {
                 lazy,
                 hold_frozen,
             } => {
+                // The time before it is the keeper's idle wait for the request.
+                trace::phase("checkpoint: asked");
                 // Frozen from before the dump until the asker has archived the layers.
                 let held = match hold_frozen
                     .then(|| moment::freeze(&self.vm, self.cgroup.as_ref()))
@@ -1563,6 +1573,7 @@ impl Keeper {
                 }
                 _ => true,
             },
+            &self.stale_removal,
         );
         // CRIU serves no more: its transfer is settled, and the copy closed.
         drop(watch);
@@ -1611,7 +1622,7 @@ impl Keeper {
                         let thawed = moment::release_when_done(held, stream, &self.vm);
                         let _ = protocol::write_response(stream, &thawed);
                     }
-                    snapshot::remove_stale(&self.vm);
+                    snapshot::remove_stale(&self.vm, &self.stale_removal);
                     Answered::Done
                 }
                 // CRIU left the VM's processes stopped; they end with their init, and the
@@ -1632,7 +1643,7 @@ impl Keeper {
                 if let Some(frozen) = undecided {
                     self.settle_source_copy(stream, frozen, &netns, locked.get());
                 }
-                snapshot::remove_stale(&self.vm);
+                snapshot::remove_stale(&self.vm, &self.stale_removal);
                 Answered::Done
             }
         }

@@ -171,8 +171,9 @@ pub(crate) fn await_last_keeper(vm: &VmDir) -> Result<()> {
         let mut ended = feather_sys::process::await_end(pid, started, soon).in_vm(vm.name())?;
         if !ended {
             eprintln!(
-                "feather: VM {}: waiting for its last keeper, pid {pid}, to write the VM's layer \
-                 to disk as it ends (up to {} s)",
+                "feather: VM {}: waiting for its last keeper, pid {pid}, to end (up to {} s): \
+                 it finishes its last steps after its answer, such as writing a stopped VM's \
+                 layer to disk",
                 vm.name(),
                 LAST_KEEPER_PATIENCE.as_secs()
             );

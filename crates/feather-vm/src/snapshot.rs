@@ -71,9 +71,16 @@ const STALE_PREFIX: &str = "checkpoint.stale-";
 
 /// Moves the VM's last checkpoint out of the way of a new one (a checkpoint taken now replaces
 /// the last one; a failed one leaves none behind). Removing hundreds of megabytes of images
-/// takes long on some filesystems (ext4 with `discard`), so it is left to
-/// [`remove_stale`], after the user has their answer.
-pub(crate) fn set_aside_last(vm: &VmDir) -> feather_core::Result<()> {
+/// takes long on some filesystems (ext4 with `discard`: 20-170 ms for 64 MB here), so it is
+/// never waited for before the answer: `beside_dump`, it starts now, in a thread `removal`
+/// holds, while CRIU dumps (for a VM whose processes end with the dump: a plain checkpoint, and
+/// a stop-and-copy migration's, whose downtime it then overlaps instead of following);
+/// otherwise it is left to [`remove_stale`], after the answer, which also waits for the thread.
+pub(crate) fn set_aside_last(
+    vm: &VmDir,
+    beside_dump: bool,
+    removal: &StaleRemoval,
+) -> feather_core::Result<()> {
     let images = vm.checkpoint_dir();
     if !images.exists() {
         return Ok(());
@@ -81,8 +88,31 @@ pub(crate) fn set_aside_last(vm: &VmDir) -> feather_core::Result<()> {
     let stale = vm
         .path()
         .join(format!("{STALE_PREFIX}{}", std::process::id()));
+    // A removal still running would race the one below on the same folder.
+    removal.wait();
     let _ = fs::remove_dir_all(&stale);
-    fs::rename(&images, &stale).at(&images)
+    fs::rename(&images, &stale).at(&images)?;
+    if beside_dump {
+        removal.0.set(Some(std::thread::spawn(move || {
+            let _ = fs::remove_dir_all(stale);
+        })));
+    }
+    Ok(())
+}
+
+/// The removal of a replaced checkpoint that [`set_aside_last`] started beside a dump, owned by
+/// the keeper that dumped until [`remove_stale`] waits for it (a keeper that ends without
+/// waiting lets it go with its process: the folder is swept at its next checkpoint or stop).
+#[derive(Default)]
+pub(crate) struct StaleRemoval(std::cell::Cell<Option<std::thread::JoinHandle<()>>>);
+
+impl StaleRemoval {
+    /// Waits for the removal, if one was started and has not been waited for.
+    fn wait(&self) {
+        if let Some(started) = self.0.take() {
+            let _ = started.join();
+        }
+    }
 }
 
 /// Refuses to checkpoint a VM with a mount point whose path is not UTF-8 (a host filesystem
@@ -104,8 +134,10 @@ fn refuse_mount_points_not_utf8(name: &feather_core::VmName, mounts: &[MountEntr
     ))
 }
 
-/// Removes checkpoints set aside by [`set_aside_last`] (also those a crash left behind).
-pub(crate) fn remove_stale(vm: &VmDir) {
+/// Removes checkpoints set aside by [`set_aside_last`] (also those a crash left behind), once
+/// the `removal` it started beside the dump has ended.
+pub(crate) fn remove_stale(vm: &VmDir, removal: &StaleRemoval) {
+    removal.wait();
     let Ok(entries) = fs::read_dir(vm.path()) else {
         return;
     };
@@ -156,6 +188,7 @@ pub(crate) fn dump(
     freezer: Option<&Path>,
     netns: &NetnsAtDump,
     on_note: &mut dyn FnMut(DumpNote) -> bool,
+    removal: &StaleRemoval,
 ) -> Result<()> {
     let name = vm.name();
     let criu = Criu::checked(criu.to_path_buf(), String::new());
@@ -164,7 +197,7 @@ pub(crate) fn dump(
     let text = fs::read(&mountinfo).at(&mountinfo).in_vm(name)?;
     let mounts = feather_sys::mountinfo::parse(text);
     refuse_mount_points_not_utf8(name, &mounts)?;
-    set_aside_last(vm).in_vm(name)?;
+    set_aside_last(vm, !leave_running && lazy.is_none(), removal).in_vm(name)?;
     let config = vm.read_config().in_vm(name)?;
     let mut layers: Vec<ExternalLayer> =
         numbered(&mounts, "layer", |m| is_own_layer(vm, &config, m), |l| l).collect();
@@ -252,14 +285,16 @@ pub(crate) fn dump(
                 feather_core::trace::phase("checkpoint: the units' groups saved");
                 let written = serde_json::to_vec_pretty(&layers)
                     .map_err(encode(name, LAYERS))
-                    .and_then(|list| match crate::test_hooks::set(FAIL_LAYERS) {
-                        Some(_) => Err(failed(name, format!("{FAIL_LAYERS} is set (a test)"))),
-                        None => feather_core::atomic::write_atomic(
+                    .and_then(|list| {
+                        if crate::test_hooks::armed(FAIL_LAYERS) {
+                            return Err(failed(name, format!("{FAIL_LAYERS} is set (a test)")));
+                        }
+                        feather_core::atomic::write_atomic(
                             &images.join(LAYERS),
                             &list,
                             Durability::Durable,
                         )
-                        .in_vm(name),
+                        .in_vm(name)
                     });
                 if let Err(e) = written {
                     eprintln!("feather keeper {name}: {}", feather_core::error::causes(&e));
@@ -301,7 +336,8 @@ pub(crate) fn dump(
 /// `feather_migrate::criu::Dump::config_missing`). Read by a debug build only.
 pub const CRIU_CONFIG_MISSING: &str = "FEATHER_TEST_CRIU_CONFIG_MISSING";
 
-/// For tests only: set (to anything) in a keeper's environment, the dump's [`LAYERS`] cannot be
+/// For tests only: set in a keeper's environment (to anything, or to a file's absolute path:
+/// while that file exists, see [`crate::test_hooks::armed`]), the dump's [`LAYERS`] cannot be
 /// written (as on a full disk), so that a test sees what the keeper's refusal of the images at
 /// CRIU's `post-dump` leaves. Read at that one spot, by a debug build only
 /// ([`crate::test_hooks`]); unset (always, outside tests), nothing fails.

@@ -33,6 +33,16 @@ pub(crate) fn set(_variable: &str) -> Option<OsString> {
     None
 }
 
+/// Whether the test-only failure `variable` is armed: [`set`] to anything but an absolute path,
+/// or to the absolute path of a file that exists, so that a test can disarm it for a process
+/// already running (by removing that file) and see what the failure left.
+pub(crate) fn armed(variable: &str) -> bool {
+    set(variable).is_some_and(|value| {
+        let path = std::path::Path::new(&value);
+        !path.is_absolute() || path.exists()
+    })
+}
+
 /// Waits for the lock of the file the test-only `variable` names (shared, blocking), if it is
 /// [`set`]: the test holding that lock lets the process go on.
 pub(crate) fn held(variable: &str) {
