@@ -751,7 +751,12 @@ impl Dockerd {
         )
         .unwrap();
         let log = fs::File::create(scratch.path("dockerd.log")).unwrap();
+        // The containerd dockerd starts inherits its environment: its checkpoint folders
+        // (ctrd-checkpoint*, see `Containerd::launch`) go in the test's own, removed with it.
+        let tmp = scratch.path("tmp");
+        fs::create_dir_all(&tmp).unwrap();
         let child = Command::new("dockerd")
+            .env("TMPDIR", &tmp)
             .arg("--config-file")
             .arg(&config)
             .stdin(Stdio::null())
