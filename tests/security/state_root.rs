@@ -204,7 +204,55 @@ fn answered(feather: &Feather, args: &[&str]) -> String {
 /// the test's pid namespace, also when the test fails.
 #[test]
 fn a_root_on_a_fuse_filesystem_a_user_serves_is_refused() {
-    let scratch = Feather::new("fuse-root");
+    refused_on_a_users_fuse_mount("fuse-root", SERVED);
+}
+
+/// As [`a_root_on_a_fuse_filesystem_a_user_serves_is_refused`], the server stopped (SIGSTOP)
+/// once the mount is made: the refusal comes all the same, as the walk judges the mount before
+/// it asks it anything (an `fstat` of its root waited for the server: review roots31 L2).
+#[test]
+fn a_root_on_a_fuse_filesystem_whose_server_never_answers_is_refused_without_waiting() {
+    refused_on_a_users_fuse_mount("fuse-root-stopped", STOPPED);
+}
+
+/// How [`refused_on_a_users_fuse_mount`] has the user's FUSE server run `feather ls`: `$1`…`$6`
+/// the test's fuse.conf, /dev/fuse, lower, upper and work folders and mount point, `$7`
+/// feather; the server's exit codes 90 and 91 say its mount was not made.
+const SERVED: &str = r#"
+        mount --bind "$1" /etc/fuse.conf && mount --bind "$2" /dev/fuse || exit 90
+        setpriv --reuid 65534 --regid 65534 --clear-groups fuse-overlayfs \
+            -o "squash_to_root,allow_other,lowerdir=$3,upperdir=$4,workdir=$5" "$6" || exit 91
+        "$7" --root "$6/vms" ls
+        code=$?
+        fusermount3 -u "$6"
+        exit $code
+    "#;
+
+/// [`SERVED`], the server in the foreground (its pid known) and stopped once its mount shows
+/// in the mount table (polled for 60 s at most), until `feather ls` has ended.
+const STOPPED: &str = r#"
+        mount --bind "$1" /etc/fuse.conf && mount --bind "$2" /dev/fuse || exit 90
+        setpriv --reuid 65534 --regid 65534 --clear-groups fuse-overlayfs -f \
+            -o "squash_to_root,allow_other,lowerdir=$3,upperdir=$4,workdir=$5" "$6" &
+        server=$!
+        tries=0
+        until findmnt -n -M "$6" > /dev/null; do
+            tries=$((tries + 1))
+            [ $tries -le 600 ] || exit 91
+            sleep 0.1
+        done
+        kill -STOP $server
+        "$7" --root "$6/vms" ls
+        code=$?
+        kill -CONT $server
+        fusermount3 -u "$6"
+        exit $code
+    "#;
+
+/// `feather ls` of a root on a FUSE mount uid 65534 made, its server run by `script`
+/// ([`SERVED`], [`STOPPED`]): refused, naming the mount and its user, nothing made there.
+fn refused_on_a_users_fuse_mount(label: &str, script: &str) {
+    let scratch = Feather::new(label);
     let dir = |name: &str| {
         let dir = scratch.root.join(name);
         fs::create_dir(&dir).unwrap();
@@ -230,15 +278,6 @@ fn a_root_on_a_fuse_filesystem_a_user_serves_is_refused() {
         "/etc/fuse.conf is missing: install fuse3 (scripts/setup.sh does); the test binds its own \
          over it in a mount namespace of its own"
     );
-    let script = r#"
-        mount --bind "$1" /etc/fuse.conf && mount --bind "$2" /dev/fuse || exit 90
-        setpriv --reuid 65534 --regid 65534 --clear-groups fuse-overlayfs \
-            -o "squash_to_root,allow_other,lowerdir=$3,upperdir=$4,workdir=$5" "$6" || exit 91
-        "$7" --root "$6/vms" ls
-        code=$?
-        fusermount3 -u "$6"
-        exit $code
-    "#;
     let outcome = feather_testkit::run_within(
         in_namespaces_of_its_own(script)
             .args([&conf, &device, &lower, &upper, &work, &mount])

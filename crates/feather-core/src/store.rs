@@ -63,23 +63,21 @@ const TIGHTENED: &str = ".tightened-v1";
 /// in [`DEFAULT_RUN_DIR`] too. Given as `<dir>/run`, a command's claims, fills and status
 /// requests looked for the default root's VMs' sockets where none are (a fill of one
 /// spelling ended the other's pooled VMs as not answering). The folder may not exist yet
-/// (a host's first command): its parent's identity is compared then.
+/// (a host's first command): its parent's identity is compared then, with the name missing.
+/// Found as the root's check walks it ([`feather_sys::lookup::walk`]), not by `realpath`: a
+/// mount a user decides the files of on the way ends the walk before it is asked anything (a
+/// FUSE server that never answers hung the command before its refusal: review roots31 L2).
 fn is_the_default(dir: &Path) -> bool {
     let default = Path::new(DEFAULT_STATE_DIR);
     if dir == default {
         return true;
     }
-    let resolved = |path: &Path| -> Option<PathBuf> {
-        if let Ok(path) = fs::canonicalize(path) {
-            return Some(path);
-        }
-        Some(
-            fs::canonicalize(path.parent()?)
-                .ok()?
-                .join(path.file_name()?),
-        )
+    let place = |path: &Path| {
+        let lookup = feather_sys::lookup::walk(path).ok()?;
+        let meta = &lookup.end.step.meta;
+        Some((meta.dev(), meta.ino(), lookup.missing))
     };
-    resolved(dir).is_some_and(|dir| Some(dir) == resolved(default))
+    place(dir).is_some_and(|dir| Some(dir) == place(default))
 }
 
 /// A state root: the folder holding every VM, and the run folder holding their sockets.

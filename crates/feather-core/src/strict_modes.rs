@@ -11,7 +11,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path};
 
-use feather_sys::lookup::{Lookup, Step};
+use feather_sys::lookup::{Lookup, Step, UsersMount};
 use feather_sys::user_mounts::{self, UsersMountPoints};
 
 use crate::error::{Error, IoContext, Result, RootFault};
@@ -43,7 +43,7 @@ const MAX_MADE: usize = 256;
 /// A part not made yet is fine here; [`made_state_root`] makes it and looks again. The
 /// lookup is handed back, the folder it ended in pinned.
 pub fn check_state_root(dir: &Path) -> Result<Lookup> {
-    let lookup = feather_sys::lookup::walk(dir).at(dir)?;
+    let lookup = judged(dir, dir, feather_sys::lookup::walk(dir))?;
     let users_points = UsersMountPoints::of_this_host();
     for step in &lookup.steps {
         if let Some(why) = untrusted(step, false, &users_points) {
@@ -124,7 +124,11 @@ fn check_entries(dir: &Path, lookup: &Lookup, users_points: &UsersMountPoints) -
     let root = &lookup.end;
     for name in ROOTS_OWN {
         let entry = root.step.path.join(name);
-        let step = feather_sys::lookup::look_at(root, Path::new(name)).at(&entry)?;
+        let step = judged(
+            dir,
+            &entry,
+            feather_sys::lookup::look_at(root, Path::new(name)),
+        )?;
         let Some(step) = step else { continue };
         if step.meta.file_type().is_symlink() {
             check_linked_entry(dir, &entry, users_points)?;
@@ -142,7 +146,7 @@ fn check_entries(dir: &Path, lookup: &Lookup, users_points: &UsersMountPoints) -
 /// root's own path's are, and what it ends in as an entry. What it leads to is not the root's
 /// own: the advice is never to take it over.
 fn check_linked_entry(dir: &Path, entry: &Path, users_points: &UsersMountPoints) -> Result<()> {
-    let lookup = feather_sys::lookup::walk(entry).at(entry)?;
+    let lookup = judged(dir, entry, feather_sys::lookup::walk(entry))?;
     let end = lookup.missing.is_none().then_some(&lookup.end.step);
     let judged = lookup.steps.iter().map(|step| (step, false));
     for (step, the_end) in judged.chain(end.map(|end| (end, true))) {
@@ -151,6 +155,25 @@ fn check_linked_entry(dir: &Path, entry: &Path, users_points: &UsersMountPoints)
         }
     }
     Ok(())
+}
+
+/// `walked` (a walk of `path`, or a look in it, for the root `root`) as this module's result: a
+/// mount whose files a user decides, where the walk stopped before it asked that mount
+/// anything ([`UsersMount`]), is refused as [`untrusted`] refuses one.
+fn judged<T>(root: &Path, path: &Path, walked: std::io::Result<T>) -> Result<T> {
+    walked.map_err(|e| {
+        if let Some(mount) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<UsersMount>())
+        {
+            let why = Untrusted::Mount(mount.why.clone());
+            return untrusted_root(root, &mount.path, why, RootFault::UsersMount);
+        }
+        Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }
+    })
 }
 
 /// What [`untrusted`] found: a mount a user made (whatever the folder's modes), or modes.

@@ -18,6 +18,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
 use crate::mountinfo::{self, MountEntry};
+use crate::user_mounts;
 
 /// As many links as the kernel follows in one lookup (`MAXSYMLINKS`).
 const MAX_LINKS: usize = 40;
@@ -119,12 +120,8 @@ pub fn walk(path: &Path) -> io::Result<Lookup> {
             }
             Err(e) => return Err(e),
         };
+        let mount = mounts.crossed(&opened, *folders_dev, &shown)?;
         let meta = opened.metadata()?;
-        let mount = if meta.dev() != *folders_dev {
-            Some(mounts.of(&opened)?)
-        } else {
-            None
-        };
         steps.push(Step {
             path: shown.clone(),
             meta: meta.clone(),
@@ -163,14 +160,49 @@ pub fn walk(path: &Path) -> io::Result<Lookup> {
     })
 }
 
+/// Where a walk stopped: at a mount whose files a user decides, whatever they report
+/// ([`user_mounts::set_by_a_user`] says why), inside the walk's `io::Error`.
+#[derive(Debug, thiserror::Error)]
+#[error("{} {why}", path.display())]
+pub struct UsersMount {
+    /// The name the walk crossed into the mount at.
+    pub path: PathBuf,
+    pub why: String,
+}
+
 /// The namespace's mount table, read once a walk crosses into a mount, then kept for the walk.
 #[derive(Default)]
 struct Mounts(Option<Vec<MountEntry>>);
 
 impl Mounts {
-    /// The entry of the mount `opened` is on, by the id the kernel gives its descriptor.
-    fn of(&mut self, opened: &File) -> io::Result<MountEntry> {
-        let id = crate::raw::listed_mount_id(opened.as_raw_fd())?;
+    /// The mount `opened` (at `path`) is on when the walk crossed into it there (its device is
+    /// not `folders_dev`, the folder's it was found in), judged before anything is asked of its
+    /// filesystem: a mount whose files a user decides ([`user_mounts::set_by_a_user`]) ends
+    /// the walk with [`UsersMount`], never asked anything (an `fstat` of a FUSE mount's root asks
+    /// its server, and one that never answers would hang the command before its refusal:
+    /// review roots31 L2).
+    fn crossed(
+        &mut self,
+        opened: &File,
+        folders_dev: u64,
+        path: &Path,
+    ) -> io::Result<Option<MountEntry>> {
+        let (dev, id) = crate::raw::device_and_listed_mount_id_unasked(opened.as_raw_fd())?;
+        if dev == folders_dev {
+            return Ok(None);
+        }
+        let mount = self.by_id(id)?;
+        match user_mounts::set_by_a_user(&mount) {
+            Some(why) => Err(io::Error::other(UsersMount {
+                path: path.to_path_buf(),
+                why,
+            })),
+            None => Ok(Some(mount)),
+        }
+    }
+
+    /// The entry of the mount whose id mountinfo lists as `id`.
+    fn by_id(&mut self, id: u64) -> io::Result<MountEntry> {
         if self.0.is_none() {
             self.0 = Some(mountinfo::mounts()?);
         }
@@ -204,17 +236,10 @@ pub fn look_at(end: &End, name: &Path) -> io::Result<Option<Step>> {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
         Err(e) => return Err(e),
     };
+    let path = end.step.path.join(name);
+    let mount = Mounts::default().crossed(&opened, end.step.meta.dev(), &path)?;
     let meta = opened.metadata()?;
-    let mount = if meta.dev() != end.step.meta.dev() {
-        Some(Mounts::default().of(&opened)?)
-    } else {
-        None
-    };
-    Ok(Some(Step {
-        path: end.step.path.join(name),
-        meta,
-        mount,
-    }))
+    Ok(Some(Step { path, meta, mount }))
 }
 
 /// A name of a path, owned: a link's target joins the names still to walk.

@@ -957,14 +957,25 @@ pub fn unique_mount_id(fd: RawFd) -> Result<u64, Errno> {
     mount_id_of(fd, libc::STATX_MNT_ID_UNIQUE)
 }
 
-/// statx(2) of the descriptor itself: the id of the mount it is on as the namespace's
-/// mountinfo lists it (STATX_MNT_ID), or ENODATA if the kernel did not report one.
-pub fn listed_mount_id(fd: RawFd) -> Result<u64, Errno> {
-    mount_id_of(fd, libc::STATX_MNT_ID)
+/// statx(2) of the descriptor itself, asking its filesystem nothing (`AT_STATX_DONT_SYNC`, which
+/// FUSE honours from its cache: a server that never answers is not waited on): the device it
+/// is on, as `fstat` gives it, and the id of its mount as mountinfo lists it (STATX_MNT_ID).
+pub fn device_and_listed_mount_id_unasked(fd: RawFd) -> Result<(u64, u64), Errno> {
+    let stx = statx_of(fd, libc::STATX_MNT_ID, libc::AT_STATX_DONT_SYNC)?;
+    Ok((
+        libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+        stx.stx_mnt_id,
+    ))
 }
 
 /// The mount id `fd` is on, of the kind `mask` asks (`STATX_MNT_ID` or `STATX_MNT_ID_UNIQUE`).
 fn mount_id_of(fd: RawFd, mask: u32) -> Result<u64, Errno> {
+    Ok(statx_of(fd, mask, 0)?.stx_mnt_id)
+}
+
+/// statx(2) of the descriptor itself (a link not followed) for `mask`, with `flags`; ENODATA
+/// if the kernel did not report what `mask` asks.
+fn statx_of(fd: RawFd, mask: u32, flags: i32) -> Result<libc::statx, Errno> {
     let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
     // SAFETY: `fd` is borrowed for the call; the empty path is a valid NUL-terminated string;
     // `stx` is writable memory of exactly the size of `struct statx`, which the kernel fills.
@@ -972,7 +983,7 @@ fn mount_id_of(fd: RawFd, mask: u32) -> Result<u64, Errno> {
         libc::statx(
             fd,
             c"".as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW | flags,
             mask,
             stx.as_mut_ptr(),
         )
@@ -984,7 +995,7 @@ fn mount_id_of(fd: RawFd, mask: u32) -> Result<u64, Errno> {
     if stx.stx_mask & mask == 0 {
         return Err(Errno::ENODATA);
     }
-    Ok(stx.stx_mnt_id)
+    Ok(stx)
 }
 
 /// name_to_handle_at(2) of the descriptor itself (`AT_EMPTY_PATH`): the filesystem's handle of
