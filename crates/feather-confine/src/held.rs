@@ -677,8 +677,8 @@ mod tests {
     /// the thread was passed over.
     #[test]
     fn only_a_zombie_or_a_gone_thread_has_ended() {
-        let thread = std::env::temp_dir().join(format!("feather-ended-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&thread);
+        let scratch = feather_testkit::ScratchDir::new("ended");
+        let thread = scratch.0.join("thread");
         fs::create_dir(&thread).unwrap();
         let gone = has_ended(&thread);
         fs::write(thread.join("status"), "Name:\tx\nState:\tZ (zombie)\n").unwrap();
@@ -688,7 +688,6 @@ mod tests {
         fs::remove_file(thread.join("status")).unwrap();
         fs::create_dir(thread.join("status")).unwrap();
         let unreadable = has_ended(&thread);
-        let _ = fs::remove_dir_all(&thread);
         assert_eq!(
             (gone, zombie, sleeping, unreadable),
             (true, true, false, false)

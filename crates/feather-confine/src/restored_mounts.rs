@@ -578,8 +578,8 @@ mod tests {
     /// a zombie: before, any such thread was passed over, its mounts never read.
     #[test]
     fn only_a_zombie_s_unreadable_namespace_is_passed_over() {
-        let thread = std::env::temp_dir().join(format!("feather-ns-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&thread);
+        let scratch = feather_testkit::ScratchDir::new("ns");
+        let thread = scratch.0.join("thread");
         fs::create_dir(&thread).unwrap();
         let checked = |state: &str| {
             fs::write(
@@ -597,7 +597,6 @@ mod tests {
         };
         let sleeping = checked("S (sleeping)");
         let zombie = checked("Z (zombie)");
-        let _ = fs::remove_dir_all(&thread);
         let why = sleeping.unwrap_err();
         assert!(
             why.contains("cannot read the mount namespace of process 7"),
@@ -753,16 +752,13 @@ mod tests {
     /// aborts them). Killed on drop.
     struct Chrooted {
         child: std::process::Child,
-        folder: PathBuf,
+        /// Removed after the child ends (fields drop after [`Drop::drop`]).
+        folder: feather_testkit::ScratchDir,
     }
 
     impl Chrooted {
         fn start(read_only: &str) -> Chrooted {
-            let folder = std::env::temp_dir().join(format!(
-                "restored-mounts-{}-{read_only}",
-                std::process::id()
-            ));
-            fs::create_dir_all(&folder).unwrap();
+            let folder = feather_testkit::ScratchDir::new(&format!("restored-mounts-{read_only}"));
             let script = "set -e; R=$1; mount -t tmpfs t $R; mkdir $R/bin $R/proc; \
                  cp /usr/bin/busybox $R/bin/; mount -t proc proc $R/proc; \
                  ro() { mount --bind $1 $1; mount -o remount,bind,ro $1; }; \
@@ -777,7 +773,7 @@ mod tests {
                  exec chroot $R /bin/busybox sleep 1000";
             let child = std::process::Command::new("unshare")
                 .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
-                .arg(&folder)
+                .arg(&folder.0)
                 .arg(read_only)
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -817,7 +813,6 @@ mod tests {
         fn drop(&mut self) {
             let _ = self.child.kill();
             let _ = self.child.wait();
-            let _ = fs::remove_dir_all(&self.folder);
         }
     }
 
@@ -947,13 +942,13 @@ mod tests {
         };
         let checks = [
             read_only("/proc/sys".into(), true),
-            read_only(chrooted.folder.join("fuse/etc"), false),
+            read_only(chrooted.folder.0.join("fuse/etc"), false),
         ];
         let refusals = checks.map(|expected| {
             let hold = held.hold().clone();
             within_30_s(move || check_handing_stdio(pid, &hold, &expected)).unwrap_err()
         });
-        let proc_sys = chrooted.folder.join("proc/sys");
+        let proc_sys = chrooted.folder.0.join("proc/sys");
         assert!(
             refusals[0].contains(&format!(
                 "{}/fs/binfmt_misc (below {}) is writable",
@@ -963,7 +958,7 @@ mod tests {
             "{}",
             refusals[0]
         );
-        let fuse = chrooted.folder.join("fuse");
+        let fuse = chrooted.folder.0.join("fuse");
         assert!(
             refusals[1].contains(&format!(
                 "lies beneath the fuse mount at {} (never)",
@@ -1026,7 +1021,7 @@ mod tests {
         let places = unmasked_places(&namespace, &masked, &[]).unwrap();
         assert_eq!(
             places,
-            [masked[0].clone(), chrooted.folder.join("proc/interrupts")]
+            [masked[0].clone(), chrooted.folder.0.join("proc/interrupts")]
         );
         let pidfd = feather_sys::process::pidfd_open(nix::unistd::Pid::from_raw(pid)).unwrap();
         feather_sys::process::mask_in_mount_namespace_of(&pidfd, &places).unwrap();

@@ -373,8 +373,8 @@ mod tests {
     /// `Link`. Before, any link was `Link` and refused an ordinary restore (MC-3).
     #[test]
     fn a_path_through_a_link_inside_the_root_is_looked_up_where_it_leads() {
-        let folder = std::env::temp_dir().join(format!("restored-links-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&folder);
+        let scratch = feather_testkit::ScratchDir::new("restored-links");
+        let folder = scratch.0.clone();
         std::fs::create_dir_all(folder.join("run/secrets")).unwrap();
         std::fs::create_dir_all(folder.join("var")).unwrap();
         std::os::unix::fs::symlink("/run", folder.join("var/run")).unwrap();
@@ -387,7 +387,6 @@ mod tests {
         let mounts = feather_sys::mountinfo::mounts().unwrap();
         let through_link = look_up(&proc, &root, &mounts, Path::new("/var/run/secrets"));
         let looped = look_up(&proc, &root, &mounts, Path::new("/loop"));
-        std::fs::remove_dir_all(&folder).unwrap();
         assert!(
             matches!(
                 through_link,

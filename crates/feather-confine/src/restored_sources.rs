@@ -1097,10 +1097,7 @@ mod tests {
 
     impl Scratch {
         fn new(name: &str) -> Scratch {
-            let path =
-                std::env::temp_dir().join(format!("feather-confine-{name}-{}", std::process::id()));
-            fs::create_dir_all(&path).unwrap();
-            Scratch(path)
+            Scratch(feather_testkit::unique_dir("scratch", name))
         }
     }
 
@@ -1305,7 +1302,8 @@ mod tests {
         );
         let sources = sources_at(&host, Path::new("/dev/null"));
         assert_eq!(sources, [source_in(&host, "0:5", "/null", "/dev/null")]);
-        let folder = std::env::temp_dir().join(format!("restored-sources-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("restored-sources");
+        let folder = scratch.0.clone();
         std::fs::create_dir_all(folder.join("b")).unwrap();
         let canonical = folder.canonicalize().unwrap();
         let text = format!(
@@ -1315,7 +1313,6 @@ mod tests {
         );
         let table = feather_sys::mountinfo::parse(&text);
         let sources = sources_at(&table, &folder);
-        std::fs::remove_dir_all(&folder).unwrap();
         let b = canonical.join("b");
         assert_eq!(
             sources,

@@ -1522,7 +1522,8 @@ mod tests {
             println!("chattr status {}", if ok { "ok" } else { "failed" });
             return;
         }
-        let dir = std::env::temp_dir().join(format!("feather-seccomp-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("seccomp");
+        let dir = scratch.0.join("flags");
         std::fs::create_dir(&dir).unwrap();
         let path = dir.to_str().unwrap();
         // FS_IOC_SETFLAGS (+P: the project-inherit flag) and FS_IOC_FSSETXATTR (-p: the
@@ -1788,7 +1789,8 @@ mod tests {
         }
         // The child's folders: removed here, outside its mount namespace (there `b` is a mount
         // point, which its own removal could not take).
-        let dir = std::env::temp_dir().join(format!("feather-spawner-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("spawner");
+        let dir = scratch.0.clone();
         let me = std::env::current_exe().unwrap();
         let output = std::process::Command::new(me)
             .args([
@@ -1798,7 +1800,6 @@ mod tests {
             ])
             .env(SPAWNER_CHILD, &dir)
             .output();
-        let _ = std::fs::remove_dir_all(&dir);
         let output = output.unwrap();
         let text = String::from_utf8_lossy(&output.stdout);
         for line in [

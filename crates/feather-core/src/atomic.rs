@@ -242,7 +242,8 @@ mod tests {
     /// never written through: what it names keeps its bytes (review fixpool29 H1').
     #[test]
     fn a_link_at_the_staging_name_is_not_written_through() {
-        let dir = std::env::temp_dir().join(format!("feather-staged-link-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("staged-link");
+        let dir = scratch.0.clone();
         fs::create_dir_all(&dir).unwrap();
         let victim = dir.join("victim");
         fs::write(&victim, "keep me").unwrap();
@@ -254,12 +255,12 @@ mod tests {
         assert_eq!(fs::read_to_string(&target).unwrap(), "4");
         assert!(fs::symlink_metadata(&target).unwrap().file_type().is_file());
         assert!(fs::symlink_metadata(&staging).is_err(), "the link is gone");
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn files_staged_by_dead_processes_are_removed_and_live_ones_kept() {
-        let dir = std::env::temp_dir().join(format!("feather-abandoned-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("abandoned");
+        let dir = scratch.0.clone();
         fs::create_dir_all(&dir).unwrap();
         let mut ended = std::process::Command::new("true").spawn().unwrap();
         let dead = ended.id();
@@ -292,7 +293,6 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        fs::remove_dir_all(&dir).unwrap();
         assert_eq!(
             left,
             [
@@ -308,7 +308,8 @@ mod tests {
     #[test]
     fn a_commit_keeping_the_replaced_version_frees_it_only_when_dropped() {
         use std::os::unix::fs::MetadataExt;
-        let dir = std::env::temp_dir().join(format!("feather-replaced-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("replaced");
+        let dir = scratch.0.clone();
         fs::create_dir_all(&dir).unwrap();
         let target = dir.join("state.json");
         let kept = format!(".state.json.replaced-{}", std::process::id());
@@ -335,7 +336,6 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         drop(nothing);
-        fs::remove_dir_all(&dir).unwrap();
         assert_eq!(
             names,
             ["state.json"],
@@ -350,7 +350,8 @@ mod tests {
 
     #[test]
     fn replaces_whole_file_and_leaves_no_temp() {
-        let dir = std::env::temp_dir().join(format!("feather-atomic-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("atomic");
+        let dir = scratch.0.clone();
         fs::create_dir_all(&dir).unwrap();
         let target = dir.join("state.json");
         write_atomic(&target, b"first", Durability::Durable).unwrap();
@@ -359,12 +360,12 @@ mod tests {
         write_atomic(&target, b"third", Durability::Whole).unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"third");
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_staged_file_replaces_the_old_one_only_when_committed() {
-        let dir = std::env::temp_dir().join(format!("feather-staged-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("staged");
+        let dir = scratch.0.clone();
         fs::create_dir_all(&dir).unwrap();
         let target = dir.join("state.json");
         write_atomic(&target, b"old", Durability::Durable).unwrap();
@@ -382,6 +383,5 @@ mod tests {
         staged.commit().unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"new");
         assert_eq!(names(), ["state.json"], "a committed staged file was left");
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

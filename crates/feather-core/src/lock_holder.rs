@@ -82,7 +82,8 @@ mod tests {
     /// A child stopped by SIGSTOP holding a lock is found; once it goes on, it no longer is.
     #[test]
     fn a_stopped_holder_is_found_and_a_running_one_is_not() {
-        let dir = std::env::temp_dir().join(format!("lock-holder-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("lock-holder");
+        let dir = scratch.0.clone();
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("op.lock");
         std::fs::write(&path, b"").unwrap();
@@ -123,6 +124,5 @@ mod tests {
         assert_eq!(stopped_holder(&path), None);
         let _ = child.kill();
         let _ = child.wait();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

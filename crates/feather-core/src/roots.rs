@@ -944,12 +944,21 @@ fn lock_holders(meta: &fs::Metadata) -> Vec<u32> {
 mod tests {
     use super::*;
 
+    std::thread_local! {
+        /// The scratch folders this test's thread made: removed when the thread ends, passed
+        /// or failed (libtest joins a test's thread, so they are gone before its result
+        /// counts), after the guards on its stack (mounts, a FUSE daemon) have let go.
+        static SCRATCH: std::cell::RefCell<Vec<feather_testkit::ScratchDir>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// A path not made yet, in a scratch folder of the test's own that is removed when the
+    /// test ends, also when it fails.
     fn scratch(kind: &str) -> PathBuf {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        std::env::temp_dir().join(format!("feather-{kind}-{}-{nanos}", std::process::id()))
+        let folder = feather_testkit::ScratchDir::new(kind);
+        let path = folder.0.join(kind);
+        SCRATCH.with(|made| made.borrow_mut().push(folder));
+        path
     }
 
     /// A registry and a root made for a test (`label` names their scratch folders), the root's

@@ -71,8 +71,8 @@ mod tests {
 
     #[test]
     fn only_a_plain_file_within_its_bound_is_read() {
-        let dir = std::env::temp_dir().join(format!("feather-small-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let scratch = feather_testkit::ScratchDir::new("small");
+        let dir = scratch.0.clone();
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("plain"), "2\n").unwrap();
         std::os::unix::fs::symlink("/dev/zero", dir.join("zero")).unwrap();
@@ -86,7 +86,6 @@ mod tests {
         let link = read(&dir.join("zero"), 16);
         let waited = read(&dir.join("fifo"), 16);
         let missing = read(&dir.join("missing"), 16);
-        fs::remove_dir_all(&dir).unwrap();
         assert_eq!(plain.unwrap(), b"2\n");
         assert!(too_large(&larger.unwrap_err()));
         assert!(link.unwrap_err().to_string().contains("symbolic link"));

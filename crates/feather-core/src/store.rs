@@ -802,20 +802,15 @@ fn try_lock(path: &Path) -> Result<Option<File>> {
 mod tests {
     use super::*;
     use crate::Limits;
+    use feather_testkit::ScratchDir;
 
     /// The default root spelled otherwise is the default root, sockets in `/run/feather`
     /// included; another folder, a link to it included, is not. Only looked at (`stat`,
     /// `readlink`): nothing of the host's default root is made or changed.
     #[test]
     fn the_default_root_spelled_otherwise_is_the_default_root() {
-        // Unique, not just this process's: a folder an earlier run left (same pid) made
-        // `symlink` fail with EEXIST.
-        let links = std::env::temp_dir().join(format!(
-            "feather-spellings-{}-{}",
-            std::process::id(),
-            rand_suffix()
-        ));
-        fs::create_dir_all(&links).unwrap();
+        let scratch = ScratchDir::new("spellings");
+        let links = scratch.0.clone();
         std::os::unix::fs::symlink("/var", links.join("var")).unwrap();
         std::os::unix::fs::symlink(&links, links.join("other")).unwrap();
         let spellings = [
@@ -829,7 +824,6 @@ mod tests {
             .map(|dir| (dir.clone(), StateRoot::new(Some(dir))))
             .collect();
         let not_default = StateRoot::new(Some(links.join("other")));
-        let _ = fs::remove_dir_all(&links);
         for (dir, root) in roots {
             assert_eq!(root.dir(), Path::new(DEFAULT_STATE_DIR), "{dir:?}");
             assert_eq!(root.run_dir(), Path::new(DEFAULT_RUN_DIR), "{dir:?}");
@@ -910,13 +904,12 @@ mod tests {
         assert_eq!(fs::read_dir(root.dir()).unwrap().count(), 0);
     }
 
-    fn scratch() -> StateRoot {
-        let dir = std::env::temp_dir().join(format!(
-            "feather-store-{}-{}",
-            std::process::id(),
-            rand_suffix()
-        ));
-        StateRoot::new(Some(dir))
+    /// A state root not made yet, in a scratch folder of the test's own: removed when the
+    /// folder is dropped, also when the test fails.
+    fn scratch() -> (ScratchDir, StateRoot) {
+        let folder = ScratchDir::new("store");
+        let root = StateRoot::new(Some(folder.0.join("root")));
+        (folder, root)
     }
 
     /// The finisher opens the root's teardown log as root: a link planted in its place (a
@@ -924,7 +917,7 @@ mod tests {
     /// names is left as it was; a plain log is appended to, and moved aside once full.
     #[test]
     fn the_teardown_log_is_a_plain_file_never_a_link() {
-        let root = scratch();
+        let (_scratch, root) = scratch();
         root.prepare().unwrap();
         let elsewhere = root.dir().join("elsewhere");
         fs::write(&elsewhere, "untouched").unwrap();
@@ -947,7 +940,6 @@ mod tests {
         assert_eq!(fs::read_to_string(root.teardown_log()).unwrap(), "new\n");
         let rotated = fs::metadata(root.dir().join(TEARDOWN_LOG_ROTATED)).unwrap();
         assert_eq!(rotated.len(), full.len() as u64 + 5);
-        fs::remove_dir_all(root.dir()).unwrap();
     }
 
     fn rand_suffix() -> u128 {
@@ -979,7 +971,7 @@ mod tests {
     /// same start time can be an unrelated live process, which a start waited 60 s for.
     #[test]
     fn a_keeper_s_record_of_another_boot_names_no_keeper() {
-        let root = scratch();
+        let (_scratch, root) = scratch();
         let vm = root.create(&config("kept"), Durability::Volatile).unwrap();
         let lock = vm.lock_keeper().unwrap().unwrap();
         VmDir::record_keeper(&lock, 4242, 77).unwrap();
@@ -991,12 +983,11 @@ mod tests {
         let other = text.replace(&boot, "00000000-0000-4000-8000-000000000000");
         fs::write(&path, other).unwrap();
         assert_eq!(vm.last_keeper(), None);
-        let _ = fs::remove_dir_all(root.dir());
     }
 
     #[test]
     fn a_durable_create_leaves_a_complete_vm_and_no_staging_folder() {
-        let root = scratch();
+        let (_scratch, root) = scratch();
         let vm = root.create(&config("kept"), Durability::Durable).unwrap();
         assert_eq!(vm.read_config().unwrap().name.as_str(), "kept");
         assert_eq!(vm.read_state().unwrap().status, VmStatus::Created);
@@ -1006,12 +997,11 @@ mod tests {
             .filter(|name| name != "kept")
             .collect();
         assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
-        let _ = fs::remove_dir_all(root.dir());
     }
 
     #[test]
     fn a_durable_create_whose_lease_cannot_be_synced_makes_no_vm() {
-        let root = scratch();
+        let (_scratch, root) = scratch();
         fs::create_dir_all(root.dir()).unwrap();
         let lease = root.dir().join("network-leases").join("10.0.0.2");
         let err = root
@@ -1036,12 +1026,11 @@ mod tests {
         root.create_synced_with(&config("kept"), Durability::Durable, &[lease])
             .unwrap();
         assert_eq!(root.list().unwrap().len(), 1);
-        let _ = fs::remove_dir_all(root.dir());
     }
 
     #[test]
     fn create_then_list_then_refuse_duplicate() {
-        let root = scratch();
+        let (_scratch, root) = scratch();
         root.create(&config("b"), Durability::Volatile).unwrap();
         root.create(&config("a"), Durability::Volatile).unwrap();
         let names: Vec<_> = root
@@ -1062,12 +1051,11 @@ mod tests {
                 .unwrap(),
             config("a")
         );
-        fs::remove_dir_all(root.dir()).unwrap();
     }
 
     #[test]
     fn a_set_aside_vm_frees_its_name_and_is_found_again() {
-        let root = scratch();
+        let (_scratch, root) = scratch();
         let vm = root.create(&config("tmp"), Durability::Volatile).unwrap();
         root.make_run_dir(&vm).unwrap();
         let held = vm.lock_keeper().unwrap().unwrap();
@@ -1096,12 +1084,11 @@ mod tests {
         assert!(!aside.path().join("keeper.lock").exists());
         // The name may be used again at once.
         root.create(&config("tmp"), Durability::Volatile).unwrap();
-        fs::remove_dir_all(root.dir()).unwrap();
     }
 
     #[test]
     fn prepare_makes_new_roots_private_and_tightens_old_ones() {
-        let root = scratch();
+        let (_scratch, root) = scratch();
         let mode = |path: &Path| fs::metadata(path).unwrap().mode() & 0o7777;
         root.prepare().unwrap();
         assert_eq!(mode(root.dir()), 0o700);
@@ -1135,12 +1122,11 @@ mod tests {
         ] {
             assert_eq!(mode(dir), 0o700, "{}", dir.display());
         }
-        fs::remove_dir_all(root.dir()).unwrap();
     }
 
     #[test]
     fn prepare_walks_the_vm_folders_once_but_tightens_the_root_every_time() {
-        let root = scratch();
+        let (_scratch, root) = scratch();
         let mode = |path: &Path| fs::metadata(path).unwrap().mode() & 0o7777;
         let vm = root.create(&config("w"), Durability::Volatile).unwrap();
         fs::create_dir_all(vm.run_dir()).unwrap();
@@ -1159,20 +1145,19 @@ mod tests {
             assert_eq!(mode(dir), 0o700, "{}", dir.display());
         }
         assert_eq!(mode(vm.path()), 0o755, "walked once only");
-        fs::remove_dir_all(root.dir()).unwrap();
     }
 
     fn umask() -> u32 {
-        let dir = std::env::temp_dir().join(format!("feather-umask-{}", rand_suffix()));
+        let scratch = ScratchDir::new("umask");
+        let dir = scratch.0.join("probe");
         fs::create_dir(&dir).unwrap();
         let mode = fs::metadata(&dir).unwrap().mode() & 0o777;
-        fs::remove_dir(&dir).unwrap();
         0o777 & !mode
     }
 
     #[test]
     fn running_without_a_keeper_reads_as_crashed() {
-        let root = scratch();
+        let (_scratch, root) = scratch();
         let vm = root.create(&config("c"), Durability::Volatile).unwrap();
         let mut state = VmState::created();
         state.status = VmStatus::Running;
@@ -1182,6 +1167,5 @@ mod tests {
         // flock is per open file description: a second open of the same file sees it held.
         assert_eq!(vm.read_state().unwrap().status, VmStatus::Running);
         drop(held);
-        fs::remove_dir_all(root.dir()).unwrap();
     }
 }

@@ -911,9 +911,10 @@ mod tests {
     /// (a hard link tar made to a member): CRIU writes its log into the images' folder.
     #[test]
     fn layer_folders_or_records_no_export_makes_are_refused_naming_them() {
-        let dir = std::env::temp_dir().join(format!("feather-shape-{}", std::process::id()));
-        let victim = dir.with_extension("victim");
-        fs::create_dir_all(&victim).unwrap();
+        let scratch = feather_testkit::ScratchDir::new("shape");
+        let dir = scratch.0.clone();
+        let victim_scratch = feather_testkit::ScratchDir::new("shape-victim");
+        let victim = victim_scratch.0.clone();
         let layer = dir.join("mounts/srv-my\\x2ddata");
         type Craft<'a> = Box<dyn Fn() + 'a>;
         let cases: Vec<(&str, Craft<'_>, &str)> = vec![
@@ -1009,8 +1010,6 @@ mod tests {
             }
         }
         let untouched = fs::read_dir(&victim).unwrap().count();
-        fs::remove_dir_all(&dir).unwrap();
-        fs::remove_dir_all(&victim).unwrap();
         assert_eq!(found, Vec::<String>::new());
         assert_eq!(untouched, 0);
     }
@@ -1019,7 +1018,8 @@ mod tests {
     /// VM's layer unpacks as one, and the import is refused, leaving nothing.
     #[test]
     fn an_archive_whose_record_is_a_hard_link_into_the_layer_is_refused() {
-        let dir = std::env::temp_dir().join(format!("feather-hardlink-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("hardlink");
+        let dir = scratch.0.clone();
         let crafted_dir = dir.join("crafted");
         exported_shape(&crafted_dir);
         fs::remove_file(crafted_dir.join("checkpoint/restore.log")).unwrap();
@@ -1043,7 +1043,6 @@ mod tests {
             .map(|_| ())
             .map_err(|e| e.to_string());
         let left = staging.exists();
-        fs::remove_dir_all(&dir).unwrap();
         assert!(
             refused
                 .as_ref()
@@ -1099,7 +1098,8 @@ mod tests {
     /// it fits, and with none, it unpacks.
     #[test]
     fn an_archive_that_unpacks_past_the_bound_is_refused_and_leaves_nothing() {
-        let dir = std::env::temp_dir().join(format!("feather-bound-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("bound");
+        let dir = scratch.0.clone();
         let vm = dir.join("vm");
         exported_shape(&vm);
         let zeros = fs::File::create(vm.join("upper/zeros")).unwrap();
@@ -1115,7 +1115,6 @@ mod tests {
         let over = unpacked_with(&[(crate::room::MAX_VAR, "16M")], &file, &staging);
         let fits = unpacked_with(&[(crate::room::MAX_VAR, "1G")], &file, &staging);
         let unbound = unpacked_with(&[], &file, &staging);
-        fs::remove_dir_all(&dir).unwrap();
         assert!(small < 1 << 20, "the archive takes {small} bytes");
         for (refused, left) in over {
             let why = refused.map_err(|e| e.to_string()).unwrap_err();
@@ -1133,7 +1132,8 @@ mod tests {
     /// A filesystem with less free than the reserve takes no import; a mistyped bound is said.
     #[test]
     fn an_import_that_would_leave_less_than_the_reserve_free_is_refused() {
-        let dir = std::env::temp_dir().join(format!("feather-reserve-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("reserve");
+        let dir = scratch.0.clone();
         let vm = dir.join("vm");
         exported_shape(&vm);
         let file = dir.join("vm.tar.zst");
@@ -1141,7 +1141,6 @@ mod tests {
         let staging = dir.join("staging");
         let over = unpacked_with(&[(crate::room::RESERVE_VAR, "1000000T")], &file, &staging);
         let mistyped = unpacked_with(&[(crate::room::MAX_VAR, "lots")], &file, &staging);
-        fs::remove_dir_all(&dir).unwrap();
         for (refused, left) in over {
             let why = refused.map_err(|e| e.to_string()).unwrap_err();
             assert!(
@@ -1284,7 +1283,7 @@ mod tests {
     /// elsewhere (redirects, metacopy, origin) or is another program's to trust.
     #[test]
     fn an_archive_carries_only_the_attributes_a_layer_needs_both_ways() {
-        carried_both_ways("feather-archive-xattrs");
+        carried_both_ways("archive-xattrs");
     }
 
     /// GNU tar reads options from `TAR_OPTIONS` before its command line: one in feather's
@@ -1295,7 +1294,7 @@ mod tests {
         // Set for this test's process (nextest runs each test in its own); any other test that
         // ran tar meanwhile would be as immune.
         std::env::set_var("TAR_OPTIONS", "--xattrs-include=*");
-        let outcome = std::panic::catch_unwind(|| carried_both_ways("feather-archive-tar-options"));
+        let outcome = std::panic::catch_unwind(|| carried_both_ways("archive-tar-options"));
         std::env::remove_var("TAR_OPTIONS");
         if let Err(panic) = outcome {
             std::panic::resume_unwind(panic);
@@ -1305,8 +1304,8 @@ mod tests {
     /// Exports a layer holding every attribute of [`layer_attributes`] and unpacks an archive
     /// of it a plain tar made; asserts each carried only what an archive carries.
     fn carried_both_ways(name: &str) {
-        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let scratch = feather_testkit::ScratchDir::new(name);
+        let dir = scratch.0.clone();
         let vm_dir = dir.join("vm");
         fs::create_dir_all(vm_dir.join("upper/folder")).unwrap();
         fs::write(vm_dir.join("upper/file"), "kept\n").unwrap();
@@ -1352,7 +1351,6 @@ mod tests {
             "kept\n"
         );
 
-        fs::remove_dir_all(&dir).unwrap();
         assert!(written_wrongly.is_empty(), "exported: {written_wrongly:?}");
         assert!(
             unpacked_wrongly.is_empty(),
@@ -1376,8 +1374,8 @@ mod tests {
     #[test]
     fn an_archives_entry_for_the_vm_folder_itself_leaves_it_feathers_own() {
         use std::os::unix::fs::MetadataExt;
-        let dir = std::env::temp_dir().join(format!("feather-archive-dot-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let scratch = feather_testkit::ScratchDir::new("archive-dot");
+        let dir = scratch.0.clone();
         let crafted_dir = dir.join("crafted");
         fs::create_dir_all(crafted_dir.join("upper")).unwrap();
         fs::create_dir_all(crafted_dir.join("checkpoint/nested")).unwrap();
@@ -1431,7 +1429,6 @@ mod tests {
             .map(|path| (path, carried_on(&staging.join(path))))
             .filter(|(_, carried)| !carried.is_empty())
             .collect();
-        fs::remove_dir_all(&dir).unwrap();
         let (euid, egid) = (nix::unistd::geteuid(), nix::unistd::getegid());
         assert_eq!(found, (0o700, euid.as_raw(), egid.as_raw(), vec![]));
         assert_eq!(written, Vec::<String>::new());
@@ -1443,9 +1440,8 @@ mod tests {
     /// in a mount namespace of this test's thread alone, takes no extended attributes.
     #[test]
     fn an_attribute_the_state_roots_filesystem_cannot_take_fails_the_import() {
-        let dir =
-            std::env::temp_dir().join(format!("feather-archive-ramfs-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let scratch = feather_testkit::ScratchDir::new("archive-ramfs");
+        let dir = scratch.0.clone();
         let vm_dir = dir.join("vm");
         fs::create_dir_all(vm_dir.join("upper/folder")).unwrap();
         fs::write(vm_dir.join("config.toml"), CONFIG).unwrap();
@@ -1468,7 +1464,6 @@ mod tests {
         })
         .join()
         .unwrap();
-        fs::remove_dir_all(&dir).unwrap();
         let (unpacked, staging_left) = unpacked;
         let error = unpacked.expect_err("the import went on without the opaque mark");
         for said in [
@@ -1522,8 +1517,8 @@ mod tests {
 
     #[test]
     fn a_layer_path_past_path_max_is_named_as_such_not_as_a_damaged_archive() {
-        let dir = std::env::temp_dir().join(format!("feather-deep-archive-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let scratch = feather_testkit::ScratchDir::new("deep-archive");
+        let dir = scratch.0.clone();
         let vm_dir = dir.join("vm");
         fs::create_dir_all(vm_dir.join("upper")).unwrap();
         fs::write(vm_dir.join("config.toml"), "").unwrap();
@@ -1538,7 +1533,6 @@ mod tests {
             "the failed unpack left its folder"
         );
         feather_sys::beneath::empty_dir(&fs::File::open(&vm_dir).unwrap()).unwrap();
-        fs::remove_dir_all(&dir).unwrap();
         for said in ["longer than the 4096 bytes", "higher up inside the VM"] {
             assert!(error.contains(said), "{error}");
         }

@@ -628,8 +628,8 @@ mod tests {
 
     #[test]
     fn configured_certificates_are_verified_both_ways() {
-        let dir = std::env::temp_dir().join(format!("feather-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = feather_testkit::ScratchDir::new("tls");
+        let dir = scratch.0.clone();
         let ca = certificate_authority();
         let receiver = issue(&dir, &ca, "127.0.0.1");
         let sender = issue(&dir, &ca, "sender.example");
@@ -645,16 +645,13 @@ mod tests {
         assert!(matches!(client, Err(TransferError::Tls(_))), "{client:?}");
 
         // A sender whose certificate another CA issued is refused by the receiver.
-        let other = std::env::temp_dir().join(format!("feather-tls-o-{}", std::process::id()));
-        std::fs::create_dir_all(&other).unwrap();
-        let stranger = issue(&other, &certificate_authority(), "sender.example");
+        let other = feather_testkit::ScratchDir::new("tls-o");
+        let stranger = issue(&other.0, &certificate_authority(), "sender.example");
         let stranger = TlsFiles {
             ca: receiver.ca.clone(),
             ..stranger
         };
         let (_, server) = pair(with(&stranger), with(&receiver), "127.0.0.1:1");
         assert!(matches!(server, Err(TransferError::Tls(_))), "{server:?}");
-        let _ = std::fs::remove_dir_all(&dir);
-        let _ = std::fs::remove_dir_all(&other);
     }
 }

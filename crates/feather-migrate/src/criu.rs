@@ -1183,7 +1183,8 @@ mod tests {
 
     #[test]
     fn failure_keeps_criu_errors_and_drops_noise() {
-        let dir = std::env::temp_dir().join(format!("feather-criu-log-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("criu-log");
+        let dir = scratch.0.clone();
         fs::create_dir_all(&dir).unwrap();
         let log = dir.join(DUMP_LOG);
         fs::write(
@@ -1194,7 +1195,6 @@ mod tests {
         )
         .unwrap();
         let message = failure("db1", "checkpoint", &log).to_string();
-        fs::remove_dir_all(&dir).unwrap();
         assert!(
             message.contains("VM db1: CRIU cannot checkpoint it"),
             "{message}"

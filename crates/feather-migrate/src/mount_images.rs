@@ -1359,7 +1359,8 @@ mod tests {
     /// crafted archive's huge image is not read whole into memory, and a link is not followed.
     #[test]
     fn an_oversized_or_linked_image_is_refused_unread() {
-        let dir = std::env::temp_dir().join(format!("feather-mount-images-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("mount-images");
+        let dir = scratch.0.clone();
         fs::create_dir_all(&dir).unwrap();
         crate::image_frame::tests::write_inventory(&dir, 2);
         let image_path = dir.join("mountpoints-13.img");
@@ -1373,7 +1374,6 @@ mod tests {
         fs::remove_file(&image_path).unwrap();
         fs::write(&image_path, image(&[])).unwrap();
         assert_eq!(judge(&dir, &policy).unwrap(), Ok(Binds::default()));
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A bind of a filesystem mounted anew shows its root, or one of proc's read-only paths:
@@ -1517,7 +1517,8 @@ mod tests {
             );
         }
         // Through the images: pstree.img's first task 7, its ids-7.img naming namespace 12.
-        let dir = std::env::temp_dir().join(format!("feather-mount-roots-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("mount-roots");
+        let dir = scratch.0.clone();
         fs::create_dir_all(&dir).unwrap();
         crate::image_frame::tests::write_inventory(&dir, 2);
         let pstree = PstreeEntry { pid: Some(7) }.encode_to_vec();
@@ -1537,7 +1538,6 @@ mod tests {
         // The root task's namespace without its image: refused, unread.
         fs::remove_file(dir.join("mountpoints-12.img")).unwrap();
         let missing = judge(&dir, &policy);
-        fs::remove_dir_all(&dir).unwrap();
         let refusal = refused.unwrap_err();
         assert_eq!(refusal.entry, "mnt_id 2 of mountpoints-13.img", "{refusal}");
         assert!(missing
@@ -1634,7 +1634,8 @@ mod tests {
     /// image holding it, and says a namespace's root is what was refused.
     #[test]
     fn a_refusal_names_the_entry_and_its_image() {
-        let dir = std::env::temp_dir().join(format!("feather-mount-named-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("mount-named");
+        let dir = scratch.0.clone();
         fs::create_dir_all(&dir).unwrap();
         let allowed = [PathBuf::from("/dev/null")];
         let policy = policy(&allowed, &[]);
@@ -1648,7 +1649,6 @@ mod tests {
         fs::write(dir.join("mountpoints-12.img"), image(&first)).unwrap();
         fs::write(dir.join("mountpoints-13.img"), image(&[second])).unwrap();
         let refusal = judge(&dir, &policy).unwrap().unwrap_err();
-        fs::remove_dir_all(&dir).unwrap();
         assert_eq!(refusal.entry, "mnt_id 7 of mountpoints-13.img", "{refusal}");
         let said = refusal.to_string();
         for words in [
@@ -1707,16 +1707,7 @@ mod tests {
     fn binds_beneath_the_root_or_an_external_are_walked_without_links() {
         let allowed = [PathBuf::from("/dev/null")];
         let policy = policy(&allowed, &[]);
-        /// The scratch folder, removed even when an assertion fails.
-        struct Scratch(PathBuf);
-        impl Drop for Scratch {
-            fn drop(&mut self) {
-                let _ = fs::remove_dir_all(&self.0);
-            }
-        }
-        let scratch = Scratch(
-            std::env::temp_dir().join(format!("feather-mount-binds-{}", std::process::id())),
-        );
+        let scratch = feather_testkit::ScratchDir::new("mount-binds");
         let (root, data) = (scratch.0.join("root"), scratch.0.join("data"));
         for folder in [root.join("opt"), data.join("sub"), root.join("real/etc")] {
             fs::create_dir_all(folder).unwrap();

@@ -395,8 +395,8 @@ mod tests {
 
     #[test]
     fn what_the_manifest_does_not_list_is_pruned_and_nothing_else() {
-        let staging = std::env::temp_dir().join(format!("feather-prune-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&staging);
+        let staging_scratch = feather_testkit::ScratchDir::new("prune");
+        let staging = staging_scratch.0.clone();
         for dir in [
             "upper/kept/deeper",
             "upper/gone/deeper",
@@ -429,13 +429,12 @@ mod tests {
         assert!(!exists("upper/kept/b") && !exists("upper/gone") && !exists("upper/link"));
         assert!(exists("checkpoint/x") && exists("outside/precious"));
         assert!(!exists(MANIFEST));
-        fs::remove_dir_all(&staging).unwrap();
     }
 
     #[test]
     fn the_walk_reports_a_symlink_as_itself_and_never_lists_through_it() {
-        let dir = std::env::temp_dir().join(format!("feather-walk-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let scratch = feather_testkit::ScratchDir::new("walk");
+        let dir = scratch.0.clone();
         fs::create_dir_all(dir.join("upper/folder")).unwrap();
         fs::create_dir_all(dir.join("outside")).unwrap();
         fs::write(dir.join("upper/folder/file"), "x").unwrap();
@@ -455,6 +454,5 @@ mod tests {
                 ("upper/link".to_owned(), true),
             ]
         );
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -166,17 +166,17 @@ pub fn release(network: &RootNetwork, vm_id: &str) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn scratch_network(label: &str) -> RootNetwork {
-        let root =
-            std::env::temp_dir().join(format!("feather-leases-{label}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(&root).unwrap();
+    /// A network in a scratch folder of the test's own, removed when the folder is dropped,
+    /// also when the test fails.
+    fn scratch_network(label: &str) -> (feather_testkit::ScratchDir, RootNetwork) {
+        let scratch = feather_testkit::ScratchDir::new(&format!("leases-{label}"));
+        let root = scratch.0.clone();
         fs::write(
             root.join("network.toml"),
             "bridge = \"feather-t\"\nsubnet = \"10.99.0.0/29\"\n",
         )
         .unwrap();
-        RootNetwork::load(&root).unwrap().unwrap()
+        (scratch, RootNetwork::load(&root).unwrap().unwrap())
     }
 
     /// The addresses `count` VMs (vm0, vm1, …) leased by `lease`, all at once on threads of
@@ -201,7 +201,7 @@ mod tests {
     /// refill leases addresses) is not made again by a lease.
     #[test]
     fn a_lease_in_a_removed_root_makes_no_folder() {
-        let network = scratch_network("gone");
+        let (_scratch, network) = scratch_network("gone");
         fs::remove_dir_all(network.root()).unwrap();
         assert!(lease_new(&network, "vm0").is_err());
         assert!(lease_exact(&network, "vm0", network.subnet.vm_hosts().next().unwrap()).is_err());
@@ -212,7 +212,7 @@ mod tests {
     /// and answered at once: an unbounded read waited on it for ever.
     #[test]
     fn a_lease_made_a_fifo_is_held_without_waiting() {
-        let network = scratch_network("fifo");
+        let (_scratch, network) = scratch_network("fifo");
         let mut addresses = network.subnet.vm_hosts();
         let (free, fifo) = (addresses.next().unwrap(), addresses.next().unwrap());
         let dir = leases_dir(&network);
@@ -231,14 +231,13 @@ mod tests {
             .write(true)
             .custom_flags(libc::O_NONBLOCK)
             .open(&path);
-        let _ = fs::remove_dir_all(network.root());
         let answer = answer.expect("is_held answered within 60 s (a FIFO lease was waited on)");
         assert_eq!(answer, (false, true));
     }
 
     #[test]
     fn racing_leases_are_distinct_and_released_ones_come_back() {
-        let network = scratch_network("race");
+        let (_scratch, network) = scratch_network("race");
         let mut addresses = leased_at_once(&network, 5, lease);
         addresses.dedup();
         assert_eq!(addresses.len(), 5, "{addresses:?}");
@@ -252,12 +251,11 @@ mod tests {
         assert!(addresses.contains(&held));
         release(&network, "vm3").unwrap();
         assert_eq!(lease(&network, "vm5").unwrap(), held);
-        fs::remove_dir_all(network.root()).unwrap();
     }
 
     #[test]
     fn new_vms_take_the_lowest_free_addresses_and_give_back_only_their_own() {
-        let network = scratch_network("new");
+        let (_scratch, network) = scratch_network("new");
         let addresses = leased_at_once(&network, 4, lease_new);
         let lowest: Vec<Ipv4Addr> = network.subnet.vm_hosts().take(4).collect();
         assert_eq!(addresses, lowest);
@@ -286,6 +284,5 @@ mod tests {
             lease_new(&network, "vm6"),
             Err(NetError::SubnetFull { .. })
         ));
-        fs::remove_dir_all(network.root()).unwrap();
     }
 }

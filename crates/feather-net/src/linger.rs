@@ -513,9 +513,8 @@ mod tests {
     /// is taken again on the file the path names.
     #[test]
     fn the_removal_lock_is_taken_on_the_file_its_path_names() {
-        let root =
-            std::env::temp_dir().join(format!("feather-removal-lock-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
+        let root_scratch = feather_testkit::ScratchDir::new("removal-lock");
+        let root = root_scratch.0.clone();
         fs::create_dir_all(&root).unwrap();
         let path = root.join(LOCK_FILE);
         let holder = open_lock_file(&path).unwrap();
@@ -552,7 +551,6 @@ mod tests {
             File::open(&path).unwrap().try_lock().is_err(),
             "a new opener of the path takes the lock beside it"
         );
-        fs::remove_dir_all(&root).unwrap();
     }
 
     /// `rm -rf` of a root whose network lingers unlinks the wait file before the root's folder
@@ -561,9 +559,8 @@ mod tests {
     /// folder was left (a test's root, in CI).
     #[test]
     fn a_linger_ended_by_its_root_s_removal_makes_nothing_in_the_root() {
-        let root =
-            std::env::temp_dir().join(format!("feather-linger-removed-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
+        let root_scratch = feather_testkit::ScratchDir::new("linger-removed");
+        let root = root_scratch.0.clone();
         fs::create_dir_all(&root).unwrap();
         let state_root = StateRoot::new(Some(root.clone()));
         let lingering = begin(&state_root);

@@ -642,8 +642,8 @@ mod tests {
     /// made again by the pool's locks and folders.
     #[test]
     fn a_removed_root_is_not_made_again_for_the_pool() {
-        let root = std::env::temp_dir().join(format!("feather-pool-gone-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
+        let root_scratch = feather_testkit::ScratchDir::new("pool-gone");
+        let root = root_scratch.0.join("root");
         assert!(try_refill_lock(&root).is_none());
         assert!(make_dir(&dir_of(&root).join(READY)).is_err());
         assert!(!root.exists(), "the removed root was made again");
@@ -653,7 +653,6 @@ mod tests {
         make_dir(&dir_of(&root).join(READY)).unwrap();
         make_dir(&dir_of(&root).join(READY)).unwrap();
         drop(lock);
-        fs::remove_dir_all(&root).unwrap();
     }
 
     /// The entries missing are made side by side: each maker here waits until all of them have
@@ -681,7 +680,8 @@ mod tests {
 
     #[test]
     fn a_link_file_reads_back() {
-        let dir = std::env::temp_dir().join(format!("feather-pool-link-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("pool-link");
+        let dir = scratch.0.clone();
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join(LINK), "fthp01020304 10.78.3.7\n").unwrap();
         assert_eq!(
@@ -693,6 +693,5 @@ mod tests {
         );
         fs::write(dir.join(LINK), "garbage").unwrap();
         assert_eq!(Link::read(&dir), None);
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -102,9 +102,8 @@ mod tests {
 
     #[test]
     fn links_fifos_hard_links_and_a_parent_are_refused_naming_them() {
-        let scratch =
-            std::env::temp_dir().join(format!("feather-oci-image-folder-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&scratch);
+        let folder = feather_testkit::ScratchDir::new("oci-image-folder");
+        let scratch = folder.0.clone();
         let images = scratch.join("images");
         fs::create_dir_all(images.join("sub")).unwrap();
         fs::write(images.join("pages-1.img"), "pages").unwrap();
@@ -139,6 +138,5 @@ mod tests {
             }
             checked(&images).unwrap();
         }
-        fs::remove_dir_all(&scratch).unwrap();
     }
 }

@@ -208,19 +208,10 @@ mod tests {
         }
     }
 
-    fn scratch(label: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("feather-oci-policy-{label}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
-        dir
-    }
-
     #[test]
     fn annotation_policy_missing_allows_nothing_widening_and_names_itself() {
-        let dir = scratch("missing");
+        let scratch = feather_testkit::ScratchDir::new("oci-policy-missing");
+        let dir = scratch.0.clone();
         let policy = Policy::load(&dir.join("none.toml")).unwrap();
         let error = policy.check(&host_base()).unwrap_err().to_string();
         assert!(error.contains("org.feather.base=host"), "{error}");
@@ -231,12 +222,12 @@ mod tests {
             ..Feather::default()
         };
         policy.check(&narrowing).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn annotation_policy_allows_what_it_lists_and_refuses_typos_and_unknown_fields() {
-        let dir = scratch("lists");
+        let scratch = feather_testkit::ScratchDir::new("oci-policy-lists");
+        let dir = scratch.0.clone();
         let policy =
             policy_in(&dir, "[annotations]\nallow = [\"org.feather.base=host\"]\n").unwrap();
         policy.check(&host_base()).unwrap();
@@ -250,13 +241,13 @@ mod tests {
         assert!(typo.unwrap_err().to_string().contains("base=hots"));
         let unknown = policy_in(&dir, "[annotations]\nallwo = []\n").unwrap_err();
         assert!(format!("{unknown:#}").contains("oci.toml"), "{unknown:#}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn annotation_policy_writable_by_others_is_refused() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = scratch("writable");
+        let scratch = feather_testkit::ScratchDir::new("oci-policy-writable");
+        let dir = scratch.0.clone();
         let path = dir.join("oci.toml");
         std::fs::write(
             &path,
@@ -270,7 +261,6 @@ mod tests {
         std::fs::set_permissions(&dir, PermissionsExt::from_mode(0o777)).unwrap();
         let error = format!("{:#}", Policy::load(&path).unwrap_err());
         assert!(error.contains("not root's alone"), "{error}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A policy's path through a link that sits in a folder others can write is refused, though
@@ -279,7 +269,8 @@ mod tests {
     #[test]
     fn annotation_policy_through_a_link_in_a_folder_others_write_is_refused() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = scratch("link");
+        let scratch = feather_testkit::ScratchDir::new("oci-policy-link");
+        let dir = scratch.0.clone();
         let allowing = dir.join("allowing.toml");
         std::fs::write(
             &allowing,
@@ -292,14 +283,14 @@ mod tests {
         std::os::unix::fs::symlink(&allowing, open.join("oci.toml")).unwrap();
         let error = format!("{:#}", Policy::load(&open.join("oci.toml")).unwrap_err());
         assert!(error.contains("not root's alone"), "{error}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A policy file that is wrong fails only the containers that ask for what it decides.
     #[test]
     fn a_wrong_policy_fails_only_containers_that_ask_for_a_widening_annotation() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = scratch("wrong");
+        let scratch = feather_testkit::ScratchDir::new("oci-policy-wrong");
+        let dir = scratch.0.clone();
         let path = dir.join("oci.toml");
         std::fs::write(
             &path,
@@ -310,6 +301,5 @@ mod tests {
         check(&path, &Feather::default()).unwrap();
         let error = format!("{:#}", check(&path, &host_base()).unwrap_err());
         assert!(error.contains("not group- or other-writable"), "{error}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -127,19 +127,10 @@ fn entry_name(root: &Path) -> String {
 mod tests {
     use super::*;
 
-    fn scratch(label: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "feather-oci-registry-{label}-{}",
-            std::process::id()
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
     fn roots_are_recorded_once_and_forgotten_when_gone() {
-        let dir = scratch("once");
+        let scratch = feather_testkit::ScratchDir::new("oci-registry-once");
+        let dir = scratch.0.clone();
         let registry = RootRegistry::at(dir.join("registry"));
         let (a, b) = (dir.join("a"), dir.join("b"));
         fs::create_dir_all(&a).unwrap();
@@ -152,6 +143,5 @@ mod tests {
         assert_eq!(registry.roots(), [a]);
         assert_eq!(fs::read_dir(dir.join("registry")).unwrap().count(), 1);
         assert!(registry.register(&b).is_err(), "a root that does not exist");
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -838,8 +838,8 @@ mod tests {
     /// its listing is used.
     #[test]
     fn a_refused_tree_is_killed_through_its_frozen_group_first() {
-        let folder = std::env::temp_dir().join(format!("feather-oci-kill-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&folder);
+        let scratch = feather_testkit::ScratchDir::new("oci-kill");
+        let folder = scratch.0.join("group");
         fs::create_dir(&folder).unwrap();
         let init = sleep();
         let mut member = sleep();
@@ -852,7 +852,6 @@ mod tests {
         kill_refused(Pid::from_raw(init.0.id() as i32), &groups, &hold);
         let status = member.0.wait().unwrap();
         let frozen = fs::read_to_string(folder.join("cgroup.freeze")).unwrap();
-        let _ = fs::remove_dir_all(&folder);
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&status),
             Some(9),

@@ -417,7 +417,8 @@ mod tests {
 
     #[test]
     fn decisions_are_appended_as_json_lines() {
-        let dir = std::env::temp_dir().join(format!("feather-audit-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("audit");
+        let dir = scratch.0.clone();
         std::fs::create_dir_all(&dir).unwrap();
         let audit = Audit::new(&dir);
         let request = Request {
@@ -443,7 +444,6 @@ mod tests {
             )
             .unwrap();
         let entries = audit.entries().unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].outcome, "denied");
         assert_eq!(entries[0].rule, None);

@@ -218,7 +218,8 @@ mod tests {
 
     #[test]
     fn the_first_answer_counts_and_a_settled_question_leaves_nothing() {
-        let root = std::env::temp_dir().join(format!("feather-board-{}", std::process::id()));
+        let root_scratch = feather_testkit::ScratchDir::new("board");
+        let root = root_scratch.0.clone();
         let board = Board::of(&root);
         assert!(!board.watched(), "no web view marked it");
         let watching = board.watch().unwrap();
@@ -258,6 +259,5 @@ mod tests {
         ));
         drop(watching);
         assert!(!board.watched());
-        let _ = fs::remove_dir_all(&root);
     }
 }

@@ -716,16 +716,9 @@ mod tests {
     use super::*;
 
     fn policy(text: &str) -> Policy {
-        let dir = std::env::temp_dir().join(format!(
-            "feather-channels-{}-{}",
-            std::process::id(),
-            text.len()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("10.policy"), text).unwrap();
-        let policy = Policy::load_dirs(std::slice::from_ref(&dir)).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        policy
+        let scratch = feather_testkit::ScratchDir::new("channels");
+        std::fs::write(scratch.0.join("10.policy"), text).unwrap();
+        Policy::load_dirs(std::slice::from_ref(&scratch.0)).unwrap()
     }
 
     struct NoTags;

@@ -372,9 +372,8 @@ mod tests {
     fn connections_carry_the_clients_identity() {
         use std::os::unix::fs::PermissionsExt;
         let pid = std::process::id() as i32;
-        let dir = std::env::temp_dir().join(format!("feather-endpoint-who-{pid}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = feather_testkit::ScratchDir::new("endpoint-who");
+        let dir = scratch.0.clone();
         std::fs::set_permissions(&dir, PermissionsExt::from_mode(0o755)).unwrap();
         let at = dir.join("s.sock");
         let listener = UnixListener::bind(&at).unwrap();
@@ -391,7 +390,6 @@ mod tests {
         let cred =
             nix::sys::socket::getsockopt(&server, nix::sys::socket::sockopt::PeerCredentials)
                 .unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(
             refused.and_then(|e| match e {
                 EndpointError::Io(e) => Some(e.kind()),

@@ -760,13 +760,13 @@ mod tests {
 
     #[test]
     fn files_are_read_in_name_order_and_others_ignored() {
-        let dir = std::env::temp_dir().join(format!("feather-policy-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("policy");
+        let dir = scratch.0.clone();
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("20-late.policy"), "ipc tcp:80 web db allow\n").unwrap();
         fs::write(dir.join("10-early.policy"), "ipc tcp:80 web db deny\n").unwrap();
         fs::write(dir.join("README"), "not a rule\n").unwrap();
         let policy = Policy::load_dirs(&[dir.clone(), dir.join("missing")]);
-        fs::remove_dir_all(&dir).unwrap();
         let decision = policy.unwrap().decide(&ipc("tcp:80", "web", "db"));
         assert_eq!(decision.verdict, Verdict::Deny);
         assert!(decision.rule.unwrap().at.file.ends_with("10-early.policy"));

@@ -335,16 +335,6 @@ mod tests {
     use super::*;
     use nix::poll::{poll, PollFd, PollFlags};
 
-    fn scratch(label: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "feather-policy-watch-{label}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     /// A watch that looks every second, as where the kernel refuses dnotify.
     fn looking(dirs: Vec<PathBuf>) -> PolicyWatch {
         let mut watch = PolicyWatch::new(dirs);
@@ -414,7 +404,8 @@ mod tests {
     /// taken before it is due.
     #[test]
     fn without_dnotify_every_change_is_found_by_looking() {
-        let root = scratch("looking");
+        let root_scratch = feather_testkit::ScratchDir::new("policy-watch-looking");
+        let root = root_scratch.0.clone();
         let dir = root.join("policy.d");
         let mut watch = looking(vec![dir.clone()]);
         assert!(watch.timeout() <= PollTimeout::try_from(1000).unwrap());
@@ -443,14 +434,14 @@ mod tests {
         hour_off(&mut watch);
         assert!(!watch.changed(), "not looked at before its time");
         assert!(settled(&mut watch));
-        std::fs::remove_dir_all(&root).unwrap();
     }
 
     /// A file still being written when a look finds it changed is not taken half-way: the
     /// change counts only once a second look finds it as the first did.
     #[test]
     fn a_change_counts_once_a_second_look_finds_it_the_same() {
-        let root = scratch("settle");
+        let root_scratch = feather_testkit::ScratchDir::new("policy-watch-settle");
+        let root = root_scratch.0.clone();
         let dir = root.join("policy.d");
         std::fs::create_dir(&dir).unwrap();
         let mut watch = looking(vec![dir.clone()]);
@@ -461,7 +452,6 @@ mod tests {
         assert!(!look_now(&mut watch), "still changing: not yet");
         assert!(look_now(&mut watch), "the same at the next look: counted");
         assert!(!look_now(&mut watch), "counted once");
-        std::fs::remove_dir_all(&root).unwrap();
     }
 
     /// The kernel tells (dnotify): each change is signalled as it is made, so the broker
@@ -469,7 +459,8 @@ mod tests {
     /// waited for through the one above, and so is its making again after its removal.
     #[test]
     fn the_kernel_tells_of_every_change_and_nothing_is_looked_at_in_between() {
-        let root = scratch("told");
+        let root_scratch = feather_testkit::ScratchDir::new("policy-watch-told");
+        let root = root_scratch.0.clone();
         let dir = root.join("policy.d");
         let mut watch = PolicyWatch::new(vec![dir.clone()]);
         let inotify_before = inotify_instances();
@@ -503,7 +494,6 @@ mod tests {
         std::fs::write(dir.join("10.policy"), "y").unwrap();
         assert!(told_now(&watch), "the new folder is watched");
         assert!(counted(&mut watch));
-        std::fs::remove_dir_all(&root).unwrap();
     }
 
     /// dnotify tells each write as it happens: a change told while a difference waits for its
@@ -512,7 +502,8 @@ mod tests {
     /// on its way back (renamed into place from a `.tmp`).
     #[test]
     fn a_change_told_while_settling_puts_the_second_look_off() {
-        let root = scratch("told-settle");
+        let root_scratch = feather_testkit::ScratchDir::new("policy-watch-told-settle");
+        let root = root_scratch.0.clone();
         let dir = root.join("policy.d");
         std::fs::create_dir(&dir).unwrap();
         let rules = dir.join("10.policy");
@@ -576,7 +567,6 @@ mod tests {
             watch.changed(),
             "looked at past SETTLE_AT_MOST, not put off again: the same, counted"
         );
-        std::fs::remove_dir_all(&root).unwrap();
     }
 
     /// A policy folder that is a link: its target renamed away, and a new folder renamed into
@@ -584,7 +574,8 @@ mod tests {
     /// the link leads to nothing).
     #[test]
     fn a_linked_policy_folder_swapped_under_its_link_is_told() {
-        let root = scratch("linked");
+        let root_scratch = feather_testkit::ScratchDir::new("policy-watch-linked");
+        let root = root_scratch.0.clone();
         let (etc, srv) = (root.join("etc"), root.join("srv"));
         std::fs::create_dir_all(srv.join("pol")).unwrap();
         std::fs::create_dir_all(srv.join("pol.new")).unwrap();
@@ -608,7 +599,6 @@ mod tests {
         std::fs::write(dir.join("20.policy"), "y").unwrap();
         assert!(told_now(&watch), "the new folder is watched");
         assert!(counted(&mut watch));
-        std::fs::remove_dir_all(&root).unwrap();
     }
 
     /// A link on the way to a policy folder that leads to nothing (`/etc/feather` to a
@@ -616,7 +606,8 @@ mod tests {
     /// watched, and told when it is. Before, the search stopped at the folder the link is in.
     #[test]
     fn a_link_to_nothing_on_the_way_to_a_policy_folder_is_followed() {
-        let root = scratch("link-on-the-way");
+        let root_scratch = feather_testkit::ScratchDir::new("policy-watch-link-on-the-way");
+        let root = root_scratch.0.clone();
         let (etc, srv) = (root.join("etc"), root.join("srv"));
         std::fs::create_dir(&etc).unwrap();
         std::fs::create_dir(&srv).unwrap();
@@ -648,7 +639,6 @@ mod tests {
         );
         std::fs::write(dir.join("10.policy"), "x").unwrap();
         assert!(counted(&mut watch));
-        std::fs::remove_dir_all(&root).unwrap();
     }
 
     /// A thread that could not have its signalfd (its descriptor limit, say) asks again at
@@ -656,7 +646,8 @@ mod tests {
     #[test]
     fn the_signalfd_refused_once_is_asked_for_again_at_the_next_look() {
         static REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        let root = scratch("signalfd-again");
+        let root_scratch = feather_testkit::ScratchDir::new("policy-watch-signalfd-again");
+        let root = root_scratch.0.clone();
         let dir = root.join("policy.d");
         std::fs::create_dir(&dir).unwrap();
         let mut watch = PolicyWatch::new(vec![dir.clone()]);
@@ -678,7 +669,6 @@ mod tests {
         assert!(watch.looking().is_none(), "{:?}", watch.looking());
         std::fs::write(dir.join("10.policy"), "x").unwrap();
         assert!(told_now(&watch), "and told");
-        std::fs::remove_dir_all(&root).unwrap();
     }
 
     /// A folder gone between the look for it and its watch (ENOENT): what is watched may not
@@ -687,7 +677,8 @@ mod tests {
     #[test]
     fn a_folder_gone_while_being_watched_is_watched_again_at_a_look_soon() {
         static GONE_NEXT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        let root = scratch("gone-while-watched");
+        let root_scratch = feather_testkit::ScratchDir::new("policy-watch-gone-while-watched");
+        let root = root_scratch.0.clone();
         let (above, dir) = (root.join("a/b"), root.join("a/b/policy.d"));
         std::fs::create_dir(root.join("a")).unwrap();
         let mut watch = PolicyWatch::new(vec![dir.clone()]);
@@ -716,7 +707,6 @@ mod tests {
         std::fs::create_dir(&dir).unwrap();
         assert!(told_now(&watch), "the policy folder made, told through it");
         assert!(counted(&mut watch));
-        std::fs::remove_dir_all(&root).unwrap();
     }
 
     /// How many inotify instances this process holds.

@@ -142,7 +142,8 @@ mod tests {
 
     #[test]
     fn conditions_skip_assertions_fail_triggers_need_one() {
-        let root = std::env::temp_dir().join(format!("feather-svc-cond-{}", std::process::id()));
+        let root_scratch = feather_testkit::ScratchDir::new("svc-cond");
+        let root = root_scratch.0.clone();
         fs::create_dir_all(root.join("etc/full")).unwrap();
         fs::write(root.join("etc/full/file"), "x").unwrap();
         fs::write(root.join("etc/empty-file"), "").unwrap();
@@ -189,6 +190,5 @@ mod tests {
             Verdict::Skip(_)
         ));
         assert_eq!(check(&[c("ConditionACPower", "true")]), Verdict::Met);
-        fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -795,33 +795,24 @@ fn copy_by_reading(from: &File, to: &File, mut at: i64, end: i64) -> io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use feather_testkit::ScratchDir;
     use std::fs;
     use std::os::unix::fs::symlink;
     use std::path::PathBuf;
 
-    /// A folder of its own under the temp dir, removed on drop.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(label: &str) -> Scratch {
-            let dir = std::env::temp_dir().join(format!("beneath-{label}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(dir.join("tree/sub")).unwrap();
-            fs::create_dir_all(dir.join("outside")).unwrap();
-            fs::write(dir.join("outside/keep"), "keep").unwrap();
-            Scratch(dir)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
+    /// A folder of the test's own (removed on drop, also when the test fails) holding
+    /// `tree/sub` and `outside/keep`.
+    fn scratch(label: &str) -> ScratchDir {
+        let scratch = ScratchDir::new(&format!("beneath-{label}"));
+        fs::create_dir_all(scratch.0.join("tree/sub")).unwrap();
+        fs::create_dir_all(scratch.0.join("outside")).unwrap();
+        fs::write(scratch.0.join("outside/keep"), "keep").unwrap();
+        scratch
     }
 
     #[test]
     fn no_symlink_is_followed_on_the_way() {
-        let scratch = Scratch::new("follow");
+        let scratch = scratch("follow");
         symlink(scratch.0.join("outside"), scratch.0.join("tree/link")).unwrap();
         let root = open_root(&scratch.0.join("tree")).unwrap();
         let error = open_beneath(&root, Path::new("link/keep"), OFlag::O_RDONLY).unwrap_err();
@@ -842,7 +833,7 @@ mod tests {
 
     #[test]
     fn folders_are_made_beneath_never_where_a_link_points() {
-        let scratch = Scratch::new("make");
+        let scratch = scratch("make");
         let root = open_root(&scratch.0.join("tree")).unwrap();
         let mode = Mode::from_bits_truncate(0o755);
         make_dirs(&root, Path::new("sub/a/b"), mode).unwrap();
@@ -868,7 +859,7 @@ mod tests {
 
     #[test]
     fn a_walk_opens_every_folder_and_file_and_nothing_a_link_or_fifo_names() {
-        let scratch = Scratch::new("walk");
+        let scratch = scratch("walk");
         fs::create_dir_all(scratch.0.join("tree/sub/deeper")).unwrap();
         fs::write(scratch.0.join("tree/sub/deeper/file"), "x").unwrap();
         fs::write(scratch.0.join("tree/top"), "y").unwrap();
@@ -910,7 +901,7 @@ mod tests {
 
     #[test]
     fn removing_a_tree_removes_links_not_what_they_point_to() {
-        let scratch = Scratch::new("remove");
+        let scratch = scratch("remove");
         symlink(scratch.0.join("outside"), scratch.0.join("tree/sub/link")).unwrap();
         fs::write(scratch.0.join("tree/sub/file"), "x").unwrap();
         let root = open_root(&scratch.0).unwrap();
@@ -928,7 +919,7 @@ mod tests {
     /// unfinished (review lowroots29 M6).
     #[test]
     fn a_spared_folder_is_found_among_files() {
-        let scratch = Scratch::new("holds");
+        let scratch = scratch("holds");
         let root_folder = scratch.0.join("tree/sub/deeper/root");
         fs::create_dir_all(&root_folder).unwrap();
         for folder in ["tree", "tree/sub", "tree/sub/deeper"] {
@@ -980,7 +971,7 @@ mod tests {
     /// folder being emptied is refused (review gl27 H1).
     #[test]
     fn a_removal_never_empties_nor_moves_a_spared_folder() {
-        let scratch = Scratch::new("spared");
+        let scratch = scratch("spared");
         for rel in ["tree/sub/deeper/root", "tree/root"] {
             let root_folder = scratch.0.join(rel);
             fs::create_dir_all(&root_folder).unwrap();
@@ -1010,7 +1001,7 @@ mod tests {
     /// naming another id is not (review gl27 M2: the identity of a root after a reboot).
     #[test]
     fn a_folder_naming_a_spared_root_id_is_spared_whatever_its_inode() {
-        let scratch = Scratch::new("spared-id");
+        let scratch = scratch("spared-id");
         let root_folder = scratch.0.join("tree/sub/root");
         fs::create_dir_all(&root_folder).unwrap();
         fs::write(root_folder.join(ROOT_ID_FILE), "0123abcd\n").unwrap();
@@ -1040,7 +1031,7 @@ mod tests {
     #[test]
     fn a_refused_emptying_puts_back_what_it_moved() {
         use std::os::unix::fs::PermissionsExt;
-        let scratch = Scratch::new("put-back");
+        let scratch = scratch("put-back");
         let root_folder = scratch.0.join("tree/a/b/root");
         fs::create_dir_all(&root_folder).unwrap();
         fs::create_dir_all(scratch.0.join("tree/a/c/d")).unwrap();
@@ -1088,7 +1079,7 @@ mod tests {
     /// (review roots28 M2: left in `.feather-removing-N`, and the error said nothing).
     #[test]
     fn a_folder_that_cannot_be_put_back_is_named_in_the_error() {
-        let scratch = Scratch::new("put-back-blocked");
+        let scratch = scratch("put-back-blocked");
         let root_folder = scratch.0.join("tree/a/b/root");
         fs::create_dir_all(&root_folder).unwrap();
         fs::write(root_folder.join(ROOT_ID_FILE), "feed").unwrap();
@@ -1123,7 +1114,7 @@ mod tests {
     /// (review roots28 M2: only a refusal did).
     #[test]
     fn an_emptying_stopped_by_a_mount_point_puts_back_what_it_moved() {
-        let scratch = Scratch::new("put-back-mount");
+        let scratch = scratch("put-back-mount");
         fs::create_dir_all(scratch.0.join("tree/a/b/x")).unwrap();
         let mount = TmpfsMount::at(&scratch.0.join("tree/a/b/m"));
         let tree = open_root(&scratch.0.join("tree")).unwrap();
@@ -1152,7 +1143,7 @@ mod tests {
 
     #[test]
     fn remove_tree_never_enters_a_mount() {
-        let scratch = Scratch::new("mount");
+        let scratch = scratch("mount");
         let point = scratch.0.join("tree/sub/mnt");
         let mounted = TmpfsMount::at(&point);
         fs::create_dir(point.join("photos")).unwrap();
@@ -1186,7 +1177,7 @@ mod tests {
 
     #[test]
     fn a_sparse_copy_keeps_holes_and_data() {
-        let scratch = Scratch::new("sparse");
+        let scratch = scratch("sparse");
         let from_path = scratch.0.join("tree/sparse");
         let from = File::create(&from_path).unwrap();
         from.write_all_at(b"head", 0).unwrap();

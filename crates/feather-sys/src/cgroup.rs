@@ -1100,13 +1100,6 @@ mod tests {
         }
     }
 
-    fn scratch(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("feather-cgroup-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     /// Makes `levels` groups (folders named `g`) nested below `dir`, each step relative to the
     /// last (the path of the deepest is past PATH_MAX); returns the deepest, open.
     fn nest(dir: &Path, levels: usize) -> std::os::fd::OwnedFd {
@@ -1157,7 +1150,8 @@ mod tests {
     /// 20,000 groups in each hierarchy). Without v2, the v1 groups are looked at.
     #[test]
     fn whether_a_group_holds_a_process_is_one_read_of_its_v2_events() {
-        let dir = scratch("holds");
+        let scratch = feather_testkit::ScratchDir::new("cgroup-holds");
+        let dir = scratch.0.clone();
         let hierarchies = hybrid(&dir);
         let group = Cgroup::new(hierarchies.clone(), "feather/vm");
         for sub in ["memory", "pids", "devices", "unified"] {
@@ -1178,7 +1172,6 @@ mod tests {
             ..hierarchies
         };
         assert!(Cgroup::new(v1_only, "feather/vm").holds_process());
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Nests `levels` groups below `dir` and puts `pid` in the deepest's `cgroup.procs`,
@@ -1198,7 +1191,8 @@ mod tests {
 
     #[test]
     fn members_are_found_in_groups_nested_past_path_max() {
-        let dir = scratch("deep-members");
+        let scratch = feather_testkit::ScratchDir::new("cgroup-deep-members");
+        let dir = scratch.0.clone();
         let group = Cgroup::new(hybrid(&dir), "feather/x");
         let top = dir.join("memory/feather/x");
         fs::create_dir_all(top.join(SERVICES)).unwrap();
@@ -1215,7 +1209,8 @@ mod tests {
 
     #[test]
     fn the_walk_of_a_vms_groups_ends_after_its_budget() {
-        let dir = scratch("walk-budget");
+        let scratch = feather_testkit::ScratchDir::new("cgroup-walk-budget");
+        let dir = scratch.0.clone();
         fs::write(dir.join("cgroup.procs"), "4241\n").unwrap();
         nest_with_member(&dir, 300, 4242);
 
@@ -1233,7 +1228,8 @@ mod tests {
 
     #[test]
     fn services_get_every_hierarchy_but_devices() {
-        let dir = scratch("subtrees");
+        let scratch = feather_testkit::ScratchDir::new("cgroup-subtrees");
+        let dir = scratch.0.clone();
         let group = Cgroup::new(hybrid(&dir), "feather/x");
         let subtrees: Vec<PathBuf> = group
             .service_subtrees()
@@ -1244,7 +1240,6 @@ mod tests {
             subtrees,
             ["memory", "pids", "unified"].map(|h| dir.join(h).join("feather/x/services"))
         );
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -1260,7 +1255,8 @@ mod tests {
                 PathBuf::from("unified")
             )]
         );
-        let dir = scratch("hybrid-names");
+        let scratch = feather_testkit::ScratchDir::new("cgroup-hybrid-names");
+        let dir = scratch.0.clone();
         let names: Vec<PathBuf> = Cgroup::new(hybrid(&dir), "feather/x")
             .service_subtrees()
             .into_iter()
@@ -1268,12 +1264,12 @@ mod tests {
             .collect();
         // Hierarchies mounted elsewhere are named by their folders.
         assert_eq!(names, ["memory", "pids", "unified"].map(PathBuf::from));
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_group_as_made_goes_in_two_removals_and_any_other_is_left_to_the_walk() {
-        let dir = scratch("as-made");
+        let scratch = feather_testkit::ScratchDir::new("cgroup-as-made");
+        let dir = scratch.0.clone();
         let plain = dir.join("plain");
         fs::create_dir_all(plain.join(SERVICES)).unwrap();
         assert!(removed_as_made(&plain));
@@ -1302,7 +1298,6 @@ mod tests {
         fs::write(occupied.join("cgroup.procs"), "7\n").unwrap();
         assert!(!removed_as_made(&occupied));
         assert!(occupied.join("cgroup.procs").exists());
-        let _ = fs::remove_dir_all(&dir);
     }
 
     /// What became of a process cloned into `group` as [`Cgroup::entry`] with `v2` says, by a
@@ -1501,7 +1496,8 @@ mod tests {
     /// clean-up's `cgroup.kill` count. The error names the folder that stays.
     #[test]
     fn removal_tries_every_hierarchy_and_names_the_folder_that_stays() {
-        let dir = scratch("every-hierarchy");
+        let scratch = feather_testkit::ScratchDir::new("cgroup-every-hierarchy");
+        let dir = scratch.0.clone();
         let group = Cgroup::new(hybrid(&dir), "feather/vm");
         for folder in group.dirs() {
             fs::create_dir_all(folder).unwrap();
@@ -1517,7 +1513,6 @@ mod tests {
             !dir.join("unified/feather/vm").exists(),
             "the v2 folder went"
         );
-        let _ = fs::remove_dir_all(&dir);
     }
 
     /// A process that cannot move itself into the group (here: the group is gone) is told which
@@ -1626,7 +1621,8 @@ mod tests {
 
     #[test]
     fn members_and_removal_take_the_groups_below_in() {
-        let dir = scratch("subtree");
+        let scratch = feather_testkit::ScratchDir::new("cgroup-subtree");
+        let dir = scratch.0.clone();
         let group = Cgroup::new(hybrid(&dir), "feather/x");
         let unit = dir.join("memory/feather/x/services/a.service");
         fs::create_dir_all(&unit).unwrap();
@@ -1646,6 +1642,5 @@ mod tests {
         for h in ["memory", "pids", "unified"] {
             assert!(!dir.join(h).join("feather/x").exists(), "{h} left");
         }
-        let _ = fs::remove_dir_all(&dir);
     }
 }

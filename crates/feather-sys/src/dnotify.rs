@@ -175,7 +175,6 @@ mod tests {
     use std::cell::RefCell;
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
-    use std::path::PathBuf;
     use std::time::Duration;
 
     thread_local! {
@@ -188,14 +187,6 @@ mod tests {
         if let Some(then) = BETWEEN.with(|between| between.borrow_mut().take()) {
             then();
         }
-    }
-
-    fn scratch(label: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("feather-dnotify-{label}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
     }
 
     /// Whether thread `tid` of this process is asleep in read(2) or recvfrom(2) (waiting for
@@ -261,7 +252,8 @@ mod tests {
     /// EINTR (a keeper's wait for its VM's init, cut short).
     #[test]
     fn a_change_while_arming_interrupts_no_other_thread() {
-        let folder = scratch("arming");
+        let folder_scratch = feather_testkit::ScratchDir::new("dnotify-arming");
+        let folder = folder_scratch.0.clone();
         // SAFETY: the child runs this test's code only, then `_exit`s; nextest runs each test
         // in a process of its own, with no other thread holding a lock the child would need.
         let fork = unsafe { nix::unistd::fork() }.unwrap();
@@ -274,7 +266,6 @@ mod tests {
             unsafe { libc::_exit(code) };
         };
         let status = nix::sys::wait::waitpid(child, None).unwrap();
-        std::fs::remove_dir_all(&folder).unwrap();
         assert_eq!(
             status,
             nix::sys::wait::WaitStatus::Exited(child, 0),

@@ -67,7 +67,8 @@ mod tests {
 
     #[test]
     fn syncs_files_and_folders_and_names_a_missing_one() {
-        let dir = std::env::temp_dir().join(format!("feather-flush-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("flush");
+        let dir = scratch.0.clone();
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("state.json");
         std::fs::write(&file, b"{}").unwrap();
@@ -75,14 +76,14 @@ mod tests {
         let missing = dir.join("missing");
         let (path, error) = sync_together(&[file, missing.clone()]).unwrap_err();
         assert_eq!((path, error.kind()), (missing, io::ErrorKind::NotFound));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Flushed side by side, every path is flushed, and a failure is the first in the order
     /// given, whichever thread met it first (fsync of a /proc file fails with EINVAL).
     #[test]
     fn names_the_first_path_that_cannot_be_flushed() {
-        let dir = std::env::temp_dir().join(format!("feather-flush-order-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("flush-order");
+        let dir = scratch.0.clone();
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("config.toml");
         std::fs::write(&file, b"x").unwrap();
@@ -92,6 +93,5 @@ mod tests {
             sync_together(&[file.clone(), first.clone(), dir.clone(), second]).unwrap_err();
         assert_eq!((path, error.raw_os_error()), (first, Some(libc::EINVAL)));
         sync_together(&[file, dir.clone()]).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

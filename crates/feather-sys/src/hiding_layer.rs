@@ -289,13 +289,6 @@ mod tests {
     use super::*;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-    fn scratch(label: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("hiding-layer-{label}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     /// What the layer for `i` holds, as (path, mode, uid, mtime, opaque) of every folder.
     fn listing(layer: &HidingLayer, i: usize) -> Vec<(String, u32, u32, i64, bool)> {
         let top = layer.lower(i).unwrap();
@@ -325,7 +318,8 @@ mod tests {
     /// as if missing, and the layer hid nothing there.
     #[test]
     fn a_walk_that_fails_fails_the_build_naming_the_folder() {
-        let lower = scratch("emfile");
+        let lower_scratch = feather_testkit::ScratchDir::new("hiding-layer-emfile");
+        let lower = lower_scratch.0.clone();
         let deep = "a/b/c/d/e/f/g/h/root";
         std::fs::create_dir_all(lower.join(deep)).unwrap();
         // In a child: the limit on descriptors is the whole process's.
@@ -358,7 +352,6 @@ mod tests {
             unsafe { libc::_exit(code) };
         };
         let status = nix::sys::wait::waitpid(child, None).unwrap();
-        std::fs::remove_dir_all(&lower).unwrap();
         assert_eq!(
             status,
             nix::sys::wait::WaitStatus::Exited(child, 0),
@@ -370,7 +363,8 @@ mod tests {
     /// for), and only that: a folder beside it, whose name begins the same, is still hidden.
     #[test]
     fn the_folders_beneath_one_missing_are_passed_over_and_their_neighbours_hidden() {
-        let lower = scratch("beneath-missing");
+        let lower_scratch = feather_testkit::ScratchDir::new("hiding-layer-beneath-missing");
+        let lower = lower_scratch.0.clone();
         std::fs::create_dir_all(lower.join("srv/gone2/root")).unwrap();
         std::fs::create_dir_all(lower.join("srv/real")).unwrap();
         std::os::unix::fs::symlink("real", lower.join("srv/link")).unwrap();
@@ -394,7 +388,6 @@ mod tests {
             .into_iter()
             .map(|(name, _, _, _, opaque)| (name, opaque))
             .collect();
-        let _ = std::fs::remove_dir_all(&lower);
         let expected: Vec<(String, bool)> = [
             ("srv", false),
             ("srv/gone2", false),
@@ -411,7 +404,8 @@ mod tests {
     /// empty; a folder behind a link, a missing one, and one inside another hidden add nothing.
     #[test]
     fn hidden_folders_are_opaque_and_their_parents_the_lowers() {
-        let lower = scratch("lower");
+        let lower_scratch = feather_testkit::ScratchDir::new("hiding-layer-lower");
+        let lower = lower_scratch.0.clone();
         std::fs::create_dir_all(lower.join("var/lib/feather/vms")).unwrap();
         std::fs::create_dir_all(lower.join("var/lib/other")).unwrap();
         std::fs::create_dir_all(lower.join("srv/real")).unwrap();
@@ -437,7 +431,8 @@ mod tests {
         .iter()
         .map(PathBuf::from)
         .collect();
-        let other = scratch("other");
+        let other_scratch = feather_testkit::ScratchDir::new("hiding-layer-other");
+        let other = other_scratch.0.clone();
         let layer = HidingLayer::build(&[(lower.as_path(), folders), (other.as_path(), vec![])])
             .unwrap()
             .unwrap();
@@ -480,8 +475,6 @@ mod tests {
         assert!(HidingLayer::build(&[(lower.as_path(), vec![])])
             .unwrap()
             .is_none());
-        std::fs::remove_dir_all(&lower).unwrap();
-        std::fs::remove_dir_all(&other).unwrap();
     }
 
     /// What a tree holds, every path under `dir` (sorted, relative).
@@ -510,7 +503,8 @@ mod tests {
     /// shows what the lower holds there. Without the layer, the same overlay shows the secret.
     #[test]
     fn no_removal_making_or_renaming_in_the_overlay_shows_a_hidden_folder() {
-        let dir = scratch("overlay");
+        let scratch = feather_testkit::ScratchDir::new("hiding-layer-overlay");
+        let dir = scratch.0.clone();
         for sub in [
             "lower/srv/root/vms",
             "lower/mnt",
@@ -624,6 +618,5 @@ mod tests {
         assert_eq!(renamed_above, Err(Some(libc::EXDEV)));
         assert_eq!(seen[3], ["mnt", "mnt2", "srv", "srv/kept", "srv/moved"]);
         assert_eq!(seen[4], seen[3]);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

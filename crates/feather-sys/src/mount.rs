@@ -657,8 +657,8 @@ mod tree_tests {
             );
         }
 
-        let dir =
-            std::env::temp_dir().join(format!("feather-lower-overlay-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("lower-overlay");
+        let dir = scratch.0.clone();
         let [top, bottom] = ["top", "bottom"].map(|n| dir.join(n));
         for folder in [&top, &bottom] {
             std::fs::create_dir_all(folder).unwrap();
@@ -677,7 +677,6 @@ mod tree_tests {
             .map(|fd| std::io::read_to_string(std::fs::File::from(fd)))
         });
         drop(merged);
-        std::fs::remove_dir_all(&dir).unwrap();
         let read = read.expect("the overlay of lower layers mounts");
         assert!(
             !matches!(&read, Ok(Ok(data)) if !data.is_empty()),
@@ -691,7 +690,8 @@ mod tree_tests {
     #[test]
     fn an_upper_folder_is_in_use_while_any_overlay_of_it_lives() {
         use std::path::Path;
-        let dir = std::env::temp_dir().join(format!("feather-probe-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("probe");
+        let dir = scratch.0.clone();
         let [lower, upper, work, merged] =
             ["lower", "upper", "work", "merged"].map(|n| dir.join(n));
         for folder in [&lower, &upper, &work, &merged] {
@@ -743,7 +743,6 @@ mod tree_tests {
         drop(held);
         // The last hold of a lazily unmounted overlay is let go as its file closes.
         let free = probe(&upper);
-        let _ = std::fs::remove_dir_all(&dir);
         assert!(!fresh.0.unwrap(), "a fresh folder is free");
         assert!(
             mounted.0.unwrap(),

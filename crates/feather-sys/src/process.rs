@@ -893,7 +893,8 @@ mod tests {
     /// spaces and parentheses (a VM's program chooses its name).
     #[test]
     fn start_ticks_reads_past_a_command_name_with_parentheses() {
-        let dir = std::env::temp_dir().join(format!("feather-ticks-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("ticks");
+        let dir = scratch.0.clone();
         fs::create_dir_all(&dir).unwrap();
         let program = dir.join("a) 1 2 (b");
         std::os::unix::fs::symlink("/bin/sleep", &program).unwrap();
@@ -915,7 +916,6 @@ mod tests {
         let found = start_ticks(pid);
         child.kill().unwrap();
         child.wait().unwrap();
-        fs::remove_dir_all(&dir).unwrap();
         assert!(whole.contains("(a) 1 2 (b)"), "{whole}");
         assert_eq!(found, Some(expected));
     }

@@ -96,30 +96,27 @@ pub fn relay_available(from: BorrowedFd, to: BorrowedFd) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use feather_testkit::ScratchDir;
     use std::fs::{self, File};
     use std::os::unix::fs::symlink;
     use std::path::PathBuf;
 
-    /// A stand-in for a VM's root under the temp dir, removed on drop: the VM's root decides
+    /// A stand-in for a VM's root, a scratch folder removed on drop (also when the test fails): the VM's root decides
     /// every entry of it but its devpts mount.
-    struct FakeRoot(PathBuf);
+    struct FakeRoot(ScratchDir);
 
     impl FakeRoot {
         fn new(label: &str) -> FakeRoot {
-            let dir = std::env::temp_dir().join(format!("pty-{label}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).unwrap();
-            FakeRoot(dir)
+            FakeRoot(ScratchDir::new(&format!("pty-{label}")))
+        }
+
+        /// `path` in the root.
+        fn join(&self, path: &str) -> PathBuf {
+            self.0 .0.join(path)
         }
 
         fn open_pair(&self) -> Result<(PtyMaster, OwnedFd)> {
-            open_pair_beneath(&File::open(&self.0).unwrap())
-        }
-    }
-
-    impl Drop for FakeRoot {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
+            open_pair_beneath(&File::open(&self.0 .0).unwrap())
         }
     }
 
@@ -129,25 +126,25 @@ mod tests {
     #[test]
     fn links_and_stand_ins_in_a_vms_tree_lead_to_no_terminal() {
         let root = FakeRoot::new("links");
-        symlink("/dev", root.0.join("dev")).unwrap();
+        symlink("/dev", root.join("dev")).unwrap();
         assert!(root.open_pair().is_err(), "followed dev → the host's /dev");
-        fs::remove_file(root.0.join("dev")).unwrap();
-        fs::create_dir(root.0.join("dev")).unwrap();
-        symlink("/dev/pts", root.0.join("dev/pts")).unwrap();
+        fs::remove_file(root.join("dev")).unwrap();
+        fs::create_dir(root.join("dev")).unwrap();
+        symlink("/dev/pts", root.join("dev/pts")).unwrap();
         assert!(root.open_pair().is_err(), "followed dev/pts → the host's");
-        fs::remove_file(root.0.join("dev/pts")).unwrap();
-        fs::create_dir(root.0.join("dev/pts")).unwrap();
-        symlink("/dev/pts/ptmx", root.0.join("dev/pts/ptmx")).unwrap();
+        fs::remove_file(root.join("dev/pts")).unwrap();
+        fs::create_dir(root.join("dev/pts")).unwrap();
+        symlink("/dev/pts/ptmx", root.join("dev/pts/ptmx")).unwrap();
         assert!(
             root.open_pair().is_err(),
             "followed dev/pts/ptmx → the host's"
         );
-        fs::remove_file(root.0.join("dev/pts/ptmx")).unwrap();
-        fs::write(root.0.join("dev/pts/ptmx"), "").unwrap();
+        fs::remove_file(root.join("dev/pts/ptmx")).unwrap();
+        fs::write(root.join("dev/pts/ptmx"), "").unwrap();
         assert!(root.open_pair().is_err(), "a plain file passed for a ptmx");
-        fs::remove_file(root.0.join("dev/pts/ptmx")).unwrap();
+        fs::remove_file(root.join("dev/pts/ptmx")).unwrap();
         nix::unistd::mkfifo(
-            &root.0.join("dev/pts/ptmx"),
+            &root.join("dev/pts/ptmx"),
             nix::sys::stat::Mode::from_bits_truncate(0o666),
         )
         .unwrap();

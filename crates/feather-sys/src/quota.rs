@@ -118,7 +118,8 @@ mod tests {
     /// not a fault.
     #[test]
     fn a_folder_takes_the_inherit_flag_and_the_quota_state_is_read() {
-        let path = std::env::temp_dir().join(format!("feather-quota-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("quota");
+        let path = scratch.0.join("project");
         std::fs::create_dir(&path).unwrap();
         let dir = std::fs::File::open(&path).unwrap();
         let outcome = raw::fs_get_xattr(dir.as_fd()).map(|_| {

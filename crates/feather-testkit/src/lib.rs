@@ -6,8 +6,8 @@
 //! rewritten as a crafted checkpoint would have them ([`criu_image`], over protobuf's wire format: [`protobuf`]).
 //!
 //! It is a dev-dependency only: of `feather` (whose test crates are tests/functional,
-//! tests/security and tests/web), `feather-oci` (tests/oci and its unit tests) and
-//! `feather-confine`, `feather-sys` and `feather-vm` (their unit tests). Product code never depends on
+//! tests/security and tests/web), `feather-oci` (tests/oci and its unit tests) and the other
+//! crates' unit tests (their scratch folders are [`ScratchDir`]s). Product code never depends on
 //! it, which is why feather-migrate's `mount_images` reads CRIU's mount images with a reader
 //! of its own: that one judges an image from a checkpoint or a sender, so it is bounded
 //! (`MAX_IMAGE`), decodes only `MntEntry`, and returns errors; the walkers here rewrite images

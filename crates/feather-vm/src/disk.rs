@@ -461,8 +461,8 @@ mod tests {
     /// gets the flag, and a link's target none.
     #[test]
     fn every_folder_an_import_brought_inherits_its_project_and_no_link_is_followed() {
-        let dir = std::env::temp_dir().join(format!("feather-hold-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let scratch = feather_testkit::ScratchDir::new("hold");
+        let dir = scratch.0.clone();
         let staging = dir.join("staging");
         for folder in [
             "upper/etc/deep/deeper",
@@ -485,7 +485,6 @@ mod tests {
         };
         if flag(&staging).is_err() {
             eprintln!("the temporary folder's filesystem has no project attributes: skipped");
-            fs::remove_dir_all(&dir).unwrap();
             return;
         }
         let held = hold_layers(&staging, 0);
@@ -500,7 +499,6 @@ mod tests {
         .map(|folder| (folder, flag(&staging.join(folder)).unwrap()))
         .collect();
         let outside = flag(&dir.join("outside")).unwrap();
-        fs::remove_dir_all(&dir).unwrap();
         held.unwrap();
         assert!(inherit.iter().all(|(_, on)| *on), "{inherit:?}");
         assert!(!outside, "the folder a link named took the flag");

@@ -705,7 +705,8 @@ mod tests {
     /// filesystem is not the overlay's.
     #[test]
     fn the_search_finds_each_way_a_process_holds_an_overlays_file_and_no_other() {
-        let dir = std::env::temp_dir().join(format!("feather-holders-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("holders");
+        let dir = scratch.0.clone();
         let [lower, upper, work, merged] =
             ["lower", "upper", "work", "merged"].map(|n| dir.join(n));
         for folder in [&lower, &upper, &work, &merged] {
@@ -795,7 +796,6 @@ mod tests {
             let _ = child.wait();
         }
         let _ = nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_dir_all(&dir);
         assert!(complete);
         let found: Vec<(i32, String)> = found.into_iter().map(|h| (h.host_pid, h.what)).collect();
         assert_eq!(

@@ -596,8 +596,8 @@ mod tests {
 
     #[test]
     fn a_layers_list_longer_than_a_dump_writes_is_refused_unread() {
-        let dir = std::env::temp_dir().join(format!("feather-layers-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let scratch = feather_testkit::ScratchDir::new("layers");
+        let dir = scratch.0.clone();
         fs::create_dir_all(&dir).unwrap();
         let longest = vec![b' '; MAX_LAYERS as usize];
         fs::write(dir.join(LAYERS), &longest).unwrap();
@@ -608,7 +608,6 @@ mod tests {
         let longest_read = read_layers(&dir, &"web", Reading::Restore, &nowhere);
         fs::write(dir.join(LAYERS), [longest.as_slice(), b" "].concat()).unwrap();
         let longer_read = read_layers(&dir, &"web", Reading::Restore, &nowhere);
-        let _ = fs::remove_dir_all(&dir);
         // The longest a dump writes is read (and refused only as not a list).
         let e = longest_read.unwrap_err().to_string();
         assert!(e.contains("is not a list") && !e.contains("longer"), "{e}");
@@ -618,8 +617,8 @@ mod tests {
 
     #[test]
     fn a_record_that_is_a_link_or_a_fifo_is_refused_without_waiting_or_following() {
-        let dir = std::env::temp_dir().join(format!("feather-records-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let scratch = feather_testkit::ScratchDir::new("records");
+        let dir = scratch.0.clone();
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("target"), "2\n").unwrap();
         std::os::unix::fs::symlink(dir.join("target"), dir.join("link")).unwrap();
@@ -631,7 +630,6 @@ mod tests {
         let plain = read_at_most(&dir.join("target"), 16);
         let link = read_at_most(&dir.join("link"), 16);
         let fifo = read_at_most(&dir.join("fifo"), 16);
-        let _ = fs::remove_dir_all(&dir);
         assert_eq!(plain.unwrap(), Some(b"2\n".to_vec()));
         assert!(link.is_err(), "a link was followed");
         assert!(fifo.is_err(), "a FIFO was read");

@@ -926,26 +926,15 @@ mod tests {
         assert_eq!(unescape(name.as_bytes()).unwrap(), path);
     }
 
-    /// A folder of its own in the temporary folder, removed with what is in it (after the
-    /// mounts in it, which are declared after it).
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(label: &str) -> Scratch {
-            let dir = std::env::temp_dir().join(format!("lowers-{label}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(dir.join("mnt")).unwrap();
-            Scratch(dir)
-        }
+    /// A folder of the test's own holding `mnt`, removed with what is in it when dropped, also
+    /// when the test fails (after the mounts in it, which are declared after it).
+    fn scratch(label: &str) -> ScratchDir {
+        let scratch = ScratchDir::new(&format!("lowers-{label}"));
+        fs::create_dir_all(scratch.0.join("mnt")).unwrap();
+        scratch
     }
 
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
-    use feather_testkit::TmpfsMount;
+    use feather_testkit::{ScratchDir, TmpfsMount};
 
     /// A layer at `mount_point` over the base `base` (its own folders never used here).
     fn layer_over(base: &Path, mount_point: &str) -> Layer {
@@ -971,7 +960,7 @@ mod tests {
     /// M3 b).
     #[test]
     fn a_layer_the_record_does_not_name_is_not_read() {
-        let scratch = Scratch::new("unnamed");
+        let scratch = scratch("unnamed");
         let base = &scratch.0;
         let root = layer_over(base, "/");
         let seen = SeenLowers::now(base, std::slice::from_ref(&root)).unwrap();
@@ -986,7 +975,7 @@ mod tests {
     /// left out of the record, and read unchecked whatever was there later (review gl27 M3 c).
     #[test]
     fn a_lower_that_could_not_be_opened_at_the_start_is_never_read() {
-        let scratch = Scratch::new("unopened");
+        let scratch = scratch("unopened");
         let base = &scratch.0;
         let long = format!("/mnt/{}", "x".repeat(300));
         let layer = layer_over(base, &long);
@@ -1003,7 +992,7 @@ mod tests {
     /// Before, a record of another boot was not checked at all (review gl27 M3 a).
     #[test]
     fn a_record_of_another_boot_tells_the_filesystem_by_its_handle() {
-        let scratch = Scratch::new("boot");
+        let scratch = scratch("boot");
         let base = &scratch.0;
         let mut layers = vec![layer_over(base, "/"), layer_over(base, "/mnt/t")];
         let first = TmpfsMount::at(&base.join("mnt/t"));
@@ -1125,7 +1114,7 @@ mod tests {
     /// refuses B. Before, the record was written at once, and named B (review lowers28 L3).
     #[test]
     fn a_failed_starts_record_replaces_nothing() {
-        let scratch = Scratch::new("pending");
+        let scratch = scratch("pending");
         let base = &scratch.0;
         let root = StateRoot::new(Some(base.join("state")));
         let config: VmConfig = toml::from_str(&format!(
@@ -1165,7 +1154,7 @@ mod tests {
     /// known to have seen. Before, every lower was read unchecked (review lowers28 L4).
     #[test]
     fn without_a_record_only_the_root_layers_lower_is_read() {
-        let scratch = Scratch::new("norecord");
+        let scratch = scratch("norecord");
         let base = &scratch.0;
         let lower = fs::File::open(base).unwrap();
         let root = layer_over(base, "/");
@@ -1182,7 +1171,7 @@ mod tests {
     /// VM saw. Before, only the mount id was (review lowers28 L5).
     #[test]
     fn a_lower_folder_made_anew_on_the_same_mount_is_not_read() {
-        let scratch = Scratch::new("anew");
+        let scratch = scratch("anew");
         let base = &scratch.0;
         fs::create_dir(base.join("mnt/d")).unwrap();
         let layer = layer_over(base, "/mnt/d");
@@ -1198,7 +1187,7 @@ mod tests {
     /// (the one first recorded then refused); one init could not read is refused.
     #[test]
     fn the_record_takes_what_init_pinned() {
-        let scratch = Scratch::new("pinned");
+        let scratch = scratch("pinned");
         let base = &scratch.0;
         let layers = [layer_over(base, "/"), layer_over(base, "/mnt/t")];
         let a = TmpfsMount::at(&base.join("mnt/t"));
@@ -1256,7 +1245,7 @@ mod tests {
     /// layer was read unchecked (review gl27 M3).
     #[test]
     fn an_unreadable_record_refuses_every_layer() {
-        let scratch = Scratch::new("unreadable");
+        let scratch = scratch("unreadable");
         let base = &scratch.0;
         let file = base.join("lowers.json");
         fs::write(&file, "{not json").unwrap();
@@ -1273,7 +1262,7 @@ mod tests {
     /// device, the root's inode): before, only those were compared (review f27 N6).
     #[test]
     fn from_another_namespace_a_fresh_tmpfs_is_told_from_the_one_seen() {
-        let scratch = Scratch::new("namespace");
+        let scratch = scratch("namespace");
         let base = &scratch.0;
         let layer = layer_over(base, "/mnt/t");
         let first = TmpfsMount::at(&base.join("mnt/t"));
@@ -1296,7 +1285,7 @@ mod tests {
     /// filesystem at the layer's place later was read as the one the VM saw (review gl27 L3).
     #[test]
     fn a_layer_over_the_stand_in_for_a_vanished_filesystem_is_recorded_over_nothing() {
-        let scratch = Scratch::new("vanished");
+        let scratch = scratch("vanished");
         let base = &scratch.0;
         fs::create_dir(base.join("vanished-lower")).unwrap();
         let layer = Layer {

@@ -170,7 +170,8 @@ mod tests {
 
     #[test]
     fn a_link_on_the_way_is_refused_and_named() {
-        let dir = std::env::temp_dir().join(format!("feather-ro-{}", std::process::id()));
+        let scratch = feather_testkit::ScratchDir::new("ro");
+        let dir = scratch.0.clone();
         std::fs::create_dir_all(dir.join("real")).unwrap();
         let _ = std::os::unix::fs::symlink("/etc", dir.join("out"));
         let _ = std::os::unix::fs::symlink("real", dir.join("inside"));
@@ -180,7 +181,6 @@ mod tests {
             resolve(&dir, &[PathBuf::from("/real")], &[]).unwrap(),
             vec![PathBuf::from("/real")]
         );
-        std::fs::remove_dir_all(&dir).unwrap();
         assert!(out.contains("symbolic link"), "{out}");
         assert!(inside.contains("symbolic link"), "{inside}");
     }

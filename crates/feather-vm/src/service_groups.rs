@@ -426,8 +426,8 @@ mod tests {
 
     #[test]
     fn groups_are_saved_parents_first_with_their_processes_in_the_vm_and_their_settings() {
-        let dir = std::env::temp_dir().join(format!("feather-saved-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let scratch = feather_testkit::ScratchDir::new("saved");
+        let dir = scratch.0.clone();
         fs::create_dir_all(dir.join("b.service/inner")).unwrap();
         fs::create_dir_all(dir.join("a.service")).unwrap();
         // A VM's init (pid 1 in a namespace below ours), and this test, which has no number
@@ -444,7 +444,6 @@ mod tests {
         fs::write(dir.join("a.service/cpu.cfs_quota_us"), "50000\n").unwrap();
         fs::write(dir.join("a.service/cpu.cfs_period_us"), "100000\n").unwrap();
         let saved = save(&"vm", &dir);
-        let _ = fs::remove_dir_all(&dir);
         let paths: Vec<&Path> = saved.iter().map(|g| g.path.as_path()).collect();
         assert_eq!(
             paths,
@@ -480,8 +479,8 @@ mod tests {
 
     #[test]
     fn a_setting_feather_never_saves_is_refused() {
-        let dir = std::env::temp_dir().join(format!("feather-groups-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let scratch = feather_testkit::ScratchDir::new("groups");
+        let dir = scratch.0.clone();
         fs::create_dir_all(&dir).unwrap();
         let group = SavedGroup {
             path: "x.service".into(),
@@ -490,7 +489,6 @@ mod tests {
         };
         let e = recreate(&"vm", &dir, &[group]).unwrap_err();
         let made = dir.join("x.service").exists();
-        let _ = fs::remove_dir_all(&dir);
         assert!(e.to_string().contains("which feather never saves"), "{e}");
         assert!(!made, "the group was made before its settings were checked");
     }
