@@ -1634,6 +1634,9 @@ impl Keeper {
                 }
             },
             Err(e) => {
+                // Before the answer: a failed checkpoint leaves nothing set aside once it is
+                // told (the replaced one's removal may still run beside the failed dump).
+                snapshot::remove_stale(&self.vm, &self.stale_removal);
                 let _ = protocol::write_response(
                     stream,
                     &Response::Error {
@@ -1643,7 +1646,6 @@ impl Keeper {
                 if let Some(frozen) = undecided {
                     self.settle_source_copy(stream, frozen, &netns, locked.get());
                 }
-                snapshot::remove_stale(&self.vm, &self.stale_removal);
                 Answered::Done
             }
         }
