@@ -12,7 +12,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path};
 
 use feather_sys::lookup::{Lookup, Step, UsersMount};
-use feather_sys::user_mounts::{self, UsersMountPoints};
+use feather_sys::user_mounts::UsersMountPoints;
 
 use crate::error::{Error, IoContext, Result, RootFault};
 
@@ -198,12 +198,10 @@ fn untrusted_root(root: &Path, folder: &Path, why: Untrusted, fault: RootFault) 
 }
 
 /// What makes a folder or link of a root's lookup one a user other than root could change:
-/// a mount whose owners a user decides, whatever it reports, a mount point a user may mount
-/// on (`users_points`), or what it reports.
+/// a mount point a user may mount on (`users_points`), or what it reports. (A mount whose
+/// owners a user decides, whatever it reports, never reaches here: the walk itself ends at
+/// it, before it is asked anything, and [`judged`] refuses it.)
 fn untrusted(step: &Step, the_root: bool, users_points: &UsersMountPoints) -> Option<Untrusted> {
-    if let Some(why) = step.mount.as_ref().and_then(user_mounts::set_by_a_user) {
-        return Some(Untrusted::Mount(why));
-    }
     if step.meta.is_dir() {
         if let Some(why) = users_points.at(&step.path) {
             return Some(Untrusted::Mount(why));
