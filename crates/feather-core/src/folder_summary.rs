@@ -32,7 +32,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::{DirBuilderExt, DirEntryExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, DirEntryExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -255,15 +255,10 @@ fn summary_of(folder: &Path, seen: &Seen) -> Option<Vec<(String, String)>> {
 /// The summary's bytes, where it is a plain file of `folder`'s owner that no one else can
 /// write (never through a link, nor waited on if a FIFO).
 fn read_summary(folder: &Path) -> Option<Vec<u8>> {
-    let path = folder.join(SUMMARY_DIR).join(SUMMARY_FILE);
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .ok()?;
+    let file = crate::small_file::open(&folder.join(SUMMARY_DIR).join(SUMMARY_FILE)).ok()?;
     let meta = file.metadata().ok()?;
     let owner = fs::metadata(folder).ok()?.uid();
-    if !meta.is_file() || meta.uid() != owner || meta.mode() & 0o022 != 0 {
+    if meta.uid() != owner || meta.mode() & 0o022 != 0 {
         return None;
     }
     let mut text = Vec::new();
