@@ -68,6 +68,15 @@ impl Pooled {
         panic!("no run took a VM the pool showed ready: {tries:?}");
     }
 
+    /// A root whose pool holds one VM, none made yet: its size written as `pool --size 1`
+    /// would, without the fill that command starts (the test makes what it needs first).
+    fn of_one_unfilled(label: &str) -> Pooled {
+        let mut pool = Pooled::new(label, 0);
+        fs::write(pool.feather.root.join("pool/size"), "1\n").unwrap();
+        pool.size = 1;
+        pool
+    }
+
     /// A state root as a user's first command finds it: no pool setting, so the default's
     /// (one VM, made by the fill of the root's first `run --rm`).
     fn by_default(label: &str) -> Pooled {
@@ -514,9 +523,7 @@ fn a_long_run_from_the_pool_holds_no_inotify_instance() {
 #[test]
 fn a_run_from_the_pool_does_not_wait_for_its_root_watch_to_close() {
     let cgroups_before = support::feather_cgroups();
-    let mut pool = Pooled::new("pool-watch-close", 0);
-    fs::write(pool.feather.root.join("pool/size"), "1\n").unwrap();
-    pool.size = 1;
+    let pool = Pooled::of_one_unfilled("pool-watch-close");
     let mut hold = support::RecordHold::root_watch_close("pool-watch-close");
     let (variable, file) = hold.env();
     // Its pooled VMs' keepers are given the hook by the fill that starts them.
@@ -990,9 +997,7 @@ fn keeper_of(pool: &Pooled, name: &str) -> i32 {
 /// pool gives the command the umask and limits of its own caller, as a cold run does (F1).
 #[test]
 fn the_pool_carries_nothing_of_the_caller_that_filled_it() {
-    let mut pool = Pooled::new("pool-attributes", 0);
-    fs::write(pool.feather.root.join("pool/size"), "1\n").unwrap();
-    pool.size = 1;
+    let pool = Pooled::of_one_unfilled("pool-attributes");
     let fill_from = |script: &str| {
         let status = Command::new("sh")
             .args(["-c", script, "sh", Feather::bin()])
@@ -1595,9 +1600,7 @@ impl Hook {
 /// callers as low.
 #[test]
 fn a_fill_that_finds_another_at_work_waits_and_replaces_its_lowered_vm() {
-    let mut pool = Pooled::new("pool-fill-waits", 0);
-    fs::write(pool.feather.root.join("pool/size"), "1\n").unwrap();
-    pool.size = 1;
+    let pool = Pooled::of_one_unfilled("pool-fill-waits");
     let mut hook = Hook::held("pool-fill-waits");
     let fill = |script: &str| pool.fill_in_shell(script);
     let mut lowered = pool.fill_held("ulimit -n 200; exec \"$@\"", &hook);
@@ -2030,9 +2033,7 @@ fn a_root_with_policy_rules_is_claimed_from_through_a_symbolic_link() {
 /// waited, which made a pool of 4 back to back 4x slower).
 #[test]
 fn a_fill_that_finds_one_at_work_doing_all_it_would_returns_at_once() {
-    let mut pool = Pooled::new("pool-fill-returns", 0);
-    fs::write(pool.feather.root.join("pool/size"), "1\n").unwrap();
-    pool.size = 1;
+    let pool = Pooled::of_one_unfilled("pool-fill-returns");
     let mut hook = Hook::held("pool-fill-returns");
     let mut at_work = pool.fill_held("exec \"$@\"", &hook);
     let lock = pool.feather.root.join("pool/fill.lock");
@@ -2057,9 +2058,7 @@ fn a_fill_that_finds_one_at_work_doing_all_it_would_returns_at_once() {
 #[test]
 fn a_miss_past_a_vm_not_ready_takes_no_fingerprint() {
     let cgroups_before = support::feather_cgroups();
-    let mut pool = Pooled::new("pool-miss-no-print", 0);
-    fs::write(pool.feather.root.join("pool/size"), "1\n").unwrap();
-    pool.size = 1;
+    let pool = Pooled::of_one_unfilled("pool-miss-no-print");
     // An entry as a fill writes it before it starts the VM: no VM answers for it yet.
     fs::write(pool.feather.root.join("pool/vms/run-notready"), "").unwrap();
     let out = pool
