@@ -431,9 +431,9 @@ fn hold(mount: &MountEntry) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
 /// What existed before CRIU ran, read from the namespace it ran in.
 #[derive(Clone, Debug, Default)]
 pub struct Before {
-    /// The device of every filesystem mounted where CRIU ran, or in the restorer's
+    /// The device and type of every filesystem mounted where CRIU ran, or in the restorer's
     /// namespace when it checks ([`Before::of`]).
-    pub devices: Vec<String>,
+    pub devices: Vec<(String, String)>,
     /// The filesystems the restorer's namespace showed only while CRIU ran: their numbers may
     /// have been freed and handed out again since, so each counts only for a mount showing
     /// the same type and source.
@@ -475,18 +475,18 @@ impl Before {
             true => (&[][..], None),
             false => (&tables.restorers[..], Some(&tables.while_criu_ran)),
         };
-        let mut devices: Vec<String> = tables
+        let mut devices: Vec<(String, String)> = tables
             .where_criu_ran
             .iter()
             .chain(restorers)
-            .map(|m| m.device.clone())
+            .map(|m| (m.device.clone(), m.fs_type.clone()))
             .collect();
         devices.sort();
         devices.dedup();
         let seen_while_criu_ran = while_criu_ran
             .into_iter()
             .flatten()
-            .filter(|seen| devices.binary_search(&seen.device).is_err())
+            .filter(|seen| !devices.iter().any(|(device, _)| *device == seen.device))
             .cloned()
             .collect();
         let peer_groups = tables
@@ -638,7 +638,15 @@ pub fn account(mount: &MountEntry, before: &Before) -> Result<(), String> {
         ));
     }
     let own = before.restorers_own.contains(&mount.id);
-    if before.devices.contains(&mount.device) && !own {
+    // By number and type: a superblock keeps both for its life, so a mount of another type
+    // under a number the tables showed is another filesystem, given the number once it was
+    // freed (a parallel test's tmpfs gone, the VM's fresh mqueue numbered as it was), and is
+    // judged as any fresh mount below.
+    let held_before = before
+        .devices
+        .iter()
+        .any(|(device, fs_type)| *device == mount.device && *fs_type == mount.fs_type);
+    if held_before && !own {
         return Err(format!(
             "the mount at {point} is {shown}, a filesystem mounted on the host before the \
              restore that the restore does not expose"
@@ -794,6 +802,25 @@ mod tests {
         assert_eq!(tree("mqueue"), Ok(()));
         let refusal = tree("tmpfs").unwrap_err();
         assert!(refusal.contains("mounted on the host while"), "{refusal}");
+    }
+
+    /// A fresh filesystem numbered as one of another type the tables showed (a host tmpfs on
+    /// `/run`, 0:24, unmounted between the tables and the restore: its number handed to the
+    /// VM's fresh mqueue) is another filesystem and made anew; a mount of the same type under
+    /// that number is still taken for the host's and refused (CI of session 31: a parallel
+    /// test's tmpfs and a VM's mqueue).
+    #[test]
+    fn a_fresh_filesystem_numbered_as_one_of_another_type_held_before_is_made_anew() {
+        let accounting = before();
+        let tree = |fs: &str| {
+            let text = format!("{RESTORED}520 502 0:24 / /dev/mqueue rw - {fs} {fs} rw\n");
+            feather_sys::mountinfo::parse(&text)
+                .iter()
+                .try_for_each(|m| account(m, &accounting))
+        };
+        assert_eq!(tree("mqueue"), Ok(()));
+        let refusal = tree("tmpfs").unwrap_err();
+        assert!(refusal.contains("mounted on the host before"), "{refusal}");
     }
 
     /// A mount the restorer made in the tree itself (a mask), given a number the host freed
