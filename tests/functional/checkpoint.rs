@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    await_line_server, count, free_port, python_daemon, received_numbers, redis_cli,
-    start_counting, Feather, ScratchBase, LINE_CLIENT, LINE_SERVER,
+    await_line_server, count, python_daemon, received_numbers, redis_cli, start_counting, Feather,
+    ScratchBase, TestPort, LINE_CLIENT, LINE_SERVER,
 };
 
 /// A running VM to checkpoint, without a network of its own (see
@@ -1206,7 +1206,8 @@ fn a_vm_with_a_private_network_comes_back_with_its_address_and_published_port() 
     // Over the host's own root: the VM runs the host's redis-server, listening on TCP.
     let feather = Feather::new("ckpt-net");
     feather.require_criu();
-    let port = free_port();
+    let port_held = TestPort::new();
+    let port = port_held.port;
     feather.ok(&["create", "db", "--publish", &format!("{port}:6379")]);
     feather.ok(&["start", "db"]);
     feather.sh(

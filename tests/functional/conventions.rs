@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::support::{free_port, Feather, LoneFeather, ScratchBase, ScratchDir};
+use crate::support::{Feather, LoneFeather, ScratchBase, ScratchDir, TestPort};
 
 /// Where the README's set-up command installs feather (scripts/install-feather).
 const PREFIX: &str = "/usr/local";
@@ -65,7 +65,8 @@ fn the_readme_examples_run_as_written() {
         "test:\n\t@echo the tests of $(CURDIR) pass\n",
     )
     .unwrap();
-    let port = free_port().to_string();
+    let port_held = TestPort::new();
+    let port = port_held.port.to_string();
     let built = Path::new(Feather::bin()).parent().unwrap();
     let path = format!("{}:{}", built.display(), std::env::var("PATH").unwrap());
 

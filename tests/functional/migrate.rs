@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::support::wire::{self, TamperProxy, Tap, TestCa};
 use crate::support::{
-    await_line_server, count, free_port, python_daemon, received_numbers, redis_cli,
-    start_counting, Feather, ScratchBase, ScratchDir, TestSubnet, LAYER_WRITER, LINE_CLIENT,
-    LINE_SERVER, MEMORY_WRITER,
+    await_line_server, count, python_daemon, received_numbers, redis_cli, start_counting, Feather,
+    ScratchBase, ScratchDir, TestPort, TestSubnet, LAYER_WRITER, LINE_CLIENT, LINE_SERVER,
+    MEMORY_WRITER,
 };
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -659,7 +659,8 @@ fn a_vm_with_a_private_network_migrates_with_its_address_and_published_port() {
     let (source, target) = (Feather::new("mig-net"), Feather::new("mig-net-dst"));
     let subnet = own_subnet();
     let subnet = subnet.cidr.as_str();
-    let port = free_port();
+    let port_held = TestPort::new();
+    let port = port_held.port;
     let (address, digest) = redis_vm(&source, subnet, port);
 
     // The VM publishes a port: the receiver accepts it (security row 66).
@@ -2269,7 +2270,8 @@ fn a_default_vm_keeps_its_address_its_published_port_and_a_lan_client_s_connecti
     let (source, target) = (Feather::new("mig-dflt"), Feather::new("mig-dflt-dst"));
     let subnet = LanHosts::vm_subnet();
     let subnet = subnet.cidr.as_str();
-    let port = free_port();
+    let port_held = TestPort::new();
+    let port = port_held.port;
     let created = TwoHosts::feather(
         &lan.hosts.a,
         &source,

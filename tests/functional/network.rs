@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{bridge_claim, free_port, Feather, HostTraces, ScratchBase, TestSubnet};
+use crate::support::{bridge_claim, Feather, HostTraces, ScratchBase, TestPort, TestSubnet};
 
 fn host_links() -> String {
     let out = Command::new("ip")
@@ -121,9 +121,11 @@ fn vm_nginx(feather: &Feather, vm: &str, content: &str) {
 #[test]
 fn nginx_on_port_80_in_two_vms_and_on_the_host_at_once() {
     let feather = Feather::new("net-nginx");
-    let host_port = free_port();
+    let host_port_held = TestPort::new();
+    let host_port = host_port_held.port;
     let _host = HostNginx::start("net-nginx", host_port, "the host\n");
-    let (publish1, publish2) = (free_port(), free_port());
+    let (publish1_held, publish2_held) = (TestPort::new(), TestPort::new());
+    let (publish1, publish2) = (publish1_held.port, publish2_held.port);
     feather.ok(&["create", "web1", "--publish", &format!("{publish1}:80")]);
     feather.ok(&[
         "create",
@@ -413,7 +415,8 @@ fn a_published_port_already_taken_is_refused() {
     );
 
     // Taken between create and start: start fails, and leaves nothing running.
-    let later = free_port();
+    let later_held = TestPort::new();
+    let later = later_held.port;
     feather.ok(&[
         "create",
         "late",

@@ -919,13 +919,28 @@ pub fn await_line_server(feather: &Feather, vm: &str) {
     });
 }
 
-/// A TCP port free on the host right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A TCP port of 127.0.0.1 that no other test process holds while this one lives, for a
+/// test that must name a port before something listens on it (`--publish`, a server started
+/// later). Taken below the kernel's ephemeral range (`ip_local_port_range`, 32768–60999 here),
+/// so no `bind(0)` and no outgoing connection of another test can land on it between the pick
+/// and its use — a port picked by `bind(0)` and freed could be (the web test's squatter once
+/// raced that way). Held as `TestSubnet` holds a subnet.
+pub struct TestPort {
+    pub port: u16,
+    _held: Held,
+}
+
+impl TestPort {
+    /// A port of 20000–31999 that no test holds and that binds now.
+    pub fn new() -> TestPort {
+        let (port, held) = hold_one_of("ports", "", 20000..32000, |port| {
+            std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok()
+        });
+        TestPort {
+            port: port as u16,
+            _held: held,
+        }
+    }
 }
 
 /// `redis-cli` in network namespace `ns` (None: the test's own), against `host:port`.
@@ -971,36 +986,79 @@ pub fn count(feather: &Feather, vm: &str) -> u64 {
 pub struct TestSubnet {
     /// e.g. "10.79.12.0/24"
     pub cidr: String,
-    _lock: nix::fcntl::Flock<fs::File>,
+    _held: Held,
 }
 
 impl TestSubnet {
     /// A /24 of `first_two.0.0/16` (e.g. "10.79"), its third byte from 1 to 250.
     pub fn of(first_two: &str) -> TestSubnet {
-        use nix::fcntl::{Flock, FlockArg};
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        /// How many subnets this test process has asked for: where the next one's search starts.
-        static ASKED: AtomicUsize = AtomicUsize::new(0);
-        let folder = Path::new("/tmp/feather-tests/subnets");
-        fs::create_dir_all(folder).unwrap();
-        let start = ASKED.fetch_add(1, Ordering::SeqCst) + std::process::id() as usize * 7;
-        for k in (0..250).map(|i| 1 + (start + i) % 250) {
-            let path = folder.join(format!("{first_two}.{k}"));
-            let file = fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .unwrap();
-            if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                return TestSubnet {
-                    cidr: format!("{first_two}.{k}.0/24"),
-                    _lock: lock,
-                };
+        let (k, held) = hold_one_of("subnets", &format!("{first_two}."), 1..251, |_| true);
+        TestSubnet {
+            cidr: format!("{first_two}.{k}.0/24"),
+            _held: held,
+        }
+    }
+}
+
+/// A value held by this test process: an exclusive `flock` on its file, removed when the hold
+/// ends (also by the kernel, if the process is killed; the file then stays until reused).
+struct Held {
+    path: PathBuf,
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+impl Drop for Held {
+    /// Removed while still locked: a process that opened the file before this and locks it
+    /// after finds, by `held_as_named`, that it locked a file no longer under the name.
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// The first value of `values`, searched from a start of this process's own, that no other
+/// test process holds and that `usable` accepts, held on the file
+/// /tmp/feather-tests/`folder`/`prefix``value`.
+fn hold_one_of(
+    folder: &str,
+    prefix: &str,
+    values: std::ops::Range<usize>,
+    usable: impl Fn(usize) -> bool,
+) -> (usize, Held) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    /// How many values this test process has asked for: where the next search starts.
+    static ASKED: AtomicUsize = AtomicUsize::new(0);
+    let folder = Path::new("/tmp/feather-tests").join(folder);
+    fs::create_dir_all(&folder).unwrap();
+    let start = ASKED.fetch_add(1, Ordering::SeqCst) + std::process::id() as usize * 7;
+    let how_many = values.len();
+    for value in (0..how_many).map(|i| values.start + (start + i) % how_many) {
+        let path = folder.join(format!("{prefix}{value}"));
+        if let Some(held) = held_as_named(path) {
+            if usable(value) {
+                return (value, held);
             }
         }
-        panic!("every /24 of {first_two}.0.0/16 is held by another test");
     }
+    panic!(
+        "every value of {values:?} under {} is held by another test or in use",
+        folder.display()
+    );
+}
+
+/// `path` locked by this process, if no other holds it and the file locked is still the one
+/// under that name (not one a holder removed as it let go).
+fn held_as_named(path: PathBuf) -> Option<Held> {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::os::unix::fs::MetadataExt;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).ok()?;
+    let named = fs::metadata(&path).ok()?;
+    (named.ino() == lock.metadata().ok()?.ino()).then_some(Held { path, _lock: lock })
 }
 
 /// `feather diff`'s listing without its size column: `A /path` a line, as commit prints it.

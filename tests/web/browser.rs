@@ -13,7 +13,7 @@ use std::process::Command;
 use serde_json::json;
 
 use crate::server::WebServer;
-use crate::support::{Feather, HostDir, ScratchBase};
+use crate::support::{Feather, HostDir, ScratchBase, TestPort};
 
 /// Runs tour `name` of browser.py with `args` (the login URL added); panics with its report.
 fn tour(name: &str, server: &WebServer, mut args: serde_json::Value) {
@@ -419,11 +419,8 @@ fn cookie_catcher() -> (String, std::thread::JoinHandle<String>) {
 fn what_a_server_that_squatted_the_address_left_in_the_browser_is_gone_at_login() {
     let feather = Feather::new("web-squat");
     let profile = HostDir::new("web-squat-profile");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port_held = TestPort::new();
+    let port = port_held.port;
     let profile_path = profile.0.to_str().unwrap().to_owned();
     run_tour("squat", json!({ "port": port, "profile": profile_path }));
     let server = WebServer::start_at(&feather, &format!("127.0.0.1:{port}"));
