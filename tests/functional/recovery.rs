@@ -648,7 +648,7 @@ fn a_set_aside_throw_away_vm_without_its_config_leaves_no_cgroup() {
 }
 
 /// The process a throw-away VM's teardown is handed to (`feather-keeper __finish`: the run's
-/// child, started while the VM boots), among the processes of the host.
+/// child, started once its command runs), among the processes of the host.
 fn finishers_of(run: u32) -> Vec<Pid> {
     std::fs::read_dir("/proc")
         .unwrap()
@@ -664,24 +664,54 @@ fn finishers_of(run: u32) -> Vec<Pid> {
         .collect()
 }
 
-/// The finisher is started while the VM boots, so that its start is not on the way to the exit
-/// status; a run killed before it hands its teardown over leaves it with nothing to do: it ends
-/// at once (the end of its socket), touching nothing, and what the run left is cleaned up as
-/// after any run killed then (the VM shows as crashed; `rm` removes it).
+/// The run's finisher, once it has started it (when its command runs).
+fn the_finisher_of(feather: &Feather, run: u32) -> Pid {
+    feather.eventually("the run has started its finisher", || {
+        finishers_of(run).len() == 1
+    });
+    finishers_of(run)[0]
+}
+
+/// The finisher is started once init has been told Start, so that neither its start nor its
+/// spawn is on the way to the command, nor, for a command that runs longer than the spawn, from
+/// its end to the exit status (a shorter one's end is seen once the spawn has returned): not
+/// while the VM boots, where its exec and C library start took a core from init's last steps
+/// (here the run is held
+/// after its VM is recorded running, before the command starts). A run killed before it hands
+/// its teardown over leaves the finisher with nothing to do: it ends at once (the end of its
+/// socket), touching nothing, and what the run left is cleaned up as after any run killed then
+/// (the VM shows as crashed; `rm` removes it).
 #[test]
 fn a_run_killed_before_its_hand_over_leaves_no_finisher_and_nothing_behind() {
     let feather = Feather::new("finisher-early");
     let base = crate::support::ScratchBase::new("finisher-early");
-    let mut run = feather.spawn_throw_away("tmp", &["--net", "none", "--base", base.as_str()]);
+    let mut before_command = crate::support::RecordHold::before_late_look("finisher-early");
+    let (variable, value) = before_command.env();
+    let mut run = feather
+        .command()
+        .env(variable, value)
+        .args(["run", "--rm", "--net", "none", "--base", base.as_str()])
+        .args(["tmp", "--", "sleep", "60"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    feather.eventually("the run waits before its command starts", || {
+        before_command.awaited()
+    });
+    assert_eq!(
+        finishers_of(run.id()),
+        Vec::<Pid>::new(),
+        "the run started no finisher while its VM started"
+    );
+    before_command.release();
+    let finisher = the_finisher_of(&feather, run.id());
     let info = feather.inspect("tmp");
     let id = info["config"]["id"].as_str().unwrap().to_owned();
     let init = Pid::from_raw(info["state"]["init_pid"].as_i64().unwrap() as i32);
     let groups = crate::support::VmGroups::of(&id);
-    let finishers = finishers_of(run.id());
-    assert_eq!(finishers.len(), 1, "the run started its finisher ahead");
     kill(Pid::from_raw(run.id() as i32), Signal::SIGKILL).unwrap();
     let _ = run.wait();
-    feather.eventually("the finisher ends with the run", || !alive(finishers[0]));
+    feather.eventually("the finisher ends with the run", || !alive(finisher));
     feather.eventually("its init is gone with its keeper", || !alive(init));
     // As after any run killed before its teardown: the VM shows as crashed, and `rm` removes
     // what it left.
@@ -703,9 +733,13 @@ fn a_run_killed_before_its_hand_over_leaves_no_finisher_and_nothing_behind() {
     }
 }
 
-/// A finisher started ahead and killed while its VM runs (an administrator's `kill`, the OOM
-/// killer) is not there for the hand-over: the run starts another one then, and its VM is
-/// still torn down whole once it reports the command's exit status.
+/// A finisher started while the command runs and killed then (an administrator's `kill`, the
+/// OOM killer) is not there for the hand-over: the run starts another one then, and its VM is
+/// still torn down whole once it reports the command's exit status. The other one is seen by
+/// the root's `teardown.log`, which a finisher opens at its start, before its wait (the run
+/// opens it only when that first start fails, which is past here): removed once the first
+/// finisher is gone, it is there again once the teardown is done only if a finisher started
+/// after that, not if the run tore its VM down itself.
 #[test]
 fn a_finisher_killed_while_its_vm_runs_is_replaced_at_the_hand_over() {
     let feather = Feather::new("finisher-killed");
@@ -716,10 +750,13 @@ fn a_finisher_killed_while_its_vm_runs_is_replaced_at_the_hand_over() {
         .unwrap()
         .to_owned();
     let groups = crate::support::VmGroups::of(&id);
-    let early = finishers_of(run.id());
-    assert_eq!(early.len(), 1, "the run started its finisher ahead");
-    kill(early[0], Signal::SIGKILL).unwrap();
-    feather.eventually("the finisher started ahead is gone", || !alive(early[0]));
+    let early = the_finisher_of(&feather, run.id());
+    kill(early, Signal::SIGKILL).unwrap();
+    feather.eventually("the finisher started with the command is gone", || {
+        !alive(early)
+    });
+    let teardown_log = feather.root.join("teardown.log");
+    let _ = std::fs::remove_file(&teardown_log);
 
     feather.ok(&["stop", "tmp"]);
     let out = run.wait_with_output().unwrap();
@@ -735,6 +772,10 @@ fn a_finisher_killed_while_its_vm_runs_is_replaced_at_the_hand_over() {
     feather.eventually("the VM's folders are removed", || {
         empty("vms") && empty("run") && groups.present().is_empty()
     });
+    assert!(
+        teardown_log.exists(),
+        "the run started another finisher at the hand-over (it opens the root's teardown.log)"
+    );
     assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
 }
 

@@ -3,22 +3,29 @@
 //!
 //! ```text
 //! front (run --rm, the VM's keeper)                      finisher
-//!   while init finishes its boot: spawns it ───────────▶ waits, holding nothing of the VM's
+//!   init told Start, the command runs: spawns it ──────▶ waits, holding nothing of the VM's
 //!   the VM's end: sets it aside; HandOver ─────────────▶ takes the keeper lock, the VM's mount
 //!                                                        namespace and its layer in memory
 //!   closes its own copies, exits (end of the socket) ──▶ lets go of them (the VM's tree is
 //!                                                        unmounted), removes the rest
-//!   ends without a hand-over (killed, a failed start) ─▶ ends at once, having done nothing
+//!   ends without a hand-over (killed) ─────────────────▶ ends at once, having done nothing
 //! ```
 //!
-//! Started ahead, its spawn and exec (a vfork whose child resets every signal's action, then
-//! the dynamic loader: 0.1–0.15 ms of the front's time, 0.45 ms of CPU) are off the way from
-//! the command's end to the exit status. Until the hand-over it holds nothing of the VM's, the
-//! keeper lock included (which comes with the hand-over): a front whose start fails removes
-//! what it made at once, as before (a finisher holding the lock made that removal pass the VM
-//! over), and what a front killed before the hand-over leaves is what it left before the
-//! finisher was started ahead: a VM whose keeper is gone, or a set-aside one whose lock is
-//! free, which the next feather command cleans up ([`crate::lifecycle::settle_throw_aways`]).
+//! Started once the command runs, when the front only waits: its spawn (a vfork whose child
+//! resets every signal's action, then the exec; 0.2–0.3 ms of the front's time) and its start
+//! (the static C library's, 0.55 ms of CPU here, most of it `cpuid` trapping to the hypervisor)
+//! are not on the way to the command's start, nor on the way from its end to the exit status
+//! for a command that runs longer than the spawn (the front looks for init's end once the spawn
+//! has returned: a shorter command's exit status waits for it), while a core is free (on a busy
+//! host its exec competes with init as Start wakes it).
+//! Started while init finished its boot (until session 32) they took one of the host's cores
+//! from init's last steps, and the vfork held the keeper's main thread 3.5–11 ms under load;
+//! started at the hand-over, the spawn is on the way to the exit status (docs/design.md, "Where
+//! a `run --rm` starts its finisher"). Until the hand-over it holds nothing of the VM's, the
+//! keeper lock included (which comes with the hand-over): what a front killed before the
+//! hand-over leaves is what it left before there was a finisher: a VM whose keeper is gone, or
+//! a set-aside one whose lock is free, which the next feather command cleans up
+//! ([`crate::lifecycle::settle_throw_aways`]).
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};

@@ -173,9 +173,9 @@ pub struct Keeper {
     lock: File,
     /// A throw-away VM's layer in memory (see [`layers::MemoryLayer`]), held for the VM's life.
     memory_layer: Option<layers::MemoryLayer>,
-    /// The process the teardown will be handed to ([`hands_off`]), started while init finished
-    /// its boot (see [`crate::finisher`]); `None` if it could not be started then (it is
-    /// started at the hand-over), and for every other keeper.
+    /// The process the teardown will be handed to ([`hands_off`]), started once the VM's
+    /// command runs ([`Keeper::serve`]; see [`crate::finisher`]); `None` if it could not be
+    /// started then (it is started at the hand-over), and for every other keeper.
     finisher: Option<Finisher>,
     /// A VM received by a migration: its record as running, being synced while the sender is
     /// asked to let it go; awaited before it runs (see [`Keeper::restore`]).
@@ -514,15 +514,6 @@ impl Keeper {
             let state = running_state(init, memory_recorded);
             Ok(vm.stage_state(&state, recorded)?)
         };
-        // The teardown's finisher, started while init finishes its boot (the front only waits
-        // then): its spawn and exec are off the way from the command's end to the exit status.
-        // Not started, it is at the hand-over. Dropped on a failure below, it ends at once.
-        let mut finisher = None;
-        let start_finisher = || {
-            if hands_off(&config, attached) {
-                finisher = Finisher::start(root, vm, &config.id).ok();
-            }
-        };
         let booted = start_init(
             &name,
             cgroup.as_ref().map(|cgroup| (cgroup, v2_entry)),
@@ -530,7 +521,6 @@ impl Keeper {
             plan,
             stdio,
             &stage,
-            start_finisher,
         )
         .and_then(|started| {
             let listener = listen(vm)?;
@@ -590,7 +580,7 @@ impl Keeper {
             held_mounts: std::cell::Cell::new(held_mounts),
             stale_removal: snapshot::StaleRemoval::default(),
             memory_layer,
-            finisher,
+            finisher: None,
             recording: std::cell::RefCell::new(None),
             replaced_record: std::cell::Cell::new(None),
             root_watch: None,
@@ -977,6 +967,17 @@ impl Keeper {
     /// Serves the control socket until the VM's init exits, then cleans up. `foreground`:
     /// the keeper is the user's `feather run --rm`, and signals it receives go to the workload.
     pub fn serve(mut self, foreground: bool) -> Result<Ended> {
+        // The teardown's finisher, started once init has been told Start: the front then only
+        // waits for the command, and the finisher's spawn (a vfork the front waits for) and its
+        // start (an exec and the static C library's, ~0.55 ms of CPU here) go beside the
+        // command's first steps. The spawn is on this thread, before init's end is looked for:
+        // a command that ends sooner than the spawn (a failed exec, `true`, a busy host) has
+        // its exit status wait for it. Started while init finished its boot, they took a core
+        // from it on the way to Start; started at the hand-over, the spawn was on the way to
+        // every run's exit status (docs/design.md, "Where a `run --rm` starts its finisher").
+        if hands_off(&self.config, foreground) {
+            self.finisher = self.start_finisher_early();
+        }
         let signals = process::block_signals(&HANDLED).in_vm(self.vm.name())?;
         let runs = match &self.hold {
             Some(serve) => {
@@ -1912,7 +1913,7 @@ impl Keeper {
     /// its network's removal, its cgroup's and the unmounting of its tree wait for RCU grace
     /// periods, and its folders' removal for the disk. The VM, whose processes are all gone, is
     /// set aside (renamed: its name is free and `ls` shows it no more), and the process of the
-    /// keeper program started while the VM booted (`__finish`, [`crate::finisher`]) is handed
+    /// keeper program started once the command ran (`__finish`, [`crate::finisher`]) is handed
     /// the rest with the keeper lock, and removes it while this process reports the command's
     /// exit status.
     /// A finisher killed half-way leaves a set-aside VM whose lock is free: the next feather
@@ -1937,15 +1938,16 @@ impl Keeper {
         eprintln!("feather keeper {}: {}", self.vm.name(), causes(e));
     }
 
-    /// Hands the teardown of the VM set aside as `aside` to a finisher: the one started ahead,
-    /// else one started now; done by this process if none takes it. Whether one took it.
+    /// Hands the teardown of the VM set aside as `aside` to a finisher: the one started while
+    /// the command ran, else one started now; done by this process if none takes it. Whether
+    /// one took it.
     fn hand_over_set_aside(&mut self, aside: &VmDir) -> bool {
         let held = Held {
             mounts: self.held_mounts.take(),
             memory_layer: self.memory_layer.take().map(|layer| layer.fd),
         };
-        // The finisher started ahead, else (not started then, or gone since: killed) one
-        // started now.
+        // The finisher started while the command ran, else (not started then, or gone since:
+        // killed) one started now.
         let handed = match self.finisher.take() {
             Some(finisher) => finisher.hand_over(&self.lock, held),
             None => Err(held),
@@ -2052,6 +2054,35 @@ impl Keeper {
             .root()
             .ok_or_else(|| failed(self.vm.name(), "its folder has no parent"))?;
         Finisher::start(&root, &self.vm, &self.config.id)
+    }
+
+    /// [`Keeper::start_finisher`] while the command runs. Failing (a tight `pids.max`, the
+    /// host binary gone), the hand-over tries again; why it failed goes to the root's
+    /// teardown log, not the caller's terminal, as nothing is lost yet.
+    fn start_finisher_early(&self) -> Option<Finisher> {
+        self.start_finisher()
+            .inspect_err(|e| {
+                let note = format!(
+                    "cannot start the teardown's finisher while the command runs (tried again \
+                     at its end): {}",
+                    causes(e)
+                );
+                self.note_in_teardown_log(&note);
+            })
+            .ok()
+    }
+
+    /// Appends `note` to the root's teardown log (`StateRoot::teardown_log`), where a
+    /// finisher writes what it has to say; nothing if it cannot be opened.
+    fn note_in_teardown_log(&self, note: &str) {
+        use std::io::Write as _;
+        let log = self
+            .vm
+            .root()
+            .and_then(|root| root.open_teardown_log().ok());
+        if let Some(mut log) = log {
+            let _ = writeln!(log, "feather keeper {}: {note}", self.vm.name());
+        }
     }
 
     /// Removes what is left of a throw-away VM after its processes: its network (waiting for
@@ -2333,7 +2364,6 @@ fn start_init(
     plan: InitPlan,
     stdio: Option<VmEnds>,
     stage: &(dyn Fn(nix::unistd::Pid) -> Result<Staged> + Sync),
-    meanwhile: impl FnOnce(),
 ) -> Result<(ChildProcess, UnixStream, Staged, Vec<PinnedLower>)> {
     let (mut ours, theirs) = boot::pair().map_err(io(name, "socketpair"))?;
     // The cgroup namespace is entered later, by init itself, once it is inside the VM's group.
@@ -2412,7 +2442,7 @@ fn start_init(
                 source: Box::new(e),
             })
     };
-    match boot_beside(name, &mut ours, place, attach, || stage(pid), meanwhile) {
+    match boot_beside(name, &mut ours, place, attach, || stage(pid)) {
         Ok((staged, pinned)) => Ok((init, ours, staged, pinned)),
         Err(e) => {
             let _ = process::signal(&init.pidfd, Signal::SIGKILL);
@@ -2467,7 +2497,6 @@ fn clone_init(
 /// awaited before NETWORK_READY. Nothing of the VM's runs before the record is committed
 /// (after this, before init's Start), so init need not wait for it; a keeper killed meanwhile
 /// takes init with it and leaves the staged file to the next start's `remove_leftovers`.
-/// `meanwhile` runs here once init has heard NETWORK_READY, while it finishes its boot.
 /// Returns the staged record once init is ready, with what init found beneath the layers as
 /// it mounted them (its first report, once the root is assembled: `layers::PinnedLower`); on
 /// a failure the record is dropped (removed) and the caller ends init.
@@ -2477,7 +2506,6 @@ fn boot_beside<T: Send>(
     place: impl FnOnce() -> Result<()> + Send,
     attach: impl FnOnce() -> Result<()>,
     stage: impl FnOnce() -> Result<T> + Send,
-    meanwhile: impl FnOnce(),
 ) -> Result<(T, Vec<PinnedLower>)> {
     boot::send(ours, &ToInit::Go)
         .map_err(io(name, "init did not start"))
@@ -2498,10 +2526,7 @@ fn boot_beside<T: Send>(
                 boot::send(ours, &ToInit::NetworkReady).map_err(io(name, "init did not start"))
             })
             .map_err(|e| reported_failure(ours, name, e))
-            .and_then(|()| {
-                meanwhile();
-                await_init_report(name, ours)
-            });
+            .and_then(|()| await_init_report(name, ours));
         trace::phase("wait for init to assemble the root");
         let staged = staging
             .join()
@@ -2751,7 +2776,7 @@ mod tests {
                 .map(|()| "staged")
                 .map_err(|_| failed(&named, "init was not told the network is ready"))
         };
-        let staged = boot_beside(&name, &mut ours, || Ok(()), || Ok(()), stage, || {});
+        let staged = boot_beside(&name, &mut ours, || Ok(()), || Ok(()), stage);
         drop(ours);
         init.join().unwrap();
         assert_eq!(staged.unwrap().0, "staged");
@@ -2770,7 +2795,7 @@ mod tests {
             boot::send(&mut theirs, &InitReport::Failed(why)).unwrap();
         });
         let stage = || -> Result<()> { Err(failed(&name, "the disk is full")) };
-        let e = boot_beside(&name, &mut ours, || Ok(()), || Ok(()), stage, || {}).unwrap_err();
+        let e = boot_beside(&name, &mut ours, || Ok(()), || Ok(()), stage).unwrap_err();
         init.join().unwrap();
         assert!(e.to_string().contains("no room for the overlay"), "{e}");
     }
@@ -2785,7 +2810,7 @@ mod tests {
         boot::send(&mut theirs, &InitReport::Failed(why)).unwrap();
         drop(theirs);
         let stage = || -> Result<()> { Ok(()) };
-        let e = boot_beside(&name, &mut ours, || Ok(()), || Ok(()), stage, || {}).unwrap_err();
+        let e = boot_beside(&name, &mut ours, || Ok(()), || Ok(()), stage).unwrap_err();
         assert!(
             e.to_string().contains("cannot enter the VM's cgroup"),
             "{e}"

@@ -119,7 +119,7 @@ fn init(args: InitArgs) -> anyhow::Result<i32> {
 }
 
 /// Finishes a throw-away VM's teardown that the `feather run --rm` which ran it hands over
-/// (feather_vm::finisher: started while the VM boots, it waits for that first), holding its
+/// (feather_vm::finisher: started once the VM's command runs, it waits for that first), holding its
 /// keeper lock, which comes with it, until done; then lingers for the root's network.
 fn finish(args: FinishArgs) -> anyhow::Result<i32> {
     let socket = inherited(args.socket_fd)?;
@@ -137,8 +137,9 @@ fn finish(args: FinishArgs) -> anyhow::Result<i32> {
     if let Ok(log) = root.open_teardown_log() {
         let _ = feather_sys::process::redirect_stderr(&log);
     }
-    // The run ended without handing its teardown over (killed, or its VM never started):
-    // nothing is this process's to do; what is left, the next feather command cleans up.
+    // The run ended without handing its teardown over (killed, or failed, after its VM had
+    // been told Start): nothing is this process's to do; what is left, the next feather
+    // command cleans up.
     let Some((lock, held)) = feather_vm::finisher::await_hand_over(&socket) else {
         return Ok(0);
     };
