@@ -70,6 +70,23 @@ pub fn inside(base: &Path, folder: &Path) -> Option<PathBuf> {
     (!MOUNT_POINTS.iter().any(|m| first.as_os_str() == *m)).then(|| rel.to_path_buf())
 }
 
+/// The folders of `folders` beneath none of the others, in order. Beneath a folder hidden
+/// (under an empty tmpfs) or not found as one (missing, a link, a file) there is nothing left
+/// to hide: init looks up only these (a registered root's `run` is most often in its folder,
+/// and most registered roots are gone).
+pub fn outermost(folders: &[PathBuf]) -> Vec<&Path> {
+    let mut sorted: Vec<&Path> = folders.iter().map(PathBuf::as_path).collect();
+    // By components: whatever sorts between a folder and one beneath it is beneath it too.
+    sorted.sort();
+    let mut kept: Vec<&Path> = Vec::with_capacity(sorted.len());
+    for folder in sorted {
+        if !kept.last().is_some_and(|above| folder.starts_with(above)) {
+            kept.push(folder);
+        }
+    }
+    kept
+}
+
 /// Why a state folder could not be hidden in a running VM.
 #[derive(Debug, thiserror::Error)]
 pub enum HidingError {
@@ -241,6 +258,34 @@ pub fn is_hiding_mount(mount: &feather_sys::mountinfo::MountEntry) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_outermost_state_folders_are_looked_up() {
+        let folders: Vec<PathBuf> = [
+            "/tmp/a/run",
+            "/var/lib/feather",
+            "/tmp/a",
+            "/tmp/a-b/run",
+            "/tmp/a-b",
+            "/tmp/ab/c",
+            "/tmp/a/run/deeper",
+            "/tmp/abc/run",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        let expected: Vec<&Path> = [
+            "/tmp/a",
+            "/tmp/a-b",
+            "/tmp/ab/c",
+            "/tmp/abc/run",
+            "/var/lib/feather",
+        ]
+        .iter()
+        .map(Path::new)
+        .collect();
+        assert_eq!(outermost(&folders), expected);
+    }
 
     /// What the kernel says of the mount table of a process that let go of its namespaces
     /// (here a zombie; a VM's init being torn down is one for a while before it is a zombie)

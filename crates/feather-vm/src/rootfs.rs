@@ -578,8 +578,8 @@ pub const HOLD_AFTER_MOUNTS_FOUND: &str = "FEATHER_TEST_HOLD_AFTER_MOUNTS_FOUND"
 
 /// This namespace's mount table.
 fn own_mounts() -> Result<Vec<feather_sys::mountinfo::MountEntry>> {
-    let table = Path::new("/proc/self/mountinfo");
-    let text = fs::read(table).map_err(io_failed("read", table))?;
+    let table = Path::new(feather_sys::mountinfo::OWN_TABLE);
+    let text = feather_sys::mountinfo::read_table(table).map_err(io_failed("read", table))?;
     Ok(feather_sys::mountinfo::parse(text))
 }
 
@@ -705,7 +705,7 @@ fn hide_state_folders(plan: &RootfsPlan) -> Result<()> {
         Mode::empty(),
     )
     .map_err(|errno| failed("open", root, errno))?;
-    for folder in &plan.hidden {
+    for folder in hiding::outermost(&plan.hidden) {
         if let Some(rel) = hiding::inside(&plan.base, folder) {
             mount::hide_beneath(&root_fd, &rel)
                 .map_err(|errno| failed("hide", &root.join(&rel), errno))?;
