@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 /// The caller's mount table.
 pub const OWN_TABLE: &str = "/proc/self/mountinfo";
 
-/// What [`read_table`] asks the kernel for at once: a table of a hundred mounts or so.
-const TABLE_READ: usize = 16 * 1024;
+/// The room [`read_table`] makes before its first read: a table of a hundred mounts or so.
+const TABLE_ROOM: usize = 16 * 1024;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct MountEntry {
@@ -40,12 +40,14 @@ pub fn mounts() -> std::io::Result<Vec<MountEntry>> {
     Ok(parse(read_table(Path::new(OWN_TABLE))?))
 }
 
-/// The text of the mount table at `path` (a `/proc/<pid>/mountinfo`), read in pieces of
-/// [`TABLE_READ`] bytes. procfs gives the file no size, so `fs::read` reads it in pieces that
-/// start at 32 bytes and double: eight reads for a table of 30 mounts, and a start reads the
-/// table several times.
+/// The text of the mount table at `path` (a `/proc/<pid>/mountinfo`) into a buffer with room
+/// for [`TABLE_ROOM`] bytes from the start. procfs gives the file no size, so `fs::read` starts
+/// with an empty buffer, which `read_to_end` probes with a read of 32 bytes and then grows by
+/// doubling, one read per size: eight reads for a table of 30 mounts, and a start reads the
+/// table several times. With room made, each read takes what procfs has ready (about a page
+/// of text), and a table of a few KiB takes two reads: its text and its end.
 pub fn read_table(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut text = Vec::with_capacity(TABLE_READ);
+    let mut text = Vec::with_capacity(TABLE_ROOM);
     fs::File::open(path)?.read_to_end(&mut text)?;
     Ok(text)
 }

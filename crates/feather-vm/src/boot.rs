@@ -311,6 +311,33 @@ mod tests {
         ));
     }
 
+    /// A packet of a line of [`MAX_LINE`] bytes and its line end is read whole; one byte more
+    /// is refused as too long (the buffer a packet is read into is sized from its peeked
+    /// length, at most one byte past the longest).
+    #[test]
+    fn the_longest_line_is_read_and_one_byte_more_refused() {
+        let (mut keeper, mut init) = pair().unwrap();
+        let go = serde_json::to_vec(&ToInit::Go).unwrap();
+        // JSON allows leading blanks: the message is still GO, the packet as long as asked.
+        let padded = |line_length: usize| {
+            let mut packet = vec![b' '; line_length - go.len()];
+            packet.extend_from_slice(&go);
+            packet.push(b'\n');
+            packet
+        };
+        let longest = padded(MAX_LINE);
+        assert_eq!(longest.len(), MAX_LINE + 1);
+        assert_eq!(keeper.write(&longest).unwrap(), longest.len());
+        expect(&mut init, ToInit::Go).unwrap();
+        let too_long = padded(MAX_LINE + 1);
+        assert_eq!(keeper.write(&too_long).unwrap(), MAX_LINE + 2);
+        let error = expect(&mut init, ToInit::Go).unwrap_err();
+        assert!(error.to_string().contains("a line of more than"), "{error}");
+        // The refused packet was taken off the queue: the next one is read.
+        send(&mut keeper, &ToInit::Start).unwrap();
+        expect(&mut init, ToInit::Start).unwrap();
+    }
+
     /// Init that fails before it read GO sends its reason and exits with GO unread in its
     /// queue; the kernel then reports a reset to the keeper before init's packet, which the
     /// start must still report (review start29 M1: it said "Connection reset by peer").

@@ -124,20 +124,20 @@ pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
         std::process::exit(1);
     }
     trace::init_step("wait for GO");
-    let filters = match prepare(&plan, &mut keeper) {
-        Ok(filters) => filters,
-        Err(why) => {
-            report_failure(&mut keeper, &why);
-            std::process::exit(1);
-        }
-    };
     let resumed = Resumed {
         workload: plan.workload.clone(),
         grace_ms: plan.grace.as_millis() as u64,
         allow_userns: plan.seccomp.allow_userns,
         disk_quota: plan.seccomp.disk_quota,
     };
-    if plan.rootfs.init_files.is_empty() {
+    let filters = match prepare(&plan, &resumed, &mut keeper) {
+        Ok(filters) => filters,
+        Err(why) => {
+            report_failure(&mut keeper, &why);
+            std::process::exit(1);
+        }
+    };
+    if !plan.rootfs.reexecutes() {
         // A foreground run's command may end at once, and init's end would map again the code
         // a release gave back: init waits until it has been quiet a while (see `idle`).
         let quiet = if plan.attached {
@@ -219,7 +219,8 @@ pub fn resume(keeper: UnixStream, resumed: Resumed) -> ! {
 }
 
 /// [`resume`], giving the program's pages back when `quiet` says (see `idle`). `compiled`: the
-/// VM's seccomp filters, if init compiled them before it re-executed (or did not need to).
+/// VM's seccomp filters of `resumed`'s profile, if init compiled them already: only an init
+/// that does not re-execute can have (see [`prepare`]); `None` has them compiled here.
 fn serve(
     mut keeper: UnixStream,
     resumed: Resumed,
@@ -350,10 +351,11 @@ fn compile_filters(
 }
 
 /// Everything before init re-executes itself: the cgroup view, the root, the network, the
-/// Landlock domain. Returns the VM's seccomp filters, compiled on the way unless init
-/// re-executes.
+/// Landlock domain. Returns the VM's seccomp filters of `resumed`'s profile (the one the
+/// spawner is handed too), compiled on the way unless init re-executes.
 fn prepare(
     plan: &InitPlan,
+    resumed: &Resumed,
     keeper: &mut UnixStream,
 ) -> Result<Option<feather_confine::seccomp::Compiled>, InitError> {
     // Every VM is a session of its own, led by its init: nothing of it belongs to a session
@@ -370,8 +372,8 @@ fn prepare(
     // While the keeper attaches the network, which init waits for next: the filters depend on
     // the VM's profile only. An init that re-executes compiles them after (its new program
     // cannot take them over).
-    let filters = (plan.rootfs.init_files.is_empty())
-        .then(|| compile_filters(plan.seccomp))
+    let filters = (!plan.rootfs.reexecutes())
+        .then(|| compile_filters(resumed.seccomp()))
         .transpose()?;
     // Until the old root is detached (an RCU grace period, on a thread of init's), only steps
     // that resolve no path follow: the wait for the network, the cgroup namespace, the
