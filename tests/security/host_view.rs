@@ -2153,16 +2153,7 @@ fn a_root_under_a_read_only_path_is_hidden_when_another_root_holds_the_base() {
         "the inner root was registered"
     );
     let vms = Feather::new("host-view-ro-vm");
-    vms.ok(&[
-        "create",
-        "vm",
-        "--base",
-        base.as_str(),
-        "--net",
-        "none",
-        "--ro",
-        "/data",
-    ]);
+    vms.create_over("vm", &base, &["--net", "none", "--ro", "/data"]);
     // Registered after the create, as a root made later is.
     outer.ok(&["ls"]);
     vms.ok(&["start", "vm"]);
