@@ -151,7 +151,9 @@ pub fn receive<T: for<'de> Deserialize<'de>>(
 /// message of a few bytes (GO, START) does not clear and fault in a buffer of [`MAX_LINE`]
 /// (init's heap pages, shared with the keeper's since the clone, are each copied on the
 /// first write). One byte more than the longest packet at most: a longer one fills that
-/// buffer, and is taken from the queue all the same. Empty once the peer has closed.
+/// buffer, and is taken from the queue all the same. Empty once the peer has closed. The peek
+/// and the read are two calls: sound only with one reader of the socket at a time (init, then
+/// the keeper), and only on a socket of [`pair`] (a stream socket would read as closed).
 fn read_packet(from: &mut (impl Read + AsFd)) -> std::io::Result<Vec<u8>> {
     use nix::sys::socket::{recv, MsgFlags};
     use std::os::fd::AsRawFd;
