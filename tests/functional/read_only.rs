@@ -21,17 +21,7 @@ fn a_filesystem_under_a_read_only_path_unmounted_while_the_vm_starts_is_passed_o
     let gone = base.mount_tmpfs("data/gone");
     let kept = base.mount_tmpfs("data/kept");
     fs::write(kept.join("file"), "on tmpfs\n").unwrap();
-    let options = [
-        "create",
-        "vm",
-        "--base",
-        base.as_str(),
-        "--net",
-        "none",
-        "--ro",
-        "/data",
-    ];
-    feather.ok(&options);
+    feather.create_over("vm", &base, &["--net", "none", "--ro", "/data"]);
     let mut hold = RecordHold::after_mounts_found("ro-vanished");
     let start = hold.start(&feather, "vm");
     for at in [&gone, &kept] {
@@ -208,16 +198,7 @@ fn a_link_put_in_place_of_a_read_only_path_after_create_is_not_followed_at_start
     let feather = Feather::new("ro-swapped");
     let base = ScratchBase::new("ro-swapped");
     base.write("data/file", "base\n");
-    feather.ok(&[
-        "create",
-        "vm",
-        "--base",
-        base.as_str(),
-        "--net",
-        "none",
-        "--ro",
-        "/data",
-    ]);
+    feather.create_over("vm", &base, &["--net", "none", "--ro", "/data"]);
     // Whoever can change the base makes the path a link out of it, to the host's own /etc.
     fs::rename(base.file("data"), base.file("data.old")).unwrap();
     symlink("/etc", base.file("data")).unwrap();

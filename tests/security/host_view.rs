@@ -2132,3 +2132,31 @@ fn an_ended_private_tmp_units_namespace_keeps_proc_sys_read_only_and_its_masks()
         );
     }
 }
+
+/// A root registered at a folder that holds a VM's base, with another root's folder inside the
+/// base under the VM's read-only path: that folder stays hidden on the read-only bind, which
+/// shows the base as it is, not through the layers' hiding. The outer folder is outside the
+/// VM's view and hides nothing; it made init pass over the one beneath it (review initfront32
+/// M1).
+#[test]
+fn a_root_under_a_read_only_path_is_hidden_when_another_root_holds_the_base() {
+    let outer = Feather::new("host-view-ro-outer");
+    let mut base = crate::support::ScratchBase::new("host-view-ro-outer");
+    let tree = outer.root.join("tree");
+    fs::rename(&base.path, &tree).unwrap();
+    base.path = tree;
+    fs::create_dir_all(base.file("data/c")).unwrap();
+    let inner = Feather::at(base.file("data/c"));
+    inner.ok(&["ls"]);
+    assert!(
+        inner.root.join("run").is_dir(),
+        "the inner root was registered"
+    );
+    let vms = Feather::new("host-view-ro-vm");
+    vms.create_over("vm", &base, &["--net", "none", "--ro", "/data"]);
+    // Registered after the create, as a root made later is.
+    outer.ok(&["ls"]);
+    vms.ok(&["start", "vm"]);
+    assert_eq!(vms.sh("vm", "ls -A /data/c; echo end"), "end\n");
+    vms.ok(&["stop", "vm"]);
+}

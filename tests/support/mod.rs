@@ -101,11 +101,16 @@ impl Feather {
         file
     }
 
-    /// Creates VM `vm` over `base` (with `options` such as limits) and starts it.
-    pub fn start_over(&self, vm: &str, base: &ScratchBase, options: &[&str]) {
+    /// Creates VM `vm` over `base` (with `options` such as limits).
+    pub fn create_over(&self, vm: &str, base: &ScratchBase, options: &[&str]) {
         let mut args = vec!["create", vm, "--base", base.as_str()];
         args.extend_from_slice(options);
         self.ok(&args);
+    }
+
+    /// Creates VM `vm` over `base` (with `options` such as limits) and starts it.
+    pub fn start_over(&self, vm: &str, base: &ScratchBase, options: &[&str]) {
+        self.create_over(vm, base, options);
         self.ok(&["start", vm]);
     }
 

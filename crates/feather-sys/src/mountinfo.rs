@@ -1,7 +1,14 @@
 //! Reading /proc/self/mountinfo: which filesystems are mounted where.
 
 use std::fs;
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// The caller's mount table.
+pub const OWN_TABLE: &str = "/proc/self/mountinfo";
+
+/// The room [`read_table`] makes before its first read: a table of a hundred mounts or so.
+const TABLE_ROOM: usize = 16 * 1024;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct MountEntry {
@@ -30,7 +37,19 @@ pub struct MountEntry {
 
 /// The mounts of the caller's mount namespace, in mount order.
 pub fn mounts() -> std::io::Result<Vec<MountEntry>> {
-    Ok(parse(fs::read("/proc/self/mountinfo")?))
+    Ok(parse(read_table(Path::new(OWN_TABLE))?))
+}
+
+/// The text of the mount table at `path` (a `/proc/<pid>/mountinfo`) into a buffer with room
+/// for [`TABLE_ROOM`] bytes from the start. procfs gives the file no size, so `fs::read` starts
+/// with an empty buffer, which `read_to_end` probes with a read of 32 bytes and then grows by
+/// doubling, one read per size: eight reads for a table of 30 mounts, and a start reads the
+/// table several times. With room made, each read takes what procfs has ready (about a page
+/// of text), and a table of a few KiB takes two reads: its text and its end.
+pub fn read_table(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut text = Vec::with_capacity(TABLE_ROOM);
+    fs::File::open(path)?.read_to_end(&mut text)?;
+    Ok(text)
 }
 
 /// Parses mountinfo text (proc(5)): `id parent major:minor root mount-point options

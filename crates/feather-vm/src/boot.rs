@@ -15,6 +15,7 @@
 //! is told to be reinstalled together rather than misread.
 
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 
 use serde::{Deserialize, Serialize};
@@ -107,7 +108,7 @@ pub fn pair() -> std::io::Result<(UnixStream, UnixStream)> {
 /// A packet is refused (EMSGSIZE) when longer than its sender's send buffer, which
 /// `net.core.wmem_default` sizes (a host may lower it below a [`MAX_LINE`] packet): each end's
 /// is set to hold the longest (review start29 L1). Root sets it past `wmem_max` too.
-fn room_for_the_longest_packet(end: &impl std::os::fd::AsFd) -> std::io::Result<()> {
+fn room_for_the_longest_packet(end: &impl AsFd) -> std::io::Result<()> {
     use nix::sys::socket::{getsockopt, setsockopt, sockopt};
     // Twice the packet: the kernel counts its bookkeeping against the buffer too (and
     // doubles what is set, reporting the doubled size).
@@ -122,18 +123,16 @@ fn room_for_the_longest_packet(end: &impl std::os::fd::AsFd) -> std::io::Result<
 
 /// Reads one message from a socket of [`pair`]: one packet, one line.
 pub fn receive<T: for<'de> Deserialize<'de>>(
-    from: &mut impl Read,
+    from: &mut (impl Read + AsFd),
     expected: &'static str,
 ) -> Result<T, BootError> {
-    // One byte more than the longest packet: a longer one fills the buffer.
-    let mut packet = vec![0u8; MAX_LINE + 2];
     let mut reset_seen = false;
     loop {
-        match from.read(&mut packet) {
-            Ok(0) => return Err(BootError::Closed { expected }),
-            Ok(read) if read > MAX_LINE + 1 => return Err(too_long(expected)),
-            Ok(read) => {
-                let line = &packet[..read];
+        match read_packet(from) {
+            Ok(packet) if packet.is_empty() => return Err(BootError::Closed { expected }),
+            Ok(packet) if packet.len() > MAX_LINE + 1 => return Err(too_long(expected)),
+            Ok(packet) => {
+                let line = packet.as_slice();
                 return parse(line.strip_suffix(b"\n").unwrap_or(line), expected);
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -146,6 +145,27 @@ pub fn receive<T: for<'de> Deserialize<'de>>(
             Err(source) => return Err(BootError::Io { expected, source }),
         }
     }
+}
+
+/// The next packet, read into a buffer of its size: its length is peeked first, so that a
+/// message of a few bytes (GO, START) does not clear and fault in a buffer of [`MAX_LINE`]
+/// (init's heap pages, shared with the keeper's since the clone, are each copied on the
+/// first write). One byte more than the longest packet at most: a longer one fills that
+/// buffer, and is taken from the queue all the same. Empty once the peer has closed. The peek
+/// and the read are two calls: sound only with one reader of the socket at a time (init, then
+/// the keeper), and only on a socket of [`pair`] (a stream socket would read as closed).
+fn read_packet(from: &mut (impl Read + AsFd)) -> std::io::Result<Vec<u8>> {
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let length = recv(
+        from.as_fd().as_raw_fd(),
+        &mut [],
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC,
+    )?;
+    let mut packet = vec![0u8; length.min(MAX_LINE + 1) + 1];
+    let read = from.read(&mut packet)?;
+    packet.truncate(read);
+    Ok(packet)
 }
 
 /// Reads one message from a byte stream (the keeper's report pipe): byte by byte up to its
@@ -215,7 +235,7 @@ pub fn send_pinned(
 /// Reads what [`send_pinned`] sent, whole, as one [`FromInitBoot::Pinned`]; any other report
 /// (init's failure) as it came.
 pub fn receive_pinned(
-    from: &mut impl Read,
+    from: &mut (impl Read + AsFd),
     expected: &'static str,
 ) -> Result<FromInitBoot, BootError> {
     let mut all = Vec::new();
@@ -232,7 +252,7 @@ pub fn receive_pinned(
 }
 
 /// Reads one [`ToInit`] and checks it is `want`.
-pub fn expect(from: &mut impl Read, want: ToInit) -> Result<(), BootError> {
+pub fn expect(from: &mut (impl Read + AsFd), want: ToInit) -> Result<(), BootError> {
     let expected = match want {
         ToInit::Go => "go",
         ToInit::NetworkReady => "network_ready",
@@ -291,6 +311,33 @@ mod tests {
             expect(&mut reexecuted, ToInit::Go),
             Err(BootError::Closed { expected: "go" })
         ));
+    }
+
+    /// A packet of a line of [`MAX_LINE`] bytes and its line end is read whole; one byte more
+    /// is refused as too long (the buffer a packet is read into is sized from its peeked
+    /// length, at most one byte past the longest).
+    #[test]
+    fn the_longest_line_is_read_and_one_byte_more_refused() {
+        let (mut keeper, mut init) = pair().unwrap();
+        let go = serde_json::to_vec(&ToInit::Go).unwrap();
+        // JSON allows leading blanks: the message is still GO, the packet as long as asked.
+        let padded = |line_length: usize| {
+            let mut packet = vec![b' '; line_length - go.len()];
+            packet.extend_from_slice(&go);
+            packet.push(b'\n');
+            packet
+        };
+        let longest = padded(MAX_LINE);
+        assert_eq!(longest.len(), MAX_LINE + 1);
+        assert_eq!(keeper.write(&longest).unwrap(), longest.len());
+        expect(&mut init, ToInit::Go).unwrap();
+        let too_long = padded(MAX_LINE + 1);
+        assert_eq!(keeper.write(&too_long).unwrap(), MAX_LINE + 2);
+        let error = expect(&mut init, ToInit::Go).unwrap_err();
+        assert!(error.to_string().contains("a line of more than"), "{error}");
+        // The refused packet was taken off the queue: the next one is read.
+        send(&mut keeper, &ToInit::Start).unwrap();
+        expect(&mut init, ToInit::Start).unwrap();
     }
 
     /// Init that fails before it read GO sends its reason and exits with GO unread in its

@@ -70,6 +70,27 @@ pub fn inside(base: &Path, folder: &Path) -> Option<PathBuf> {
     (!MOUNT_POINTS.iter().any(|m| first.as_os_str() == *m)).then(|| rel.to_path_buf())
 }
 
+/// The state folders `folders` that a VM over `base` sees (see [`inside`]), relative to its
+/// root, each beneath none of the others, in order: what init hides. Beneath a folder hidden
+/// (under an empty tmpfs) or not found as one (missing, a link, a file) there is nothing left
+/// to hide, so init looks up only these (a registered root's `run` is most often in its
+/// folder, and most registered roots are gone). Which folders the VM sees is settled first: a
+/// folder that holds the base is outside the VM's view and hides nothing, and those beneath
+/// it inside the base must still be hidden (review initfront32 M1: a `--ro` bind of the base
+/// showed them).
+pub fn to_hide(base: &Path, folders: &[PathBuf]) -> Vec<PathBuf> {
+    let mut seen: Vec<PathBuf> = folders.iter().filter_map(|f| inside(base, f)).collect();
+    // By components: whatever sorts between a folder and one beneath it is beneath it too.
+    seen.sort();
+    let mut kept: Vec<PathBuf> = Vec::with_capacity(seen.len());
+    for folder in seen {
+        if !kept.last().is_some_and(|above| folder.starts_with(above)) {
+            kept.push(folder);
+        }
+    }
+    kept
+}
+
 /// Why a state folder could not be hidden in a running VM.
 #[derive(Debug, thiserror::Error)]
 pub enum HidingError {
@@ -212,7 +233,9 @@ pub fn in_vm(
     }
     // Bytes: a VM with a host filesystem layered at a path that is not UTF-8 has a mount
     // table that is not text.
-    let mountinfo = std::fs::read(format!("/proc/{pid}/mountinfo")).map_err(HidingError::Mounts)?;
+    let mountinfo =
+        feather_sys::mountinfo::read_table(Path::new(&format!("/proc/{pid}/mountinfo")))
+            .map_err(HidingError::Mounts)?;
     let hidden: Vec<PathBuf> = feather_sys::mountinfo::parse(&mountinfo)
         .into_iter()
         .filter(|m| m.fs_type == "tmpfs")
@@ -241,6 +264,48 @@ pub fn is_hiding_mount(mount: &feather_sys::mountinfo::MountEntry) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn paths(list: &[&str]) -> Vec<PathBuf> {
+        list.iter().map(PathBuf::from).collect()
+    }
+
+    #[test]
+    fn only_the_outermost_state_folders_are_looked_up() {
+        let folders = paths(&[
+            "/tmp/a/run",
+            "/var/lib/feather",
+            "/tmp/a",
+            "/tmp/a-b/run",
+            "/tmp/a-b",
+            "/tmp/ab/c",
+            "/tmp/a/run/deeper",
+            "/tmp/abc/run",
+            "/run/feather",
+        ]);
+        let expected = paths(&[
+            "tmp/a",
+            "tmp/a-b",
+            "tmp/ab/c",
+            "tmp/abc/run",
+            "var/lib/feather",
+        ]);
+        assert_eq!(to_hide(Path::new("/"), &folders), expected);
+    }
+
+    /// A root registered at a folder that holds the VM's base, with another root's folder
+    /// inside the base: the outer one is outside the VM's view, and the inner one must still be
+    /// hidden (a `--ro` bind of the base, which bypasses the overlay's hiding layer, showed
+    /// it: review initfront32 M1).
+    #[test]
+    fn a_state_folder_in_the_base_is_hidden_beneath_one_that_holds_the_base() {
+        let folders = paths(&["/srv/x", "/srv/x/tree/data/c", "/srv/x/tree/data/c/run"]);
+        let base = Path::new("/srv/x/tree");
+        assert_eq!(to_hide(base, &folders), paths(&["data/c"]));
+        assert_eq!(
+            to_hide(Path::new("/srv/x"), &folders),
+            paths(&["tree/data/c"])
+        );
+    }
 
     /// What the kernel says of the mount table of a process that let go of its namespaces
     /// (here a zombie; a VM's init being torn down is one for a while before it is a zombie)

@@ -124,17 +124,20 @@ pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
         std::process::exit(1);
     }
     trace::init_step("wait for GO");
-    if let Err(why) = prepare(&plan, &mut keeper) {
-        report_failure(&mut keeper, &why);
-        std::process::exit(1);
-    }
     let resumed = Resumed {
         workload: plan.workload.clone(),
         grace_ms: plan.grace.as_millis() as u64,
         allow_userns: plan.seccomp.allow_userns,
         disk_quota: plan.seccomp.disk_quota,
     };
-    if plan.rootfs.init_files.is_empty() {
+    let filters = match prepare(&plan, &resumed, &mut keeper) {
+        Ok(filters) => filters,
+        Err(why) => {
+            report_failure(&mut keeper, &why);
+            std::process::exit(1);
+        }
+    };
+    if !plan.rootfs.reexecutes() {
         // A foreground run's command may end at once, and init's end would map again the code
         // a release gave back: init waits until it has been quiet a while (see `idle`).
         let quiet = if plan.attached {
@@ -142,7 +145,7 @@ pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
         } else {
             Quiet::release_first()
         };
-        serve(keeper, resumed, quiet)
+        serve(keeper, resumed, quiet, filters)
     }
     let why = reexecute(&plan, &resumed, &keeper);
     report_failure(&mut keeper, &why);
@@ -212,11 +215,18 @@ pub fn program_files() -> std::io::Result<Vec<std::path::PathBuf>> {
 pub fn resume(keeper: UnixStream, resumed: Resumed) -> ! {
     // Init's steps go on from here (the re-execution itself is not timed).
     trace::begin_init();
-    serve(keeper, resumed, Quiet::release_first())
+    serve(keeper, resumed, Quiet::release_first(), None)
 }
 
-/// [`resume`], giving the program's pages back when `quiet` says (see `idle`).
-fn serve(mut keeper: UnixStream, resumed: Resumed, quiet: Quiet) -> ! {
+/// [`resume`], giving the program's pages back when `quiet` says (see `idle`). `compiled`: the
+/// VM's seccomp filters of `resumed`'s profile, if init compiled them already: only an init
+/// that does not re-execute can have (see [`prepare`]); `None` has them compiled here.
+fn serve(
+    mut keeper: UnixStream,
+    resumed: Resumed,
+    quiet: Quiet,
+    compiled: Option<feather_confine::seccomp::Compiled>,
+) -> ! {
     let _ = nix::sys::prctl::set_name(c"feather-init");
     // The VM's root holds the same capabilities as init: were init dumpable, it could ptrace
     // it or take its descriptors (`/proc/1/fd`, pidfd_getfd) — the exec channel's listener, the
@@ -226,18 +236,17 @@ fn serve(mut keeper: UnixStream, resumed: Resumed, quiet: Quiet) -> ! {
         report_failure(&mut keeper, &InitError::Root(e));
         std::process::exit(1);
     }
-    // Compiled once, before the spawner's fork: the spawner installs these very programs in
-    // every process it makes (it compiled them again before), and compiles its own filter
-    // beside init's next steps.
+    // Compiled once (before the wait for the network, unless init re-executed), before the
+    // spawner's fork: the spawner installs these very programs in every process it makes (it
+    // compiled them again before), and compiles its own filter beside init's next steps.
     let seccomp = resumed.seccomp();
-    let filters = match feather_confine::seccomp::Compiled::new(seccomp) {
+    let filters = match compiled.map_or_else(|| compile_filters(seccomp), Ok) {
         Ok(filters) => filters,
         Err(e) => {
-            report_failure(&mut keeper, &InitError::Confine(e.into()));
+            report_failure(&mut keeper, &e);
             std::process::exit(1);
         }
     };
-    trace::init_step("compile the seccomp filters");
     // The spawner gives its pages back when init does: for a foreground run, not while its
     // command may end at once (reading its smaps and unmapping took CPU from the command).
     let spawner = start_spawner(seccomp, &filters, quiet.clone());
@@ -330,9 +339,25 @@ fn start_spawner(
     }
 }
 
+/// The VM's seccomp filters, compiled once: init installs them, and the spawner installs these
+/// very programs in every process it makes.
+fn compile_filters(
+    profile: feather_confine::seccomp::Profile,
+) -> Result<feather_confine::seccomp::Compiled, InitError> {
+    let filters = feather_confine::seccomp::Compiled::new(profile)
+        .map_err(|e| InitError::Confine(e.into()))?;
+    trace::init_step("compile the seccomp filters");
+    Ok(filters)
+}
+
 /// Everything before init re-executes itself: the cgroup view, the root, the network, the
-/// Landlock domain.
-fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), InitError> {
+/// Landlock domain. Returns the VM's seccomp filters of `resumed`'s profile (the one the
+/// spawner is handed too), compiled on the way unless init re-executes.
+fn prepare(
+    plan: &InitPlan,
+    resumed: &Resumed,
+    keeper: &mut UnixStream,
+) -> Result<Option<feather_confine::seccomp::Compiled>, InitError> {
     // Every VM is a session of its own, led by its init: nothing of it belongs to a session
     // outside (which would also keep it from being checkpointed), and a foreground run's VM has
     // no controlling terminal of the caller's that its processes could open as /dev/tty.
@@ -344,6 +369,12 @@ fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), InitError> {
     // What the layers lie over, as mounted, for the keeper's record (review gl27 L4).
     boot::send_pinned(keeper, pinned).map_err(InitError::Pinned)?;
     trace::init_step("tell the keeper what the layers lie over");
+    // While the keeper attaches the network, which init waits for next: the filters depend on
+    // the VM's profile only. An init that re-executes compiles them after (its new program
+    // cannot take them over).
+    let filters = (!plan.rootfs.reexecutes())
+        .then(|| compile_filters(resumed.seccomp()))
+        .transpose()?;
     // Until the old root is detached (an RCU grace period, on a thread of init's), only steps
     // that resolve no path follow: the wait for the network, the cgroup namespace, the
     // interfaces, the Landlock domain.
@@ -392,7 +423,7 @@ fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), InitError> {
     }
     // The filter and the capability drop come after the re-execution (`resume`), once the
     // spawner is forked.
-    Ok(())
+    Ok(filters)
 }
 
 fn report(keeper: &mut UnixStream, report: InitReport) {

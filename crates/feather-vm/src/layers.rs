@@ -312,12 +312,17 @@ pub fn for_start_in(
             .components()
             .next()
             .is_some_and(|c| OWN_TREES.iter().any(|t| c.as_os_str() == *t));
+        if rel.as_os_str().is_empty() || own_tree || is_api_filesystem(&entry.fs_type) {
+            continue;
+        }
         // Every state root of the host, this one included: what is mounted in them (another
-        // VM's disk image) is hidden from the VM, never one of its layers.
-        let is_state = state_folders
+        // VM's disk image) is hidden from the VM, never one of its layers. Asked last: it
+        // compares the mount with each of the host's state folders (hundreds of registered
+        // roots, against a table of hundreds of mounts, most of them under /proc, /sys, /dev).
+        if state_folders
             .iter()
-            .any(|folder| entry.mount_point.starts_with(folder));
-        if rel.as_os_str().is_empty() || own_tree || is_state || is_api_filesystem(&entry.fs_type) {
+            .any(|folder| entry.mount_point.starts_with(folder))
+        {
             continue;
         }
         let mount_point = Path::new("/").join(rel);

@@ -285,7 +285,8 @@ fn host_mounts(root: &StateRoot) -> Vec<Vec<u8>> {
     // Read as bytes: one mount point that is not UTF-8 made the whole table read as empty,
     // and each line is kept as it is (read lossily, distinct names hashed alike), passed over
     // by its mount point unescaped.
-    let table = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
+    let table = feather_sys::mountinfo::read_table(Path::new(feather_sys::mountinfo::OWN_TABLE))
+        .unwrap_or_default();
     table
         .split(|&b| b == b'\n')
         .filter(|line| {

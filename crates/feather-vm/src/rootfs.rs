@@ -57,6 +57,15 @@ pub struct RootfsPlan {
     pub service_cgroups: Vec<(PathBuf, PathBuf)>,
 }
 
+impl RootfsPlan {
+    /// Whether init re-executes itself from [`RootfsPlan::init_files`] (a kept VM, which must
+    /// refer to no file outside its own mounts to be checkpointed) rather than serve the VM
+    /// as the host's program.
+    pub fn reexecutes(&self) -> bool {
+        !self.init_files.is_empty()
+    }
+}
+
 /// Where init's own program and libraries appear inside the VM.
 pub const INIT_DIR: &str = "/run/.feather-init";
 
@@ -578,9 +587,10 @@ pub const HOLD_AFTER_MOUNTS_FOUND: &str = "FEATHER_TEST_HOLD_AFTER_MOUNTS_FOUND"
 
 /// This namespace's mount table.
 fn own_mounts() -> Result<Vec<feather_sys::mountinfo::MountEntry>> {
-    let table = Path::new("/proc/self/mountinfo");
-    let text = fs::read(table).map_err(io_failed("read", table))?;
-    Ok(feather_sys::mountinfo::parse(text))
+    feather_sys::mountinfo::mounts().map_err(io_failed(
+        "read",
+        Path::new(feather_sys::mountinfo::OWN_TABLE),
+    ))
 }
 
 /// Says on init's stderr (the keeper's log) that the host's filesystem at `vm_path` went while
@@ -705,11 +715,9 @@ fn hide_state_folders(plan: &RootfsPlan) -> Result<()> {
         Mode::empty(),
     )
     .map_err(|errno| failed("open", root, errno))?;
-    for folder in &plan.hidden {
-        if let Some(rel) = hiding::inside(&plan.base, folder) {
-            mount::hide_beneath(&root_fd, &rel)
-                .map_err(|errno| failed("hide", &root.join(&rel), errno))?;
-        }
+    for rel in hiding::to_hide(&plan.base, &plan.hidden) {
+        mount::hide_beneath(&root_fd, &rel)
+            .map_err(|errno| failed("hide", &root.join(&rel), errno))?;
     }
     nix::unistd::chdir("/").map_err(|errno| failed("chdir", Path::new("/"), errno))
 }
