@@ -720,6 +720,7 @@ impl Criu {
                 notify_success: None,
             },
             &mut |script| DumpNote::of_script(script).is_none_or(&mut *on_note),
+            None,
         );
         let _ = criu.wait();
         match answer {
@@ -926,7 +927,21 @@ impl RestoreCall {
     /// once it is answered, cr-restore.c); the caller holds the tree still there
     /// (`feather_confine::held`). Its answer is CRIU's, which detaches either way: a caller
     /// that could not hold the tree still kills it there. Every other hook is answered yes.
-    pub fn restore(mut self, vm: &str, at_pre_resume: &mut dyn FnMut() -> bool) -> Result<i32> {
+    ///
+    /// A CRIU that has not answered within [`restore_patience`] of the images is taken for
+    /// stuck: a lazy restore whose pages stopped coming (the sender gone) fails in CRIU, which
+    /// then waits for good on the restored processes it still traces (zombies of an init
+    /// waiting for them). `end_restored` then kills what CRIU restored (the caller's group:
+    /// killed first, none of it runs untraced), CRIU is killed by its pid `criu` (the caller's
+    /// child, not reaped yet, so the pid is still its), and the restore fails with
+    /// [`MigrateError::CriuSilent`].
+    pub fn restore(
+        mut self,
+        vm: &str,
+        criu: i32,
+        at_pre_resume: &mut dyn FnMut() -> bool,
+        end_restored: &mut dyn FnMut(),
+    ) -> Result<i32> {
         self.channel.criu_started();
         if let Some(opts) = self.request.opts.as_mut() {
             opts.notify_scripts = Some(true);
@@ -935,7 +950,11 @@ impl RestoreCall {
             PRE_RESUME => at_pre_resume(),
             _ => true,
         };
-        let answer = self.channel.call_notified(&self.request, &mut on_notify);
+        let patience = restore_patience(&self.images);
+        let deadline = std::time::Instant::now() + patience;
+        let answer = self
+            .channel
+            .call_notified(&self.request, &mut on_notify, Some(deadline));
         drop(self.images);
         match answer {
             Ok(rpc::Response {
@@ -943,10 +962,46 @@ impl RestoreCall {
                 restore: Some(restored),
                 ..
             }) => Ok(restored.pid),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                end_restored();
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(criu),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                Err(MigrateError::CriuSilent {
+                    vm: vm.to_owned(),
+                    patience,
+                    said: Box::new(failure(vm, "restore", &self.log)),
+                })
+            }
             _ => Err(failure(vm, "restore", &self.log)),
         }
     }
 }
+
+/// How long CRIU may take to restore the images in the folder `images` before it is taken for
+/// stuck ([`RestoreCall::restore`]): [`RESTORE_PATIENCE`], plus the images' bytes (the memory
+/// of a stop-and-copy checkpoint, tmpfs contents) at [`RESTORE_READS_AT_LEAST`].
+pub fn restore_patience(images: &fs::File) -> std::time::Duration {
+    // Listed through the descriptor CRIU is given, whatever its path names now.
+    let bytes: u64 = fs::read_dir(format!("/proc/self/fd/{}", images.as_raw_fd()))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.metadata().ok())
+        .filter(fs::Metadata::is_file)
+        .map(|meta| meta.len())
+        .sum();
+    RESTORE_PATIENCE + std::time::Duration::from_secs(bytes / RESTORE_READS_AT_LEAST)
+}
+
+/// What a restore may take besides reading its images: CRIU restores a VM's processes in well
+/// under a second here, a few seconds on a loaded host.
+pub const RESTORE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The slowest reading of images a restore is given time for, in bytes per second (a slow
+/// disk, or a host busy with other work).
+pub const RESTORE_READS_AT_LEAST: u64 = 16 << 20;
 
 /// Waits until the `criu lazy-pages` started for a lazy restore of `images`
 /// ([`Criu::lazy_pages`]) has said that it listens (its byte in [`LAZY_STATUS`]); a daemon that

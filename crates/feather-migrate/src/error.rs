@@ -32,6 +32,16 @@ pub enum MigrateError {
         log: PathBuf,
     },
 
+    /// CRIU's restore gave no answer in the time it is given ([`crate::criu::restore_patience`])
+    /// and was ended; `said` holds the error lines of its log.
+    #[error("VM {vm}: CRIU did not finish restoring it within {} s (a lazy restore whose sender is gone fails in CRIU, which then waits for good), so CRIU and the processes it restored were ended; nothing of this restore runs", .patience.as_secs())]
+    CriuSilent {
+        vm: String,
+        patience: std::time::Duration,
+        #[source]
+        said: Box<MigrateError>,
+    },
+
     /// tar refused or failed; `why` is its own error output, or what the archive lacks.
     #[error("{what} {}: {why}", .path.display())]
     Archive {

@@ -505,14 +505,24 @@ fn run(
     let mut seen = None;
     // criu is the child: it leaves the group before the group freezes.
     let mut held = None;
-    let restored = call.restore(id, &mut || {
+    let mut at_pre_resume = || {
         let frozen = hold.freeze_or_kill(child.pid.as_raw());
         let answer = frozen.is_ok();
         held = Some(frozen);
         // Last read at pre-resume: every mount of the tree made, none of its tasks run.
         seen = watch.take().map(|watch| watch.and_then(MountWatch::finish));
         answer
-    });
+    };
+    // A CRIU stuck past its time is ended with every process of the container's group.
+    let mut end_restored = || {
+        let _ = hold.kill();
+    };
+    let restored = call.restore(
+        id,
+        child.pid.as_raw(),
+        &mut at_pre_resume,
+        &mut end_restored,
+    );
     // No pre-resume came (CRIU failed): the watcher ended here, not left running.
     if let Some(Ok(watch)) = watch {
         let _ = watch.finish();

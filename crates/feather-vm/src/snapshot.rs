@@ -936,8 +936,17 @@ pub(crate) fn restore_tree(
             held = Some(frozen);
             answer
         };
-        call.restore(name.as_str(), &mut at_pre_resume)
-            .map_err(Into::into)
+        // A CRIU stuck past its time is ended with every process of the VM's group.
+        let mut end_restored = || {
+            let _ = hold.kill();
+        };
+        call.restore(
+            name.as_str(),
+            child.as_raw(),
+            &mut at_pre_resume,
+            &mut end_restored,
+        )
+        .map_err(Into::into)
     });
     // criu swrk ends once it has answered; the restored tree is this process's child.
     let _ = waitpid(child, None);
