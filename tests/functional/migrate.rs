@@ -1066,8 +1066,13 @@ fn a_post_copy_receiver_whose_sender_dies_after_the_freeze_ends_its_restore_and_
     }
     let (received, said) = server.finish();
     assert!(!received, "{said}");
+    // The daemon ends once it has taken the restored tasks' userfaultfds and seen its page
+    // stream gone, before the restore's last word to it (5 runs of 5): CRIU's restore fails,
+    // then waits. Were that word ever sent first, CRIU would succeed and the dead sender end
+    // the migration instead; either way the receiver ends and keeps nothing.
     assert!(
-        said.contains("did not finish restoring it within"),
+        said.contains("did not finish restoring it within")
+            || said.contains("the migration was not completed"),
         "{said}"
     );
     assert!(!criu.0.is_empty(), "the keeper never ran CRIU: {said}");
