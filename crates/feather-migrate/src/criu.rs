@@ -1191,6 +1191,46 @@ fn at_least(version: &str, min: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// A restore whose CRIU never answers fails once its time is up (30 s for images of no
+    /// size), having ended what CRIU restored first, while CRIU still ran (so nothing it
+    /// traced runs untraced), then CRIU itself by its pid. Without the limit it waited for good.
+    #[test]
+    fn a_restore_whose_criu_never_answers_ends_what_it_restored_then_criu() {
+        let images = feather_testkit::ScratchDir::new("criu-silent");
+        let criu = Criu::checked(PathBuf::from("/bin/true"), "4.1.1".into());
+        let folder = fs::File::open(&images.0).unwrap();
+        let log = images.0.join(RESTORE_LOG);
+        let call = criu
+            .restore_call_with(folder, rpc::Opts::default(), log)
+            .unwrap();
+        // CRIU's stand-in holds its end of the channel and never answers.
+        let mut command = std::process::Command::new("sleep");
+        command.arg("600");
+        call.pass_only_to_criu(&mut command, &[]);
+        let mut silent = feather_testkit::Started(command.spawn().unwrap());
+        let criu_pid = silent.0.id() as i32;
+        let mut restored = feather_testkit::Started::spawn("sleep", &["600"]);
+        let mut criu_ran_at_the_end = None;
+        let mut end_restored = || {
+            let state = fs::read_to_string(format!("/proc/{criu_pid}/stat")).unwrap_or_default();
+            criu_ran_at_the_end = Some(!state.contains(") Z"));
+            restored.0.kill().unwrap();
+        };
+        let began = std::time::Instant::now();
+        let error = call
+            .restore("vm", criu_pid, &mut || true, &mut end_restored)
+            .unwrap_err();
+        assert!(matches!(error, MigrateError::CriuSilent { .. }), "{error}");
+        assert!(began.elapsed() >= RESTORE_PATIENCE);
+        assert_eq!(criu_ran_at_the_end, Some(true), "CRIU was ended first");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(silent.0.wait().unwrap().signal(), Some(nix::libc::SIGKILL));
+        assert_eq!(
+            restored.0.wait().unwrap().signal(),
+            Some(nix::libc::SIGKILL)
+        );
+    }
+
     #[test]
     fn post_copy_needs_uffd_and_pipes_that_fit_or_the_shim() {
         let mib = 1 << 20;
