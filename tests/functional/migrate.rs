@@ -781,7 +781,8 @@ fn a_receiver_gone_dark_ends_the_migration_and_the_vm_runs_on_at_the_source() {
     let held = [(variable, value.to_str().unwrap())];
     let server = Server::accepting(&hosts, &target, &held, &["--base", base.as_str()]);
     // Stop-and-copy: the receiver restores from what it holds, so what goes dark is its
-    // conversation alone (a post-copy restore losing its pages is left to hang in CRIU).
+    // conversation alone (a post-copy restore losing its pages fails in CRIU, see
+    // `a_post_copy_receiver_whose_sender_dies_after_the_freeze_ends_its_restore_and_keeps_nothing`).
     let migrating = migrating(&hosts, &source, "vm", &["--mode", "stop-and-copy"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -834,7 +835,7 @@ fn assert_runs_on_at_the_source(failed: &crate::support::Outcome, source: &Feath
 
 /// A process named by its pid and its start time (field 22 of its stat line), which together
 /// name one process for the machine's uptime.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Named {
     pid: u32,
     start_ticks: u64,
@@ -1013,6 +1014,121 @@ fn a_post_copy_receiver_s_page_tunnel_listens_nowhere() {
     assert!(server.wait(), "the receiver ran the VM");
     assert_eq!(target.status("vm"), "running");
     assert!(daemon.ended(), "the daemon fetched every page and ended");
+}
+
+/// A post-copy receiver whose sender dies once the VM is frozen for it (`migrate` SIGKILLed
+/// while the receiving keeper waits before CRIU's restore): the daemon fetching the pages loses
+/// its stream, and CRIU's restore fails ("uffd: Failed sending restore finished indication:
+/// Broken pipe"). Before, that CRIU then waited for good on the restored processes it still
+/// traced (zombies of an init waiting for them), and its keeper and `serve` with it: the VM
+/// read `checkpointed` at the receiver until CRIU was killed by hand. Now the keeper gives CRIU
+/// its time (`feather_migrate::criu::restore_patience`: 30 s for images without memory), then
+/// ends it by its pid with the VM's group; `serve` fails saying so and keeps nothing of the
+/// VM, and the VM runs on at the source.
+#[test]
+fn a_post_copy_receiver_whose_sender_dies_after_the_freeze_ends_its_restore_and_keeps_nothing() {
+    let hosts = TwoHosts::new();
+    let HeldRestore {
+        source,
+        target,
+        base: _base,
+        mut hold,
+        mut server,
+        mut migrating,
+        daemon,
+    } = HeldRestore::start(&hosts, "mig-sender-gone");
+    let keeper = hold.waiter().expect("the restoring keeper waits") as u32;
+    let id = feather_core::StateRoot::new(Some(target.root.clone()))
+        .vm(&"vm".parse().unwrap())
+        .read_config()
+        .unwrap()
+        .id;
+    // What a failed run leaves of the VM's group is removed on drop.
+    let groups = crate::support::VmGroups::of(&id);
+    migrating.kill().unwrap();
+    migrating.wait().unwrap();
+    hold.release();
+    let mut criu = SeenCriu(Vec::new());
+    let deadline = std::time::Instant::now() + RESTORE_ENDS;
+    while server.child.try_wait().unwrap().is_none() {
+        for seen in criu_processes_under(keeper)
+            .into_iter()
+            .filter_map(Named::at)
+        {
+            if !criu.0.contains(&seen) {
+                criu.0.push(seen);
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the receiver still restores after {RESTORE_ENDS:?}: its CRIU waits for good"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (received, said) = server.finish();
+    assert!(!received, "{said}");
+    // The daemon ends once it has taken the restored tasks' userfaultfds and seen its page
+    // stream gone, before the restore's last word to it: CRIU's restore fails, then waits
+    // (every run so far). The daemon connects to its pages only once the restore has
+    // connected to it, so that order cannot be forced from here (waiting for the daemon's end
+    // before the release waits for good). Were the word ever sent first, CRIU would succeed
+    // and the dead sender end the migration instead: that run did not test the limit, and
+    // fails saying so rather than passing.
+    assert!(
+        !said.contains("the migration was not completed"),
+        "CRIU's restore finished before the lazy-pages daemon ended (the race this test relies \
+         on went the other way), so CRIU never waited and its limit was not tested: {said}"
+    );
+    assert!(
+        said.contains("did not finish restoring it within"),
+        "{said}"
+    );
+    assert!(!criu.0.is_empty(), "the keeper never ran CRIU: {said}");
+    assert!(
+        criu.0.iter().all(|c| c.ended()),
+        "CRIU outlived its restore: {:?}",
+        criu.0
+    );
+    assert!(daemon.ended(), "the lazy-pages daemon outlived its serve");
+    assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
+    assert_eq!(
+        groups.present(),
+        Vec::<PathBuf>::new(),
+        "the VM's group stays"
+    );
+    let traces = crate::support::HostTraces::of(&target.root, None);
+    assert!(
+        traces.processes.is_empty() && traces.mounts.is_empty(),
+        "{traces:?}"
+    );
+    source.eventually_within(
+        "the VM runs on at the source",
+        std::time::Duration::from_secs(60),
+        || source.status("vm") == "running",
+    );
+    let resumed = count(&source, "vm");
+    source.eventually("the loop counts on at the source", || {
+        count(&source, "vm") > resumed
+    });
+}
+
+/// How long a receiver whose sender died may take to end its restore: CRIU's 30 s, then the
+/// clean-up, on a loaded host.
+const RESTORE_ENDS: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The CRIU processes a test saw; those still running when it ends (it failed: one waits for
+/// good) are killed by their pid on drop.
+struct SeenCriu(Vec<Named>);
+
+impl Drop for SeenCriu {
+    fn drop(&mut self) {
+        for criu in self.0.iter().filter(|criu| !criu.ended()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(criu.pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 /// A process of the test, killed (by its pid) and reaped on drop.

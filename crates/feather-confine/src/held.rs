@@ -122,6 +122,24 @@ impl Hold {
         frozen
     }
 
+    /// Ends a restore CRIU (`criu`, its pid, not yet reaped) is stuck in, before CRIU itself is
+    /// killed: every process of the restored trees (found as at [`Hold::freeze_or_kill`]) is
+    /// killed through its pidfd, the group's kill not trusted to reach them (review freeze26
+    /// F26-5), then every process of the group. An error when the group's kill failed; the
+    /// trees found were killed all the same.
+    pub fn end_restored(&self, criu: i32) -> io::Result<()> {
+        self.end_restored_found(seized_children(criu))
+    }
+
+    /// [`Hold::end_restored`], the restored inits found as `found` says.
+    fn end_restored_found(&self, found: io::Result<Vec<i32>>) -> io::Result<()> {
+        let trees = found
+            .map(|inits| Pidfds::of_trees_outside(&inits, self))
+            .unwrap_or_default();
+        trees.kill();
+        self.kill()
+    }
+
     /// Whether every thread of the trees under `inits` is in the group (or has ended); an
     /// error naming the first that is not, or saying that no init was found.
     fn holds_trees_of(&self, inits: &[i32]) -> io::Result<()> {
@@ -579,6 +597,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(why.contains("cgroup.freeze"), "{why}");
+        assert_killed(&mut outside);
+    }
+
+    /// A restore ended for CRIU's silence kills the restored tree outside the group through
+    /// its pidfds, also when the group's kill fails (here: the group is gone), and says that
+    /// the kill failed. Before, only the group was killed, and a tree outside it ran on.
+    #[test]
+    fn a_stuck_restore_s_tree_outside_its_group_is_killed() {
+        let (_criu, mut outside, hold) = a_tree_beside_a_group_gone("stuck");
+        let why = hold
+            .end_restored_found(Ok(vec![pid(&outside)]))
+            .unwrap_err()
+            .to_string();
+        assert!(why.contains("cgroup.procs"), "{why}");
         assert_killed(&mut outside);
     }
 

@@ -26,6 +26,9 @@ use serde::{Deserialize, Serialize};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use crate::error::{io_at, MigrateError, Result};
+pub use crate::restore_time::{
+    restore_patience, RESTORE_PATIENCE, RESTORE_READS_AT_LEAST, RESTORE_READS_AT_MOST,
+};
 use crate::rpc;
 
 /// The oldest CRIU that works on this kernel: 3.17 fails on kernels >= 6.13 with "Unexpected
@@ -720,6 +723,7 @@ impl Criu {
                 notify_success: None,
             },
             &mut |script| DumpNote::of_script(script).is_none_or(&mut *on_note),
+            None,
         );
         let _ = criu.wait();
         match answer {
@@ -926,16 +930,46 @@ impl RestoreCall {
     /// once it is answered, cr-restore.c); the caller holds the tree still there
     /// (`feather_confine::held`). Its answer is CRIU's, which detaches either way: a caller
     /// that could not hold the tree still kills it there. Every other hook is answered yes.
-    pub fn restore(mut self, vm: &str, at_pre_resume: &mut dyn FnMut() -> bool) -> Result<i32> {
+    ///
+    /// A CRIU that has not answered within [`restore_patience`] of the images is taken for
+    /// stuck: a lazy restore whose pages stopped coming (the sender gone) fails in CRIU, which
+    /// then waits for good on the restored processes it still traces (zombies of an init
+    /// waiting for them). `end_restored` then kills what CRIU restored (the caller's group and
+    /// the restored trees: killed first, so that none of it runs untraced), CRIU is killed
+    /// through `criu`, its pidfd (whose process is CRIU until reaped, whoever reaps it), and
+    /// the restore fails with [`MigrateError::CriuSilent`].
+    pub fn restore(
+        self,
+        vm: &str,
+        criu: BorrowedFd,
+        at_pre_resume: &mut dyn FnMut() -> bool,
+        end_restored: &mut dyn FnMut() -> std::io::Result<()>,
+    ) -> Result<i32> {
+        let patience = restore_patience(&self.images);
+        self.restore_within(vm, criu, at_pre_resume, end_restored, patience)
+    }
+
+    /// [`RestoreCall::restore`], CRIU given `patience`.
+    fn restore_within(
+        mut self,
+        vm: &str,
+        criu: BorrowedFd,
+        at_pre_resume: &mut dyn FnMut() -> bool,
+        end_restored: &mut dyn FnMut() -> std::io::Result<()>,
+        patience: std::time::Duration,
+    ) -> Result<i32> {
         self.channel.criu_started();
         if let Some(opts) = self.request.opts.as_mut() {
             opts.notify_scripts = Some(true);
         }
-        let mut on_notify = |hook: &str| match hook {
+        let mut on_notify = |script: &str| match script {
             PRE_RESUME => at_pre_resume(),
             _ => true,
         };
-        let answer = self.channel.call_notified(&self.request, &mut on_notify);
+        let deadline = std::time::Instant::now() + patience;
+        let answer = self
+            .channel
+            .call_notified(&self.request, &mut on_notify, Some(deadline));
         drop(self.images);
         match answer {
             Ok(rpc::Response {
@@ -943,8 +977,30 @@ impl RestoreCall {
                 restore: Some(restored),
                 ..
             }) => Ok(restored.pid),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                let unended = end_restored().err().map(|e| e.to_string());
+                let _ = feather_sys::process::signal(&criu, nix::sys::signal::Signal::SIGKILL);
+                Err(MigrateError::CriuSilent {
+                    vm: vm.to_owned(),
+                    patience,
+                    ended: ended_note(unended),
+                    said: Box::new(failure(vm, "restore", &self.log)),
+                })
+            }
             _ => Err(failure(vm, "restore", &self.log)),
         }
+    }
+}
+
+/// What [`MigrateError::CriuSilent`] says was ended, the restored processes' kill having
+/// failed with `unended` or not.
+fn ended_note(unended: Option<String>) -> String {
+    match unended {
+        None => "CRIU and the processes it restored were ended".into(),
+        Some(why) => format!(
+            "CRIU was ended, and the processes it restored killed as far as they were found \
+             (killing their group failed: {why}; the group's removal kills what is left)"
+        ),
     }
 }
 
@@ -1135,6 +1191,55 @@ fn at_least(version: &str, min: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A restore whose CRIU never answers fails once its time is up (here 300 ms), having
+    /// ended what CRIU restored first, while CRIU still ran (so nothing it traced runs
+    /// untraced), then CRIU itself through its pidfd. Without the limit it waited for good;
+    /// without CRIU's kill, CRIU runs on.
+    #[test]
+    fn a_restore_whose_criu_never_answers_ends_what_it_restored_then_criu() {
+        use std::os::unix::process::ExitStatusExt;
+        let images = feather_testkit::ScratchDir::new("criu-silent");
+        let criu = Criu::checked(PathBuf::from("/bin/true"), "4.1.1".into());
+        let folder = fs::File::open(&images.0).unwrap();
+        let log = images.0.join(RESTORE_LOG);
+        let call = criu
+            .restore_call_with(folder, rpc::Opts::default(), log)
+            .unwrap();
+        // CRIU's stand-in holds its end of the channel and never answers.
+        let mut command = std::process::Command::new("sleep");
+        command.arg("600");
+        call.pass_only_to_criu(&mut command, &[]);
+        let mut silent = feather_testkit::Started(command.spawn().unwrap());
+        let criu_pid = nix::unistd::Pid::from_raw(silent.0.id() as i32);
+        let criu_pidfd = feather_sys::process::pidfd_open(criu_pid).unwrap();
+        let mut restored = feather_testkit::Started::spawn("sleep", &["600"]);
+        let mut criu_ran_at_the_end = None;
+        let mut end_restored = || {
+            let state = fs::read_to_string(format!("/proc/{criu_pid}/stat")).unwrap_or_default();
+            criu_ran_at_the_end = Some(!state.contains(") Z"));
+            restored.0.kill()
+        };
+        let patience = std::time::Duration::from_millis(300);
+        let began = std::time::Instant::now();
+        let error = call
+            .restore_within(
+                "vm",
+                criu_pidfd.as_fd(),
+                &mut || true,
+                &mut end_restored,
+                patience,
+            )
+            .unwrap_err();
+        assert!(matches!(error, MigrateError::CriuSilent { .. }), "{error}");
+        assert!(began.elapsed() >= patience);
+        assert_eq!(criu_ran_at_the_end, Some(true), "CRIU was ended first");
+        let limit = std::time::Duration::from_secs(60);
+        let criu_end = silent.ended_within(limit, "CRIU's stand-in, killed");
+        assert_eq!(criu_end.signal(), Some(nix::libc::SIGKILL));
+        let restored_end = restored.ended_within(limit, "the restored stand-in, killed");
+        assert_eq!(restored_end.signal(), Some(nix::libc::SIGKILL));
+    }
 
     #[test]
     fn post_copy_needs_uffd_and_pipes_that_fit_or_the_shim() {

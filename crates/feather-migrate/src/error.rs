@@ -32,6 +32,17 @@ pub enum MigrateError {
         log: PathBuf,
     },
 
+    /// CRIU's restore gave no answer in the time it is given ([`crate::restore_time::restore_patience`])
+    /// and was ended; `ended` says what was ended, `said` holds the error lines of its log.
+    #[error("VM {vm}: CRIU did not finish restoring it within {} s, the time a restore is given ({} s, plus its images at {} MiB/s, at most {} min more), so {ended}; nothing of this restore runs. A lazy restore whose sender is gone fails in CRIU, which then waits for good; a slow disk or an overloaded host can also take longer: restore (or migrate) it again", .patience.as_secs(), crate::restore_time::RESTORE_PATIENCE.as_secs(), crate::restore_time::RESTORE_READS_AT_LEAST >> 20, crate::restore_time::RESTORE_READS_AT_MOST.as_secs() / 60)]
+    CriuSilent {
+        vm: String,
+        patience: std::time::Duration,
+        ended: String,
+        #[source]
+        said: Box<MigrateError>,
+    },
+
     /// tar refused or failed; `why` is its own error output, or what the archive lacks.
     #[error("{what} {}: {why}", .path.display())]
     Archive {
@@ -90,6 +101,35 @@ pub enum MigrateError {
 }
 
 pub type Result<T, E = MigrateError> = std::result::Result<T, E>;
+
+impl MigrateError {
+    /// The error naming `log` as CRIU's full log (also within [`MigrateError::CriuSilent`]):
+    /// for a caller that copies CRIU's log out of a work folder it then removes.
+    pub fn with_log(self, log: PathBuf) -> MigrateError {
+        match self {
+            MigrateError::Criu {
+                vm, action, errors, ..
+            } => MigrateError::Criu {
+                vm,
+                action,
+                errors,
+                log,
+            },
+            MigrateError::CriuSilent {
+                vm,
+                patience,
+                ended,
+                said,
+            } => MigrateError::CriuSilent {
+                vm,
+                patience,
+                ended,
+                said: Box::new(said.with_log(log)),
+            },
+            other => other,
+        }
+    }
+}
 
 pub(crate) fn io_at(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> MigrateError {
     let path = path.into();
@@ -154,4 +194,34 @@ pub enum TransferError {
     Checksum { sent: String, received: String },
     #[error("the sender did not release the VM (it sent {received})")]
     NotReleased { received: &'static str },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A restore ended for its silence names the copied log too, not CRIU's own, which its
+    /// work folder took with it (feather-oci). Before, only `Criu` was rewritten.
+    #[test]
+    fn a_silent_criu_s_error_names_the_log_it_is_given() {
+        let said = MigrateError::Criu {
+            vm: "c1".into(),
+            action: "restore",
+            errors: vec!["stuck".into()],
+            log: PathBuf::from("/gone/criu-work/restore.log"),
+        };
+        let silent = MigrateError::CriuSilent {
+            vm: "c1".into(),
+            patience: std::time::Duration::from_secs(30),
+            ended: "CRIU was ended".into(),
+            said: Box::new(said),
+        };
+        let rewritten = silent.with_log(PathBuf::from("/kept/restore.log"));
+        let MigrateError::CriuSilent { said, .. } = rewritten else {
+            panic!("{rewritten}")
+        };
+        let message = said.to_string();
+        assert!(message.contains("/kept/restore.log"), "{message}");
+        assert!(!message.contains("/gone"), "{message}");
+    }
 }

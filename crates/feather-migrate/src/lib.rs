@@ -29,6 +29,7 @@ pub mod mount_images;
 pub mod pages;
 pub mod precopy;
 mod queued_files;
+mod restore_time;
 pub mod room;
 pub mod rpc;
 pub mod transfer;

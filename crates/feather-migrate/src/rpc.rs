@@ -16,6 +16,9 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
+use std::time::Instant;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 use prost::Message;
 
@@ -234,18 +237,25 @@ impl Channel {
 
     /// Sends one request and waits for its answer.
     pub fn call(&self, request: &Request) -> std::io::Result<Response> {
-        self.call_notified(request, &mut |_| true)
+        self.call_notified(request, &mut |_| true, None)
     }
 
     /// Sends one request and waits for its answer, answering each notification criu sends on
-    /// the way (with `notify_scripts`) with what `on_notify` says of its hook's name.
+    /// the way (with `notify_scripts`) with what `on_notify` says of its hook's name. With a
+    /// `deadline`, a criu that has not answered by then fails the call (`TimedOut`): criu may
+    /// wait for good (a failed lazy restore waits on processes it traces), and the caller
+    /// then ends it.
     pub fn call_notified(
         &self,
         request: &Request,
         on_notify: &mut dyn FnMut(&str) -> bool,
+        deadline: Option<Instant>,
     ) -> std::io::Result<Response> {
         self.send(request)?;
         loop {
+            if let Some(deadline) = deadline {
+                self.await_message_by(deadline)?;
+            }
             let response = self.receive()?;
             if response.kind != ReqType::Notify as i32 {
                 return Ok(response);
@@ -265,6 +275,30 @@ impl Channel {
         Ok(())
     }
 
+    /// Waits until criu has said something (or closed its end), failing with `TimedOut` once
+    /// `deadline` has passed.
+    fn await_message_by(&self, deadline: Instant) -> std::io::Result<()> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Rounded up to whole milliseconds, so that a wait finding nothing has reached it.
+            let millis = left.as_micros().div_ceil(1000);
+            let timeout = PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX);
+            let mut fds = [PollFd::new(self.ours.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, timeout) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+                Ok(0) if Instant::now() >= deadline => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "criu gave no answer in time",
+                    ))
+                }
+                Ok(0) => continue,
+                Ok(_) => return Ok(()),
+            }
+        }
+    }
+
     fn receive(&self) -> std::io::Result<Response> {
         let mut buffer = vec![0u8; 64 << 10];
         let n = recv(self.ours.as_raw_fd(), &mut buffer, MsgFlags::empty())?;
@@ -282,6 +316,44 @@ impl Channel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A criu that never answers fails the call at its deadline (a restore stuck in CRIU:
+    /// before, the keeper waited for good); one that answers meanwhile is heard.
+    #[test]
+    fn a_call_with_a_deadline_gives_up_on_a_silent_criu_and_hears_one_that_answers() {
+        let request = Request {
+            kind: ReqType::Restore as i32,
+            opts: None,
+            notify_success: None,
+        };
+        let silent = Channel::new().unwrap();
+        let began = Instant::now();
+        let patience = std::time::Duration::from_millis(200);
+        let error = silent
+            .call_notified(&request, &mut |_| true, Some(began + patience))
+            .unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert!(began.elapsed() >= patience);
+
+        let mut answering = Channel::new().unwrap();
+        let criu = answering.theirs.take().unwrap();
+        let answer = Response {
+            kind: ReqType::Restore as i32,
+            success: true,
+            ..Default::default()
+        };
+        let replier = std::thread::spawn(move || {
+            let mut buffer = vec![0u8; 4096];
+            recv(criu.as_raw_fd(), &mut buffer, MsgFlags::empty()).unwrap();
+            send(criu.as_raw_fd(), &answer.encode_to_vec(), MsgFlags::empty()).unwrap();
+        });
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        let heard = answering
+            .call_notified(&request, &mut |_| true, Some(deadline))
+            .unwrap();
+        assert!(heard.success);
+        replier.join().unwrap();
+    }
 
     #[test]
     fn options_encode_with_criu_field_numbers() {

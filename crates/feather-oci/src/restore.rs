@@ -505,13 +505,17 @@ fn run(
     let mut seen = None;
     // criu is the child: it leaves the group before the group freezes.
     let mut held = None;
-    let restored = call.restore(id, &mut || {
+    let mut at_pre_resume = || {
         let frozen = hold.freeze_or_kill(child.pid.as_raw());
         let answer = frozen.is_ok();
         held = Some(frozen);
         // Last read at pre-resume: every mount of the tree made, none of its tasks run.
         seen = watch.take().map(|watch| watch.and_then(MountWatch::finish));
         answer
+    };
+    // A CRIU stuck past its time is ended with what it restored.
+    let restored = call.restore(id, child.pidfd.as_fd(), &mut at_pre_resume, &mut || {
+        hold.end_restored(child.pid.as_raw())
     });
     // No pre-resume came (CRIU failed): the watcher ended here, not left running.
     if let Some(Ok(watch)) = watch {
@@ -526,17 +530,7 @@ fn run(
         );
     }
     // CRIU's log is read from its work folder, and named where it is copied.
-    let restored = restored.map_err(|error| match error {
-        feather_migrate::MigrateError::Criu {
-            vm, action, errors, ..
-        } => feather_migrate::MigrateError::Criu {
-            vm,
-            action,
-            errors,
-            log: log.to_path_buf(),
-        },
-        other => other,
-    });
+    let restored = restored.map_err(|error| error.with_log(log.to_path_buf()));
     let pid = restored?;
     let while_criu_ran = match seen {
         Some(Ok(seen)) => seen,

@@ -212,6 +212,22 @@ impl Started {
     pub fn spawn(program: &str, args: &[&str]) -> Started {
         Started(Command::new(program).args(args).spawn().unwrap())
     }
+
+    /// How the process ended; fails the test if it has not ended within `limit` (`what`
+    /// says what was waited for), the process then killed on drop.
+    pub fn ended_within(&mut self, limit: Duration, what: &str) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: still running after {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 impl Drop for Started {

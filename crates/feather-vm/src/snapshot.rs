@@ -28,7 +28,7 @@
 //! its content, devpts, mqueue) CRIU recreates from its images.
 
 use std::fs;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -936,8 +936,20 @@ pub(crate) fn restore_tree(
             held = Some(frozen);
             answer
         };
-        call.restore(name.as_str(), &mut at_pre_resume)
-            .map_err(Into::into)
+        // Opened before anything reaps the child: it names CRIU whenever it is killed.
+        let criu = process::pidfd_open(child).map_err(|e| {
+            failed(
+                name,
+                format!(
+                    "cannot hold the child that runs CRIU by a pidfd ({e}); nothing was restored"
+                ),
+            )
+        })?;
+        // A CRIU stuck past its time is ended with what it restored.
+        call.restore(name.as_str(), criu.as_fd(), &mut at_pre_resume, &mut || {
+            hold.end_restored(child.as_raw())
+        })
+        .map_err(Into::into)
     });
     // criu swrk ends once it has answered; the restored tree is this process's child.
     let _ = waitpid(child, None);
