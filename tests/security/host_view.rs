@@ -2132,3 +2132,121 @@ fn an_ended_private_tmp_units_namespace_keeps_proc_sys_read_only_and_its_masks()
         );
     }
 }
+
+/// A process of the test's own outside every VM (`sleep`, in a mount namespace of its own: a
+/// mount made there by mistake reaches nothing else), named as the init of VM `vm` of
+/// `feather` in a forged state record. On drop, even when the test failed: the record and the
+/// root's mode put back, the process killed by pid and reaped.
+struct ForgedInit {
+    /// The VM's keeper lock, held as a live keeper holds it (else the record reads crashed).
+    keeper_lock: Option<fs::File>,
+    child: std::process::Child,
+    state: std::path::PathBuf,
+    original: String,
+    root: std::path::PathBuf,
+    root_mode: u32,
+}
+
+impl ForgedInit {
+    fn new(feather: &Feather, vm: &str) -> Self {
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sleep", "600"])
+            .spawn()
+            .expect("unshare runs");
+        let state = feather.vm_dir(vm).join("state.json");
+        let forged = ForgedInit {
+            original: fs::read_to_string(&state).unwrap(),
+            root_mode: mode(&feather.root),
+            root: feather.root.clone(),
+            keeper_lock: None,
+            child,
+            state,
+        };
+        let pid = forged.child.id();
+        let namespace = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while namespace(&pid.to_string()) == namespace("self")
+            || fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default() != "sleep\n"
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waited 60 s for unshare to run sleep in a mount namespace of its own"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut record: serde_json::Value = serde_json::from_str(&forged.original).unwrap();
+        record["status"] = "running".into();
+        record["init_pid"] = pid.into();
+        record["init_start_ticks"] = crate::support::start_ticks(pid).into();
+        let keeper_lock = fs::File::create(feather.vm_dir(vm).join("keeper.lock")).unwrap();
+        keeper_lock.lock().unwrap();
+        let mut forged = forged;
+        forged.keeper_lock = Some(keeper_lock);
+        fs::write(&forged.state, record.to_string()).unwrap();
+        forged
+    }
+
+    /// The mount points of the stranger's mount namespace that are tmpfs.
+    fn tmpfs_mounts(&self) -> Vec<String> {
+        let table = fs::read_to_string(format!("/proc/{}/mountinfo", self.child.id())).unwrap();
+        table
+            .lines()
+            .filter(|line| line.contains(" - tmpfs "))
+            .filter_map(|line| line.split(' ').nth(4).map(str::to_owned))
+            .collect()
+    }
+}
+
+impl Drop for ForgedInit {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.state, &self.original);
+        drop(self.keeper_lock.take());
+        let _ = fs::set_permissions(&self.root, fs::Permissions::from_mode(self.root_mode));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A registration hides the new root in the running VMs of every root through their inits'
+/// mount namespaces, found in their state records. A record naming a process feather did not
+/// start for the VM (host pid 1, forged by whoever could write it) gets no mount in that
+/// process's namespace, and the registration says why; nor is any record read in a root
+/// others may write (review rootscheck31 H4: a tmpfs over the new root in the host's own
+/// namespace made it unusable).
+#[test]
+fn a_state_record_naming_a_process_outside_the_vm_gets_no_mount_in_its_namespace() {
+    let a = Feather::new("host-view-forged-init");
+    a.ok(&["create", "v", "--net", "none"]);
+    let stranger = ForgedInit::new(&a, "v");
+    let late = Feather::new("host-view-forged-init-late");
+    let registered = late.run(&["ls"]);
+    assert_eq!(registered.code, 0, "{registered:?}");
+    let late_dir = fs::canonicalize(&late.root).unwrap();
+    let mounted = stranger.tmpfs_mounts();
+    assert!(
+        !mounted.iter().any(|at| Path::new(at).starts_with(&late_dir)),
+        "a tmpfs was mounted in the stranger's namespace: {mounted:?}"
+    );
+    let a_dir = fs::canonicalize(&a.root).unwrap();
+    assert!(
+        registered.stderr.contains(&format!("(of {})", a_dir.display()))
+            && registered.stderr.contains("which is not in the VM's group"),
+        "no warning naming the VM and its record: {}",
+        registered.stderr
+    );
+    // The same record in a root others may write: not read at all.
+    fs::set_permissions(&a.root, fs::Permissions::from_mode(0o777)).unwrap();
+    let later = Feather::new("host-view-forged-init-later");
+    let registered = later.run(&["ls"]);
+    fs::set_permissions(&a.root, fs::Permissions::from_mode(stranger.root_mode)).unwrap();
+    assert_eq!(registered.code, 0, "{registered:?}");
+    assert!(
+        registered.stderr.contains(&format!(
+            "did not look for running VMs in state root {}",
+            a_dir.display()
+        )),
+        "no warning naming the root passed over: {}",
+        registered.stderr
+    );
+    drop(stranger);
+}
