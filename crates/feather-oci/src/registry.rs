@@ -9,10 +9,12 @@
 //! roots that are gone are dropped when the registry is read.
 
 use std::fs;
-use std::io::{ErrorKind, Write};
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use feather_core::registered_path;
 
 /// Where the registry lives: root-only, like the runtime roots it names.
 pub const REGISTRY_DIR: &str = "/run/feather-oci/roots";
@@ -102,12 +104,24 @@ impl RootRegistry {
                 continue;
             };
             let root = PathBuf::from(std::ffi::OsStr::from_bytes(&bytes));
-            match fs::symlink_metadata(&root) {
-                Ok(meta) if meta.is_dir() => roots.push(root),
-                Err(e) if e.kind() == ErrorKind::NotFound => {
+            // A link on the way is followed only where root alone could have placed it, as
+            // feather's own registry is read (`feather_core::registered_path`).
+            match registered_path::resolve(&root) {
+                Ok(found) if !found.exists => {
                     let _ = fs::remove_file(&path);
                 }
-                _ => {}
+                Ok(found) if fs::symlink_metadata(&found.path).is_ok_and(|m| m.is_dir()) => {
+                    roots.push(found.path)
+                }
+                Ok(_) => {}
+                Err(why) => eprintln!(
+                    "feather: warning: the registered OCI runtime root of {} is passed over: \
+                     {why}; its containers are not listed nor is any state root hidden in them. \
+                     If root made that link, make its folder root's and writable by root alone; \
+                     if the runtime root is no longer in use, remove {}",
+                    path.display(),
+                    path.display()
+                ),
             }
         }
         roots.sort();
@@ -143,5 +157,32 @@ mod tests {
         assert_eq!(registry.roots(), [a]);
         assert_eq!(fs::read_dir(dir.join("registry")).unwrap().count(), 1);
         assert!(registry.register(&b).is_err(), "a root that does not exist");
+    }
+
+    /// A registered runtime root a user swapped for a link (owning the folder holding it) is
+    /// passed over, where root's own link is followed.
+    #[test]
+    fn a_root_a_user_swapped_for_a_link_is_passed_over() {
+        use std::os::unix::fs::PermissionsExt;
+        let scratch = feather_testkit::ScratchDir::new("oci-registry-swapped");
+        let dir = fs::canonicalize(&scratch.0).unwrap();
+        let registry = RootRegistry::at(dir.join("registry"));
+        let (parent, elsewhere) = (dir.join("parent"), dir.join("elsewhere"));
+        fs::create_dir_all(parent.join("mid/root")).unwrap();
+        fs::create_dir_all(elsewhere.join("root")).unwrap();
+        registry.register(&parent.join("mid/root")).unwrap();
+        // The folder above the root swapped: the root's own name is no link.
+        fs::remove_dir_all(parent.join("mid")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, parent.join("mid")).unwrap();
+        std::os::unix::fs::chown(&parent, Some(65534), Some(65534)).unwrap();
+        assert!(registry.roots().is_empty(), "a user's link is not followed");
+        std::os::unix::fs::chown(&parent, Some(0), Some(0)).unwrap();
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            registry.roots(),
+            [elsewhere.join("root")],
+            "root's own link is followed"
+        );
     }
 }
