@@ -2224,12 +2224,16 @@ fn a_state_record_naming_a_process_outside_the_vm_gets_no_mount_in_its_namespace
     let late_dir = fs::canonicalize(&late.root).unwrap();
     let mounted = stranger.tmpfs_mounts();
     assert!(
-        !mounted.iter().any(|at| Path::new(at).starts_with(&late_dir)),
+        !mounted
+            .iter()
+            .any(|at| Path::new(at).starts_with(&late_dir)),
         "a tmpfs was mounted in the stranger's namespace: {mounted:?}"
     );
     let a_dir = fs::canonicalize(&a.root).unwrap();
     assert!(
-        registered.stderr.contains(&format!("(of {})", a_dir.display()))
+        registered
+            .stderr
+            .contains(&format!("(of {})", a_dir.display()))
             && registered.stderr.contains("which is not in the VM's group"),
         "no warning naming the VM and its record: {}",
         registered.stderr

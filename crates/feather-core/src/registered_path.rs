@@ -170,7 +170,10 @@ mod tests {
         std::fs::create_dir_all(dir.join("disk/feather")).unwrap();
         symlink(dir.join("disk/feather"), dir.join("feather")).unwrap();
         assert_eq!(resolved(&dir.join("feather")), dir.join("disk/feather"));
-        assert_eq!(resolved(&dir.join("feather/run")), dir.join("disk/feather/run"));
+        assert_eq!(
+            resolved(&dir.join("feather/run")),
+            dir.join("disk/feather/run")
+        );
         assert!(!resolve(&dir.join("feather/run")).unwrap().exists);
     }
 
@@ -229,7 +232,13 @@ mod tests {
         let scratch = scratch("resolve-missing");
         let dir = std::fs::canonicalize(&scratch.0).unwrap();
         let gone = resolve(&dir.join("gone/run")).unwrap();
-        assert_eq!(gone, Resolved { path: dir.join("gone/run"), exists: false });
+        assert_eq!(
+            gone,
+            Resolved {
+                path: dir.join("gone/run"),
+                exists: false
+            }
+        );
         symlink("loop", dir.join("loop")).unwrap();
         assert!(matches!(
             resolve(&dir.join("loop")),

@@ -1191,7 +1191,10 @@ mod tests {
         );
         let guarded = registry.guarded_with(&own, &host_mounts()).unwrap();
         let target = fs::metadata(&elsewhere).unwrap();
-        assert!(!guarded.spared.identities.contains(&(target.dev(), target.ino())));
+        assert!(!guarded
+            .spared
+            .identities
+            .contains(&(target.dev(), target.ino())));
         assert!(!guarded
             .folders
             .iter()
@@ -1204,8 +1207,12 @@ mod tests {
         // Root's alone: root's own move, followed.
         std::os::unix::fs::chown(&parent, Some(0), Some(0)).unwrap();
         fs::set_permissions(&parent, fs::Permissions::from_mode(0o755)).unwrap();
-        let listed: Vec<PathBuf> = registry.roots().iter().map(|root| root.dir().to_path_buf()).collect();
-        assert_eq!(listed, [elsewhere.clone()]);
+        let listed: Vec<PathBuf> = registry
+            .roots()
+            .iter()
+            .map(|root| root.dir().to_path_buf())
+            .collect();
+        assert_eq!(listed, [elsewhere]);
         fs::remove_dir_all(registry.dir()).unwrap();
     }
 
