@@ -3,19 +3,20 @@
 //! parent a user owns could be swapped for a link to `/usr`, and every VM started after would
 //! hide `/usr`.
 //!
-//! A link is followed only where the folder holding it is root's and writable by nobody else
-//! (root's own `ln -s` after moving a root, or `/var/lib` moved to another disk, keeps
-//! working). A link in a folder a user may write, sticky (`/tmp`) or not, refuses the path:
-//! the caller passes over it with a warning, and never hides or guards where it leads.
+//! The path is walked on descriptors, one name at a time ([`lookup::walk_following`]): what is
+//! judged is what the walk went through, never a path looked up again (a user swapping folders
+//! between two looks cannot win a race). A link is followed only where the folder holding it,
+//! by the `fstat` of its descriptor, is root's and writable by nobody else (root's own `ln -s`
+//! after moving a root, or `/var/lib` moved to another disk, keeps working). A link in a
+//! folder a user may write refuses the path: the caller passes over it with a warning, and
+//! never hides or guards where it leads. A mount whose files a user decides (a user's FUSE
+//! mount) on the way refuses it too, before that mount is asked anything (no hang).
 
-use std::collections::VecDeque;
-use std::ffi::OsString;
-use std::io::ErrorKind;
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
-/// As many links as the kernel follows in one lookup (`MAXSYMLINKS`).
-const LINKS_FOLLOWED: usize = 40;
+use feather_sys::lookup::{self, LinkFound, Lookup, UsersMount};
 
 /// Why a recorded path was not resolved.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +31,16 @@ pub enum Unresolved {
         link: PathBuf,
         holder: PathBuf,
     },
-    #[error("{} leads through more than {LINKS_FOLLOWED} links", .0.display())]
+    #[error(
+        "{} leads through {}, which {why}: nothing on it is looked at",
+        .path.display(), .mount.display()
+    )]
+    UsersMount {
+        path: PathBuf,
+        mount: PathBuf,
+        why: String,
+    },
+    #[error("{} leads through too many links", .0.display())]
     TooManyLinks(PathBuf),
     #[error("{} is not an absolute path", .0.display())]
     Relative(PathBuf),
@@ -38,8 +48,32 @@ pub enum Unresolved {
     Io {
         at: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: io::Error,
     },
+}
+
+impl Unresolved {
+    /// What an admin does about a registry's entry `file` passed over because of this: what
+    /// fits the case (a link in a folder others may write, a user's mount, a path that cannot
+    /// be looked at), and removing `file` where the root is no longer in use.
+    pub fn advice(&self, file: &Path) -> String {
+        let fix = match self {
+            Unresolved::UsersLink { link, .. } => format!(
+                "if root made {}, move it (or the root) to a folder only root may write",
+                link.display()
+            ),
+            Unresolved::UsersMount { mount, .. } => {
+                format!("if the root is meant to be there, unmount {}", mount.display())
+            }
+            Unresolved::TooManyLinks(_) | Unresolved::Relative(_) | Unresolved::Io { .. } => {
+                "repair that path".to_string()
+            }
+        };
+        format!(
+            "{fix}; if the root is no longer in use, remove {}",
+            file.display()
+        )
+    }
 }
 
 /// A recorded path resolved: its canonical path, and whether it exists (a missing path's part
@@ -50,101 +84,118 @@ pub struct Resolved {
     pub exists: bool,
 }
 
-/// `path` (absolute) resolved as `realpath` would, each link followed only where its holder is
-/// root's and writable by no one else ([`trusted_holder`]).
+/// `path` (absolute) resolved as `realpath` would, on descriptors ([module doc](self)), each
+/// link followed only where its holder is root's and writable by no one else.
+///
+/// A user's link in a sticky folder (`/tmp`) means root's folder is gone (a user may place a
+/// name there only where none is): the path is said missing, as any gone root's is, so its
+/// entry retires quietly rather than warning at every start for ever.
 pub fn resolve(path: &Path) -> Result<Resolved, Unresolved> {
     if !path.is_absolute() {
         return Err(Unresolved::Relative(path.to_path_buf()));
     }
-    let mut pending: VecDeque<OsString> = names_of(path);
-    let mut resolved = PathBuf::from("/");
-    let mut links = 0;
-    while let Some(name) = pending.pop_front() {
-        match name.to_str() {
-            Some("..") => {
-                resolved.pop();
-                continue;
-            }
-            Some(".") => continue,
-            _ => {}
+    let mut refused = None;
+    let walked = lookup::walk_following(path, |found| {
+        refused = link_refused(path, found);
+        match refused {
+            Some(_) => Err(io::Error::from_raw_os_error(libc::EPERM)),
+            None => Ok(()),
         }
-        let next = resolved.join(&name);
-        let meta = match std::fs::symlink_metadata(&next) {
-            Ok(meta) => meta,
-            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
-                return Ok(missing(next, pending));
-            }
-            Err(source) => return Err(Unresolved::Io { at: next, source }),
+    });
+    match (refused, walked) {
+        (Some(Refused::Gone), _) => Ok(gone(path)),
+        (Some(Refused::Users(why)), _) => Err(why),
+        (None, Ok(lookup)) => Ok(resolved_of(lookup)),
+        (None, Err(e)) if e.raw_os_error() == Some(libc::ENOTDIR) => Ok(gone(path)),
+        (None, Err(e)) => Err(unresolved(path, e)),
+    }
+}
+
+/// Why a walk did not follow a link.
+enum Refused {
+    /// A user's link in a sticky folder: root's folder is gone.
+    Gone,
+    Users(Unresolved),
+}
+
+/// Why the link `found` on the way of `path` is not followed, if it is not: its holder is not
+/// root's alone ([`trusted_holder`]).
+fn link_refused(path: &Path, found: &LinkFound) -> Option<Refused> {
+    if trusted_holder(found.holder_meta) {
+        return None;
+    }
+    if found.holder_meta.mode() & libc::S_ISVTX != 0 && found.link.meta.uid() != 0 {
+        return Some(Refused::Gone);
+    }
+    Some(Refused::Users(Unresolved::UsersLink {
+        path: path.to_path_buf(),
+        link: found.link.path.clone(),
+        holder: found.holder.to_path_buf(),
+    }))
+}
+
+/// Whether a folder (its descriptor's `fstat`) is root's and writable by no one else: only
+/// root could have placed a link in it.
+fn trusted_holder(holder: &std::fs::Metadata) -> bool {
+    holder.uid() == 0 && holder.mode() & 0o022 == 0
+}
+
+/// The walk's error for `path` as [`Unresolved`]: a user's mount where the walk stopped
+/// before it asked that mount anything, a link loop, or the error itself.
+fn unresolved(path: &Path, e: io::Error) -> Unresolved {
+    if let Some(mount) = e.get_ref().and_then(|e| e.downcast_ref::<UsersMount>()) {
+        return Unresolved::UsersMount {
+            path: path.to_path_buf(),
+            mount: mount.path.clone(),
+            why: mount.why.clone(),
         };
-        if !meta.file_type().is_symlink() {
-            resolved = next;
-            continue;
-        }
-        if !trusted_holder(&resolved)? {
-            return Err(Unresolved::UsersLink {
-                path: path.to_path_buf(),
-                link: next,
-                holder: resolved,
-            });
-        }
-        links += 1;
-        if links > LINKS_FOLLOWED {
-            return Err(Unresolved::TooManyLinks(path.to_path_buf()));
-        }
-        let target = std::fs::read_link(&next).map_err(|source| Unresolved::Io {
-            at: next.clone(),
-            source,
-        })?;
-        if target.is_absolute() {
-            resolved = PathBuf::from("/");
-        }
-        for name in names_of(&target).into_iter().rev() {
-            pending.push_front(name);
-        }
     }
-    Ok(Resolved {
-        path: resolved,
-        exists: true,
-    })
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        return Unresolved::TooManyLinks(path.to_path_buf());
+    }
+    Unresolved::Io {
+        at: path.to_path_buf(),
+        source: e,
+    }
 }
 
-/// The names of `path`, `..` and `.` kept as names (resolved in order, after links).
-fn names_of(path: &Path) -> VecDeque<OsString> {
-    path.components()
-        .filter_map(|component| match component {
-            Component::Normal(name) => Some(name.to_os_string()),
-            Component::ParentDir => Some("..".into()),
-            Component::CurDir | Component::RootDir | Component::Prefix(_) => None,
-        })
-        .collect()
+/// What a walk ended in: its end's path, and the missing part after it (resolved lexically:
+/// nothing is there to follow).
+fn resolved_of(lookup: Lookup) -> Resolved {
+    let end = lookup.end.step.path;
+    match lookup.missing {
+        None => Resolved {
+            path: end,
+            exists: true,
+        },
+        Some(missing) => Resolved {
+            path: lexically(end, &missing),
+            exists: false,
+        },
+    }
 }
 
-/// `first_missing` with the names after it, resolved lexically: nothing is there to follow.
-fn missing(mut first_missing: PathBuf, rest: VecDeque<OsString>) -> Resolved {
-    for name in rest {
-        match name.to_str() {
-            Some("..") => {
-                first_missing.pop();
-            }
-            Some(".") => {}
-            _ => first_missing.push(name),
-        }
-    }
+/// `path` said missing as recorded (resolved lexically).
+fn gone(path: &Path) -> Resolved {
     Resolved {
-        path: first_missing,
+        path: lexically(PathBuf::from("/"), path),
         exists: false,
     }
 }
 
-/// Whether the folder `holder` (reached through no link) is root's and writable by no one
-/// else: only root could have placed a link in it. A sticky folder (`/tmp`) does not count:
-/// a user may place a link there where root's folder was removed.
-fn trusted_holder(holder: &Path) -> Result<bool, Unresolved> {
-    let meta = std::fs::symlink_metadata(holder).map_err(|source| Unresolved::Io {
-        at: holder.to_path_buf(),
-        source,
-    })?;
-    Ok(meta.uid() == 0 && meta.mode() & 0o022 == 0)
+/// `rest` resolved lexically from `base`.
+fn lexically(mut base: PathBuf, rest: &Path) -> PathBuf {
+    for component in rest.components() {
+        match component {
+            Component::ParentDir => {
+                base.pop();
+            }
+            Component::Normal(name) => base.push(name),
+            Component::RootDir => base = PathBuf::from("/"),
+            Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    base
 }
 
 #[cfg(test)]
@@ -182,11 +233,19 @@ mod tests {
         let scratch = scratch("resolve-moved-above");
         let dir = std::fs::canonicalize(&scratch.0).unwrap();
         std::fs::create_dir_all(dir.join("other-disk/data/feather")).unwrap();
+        std::fs::create_dir(dir.join("var")).unwrap();
         // Relative, with a `..`: as `ln -s ../x` writes it.
-        symlink("other-disk/./data", dir.join("data")).unwrap();
+        symlink("../other-disk/./data", dir.join("var/data")).unwrap();
         assert_eq!(
-            resolved(&dir.join("data/feather")),
+            resolved(&dir.join("var/data/feather")),
             dir.join("other-disk/data/feather")
+        );
+        assert_eq!(
+            resolve(&dir.join("var/data/gone/../run")).unwrap(),
+            Resolved {
+                path: dir.join("other-disk/data/run"),
+                exists: false
+            }
         );
     }
 
@@ -222,9 +281,35 @@ mod tests {
             resolve(&tmp.join("x")),
             Err(Unresolved::UsersLink { .. })
         ));
+        // A user's link there: root's folder is gone (a user may place a name there only
+        // where none is), so the path is missing, not refused (no warning for ever).
+        std::os::unix::fs::lchown(tmp.join("x"), Some(65534), Some(65534)).unwrap();
+        assert_eq!(
+            resolve(&tmp.join("x/run")).unwrap(),
+            Resolved {
+                path: tmp.join("x/run"),
+                exists: false
+            }
+        );
         // A plain folder there is the root itself: followed as named.
         std::fs::create_dir(tmp.join("y")).unwrap();
         assert_eq!(resolved(&tmp.join("y")), tmp.join("y"));
+    }
+
+    /// A mount a user decides, where the walk stopped before asking it anything, refuses the
+    /// path as such, naming the mount and why.
+    #[test]
+    fn a_users_mount_on_the_way_refuses_the_path() {
+        let stopped = io::Error::other(UsersMount {
+            path: "/home/u/vms".into(),
+            why: "is a FUSE mount made by uid 1000".into(),
+        });
+        let refused = unresolved(Path::new("/home/u/vms/run"), stopped);
+        assert!(
+            matches!(&refused, Unresolved::UsersMount { mount, why, .. }
+                if mount == Path::new("/home/u/vms") && why.contains("uid 1000")),
+            "{refused:?}"
+        );
     }
 
     #[test]

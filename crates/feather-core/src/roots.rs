@@ -678,10 +678,9 @@ fn resolved_strictly(file: &Path, entry: Entry) -> Entry {
 fn not_followed(file: &Path, why: &Unresolved) -> String {
     format!(
         "the registered state root of {} is passed over: {why}; no VM hides it nor does `diff` \
-         guard it there. If root made that link, make its folder root's and writable by root \
-         alone; if the root is no longer in use, remove {}",
+         guard it there. {}",
         file.display(),
-        file.display()
+        why.advice(file)
     )
 }
 

@@ -20,18 +20,9 @@ use crate::store::Container;
 pub fn in_running_containers(new: &StateRoot) -> Vec<String> {
     let folders = feather_core::roots::root_folders(new);
     let mut warnings = Vec::new();
+    // Its records are trusted below (an init whose mount namespace root joins): `roots()`
+    // lists only runtime roots no user but root can change.
     for root in RootRegistry::host().roots() {
-        // Its records are trusted below (an init whose mount namespace root joins): only in a
-        // runtime root no user but root can change.
-        if let Err(why) = crate::store::check_root(&root) {
-            warnings.push(format!(
-                "did not look for running OCI containers in runtime root {} to hide state root \
-                 {} in them: {why:#}",
-                root.display(),
-                new.dir().display()
-            ));
-            continue;
-        }
         for id in crate::store::ids(&root) {
             let Ok(container) = Container::load(&root, &id) else {
                 continue;
