@@ -370,16 +370,7 @@ fn no_vm_sees_any_state_root_of_the_host() {
 #[test]
 fn a_start_through_the_registrys_summary_hides_another_roots_state_folders() {
     use std::os::unix::fs::MetadataExt;
-    crate::support::own_mount_namespace();
-    let registry = Path::new(feather_core::roots::REGISTRY_DIR);
-    nix::mount::mount(
-        Some("tmpfs"),
-        registry,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some("mode=0700"),
-    )
-    .expect("a registry of the test's own");
+    let registry = own_registry();
     let other = Feather::new("host-view-summary-other");
     vm_with_marker(&other);
     let a = Feather::new("host-view-summary-a");
@@ -2133,6 +2124,23 @@ fn an_ended_private_tmp_units_namespace_keeps_proc_sys_read_only_and_its_masks()
     }
 }
 
+/// Gives the calling test's thread (and the commands it starts) a registry of roots of its
+/// own, empty: an empty tmpfs over the host's, in a mount namespace of the thread's own. What
+/// the test registers there no other test sees, and nothing is left in the host's.
+fn own_registry() -> &'static Path {
+    crate::support::own_mount_namespace();
+    let registry = Path::new(feather_core::roots::REGISTRY_DIR);
+    nix::mount::mount(
+        Some("tmpfs"),
+        registry,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("mode=0700"),
+    )
+    .expect("a registry of the test's own");
+    registry
+}
+
 /// A process of the test's own outside every VM (`sleep`, in a mount namespace of its own: a
 /// mount made there by mistake reaches nothing else), named as the init of VM `vm` of
 /// `feather` in a forged state record. On drop, even when the test failed: the record and the
@@ -2212,9 +2220,12 @@ impl Drop for ForgedInit {
 /// start for the VM (host pid 1, forged by whoever could write it) gets no mount in that
 /// process's namespace, and the registration says why; nor is any record read in a root
 /// others may write (review rootscheck31 H4: a tmpfs over the new root in the host's own
-/// namespace made it unusable).
+/// namespace made it unusable). Run with a registry of its own (a tmpfs over the host's in a
+/// mount namespace of the test's thread): its forged VM and the root made 0777 for a while are
+/// seen by no other test's registration.
 #[test]
 fn a_state_record_naming_a_process_outside_the_vm_gets_no_mount_in_its_namespace() {
+    own_registry();
     let a = Feather::new("host-view-forged-init");
     a.ok(&["create", "v", "--net", "none"]);
     let stranger = ForgedInit::new(&a, "v");

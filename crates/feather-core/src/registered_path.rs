@@ -63,7 +63,10 @@ impl Unresolved {
                 link.display()
             ),
             Unresolved::UsersMount { mount, .. } => {
-                format!("if the root is meant to be there, unmount {}", mount.display())
+                format!(
+                    "if the root is meant to be there, unmount {}",
+                    mount.display()
+                )
             }
             Unresolved::TooManyLinks(_) | Unresolved::Relative(_) | Unresolved::Io { .. } => {
                 "repair that path".to_string()

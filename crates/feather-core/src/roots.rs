@@ -570,14 +570,14 @@ impl Registry {
         own_folders.extend(registry_folder());
         own_folders.extend(canonical_folders(own));
         let mut spared = self.spared_of(&entries);
-        // Never through a link: a path left as recorded (a user's link on it) guards the
-        // link, not the folder it leads to (`/usr`, which `commit` would then refuse to touch).
+        // Never through a link, on any name of the path: a path left as recorded (a user's
+        // link on it, or on a folder above it) guards no folder by identity, not the one it
+        // leads to (`/usr`, or the host's `/run` through `/tmp/x -> /`, which `commit` would
+        // then refuse to touch); it is guarded by its path alone.
         spared.identities.extend(
             own_folders
                 .iter()
-                .filter_map(|folder| fs::symlink_metadata(folder).ok())
-                .filter(fs::Metadata::is_dir)
-                .map(|meta| (meta.dev(), meta.ino())),
+                .filter_map(|folder| identity_unfollowed(folder)),
         );
         spared.identities.sort_unstable();
         spared.identities.dedup();
@@ -718,10 +718,22 @@ fn ids_of(known: Option<&Entry>, marker: Option<String>) -> Result<(String, Vec<
 /// folder reached through no link (a path a link is on now holds none: the folder it leads to
 /// is not the root's), the file read as [`beneath::root_id_in`] reads it.
 fn marker_in(dir: &Path) -> Option<String> {
+    beneath::root_id_in(&unfollowed(dir)?)
+}
+
+/// The folder `dir` (absolute), opened from `/` through no link at all (a user's link on any
+/// name of the path, not only its last, leaves it unopened).
+fn unfollowed(dir: &Path) -> Option<fs::File> {
     let root = beneath::open_root(Path::new("/")).ok()?;
     let rel = dir.strip_prefix("/").ok()?;
-    let folder = beneath::open_dir(&root, rel).ok()??;
-    beneath::root_id_in(&folder)
+    beneath::open_dir(&root, rel).ok()?
+}
+
+/// The identity (device, inode) of the folder `dir`, reached through no link
+/// ([`unfollowed`]).
+fn identity_unfollowed(dir: &Path) -> Option<(u64, u64)> {
+    let meta = unfollowed(dir)?.metadata().ok()?;
+    Some((meta.dev(), meta.ino()))
 }
 
 /// The caller's mount table, as the host's; empty when it cannot be read (the walks of `diff`
@@ -1189,11 +1201,13 @@ mod tests {
             "hidden where the link leads: {hidden:?}"
         );
         let guarded = registry.guarded_with(&own, &host_mounts()).unwrap();
-        let target = fs::metadata(&elsewhere).unwrap();
-        assert!(!guarded
-            .spared
-            .identities
-            .contains(&(target.dev(), target.ino())));
+        for target in [elsewhere.clone(), elsewhere.join("run")] {
+            let target = fs::metadata(target).unwrap();
+            assert!(!guarded
+                .spared
+                .identities
+                .contains(&(target.dev(), target.ino())));
+        }
         assert!(!guarded
             .folders
             .iter()

@@ -534,19 +534,6 @@ impl Cgroup {
         }
     }
 
-    /// Whether the process `pid` is in this group or in one below it, in any hierarchy, as its
-    /// `/proc/PID/cgroup` says (false where that cannot be read). Only root puts a process in
-    /// feather's groups: a process found there is one feather started for the group's VM.
-    pub fn holds_pid(&self, pid: Pid) -> bool {
-        let own = Path::new("/").join(&self.relative);
-        fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|groups| {
-            groups
-                .lines()
-                .filter_map(|line| line.splitn(3, ':').nth(2))
-                .any(|group| Path::new(group).starts_with(&own))
-        })
-    }
-
     /// The processes in the group and in the groups below it (pids as the reader's pid
     /// namespace numbers them), however deep those are (see [`each_group`]).
     pub fn members(&self) -> Vec<Pid> {

@@ -204,9 +204,11 @@ fn in_running_vm(vm: &VmDir, folders: &[PathBuf]) -> Result<(), HidingError> {
     let config = vm.read_config()?;
     // The init feather started is in the VM's group, where only root puts a process: a record
     // naming any other (host pid 1, forged) would have the tmpfs mounted in that process's
-    // namespace, the host's own.
+    // namespace, the host's own. The group's members are read in the folders feather made
+    // the group in, not from the process's `/proc/PID/cgroup` (relative to its cgroup
+    // namespace, which differs where the cgroupfs mount's root is not the hierarchy's).
     let group = crate::vm_group::cgroup_path(&config);
-    if !is_one_name(&config.id) || !group.holds_pid(pid) {
+    if !is_one_name(&config.id) || !group.members().contains(&pid) {
         if process::start_ticks(pid) != state.init_start_ticks {
             return Ok(());
         }
@@ -283,6 +285,18 @@ pub fn is_hiding_mount(mount: &feather_sys::mountinfo::MountEntry) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A VM's group is `feather/ID`: an id that is not one plain name (a forged record's)
+    /// would name `feather/` itself, a group above it, or another VM's below it.
+    #[test]
+    fn only_a_plain_name_is_an_id_whose_group_is_its_own() {
+        for id in ["web", "web-1.a_b", "web/"] {
+            assert!(is_one_name(id), "{id:?}");
+        }
+        for id in ["", ".", "..", "../web", "web/..", "a/b", "/web", "./web"] {
+            assert!(!is_one_name(id), "{id:?}");
+        }
+    }
 
     /// What the kernel says of the mount table of a process that let go of its namespaces
     /// (here a zombie; a VM's init being torn down is one for a while before it is a zombie)
