@@ -2265,3 +2265,65 @@ fn a_state_record_naming_a_process_outside_the_vm_gets_no_mount_in_its_namespace
     );
     drop(stranger);
 }
+
+/// A registered root whose parent a user came to own (a root registered before roots were
+/// checked, in a folder handed over since), swapped by that user for a link elsewhere
+/// (to `/usr`; here a decoy folder of the test's in the VM's base). On drop, even when the test
+/// failed: the link removed, the root and the parent's owner put back.
+struct SwappedForLink {
+    root: std::path::PathBuf,
+    moved: std::path::PathBuf,
+}
+
+impl SwappedForLink {
+    fn new(root: &Path, to: &Path) -> Self {
+        let parent = root.parent().unwrap();
+        let swapped = SwappedForLink {
+            root: root.to_path_buf(),
+            moved: parent.join("moved-away"),
+        };
+        std::os::unix::fs::chown(parent, Some(65534), Some(65534)).unwrap();
+        fs::rename(root, &swapped.moved).unwrap();
+        std::os::unix::fs::symlink(to, root).unwrap();
+        swapped
+    }
+}
+
+impl Drop for SwappedForLink {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.root);
+        let _ = fs::rename(&self.moved, &self.root);
+        let _ = std::os::unix::fs::chown(self.root.parent().unwrap(), Some(0), Some(0));
+    }
+}
+
+/// A user who owns a registered root's parent swaps the root for a link to a folder of the
+/// host's (`/usr`): a VM started after still sees that folder, whole (a tmpfs over it would
+/// hide the host's programs in every VM), and the commands that read the registry warn,
+/// naming its entry and the link. Run with a registry of its own ([`own_registry`]).
+#[test]
+fn a_registered_root_a_user_swapped_for_a_link_hides_nothing_where_it_leads() {
+    own_registry();
+    let base = crate::support::ScratchBase::new("host-view-swapped-root");
+    base.write("data/decoy/marker", "the decoy's marker\n");
+    fs::create_dir_all(base.file("data/home")).unwrap();
+    let victim = Feather::at(base.file("data/home/vms"));
+    victim.ok(&["ls"]);
+    let _swapped = SwappedForLink::new(&victim.root, &base.file("data/decoy"));
+    let a = Feather::new("host-view-swapped-root");
+    let created = a.run(&["create", "w", "--base", base.as_str(), "--net", "none"]);
+    assert_eq!(created.code, 0, "{created:?}");
+    let started = a.run(&["start", "w"]);
+    assert_eq!(started.code, 0, "{started:?}");
+    assert_eq!(
+        a.sh("w", "cat /data/decoy/marker"),
+        "the decoy's marker\n",
+        "the folder the user's link leads to is hidden in the VM"
+    );
+    let said = format!("{}{}", created.stderr, started.stderr);
+    let link = base.file("data/home/vms");
+    assert!(
+        said.contains("is passed over") && said.contains(&format!("the link {}", link.display())),
+        "no warning naming the link: {said}"
+    );
+}

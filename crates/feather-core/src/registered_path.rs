@@ -59,17 +59,17 @@ impl Unresolved {
     pub fn advice(&self, file: &Path) -> String {
         let fix = match self {
             Unresolved::UsersLink { link, .. } => format!(
-                "if root made {}, move it (or the root) to a folder only root may write",
+                "If root made {}, move it (or the root) to a folder only root may write",
                 link.display()
             ),
             Unresolved::UsersMount { mount, .. } => {
                 format!(
-                    "if the root is meant to be there, unmount {}",
+                    "If the root is meant to be there, unmount {}",
                     mount.display()
                 )
             }
             Unresolved::TooManyLinks(_) | Unresolved::Relative(_) | Unresolved::Io { .. } => {
-                "repair that path".to_string()
+                "Repair that path".to_string()
             }
         };
         format!(
