@@ -185,7 +185,7 @@ mod tests {
         fs::create_dir_all(&root).unwrap();
         fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).unwrap();
         registry.register(&root).unwrap();
-        assert_eq!(registry.roots(), [root.clone()], "root's alone: listed");
+        assert_eq!(registry.roots(), [root], "root's alone: listed");
         std::os::unix::fs::chown(dir.join("home-u"), Some(65534), Some(65534)).unwrap();
         assert!(registry.roots().is_empty(), "a user's folder above it");
         assert_eq!(
