@@ -47,7 +47,7 @@ const COMMIT_PATIENCE: Duration = Duration::from_secs(5);
 /// ([`Registry::hold_for_commit`]).
 const TURNSTILE: &str = "turnstile.lock";
 
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Entry {
     dir: PathBuf,
     run: PathBuf,
@@ -504,7 +504,7 @@ pub fn host_state_folders() -> Vec<PathBuf> {
 /// does: review issue 15).
 pub fn host_state_folders_in(mounts: &[MountEntry]) -> Vec<PathBuf> {
     let entries = Registry::host().entries();
-    state_folders_of(&entries.live, &entries.retired(), mounts)
+    state_folders_of(&entries.live, &entries.at_recorded_places_only(), mounts)
 }
 
 /// The state folders of the roots registered that `known` (a start's [`host_state_folders_in`]
@@ -630,7 +630,7 @@ struct Entries {
 
 impl Entries {
     /// The entries hidden only at their recorded places: the retired and the refused.
-    fn retired(&self) -> Vec<&Entry> {
+    fn at_recorded_places_only(&self) -> Vec<&Entry> {
         let retired = self.retired.iter().map(|(_, entry)| entry);
         retired.chain(&self.refused).collect()
     }
@@ -639,19 +639,31 @@ impl Entries {
 /// `entry` with its folders resolved ([`registered_path::resolve`]: a link followed only where
 /// root alone could have placed it), None when its state folder is gone.
 fn resolved(entry: &Entry) -> std::result::Result<Option<Entry>, Unresolved> {
-    let dir = registered_path::resolve(&entry.dir)?;
-    if !dir.exists {
-        return Ok(None);
-    }
-    let run = registered_path::resolve(&entry.run)?;
-    Ok(Some(Entry {
+    let (dir, run) = folders_resolved(entry)?;
+    Ok(dir.exists.then(|| with_folders(entry.clone(), dir, run)))
+}
+
+/// The state folder and the run folder of `entry`, resolved ([`registered_path::resolve`]).
+fn folders_resolved(
+    entry: &Entry,
+) -> std::result::Result<(registered_path::Resolved, registered_path::Resolved), Unresolved> {
+    Ok((
+        registered_path::resolve(&entry.dir)?,
+        registered_path::resolve(&entry.run)?,
+    ))
+}
+
+/// `entry` with the folders `dir` and `run` it resolved to.
+fn with_folders(
+    entry: Entry,
+    dir: registered_path::Resolved,
+    run: registered_path::Resolved,
+) -> Entry {
+    Entry {
         dir: dir.path,
         run: run.path,
-        places: entry.places.clone(),
-        id: entry.id.clone(),
-        former_ids: entry.former_ids.clone(),
-        ..*entry
-    }))
+        ..entry
+    }
 }
 
 /// `entry` (of the registry's file `file`) with its folders resolved as [`resolved`] does,
@@ -659,14 +671,8 @@ fn resolved(entry: &Entry) -> std::result::Result<Option<Entry>, Unresolved> {
 /// have placed is on the way, as recorded, with a warning: its paths are guarded as such, and
 /// nothing where the link leads.
 fn resolved_strictly(file: &Path, entry: Entry) -> Entry {
-    let both = registered_path::resolve(&entry.dir)
-        .and_then(|dir| Ok((dir, registered_path::resolve(&entry.run)?)));
-    match both {
-        Ok((dir, run)) => Entry {
-            dir: dir.path,
-            run: run.path,
-            ..entry
-        },
+    match folders_resolved(&entry) {
+        Ok((dir, run)) => with_folders(entry, dir, run),
         Err(why) => {
             eprintln!("feather: warning: {}", not_followed(file, &why));
             entry
@@ -1195,7 +1201,11 @@ mod tests {
         std::os::unix::fs::chown(&parent, Some(65534), Some(65534)).unwrap();
         assert!(registry.roots().is_empty(), "a user's link is not followed");
         let entries = registry.entries();
-        let hidden = state_folders_of(&entries.live, &entries.retired(), &host_mounts());
+        let hidden = state_folders_of(
+            &entries.live,
+            &entries.at_recorded_places_only(),
+            &host_mounts(),
+        );
         assert!(
             !hidden.iter().any(|folder| folder.starts_with(&elsewhere)),
             "hidden where the link leads: {hidden:?}"
@@ -1599,7 +1609,11 @@ mod tests {
     /// gives them, from `registry`.
     fn hidden_by(registry: &Registry) -> Vec<PathBuf> {
         let entries = registry.entries();
-        state_folders_of(&entries.live, &entries.retired(), &host_mounts())
+        state_folders_of(
+            &entries.live,
+            &entries.at_recorded_places_only(),
+            &host_mounts(),
+        )
     }
 
     /// Whether a walk of `diff` or `commit` knows `folder` for a root's by the registry alone.
