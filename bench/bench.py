@@ -546,6 +546,7 @@ class Bench:
                 self.remove_peer_state(folder)
         problems += self.leftovers()
         shutil.rmtree(self.work, ignore_errors=True)
+        forget_roots_below(self.work)
         if self.work.exists():
             problems.append(f"{self.work} could not be removed")
         return problems
@@ -1739,6 +1740,18 @@ def compare_service_manager(bench: Bench) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # 4. Run-time overhead
+
+
+def forget_roots_below(folder: Path) -> None:
+    """Removes the host registry's entries of the state roots this run made under `folder`:
+    every feather start reads every entry, so a run's roots would cost every later start."""
+    for entry in Path("/var/lib/feather-roots").glob("*.json"):
+        try:
+            root = Path(json.loads(entry.read_text())["dir"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if root.is_relative_to(folder):
+            entry.unlink(missing_ok=True)
 
 
 CPU_MARK = "@@feather-bench-cpu"

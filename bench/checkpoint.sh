@@ -40,6 +40,8 @@ cleanup() {
     f rm --force redis >/dev/null 2>&1 || true
     "$feather" --root "$work/target" rm --force redis >/dev/null 2>&1 || true
     rm -rf "$work"
+    # The registry's entries of this run's roots: every feather start reads every entry.
+    grep -lF "\"dir\":\"$work/" /var/lib/feather-roots/*.json 2>/dev/null | xargs -r rm -f
 }
 trap cleanup EXIT
 

@@ -1706,3 +1706,33 @@ fn create_with_start_that_cannot_start_leaves_the_vm_created() {
     );
     assert_eq!(feather.status("vm"), "created");
 }
+
+/// The host registry's entries (`/var/lib/feather-roots/*.json`) of roots at or below `folder`.
+fn registry_entries_below(folder: &std::path::Path) -> usize {
+    let Ok(files) = fs::read_dir(feather_core::roots::REGISTRY_DIR) else {
+        return 0;
+    };
+    files
+        .flatten()
+        .filter(|file| file.path().extension().is_some_and(|ext| ext == "json"))
+        .filter_map(|file| fs::read(file.path()).ok())
+        .filter_map(|text| serde_json::from_slice::<serde_json::Value>(&text).ok())
+        .filter(|entry| {
+            entry["dir"]
+                .as_str()
+                .is_some_and(|dir| std::path::Path::new(dir).starts_with(folder))
+        })
+        .count()
+}
+
+/// A test's root, once dropped, leaves no entry in the host's registry of roots: every start
+/// reads every entry, so entries of roots long gone cost every later start (issue 15).
+#[test]
+fn a_test_root_dropped_leaves_no_entry_in_the_registry() {
+    let feather = Feather::new("registry-forgotten");
+    feather.ok(&["create", "v", "--net", "none"]);
+    let root = fs::canonicalize(&feather.root).unwrap();
+    assert_eq!(registry_entries_below(&root), 1, "the root is registered");
+    drop(feather);
+    assert_eq!(registry_entries_below(&root), 0, "the root's entry is left");
+}

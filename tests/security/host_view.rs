@@ -370,16 +370,7 @@ fn no_vm_sees_any_state_root_of_the_host() {
 #[test]
 fn a_start_through_the_registrys_summary_hides_another_roots_state_folders() {
     use std::os::unix::fs::MetadataExt;
-    crate::support::own_mount_namespace();
-    let registry = Path::new(feather_core::roots::REGISTRY_DIR);
-    nix::mount::mount(
-        Some("tmpfs"),
-        registry,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some("mode=0700"),
-    )
-    .expect("a registry of the test's own");
+    let registry = own_registry();
     let other = Feather::new("host-view-summary-other");
     vm_with_marker(&other);
     let a = Feather::new("host-view-summary-a");
@@ -2159,4 +2150,208 @@ fn a_root_under_a_read_only_path_is_hidden_when_another_root_holds_the_base() {
     vms.ok(&["start", "vm"]);
     assert_eq!(vms.sh("vm", "ls -A /data/c; echo end"), "end\n");
     vms.ok(&["stop", "vm"]);
+}
+
+/// Gives the calling test's thread (and the commands it starts) a registry of roots of its
+/// own, empty: an empty tmpfs over the host's, in a mount namespace of the thread's own. What
+/// the test registers there no other test sees, and nothing is left in the host's.
+fn own_registry() -> &'static Path {
+    crate::support::own_mount_namespace();
+    let registry = Path::new(feather_core::roots::REGISTRY_DIR);
+    nix::mount::mount(
+        Some("tmpfs"),
+        registry,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("mode=0700"),
+    )
+    .expect("a registry of the test's own");
+    registry
+}
+
+/// A process of the test's own outside every VM (`sleep`, in a mount namespace of its own: a
+/// mount made there by mistake reaches nothing else), named as the init of VM `vm` of
+/// `feather` in a forged state record. On drop, even when the test failed: the record and the
+/// root's mode put back, the process killed by pid and reaped.
+struct ForgedInit {
+    /// The VM's keeper lock, held as a live keeper holds it (else the record reads crashed).
+    keeper_lock: Option<fs::File>,
+    child: std::process::Child,
+    state: std::path::PathBuf,
+    original: String,
+    root: std::path::PathBuf,
+    root_mode: u32,
+}
+
+impl ForgedInit {
+    fn new(feather: &Feather, vm: &str) -> Self {
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sleep", "600"])
+            .spawn()
+            .expect("unshare runs");
+        let state = feather.vm_dir(vm).join("state.json");
+        let forged = ForgedInit {
+            original: fs::read_to_string(&state).unwrap(),
+            root_mode: mode(&feather.root),
+            root: feather.root.clone(),
+            keeper_lock: None,
+            child,
+            state,
+        };
+        let pid = forged.child.id();
+        let namespace = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while namespace(&pid.to_string()) == namespace("self")
+            || fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default() != "sleep\n"
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waited 60 s for unshare to run sleep in a mount namespace of its own"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut record: serde_json::Value = serde_json::from_str(&forged.original).unwrap();
+        record["status"] = "running".into();
+        record["init_pid"] = pid.into();
+        record["init_start_ticks"] = crate::support::start_ticks(pid).into();
+        let keeper_lock = fs::File::create(feather.vm_dir(vm).join("keeper.lock")).unwrap();
+        keeper_lock.lock().unwrap();
+        let mut forged = forged;
+        forged.keeper_lock = Some(keeper_lock);
+        fs::write(&forged.state, record.to_string()).unwrap();
+        forged
+    }
+
+    /// The mount points of the stranger's mount namespace that are tmpfs.
+    fn tmpfs_mounts(&self) -> Vec<String> {
+        let table = fs::read_to_string(format!("/proc/{}/mountinfo", self.child.id())).unwrap();
+        table
+            .lines()
+            .filter(|line| line.contains(" - tmpfs "))
+            .filter_map(|line| line.split(' ').nth(4).map(str::to_owned))
+            .collect()
+    }
+}
+
+impl Drop for ForgedInit {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.state, &self.original);
+        drop(self.keeper_lock.take());
+        let _ = fs::set_permissions(&self.root, fs::Permissions::from_mode(self.root_mode));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A registration hides the new root in the running VMs of every root through their inits'
+/// mount namespaces, found in their state records. A record naming a process feather did not
+/// start for the VM (host pid 1, forged by whoever could write it) gets no mount in that
+/// process's namespace, and the registration says why; nor is any record read in a root
+/// others may write (review rootscheck31 H4: a tmpfs over the new root in the host's own
+/// namespace made it unusable). Run with a registry of its own (a tmpfs over the host's in a
+/// mount namespace of the test's thread): its forged VM and the root made 0777 for a while are
+/// seen by no other test's registration.
+#[test]
+fn a_state_record_naming_a_process_outside_the_vm_gets_no_mount_in_its_namespace() {
+    own_registry();
+    let a = Feather::new("host-view-forged-init");
+    a.ok(&["create", "v", "--net", "none"]);
+    let stranger = ForgedInit::new(&a, "v");
+    let late = Feather::new("host-view-forged-init-late");
+    let registered = late.run(&["ls"]);
+    assert_eq!(registered.code, 0, "{registered:?}");
+    let late_dir = fs::canonicalize(&late.root).unwrap();
+    let mounted = stranger.tmpfs_mounts();
+    assert!(
+        !mounted
+            .iter()
+            .any(|at| Path::new(at).starts_with(&late_dir)),
+        "a tmpfs was mounted in the stranger's namespace: {mounted:?}"
+    );
+    let a_dir = fs::canonicalize(&a.root).unwrap();
+    assert!(
+        registered
+            .stderr
+            .contains(&format!("(of {})", a_dir.display()))
+            && registered.stderr.contains("which is not in the VM's group"),
+        "no warning naming the VM and its record: {}",
+        registered.stderr
+    );
+    // The same record in a root others may write: not read at all.
+    fs::set_permissions(&a.root, fs::Permissions::from_mode(0o777)).unwrap();
+    let later = Feather::new("host-view-forged-init-later");
+    let registered = later.run(&["ls"]);
+    fs::set_permissions(&a.root, fs::Permissions::from_mode(stranger.root_mode)).unwrap();
+    assert_eq!(registered.code, 0, "{registered:?}");
+    assert!(
+        registered.stderr.contains(&format!(
+            "did not look for running VMs in state root {}",
+            a_dir.display()
+        )),
+        "no warning naming the root passed over: {}",
+        registered.stderr
+    );
+    drop(stranger);
+}
+
+/// A registered root whose parent a user came to own (a root registered before roots were
+/// checked, in a folder handed over since), swapped by that user for a link elsewhere
+/// (to `/usr`; here a decoy folder of the test's in the VM's base). On drop, even when the test
+/// failed: the link removed, the root and the parent's owner put back.
+struct SwappedForLink {
+    root: std::path::PathBuf,
+    moved: std::path::PathBuf,
+}
+
+impl SwappedForLink {
+    fn new(root: &Path, to: &Path) -> Self {
+        let parent = root.parent().unwrap();
+        let swapped = SwappedForLink {
+            root: root.to_path_buf(),
+            moved: parent.join("moved-away"),
+        };
+        std::os::unix::fs::chown(parent, Some(65534), Some(65534)).unwrap();
+        fs::rename(root, &swapped.moved).unwrap();
+        std::os::unix::fs::symlink(to, root).unwrap();
+        swapped
+    }
+}
+
+impl Drop for SwappedForLink {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.root);
+        let _ = fs::rename(&self.moved, &self.root);
+        let _ = std::os::unix::fs::chown(self.root.parent().unwrap(), Some(0), Some(0));
+    }
+}
+
+/// A user who owns a registered root's parent swaps the root for a link to a folder of the
+/// host's (`/usr`): a VM started after still sees that folder, whole (a tmpfs over it would
+/// hide the host's programs in every VM), and the commands that read the registry warn,
+/// naming its entry and the link. Run with a registry of its own ([`own_registry`]).
+#[test]
+fn a_registered_root_a_user_swapped_for_a_link_hides_nothing_where_it_leads() {
+    own_registry();
+    let base = crate::support::ScratchBase::new("host-view-swapped-root");
+    base.write("data/decoy/marker", "the decoy's marker\n");
+    fs::create_dir_all(base.file("data/home")).unwrap();
+    let victim = Feather::at(base.file("data/home/vms"));
+    victim.ok(&["ls"]);
+    let _swapped = SwappedForLink::new(&victim.root, &base.file("data/decoy"));
+    let a = Feather::new("host-view-swapped-root");
+    let created = a.run(&["create", "w", "--base", base.as_str(), "--net", "none"]);
+    assert_eq!(created.code, 0, "{created:?}");
+    let started = a.run(&["start", "w"]);
+    assert_eq!(started.code, 0, "{started:?}");
+    assert_eq!(
+        a.sh("w", "cat /data/decoy/marker"),
+        "the decoy's marker\n",
+        "the folder the user's link leads to is hidden in the VM"
+    );
+    let said = format!("{}{}", created.stderr, started.stderr);
+    let link = base.file("data/home/vms");
+    assert!(
+        said.contains("is passed over") && said.contains(&format!("the link {}", link.display())),
+        "no warning naming the link: {said}"
+    );
 }

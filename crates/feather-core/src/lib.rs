@@ -12,6 +12,7 @@ pub mod folder_summary;
 pub mod lock_holder;
 pub mod name;
 pub mod network;
+pub mod registered_path;
 pub mod roots;
 pub mod size;
 pub mod small_file;

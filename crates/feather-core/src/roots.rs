@@ -22,6 +22,7 @@ use feather_sys::mountinfo::{self, MountEntry};
 
 use crate::atomic::{write_atomic, Durability};
 use crate::error::{Error, IoContext, Result};
+use crate::registered_path::{self, Unresolved};
 use crate::{folder_summary, StateRoot};
 
 /// Where the registry lives. Outside every state root, root-only, hidden from every VM.
@@ -46,7 +47,7 @@ const COMMIT_PATIENCE: Duration = Duration::from_secs(5);
 /// ([`Registry::hold_for_commit`]).
 const TURNSTILE: &str = "turnstile.lock";
 
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Entry {
     dir: PathBuf,
     run: PathBuf,
@@ -84,6 +85,11 @@ impl Entry {
     /// recorded.
     fn is_complete_for(&self, now: &Entry) -> bool {
         self.same_root(now) && !self.places.is_empty() && !self.id.is_empty()
+    }
+
+    /// Its state and run folders.
+    fn folders(&self) -> [PathBuf; 2] {
+        [self.dir.clone(), self.run.clone()]
     }
 
     /// Every id that names this root: its own and its former ones.
@@ -266,9 +272,13 @@ impl Registry {
             let Some(entry) = entry else {
                 continue;
             };
-            match fs::symlink_metadata(&entry.dir) {
-                Err(e) if e.kind() == ErrorKind::NotFound => listed.retired.push((path, entry)),
-                _ => listed.live.push(entry),
+            match resolved(&entry) {
+                Ok(Some(live)) => listed.live.push(live),
+                Ok(None) => listed.retired.push((path, entry)),
+                Err(why) => {
+                    eprintln!("feather: warning: {}", not_followed(&path, &why));
+                    listed.refused.push(entry);
+                }
             }
         }
         if listed.retired.len() > RETIRED_KEPT {
@@ -348,7 +358,7 @@ impl Registry {
                     path.display()
                 ))
             })?;
-            roots.push(entry);
+            roots.push(resolved_strictly(&path, entry));
         }
         Ok(roots)
     }
@@ -494,7 +504,7 @@ pub fn host_state_folders() -> Vec<PathBuf> {
 /// does: review issue 15).
 pub fn host_state_folders_in(mounts: &[MountEntry]) -> Vec<PathBuf> {
     let entries = Registry::host().entries();
-    state_folders_of(&entries.live, &entries.retired(), mounts)
+    state_folders_of(&entries.live, &entries.at_recorded_places_only(), mounts)
 }
 
 /// The state folders of the roots registered that `known` (a start's [`host_state_folders_in`]
@@ -556,18 +566,18 @@ impl Registry {
     /// the one it aliases, of the same identity, where it is one at all.
     pub fn guarded_with(&self, own: &StateRoot, mounts: &[MountEntry]) -> Result<StateFolders> {
         let entries = self.entries_strict()?;
-        let mut own_folders: Vec<PathBuf> = entries
-            .iter()
-            .flat_map(|entry| canonical_folders(&entry.root()))
-            .collect();
+        let mut own_folders: Vec<PathBuf> = entries.iter().flat_map(Entry::folders).collect();
         own_folders.extend(registry_folder());
         own_folders.extend(canonical_folders(own));
         let mut spared = self.spared_of(&entries);
+        // Never through a link, on any name of the path: a path left as recorded (a user's
+        // link on it, or on a folder above it) guards no folder by identity, not the one it
+        // leads to (`/usr`, or the host's `/run` through `/tmp/x -> /`, which `commit` would
+        // then refuse to touch); it is guarded by its path alone.
         spared.identities.extend(
             own_folders
                 .iter()
-                .filter_map(|folder| fs::metadata(folder).ok())
-                .map(|meta| (meta.dev(), meta.ino())),
+                .filter_map(|folder| identity_unfollowed(folder)),
         );
         spared.identities.sort_unstable();
         spared.identities.dedup();
@@ -583,10 +593,7 @@ impl Registry {
 /// an empty folder of `/` (the places are kept when the path is registered again), or once
 /// that folder is removed too (review roots28 H1).
 fn state_folders_of(entries: &[Entry], retired: &[&Entry], mounts: &[MountEntry]) -> Vec<PathBuf> {
-    let mut folders: Vec<PathBuf> = entries
-        .iter()
-        .flat_map(|entry| canonical_folders(&entry.root()))
-        .collect();
+    let mut folders: Vec<PathBuf> = entries.iter().flat_map(Entry::folders).collect();
     folders.extend(registry_folder());
     with_places(folders, entries, retired, mounts)
 }
@@ -616,12 +623,71 @@ struct Entries {
     live: Vec<Entry>,
     /// Those whose root's path is gone, with their files.
     retired: Vec<(PathBuf, Entry)>,
+    /// Those whose path leads through a link a user may have placed ([`resolved`]): neither
+    /// hidden nor guarded where it leads, only at the places they recorded, as retired ones.
+    refused: Vec<Entry>,
 }
 
 impl Entries {
-    fn retired(&self) -> Vec<&Entry> {
-        self.retired.iter().map(|(_, entry)| entry).collect()
+    /// The entries hidden only at their recorded places: the retired and the refused.
+    fn at_recorded_places_only(&self) -> Vec<&Entry> {
+        let retired = self.retired.iter().map(|(_, entry)| entry);
+        retired.chain(&self.refused).collect()
     }
+}
+
+/// `entry` with its folders resolved ([`registered_path::resolve`]: a link followed only where
+/// root alone could have placed it), None when its state folder is gone.
+fn resolved(entry: &Entry) -> std::result::Result<Option<Entry>, Unresolved> {
+    let (dir, run) = folders_resolved(entry)?;
+    Ok(dir.exists.then(|| with_folders(entry.clone(), dir, run)))
+}
+
+/// The state folder and the run folder of `entry`, resolved ([`registered_path::resolve`]).
+fn folders_resolved(
+    entry: &Entry,
+) -> std::result::Result<(registered_path::Resolved, registered_path::Resolved), Unresolved> {
+    Ok((
+        registered_path::resolve(&entry.dir)?,
+        registered_path::resolve(&entry.run)?,
+    ))
+}
+
+/// `entry` with the folders `dir` and `run` it resolved to.
+fn with_folders(
+    entry: Entry,
+    dir: registered_path::Resolved,
+    run: registered_path::Resolved,
+) -> Entry {
+    Entry {
+        dir: dir.path,
+        run: run.path,
+        ..entry
+    }
+}
+
+/// `entry` (of the registry's file `file`) with its folders resolved as [`resolved`] does,
+/// also where its state folder is gone (guarding a path costs nothing); where a link a user may
+/// have placed is on the way, as recorded, with a warning: its paths are guarded as such, and
+/// nothing where the link leads.
+fn resolved_strictly(file: &Path, entry: Entry) -> Entry {
+    match folders_resolved(&entry) {
+        Ok((dir, run)) => with_folders(entry, dir, run),
+        Err(why) => {
+            eprintln!("feather: warning: {}", not_followed(file, &why));
+            entry
+        }
+    }
+}
+
+/// The warning for the registry's entry `file`, passed over because `why`.
+fn not_followed(file: &Path, why: &Unresolved) -> String {
+    format!(
+        "the registered state root of {} is passed over: {why}; no VM hides it nor does `diff` \
+         guard it there. {}",
+        file.display(),
+        why.advice(file)
+    )
 }
 
 /// The first [`RECORDED_KEPT`] distinct of `items`.
@@ -654,13 +720,26 @@ fn ids_of(known: Option<&Entry>, marker: Option<String>) -> Result<(String, Vec<
     Ok((id, others))
 }
 
-/// The root id the state folder `dir` holds in its [`ROOT_ID_FILE`], if any: one read (a
-/// plain file of at most 128 bytes, not followed if a link, not waited on if a FIFO:
-/// [`crate::small_file`]); anything else holds none.
+/// The root id the state folder `dir` (canonical) holds in its [`ROOT_ID_FILE`], if any: the
+/// folder reached through no link (a path a link is on now holds none: the folder it leads to
+/// is not the root's), the file read as [`beneath::root_id_in`] reads it.
 fn marker_in(dir: &Path) -> Option<String> {
-    let text = crate::small_file::read_text(&dir.join(ROOT_ID_FILE), 128).ok()?;
-    let id = text.trim();
-    (!id.is_empty()).then(|| id.to_string())
+    beneath::root_id_in(&unfollowed(dir)?)
+}
+
+/// The folder `dir` (absolute), opened from `/` through no link at all (a user's link on any
+/// name of the path, not only its last, leaves it unopened).
+fn unfollowed(dir: &Path) -> Option<fs::File> {
+    let root = beneath::open_root(Path::new("/")).ok()?;
+    let rel = dir.strip_prefix("/").ok()?;
+    beneath::open_dir(&root, rel).ok()?
+}
+
+/// The identity (device, inode) of the folder `dir`, reached through no link
+/// ([`unfollowed`]).
+fn identity_unfollowed(dir: &Path) -> Option<(u64, u64)> {
+    let meta = unfollowed(dir)?.metadata().ok()?;
+    Some((meta.dev(), meta.ino()))
 }
 
 /// The caller's mount table, as the host's; empty when it cannot be read (the walks of `diff`
@@ -674,10 +753,11 @@ fn parse_entry(text: &[u8]) -> Option<Entry> {
     serde_json::from_slice(text).ok()
 }
 
-/// [`REGISTRY_DIR`], and its canonical path where that differs (`/var/lib` a link).
+/// [`REGISTRY_DIR`], and its canonical path where that differs (`/var/lib` a link root made),
+/// resolved as the entries are ([`registered_path::resolve`]).
 fn registry_folder() -> Vec<PathBuf> {
     let named = PathBuf::from(REGISTRY_DIR);
-    let canonical = fs::canonicalize(&named).unwrap_or_else(|_| named.clone());
+    let canonical = registered_path::resolve(&named).map_or_else(|_| named.clone(), |r| r.path);
     vec![named, canonical]
 }
 
@@ -1101,6 +1181,64 @@ mod tests {
         fs::remove_dir_all(root.dir()).unwrap();
     }
 
+    /// A user owning a registered root's parent swaps the root for a link (to `/usr`, say;
+    /// here a folder of the test's): no VM hides where it leads, `diff` and `commit` guard
+    /// nothing there, and the entry is neither listed nor dropped. Once the folder holding the
+    /// link is root's alone (root moved the root and linked it back), the link is followed.
+    #[test]
+    fn a_root_a_user_swapped_for_a_link_is_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let (registry, root) = a_root("swapped");
+        registry.register(&root).unwrap().mark().unwrap();
+        let (_, own) = a_root("swapped-own");
+        let dir = fs::canonicalize(root.dir()).unwrap();
+        let parent = dir.parent().unwrap().to_path_buf();
+        let elsewhere = scratch("swapped-target");
+        fs::create_dir_all(elsewhere.join("run")).unwrap();
+        let elsewhere = fs::canonicalize(elsewhere).unwrap();
+        fs::rename(&dir, parent.join("moved")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &dir).unwrap();
+        std::os::unix::fs::chown(&parent, Some(65534), Some(65534)).unwrap();
+        assert!(registry.roots().is_empty(), "a user's link is not followed");
+        let entries = registry.entries();
+        let hidden = state_folders_of(
+            &entries.live,
+            &entries.at_recorded_places_only(),
+            &host_mounts(),
+        );
+        assert!(
+            !hidden.iter().any(|folder| folder.starts_with(&elsewhere)),
+            "hidden where the link leads: {hidden:?}"
+        );
+        let guarded = registry.guarded_with(&own, &host_mounts()).unwrap();
+        for target in [elsewhere.clone(), elsewhere.join("run")] {
+            let target = fs::metadata(target).unwrap();
+            assert!(!guarded
+                .spared
+                .identities
+                .contains(&(target.dev(), target.ino())));
+        }
+        assert!(!guarded
+            .folders
+            .iter()
+            .any(|folder| folder.starts_with(&elsewhere)));
+        let entry_files = fs::read_dir(registry.dir())
+            .unwrap()
+            .flatten()
+            .filter(|file| file.path().extension().is_some_and(|ext| ext == "json"));
+        assert_eq!(entry_files.count(), 1, "the entry is kept");
+        // Root's alone: root's own move, followed.
+        std::os::unix::fs::chown(&parent, Some(0), Some(0)).unwrap();
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o755)).unwrap();
+        let listed: Vec<PathBuf> = registry
+            .roots()
+            .iter()
+            .map(|root| root.dir().to_path_buf())
+            .collect();
+        assert_eq!(listed, [elsewhere]);
+        fs::remove_dir_all(registry.dir()).unwrap();
+    }
+
     #[test]
     fn the_strict_read_keeps_a_missing_root_and_fails_on_an_unreadable_entry() {
         let registry = Registry::at(scratch("registry-strict"));
@@ -1471,7 +1609,11 @@ mod tests {
     /// gives them, from `registry`.
     fn hidden_by(registry: &Registry) -> Vec<PathBuf> {
         let entries = registry.entries();
-        state_folders_of(&entries.live, &entries.retired(), &host_mounts())
+        state_folders_of(
+            &entries.live,
+            &entries.at_recorded_places_only(),
+            &host_mounts(),
+        )
     }
 
     /// Whether a walk of `diff` or `commit` knows `folder` for a root's by the registry alone.

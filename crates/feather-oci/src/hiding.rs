@@ -20,6 +20,8 @@ use crate::store::Container;
 pub fn in_running_containers(new: &StateRoot) -> Vec<String> {
     let folders = feather_core::roots::root_folders(new);
     let mut warnings = Vec::new();
+    // Its records are trusted below (an init whose mount namespace root joins): `roots()`
+    // lists only runtime roots no user but root can change.
     for root in RootRegistry::host().roots() {
         for id in crate::store::ids(&root) {
             let Ok(container) = Container::load(&root, &id) else {

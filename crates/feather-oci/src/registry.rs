@@ -9,10 +9,12 @@
 //! roots that are gone are dropped when the registry is read.
 
 use std::fs;
-use std::io::{ErrorKind, Write};
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use feather_core::registered_path;
 
 /// Where the registry lives: root-only, like the runtime roots it names.
 pub const REGISTRY_DIR: &str = "/run/feather-oci/roots";
@@ -86,8 +88,10 @@ impl RootRegistry {
         fs::rename(&temporary, entry)
     }
 
-    /// Every registered root that still exists, sorted. Entries of roots that are gone are
-    /// removed on the way.
+    /// Every registered root that still exists and that no user but root can change
+    /// ([`crate::store::check_root`]: its records are trusted, a container's rootfs diffed or
+    /// its init joined as root), sorted. Entries of roots that are gone are removed on the
+    /// way; a root that fails the check is passed over with a warning.
     pub fn roots(&self) -> Vec<PathBuf> {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return Vec::new();
@@ -102,18 +106,41 @@ impl RootRegistry {
                 continue;
             };
             let root = PathBuf::from(std::ffi::OsStr::from_bytes(&bytes));
-            match fs::symlink_metadata(&root) {
-                Ok(meta) if meta.is_dir() => roots.push(root),
-                Err(e) if e.kind() == ErrorKind::NotFound => {
+            // A link on the way is followed only where root alone could have placed it, as
+            // feather's own registry is read (`feather_core::registered_path`).
+            match registered_path::resolve(&root) {
+                Ok(found) if !found.exists => {
                     let _ = fs::remove_file(&path);
                 }
-                _ => {}
+                Ok(found) if fs::symlink_metadata(&found.path).is_ok_and(|m| m.is_dir()) => {
+                    match crate::store::check_root(&found.path) {
+                        Ok(()) => roots.push(found.path),
+                        Err(why) => {
+                            let advice = format!(
+                                "If the runtime root is no longer in use, remove {}",
+                                path.display()
+                            );
+                            passed_over(&path, &format!("{why:#}"), &advice)
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(why) => passed_over(&path, &why.to_string(), &why.advice(&path)),
             }
         }
         roots.sort();
         roots.dedup();
         roots
     }
+}
+
+/// Warns that the runtime root registered in `entry` is passed over because `why`.
+fn passed_over(entry: &Path, why: &str, advice: &str) {
+    eprintln!(
+        "feather: warning: the registered OCI runtime root of {} is passed over: {why}; its \
+         containers are not listed nor looked up, nor is any state root hidden in them. {advice}",
+        entry.display()
+    );
 }
 
 /// FNV-1a of the path: stable across builds (std's hasher is not promised to be), short
@@ -143,5 +170,55 @@ mod tests {
         assert_eq!(registry.roots(), [a]);
         assert_eq!(fs::read_dir(dir.join("registry")).unwrap().count(), 1);
         assert!(registry.register(&b).is_err(), "a root that does not exist");
+    }
+
+    /// A registered runtime root in a folder a user owns (no link on the way) is passed over:
+    /// its records are not listed, looked up, nor its inits joined, whatever they name.
+    #[test]
+    fn a_root_a_user_could_change_is_passed_over() {
+        use std::os::unix::fs::PermissionsExt;
+        let scratch = feather_testkit::ScratchDir::new("oci-registry-users");
+        let dir = fs::canonicalize(&scratch.0).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let registry = RootRegistry::at(dir.join("registry"));
+        let root = dir.join("home-u/runtime");
+        fs::create_dir_all(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).unwrap();
+        registry.register(&root).unwrap();
+        assert_eq!(registry.roots(), [root], "root's alone: listed");
+        std::os::unix::fs::chown(dir.join("home-u"), Some(65534), Some(65534)).unwrap();
+        assert!(registry.roots().is_empty(), "a user's folder above it");
+        assert_eq!(
+            fs::read_dir(dir.join("registry")).unwrap().count(),
+            1,
+            "the entry is kept"
+        );
+    }
+
+    /// A registered runtime root a user swapped for a link (owning the folder holding it) is
+    /// passed over, where root's own link is followed.
+    #[test]
+    fn a_root_a_user_swapped_for_a_link_is_passed_over() {
+        use std::os::unix::fs::PermissionsExt;
+        let scratch = feather_testkit::ScratchDir::new("oci-registry-swapped");
+        let dir = fs::canonicalize(&scratch.0).unwrap();
+        let registry = RootRegistry::at(dir.join("registry"));
+        let (parent, elsewhere) = (dir.join("parent"), dir.join("elsewhere"));
+        fs::create_dir_all(parent.join("mid/root")).unwrap();
+        fs::create_dir_all(elsewhere.join("root")).unwrap();
+        registry.register(&parent.join("mid/root")).unwrap();
+        // The folder above the root swapped: the root's own name is no link.
+        fs::remove_dir_all(parent.join("mid")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, parent.join("mid")).unwrap();
+        std::os::unix::fs::chown(&parent, Some(65534), Some(65534)).unwrap();
+        assert!(registry.roots().is_empty(), "a user's link is not followed");
+        std::os::unix::fs::chown(&parent, Some(0), Some(0)).unwrap();
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            registry.roots(),
+            [elsewhere.join("root")],
+            "root's own link is followed"
+        );
     }
 }

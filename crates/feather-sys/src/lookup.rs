@@ -72,6 +72,25 @@ impl End {
 /// back to the folder the walk came from (already looked at). A name missing ends the walk
 /// (`missing`); anything else that is not a folder before the last name is `ENOTDIR`.
 pub fn walk(path: &Path) -> io::Result<Lookup> {
+    walk_following(path, |_| Ok(()))
+}
+
+/// A link a walk is about to follow, and the folder it was found in, each as its own
+/// descriptor says (never looked up again by path).
+#[derive(Debug)]
+pub struct LinkFound<'a> {
+    /// The folder holding the link, as walked, and its `fstat`.
+    pub holder: &'a Path,
+    pub holder_meta: &'a Metadata,
+    /// The link itself, as walked (its `fstat` is the last of the walk's steps).
+    pub link: &'a Step,
+}
+
+/// [`walk`], asking `may_follow` before each link is followed: its error ends the walk.
+pub fn walk_following(
+    path: &Path,
+    mut may_follow: impl FnMut(&LinkFound) -> io::Result<()>,
+) -> io::Result<Lookup> {
     if !path.is_absolute() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -128,6 +147,11 @@ pub fn walk(path: &Path) -> io::Result<Lookup> {
             mount,
         });
         if meta.file_type().is_symlink() {
+            may_follow(&LinkFound {
+                holder: at,
+                holder_meta: &folder.metadata()?,
+                link: steps.last().expect("just pushed"),
+            })?;
             links += 1;
             if links > MAX_LINKS {
                 return Err(Errno::ELOOP.into());

@@ -98,6 +98,12 @@ pub enum HidingError {
     State(#[from] feather_core::Error),
     #[error("an operation on it (start, stop, checkpoint…) took more than {} s", OPERATION_PATIENCE.as_secs())]
     Busy,
+    #[error(
+        "its state names pid {pid} as its init, which is not in the VM's group {} (a record \
+         feather did not write): nothing was mounted there; check who wrote its state.json",
+        .group.display()
+    )]
+    NotItsInit { pid: i32, group: PathBuf },
     #[error("cannot read its mounts")]
     Mounts(#[source] std::io::Error),
     #[error("cannot mount the empty tmpfs on {} in it", listed(folders))]
@@ -135,6 +141,18 @@ pub fn in_running_vms(new: &StateRoot) -> Vec<String> {
     let folders = feather_core::roots::root_folders(new);
     let mut warnings = Vec::new();
     for root in Registry::host().roots() {
+        // Its VMs' records are trusted below (a pid whose mount namespace root joins): only
+        // in a root no user but root can change (review rootscheck31 H4).
+        if let Err(why) = feather_core::strict_modes::check_state_root(root.dir()) {
+            warnings.push(format!(
+                "did not look for running VMs in state root {} to hide state root {} in them: \
+                 {}",
+                root.dir().display(),
+                new.dir().display(),
+                feather_core::error::causes(&why)
+            ));
+            continue;
+        }
         for vm in root.list().unwrap_or_default() {
             if let Err(why) = in_running_vm(&vm, &folders) {
                 warnings.push(format!(
@@ -204,7 +222,23 @@ fn in_running_vm(vm: &VmDir, folders: &[PathBuf]) -> Result<(), HidingError> {
     if process::start_ticks(pid) != state.init_start_ticks || state.init_start_ticks.is_none() {
         return Ok(());
     }
-    let base = vm.read_config()?.base;
+    let config = vm.read_config()?;
+    // The init feather started is in the VM's group, where only root puts a process: a record
+    // naming any other (host pid 1, forged) would have the tmpfs mounted in that process's
+    // namespace, the host's own. The group's members are read in the folders feather made
+    // the group in, not from the process's `/proc/PID/cgroup` (relative to its cgroup
+    // namespace, which differs where the cgroupfs mount's root is not the hierarchy's).
+    let group = crate::vm_group::cgroup_path(&config);
+    if !is_one_name(&config.id) || !group.members().contains(&pid) {
+        if process::start_ticks(pid) != state.init_start_ticks {
+            return Ok(());
+        }
+        return Err(HidingError::NotItsInit {
+            pid: pid.as_raw(),
+            group: group.relative().to_path_buf(),
+        });
+    }
+    let base = config.base;
     // A VM that stopped meanwhile (its init gone, a zombie not yet reaped, or exiting) has
     // nothing left to hide anything in.
     in_vm(&pidfd, pid, &base, folders).or_else(|why| {
@@ -216,6 +250,16 @@ fn in_running_vm(vm: &VmDir, folders: &[PathBuf]) -> Result<(), HidingError> {
             Ok(())
         }
     })
+}
+
+/// Whether a VM's id is one plain name, as feather makes it: its group is then one of
+/// `feather/`'s children, never `feather/` itself or above.
+fn is_one_name(id: &str) -> bool {
+    let mut parts = Path::new(id).components();
+    matches!(
+        (parts.next(), parts.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    )
 }
 
 /// Hides in the VM whose init is `pid` (held by `pidfd`) those of `folders` it sees and that
@@ -305,6 +349,18 @@ mod tests {
             to_hide(Path::new("/srv/x"), &folders),
             paths(&["tree/data/c"])
         );
+    }
+
+    /// A VM's group is `feather/ID`: an id that is not one plain name (a forged record's)
+    /// would name `feather/` itself, a group above it, or another VM's below it.
+    #[test]
+    fn only_a_plain_name_is_an_id_whose_group_is_its_own() {
+        for id in ["web", "web-1.a_b", "web/"] {
+            assert!(is_one_name(id), "{id:?}");
+        }
+        for id in ["", ".", "..", "../web", "web/..", "a/b", "/web", "./web"] {
+            assert!(!is_one_name(id), "{id:?}");
+        }
     }
 
     /// What the kernel says of the mount table of a process that let go of its namespaces
