@@ -250,6 +250,48 @@ fn a_checkpoint_that_fails_beside_the_replaced_one_s_removal_leaves_the_vm_runni
     assert_eq!(feather.sh("vm", "echo runs").trim(), "runs");
 }
 
+/// A checkpoint's images are flushed to disk before the VM reads as checkpointed, also for a VM
+/// with a disk image of its own (`--disk`), whose layer's flush before the record flushes the
+/// image and not the filesystem holding the images (review-ckpt31 L5: a power cut after the
+/// checkpoint could leave it "checkpointed" with its images cut short). A flush that fails (the
+/// test-only `FEATHER_TEST_FAIL_IMAGES_SYNC` in the keeper's environment, as a failing disk)
+/// refuses the checkpoint, saying why, and the VM runs on; disarmed, the same keeper's next
+/// checkpoint succeeds and restores.
+#[test]
+fn a_checkpoint_whose_images_cannot_be_flushed_to_disk_is_refused_and_the_vm_runs_on() {
+    let feather = Feather::new("ckpt-imagesync");
+    feather.require_criu();
+    let base = ScratchBase::new("ckpt-imagesync");
+    let create = ["create", "vm", "--base", base.as_str(), "--net", "none"];
+    feather.ok(&[&create[..], &["--disk", "16M"]].concat());
+    let armed = crate::support::ScratchDir::new("ckpt-imagesync");
+    let failing = armed.path.join("fail");
+    fs::write(&failing, "").unwrap();
+    let started = feather_testkit::run(
+        feather
+            .command()
+            .env("FEATHER_TEST_FAIL_IMAGES_SYNC", &failing)
+            .args(["start", "vm"]),
+    );
+    assert_eq!(started.code, 0, "{}", started.stderr);
+    feather.sh("vm", "echo kept > /marker");
+
+    let said = feather.fails(&["checkpoint", "vm"]);
+    assert!(
+        said.contains("cannot flush its checkpoint's images to disk")
+            && said.contains("FEATHER_TEST_FAIL_IMAGES_SYNC is set"),
+        "{said}"
+    );
+    assert_eq!(feather.status("vm"), "running");
+    assert_eq!(feather.sh("vm", "cat /marker").trim(), "kept");
+
+    fs::remove_file(&failing).unwrap();
+    feather.ok(&["checkpoint", "vm"]);
+    assert_eq!(feather.status("vm"), "checkpointed");
+    feather.ok(&["restore", "vm"]);
+    assert_eq!(feather.sh("vm", "cat /marker").trim(), "kept");
+}
+
 /// For each mask over a kernel folder, and the read-only tmpfs at /sys/fs/cgroup: where, the
 /// mount's filesystem and superblock options as the VM's mountinfo shows them, how many
 /// entries it lists, and whether root in the VM can write there.

@@ -1858,7 +1858,9 @@ impl Keeper {
         }
         if self.checkpointed.get() {
             // A checkpoint must not read as restorable before the layer it goes with is on
-            // disk: the layer's mounts go (and with them its flush) before the record.
+            // disk: the layer's mounts go (and with them its flush) before the record. Its
+            // images were flushed at CRIU's `post-dump` (`snapshot::sync_images`): this flush
+            // is the layer's filesystem's, which need not hold them (a disk image's).
             drop(self.held_mounts.take());
             trace::phase("teardown: let the VM's mounts go (its layer flushed)");
         }
