@@ -997,10 +997,25 @@ impl Pages {
     }
 }
 
-/// Removes a received VM that must not run here, whatever state it reached.
+/// Removes a received VM that must not run here, whatever state it reached; says in the
+/// serve's log (its stderr) when it cannot, as a copy left here could be run beside the
+/// sender's.
 fn discard(root: &StateRoot, name: &VmName) {
-    let Ok(vm) = root.open(name) else {
-        return;
+    if let Err(e) = discarded(root, name) {
+        eprintln!(
+            "feather serve: VM {name}: its copy here, which must not run (the sender keeps the \
+             VM), could not be removed: {}; remove it with `feather rm --force {name}` (do not \
+             restore it)",
+            causes(&e)
+        );
+    }
+}
+
+/// [`discard`], or why not.
+fn discarded(root: &StateRoot, name: &VmName) -> Result<()> {
+    let vm = match root.open(name) {
+        Err(feather_core::Error::NotFound(_)) => return Ok(()),
+        opened => opened?,
     };
     if let Ok(config) = vm.read_config() {
         // Its processes are stopped and were never let run: they end at once.
@@ -1009,8 +1024,11 @@ fn discard(root: &StateRoot, name: &VmName) {
             cgroup.kill_all();
         }
     }
-    let _ = vm.keeper_ends_by(Instant::now() + Duration::from_secs(10));
-    let _ = lifecycle::remove(root, name, true);
+    // Its keeper ends with them, having recorded their end. One still there after 10 s is
+    // no failure yet: the forced removal stops it, or waits for its end (bounded, and naming
+    // it), and fails, said above, if it cannot; nothing is removed under a live keeper.
+    vm.keeper_ends_by(Instant::now() + Duration::from_secs(10))?;
+    lifecycle::remove(root, name, true)
 }
 
 /// Copies of VMs that a migration brought here but never confirmed (their `feather serve`
