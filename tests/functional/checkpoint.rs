@@ -212,6 +212,21 @@ fn set_aside(feather: &Feather, vm: &str) -> Vec<String> {
         .collect()
 }
 
+/// `feather <command> vm` (`start`, `restore`), whose keeper has the test-only failure `hook`
+/// armed while the returned file exists: removed, it is disarmed for that running keeper.
+fn keeper_failing(
+    feather: &Feather,
+    command: &str,
+    hook: &str,
+) -> (crate::support::ScratchDir, std::path::PathBuf) {
+    let armed = crate::support::ScratchDir::new("ckpt-hook");
+    let failing = armed.path.join("fail");
+    fs::write(&failing, "").unwrap();
+    let outcome = feather_testkit::run(feather.command().env(hook, &failing).args([command, "vm"]));
+    assert_eq!(outcome.code, 0, "{}", outcome.stderr);
+    (armed, failing)
+}
+
 /// A plain checkpoint that fails once the checkpoint it replaces was set aside and its removal
 /// started beside the dump (its `layers.json` cannot be written, made to fail by the test-only
 /// `FEATHER_TEST_FAIL_LAYERS` in the keeper's environment, as a full disk would) says why, the
@@ -225,16 +240,7 @@ fn a_checkpoint_that_fails_beside_the_replaced_one_s_removal_leaves_the_vm_runni
     let base = ScratchBase::new("ckpt-layersfail");
     feather.start_over("vm", &base, &["--net", "none"]);
     feather.ok(&["checkpoint", "vm"]);
-    let armed = crate::support::ScratchDir::new("ckpt-layersfail");
-    let failing = armed.path.join("fail");
-    fs::write(&failing, "").unwrap();
-    let restored = feather_testkit::run(
-        feather
-            .command()
-            .env("FEATHER_TEST_FAIL_LAYERS", &failing)
-            .args(["restore", "vm"]),
-    );
-    assert_eq!(restored.code, 0, "{}", restored.stderr);
+    let (_armed, failing) = keeper_failing(&feather, "restore", "FEATHER_TEST_FAIL_LAYERS");
 
     let said = feather.fails(&["checkpoint", "vm"]);
     assert!(said.contains("FEATHER_TEST_FAIL_LAYERS is set"), "{said}");
@@ -262,18 +268,9 @@ fn a_checkpoint_whose_images_cannot_be_flushed_to_disk_is_refused_and_the_vm_run
     let feather = Feather::new("ckpt-imagesync");
     feather.require_criu();
     let base = ScratchBase::new("ckpt-imagesync");
-    let create = ["create", "vm", "--base", base.as_str(), "--net", "none"];
-    feather.ok(&[&create[..], &["--disk", "16M"]].concat());
-    let armed = crate::support::ScratchDir::new("ckpt-imagesync");
-    let failing = armed.path.join("fail");
-    fs::write(&failing, "").unwrap();
-    let started = feather_testkit::run(
-        feather
-            .command()
-            .env("FEATHER_TEST_FAIL_IMAGES_SYNC", &failing)
-            .args(["start", "vm"]),
-    );
-    assert_eq!(started.code, 0, "{}", started.stderr);
+    let options = ["--net", "none", "--disk", "16M"];
+    feather.ok(&[&["create", "vm", "--base", base.as_str()], &options[..]].concat());
+    let (_armed, failing) = keeper_failing(&feather, "start", "FEATHER_TEST_FAIL_IMAGES_SYNC");
     feather.sh("vm", "echo kept > /marker");
 
     let said = feather.fails(&["checkpoint", "vm"]);
