@@ -270,6 +270,13 @@ fn a_checkpoint_whose_images_cannot_be_flushed_to_disk_is_refused_and_the_vm_run
     let base = ScratchBase::new("ckpt-imagesync");
     let options = ["--net", "none", "--disk", "16M"];
     feather.ok(&[&["create", "vm", "--base", base.as_str()], &options[..]].concat());
+    // Its layer is in the image, off the images' filesystem: they are flushed at `post-dump`.
+    // (A root with project quotas keeps the layer on its filesystem: see the test below.)
+    assert_eq!(
+        disk_mechanism(&feather),
+        "image",
+        "this host caps the disk otherwise"
+    );
     let (_armed, failing) = keeper_failing(&feather, "start", "FEATHER_TEST_FAIL_IMAGES_SYNC");
     feather.sh("vm", "echo kept > /marker");
 
@@ -287,6 +294,44 @@ fn a_checkpoint_whose_images_cannot_be_flushed_to_disk_is_refused_and_the_vm_run
     assert_eq!(feather.status("vm"), "checkpointed");
     feather.ok(&["restore", "vm"]);
     assert_eq!(feather.sh("vm", "cat /marker").trim(), "kept");
+}
+
+/// How the VM's disk is capped ("image": a disk image of its own; none: uncapped).
+fn disk_mechanism(feather: &Feather) -> String {
+    let inspected = feather.inspect("vm");
+    inspected["config"]["limits"]["disk"]["by"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A VM whose checkpoint is on its layer's filesystem has its images flushed with the layer,
+/// and a `syncfs` after that flush returns a write error the flush met (made to fail by the
+/// test-only `FEATHER_TEST_FAIL_IMAGES_SYNC`, as a failing disk would): the checkpoint is
+/// refused, saying why, and the VM, whose processes ended with the dump, is recorded stopped,
+/// never checkpointed; it starts again.
+#[test]
+fn a_checkpoint_whose_layer_s_filesystem_cannot_be_flushed_is_not_recorded_checkpointed() {
+    let feather = Feather::new("ckpt-layersync");
+    feather.require_criu();
+    let base = ScratchBase::new("ckpt-layersync");
+    feather.ok(&["create", "vm", "--base", base.as_str(), "--net", "none"]);
+    assert_ne!(
+        disk_mechanism(&feather),
+        "image",
+        "the images are on the layer's filesystem"
+    );
+    let (_armed, _failing) = keeper_failing(&feather, "start", "FEATHER_TEST_FAIL_IMAGES_SYNC");
+
+    let said = feather.fails(&["checkpoint", "vm"]);
+    assert!(
+        said.contains("recorded stopped, not checkpointed")
+            && said.contains("FEATHER_TEST_FAIL_IMAGES_SYNC is set"),
+        "{said}"
+    );
+    assert_eq!(feather.status("vm"), "stopped");
+    feather.ok(&["start", "vm"]);
+    assert_eq!(feather.sh("vm", "echo up").trim(), "up");
 }
 
 /// For each mask over a kernel folder, and the read-only tmpfs at /sys/fs/cgroup: where, the

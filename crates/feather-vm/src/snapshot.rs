@@ -389,11 +389,10 @@ fn sync_images(name: &feather_core::VmName, images: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Whether the flush of the VM's layer before its record (its overlay's unmount syncs the upper
-/// folder's whole filesystem: `Keeper::tear_down`) flushes the checkpoint folder `images`
-/// too: only where both are on one filesystem, which a VM with a disk image of its own
-/// (`limits.disk`: its layer is in the image) or a layer in memory does not share. Unknown
-/// counts as not. Where it does, flushing the images first saves nothing: the layer's flush
+/// Whether the flush of the VM's layer before its record (its overlay's unmount, then
+/// [`sync_images_filesystem`]: `Keeper::flush_checkpoint`) flushes the checkpoint folder
+/// `images` too: only where both are on one filesystem, which a VM with a disk image of its
+/// own (`limits.disk`: its layer is in the image) does not share. Unknown counts as not. Where it does, flushing the images first saves nothing: the layer's flush
 /// (35-51 ms for 64 MB of pages, debug build, load 4-5) is their writing, and after them it
 /// still took 1-11 ms.
 fn flushed_with_layer(images: &Path, vm: &VmDir, config: &VmConfig) -> bool {
@@ -401,6 +400,46 @@ fn flushed_with_layer(images: &Path, vm: &VmDir, config: &VmConfig) -> bool {
     let device = |path: &Path| fs::metadata(path).map(|meta| meta.dev()).ok();
     let upper = layers::home(vm, config).upper;
     device(images).is_some_and(|images| device(&upper) == Some(images))
+}
+
+/// The checkpoint folder of a VM whose images [`flushed_with_layer`] covers, opened before
+/// that flush (the drop of the VM's mounts: `Keeper::tear_down`) so that
+/// [`sync_images_filesystem`] after it hears of a write error the flush met. None where the
+/// images were flushed at `post-dump` ([`sync_images`]); opened where unsure.
+pub(crate) fn images_flushed_with_layer(vm: &VmDir, config: &VmConfig) -> Option<fs::File> {
+    let images = vm.checkpoint_dir();
+    if !flushed_with_layer(&images, vm, config) {
+        return None;
+    }
+    Some(fs::File::open(&images))?.ok()
+}
+
+/// Flushes the filesystem holding the checkpoint folder `images` (opened by
+/// [`images_flushed_with_layer`]) after the layer's flush: the unmount flushes it only if it
+/// let go of the overlay's last hold (not while another namespace or file still holds it),
+/// and drops a write error it meets. Then little is left to write (1-11 ms, see
+/// [`flushed_with_layer`]), and `syncfs` returns any write error on the filesystem since the
+/// folder was opened. On an error the VM must not be recorded checkpointed.
+pub(crate) fn sync_images_filesystem(vm: &VmDir, images: &fs::File) -> Result<()> {
+    let synced = match crate::test_hooks::armed(FAIL_IMAGES_SYNC) {
+        true => Err(std::io::Error::other(format!(
+            "{FAIL_IMAGES_SYNC} is set (a test)"
+        ))),
+        false => nix::unistd::syncfs(images).map_err(std::io::Error::from),
+    };
+    synced.map_err(|e| {
+        failed(
+            vm.name(),
+            format!(
+                "cannot flush its checkpoint's images to disk ({e}), so it is recorded \
+                 stopped, not checkpointed: its processes ended with the dump, and its \
+                 checkpoint might not survive a power cut; check the disk holding {}",
+                vm.checkpoint_dir().display()
+            ),
+        )
+    })?;
+    feather_core::trace::phase("teardown: the images' filesystem flushed");
+    Ok(())
 }
 
 /// The mounts `picked` chooses, in order, as external mounts of the dump keyed
