@@ -3504,13 +3504,26 @@ fn an_unconfirmed_copy_that_cannot_be_removed_is_said_in_the_receivers_log() {
             .spawn()
             .unwrap(),
     );
-    // Before it listens, a receiver says what it cleaned up.
-    let mut reader = BufReader::new(serve.0.stderr.take().unwrap());
+    // Before it listens, a receiver says what it cleaned up. Read by a thread of its own, so
+    // that a receiver stuck before it listens fails the test (after a generous deadline)
+    // rather than hanging the suite.
+    let reader = BufReader::new(serve.0.stderr.take().unwrap());
+    let (lines, heard) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in reader.lines().map_while(Result::ok) {
+            if lines.send(line + "\n").is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     let mut said = String::new();
     while !said.contains("listening on") {
-        let before = said.len();
-        reader.read_line(&mut said).unwrap();
-        assert!(said.len() > before, "the receiver ended: {said}");
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match heard.recv_timeout(left) {
+            Ok(line) => said.push_str(&line),
+            Err(e) => panic!("the receiver did not say it listens within 120 s ({e}): {said}"),
+        }
     }
     drop(serve);
     drop(holder);
