@@ -1651,6 +1651,30 @@ pub(crate) fn await_release(
 mod tests {
     use super::*;
 
+    /// A dump's images are flushed through the same open and fsync as any file of the folder:
+    /// every entry of it is, and one that cannot be (here a link to nothing, as a file gone
+    /// under it) refuses the checkpoint, naming it and the disk to check (review-ckpt32 M1).
+    #[test]
+    fn the_images_flush_takes_every_entry_of_the_folder_and_names_one_it_cannot() {
+        let scratch = feather_testkit::ScratchDir::new("images-sync");
+        let images = scratch.0.join("checkpoint");
+        fs::create_dir_all(&images).unwrap();
+        for file in ["pages-1.img", "core-1.img", LAYERS] {
+            fs::write(images.join(file), b"x").unwrap();
+        }
+        let name: feather_core::VmName = "vm".parse().unwrap();
+        sync_images(&name, &images).unwrap();
+        let gone = images.join("mm-1.img");
+        std::os::unix::fs::symlink(scratch.0.join("nothing"), &gone).unwrap();
+        let said = feather_core::error::causes(&sync_images(&name, &images).unwrap_err());
+        assert!(
+            said.contains("cannot flush its checkpoint's images to disk")
+                && said.contains(&gone.display().to_string())
+                && said.contains(&format!("check the disk holding {}", images.display())),
+            "{said}"
+        );
+    }
+
     /// A process the test started, killed and reaped on drop.
     struct Started(std::process::Child);
 
