@@ -212,6 +212,21 @@ fn set_aside(feather: &Feather, vm: &str) -> Vec<String> {
         .collect()
 }
 
+/// `feather <command> vm` (`start`, `restore`), whose keeper has the test-only failure `hook`
+/// armed while the returned file exists: removed, it is disarmed for that running keeper.
+fn keeper_failing(
+    feather: &Feather,
+    command: &str,
+    hook: &str,
+) -> (crate::support::ScratchDir, std::path::PathBuf) {
+    let armed = crate::support::ScratchDir::new("ckpt-hook");
+    let failing = armed.path.join("fail");
+    fs::write(&failing, "").unwrap();
+    let outcome = feather_testkit::run(feather.command().env(hook, &failing).args([command, "vm"]));
+    assert_eq!(outcome.code, 0, "{}", outcome.stderr);
+    (armed, failing)
+}
+
 /// A plain checkpoint that fails once the checkpoint it replaces was set aside and its removal
 /// started beside the dump (its `layers.json` cannot be written, made to fail by the test-only
 /// `FEATHER_TEST_FAIL_LAYERS` in the keeper's environment, as a full disk would) says why, the
@@ -225,16 +240,7 @@ fn a_checkpoint_that_fails_beside_the_replaced_one_s_removal_leaves_the_vm_runni
     let base = ScratchBase::new("ckpt-layersfail");
     feather.start_over("vm", &base, &["--net", "none"]);
     feather.ok(&["checkpoint", "vm"]);
-    let armed = crate::support::ScratchDir::new("ckpt-layersfail");
-    let failing = armed.path.join("fail");
-    fs::write(&failing, "").unwrap();
-    let restored = feather_testkit::run(
-        feather
-            .command()
-            .env("FEATHER_TEST_FAIL_LAYERS", &failing)
-            .args(["restore", "vm"]),
-    );
-    assert_eq!(restored.code, 0, "{}", restored.stderr);
+    let (_armed, failing) = keeper_failing(&feather, "restore", "FEATHER_TEST_FAIL_LAYERS");
 
     let said = feather.fails(&["checkpoint", "vm"]);
     assert!(said.contains("FEATHER_TEST_FAIL_LAYERS is set"), "{said}");
@@ -248,6 +254,84 @@ fn a_checkpoint_that_fails_beside_the_replaced_one_s_removal_leaves_the_vm_runni
     assert_eq!(set_aside(&feather, "vm"), Vec::<String>::new());
     feather.ok(&["restore", "vm"]);
     assert_eq!(feather.sh("vm", "echo runs").trim(), "runs");
+}
+
+/// A checkpoint's images are flushed to disk before the VM reads as checkpointed, also for a VM
+/// with a disk image of its own (`--disk`), whose layer's flush before the record flushes the
+/// image and not the filesystem holding the images (review-ckpt31 L5: a power cut after the
+/// checkpoint could leave it "checkpointed" with its images cut short). A flush that fails (the
+/// test-only `FEATHER_TEST_FAIL_IMAGES_SYNC` in the keeper's environment, as a failing disk)
+/// refuses the checkpoint, saying why, and the VM runs on; disarmed, the same keeper's next
+/// checkpoint succeeds and restores.
+#[test]
+fn a_checkpoint_whose_images_cannot_be_flushed_to_disk_is_refused_and_the_vm_runs_on() {
+    let feather = Feather::new("ckpt-imagesync");
+    feather.require_criu();
+    let base = ScratchBase::new("ckpt-imagesync");
+    let options = ["--net", "none", "--disk", "16M"];
+    feather.ok(&[&["create", "vm", "--base", base.as_str()], &options[..]].concat());
+    // Its layer is in the image, off the images' filesystem: they are flushed at `post-dump`.
+    // (A root with project quotas keeps the layer on its filesystem: see the test below.)
+    assert_eq!(
+        disk_mechanism(&feather),
+        "image",
+        "this host caps the disk otherwise"
+    );
+    let (_armed, failing) = keeper_failing(&feather, "start", "FEATHER_TEST_FAIL_IMAGES_SYNC");
+    feather.sh("vm", "echo kept > /marker");
+
+    let said = feather.fails(&["checkpoint", "vm"]);
+    assert!(
+        said.contains("cannot flush its checkpoint's images to disk")
+            && said.contains("FEATHER_TEST_FAIL_IMAGES_SYNC is set"),
+        "{said}"
+    );
+    assert_eq!(feather.status("vm"), "running");
+    assert_eq!(feather.sh("vm", "cat /marker").trim(), "kept");
+
+    fs::remove_file(&failing).unwrap();
+    feather.ok(&["checkpoint", "vm"]);
+    assert_eq!(feather.status("vm"), "checkpointed");
+    feather.ok(&["restore", "vm"]);
+    assert_eq!(feather.sh("vm", "cat /marker").trim(), "kept");
+}
+
+/// How the VM's disk is capped ("image": a disk image of its own; none: uncapped).
+fn disk_mechanism(feather: &Feather) -> String {
+    let inspected = feather.inspect("vm");
+    inspected["config"]["limits"]["disk"]["by"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A VM whose checkpoint is on its layer's filesystem has its images flushed with the layer,
+/// and a `syncfs` after that flush returns a write error the flush met (made to fail by the
+/// test-only `FEATHER_TEST_FAIL_IMAGES_SYNC`, as a failing disk would): the checkpoint is
+/// refused, saying why, and the VM, whose processes ended with the dump, is recorded stopped,
+/// never checkpointed; it starts again.
+#[test]
+fn a_checkpoint_whose_layer_s_filesystem_cannot_be_flushed_is_not_recorded_checkpointed() {
+    let feather = Feather::new("ckpt-layersync");
+    feather.require_criu();
+    let base = ScratchBase::new("ckpt-layersync");
+    feather.ok(&["create", "vm", "--base", base.as_str(), "--net", "none"]);
+    assert_ne!(
+        disk_mechanism(&feather),
+        "image",
+        "the images are on the layer's filesystem"
+    );
+    let (_armed, _failing) = keeper_failing(&feather, "start", "FEATHER_TEST_FAIL_IMAGES_SYNC");
+
+    let said = feather.fails(&["checkpoint", "vm"]);
+    assert!(
+        said.contains("recorded stopped, not checkpointed")
+            && said.contains("FEATHER_TEST_FAIL_IMAGES_SYNC is set"),
+        "{said}"
+    );
+    assert_eq!(feather.status("vm"), "stopped");
+    feather.ok(&["start", "vm"]);
+    assert_eq!(feather.sh("vm", "echo up").trim(), "up");
 }
 
 /// For each mask over a kernel folder, and the read-only tmpfs at /sys/fs/cgroup: where, the

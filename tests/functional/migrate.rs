@@ -3594,3 +3594,110 @@ fn a_migrated_vms_units_are_in_their_groups_at_the_target() {
     target.ok(&["service", "stop", "vm", "escaper"]);
     assert_eq!(target.sh("vm", "pgrep -x sleep || true"), "");
 }
+
+/// A copy a migration brought here that must not run (never confirmed: its sender kept the VM)
+/// and that cannot be removed is said in the receiver's log, naming the VM, why and what to do;
+/// its removal's failure was dropped before, and a copy left here could be restored beside the
+/// sender's. Here a command under way on it is stopped (SIGSTOP) holding its operations lock,
+/// which refuses the removal at once.
+#[test]
+fn an_unconfirmed_copy_that_cannot_be_removed_is_said_in_the_receivers_log() {
+    let target = Feather::new("mig-discard-said");
+    target.require_criu();
+    let base = ScratchBase::new("mig-discard-said");
+    target.start_over("vm", &base, &["--net", "none"]);
+    target.ok(&["checkpoint", "vm"]);
+    // Held for a receiver that has ended (pid 1 did not start at tick 1).
+    std::fs::write(target.vm_dir("vm").join("checkpoint/hold"), "1 1").unwrap();
+    let holder = StoppedLockHolder::of(&target, &target.vm_dir("vm").join("op.lock"));
+
+    let mut serve = Killed(
+        target
+            .command()
+            .args(["serve", "--listen", "127.0.0.1:0", "--once"])
+            .env("FEATHER_MIGRATE_TOKEN", TOKEN)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Before it listens, a receiver says what it cleaned up. Read by a thread of its own, so
+    // that a receiver stuck before it listens fails the test (after a generous deadline)
+    // rather than hanging the suite.
+    let reader = BufReader::new(serve.0.stderr.take().unwrap());
+    let (lines, heard) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in reader.lines().map_while(Result::ok) {
+            if lines.send(line + "\n").is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut said = String::new();
+    while !said.contains("listening on") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match heard.recv_timeout(left) {
+            Ok(line) => said.push_str(&line),
+            Err(e) => panic!("the receiver did not say it listens within 120 s ({e}): {said}"),
+        }
+    }
+    drop(serve);
+    drop(holder);
+    assert!(
+        said.contains("feather serve: VM vm: its copy here, which must not run")
+            && said.contains(&format!("kill -CONT {}", holder_pid(&said)))
+            && said.contains("`feather rm --force vm`"),
+        "{said}"
+    );
+}
+
+/// The pid of the stopped command the removal's refusal names.
+fn holder_pid(said: &str) -> String {
+    said.split("(pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or("none")
+        .to_owned()
+}
+
+/// A process holding a lock on a file (flock, as feather's operations lock), stopped (SIGSTOP)
+/// with it until this is dropped, failing test or not (then killed and reaped).
+struct StoppedLockHolder(Child);
+
+impl StoppedLockHolder {
+    fn of(feather: &Feather, file: &Path) -> StoppedLockHolder {
+        let child = Command::new("python3")
+            .args([
+                "-c",
+                "import fcntl, os, signal, sys\n\
+                 held = open(sys.argv[1], 'a')\n\
+                 fcntl.flock(held, fcntl.LOCK_EX)\n\
+                 os.kill(os.getpid(), signal.SIGSTOP)",
+            ])
+            .arg(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let holder = StoppedLockHolder(child);
+        let stat = format!("/proc/{}/stat", holder.0.id());
+        feather.eventually("the lock's holder has stopped", || {
+            std::fs::read_to_string(&stat).is_ok_and(|stat| {
+                stat.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('T')
+            })
+        });
+        holder
+    }
+}
+
+impl Drop for StoppedLockHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -411,12 +411,12 @@ impl LazyCheckpoint {
 
     /// Waits until the page server has served every page and the VM's processes here have
     /// ended (`Ok`), or the fetching failed (`Err`; CRIU then lets the processes here go on,
-    /// unless they were ended or are frozen).
+    /// unless they were ended or are frozen). The keeper answers once it has recorded the VM
+    /// checkpointed; its last steps after that are waited for by whatever removes the copy
+    /// here (`lifecycle::remove`, bounded, saying which process it waits for), not here, where
+    /// a keeper slow to end would be taken for pages lost.
     pub(crate) fn finish(mut self) -> Result<()> {
-        self.dump_ended()?;
-        self.vm
-            .keeper_ends_by(std::time::Instant::now() + Duration::from_secs(10))?;
-        Ok(())
+        self.dump_ended()
     }
 
     /// The keeper's answer at the end of the dump: `Ok` once the page server has served every

@@ -134,6 +134,9 @@ pub struct Keeper {
     durability: Durability,
     /// Set once CRIU has saved the VM and ended its processes: their end is a checkpoint.
     checkpointed: std::cell::Cell<bool>,
+    /// Why a checkpoint whose processes ended is not recorded as one (its images' flush
+    /// failed: [`Keeper::flush_checkpoint`]), for the asker.
+    checkpoint_refused: Option<String>,
     /// Set once a pooled VM was claimed by a `run --rm` (see [`crate::pool`]): its end is that
     /// run's end, and its teardown a throw-away VM's, out of `ls`'s sight.
     claimed: std::cell::Cell<bool>,
@@ -569,6 +572,7 @@ impl Keeper {
             network,
             durability,
             checkpointed: std::cell::Cell::new(false),
+            checkpoint_refused: None,
             claimed: std::cell::Cell::new(false),
             expired: std::cell::Cell::new(false),
             gone_root: std::cell::Cell::new(None),
@@ -732,6 +736,7 @@ impl Keeper {
             listener,
             network,
             checkpointed: std::cell::Cell::new(false),
+            checkpoint_refused: None,
             claimed: std::cell::Cell::new(false),
             expired: std::cell::Cell::new(false),
             gone_root: std::cell::Cell::new(None),
@@ -1201,13 +1206,14 @@ impl Keeper {
                 },
             );
         }
+        let answer = match self.checkpoint_refused.take() {
+            Some(message) => Response::Error { message },
+            None => Response::Checkpointed {
+                leave_running: false,
+            },
+        };
         for stream in checkpoint_requests {
-            let _ = protocol::write_response(
-                &stream,
-                &Response::Checkpointed {
-                    leave_running: false,
-                },
-            );
+            let _ = protocol::write_response(&stream, &answer);
         }
         held_by_test(HOLD_AFTER_STOP_ANSWER);
         // The checkpoint it replaced, if its removal beside the dump has not ended yet (else
@@ -1820,6 +1826,25 @@ impl Keeper {
         }
     }
 
+    /// A checkpoint must not read as restorable before the layer it goes with and its images
+    /// are on disk: the layer's mounts go (and with them its flush) before the record. Which
+    /// flush covers the images depends on where they are. Off the layer's filesystem (a disk
+    /// image's) they were flushed at CRIU's `post-dump` (`snapshot::sync_images`). On it, this
+    /// is their only flush, checked by a `syncfs` after it (`snapshot::sync_images_filesystem`):
+    /// the unmount flushes only with the overlay's last hold, and drops a write error. On an
+    /// error the VM is recorded stopped, not checkpointed, and the asker told why.
+    fn flush_checkpoint(&mut self) {
+        let images = snapshot::images_flushed_with_layer(&self.vm, &self.config);
+        drop(self.held_mounts.take());
+        trace::phase("teardown: let the VM's mounts go (its layer flushed)");
+        let Some(images) = images else { return };
+        if let Err(e) = snapshot::sync_images_filesystem(&self.vm, &images) {
+            self.complain(&e);
+            self.checkpointed.set(false);
+            self.checkpoint_refused = Some(causes(&e));
+        }
+    }
+
     /// `foreground`: this process is the user's `feather run --rm`, which may leave the slow end
     /// of a throw-away VM's teardown to a child of its own (see [`Keeper::hand_off`]).
     fn tear_down(&mut self, how: &str, foreground: bool) {
@@ -1858,10 +1883,7 @@ impl Keeper {
             return;
         }
         if self.checkpointed.get() {
-            // A checkpoint must not read as restorable before the layer it goes with is on
-            // disk: the layer's mounts go (and with them its flush) before the record.
-            drop(self.held_mounts.take());
-            trace::phase("teardown: let the VM's mounts go (its layer flushed)");
+            self.flush_checkpoint();
         }
         let mut state = self.vm.read_state().unwrap_or_else(|_| VmState::created());
         state.status = if self.checkpointed.get() {

@@ -900,7 +900,11 @@ fn receive(
         Err(e) => {
             eprintln!("feather serve: {}", causes(&e));
             // The sender keeps the VM or restores it at home: a copy left here would be a second.
-            discard(root, &name);
+            discard(
+                root,
+                &name,
+                "the sender keeps the VM or restores it at home",
+            );
             incoming.finish(Err(&e));
             Err(e)
         }
@@ -989,7 +993,11 @@ impl Pages {
             "feather serve: VM {name}: the rest of its memory cannot arrive ({}); ending it",
             causes(&why)
         );
-        discard(root, name);
+        discard(
+            root,
+            name,
+            "the sender has let the VM go, and the memory it lacks is lost",
+        );
         Err(VmError::MigrateVm {
             vm: name.to_string(),
             source: Box::new(why),
@@ -997,10 +1005,24 @@ impl Pages {
     }
 }
 
-/// Removes a received VM that must not run here, whatever state it reached.
-fn discard(root: &StateRoot, name: &VmName) {
-    let Ok(vm) = root.open(name) else {
-        return;
+/// Removes a received VM that must not run here, whatever state it reached; says in the
+/// serve's log (its stderr) when it cannot, as a copy left here could be run beside the
+/// sender's or run without its memory. `why_not_run`: why it must not, as the caller knows.
+fn discard(root: &StateRoot, name: &VmName, why_not_run: &str) {
+    if let Err(e) = discarded(root, name) {
+        eprintln!(
+            "feather serve: VM {name}: its copy here, which must not run ({why_not_run}), could \
+             not be removed: {}; remove it with `feather rm --force {name}` (do not restore it)",
+            causes(&e)
+        );
+    }
+}
+
+/// [`discard`], or why not.
+fn discarded(root: &StateRoot, name: &VmName) -> Result<()> {
+    let vm = match root.open(name) {
+        Err(feather_core::Error::NotFound(_)) => return Ok(()),
+        opened => opened?,
     };
     if let Ok(config) = vm.read_config() {
         // Its processes are stopped and were never let run: they end at once.
@@ -1009,8 +1031,15 @@ fn discard(root: &StateRoot, name: &VmName) {
             cgroup.kill_all();
         }
     }
-    let _ = vm.keeper_ends_by(Instant::now() + Duration::from_secs(10));
-    let _ = lifecycle::remove(root, name, true);
+    // Its keeper ends with them, having recorded their end. One still there after 10 s is
+    // no failure yet: the forced removal stops it, or waits for its end (bounded, and naming
+    // it), and fails, said above, if it cannot; nothing is removed under a live keeper.
+    // A failure to learn of it (its lock file unreadable) is said, but the removal, which
+    // looks again, is still tried.
+    let waited = vm.keeper_ends_by(Instant::now() + Duration::from_secs(10));
+    lifecycle::remove(root, name, true)?;
+    waited?;
+    Ok(())
 }
 
 /// Copies of VMs that a migration brought here but never confirmed (their `feather serve`
@@ -1037,7 +1066,7 @@ fn discard_unconfirmed(root: &StateRoot) {
                 "feather serve: removing VM {name}: a migration that brought it here was never \
                  confirmed, so its sender kept it"
             );
-            discard(root, &name);
+            discard(root, &name, "the sender keeps the VM");
         }
     }
 }

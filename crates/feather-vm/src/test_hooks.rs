@@ -8,6 +8,7 @@
 //! [`crate::keeper::HOLD_AFTER_REFILL`], which a claimed VM's keeper waits for after it started
 //! the refill)
 //! or make one step fail ([`set`]: [`crate::snapshot::FAIL_LAYERS`],
+//! [`crate::snapshot::FAIL_IMAGES_SYNC`],
 //! [`crate::checkpoint::FAIL_AFTER_DUMPED`], [`crate::keeper::FAIL_SEIZED_FREEZE`],
 //! [`crate::migration::FAIL_RELEASE_RECORD`], [`crate::snapshot::CRIU_CONFIG_MISSING`],
 //! [`crate::root_watch::NO_INOTIFY`],
