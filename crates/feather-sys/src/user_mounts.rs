@@ -4,11 +4,8 @@
 //! mounted from an image of their own (`udisksctl loop-setup`, an fstab line with `user`) holds
 //! whatever the user wrote into the image, and the image stays theirs to write while mounted.
 
-use std::collections::VecDeque;
-use std::ffi::OsString;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use crate::mountinfo::{unescape, MountEntry};
 
@@ -61,10 +58,7 @@ impl UsersMountPoints {
                 let name = option.split('=').next().unwrap_or(option);
                 USERS_MAY_MOUNT.contains(&name)
             })?;
-            Some((
-                where_mounted(Path::new(&unescape(target))),
-                option.to_owned(),
-            ))
+            Some((PathBuf::from(unescape(target)), option.to_owned()))
         });
         UsersMountPoints(entries.collect())
     }
@@ -77,74 +71,6 @@ impl UsersMountPoints {
              filesystem of theirs there at any moment"
         ))
     }
-}
-
-/// Where mount(8) mounts an fstab `target`, as a walk spells it: canonical as mount(8) makes it
-/// (`//`, `.`, a trailing `/`, `..`, links), so that however the line spells the path, the
-/// folder a walk goes through is found. A link is followed only where root alone could have
-/// put it there (the link root's, in a folder of root's no other user may write in); past one
-/// a user could change, the rest is kept as written (that user can point the mount anywhere,
-/// which no spelling says).
-fn where_mounted(target: &Path) -> PathBuf {
-    if !target.is_absolute() {
-        return target.to_path_buf();
-    }
-    let mut names = names_of(target);
-    let mut mounted = PathBuf::from("/");
-    let (mut links, mut follow) = (0, true);
-    while let Some(name) = names.pop_front() {
-        match name.to_str() {
-            Some("/") => mounted = PathBuf::from("/"),
-            Some("..") => {
-                mounted.pop();
-            }
-            _ => {
-                let next = mounted.join(&name);
-                match follow.then(|| link_of_roots(&mounted, &next)).flatten() {
-                    Some(Some(to)) if links < MAX_LINKS => {
-                        links += 1;
-                        names_of(&to)
-                            .into_iter()
-                            .rev()
-                            .for_each(|name| names.push_front(name));
-                        continue;
-                    }
-                    // A link a user could change: not followed, nor any after it.
-                    Some(_) => follow = false,
-                    None => {}
-                }
-                mounted = next;
-            }
-        }
-    }
-    mounted
-}
-
-/// As many links as the kernel follows in one lookup (`MAXSYMLINKS`).
-const MAX_LINKS: usize = 40;
-
-/// The names of `path`, `/` and `..` as themselves (`.`, `//` and a trailing `/` dropped).
-fn names_of(path: &Path) -> VecDeque<OsString> {
-    path.components()
-        .filter(|name| !matches!(name, Component::CurDir | Component::Prefix(_)))
-        .map(|name| name.as_os_str().to_os_string())
-        .collect()
-}
-
-/// What the link at `path` (in `folder`) points to: None where `path` is no link (or nothing),
-/// Some(None) where a user other than root could have put a link there or could replace it
-/// (the link not root's, or `folder` one another user may write in).
-fn link_of_roots(folder: &Path, path: &Path) -> Option<Option<PathBuf>> {
-    let link = std::fs::symlink_metadata(path).ok()?;
-    let roots_alone = std::fs::metadata(folder).is_ok_and(|folder| {
-        let others_write = folder.mode() & 0o022 != 0 && folder.mode() & 0o1000 == 0;
-        folder.uid() == 0 && !others_write
-    });
-    if roots_alone && !link.file_type().is_symlink() {
-        return None;
-    }
-    let trusted = roots_alone && link.uid() == 0;
-    Some(trusted.then(|| std::fs::read_link(path).ok()).flatten())
 }
 
 /// A FUSE mount (`fuse`, `fuseblk`, each possibly `.<subtype>`) whose server is not root's: the
@@ -286,43 +212,6 @@ mod tests {
         for folder in ["/", "/mnt/admins", "/mnt/commented", "/mnt"] {
             assert_eq!(points.at(Path::new(folder)), None, "{folder}");
         }
-    }
-
-    /// However an fstab line spells its mount point (`//`, `.`, a trailing `/`, `..`, a link
-    /// of root's), the folder a walk goes through is found; a link in a folder another user may
-    /// write in is not followed (that user could point it anywhere). Before, the target was
-    /// matched as text: every spelling but the plain one passed.
-    #[test]
-    fn an_fstab_mount_point_is_found_however_the_line_spells_it() {
-        let scratch = feather_testkit::ScratchDir::new("fstab-spellings");
-        let base = scratch.0.canonicalize().unwrap();
-        let stick = base.join("mnt/stick");
-        std::fs::create_dir_all(&stick).unwrap();
-        std::os::unix::fs::symlink(base.join("mnt"), base.join("media")).unwrap();
-        std::os::unix::fs::symlink("mnt/./", base.join("relative")).unwrap();
-        let alices = base.join("alice");
-        std::fs::create_dir(&alices).unwrap();
-        std::os::unix::fs::symlink(base.join("mnt"), alices.join("mnt")).unwrap();
-        std::os::unix::fs::chown(&alices, Some(65534), None).unwrap();
-        let point = |spelling: &str| {
-            let fstab = format!(
-                "/dev/sdb1 {}{spelling} auto users,noauto 0 0\n",
-                base.display()
-            );
-            UsersMountPoints::in_fstab(&fstab).at(&stick)
-        };
-        for spelling in [
-            "/mnt/stick/",
-            "//mnt///stick",
-            "/./mnt/./stick/.",
-            "/mnt/nothing/../stick",
-            "/media/stick",
-            "/relative/stick",
-            "/media/../media/stick/",
-        ] {
-            assert!(point(spelling).is_some(), "{spelling}");
-        }
-        assert_eq!(point("/alice/mnt/stick"), None, "through a user's link");
     }
 
     #[test]
