@@ -334,8 +334,10 @@ fn in_namespaces_of_its_own(script: &str) -> Command {
 /// A mount libmount's utab records as a user's (`user=alice`: `mount` of an fstab `user` entry
 /// by alice), whose files report root's and 0755 (here a tmpfs mounted by the test, as the
 /// user's filesystem): a root on it is refused naming the user and utab, saying the line may
-/// be stale, and nothing is made there. Run with a crafted utab bound over `/run/mount` in a
-/// mount namespace of the test's own (the host's untouched).
+/// be stale, and nothing is made there. Run in a mount namespace of the test's own with a
+/// tmpfs over `/run` there and the crafted utab bound at `/run/mount` in it: the host's `/run`
+/// untouched, and no need of a `/run/mount` on the host, which libmount makes only on first use
+/// (a fresh machine has none).
 #[test]
 fn a_root_on_a_mount_utab_says_a_user_made_is_refused() {
     let scratch = Feather::new("utab-root");
@@ -348,7 +350,8 @@ fn a_root_on_a_mount_utab_says_a_user_made_is_refused() {
     let line = format!("TARGET={} OPTS=user=alice\n", stick.display());
     fs::write(records.join("utab"), line).unwrap();
     let root = stick.join("feather");
-    let script = r#"mount --bind "$1" /run/mount || exit 90
+    let script = r#"mount -t tmpfs -o mode=0755 run-test /run && mkdir /run/mount || exit 90
+        mount --bind "$1" /run/mount || exit 90
         mount -t tmpfs -o mode=0755 utab-test "$2" || exit 91
         "$3" --root "$4" ls; code=$?
         [ -z "$(ls -A "$2")" ] || exit 92
@@ -366,7 +369,7 @@ fn a_root_on_a_mount_utab_says_a_user_made_is_refused() {
     let said = &outcome.stderr;
     assert_ne!(
         outcome.code, 90,
-        "no /run/mount to bind the utab over: {said}"
+        "the crafted utab was not put at /run/mount: {said}"
     );
     assert_ne!(
         outcome.code, 91,
