@@ -1655,6 +1655,39 @@ fn network_down_makes_no_pool_where_there_is_none() {
     );
 }
 
+/// `network down` killed (by pid) while its pool fence stands, in a root without a pool: the
+/// next `pool` shows the pool on again (the default size 1), or the size a `pool --size 0` set
+/// meanwhile. Before, the fence's size 0 stayed for good and looked like the admin's own.
+#[test]
+fn a_network_down_killed_while_its_fence_stands_leaves_the_pool_as_it_was() {
+    for set in [None, Some("0")] {
+        let feather = Feather::new("pool-fence-killed");
+        feather.ok(&["ls"]);
+        let hook = Hook::held("pool-fence-killed");
+        let mut down = feather
+            .command()
+            .env(feather_vm::pool::HOLD_FENCED, &hook.path)
+            .args(["network", "down"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let waiter = hook.waiter(&feather);
+        assert_eq!(waiter, down.id(), "network down waits at its fence");
+        if let Some(size) = set {
+            feather.ok(&["pool", "--size", size]);
+        }
+        down.kill().unwrap();
+        down.wait().unwrap();
+        let shown = feather.ok(&["pool"]);
+        let expected = format!("size: {}", set.unwrap_or("1"));
+        assert_eq!(shown.lines().next(), Some(&*expected), "{shown}");
+        if set.is_none() {
+            assert!(!feather.root.join("pool").exists(), "the fence was left");
+        }
+    }
+}
+
 /// A fill started by a run, held before it takes its lock, at work only after `network down`;
 /// the pool's folder made before the run (a setting) or by it (`made_first` false).
 fn a_late_fill_makes_nothing(label: &str, made_first: bool) {

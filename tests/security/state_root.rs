@@ -331,6 +331,60 @@ fn in_namespaces_of_its_own(script: &str) -> Command {
     command
 }
 
+/// A mount libmount's utab records as a user's (`user=alice`: `mount` of an fstab `user` entry
+/// by alice), whose files report root's and 0755 (here a tmpfs mounted by the test, as the
+/// user's filesystem): a root on it is refused naming the user and utab, saying the line may
+/// be stale, and nothing is made there. Run in a mount namespace of the test's own with a
+/// tmpfs over `/run` there and the crafted utab bound at `/run/mount` in it: the host's `/run`
+/// untouched, and no need of a `/run/mount` on the host, which libmount makes only on first use
+/// (a fresh machine has none).
+#[test]
+fn a_root_on_a_mount_utab_says_a_user_made_is_refused() {
+    let scratch = Feather::new("utab-root");
+    let stick = scratch.root.join("stick");
+    let records = scratch.root.join("run-mount");
+    for folder in [&stick, &records] {
+        fs::create_dir(folder).unwrap();
+        fs::set_permissions(folder, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let line = format!("TARGET={} OPTS=user=alice\n", stick.display());
+    fs::write(records.join("utab"), line).unwrap();
+    let root = stick.join("feather");
+    let script = r#"mount -t tmpfs -o mode=0755 run-test /run && mkdir /run/mount || exit 90
+        mount --bind "$1" /run/mount || exit 90
+        mount -t tmpfs -o mode=0755 utab-test "$2" || exit 91
+        "$3" --root "$4" ls; code=$?
+        [ -z "$(ls -A "$2")" ] || exit 92
+        exit $code"#;
+    let outcome = feather_testkit::run_within(
+        in_namespaces_of_its_own(script)
+            .arg(&records)
+            .arg(&stick)
+            .arg(Feather::bin())
+            .arg(&root)
+            .env(support::NO_POOL, "0"),
+        Duration::from_secs(60),
+        "feather ls of a root on a mount utab says a user made",
+    );
+    let said = &outcome.stderr;
+    assert_ne!(
+        outcome.code, 90,
+        "the crafted utab was not put at /run/mount: {said}"
+    );
+    assert_ne!(
+        outcome.code, 91,
+        "the user's filesystem was not mounted: {said}"
+    );
+    assert_ne!(outcome.code, 92, "made on the user's mount: {said}");
+    assert_ne!(outcome.code, 0, "{} taken", root.display());
+    assert!(
+        said.contains("is on a filesystem user alice mounted")
+            && said.contains("/run/mount/utab")
+            && said.contains("choose a root"),
+        "{said}"
+    );
+}
+
 /// A mount point `/etc/fstab` lets users mount on (`users`, `user`, `owner`, `group`): any
 /// user may mount a filesystem of theirs there at any moment, whose files report root's and
 /// 0755 (an ext4 image they made), mounted now or not. A root on or under it is refused naming

@@ -464,6 +464,11 @@ static HOLD_FILL_AT: std::sync::OnceLock<Option<std::ffi::OsString>> = std::sync
 /// the file this names: a fill started before `network down` but at work only after it.
 pub const HOLD_FILL_START: &str = "FEATHER_TEST_HOLD_FILL_START";
 
+/// Test-only ([`crate::test_hooks`]): `network down` in a root without a pool waits, its
+/// [`pooled::fence`] in place, for the lock of the file this names: a `network down` killed
+/// while its fence stands.
+pub const HOLD_FENCED: &str = "FEATHER_TEST_HOLD_FENCED";
+
 /// [`fill`], under its lock.
 fn fill_locked(root: &StateRoot) -> Result<()> {
     if let Some(Some(hold)) = HOLD_FILL_AT.get() {
@@ -741,20 +746,17 @@ fn emptied(root: &StateRoot) -> Result<Drained> {
     }
 }
 
-/// Whether [`pooled::fence`] put its folder in place. One that cannot be written (a full or
+/// The fence [`pooled::fence`] put in place, if it did. One that cannot be written (a full or
 /// read-only disk, when an admin most needs `network down`) does not keep the network up: it
 /// is said, and `meanwhile` runs unfenced, as before fences were.
-fn fenced(root: &StateRoot) -> bool {
-    match pooled::fence(root) {
-        Ok(placed) => placed,
-        Err(e) => {
-            eprintln!(
-                "feather: warning: cannot fence the pool while the network goes down ({e}); \
-                 a run ending meanwhile may fill the pool again: `feather pool --drain` after"
-            );
-            false
-        }
-    }
+fn fenced(root: &StateRoot) -> Option<pooled::Fence> {
+    pooled::fence(root).unwrap_or_else(|e| {
+        eprintln!(
+            "feather: warning: cannot fence the pool while the network goes down ({e}); \
+             a run ending meanwhile may fill the pool again: `feather pool --drain` after"
+        );
+        None
+    })
 }
 
 /// Empties the pool as [`drain`] does while `meanwhile` runs (`feather network down`, whose
@@ -776,15 +778,16 @@ pub fn emptied_while<T>(
 ) -> Result<(usize, Drained, T)> {
     let folder = match pooled::open_dir(root) {
         Ok(folder) => folder,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && fenced(root) => {
-            let given = meanwhile();
-            pooled::lift_fence(root);
-            return Ok((0, Drained::default(), given));
-        }
-        // Made meanwhile by a fill's starter: emptied as any pool.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            pooled::open_dir(root).at(pooled::dir(root))?
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match fenced(root) {
+            Some(fence) => {
+                crate::test_hooks::held(HOLD_FENCED);
+                let given = meanwhile();
+                pooled::lift_fence(root, fence);
+                return Ok((0, Drained::default(), given));
+            }
+            // Made meanwhile by a fill's starter: emptied as any pool.
+            None => pooled::open_dir(root).at(pooled::dir(root))?,
+        },
         Err(e) => return Err(e).at(pooled::dir(root))?,
     };
     let setting = pooled::read_small(&pooled::in_folder(&folder, pooled::SIZE));

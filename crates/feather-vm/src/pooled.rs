@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use feather_core::{StateRoot, VmName};
+use nix::fcntl::{Flock, FlockArg};
 
 /// The program whose `pool --fill` fills the pool: the command-line front, installed beside
 /// `feather-keeper`.
@@ -65,8 +66,15 @@ pub const IDLE: &str = "idle";
 pub const DEFAULT_SIZE: usize = 1;
 
 /// The pool's size setting: [`DEFAULT_SIZE`] unless set (`pool --size 0`, `--drain`: off).
+/// A [`fence`] whose `network down` was killed is lifted here, so that it does not keep the
+/// pool off for good looking like the admin's own 0.
 pub fn size(root: &StateRoot) -> usize {
-    read_small(&dir(root).join(SIZE))
+    let file = dir(root).join(SIZE);
+    let mut setting = read_small(&file);
+    if setting.as_deref() == Some(FENCES_SIZE) && lift_a_stale_fence(root) {
+        setting = read_small(&file);
+    }
+    setting
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or(DEFAULT_SIZE)
 }
@@ -490,13 +498,19 @@ pub fn next_generation(
     )
 }
 
+/// A [`fence`] this process put in place: its folder held locked (flock) until
+/// [`lift_fence`], so that a later command tells a fence whose `network down` was killed (the
+/// kernel drops the lock with its last holder) from one still standing, whatever became of
+/// the pid: [`lift_a_stale_fence`].
+pub struct Fence(Flock<std::fs::File>);
+
 /// Puts a pool's folder in place where there is none, whole (made aside, then renamed, never
 /// replacing one), holding the size 0 and a generation past the absent one's: a fill a run
 /// starts meanwhile (its starter makes the folder if missing, then reads the generation and
 /// the size) makes nothing, in a root whose network is going (`network down`,
-/// [`crate::pool::emptied_while`]). False when a folder appeared first: a starter made it, and
+/// [`crate::pool::emptied_while`]). None when a folder appeared first: a starter made it, and
 /// the pool is emptied as any other.
-pub fn fence(root: &StateRoot) -> feather_core::error::Result<bool> {
+pub fn fence(root: &StateRoot) -> feather_core::error::Result<Option<Fence>> {
     use feather_core::atomic::{write_atomic, Durability};
     use feather_core::error::IoContext;
     let staged = fence_aside(root);
@@ -509,9 +523,19 @@ pub fn fence(root: &StateRoot) -> feather_core::error::Result<bool> {
         .mode(0o700)
         .create(&staged)
         .at(&staged)?;
-    let placed = write_atomic(&staged.join(SIZE), FENCES_SIZE, Durability::Volatile)
-        .and_then(|()| write_count(&staged.join(GENERATION), 1))
-        .map(|()| {
+    // Locked before anyone can see it: a fence in place is always one whose owner is known.
+    let placed = locked(&staged)
+        .at(&staged)
+        .and_then(|held| {
+            write_atomic(
+                &staged.join(SIZE),
+                FENCES_SIZE.as_bytes(),
+                Durability::Volatile,
+            )?;
+            write_count(&staged.join(GENERATION), 1)?;
+            Ok(held)
+        })
+        .map(|held| {
             nix::fcntl::renameat2(
                 nix::fcntl::AT_FDCWD,
                 &staged,
@@ -519,42 +543,102 @@ pub fn fence(root: &StateRoot) -> feather_core::error::Result<bool> {
                 &dir(root),
                 nix::fcntl::RenameFlags::RENAME_NOREPLACE,
             )
+            .map(|()| Fence(held))
         });
-    if !matches!(placed, Ok(Ok(()))) {
+    if !matches!(placed, Ok(Ok(_))) {
         let _ = std::fs::remove_dir_all(&staged);
     }
     match placed? {
-        Ok(()) => Ok(true),
-        Err(nix::errno::Errno::EEXIST) => Ok(false),
+        Ok(fence) => Ok(Some(fence)),
+        Err(nix::errno::Errno::EEXIST) => Ok(None),
         Err(e) => Err(std::io::Error::from(e)).at(dir(root)),
     }
 }
 
-/// Takes the [`fence`] away once the network is down: the whole folder where nothing else came
-/// into it (renamed aside first, so that a starter then finds none and makes its own), else
-/// only the size (absent, as it was), the generation kept (a fill started meanwhile is over).
-pub fn lift_fence(root: &StateRoot) {
-    let folder = dir(root);
-    // A size set meanwhile (`pool --size 3` during `network down`) is the admin's: kept, and
-    // the folder with it.
-    if read_small(&folder.join(SIZE)).as_deref() != std::str::from_utf8(FENCES_SIZE).ok() {
+/// Folder `path` opened and locked (flock, exclusive), or an error if another holds it.
+fn locked(path: &Path) -> std::io::Result<Flock<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let folder = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    Flock::lock(folder, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| e.into())
+}
+
+/// Takes this process's [`fence`] away once the network is down.
+pub fn lift_fence(root: &StateRoot, fence: Fence) {
+    lift(root, &fence.0);
+}
+
+/// Lifts a [`fence`] left in place by a `network down` that was killed (its lock free); true
+/// if it did. One still standing (its owner holds it locked) is left to its owner.
+fn lift_a_stale_fence(root: &StateRoot) -> bool {
+    match locked(&dir(root)) {
+        Ok(folder) => {
+            lift(root, &folder);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Takes the fence in the opened, locked `folder` away: the whole folder where nothing else
+/// came into it (so that a starter then finds none and makes its own), else only the size
+/// (absent, as it was), the generation kept (a fill started meanwhile is over). A size set
+/// meanwhile (`pool --size 3` during `network down`) is the admin's: kept, and the folder with
+/// it, also one set while this runs: each step is a rename, checked after, undone if it took
+/// a setting.
+fn lift(root: &StateRoot, folder: &std::fs::File) {
+    let size = in_folder(folder, SIZE);
+    let taken = in_folder(folder, SIZE_BEING_LIFTED);
+    if std::fs::rename(&size, &taken).is_err() {
         return;
     }
-    let only_the_fence = std::fs::read_dir(&folder).is_ok_and(|entries| {
+    if read_small(&taken).as_deref() != Some(FENCES_SIZE) {
+        // Where a newer size came meanwhile, it is the one kept.
+        put_back(&taken, &size);
+        return;
+    }
+    let _ = std::fs::remove_file(&taken);
+    let aside = fence_aside(root);
+    if !holds_only_the_generation(&in_folder(folder, ""))
+        || std::fs::rename(dir(root), &aside).is_err()
+    {
+        return;
+    }
+    // Something came in between the look and the rename (a size set, a fill's starter).
+    if !holds_only_the_generation(&aside) {
+        put_back(&aside, &dir(root));
+        put_back(&aside.join(SIZE), &dir(root).join(SIZE));
+    }
+    let _ = std::fs::remove_dir_all(&aside);
+}
+
+/// Whether the pool's `folder` holds nothing but its generation (a fence's, its size taken).
+fn holds_only_the_generation(folder: &Path) -> bool {
+    std::fs::read_dir(folder).is_ok_and(|entries| {
         entries
             .flatten()
-            .all(|entry| [SIZE, GENERATION].contains(&&*entry.file_name().to_string_lossy()))
-    });
-    let aside = fence_aside(root);
-    if only_the_fence && std::fs::rename(&folder, &aside).is_ok() {
-        let _ = std::fs::remove_dir_all(&aside);
-        return;
-    }
-    let _ = std::fs::remove_file(folder.join(SIZE));
+            .all(|entry| entry.file_name() == GENERATION)
+    })
+}
+
+/// Renames `from` to `to` unless `to` is there: what is there is newer, and kept.
+fn put_back(from: &Path, to: &Path) {
+    let _ = nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        from,
+        nix::fcntl::AT_FDCWD,
+        to,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    );
 }
 
 /// The size a [`fence`] writes: read as 0, told apart from a `pool --size 0` set meanwhile.
-const FENCES_SIZE: &[u8] = b"0 \n";
+const FENCES_SIZE: &str = "0 \n";
+
+/// Where [`lift`] holds the size it is taking away, in the pool's folder.
+const SIZE_BEING_LIFTED: &str = ".size-being-lifted";
 
 /// Where a [`fence`] is made, and put when lifted: a name of this process's in the root.
 fn fence_aside(root: &StateRoot) -> PathBuf {
@@ -598,6 +682,30 @@ mod tests {
         assert_eq!((pooled, size), (0, 0));
         assert_ne!(generation, 0);
         assert!(names.is_empty(), "left in the root: {names:?}");
+    }
+
+    /// A fence whose `network down` was killed (here dropped unlifted, which frees its lock as
+    /// the kernel does at a death) is lifted by the next read of the size: the pool is on again
+    /// (the default size), nothing of the fence left; a size set while it stood is kept. One
+    /// still standing reads 0. Before, the fence's 0 stayed for good, as if the admin's own.
+    #[test]
+    fn a_fence_whose_owner_is_gone_is_lifted_and_one_standing_is_not() {
+        for (set, expected) in [(None, DEFAULT_SIZE), (Some(3), 3), (Some(0), 0)] {
+            let dir = feather_testkit::ScratchDir::new("fence-stale");
+            let root = StateRoot::new(Some(dir.0.clone()));
+            let fence = fence(&root)
+                .unwrap()
+                .expect("a root without a pool is fenced");
+            assert_eq!(size(&root), 0, "the fence while it stands");
+            if let Some(set) = set {
+                crate::pool::set_size(&root, set).unwrap();
+            }
+            drop(fence);
+            assert_eq!(size(&root), expected, "the size set: {set:?}");
+            let names: Vec<_> = std::fs::read_dir(&dir.0).unwrap().flatten().collect();
+            let left = if set.is_some() { 1 } else { 0 };
+            assert_eq!(names.len(), left, "left in the root: {names:?}");
+        }
     }
 
     /// A size set while the network goes (`pool --size 3`, `pool --size 0`, during `network

@@ -4,7 +4,8 @@
 //! [`crate::rootfs::HOLD_AFTER_MOUNTS_FOUND`], which a VM's init waits for,
 //! [`crate::snapshot::HOLD_BEFORE_RESTORED_CHECK`], which a restoring keeper waits for,
 //! [`crate::pool::HOLD_FILL`], which a fill under its lock waits for, and
-//! [`crate::pool::HOLD_FILL_START`], which a fill waits for before it takes its lock, and
+//! [`crate::pool::HOLD_FILL_START`], which a fill waits for before it takes its lock,
+//! [`crate::pool::HOLD_FENCED`], which `network down` waits for with its pool fence in place, and
 //! [`crate::keeper::HOLD_AFTER_REFILL`], which a claimed VM's keeper waits for after it started
 //! the refill)
 //! or make one step fail ([`set`]: [`crate::snapshot::FAIL_LAYERS`],
