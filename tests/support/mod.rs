@@ -936,9 +936,15 @@ pub struct TestPort {
 }
 
 impl TestPort {
-    /// A port of 20000–31999 that no test holds and that binds now.
+    /// A port of the 12,000 below the ephemeral range (20768–32767 here) that no test holds
+    /// and that binds now.
     pub fn new() -> TestPort {
-        let (port, held) = hold_one_of("ports", "", 20000..32000, |port| {
+        let first_ephemeral = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|range| range.split_whitespace().next()?.parse::<usize>().ok())
+            .unwrap_or(32768);
+        let below = first_ephemeral.saturating_sub(12000).max(1024)..first_ephemeral;
+        let (port, held) = hold_one_of("ports", "", below, |port| {
             std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok()
         });
         TestPort {

@@ -1838,7 +1838,7 @@ impl Keeper {
         drop(self.held_mounts.take());
         trace::phase("teardown: let the VM's mounts go (its layer flushed)");
         let Some(images) = images else { return };
-        if let Err(e) = snapshot::sync_images_filesystem(&self.vm, &images) {
+        if let Err(e) = snapshot::sync_images_filesystem(&self.vm, images) {
             self.complain(&e);
             self.checkpointed.set(false);
             self.checkpoint_refused = Some(causes(&e));

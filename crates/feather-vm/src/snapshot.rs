@@ -293,7 +293,7 @@ pub(crate) fn dump(
                         if crate::test_hooks::armed(FAIL_LAYERS) {
                             return Err(failed(name, format!("{FAIL_LAYERS} is set (a test)")));
                         }
-                        // Flushed with the other images in one batch, if they are.
+                        // Flushed with the other images (in batches of at most 32), if they are.
                         let durability = match images_to_sync {
                             true => Durability::Volatile,
                             false => Durability::Durable,
@@ -357,9 +357,9 @@ pub const FAIL_LAYERS: &str = "FEATHER_TEST_FAIL_LAYERS";
 /// without it.
 pub const FAIL_IMAGES_SYNC: &str = "FEATHER_TEST_FAIL_IMAGES_SYNC";
 
-/// Flushes every file of the checkpoint folder `images`, and the folder, to disk in one batch
-/// (`feather_core::atomic::sync_all`), at CRIU's `post-dump` of a dump that ends the VM: a
-/// failure refuses the dump, and CRIU lets the VM's processes go on. The record that calls the
+/// Flushes every file of the checkpoint folder `images`, and the folder, to disk in batches of
+/// at most 32 (`feather_core::atomic::sync_all`), at CRIU's `post-dump` of a dump that ends the
+/// VM: a failure refuses the dump, and CRIU lets the VM's processes go on. The record that calls the
 /// VM checkpointed is synced later (`Keeper::tear_down`), and a synced record does not take
 /// earlier unsynced files with it (ext4 allocates their blocks late): without this a power cut
 /// after the checkpoint could leave a "checkpointed" VM whose images are empty or cut short.
@@ -392,9 +392,10 @@ fn sync_images(name: &feather_core::VmName, images: &Path) -> Result<()> {
 /// Whether the flush of the VM's layer before its record (its overlay's unmount, then
 /// [`sync_images_filesystem`]: `Keeper::flush_checkpoint`) flushes the checkpoint folder
 /// `images` too: only where both are on one filesystem, which a VM with a disk image of its
-/// own (`limits.disk`: its layer is in the image) does not share. Unknown counts as not. Where it does, flushing the images first saves nothing: the layer's flush
-/// (35-51 ms for 64 MB of pages, debug build, load 4-5) is their writing, and after them it
-/// still took 1-11 ms.
+/// own (`limits.disk`: its layer is in the image) does not share. Unknown counts as not (the
+/// images are then flushed at `post-dump`). Where it does, flushing the images first saves
+/// nothing: the layer's flush (35-51 ms for 64 MB of pages, debug build, load 4-5) is their
+/// writing, and after them it still took 1-11 ms.
 fn flushed_with_layer(images: &Path, vm: &VmDir, config: &VmConfig) -> bool {
     use std::os::unix::fs::MetadataExt;
     let device = |path: &Path| fs::metadata(path).map(|meta| meta.dev()).ok();
@@ -404,28 +405,31 @@ fn flushed_with_layer(images: &Path, vm: &VmDir, config: &VmConfig) -> bool {
 
 /// The checkpoint folder of a VM whose images [`flushed_with_layer`] covers, opened before
 /// that flush (the drop of the VM's mounts: `Keeper::tear_down`) so that
-/// [`sync_images_filesystem`] after it hears of a write error the flush met. None where the
-/// images were flushed at `post-dump` ([`sync_images`]); opened where unsure.
-pub(crate) fn images_flushed_with_layer(vm: &VmDir, config: &VmConfig) -> Option<fs::File> {
+/// [`sync_images_filesystem`] after it hears of a write error the flush met. None only where
+/// the images were flushed at `post-dump` ([`sync_images`]); a folder that cannot be opened is
+/// kept as the error, which refuses the record as a failed flush does.
+pub(crate) fn images_flushed_with_layer(
+    vm: &VmDir,
+    config: &VmConfig,
+) -> Option<std::io::Result<fs::File>> {
     let images = vm.checkpoint_dir();
-    if !flushed_with_layer(&images, vm, config) {
-        return None;
-    }
-    Some(fs::File::open(&images))?.ok()
+    flushed_with_layer(&images, vm, config).then(|| fs::File::open(&images))
 }
 
-/// Flushes the filesystem holding the checkpoint folder `images` (opened by
+/// Flushes the filesystem holding the checkpoint folder `images` (opened, or failed to open, by
 /// [`images_flushed_with_layer`]) after the layer's flush: the unmount flushes it only if it
 /// let go of the overlay's last hold (not while another namespace or file still holds it),
 /// and drops a write error it meets. Then little is left to write (1-11 ms, see
 /// [`flushed_with_layer`]), and `syncfs` returns any write error on the filesystem since the
 /// folder was opened. On an error the VM must not be recorded checkpointed.
-pub(crate) fn sync_images_filesystem(vm: &VmDir, images: &fs::File) -> Result<()> {
+pub(crate) fn sync_images_filesystem(vm: &VmDir, images: std::io::Result<fs::File>) -> Result<()> {
     let synced = match crate::test_hooks::armed(FAIL_IMAGES_SYNC) {
         true => Err(std::io::Error::other(format!(
             "{FAIL_IMAGES_SYNC} is set (a test)"
         ))),
-        false => nix::unistd::syncfs(images).map_err(std::io::Error::from),
+        false => {
+            images.and_then(|images| nix::unistd::syncfs(images).map_err(std::io::Error::from))
+        }
     };
     synced.map_err(|e| {
         failed(
