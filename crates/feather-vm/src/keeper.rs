@@ -380,21 +380,28 @@ impl Keeper {
     /// Builds and starts the VM. On failure nothing it made is left behind. `stdio`: for a
     /// foreground run, the VM's ends of the pipes this process relays (see [`crate::relay`]),
     /// which become init's and so the first workload's stdin, stdout and stderr; without, init's
-    /// stdio is the VM's /dev/null. Never the caller's own descriptors.
+    /// stdio is the VM's /dev/null. Never the caller's own descriptors. `config`: the one
+    /// the caller just wrote to the VM's folder (creating it), not read back.
     pub fn boot(
         root: &StateRoot,
         vm: &VmDir,
+        config: VmConfig,
         workload: Option<Workload>,
         stdio: Option<VmEnds>,
     ) -> Result<Keeper> {
-        Ok(Keeper::boot_unsettled(root, vm, workload, stdio)?.settle("hide late state folders"))
+        Ok(
+            Keeper::boot_unsettled(root, vm, Some(config), workload, stdio)?
+                .settle("hide late state folders"),
+        )
     }
 
     /// [`Keeper::boot`] up to the VM recorded running, without the steps that follow, which
-    /// cannot fail its start ([`Unsettled::settle`]).
+    /// cannot fail its start ([`Unsettled::settle`]). `written`: the config as its caller
+    /// wrote it; without, read from the VM's folder under the keeper lock.
     fn boot_unsettled(
         root: &StateRoot,
         vm: &VmDir,
+        written: Option<VmConfig>,
         workload: Option<Workload>,
         stdio: Option<VmEnds>,
     ) -> Result<Unsettled> {
@@ -402,15 +409,21 @@ impl Keeper {
         let name = vm.name().clone();
         init::check_descriptor_limit(name.as_str())?;
         let lock = take_keeper_lock(vm)?;
-        let config = vm.read_config()?;
+        let config = match written {
+            Some(config) => config,
+            None => vm.read_config()?,
+        };
         let durability = if config.ephemeral {
             Durability::Volatile
         } else {
             Durability::Durable
         };
-        remove_leftovers(vm, &config);
+        // Detected once (the mount table, each hierarchy's controllers) for the leftovers'
+        // removal and the VM's own group.
+        let group = cgroup_path(&config);
+        remove_leftovers_of(vm, &config, &group);
         root.make_run_dir(vm)?;
-        let cgroup = cgroup_of(&config);
+        let cgroup = Some(group);
         let memory_layer = layers::MemoryLayer::for_vm(&config)?;
         let (mut network, inside) = feather_net::prepare(
             root,
@@ -429,13 +442,19 @@ impl Keeper {
         let mut tree =
             layers::for_start_in(root, vm, &config, memory_layer, &hidden, &host_mounts)?;
         // What the layers lie over, for `diff` and `commit` to read nothing else.
-        let recorded =
-            layers::SeenLowers::record(vm, &config, &tree.layers, layers::RecordSync::Later);
-        if let Err(e) = recorded {
-            network.detach();
-            remove_leftovers(vm, &config);
-            return Err(e);
-        }
+        let seen_lowers = match layers::SeenLowers::record(
+            vm,
+            &config,
+            &tree.layers,
+            layers::RecordSync::Later,
+        ) {
+            Ok(recorded) => recorded,
+            Err(e) => {
+                network.detach();
+                remove_leftovers(vm, &config);
+                return Err(e);
+            }
+        };
         held_by_test(HOLD_AFTER_MOUNT_LIST);
         let memory_layer = tree.memory_layer.take();
         // Held until init, a fork of this process, has its copy (see `layers::hiding_layer`).
@@ -543,7 +562,7 @@ impl Keeper {
         // The record of what the layers lie over, as init mounted them (nothing of the VM's
         // runs before Start): the host may have mounted another filesystem at a layer's place
         // since the record was taken (review gl27 L4).
-        if let Err(e) = layers::SeenLowers::confirm(vm, &config, &pinned) {
+        if let Err(e) = seen_lowers.confirm_recorded(vm, &config, &pinned) {
             let _ = process::signal(&init.pidfd, Signal::SIGKILL);
             let _ = waitpid(init.pid, None);
             network.detach();
@@ -615,7 +634,9 @@ impl Keeper {
         let config = vm.read_config()?;
         // Written back if the VM must not run after all (`give_back`).
         let prior = vm.read_state()?;
-        remove_leftovers(vm, &config);
+        // Detected once for the leftovers' removal and the group made below (see `boot`).
+        let group = cgroup_path(&config);
+        remove_leftovers_of(vm, &config, &group);
         root.make_run_dir(vm)?;
         let hold = snapshot::hold(vm)?;
         trace::phase("restore: lock, run folder, hold");
@@ -630,7 +651,7 @@ impl Keeper {
             &config.network,
         )
         .in_vm(&name)?;
-        let cgroup = cgroup_of(&config);
+        let cgroup = Some(group);
         let grouped = match &cgroup {
             Some(cgroup) => make_cgroup(cgroup, &config, &name, root)
                 // Before CRIU enters the group and opens what the checkpoint names.
@@ -2233,21 +2254,33 @@ fn etc_dir(vm: &VmDir, memory_layer: Option<&layers::MemoryLayer>) -> PathBuf {
 /// it) and its control socket. Mounts need no cleaning: they lived only in the VM's mount
 /// namespace, which the kernel dropped with its last process.
 pub fn remove_leftovers(vm: &VmDir, config: &VmConfig) {
-    remove_leftovers_with(vm, config, feather_net::remove_leftovers);
+    remove_leftovers_of(vm, config, &cgroup_path(config));
+}
+
+/// [`remove_leftovers`] with the VM's group already found (a start's or restore's, which
+/// makes the group again right after).
+fn remove_leftovers_of(vm: &VmDir, config: &VmConfig, cgroup: &Cgroup) {
+    remove_leftovers_with(vm, config, cgroup, feather_net::remove_leftovers);
 }
 
 /// Like [`remove_leftovers`], for a throw-away VM whose teardown was handed over: the root's
 /// bridge and tables stay for the next VM even after its last one (see `feather_net::linger`).
 pub fn remove_throw_away_leftovers(vm: &VmDir, config: &VmConfig) {
-    remove_leftovers_with(vm, config, feather_net::remove_leftovers_keeping_bridge);
+    remove_leftovers_with(
+        vm,
+        config,
+        &cgroup_path(config),
+        feather_net::remove_leftovers_keeping_bridge,
+    );
 }
 
 fn remove_leftovers_with(
     vm: &VmDir,
     config: &VmConfig,
+    cgroup: &Cgroup,
     network: fn(&StateRoot, &std::path::Path, &str, &feather_core::NetworkConfig),
 ) {
-    remove_group(&cgroup_path(config), vm.name());
+    remove_group(cgroup, vm.name());
     if let Some(root) = vm.root() {
         network(&root, vm.run_dir(), &config.id, &config.network);
     }
@@ -2682,7 +2715,7 @@ pub fn main_background(
         answer(ready);
         keeper
     } else {
-        let booted = match Keeper::boot_unsettled(&root, &vm, None, None) {
+        let booted = match Keeper::boot_unsettled(&root, &vm, None, None, None) {
             Ok(booted) => booted,
             Err(e) => return answer_failed(ready, e),
         };

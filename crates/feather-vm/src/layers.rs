@@ -560,14 +560,21 @@ impl SeenLowers {
     /// ([`SeenLowers::settle`]). A start that fails leaves the record of the run that made the
     /// layer's changes, which vouches for them (review lowers28 L3: before, a failed start over
     /// drive B left a record naming B, and commit wrote drive A's changes into B). `sync`: when
-    /// it reaches the disk.
-    pub fn record(vm: &VmDir, config: &VmConfig, layers: &[Layer], sync: RecordSync) -> Result<()> {
+    /// it reaches the disk. Returns the record as written, for a caller that confirms it
+    /// itself ([`SeenLowers::confirm_recorded`]).
+    pub fn record(
+        vm: &VmDir,
+        config: &VmConfig,
+        layers: &[Layer],
+        sync: RecordSync,
+    ) -> Result<SeenLowers> {
         let seen = SeenLowers::now(&config.base, layers).at(&config.base)?;
         let durability = match sync {
             RecordSync::Now => durability_of(config),
             RecordSync::Later => feather_core::atomic::Durability::Volatile,
         };
-        seen.write(&pending(vm), vm, durability)
+        seen.write(&pending(vm), vm, durability)?;
+        Ok(seen)
     }
 
     /// Syncs the record [`SeenLowers::record`] set aside ([`RecordSync::Later`]), for a kept VM: its contents
@@ -602,11 +609,23 @@ impl SeenLowers {
     /// [`NO_MOUNT_ID`]), so that the filesystem recorded, mounted back there later, is not
     /// taken for it; one whose folder init could not read is refused ([`UNOPENED`]).
     pub fn confirm(vm: &VmDir, config: &VmConfig, pinned: &[PinnedLower]) -> Result<()> {
-        let Some(mut seen) = SeenLowers::read(&pending(vm)) else {
-            return Ok(());
-        };
-        match seen.take_pinned(pinned) {
-            true => seen.write(&pending(vm), vm, durability_of(config)),
+        match SeenLowers::read(&pending(vm)) {
+            Some(seen) => seen.confirm_recorded(vm, config, pinned),
+            None => Ok(()),
+        }
+    }
+
+    /// [`SeenLowers::confirm`] with the record [`SeenLowers::record`] returned, by the
+    /// process that wrote it and holds the VM's keeper lock since (a start): the file holds
+    /// the same, so it is not read back.
+    pub fn confirm_recorded(
+        mut self,
+        vm: &VmDir,
+        config: &VmConfig,
+        pinned: &[PinnedLower],
+    ) -> Result<()> {
+        match self.take_pinned(pinned) {
+            true => self.write(&pending(vm), vm, durability_of(config)),
             false => Ok(()),
         }
     }

@@ -42,6 +42,16 @@ pub struct CreateOptions {
 
 /// Creates a VM: a folder with its config and an empty layer. Nothing is copied.
 pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Result<VmDir> {
+    create_with_config(root, name, options).map(|(vm, _)| vm)
+}
+
+/// [`create`], with the config it wrote: a throw-away VM started right after by the same
+/// process hands it to its keeper instead of reading the file back.
+fn create_with_config(
+    root: &StateRoot,
+    name: &VmName,
+    options: &CreateOptions,
+) -> Result<(VmDir, VmConfig)> {
     let base = checked_base(root, options.base.as_deref().unwrap_or(Path::new("/")))?;
     // The host's state folders (a look at the registry of roots) only when there is a path
     // to check against them: most VMs have no `--ro`.
@@ -112,7 +122,7 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
         let path = upper.join(dir.strip_prefix("/").unwrap_or(dir));
         fs::create_dir(&path).at(&path)?;
     }
-    Ok(vm)
+    Ok((vm, config))
 }
 
 /// 12 random hex digits from the kernel's generator.
@@ -655,9 +665,9 @@ pub fn run_ephemeral(
     // The workload's stdio: pipes this process relays, never the caller's own descriptors.
     let (ends, relay) =
         crate::relay::pipes().map_err(|e| io(name, "cannot make the command's pipes")(e.into()))?;
-    let vm = create(root, name, &options)?;
+    let (vm, config) = create_with_config(root, name, &options)?;
     trace::phase("create the VM's folder and lease");
-    let mut keeper = match Keeper::boot(root, &vm, Some(workload), Some(ends)) {
+    let mut keeper = match Keeper::boot(root, &vm, config, Some(workload), Some(ends)) {
         Ok(keeper) => keeper,
         Err(e) => {
             remove_failed_throw_away(root, &vm);
@@ -743,6 +753,23 @@ pub fn status(vm: &VmDir) -> Result<VmState> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A throw-away VM's keeper is handed the config its creator wrote instead of reading it
+    /// back: it is the one the VM's folder holds, as a keeper reading the file gets.
+    #[test]
+    fn the_config_handed_to_a_throw_away_vms_keeper_is_the_one_its_folder_holds() {
+        let scratch = feather_testkit::ScratchDir::new("handed-config");
+        let root = StateRoot::new(Some(scratch.0.join("root")));
+        let options = CreateOptions {
+            ephemeral: true,
+            tags: vec!["handed".into()],
+            read_only: vec![PathBuf::from("/usr")],
+            ..CreateOptions::default()
+        };
+        let name = "handed".parse().unwrap();
+        let (vm, handed) = create_with_config(&root, &name, &options).unwrap();
+        assert_eq!(vm.read_config().unwrap(), handed);
+    }
 
     /// The error of a wait for the VM's last keeper names the process and what to do, in one
     /// line (it once had 18 spaces in the middle, a line break without its `\`).

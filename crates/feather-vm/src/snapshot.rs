@@ -797,6 +797,7 @@ pub(crate) fn restore_tree(
     layers::make_folders(name, &layers::home(vm, config), &restored)?;
     // What the layers lie over, for `diff` and `commit` to read nothing else.
     let all: Vec<layers::Layer> = std::iter::once(top.clone()).chain(restored).collect();
+    // Confirmed from the file (`confirm_held_lowers`), as a restore's other steps read it.
     layers::SeenLowers::record(vm, config, &all, layers::RecordSync::Now)?;
     crate::test_hooks::held(HOLD_AFTER_RESTORE_RECORD);
     // The overlays hide every state root registered by now by themselves, before CRIU reopens
