@@ -1022,7 +1022,7 @@ fn a_post_copy_receiver_s_page_tunnel_listens_nowhere() {
 /// Broken pipe"). Before, that CRIU then waited for good on the restored processes it still
 /// traced (zombies of an init waiting for them), and its keeper and `serve` with it: the VM
 /// read `checkpointed` at the receiver until CRIU was killed by hand. Now the keeper gives CRIU
-/// its time (`feather_migrate::criu::restore_patience`: 30 s for images without memory), then
+/// its time (feather-migrate's `restore_time::restore_patience`: 30 s for images without memory), then
 /// ends it by its pid with the VM's group; `serve` fails saying so and keeps nothing of the
 /// VM, and the VM runs on at the source.
 #[test]

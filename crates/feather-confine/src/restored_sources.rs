@@ -787,18 +787,22 @@ mod tests {
         assert!(refusal.contains("mounted on the host while"), "{refusal}");
     }
 
+    /// The restored tree's account of one fresh mount at /dev/mqueue numbered 0:24, of the
+    /// filesystem type `fs`.
+    fn fresh_mqueue_of_type(fs: &str, accounting: &Before) -> Result<(), String> {
+        let text = format!("{RESTORED}520 502 0:24 / /dev/mqueue rw - {fs} {fs} rw\n");
+        feather_sys::mountinfo::parse(&text)
+            .iter()
+            .try_for_each(|m| account(m, accounting))
+    }
+
     /// A filesystem CRIU made anew (its `mqueue`) given a number the host freed while CRIU ran
     /// is not taken for the host's: the watch saw a tmpfs with that number. (Refused, a
     /// parallel test's host tmpfs that came and went during a restore failed it now and then.)
     #[test]
     fn a_fresh_filesystem_given_a_number_another_one_freed_while_criu_ran_is_made_anew() {
         let accounting = run_0_24_seen_only_while_criu_ran();
-        let tree = |fs: &str| {
-            let text = format!("{RESTORED}520 502 0:24 / /dev/mqueue rw - {fs} {fs} rw\n");
-            feather_sys::mountinfo::parse(&text)
-                .iter()
-                .try_for_each(|m| account(m, &accounting))
-        };
+        let tree = |fs: &str| fresh_mqueue_of_type(fs, &accounting);
         assert_eq!(tree("mqueue"), Ok(()));
         let refusal = tree("tmpfs").unwrap_err();
         assert!(refusal.contains("mounted on the host while"), "{refusal}");
@@ -812,12 +816,7 @@ mod tests {
     #[test]
     fn a_fresh_filesystem_numbered_as_one_of_another_type_held_before_is_made_anew() {
         let accounting = before();
-        let tree = |fs: &str| {
-            let text = format!("{RESTORED}520 502 0:24 / /dev/mqueue rw - {fs} {fs} rw\n");
-            feather_sys::mountinfo::parse(&text)
-                .iter()
-                .try_for_each(|m| account(m, &accounting))
-        };
+        let tree = |fs: &str| fresh_mqueue_of_type(fs, &accounting);
         assert_eq!(tree("mqueue"), Ok(()));
         let refusal = tree("tmpfs").unwrap_err();
         assert!(refusal.contains("mounted on the host before"), "{refusal}");

@@ -26,9 +26,7 @@ use serde::{Deserialize, Serialize};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use crate::error::{io_at, MigrateError, Result};
-pub use crate::restore_time::{
-    restore_patience, RESTORE_PATIENCE, RESTORE_READS_AT_LEAST, RESTORE_READS_AT_MOST,
-};
+use crate::restore_time::restore_patience;
 use crate::rpc;
 
 /// The oldest CRIU that works on this kernel: 3.17 fails on kernels >= 6.13 with "Unexpected
