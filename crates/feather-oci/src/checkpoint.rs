@@ -284,7 +284,8 @@ fn write_descriptors(pid: i32, images: &Path) -> Result<Vec<String>> {
 /// The mount ids of the init's mount namespace. Its table is read as bytes: a mount point
 /// that is not UTF-8 failed the whole table as text, and every descriptor counted as outside.
 fn container_mount_ids(pid: i32) -> Vec<u64> {
-    let table = fs::read(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+    let table = feather_sys::mountinfo::read_table(Path::new(&format!("/proc/{pid}/mountinfo")))
+        .unwrap_or_default();
     feather_sys::mountinfo::parse(table)
         .into_iter()
         .map(|mount| mount.id)

@@ -194,7 +194,9 @@ pub(crate) fn dump(
     let criu = Criu::checked(criu.to_path_buf(), String::new());
     let images = vm.checkpoint_dir();
     let mountinfo = format!("/proc/{init}/mountinfo");
-    let text = fs::read(&mountinfo).at(&mountinfo).in_vm(name)?;
+    let text = feather_sys::mountinfo::read_table(Path::new(&mountinfo))
+        .at(&mountinfo)
+        .in_vm(name)?;
     let mounts = feather_sys::mountinfo::parse(text);
     refuse_mount_points_not_utf8(name, &mounts)?;
     let ends_vm = !leave_running && lazy.is_none();
