@@ -73,6 +73,11 @@ fn hide_in(container: &Container, folders: &[impl AsRef<Path>]) -> Result<()> {
         return Ok(());
     };
     let folders: Vec<PathBuf> = folders.iter().map(|f| f.as_ref().to_owned()).collect();
-    feather_sys::process::hide_in_mount_namespace_of(&pidfd, &folders)
-        .map_err(|e| anyhow::anyhow!("{e}"))
+    match feather_sys::process::hide_in_mount_namespace_of(&pidfd, &folders) {
+        Ok(()) => Ok(()),
+        // The container stopped meanwhile (its namespace is gone with its init: ESRCH):
+        // nothing is left to hide anything in, as for a VM (feather_vm::hiding).
+        Err(_) if !container.init_alive() => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    }
 }
