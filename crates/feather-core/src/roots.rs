@@ -260,10 +260,17 @@ impl Registry {
         self.entries().live.iter().map(Entry::root).collect()
     }
 
-    /// The registry's entries: those of roots whose path exists, and those of roots whose
-    /// path is gone, kept for their ids and places (the [`RETIRED_KEPT`] newest; older ones
-    /// are removed on the way).
+    /// The registry's entries: those of roots whose path exists, those of roots whose path is
+    /// gone, kept for their ids and places (the [`RETIRED_KEPT`] newest; older ones are
+    /// removed on the way), and those passed over, each with a warning.
     fn entries(&self) -> Entries {
+        self.entries_since(&Entries::default())
+    }
+
+    /// [`Registry::entries`], but for what the look `before` read that its file holds still as
+    /// it was read: an entry `before` found live at the very paths it names is neither
+    /// resolved again nor listed (a start's last look: [`Look::late_state_folders_in`]).
+    fn entries_since(&self, before: &Entries) -> Entries {
         let mut listed = Entries::default();
         // From the registry's summary while nothing changed since it was written: a start
         // opens no entry, however many the registry keeps (issue 15).
@@ -272,11 +279,21 @@ impl Registry {
             let Some(entry) = entry else {
                 continue;
             };
+            let file = (path, entry);
+            if before.unmoved.contains(&file) {
+                continue;
+            }
+            let (path, entry) = file;
             match resolved(&entry) {
-                Ok(Some(live)) => listed.live.push(live),
+                Ok(Some(live)) => {
+                    if (&live.dir, &live.run) == (&entry.dir, &entry.run) {
+                        listed.unmoved.push((path, entry));
+                    }
+                    listed.live.push(live);
+                }
                 Ok(None) => listed.retired.push((path, entry)),
                 Err(why) => {
-                    eprintln!("feather: warning: {}", not_followed(&path, &why));
+                    warn_passed_over(&path, &entry, &why);
                     listed.refused.push(entry);
                 }
             }
@@ -503,35 +520,79 @@ pub fn host_state_folders() -> Vec<PathBuf> {
 /// [`host_state_folders`] from the mount table `mounts` (a start reads it once for all it
 /// does: review issue 15).
 pub fn host_state_folders_in(mounts: &[MountEntry]) -> Vec<PathBuf> {
-    let entries = Registry::host().entries();
-    state_folders_of(&entries.live, &entries.at_recorded_places_only(), mounts)
+    Look::host().state_folders_in(mounts)
 }
 
-/// The state folders of the roots registered that `known` (a start's [`host_state_folders_in`]
-/// with its own root's) does not name, with their aliases: a start's last look, which finds
-/// the roots registered while it started (none, nearly always: then nothing but the
-/// registry's entries is read, from its summary while that matches). When there is one, the
-/// host's mount table is read again, not taken from the start's beginning: a root registered
-/// meanwhile may have been mounted or bound meanwhile too (review roots28 L1).
-pub fn late_state_folders_in(known: &[PathBuf]) -> Vec<PathBuf> {
-    late_state_folders_of(&Registry::host(), known, host_mounts)
+/// The registry as a start's first look found it ([`Registry::look`]): each entry's folders
+/// resolved on descriptors once, and an entry passed over warned of once, for everything the
+/// start hides ([`Look::state_folders_in`]) and for its last look
+/// ([`Look::late_state_folders_in`]), which resolves only what changed since (issue 15).
+pub struct Look {
+    registry: Registry,
+    entries: Entries,
 }
 
-/// [`late_state_folders_in`] of `registry`, `now` reading the mount table.
-fn late_state_folders_of(
-    registry: &Registry,
-    known: &[PathBuf],
-    now: impl FnOnce() -> Vec<MountEntry>,
-) -> Vec<PathBuf> {
-    let late: Vec<Entry> = registry
-        .entries()
-        .live
-        .into_iter()
-        .filter(|entry| !(known.contains(&entry.dir) && known.contains(&entry.run)))
-        .collect();
-    match late.is_empty() {
-        true => Vec::new(),
-        false => state_folders_of(&late, &[], &now()),
+impl Registry {
+    /// A first look at the registry ([`Look`]).
+    pub fn look(self) -> Look {
+        let entries = self.entries();
+        Look {
+            registry: self,
+            entries,
+        }
+    }
+}
+
+impl Look {
+    /// A first look at the host's registry.
+    pub fn host() -> Look {
+        Registry::host().look()
+    }
+
+    /// [`host_state_folders_in`] as this look found the registry.
+    pub fn state_folders_in(&self, mounts: &[MountEntry]) -> Vec<PathBuf> {
+        let entries = &self.entries;
+        state_folders_of(&entries.live, &entries.at_recorded_places_only(), mounts)
+    }
+
+    /// The state folders of the roots registered that `known` (the start's
+    /// [`Look::state_folders_in`] with its own root's) does not name, with their aliases: a
+    /// start's last look, which finds the roots registered while it started (none, nearly
+    /// always). When there is one, the host's mount table is read again, not taken from the
+    /// start's beginning: a root registered meanwhile may have been mounted or bound meanwhile
+    /// too (review roots28 L1).
+    ///
+    /// An entry this look found live at the very paths it names, whose file holds it still as
+    /// it was read, is not resolved again ([`Registry::entries_since`]): resolved, it would be
+    /// passed over all the same, its folders in `known`. A registration writes its entry
+    /// before it hides its root in the VMs running (`feather_vm::hiding`), and writes it
+    /// anew, so an entry written meanwhile is read here: as another entry, resolved; or as
+    /// the one this look read, whose folders, at the paths it names, this start hid. A root
+    /// moved by hand meanwhile behind a link at an unchanged entry's path is found by the
+    /// root's next command, which registers where it leads (a new entry) and hides it then,
+    /// as in the VMs already running. An entry found retired or passed over is resolved
+    /// again (a passed-over one is warned of once per process: [`warn_passed_over`]).
+    pub fn late_state_folders_in(&self, known: &[PathBuf]) -> Vec<PathBuf> {
+        self.late_state_folders_of(known, host_mounts)
+    }
+
+    /// [`Look::late_state_folders_in`], `now` reading the mount table.
+    fn late_state_folders_of(
+        &self,
+        known: &[PathBuf],
+        now: impl FnOnce() -> Vec<MountEntry>,
+    ) -> Vec<PathBuf> {
+        let late: Vec<Entry> = self
+            .registry
+            .entries_since(&self.entries)
+            .live
+            .into_iter()
+            .filter(|entry| !(known.contains(&entry.dir) && known.contains(&entry.run)))
+            .collect();
+        match late.is_empty() {
+            true => Vec::new(),
+            false => state_folders_of(&late, &[], &now()),
+        }
     }
 }
 
@@ -626,6 +687,10 @@ struct Entries {
     /// Those whose path leads through a link a user may have placed ([`resolved`]): neither
     /// hidden nor guarded where it leads, only at the places they recorded, as retired ones.
     refused: Vec<Entry>,
+    /// Those of `live` found at the very paths they name (no link on the way), with their
+    /// files, each as its file holds it: what a later look passes over while the file holds
+    /// it still ([`Registry::entries_since`]).
+    unmoved: Vec<(PathBuf, Entry)>,
 }
 
 impl Entries {
@@ -674,9 +739,24 @@ fn resolved_strictly(file: &Path, entry: Entry) -> Entry {
     match folders_resolved(&entry) {
         Ok((dir, run)) => with_folders(entry, dir, run),
         Err(why) => {
-            eprintln!("feather: warning: {}", not_followed(file, &why));
+            warn_passed_over(file, &entry, &why);
             entry
         }
+    }
+}
+
+/// Says that the registry's entry `file`, reading `entry`, is passed over because `why`: once
+/// per process while it reads so. A command may read the registry more than once (a new
+/// root's registration, a start and its last look), and said the same each time.
+fn warn_passed_over(file: &Path, entry: &Entry, why: &Unresolved) {
+    static WARNED: std::sync::Mutex<Vec<(PathBuf, Entry)>> = std::sync::Mutex::new(Vec::new());
+    let mut warned = WARNED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let read = (file.to_path_buf(), entry.clone());
+    if !warned.contains(&read) {
+        eprintln!("feather: warning: {}", not_followed(file, why));
+        warned.push(read);
     }
 }
 
@@ -1800,9 +1880,14 @@ mod tests {
             "27 1 254:0 / / rw - ext4 /dev/vda rw\n40 27 254:0 {parent} /mnt/bound rw - ext4 /dev/vda rw\n"
         );
         let bound = Path::new("/mnt/bound").join(dir.file_name().unwrap());
-        let late = late_state_folders_of(&registry, &[], || mountinfo::parse(&table));
+        // A start whose first look found the registry empty.
+        let first = Look {
+            registry: Registry::at(registry.dir().to_path_buf()),
+            entries: Entries::default(),
+        };
+        let late = first.late_state_folders_of(&[], || mountinfo::parse(&table));
         let read = std::cell::Cell::new(false);
-        let known = late_state_folders_of(&registry, &[dir.clone(), run], || {
+        let known = first.late_state_folders_of(&[dir.clone(), run], || {
             read.set(true);
             Vec::new()
         });
@@ -1816,8 +1901,9 @@ mod tests {
     }
 
     /// A registry holding one root (`label`), settled and summarised, then read by a start from
-    /// its summary: the registry, the root, what that start hid, and whether it was summarised.
-    fn a_summarised_registry(label: &str) -> (Registry, StateRoot, Vec<PathBuf>, bool) {
+    /// its summary: the registry, the root, that start's first look and what it hid, and
+    /// whether the registry was summarised.
+    fn a_summarised_registry(label: &str) -> (Registry, StateRoot, Look, Vec<PathBuf>, bool) {
         let (registry, root) = a_root(label);
         registry.register(&root).unwrap().mark().unwrap();
         let summary_dir = registry.dir().join(folder_summary::SUMMARY_DIR);
@@ -1825,8 +1911,9 @@ mod tests {
         backdate(registry.dir(), 3600);
         hidden_by(&registry);
         let summarised = summary_dir.join("files.json").exists();
-        let hidden = hidden_by(&registry);
-        (registry, root, hidden, summarised)
+        let look = Registry::at(registry.dir().to_path_buf()).look();
+        let hidden = look.state_folders_in(&host_mounts());
+        (registry, root, look, hidden, summarised)
     }
 
     /// A root's entry written again during a start, under the same name (its run folder moved),
@@ -1834,12 +1921,12 @@ mod tests {
     /// the new entry, not the summary's, and hides the new run folder (review startcost31 L1).
     #[test]
     fn an_entry_rewritten_after_a_start_read_the_summary_is_read_anew_by_the_last_look() {
-        let (registry, root, known, summarised) = a_summarised_registry("rewritten");
+        let (registry, root, first, known, summarised) = a_summarised_registry("rewritten");
         let moved = StateRoot::with_dirs(root.dir().into(), scratch("run-rewritten"));
         moved.prepare().unwrap();
         registry.register(&moved).unwrap().mark().unwrap();
         let new_run = fs::canonicalize(moved.run_dir()).unwrap();
-        let late = late_state_folders_of(&registry, &known, Vec::new);
+        let late = first.late_state_folders_of(&known, Vec::new);
         for dir in [root.dir(), moved.run_dir(), registry.dir()] {
             fs::remove_dir_all(dir).unwrap();
         }
@@ -1853,7 +1940,7 @@ mod tests {
     /// no longer matches the registry, and is passed over (issue 15).
     #[test]
     fn a_root_registered_after_the_registrys_summary_is_hidden() {
-        let (registry, first, _, summarised) = a_summarised_registry("summary-first");
+        let (registry, first, _, _, summarised) = a_summarised_registry("summary-first");
         let second = StateRoot::new(Some(scratch("root-summary-second")));
         second.prepare().unwrap();
         registry.register(&second).unwrap().mark().unwrap();

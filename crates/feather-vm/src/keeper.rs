@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use feather_core::atomic::{Durability, Staged};
 use feather_core::error::causes;
 use feather_core::error::IoContext;
+use feather_core::roots::Look;
 use feather_core::state::now;
 use feather_core::trace;
 use feather_core::{StateRoot, VmConfig, VmDir, VmName, VmState, VmStatus};
@@ -359,6 +360,8 @@ struct Unsettled {
     keeper: Keeper,
     /// The state folders the start hid: the late look passes over them.
     known_state_folders: Vec<PathBuf>,
+    /// The start's look at the registry of roots, which the late look compares with.
+    first_look: Look,
 }
 
 impl Unsettled {
@@ -368,7 +371,9 @@ impl Unsettled {
         let keeper = self.keeper;
         keeper.settle_lowers();
         // Roots registered while the VM started are hidden now (see `hiding`).
-        if let Err(why) = keeper.hide_late_state_folders(&self.known_state_folders) {
+        if let Err(why) =
+            keeper.hide_late_state_folders(&self.first_look, &self.known_state_folders)
+        {
             keeper.say_not_hidden(&why);
         }
         trace::phase(phase);
@@ -376,32 +381,41 @@ impl Unsettled {
     }
 }
 
+/// What the process that just created a VM hands its keeper when it is that keeper itself (a
+/// throw-away run), instead of the keeper reading it again.
+pub struct Handed {
+    /// The config it wrote to the VM's folder.
+    pub config: VmConfig,
+    /// Its look at the registry of roots, if it took one (for `--ro`): the start's first look.
+    pub first_look: Option<Look>,
+}
+
 impl Keeper {
     /// Builds and starts the VM. On failure nothing it made is left behind. `stdio`: for a
     /// foreground run, the VM's ends of the pipes this process relays (see [`crate::relay`]),
     /// which become init's and so the first workload's stdin, stdout and stderr; without, init's
-    /// stdio is the VM's /dev/null. Never the caller's own descriptors. `config`: the one
-    /// the caller just wrote to the VM's folder (creating it), not read back.
+    /// stdio is the VM's /dev/null. Never the caller's own descriptors. `handed`: what the
+    /// caller, which just created the VM, knows already.
     pub fn boot(
         root: &StateRoot,
         vm: &VmDir,
-        config: VmConfig,
+        handed: Handed,
         workload: Option<Workload>,
         stdio: Option<VmEnds>,
     ) -> Result<Keeper> {
         Ok(
-            Keeper::boot_unsettled(root, vm, Some(config), workload, stdio)?
+            Keeper::boot_unsettled(root, vm, Some(handed), workload, stdio)?
                 .settle("hide late state folders"),
         )
     }
 
     /// [`Keeper::boot`] up to the VM recorded running, without the steps that follow, which
-    /// cannot fail its start ([`Unsettled::settle`]). `written`: the config as its caller
-    /// wrote it; without, read from the VM's folder under the keeper lock.
+    /// cannot fail its start ([`Unsettled::settle`]). Without `handed`, the config is read
+    /// from the VM's folder under the keeper lock, and the registry looked at here.
     fn boot_unsettled(
         root: &StateRoot,
         vm: &VmDir,
-        written: Option<VmConfig>,
+        handed: Option<Handed>,
         workload: Option<Workload>,
         stdio: Option<VmEnds>,
     ) -> Result<Unsettled> {
@@ -409,9 +423,9 @@ impl Keeper {
         let name = vm.name().clone();
         init::check_descriptor_limit(name.as_str())?;
         let lock = take_keeper_lock(vm)?;
-        let config = match written {
-            Some(config) => config,
-            None => vm.read_config()?,
+        let (config, first_look) = match handed {
+            Some(handed) => (handed.config, handed.first_look),
+            None => (vm.read_config()?, None),
         };
         let durability = if config.ephemeral {
             Durability::Volatile
@@ -438,7 +452,9 @@ impl Keeper {
         trace::phase("prepare the network (/etc files, ports)");
         // Read once: the layers, the state folders' aliases and the last look all use it.
         let host_mounts = layers::host_mount_table()?;
-        let hidden = hiding::state_folders_in(root, &host_mounts);
+        // Resolved once: the late look resolves only the entries written since.
+        let first_look = first_look.unwrap_or_else(Look::host);
+        let hidden = hiding::state_folders_seen(root, &first_look, &host_mounts);
         let mut tree =
             layers::for_start_in(root, vm, &config, memory_layer, &hidden, &host_mounts)?;
         // What the layers lie over, for `diff` and `commit` to read nothing else.
@@ -620,6 +636,7 @@ impl Keeper {
         Ok(Unsettled {
             keeper,
             known_state_folders: hidden,
+            first_look,
         })
     }
 
@@ -871,14 +888,17 @@ impl Keeper {
         hiding::in_vm(&self.init.pidfd, self.init.pid, &self.config.base, &folders)
     }
 
-    /// Hides in the VM the folders of the roots registered since its start found `known`,
-    /// their aliases from the host's mount table read again when there is one (with the
-    /// places the registry recorded): the roots known then are not looked at again (issue 15).
+    /// Hides in the VM the folders of the roots registered since its start's `first_look`
+    /// found `known`, their aliases from the host's mount table read again when there is one
+    /// (with the places the registry recorded): the roots known then are not looked at again
+    /// (issue 15).
     fn hide_late_state_folders(
         &self,
+        first_look: &Look,
         known: &[PathBuf],
     ) -> std::result::Result<(), hiding::HidingError> {
-        let late: Vec<PathBuf> = feather_core::roots::late_state_folders_in(known)
+        let late: Vec<PathBuf> = first_look
+            .late_state_folders_in(known)
             .into_iter()
             .filter(|folder| !known.contains(folder))
             .collect();

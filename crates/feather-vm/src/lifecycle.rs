@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use feather_core::atomic::Durability;
 use feather_core::error::IoContext;
+use feather_core::roots::Look;
 use feather_core::state::now;
 use feather_core::trace;
 use feather_core::{
@@ -19,7 +20,7 @@ use feather_sys::beneath;
 
 use crate::error::{failed, io, InVm, Result, VmError};
 use crate::hiding::MOUNT_POINTS;
-use crate::keeper::{self, Keeper};
+use crate::keeper::{self, Handed, Keeper};
 use crate::launch::{self, KeeperArgs};
 use crate::protocol::{self, Request, Response};
 use crate::workload::Workload;
@@ -42,27 +43,28 @@ pub struct CreateOptions {
 
 /// Creates a VM: a folder with its config and an empty layer. Nothing is copied.
 pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Result<VmDir> {
-    create_with_config(root, name, options).map(|(vm, _)| vm)
+    create_handing(root, name, options).map(|(vm, _)| vm)
 }
 
-/// [`create`], with the config it wrote: a throw-away VM started right after by the same
-/// process hands it to its keeper instead of reading the file back.
-fn create_with_config(
+/// [`create`], with what it knows that a throw-away VM started right after by the same
+/// process hands to its keeper instead of finding it again: the config it wrote, and its look
+/// at the registry of roots if it took one.
+fn create_handing(
     root: &StateRoot,
     name: &VmName,
     options: &CreateOptions,
-) -> Result<(VmDir, VmConfig)> {
+) -> Result<(VmDir, Handed)> {
     let base = checked_base(root, options.base.as_deref().unwrap_or(Path::new("/")))?;
     // The host's state folders (a look at the registry of roots) only when there is a path
     // to check against them: most VMs have no `--ro`.
-    let read_only = if options.read_only.is_empty() {
-        Vec::new()
+    let (read_only, first_look) = if options.read_only.is_empty() {
+        (Vec::new(), None)
     } else {
-        crate::read_only::resolve(
-            &base,
-            &options.read_only,
-            &crate::hiding::state_folders(root),
-        )?
+        let look = Look::host();
+        let hidden =
+            crate::hiding::state_folders_seen(root, &look, &feather_core::roots::host_mounts());
+        let resolved = crate::read_only::resolve(&base, &options.read_only, &hidden)?;
+        (resolved, Some(look))
     };
     let scaffold: Vec<PathBuf> = MOUNT_POINTS
         .iter()
@@ -122,7 +124,7 @@ fn create_with_config(
         let path = upper.join(dir.strip_prefix("/").unwrap_or(dir));
         fs::create_dir(&path).at(&path)?;
     }
-    Ok((vm, config))
+    Ok((vm, Handed { config, first_look }))
 }
 
 /// 12 random hex digits from the kernel's generator.
@@ -665,9 +667,9 @@ pub fn run_ephemeral(
     // The workload's stdio: pipes this process relays, never the caller's own descriptors.
     let (ends, relay) =
         crate::relay::pipes().map_err(|e| io(name, "cannot make the command's pipes")(e.into()))?;
-    let (vm, config) = create_with_config(root, name, &options)?;
+    let (vm, handed) = create_handing(root, name, &options)?;
     trace::phase("create the VM's folder and lease");
-    let mut keeper = match Keeper::boot(root, &vm, config, Some(workload), Some(ends)) {
+    let mut keeper = match Keeper::boot(root, &vm, handed, Some(workload), Some(ends)) {
         Ok(keeper) => keeper,
         Err(e) => {
             remove_failed_throw_away(root, &vm);
@@ -767,8 +769,8 @@ mod tests {
             ..CreateOptions::default()
         };
         let name = "handed".parse().unwrap();
-        let (vm, handed) = create_with_config(&root, &name, &options).unwrap();
-        assert_eq!(vm.read_config().unwrap(), handed);
+        let (vm, handed) = create_handing(&root, &name, &options).unwrap();
+        assert_eq!(vm.read_config().unwrap(), handed.config);
     }
 
     /// The error of a wait for the VM's last keeper names the process and what to do, in one
