@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use feather_sys::beneath::{self, Spared, ROOT_ID_FILE};
+use feather_sys::lookup::Lookup;
 use feather_sys::mountinfo::{self, MountEntry};
 
 use crate::atomic::{write_atomic, Durability};
@@ -124,7 +125,18 @@ impl Registry {
     /// registry already knew it, and the root's id to write in its folder once it is hidden
     /// ([`Registration::mark`]).
     pub fn register(&self, root: &StateRoot) -> Result<Registration> {
-        let mut entry = entry_of(root)?;
+        self.register_checked(root, None)
+    }
+
+    /// [`Registry::register`] of a root whose folder `checked`, its check's lookup
+    /// ([`StateRoot::prepare_dir`]), found: its canonical path and identity are the lookup's,
+    /// not looked up again.
+    pub fn register_checked(
+        &self,
+        root: &StateRoot,
+        checked: Option<&Lookup>,
+    ) -> Result<Registration> {
+        let mut entry = entry_of(root, checked)?;
         let path = self.dir.join(entry_name(&entry.dir));
         // Every command looks: one read of the entry and one of the folder's marker, no lock.
         if self.read(&path).is_some_and(|known| {
@@ -1010,20 +1022,31 @@ fn joined(at: &Path, rest: &Path) -> PathBuf {
     }
 }
 
-fn entry_of(root: &StateRoot) -> Result<Entry> {
-    let dir = fs::canonicalize(root.dir()).at(root.dir())?;
+/// The entry of `root`, its state folder found by `checked` (the walk of its check, which
+/// ended in the folder: its path as walked is the canonical one) or else resolved here.
+fn entry_of(root: &StateRoot, checked: Option<&Lookup>) -> Result<Entry> {
+    let (dir, dev, ino) = match checked.filter(|lookup| lookup.missing.is_none()) {
+        Some(lookup) => {
+            let end = &lookup.end.step;
+            (end.path.clone(), end.meta.dev(), end.meta.ino())
+        }
+        None => {
+            let dir = fs::canonicalize(root.dir()).at(root.dir())?;
+            let meta = fs::metadata(&dir).at(&dir)?;
+            (dir, meta.dev(), meta.ino())
+        }
+    };
     let run = match root.run_dir().strip_prefix(root.dir()) {
         // `--root DIR`'s own `DIR/run`: the canonical folder resolved once, not twice (each
         // resolution reads every component of the path as a link).
         Ok(inside) => canonical_inside(&dir, inside)?,
         Err(_) => canonical_run(root.run_dir())?,
     };
-    let meta = fs::metadata(&dir).at(&dir)?;
     Ok(Entry {
         dir,
         run,
-        dev: meta.dev(),
-        ino: meta.ino(),
+        dev,
+        ino,
         places: Vec::new(),
         id: String::new(),
         former_ids: Vec::new(),
@@ -1951,6 +1974,30 @@ mod tests {
         }
         assert!(summarised, "the settled registry summarised");
         assert!(hidden.contains(&second_dir), "{hidden:?}");
+    }
+
+    /// A root named through links, `..` or extra slashes is registered at the path its check's
+    /// walk ended in, which is the one a resolution of the path finds: the same entry, not a
+    /// second one for the same root.
+    #[test]
+    fn a_root_registered_from_its_checks_walk_is_the_root_resolved_by_path() {
+        let folder = fs::canonicalize(scratch("checked-walk").parent().unwrap()).unwrap();
+        fs::create_dir_all(folder.join("real/root")).unwrap();
+        std::os::unix::fs::symlink(folder.join("real"), folder.join("link")).unwrap();
+        std::os::unix::fs::symlink("real/root", folder.join("relative")).unwrap();
+        let spellings = [
+            folder.join("real/root"),
+            folder.join("link/root/"),
+            folder.join("link/../real//root"),
+            folder.join("relative"),
+            folder.join("relative/../root"),
+        ];
+        for named in spellings {
+            let (root, checked) = StateRoot::named(Some(named.clone())).prepare_dir().unwrap();
+            let by_walk = entry_of(&root, Some(&checked)).unwrap();
+            let by_path = entry_of(&root, None).unwrap();
+            assert_eq!(by_walk, by_path, "{}", named.display());
+        }
     }
 
     /// A state folder swapped at its path between the registration and the mark is not given

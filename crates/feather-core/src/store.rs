@@ -33,6 +33,8 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use feather_sys::lookup::Lookup;
+
 use crate::atomic::{stage, sync_all, write_atomic, Durability, Staged};
 use crate::error::{Error, IoContext, Result};
 use crate::{VmConfig, VmName, VmState, VmStatus};
@@ -67,17 +69,17 @@ const TIGHTENED: &str = ".tightened-v1";
 /// Found as the root's check walks it ([`feather_sys::lookup::walk`]), not by `realpath`: a
 /// mount a user decides the files of on the way ends the walk before it is asked anything (a
 /// FUSE server that never answers hung the command before its refusal: review roots31 L2).
-fn is_the_default(dir: &Path) -> bool {
-    let default = Path::new(DEFAULT_STATE_DIR);
-    if dir == default {
-        return true;
-    }
-    let place = |path: &Path| {
-        let lookup = feather_sys::lookup::walk(path).ok()?;
+/// `walked`: the walk of `dir`.
+fn is_the_default(walked: &std::io::Result<Lookup>) -> bool {
+    let place = |lookup: &Lookup| {
         let meta = &lookup.end.step.meta;
-        Some((meta.dev(), meta.ino(), lookup.missing))
+        (meta.dev(), meta.ino(), lookup.missing.clone())
     };
-    place(dir).is_some_and(|dir| Some(dir) == place(default))
+    let Ok(dir) = walked else {
+        return false;
+    };
+    let default = feather_sys::lookup::walk(Path::new(DEFAULT_STATE_DIR));
+    default.is_ok_and(|default| place(dir) == place(&default))
 }
 
 /// A state root: the folder holding every VM, and the run folder holding their sockets.
@@ -87,24 +89,57 @@ pub struct StateRoot {
     run: PathBuf,
 }
 
+/// A state root as a command names it, with the walk of its folder that told whether it is
+/// the default root: [`NamedRoot::prepare_dir`] judges that walk rather than walking the path
+/// again (each walk opens and `fstat`s every name on the way, and a command walked the same
+/// `--root` three times).
+pub struct NamedRoot {
+    pub root: StateRoot,
+    walked: Option<std::io::Result<Lookup>>,
+}
+
+impl NamedRoot {
+    /// [`StateRoot::prepare_dir`], judging the walk the root was named with.
+    pub fn prepare_dir(self) -> Result<(StateRoot, Lookup)> {
+        let checked = self.root.prepare_dir_walked(self.walked)?;
+        Ok((self.root, checked))
+    }
+}
+
 impl StateRoot {
     /// The default root (`/var/lib/feather`, sockets in `/run/feather`), or `dir` with its
     /// sockets in `dir/run`, so that separate roots (one per test) never share anything.
     pub fn new(dir: Option<PathBuf>) -> Self {
-        // Absolute: a VM's init mounts under it after changing folder, and the process a
-        // throw-away VM's teardown is handed to leaves the caller's folder.
-        let dir = dir
-            .map(|dir| std::path::absolute(&dir).unwrap_or(dir))
-            .filter(|dir| !is_the_default(dir));
-        match dir {
-            Some(dir) => StateRoot {
-                run: dir.join("run"),
-                dir,
-            },
-            None => StateRoot {
+        StateRoot::named(dir).root
+    }
+
+    /// [`StateRoot::new`], with the walk of `dir` that told whether it is the default root.
+    pub fn named(dir: Option<PathBuf>) -> NamedRoot {
+        let default = NamedRoot {
+            root: StateRoot {
                 dir: DEFAULT_STATE_DIR.into(),
                 run: DEFAULT_RUN_DIR.into(),
             },
+            walked: None,
+        };
+        // Absolute: a VM's init mounts under it after changing folder, and the process a
+        // throw-away VM's teardown is handed to leaves the caller's folder.
+        let Some(dir) = dir.map(|dir| std::path::absolute(&dir).unwrap_or(dir)) else {
+            return default;
+        };
+        if dir == Path::new(DEFAULT_STATE_DIR) {
+            return default;
+        }
+        let walked = feather_sys::lookup::walk(&dir);
+        if is_the_default(&walked) {
+            return default;
+        }
+        NamedRoot {
+            root: StateRoot {
+                run: dir.join("run"),
+                dir,
+            },
+            walked: Some(walked),
         }
     }
 
@@ -218,11 +253,18 @@ impl StateRoot {
     /// Refused, before anything is made or changed in it, when a user other than root could
     /// change a folder on its way ([`crate::strict_modes`]).
     pub fn prepare_dir(&self) -> Result<()> {
+        self.prepare_dir_walked(None).map(drop)
+    }
+
+    /// [`StateRoot::prepare_dir`], judging `walked` (a walk of the folder taken a moment ago)
+    /// where given. Returns the check's lookup: the folder, as the walk found it, is the one
+    /// opened.
+    fn prepare_dir_walked(&self, walked: Option<std::io::Result<Lookup>>) -> Result<Lookup> {
         // Made, where missing, one folder at a time in the folders the check went through,
         // each looked at once made (a part of it someone else made first in the sticky /tmp is
         // theirs); an existing root is not asked to be made again (mkdir's EEXIST and the look
         // that follows it, at every command).
-        let made = crate::strict_modes::made_state_root(&self.dir)?;
+        let made = crate::strict_modes::made_state_root(&self.dir, walked)?;
         #[cfg(test)]
         tests::between_check_and_open(&self.dir);
         // Opened once by path, as every later step finds it: it must be the folder the check
@@ -232,7 +274,7 @@ impl StateRoot {
         if let Some(opened) = opened {
             tighten(&opened, &self.dir)?;
         }
-        Ok(())
+        Ok(made)
     }
 
     /// Whether only root can change the folders the root's folder is found through, and the
