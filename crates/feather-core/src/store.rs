@@ -52,6 +52,10 @@ pub const DEFAULT_RUN_DIR: &str = "/run/feather";
 /// [`VmDir::set_aside`]); no VM name starts with a dot.
 const SET_ASIDE: &str = ".removing-";
 
+/// How the folder of a VM being created begins, until it is renamed into place
+/// ([`StateRoot::create`]).
+const CREATING: &str = ".creating-";
+
 /// The mode of every folder of feather's own: root alone may enter.
 const PRIVATE: u32 = 0o700;
 
@@ -312,7 +316,7 @@ impl StateRoot {
     }
 
     /// Every VM, sorted by name. Folders that are not complete VMs (a create that died
-    /// half-way) are skipped; [`StateRoot::sweep_incomplete`] removes them.
+    /// half-way) are skipped; [`StateRoot::set_aside_vms_sweeping`] removes them.
     pub fn list(&self) -> Result<Vec<VmDir>> {
         let entries = match fs::read_dir(self.vms_dir()) {
             Ok(entries) => entries,
@@ -352,7 +356,7 @@ impl StateRoot {
         }
         let vms_dir = self.vms_dir();
         make_private_dir(&vms_dir)?;
-        let temp = vms_dir.join(format!(".creating-{}-{}", config.name, config.id));
+        let temp = vms_dir.join(format!("{CREATING}{}-{}", config.name, config.id));
         let assemble = || -> Result<()> {
             fs::DirBuilder::new()
                 .mode(PRIVATE)
@@ -374,7 +378,7 @@ impl StateRoot {
                 run: vm.run.clone(),
             };
             // Written in place (no one reads a folder by its temporary name, and a crash leaves
-            // it to `sweep_incomplete`), unsynced, then synced together: the folder once,
+            // it to `set_aside_vms_sweeping`), unsynced, then synced together: the folder once,
             // after both files, and the rename into place below.
             write_new(&staged.config_path(), config_text(config)?.as_bytes())?;
             write_new(&staged.state_path(), &state_text(&VmState::created())?)?;
@@ -412,6 +416,20 @@ impl StateRoot {
     /// Throw-away VMs set aside by [`VmDir::set_aside`] whose folders are still there: their
     /// teardown is under way (their keeper lock is held) or died half-way.
     pub fn set_aside_vms(&self) -> Vec<VmDir> {
+        self.listed_aside(false)
+    }
+
+    /// [`StateRoot::set_aside_vms`], removing on the way what creates that died half-way left
+    /// behind: for every command, which settles the teardowns before it acts, in the one
+    /// listing of `vms/` (a create listed it again right after, for this alone). A create
+    /// takes milliseconds, so only folders older than a minute are swept: younger ones may
+    /// belong to a create running right now in another process.
+    pub fn set_aside_vms_sweeping(&self) -> Vec<VmDir> {
+        self.listed_aside(true)
+    }
+
+    /// [`StateRoot::set_aside_vms`]; `sweep`: see [`StateRoot::set_aside_vms_sweeping`].
+    fn listed_aside(&self, sweep: bool) -> Vec<VmDir> {
         let Ok(entries) = fs::read_dir(self.vms_dir()) else {
             return Vec::new();
         };
@@ -419,6 +437,10 @@ impl StateRoot {
             .flatten()
             .filter_map(|entry| {
                 let folder = entry.file_name().into_string().ok()?;
+                if sweep && folder.starts_with(CREATING) && is_stale(&entry) {
+                    let _ = fs::remove_dir_all(entry.path());
+                    return None;
+                }
                 let (name, _id) = folder.strip_prefix(SET_ASIDE)?.rsplit_once('-')?;
                 Some(VmDir {
                     name: name.parse().ok()?,
@@ -428,33 +450,16 @@ impl StateRoot {
             })
             .collect()
     }
+}
 
-    /// Removes what creates that died half-way left behind. A create takes milliseconds, so
-    /// only folders older than a minute are swept: younger ones may belong to a create running
-    /// right now in another process.
-    pub fn sweep_incomplete(&self) {
-        let Ok(entries) = fs::read_dir(self.vms_dir()) else {
-            return;
-        };
-        let stale = |entry: &fs::DirEntry| {
-            entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > std::time::Duration::from_secs(60))
-        };
-        for entry in entries.flatten() {
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(".creating-")
-                && stale(&entry)
-            {
-                let _ = fs::remove_dir_all(entry.path());
-            }
-        }
-    }
+/// Whether the folder `entry` of `vms/` was last changed more than a minute ago.
+fn is_stale(entry: &fs::DirEntry) -> bool {
+    entry
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > std::time::Duration::from_secs(60))
 }
 
 /// One VM's folder.
@@ -1093,6 +1098,29 @@ mod tests {
                 .unwrap(),
             config("a")
         );
+    }
+
+    /// What a create killed half-way left goes at the next command's look for teardowns, once
+    /// a minute old; a younger one (a create under way elsewhere) and the VMs set aside stay.
+    #[test]
+    fn the_look_for_teardowns_sweeps_what_creates_that_died_left() {
+        let (_scratch, root) = scratch();
+        let vm = root.create(&config("aside"), Durability::Volatile).unwrap();
+        let aside = vm.set_aside("abc").unwrap();
+        let vms = root.dir().join("vms");
+        let (died, making) = (vms.join(".creating-died-1"), vms.join(".creating-making-2"));
+        for folder in [&died, &making] {
+            fs::create_dir_all(folder.join("upper")).unwrap();
+        }
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+        File::open(&died).unwrap().set_modified(long_ago).unwrap();
+        assert_eq!(root.set_aside_vms().len(), 1);
+        assert!(died.exists(), "the plain look sweeps nothing");
+        let found = root.set_aside_vms_sweeping();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].path(), aside.path());
+        assert!(!died.exists(), "a create that died a minute ago is swept");
+        assert!(making.exists(), "a create under way is left alone");
     }
 
     #[test]

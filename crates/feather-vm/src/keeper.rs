@@ -2352,7 +2352,7 @@ pub fn remove_group_of_id(id: &str, vm: &VmName) {
 pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// How young a group [`sweep_removed_roots`] leaves alone, whatever its root: the
-/// rule `StateRoot::sweep_incomplete` holds to for a VM folder being made.
+/// rule `StateRoot::set_aside_vms_sweeping` holds to for a VM folder being made.
 pub const SWEEP_SPARES_GROUPS_FOR: Duration = Duration::from_secs(60);
 
 /// Removes what state roots whose folder is gone left on the host: their networks

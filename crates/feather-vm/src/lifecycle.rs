@@ -102,7 +102,6 @@ fn create_handing(
     } else {
         Durability::Durable
     };
-    root.sweep_incomplete();
     let lease = feather_net::lease_files(root.dir(), &config.network);
     let vm = root
         .create_synced_with(&config, durability, &lease)
@@ -445,9 +444,11 @@ pub fn recover(vm: &VmDir) -> Result<()> {
 /// `Keeper::hand_off`). One whose lock is free was left half-way by a child that died: it is
 /// finished here. One still under way is waited for when `wait` (every command but `run --rm`,
 /// so that nothing feather shows or counts includes a teardown under way), else left to its
-/// child.
+/// child. Creates that died half-way are swept on the way ([`StateRoot::set_aside_vms_sweeping`]).
 pub fn settle_throw_aways(root: &StateRoot, wait: bool) {
-    for aside in root.set_aside_vms() {
+    // The same listing sweeps what creates that died half-way left (every create's command
+    // settles first).
+    for aside in root.set_aside_vms_sweeping() {
         let Ok(opened) = aside.existing_keeper_lock() else {
             continue;
         };
