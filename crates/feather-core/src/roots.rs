@@ -125,17 +125,14 @@ impl Registry {
     /// registry already knew it, and the root's id to write in its folder once it is hidden
     /// ([`Registration::mark`]).
     pub fn register(&self, root: &StateRoot) -> Result<Registration> {
-        self.register_checked(root, None)
+        let walked = feather_sys::lookup::walk(root.dir()).at(root.dir())?;
+        self.register_checked(root, &walked)
     }
 
     /// [`Registry::register`] of a root whose folder `checked`, its check's lookup
     /// ([`StateRoot::prepare_dir`]), found: its canonical path and identity are the lookup's,
     /// not looked up again.
-    pub fn register_checked(
-        &self,
-        root: &StateRoot,
-        checked: Option<&Lookup>,
-    ) -> Result<Registration> {
+    pub fn register_checked(&self, root: &StateRoot, checked: &Lookup) -> Result<Registration> {
         let mut entry = entry_of(root, checked)?;
         let path = self.dir.join(entry_name(&entry.dir));
         // Every command looks: one read of the entry and one of the folder's marker, no lock.
@@ -279,6 +276,15 @@ impl Registry {
         self.entries_since(&Entries::default())
     }
 
+    /// A first look at the registry ([`Look`]).
+    pub fn look(self) -> Look {
+        let entries = self.entries();
+        Look {
+            registry: self,
+            entries,
+        }
+    }
+
     /// [`Registry::entries`], but for what the look `before` read that its file holds still as
     /// it was read: an entry `before` found live at the very paths it names is neither
     /// resolved again nor listed (a start's last look: [`Look::late_state_folders_in`]).
@@ -291,15 +297,13 @@ impl Registry {
             let Some(entry) = entry else {
                 continue;
             };
-            let file = (path, entry);
-            if before.unmoved.contains(&file) {
+            if before.unmoved.get(&path) == Some(&entry) {
                 continue;
             }
-            let (path, entry) = file;
             match resolved(&entry) {
                 Ok(Some(live)) => {
                     if (&live.dir, &live.run) == (&entry.dir, &entry.run) {
-                        listed.unmoved.push((path, entry));
+                        listed.unmoved.insert(path, entry);
                     }
                     listed.live.push(live);
                 }
@@ -544,17 +548,6 @@ pub struct Look {
     entries: Entries,
 }
 
-impl Registry {
-    /// A first look at the registry ([`Look`]).
-    pub fn look(self) -> Look {
-        let entries = self.entries();
-        Look {
-            registry: self,
-            entries,
-        }
-    }
-}
-
 impl Look {
     /// A first look at the host's registry.
     pub fn host() -> Look {
@@ -699,10 +692,10 @@ struct Entries {
     /// Those whose path leads through a link a user may have placed ([`resolved`]): neither
     /// hidden nor guarded where it leads, only at the places they recorded, as retired ones.
     refused: Vec<Entry>,
-    /// Those of `live` found at the very paths they name (no link on the way), with their
+    /// Those of `live` found at the very paths they name (no link on the way), by their
     /// files, each as its file holds it: what a later look passes over while the file holds
     /// it still ([`Registry::entries_since`]).
-    unmoved: Vec<(PathBuf, Entry)>,
+    unmoved: std::collections::BTreeMap<PathBuf, Entry>,
 }
 
 impl Entries {
@@ -1023,19 +1016,14 @@ fn joined(at: &Path, rest: &Path) -> PathBuf {
 }
 
 /// The entry of `root`, its state folder found by `checked` (the walk of its check, which
-/// ended in the folder: its path as walked is the canonical one) or else resolved here.
-fn entry_of(root: &StateRoot, checked: Option<&Lookup>) -> Result<Entry> {
-    let (dir, dev, ino) = match checked.filter(|lookup| lookup.missing.is_none()) {
-        Some(lookup) => {
-            let end = &lookup.end.step;
-            (end.path.clone(), end.meta.dev(), end.meta.ino())
-        }
-        None => {
-            let dir = fs::canonicalize(root.dir()).at(root.dir())?;
-            let meta = fs::metadata(&dir).at(&dir)?;
-            (dir, meta.dev(), meta.ino())
-        }
-    };
+/// ended in the folder: its path as walked is the canonical one, never resolved by
+/// `realpath`, which follows any link a user placed).
+fn entry_of(root: &StateRoot, checked: &Lookup) -> Result<Entry> {
+    if checked.missing.is_some() {
+        return Err(std::io::Error::from(ErrorKind::NotFound)).at(root.dir());
+    }
+    let end = &checked.end.step;
+    let (dir, dev, ino) = (end.path.clone(), end.meta.dev(), end.meta.ino());
     let run = match root.run_dir().strip_prefix(root.dir()) {
         // `--root DIR`'s own `DIR/run`: the canonical folder resolved once, not twice (each
         // resolution reads every component of the path as a link).
@@ -1923,6 +1911,63 @@ mod tests {
         );
     }
 
+    /// A root root moved and linked back (root's link, followed), the link then pointed
+    /// elsewhere by root after a start's first look, its entry unchanged: the start's last look
+    /// resolves the entry again and hides where the link leads now. An entry is passed over
+    /// only where the first look found it at the very paths it names.
+    #[test]
+    fn a_roots_link_pointed_elsewhere_after_a_starts_first_look_is_followed_by_its_last_look() {
+        use std::os::unix::fs::PermissionsExt;
+        let (registry, root) = a_root("relinked");
+        registry.register(&root).unwrap().mark().unwrap();
+        let dir = fs::canonicalize(root.dir()).unwrap();
+        let parent = dir.parent().unwrap().to_path_buf();
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o755)).unwrap();
+        let (before, after) = (parent.join("before"), parent.join("after"));
+        fs::rename(&dir, &before).unwrap();
+        fs::create_dir_all(after.join("run")).unwrap();
+        std::os::unix::fs::symlink(&before, &dir).unwrap();
+        let first = Registry::at(registry.dir().to_path_buf()).look();
+        let known = first.state_folders_in(&[]);
+        fs::remove_file(&dir).unwrap();
+        std::os::unix::fs::symlink(&after, &dir).unwrap();
+        let late = first.late_state_folders_of(&known, Vec::new);
+        assert!(known.contains(&before), "{known:?}");
+        assert!(late.contains(&after), "{late:?}");
+    }
+
+    /// Entries a start's first look found retired (the root's folder gone) or passed over (a
+    /// user's link on the way) are resolved again by its last look: a folder made again at
+    /// the path, or the link made root's, is hidden then (review startcost31 L2).
+    #[test]
+    fn entries_retired_or_passed_over_at_a_starts_first_look_are_resolved_by_its_last_look() {
+        use std::os::unix::fs::PermissionsExt;
+        let (registry, gone) = a_root("retired-again");
+        registry.register(&gone).unwrap().mark().unwrap();
+        let gone_dir = fs::canonicalize(gone.dir()).unwrap();
+        let linked = StateRoot::new(Some(scratch("root-refused-again")));
+        linked.prepare().unwrap();
+        registry.register(&linked).unwrap().mark().unwrap();
+        let linked_dir = fs::canonicalize(linked.dir()).unwrap();
+        let parent = linked_dir.parent().unwrap().to_path_buf();
+        let elsewhere = parent.join("elsewhere");
+        fs::rename(&linked_dir, &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &linked_dir).unwrap();
+        fs::rename(&gone_dir, gone_dir.with_extension("away")).unwrap();
+        std::os::unix::fs::chown(&parent, Some(65534), Some(65534)).unwrap();
+        // Read from a mount table that names no place: what is hidden comes from the entries.
+        let first = Registry::at(registry.dir().to_path_buf()).look();
+        let known = first.state_folders_in(&[]);
+        fs::rename(gone_dir.with_extension("away"), &gone_dir).unwrap();
+        std::os::unix::fs::chown(&parent, Some(0), Some(0)).unwrap();
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o755)).unwrap();
+        let late = first.late_state_folders_of(&known, Vec::new);
+        for found in [&gone_dir, &elsewhere] {
+            assert!(!known.contains(found), "{known:?}");
+            assert!(late.contains(found), "{late:?}");
+        }
+    }
+
     /// A registry holding one root (`label`), settled and summarised, then read by a start from
     /// its summary: the registry, the root, that start's first look and what it hid, and
     /// whether the registry was summarised.
@@ -1983,20 +2028,25 @@ mod tests {
     fn a_root_registered_from_its_checks_walk_is_the_root_resolved_by_path() {
         let folder = fs::canonicalize(scratch("checked-walk").parent().unwrap()).unwrap();
         fs::create_dir_all(folder.join("real/root")).unwrap();
+        fs::create_dir_all(folder.join("real/sub")).unwrap();
         std::os::unix::fs::symlink(folder.join("real"), folder.join("link")).unwrap();
         std::os::unix::fs::symlink("real/root", folder.join("relative")).unwrap();
+        // `deep/..` is `real`, where the link leads, not `folder`, as the path reads.
+        std::os::unix::fs::symlink(folder.join("real/sub"), folder.join("deep")).unwrap();
         let spellings = [
             folder.join("real/root"),
             folder.join("link/root/"),
             folder.join("link/../real//root"),
             folder.join("relative"),
             folder.join("relative/../root"),
+            folder.join("deep/../root"),
         ];
         for named in spellings {
             let (root, checked) = StateRoot::named(Some(named.clone())).prepare_dir().unwrap();
-            let by_walk = entry_of(&root, Some(&checked)).unwrap();
-            let by_path = entry_of(&root, None).unwrap();
-            assert_eq!(by_walk, by_path, "{}", named.display());
+            let by_walk = entry_of(&root, &checked).unwrap();
+            let by_path = fs::canonicalize(&named).unwrap();
+            assert_eq!(by_walk.dir, by_path, "{}", named.display());
+            assert_eq!(by_walk.run, by_path.join("run"), "{}", named.display());
         }
     }
 

@@ -14,7 +14,7 @@ pub(crate) fn open_root(named: NamedRoot) -> anyhow::Result<StateRoot> {
     // The walk that named the root is the one judged, and the folder it found is registered.
     let (root, checked) = named.prepare_dir()?;
     let registry = feather_core::roots::Registry::host();
-    let registered = registry.register_checked(&root, Some(&checked));
+    let registered = registry.register_checked(&root, &checked);
     let registered = anyhow::Context::with_context(registered, || {
         format!(
             "cannot record state root {} in {}, which every VM start reads to keep VMs out of \
