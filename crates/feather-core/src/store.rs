@@ -357,11 +357,10 @@ impl StateRoot {
         let vms_dir = self.vms_dir();
         make_private_dir(&vms_dir)?;
         let temp = vms_dir.join(format!("{CREATING}{}-{}", config.name, config.id));
+        // Locked until the folder is renamed into place (let go when this function returns):
+        // a sweep passes over the folder of a create alive, however long it takes.
+        let creating = made_creating(&temp)?;
         let assemble = || -> Result<()> {
-            fs::DirBuilder::new()
-                .mode(PRIVATE)
-                .create(&temp)
-                .at(&temp)?;
             // upper/ keeps the ordinary 0755: its mode is the mode of the VM's `/`. A layer in
             // memory is made by the keeper; only the mount point is on disk.
             let folders: &[&str] = if config.layer_in_memory() {
@@ -410,6 +409,7 @@ impl StateRoot {
                 return Err(e);
             }
         }
+        drop(creating);
         Ok(vm)
     }
 
@@ -422,8 +422,10 @@ impl StateRoot {
     /// [`StateRoot::set_aside_vms`], removing on the way what creates that died half-way left
     /// behind: for every command, which settles the teardowns before it acts, in the one
     /// listing of `vms/` (a create listed it again right after, for this alone). A create
-    /// takes milliseconds, so only folders older than a minute are swept: younger ones may
-    /// belong to a create running right now in another process.
+    /// holds a lock on its folder until it renames it into place ([`made_creating`]), so only
+    /// a folder whose lock is free is swept, and only once it is a minute old: a create alive
+    /// in another process, stalled in a sync or stopped however long, keeps its folder, and
+    /// one that has just made its folder has not locked it yet.
     pub fn set_aside_vms_sweeping(&self) -> Vec<VmDir> {
         self.listed_aside(true)
     }
@@ -437,8 +439,8 @@ impl StateRoot {
             .flatten()
             .filter_map(|entry| {
                 let folder = entry.file_name().into_string().ok()?;
-                if sweep && folder.starts_with(CREATING) && is_stale(&entry) {
-                    let _ = fs::remove_dir_all(entry.path());
+                if sweep && folder.starts_with(CREATING) {
+                    sweep_if_dead(&entry.path());
                     return None;
                 }
                 let (name, _id) = folder.strip_prefix(SET_ASIDE)?.rsplit_once('-')?;
@@ -452,14 +454,59 @@ impl StateRoot {
     }
 }
 
-/// Whether the folder `entry` of `vms/` was last changed more than a minute ago.
-fn is_stale(entry: &fs::DirEntry) -> bool {
-    entry
-        .metadata()
-        .and_then(|m| m.modified())
+/// Makes the folder `temp` a create assembles a VM in, and locks it: the lock, held until the
+/// folder is renamed into place, tells a sweep that the create is alive
+/// ([`StateRoot::set_aside_vms_sweeping`]). The kernel lets it go when the create dies.
+fn made_creating(temp: &Path) -> Result<File> {
+    fs::DirBuilder::new().mode(PRIVATE).create(temp).at(temp)?;
+    let locked = locked_while_moved(temp);
+    if locked.is_err() {
+        let _ = fs::remove_dir(temp);
+    }
+    locked
+}
+
+/// The folder `folder` of `vms/`, locked as a create's is ([`made_creating`]): for whoever
+/// renames a VM's folder to a `.creating-*` name to remove it (`rm`), so that a sweep does not
+/// remove it meanwhile under its feet. The lock stays on the folder through the rename.
+pub fn locked_while_moved(folder: &Path) -> Result<File> {
+    let opened = open_creating(folder)?;
+    opened.lock().at(folder)?;
+    Ok(opened)
+}
+
+/// The folder of a create `path` in `vms/`, opened (never through a link).
+fn open_creating(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
+        .at(path)
+}
+
+/// Removes the folder of a create `path` in `vms/` if the create is dead: no one holds its
+/// lock ([`made_creating`]), and it was last changed more than a minute ago. Removed under
+/// its lock, and only while `path` is the folder locked.
+fn sweep_if_dead(path: &Path) {
+    let Ok(folder) = open_creating(path) else {
+        return;
+    };
+    if folder.try_lock().is_err() {
+        return;
+    }
+    let Ok(meta) = folder.metadata() else {
+        return;
+    };
+    let stale = meta
+        .modified()
         .ok()
         .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age > std::time::Duration::from_secs(60))
+        .is_some_and(|age| age > std::time::Duration::from_secs(60));
+    let still_there = fs::symlink_metadata(path)
+        .is_ok_and(|now| (now.dev(), now.ino()) == (meta.dev(), meta.ino()));
+    if stale && still_there {
+        let _ = fs::remove_dir_all(path);
+    }
 }
 
 /// One VM's folder.
@@ -1109,11 +1156,17 @@ mod tests {
         let aside = vm.set_aside("abc").unwrap();
         let vms = root.dir().join("vms");
         let (died, making) = (vms.join(".creating-died-1"), vms.join(".creating-making-2"));
+        let stalled = vms.join(".creating-stalled-3");
         for folder in [&died, &making] {
             fs::create_dir_all(folder.join("upper")).unwrap();
         }
+        // A create alive, stalled for two minutes (a sync under heavy writeback, SIGSTOP).
+        let held = made_creating(&stalled).unwrap();
+        fs::create_dir(stalled.join("upper")).unwrap();
         let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
-        File::open(&died).unwrap().set_modified(long_ago).unwrap();
+        for folder in [&died, &stalled] {
+            File::open(folder).unwrap().set_modified(long_ago).unwrap();
+        }
         assert_eq!(root.set_aside_vms().len(), 1);
         assert!(died.exists(), "the plain look sweeps nothing");
         let found = root.set_aside_vms_sweeping();
@@ -1121,6 +1174,14 @@ mod tests {
         assert_eq!(found[0].path(), aside.path());
         assert!(!died.exists(), "a create that died a minute ago is swept");
         assert!(making.exists(), "a create under way is left alone");
+        assert!(
+            stalled.join("upper").exists(),
+            "a create alive is left alone, however old its folder"
+        );
+        // Its process dead, the kernel lets its lock go.
+        drop(held);
+        root.set_aside_vms_sweeping();
+        assert!(!stalled.exists(), "a create that died is swept");
     }
 
     #[test]

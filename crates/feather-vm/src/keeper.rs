@@ -381,41 +381,32 @@ impl Unsettled {
     }
 }
 
-/// What the process that just created a VM hands its keeper when it is that keeper itself (a
-/// throw-away run), instead of the keeper reading it again.
-pub struct Handed {
-    /// The config it wrote to the VM's folder.
-    pub config: VmConfig,
-    /// Its look at the registry of roots, if it took one (for `--ro`): the start's first look.
-    pub first_look: Option<Look>,
-}
-
 impl Keeper {
     /// Builds and starts the VM. On failure nothing it made is left behind. `stdio`: for a
     /// foreground run, the VM's ends of the pipes this process relays (see [`crate::relay`]),
     /// which become init's and so the first workload's stdin, stdout and stderr; without, init's
-    /// stdio is the VM's /dev/null. Never the caller's own descriptors. `handed`: what the
-    /// caller, which just created the VM, knows already.
+    /// stdio is the VM's /dev/null. Never the caller's own descriptors. `config`: the one
+    /// the caller just wrote to the VM's folder (creating it), not read back.
     pub fn boot(
         root: &StateRoot,
         vm: &VmDir,
-        handed: Handed,
+        config: VmConfig,
         workload: Option<Workload>,
         stdio: Option<VmEnds>,
     ) -> Result<Keeper> {
         Ok(
-            Keeper::boot_unsettled(root, vm, Some(handed), workload, stdio)?
+            Keeper::boot_unsettled(root, vm, Some(config), workload, stdio)?
                 .settle("hide late state folders"),
         )
     }
 
     /// [`Keeper::boot`] up to the VM recorded running, without the steps that follow, which
-    /// cannot fail its start ([`Unsettled::settle`]). Without `handed`, the config is read
-    /// from the VM's folder under the keeper lock, and the registry looked at here.
+    /// cannot fail its start ([`Unsettled::settle`]). `written`: the config as its caller
+    /// wrote it; without, read from the VM's folder under the keeper lock.
     fn boot_unsettled(
         root: &StateRoot,
         vm: &VmDir,
-        handed: Option<Handed>,
+        written: Option<VmConfig>,
         workload: Option<Workload>,
         stdio: Option<VmEnds>,
     ) -> Result<Unsettled> {
@@ -423,9 +414,9 @@ impl Keeper {
         let name = vm.name().clone();
         init::check_descriptor_limit(name.as_str())?;
         let lock = take_keeper_lock(vm)?;
-        let (config, first_look) = match handed {
-            Some(handed) => (handed.config, handed.first_look),
-            None => (vm.read_config()?, None),
+        let config = match written {
+            Some(config) => config,
+            None => vm.read_config()?,
         };
         let durability = if config.ephemeral {
             Durability::Volatile
@@ -452,8 +443,9 @@ impl Keeper {
         trace::phase("prepare the network (/etc files, ports)");
         // Read once: the layers, the state folders' aliases and the last look all use it.
         let host_mounts = layers::host_mount_table()?;
-        // Resolved once: the late look resolves only the entries written since.
-        let first_look = first_look.unwrap_or_else(Look::host);
+        // Resolved once, here, just before the hiding layer is built (also for a `--ro` run,
+        // whose create looked already): the late look resolves only the entries written since.
+        let first_look = Look::host();
         let hidden = hiding::state_folders_seen(root, &first_look, &host_mounts);
         let mut tree =
             layers::for_start_in(root, vm, &config, memory_layer, &hidden, &host_mounts)?;

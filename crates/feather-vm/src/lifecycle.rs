@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use feather_core::atomic::Durability;
 use feather_core::error::IoContext;
-use feather_core::roots::Look;
 use feather_core::state::now;
 use feather_core::trace;
 use feather_core::{
@@ -20,7 +19,7 @@ use feather_sys::beneath;
 
 use crate::error::{failed, io, InVm, Result, VmError};
 use crate::hiding::MOUNT_POINTS;
-use crate::keeper::{self, Handed, Keeper};
+use crate::keeper::{self, Keeper};
 use crate::launch::{self, KeeperArgs};
 use crate::protocol::{self, Request, Response};
 use crate::workload::Workload;
@@ -43,28 +42,30 @@ pub struct CreateOptions {
 
 /// Creates a VM: a folder with its config and an empty layer. Nothing is copied.
 pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Result<VmDir> {
-    create_handing(root, name, options).map(|(vm, _)| vm)
+    create_with_config(root, name, options).map(|(vm, _)| vm)
 }
 
-/// [`create`], with what it knows that a throw-away VM started right after by the same
-/// process hands to its keeper instead of finding it again: the config it wrote, and its look
-/// at the registry of roots if it took one.
-fn create_handing(
+/// [`create`], with the config it wrote: a throw-away VM started right after by the same
+/// process hands it to its keeper instead of reading the file back. Not its look at the
+/// registry of roots (`--ro`): the keeper takes its own just before it builds the hiding
+/// layer, so that a root registered in between is hidden by the layer, not only by the start's
+/// last look (review start33 L1).
+fn create_with_config(
     root: &StateRoot,
     name: &VmName,
     options: &CreateOptions,
-) -> Result<(VmDir, Handed)> {
+) -> Result<(VmDir, VmConfig)> {
     let base = checked_base(root, options.base.as_deref().unwrap_or(Path::new("/")))?;
     // The host's state folders (a look at the registry of roots) only when there is a path
     // to check against them: most VMs have no `--ro`.
-    let (read_only, first_look) = if options.read_only.is_empty() {
-        (Vec::new(), None)
+    let read_only = if options.read_only.is_empty() {
+        Vec::new()
     } else {
-        let look = Look::host();
-        let hidden =
-            crate::hiding::state_folders_seen(root, &look, &feather_core::roots::host_mounts());
-        let resolved = crate::read_only::resolve(&base, &options.read_only, &hidden)?;
-        (resolved, Some(look))
+        crate::read_only::resolve(
+            &base,
+            &options.read_only,
+            &crate::hiding::state_folders(root),
+        )?
     };
     let scaffold: Vec<PathBuf> = MOUNT_POINTS
         .iter()
@@ -123,7 +124,7 @@ fn create_handing(
         let path = upper.join(dir.strip_prefix("/").unwrap_or(dir));
         fs::create_dir(&path).at(&path)?;
     }
-    Ok((vm, Handed { config, first_look }))
+    Ok((vm, config))
 }
 
 /// 12 random hex digits from the kernel's generator.
@@ -613,6 +614,9 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
     let vms = root.dir().join("vms");
     let doomed_name = format!(".creating-removed-{}-{}", name, config.id);
     let doomed = vms.join(&doomed_name);
+    // Locked before the rename, until it is removed: a sweep of what creates left passes over
+    // a `.creating-*` folder whose lock is held.
+    let _moving = feather_core::store::locked_while_moved(vm.path())?;
     fs::rename(vm.path(), &doomed).at(vm.path())?;
     // Through descriptors, at any depth: the VM chose how deep its layer's folders nest.
     beneath::open_root(&vms)
@@ -668,9 +672,9 @@ pub fn run_ephemeral(
     // The workload's stdio: pipes this process relays, never the caller's own descriptors.
     let (ends, relay) =
         crate::relay::pipes().map_err(|e| io(name, "cannot make the command's pipes")(e.into()))?;
-    let (vm, handed) = create_handing(root, name, &options)?;
+    let (vm, config) = create_with_config(root, name, &options)?;
     trace::phase("create the VM's folder and lease");
-    let mut keeper = match Keeper::boot(root, &vm, handed, Some(workload), Some(ends)) {
+    let mut keeper = match Keeper::boot(root, &vm, config, Some(workload), Some(ends)) {
         Ok(keeper) => keeper,
         Err(e) => {
             remove_failed_throw_away(root, &vm);
@@ -770,8 +774,8 @@ mod tests {
             ..CreateOptions::default()
         };
         let name = "handed".parse().unwrap();
-        let (vm, handed) = create_handing(&root, &name, &options).unwrap();
-        assert_eq!(vm.read_config().unwrap(), handed.config);
+        let (vm, handed) = create_with_config(&root, &name, &options).unwrap();
+        assert_eq!(vm.read_config().unwrap(), handed);
     }
 
     /// The error of a wait for the VM's last keeper names the process and what to do, in one
