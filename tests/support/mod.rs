@@ -1202,6 +1202,13 @@ impl RecordHold {
         Self::at(label, feather_vm::snapshot::HOLD_BEFORE_RESTORED_CHECK)
     }
 
+    /// A hold on restoring keepers at CRIU's `post-restore` notification: every task restored,
+    /// none resumed, CRIU's last word to a post-copy restore's `lazy-pages` daemon not said yet
+    /// (`feather_vm::snapshot::HOLD_AT_POST_RESTORE`).
+    pub fn at_post_restore(label: &str) -> Self {
+        Self::at(label, feather_vm::snapshot::HOLD_AT_POST_RESTORE)
+    }
+
     /// `feather start vm` of `feather`'s root under this hold, its stderr piped; returned once a
     /// process of the start waits for the hold.
     pub fn start(&self, feather: &Feather, vm: &str) -> Child {
