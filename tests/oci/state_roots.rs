@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use feather_core::roots::{Registry, REGISTRY_DIR};
 use feather_core::StateRoot;
+use feather_oci::registry::RootRegistry;
+use feather_oci::store::{Container, Record};
 use serde_json::json;
 
 use crate::support::{base_config, Bundle, Runtime, Scratch};
@@ -100,7 +102,10 @@ fn a_state_root_registered_after_a_container_over_the_host_started_is_hidden_in_
     // Only this test's container: parallel tests' containers may stop, or be hidden in, while
     // this looks — and this root's path names `late-root-PID` too.
     let about_ours = format!("container {id} (");
-    let ours: Vec<&String> = warnings.iter().filter(|w| w.contains(&about_ours)).collect();
+    let ours: Vec<&String> = warnings
+        .iter()
+        .filter(|w| w.contains(&about_ours))
+        .collect();
     assert!(ours.is_empty(), "{warnings:?}");
 
     let secret = layer.join("secret");
@@ -110,6 +115,76 @@ fn a_state_root_registered_after_a_container_over_the_host_started_is_hidden_in_
         "a root registered after the container started is readable in it: {outcome:?}"
     );
     assert_ne!(outcome.code, 0, "{outcome:?}");
+}
+
+/// A registration hides a new root in every running container over the host through its
+/// init's mount namespace, found in the container's record. A record naming a process that is
+/// not in the container's own cgroup (a stranger's, host pid 1: forged by whoever could write
+/// it), or naming a group no create would (the hierarchy's root, where every process is), gets
+/// no mount in that process's namespace, and the registration says why. Run with a
+/// registry of runtime roots of its own (a tmpfs over the host's, in a mount namespace of the
+/// test's thread): no other test's registration sees its forged container.
+#[test]
+fn a_container_record_naming_a_process_outside_its_group_gets_no_mount_in_its_namespace() {
+    feather_testkit::own_mount_namespace();
+    let _registry = own_runtime_registry();
+    let scratch = Scratch::new("forged-init");
+    let runtime_root = scratch.path("runtime-root");
+    feather_oci::store::root_dir(&runtime_root).unwrap();
+    RootRegistry::host().register(&runtime_root).unwrap();
+    let stranger = feather_testkit::Stranger::start();
+    let pid = stranger.pid() as i32;
+    let id = format!("forged-init-{}", std::process::id());
+    // Its own group (which the stranger is not in), and the hierarchy's root (which holds
+    // every process): a group no create names.
+    let forged = [
+        (id.clone(), format!("feather-oci/{id}")),
+        (format!("{id}-root"), String::new()),
+    ];
+    for (id, cgroup) in &forged {
+        let record = Record {
+            id: id.clone(),
+            pid,
+            start_ticks: feather_sys::process::start_ticks(nix::unistd::Pid::from_raw(pid))
+                .unwrap(),
+            cgroup: cgroup.clone(),
+            annotations: [("org.feather.base".to_owned(), "host".to_owned())].into(),
+            ..Record::default()
+        };
+        Container::make(&runtime_root, record).unwrap();
+    }
+
+    let state = scratch.path("late-state");
+    fs::create_dir(&state).unwrap();
+    let late = StateRoot::with_dirs(fs::canonicalize(&state).unwrap(), scratch.path("late-run"));
+    let warnings = feather_oci::hiding::in_running_containers(&late);
+    let mounted = stranger.tmpfs_mounts();
+    assert!(
+        !mounted
+            .iter()
+            .any(|at| Path::new(at).starts_with(late.dir())),
+        "a tmpfs was mounted in the stranger's namespace: {mounted:?}"
+    );
+    for (id, _) in &forged {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains(&format!("container {id} ("))
+                    && w.contains("which is not in the container's cgroup")),
+            "no warning naming the container {id} and its record: {warnings:?}"
+        );
+    }
+}
+
+/// Gives the calling test's thread (in a mount namespace of its own) a registry of runtime
+/// roots of its own, empty: an empty tmpfs over the host's, detached when dropped. The host's
+/// is made first where missing, root-only as feather-oci makes it.
+fn own_runtime_registry() -> feather_testkit::TmpfsMount {
+    let host = Path::new(feather_oci::registry::REGISTRY_DIR);
+    std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
+        .create(host)
+        .unwrap();
+    feather_testkit::TmpfsMount::at(host)
 }
 
 /// A privileged container over the host (CAP_SYS_ADMIN, as `docker run --privileged` gives)

@@ -2,18 +2,21 @@
 //! hidden in it as in a running VM (feather_vm::hiding). The init hides the roots registered
 //! when it assembles the root ([`crate::mounts`]); a root registered later is hidden by a
 //! short child that joins the init's mount namespace through its pidfd (checked against the
-//! recorded start time) and mounts the empty tmpfs there. `create` reads the registry once
+//! recorded start time, and to be a member of the container's own cgroup) and mounts the
+//! empty tmpfs there. `create` reads the registry once
 //! more after it recorded the init, so a root registered while the container started is never
 //! missed: the registering call writes its entry before it looks for containers, `create`
 //! records its init before it reads the registry again, so one of the two sees the other.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use feather_core::StateRoot;
+use nix::unistd::Pid;
 
+use crate::cgroups::Groups;
 use crate::registry::RootRegistry;
-use crate::store::Container;
+use crate::store::{Container, Record};
 
 /// Hides `new`'s folders in every running container over the host, of every runtime root
 /// feather-oci was used with. Returns one warning per container where that failed.
@@ -72,6 +75,19 @@ fn hide_in(container: &Container, folders: &[impl AsRef<Path>]) -> Result<()> {
     let Some(pidfd) = container.init_pidfd() else {
         return Ok(());
     };
+    if !init_in_its_group(&container.record) {
+        // The init ended meanwhile, its pid reused: nothing is left to hide anything in.
+        if !container.init_alive() {
+            return Ok(());
+        }
+        bail!(
+            "its record names pid {} as its init, which is not in the container's cgroup {:?} (a \
+             record feather-oci did not write): nothing was mounted there; check who wrote {}",
+            container.record.pid,
+            container.record.cgroup,
+            container.dir.join("record.json").display()
+        );
+    }
     let folders: Vec<PathBuf> = folders.iter().map(|f| f.as_ref().to_owned()).collect();
     match feather_sys::process::hide_in_mount_namespace_of(&pidfd, &folders) {
         Ok(()) => Ok(()),
@@ -80,4 +96,23 @@ fn hide_in(container: &Container, folders: &[impl AsRef<Path>]) -> Result<()> {
         Err(_) if !container.init_alive() => Ok(()),
         Err(e) => Err(anyhow::anyhow!("{e}")),
     }
+}
+
+/// Whether the init `record` names is a member of the container's own cgroup, the group
+/// create made for it and started it in: a record naming any other process (host pid 1, a
+/// stranger's, forged by whoever could write it) would have the tmpfs mounted in that
+/// process's namespace, the host's own. The members are read in the folders of the group in
+/// each hierarchy (`Cgroup::members`), not from the process's `/proc/PID/cgroup` (relative to
+/// its cgroup namespace), as feather_vm's hiding does. The group is trusted only as a create
+/// would have named it ([`crate::cgroups::relative_path`]): never the hierarchy's root (every
+/// process), a path with `..`, nor `feather/` (the VMs'). A record is trusted with its group
+/// no further than `kill --all` and `delete` already trust it (they signal its members).
+fn init_in_its_group(record: &Record) -> bool {
+    let Ok(relative) = crate::cgroups::relative_path(Some(Path::new(&record.cgroup)), &record.id)
+    else {
+        return false;
+    };
+    Groups::new(&relative)
+        .members()
+        .contains(&Pid::from_raw(record.pid))
 }
