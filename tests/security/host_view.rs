@@ -2388,4 +2388,13 @@ fn a_registered_root_a_user_swapped_for_a_link_hides_nothing_where_it_leads() {
         "warned again: {}",
         again.stderr
     );
+    // Said every time by `feather ls`, which an admin runs to look: never hidden for the day
+    // by a read nobody watched.
+    let listed = a.run(&["ls"]);
+    assert!(
+        listed
+            .stderr
+            .contains(&format!("{} is a link", link.display())),
+        "`feather ls` did not say it: {listed:?}"
+    );
 }

@@ -299,8 +299,6 @@ pub fn sweep_roots_of_ended_tests(dir: &Path) {
     }
 }
 
-/// The pid of the test process that made the root folder `name` ([`unique_dir`]'s
-/// `root-<label>-<pid>-<n>`); None for any other name.
 /// Forgets, once per test process, the registry entries of roots in [`TESTS_DIR`] whose folder
 /// is gone and whose test process has ended (`feather_testkit::made_by_an_ended_test`): a
 /// test killed, its folders removed since (`/tmp/feather-tests` cleared by hand), left entries
@@ -319,6 +317,8 @@ pub fn forget_entries_of_ended_tests_now() {
         .forget_gone_below(Path::new(TESTS_DIR), feather_testkit::made_by_an_ended_test)
 }
 
+/// The pid of the test process that made the root folder `name` ([`unique_dir`]'s
+/// `root-<label>-<pid>-<n>`); None for any other name.
 fn owner_of_root(name: &str) -> Option<u32> {
     name.strip_prefix("root-")?;
     feather_testkit::maker_of(name)

@@ -158,6 +158,8 @@ impl Registry {
             ))
         })?;
         write_atomic(&path, &text, Durability::Durable)?;
+        // The registering command is one an admin watches: it says every entry passed over.
+        crate::warning_stamps::say_every_time();
         Ok(Registration {
             new: new.then(|| entry.root()),
             unmarked: Some(entry),
@@ -269,6 +271,7 @@ impl Registry {
         // From the registry's summary while nothing changed since it was written: a start
         // opens no entry, however many the registry keeps (issue 15).
         let files = folder_summary::read(&self.dir, parse_entry);
+        self.warning_stamps().sweep();
         for (path, entry) in files {
             let Some(entry) = entry else {
                 continue;
@@ -419,13 +422,11 @@ impl Registry {
         WarningStamps::of_registry(&self.dir)
     }
 
-    /// Says that the registry's entry `file` is passed over because `why`, once a day
-    /// ([`crate::warning_stamps`]): every start reads the registry two or three times.
+    /// Says that the registry's entry `file` is passed over because `why`, once a day unless
+    /// someone looks ([`crate::warning_stamps`]): every start reads the registry two or three
+    /// times.
     fn warn_passed_over(&self, file: &Path, why: &Unresolved) {
-        let warning = not_followed(file, why);
-        if self.warning_stamps().due(file, &warning) {
-            eprintln!("feather: warning: {warning}");
-        }
+        self.warning_stamps().say(file, &not_followed(file, why));
     }
 
     /// `entry` (of the registry's file `file`) with its folders resolved as [`resolved`] does,

@@ -97,6 +97,7 @@ impl RootRegistry {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return Vec::new();
         };
+        WarningStamps::of_registry(&self.dir).sweep();
         let mut roots = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
@@ -136,16 +137,14 @@ impl RootRegistry {
     }
 
     /// Warns that the runtime root registered in `entry` is passed over because `why` (which
-    /// names the root; `advice` names `entry`), once a day as feather's own registry does
-    /// (`feather_core::warning_stamps`): every `feather ls` reads this registry.
+    /// names the root; `advice` names `entry`), once a day unless someone looks, as feather's
+    /// own registry does (`feather_core::warning_stamps`): every call of an engine's reads it.
     fn passed_over(&self, entry: &Path, why: &str, advice: &str) {
         let warning = format!(
             "a registered OCI runtime root is passed over: {why}; its containers are not listed \
              nor looked up, nor is any state root hidden in them. {advice}"
         );
-        if WarningStamps::of_registry(&self.dir).due(entry, &warning) {
-            eprintln!("feather: warning: {warning}");
-        }
+        WarningStamps::of_registry(&self.dir).say(entry, &warning);
     }
 }
 

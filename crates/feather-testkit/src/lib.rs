@@ -336,6 +336,18 @@ impl Stranger {
         stranger
     }
 
+    /// Started, and running `sleep` in the caller's (its thread's) mount namespace: one a
+    /// record names as an init outside a namespace of its own.
+    pub fn in_our_namespace() -> Stranger {
+        let stranger = Stranger(Started::spawn("sleep", &["600"]));
+        let pid = stranger.pid();
+        let ready = eventually(Duration::from_secs(60), || {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm == "sleep\n")
+        });
+        assert!(ready, "waited 60 s for sleep to run");
+        stranger
+    }
+
     pub fn pid(&self) -> u32 {
         self.0 .0.id()
     }
