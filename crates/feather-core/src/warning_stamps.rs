@@ -174,15 +174,16 @@ mod tests {
     use std::time::SystemTime;
 
     /// A registry's folder of the test's own, 0700 as the host's, removed when dropped (also
-    /// when the test fails).
-    fn registry(label: &str) -> feather_testkit::ScratchDir {
+    /// when the test fails), and its stamps.
+    fn registry(label: &str) -> (feather_testkit::ScratchDir, WarningStamps) {
         let scratch = feather_testkit::ScratchDir::new(&format!("warning-stamps-{label}"));
         fs::set_permissions(
             &scratch.0,
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         )
         .unwrap();
-        scratch
+        let stamps = WarningStamps::of_registry(&scratch.0);
+        (scratch, stamps)
     }
 
     /// Dates the stamp of `name` at `at`.
@@ -198,9 +199,8 @@ mod tests {
     /// once for another reason, for a stamp dated in the future, and for an entry forgotten.
     #[test]
     fn a_warning_is_said_once_a_day_for_each_entry_and_reason() {
-        let scratch = registry("once");
+        let (scratch, stamps) = registry("once");
         let folder = &scratch.0;
-        let stamps = WarningStamps::of_registry(folder);
         let name = &folder.join("0123.json");
         let said = [
             stamps.say(name, "passed over: a user's link"),
@@ -224,21 +224,20 @@ mod tests {
     /// A registry whose stamps cannot be written says every warning every time.
     #[test]
     fn a_warning_that_cannot_be_stamped_is_said_every_time() {
-        let scratch = registry("unwritable");
+        let (scratch, stamps) = registry("unwritable");
         let folder = &scratch.0;
         fs::write(folder.join(STAMPS_DIR), "not a folder").unwrap();
-        let stamps = WarningStamps::of_registry(folder);
         let name = &folder.join("0123.json");
         let said = [stamps.say(name, "w"), stamps.say(name, "w")];
         assert_eq!(said, [true, true]);
     }
+
     /// A process where someone looks (`feather ls`, a registration) says a warning every time,
     /// also one a reader nobody watches claimed for the day; and stamps it for the others.
     #[test]
     fn a_warning_is_said_every_time_where_someone_looks() {
-        let scratch = registry("looks");
+        let (scratch, stamps) = registry("looks");
         let folder = &scratch.0;
-        let stamps = WarningStamps::of_registry(folder);
         let name = &folder.join("0123.json");
         let unwatched = [stamps.say(name, "w"), stamps.say(name, "w")];
         say_every_time();
@@ -254,13 +253,12 @@ mod tests {
     #[test]
     fn stamps_in_a_folder_not_the_registrys_own_are_neither_read_nor_written() {
         use std::os::unix::fs::PermissionsExt;
-        let scratch = registry("unchecked");
+        let (scratch, stamps) = registry("unchecked");
         let folder = &scratch.0;
         let elsewhere = folder.join("elsewhere");
         fs::create_dir(&elsewhere).unwrap();
         fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o700)).unwrap();
         std::os::unix::fs::symlink(&elsewhere, folder.join(STAMPS_DIR)).unwrap();
-        let stamps = WarningStamps::of_registry(folder);
         let name = &folder.join("0123.json");
         let through_link = [stamps.say(name, "w"), stamps.say(name, "w")];
         let written_there = fs::read_dir(&elsewhere).unwrap().count();
@@ -283,9 +281,8 @@ mod tests {
     /// writer's fresh temporary file are kept.
     #[test]
     fn stamps_of_gone_entries_and_abandoned_temporary_files_are_swept() {
-        let scratch = registry("sweep");
+        let (scratch, stamps) = registry("sweep");
         let folder = &scratch.0;
-        let stamps = WarningStamps::of_registry(folder);
         fs::write(folder.join("live.json"), "{}").unwrap();
         stamps.say(&folder.join("live.json"), "w");
         stamps.say(&folder.join("gone.json"), "w");
