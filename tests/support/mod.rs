@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use feather_testkit::process_exists;
 use feather_testkit::TESTS_DIR;
 pub use feather_testkit::{unique_dir, Outcome};
 
@@ -27,6 +28,7 @@ pub struct Feather {
 impl Feather {
     pub fn new(label: &str) -> Self {
         sweep_roots_of_ended_tests(Path::new(TESTS_DIR));
+        forget_entries_of_ended_tests();
         Feather {
             root: unique_dir("root", label),
         }
@@ -276,24 +278,6 @@ impl Drop for Feather {
 /// process, or of a pid reused meanwhile, is left alone; so is every other folder. One test
 /// sweeps at a time (the lock of `dir/sweep.lock`); another that finds it taken goes on, as the
 /// sweep under way removes what it would.
-/// Gives the calling test's thread, and every command it starts from now on, a mount namespace
-/// of its own, a slave of the host's (the host's mounts reach it, its own reach nobody): for a
-/// mount no other test's VM may see. Every VM over `/` copies the host's mounts, and one at a
-/// path that is not UTF-8 makes each such VM refuse a checkpoint. Mount namespaces are a
-/// thread's: the test harness's other threads, and the tests in other processes, keep the host's.
-pub fn own_mount_namespace() {
-    use nix::mount::{mount, MsFlags};
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare a mount namespace");
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_SLAVE,
-        None::<&str>,
-    )
-    .expect("make the test's mount namespace a slave of the host's");
-}
-
 pub fn sweep_roots_of_ended_tests(dir: &Path) {
     let ended: Vec<PathBuf> = names_in(dir)
         .iter()
@@ -322,18 +306,29 @@ pub fn sweep_roots_of_ended_tests(dir: &Path) {
     }
 }
 
+/// Forgets, once per test process, the registry entries of roots in [`TESTS_DIR`] whose folder
+/// is gone and whose test process has ended (`feather_testkit::made_by_an_ended_test`): a
+/// test killed, its folders removed since (`/tmp/feather-tests` cleared by hand), left entries
+/// that every start on the host went on reading. Never a live test's entry (its process
+/// exists), nor one of a root whose folder is still there (the sweep above tears those down),
+/// nor any outside [`TESTS_DIR`]; whatever kind of folder holds it (a functional root, a
+/// scratch base, an OCI test's folder).
+pub fn forget_entries_of_ended_tests() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(forget_entries_of_ended_tests_now);
+}
+
+/// [`forget_entries_of_ended_tests`], now.
+pub fn forget_entries_of_ended_tests_now() {
+    feather_core::roots::Registry::host()
+        .forget_gone_below(Path::new(TESTS_DIR), feather_testkit::made_by_an_ended_test)
+}
+
 /// The pid of the test process that made the root folder `name` ([`unique_dir`]'s
 /// `root-<label>-<pid>-<n>`); None for any other name.
 fn owner_of_root(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix("root-")?;
-    let mut parts = rest.rsplitn(3, '-');
-    let (_n, pid, label) = (parts.next()?, parts.next()?, parts.next()?);
-    (!label.is_empty()).then_some(())?;
-    pid.parse().ok()
-}
-
-fn process_exists(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    name.strip_prefix("root-")?;
+    feather_testkit::maker_of(name)
 }
 
 impl Feather {
