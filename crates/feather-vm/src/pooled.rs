@@ -26,7 +26,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use feather_core::{StateRoot, VmName};
 use nix::fcntl::{Flock, FlockArg};
@@ -69,10 +69,11 @@ pub const DEFAULT_SIZE: usize = 1;
 /// A [`fence`] whose `network down` was killed is lifted here, so that it does not keep the
 /// pool off for good looking like the admin's own 0.
 pub fn size(root: &StateRoot) -> usize {
-    let file = dir(root).join(SIZE);
-    let mut setting = read_small(&file);
-    if setting.as_deref() == Some(FENCES_SIZE) && lift_a_stale_fence(root) {
-        setting = read_small(&file);
+    let mut setting = read_small(&dir(root).join(SIZE));
+    if setting.as_deref() == Some(FENCES_SIZE) {
+        if let Some(past) = setting_past_a_stale_fence(root) {
+            setting = past;
+        }
     }
     setting
         .and_then(|text| text.trim().parse().ok())
@@ -140,8 +141,13 @@ pub fn open_dir(root: &StateRoot) -> std::io::Result<std::fs::File> {
 /// File `name` of the opened folder `folder`, as a path the kernel resolves through its
 /// descriptor (not through the folder's path, which may have been replaced since).
 pub fn in_folder(folder: &std::fs::File, name: &str) -> PathBuf {
+    opened(folder).join(name)
+}
+
+/// The opened `file` as a path the kernel resolves through its descriptor.
+fn opened(file: &std::fs::File) -> PathBuf {
     use std::os::fd::AsRawFd;
-    PathBuf::from(format!("/proc/self/fd/{}", folder.as_raw_fd())).join(name)
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
 /// Writes file `name` of the pool's opened `folder` whole (a rename in that folder, which
@@ -501,7 +507,7 @@ pub fn next_generation(
 /// A [`fence`] this process put in place: its folder held locked (flock) until
 /// [`lift_fence`], so that a later command tells a fence whose `network down` was killed (the
 /// kernel drops the lock with its last holder) from one still standing, whatever became of
-/// the pid: [`lift_a_stale_fence`].
+/// the pid: [`setting_past_a_stale_fence`].
 pub struct Fence(Flock<std::fs::File>);
 
 /// Puts a pool's folder in place where there is none, whole (made aside, then renamed, never
@@ -513,6 +519,7 @@ pub struct Fence(Flock<std::fs::File>);
 pub fn fence(root: &StateRoot) -> feather_core::error::Result<Option<Fence>> {
     use feather_core::atomic::{write_atomic, Durability};
     use feather_core::error::IoContext;
+    sweep_fence_leftovers(root);
     let staged = fence_aside(root);
     // Left by a `network down` killed with this pid: nothing of anyone's.
     let _ = std::fs::remove_dir_all(&staged);
@@ -565,61 +572,256 @@ fn locked(path: &Path) -> std::io::Result<Flock<std::fs::File>> {
     Flock::lock(folder, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| e.into())
 }
 
-/// Takes this process's [`fence`] away once the network is down.
-pub fn lift_fence(root: &StateRoot, fence: Fence) {
-    lift(root, &fence.0);
+/// The lock a setting's writer ([`write_setting`]: `pool --size`, `--idle`) and a fence's
+/// lifter hold, in the pool's folder (never written: only locked): a lift never removes a size
+/// set meanwhile, so it needs never take one aside, and a lift killed at any point leaves
+/// every setting where it was.
+pub const SETTINGS_LOCK: &str = "settings.lock";
+
+/// How long a setting's writer or a fence's lifter waits for [`SETTINGS_LOCK`], whose holders
+/// write a file or lift a fence: milliseconds, but on a disk that stalls a durable write.
+const SETTINGS_PATIENCE: Duration = Duration::from_secs(10);
+
+/// How long `network down` waits for the pool's folder ([`hold_dir`]): a lifter holds it for
+/// milliseconds, another `network down` of the root while it empties the pool (its drain waits
+/// up to 30 s for the pooled VMs) and takes the network down.
+pub const FOLDER_PATIENCE: Duration = Duration::from_secs(60);
+
+/// The settings lock ([`SETTINGS_LOCK`]) of the pool's opened `folder`, waited for at most
+/// [`SETTINGS_PATIENCE`].
+fn lock_settings(
+    root: &StateRoot,
+    folder: &std::fs::File,
+) -> crate::error::Result<Flock<std::fs::File>> {
+    let file = open_lock_in(root, folder, SETTINGS_LOCK)?;
+    lock_within(file, &dir(root).join(SETTINGS_LOCK), SETTINGS_PATIENCE)
 }
 
-/// Lifts a [`fence`] left in place by a `network down` that was killed (its lock free); true
-/// if it did. One still standing (its owner holds it locked) is left to its owner.
-fn lift_a_stale_fence(root: &StateRoot) -> bool {
-    match locked(&dir(root)) {
-        Ok(folder) => {
-            lift(root, &folder);
-            true
+/// Writes setting `name` of the pool (its size, its idle time) whole and durably into the
+/// pool's folder in place (made if missing, never the root's own folder), holding its
+/// settings lock: so it never lands in a fence's folder a lift is taking away, nor between a
+/// lift's look at the size and its removal.
+pub fn write_setting(root: &StateRoot, name: &str, contents: &[u8]) -> crate::error::Result<()> {
+    use feather_core::error::IoContext;
+    let deadline = Instant::now() + SETTINGS_PATIENCE;
+    while Instant::now() < deadline {
+        match std::fs::create_dir(dir(root)) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(e).at(dir(root))?
+            }
+            _ => {}
         }
-        Err(_) => false,
+        let folder = open_dir(root).at(dir(root))?;
+        let _settings = lock_settings(root, &folder)?;
+        // A fence lifted while this waited took its folder away: written in the one made now.
+        if in_place(root, &folder).at(dir(root))? {
+            let durability = feather_core::atomic::Durability::Durable;
+            return Ok(write_in(root, &folder, name, contents, durability)?);
+        }
+    }
+    Err(kept_changing(root, SETTINGS_PATIENCE))
+}
+
+/// What a command says of a pool's folder that was replaced each time it looked, for
+/// `patience`.
+fn kept_changing(root: &StateRoot, patience: Duration) -> crate::error::VmError {
+    feather_core::Error::Other(format!(
+        "{}: the pool's folder was replaced each time this looked, for {patience:?}; try again",
+        dir(root).display()
+    ))
+    .into()
+}
+
+/// Whether the opened `folder` is the pool's folder at its path now (not one a lift took
+/// aside).
+fn in_place(root: &StateRoot, folder: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let held = folder.metadata()?;
+    match std::fs::symlink_metadata(dir(root)) {
+        Ok(now) => Ok((now.dev(), now.ino()) == (held.dev(), held.ino())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
-/// Takes the fence in the opened, locked `folder` away: the whole folder where nothing else
-/// came into it (so that a starter then finds none and makes its own), else only the size
-/// (absent, as it was), the generation kept (a fill started meanwhile is over). A size set
-/// meanwhile (`pool --size 3` during `network down`) is the admin's: kept, and the folder with
-/// it, also one set while this runs: each step is a rename, checked after, undone if it took
-/// a setting.
-fn lift(root: &StateRoot, folder: &std::fs::File) {
+/// The pool's folder in place, opened and held locked as a [`fence`]'s owner holds its own,
+/// so that no lifter of a stale fence takes it away while `network down` writes in it
+/// ([`crate::pool::emptied_while`]); None where there is none. The lock is waited for at most
+/// [`FOLDER_PATIENCE`] (a lifter holds it for milliseconds, another `network down` until its
+/// network is down), then an error names its holder; a folder taken aside meanwhile is let go
+/// and the one now in place taken. What the holder writes in it goes through this descriptor
+/// (a second open of the folder is another open file description, whose `flock` this one's
+/// would keep out: the same process would wait for itself).
+pub fn hold_dir(root: &StateRoot) -> crate::error::Result<Option<Flock<std::fs::File>>> {
+    use feather_core::error::IoContext;
+    let deadline = Instant::now() + FOLDER_PATIENCE;
+    while Instant::now() < deadline {
+        let folder = match open_dir(root) {
+            Ok(folder) => folder,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).at(dir(root))?,
+        };
+        let held = lock_within(folder, &dir(root), FOLDER_PATIENCE)?;
+        if in_place(root, &held).at(dir(root))? {
+            return Ok(Some(held));
+        }
+    }
+    Err(kept_changing(root, FOLDER_PATIENCE))
+}
+
+/// `file` locked (flock, exclusive), waited for at most `patience`: past it, or at once where
+/// its holder is stopped (SIGSTOP, Ctrl-Z: it would hold it for good), an error naming the
+/// lock (as `shown`), its holder, and what to do.
+fn lock_within(
+    mut file: std::fs::File,
+    shown: &Path,
+    patience: Duration,
+) -> crate::error::Result<Flock<std::fs::File>> {
+    let deadline = Instant::now() + patience;
+    let mut looks = 0u32;
+    loop {
+        file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(held) => return Ok(held),
+            Err((file, nix::errno::Errno::EWOULDBLOCK)) => file,
+            Err((_, e)) => {
+                let doing = "locking it";
+                return Err(crate::error::io(&shown.display(), doing)(e.into()));
+            }
+        };
+        // Who holds it is looked up now and then (a read of /proc/locks), not at each try.
+        looks = looks.wrapping_add(1);
+        let out_of_time = Instant::now() >= deadline;
+        if out_of_time || looks % 10 == 0 {
+            let holder = feather_core::lock_holder::holder(&opened(&file));
+            if out_of_time || holder.as_ref().is_some_and(|holder| holder.stopped) {
+                return Err(held_too_long(shown, holder, patience));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// What a command says of a lock of the pool's (`shown`) that `holder` kept past `patience`,
+/// or held stopped.
+fn held_too_long(
+    shown: &Path,
+    holder: Option<feather_core::lock_holder::Holder>,
+    patience: Duration,
+) -> crate::error::VmError {
+    let shown = shown.display();
+    let said = match holder {
+        Some(holder) if holder.stopped => format!(
+            "{shown} is held (flock) by `{}` (pid {}), which is stopped (SIGSTOP or Ctrl-Z): \
+             let it go on (`kill -CONT {}`) or end it, then try again",
+            feather_core::display::escape_for_terminal(&holder.command),
+            holder.pid,
+            holder.pid
+        ),
+        Some(holder) => format!(
+            "{shown} has been held (flock) by `{}` (pid {}) for more than {patience:?}: wait \
+             for it to end (or end it), then try again",
+            feather_core::display::escape_for_terminal(&holder.command),
+            holder.pid,
+        ),
+        None => format!(
+            "{shown} has been held (flock) for more than {patience:?} by a process this cannot \
+             name (`fuser -v {shown}` may): wait for it to end, then try again"
+        ),
+    };
+    feather_core::Error::Other(said).into()
+}
+
+/// The size setting of the pool's `folder`, held locked ([`hold_dir`]), to put back once
+/// `network down` is over: a fence's size there is a stale fence's (its owner would hold the
+/// lock), put back as absent, as it was before that fence.
+pub fn size_to_put_back(folder: &std::fs::File) -> Option<String> {
+    read_small(&in_folder(folder, SIZE)).filter(|setting| setting != FENCES_SIZE)
+}
+
+/// Takes this process's [`fence`] away once the network is down. Where its settings lock
+/// cannot be had in time, the fence is left; its lock goes as this process ends, and the next
+/// command that reads the size lifts it then.
+pub fn lift_fence(root: &StateRoot, fence: Fence) {
+    match lock_settings(root, &fence.0) {
+        Ok(settings) => lift(root, &fence.0, &settings),
+        Err(e) => eprintln!(
+            "feather: warning: the pool's fence (size 0) is left in place ({e}); the next \
+             command that reads the pool's size lifts it"
+        ),
+    }
+}
+
+/// The size setting once a fence is past, read (under the settings lock, through the pool's
+/// folder in place) where the one read by path was a fence's: lifted here if its `network
+/// down` is gone (its folder's lock is free), or by another lifter meanwhile (this reads what
+/// it left: two lifters agree), or a `pool --size` written since; the fence's `0 ` where its
+/// `network down` still runs. None where the settings lock could not be had in time (its
+/// holder stopped, or stuck): the caller keeps the 0 it read.
+fn setting_past_a_stale_fence(root: &StateRoot) -> Option<Option<String>> {
+    let deadline = Instant::now() + SETTINGS_PATIENCE;
+    while Instant::now() < deadline {
+        let folder = match open_dir(root) {
+            Ok(folder) => folder,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(None),
+            Err(_) => return None,
+        };
+        let settings = lock_settings(root, &folder).ok()?;
+        // Lifted and taken away while this waited: the folder in place now is read.
+        if !in_place(root, &folder).ok()? {
+            continue;
+        }
+        let setting = read_small(&in_folder(&folder, SIZE));
+        if setting.as_deref() != Some(FENCES_SIZE) {
+            return Some(setting);
+        }
+        // The same open file description: `folder` holds no lock of its own to wait for.
+        match Flock::lock(folder.try_clone().ok()?, FlockArg::LockExclusiveNonblock) {
+            Ok(held) => {
+                lift(root, &held, &settings);
+                sweep_fence_leftovers(root);
+            }
+            Err(_) => return Some(setting),
+        }
+    }
+    None
+}
+
+/// Takes the fence in the pool's opened `folder` away, holding the folder's lock (no other
+/// lifter, no `network down` is at work in it) and its `settings` lock (no setting is written
+/// meanwhile): the size, read again through the folder, only if it is still the fence's (a
+/// size set meanwhile, `pool --size 3` during `network down`, is the admin's: kept, and the
+/// folder with it); then the whole folder where nothing else came into it (so that a starter
+/// finds none and makes its own), else the rest kept (a fill started meanwhile is over: the
+/// generation). Killed after the size's removal, it leaves a folder without a size (the
+/// default, as before the fence); after the folder's move aside, a `.pool-fence-<pid>` folder
+/// holding no setting, which the next fence, lift or fill removes ([`sweep_fence_leftovers`]).
+fn lift(root: &StateRoot, folder: &std::fs::File, _settings: &Flock<std::fs::File>) {
     let size = in_folder(folder, SIZE);
-    let taken = in_folder(folder, SIZE_BEING_LIFTED);
-    if std::fs::rename(&size, &taken).is_err() {
+    if read_small(&size).as_deref() != Some(FENCES_SIZE) || std::fs::remove_file(&size).is_err() {
         return;
     }
-    if read_small(&taken).as_deref() != Some(FENCES_SIZE) {
-        // Where a newer size came meanwhile, it is the one kept.
-        put_back(&taken, &size);
-        return;
-    }
-    let _ = std::fs::remove_file(&taken);
     let aside = fence_aside(root);
-    if !holds_only_the_generation(&in_folder(folder, ""))
+    // The folder is the one in place: only a lifter moves it, and this one holds its lock.
+    if !holds_only_the_fences_own(&in_folder(folder, ""))
         || std::fs::rename(dir(root), &aside).is_err()
     {
         return;
     }
-    // Something came in between the look and the rename (a size set, a fill's starter).
-    if !holds_only_the_generation(&aside) {
+    // A fill's folders or lock made between the look and the rename: put back, unless a
+    // starter made another folder meanwhile.
+    if !holds_only_the_fences_own(&aside) {
         put_back(&aside, &dir(root));
-        put_back(&aside.join(SIZE), &dir(root).join(SIZE));
     }
     let _ = std::fs::remove_dir_all(&aside);
 }
 
-/// Whether the pool's `folder` holds nothing but its generation (a fence's, its size taken).
-fn holds_only_the_generation(folder: &Path) -> bool {
+/// Whether the pool's `folder` holds nothing but what a fence's folder holds once its size is
+/// taken: its generation, and the settings lock.
+fn holds_only_the_fences_own(folder: &Path) -> bool {
     std::fs::read_dir(folder).is_ok_and(|entries| {
         entries
             .flatten()
-            .all(|entry| entry.file_name() == GENERATION)
+            .all(|entry| entry.file_name() == GENERATION || entry.file_name() == SETTINGS_LOCK)
     })
 }
 
@@ -634,16 +836,85 @@ fn put_back(from: &Path, to: &Path) {
     );
 }
 
+/// Removes the `.pool-fence-<pid>` folders in the root whose process is gone (and whose lock
+/// is free): what a `network down` killed before its fence was in place, or a lift killed
+/// after it took a fence's folder aside, left. They hold no setting (a fence's size 0 and
+/// generation at most). Run by each fence, lift and fill.
+pub fn sweep_fence_leftovers(root: &StateRoot) {
+    let Ok(entries) = std::fs::read_dir(root.dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(FENCE_ASIDE))
+            .and_then(|pid| pid.parse::<i32>().ok());
+        let Some(pid) = pid else { continue };
+        if feather_sys::process::is_alive(nix::unistd::Pid::from_raw(pid)) {
+            continue;
+        }
+        let path = entry.path();
+        if let Ok(_unused) = locked(&path) {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
 /// The size a [`fence`] writes: read as 0, told apart from a `pool --size 0` set meanwhile.
 const FENCES_SIZE: &str = "0 \n";
 
-/// Where [`lift`] holds the size it is taking away, in the pool's folder.
-const SIZE_BEING_LIFTED: &str = ".size-being-lifted";
+/// The name, up to its pid, of the folder a [`fence`] is made in and a lift moves it to.
+const FENCE_ASIDE: &str = ".pool-fence-";
 
 /// Where a [`fence`] is made, and put when lifted: a name of this process's in the root.
 fn fence_aside(root: &StateRoot) -> PathBuf {
     root.dir()
-        .join(format!(".pool-fence-{}", std::process::id()))
+        .join(format!("{FENCE_ASIDE}{}", std::process::id()))
+}
+
+/// Lock file `name` of the pool's opened `folder`, made if missing: only a plain file, never
+/// through a symbolic link (which a user owning the root's folder could point at any file, for
+/// a command run as root to lock), never waited on. An error names it by the root's path.
+pub fn open_lock_in(
+    root: &StateRoot,
+    folder: &std::fs::File,
+    name: &str,
+) -> crate::error::Result<std::fs::File> {
+    use feather_core::error::IoContext;
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = dir(root).join(name);
+    let opened = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(in_folder(folder, name));
+    let lock = match opened {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(not_the_lock(&shown, "a symbolic link"))
+        }
+        opened => opened.at(&shown)?,
+    };
+    if !lock.metadata().at(&shown)?.is_file() {
+        return Err(not_the_lock(&shown, "not a plain file"));
+    }
+    Ok(lock)
+}
+
+/// What a command says of a lock file of the pool's it will not use: what is wrong, and what
+/// to do.
+fn not_the_lock(shown: &Path, what: &str) -> crate::error::VmError {
+    crate::error::failed(
+        &shown.display(),
+        format!(
+            "is {what}, not the pool's lock: the pool is left as it is (a fill makes no VM); \
+             remove it (the next command makes the lock anew), and check who can write the \
+             root's folder"
+        ),
+    )
 }
 
 /// Runs a fill ([`filler_command`]) and waits for it: `feather pool --size`.
@@ -706,6 +977,183 @@ mod tests {
             let left = if set.is_some() { 1 } else { 0 };
             assert_eq!(names.len(), left, "left in the root: {names:?}");
         }
+    }
+
+    /// A root whose fence's `network down` was killed (its lock freed, as the kernel does at
+    /// a death).
+    fn a_stale_fence(label: &str) -> (feather_testkit::ScratchDir, StateRoot) {
+        let dir = feather_testkit::ScratchDir::new(label);
+        let root = StateRoot::new(Some(dir.0.clone()));
+        let fence = fence(&root)
+            .unwrap()
+            .expect("a root without a pool is fenced");
+        drop(fence);
+        (dir, root)
+    }
+
+    /// Two commands read a stale fence's size at once: the one whose lift comes second (its
+    /// look at the fence's `0 ` came before the first one lifted it) reads what the first left,
+    /// the default size, not the fence's 0 (a keeper then skipped its refill); and so do many
+    /// at once.
+    #[test]
+    fn two_lifters_of_a_stale_fence_both_read_the_size_it_hid() {
+        let (_dir, root) = a_stale_fence("fence-second-lifter");
+        assert_eq!(size(&root), DEFAULT_SIZE, "the first lifter");
+        let second = setting_past_a_stale_fence(&root);
+        assert_eq!(
+            second,
+            Some(None),
+            "the second lifter: no size set, the default"
+        );
+
+        let (_dir, root) = a_stale_fence("fence-many-lifters");
+        let sizes: Vec<usize> = std::thread::scope(|scope| {
+            let lifters: Vec<_> = (0..8).map(|_| scope.spawn(|| size(&root))).collect();
+            lifters.into_iter().map(|l| l.join().unwrap()).collect()
+        });
+        assert_eq!(sizes, vec![DEFAULT_SIZE; 8]);
+    }
+
+    /// A lifter whose look at a stale fence came before a `pool --size 3` reads the size again
+    /// through the folder it locked, and keeps it: neither removed nor moved aside (where a
+    /// lifter killed then lost it for good).
+    #[test]
+    fn a_size_set_after_a_lifters_look_is_kept_by_its_lift() {
+        for set in [3, 0] {
+            let (dir, root) = a_stale_fence("fence-look-then-size");
+            crate::pool::set_size(&root, set).unwrap();
+            let past = setting_past_a_stale_fence(&root);
+            let expected = Some(format!("{set}\n"));
+            assert_eq!(past, Some(expected.clone()), "what the lifter reads");
+            let setting = read_small(&dir.0.join("pool").join(SIZE));
+            assert_eq!(setting, expected, "pool --size {set} after the lift");
+            let entries = std::fs::read_dir(dir.0.join("pool")).unwrap().flatten();
+            let names: Vec<_> = entries.map(|entry| entry.file_name()).collect();
+            assert!(
+                !names
+                    .iter()
+                    .any(|name| name.to_string_lossy().starts_with('.')),
+                "left in the pool's folder: {names:?}"
+            );
+        }
+    }
+
+    /// `network down` of a root whose pool has its folder (here a stale fence's) holds it
+    /// locked while it writes in it: a lifter whose look came before network down's own 0
+    /// (here written back as the fence's) lifts nothing under it, and network down ends well
+    /// (before, the lifter removed the size and network down failed putting it back), with the
+    /// stale fence's size put back as absent. It returns within its deadline: a second open of
+    /// the folder it holds, locked, waited for this same process for good.
+    #[test]
+    fn a_pools_folder_network_down_holds_is_not_lifted_under_it() {
+        let (dir, root) = a_stale_fence("fence-held");
+        let (told, ended) = std::sync::mpsc::channel();
+        let down = root.clone();
+        std::thread::spawn(move || {
+            let seen = crate::pool::emptied_while(&down, || {
+                let size = super::dir(&down).join(SIZE);
+                let fences = FENCES_SIZE.as_bytes();
+                let volatile = feather_core::atomic::Durability::Volatile;
+                feather_core::atomic::write_atomic(&size, fences, volatile).unwrap();
+                setting_past_a_stale_fence(&down)
+            });
+            let _ = told.send(seen.map(|(_, _, lifted)| lifted).map_err(|e| e.to_string()));
+        });
+        let seen = ended
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("network down (emptied_while) ended within 120 s");
+        let fences = Some(FENCES_SIZE.to_owned());
+        assert_eq!(seen, Ok(Some(fences)), "the lifter read the fence standing");
+        assert!(dir.0.join("pool").is_dir(), "the pool's folder is kept");
+        assert_eq!(read_small(&dir.0.join("pool").join(SIZE)), None);
+        assert_eq!(size(&root), DEFAULT_SIZE);
+    }
+
+    /// The folders killed `network down`s and lifts leave in the root (`.pool-fence-PID`,
+    /// holding a fence's generation) are removed by the next fence or lift once their
+    /// process is gone; one whose process runs is its own, kept. Before, they stayed for good.
+    #[test]
+    fn a_fence_folder_left_by_a_dead_process_is_removed_and_a_live_ones_kept() {
+        let mut ended = std::process::Command::new("true").spawn().unwrap();
+        ended.wait().unwrap();
+        let live = feather_testkit::Started::spawn("sleep", &["60"]);
+        for lifted in [false, true] {
+            let (dir, root) = a_stale_fence("fence-leftovers");
+            let left = |pid: u32| dir.0.join(format!("{FENCE_ASIDE}{pid}"));
+            for pid in [ended.id(), live.0.id()] {
+                std::fs::create_dir(left(pid)).unwrap();
+                write_count(&left(pid).join(GENERATION), 1).unwrap();
+            }
+            if lifted {
+                assert_eq!(size(&root), DEFAULT_SIZE);
+            } else {
+                let fence = fence(&root).unwrap();
+                assert!(fence.is_none(), "the stale fence's folder is there");
+            }
+            assert!(!left(ended.id()).exists(), "a dead process's is removed");
+            assert!(left(live.0.id()).exists(), "a live process's is kept");
+        }
+    }
+
+    /// A lock of the pool's held past its patience fails, naming its holder's pid and command,
+    /// and one held by a stopped process fails at once, saying how to let it go on; neither
+    /// waits for good.
+    #[test]
+    fn a_lock_held_too_long_or_by_a_stopped_process_fails_naming_its_holder() {
+        let dir = feather_testkit::ScratchDir::new("fence-lock-held");
+        let path = dir.0.join(SETTINGS_LOCK);
+        std::fs::write(&path, b"").unwrap();
+        let holder = feather_testkit::Started(
+            std::process::Command::new("flock")
+                .arg("--no-fork")
+                .arg(&path)
+                .args(["sleep", "60"])
+                .spawn()
+                .unwrap(),
+        );
+        let pid = holder.0.id();
+        let held =
+            || feather_core::lock_holder::holder(&path).is_some_and(|holder| holder.pid == pid);
+        let limit = std::time::Duration::from_secs(30);
+        assert!(
+            feather_testkit::eventually(limit, held),
+            "flock took the lock"
+        );
+        let open = || std::fs::File::open(&path).unwrap();
+        let patience = std::time::Duration::from_millis(300);
+        let error = lock_within(open(), &path, patience)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains(&format!("`sleep 60` (pid {pid})")),
+            "{error}"
+        );
+        assert!(error.contains("for more than"), "{error}");
+        let signal = |signal: nix::sys::signal::Signal| {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            nix::sys::signal::kill(pid, signal).unwrap();
+        };
+        signal(nix::sys::signal::Signal::SIGSTOP);
+        let stopped = || feather_sys::process::state(nix::unistd::Pid::from_raw(pid as i32));
+        assert!(feather_testkit::eventually(limit, || stopped() == Some('T')));
+        let error = lock_within(open(), &path, limit).err().unwrap().to_string();
+        signal(nix::sys::signal::Signal::SIGCONT);
+        assert!(error.contains(&format!("kill -CONT {pid}")), "{error}");
+    }
+
+    /// `network down` where no fence can be written (here a file stands where it is made)
+    /// and no pool's folder is there takes the network down unfenced, as said: before, it
+    /// failed on the missing folder and left the network up.
+    #[test]
+    fn network_down_goes_on_unfenced_where_no_fence_can_be_written() {
+        let dir = feather_testkit::ScratchDir::new("fence-unwritable");
+        let root = StateRoot::new(Some(dir.0.clone()));
+        std::fs::write(fence_aside(&root), b"in the way").unwrap();
+        let seen = crate::pool::emptied_while(&root, || "the network went");
+        let (pooled, _, given) = seen.unwrap();
+        assert_eq!((pooled, given), (0, "the network went"));
+        assert!(!dir.0.join("pool").exists(), "no pool's folder made");
     }
 
     /// A size set while the network goes (`pool --size 3`, `pool --size 0`, during `network
