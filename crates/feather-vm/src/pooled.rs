@@ -691,7 +691,7 @@ fn lock_within(
         // Who holds it is looked up now and then (a read of /proc/locks), not at each try.
         looks = looks.wrapping_add(1);
         let out_of_time = Instant::now() >= deadline;
-        if out_of_time || looks % 10 == 0 {
+        if out_of_time || looks.is_multiple_of(10) {
             let holder = feather_core::lock_holder::holder(&opened(&file));
             if out_of_time || holder.as_ref().is_some_and(|holder| holder.stopped) {
                 return Err(held_too_long(shown, holder, patience));
@@ -1137,8 +1137,18 @@ mod tests {
         signal(nix::sys::signal::Signal::SIGSTOP);
         let stopped = || feather_sys::process::state(nix::unistd::Pid::from_raw(pid as i32));
         assert!(feather_testkit::eventually(limit, || stopped() == Some('T')));
-        let error = lock_within(open(), &path, limit).err().unwrap().to_string();
+        // Its patience is long: only its look at the holder ends the wait within the limit.
+        let (told, ended) = std::sync::mpsc::channel();
+        let waiter = (open(), path.clone());
+        std::thread::spawn(move || {
+            let patience = std::time::Duration::from_secs(600);
+            let error = lock_within(waiter.0, &waiter.1, patience).err();
+            let _ = told.send(error.map(|error| error.to_string()));
+        });
+        let error = ended.recv_timeout(limit);
         signal(nix::sys::signal::Signal::SIGCONT);
+        let error = error.expect("the wait behind a stopped holder ended within 30 s");
+        let error = error.expect("no lock taken from a stopped holder");
         assert!(error.contains(&format!("kill -CONT {pid}")), "{error}");
     }
 
