@@ -3664,10 +3664,10 @@ fn holder_pid(said: &str) -> String {
 
 /// A process holding a lock on a file (flock, as feather's operations lock), stopped (SIGSTOP)
 /// with it until this is dropped, failing test or not (then killed and reaped).
-struct StoppedLockHolder(Child);
+pub(crate) struct StoppedLockHolder(pub(crate) Child);
 
 impl StoppedLockHolder {
-    fn of(feather: &Feather, file: &Path) -> StoppedLockHolder {
+    pub(crate) fn of(feather: &Feather, file: &Path) -> StoppedLockHolder {
         let child = Command::new("python3")
             .args([
                 "-c",
