@@ -1689,7 +1689,7 @@ fn a_network_down_killed_while_its_fence_stands_leaves_the_pool_as_it_was() {
 }
 
 /// `pool --size` while the pool's settings lock is held by a stopped process (SIGSTOP,
-/// Ctrl-Z: a `pool --size` or a fence's lift stopped mid-way) fails at once, naming the lock,
+/// Ctrl-Z: a `pool --size` or a fence's lift stopped mid-way) fails, naming the lock,
 /// the holder's pid and how to let it go on, and leaves the size as it was; before the bound,
 /// it would wait for the holder for good.
 #[test]

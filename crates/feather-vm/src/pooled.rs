@@ -8,6 +8,7 @@
 //! <root>/pool/idle        how long a pooled VM waits unclaimed before its keeper removes it,
 //!                         in seconds ("0": for ever; absent: [`DEFAULT_IDLE`])
 //! <root>/pool/fill.lock   held by the one filler at work (never written: only locked)
+//! <root>/pool/settings.lock  held while a setting is written or a fence lifted ([`SETTINGS_LOCK`])
 //! <root>/pool/filler      the filler at work, while it holds the lock: its pid and start
 //!                         time ("<pid> <ticks>"), written whole (a rename, never through a link)
 //! <root>/pool/stale-misses  how many runs in a row found only stale VMs ([`STALE_MISSES_TO_STOP`])
@@ -743,7 +744,9 @@ pub fn size_to_put_back(folder: &std::fs::File) -> Option<String> {
 /// command that reads the size lifts it then.
 pub fn lift_fence(root: &StateRoot, fence: Fence) {
     match lock_settings(root, &fence.0) {
-        Ok(settings) => lift(root, &fence.0, &settings),
+        Ok(settings) => {
+            lift(root, &fence.0, &settings);
+        }
         Err(e) => eprintln!(
             "feather: warning: the pool's fence (size 0) is left in place ({e}); the next \
              command that reads the pool's size lifts it"
@@ -776,11 +779,10 @@ fn setting_past_a_stale_fence(root: &StateRoot) -> Option<Option<String>> {
         }
         // The same open file description: `folder` holds no lock of its own to wait for.
         match Flock::lock(folder.try_clone().ok()?, FlockArg::LockExclusiveNonblock) {
-            Ok(held) => {
-                lift(root, &held, &settings);
-                sweep_fence_leftovers(root);
-            }
-            Err(_) => return Some(setting),
+            // Its `network down` is gone; a fence whose size cannot be removed (a read-only
+            // disk) reads as one standing.
+            Ok(held) if lift(root, &held, &settings) => sweep_fence_leftovers(root),
+            _ => return Some(setting),
         }
     }
     None
@@ -795,17 +797,21 @@ fn setting_past_a_stale_fence(root: &StateRoot) -> Option<Option<String>> {
 /// generation). Killed after the size's removal, it leaves a folder without a size (the
 /// default, as before the fence); after the folder's move aside, a `.pool-fence-<pid>` folder
 /// holding no setting, which the next fence, lift or fill removes ([`sweep_fence_leftovers`]).
-fn lift(root: &StateRoot, folder: &std::fs::File, _settings: &Flock<std::fs::File>) {
+/// Whether the fence's size is gone.
+fn lift(root: &StateRoot, folder: &std::fs::File, _settings: &Flock<std::fs::File>) -> bool {
     let size = in_folder(folder, SIZE);
-    if read_small(&size).as_deref() != Some(FENCES_SIZE) || std::fs::remove_file(&size).is_err() {
-        return;
+    if read_small(&size).as_deref() != Some(FENCES_SIZE) {
+        return true;
+    }
+    if std::fs::remove_file(&size).is_err() {
+        return false;
     }
     let aside = fence_aside(root);
     // The folder is the one in place: only a lifter moves it, and this one holds its lock.
     if !holds_only_the_fences_own(&in_folder(folder, ""))
         || std::fs::rename(dir(root), &aside).is_err()
     {
-        return;
+        return true;
     }
     // A fill's folders or lock made between the look and the rename: put back, unless a
     // starter made another folder meanwhile.
@@ -813,6 +819,7 @@ fn lift(root: &StateRoot, folder: &std::fs::File, _settings: &Flock<std::fs::Fil
         put_back(&aside, &dir(root));
     }
     let _ = std::fs::remove_dir_all(&aside);
+    true
 }
 
 /// Whether the pool's `folder` holds nothing but what a fence's folder holds once its size is
