@@ -41,14 +41,20 @@ impl Pooled {
 
     /// Waits until the pool has its size of ready VMs. Any host mount made meanwhile (other
     /// tests of the suite mount, in parallel) turns them stale: a fill then makes new ones.
-    fn whole(&self) {
+    /// The ready set it saw whole: looked at again, the pool may be stale already (another
+    /// test's mount), and a second look would see it empty.
+    fn whole(&self) -> BTreeSet<String> {
+        let seen = std::cell::RefCell::new(BTreeSet::new());
         self.feather.eventually("the pool is whole", || {
-            let whole = self.ready().len() == self.size;
+            let ready = self.ready();
+            let whole = ready.len() == self.size;
             if !whole {
                 self.ok(&["pool", "--fill"]);
             }
+            *seen.borrow_mut() = ready;
             whole
         });
+        seen.into_inner()
     }
 
     /// Runs `run` (which says the name of the VM it ran in) until it ran in a VM the pool
@@ -57,8 +63,7 @@ impl Pooled {
     fn taken_from_ready(&self, mut run: impl FnMut() -> String) -> (String, BTreeSet<String>) {
         let mut tries = Vec::new();
         for _ in 0..3 {
-            self.whole();
-            let ready = self.ready();
+            let ready = self.whole();
             let name = run();
             if ready.contains(&name) {
                 return (name, ready);
@@ -321,8 +326,7 @@ fn a_run_from_the_pool_is_a_run_in_a_vm_of_its_own() {
     // again here if another test's mount made it stale meanwhile.
     pool.feather
         .eventually("the pool is refilled", || pool.entries().len() == 1);
-    pool.whole();
-    let refilled = pool.ready();
+    let refilled = pool.whole();
     assert!(pooled.is_disjoint(&refilled), "a pooled VM was used twice");
     // `--net private` is the default network named: not the defaults' spelling, so a miss.
     let own = run(&["run", "--rm", "--net", "private", "--", "sh", "-c", SCRIPT]);
@@ -849,8 +853,7 @@ fn a_host_mount_made_after_the_fill_is_seen_by_the_next_run() {
         "a VM made before the mount was used"
     );
     // The fill that run started made a VM under the new mount table: it is used, and sees it.
-    pool.whole();
-    assert!(pool.ready().is_disjoint(&pooled));
+    assert!(pool.whole().is_disjoint(&pooled));
     pool.taken_from_ready(|| {
         let out = pool.ok(&["run", "--rm", "--", "sh", "-c", &script]);
         let (name, seen) = out.split_once('\n').unwrap();
