@@ -1703,7 +1703,7 @@ fn a_size_set_behind_a_stopped_holder_of_the_settings_lock_fails_naming_it() {
         .root
         .join("pool")
         .join(feather_vm::pooled::SETTINGS_LOCK);
-    let holder = crate::migrate::StoppedLockHolder::of(&feather, &lock);
+    let holder = crate::support::StoppedLockHolder::of(&feather, &lock);
     let pid = holder.0.id();
     let mut set = feather.command();
     set.args(["pool", "--size", "0"]);

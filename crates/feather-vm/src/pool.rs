@@ -30,6 +30,7 @@ use feather_core::{StateRoot, VmName};
 
 use crate::error::{failed, io, Result};
 use crate::lifecycle::{self, CreateOptions};
+use crate::pool_locks::{self, Deadline};
 use crate::pooled;
 use crate::protocol::{Conversation, Request, Response};
 use crate::workload::{Inherited, Workload};
@@ -336,7 +337,6 @@ fn claimed(root: &StateRoot) -> Vec<VmName> {
 /// make) does not look again.
 pub fn fill(root: &StateRoot, generation: Option<u64>) -> Result<()> {
     make_folders(root)?;
-    pooled::sweep_fence_leftovers(root);
     let folder = pooled::open_dir(root).at(pooled::dir(root))?;
     loop {
         let lock = open_fill_lock(root, &folder)?;
@@ -386,9 +386,10 @@ fn make_folders(root: &StateRoot) -> Result<()> {
     Ok(())
 }
 
-/// The pool's lock ([`pooled::FILL_LOCK`]) in its opened `folder` ([`pooled::open_lock_in`]).
+/// The pool's lock ([`pooled::FILL_LOCK`]) in its opened `folder`
+/// ([`pool_locks::open_lock_in`]).
 fn open_fill_lock(root: &StateRoot, folder: &fs::File) -> Result<fs::File> {
-    pooled::open_lock_in(root, folder, pooled::FILL_LOCK)
+    pool_locks::open_lock_in(folder, &pooled::dir(root), pooled::FILL_LOCK)
 }
 
 /// Records this fill, while it holds the lock, in the pool's opened `folder`
@@ -638,6 +639,8 @@ pub fn fill_detached(root: &StateRoot, generation: Option<u64>) -> Result<()> {
     // In `/`, as a filler a run starts ([`pooled::start_filler`]): run by hand, the caller's
     // folder would otherwise be held by the keepers it starts (a mount it keeps busy).
     std::env::set_current_dir("/").at("/")?;
+    // Once per fill started, not at each of a drain's rounds ([`fill`]).
+    pooled::sweep_fence_leftovers(root);
     let _ = HOLD_FILL_AT.set(crate::test_hooks::set(HOLD_FILL));
     let hold_start = crate::test_hooks::set(HOLD_FILL_START);
     crate::filler::become_no_callers(root)?;
@@ -791,9 +794,10 @@ pub fn emptied_while<T>(
     Ok((pooled, drained, given))
 }
 
-/// Waits for the fill at work, if any, to end (it reads the size again before it stops). A
-/// pool without a lock has no fill at work, and is not given one: a fill that takes the lock
-/// later reads the size and generation after.
+/// Waits for the fill at work, if any, to end (it reads the size again before it stops), at
+/// most [`FILL_PATIENCE`], or not at all where it is stopped: then an error names it and what
+/// to do ([`pool_locks::lock_within`]). A pool without a lock has no fill at work, and is not
+/// given one: a fill that takes the lock later reads the size and generation after.
 fn await_fill(root: &StateRoot) -> Result<()> {
     match pooled::open_dir(root) {
         Ok(folder) => await_fill_in(root, &folder),
@@ -810,9 +814,14 @@ fn await_fill_in(root: &StateRoot, folder: &fs::File) -> Result<()> {
         return Ok(());
     }
     let lock = open_fill_lock(root, folder)?;
-    lock.lock().at(pooled::dir(root).join(pooled::FILL_LOCK))?;
+    let shown = pooled::dir(root).join(pooled::FILL_LOCK);
+    pool_locks::lock_within(lock, &shown, Deadline::after(FILL_PATIENCE))?;
     Ok(())
 }
+
+/// How long a drain or `network down` waits for the fill at work ([`await_fill`]), which stops
+/// once the VM it is making is made: seconds, a minute on a host under load.
+const FILL_PATIENCE: Duration = Duration::from_secs(120);
 
 /// Waits a moment for each claimed VM whose run has ended to be set aside by its keeper (a
 /// run killed leaves that to its keeper, which sees the claim's connection close), not for

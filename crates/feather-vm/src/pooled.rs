@@ -27,10 +27,12 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use feather_core::{StateRoot, VmName};
 use nix::fcntl::{Flock, FlockArg};
+
+use crate::pool_locks::{self, Deadline, IfMissing};
 
 /// The program whose `pool --fill` fills the pool: the command-line front, installed beside
 /// `feather-keeper`.
@@ -72,9 +74,7 @@ pub const DEFAULT_SIZE: usize = 1;
 pub fn size(root: &StateRoot) -> usize {
     let mut setting = read_small(&dir(root).join(SIZE));
     if setting.as_deref() == Some(FENCES_SIZE) {
-        if let Some(past) = setting_past_a_stale_fence(root) {
-            setting = past;
-        }
+        setting = setting_past_a_stale_fence(root);
     }
     setting
         .and_then(|text| text.trim().parse().ok())
@@ -132,23 +132,13 @@ pub const FILLER: &str = "filler";
 /// relative to it ([`in_folder`]). A root's folder may be a user's (`sudo feather --root
 /// ~/vms …`), and a fill runs as root.
 pub fn open_dir(root: &StateRoot) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(dir(root))
+    pool_locks::open_folder(&dir(root))
 }
 
 /// File `name` of the opened folder `folder`, as a path the kernel resolves through its
 /// descriptor (not through the folder's path, which may have been replaced since).
 pub fn in_folder(folder: &std::fs::File, name: &str) -> PathBuf {
-    opened(folder).join(name)
-}
-
-/// The opened `file` as a path the kernel resolves through its descriptor.
-fn opened(file: &std::fs::File) -> PathBuf {
-    use std::os::fd::AsRawFd;
-    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+    pool_locks::opened(folder).join(name)
 }
 
 /// Writes file `name` of the pool's opened `folder` whole (a rename in that folder, which
@@ -532,7 +522,7 @@ pub fn fence(root: &StateRoot) -> feather_core::error::Result<Option<Fence>> {
         .create(&staged)
         .at(&staged)?;
     // Locked before anyone can see it: a fence in place is always one whose owner is known.
-    let placed = locked(&staged)
+    let placed = pool_locks::locked(&staged)
         .at(&staged)
         .and_then(|held| {
             write_atomic(
@@ -563,16 +553,6 @@ pub fn fence(root: &StateRoot) -> feather_core::error::Result<Option<Fence>> {
     }
 }
 
-/// Folder `path` opened and locked (flock, exclusive), or an error if another holds it.
-fn locked(path: &Path) -> std::io::Result<Flock<std::fs::File>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let folder = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
-    Flock::lock(folder, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| e.into())
-}
-
 /// The lock a setting's writer ([`write_setting`]: `pool --size`, `--idle`) and a fence's
 /// lifter hold, in the pool's folder (never written: only locked): a lift never removes a size
 /// set meanwhile, so it needs never take one aside, and a lift killed at any point leaves
@@ -588,61 +568,42 @@ const SETTINGS_PATIENCE: Duration = Duration::from_secs(10);
 /// up to 30 s for the pooled VMs) and takes the network down.
 pub const FOLDER_PATIENCE: Duration = Duration::from_secs(60);
 
-/// The settings lock ([`SETTINGS_LOCK`]) of the pool's opened `folder`, waited for at most
-/// [`SETTINGS_PATIENCE`].
+/// The settings lock ([`SETTINGS_LOCK`]) of the pool's opened `folder`, waited for until
+/// `deadline`.
 fn lock_settings(
     root: &StateRoot,
     folder: &std::fs::File,
+    deadline: Deadline,
 ) -> crate::error::Result<Flock<std::fs::File>> {
-    let file = open_lock_in(root, folder, SETTINGS_LOCK)?;
-    lock_within(file, &dir(root).join(SETTINGS_LOCK), SETTINGS_PATIENCE)
+    let file = pool_locks::open_lock_in(folder, &dir(root), SETTINGS_LOCK)?;
+    pool_locks::lock_within(file, &dir(root).join(SETTINGS_LOCK), deadline)
+}
+
+/// The pool's folder in place and its settings lock, held, within [`SETTINGS_PATIENCE`]
+/// ([`pool_locks::in_place_locked`]).
+fn settings_held(
+    root: &StateRoot,
+    if_missing: IfMissing,
+) -> crate::error::Result<Option<(std::fs::File, Flock<std::fs::File>)>> {
+    let deadline = Deadline::after(SETTINGS_PATIENCE);
+    pool_locks::in_place_locked(&dir(root), if_missing, deadline, |folder, deadline| {
+        lock_settings(root, folder, deadline)
+    })
 }
 
 /// Writes setting `name` of the pool (its size, its idle time) whole and durably into the
 /// pool's folder in place (made if missing, never the root's own folder), holding its
 /// settings lock: so it never lands in a fence's folder a lift is taking away, nor between a
-/// lift's look at the size and its removal.
+/// lift's look at the size and its removal. A writer that waited while a lift took its folder
+/// away writes into the one in place now.
 pub fn write_setting(root: &StateRoot, name: &str, contents: &[u8]) -> crate::error::Result<()> {
     use feather_core::error::IoContext;
-    let deadline = Instant::now() + SETTINGS_PATIENCE;
-    while Instant::now() < deadline {
-        match std::fs::create_dir(dir(root)) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                return Err(e).at(dir(root))?
-            }
-            _ => {}
-        }
-        let folder = open_dir(root).at(dir(root))?;
-        let _settings = lock_settings(root, &folder)?;
-        // A fence lifted while this waited took its folder away: written in the one made now.
-        if in_place(root, &folder).at(dir(root))? {
-            let durability = feather_core::atomic::Durability::Durable;
-            return Ok(write_in(root, &folder, name, contents, durability)?);
-        }
-    }
-    Err(kept_changing(root, SETTINGS_PATIENCE))
-}
-
-/// What a command says of a pool's folder that was replaced each time it looked, for
-/// `patience`.
-fn kept_changing(root: &StateRoot, patience: Duration) -> crate::error::VmError {
-    feather_core::Error::Other(format!(
-        "{}: the pool's folder was replaced each time this looked, for {patience:?}; try again",
-        dir(root).display()
-    ))
-    .into()
-}
-
-/// Whether the opened `folder` is the pool's folder at its path now (not one a lift took
-/// aside).
-fn in_place(root: &StateRoot, folder: &std::fs::File) -> std::io::Result<bool> {
-    use std::os::unix::fs::MetadataExt;
-    let held = folder.metadata()?;
-    match std::fs::symlink_metadata(dir(root)) {
-        Ok(now) => Ok((now.dev(), now.ino()) == (held.dev(), held.ino())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
+    let Some((folder, _settings)) = settings_held(root, IfMissing::Make)? else {
+        // Made where missing: None in name only.
+        return Err(std::io::Error::from(std::io::ErrorKind::NotFound)).at(dir(root))?;
+    };
+    let durability = feather_core::atomic::Durability::Durable;
+    Ok(write_in(root, &folder, name, contents, durability)?)
 }
 
 /// The pool's folder in place, opened and held locked as a [`fence`]'s owner holds its own,
@@ -654,82 +615,20 @@ fn in_place(root: &StateRoot, folder: &std::fs::File) -> std::io::Result<bool> {
 /// (a second open of the folder is another open file description, whose `flock` this one's
 /// would keep out: the same process would wait for itself).
 pub fn hold_dir(root: &StateRoot) -> crate::error::Result<Option<Flock<std::fs::File>>> {
-    use feather_core::error::IoContext;
-    let deadline = Instant::now() + FOLDER_PATIENCE;
-    while Instant::now() < deadline {
-        let folder = match open_dir(root) {
-            Ok(folder) => folder,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).at(dir(root))?,
-        };
-        let held = lock_within(folder, &dir(root), FOLDER_PATIENCE)?;
-        if in_place(root, &held).at(dir(root))? {
-            return Ok(Some(held));
-        }
-    }
-    Err(kept_changing(root, FOLDER_PATIENCE))
-}
-
-/// `file` locked (flock, exclusive), waited for at most `patience`: past it, or at once where
-/// its holder is stopped (SIGSTOP, Ctrl-Z: it would hold it for good), an error naming the
-/// lock (as `shown`), its holder, and what to do.
-fn lock_within(
-    mut file: std::fs::File,
-    shown: &Path,
-    patience: Duration,
-) -> crate::error::Result<Flock<std::fs::File>> {
-    let deadline = Instant::now() + patience;
-    let mut looks = 0u32;
-    loop {
-        file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(held) => return Ok(held),
-            Err((file, nix::errno::Errno::EWOULDBLOCK)) => file,
-            Err((_, e)) => {
-                let doing = "locking it";
-                return Err(crate::error::io(&shown.display(), doing)(e.into()));
-            }
-        };
-        // Who holds it is looked up now and then (a read of /proc/locks), not at each try.
-        looks = looks.wrapping_add(1);
-        let out_of_time = Instant::now() >= deadline;
-        if out_of_time || looks.is_multiple_of(10) {
-            let holder = feather_core::lock_holder::holder(&opened(&file));
-            if out_of_time || holder.as_ref().is_some_and(|holder| holder.stopped) {
-                return Err(held_too_long(shown, holder, patience));
-            }
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// What a command says of a lock of the pool's (`shown`) that `holder` kept past `patience`,
-/// or held stopped.
-fn held_too_long(
-    shown: &Path,
-    holder: Option<feather_core::lock_holder::Holder>,
-    patience: Duration,
-) -> crate::error::VmError {
-    let shown = shown.display();
-    let said = match holder {
-        Some(holder) if holder.stopped => format!(
-            "{shown} is held (flock) by `{}` (pid {}), which is stopped (SIGSTOP or Ctrl-Z): \
-             let it go on (`kill -CONT {}`) or end it, then try again",
-            feather_core::display::escape_for_terminal(&holder.command),
-            holder.pid,
-            holder.pid
-        ),
-        Some(holder) => format!(
-            "{shown} has been held (flock) by `{}` (pid {}) for more than {patience:?}: wait \
-             for it to end (or end it), then try again",
-            feather_core::display::escape_for_terminal(&holder.command),
-            holder.pid,
-        ),
-        None => format!(
-            "{shown} has been held (flock) for more than {patience:?} by a process this cannot \
-             name (`fuser -v {shown}` may): wait for it to end, then try again"
-        ),
-    };
-    feather_core::Error::Other(said).into()
+    let deadline = Deadline::after(FOLDER_PATIENCE);
+    let held = pool_locks::in_place_locked(
+        &dir(root),
+        IfMissing::Leave,
+        deadline,
+        |folder, deadline| {
+            // The same open file description as `folder`: its flock is this one's.
+            let same = folder
+                .try_clone()
+                .map_err(crate::error::io(&dir(root).display(), "opening it again"))?;
+            pool_locks::lock_within(same, &dir(root), deadline)
+        },
+    )?;
+    Ok(held.map(|(_, held)| held))
 }
 
 /// The size setting of the pool's `folder`, held locked ([`hold_dir`]), to put back once
@@ -743,7 +642,7 @@ pub fn size_to_put_back(folder: &std::fs::File) -> Option<String> {
 /// cannot be had in time, the fence is left; its lock goes as this process ends, and the next
 /// command that reads the size lifts it then.
 pub fn lift_fence(root: &StateRoot, fence: Fence) {
-    match lock_settings(root, &fence.0) {
+    match lock_settings(root, &fence.0, Deadline::after(SETTINGS_PATIENCE)) {
         Ok(settings) => {
             lift(root, &fence.0, &settings);
         }
@@ -758,34 +657,37 @@ pub fn lift_fence(root: &StateRoot, fence: Fence) {
 /// folder in place) where the one read by path was a fence's: lifted here if its `network
 /// down` is gone (its folder's lock is free), or by another lifter meanwhile (this reads what
 /// it left: two lifters agree), or a `pool --size` written since; the fence's `0 ` where its
-/// `network down` still runs. None where the settings lock could not be had in time (its
-/// holder stopped, or stuck): the caller keeps the 0 it read.
-fn setting_past_a_stale_fence(root: &StateRoot) -> Option<Option<String>> {
-    let deadline = Instant::now() + SETTINGS_PATIENCE;
-    while Instant::now() < deadline {
-        let folder = match open_dir(root) {
-            Ok(folder) => folder,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(None),
-            Err(_) => return None,
-        };
-        let settings = lock_settings(root, &folder).ok()?;
-        // Lifted and taken away while this waited: the folder in place now is read.
-        if !in_place(root, &folder).ok()? {
-            continue;
-        }
-        let setting = read_small(&in_folder(&folder, SIZE));
-        if setting.as_deref() != Some(FENCES_SIZE) {
-            return Some(setting);
-        }
-        // The same open file description: `folder` holds no lock of its own to wait for.
-        match Flock::lock(folder.try_clone().ok()?, FlockArg::LockExclusiveNonblock) {
-            // Its `network down` is gone; a fence whose size cannot be removed (a read-only
-            // disk) reads as one standing.
-            Ok(held) if lift(root, &held, &settings) => sweep_fence_leftovers(root),
-            _ => return Some(setting),
-        }
+/// `network down` still runs, or where the settings lock could not be had in time (its holder
+/// stopped, or stuck).
+fn setting_past_a_stale_fence(root: &StateRoot) -> Option<String> {
+    let standing = Some(FENCES_SIZE.to_owned());
+    let (folder, settings) = match settings_held(root, IfMissing::Leave) {
+        Ok(Some(held)) => held,
+        // Lifted and taken away: no pool's folder, the default.
+        Ok(None) => return None,
+        Err(_) => return standing,
+    };
+    let setting = read_small(&in_folder(&folder, SIZE));
+    if setting.as_deref() != Some(FENCES_SIZE) {
+        return setting;
     }
-    None
+    // The same open file description: `folder` holds no lock of its own to wait for. Held:
+    // its `network down` runs.
+    let Ok(Ok(held)) = folder
+        .try_clone()
+        .map(|same| Flock::lock(same, FlockArg::LockExclusiveNonblock))
+    else {
+        return standing;
+    };
+    // A fence whose size cannot be removed (a read-only disk) reads as one standing.
+    if !lift(root, &held, &settings) {
+        return standing;
+    }
+    drop((held, settings));
+    sweep_fence_leftovers(root);
+    // What is in place once the fence is gone: no folder or no size (the default), or what a
+    // starter or a `pool --size` made since.
+    read_small(&dir(root).join(SIZE))
 }
 
 /// Takes the fence in the pool's opened `folder` away, holding the folder's lock (no other
@@ -846,7 +748,8 @@ fn put_back(from: &Path, to: &Path) {
 /// Removes the `.pool-fence-<pid>` folders in the root whose process is gone (and whose lock
 /// is free): what a `network down` killed before its fence was in place, or a lift killed
 /// after it took a fence's folder aside, left. They hold no setting (a fence's size 0 and
-/// generation at most). Run by each fence, lift and fill.
+/// generation at most). Run by each fence and lift, and as a fill starts
+/// ([`crate::pool::fill_detached`]).
 pub fn sweep_fence_leftovers(root: &StateRoot) {
     let Ok(entries) = std::fs::read_dir(root.dir()) else {
         return;
@@ -862,7 +765,7 @@ pub fn sweep_fence_leftovers(root: &StateRoot) {
             continue;
         }
         let path = entry.path();
-        if let Ok(_unused) = locked(&path) {
+        if let Ok(_unused) = pool_locks::locked(&path) {
             let _ = std::fs::remove_dir_all(&path);
         }
     }
@@ -878,50 +781,6 @@ const FENCE_ASIDE: &str = ".pool-fence-";
 fn fence_aside(root: &StateRoot) -> PathBuf {
     root.dir()
         .join(format!("{FENCE_ASIDE}{}", std::process::id()))
-}
-
-/// Lock file `name` of the pool's opened `folder`, made if missing: only a plain file, never
-/// through a symbolic link (which a user owning the root's folder could point at any file, for
-/// a command run as root to lock), never waited on. An error names it by the root's path.
-pub fn open_lock_in(
-    root: &StateRoot,
-    folder: &std::fs::File,
-    name: &str,
-) -> crate::error::Result<std::fs::File> {
-    use feather_core::error::IoContext;
-    use std::os::unix::fs::OpenOptionsExt;
-    let shown = dir(root).join(name);
-    let opened = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(in_folder(folder, name));
-    let lock = match opened {
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(not_the_lock(&shown, "a symbolic link"))
-        }
-        opened => opened.at(&shown)?,
-    };
-    if !lock.metadata().at(&shown)?.is_file() {
-        return Err(not_the_lock(&shown, "not a plain file"));
-    }
-    Ok(lock)
-}
-
-/// What a command says of a lock file of the pool's it will not use: what is wrong, and what
-/// to do.
-fn not_the_lock(shown: &Path, what: &str) -> crate::error::VmError {
-    crate::error::failed(
-        &shown.display(),
-        format!(
-            "is {what}, not the pool's lock: the pool is left as it is (a fill makes no VM); \
-             remove it (the next command makes the lock anew), and check who can write the \
-             root's folder"
-        ),
-    )
 }
 
 /// Runs a fill ([`filler_command`]) and waits for it: `feather pool --size`.
@@ -998,27 +857,48 @@ mod tests {
         (dir, root)
     }
 
-    /// Two commands read a stale fence's size at once: the one whose lift comes second (its
-    /// look at the fence's `0 ` came before the first one lifted it) reads what the first left,
-    /// the default size, not the fence's 0 (a keeper then skipped its refill); and so do many
-    /// at once.
-    #[test]
-    fn two_lifters_of_a_stale_fence_both_read_the_size_it_hid() {
-        let (_dir, root) = a_stale_fence("fence-second-lifter");
-        assert_eq!(size(&root), DEFAULT_SIZE, "the first lifter");
-        let second = setting_past_a_stale_fence(&root);
-        assert_eq!(
-            second,
-            Some(None),
-            "the second lifter: no size set, the default"
-        );
+    /// How long a test waits for what it started to be seen, or to end.
+    const LIMIT: Duration = Duration::from_secs(30);
 
-        let (_dir, root) = a_stale_fence("fence-many-lifters");
-        let sizes: Vec<usize> = std::thread::scope(|scope| {
-            let lifters: Vec<_> = (0..8).map(|_| scope.spawn(|| size(&root))).collect();
-            lifters.into_iter().map(|l| l.join().unwrap()).collect()
-        });
-        assert_eq!(sizes, vec![DEFAULT_SIZE; 8]);
+    /// How many of this process's descriptors are open on file `path`.
+    fn opened_on(path: &Path) -> usize {
+        let fds = std::fs::read_dir("/proc/self/fd").unwrap().flatten();
+        fds.filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|to| to == path))
+            .count()
+    }
+
+    /// A lifter of a stale fence that waited for the settings lock while another lifted the
+    /// fence and took its folder away (here the test, holding that lock from before the
+    /// lifter's open of it until the lift is done) reads what the lift left: no folder, the
+    /// default size; a folder made since with a size (`pool --size 3`), that size. Before, it
+    /// kept the fence's 0 (a keeper skipped its refill once), or read the folder taken away.
+    #[test]
+    fn a_lifter_that_waited_for_another_reads_what_it_left() {
+        for set in [None, Some(3)] {
+            let (scratch, root) = a_stale_fence("fence-second-lifter");
+            let lock_file = scratch.0.join("pool").join(SETTINGS_LOCK);
+            let folder = open_dir(&root).unwrap();
+            let deadline = Deadline::after(SETTINGS_PATIENCE);
+            let settings = lock_settings(&root, &folder, deadline).unwrap();
+            let read = std::thread::scope(|scope| {
+                // Let go with this scope's closure, failing test or not: the lifter then ends.
+                let settings = settings;
+                let lifter = scope.spawn(|| setting_past_a_stale_fence(&root));
+                let waiting = || opened_on(&lock_file) >= 2;
+                let opened = feather_testkit::eventually(LIMIT, waiting);
+                assert!(opened, "the second lifter opened the settings lock");
+                let held = pool_locks::locked(&dir(&root)).unwrap();
+                assert!(lift(&root, &held, &settings), "the first lift");
+                if let Some(set) = set {
+                    std::fs::create_dir(dir(&root)).unwrap();
+                    write_count(&dir(&root).join(SIZE), set).unwrap();
+                }
+                drop((held, settings));
+                lifter.join().unwrap()
+            });
+            let expected = set.map(|set| format!("{set}\n"));
+            assert_eq!(read, expected, "the second lifter, a size set: {set:?}");
+        }
     }
 
     /// A lifter whose look at a stale fence came before a `pool --size 3` reads the size again
@@ -1031,7 +911,7 @@ mod tests {
             crate::pool::set_size(&root, set).unwrap();
             let past = setting_past_a_stale_fence(&root);
             let expected = Some(format!("{set}\n"));
-            assert_eq!(past, Some(expected.clone()), "what the lifter reads");
+            assert_eq!(past, expected, "what the lifter reads");
             let setting = read_small(&dir.0.join("pool").join(SIZE));
             assert_eq!(setting, expected, "pool --size {set} after the lift");
             let entries = std::fs::read_dir(dir.0.join("pool")).unwrap().flatten();
@@ -1050,7 +930,8 @@ mod tests {
     /// (here written back as the fence's) lifts nothing under it, and network down ends well
     /// (before, the lifter removed the size and network down failed putting it back), with the
     /// stale fence's size put back as absent. It returns within its deadline: a second open of
-    /// the folder it holds, locked, waited for this same process for good.
+    /// the folder it holds, locked, waited for this same process for good (a thread stuck so
+    /// cannot be ended: it goes with the test's process, one per test under nextest).
     #[test]
     fn a_pools_folder_network_down_holds_is_not_lifted_under_it() {
         let (dir, root) = a_stale_fence("fence-held");
@@ -1067,13 +948,44 @@ mod tests {
             let _ = told.send(seen.map(|(_, _, lifted)| lifted).map_err(|e| e.to_string()));
         });
         let seen = ended
-            .recv_timeout(std::time::Duration::from_secs(120))
+            .recv_timeout(Duration::from_secs(120))
             .expect("network down (emptied_while) ended within 120 s");
         let fences = Some(FENCES_SIZE.to_owned());
-        assert_eq!(seen, Ok(Some(fences)), "the lifter read the fence standing");
+        assert_eq!(seen, Ok(fences), "the lifter read the fence standing");
         assert!(dir.0.join("pool").is_dir(), "the pool's folder is kept");
         assert_eq!(read_small(&dir.0.join("pool").join(SIZE)), None);
         assert_eq!(size(&root), DEFAULT_SIZE);
+    }
+
+    /// `network down` of a pool whose fill holds `fill.lock` stopped (Ctrl-Z on `pool --fill`)
+    /// fails at once, naming the lock and how to let the fill go on, and puts the size back;
+    /// before, it waited for good, holding the pool's folder (every later `network down` then
+    /// named it, not the stopped fill).
+    #[test]
+    fn network_down_behind_a_stopped_fill_fails_naming_it() {
+        let scratch = feather_testkit::ScratchDir::new("fence-fill-stopped");
+        let root = StateRoot::new(Some(scratch.0.clone()));
+        crate::pool::set_size(&root, 3).unwrap();
+        let lock = dir(&root).join(FILL_LOCK);
+        std::fs::write(&lock, b"").unwrap();
+        let fill = pool_locks::tests::holder_of(&lock);
+        pool_locks::tests::stop(&fill);
+        let pid = fill.0.id();
+        let (told, ended) = std::sync::mpsc::channel();
+        let down = root.clone();
+        std::thread::spawn(move || {
+            let seen = crate::pool::emptied_while(&down, || ());
+            let _ = told.send(seen.map(|_| ()).map_err(|e| e.to_string()));
+        });
+        let seen = ended.recv_timeout(LIMIT);
+        // Killed: a wait with no bound takes the lock then, and its thread ends.
+        drop(fill);
+        let seen = seen.expect("network down (emptied_while) ended within 30 s");
+        let error = seen.expect_err("no fill lock taken from a stopped fill");
+        assert!(error.contains("fill.lock"), "{error}");
+        assert!(error.contains(&format!("kill -CONT {pid}")), "{error}");
+        let setting = read_small(&dir(&root).join(SIZE));
+        assert_eq!(setting.as_deref(), Some("3\n"), "the size put back");
     }
 
     /// The folders killed `network down`s and lifts leave in the root (`.pool-fence-PID`,
@@ -1081,8 +993,11 @@ mod tests {
     /// process is gone; one whose process runs is its own, kept. Before, they stayed for good.
     #[test]
     fn a_fence_folder_left_by_a_dead_process_is_removed_and_a_live_ones_kept() {
+        // Unreaped (a zombie, dead to `is_alive`) until the end: its pid is no one else's.
         let mut ended = std::process::Command::new("true").spawn().unwrap();
-        ended.wait().unwrap();
+        let zombie = nix::unistd::Pid::from_raw(ended.id() as i32);
+        let a_zombie = || feather_sys::process::state(zombie) == Some('Z');
+        assert!(feather_testkit::eventually(LIMIT, a_zombie), "true ended");
         let live = feather_testkit::Started::spawn("sleep", &["60"]);
         for lifted in [false, true] {
             let (dir, root) = a_stale_fence("fence-leftovers");
@@ -1100,63 +1015,7 @@ mod tests {
             assert!(!left(ended.id()).exists(), "a dead process's is removed");
             assert!(left(live.0.id()).exists(), "a live process's is kept");
         }
-    }
-
-    /// A lock of the pool's held past its patience fails, naming its holder's pid and command,
-    /// and one held by a stopped process fails at once, saying how to let it go on; neither
-    /// waits for good.
-    #[test]
-    fn a_lock_held_too_long_or_by_a_stopped_process_fails_naming_its_holder() {
-        let dir = feather_testkit::ScratchDir::new("fence-lock-held");
-        let path = dir.0.join(SETTINGS_LOCK);
-        std::fs::write(&path, b"").unwrap();
-        let holder = feather_testkit::Started(
-            std::process::Command::new("flock")
-                .arg("--no-fork")
-                .arg(&path)
-                .args(["sleep", "60"])
-                .spawn()
-                .unwrap(),
-        );
-        let pid = holder.0.id();
-        let held =
-            || feather_core::lock_holder::holder(&path).is_some_and(|holder| holder.pid == pid);
-        let limit = std::time::Duration::from_secs(30);
-        assert!(
-            feather_testkit::eventually(limit, held),
-            "flock took the lock"
-        );
-        let open = || std::fs::File::open(&path).unwrap();
-        let patience = std::time::Duration::from_millis(300);
-        let error = lock_within(open(), &path, patience)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            error.contains(&format!("`sleep 60` (pid {pid})")),
-            "{error}"
-        );
-        assert!(error.contains("for more than"), "{error}");
-        let signal = |signal: nix::sys::signal::Signal| {
-            let pid = nix::unistd::Pid::from_raw(pid as i32);
-            nix::sys::signal::kill(pid, signal).unwrap();
-        };
-        signal(nix::sys::signal::Signal::SIGSTOP);
-        let stopped = || feather_sys::process::state(nix::unistd::Pid::from_raw(pid as i32));
-        assert!(feather_testkit::eventually(limit, || stopped() == Some('T')));
-        // Its patience is long: only its look at the holder ends the wait within the limit.
-        let (told, ended) = std::sync::mpsc::channel();
-        let waiter = (open(), path.clone());
-        std::thread::spawn(move || {
-            let patience = std::time::Duration::from_secs(600);
-            let error = lock_within(waiter.0, &waiter.1, patience).err();
-            let _ = told.send(error.map(|error| error.to_string()));
-        });
-        let error = ended.recv_timeout(limit);
-        signal(nix::sys::signal::Signal::SIGCONT);
-        let error = error.expect("the wait behind a stopped holder ended within 30 s");
-        let error = error.expect("no lock taken from a stopped holder");
-        assert!(error.contains(&format!("kill -CONT {pid}")), "{error}");
+        ended.wait().unwrap();
     }
 
     /// `network down` where no fence can be written (here a file stands where it is made)
