@@ -867,38 +867,66 @@ mod tests {
             .count()
     }
 
+    /// Runs `waiter` on a thread while this lifts the stale fence of `root`: holding its
+    /// settings lock from before the waiter opens it (seen as a second descriptor on it) until
+    /// the lift and `after_lift` are done. What the waiter gave. The lock goes with this
+    /// scope's closure, failing test or not, so the waiter ends before the scope is left.
+    fn lifted_while_waiting<T: Send>(
+        root: &StateRoot,
+        waiter: impl FnOnce() -> T + Send,
+        after_lift: impl FnOnce(),
+    ) -> T {
+        let lock_file = dir(root).join(SETTINGS_LOCK);
+        let folder = open_dir(root).unwrap();
+        let deadline = Deadline::after(SETTINGS_PATIENCE);
+        let settings = lock_settings(root, &folder, deadline).unwrap();
+        std::thread::scope(|scope| {
+            let settings = settings;
+            let waiter = scope.spawn(waiter);
+            let waiting = || opened_on(&lock_file) >= 2;
+            let opened = feather_testkit::eventually(LIMIT, waiting);
+            assert!(opened, "the waiter opened the settings lock");
+            let held = pool_locks::locked(&dir(root)).unwrap();
+            assert!(lift(root, &held, &settings), "the first lift");
+            after_lift();
+            drop((held, settings));
+            waiter.join().unwrap()
+        })
+    }
+
     /// A lifter of a stale fence that waited for the settings lock while another lifted the
-    /// fence and took its folder away (here the test, holding that lock from before the
-    /// lifter's open of it until the lift is done) reads what the lift left: no folder, the
-    /// default size; a folder made since with a size (`pool --size 3`), that size. Before, it
-    /// kept the fence's 0 (a keeper skipped its refill once), or read the folder taken away.
+    /// fence and took its folder away reads what the lift left: no folder, the default size; a
+    /// folder made since with a size (`pool --size 3`), that size. Before, it kept the fence's
+    /// 0 (a keeper skipped its refill once), or read the folder taken away.
     #[test]
     fn a_lifter_that_waited_for_another_reads_what_it_left() {
         for set in [None, Some(3)] {
-            let (scratch, root) = a_stale_fence("fence-second-lifter");
-            let lock_file = scratch.0.join("pool").join(SETTINGS_LOCK);
-            let folder = open_dir(&root).unwrap();
-            let deadline = Deadline::after(SETTINGS_PATIENCE);
-            let settings = lock_settings(&root, &folder, deadline).unwrap();
-            let read = std::thread::scope(|scope| {
-                // Let go with this scope's closure, failing test or not: the lifter then ends.
-                let settings = settings;
-                let lifter = scope.spawn(|| setting_past_a_stale_fence(&root));
-                let waiting = || opened_on(&lock_file) >= 2;
-                let opened = feather_testkit::eventually(LIMIT, waiting);
-                assert!(opened, "the second lifter opened the settings lock");
-                let held = pool_locks::locked(&dir(&root)).unwrap();
-                assert!(lift(&root, &held, &settings), "the first lift");
-                if let Some(set) = set {
-                    std::fs::create_dir(dir(&root)).unwrap();
-                    write_count(&dir(&root).join(SIZE), set).unwrap();
-                }
-                drop((held, settings));
-                lifter.join().unwrap()
-            });
+            let (_scratch, root) = a_stale_fence("fence-second-lifter");
+            let read = lifted_while_waiting(
+                &root,
+                || setting_past_a_stale_fence(&root),
+                || {
+                    if let Some(set) = set {
+                        std::fs::create_dir(dir(&root)).unwrap();
+                        write_count(&dir(&root).join(SIZE), set).unwrap();
+                    }
+                },
+            );
             let expected = set.map(|set| format!("{set}\n"));
             assert_eq!(read, expected, "the second lifter, a size set: {set:?}");
         }
+    }
+
+    /// `pool --size 3` while a lift holds the settings lock waits for it, and writes into the
+    /// pool's folder in place once the lift took the fence's away: the size is kept. Without
+    /// the lock it wrote into the fence's folder (which a lift then could take away with it).
+    #[test]
+    fn a_size_set_while_a_lift_holds_the_settings_lock_lands_after_it() {
+        let (_scratch, root) = a_stale_fence("fence-size-during-lift");
+        let set = lifted_while_waiting(&root, || crate::pool::set_size(&root, 3), || ());
+        set.unwrap();
+        assert_eq!(read_small(&dir(&root).join(SIZE)).as_deref(), Some("3\n"));
+        assert_eq!(size(&root), 3);
     }
 
     /// A lifter whose look at a stale fence came before a `pool --size 3` reads the size again
