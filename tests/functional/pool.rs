@@ -244,10 +244,7 @@ impl Pooled {
         let left: Vec<String> = support::names_in(std::path::Path::new(&ports));
         assert!(left.is_empty(), "ports left on {}: {left:?}", self.bridge);
         self.feather.eventually("no new VM cgroup stays", || {
-            support::feather_cgroups()
-                .iter()
-                .filter(|group| !cgroups_before.contains(group))
-                .all(|group| !support::cgroup_is_empty(group))
+            support::new_empty_groups_not_of_other_roots(cgroups_before, root).is_empty()
         });
         let (next, next_subnet, _) = root_with_known_bridge("pool-after-root-removed");
         let out = next
@@ -699,8 +696,11 @@ fn a_drain_beside_a_running_pooled_run_names_it_and_does_not_wait() {
         )),
         "the drain did not say what it left: {said:?}"
     );
+    // Bounded well short of the run's command (`sleep 1000`), which a drain that waited for
+    // the run would wait out, and well above a loaded host's slowest drain: not a measure of
+    // speed. (The drain of before waited 2 s and said nothing: the message above tells it.)
     assert!(
-        took < Duration::from_secs(2),
+        took < Duration::from_secs(60),
         "the drain waited {took:?} for a run still running its command"
     );
     assert!(run.try_wait().unwrap().is_none(), "the run ended");
@@ -781,7 +781,7 @@ fn a_drained_pool_leaves_nothing() {
     let pool = Pooled::new("pool-drain", 2);
     // Another test's mount may have made a VM stale (`whole` then made another), whose folder
     // goes with its keeper's teardown.
-    let two = feather_testkit::eventually(Duration::from_secs(10), || pool.vm_folders().len() == 2);
+    let two = feather_testkit::eventually(Duration::from_secs(30), || pool.vm_folders().len() == 2);
     assert!(two, "{:?}", pool.vm_folders());
     // Pooled VMs are not the user's: `ls` does not show them, but says they are there.
     assert_eq!(pool.ok(&["ls", "--json"]).trim(), "[]");
