@@ -3690,7 +3690,8 @@ fn an_unconfirmed_copy_that_cannot_be_removed_is_said_in_the_receivers_log() {
     target.ok(&["checkpoint", "vm"]);
     // Held for a receiver that has ended (pid 1 did not start at tick 1).
     std::fs::write(target.vm_dir("vm").join("checkpoint/hold"), "1 1").unwrap();
-    let holder = StoppedLockHolder::of(&target, &target.vm_dir("vm").join("op.lock"));
+    let holder =
+        crate::support::StoppedLockHolder::of(&target, &target.vm_dir("vm").join("op.lock"));
 
     let mut serve = Killed(
         target
@@ -3722,44 +3723,4 @@ fn holder_pid(said: &str) -> String {
         .and_then(|rest| rest.split(')').next())
         .unwrap_or("none")
         .to_owned()
-}
-
-/// A process holding a lock on a file (flock, as feather's operations lock), stopped (SIGSTOP)
-/// with it until this is dropped, failing test or not (then killed and reaped).
-struct StoppedLockHolder(Child);
-
-impl StoppedLockHolder {
-    fn of(feather: &Feather, file: &Path) -> StoppedLockHolder {
-        let child = Command::new("python3")
-            .args([
-                "-c",
-                "import fcntl, os, signal, sys\n\
-                 held = open(sys.argv[1], 'a')\n\
-                 fcntl.flock(held, fcntl.LOCK_EX)\n\
-                 os.kill(os.getpid(), signal.SIGSTOP)",
-            ])
-            .arg(file)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let holder = StoppedLockHolder(child);
-        let stat = format!("/proc/{}/stat", holder.0.id());
-        feather.eventually("the lock's holder has stopped", || {
-            std::fs::read_to_string(&stat).is_ok_and(|stat| {
-                stat.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('T')
-            })
-        });
-        holder
-    }
-}
-
-impl Drop for StoppedLockHolder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -1691,6 +1691,34 @@ fn a_network_down_killed_while_its_fence_stands_leaves_the_pool_as_it_was() {
     }
 }
 
+/// `pool --size` while the pool's settings lock is held by a stopped process (SIGSTOP,
+/// Ctrl-Z: a `pool --size` or a fence's lift stopped mid-way) fails, naming the lock,
+/// the holder's pid and how to let it go on, and leaves the size as it was; before the bound,
+/// it would wait for the holder for good.
+#[test]
+fn a_size_set_behind_a_stopped_holder_of_the_settings_lock_fails_naming_it() {
+    let feather = Feather::new("pool-settings-stopped");
+    feather.ok(&["pool", "--idle", "0"]);
+    let lock = feather
+        .root
+        .join("pool")
+        .join(feather_vm::pooled::SETTINGS_LOCK);
+    let holder = crate::support::StoppedLockHolder::of(&feather, &lock);
+    let pid = holder.0.id();
+    let mut set = feather.command();
+    set.args(["pool", "--size", "0"]);
+    let limit = Duration::from_secs(60);
+    let out =
+        feather_testkit::run_within(&mut set, limit, "pool --size, its lock's holder stopped");
+    drop(holder);
+    let said = out.stderr;
+    assert_ne!(out.code, 0, "{said}");
+    assert!(said.contains("settings.lock"), "{said}");
+    assert!(said.contains(&format!("kill -CONT {pid}")), "{said}");
+    let shown = feather.ok(&["pool"]);
+    assert_eq!(shown.lines().next(), Some("size: 1"), "{shown}");
+}
+
 /// A fill started by a run, held before it takes its lock, at work only after `network down`;
 /// the pool's folder made before the run (a setting) or by it (`made_first` false).
 fn a_late_fill_makes_nothing(label: &str, made_first: bool) {

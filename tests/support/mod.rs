@@ -1782,3 +1782,43 @@ pub fn listening_tcp_sockets_of(pid: i32) -> Vec<String> {
         })
         .collect()
 }
+
+/// A process holding a lock on a file (flock, as feather's operations lock), stopped (SIGSTOP)
+/// with it until this is dropped, failing test or not (then killed and reaped).
+pub struct StoppedLockHolder(pub Child);
+
+impl StoppedLockHolder {
+    pub fn of(feather: &Feather, file: &Path) -> StoppedLockHolder {
+        let child = Command::new("python3")
+            .args([
+                "-c",
+                "import fcntl, os, signal, sys\n\
+                 held = open(sys.argv[1], 'a')\n\
+                 fcntl.flock(held, fcntl.LOCK_EX)\n\
+                 os.kill(os.getpid(), signal.SIGSTOP)",
+            ])
+            .arg(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let holder = StoppedLockHolder(child);
+        let stat = format!("/proc/{}/stat", holder.0.id());
+        feather.eventually("the lock's holder has stopped", || {
+            std::fs::read_to_string(&stat).is_ok_and(|stat| {
+                stat.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('T')
+            })
+        });
+        holder
+    }
+}
+
+impl Drop for StoppedLockHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
