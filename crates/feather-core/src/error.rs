@@ -110,6 +110,9 @@ pub enum RootFault {
     UsersMount,
     /// The root's folder was not the one looked at when it was opened.
     Replaced,
+    /// An `/etc/fstab` line lets users mount on a path that may lead to any folder, this root's
+    /// too: the line is to be changed, no root is safe until then.
+    UsersMountAnywhere,
 }
 
 /// What to do about a refused root, fitting the folder: the root's own (or an entry of it)
@@ -134,6 +137,10 @@ fn untrusted_root_advice(
              can rename in the folder above it)",
             folder.display()
         ),
+        RootFault::UsersMountAnywhere => "change that /etc/fstab line so that its mount \
+            point's path goes through folders only root can change, on a local filesystem \
+            (`/mnt/NAME`), or drop its user option; until then no state root is safe from it"
+            .to_owned(),
         RootFault::Own => format!(
             "{elsewhere}, or make {f} root's and writable by root alone (`chown root: {f}; \
              chmod go-w {f}`, that folder only: never `-R`, which would change the files of \

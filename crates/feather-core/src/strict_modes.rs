@@ -11,8 +11,8 @@ use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path};
 
+use feather_sys::fstab::UsersMountPoints;
 use feather_sys::lookup::{Lookup, Step, UsersMount};
-use feather_sys::user_mounts::UsersMountPoints;
 
 use crate::error::{Error, IoContext, Result, RootFault};
 
@@ -43,8 +43,17 @@ const MAX_MADE: usize = 256;
 /// A part not made yet is fine here; [`made_state_root`] makes it and looks again. The
 /// lookup is handed back, the folder it ended in pinned.
 pub fn check_state_root(dir: &Path) -> Result<Lookup> {
-    let lookup = judged(dir, dir, feather_sys::lookup::walk(dir))?;
     let users_points = UsersMountPoints::of_this_host();
+    if let Some(why) = users_points.anywhere() {
+        // No folder can be told safe from a mount a user may make anywhere.
+        return Err(Error::UntrustedRoot {
+            root: dir.to_path_buf(),
+            folder: dir.to_path_buf(),
+            why: why.to_owned(),
+            fault: RootFault::UsersMountAnywhere,
+        });
+    }
+    let lookup = judged(dir, dir, feather_sys::lookup::walk(dir))?;
     for step in &lookup.steps {
         if let Some(why) = untrusted(step, false, &users_points) {
             return Err(untrusted_root(dir, &step.path, why, RootFault::Above));

@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod creds;
 pub mod dnotify;
 pub mod fdpass;
+pub mod fstab;
 pub mod flush;
 pub mod fnv;
 pub mod hiding_layer;

@@ -21,7 +21,7 @@ use crate::mountinfo::{self, MountEntry};
 use crate::user_mounts;
 
 /// As many links as the kernel follows in one lookup (`MAXSYMLINKS`).
-const MAX_LINKS: usize = 40;
+pub(crate) const MAX_LINKS: usize = 40;
 
 /// One name the lookup went through: where (the path as walked so far) and what it is.
 #[derive(Debug)]
@@ -196,7 +196,7 @@ pub struct UsersMount {
 
 /// The namespace's mount table, read once a walk crosses into a mount, then kept for the walk.
 #[derive(Default)]
-struct Mounts(Option<Vec<MountEntry>>);
+pub(crate) struct Mounts(Option<Vec<MountEntry>>);
 
 impl Mounts {
     /// The mount `opened` (at `path`) is on when the walk crossed into it there (its device is
@@ -226,7 +226,7 @@ impl Mounts {
     }
 
     /// The entry of the mount whose id mountinfo lists as `id`.
-    fn by_id(&mut self, id: u64) -> io::Result<MountEntry> {
+    pub(crate) fn by_id(&mut self, id: u64) -> io::Result<MountEntry> {
         if self.0.is_none() {
             self.0 = Some(mountinfo::mounts()?);
         }
@@ -267,7 +267,7 @@ pub fn look_at(end: &End, name: &Path) -> io::Result<Option<Step>> {
 }
 
 /// A name of a path, owned: a link's target joins the names still to walk.
-enum Name {
+pub(crate) enum Name {
     Slash,
     Up,
     Plain(OsString),
@@ -284,7 +284,7 @@ impl Name {
 }
 
 /// The names of `path` (`.` dropped).
-fn names_of(path: &Path) -> impl Iterator<Item = Name> + '_ {
+pub(crate) fn names_of(path: &Path) -> impl Iterator<Item = Name> + '_ {
     path.components().filter_map(|component| match component {
         Component::RootDir => Some(Name::Slash),
         Component::ParentDir => Some(Name::Up),
@@ -311,6 +311,6 @@ fn open_path(folder: Option<&File>, name: &Path) -> io::Result<File> {
 }
 
 /// The target of the link pinned by `link`'s descriptor.
-fn read_link(link: &File) -> io::Result<OsString> {
+pub(crate) fn read_link(link: &File) -> io::Result<OsString> {
     Ok(nix::fcntl::readlinkat(link.as_fd(), "")?)
 }
