@@ -223,20 +223,7 @@ fn where_mounted(target: &Path, mounts: &mut Mounts) -> Result<Mounted, Stop> {
     let mut through = vec![slash.to_path_buf()];
     let mut names: VecDeque<Name> = lookup::names_of(target).collect();
     let mut links = 0;
-    while let Some(name) = names.pop_front() {
-        let name = match name {
-            Name::Slash => {
-                trail.truncate(1);
-                continue;
-            }
-            Name::Up => {
-                if trail.len() > 1 {
-                    trail.pop();
-                }
-                continue;
-            }
-            Name::Plain(name) => name,
-        };
+    while let Some(name) = lookup::next_name(&mut names, &mut trail) {
         let folder = trail.last().expect("/ stays on the trail");
         let here = folder.path.join(&name);
         let Some((opened, entry)) = looked_at(folder, Path::new(&name), &here)? else {

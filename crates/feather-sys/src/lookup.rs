@@ -109,20 +109,7 @@ pub fn walk_following(
     let mut mounts = Mounts::default();
     let mut names: VecDeque<Name> = names_of(path).collect();
     let mut links = 0;
-    while let Some(name) = names.pop_front() {
-        let name = match name {
-            Name::Slash => {
-                trail.truncate(1);
-                continue;
-            }
-            Name::Up => {
-                if trail.len() > 1 {
-                    trail.pop();
-                }
-                continue;
-            }
-            Name::Plain(name) => name,
-        };
+    while let Some(name) = next_name(&mut names, &mut trail) {
         let (folder, at, folders_dev) = trail.last().expect("/ stays on the trail");
         let shown = at.join(&name);
         let opened = match open_path(Some(folder), Path::new(&name)) {
@@ -279,6 +266,22 @@ impl Name {
             Name::Slash => "/".into(),
             Name::Up => "..".into(),
             Name::Plain(name) => name,
+        }
+    }
+}
+
+/// The next plain name of `names`, a `/` or `..` before it taken on the `trail` of folders the
+/// walk is in (`/` first, which `..` never leaves, as the kernel's lookup does not).
+pub(crate) fn next_name<T>(names: &mut VecDeque<Name>, trail: &mut Vec<T>) -> Option<OsString> {
+    loop {
+        match names.pop_front()? {
+            Name::Slash => trail.truncate(1),
+            Name::Up => {
+                if trail.len() > 1 {
+                    trail.pop();
+                }
+            }
+            Name::Plain(name) => return Some(name),
         }
     }
 }
