@@ -100,7 +100,10 @@ fn a_state_root_registered_after_a_container_over_the_host_started_is_hidden_in_
     // Only this test's container: parallel tests' containers may stop, or be hidden in, while
     // this looks — and this root's path names `late-root-PID` too.
     let about_ours = format!("container {id} (");
-    let ours: Vec<&String> = warnings.iter().filter(|w| w.contains(&about_ours)).collect();
+    let ours: Vec<&String> = warnings
+        .iter()
+        .filter(|w| w.contains(&about_ours))
+        .collect();
     assert!(ours.is_empty(), "{warnings:?}");
 
     let secret = layer.join("secret");
