@@ -39,7 +39,9 @@ const MAX_MADE: usize = 256;
 /// Refuses the state root `dir` unless every folder and link its lookup goes through is
 /// owned by root (or this process's user) and no one else can write to it (the sticky `/tmp`
 /// aside: no one can move what root made in it), the root's own folder not even with the
-/// sticky bit (its names are feather's), nor any of its entries feather makes ([`ROOTS_OWN`]).
+/// sticky bit (its names are feather's), nor any of its entries feather makes ([`ROOTS_OWN`]),
+/// and none is a mount point `/etc/fstab` lets users mount on; every root is refused while an
+/// fstab line lets users mount on a path that may lead anywhere ([`UsersMountPoints::anywhere`]).
 /// A part not made yet is fine here; [`made_state_root`] makes it and looks again. The
 /// lookup is handed back, the folder it ended in pinned.
 pub fn check_state_root(dir: &Path) -> Result<Lookup> {
