@@ -531,16 +531,15 @@ fn every_root_is_refused_without_waiting_when_an_fstab_line_goes_past_a_stopped_
     );
     assert_ne!(outcome.code, 0, "{} taken", root.display());
     let past_the_mount = format!(
-        "{r}: {r} may be where a user mounts a filesystem of theirs: /etc/fstab lets users mount \
-         (`users`) on {}, a path that may lead anywhere past {}, which is on a FUSE filesystem",
+        "/etc/fstab line `/dev/disk/by-label/STICK {}` lets users mount (`users`) on a path that \
+         may lead anywhere past {}, which is on a FUSE filesystem",
         target.display(),
         fuse.mount.display(),
-        r = root.display()
     );
     assert!(
         said.contains(&past_the_mount)
             && said.contains("mounted by uid 65534")
-            && said.contains("change that /etc/fstab line"),
+            && said.contains("feather refuses every state root: change each such line"),
         "{said}"
     );
     assert!(!root.exists(), "{} made", root.display());

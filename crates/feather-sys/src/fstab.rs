@@ -23,7 +23,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
 use crate::lookup::{self, Mounts, Name};
-use crate::mountinfo::{unescape, MountEntry};
+use crate::mountinfo::{self, unescape, MountEntry};
 use crate::raw::{self, EntryUnasked};
 use crate::user_mounts;
 
@@ -34,24 +34,12 @@ const FSTAB: &str = "/etc/fstab";
 const USERS_MAY_MOUNT: [&str; 4] = ["user", "users", "owner", "group"];
 
 /// Filesystems whose lookups a server answers over a network, not the kernel from a disk: a
-/// name looked up in one may wait for ever on a server that is gone (a hard NFS mount).
+/// name looked up in one may wait for ever on a server that is gone (a hard NFS mount). A
+/// deny-list, as the kernel names them in mountinfo (FUSE ones, glusterfs's too, are told by
+/// their `fuse` type): a network filesystem not named here is walked as a local one.
 const NETWORK_FILESYSTEMS: [&str; 16] = [
-    "nfs",
-    "nfs4",
-    "cifs",
-    "smb3",
-    "smbfs",
-    "ncpfs",
-    "ceph",
-    "9p",
-    "afs",
-    "coda",
-    "lustre",
-    "gfs2",
-    "ocfs2",
-    "orangefs",
-    "virtiofs",
-    "glusterfs",
+    "nfs", "nfs4", "cifs", "smb3", "ceph", "9p", "afs", "coda", "lustre", "gfs2", "ocfs2", "pvfs2",
+    "virtiofs", "vboxsf", "beegfs", "gpfs",
 ];
 
 /// Anyone but the owner may write (`S_IWGRP | S_IWOTH`).
@@ -64,8 +52,17 @@ const STICKY: u32 = 0o1000;
 /// once, then asked of every folder a walk went through.
 pub struct UsersMountPoints {
     points: Vec<(PathBuf, String)>,
-    /// Why a line's mount point may be any folder, the first such line's.
-    anywhere: Option<String>,
+    anywhere: Option<Anywhere>,
+}
+
+/// The fstab lines whose mount point may be any folder, each said (the line, where following
+/// its path stopped and why).
+#[derive(Clone, Debug)]
+pub struct Anywhere {
+    pub lines: Vec<String>,
+    /// Only a passing failure to look made them so (a mount table that changed meanwhile,
+    /// /proc unreadable, an I/O error): the lines themselves may be fine.
+    pub passing: bool,
 }
 
 impl UsersMountPoints {
@@ -77,25 +74,21 @@ impl UsersMountPoints {
     fn in_fstab(fstab: &str) -> Self {
         let mut mounts = Mounts::default();
         let mut found = Vec::new();
-        let mut anywhere = None;
-        for (target, option) in users_lines(fstab) {
-            match where_mounted(&target, &mut mounts) {
-                Ok(mounted) => found.push(Line {
-                    target,
-                    option,
-                    mounted,
-                }),
-                Err(stop) => {
-                    anywhere.get_or_insert_with(|| stop.said(&target, &option));
-                }
+        let mut stopped = Vec::new();
+        for line in users_lines(fstab) {
+            match where_mounted(&line.target, &mut mounts) {
+                Ok(mounted) => found.push((line, mounted)),
+                Err(stop) => stopped.push((stop.said(&line), stop.passing)),
             }
         }
-        if let Some(why) = through_another(&found) {
-            anywhere.get_or_insert(why);
-        }
+        stopped.extend(through_another(&found).map(|said| (said, false)));
+        let anywhere = (!stopped.is_empty()).then(|| Anywhere {
+            passing: stopped.iter().all(|(_, passing)| *passing),
+            lines: stopped.into_iter().map(|(said, _)| said).collect(),
+        });
         let points = found
             .into_iter()
-            .map(|line| (line.mounted.point, line.option));
+            .map(|(line, mounted)| (mounted.point, line.option));
         UsersMountPoints {
             points: points.collect(),
             anywhere,
@@ -111,19 +104,25 @@ impl UsersMountPoints {
         ))
     }
 
-    /// Why some line's mount point may be any folder, every state root's too (its path goes
+    /// The lines whose mount point may be any folder, every state root's too (its path goes
     /// past a folder or link a user can change, or one feather does not look in), or None.
-    pub fn anywhere(&self) -> Option<&str> {
-        self.anywhere.as_deref()
+    pub fn anywhere(&self) -> Option<&Anywhere> {
+        self.anywhere.as_ref()
     }
 }
 
-/// Each line of `fstab` that users may mount: its mount point as written (unescaped), and the
-/// option that lets them.
-fn users_lines(fstab: &str) -> impl Iterator<Item = (PathBuf, String)> + '_ {
+/// A line of fstab that users may mount: its source and mount point as written (unescaped),
+/// and the option that lets them.
+struct UsersLine {
+    source: String,
+    target: PathBuf,
+    option: String,
+}
+
+fn users_lines(fstab: &str) -> impl Iterator<Item = UsersLine> + '_ {
     fstab.lines().filter_map(|line| {
         let mut fields = line.split_whitespace();
-        let (_, target, _, options) = (
+        let (source, target, _, options) = (
             fields.next()?,
             fields.next()?,
             fields.next()?,
@@ -136,7 +135,11 @@ fn users_lines(fstab: &str) -> impl Iterator<Item = (PathBuf, String)> + '_ {
             let name = option.split('=').next().unwrap_or(option);
             USERS_MAY_MOUNT.contains(&name)
         })?;
-        Some((PathBuf::from(unescape(target)), option.to_owned()))
+        Some(UsersLine {
+            source: source.to_owned(),
+            target: PathBuf::from(unescape(target)),
+            option: option.to_owned(),
+        })
     })
 }
 
@@ -146,28 +149,18 @@ struct Mounted {
     through: Vec<PathBuf>,
 }
 
-/// A line users may mount, found.
-struct Line {
-    target: PathBuf,
-    option: String,
-    mounted: Mounted,
-}
-
-/// Why a line's mount point could be any folder: a line whose path goes through another's
-/// mount point (`/mnt/a/b` and `/mnt/a`) goes through whatever filesystem a user mounts there.
-fn through_another(found: &[Line]) -> Option<String> {
-    found.iter().find_map(|line| {
-        let other = found
+/// Each line whose path goes through another's mount point (`/mnt/a/b` and `/mnt/a`), said: it
+/// goes through whatever filesystem a user mounts there.
+fn through_another(found: &[(UsersLine, Mounted)]) -> impl Iterator<Item = String> + '_ {
+    found.iter().filter_map(|(line, mounted)| {
+        let (other, at) = found
             .iter()
-            .find(|other| line.mounted.through.contains(&other.mounted.point))?;
-        let stop = Stop {
-            at: other.mounted.point.clone(),
-            why: format!(
-                "is a mount point {FSTAB} lets users mount on (`{}`)",
-                other.option
-            ),
-        };
-        Some(stop.said(&line.target, &line.option))
+            .find(|(_, other)| mounted.through.contains(&other.point))?;
+        let why = format!(
+            "is a mount point {FSTAB} lets users mount on (`{}`)",
+            other.option
+        );
+        Some(Stop::new(&at.point, why).said(line))
     })
 }
 
@@ -176,6 +169,8 @@ fn through_another(found: &[Line]) -> Option<String> {
 struct Stop {
     at: PathBuf,
     why: String,
+    /// Stopped because looking failed (see [`Anywhere::passing`]), not because of the path.
+    passing: bool,
 }
 
 impl Stop {
@@ -183,15 +178,26 @@ impl Stop {
         Stop {
             at: at.to_path_buf(),
             why: why.into(),
+            passing: false,
         }
     }
 
-    /// The refusal of every folder for the line of `target` and `option`.
-    fn said(&self, target: &Path, option: &str) -> String {
+    /// Where looking at `at` failed with `e`: nothing is known of the line there.
+    fn could_not(at: &Path, e: impl std::fmt::Display) -> Self {
+        Stop {
+            passing: true,
+            ..Stop::new(at, format!("could not be looked at ({e})"))
+        }
+    }
+
+    /// The fault of `line`: its mount point may be any folder.
+    fn said(&self, line: &UsersLine) -> String {
         format!(
-            "may be where a user mounts a filesystem of theirs: {FSTAB} lets users mount \
-             (`{option}`) on {}, a path that may lead anywhere past {}, which {}",
-            target.display(),
+            "{FSTAB} line `{} {}` lets users mount (`{}`) on a path that may lead anywhere past \
+             {}, which {}",
+            line.source,
+            line.target.display(),
+            line.option,
             self.at.display(),
             self.why
         )
@@ -207,6 +213,16 @@ struct Folder {
     shared: bool,
 }
 
+/// What a name in a judged folder is.
+enum Looked {
+    /// Nothing: only root could make it, in a folder of root's alone.
+    Missing,
+    /// The line's own mount point, something mounted on it now: never looked in.
+    MountedOn,
+    /// An entry on a mount judged fit to ask (its folder's, or one crossed into and judged).
+    Entry(File, EntryUnasked),
+}
+
 /// Where mount(8) mounts `target`, followed as the kernel follows it ([module doc](self)); a
 /// relative one (`none`) is kept as written, naming no folder a walk goes through.
 fn where_mounted(target: &Path, mounts: &mut Mounts) -> Result<Mounted, Stop> {
@@ -217,30 +233,41 @@ fn where_mounted(target: &Path, mounts: &mut Mounts) -> Result<Mounted, Stop> {
         });
     }
     let slash = Path::new("/");
-    let opened = opened_unfollowed(None, slash).map_err(|e| could_not(slash, e))?;
-    let entry = raw::entry_unasked(opened.as_raw_fd()).map_err(|e| could_not(slash, e))?;
-    let mut trail = vec![judged_folder(opened, slash, entry, None, mounts)?];
+    let opened = opened_unfollowed(None, slash).map_err(|e| Stop::could_not(slash, e))?;
+    let mount_id = judged_mount(&opened, slash, None, mounts)?;
+    let entry = asked(&opened, slash)?;
+    let mut trail = vec![judged_folder(opened, slash, entry, mount_id)?];
     let mut through = vec![slash.to_path_buf()];
     let mut names: VecDeque<Name> = lookup::names_of(target).collect();
     let mut links = 0;
     while let Some(name) = lookup::next_name(&mut names, &mut trail) {
         let folder = trail.last().expect("/ stays on the trail");
         let here = folder.path.join(&name);
-        let Some((opened, entry)) = looked_at(folder, Path::new(&name), &here)? else {
-            let rest = std::iter::once(Name::Plain(name)).chain(names);
-            return Ok(as_written(&folder.path, rest, through));
+        let last = names.is_empty();
+        let (opened, entry) = match looked_at(folder, Path::new(&name), &here, last, mounts)? {
+            Looked::Entry(opened, entry) => (opened, entry),
+            Looked::MountedOn => {
+                return Ok(Mounted {
+                    point: here,
+                    through,
+                })
+            }
+            Looked::Missing => {
+                let rest = std::iter::once(Name::Plain(name)).chain(names);
+                return Ok(as_written(&folder.path, rest, through));
+            }
         };
         if is_link(entry.mode) {
             links += 1;
             if links > lookup::MAX_LINKS {
                 return Err(Stop::new(&here, "leads through too many links"));
             }
-            let to = lookup::read_link(&opened).map_err(|e| could_not(&here, e))?;
+            let to = lookup::read_link(&opened).map_err(|e| Stop::could_not(&here, e))?;
             let to: Vec<Name> = lookup::names_of(Path::new(&to)).collect();
             to.into_iter().rev().for_each(|name| names.push_front(name));
             continue;
         }
-        if names.is_empty() {
+        if last {
             // The mount point itself: never looked in, whatever is mounted there now.
             return Ok(Mounted {
                 point: here,
@@ -251,23 +278,23 @@ fn where_mounted(target: &Path, mounts: &mut Mounts) -> Result<Mounted, Stop> {
             // mount(8) fails there until root makes it otherwise.
             return Ok(as_written(&here, names, through));
         }
-        let came_from = Some(folder.mount_id);
-        trail.push(judged_folder(opened, &here, entry, came_from, mounts)?);
+        trail.push(judged_folder(opened, &here, entry, entry.mount_id)?);
         through.push(here);
     }
     let point = trail.pop().expect("/ stays on the trail").path;
     Ok(Mounted { point, through })
 }
 
-/// `name` (at `here`) in the judged `folder`, opened without following it and looked at
-/// without asking its filesystem; None where there is none (only root could make it, in a
-/// folder of root's alone). In a folder others may make names in, it must be root's and be
-/// there; a link must be root's, on its folder's mount.
+/// `name` (at `here`, the line's last name if `last`) in the judged `folder`, opened without
+/// following it, its mount judged before anything is asked of it where it is not the
+/// folder's, then looked at without asking its filesystem ([`Looked`]).
 fn looked_at(
     folder: &Folder,
     name: &Path,
     here: &Path,
-) -> Result<Option<(File, EntryUnasked)>, Stop> {
+    last: bool,
+    mounts: &mut Mounts,
+) -> Result<Looked, Stop> {
     let opened = match opened_unfollowed(Some(&folder.fd), name) {
         Ok(opened) => opened,
         Err(Errno::ENOENT) if folder.shared => {
@@ -275,46 +302,81 @@ fn looked_at(
                        link there";
             return Err(Stop::new(here, why));
         }
-        Err(Errno::ENOENT) => return Ok(None),
-        Err(e) => return Err(could_not(here, e)),
+        Err(Errno::ENOENT) => return Ok(Looked::Missing),
+        Err(e) => return Err(Stop::could_not(here, e)),
     };
-    let entry = raw::entry_unasked(opened.as_raw_fd()).map_err(|e| could_not(here, e))?;
-    if is_link(entry.mode) && (entry.uid != 0 || entry.mount_id != folder.mount_id) {
-        let why = format!(
-            "is a link of uid {}'s, not one root alone put there",
-            entry.uid
-        );
-        return Err(Stop::new(here, why));
+    if last && !folder.shared && mount_id_of(&opened, here)? != folder.mount_id {
+        return Ok(Looked::MountedOn);
     }
-    if folder.shared && entry.uid != 0 {
-        let why = format!(
-            "is uid {}'s, in a folder others may write in: they may put a link in its place",
-            entry.uid
-        );
-        return Err(Stop::new(here, why));
+    judged_mount(&opened, here, Some(folder.mount_id), mounts)?;
+    let entry = asked(&opened, here)?;
+    match entry_stop(&entry, folder.mount_id, folder.shared) {
+        Some(why) => Err(Stop::new(here, why)),
+        None => Ok(Looked::Entry(opened, entry)),
     }
-    Ok(Some((opened, entry)))
 }
 
-/// The folder opened at `path` (`entry`), judged before anything in it is looked at: on a
-/// mount neither a user's nor one a server answers for (looked at where the walk crossed into
-/// it: `entry`'s mount is not `came_from`, its folder's), root's, and not writable by others
-/// unless sticky.
-fn judged_folder(
-    fd: File,
+/// Why the walk stops at `entry`, found in a folder on mount `folder_mount` (`shared`: others
+/// may make names in it), or None: a link must be root's, on its folder's mount (one mounted
+/// there from elsewhere leads where its mounter chose); in a folder others may make names
+/// in, an entry must be root's (another's may be renamed and a link put in its place).
+fn entry_stop(entry: &EntryUnasked, folder_mount: u64, shared: bool) -> Option<String> {
+    if is_link(entry.mode) && entry.uid != 0 {
+        return Some(format!(
+            "is a link of uid {}'s, not one root alone put there",
+            entry.uid
+        ));
+    }
+    if is_link(entry.mode) && entry.mount_id != folder_mount {
+        return Some("is a link mounted there from elsewhere, not one of its folder's".to_owned());
+    }
+    if shared && entry.uid != 0 {
+        return Some(format!(
+            "is uid {}'s, in a folder others may write in: they may put a link in its place",
+            entry.uid
+        ));
+    }
+    None
+}
+
+/// The id of the mount `opened` (at `path`) is on, asking its filesystem nothing
+/// ([`mountinfo::mount_id_of_fd`]).
+fn mount_id_of(opened: &File, path: &Path) -> Result<u64, Stop> {
+    mountinfo::mount_id_of_fd(opened.as_fd()).map_err(|e| Stop::could_not(path, e))
+}
+
+/// The mount `opened` (at `path`) is on, judged where the walk crosses into it (it is not
+/// `came_from`, its folder's) before anything is asked of its filesystem: neither a user's
+/// nor one a server answers for. Its id.
+fn judged_mount(
+    opened: &File,
     path: &Path,
-    entry: EntryUnasked,
     came_from: Option<u64>,
     mounts: &mut Mounts,
-) -> Result<Folder, Stop> {
-    if came_from != Some(entry.mount_id) {
-        let mount = mounts
-            .by_id(entry.mount_id)
-            .map_err(|e| Stop::new(path, format!("could not be looked at ({e})")))?;
+) -> Result<u64, Stop> {
+    let id = mount_id_of(opened, path)?;
+    if came_from != Some(id) {
+        let mount = mounts.by_id(id).map_err(|e| Stop::could_not(path, e))?;
         if let Some(why) = not_looked_in(&mount) {
             return Err(Stop::new(path, why));
         }
     }
+    Ok(id)
+}
+
+/// `opened` (at `path`) looked at, on a mount judged fit to ask ([`raw::entry_unasked`]).
+fn asked(opened: &File, path: &Path) -> Result<EntryUnasked, Stop> {
+    raw::entry_unasked(opened.as_raw_fd()).map_err(|e| Stop::could_not(path, e))
+}
+
+/// The folder opened at `path` (`entry`, on the judged mount `mount_id`), judged before
+/// anything in it is looked at: root's, and not writable by others unless sticky.
+fn judged_folder(
+    fd: File,
+    path: &Path,
+    entry: EntryUnasked,
+    mount_id: u64,
+) -> Result<Folder, Stop> {
     if entry.uid != 0 {
         return Err(Stop::new(
             path,
@@ -330,7 +392,7 @@ fn judged_folder(
     Ok(Folder {
         fd,
         path: path.to_path_buf(),
-        mount_id: entry.mount_id,
+        mount_id,
         shared,
     })
 }
@@ -344,7 +406,7 @@ fn not_looked_in(mount: &MountEntry) -> Option<String> {
     }
     let kind = mount.fs_type.split('.').next().unwrap_or_default();
     let served = match kind {
-        "fuse" | "fuseblk" => "a FUSE filesystem",
+        _ if user_mounts::is_fuse(mount) => "a FUSE filesystem",
         "autofs" => "an automount point",
         _ if NETWORK_FILESYSTEMS.contains(&kind) => "a network filesystem",
         _ => return None,
@@ -384,10 +446,6 @@ fn opened_unfollowed(folder: Option<&File>, name: &Path) -> Result<File, Errno> 
         None => nix::fcntl::open(name, flags, Mode::empty())?,
     };
     Ok(File::from(fd))
-}
-
-fn could_not(path: &Path, e: impl std::fmt::Display) -> Stop {
-    Stop::new(path, format!("could not be looked at ({e})"))
 }
 
 fn is_link(mode: u32) -> bool {
@@ -433,7 +491,7 @@ mod tests {
              /dev/sde1 {at}/admins auto noauto,usrquota 0 0\n\
              /dev/sdf1 none swap sw,user 0 0\n",
         ));
-        assert_eq!(points.anywhere(), None);
+        assert!(points.anywhere().is_none());
         for (folder, option) in [
             ("mnt/stick", "users"),
             ("my cam", "user"),
@@ -470,7 +528,7 @@ mod tests {
         ] {
             let points = points_of(&format!("{}{spelling}", base.display()));
             assert!(points.at(&stick).is_some(), "{spelling}");
-            assert_eq!(points.anywhere(), None, "{spelling}");
+            assert!(points.anywhere().is_none(), "{spelling}");
         }
     }
 
@@ -495,6 +553,11 @@ mod tests {
         fs::create_dir(&sticky).unwrap();
         fs::set_permissions(&sticky, fs::Permissions::from_mode(0o1777)).unwrap();
         let in_sticky = sticky.join("stick");
+        // Alice's own folder in /tmp: she may rename it and put a link in its place, which
+        // mount(8) follows.
+        let alices_in_sticky = sticky.join("alices-stick");
+        fs::create_dir(&alices_in_sticky).unwrap();
+        lchown(&alices_in_sticky, Some(65534), None).unwrap();
         for (target, past, why) in [
             (
                 alices.join("mnt/stick"),
@@ -516,16 +579,30 @@ mod tests {
                 &in_sticky,
                 "is not there, in a folder others may make names in",
             ),
+            (
+                alices_in_sticky.clone(),
+                &alices_in_sticky,
+                "is uid 65534's, in a folder others may write in",
+            ),
         ] {
             let points = points_of(&target.to_string_lossy());
             assert_eq!(points.at(&stick), None, "{} followed", target.display());
-            let said = points.anywhere().expect("leads anywhere");
+            assert_eq!(
+                points.at(&target),
+                None,
+                "{} taken as written",
+                target.display()
+            );
+            let anywhere = points.anywhere().expect("leads anywhere");
             let past_it = format!(
-                "(`users`) on {}, a path that may lead anywhere past {}, which {why}",
+                "/etc/fstab line `/dev/sdb1 {}` lets users mount (`users`) on a path that may \
+                 lead anywhere past {}, which {why}",
                 target.display(),
                 past.display()
             );
-            assert!(said.contains(&past_it), "{said}");
+            assert_eq!(anywhere.lines.len(), 1);
+            assert!(anywhere.lines[0].contains(&past_it), "{anywhere:?}");
+            assert!(!anywhere.passing, "{anywhere:?}");
         }
     }
 
@@ -540,13 +617,146 @@ mod tests {
             stick.display(),
             mnt.display()
         ));
-        let said = points.anywhere().expect("leads anywhere");
+        let anywhere = points.anywhere().expect("leads anywhere");
         let past_it = format!(
-            "(`user`) on {}, a path that may lead anywhere past {}, which is a mount point \
-             /etc/fstab lets users mount on (`users`)",
+            "/etc/fstab line `/dev/sdb1 {}` lets users mount (`user`) on a path that may lead \
+             anywhere past {}, which is a mount point /etc/fstab lets users mount on (`users`)",
             stick.display(),
             mnt.display()
         );
-        assert!(said.contains(&past_it), "{said}");
+        assert_eq!(anywhere.lines, [past_it]);
+    }
+
+    /// Every line that leads anywhere is said, each by its source too (two lines may share a
+    /// mount point), so that one edit fixes them all.
+    #[test]
+    fn every_line_that_leads_anywhere_is_said_with_its_source() {
+        let (_scratch, base) = scratch_with_a_stick("fstab-every-line");
+        let open = base.join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        let points = UsersMountPoints::in_fstab(&format!(
+            "/dev/sdb1 {o}/a auto user,noauto 0 0\n\
+             /dev/sdc1 {s} auto users,noauto 0 0\n\
+             LABEL=CAM {o}/b auto owner,noauto 0 0\n",
+            o = open.display(),
+            s = base.join("mnt/stick").display(),
+        ));
+        let anywhere = points.anywhere().expect("leads anywhere");
+        let starts: Vec<&str> = anywhere
+            .lines
+            .iter()
+            .map(|l| &l[..l.find(" on ").unwrap()])
+            .collect();
+        let (a, b) = (open.join("a"), open.join("b"));
+        assert_eq!(
+            starts,
+            [
+                format!(
+                    "/etc/fstab line `/dev/sdb1 {}` lets users mount (`user`)",
+                    a.display()
+                ),
+                format!(
+                    "/etc/fstab line `LABEL=CAM {}` lets users mount (`owner`)",
+                    b.display()
+                ),
+            ]
+        );
+        assert!(points.at(&base.join("mnt/stick")).is_some());
+    }
+
+    /// Where looking failed, not the line's path, the line is said to lead anywhere as a
+    /// passing fault (the advice is to run again, not to edit a line that may be fine); a
+    /// line at fault besides makes it the line's. A name longer than a folder may hold fails
+    /// the lookup as looking fails on a host with /proc unreadable or an I/O error.
+    #[test]
+    fn a_line_not_looked_at_is_a_passing_fault_not_the_lines() {
+        let (_scratch, base) = scratch_with_a_stick("fstab-passing");
+        let unlookable = format!("{}/{}/x", base.display(), "n".repeat(300));
+        let anywhere = points_of(&unlookable)
+            .anywhere()
+            .expect("leads anywhere")
+            .clone();
+        assert!(anywhere.passing, "{anywhere:?}");
+        assert!(
+            anywhere.lines[0].contains("could not be looked at"),
+            "{anywhere:?}"
+        );
+        let open = base.join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        let both = UsersMountPoints::in_fstab(&format!(
+            "/dev/sdb1 {unlookable} auto users 0 0\n/dev/sdc1 {}/a auto users 0 0\n",
+            open.display()
+        ));
+        assert!(!both.anywhere().expect("leads anywhere").passing);
+    }
+
+    /// A link must be root's and on its folder's mount: one mounted over a name from
+    /// elsewhere leads where whoever mounted it chose. In a folder others may make names in,
+    /// even root's link is fine, a user's entry is not.
+    #[test]
+    fn a_link_mounted_from_elsewhere_or_a_users_entry_in_a_shared_folder_stops_the_walk() {
+        let entry = |mode: u32, uid: u32, mount_id: u64| EntryUnasked {
+            mode,
+            uid,
+            mount_id,
+        };
+        let (link, folder) = (libc::S_IFLNK | 0o777, libc::S_IFDIR | 0o755);
+        assert_eq!(entry_stop(&entry(link, 0, 7), 7, false), None);
+        assert_eq!(entry_stop(&entry(link, 0, 7), 7, true), None);
+        let mounted = entry_stop(&entry(link, 0, 8), 7, false).expect("stops");
+        assert!(
+            mounted.contains("mounted there from elsewhere"),
+            "{mounted}"
+        );
+        let users = entry_stop(&entry(link, 1000, 7), 7, false).expect("stops");
+        assert!(users.contains("a link of uid 1000's"), "{users}");
+        assert_eq!(entry_stop(&entry(folder, 1000, 7), 7, false), None);
+        let shared = entry_stop(&entry(folder, 1000, 7), 7, true).expect("stops");
+        assert!(
+            shared.contains("in a folder others may write in"),
+            "{shared}"
+        );
+    }
+
+    /// The walk does not look in a mount a server answers for: a network filesystem, an
+    /// automount point, any FUSE one (root's too), a user's (FUSE) mount; it looks in a local
+    /// disk's, a tmpfs, an overlay.
+    #[test]
+    fn network_automount_and_fuse_mounts_are_not_looked_in() {
+        let mount = |fs_type: &str, super_options: &str| MountEntry {
+            id: 40,
+            parent: 1,
+            device: "0:50".to_owned(),
+            root: "/".into(),
+            mount_point: "/srv/x".into(),
+            options: "rw".to_owned(),
+            optional: Vec::new(),
+            fs_type: fs_type.to_owned(),
+            source: "src".to_owned(),
+            super_options: super_options.to_owned(),
+        };
+        for (fs_type, options, said) in [
+            ("nfs4", "rw,vers=4.2", "on a network filesystem (nfs4)"),
+            ("cifs", "rw", "on a network filesystem (cifs)"),
+            ("9p", "rw,trans=virtio", "on a network filesystem (9p)"),
+            ("pvfs2", "rw", "on a network filesystem (pvfs2)"),
+            ("vboxsf", "rw", "on a network filesystem (vboxsf)"),
+            ("autofs", "rw,fd=5", "on an automount point (autofs)"),
+            (
+                "fuse.sshfs",
+                "rw,user_id=0,group_id=0",
+                "on a FUSE filesystem (fuse.sshfs)",
+            ),
+            ("fuseblk", "rw,user_id=0", "on a FUSE filesystem (fuseblk)"),
+            ("fuse.sshfs", "rw,user_id=1000", "mounted by uid 1000"),
+        ] {
+            let why = not_looked_in(&mount(fs_type, options)).expect(fs_type);
+            assert!(why.contains(said), "{fs_type}: {why}");
+        }
+        for fs_type in ["ext4", "xfs", "btrfs", "tmpfs", "overlay"] {
+            assert_eq!(not_looked_in(&mount(fs_type, "rw")), None, "{fs_type}");
+        }
     }
 }

@@ -212,23 +212,24 @@ impl Mounts {
         }
     }
 
-    /// The entry of the mount whose id mountinfo lists as `id`.
+    /// The entry of the mount whose id mountinfo lists as `id`. The table is read once, and
+    /// again if `id` is not in it: a mount made since (an automount, another command's) is no
+    /// reason to refuse.
     pub(crate) fn by_id(&mut self, id: u64) -> io::Result<MountEntry> {
-        if self.0.is_none() {
-            self.0 = Some(mountinfo::mounts()?);
+        let listed = |table: &[MountEntry]| table.iter().find(|mount| mount.id == id).cloned();
+        if let Some(mount) = self.0.as_deref().and_then(listed) {
+            return Ok(mount);
         }
-        let table = self.0.as_deref().unwrap_or_default();
-        table
-            .iter()
-            .find(|mount| mount.id == id)
-            .cloned()
-            .ok_or_else(|| {
-                io::Error::other(format!(
-                    "the mount crossed here (id {id}) is not in /proc/self/mountinfo: it was \
+        let table = mountinfo::mounts()?;
+        let found = listed(&table);
+        self.0 = Some(table);
+        found.ok_or_else(|| {
+            io::Error::other(format!(
+                "the mount crossed here (id {id}) is not in /proc/self/mountinfo: it was \
                      unmounted while feather looked, or /proc is not mounted; run the command \
                      again once it stays mounted"
-                ))
-            })
+            ))
+        })
     }
 }
 
@@ -316,4 +317,20 @@ fn open_path(folder: Option<&File>, name: &Path) -> io::Result<File> {
 /// The target of the link pinned by `link`'s descriptor.
 pub(crate) fn read_link(link: &File) -> io::Result<OsString> {
     Ok(nix::fcntl::readlinkat(link.as_fd(), "")?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A mount made after the table was read (an automount, another command's) is found by
+    /// reading it again, not taken for one that cannot be looked at (review fstab33 M2).
+    #[test]
+    fn a_mount_missing_from_the_table_read_before_is_found_in_a_fresh_one() {
+        let slash = File::open("/").unwrap();
+        let id = crate::mountinfo::mount_id_of_fd(slash.as_fd()).unwrap();
+        let mut read_before = Mounts(Some(Vec::new()));
+        assert_eq!(read_before.by_id(id).unwrap().id, id);
+        assert!(Mounts::default().by_id(u64::MAX).is_err());
+    }
 }

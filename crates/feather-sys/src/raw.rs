@@ -957,9 +957,10 @@ pub fn unique_mount_id(fd: RawFd) -> Result<u64, Errno> {
     mount_id_of(fd, libc::STATX_MNT_ID_UNIQUE)
 }
 
-/// statx(2) of the descriptor itself, asking its filesystem nothing (`AT_STATX_DONT_SYNC`, which
-/// FUSE honours from its cache: a server that never answers is not waited on): the device it
-/// is on, as `fstat` gives it, and the id of its mount as mountinfo lists it (STATX_MNT_ID).
+/// statx(2) of the descriptor itself with `AT_STATX_DONT_SYNC`, which FUSE honours from its
+/// cache (a server that never answers is not waited on; 9p without a cache asks its server
+/// anyway): the device it is on, as `fstat` gives it, and the id of its mount as mountinfo
+/// lists it (STATX_MNT_ID).
 pub fn device_and_listed_mount_id_unasked(fd: RawFd) -> Result<(u64, u64), Errno> {
     let stx = statx_of(fd, libc::STATX_MNT_ID, libc::AT_STATX_DONT_SYNC)?;
     Ok((
@@ -979,10 +980,11 @@ pub struct EntryUnasked {
     pub mount_id: u64,
 }
 
-/// statx(2) of the descriptor itself (a link not followed, no automount triggered), asking its
-/// filesystem nothing (`AT_STATX_DONT_SYNC`: FUSE and NFS answer from what they hold, so a
-/// server that never answers is not waited on): its type, mode, owner and mount. ENODATA if
-/// the kernel did not report all of them.
+/// statx(2) of the descriptor itself (a link not followed, no automount triggered), with
+/// `AT_STATX_DONT_SYNC`: its type, mode, owner and mount. FUSE, NFS and CIFS answer that from
+/// what they hold, so a server that never answers is not waited on; 9p without a cache asks
+/// its server anyway and gfs2 and ocfs2 take cluster locks, so a caller judges the mount
+/// first (`mountinfo::mount_id_of_fd`). ENODATA if the kernel did not report all of them.
 pub fn entry_unasked(fd: RawFd) -> Result<EntryUnasked, Errno> {
     let mask = libc::STATX_TYPE | libc::STATX_MODE | libc::STATX_UID | libc::STATX_MNT_ID;
     let stx = statx_of(fd, mask, libc::AT_STATX_DONT_SYNC | libc::AT_NO_AUTOMOUNT)?;

@@ -25,11 +25,17 @@ pub fn set_by_a_user(mount: &MountEntry) -> Option<String> {
     mounted_for_a_user(mount, &utab)
 }
 
+/// Whether `mount` is FUSE's (`fuse`, `fuseblk`, each possibly `.<subtype>`): its server
+/// answers every lookup in it.
+pub(crate) fn is_fuse(mount: &MountEntry) -> bool {
+    let kind = mount.fs_type.split('.').next().unwrap_or_default();
+    kind == "fuse" || kind == "fuseblk"
+}
+
 /// A FUSE mount (`fuse`, `fuseblk`, each possibly `.<subtype>`) whose server is not root's: the
 /// kernel records the mounter's uid as `user_id=` in the superblock's options.
 fn fuse_of_a_user(mount: &MountEntry) -> Option<String> {
-    let kind = mount.fs_type.split('.').next().unwrap_or_default();
-    if kind != "fuse" && kind != "fuseblk" {
+    if !is_fuse(mount) {
         return None;
     }
     let user = mount
