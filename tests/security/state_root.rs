@@ -504,31 +504,9 @@ fn every_root_is_refused_without_waiting_when_an_fstab_line_goes_past_a_stopped_
     let scratch = Feather::new("fstab-fuse-stopped");
     let fuse = UsersFuse::in_folder(&scratch.root);
     let target = fuse.mount.join("stick");
-    let fstab = scratch.root.join("fstab");
-    let line = format!(
-        "/dev/disk/by-label/STICK {} auto noauto,users 0 0\n",
-        target.display()
-    );
-    fs::write(&fstab, line).unwrap();
     let root = scratch.root.join("elsewhere");
-    let script = format!(
-        "mount --bind \"$8\" /etc/fstab || exit 92\n{}",
-        with_a_stopped_server(r#""$7" --root "$9" ls"#)
-    );
-    let outcome = feather_testkit::run_within(
-        fuse.script(&script)
-            .arg(Feather::bin())
-            .arg(&fstab)
-            .arg(&root)
-            .env(support::NO_POOL, "0"),
-        Duration::from_secs(120),
-        "feather ls while an fstab line goes past a stopped FUSE server",
-    );
+    let outcome = ls_with_a_users_line_and_a_stopped_server(&fuse, &scratch, &target, &root);
     let said = &outcome.stderr;
-    assert!(
-        ![90, 91, 92].contains(&outcome.code),
-        "the user's FUSE mount or the crafted fstab was not made: {said}"
-    );
     assert_ne!(outcome.code, 0, "{} taken", root.display());
     let past_the_mount = format!(
         "/etc/fstab line `/dev/disk/by-label/STICK {}` lets users mount (`users`) on a path that \
@@ -543,4 +521,55 @@ fn every_root_is_refused_without_waiting_when_an_fstab_line_goes_past_a_stopped_
         "{said}"
     );
     assert!(!root.exists(), "{} made", root.display());
+}
+
+/// An fstab line whose mount point a user has mounted now (their FUSE mount, its server
+/// stopped) is found where it is, never looked in, and lets other roots be: a root elsewhere
+/// is used, well within the deadline. The line's last name crosses into the user's mount, which
+/// is what the line lets them mount there: judged as a folder on the way, it stopped the walk
+/// and every root was refused.
+#[test]
+fn a_root_elsewhere_is_used_while_a_user_has_mounted_an_fstab_mount_point_whose_server_is_stopped()
+{
+    let scratch = Feather::new("fstab-mounted-stopped");
+    let fuse = UsersFuse::in_folder(&scratch.root);
+    let outcome =
+        ls_with_a_users_line_and_a_stopped_server(&fuse, &scratch, &fuse.mount, &scratch.root);
+    assert_eq!(outcome.code, 0, "{}", outcome.stderr);
+}
+
+/// `feather --root ROOT ls` with a crafted fstab of one `users` line for `target` bound over
+/// the host's, while `fuse`'s server is stopped, in the script's own mount namespace; the
+/// outcome once the mount and the fstab were made.
+fn ls_with_a_users_line_and_a_stopped_server(
+    fuse: &UsersFuse,
+    scratch: &Feather,
+    target: &Path,
+    root: &Path,
+) -> Outcome {
+    let fstab = scratch.root.join("fstab");
+    let line = format!(
+        "/dev/disk/by-label/STICK {} auto noauto,users 0 0\n",
+        target.display()
+    );
+    fs::write(&fstab, line).unwrap();
+    let script = format!(
+        "mount --bind \"$8\" /etc/fstab || exit 92\n{}",
+        with_a_stopped_server(r#""$7" --root "$9" ls"#)
+    );
+    let outcome = feather_testkit::run_within(
+        fuse.script(&script)
+            .arg(Feather::bin())
+            .arg(&fstab)
+            .arg(root)
+            .env(support::NO_POOL, "0"),
+        Duration::from_secs(120),
+        "feather ls with an fstab users line while a user's FUSE server is stopped",
+    );
+    assert!(
+        ![90, 91, 92].contains(&outcome.code),
+        "the user's FUSE mount or the crafted fstab was not made: {}",
+        outcome.stderr
+    );
+    outcome
 }
