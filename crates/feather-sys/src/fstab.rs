@@ -234,7 +234,8 @@ fn where_mounted(target: &Path, mounts: &mut Mounts) -> Result<Mounted, Stop> {
     }
     let slash = Path::new("/");
     let opened = opened_unfollowed(None, slash).map_err(|e| Stop::could_not(slash, e))?;
-    let mount_id = judged_mount(&opened, slash, None, mounts)?;
+    let mount_id = mount_id_of(&opened, slash)?;
+    judged_mount(mount_id, slash, None, mounts)?;
     let entry = asked(&opened, slash)?;
     let mut trail = vec![judged_folder(opened, slash, entry, mount_id)?];
     let mut through = vec![slash.to_path_buf()];
@@ -305,10 +306,11 @@ fn looked_at(
         Err(Errno::ENOENT) => return Ok(Looked::Missing),
         Err(e) => return Err(Stop::could_not(here, e)),
     };
-    if last && !folder.shared && mount_id_of(&opened, here)? != folder.mount_id {
+    let mount_id = mount_id_of(&opened, here)?;
+    if last && !folder.shared && mount_id != folder.mount_id {
         return Ok(Looked::MountedOn);
     }
-    judged_mount(&opened, here, Some(folder.mount_id), mounts)?;
+    judged_mount(mount_id, here, Some(folder.mount_id), mounts)?;
     let entry = asked(&opened, here)?;
     match entry_stop(&entry, folder.mount_id, folder.shared) {
         Some(why) => Err(Stop::new(here, why)),
@@ -345,23 +347,22 @@ fn mount_id_of(opened: &File, path: &Path) -> Result<u64, Stop> {
     mountinfo::mount_id_of_fd(opened.as_fd()).map_err(|e| Stop::could_not(path, e))
 }
 
-/// The mount `opened` (at `path`) is on, judged where the walk crosses into it (it is not
-/// `came_from`, its folder's) before anything is asked of its filesystem: neither a user's
-/// nor one a server answers for. Its id.
+/// The mount of id `id` (of the name at `path`), judged where the walk crosses into it (it is
+/// not `came_from`, its folder's) before anything is asked of its filesystem: neither a
+/// user's nor one a server answers for.
 fn judged_mount(
-    opened: &File,
+    id: u64,
     path: &Path,
     came_from: Option<u64>,
     mounts: &mut Mounts,
-) -> Result<u64, Stop> {
-    let id = mount_id_of(opened, path)?;
+) -> Result<(), Stop> {
     if came_from != Some(id) {
         let mount = mounts.by_id(id).map_err(|e| Stop::could_not(path, e))?;
         if let Some(why) = not_looked_in(&mount) {
             return Err(Stop::new(path, why));
         }
     }
-    Ok(id)
+    Ok(())
 }
 
 /// `opened` (at `path`) looked at, on a mount judged fit to ask ([`raw::entry_unasked`]).
