@@ -1141,7 +1141,7 @@ fn a_vm_with_a_mount_point_that_is_not_utf8_is_refused_a_checkpoint_and_runs_on(
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
     // Its mount at a path that is not UTF-8 is for its own VM alone.
-    crate::support::own_mount_namespace();
+    feather_testkit::own_mount_namespace();
     let feather = Feather::new("ckpt-bytes");
     let mut base = ScratchBase::new("ckpt-bytes");
     base.mount_tmpfs_at(&Path::new("mnt").join(OsStr::from_bytes(b"b\xff")));

@@ -1089,7 +1089,7 @@ fn names_that_are_not_utf8_are_diffed_committed_and_removed() {
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
     // Its mount at a path that is not UTF-8 is for its own VM alone.
-    crate::support::own_mount_namespace();
+    feather_testkit::own_mount_namespace();
     let at = Path::new("mnt").join(OsStr::from_bytes(b"b\xff"));
     let (base, sub, feather) = vm_over_a_mount_in_a_base("commit-bytes", &at, "old", "host\n");
     let seen = feather.sh(

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use feather_core::roots::{Registry, REGISTRY_DIR};
 use feather_core::StateRoot;
+use feather_oci::registry::RootRegistry;
+use feather_oci::store::{Container, Record};
 use serde_json::json;
 
 use crate::support::{base_config, Bundle, Runtime, Scratch};
@@ -113,6 +115,122 @@ fn a_state_root_registered_after_a_container_over_the_host_started_is_hidden_in_
         "a root registered after the container started is readable in it: {outcome:?}"
     );
     assert_ne!(outcome.code, 0, "{outcome:?}");
+}
+
+/// A registration hides a new root in every running container over the host through its
+/// init's mount namespace, found in the container's record. A record names its group as freely
+/// as its pid, so a forged one (by whoever could write it) gets no mount in the namespace of
+/// the process it names where that process is not in a group create made for the container,
+/// or shares this command's (the host's) mount namespace: the forged records name a stranger
+/// in its own group (which create made for nobody: no stranger is in it), in the hierarchy's
+/// root (where every process is), and in a group the test made and moved it into; and one
+/// names a process in a group marked as create marks it, but in this command's own mount
+/// namespace. The registration says why for each. Run with a registry of runtime roots of its
+/// own (a tmpfs in a mount namespace of the test's thread): no other test's registration sees
+/// its forged containers.
+#[test]
+fn a_container_record_naming_a_process_outside_its_group_gets_no_mount_in_its_namespace() {
+    feather_testkit::own_mount_namespace();
+    let _registry = own_runtime_registry();
+    let scratch = Scratch::new("forged-init");
+    let runtime_root = scratch.path("runtime-root");
+    feather_oci::store::root_dir(&runtime_root).unwrap();
+    RootRegistry::host().register(&runtime_root).unwrap();
+    let id = format!("forged-init-{}", std::process::id());
+    // Dropped after the processes in them (declared before them).
+    let made = TestGroup::new(&format!("feather-test-{id}-made"));
+    let marked = TestGroup::new(&format!("feather-test-{id}-marked"));
+    marked.0.mark_for(&format!("{id}-marked")).unwrap();
+    let stranger = feather_testkit::Stranger::start();
+    let neighbour = feather_testkit::Stranger::in_our_namespace();
+    made.0.add(pid_of(&stranger)).unwrap();
+    marked.0.add(pid_of(&neighbour)).unwrap();
+    let forged = [
+        (id.clone(), format!("feather-oci/{id}"), &stranger),
+        (format!("{id}-root"), String::new(), &stranger),
+        (format!("{id}-made"), made.relative(), &stranger),
+        (format!("{id}-marked"), marked.relative(), &neighbour),
+    ];
+    for (id, cgroup, init) in &forged {
+        let pid = pid_of(init);
+        let record = Record {
+            id: id.clone(),
+            pid: pid.as_raw(),
+            start_ticks: feather_sys::process::start_ticks(pid).unwrap(),
+            cgroup: cgroup.clone(),
+            annotations: [("org.feather.base".to_owned(), "host".to_owned())].into(),
+            ..Record::default()
+        };
+        Container::make(&runtime_root, record).unwrap();
+    }
+
+    let state = scratch.path("late-state");
+    fs::create_dir(&state).unwrap();
+    let late = StateRoot::with_dirs(fs::canonicalize(&state).unwrap(), scratch.path("late-run"));
+    let warnings = feather_oci::hiding::in_running_containers(&late);
+    for init in [&stranger, &neighbour] {
+        let mounted = init.tmpfs_mounts();
+        assert!(
+            !mounted
+                .iter()
+                .any(|at| Path::new(at).starts_with(late.dir())),
+            "a tmpfs was mounted in the namespace of pid {}: {mounted:?}",
+            init.pid()
+        );
+    }
+    for (id, _, init) in &forged {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains(&format!("container {id} ("))
+                    && w.contains(&format!("names pid {} as its init, ", init.pid()))
+                    && !w.contains("run that container again")),
+            "no warning naming the container {id} and its init, without advice to run it \
+             again: {warnings:?}"
+        );
+    }
+}
+
+fn pid_of(process: &feather_testkit::Stranger) -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(process.pid() as i32)
+}
+
+/// A cgroup the test made (in every hierarchy, below each one's root), its processes killed
+/// and the group removed when dropped, also when the test fails.
+struct TestGroup(feather_oci::cgroups::Groups, String);
+
+impl TestGroup {
+    fn new(relative: &str) -> TestGroup {
+        let groups = feather_oci::cgroups::Groups::new(relative);
+        let made = TestGroup(groups, relative.to_owned());
+        made.0.create(None).unwrap();
+        made
+    }
+
+    fn relative(&self) -> String {
+        self.1.clone()
+    }
+}
+
+impl Drop for TestGroup {
+    fn drop(&mut self) {
+        self.0.kill_all();
+        self.0.remove();
+    }
+}
+
+/// Gives the calling test's thread (in a mount namespace of its own) a registry of runtime
+/// roots of its own, empty: an empty tmpfs over the nearest folder of the host's registry path
+/// that exists, with the registry's folders made in it, root-only as feather-oci makes them.
+/// Nothing is made on the host (`/run/feather-oci/roots` may be missing there).
+fn own_runtime_registry() -> feather_testkit::TmpfsMount {
+    let registry = Path::new(feather_oci::registry::REGISTRY_DIR);
+    let nearest = registry.ancestors().find(|at| at.exists()).unwrap();
+    let mount = feather_testkit::TmpfsMount::at(nearest);
+    std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
+        .create(registry)
+        .unwrap();
+    mount
 }
 
 /// A privileged container over the host (CAP_SYS_ADMIN, as `docker run --privileged` gives)

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use feather_testkit::process_exists;
 use feather_testkit::TESTS_DIR;
 pub use feather_testkit::{unique_dir, Outcome};
 
@@ -27,6 +28,7 @@ pub struct Feather {
 impl Feather {
     pub fn new(label: &str) -> Self {
         sweep_roots_of_ended_tests(Path::new(TESTS_DIR));
+        forget_entries_of_ended_tests();
         Feather {
             root: unique_dir("root", label),
         }
@@ -193,9 +195,11 @@ impl Feather {
             .collect()
     }
 
-    /// Waits up to 10 s for `check` to hold.
+    /// Waits up to 30 s for `check` to hold: what takes milliseconds on a quiet host can take
+    /// seconds beside the suite's other tests (a new root's first command also waits for any
+    /// operation under way on the host's running VMs, which it hides itself in).
     pub fn eventually(&self, what: &str, check: impl Fn() -> bool) {
-        self.eventually_within(what, Duration::from_secs(10), check)
+        self.eventually_within(what, Duration::from_secs(30), check)
     }
 
     /// Waits up to `patience` for `check` to hold: for what waits on something slow itself (a
@@ -221,9 +225,14 @@ pub const NO_POOL: &str = "FEATHER_POOL";
 
 /// The start time of process `pid` in clock ticks since boot (field 22 of its stat line).
 pub fn start_ticks(pid: u32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 1..];
-    after.split_whitespace().nth(19).unwrap().parse().unwrap()
+    start_ticks_if_running(pid).unwrap_or_else(|| panic!("no process {pid}"))
+}
+
+/// [`start_ticks`] of process `pid`, if there is one.
+fn start_ticks_if_running(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Whether the thread whose `/proc` folder is `task` (`/proc/PID` is a process's main thread,
@@ -269,24 +278,6 @@ impl Drop for Feather {
 /// process, or of a pid reused meanwhile, is left alone; so is every other folder. One test
 /// sweeps at a time (the lock of `dir/sweep.lock`); another that finds it taken goes on, as the
 /// sweep under way removes what it would.
-/// Gives the calling test's thread, and every command it starts from now on, a mount namespace
-/// of its own, a slave of the host's (the host's mounts reach it, its own reach nobody): for a
-/// mount no other test's VM may see. Every VM over `/` copies the host's mounts, and one at a
-/// path that is not UTF-8 makes each such VM refuse a checkpoint. Mount namespaces are a
-/// thread's: the test harness's other threads, and the tests in other processes, keep the host's.
-pub fn own_mount_namespace() {
-    use nix::mount::{mount, MsFlags};
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare a mount namespace");
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_SLAVE,
-        None::<&str>,
-    )
-    .expect("make the test's mount namespace a slave of the host's");
-}
-
 pub fn sweep_roots_of_ended_tests(dir: &Path) {
     let ended: Vec<PathBuf> = names_in(dir)
         .iter()
@@ -315,18 +306,29 @@ pub fn sweep_roots_of_ended_tests(dir: &Path) {
     }
 }
 
+/// Forgets, once per test process, the registry entries of roots in [`TESTS_DIR`] whose folder
+/// is gone and whose test process has ended (`feather_testkit::made_by_an_ended_test`): a
+/// test killed, its folders removed since (`/tmp/feather-tests` cleared by hand), left entries
+/// that every start on the host went on reading. Never a live test's entry (its process
+/// exists), nor one of a root whose folder is still there (the sweep above tears those down),
+/// nor any outside [`TESTS_DIR`]; whatever kind of folder holds it (a functional root, a
+/// scratch base, an OCI test's folder).
+pub fn forget_entries_of_ended_tests() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(forget_entries_of_ended_tests_now);
+}
+
+/// [`forget_entries_of_ended_tests`], now.
+pub fn forget_entries_of_ended_tests_now() {
+    feather_core::roots::Registry::host()
+        .forget_gone_below(Path::new(TESTS_DIR), feather_testkit::made_by_an_ended_test)
+}
+
 /// The pid of the test process that made the root folder `name` ([`unique_dir`]'s
 /// `root-<label>-<pid>-<n>`); None for any other name.
 fn owner_of_root(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix("root-")?;
-    let mut parts = rest.rsplitn(3, '-');
-    let (_n, pid, label) = (parts.next()?, parts.next()?, parts.next()?);
-    (!label.is_empty()).then_some(())?;
-    pid.parse().ok()
-}
-
-fn process_exists(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    name.strip_prefix("root-")?;
+    feather_testkit::maker_of(name)
 }
 
 impl Feather {
@@ -400,24 +402,41 @@ impl Feather {
 }
 
 /// Last resort when `rm` failed: kill the keeper and init this VM recorded, by pid, after
-/// checking they are still ours.
+/// checking they are still the ones recorded: the init by its start time, the keeper by its
+/// command line (`--state-dir ROOT … NAME`, feather_vm::launch). A recorded pid the kernel has
+/// given to another test's process since is left alone (a command line naming "feather", all
+/// that was checked before, is nearly every process of the suite's).
 fn kill_recorded_processes(vm_dir: &Path) {
+    use std::os::unix::ffi::OsStrExt;
     let Ok(text) = fs::read_to_string(vm_dir.join("state.json")) else {
         return;
     };
     let Ok(state) = serde_json::from_str::<serde_json::Value>(&text) else {
         return;
     };
-    for key in ["init_pid", "keeper_pid"] {
-        if let Some(pid) = state[key].as_i64() {
-            let cmdline = fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if cmdline.contains("feather") {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
+    let pid_of = |key: &str| state[key].as_u64().and_then(|pid| u32::try_from(pid).ok());
+    let init = pid_of("init_pid").filter(|&pid| {
+        state["init_start_ticks"].as_u64().is_some()
+            && start_ticks_if_running(pid) == state["init_start_ticks"].as_u64()
+    });
+    let (Some(name), Some(root)) = (vm_dir.file_name(), vm_dir.parent().and_then(Path::parent))
+    else {
+        return;
+    };
+    let keeper = pid_of("keeper_pid").filter(|pid| {
+        fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+            let args: Vec<&[u8]> = cmdline
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .collect();
+            args.contains(&root.as_os_str().as_bytes()) && args.last() == Some(&name.as_bytes())
+        })
+    });
+    for pid in init.into_iter().chain(keeper) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
@@ -1202,6 +1221,13 @@ impl RecordHold {
         Self::at(label, feather_vm::snapshot::HOLD_BEFORE_RESTORED_CHECK)
     }
 
+    /// A hold on restoring keepers at CRIU's `post-restore` notification: every task restored,
+    /// none resumed, CRIU's last word to a post-copy restore's `lazy-pages` daemon not said yet
+    /// (`feather_vm::snapshot::HOLD_AT_POST_RESTORE`).
+    pub fn at_post_restore(label: &str) -> Self {
+        Self::at(label, feather_vm::snapshot::HOLD_AT_POST_RESTORE)
+    }
+
     /// `feather start vm` of `feather`'s root under this hold, its stderr piped; returned once a
     /// process of the start waits for the hold.
     pub fn start(&self, feather: &Feather, vm: &str) -> Child {
@@ -1263,16 +1289,9 @@ impl RecordHold {
     /// The process that waits for the hold now, if one does (a line of `/proc/locks` such as
     /// `1: -> FLOCK  ADVISORY  READ 4321 08:01:5678 0 EOF` names its pid and the file).
     pub fn waiter(&self) -> Option<i32> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = fs::metadata(self.dir.path.join("hold")).unwrap();
-        let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
-        let file = format!("{major:02x}:{minor:02x}:{}", meta.ino());
-        fs::read_to_string("/proc/locks")
-            .unwrap()
-            .lines()
-            .map(|line| line.split_whitespace().collect::<Vec<_>>())
-            .filter(|fields| fields.get(1) == Some(&"->") && fields.contains(&file.as_str()))
-            .find_map(|fields| fields.get(5)?.parse().ok())
+        flock_waiters(&self.dir.path.join("hold"))
+            .into_iter()
+            .next()
     }
 
     /// The init of the VM whose restoring keeper waits for the hold: the keeper's child in a
@@ -1319,6 +1338,26 @@ impl RecordHold {
     pub fn release(&mut self) {
         self.lock = None;
     }
+}
+
+/// The processes blocked in a `flock` of the file at `path`, as `/proc/locks` lists them
+/// (`1: -> FLOCK  ADVISORY  READ 4321 08:01:5678 0 EOF` names the waiter's pid, and the file
+/// by its filesystem's device and its inode: an inode number alone is another filesystem's
+/// file too, which another test may lock).
+pub fn flock_waiters(path: &Path) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::metadata(path) else {
+        return Vec::new();
+    };
+    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    let file = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|fields| fields.get(1) == Some(&"->") && fields.contains(&file.as_str()))
+        .filter_map(|fields| fields.get(5)?.parse().ok())
+        .collect()
 }
 
 /// Python that fills the mount namespace of the process `sys.argv[1]` up to `fs.mount-max`, so that no
@@ -1573,6 +1612,36 @@ pub fn feather_cgroups() -> Vec<PathBuf> {
         .collect()
 }
 
+/// Of the VM cgroups on this host now ([`feather_cgroups`]), those not in `before` (that
+/// listing, taken when the test began) that are empty and may be the root's at `root`:
+/// tagged with it, or with no root at all (a group whose tag could not be written). The
+/// groups of other roots — tests running beside this one, whose VMs come and go, and whose
+/// groups may stand empty a while (a VM whose keeper was killed, until its root's next
+/// command) — are theirs to account for.
+pub fn new_empty_groups_not_of_other_roots(before: &[PathBuf], root: &Path) -> Vec<PathBuf> {
+    let same = |tagged: &Path| {
+        let spelled = |path: &Path| fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        tagged == root || spelled(tagged) == spelled(root)
+    };
+    let hierarchies = feather_sys::cgroup::Hierarchies::detect();
+    let others: Vec<std::ffi::OsString> =
+        feather_sys::cgroup::groups_with_roots(&hierarchies, "feather")
+            .into_iter()
+            .filter(|(_, tagged)| tagged.as_deref().is_some_and(|tagged| !same(tagged)))
+            .filter_map(|(group, _)| group.relative().file_name().map(ToOwned::to_owned))
+            .collect();
+    feather_cgroups()
+        .into_iter()
+        .filter(|group| !before.contains(group))
+        .filter(|group| {
+            group
+                .file_name()
+                .is_none_or(|name| !others.iter().any(|o| o == name))
+        })
+        .filter(|group| cgroup_is_empty(group))
+        .collect()
+}
+
 /// The cgroup folders of the VM whose id is `id`, in every hierarchy; a test that makes a VM
 /// leave its group on purpose holds one, and whatever is left of the group when it is dropped
 /// (the test failed half-way) is removed: its processes killed, its folders deepest first.
@@ -1712,4 +1781,44 @@ pub fn listening_tcp_sockets_of(pid: i32) -> Vec<String> {
                 && fields.get(9).is_some_and(|i| own.iter().any(|o| o == i))
         })
         .collect()
+}
+
+/// A process holding a lock on a file (flock, as feather's operations lock), stopped (SIGSTOP)
+/// with it until this is dropped, failing test or not (then killed and reaped).
+pub struct StoppedLockHolder(pub Child);
+
+impl StoppedLockHolder {
+    pub fn of(feather: &Feather, file: &Path) -> StoppedLockHolder {
+        let child = Command::new("python3")
+            .args([
+                "-c",
+                "import fcntl, os, signal, sys\n\
+                 held = open(sys.argv[1], 'a')\n\
+                 fcntl.flock(held, fcntl.LOCK_EX)\n\
+                 os.kill(os.getpid(), signal.SIGSTOP)",
+            ])
+            .arg(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let holder = StoppedLockHolder(child);
+        let stat = format!("/proc/{}/stat", holder.0.id());
+        feather.eventually("the lock's holder has stopped", || {
+            std::fs::read_to_string(&stat).is_ok_and(|stat| {
+                stat.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('T')
+            })
+        });
+        holder
+    }
+}
+
+impl Drop for StoppedLockHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

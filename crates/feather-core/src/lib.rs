@@ -21,6 +21,7 @@ pub mod stdout;
 pub mod store;
 pub mod strict_modes;
 pub mod trace;
+pub mod warning_stamps;
 
 pub use config::{DiskQuota, Limits, VmConfig};
 pub use error::{Error, Result};

@@ -16,17 +16,45 @@ pub struct StoppedHolder {
 /// The first holder of `path`'s `flock` that is stopped, if any. Read from `/proc/locks`; a
 /// holder that cannot be looked at counts as not stopped (the caller keeps waiting, as before).
 pub fn stopped_holder(path: &Path) -> Option<StoppedHolder> {
-    let meta = std::fs::metadata(path).ok()?;
-    let locks = std::fs::read_to_string("/proc/locks").ok()?;
-    let dev = meta.dev();
-    let file = (libc::major(dev), libc::minor(dev), meta.ino());
-    flock_holders(&locks, file)
+    holder_pids(path)
         .into_iter()
         .find(|&pid| is_stopped(pid))
         .map(|pid| StoppedHolder {
             pid,
             command: command_line(pid),
         })
+}
+
+/// A process holding `path`'s `flock`: its pid, command line, and whether it is stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    /// Its command line, arguments joined by spaces (empty if it cannot be read).
+    pub command: String,
+    pub stopped: bool,
+}
+
+/// The first holder of `path`'s `flock`, stopped or not, as `/proc/locks` tells: None when
+/// there is none it lists (or the holder lies in another pid namespace).
+pub fn holder(path: &Path) -> Option<Holder> {
+    let pid = *holder_pids(path).first()?;
+    Some(Holder {
+        pid,
+        command: command_line(pid),
+        stopped: is_stopped(pid),
+    })
+}
+
+/// The pids holding `path`'s `flock` (the file `path` names now).
+fn holder_pids(path: &Path) -> Vec<u32> {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Vec::new();
+    };
+    let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+        return Vec::new();
+    };
+    let dev = meta.dev();
+    flock_holders(&locks, (libc::major(dev), libc::minor(dev), meta.ino()))
 }
 
 /// The pids holding (not waiting for: `->`) an `flock` of `file` (device major, minor, inode)

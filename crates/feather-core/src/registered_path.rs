@@ -22,9 +22,9 @@ use feather_sys::lookup::{self, LinkFound, Lookup, UsersMount};
 #[derive(Debug, thiserror::Error)]
 pub enum Unresolved {
     #[error(
-        "{} leads through the link {}, in {}, a folder a user other than root may write: it \
-         is not followed (that user may have placed it)",
-        .path.display(), .link.display(), .holder.display()
+        "{}, in {}, a folder a user other than root may write: it is not followed (that user \
+         may have placed it)",
+        through_link(.path, .link), .holder.display()
     )]
     UsersLink {
         path: PathBuf,
@@ -53,29 +53,39 @@ pub enum Unresolved {
 }
 
 impl Unresolved {
-    /// What an admin does about a registry's entry `file` passed over because of this: what
-    /// fits the case (a link in a folder others may write, a user's mount, a path that cannot
-    /// be looked at), and removing `file` where the root is no longer in use.
+    /// What an admin does about a registry's entry `file` passed over because of this (said
+    /// after it, so each path is named once: the link, the mount or the path this names, and
+    /// `file`): what fits the case (a link in a folder others may write, a user's mount, a
+    /// path that cannot be looked at), and removing `file` where the root is no longer in use.
     pub fn advice(&self, file: &Path) -> String {
         let fix = match self {
-            Unresolved::UsersLink { link, .. } => format!(
-                "If root made {}, move it (or the root) to a folder only root may write",
-                link.display()
-            ),
-            Unresolved::UsersMount { mount, .. } => {
-                format!(
-                    "If the root is meant to be there, unmount {}",
-                    mount.display()
-                )
+            Unresolved::UsersLink { .. } => {
+                "If root made that link, move it (or the root) to a folder only root may write"
+            }
+            Unresolved::UsersMount { .. } => {
+                "If the root is meant to be there, unmount the user's mount"
             }
             Unresolved::TooManyLinks(_) | Unresolved::Relative(_) | Unresolved::Io { .. } => {
-                "Repair that path".to_string()
+                "Repair that path"
             }
         };
         format!(
-            "{fix}; if the root is no longer in use, remove {}",
+            "{fix}; if the root is no longer in use, remove its entry {}",
             file.display()
         )
+    }
+}
+
+/// "`path` leads through the link `link`", or, where `path` is the link itself (the root
+/// swapped for one), "`link` is a link": each path named once.
+fn through_link(path: &Path, link: &Path) -> String {
+    match path == link {
+        true => format!("{} is a link", link.display()),
+        false => format!(
+            "{} leads through the link {}",
+            path.display(),
+            link.display()
+        ),
     }
 }
 

@@ -23,6 +23,7 @@ use feather_sys::mountinfo::{self, MountEntry};
 use crate::atomic::{write_atomic, Durability};
 use crate::error::{Error, IoContext, Result};
 use crate::registered_path::{self, Unresolved};
+use crate::warning_stamps::WarningStamps;
 use crate::{folder_summary, StateRoot};
 
 /// Where the registry lives. Outside every state root, root-only, hidden from every VM.
@@ -157,6 +158,8 @@ impl Registry {
             ))
         })?;
         write_atomic(&path, &text, Durability::Durable)?;
+        // The registering command is one an admin watches: it says every entry passed over.
+        crate::warning_stamps::say_every_time();
         Ok(Registration {
             new: new.then(|| entry.root()),
             unmarked: Some(entry),
@@ -268,6 +271,7 @@ impl Registry {
         // From the registry's summary while nothing changed since it was written: a start
         // opens no entry, however many the registry keeps (issue 15).
         let files = folder_summary::read(&self.dir, parse_entry);
+        self.warning_stamps().sweep();
         for (path, entry) in files {
             let Some(entry) = entry else {
                 continue;
@@ -276,7 +280,7 @@ impl Registry {
                 Ok(Some(live)) => listed.live.push(live),
                 Ok(None) => listed.retired.push((path, entry)),
                 Err(why) => {
-                    eprintln!("feather: warning: {}", not_followed(&path, &why));
+                    self.warn_passed_over(&path, &why);
                     listed.refused.push(entry);
                 }
             }
@@ -287,7 +291,7 @@ impl Registry {
                 .retired
                 .sort_by_cached_key(|(path, _)| std::cmp::Reverse(modified(path)));
             for (path, _) in listed.retired.drain(RETIRED_KEPT..) {
-                let _ = fs::remove_file(path);
+                self.remove_entry(&path);
             }
         }
         listed
@@ -358,15 +362,21 @@ impl Registry {
                     path.display()
                 ))
             })?;
-            roots.push(resolved_strictly(&path, entry));
+            roots.push(self.resolved_strictly(&path, entry));
         }
         Ok(roots)
     }
 
     /// Removes the entries of every root at or below `folder` (a folder about to be removed
     /// with the roots in it), so that nothing waits for the sweep in [`Registry::roots`].
+    /// `folder` is resolved as the entries are ([`resolved_or_named`]): a user's link on its
+    /// way forgets nothing where it leads.
     pub fn forget_below(&self, folder: &Path) {
-        let folder = fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf());
+        // An empty path (no folder: `absolute` refuses it) would hold every root.
+        let Ok(folder) = std::path::absolute(folder) else {
+            return;
+        };
+        let folder = resolved_or_named(&folder);
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return;
         };
@@ -376,7 +386,59 @@ impl Registry {
                 .read(&path)
                 .is_some_and(|entry| entry.dir.starts_with(&folder))
             {
-                let _ = fs::remove_file(&path);
+                self.remove_entry(&path);
+            }
+        }
+    }
+
+    /// Removes the entries of the roots below `folder` whose state folder is gone and that
+    /// `may_forget` (given the entry's folder) lets go: the tests' sweep of the entries their
+    /// killed runs left (their folders removed since, with `/tmp/feather-tests`), by the test
+    /// processes that ended. feather itself keeps such an entry ([`RETIRED_KEPT`]: a root gone
+    /// from its path may live on elsewhere).
+    pub fn forget_gone_below(&self, folder: &Path, may_forget: impl Fn(&Path) -> bool) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let gone =
+            |dir: &Path| fs::symlink_metadata(dir).is_err_and(|e| e.kind() == ErrorKind::NotFound);
+        for file in entries.flatten() {
+            let path = file.path();
+            if self.read(&path).is_some_and(|entry| {
+                entry.dir.starts_with(folder) && may_forget(&entry.dir) && gone(&entry.dir)
+            }) {
+                self.remove_entry(&path);
+            }
+        }
+    }
+
+    /// Removes the entry file `path`, and its warning stamp.
+    fn remove_entry(&self, path: &Path) {
+        let _ = fs::remove_file(path);
+        self.warning_stamps().forget(path);
+    }
+
+    fn warning_stamps(&self) -> WarningStamps {
+        WarningStamps::of_registry(&self.dir)
+    }
+
+    /// Says that the registry's entry `file` is passed over because `why`, once a day unless
+    /// someone looks ([`crate::warning_stamps`]): every start reads the registry two or three
+    /// times.
+    fn warn_passed_over(&self, file: &Path, why: &Unresolved) {
+        self.warning_stamps().say(file, &not_followed(file, why));
+    }
+
+    /// `entry` (of the registry's file `file`) with its folders resolved as [`resolved`] does,
+    /// also where its state folder is gone (guarding a path costs nothing); where a link a user
+    /// may have placed is on the way, as recorded, with a warning ([`Self::warn_passed_over`]):
+    /// its paths are guarded as such, and nothing where the link leads.
+    fn resolved_strictly(&self, file: &Path, entry: Entry) -> Entry {
+        match folders_resolved(&entry) {
+            Ok((dir, run)) => with_folders(entry, dir, run),
+            Err(why) => {
+                self.warn_passed_over(file, &why);
+                entry
             }
         }
     }
@@ -666,26 +728,12 @@ fn with_folders(
     }
 }
 
-/// `entry` (of the registry's file `file`) with its folders resolved as [`resolved`] does,
-/// also where its state folder is gone (guarding a path costs nothing); where a link a user may
-/// have placed is on the way, as recorded, with a warning: its paths are guarded as such, and
-/// nothing where the link leads.
-fn resolved_strictly(file: &Path, entry: Entry) -> Entry {
-    match folders_resolved(&entry) {
-        Ok((dir, run)) => with_folders(entry, dir, run),
-        Err(why) => {
-            eprintln!("feather: warning: {}", not_followed(file, &why));
-            entry
-        }
-    }
-}
-
-/// The warning for the registry's entry `file`, passed over because `why`.
+/// The warning for the registry's entry `file`, passed over because `why` (which names the
+/// paths; the advice names `file`).
 fn not_followed(file: &Path, why: &Unresolved) -> String {
     format!(
-        "the registered state root of {} is passed over: {why}; no VM hides it nor does `diff` \
-         guard it there. {}",
-        file.display(),
+        "a registered state root is passed over: {why}; no VM hides it nor does `diff` guard \
+         it there. {}",
         why.advice(file)
     )
 }
@@ -757,8 +805,15 @@ fn parse_entry(text: &[u8]) -> Option<Entry> {
 /// resolved as the entries are ([`registered_path::resolve`]).
 fn registry_folder() -> Vec<PathBuf> {
     let named = PathBuf::from(REGISTRY_DIR);
-    let canonical = registered_path::resolve(&named).map_or_else(|_| named.clone(), |r| r.path);
+    let canonical = resolved_or_named(&named);
     vec![named, canonical]
+}
+
+/// `path` (absolute) resolved as the entries are ([`registered_path::resolve`]: on
+/// descriptors, a link followed only where root alone could have placed it), or as named where
+/// that refuses it (a user's link on the way names nothing but itself).
+fn resolved_or_named(path: &Path) -> PathBuf {
+    registered_path::resolve(path).map_or_else(|_| path.to_path_buf(), |r| r.path)
 }
 
 /// A new root id: 16 random bytes, in hex.
@@ -814,10 +869,13 @@ pub fn root_folders_in(root: &StateRoot, mounts: &[MountEntry]) -> Vec<PathBuf> 
     with_aliases_in(canonical_folders(root), mounts)
 }
 
-/// The state and run folders of `root`, canonical where they exist.
+/// The state and run folders of `root`, canonical ([`resolved_or_named`]). Not by
+/// `canonicalize`, which follows every link: a root a command opened passed
+/// `check_state_root`, whose walk trusts no folder a user could change, but a path that was
+/// not checked (or changed since) must not lead the hiding of a new root, or the guard of
+/// `diff` and `commit`, to where a user's link points (`/usr`).
 fn canonical_folders(root: &StateRoot) -> [PathBuf; 2] {
-    [root.dir(), root.run_dir()]
-        .map(|dir| fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()))
+    [root.dir(), root.run_dir()].map(resolved_or_named)
 }
 
 /// `folders` and every other path of the host's mount table that reaches one of them
@@ -1227,6 +1285,12 @@ mod tests {
             .flatten()
             .filter(|file| file.path().extension().is_some_and(|ext| ext == "json"));
         assert_eq!(entry_files.count(), 1, "the entry is kept");
+        let stamps = fs::read_dir(registry.dir().join(crate::warning_stamps::STAMPS_DIR));
+        assert_eq!(
+            stamps.map(Iterator::count).ok(),
+            Some(1),
+            "the warning stamped said, once for its entry, by the reads above"
+        );
         // Root's alone: root's own move, followed.
         std::os::unix::fs::chown(&parent, Some(0), Some(0)).unwrap();
         fs::set_permissions(&parent, fs::Permissions::from_mode(0o755)).unwrap();
@@ -1237,6 +1301,30 @@ mod tests {
             .collect();
         assert_eq!(listed, [elsewhere]);
         fs::remove_dir_all(registry.dir()).unwrap();
+    }
+
+    /// The warning for an entry whose root a user swapped for a link names each thing once:
+    /// the link (the root itself) and the entry's file (both were named twice).
+    #[test]
+    fn the_warning_for_a_root_swapped_for_a_link_names_each_path_once() {
+        let home = scratch("swapped-named-once");
+        fs::create_dir_all(&home).unwrap();
+        std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+        let link = fs::canonicalize(&home).unwrap().join("vms");
+        std::os::unix::fs::symlink("/usr", &link).unwrap();
+        let why = registered_path::resolve(&link).unwrap_err();
+        fs::remove_dir_all(&home).unwrap();
+        let file = Path::new(REGISTRY_DIR).join("0123456789abcdef.json");
+        let warning = not_followed(&file, &why);
+        for named in [link.as_path(), &file] {
+            let times = warning.matches(named.to_str().unwrap()).count();
+            assert_eq!(
+                times,
+                1,
+                "{} named {times} times: {warning}",
+                named.display()
+            );
+        }
     }
 
     #[test]
@@ -1884,6 +1972,70 @@ mod tests {
         let err = marked.unwrap_err().to_string();
         assert!(err.contains("another folder"), "{err}");
         assert!(!planted, "the id written into the folder swapped in");
+    }
+
+    /// The own root's folders (a new root's, hidden in the running VMs; `diff`'s and
+    /// `commit`'s own, guarded) and a folder whose roots are forgotten are resolved as the
+    /// entries are: through a user's link, they name the link, never where it leads (both
+    /// followed it, by `canonicalize`).
+    #[test]
+    fn a_root_or_folder_named_through_a_users_link_is_not_followed() {
+        let (registry, kept) = a_root("through-link");
+        registry.register(&kept).unwrap();
+        let kept_dir = fs::canonicalize(kept.dir()).unwrap();
+        let home = scratch("through-link-home");
+        fs::create_dir_all(&home).unwrap();
+        std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+        let link = fs::canonicalize(&home).unwrap().join("link");
+        std::os::unix::fs::symlink(kept_dir.parent().unwrap(), &link).unwrap();
+        let through = link.join(kept_dir.file_name().unwrap());
+        let folders = root_folders_in(&StateRoot::new(Some(through.clone())), &[]);
+        registry.forget_below(&link);
+        let left = registry.roots();
+        fs::remove_dir_all(&home).unwrap();
+        fs::remove_dir_all(registry.dir()).unwrap();
+        fs::remove_dir_all(kept.dir()).unwrap();
+        assert_eq!(folders, [through.clone(), through.join("run")]);
+        assert_eq!(left.len(), 1, "forgotten through a user's link");
+    }
+
+    /// The tests' sweep forgets only entries below its folder whose state folder is gone and
+    /// that it may (an ended test's): never a live root's, nor another's.
+    #[test]
+    fn only_entries_of_gone_folders_below_one_and_let_go_are_forgotten() {
+        let registry = Registry::at(scratch("registry-forget-gone"));
+        let folder = scratch("forget-gone");
+        let names = ["ended-gone", "ended-live", "running-gone"];
+        for name in names {
+            let root = StateRoot::new(Some(folder.join(name)));
+            root.prepare().unwrap();
+            registry.register(&root).unwrap();
+        }
+        let outside = StateRoot::new(Some(scratch("root-forget-gone-outside")));
+        outside.prepare().unwrap();
+        registry.register(&outside).unwrap();
+        fs::remove_dir_all(folder.join("ended-gone")).unwrap();
+        fs::remove_dir_all(folder.join("running-gone")).unwrap();
+        fs::remove_dir_all(outside.dir()).unwrap();
+        let folder = fs::canonicalize(&folder).unwrap();
+        registry.forget_gone_below(&folder, |dir| !dir.ends_with("running-gone"));
+        let mut left: Vec<PathBuf> = registry
+            .entries_strict()
+            .unwrap()
+            .into_iter()
+            .map(|entry| entry.dir)
+            .collect();
+        left.sort();
+        fs::remove_dir_all(&folder).unwrap();
+        fs::remove_dir_all(registry.dir()).unwrap();
+        let outside_dir = outside.dir().to_path_buf();
+        let mut kept = vec![
+            folder.join("ended-live"),
+            folder.join("running-gone"),
+            outside_dir,
+        ];
+        kept.sort();
+        assert_eq!(left, kept);
     }
 
     #[test]

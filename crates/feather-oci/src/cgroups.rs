@@ -62,6 +62,11 @@ pub fn relative_path(configured: Option<&Path>, id: &str) -> Result<String> {
     Ok(relative.to_owned())
 }
 
+/// The extended attribute naming the container whose group create made ([`Groups::mark_for`]).
+/// `trusted.*`: only a process with `CAP_SYS_ADMIN` in the host's user namespace sets it, so a
+/// group someone else made (another runtime's, a service's, one a test made) never bears it.
+pub const CONTAINER_TAG: &str = "trusted.feather-oci.container";
+
 /// The group of feather's VMs (crates/feather-vm): a container's group is never in it.
 const VMS_GROUP: &str = "feather";
 
@@ -320,6 +325,20 @@ impl Groups {
 
     pub fn members(&self) -> Vec<Pid> {
         self.cgroup.members()
+    }
+
+    /// Marks the group as container `id`'s ([`CONTAINER_TAG`]), once create made it: the
+    /// hiding of a new state root joins only an init found in a group so marked
+    /// (crate::hiding), never one a record merely names.
+    pub fn mark_for(&self, id: &str) -> Result<()> {
+        self.cgroup
+            .tag(CONTAINER_TAG, id.as_bytes())
+            .map_err(|e| anyhow::anyhow!("mark the container's cgroup: {e}"))
+    }
+
+    /// Whether create made the group for container `id` ([`Groups::mark_for`]).
+    pub fn is_marked_for(&self, id: &str) -> bool {
+        self.cgroup.tag_value(CONTAINER_TAG).as_deref() == Some(id.as_bytes())
     }
 
     /// `kill --all`: sends `signal` to every process of the group, as runc does. SIGKILL goes

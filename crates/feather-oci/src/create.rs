@@ -121,6 +121,7 @@ fn build(
     let groups = container.groups();
     feather_core::trace::phase("make the fifo");
     let v2_entry = groups.make(linux.resources().as_ref())?;
+    groups.mark_for(&container.record.id)?;
     feather_core::trace::phase("make the cgroups");
     if feather.host_base {
         crate::mounts::host_layer(&container.dir)?;

@@ -15,6 +15,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use feather_core::registered_path;
+use feather_core::warning_stamps::WarningStamps;
 
 /// Where the registry lives: root-only, like the runtime roots it names.
 pub const REGISTRY_DIR: &str = "/run/feather-oci/roots";
@@ -106,6 +107,7 @@ impl RootRegistry {
             );
             return Vec::new();
         }
+        WarningStamps::of_registry(&self.dir).sweep();
         let mut roots = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
@@ -121,36 +123,39 @@ impl RootRegistry {
             match registered_path::resolve(&root) {
                 Ok(found) if !found.exists => {
                     let _ = fs::remove_file(&path);
+                    WarningStamps::of_registry(&self.dir).forget(&path);
                 }
                 Ok(found) if fs::symlink_metadata(&found.path).is_ok_and(|m| m.is_dir()) => {
                     match crate::store::check_root(&found.path) {
                         Ok(()) => roots.push(found.path),
                         Err(why) => {
                             let advice = format!(
-                                "If the runtime root is no longer in use, remove {}",
+                                "If the runtime root is no longer in use, remove its entry {}",
                                 path.display()
                             );
-                            passed_over(&path, &format!("{why:#}"), &advice)
+                            self.passed_over(&path, &format!("{why:#}"), &advice)
                         }
                     }
                 }
                 Ok(_) => {}
-                Err(why) => passed_over(&path, &why.to_string(), &why.advice(&path)),
+                Err(why) => self.passed_over(&path, &why.to_string(), &why.advice(&path)),
             }
         }
         roots.sort();
         roots.dedup();
         roots
     }
-}
 
-/// Warns that the runtime root registered in `entry` is passed over because `why`.
-fn passed_over(entry: &Path, why: &str, advice: &str) {
-    eprintln!(
-        "feather: warning: the registered OCI runtime root of {} is passed over: {why}; its \
-         containers are not listed nor looked up, nor is any state root hidden in them. {advice}",
-        entry.display()
-    );
+    /// Warns that the runtime root registered in `entry` is passed over because `why` (which
+    /// names the root; `advice` names `entry`), once a day unless someone looks, as feather's
+    /// own registry does (`feather_core::warning_stamps`): every call of an engine's reads it.
+    fn passed_over(&self, entry: &Path, why: &str, advice: &str) {
+        let warning = format!(
+            "a registered OCI runtime root is passed over: {why}; its containers are not listed \
+             nor looked up, nor is any state root hidden in them. {advice}"
+        );
+        WarningStamps::of_registry(&self.dir).say(entry, &warning);
+    }
 }
 
 /// FNV-1a of the path: stable across builds (std's hasher is not promised to be), short
@@ -198,10 +203,16 @@ mod tests {
         assert_eq!(registry.roots(), [root], "root's alone: listed");
         std::os::unix::fs::chown(dir.join("home-u"), Some(65534), Some(65534)).unwrap();
         assert!(registry.roots().is_empty(), "a user's folder above it");
+        assert!(registry.roots().is_empty(), "read again");
+        let count = |dir: PathBuf| fs::read_dir(dir).map(Iterator::count).ok();
+        let registry_dir = dir.join("registry");
+        let entries = fs::read_dir(&registry_dir).unwrap().flatten();
+        let entries = entries.filter(|e| e.path().extension().is_some_and(|ext| ext == "root"));
+        assert_eq!(entries.count(), 1, "the entry is kept");
         assert_eq!(
-            fs::read_dir(dir.join("registry")).unwrap().count(),
-            1,
-            "the entry is kept"
+            count(registry_dir.join(feather_core::warning_stamps::STAMPS_DIR)),
+            Some(1),
+            "warned of once, its warning stamped"
         );
     }
 

@@ -78,7 +78,10 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
     let restored = checkpoint::check_config(&spec, "restore")
         .and_then(|()| {
             let linux = spec.linux().clone().context("linux")?;
-            container.groups().create(linux.resources().as_ref())
+            container.groups().create(linux.resources().as_ref())?;
+            // As create marks it: a root registered later is hidden in the restored
+            // container only in a group so marked (crate::hiding).
+            container.groups().mark_for(&container.record.id)
         })
         .and_then(|()| {
             let hold = container.groups().hold()?;

@@ -206,13 +206,21 @@ impl Cgroup {
     /// no VM has, and no VM sees its own group (docs/confinement.md).
     pub fn tag_root(&self, root: &Path) -> Result<()> {
         use std::os::unix::ffi::OsStrExt;
+        self.tag(ROOT_TAG, root.as_os_str().as_bytes())
+    }
+
+    /// Records `value` on the group under the extended attribute `name` (`trusted.*`, which
+    /// only a process with `CAP_SYS_ADMIN` writes), on its tagged folder ([`Cgroup::tag_root`]).
+    pub fn tag(&self, name: &str, value: &[u8]) -> Result<()> {
         let Some(dir) = self.tag_dir() else {
             return Ok(());
         };
-        xattr::set(&dir, ROOT_TAG, root.as_os_str().as_bytes()).ctx(
-            "tag cgroup",
-            format_args!("{} with its state root {}", dir.display(), root.display()),
-        )
+        xattr::set(&dir, name, value).ctx("tag cgroup", format_args!("{} ({name})", dir.display()))
+    }
+
+    /// The value of the group's tag `name` ([`Cgroup::tag`]), if it has one.
+    pub fn tag_value(&self, name: &str) -> Option<Vec<u8>> {
+        xattr::get(self.tag_dir()?, name).ok()?
     }
 
     /// How long ago the group's tagged folder ([`Cgroup::tag_root`]) last changed (its mtime:
@@ -229,7 +237,7 @@ impl Cgroup {
     /// The state root the group is tagged with ([`Cgroup::tag_root`]), if any.
     pub fn tagged_root(&self) -> Option<PathBuf> {
         use std::os::unix::ffi::OsStringExt;
-        let bytes = xattr::get(self.tag_dir()?, ROOT_TAG).ok()??;
+        let bytes = self.tag_value(ROOT_TAG)?;
         Some(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
     }
 

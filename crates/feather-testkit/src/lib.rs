@@ -1,8 +1,10 @@
 //! What feather's integration test crates share, so that each is written once: a scratch
-//! folder of a test's own ([`unique_dir`]), the outcome of a command ([`Outcome`], [`run`]),
+//! folder of a test's own ([`unique_dir`]) and whether its test has ended
+//! ([`made_by_an_ended_test`]), the outcome of a command ([`Outcome`], [`run`]),
 //! waiting for a condition ([`eventually`]), a disk of the host ([`a_disk`]), a process killed
-//! when the test ends ([`Started`]), a tmpfs unmounted when the test ends ([`TmpfsMount`]),
-//! and CRIU's images
+//! when the test ends ([`Started`]), a tmpfs unmounted when the test ends ([`TmpfsMount`]), a
+//! mount namespace of a test's own ([`own_mount_namespace`]), a process a forged record names
+//! ([`Stranger`]), and CRIU's images
 //! rewritten as a crafted checkpoint would have them ([`criu_image`], over protobuf's wire format: [`protobuf`]).
 //!
 //! It is a dev-dependency only: of `feather` (whose test crates are tests/functional,
@@ -40,6 +42,35 @@ pub fn unique_dir(kind: &str, label: &str) -> PathBuf {
     std::fs::create_dir(&dir).unwrap();
     set_mode(&dir, 0o755);
     dir
+}
+
+/// The pid of the test process that made the folder `name` of [`TESTS_DIR`] ([`unique_dir`]:
+/// `<kind>-<label>-<pid>-<n>`), None for a name [`unique_dir`] does not give.
+pub fn maker_of(name: &str) -> Option<u32> {
+    let mut parts = name.rsplitn(3, '-');
+    let (n, pid, kind_and_label) = (parts.next()?, parts.next()?, parts.next()?);
+    let made = n.parse::<usize>().is_ok() && kind_and_label.contains('-');
+    made.then(|| pid.parse().ok()).flatten()
+}
+
+/// Whether `path` lies in a folder of [`TESTS_DIR`] whose test process has ended (no process
+/// has its pid now): a test killed (nextest's timeout sends SIGKILL) never ran its drops. A
+/// live test's folder, or one of a pid reused since, is never said to be.
+pub fn made_by_an_ended_test(path: &Path) -> bool {
+    let Ok(inside) = path.strip_prefix(TESTS_DIR) else {
+        return false;
+    };
+    let Some(std::path::Component::Normal(name)) = inside.components().next() else {
+        return false;
+    };
+    name.to_str()
+        .and_then(maker_of)
+        .is_some_and(|pid| !process_exists(pid))
+}
+
+/// Whether a process `pid` exists now (of this pid namespace).
+pub fn process_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// A scratch folder of a test's own ([`unique_dir`]), removed when dropped, also when the test
@@ -204,6 +235,39 @@ pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// `program` with `args`, its stdio on /dev/null: for a program that leaves a process of its
+/// own behind it (`unshare --fork --kill-child`: its child, killed by the kernel only after
+/// it), which would otherwise hold the test's output open past the test's end (nextest: LEAK).
+pub fn command_without_stdio(program: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+/// How `child` ended; fails the test if it has not ended within `limit` (`what` says what was
+/// waited for), the child left running for its owner's drop to end.
+pub fn child_ended_within(
+    child: &mut Child,
+    limit: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: still running after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A process a test started, killed and reaped when dropped, also when the test fails.
 pub struct Started(pub std::process::Child);
 
@@ -216,17 +280,7 @@ impl Started {
     /// How the process ended; fails the test if it has not ended within `limit` (`what`
     /// says what was waited for), the process then killed on drop.
     pub fn ended_within(&mut self, limit: Duration, what: &str) -> std::process::ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: still running after {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        child_ended_within(&mut self.0, limit, what)
     }
 }
 
@@ -257,5 +311,107 @@ impl TmpfsMount {
 impl Drop for TmpfsMount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Gives the calling test's thread, and every command it starts from now on, a mount namespace
+/// of its own, a slave of the host's (the host's mounts reach it, its own reach nobody): for a
+/// mount no other test's VM may see, or a registry of roots of the test's own (a tmpfs over
+/// the host's). Every VM over `/` copies the host's mounts, and one at a path that is not UTF-8
+/// makes each such VM refuse a checkpoint. Mount namespaces are a thread's: the test harness's
+/// other threads, and the tests in other processes, keep the host's.
+pub fn own_mount_namespace() {
+    use nix::mount::{mount, MsFlags};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare a mount namespace");
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .expect("make the test's mount namespace a slave of the host's");
+}
+
+/// A process of the test's own outside every VM and container (`sleep`, in a mount namespace
+/// of its own: a mount made there by mistake reaches nothing else), for a forged record to
+/// name as a VM's or a container's init. Killed by pid and reaped when dropped, also when the
+/// test fails.
+pub struct Stranger(Started);
+
+impl Stranger {
+    /// Started, and running `sleep` in its own mount namespace (waited for up to 60 s).
+    pub fn start() -> Stranger {
+        let stranger = Stranger(Started::spawn(
+            "unshare",
+            &["--mount", "--propagation", "private", "sleep", "600"],
+        ));
+        let pid = stranger.pid();
+        let namespace = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+        let comm = || std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let ready = eventually(Duration::from_secs(60), || {
+            namespace(&pid.to_string()) != namespace("self") && comm() == "sleep\n"
+        });
+        assert!(
+            ready,
+            "waited 60 s for unshare to run sleep in a mount namespace of its own"
+        );
+        stranger
+    }
+
+    /// Started, and running `sleep` in the caller's (its thread's) mount namespace: one a
+    /// record names as an init outside a namespace of its own.
+    pub fn in_our_namespace() -> Stranger {
+        let stranger = Stranger(Started::spawn("sleep", &["600"]));
+        let pid = stranger.pid();
+        let ready = eventually(Duration::from_secs(60), || {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm == "sleep\n")
+        });
+        assert!(ready, "waited 60 s for sleep to run");
+        stranger
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0 .0.id()
+    }
+
+    /// The mount points of its mount namespace that are tmpfs.
+    pub fn tmpfs_mounts(&self) -> Vec<String> {
+        let table = std::fs::read_to_string(format!("/proc/{}/mountinfo", self.pid())).unwrap();
+        table
+            .lines()
+            .filter(|line| line.contains(" - tmpfs "))
+            .filter_map(|line| line.split(' ').nth(4).map(str::to_owned))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only what [`unique_dir`] names is a test's, and only a path inside [`TESTS_DIR`]: the
+    /// tests forget the registry entries of ended tests by it, and never another's.
+    #[test]
+    fn a_folder_is_a_tests_only_as_unique_dir_names_it() {
+        assert_eq!(maker_of("root-host-view-forged-init-4242-7"), Some(4242));
+        assert_eq!(maker_of("scratch-x-17-0"), Some(17));
+        for name in [
+            "root-4242-7",
+            "sweep.lock",
+            "root-x-4242",
+            "root-x-pid-0",
+            "x-1-2",
+        ] {
+            assert_eq!(maker_of(name), None, "{name}");
+        }
+        let ours = Path::new(TESTS_DIR).join(format!("root-a-{}-0/vms", std::process::id()));
+        assert!(!made_by_an_ended_test(&ours), "a live test's");
+        // The highest pid there can be, plus one: no process has it.
+        let ended = Path::new(TESTS_DIR).join("root-a-4194305-0");
+        assert!(made_by_an_ended_test(&ended.join("inner")));
+        assert!(!made_by_an_ended_test(Path::new(
+            "/var/lib/root-a-4194305-0"
+        )));
     }
 }

@@ -69,6 +69,7 @@ pub mod moment;
 pub mod options;
 pub mod peers;
 pub mod pool;
+mod pool_locks;
 pub mod pooled;
 pub mod program;
 pub mod protocol;

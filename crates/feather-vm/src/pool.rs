@@ -30,6 +30,7 @@ use feather_core::{StateRoot, VmName};
 
 use crate::error::{failed, io, Result};
 use crate::lifecycle::{self, CreateOptions};
+use crate::pool_locks::{self, Deadline};
 use crate::pooled;
 use crate::protocol::{Conversation, Request, Response};
 use crate::workload::{Inherited, Workload};
@@ -63,8 +64,7 @@ pub fn set_size(root: &StateRoot, size: usize) -> Result<()> {
         ));
     }
     make_folders(root)?;
-    let file = pooled::dir(root).join(pooled::SIZE);
-    write_atomic(&file, format!("{size}\n").as_bytes(), Durability::Durable)?;
+    pooled::write_setting(root, pooled::SIZE, format!("{size}\n").as_bytes())?;
     pooled::forget_stale_misses(root);
     Ok(())
 }
@@ -79,12 +79,7 @@ pub fn set_idle(root: &StateRoot, idle: Option<Duration>) -> Result<()> {
         Some(idle) => idle.as_secs().max(1),
     };
     make_folders(root)?;
-    write_atomic(
-        &pooled::dir(root).join(pooled::IDLE),
-        format!("{seconds}\n").as_bytes(),
-        Durability::Durable,
-    )?;
-    Ok(())
+    pooled::write_setting(root, pooled::IDLE, format!("{seconds}\n").as_bytes())
 }
 
 /// What `feather pool` shows.
@@ -391,42 +386,10 @@ fn make_folders(root: &StateRoot) -> Result<()> {
     Ok(())
 }
 
-/// The pool's lock ([`pooled::FILL_LOCK`]) in its opened `folder`, made if missing: only a
-/// plain file, never through a symbolic link (which a user owning the root's folder could
-/// point at any file, for a fill run as root to lock), never waited on.
+/// The pool's lock ([`pooled::FILL_LOCK`]) in its opened `folder`
+/// ([`pool_locks::open_lock_in`]).
 fn open_fill_lock(root: &StateRoot, folder: &fs::File) -> Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let shown = pooled::dir(root).join(pooled::FILL_LOCK);
-    let opened = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(pooled::in_folder(folder, pooled::FILL_LOCK));
-    let lock = match opened {
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(not_the_lock(&shown, "a symbolic link"))
-        }
-        opened => opened.at(&shown)?,
-    };
-    if !lock.metadata().at(&shown)?.is_file() {
-        return Err(not_the_lock(&shown, "not a plain file"));
-    }
-    Ok(lock)
-}
-
-/// What a fill says of a lock file it will not use: what is wrong, and what to do.
-fn not_the_lock(shown: &Path, what: &str) -> crate::error::VmError {
-    failed(
-        &shown.display(),
-        format!(
-            "is {what}, not the pool's lock: the fill makes no VM and leaves it as it is; \
-             remove it (the next fill makes the lock anew), and check who can write the root's \
-             folder"
-        ),
-    )
+    pool_locks::open_lock_in(folder, &pooled::dir(root), pooled::FILL_LOCK)
 }
 
 /// Records this fill, while it holds the lock, in the pool's opened `folder`
@@ -676,6 +639,8 @@ pub fn fill_detached(root: &StateRoot, generation: Option<u64>) -> Result<()> {
     // In `/`, as a filler a run starts ([`pooled::start_filler`]): run by hand, the caller's
     // folder would otherwise be held by the keepers it starts (a mount it keeps busy).
     std::env::set_current_dir("/").at("/")?;
+    // Once per fill started, not at each of a drain's rounds ([`fill`]).
+    pooled::sweep_fence_leftovers(root);
     let _ = HOLD_FILL_AT.set(crate::test_hooks::set(HOLD_FILL));
     let hold_start = crate::test_hooks::set(HOLD_FILL_START);
     crate::filler::become_no_callers(root)?;
@@ -767,7 +732,10 @@ fn fenced(root: &StateRoot) -> Option<pooled::Fence> {
 /// pool's next [`pooled::generation`]). A root without a pool's folder has no pooled VM and
 /// no fill started before (a fill's starter makes the folder before it reads the generation:
 /// [`pooled::start_filler`]); it gets a folder with the size 0 while `meanwhile` runs, so that
-/// a fill started then makes nothing, and none after ([`pooled::fence`]). The size and
+/// a fill started then makes nothing, and none after ([`pooled::fence`]). A pool's folder that
+/// is there is held locked as a fence's owner holds its own ([`pooled::hold_dir`]), so that no
+/// lifter of a stale fence takes it away under this; a stale fence's size found there is put
+/// back as absent. The size and
 /// generation are written through the pool's opened folder; the drain that follows reaches
 /// the rest of the pool by path (its settings, `vms/`, `claimed/`, `fill.lock`), in a root
 /// whose folders and entries only root can change ([`feather_core::strict_modes`]). How many
@@ -776,9 +744,9 @@ pub fn emptied_while<T>(
     root: &StateRoot,
     meanwhile: impl FnOnce() -> T,
 ) -> Result<(usize, Drained, T)> {
-    let folder = match pooled::open_dir(root) {
-        Ok(folder) => folder,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match fenced(root) {
+    let held = match pooled::hold_dir(root)? {
+        Some(held) => Some(held),
+        None => match fenced(root) {
             Some(fence) => {
                 crate::test_hooks::held(HOLD_FENCED);
                 let given = meanwhile();
@@ -786,11 +754,14 @@ pub fn emptied_while<T>(
                 return Ok((0, Drained::default(), given));
             }
             // Made meanwhile by a fill's starter: emptied as any pool.
-            None => pooled::open_dir(root).at(pooled::dir(root))?,
+            None => pooled::hold_dir(root)?,
         },
-        Err(e) => return Err(e).at(pooled::dir(root))?,
     };
-    let setting = pooled::read_small(&pooled::in_folder(&folder, pooled::SIZE));
+    // No fence could be written (said), and no folder is there: unfenced, as before fences.
+    let Some(folder) = held else {
+        return Ok((0, Drained::default(), meanwhile()));
+    };
+    let setting = pooled::size_to_put_back(&folder);
     // Counted before the size is 0 too: a fill under way then ends the VMs above it itself.
     let before = entries(root).len();
     // The size 0 first, then the next generation; a starter reads them the other way round
@@ -798,7 +769,7 @@ pub fn emptied_while<T>(
     // size of 0 or starts a fill of the generation over, which makes nothing.
     pooled::write_in(root, &folder, pooled::SIZE, b"0\n", Durability::Durable)?;
     pooled::next_generation(root, &folder)?;
-    let emptied = await_fill(root).and_then(|()| {
+    let emptied = await_fill_in(root, &folder).and_then(|()| {
         let pooled = entries(root).len().max(before);
         let drained = emptied(root)?;
         Ok((pooled, drained))
@@ -823,23 +794,34 @@ pub fn emptied_while<T>(
     Ok((pooled, drained, given))
 }
 
-/// Waits for the fill at work, if any, to end (it reads the size again before it stops). A
-/// pool without a lock has no fill at work, and is not given one: a fill that takes the lock
-/// later reads the size and generation after.
+/// Waits for the fill at work, if any, to end (it reads the size again before it stops), at
+/// most [`FILL_PATIENCE`], or not at all where it is stopped: then an error names it and what
+/// to do ([`pool_locks::lock_within`]). A pool without a lock has no fill at work, and is not
+/// given one: a fill that takes the lock later reads the size and generation after.
 fn await_fill(root: &StateRoot) -> Result<()> {
-    let folder = match pooled::open_dir(root) {
-        Ok(folder) => folder,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).at(pooled::dir(root))?,
-    };
-    let lock = pooled::in_folder(&folder, pooled::FILL_LOCK);
+    match pooled::open_dir(root) {
+        Ok(folder) => await_fill_in(root, &folder),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).at(pooled::dir(root))?,
+    }
+}
+
+/// [`await_fill`] in the pool's opened `folder`: the descriptor its caller holds (a second
+/// open of the folder would be a second open file description).
+fn await_fill_in(root: &StateRoot, folder: &fs::File) -> Result<()> {
+    let lock = pooled::in_folder(folder, pooled::FILL_LOCK);
     if fs::symlink_metadata(lock).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
         return Ok(());
     }
-    let lock = open_fill_lock(root, &folder)?;
-    lock.lock().at(pooled::dir(root).join(pooled::FILL_LOCK))?;
+    let lock = open_fill_lock(root, folder)?;
+    let shown = pooled::dir(root).join(pooled::FILL_LOCK);
+    pool_locks::lock_within(lock, &shown, Deadline::after(FILL_PATIENCE))?;
     Ok(())
 }
+
+/// How long a drain or `network down` waits for the fill at work ([`await_fill`]), which stops
+/// once the VM it is making is made: seconds, a minute on a host under load.
+const FILL_PATIENCE: Duration = Duration::from_secs(120);
 
 /// Waits a moment for each claimed VM whose run has ended to be set aside by its keeper (a
 /// run killed leaves that to its keeper, which sees the claim's connection close), not for

@@ -8,6 +8,7 @@
 //! <root>/pool/idle        how long a pooled VM waits unclaimed before its keeper removes it,
 //!                         in seconds ("0": for ever; absent: [`DEFAULT_IDLE`])
 //! <root>/pool/fill.lock   held by the one filler at work (never written: only locked)
+//! <root>/pool/settings.lock  held while a setting is written or a fence lifted ([`SETTINGS_LOCK`])
 //! <root>/pool/filler      the filler at work, while it holds the lock: its pid and start
 //!                         time ("<pid> <ticks>"), written whole (a rename, never through a link)
 //! <root>/pool/stale-misses  how many runs in a row found only stale VMs ([`STALE_MISSES_TO_STOP`])
@@ -30,6 +31,8 @@ use std::time::Duration;
 
 use feather_core::{StateRoot, VmName};
 use nix::fcntl::{Flock, FlockArg};
+
+use crate::pool_locks::{self, Deadline, IfMissing};
 
 /// The program whose `pool --fill` fills the pool: the command-line front, installed beside
 /// `feather-keeper`.
@@ -69,10 +72,9 @@ pub const DEFAULT_SIZE: usize = 1;
 /// A [`fence`] whose `network down` was killed is lifted here, so that it does not keep the
 /// pool off for good looking like the admin's own 0.
 pub fn size(root: &StateRoot) -> usize {
-    let file = dir(root).join(SIZE);
-    let mut setting = read_small(&file);
-    if setting.as_deref() == Some(FENCES_SIZE) && lift_a_stale_fence(root) {
-        setting = read_small(&file);
+    let mut setting = read_small(&dir(root).join(SIZE));
+    if setting.as_deref() == Some(FENCES_SIZE) {
+        setting = setting_past_a_stale_fence(root);
     }
     setting
         .and_then(|text| text.trim().parse().ok())
@@ -130,18 +132,13 @@ pub const FILLER: &str = "filler";
 /// relative to it ([`in_folder`]). A root's folder may be a user's (`sudo feather --root
 /// ~/vms …`), and a fill runs as root.
 pub fn open_dir(root: &StateRoot) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(dir(root))
+    pool_locks::open_folder(&dir(root))
 }
 
 /// File `name` of the opened folder `folder`, as a path the kernel resolves through its
 /// descriptor (not through the folder's path, which may have been replaced since).
 pub fn in_folder(folder: &std::fs::File, name: &str) -> PathBuf {
-    use std::os::fd::AsRawFd;
-    PathBuf::from(format!("/proc/self/fd/{}", folder.as_raw_fd())).join(name)
+    pool_locks::opened(folder).join(name)
 }
 
 /// Writes file `name` of the pool's opened `folder` whole (a rename in that folder, which
@@ -501,7 +498,7 @@ pub fn next_generation(
 /// A [`fence`] this process put in place: its folder held locked (flock) until
 /// [`lift_fence`], so that a later command tells a fence whose `network down` was killed (the
 /// kernel drops the lock with its last holder) from one still standing, whatever became of
-/// the pid: [`lift_a_stale_fence`].
+/// the pid: [`setting_past_a_stale_fence`].
 pub struct Fence(Flock<std::fs::File>);
 
 /// Puts a pool's folder in place where there is none, whole (made aside, then renamed, never
@@ -513,6 +510,7 @@ pub struct Fence(Flock<std::fs::File>);
 pub fn fence(root: &StateRoot) -> feather_core::error::Result<Option<Fence>> {
     use feather_core::atomic::{write_atomic, Durability};
     use feather_core::error::IoContext;
+    sweep_fence_leftovers(root);
     let staged = fence_aside(root);
     // Left by a `network down` killed with this pid: nothing of anyone's.
     let _ = std::fs::remove_dir_all(&staged);
@@ -524,7 +522,7 @@ pub fn fence(root: &StateRoot) -> feather_core::error::Result<Option<Fence>> {
         .create(&staged)
         .at(&staged)?;
     // Locked before anyone can see it: a fence in place is always one whose owner is known.
-    let placed = locked(&staged)
+    let placed = pool_locks::locked(&staged)
         .at(&staged)
         .and_then(|held| {
             write_atomic(
@@ -555,71 +553,184 @@ pub fn fence(root: &StateRoot) -> feather_core::error::Result<Option<Fence>> {
     }
 }
 
-/// Folder `path` opened and locked (flock, exclusive), or an error if another holds it.
-fn locked(path: &Path) -> std::io::Result<Flock<std::fs::File>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let folder = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
-    Flock::lock(folder, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| e.into())
+/// The lock a setting's writer ([`write_setting`]: `pool --size`, `--idle`) and a fence's
+/// lifter hold, in the pool's folder (never written: only locked): a lift never removes a size
+/// set meanwhile, so it needs never take one aside, and a lift killed at any point leaves
+/// every setting where it was.
+pub const SETTINGS_LOCK: &str = "settings.lock";
+
+/// How long a setting's writer or a fence's lifter waits for [`SETTINGS_LOCK`], whose holders
+/// write a file or lift a fence: milliseconds, but on a disk that stalls a durable write.
+const SETTINGS_PATIENCE: Duration = Duration::from_secs(10);
+
+/// How long `network down` waits for the pool's folder ([`hold_dir`]): a lifter holds it for
+/// milliseconds, another `network down` of the root while it empties the pool (its drain waits
+/// up to 30 s for the pooled VMs) and takes the network down.
+pub const FOLDER_PATIENCE: Duration = Duration::from_secs(60);
+
+/// The settings lock ([`SETTINGS_LOCK`]) of the pool's opened `folder`, waited for until
+/// `deadline`.
+fn lock_settings(
+    root: &StateRoot,
+    folder: &std::fs::File,
+    deadline: Deadline,
+) -> crate::error::Result<Flock<std::fs::File>> {
+    let file = pool_locks::open_lock_in(folder, &dir(root), SETTINGS_LOCK)?;
+    pool_locks::lock_within(file, &dir(root).join(SETTINGS_LOCK), deadline)
 }
 
-/// Takes this process's [`fence`] away once the network is down.
+/// The pool's folder in place and its settings lock, held, within [`SETTINGS_PATIENCE`]
+/// ([`pool_locks::in_place_locked`]).
+fn settings_held(
+    root: &StateRoot,
+    if_missing: IfMissing,
+) -> crate::error::Result<Option<(std::fs::File, Flock<std::fs::File>)>> {
+    let deadline = Deadline::after(SETTINGS_PATIENCE);
+    pool_locks::in_place_locked(&dir(root), if_missing, deadline, |folder, deadline| {
+        lock_settings(root, folder, deadline)
+    })
+}
+
+/// Writes setting `name` of the pool (its size, its idle time) whole and durably into the
+/// pool's folder in place (made if missing, never the root's own folder), holding its
+/// settings lock: so it never lands in a fence's folder a lift is taking away, nor between a
+/// lift's look at the size and its removal. A writer that waited while a lift took its folder
+/// away writes into the one in place now.
+pub fn write_setting(root: &StateRoot, name: &str, contents: &[u8]) -> crate::error::Result<()> {
+    use feather_core::error::IoContext;
+    let Some((folder, _settings)) = settings_held(root, IfMissing::Make)? else {
+        // Made where missing: None in name only.
+        return Err(std::io::Error::from(std::io::ErrorKind::NotFound)).at(dir(root))?;
+    };
+    let durability = feather_core::atomic::Durability::Durable;
+    Ok(write_in(root, &folder, name, contents, durability)?)
+}
+
+/// The pool's folder in place, opened and held locked as a [`fence`]'s owner holds its own,
+/// so that no lifter of a stale fence takes it away while `network down` writes in it
+/// ([`crate::pool::emptied_while`]); None where there is none. The lock is waited for at most
+/// [`FOLDER_PATIENCE`] (a lifter holds it for milliseconds, another `network down` until its
+/// network is down), then an error names its holder; a folder taken aside meanwhile is let go
+/// and the one now in place taken. What the holder writes in it goes through this descriptor
+/// (a second open of the folder is another open file description, whose `flock` this one's
+/// would keep out: the same process would wait for itself).
+pub fn hold_dir(root: &StateRoot) -> crate::error::Result<Option<Flock<std::fs::File>>> {
+    let deadline = Deadline::after(FOLDER_PATIENCE);
+    let held = pool_locks::in_place_locked(
+        &dir(root),
+        IfMissing::Leave,
+        deadline,
+        |folder, deadline| {
+            // The same open file description as `folder`: its flock is this one's.
+            let same = folder
+                .try_clone()
+                .map_err(crate::error::io(&dir(root).display(), "opening it again"))?;
+            pool_locks::lock_within(same, &dir(root), deadline)
+        },
+    )?;
+    Ok(held.map(|(_, held)| held))
+}
+
+/// The size setting of the pool's `folder`, held locked ([`hold_dir`]), to put back once
+/// `network down` is over: a fence's size there is a stale fence's (its owner would hold the
+/// lock), put back as absent, as it was before that fence.
+pub fn size_to_put_back(folder: &std::fs::File) -> Option<String> {
+    read_small(&in_folder(folder, SIZE)).filter(|setting| setting != FENCES_SIZE)
+}
+
+/// Takes this process's [`fence`] away once the network is down. Where its settings lock
+/// cannot be had in time, the fence is left; its lock goes as this process ends, and the next
+/// command that reads the size lifts it then.
 pub fn lift_fence(root: &StateRoot, fence: Fence) {
-    lift(root, &fence.0);
-}
-
-/// Lifts a [`fence`] left in place by a `network down` that was killed (its lock free); true
-/// if it did. One still standing (its owner holds it locked) is left to its owner.
-fn lift_a_stale_fence(root: &StateRoot) -> bool {
-    match locked(&dir(root)) {
-        Ok(folder) => {
-            lift(root, &folder);
-            true
+    match lock_settings(root, &fence.0, Deadline::after(SETTINGS_PATIENCE)) {
+        Ok(settings) => {
+            lift(root, &fence.0, &settings);
         }
-        Err(_) => false,
+        Err(e) => eprintln!(
+            "feather: warning: the pool's fence (size 0) is left in place ({e}); the next \
+             command that reads the pool's size lifts it"
+        ),
     }
 }
 
-/// Takes the fence in the opened, locked `folder` away: the whole folder where nothing else
-/// came into it (so that a starter then finds none and makes its own), else only the size
-/// (absent, as it was), the generation kept (a fill started meanwhile is over). A size set
-/// meanwhile (`pool --size 3` during `network down`) is the admin's: kept, and the folder with
-/// it, also one set while this runs: each step is a rename, checked after, undone if it took
-/// a setting.
-fn lift(root: &StateRoot, folder: &std::fs::File) {
+/// The size setting once a fence is past, read (under the settings lock, through the pool's
+/// folder in place) where the one read by path was a fence's: lifted here if its `network
+/// down` is gone (its folder's lock is free), or by another lifter meanwhile (this reads what
+/// it left: two lifters agree), or a `pool --size` written since; the fence's `0 ` where its
+/// `network down` still runs, or where the settings lock could not be had in time (its holder
+/// stopped, or stuck).
+fn setting_past_a_stale_fence(root: &StateRoot) -> Option<String> {
+    let standing = Some(FENCES_SIZE.to_owned());
+    let (folder, settings) = match settings_held(root, IfMissing::Leave) {
+        Ok(Some(held)) => held,
+        // Lifted and taken away: no pool's folder, the default.
+        Ok(None) => return None,
+        Err(_) => return standing,
+    };
+    let setting = read_small(&in_folder(&folder, SIZE));
+    if setting.as_deref() != Some(FENCES_SIZE) {
+        return setting;
+    }
+    // The same open file description: `folder` holds no lock of its own to wait for. Held:
+    // its `network down` runs.
+    let Ok(Ok(held)) = folder
+        .try_clone()
+        .map(|same| Flock::lock(same, FlockArg::LockExclusiveNonblock))
+    else {
+        return standing;
+    };
+    // A fence whose size cannot be removed (a read-only disk) reads as one standing.
+    if !lift(root, &held, &settings) {
+        return standing;
+    }
+    drop((held, settings));
+    sweep_fence_leftovers(root);
+    // What is in place once the fence is gone: no folder or no size (the default), or what a
+    // starter or a `pool --size` made since.
+    read_small(&dir(root).join(SIZE))
+}
+
+/// Takes the fence in the pool's opened `folder` away, holding the folder's lock (no other
+/// lifter, no `network down` is at work in it) and its `settings` lock (no setting is written
+/// meanwhile): the size, read again through the folder, only if it is still the fence's (a
+/// size set meanwhile, `pool --size 3` during `network down`, is the admin's: kept, and the
+/// folder with it); then the whole folder where nothing else came into it (so that a starter
+/// finds none and makes its own), else the rest kept (a fill started meanwhile is over: the
+/// generation). Killed after the size's removal, it leaves a folder without a size (the
+/// default, as before the fence); after the folder's move aside, a `.pool-fence-<pid>` folder
+/// holding no setting, which the next fence, lift or fill removes ([`sweep_fence_leftovers`]).
+/// Whether the fence's size is gone.
+fn lift(root: &StateRoot, folder: &std::fs::File, _settings: &Flock<std::fs::File>) -> bool {
     let size = in_folder(folder, SIZE);
-    let taken = in_folder(folder, SIZE_BEING_LIFTED);
-    if std::fs::rename(&size, &taken).is_err() {
-        return;
+    if read_small(&size).as_deref() != Some(FENCES_SIZE) {
+        return true;
     }
-    if read_small(&taken).as_deref() != Some(FENCES_SIZE) {
-        // Where a newer size came meanwhile, it is the one kept.
-        put_back(&taken, &size);
-        return;
+    if std::fs::remove_file(&size).is_err() {
+        return false;
     }
-    let _ = std::fs::remove_file(&taken);
     let aside = fence_aside(root);
-    if !holds_only_the_generation(&in_folder(folder, ""))
+    // The folder is the one in place: only a lifter moves it, and this one holds its lock.
+    if !holds_only_the_fences_own(&in_folder(folder, ""))
         || std::fs::rename(dir(root), &aside).is_err()
     {
-        return;
+        return true;
     }
-    // Something came in between the look and the rename (a size set, a fill's starter).
-    if !holds_only_the_generation(&aside) {
+    // A fill's folders or lock made between the look and the rename: put back, unless a
+    // starter made another folder meanwhile.
+    if !holds_only_the_fences_own(&aside) {
         put_back(&aside, &dir(root));
-        put_back(&aside.join(SIZE), &dir(root).join(SIZE));
     }
     let _ = std::fs::remove_dir_all(&aside);
+    true
 }
 
-/// Whether the pool's `folder` holds nothing but its generation (a fence's, its size taken).
-fn holds_only_the_generation(folder: &Path) -> bool {
+/// Whether the pool's `folder` holds nothing but what a fence's folder holds once its size is
+/// taken: its generation, and the settings lock.
+fn holds_only_the_fences_own(folder: &Path) -> bool {
     std::fs::read_dir(folder).is_ok_and(|entries| {
         entries
             .flatten()
-            .all(|entry| entry.file_name() == GENERATION)
+            .all(|entry| entry.file_name() == GENERATION || entry.file_name() == SETTINGS_LOCK)
     })
 }
 
@@ -634,16 +745,42 @@ fn put_back(from: &Path, to: &Path) {
     );
 }
 
+/// Removes the `.pool-fence-<pid>` folders in the root whose process is gone (and whose lock
+/// is free): what a `network down` killed before its fence was in place, or a lift killed
+/// after it took a fence's folder aside, left. They hold no setting (a fence's size 0 and
+/// generation at most). Run by each fence and lift, and as a fill starts
+/// ([`crate::pool::fill_detached`]).
+pub fn sweep_fence_leftovers(root: &StateRoot) {
+    let Ok(entries) = std::fs::read_dir(root.dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(FENCE_ASIDE))
+            .and_then(|pid| pid.parse::<i32>().ok());
+        let Some(pid) = pid else { continue };
+        if feather_sys::process::is_alive(nix::unistd::Pid::from_raw(pid)) {
+            continue;
+        }
+        let path = entry.path();
+        if let Ok(_unused) = pool_locks::locked(&path) {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
 /// The size a [`fence`] writes: read as 0, told apart from a `pool --size 0` set meanwhile.
 const FENCES_SIZE: &str = "0 \n";
 
-/// Where [`lift`] holds the size it is taking away, in the pool's folder.
-const SIZE_BEING_LIFTED: &str = ".size-being-lifted";
+/// The name, up to its pid, of the folder a [`fence`] is made in and a lift moves it to.
+const FENCE_ASIDE: &str = ".pool-fence-";
 
 /// Where a [`fence`] is made, and put when lifted: a name of this process's in the root.
 fn fence_aside(root: &StateRoot) -> PathBuf {
     root.dir()
-        .join(format!(".pool-fence-{}", std::process::id()))
+        .join(format!("{FENCE_ASIDE}{}", std::process::id()))
 }
 
 /// Runs a fill ([`filler_command`]) and waits for it: `feather pool --size`.
@@ -706,6 +843,221 @@ mod tests {
             let left = if set.is_some() { 1 } else { 0 };
             assert_eq!(names.len(), left, "left in the root: {names:?}");
         }
+    }
+
+    /// A root whose fence's `network down` was killed (its lock freed, as the kernel does at
+    /// a death).
+    fn a_stale_fence(label: &str) -> (feather_testkit::ScratchDir, StateRoot) {
+        let dir = feather_testkit::ScratchDir::new(label);
+        let root = StateRoot::new(Some(dir.0.clone()));
+        let fence = fence(&root)
+            .unwrap()
+            .expect("a root without a pool is fenced");
+        drop(fence);
+        (dir, root)
+    }
+
+    /// How long a test waits for what it started to be seen, or to end.
+    const LIMIT: Duration = Duration::from_secs(30);
+
+    /// How many of this process's descriptors are open on file `path`.
+    fn opened_on(path: &Path) -> usize {
+        let fds = std::fs::read_dir("/proc/self/fd").unwrap().flatten();
+        fds.filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|to| to == path))
+            .count()
+    }
+
+    /// Runs `waiter` on a thread while this lifts the stale fence of `root`: holding its
+    /// settings lock from before the waiter opens it (seen as a second descriptor on it) until
+    /// the lift and `after_lift` are done. What the waiter gave. The lock goes with this
+    /// scope's closure, failing test or not, so the waiter ends before the scope is left.
+    fn lifted_while_waiting<T: Send>(
+        root: &StateRoot,
+        waiter: impl FnOnce() -> T + Send,
+        after_lift: impl FnOnce(),
+    ) -> T {
+        let lock_file = dir(root).join(SETTINGS_LOCK);
+        let folder = open_dir(root).unwrap();
+        let deadline = Deadline::after(SETTINGS_PATIENCE);
+        let settings = lock_settings(root, &folder, deadline).unwrap();
+        std::thread::scope(|scope| {
+            let settings = settings;
+            let waiter = scope.spawn(waiter);
+            let waiting = || opened_on(&lock_file) >= 2;
+            let opened = feather_testkit::eventually(LIMIT, waiting);
+            assert!(opened, "the waiter opened the settings lock");
+            let held = pool_locks::locked(&dir(root)).unwrap();
+            assert!(lift(root, &held, &settings), "the first lift");
+            after_lift();
+            drop((held, settings));
+            waiter.join().unwrap()
+        })
+    }
+
+    /// A lifter of a stale fence that waited for the settings lock while another lifted the
+    /// fence and took its folder away reads what the lift left: no folder, the default size; a
+    /// folder made since with a size (`pool --size 3`), that size. Before, it kept the fence's
+    /// 0 (a keeper skipped its refill once), or read the folder taken away.
+    #[test]
+    fn a_lifter_that_waited_for_another_reads_what_it_left() {
+        for set in [None, Some(3)] {
+            let (_scratch, root) = a_stale_fence("fence-second-lifter");
+            let read = lifted_while_waiting(
+                &root,
+                || setting_past_a_stale_fence(&root),
+                || {
+                    if let Some(set) = set {
+                        std::fs::create_dir(dir(&root)).unwrap();
+                        write_count(&dir(&root).join(SIZE), set).unwrap();
+                    }
+                },
+            );
+            let expected = set.map(|set| format!("{set}\n"));
+            assert_eq!(read, expected, "the second lifter, a size set: {set:?}");
+        }
+    }
+
+    /// `pool --size 3` while a lift holds the settings lock waits for it, and writes into the
+    /// pool's folder in place once the lift took the fence's away: the size is kept. Without
+    /// the lock it wrote into the fence's folder (which a lift then could take away with it).
+    #[test]
+    fn a_size_set_while_a_lift_holds_the_settings_lock_lands_after_it() {
+        let (_scratch, root) = a_stale_fence("fence-size-during-lift");
+        let set = lifted_while_waiting(&root, || crate::pool::set_size(&root, 3), || ());
+        set.unwrap();
+        assert_eq!(read_small(&dir(&root).join(SIZE)).as_deref(), Some("3\n"));
+        assert_eq!(size(&root), 3);
+    }
+
+    /// A lifter whose look at a stale fence came before a `pool --size 3` reads the size again
+    /// through the folder it locked, and keeps it: neither removed nor moved aside (where a
+    /// lifter killed then lost it for good).
+    #[test]
+    fn a_size_set_after_a_lifters_look_is_kept_by_its_lift() {
+        for set in [3, 0] {
+            let (dir, root) = a_stale_fence("fence-look-then-size");
+            crate::pool::set_size(&root, set).unwrap();
+            let past = setting_past_a_stale_fence(&root);
+            let expected = Some(format!("{set}\n"));
+            assert_eq!(past, expected, "what the lifter reads");
+            let setting = read_small(&dir.0.join("pool").join(SIZE));
+            assert_eq!(setting, expected, "pool --size {set} after the lift");
+            let entries = std::fs::read_dir(dir.0.join("pool")).unwrap().flatten();
+            let names: Vec<_> = entries.map(|entry| entry.file_name()).collect();
+            assert!(
+                !names
+                    .iter()
+                    .any(|name| name.to_string_lossy().starts_with('.')),
+                "left in the pool's folder: {names:?}"
+            );
+        }
+    }
+
+    /// `network down` of a root whose pool has its folder (here a stale fence's) holds it
+    /// locked while it writes in it: a lifter whose look came before network down's own 0
+    /// (here written back as the fence's) lifts nothing under it, and network down ends well
+    /// (before, the lifter removed the size and network down failed putting it back), with the
+    /// stale fence's size put back as absent. It returns within its deadline: a second open of
+    /// the folder it holds, locked, waited for this same process for good (a thread stuck so
+    /// cannot be ended: it goes with the test's process, one per test under nextest).
+    #[test]
+    fn a_pools_folder_network_down_holds_is_not_lifted_under_it() {
+        let (dir, root) = a_stale_fence("fence-held");
+        let (told, ended) = std::sync::mpsc::channel();
+        let down = root.clone();
+        std::thread::spawn(move || {
+            let seen = crate::pool::emptied_while(&down, || {
+                let size = super::dir(&down).join(SIZE);
+                let fences = FENCES_SIZE.as_bytes();
+                let volatile = feather_core::atomic::Durability::Volatile;
+                feather_core::atomic::write_atomic(&size, fences, volatile).unwrap();
+                setting_past_a_stale_fence(&down)
+            });
+            let _ = told.send(seen.map(|(_, _, lifted)| lifted).map_err(|e| e.to_string()));
+        });
+        let seen = ended
+            .recv_timeout(Duration::from_secs(120))
+            .expect("network down (emptied_while) ended within 120 s");
+        let fences = Some(FENCES_SIZE.to_owned());
+        assert_eq!(seen, Ok(fences), "the lifter read the fence standing");
+        assert!(dir.0.join("pool").is_dir(), "the pool's folder is kept");
+        assert_eq!(read_small(&dir.0.join("pool").join(SIZE)), None);
+        assert_eq!(size(&root), DEFAULT_SIZE);
+    }
+
+    /// `network down` of a pool whose fill holds `fill.lock` stopped (Ctrl-Z on `pool --fill`)
+    /// fails at once, naming the lock and how to let the fill go on, and puts the size back;
+    /// before, it waited for good, holding the pool's folder (every later `network down` then
+    /// named it, not the stopped fill).
+    #[test]
+    fn network_down_behind_a_stopped_fill_fails_naming_it() {
+        let scratch = feather_testkit::ScratchDir::new("fence-fill-stopped");
+        let root = StateRoot::new(Some(scratch.0.clone()));
+        crate::pool::set_size(&root, 3).unwrap();
+        let lock = dir(&root).join(FILL_LOCK);
+        std::fs::write(&lock, b"").unwrap();
+        let fill = pool_locks::tests::holder_of(&lock);
+        pool_locks::tests::stop(&fill);
+        let pid = fill.0.id();
+        let (told, ended) = std::sync::mpsc::channel();
+        let down = root.clone();
+        std::thread::spawn(move || {
+            let seen = crate::pool::emptied_while(&down, || ());
+            let _ = told.send(seen.map(|_| ()).map_err(|e| e.to_string()));
+        });
+        let seen = ended.recv_timeout(LIMIT);
+        // Killed: a wait with no bound takes the lock then, and its thread ends.
+        drop(fill);
+        let seen = seen.expect("network down (emptied_while) ended within 30 s");
+        let error = seen.expect_err("no fill lock taken from a stopped fill");
+        assert!(error.contains("fill.lock"), "{error}");
+        assert!(error.contains(&format!("kill -CONT {pid}")), "{error}");
+        let setting = read_small(&dir(&root).join(SIZE));
+        assert_eq!(setting.as_deref(), Some("3\n"), "the size put back");
+    }
+
+    /// The folders killed `network down`s and lifts leave in the root (`.pool-fence-PID`,
+    /// holding a fence's generation) are removed by the next fence or lift once their
+    /// process is gone; one whose process runs is its own, kept. Before, they stayed for good.
+    #[test]
+    fn a_fence_folder_left_by_a_dead_process_is_removed_and_a_live_ones_kept() {
+        // Unreaped (a zombie, dead to `is_alive`) until the end: its pid is no one else's.
+        let mut ended = std::process::Command::new("true").spawn().unwrap();
+        let zombie = nix::unistd::Pid::from_raw(ended.id() as i32);
+        let a_zombie = || feather_sys::process::state(zombie) == Some('Z');
+        assert!(feather_testkit::eventually(LIMIT, a_zombie), "true ended");
+        let live = feather_testkit::Started::spawn("sleep", &["60"]);
+        for lifted in [false, true] {
+            let (dir, root) = a_stale_fence("fence-leftovers");
+            let left = |pid: u32| dir.0.join(format!("{FENCE_ASIDE}{pid}"));
+            for pid in [ended.id(), live.0.id()] {
+                std::fs::create_dir(left(pid)).unwrap();
+                write_count(&left(pid).join(GENERATION), 1).unwrap();
+            }
+            if lifted {
+                assert_eq!(size(&root), DEFAULT_SIZE);
+            } else {
+                let fence = fence(&root).unwrap();
+                assert!(fence.is_none(), "the stale fence's folder is there");
+            }
+            assert!(!left(ended.id()).exists(), "a dead process's is removed");
+            assert!(left(live.0.id()).exists(), "a live process's is kept");
+        }
+        ended.wait().unwrap();
+    }
+
+    /// `network down` where no fence can be written (here a file stands where it is made)
+    /// and no pool's folder is there takes the network down unfenced, as said: before, it
+    /// failed on the missing folder and left the network up.
+    #[test]
+    fn network_down_goes_on_unfenced_where_no_fence_can_be_written() {
+        let dir = feather_testkit::ScratchDir::new("fence-unwritable");
+        let root = StateRoot::new(Some(dir.0.clone()));
+        std::fs::write(fence_aside(&root), b"in the way").unwrap();
+        let seen = crate::pool::emptied_while(&root, || "the network went");
+        let (pooled, _, given) = seen.unwrap();
+        assert_eq!((pooled, given), (0, "the network went"));
+        assert!(!dir.0.join("pool").exists(), "no pool's folder made");
     }
 
     /// A size set while the network goes (`pool --size 3`, `pool --size 0`, during `network

@@ -255,6 +255,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Ls { .. } = &cli.command {
+        // The listing an admin runs to look: every registry entry passed over is named, not
+        // only once a day (feather_core::warning_stamps).
+        feather_core::warning_stamps::say_every_time();
+    }
     let root = opened_root(&cli)?;
     match cli.command {
         Command::Create(CreateCommandArgs {
