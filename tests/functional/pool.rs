@@ -930,8 +930,17 @@ fn many_runs_from_the_pool_leave_nothing_beyond_the_pool() {
 #[test]
 fn a_refills_vm_takes_a_namespace_made_ahead() {
     let pool = Pooled::new("pool-refill-netns", 1);
+    assert!(
+        a_refills_vm_took_a_namespace(&pool),
+        "no refill's VM took a namespace made ahead in 10 runs from the pool"
+    );
+}
+
+/// Runs from `pool` (of one VM) until the VM a refill made took a namespace made ahead (at
+/// most 10): whether one did.
+fn a_refills_vm_took_a_namespace(pool: &Pooled) -> bool {
     let claimed = pool.feather.root.join("network-pool/claimed");
-    let took_one = (0..10).any(|_| {
+    (0..10).any(|_| {
         pool.taken_from_ready(|| {
             pool.ok(&["run", "--rm", "--", "hostname"])
                 .trim()
@@ -939,11 +948,54 @@ fn a_refills_vm_takes_a_namespace_made_ahead() {
         });
         pool.whole();
         !support::names_in(&claimed).is_empty()
-    });
+    })
+}
+
+/// A pooled VM that took a namespace made ahead, drained as the root's last VM: its keeper
+/// tears it down alone (no refill follows a drain, so no finisher), its network's removal
+/// takes the root's bridge down, and the root forgets its network once the VM's lease is back.
+/// The keeper is held (a test hook) until the bridge is gone before it returns the lease, as
+/// a loaded host orders them at times. Before, the VM's entry of the namespaces made ahead
+/// (`network-pool/claimed/<id>`) stayed: the removal kept it for the VM, which still held its
+/// lease, and no `rm` of the VM's network came after, nor any clean-up once the network was
+/// forgotten ("the pool is left", the flake of
+/// `many_runs_from_the_pool_leave_nothing_beyond_the_pool` under load).
+#[test]
+fn a_drained_vm_that_took_a_namespace_made_ahead_leaves_no_pool_of_namespaces() {
+    let cgroups_before = support::feather_cgroups();
+    let mut hook = Hook::held("lease-return");
+    // Every fill passes the hook on to the keepers it starts.
+    let mut pool = Pooled::new("pool-drained-netns", 0)
+        .hooked(feather_vm::keeper::HOLD_BEFORE_LEASE_RETURN, &hook);
+    pool.ok(&["pool", "--size", "1"]);
+    pool.size = 1;
     assert!(
-        took_one,
+        a_refills_vm_took_a_namespace(&pool),
         "no refill's VM took a namespace made ahead in 10 runs from the pool"
     );
+    // The finishers' refills are over (`ls` waits for teardowns): the drained VM is the root's
+    // network's last user.
+    pool.ok(&["ls"]);
+    let drain = pool
+        .command()
+        .args(["pool", "--drain"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    hook.waiter(&pool.feather);
+    let bridge = std::path::Path::new("/sys/class/net").join(&pool.bridge);
+    let bridge_went = feather_testkit::eventually(Duration::from_secs(30), || !bridge.exists());
+    // Let go before any assertion: a drop of the pool waits for the held keeper.
+    hook.release();
+    let drained = drain.wait_with_output().unwrap();
+    assert!(
+        bridge_went,
+        "the drained VM's keeper never took the bridge down"
+    );
+    assert!(drained.status.success(), "{drained:?}");
+    pool.drained_leaving_nothing(&cgroups_before);
 }
 
 /// What a fill killed half-way leaves — an entry whose VM it never made, a VM it made but

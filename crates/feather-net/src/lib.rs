@@ -565,10 +565,21 @@ impl Attachment {
         }
     }
 
-    /// Returns the lease of a throw-away VM whose state goes with its run. (Whether the root
-    /// can forget its network is decided in [`Attachment::wait`], after the tear-down.)
+    /// Returns the lease of a throw-away VM whose state goes with its run, and the folder of
+    /// the namespace made ahead it took, if it did ([`pool::drop_claimed`]): torn down by its
+    /// keeper (a VM of the root's pool drained, a hand-over that failed), no `rm` comes after
+    /// to remove it, and once the root's network was forgotten no clean-up of the pool came
+    /// either: its `network-pool` folder outlived the network. (Whether the root can forget
+    /// its network is decided in [`Attachment::wait`], after the tear-down.)
     pub fn release(&self, vm_id: &str) {
         if let Some(network) = &self.network {
+            if pool::is_claimed_by(network.root(), vm_id) {
+                // After the removal `detach` started, which holds the lock: it deletes the
+                // bridge if this VM was its last user, and the pool's folder then goes here.
+                if let Ok(_lock) = network.lock() {
+                    pool::drop_claimed(network, vm_id);
+                }
+            }
             if release_lease(network, vm_id, &self.config).is_ok() {
                 self.released.set(true);
             }
