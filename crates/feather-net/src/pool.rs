@@ -636,11 +636,15 @@ pub(crate) fn with_refill_lock_within<T>(
     patience: Duration,
     work: impl FnOnce() -> T,
 ) -> Option<T> {
+    let dir = dir_of(root_dir);
+    let made_here = !dir.exists();
     let _refilling = take_refill_lock(root_dir, |file| {
         crate::settings::lock_within(file, patience)
     })?;
     let done = work();
-    remove_if_empty(&dir_of(root_dir));
+    if made_here {
+        remove_if_empty(&dir);
+    }
     Some(done)
 }
 
