@@ -21,7 +21,7 @@ fn create_start_stop_rm_round_trip() {
             .filter(|name| name.starts_with('.'))
             .collect()
     };
-    let gone = feather_testkit::eventually(Duration::from_secs(10), || beside().is_empty());
+    let gone = feather_testkit::eventually(Duration::from_secs(30), || beside().is_empty());
     assert!(gone, "left in the VM's folder: {:?}", beside());
     let listing: serde_json::Value = serde_json::from_str(&feather.ok(&["ls", "--json"])).unwrap();
     assert_eq!(listing[0]["name"], "web1");
@@ -716,10 +716,7 @@ pub(crate) fn assert_nothing_left(
     );
     // Other tests' VMs come and go meanwhile: a new cgroup of ours would stay, empty.
     feather.eventually("no new empty VM cgroup stays", || {
-        support::feather_cgroups()
-            .iter()
-            .filter(|group| !cgroups_before.contains(group))
-            .all(|group| !support::cgroup_is_empty(group))
+        support::new_empty_groups_not_of_other_roots(cgroups_before, &feather.root).is_empty()
     });
 }
 

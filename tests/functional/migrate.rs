@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 
 use crate::support::wire::{self, TamperProxy, Tap, TestCa};
 use crate::support::{
@@ -59,6 +60,16 @@ impl TwoHosts {
             b: format!("fmig-b-{tag}"),
             wire: va.clone(),
         };
+        // Names this process has not used: what holds them already is a killed test's of the
+        // same pid (pids wrap at the host's pid_max), which the sweep above leaves to a live
+        // process of that pid.
+        for args in [
+            ["netns", "del", hosts.a.as_str()],
+            ["netns", "del", hosts.b.as_str()],
+            ["link", "del", va.as_str()],
+        ] {
+            let _ = Command::new("ip").args(args).output();
+        }
         for args in [
             vec!["netns", "add", &hosts.a],
             vec!["netns", "add", &hosts.b],
@@ -186,48 +197,91 @@ impl Server {
     fn started(mut command: Command, env: &[(&str, &str)]) -> Server {
         command.envs(env.iter().copied()).stderr(Stdio::piped());
         let mut child = command.spawn().unwrap();
+        let lines = lines_of(child.stderr.take().unwrap());
+        let server = Server { child, lines };
         // Before it listens, a receiver may say what it cleaned up.
-        let mut said = String::new();
-        let mut reader = BufReader::new(child.stderr.take().unwrap());
-        while !said.contains("listening on 10.77.0.2:7070") {
-            let before = said.len();
-            reader.read_line(&mut said).unwrap();
-            assert!(said.len() > before, "the receiver ended: {said}");
-        }
-        let (said, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in reader.lines().map_while(Result::ok) {
-                if said.send(line + "\n").is_err() {
-                    break;
-                }
-            }
-        });
-        Server { child, lines }
+        server.said_until("listening on 10.77.0.2:7070");
+        server
     }
 
-    /// What it said until (and with) the first line that contains `text`.
+    /// What it said until (and with) the first line that contains `text` (see [`said_until`]).
     fn said_until(&self, text: &str) -> String {
-        let mut said = String::new();
-        while !said.contains(text) {
-            match self.lines.recv() {
-                Ok(line) => said.push_str(&line),
-                Err(_) => panic!("the receiver ended: {said}"),
-            }
-        }
-        said
+        said_until(&self.lines, text)
     }
 
     fn wait(mut self) -> bool {
-        let status = self.child.wait().unwrap();
-        status.success()
+        self.ended().success()
     }
 
     /// Waits for it to end: whether it succeeded, and what it said after it listened (and
     /// after what [`Server::said_until`] took).
     fn finish(mut self) -> (bool, String) {
-        let received = self.child.wait().unwrap().success();
-        (received, self.lines.iter().collect())
+        let received = self.ended().success();
+        (received, said_to_the_end(&self.lines))
     }
+
+    /// How it ended; fails the test if it still runs after [`RECEIVER_PATIENCE`] (the drop
+    /// then kills it).
+    fn ended(&mut self) -> std::process::ExitStatus {
+        feather_testkit::child_ended_within(&mut self.child, RECEIVER_PATIENCE, "the receiver")
+    }
+}
+
+/// How long a test waits for a receiver to say a line it looks for, or to end: a migration's
+/// longest step on a loaded host, within nextest's end for a hung test (180 s), so that a
+/// receiver stuck fails the test saying what was waited for.
+const RECEIVER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(150);
+
+/// The lines `stderr` says, passed on as they come by a thread of its own, which ends with
+/// the writer (or with the receiver's end).
+fn lines_of(stderr: impl Read + Send + 'static) -> Receiver<String> {
+    let (said, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if said.send(line + "\n").is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
+/// Everything `lines` says until their writers have closed it (a process the receiver started
+/// may hold it a little past the receiver's end); what was said by then if that takes
+/// [`RECEIVER_PATIENCE`], and that it was still open.
+fn said_to_the_end(lines: &Receiver<String>) -> String {
+    let deadline = std::time::Instant::now() + RECEIVER_PATIENCE;
+    let mut said = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => said.push_str(&line),
+            Err(RecvTimeoutError::Disconnected) => return said,
+            Err(RecvTimeoutError::Timeout) => {
+                return said + "(still open after the receiver ended)"
+            }
+        }
+    }
+}
+
+/// What `lines` said until (and with) the first line that contains `text`; fails the test,
+/// with what was said, if their writer ended first or [`RECEIVER_PATIENCE`] passed.
+fn said_until(lines: &Receiver<String>, text: &str) -> String {
+    let deadline = std::time::Instant::now() + RECEIVER_PATIENCE;
+    let mut said = String::new();
+    while !said.contains(text) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => said.push_str(&line),
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("the receiver did not say {text:?} within {RECEIVER_PATIENCE:?}: {said}")
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                panic!("the receiver ended before it said {text:?}: {said}")
+            }
+        }
+    }
+    said
 }
 
 impl Drop for Server {
@@ -698,8 +752,8 @@ fn a_vm_with_a_private_network_migrates_with_its_address_and_published_port() {
 fn a_private_vm_is_refused_where_its_subnet_differs_and_keeps_running() {
     let hosts = TwoHosts::new();
     let (source, target) = (Feather::new("mig-subnet"), Feather::new("mig-subnet-dst"));
-    let port = 18000 + (std::process::id() % 2000) as u16;
-    let (address, digest) = redis_vm(&source, &own_subnet().cidr, port);
+    let port_held = TestPort::new();
+    let (address, digest) = redis_vm(&source, &own_subnet().cidr, port_held.port);
     let init = source.inspect("db")["state"]["init_pid"].as_i64().unwrap();
 
     // The receiver's root chooses a subnet of its own.
@@ -895,17 +949,29 @@ struct HeldRestore {
 
 impl HeldRestore {
     fn start(hosts: &TwoHosts, label: &str) -> HeldRestore {
+        Self::start_also_held(hosts, label, &[])
+    }
+
+    /// [`HeldRestore::start`], the receiver's keeper given the holds `later` too (a later step
+    /// of its restore).
+    fn start_also_held(
+        hosts: &TwoHosts,
+        label: &str,
+        later: &[&crate::support::RecordHold],
+    ) -> HeldRestore {
         let (source, target) = (Feather::new(label), Feather::new(&format!("{label}-dst")));
         let base = ScratchBase::new(label);
         counting_vm(&source, &base);
         let hold = crate::support::RecordHold::before_criu(label);
-        let (variable, value) = hold.env();
-        let server = Server::accepting(
-            hosts,
-            &target,
-            &[(variable, value.to_str().unwrap())],
-            &["--base", base.as_str()],
-        );
+        let holds: Vec<(&str, PathBuf)> = std::iter::once(&hold)
+            .chain(later.iter().copied())
+            .map(crate::support::RecordHold::env)
+            .collect();
+        let env: Vec<(&str, &str)> = holds
+            .iter()
+            .map(|(variable, value)| (*variable, value.to_str().unwrap()))
+            .collect();
+        let server = Server::accepting(hosts, &target, &env, &["--base", base.as_str()]);
         let migrating = migrating(hosts, &source, "vm", &["--mode", "post-copy"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -961,7 +1027,8 @@ fn a_post_copy_receiver_killed_before_the_restore_leaves_no_lazy_pages_daemon() 
     });
 
     drop(hold);
-    let failed: crate::support::Outcome = migrating.wait_with_output().unwrap().into();
+    let failed: crate::support::Outcome =
+        feather_testkit::ended_within(migrating, MIGRATE_ENDS, "the migrate");
     assert_ne!(failed.code, 0);
     assert!(
         failed.stderr.contains("runs here again"),
@@ -1009,7 +1076,8 @@ fn a_post_copy_receiver_s_page_tunnel_listens_nowhere() {
     }
 
     drop(hold);
-    let moved: crate::support::Outcome = migrating.wait_with_output().unwrap().into();
+    let moved: crate::support::Outcome =
+        feather_testkit::ended_within(migrating, MIGRATE_ENDS, "the migrate");
     assert_eq!(moved.code, 0, "{}", moved.stderr);
     assert!(server.wait(), "the receiver ran the VM");
     assert_eq!(target.status("vm"), "running");
@@ -1018,16 +1086,20 @@ fn a_post_copy_receiver_s_page_tunnel_listens_nowhere() {
 
 /// A post-copy receiver whose sender dies once the VM is frozen for it (`migrate` SIGKILLed
 /// while the receiving keeper waits before CRIU's restore): the daemon fetching the pages loses
-/// its stream, and CRIU's restore fails ("uffd: Failed sending restore finished indication:
-/// Broken pipe"). Before, that CRIU then waited for good on the restored processes it still
-/// traced (zombies of an init waiting for them), and its keeper and `serve` with it: the VM
-/// read `checkpointed` at the receiver until CRIU was killed by hand. Now the keeper gives CRIU
-/// its time (feather-migrate's `restore_time::restore_patience`: 30 s for images without memory), then
-/// ends it by its pid with the VM's group; `serve` fails saying so and keeps nothing of the
-/// VM, and the VM runs on at the source.
+/// its stream and ends, and CRIU's restore fails at its last word to it ("uffd: Failed sending
+/// restore finished indication: Broken pipe"). Before, that CRIU then waited for good on the
+/// restored processes it still traced (zombies of an init waiting for them), and its keeper
+/// and `serve` with it: the VM read `checkpointed` at the receiver until CRIU was killed by
+/// hand. Now the keeper gives CRIU its time (feather-migrate's
+/// `restore_time::restore_patience`: 30 s for images without memory), then ends it by its pid
+/// with the VM's group; `serve` fails saying so and keeps nothing of the VM, and the VM runs on
+/// at the source. The daemon ends only once the restore has handed it the restored tasks'
+/// userfaultfds; the keeper is held at CRIU's `post-restore` (every task restored, that last
+/// word not said) until it has: the order does not depend on the host's load.
 #[test]
 fn a_post_copy_receiver_whose_sender_dies_after_the_freeze_ends_its_restore_and_keeps_nothing() {
     let hosts = TwoHosts::new();
+    let mut at_post_restore = crate::support::RecordHold::at_post_restore("mig-sender-gone-post");
     let HeldRestore {
         source,
         target,
@@ -1036,7 +1108,7 @@ fn a_post_copy_receiver_whose_sender_dies_after_the_freeze_ends_its_restore_and_
         mut server,
         mut migrating,
         daemon,
-    } = HeldRestore::start(&hosts, "mig-sender-gone");
+    } = HeldRestore::start_also_held(&hosts, "mig-sender-gone", &[&at_post_restore]);
     let keeper = hold.waiter().expect("the restoring keeper waits") as u32;
     let id = feather_core::StateRoot::new(Some(target.root.clone()))
         .vm(&"vm".parse().unwrap())
@@ -1048,17 +1120,18 @@ fn a_post_copy_receiver_whose_sender_dies_after_the_freeze_ends_its_restore_and_
     migrating.kill().unwrap();
     migrating.wait().unwrap();
     hold.release();
+    at_post_restore.await_waiter(&target, "CRIU has restored the VM's tasks (post-restore)");
     let mut criu = SeenCriu(Vec::new());
+    criu.look_under(keeper);
+    target.eventually_within(
+        "the lazy-pages daemon ends, its pages' sender gone",
+        std::time::Duration::from_secs(60),
+        || daemon.ended(),
+    );
+    at_post_restore.release();
     let deadline = std::time::Instant::now() + RESTORE_ENDS;
     while server.child.try_wait().unwrap().is_none() {
-        for seen in criu_processes_under(keeper)
-            .into_iter()
-            .filter_map(Named::at)
-        {
-            if !criu.0.contains(&seen) {
-                criu.0.push(seen);
-            }
-        }
+        criu.look_under(keeper);
         assert!(
             std::time::Instant::now() < deadline,
             "the receiver still restores after {RESTORE_ENDS:?}: its CRIU waits for good"
@@ -1067,18 +1140,6 @@ fn a_post_copy_receiver_whose_sender_dies_after_the_freeze_ends_its_restore_and_
     }
     let (received, said) = server.finish();
     assert!(!received, "{said}");
-    // The daemon ends once it has taken the restored tasks' userfaultfds and seen its page
-    // stream gone, before the restore's last word to it: CRIU's restore fails, then waits
-    // (every run so far). The daemon connects to its pages only once the restore has
-    // connected to it, so that order cannot be forced from here (waiting for the daemon's end
-    // before the release waits for good). Were the word ever sent first, CRIU would succeed
-    // and the dead sender end the migration instead: that run did not test the limit, and
-    // fails saying so rather than passing.
-    assert!(
-        !said.contains("the migration was not completed"),
-        "CRIU's restore finished before the lazy-pages daemon ended (the race this test relies \
-         on went the other way), so CRIU never waited and its limit was not tested: {said}"
-    );
     assert!(
         said.contains("did not finish restoring it within"),
         "{said}"
@@ -1089,7 +1150,6 @@ fn a_post_copy_receiver_whose_sender_dies_after_the_freeze_ends_its_restore_and_
         "CRIU outlived its restore: {:?}",
         criu.0
     );
-    assert!(daemon.ended(), "the lazy-pages daemon outlived its serve");
     assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
     assert_eq!(
         groups.present(),
@@ -1119,6 +1179,20 @@ const RESTORE_ENDS: std::time::Duration = std::time::Duration::from_secs(120);
 /// The CRIU processes a test saw; those still running when it ends (it failed: one waits for
 /// good) are killed by their pid on drop.
 struct SeenCriu(Vec<Named>);
+
+impl SeenCriu {
+    /// Adds the CRIU processes running under `keeper` now.
+    fn look_under(&mut self, keeper: u32) {
+        for seen in criu_processes_under(keeper)
+            .into_iter()
+            .filter_map(Named::at)
+        {
+            if !self.0.contains(&seen) {
+                self.0.push(seen);
+            }
+        }
+    }
+}
 
 impl Drop for SeenCriu {
     fn drop(&mut self) {
@@ -1176,7 +1250,8 @@ fn a_process_that_gets_a_dead_receivers_pid_does_not_pass_for_it() {
     let daemons = lazy_pages_daemons(server.child.id());
     server.child.kill().unwrap();
     server.child.wait().unwrap();
-    let failed: crate::support::Outcome = migrating.wait_with_output().unwrap().into();
+    let failed: crate::support::Outcome =
+        feather_testkit::ended_within(migrating, MIGRATE_ENDS, "the migrate");
     assert_ne!(failed.code, 0);
     assert_eq!(source.status("vm"), "running", "restored on the source");
     target.eventually("the receiver's copy is not running", || {
@@ -1781,7 +1856,8 @@ fn a_root_registered_before_a_received_vm_s_record_lands_is_hidden_before_it_run
     assert_eq!(target.status("vm"), "checkpointed", "{}", held.said);
     register_behind_the_commands(&late);
     let (migrating, server) = held.release();
-    let moved: crate::support::Outcome = migrating.wait_with_output().unwrap().into();
+    let moved: crate::support::Outcome =
+        feather_testkit::ended_within(migrating, MIGRATE_ENDS, "the migrate");
     assert_eq!(moved.code, 0, "{}", moved.stderr);
     let (received, said) = server.finish();
     assert!(received, "{said}");
@@ -1833,7 +1909,8 @@ fn refused_release_keeps_the_vm_at_the_source(label: &str, mode: &str) {
     register_behind_the_commands(&late);
     crate::support::fill_mount_namespace(held.hold.held_init());
     let (migrating, server) = held.release();
-    let moved: crate::support::Outcome = migrating.wait_with_output().unwrap().into();
+    let moved: crate::support::Outcome =
+        feather_testkit::ended_within(migrating, MIGRATE_ENDS, "the migrate");
     assert_ne!(
         moved.code, 0,
         "the received VM was let run: {}",
@@ -2633,7 +2710,8 @@ fn a_receiver_killed_during_post_copy_loses_the_vm_on_both_sides() {
         let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
     }
     server.child.wait().unwrap();
-    let failed: crate::support::Outcome = migrating.wait_with_output().unwrap().into();
+    let failed: crate::support::Outcome =
+        feather_testkit::ended_within(migrating, MIGRATE_ENDS, "the migrate");
     assert_ne!(failed.code, 0, "{}", failed.stderr);
     assert!(
         failed.stderr.contains("the VM is lost"),
@@ -2798,7 +2876,8 @@ fn a_post_copy_dump_failing_after_the_release_leaves_the_vm_frozen_at_the_source
     );
 
     drop(hold);
-    let failed: crate::support::Outcome = migrating.wait_with_output().unwrap().into();
+    let failed: crate::support::Outcome =
+        feather_testkit::ended_within(migrating, MIGRATE_ENDS, "the migrate");
     assert_ne!(failed.code, 0, "{}", failed.stderr);
     assert!(
         failed.stderr.contains("the VM is lost"),
@@ -3163,7 +3242,8 @@ fn a_post_copy_dump_failed_before_the_release_is_not_let_go_and_runs_on_at_the_s
         || dump_ended(&held.log),
     );
     held._hold.release();
-    let moved: crate::support::Outcome = held.migrating.wait_with_output().unwrap().into();
+    let moved: crate::support::Outcome =
+        feather_testkit::ended_within(held.migrating, MIGRATE_ENDS, "the migrate");
     assert_ne!(moved.code, 0, "the migration must fail: {}", moved.stderr);
     assert!(
         moved.stderr.contains("failed before it was let go"),
@@ -3219,7 +3299,8 @@ fn a_post_copy_migrate_whose_keeper_died_holding_the_vm_leaves_it_frozen_and_say
         !Path::new(&format!("/proc/{keeper}")).exists()
     });
     held._hold.release();
-    let moved: crate::support::Outcome = held.migrating.wait_with_output().unwrap().into();
+    let moved: crate::support::Outcome =
+        feather_testkit::ended_within(held.migrating, MIGRATE_ENDS, "the migrate");
     assert_ne!(moved.code, 0, "{}", moved.stderr);
     assert!(moved.stderr.contains("its keeper died"), "{}", moved.stderr);
     let freeze = std::fs::read_to_string(held.cgroup.join("cgroup.freeze")).unwrap();
@@ -3622,27 +3703,8 @@ fn an_unconfirmed_copy_that_cannot_be_removed_is_said_in_the_receivers_log() {
             .spawn()
             .unwrap(),
     );
-    // Before it listens, a receiver says what it cleaned up. Read by a thread of its own, so
-    // that a receiver stuck before it listens fails the test (after a generous deadline)
-    // rather than hanging the suite.
-    let reader = BufReader::new(serve.0.stderr.take().unwrap());
-    let (lines, heard) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in reader.lines().map_while(Result::ok) {
-            if lines.send(line + "\n").is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let mut said = String::new();
-    while !said.contains("listening on") {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match heard.recv_timeout(left) {
-            Ok(line) => said.push_str(&line),
-            Err(e) => panic!("the receiver did not say it listens within 120 s ({e}): {said}"),
-        }
-    }
+    // Before it listens, a receiver says what it cleaned up.
+    let said = said_until(&lines_of(serve.0.stderr.take().unwrap()), "listening on");
     drop(serve);
     drop(holder);
     assert!(

@@ -535,11 +535,10 @@ fn egress_is_per_vm_and_off_by_default() {
 #[test]
 fn udp_ports_are_published_too() {
     let feather = Feather::new("net-udp");
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Held below the ephemeral range: a port a `bind(0)` picked and let go could be another
+    // test's socket's by the time the VM publishes it.
+    let held = TestPort::new();
+    let port = held.port;
     feather.ok(&["create", "echo", "--publish", &format!("{port}:5000/udp")]);
     feather.ok(&["start", "echo"]);
     feather.sh(
@@ -552,8 +551,9 @@ fn udp_ports_are_published_too() {
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     let mut answer = [0u8; 64];
-    // The server inside may take a moment to bind: ask again until it answers.
-    let got = (0..20).find_map(|_| {
+    // The server inside may take a moment to bind (seconds on a loaded host): ask again
+    // until it answers.
+    let got = (0..120).find_map(|_| {
         client.send_to(b"ping", ("127.0.0.1", port)).unwrap();
         client.recv(&mut answer).ok()
     });
@@ -823,7 +823,6 @@ fn a_killed_keeper_of_a_vm_on_a_pooled_pair_leaves_nothing() {
 /// found it so made their namespaces on the way to their command.
 #[test]
 fn a_finisher_refills_the_pool_after_a_refill_under_way() {
-    use std::os::unix::fs::MetadataExt;
     let feather = Feather::new("net-pool-busy");
     // Keeps the bridge in use: the pool is refilled after every `run --rm`.
     let keep = feather.spawn_throw_away("keep", &[]);
@@ -845,13 +844,7 @@ fn a_finisher_refills_the_pool_after_a_refill_under_way() {
     feather.ok(&["run", "--rm", "--", "true"]);
     // Until the finisher waits for the lock (a blocked `flock`, listed in /proc/locks) or is
     // done (its VM's folder gone): the test's lock goes only then.
-    let inode = format!(":{} ", std::fs::metadata(&lock_path).unwrap().ino());
-    let waits = || {
-        std::fs::read_to_string("/proc/locks")
-            .unwrap()
-            .lines()
-            .any(|line| line.contains("-> FLOCK") && line.contains(&inode))
-    };
+    let waits = || !crate::support::flock_waiters(&lock_path).is_empty();
     let finishing = || {
         std::fs::read_dir(feather.root.join("vms"))
             .unwrap()

@@ -1311,7 +1311,7 @@ fn host_and_vm_each_run_redis_on_port_6379_with_their_own_data() {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while host_cli(&["ping"]) != "PONG\n" {
         assert!(
             std::time::Instant::now() < deadline,

@@ -64,7 +64,7 @@ fn services_a_forking_daemon_with_its_pid_file_in_a_chroot_is_running_with_its_m
         &feather,
         "mx",
         "postfix@-.service",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         |s| s["state"] != "active",
     );
     assert_ne!(s["state"], "active", "a killed postfix shown as {s}");
@@ -97,7 +97,7 @@ fn services_a_daemon_that_setsids_away_is_stopped_with_its_unit() {
 }
 
 fn wait_until_some(probe: impl Fn() -> Vec<String>) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let found = probe();
         if !found.is_empty() || Instant::now() >= deadline {
@@ -137,8 +137,10 @@ fn services_kill_mode_is_honoured_exactly() {
     let mut args = vec!["service", "stop", "km"];
     args.extend(units.iter().map(String::as_str));
     feather.ok(&args);
+    // Short of the units' TimeoutStopSec=30, which a stop that waited for the rest of the group
+    // would wait out; not a measure of speed.
     assert!(
-        started.elapsed() < Duration::from_secs(10),
+        started.elapsed() < Duration::from_secs(25),
         "mixed waited for the rest of its group instead of killing it"
     );
     let left =

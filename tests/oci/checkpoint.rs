@@ -191,7 +191,7 @@ fn a_paused_container_stays_frozen_through_its_checkpoint() {
 
     assert_eq!(runtime.run(&["resume", id]).code, 0);
     assert!(
-        eventually(Duration::from_secs(5), || counts() != paused_at),
+        eventually(Duration::from_secs(30), || counts() != paused_at),
         "it runs on once resumed"
     );
     assert_eq!(runtime.run(&["kill", id, "KILL"]).code, 0);
@@ -241,7 +241,7 @@ fn ctr_checkpoint_and_restore_go_on_counting() {
     ]);
     assert_eq!(outcome.code, 0, "{outcome:?}");
     assert!(
-        eventually(Duration::from_secs(5), || count("k1") > before + 1),
+        eventually(Duration::from_secs(30), || count("k1") > before + 1),
         "k1 goes on"
     );
     let _ = containerd.ctr(&["task", "kill", "-s", "SIGKILL", "k1"]);

@@ -339,7 +339,7 @@ fn a_service_that_cannot_start_fails_create_and_leaves_nothing() {
     let listed = runtime.run(&["list", "-q"]);
     assert_eq!(listed.stdout.trim(), "", "{listed:?}");
     let cgroup = PathBuf::from("/sys/fs/cgroup/pids/feather-oci").join(&id);
-    let gone = crate::support::eventually(std::time::Duration::from_secs(5), || !cgroup.exists());
+    let gone = crate::support::eventually(std::time::Duration::from_secs(30), || !cgroup.exists());
     assert!(
         gone,
         "the container's cgroup (and the service manager in it) is gone"

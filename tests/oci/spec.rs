@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{base_config, eventually, Bundle, Outcome, Runtime, Scratch};
+use crate::support::{base_config, eventually, Bundle, CgroupParent, Outcome, Runtime, Scratch};
 
 #[test]
 fn lifecycle_states_and_errors_per_state() {
@@ -128,14 +128,14 @@ fn delete_of_a_created_container_and_force_delete_of_a_running_one() {
     let pid = runtime.state("created")["pid"].as_i64().unwrap();
     assert_eq!(runtime.run(&["delete", "created"]).code, 0);
     assert!(
-        eventually(Duration::from_secs(5), || !is_alive(pid)),
+        eventually(Duration::from_secs(30), || !is_alive(pid)),
         "delete of a created container ends its init"
     );
     assert_eq!(runtime.create("running", &bundle, &output).code, 0);
     assert_eq!(runtime.run(&["start", "running"]).code, 0);
     let pid = runtime.state("running")["pid"].as_i64().unwrap();
     assert_eq!(runtime.run(&["delete", "--force", "running"]).code, 0);
-    assert!(eventually(Duration::from_secs(5), || !is_alive(pid)));
+    assert!(eventually(Duration::from_secs(30), || !is_alive(pid)));
     assert!(!runtime.root.join("running").exists());
 }
 
@@ -175,7 +175,7 @@ fn kill_all_leaves_no_process_of_a_group_that_keeps_forking() {
         let killed = runtime.run(&["kill", "--all", &id, signal]);
         assert_eq!(killed.code, 0, "{killed:?}");
         assert!(
-            eventually(Duration::from_secs(3), || members().is_empty()),
+            eventually(Duration::from_secs(30), || members().is_empty()),
             "{signal}: left in the container's group: {:?}",
             members()
         );
@@ -328,27 +328,21 @@ fn resources_and_sysctl_reach_the_container() {
         "cpu": {"shares": 512, "quota": 50000, "period": 100000}
     });
     config["linux"]["sysctl"] = json!({"net.ipv4.ip_unprivileged_port_start": "81"});
-    config["linux"]["cgroupsPath"] = json!(format!(
-        "/feather-oci-tests/resources-{}",
-        std::process::id()
-    ));
+    let parent = CgroupParent::new();
+    let group = parent.group("resources");
+    config["linux"]["cgroupsPath"] = json!(format!("/{group}"));
     let output = run_to_end(&runtime, &scratch, "resources", &config);
     assert_eq!(
         output.lines().collect::<Vec<_>>(),
         ["67108864", "134217728", "64", "81"],
         "{output}"
     );
-    let group = format!(
-        "/sys/fs/cgroup/memory/feather-oci-tests/resources-{}",
-        std::process::id()
-    );
     assert!(
-        !std::path::Path::new(&group).exists(),
+        !std::path::Path::new("/sys/fs/cgroup/memory")
+            .join(&group)
+            .exists(),
         "delete removes the cgroup"
     );
-    for hierarchy in fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-        let _ = fs::remove_dir(hierarchy.path().join("feather-oci-tests"));
-    }
 }
 
 /// Puts the host's `kernel.core_pattern` back if a test changed it (only a runtime without the
@@ -724,7 +718,8 @@ fn delete_force_cleans_up_after_create_was_killed_mid_way() {
     let runtime = Runtime::new(&scratch);
     let started = scratch.path("hook-started");
     let mut config = base_config(&["true"]);
-    let group = format!("feather-oci-tests/killed-{}", std::process::id());
+    let parent = CgroupParent::new();
+    let group = parent.group("killed");
     config["linux"]["cgroupsPath"] = json!(format!("/{group}"));
     config["hooks"] = json!({"createRuntime": [{
         "path": "/bin/sh",
@@ -765,12 +760,9 @@ fn delete_force_cleans_up_after_create_was_killed_mid_way() {
     );
     let memory = std::path::Path::new("/sys/fs/cgroup/memory").join(&group);
     assert!(
-        eventually(Duration::from_secs(5), || !memory.exists()),
+        eventually(Duration::from_secs(30), || !memory.exists()),
         "its cgroup is gone"
     );
-    for hierarchy in fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-        let _ = fs::remove_dir(hierarchy.path().join("feather-oci-tests"));
-    }
 }
 
 /// Kills a process this test started indirectly, by pid, when the test ends.

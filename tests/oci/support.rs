@@ -72,6 +72,35 @@ fn take_network_down(root: &Path) {
         .output();
 }
 
+/// A cgroup folder of the test's own for its containers' groups (`cgroupsPath`
+/// `/<this>/<group>`), removed in every hierarchy on drop, also when the test failed (once
+/// empty). Tests shared one before, each removing it at its end: one test's removal could land
+/// between another's making of the folder and of its group in it, and fail that one's create.
+pub struct CgroupParent(String);
+
+impl CgroupParent {
+    pub fn new() -> CgroupParent {
+        CgroupParent(format!("feather-oci-tests-{}", std::process::id()))
+    }
+
+    /// `group` in it, relative to a hierarchy's root.
+    pub fn group(&self, group: &str) -> String {
+        format!("{}/{group}", self.0)
+    }
+}
+
+impl Drop for CgroupParent {
+    fn drop(&mut self) {
+        for hierarchy in fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = fs::remove_dir(hierarchy.path().join(&self.0));
+        }
+    }
+}
+
 /// Lazily unmounts every mount at or below `dir`, deepest first.
 pub fn unmount_below(dir: &Path) {
     let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -713,6 +742,8 @@ impl Drop for Podman {
 pub struct Dockerd {
     pub socket: PathBuf,
     exec_root: PathBuf,
+    /// The cgroup folder its containers' groups are made in (`cgroup-parent`).
+    cgroup_parent: String,
     daemon: Option<Daemon>,
 }
 
@@ -742,6 +773,10 @@ impl Dockerd {
                 "default-ulimits": {"nofile": {"Name": "nofile", "Hard": 1024, "Soft": 1024}},
                 "runtimes": {"feather": {"path": runtime_bin()}},
                 "exec-opts": ["native.cgroupdriver=cgroupfs"],
+                // The containers' groups in a folder of this daemon's own: the default
+                // (`docker`) is every dockerd's, and one test's removal of it as it ended could
+                // land between another's making of it and of a container's group in it.
+                "cgroup-parent": format!("/{namespace}"),
                 // `docker checkpoint` needs it (Docker 20.10).
                 "experimental": true,
                 "containerd-namespace": namespace,
@@ -767,6 +802,7 @@ impl Dockerd {
         let dockerd = Dockerd {
             socket,
             exec_root,
+            cgroup_parent: namespace,
             daemon: Some(Daemon {
                 child,
                 name: "dockerd",
@@ -811,7 +847,7 @@ impl Drop for Dockerd {
             .flatten()
             .flatten()
         {
-            let _ = fs::remove_dir(hierarchy.path().join("docker"));
+            let _ = fs::remove_dir(hierarchy.path().join(&self.cgroup_parent));
         }
     }
 }

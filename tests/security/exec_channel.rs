@@ -340,6 +340,10 @@ fn exec_keeps_stdin_stdout_stderr_and_the_exit_code_apart() {
     );
 }
 
+/// How soon an exec whose command ignores its stdin must end: one that waited for that stdin
+/// would wait for good; a loaded host can take seconds for an exec (not a measure of speed).
+const PROMPTLY: Duration = Duration::from_secs(60);
+
 #[test]
 fn a_command_that_ignores_its_stdin_ends_promptly() {
     let (feather, _base) = running_vm("exec-ignore");
@@ -354,11 +358,7 @@ fn a_command_that_ignores_its_stdin_ends_promptly() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&outcome.stdout), "done\n");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < PROMPTLY, "{:?}", started.elapsed());
     let started = Instant::now();
     let endless = std::process::Command::new("sh")
         .args(["-c", "yes | \"$0\" --root \"$1\" exec vm -- sh -c 'exit 3'"])
@@ -367,11 +367,7 @@ fn a_command_that_ignores_its_stdin_ends_promptly() {
         .output()
         .unwrap();
     assert_eq!(endless.status.code(), Some(3));
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < PROMPTLY, "{:?}", started.elapsed());
 }
 
 #[test]

@@ -35,6 +35,9 @@ impl Outside {
             address: format!("{prefix}.2"),
         };
         let inner = format!("fspi{tag}");
+        // Names this process's pid: what holds them already is a killed test's of the same
+        // pid (pids wrap at the host's pid_max), never a live one's.
+        outside.remove();
         ip(&["netns", "add", &outside.namespace]);
         ip(&[
             "link",
@@ -99,14 +102,20 @@ impl Outside {
     }
 }
 
+impl Outside {
+    /// Deletes its host end (and so the veth pair) and its namespace, where they are.
+    fn remove(&self) {
+        let quiet = |args: &[&str]| {
+            let _ = Command::new("ip").args(args).output();
+        };
+        quiet(&["link", "del", &self.host_end]);
+        quiet(&["netns", "del", &self.namespace]);
+    }
+}
+
 impl Drop for Outside {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_end])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.namespace])
-            .status();
+        self.remove();
     }
 }
 

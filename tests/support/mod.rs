@@ -193,9 +193,11 @@ impl Feather {
             .collect()
     }
 
-    /// Waits up to 10 s for `check` to hold.
+    /// Waits up to 30 s for `check` to hold: what takes milliseconds on a quiet host can take
+    /// seconds beside the suite's other tests (a new root's first command also waits for any
+    /// operation under way on the host's running VMs, which it hides itself in).
     pub fn eventually(&self, what: &str, check: impl Fn() -> bool) {
-        self.eventually_within(what, Duration::from_secs(10), check)
+        self.eventually_within(what, Duration::from_secs(30), check)
     }
 
     /// Waits up to `patience` for `check` to hold: for what waits on something slow itself (a
@@ -221,9 +223,14 @@ pub const NO_POOL: &str = "FEATHER_POOL";
 
 /// The start time of process `pid` in clock ticks since boot (field 22 of its stat line).
 pub fn start_ticks(pid: u32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 1..];
-    after.split_whitespace().nth(19).unwrap().parse().unwrap()
+    start_ticks_if_running(pid).unwrap_or_else(|| panic!("no process {pid}"))
+}
+
+/// [`start_ticks`] of process `pid`, if there is one.
+fn start_ticks_if_running(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Whether the thread whose `/proc` folder is `task` (`/proc/PID` is a process's main thread,
@@ -400,24 +407,41 @@ impl Feather {
 }
 
 /// Last resort when `rm` failed: kill the keeper and init this VM recorded, by pid, after
-/// checking they are still ours.
+/// checking they are still the ones recorded: the init by its start time, the keeper by its
+/// command line (`--state-dir ROOT … NAME`, feather_vm::launch). A recorded pid the kernel has
+/// given to another test's process since is left alone (a command line naming "feather", all
+/// that was checked before, is nearly every process of the suite's).
 fn kill_recorded_processes(vm_dir: &Path) {
+    use std::os::unix::ffi::OsStrExt;
     let Ok(text) = fs::read_to_string(vm_dir.join("state.json")) else {
         return;
     };
     let Ok(state) = serde_json::from_str::<serde_json::Value>(&text) else {
         return;
     };
-    for key in ["init_pid", "keeper_pid"] {
-        if let Some(pid) = state[key].as_i64() {
-            let cmdline = fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if cmdline.contains("feather") {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
+    let pid_of = |key: &str| state[key].as_u64().and_then(|pid| u32::try_from(pid).ok());
+    let init = pid_of("init_pid").filter(|&pid| {
+        state["init_start_ticks"].as_u64().is_some()
+            && start_ticks_if_running(pid) == state["init_start_ticks"].as_u64()
+    });
+    let (Some(name), Some(root)) = (vm_dir.file_name(), vm_dir.parent().and_then(Path::parent))
+    else {
+        return;
+    };
+    let keeper = pid_of("keeper_pid").filter(|pid| {
+        fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+            let args: Vec<&[u8]> = cmdline
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .collect();
+            args.contains(&root.as_os_str().as_bytes()) && args.last() == Some(&name.as_bytes())
+        })
+    });
+    for pid in init.into_iter().chain(keeper) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
@@ -1202,6 +1226,13 @@ impl RecordHold {
         Self::at(label, feather_vm::snapshot::HOLD_BEFORE_RESTORED_CHECK)
     }
 
+    /// A hold on restoring keepers at CRIU's `post-restore` notification: every task restored,
+    /// none resumed, CRIU's last word to a post-copy restore's `lazy-pages` daemon not said yet
+    /// (`feather_vm::snapshot::HOLD_AT_POST_RESTORE`).
+    pub fn at_post_restore(label: &str) -> Self {
+        Self::at(label, feather_vm::snapshot::HOLD_AT_POST_RESTORE)
+    }
+
     /// `feather start vm` of `feather`'s root under this hold, its stderr piped; returned once a
     /// process of the start waits for the hold.
     pub fn start(&self, feather: &Feather, vm: &str) -> Child {
@@ -1263,16 +1294,9 @@ impl RecordHold {
     /// The process that waits for the hold now, if one does (a line of `/proc/locks` such as
     /// `1: -> FLOCK  ADVISORY  READ 4321 08:01:5678 0 EOF` names its pid and the file).
     pub fn waiter(&self) -> Option<i32> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = fs::metadata(self.dir.path.join("hold")).unwrap();
-        let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
-        let file = format!("{major:02x}:{minor:02x}:{}", meta.ino());
-        fs::read_to_string("/proc/locks")
-            .unwrap()
-            .lines()
-            .map(|line| line.split_whitespace().collect::<Vec<_>>())
-            .filter(|fields| fields.get(1) == Some(&"->") && fields.contains(&file.as_str()))
-            .find_map(|fields| fields.get(5)?.parse().ok())
+        flock_waiters(&self.dir.path.join("hold"))
+            .into_iter()
+            .next()
     }
 
     /// The init of the VM whose restoring keeper waits for the hold: the keeper's child in a
@@ -1319,6 +1343,26 @@ impl RecordHold {
     pub fn release(&mut self) {
         self.lock = None;
     }
+}
+
+/// The processes blocked in a `flock` of the file at `path`, as `/proc/locks` lists them
+/// (`1: -> FLOCK  ADVISORY  READ 4321 08:01:5678 0 EOF` names the waiter's pid, and the file
+/// by its filesystem's device and its inode: an inode number alone is another filesystem's
+/// file too, which another test may lock).
+pub fn flock_waiters(path: &Path) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::metadata(path) else {
+        return Vec::new();
+    };
+    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    let file = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|fields| fields.get(1) == Some(&"->") && fields.contains(&file.as_str()))
+        .filter_map(|fields| fields.get(5)?.parse().ok())
+        .collect()
 }
 
 /// Python that fills the mount namespace of the process `sys.argv[1]` up to `fs.mount-max`, so that no
@@ -1570,6 +1614,36 @@ pub fn feather_cgroups() -> Vec<PathBuf> {
         .map(|group| group.path())
         // The pool's fills' group stays, as `feather/` itself does (feather_vm::filler).
         .filter(|path| path.is_dir() && !path.ends_with("pool"))
+        .collect()
+}
+
+/// Of the VM cgroups on this host now ([`feather_cgroups`]), those not in `before` (that
+/// listing, taken when the test began) that are empty and may be the root's at `root`:
+/// tagged with it, or with no root at all (a group whose tag could not be written). The
+/// groups of other roots — tests running beside this one, whose VMs come and go, and whose
+/// groups may stand empty a while (a VM whose keeper was killed, until its root's next
+/// command) — are theirs to account for.
+pub fn new_empty_groups_not_of_other_roots(before: &[PathBuf], root: &Path) -> Vec<PathBuf> {
+    let same = |tagged: &Path| {
+        let spelled = |path: &Path| fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        tagged == root || spelled(tagged) == spelled(root)
+    };
+    let hierarchies = feather_sys::cgroup::Hierarchies::detect();
+    let others: Vec<std::ffi::OsString> =
+        feather_sys::cgroup::groups_with_roots(&hierarchies, "feather")
+            .into_iter()
+            .filter(|(_, tagged)| tagged.as_deref().is_some_and(|tagged| !same(tagged)))
+            .filter_map(|(group, _)| group.relative().file_name().map(ToOwned::to_owned))
+            .collect();
+    feather_cgroups()
+        .into_iter()
+        .filter(|group| !before.contains(group))
+        .filter(|group| {
+            group
+                .file_name()
+                .is_none_or(|name| !others.iter().any(|o| o == name))
+        })
+        .filter(|group| cgroup_is_empty(group))
         .collect()
 }
 

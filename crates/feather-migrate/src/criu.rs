@@ -45,6 +45,10 @@ pub const RESTORE_LOG: &str = "restore.log";
 /// CRIU's last notification before it detaches from the restored tasks (`--action-script`'s
 /// `pre-resume`).
 const PRE_RESUME: &str = "pre-resume";
+/// CRIU's notification once every task is restored, none resumed, before a lazy restore's last
+/// word to its `lazy-pages` daemon (cr-restore.c: `post-restore`, then
+/// `lazy_pages_finish_restore`).
+const POST_RESTORE: &str = "post-restore";
 pub const LAZY_LOG: &str = "lazy-pages.log";
 /// The key a network namespace that CRIU neither dumps nor recreates goes by: dumped as
 /// `--external net[<inode>]:<key>`, handed back at restore as `--inherit-fd fd[<n>]:<key>`.
@@ -793,6 +797,7 @@ impl Criu {
                 notify_success: None,
             },
             log,
+            post_restore: None,
         })
     }
 
@@ -884,9 +889,18 @@ pub struct RestoreCall {
     images: fs::File,
     request: rpc::Request,
     log: PathBuf,
+    /// Run at CRIU's [`POST_RESTORE`] notification: [`RestoreCall::at_post_restore`].
+    post_restore: Option<Box<dyn FnMut() + Send>>,
 }
 
 impl RestoreCall {
+    /// Runs `hook` at CRIU's `post-restore` notification, before it is answered: for a test's
+    /// hold there (feather-vm's `snapshot::HOLD_AT_POST_RESTORE`), which makes the order of
+    /// what a lazy restore's daemon does and CRIU's last word to it the test's to choose.
+    pub fn at_post_restore(&mut self, hook: Box<dyn FnMut() + Send>) {
+        self.post_restore = Some(hook);
+    }
+
     /// The descriptors of this process the request hands criu to give the restored tree
     /// (`inherit_fd`).
     pub fn inherited(&self) -> Vec<i32> {
@@ -960,8 +974,15 @@ impl RestoreCall {
         if let Some(opts) = self.request.opts.as_mut() {
             opts.notify_scripts = Some(true);
         }
+        let post_restore = &mut self.post_restore;
         let mut on_notify = |script: &str| match script {
             PRE_RESUME => at_pre_resume(),
+            POST_RESTORE => {
+                if let Some(hook) = post_restore.as_mut() {
+                    hook();
+                }
+                true
+            }
             _ => true,
         };
         let deadline = std::time::Instant::now() + patience;

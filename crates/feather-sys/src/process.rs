@@ -810,12 +810,9 @@ mod tests {
     #[test]
     fn a_pid_is_numbered_as_the_namespace_below_ours_numbers_it() {
         let nest = ["--pid", "--fork", "--kill-child"];
+        let args = [&nest[..], &["unshare"][..], &nest[..], &["sleep", "60"][..]].concat();
         let outer = Started(
-            std::process::Command::new("unshare")
-                .args(nest)
-                .arg("unshare")
-                .args(nest)
-                .args(["sleep", "60"])
+            feather_testkit::command_without_stdio("unshare", &args)
                 .spawn()
                 .unwrap(),
         );

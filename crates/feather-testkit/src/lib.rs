@@ -204,6 +204,39 @@ pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// `program` with `args`, its stdio on /dev/null: for a program that leaves a process of its
+/// own behind it (`unshare --fork --kill-child`: its child, killed by the kernel only after
+/// it), which would otherwise hold the test's output open past the test's end (nextest: LEAK).
+pub fn command_without_stdio(program: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+/// How `child` ended; fails the test if it has not ended within `limit` (`what` says what was
+/// waited for), the child left running for its owner's drop to end.
+pub fn child_ended_within(
+    child: &mut Child,
+    limit: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: still running after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A process a test started, killed and reaped when dropped, also when the test fails.
 pub struct Started(pub std::process::Child);
 
@@ -216,17 +249,7 @@ impl Started {
     /// How the process ended; fails the test if it has not ended within `limit` (`what`
     /// says what was waited for), the process then killed on drop.
     pub fn ended_within(&mut self, limit: Duration, what: &str) -> std::process::ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: still running after {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        child_ended_within(&mut self.0, limit, what)
     }
 }
 

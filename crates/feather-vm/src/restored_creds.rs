@@ -464,10 +464,9 @@ mod tests {
     }
 
     fn unshared(flags: &[&str]) -> Started {
+        let args = [flags, &["--fork", "--kill-child", "sleep", "60"][..]].concat();
         Started(
-            std::process::Command::new("unshare")
-                .args(flags)
-                .args(["--fork", "--kill-child", "sleep", "60"])
+            feather_testkit::command_without_stdio("unshare", &args)
                 .spawn()
                 .unwrap(),
         )

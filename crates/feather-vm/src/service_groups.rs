@@ -399,10 +399,12 @@ mod tests {
 
     impl InitOfANamespace {
         fn start() -> InitOfANamespace {
-            let unshare = std::process::Command::new("unshare")
-                .args(["--pid", "--fork", "--kill-child", "sleep", "60"])
-                .spawn()
-                .unwrap();
+            let unshare = feather_testkit::command_without_stdio(
+                "unshare",
+                &["--pid", "--fork", "--kill-child", "sleep", "60"],
+            )
+            .spawn()
+            .unwrap();
             let children = format!("/proc/{0}/task/{0}/children", unshare.id());
             let mut unshare = unshare;
             loop {

@@ -856,7 +856,7 @@ pub(crate) fn restore_tree(
         .into_iter()
         .collect();
     let lazy = images.join(LAZY).exists();
-    let call = criu
+    let mut call = criu
         .restore_call(&Restore {
             images: &images,
             root: &rootfs,
@@ -869,6 +869,9 @@ pub(crate) fn restore_tree(
             netns: netns.as_ref().map(AsRawFd::as_raw_fd),
         })
         .in_vm(name)?;
+    if let Some(hold) = crate::test_hooks::set(HOLD_AT_POST_RESTORE) {
+        call.at_post_restore(Box::new(move || crate::test_hooks::held_by(&hold)));
+    }
     let sync = if config.ephemeral {
         LayerSync::Volatile
     } else {
@@ -1287,6 +1290,12 @@ pub const HOLD_BEFORE_RESTORED_LAYERS: &str = "FEATHER_TEST_HOLD_BEFORE_RESTORED
 /// that copies the host's mounts, so that a test can mount a filesystem at a layer's place
 /// meanwhile, as the host may. Unset, nothing waits.
 pub const HOLD_AFTER_RESTORE_RECORD: &str = "FEATHER_TEST_HOLD_AFTER_RESTORE_RECORD";
+
+/// For tests only, as `keeper::HOLD_RUNNING_RECORD`: the file whose lock a restoring keeper
+/// waits for at CRIU's `post-restore` notification (every task restored, none resumed, before
+/// CRIU's last word to a post-copy restore's `lazy-pages` daemon), so that a test can have
+/// the daemon end first, as it does when the sender dies. Unset, nothing waits.
+pub const HOLD_AT_POST_RESTORE: &str = "FEATHER_TEST_HOLD_AT_POST_RESTORE";
 
 /// For tests only, as `keeper::HOLD_RUNNING_RECORD`: the file whose lock a restoring keeper
 /// waits for once CRIU has restored the VM, frozen, before any check of the restored tree, so

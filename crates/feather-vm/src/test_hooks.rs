@@ -2,7 +2,8 @@
 //! of `feather serve`, `migrate`) to hold it at one step ([`held`]: the `HOLD_*` of
 //! [`crate::keeper`], [`crate::snapshot::HOLD_AFTER_RESTORE_RECORD`],
 //! [`crate::rootfs::HOLD_AFTER_MOUNTS_FOUND`], which a VM's init waits for,
-//! [`crate::snapshot::HOLD_BEFORE_RESTORED_CHECK`], which a restoring keeper waits for,
+//! [`crate::snapshot::HOLD_BEFORE_RESTORED_CHECK`] and
+//! [`crate::snapshot::HOLD_AT_POST_RESTORE`], which a restoring keeper waits for,
 //! [`crate::pool::HOLD_FILL`], which a fill under its lock waits for, and
 //! [`crate::pool::HOLD_FILL_START`], which a fill waits for before it takes its lock,
 //! [`crate::pool::HOLD_FENCED`], which `network down` waits for with its pool fence in place, and
