@@ -42,9 +42,10 @@
 //!   refill, the root's network lock): past [`PATIENCE`] it leaves the removal to the next
 //!   command, the lock's file in place. The locks are taken in one order: the removal lock,
 //!   the refill lock (taken even where the pool has no folder yet, so that no refill begins
-//!   beside the removal and reads the settings before they go: pool.rs), the network lock. Nor does a command wait for the removal lock past
-//!   [`REMOVAL_PATIENCE`]: a holder that does not go on (stopped by a signal) holds up every
-//!   command of the root that long at most.
+//!   beside the removal and reads the settings before they go: pool.rs), the network lock.
+//!   Nor does a command wait for the removal lock past [`REMOVAL_PATIENCE`] (a few times
+//!   that, each time after a whole removal by someone else): a holder that does not go on
+//!   (stopped by a signal) holds up every command of the root that long at most.
 //! - A root's folder removed by hand while its network lingers leaves the network, which only
 //!   its host-wide claim ties to the root: removed_roots.rs removes it later. Take it down
 //!   first (`feather network down`).
@@ -416,7 +417,9 @@ fn lock_removal(root_dir: &Path) -> Option<File> {
 /// counts only on the file its path still names ([`lock_as_named`]).
 fn take_removal_lock(root_dir: &Path, lock: impl Fn(&File) -> bool) -> Option<File> {
     let path = root_dir.join(LOCK_FILE);
-    lock_as_named(&path, || open_lock_file(&path).ok(), lock)
+    lock_as_named(&path, || open_lock_file(&path), lock)
+        .ok()
+        .flatten()
 }
 
 /// Under the root's removal lock: [`remove_under`]. Whether the lock was taken.
@@ -459,6 +462,8 @@ fn remove_under(root: &StateRoot, removing: File) {
         if done != Some(true) {
             return;
         }
+    } else {
+        pool::remove_folder_left(root_dir, PATIENCE);
     }
     let_go(&root_dir.join(LOCK_FILE), &removing);
 }

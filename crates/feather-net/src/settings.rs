@@ -705,22 +705,24 @@ pub(crate) fn lock(path: &Path) -> Result<File> {
 /// file `path` still names. A holder that unlinks the file (or its folder) as it ends, still
 /// holding the lock, lets it go to a waiter that opened the file before: a lock no one else
 /// sees, since the next opener makes a new file and locks that. So the lock is taken again on
-/// the path's file (a few times at most: each round follows a whole removal by someone else).
+/// the path's file (a few times at most: each round follows a whole removal by someone else,
+/// so a `lock` that waits waits a few times its patience at most). Ok(None) when `lock` did not
+/// take it; the error of `open` when the file cannot be opened (or made).
 pub(crate) fn lock_as_named(
     path: &Path,
-    open: impl Fn() -> Option<File>,
+    open: impl Fn() -> std::io::Result<File>,
     lock: impl Fn(&File) -> bool,
-) -> Option<File> {
+) -> std::io::Result<Option<File>> {
     for _ in 0..3 {
         let file = open()?;
         if !lock(&file) {
-            return None;
+            return Ok(None);
         }
         if is_linked(path, &file) {
-            return Some(file);
+            return Ok(Some(file));
         }
     }
-    None
+    Ok(None)
 }
 
 /// Whether `path` still names `file`.

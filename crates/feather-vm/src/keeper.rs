@@ -252,7 +252,9 @@ pub const HOLD_AFTER_REFILL: &str = "FEATHER_TEST_HOLD_AFTER_REFILL";
 /// For tests only: names a file whose lock the keeper of a throw-away VM it tears down itself
 /// (a pooled VM drained, a hand-over that failed) waits for between the start of its network's
 /// removal and the return of its lease, so that a test sees that removal (which takes the
-/// root's bridge down after its last VM) done first, as a loaded host has it at times.
+/// root's bridge down after its last VM) done first, as a loaded host has it at times. Only
+/// while that file exists: a test arms the hook for one teardown by making the file (locked)
+/// just before it, and no other keeper given the hook is held.
 pub const HOLD_BEFORE_LEASE_RETURN: &str = "FEATHER_TEST_HOLD_BEFORE_LEASE_RETURN";
 
 /// For tests only: names a file whose lock the thread closing a claimed VM's root watch waits
