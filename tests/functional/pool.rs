@@ -933,8 +933,17 @@ fn many_runs_from_the_pool_leave_nothing_beyond_the_pool() {
 #[test]
 fn a_refills_vm_takes_a_namespace_made_ahead() {
     let pool = Pooled::new("pool-refill-netns", 1);
+    assert!(
+        a_refills_vm_took_a_namespace(&pool),
+        "no refill's VM took a namespace made ahead in 10 runs from the pool"
+    );
+}
+
+/// Runs from `pool` (of one VM) until the VM a refill made took a namespace made ahead (at
+/// most 10): whether one did.
+fn a_refills_vm_took_a_namespace(pool: &Pooled) -> bool {
     let claimed = pool.feather.root.join("network-pool/claimed");
-    let took_one = (0..10).any(|_| {
+    (0..10).any(|_| {
         pool.taken_from_ready(|| {
             pool.ok(&["run", "--rm", "--", "hostname"])
                 .trim()
@@ -942,11 +951,57 @@ fn a_refills_vm_takes_a_namespace_made_ahead() {
         });
         pool.whole();
         !support::names_in(&claimed).is_empty()
-    });
+    })
+}
+
+/// A pooled VM that took a namespace made ahead, drained as the root's last VM: its keeper
+/// tears it down alone (no refill follows a drain, so no finisher), its network's removal
+/// takes the root's bridge down, and the root forgets its network once the VM's lease is back.
+/// The keeper is held (a test hook, armed for the drain only: every keeper of the root's pool
+/// is given it, and no other teardown is held) until the bridge is gone before it returns the
+/// lease, as a loaded host orders them at times. Before, the VM's entry of the namespaces
+/// made ahead (`network-pool/claimed/<id>`) stayed: the removal kept it for the VM, which
+/// still held its lease, and no `rm` of the VM's network came after, nor any clean-up once
+/// the network was forgotten ("the pool is left", the flake of
+/// `many_runs_from_the_pool_leave_nothing_beyond_the_pool` under load).
+#[test]
+fn a_drained_vm_that_took_a_namespace_made_ahead_leaves_no_pool_of_namespaces() {
+    let cgroups_before = support::feather_cgroups();
+    let hook = Hook::unarmed("lease-return");
+    // Every fill passes the hook on to the keepers it starts.
+    let mut pool = Pooled::new("pool-drained-netns", 0)
+        .hooked(feather_vm::keeper::HOLD_BEFORE_LEASE_RETURN, &hook);
+    pool.ok(&["pool", "--size", "1"]);
+    pool.size = 1;
     assert!(
-        took_one,
+        a_refills_vm_took_a_namespace(&pool),
         "no refill's VM took a namespace made ahead in 10 runs from the pool"
     );
+    // The finishers' refills are over (`ls` waits for teardowns): the drained VM is the root's
+    // network's last user.
+    pool.ok(&["ls"]);
+    // Declared after the pool, so dropped before it on a panic: the pool's drain on drop is
+    // not held.
+    let mut armed = hook.armed();
+    let drain = pool
+        .command()
+        .args(["pool", "--drain"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    hook.waiter(&pool.feather);
+    let bridge = std::path::Path::new("/sys/class/net").join(&pool.bridge);
+    let bridge_went = feather_testkit::eventually(Duration::from_secs(30), || !bridge.exists());
+    armed.release();
+    let drained = drain.wait_with_output().unwrap();
+    assert!(
+        bridge_went,
+        "the drained VM's keeper never took the bridge down"
+    );
+    assert!(drained.status.success(), "{drained:?}");
+    pool.drained_leaving_nothing(&cgroups_before);
 }
 
 /// What a fill killed half-way leaves — an entry whose VM it never made, a VM it made but
@@ -1573,6 +1628,31 @@ struct Hook {
 }
 
 impl Hook {
+    /// A hook that holds no one until [`Hook::armed`]: its file is not there yet, and a process
+    /// at the hook goes on where it finds none.
+    fn unarmed(label: &str) -> Hook {
+        let folder = support::unique_dir("hold-fill", label);
+        Hook {
+            path: folder.join("fill"),
+            held: None,
+            _folder: Remove(folder),
+        }
+    }
+
+    /// The hook's file made, held while the guard lives: a process that reaches the hook
+    /// meanwhile waits. Made locked under another name and renamed, so that no process finds
+    /// it unlocked.
+    fn armed(&self) -> Armed {
+        let making = self.path.with_extension("making");
+        let held = fs::File::create(&making).unwrap();
+        held.lock().unwrap();
+        fs::rename(&making, &self.path).unwrap();
+        Armed {
+            path: self.path.clone(),
+            held: Some(held),
+        }
+    }
+
     fn held(label: &str) -> Hook {
         let folder = support::unique_dir("hold-fill", label);
         let path = folder.join("fill");
@@ -1594,6 +1674,26 @@ impl Hook {
 
     fn release(&mut self) {
         self.held = None;
+    }
+}
+
+/// A hook's file, held while this lives ([`Hook::armed`]): removed, then let go, at
+/// [`Armed::release`] or on drop, so that a process that reaches the hook later goes on.
+struct Armed {
+    path: std::path::PathBuf,
+    held: Option<fs::File>,
+}
+
+impl Armed {
+    fn release(&mut self) {
+        let _ = fs::remove_file(&self.path);
+        self.held = None;
+    }
+}
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::os::unix::fs::{lchown, symlink, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -212,7 +212,8 @@ fn a_root_on_a_fuse_filesystem_a_user_serves_is_refused() {
 /// it asks it anything (an `fstat` of its root waited for the server: review roots31 L2).
 #[test]
 fn a_root_on_a_fuse_filesystem_whose_server_never_answers_is_refused_without_waiting() {
-    refused_on_a_users_fuse_mount("fuse-root-stopped", STOPPED);
+    let script = with_a_stopped_server(r#""$7" --root "$6/vms" ls"#);
+    refused_on_a_users_fuse_mount("fuse-root-stopped", &script);
 }
 
 /// How [`refused_on_a_users_fuse_mount`] has the user's FUSE server run `feather ls`: `$1`…`$6`
@@ -229,8 +230,10 @@ const SERVED: &str = r#"
     "#;
 
 /// [`SERVED`], the server in the foreground (its pid known) and stopped once its mount shows
-/// in the mount table (polled for 60 s at most), until `feather ls` has ended.
-const STOPPED: &str = r#"
+/// in the mount table (polled for 60 s at most), until `command` has ended.
+fn with_a_stopped_server(command: &str) -> String {
+    format!(
+        r#"
         mount --bind "$1" /etc/fuse.conf && mount --bind "$2" /dev/fuse || exit 90
         setpriv --reuid 65534 --regid 65534 --clear-groups fuse-overlayfs -f \
             -o "squash_to_root,allow_other,lowerdir=$3,upperdir=$4,workdir=$5" "$6" &
@@ -242,45 +245,88 @@ const STOPPED: &str = r#"
             sleep 0.1
         done
         kill -STOP $server
-        "$7" --root "$6/vms" ls
+        {command}
         code=$?
         kill -CONT $server
         fusermount3 -u "$6"
         exit $code
-    "#;
+    "#
+    )
+}
+
+/// A user's FUSE mount to be made by a script ([`SERVED`], [`with_a_stopped_server`]): uid
+/// 65534's fuse-overlayfs folders in a scratch folder, and the `fuse.conf` and `/dev/fuse` the
+/// script binds over the host's in its own mount namespace.
+struct UsersFuse {
+    lower: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+    mount: PathBuf,
+    conf: PathBuf,
+    device: PathBuf,
+}
+
+impl UsersFuse {
+    fn in_folder(scratch: &Path) -> Self {
+        let dir = |name: &str| {
+            let dir = scratch.join(name);
+            fs::create_dir(&dir).unwrap();
+            dir
+        };
+        let (lower, upper, work, mount) = (dir("lower"), dir("upper"), dir("work"), dir("mnt"));
+        for users in [&upper, &work, &mount] {
+            lchown(users, Some(65534), Some(65534)).unwrap();
+        }
+        let conf = scratch.join("fuse.conf");
+        fs::write(&conf, "user_allow_other\n").unwrap();
+        let device = scratch.join("fuse");
+        let made = Command::new("mknod")
+            .args(["-m", "0666"])
+            .arg(&device)
+            .args(["c", "10", "229"])
+            .status()
+            .unwrap();
+        assert!(made.success(), "mknod {}", device.display());
+        assert!(
+            Path::new("/etc/fuse.conf").exists(),
+            "/etc/fuse.conf is missing: install fuse3 (scripts/setup.sh does); the test binds \
+             its own over it in a mount namespace of its own"
+        );
+        UsersFuse {
+            lower,
+            upper,
+            work,
+            mount,
+            conf,
+            device,
+        }
+    }
+
+    /// `sh -c script` in namespaces of its own, given `$1`…`$6`: the fuse.conf, /dev/fuse,
+    /// lower, upper and work folders and mount point.
+    fn script(&self, script: &str) -> Command {
+        let mut command = in_namespaces_of_its_own(script);
+        command.args([
+            &self.conf,
+            &self.device,
+            &self.lower,
+            &self.upper,
+            &self.work,
+            &self.mount,
+        ]);
+        command
+    }
+}
 
 /// `feather ls` of a root on a FUSE mount uid 65534 made, its server run by `script`
-/// ([`SERVED`], [`STOPPED`]): refused, naming the mount and its user, nothing made there.
+/// ([`SERVED`], [`with_a_stopped_server`]): refused, naming the mount and its user, nothing
+/// made there.
 fn refused_on_a_users_fuse_mount(label: &str, script: &str) {
     let scratch = Feather::new(label);
-    let dir = |name: &str| {
-        let dir = scratch.root.join(name);
-        fs::create_dir(&dir).unwrap();
-        dir
-    };
-    let (lower, upper, work, mount) = (dir("lower"), dir("upper"), dir("work"), dir("mnt"));
-    for users in [&upper, &work, &mount] {
-        lchown(users, Some(65534), Some(65534)).unwrap();
-    }
-    let conf = scratch.root.join("fuse.conf");
-    fs::write(&conf, "user_allow_other\n").unwrap();
-    let device = scratch.root.join("fuse");
-    let made = Command::new("mknod")
-        .args(["-m", "0666"])
-        .arg(&device)
-        .args(["c", "10", "229"])
-        .status()
-        .unwrap();
-    assert!(made.success(), "mknod {}", device.display());
-    let root = mount.join("vms");
-    assert!(
-        Path::new("/etc/fuse.conf").exists(),
-        "/etc/fuse.conf is missing: install fuse3 (scripts/setup.sh does); the test binds its own \
-         over it in a mount namespace of its own"
-    );
+    let fuse = UsersFuse::in_folder(&scratch.root);
+    let root = fuse.mount.join("vms");
     let outcome = feather_testkit::run_within(
-        in_namespaces_of_its_own(script)
-            .args([&conf, &device, &lower, &upper, &work, &mount])
+        fuse.script(script)
             .arg(Feather::bin())
             .env(support::NO_POOL, "0"),
         Duration::from_secs(120),
@@ -300,13 +346,13 @@ fn refused_on_a_users_fuse_mount(label: &str, script: &str) {
         said.contains(&format!(
             "{}: {} is on a FUSE filesystem",
             root.display(),
-            mount.display()
+            fuse.mount.display()
         )) && said.contains("mounted by uid 65534")
             && said.contains("choose a root"),
         "{said}"
     );
     assert!(
-        support::names_in(&upper).is_empty(),
+        support::names_in(&fuse.upper).is_empty(),
         "made on the user's mount"
     );
 }
@@ -388,20 +434,29 @@ fn a_root_on_a_mount_utab_says_a_user_made_is_refused() {
 /// A mount point `/etc/fstab` lets users mount on (`users`, `user`, `owner`, `group`): any
 /// user may mount a filesystem of theirs there at any moment, whose files report root's and
 /// 0755 (an ext4 image they made), mounted now or not. A root on or under it is refused naming
-/// the mount point, the option and `/etc/fstab`, and nothing is made there. Run with a crafted
-/// fstab bound over the host's in a mount namespace of the test's own (the host's untouched).
+/// the mount point, the option and `/etc/fstab`, and nothing is made there, however the fstab
+/// line spells the mount point (a trailing `/`, `//`, `.`, `..`, a link of root's: before,
+/// compared as a path name by name, the last two were taken). Run with a crafted fstab bound
+/// over the host's in a mount namespace of the test's own (the host's untouched).
 #[test]
 fn a_root_at_a_mount_point_fstab_lets_users_mount_on_is_refused() {
     let scratch = Feather::new("fstab-root");
     let stick = scratch.root.join("stick");
     fs::create_dir(&stick).unwrap();
     fs::set_permissions(&stick, fs::Permissions::from_mode(0o755)).unwrap();
-    for option in ["users", "user", "owner", "group"] {
+    symlink(&scratch.root, scratch.root.join("media")).unwrap();
+    let at = scratch.root.display();
+    let spellings = [
+        format!("{at}/stick"),
+        format!("{at}/stick/"),
+        format!("{at}//./stick"),
+        format!("{at}/vms/../stick"),
+        format!("{at}/media/stick"),
+    ];
+    let options = ["users", "user", "owner", "group"].into_iter().cycle();
+    for (spelling, option) in spellings.iter().zip(options) {
         let fstab = scratch.root.join("fstab");
-        let line = format!(
-            "/dev/disk/by-label/STICK {} auto noauto,{option} 0 0\n",
-            stick.display()
-        );
+        let line = format!("/dev/disk/by-label/STICK {spelling} auto noauto,{option} 0 0\n");
         fs::write(&fstab, format!("# crafted by the test\n{line}")).unwrap();
         for root in [stick.clone(), stick.join("vms")] {
             let script = r#"mount --bind "$1" /etc/fstab || exit 90; "$2" --root "$3" ls"#;
@@ -419,7 +474,7 @@ fn a_root_at_a_mount_point_fstab_lets_users_mount_on_is_refused() {
                 "the crafted fstab was not bound: {}",
                 outcome.stderr
             );
-            assert_ne!(outcome.code, 0, "{} taken ({option})", root.display());
+            assert_ne!(outcome.code, 0, "{} taken ({spelling})", root.display());
             let said = &outcome.stderr;
             assert!(
                 said.contains(&format!(
@@ -436,4 +491,85 @@ fn a_root_at_a_mount_point_fstab_lets_users_mount_on_is_refused() {
             );
         }
     }
+}
+
+/// An `/etc/fstab` line users may mount (`users`) on a path past a user's FUSE mount, its
+/// server stopped: past that mount the user decides where the line's mount point is (their
+/// server answers every lookup there), so every root is refused, naming the line, the mount and
+/// what to do, and the stopped server is asked nothing: feather ends well within the deadline
+/// (an `lstat` of each part of the line's path waited on the server: review state32 H1). Run
+/// with a crafted fstab bound over the host's in the script's own mount namespace.
+#[test]
+fn every_root_is_refused_without_waiting_when_an_fstab_line_goes_past_a_stopped_fuse_server() {
+    let scratch = Feather::new("fstab-fuse-stopped");
+    let fuse = UsersFuse::in_folder(&scratch.root);
+    let target = fuse.mount.join("stick");
+    let root = scratch.root.join("elsewhere");
+    let outcome = ls_with_a_users_line_and_a_stopped_server(&fuse, &scratch, &target, &root);
+    let said = &outcome.stderr;
+    assert_ne!(outcome.code, 0, "{} taken", root.display());
+    let past_the_mount = format!(
+        "/etc/fstab line `/dev/disk/by-label/STICK {}` lets users mount (`users`) on a path that \
+         may lead anywhere past {}, which is on a FUSE filesystem",
+        target.display(),
+        fuse.mount.display(),
+    );
+    assert!(
+        said.contains(&past_the_mount)
+            && said.contains("mounted by uid 65534")
+            && said.contains("feather refuses every state root: change each such line"),
+        "{said}"
+    );
+    assert!(!root.exists(), "{} made", root.display());
+}
+
+/// An fstab line whose mount point a user has mounted now (their FUSE mount, its server
+/// stopped) is found where it is, never looked in, and lets other roots be: a root elsewhere
+/// is used, well within the deadline. The line's last name crosses into the user's mount, which
+/// is what the line lets them mount there: judged as a folder on the way, it stopped the walk
+/// and every root was refused.
+#[test]
+fn a_root_elsewhere_is_used_while_a_user_has_mounted_an_fstab_mount_point_whose_server_is_stopped()
+{
+    let scratch = Feather::new("fstab-mounted-stopped");
+    let fuse = UsersFuse::in_folder(&scratch.root);
+    let outcome =
+        ls_with_a_users_line_and_a_stopped_server(&fuse, &scratch, &fuse.mount, &scratch.root);
+    assert_eq!(outcome.code, 0, "{}", outcome.stderr);
+}
+
+/// `feather --root ROOT ls` with a crafted fstab of one `users` line for `target` bound over
+/// the host's, while `fuse`'s server is stopped, in the script's own mount namespace; the
+/// outcome once the mount and the fstab were made.
+fn ls_with_a_users_line_and_a_stopped_server(
+    fuse: &UsersFuse,
+    scratch: &Feather,
+    target: &Path,
+    root: &Path,
+) -> Outcome {
+    let fstab = scratch.root.join("fstab");
+    let line = format!(
+        "/dev/disk/by-label/STICK {} auto noauto,users 0 0\n",
+        target.display()
+    );
+    fs::write(&fstab, line).unwrap();
+    let script = format!(
+        "mount --bind \"$8\" /etc/fstab || exit 92\n{}",
+        with_a_stopped_server(r#""$7" --root "$9" ls"#)
+    );
+    let outcome = feather_testkit::run_within(
+        fuse.script(&script)
+            .arg(Feather::bin())
+            .arg(&fstab)
+            .arg(root)
+            .env(support::NO_POOL, "0"),
+        Duration::from_secs(120),
+        "feather ls with an fstab users line while a user's FUSE server is stopped",
+    );
+    assert!(
+        ![90, 91, 92].contains(&outcome.code),
+        "the user's FUSE mount or the crafted fstab was not made: {}",
+        outcome.stderr
+    );
+    outcome
 }

@@ -46,6 +46,18 @@ pub enum Error {
         fault: RootFault,
     },
 
+    #[error(
+        "{lines}; a user may mount a filesystem of theirs over any folder, so feather refuses \
+         every state root: {advice}",
+        advice = users_mount_anywhere_advice(*.passing)
+    )]
+    UsersMayMountAnywhere {
+        /// Each such fstab line, said ([`feather_sys::fstab::Anywhere`]), `; ` between them.
+        lines: String,
+        /// Only a passing failure to look made them so: the lines may be fine.
+        passing: bool,
+    },
+
     #[error("state of VM {vm} is damaged: {path}: {why}")]
     CorruptState {
         vm: String,
@@ -112,6 +124,18 @@ pub enum RootFault {
     Replaced,
 }
 
+/// What to do while fstab lines let users mount anywhere: change the lines, or, where only
+/// looking failed (a mount table that changed meanwhile, an I/O error), run again.
+fn users_mount_anywhere_advice(passing: bool) -> &'static str {
+    if passing {
+        "run the command again; if this recurs, look at why that folder could not be looked at \
+         (the fstab line itself may be fine)"
+    } else {
+        "change each such line so that its mount point's path goes through folders only root \
+         can change, on a local filesystem (`/mnt/NAME`), or drop its user option"
+    }
+}
+
 /// What to do about a refused root, fitting the folder: the root's own (or an entry of it)
 /// may be made root's, that folder alone — never recursively: a root holds its VMs' layers,
 /// whose files keep the VMs' owners and modes (a database's, a `/tmp` at 1777, setuid
@@ -156,6 +180,20 @@ mod causes_tests {
     #[derive(Debug, thiserror::Error)]
     #[error("VM web")]
     struct Outer(#[source] Error);
+
+    /// A refusal of every root for fstab lines tells the admin to change them, unless only
+    /// looking failed: then to run again, never to edit a line that may be fine.
+    #[test]
+    fn fstab_lines_are_to_be_changed_unless_looking_failed() {
+        let refusal = |passing| {
+            let lines = "/etc/fstab line `a /b` lets users mount (`user`) on …".to_owned();
+            Error::UsersMayMountAnywhere { lines, passing }.to_string()
+        };
+        let (at_fault, passing) = (refusal(false), refusal(true));
+        assert!(at_fault.contains("change each such line"), "{at_fault}");
+        assert!(passing.contains("run the command again"), "{passing}");
+        assert!(!passing.contains("change each such line"), "{passing}");
+    }
 
     #[test]
     fn each_cause_is_said_once() {

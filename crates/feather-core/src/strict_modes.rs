@@ -11,8 +11,8 @@ use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path};
 
+use feather_sys::fstab::UsersMountPoints;
 use feather_sys::lookup::{Lookup, Step, UsersMount};
-use feather_sys::user_mounts::UsersMountPoints;
 
 use crate::error::{Error, IoContext, Result, RootFault};
 
@@ -36,10 +36,27 @@ const ROOTS_OWN: [&str; 6] = [
 /// As many folders as [`made_state_root`] makes, or finds made by someone else, for one root.
 const MAX_MADE: usize = 256;
 
+/// The mount points this host's `/etc/fstab` lets users mount on; refused while a line lets
+/// them mount on a path that may lead anywhere: no folder can be told safe from such a mount,
+/// so every state root is refused, a fault of the host's, not of any root's. A command that
+/// goes through every registered root asks this once first and says it once.
+pub fn users_mount_points() -> Result<UsersMountPoints> {
+    let points = UsersMountPoints::of_this_host();
+    match points.anywhere() {
+        Some(anywhere) => Err(Error::UsersMayMountAnywhere {
+            lines: anywhere.lines.join("; "),
+            passing: anywhere.passing,
+        }),
+        None => Ok(points),
+    }
+}
+
 /// Refuses the state root `dir` unless every folder and link its lookup goes through is
 /// owned by root (or this process's user) and no one else can write to it (the sticky `/tmp`
 /// aside: no one can move what root made in it), the root's own folder not even with the
-/// sticky bit (its names are feather's), nor any of its entries feather makes ([`ROOTS_OWN`]).
+/// sticky bit (its names are feather's), nor any of its entries feather makes ([`ROOTS_OWN`]),
+/// and none is a mount point `/etc/fstab` lets users mount on; every root is refused while an
+/// fstab line lets users mount on a path that may lead anywhere ([`users_mount_points`]).
 /// A part not made yet is fine here; [`made_state_root`] makes it and looks again. The
 /// lookup is handed back, the folder it ended in pinned.
 pub fn check_state_root(dir: &Path) -> Result<Lookup> {
@@ -48,8 +65,8 @@ pub fn check_state_root(dir: &Path) -> Result<Lookup> {
 
 /// [`check_state_root`] of `walked`, a walk of `dir` taken a moment ago by the same command.
 fn check_walked(dir: &Path, walked: std::io::Result<Lookup>) -> Result<Lookup> {
+    let users_points = users_mount_points()?;
     let lookup = judged(dir, dir, walked)?;
-    let users_points = UsersMountPoints::of_this_host();
     for step in &lookup.steps {
         if let Some(why) = untrusted(step, false, &users_points) {
             return Err(untrusted_root(dir, &step.path, why, RootFault::Above));

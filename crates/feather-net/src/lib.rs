@@ -203,10 +203,17 @@ pub fn release(root_dir: &Path, vm_id: &str, config: &NetworkConfig) -> Result<(
         return Ok(());
     }
     if let Some(network) = RootNetwork::load(root_dir)? {
-        let _lock = network.lock()?;
-        pool::drop_claimed(&network, vm_id);
-        release_lease(&network, vm_id, config)?;
-        network.forget_if_unused();
+        let lock = network.lock()?;
+        let pool_left = pool::drop_claimed(&network, vm_id);
+        let released = release_lease(&network, vm_id, config);
+        if released.is_ok() {
+            network.forget_if_unused();
+        }
+        drop(lock);
+        if pool_left {
+            pool::remove_once_refilled(&network);
+        }
+        released?;
     }
     Ok(())
 }
@@ -565,10 +572,26 @@ impl Attachment {
         }
     }
 
-    /// Returns the lease of a throw-away VM whose state goes with its run. (Whether the root
-    /// can forget its network is decided in [`Attachment::wait`], after the tear-down.)
+    /// Returns the lease of a throw-away VM whose state goes with its run, and the folder of
+    /// the namespace made ahead it took, if it did ([`pool::drop_claimed`]): torn down by its
+    /// keeper (an ephemeral VM whose teardown is not handed off, a VM of the root's pool
+    /// drained, a hand-over that failed), no `rm` comes after to remove it, and once the
+    /// root's network was forgotten no clean-up of the pool came either: its `network-pool`
+    /// folder outlived the network. Such a VM waits here for the removal `detach` started
+    /// (its lock), which `wait` waits for anyway. (Whether the root can forget its network is
+    /// decided in [`Attachment::wait`], after the tear-down.)
     pub fn release(&self, vm_id: &str) {
         if let Some(network) = &self.network {
+            if pool::is_claimed_by(network.root(), vm_id) {
+                // After the removal `detach` started, which holds the lock: it deletes the
+                // bridge if this VM was its last user, and the pool's folder then goes here.
+                let pool_left = network
+                    .lock()
+                    .is_ok_and(|_lock| pool::drop_claimed(network, vm_id));
+                if pool_left {
+                    pool::remove_once_refilled(network);
+                }
+            }
             if release_lease(network, vm_id, &self.config).is_ok() {
                 self.released.set(true);
             }

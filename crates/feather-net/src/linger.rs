@@ -40,9 +40,12 @@
 //!   ([`remove_if_last`]): of two VMs stopping at once, each saw the other's port.
 //! - Nothing that holds the removal lock waits without an end for another lock (the pool's
 //!   refill, the root's network lock): past [`PATIENCE`] it leaves the removal to the next
-//!   command, the lock's file in place. Nor does a command wait for the removal lock past
-//!   [`REMOVAL_PATIENCE`]: a holder that does not go on (stopped by a signal) holds up every
-//!   command of the root that long at most.
+//!   command, the lock's file in place. The locks are taken in one order: the removal lock,
+//!   the refill lock (taken even where the pool has no folder yet, so that no refill begins
+//!   beside the removal and reads the settings before they go: pool.rs), the network lock.
+//!   Nor does a command wait for the removal lock past [`REMOVAL_PATIENCE`] (a few times
+//!   that, each time after a whole removal by someone else): a holder that does not go on
+//!   (stopped by a signal) holds up every command of the root that long at most.
 //! - A root's folder removed by hand while its network lingers leaves the network, which only
 //!   its host-wide claim ties to the root: removed_roots.rs removes it later. Take it down
 //!   first (`feather network down`).
@@ -55,7 +58,7 @@ use std::time::{Duration, Instant, SystemTime};
 use feather_core::StateRoot;
 
 use crate::netlink::{index_of, Netlink};
-use crate::settings::{open_lock_file, RootNetwork};
+use crate::settings::{is_linked, lock_as_named, open_lock_file, RootNetwork};
 use crate::{attached, firewall, pool};
 
 /// The environment variable that sets how long, in seconds, the root's network waits for a
@@ -382,12 +385,6 @@ pub fn refill_pool_if_in_demand(root_dir: &Path, others_finishing: bool) {
     }
 }
 
-/// Whether `path` still names `file`.
-fn is_linked(path: &Path, file: &File) -> bool {
-    let same = |a: &fs::Metadata, b: &fs::Metadata| a.dev() == b.dev() && a.ino() == b.ino();
-    matches!((fs::metadata(path), file.metadata()), (Ok(now), Ok(ours)) if same(&now, &ours))
-}
-
 /// Unlinks `path` if it still names `file` (locked by the caller).
 fn let_go(path: &Path, file: &File) {
     if is_linked(path, file) {
@@ -416,23 +413,13 @@ fn lock_removal(root_dir: &Path) -> Option<File> {
 }
 
 /// The root's removal lock's file, opened (made if missing) and locked by `lock`, which says
-/// whether it took the lock. A removal unlinks the file last, holding its lock: a process that
-/// opened it before that and locked it after held a lock on a file no one else would open
-/// again (the next opener makes a new one), a claim no command saw. So the lock counts only on
-/// the file its path still names; on another, it is taken again on the path's file (a few
-/// times at most: each round follows a whole removal by someone else).
+/// whether it took the lock. A removal unlinks the file last, holding its lock: the lock
+/// counts only on the file its path still names ([`lock_as_named`]).
 fn take_removal_lock(root_dir: &Path, lock: impl Fn(&File) -> bool) -> Option<File> {
     let path = root_dir.join(LOCK_FILE);
-    for _ in 0..3 {
-        let removing = open_lock_file(&path).ok()?;
-        if !lock(&removing) {
-            return None;
-        }
-        if is_linked(&path, &removing) {
-            return Some(removing);
-        }
-    }
-    None
+    lock_as_named(&path, || open_lock_file(&path), lock)
+        .ok()
+        .flatten()
 }
 
 /// Under the root's removal lock: [`remove_under`]. Whether the lock was taken.
@@ -475,6 +462,8 @@ fn remove_under(root: &StateRoot, removing: File) {
         if done != Some(true) {
             return;
         }
+    } else {
+        pool::remove_folder_left(root_dir, PATIENCE);
     }
     let_go(&root_dir.join(LOCK_FILE), &removing);
 }

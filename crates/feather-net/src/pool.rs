@@ -30,10 +30,24 @@
 //!   ([`crate::linger`]) or at `feather network down`: nothing stays once a root's VMs are
 //!   gone and its network is down, so a root is removed as before (its VMs, `network down`,
 //!   then its folder).
+//! - Serialised with the network's removal by the refill lock, taken in one order (the refill
+//!   lock, then the root's network lock; a VM's teardown that holds the network lock only
+//!   tries the refill lock, and where a refill held it waits for that refill once it let go
+//!   of the network lock: [`remove_once_refilled`]): a removal takes it even where the pool
+//!   has no folder yet ([`with_refill_lock_within`]; where the folder cannot be made, it goes
+//!   on without, as no refill can take the lock either), and a refill that finds the network
+//!   gone once it has it (its settings or its bridge), or sees it go while it works, makes
+//!   nothing and removes the folder it made. A lock is counted only on the file the folder
+//!   holds (a holder that removed the folder let go of a lock no one else sees). A claimed
+//!   entry's folder goes with its VM, whoever tears it down (its `rm`, its finisher, or its
+//!   keeper alone: [`drop_claimed`]): once the root's network is forgotten, no clean-up comes
+//!   for it.
 //! - Crash-safe: an entry being made is under `making-` until it is complete; whatever a killed
 //!   refill or keeper left (a `making-` entry, a claimed entry whose VM holds no lease, a
 //!   `pool-` lease without its entry, a ready entry whose host end is gone after a reboot) is
-//!   removed by the next refill or by the next feather command of the root.
+//!   removed by the next refill or by the next feather command of the root, and a folder
+//!   holding only the refill lock, left by a removal killed after the root forgot its network,
+//!   by the next removal ([`remove_folder_left`]).
 //! - Only VMs that need nothing else of the host side take an entry: a private network without
 //!   `--egress` in a root without an uplink (their entries are made per VM as before).
 
@@ -51,7 +65,7 @@ use crate::error::{netlink as netlink_error, IoAt, NetError, Result};
 use crate::folder::make_dir;
 use crate::inside::{Inside, Interface, VM_INTERFACE};
 use crate::netlink::{index_of, Netlink, PeerNamespace};
-use crate::settings::RootNetwork;
+use crate::settings::{lock_as_named, open_lock_file, RootNetwork};
 use crate::{firewall, leases};
 
 /// How many entries a root keeps ready: a script's loop of `run --rm` finds one most times
@@ -205,19 +219,48 @@ fn unmount(netns: &Path) {
     let _ = nix::mount::umount2(netns, MntFlags::MNT_DETACH);
 }
 
-/// At `rm` and at the end of a throw-away VM (holding the root's network lock): the entry VM
-/// `vm_id` claimed goes — what an entry not taken holds with it, only the folder of one taken,
-/// whose pair was the VM's. Once the root's bridge is gone, so is the emptied pool's folder
-/// (the bridge's removal drains the pool but leaves the entries of VMs still being torn down).
-pub(crate) fn drop_claimed(network: &RootNetwork, vm_id: &str) {
+/// Whether VM `vm_id` claimed an entry whose folder is still there.
+pub(crate) fn is_claimed_by(root_dir: &Path, vm_id: &str) -> bool {
+    dir_of(root_dir).join(CLAIMED).join(vm_id).exists()
+}
+
+/// At `rm` and at the end of a throw-away VM, by its finisher or by its keeper (holding the
+/// root's network lock): the entry VM `vm_id` claimed goes — what an entry not taken holds
+/// with it, only the folder of one taken, whose pair was the VM's. Once the root's bridge is
+/// gone, so is the emptied pool's folder (the bridge's removal drains the pool but leaves the
+/// entries of VMs still being torn down). Whether that folder is left to
+/// [`remove_once_refilled`], for the caller to call once it let go of the network lock: a
+/// refill held the refill lock (which comes before the network lock), and it kept the folder
+/// for this entry, still there when it looked.
+#[must_use]
+pub(crate) fn drop_claimed(network: &RootNetwork, vm_id: &str) -> bool {
     let dir = dir_of(network.root());
     let entry = dir.join(CLAIMED).join(vm_id);
-    if entry.exists() {
-        destroy(network, &entry);
+    if !is_claimed_by(network.root(), vm_id) {
+        return false;
+    }
+    destroy(network, &entry);
+    if index_of(&network.bridge).is_some() {
+        return false;
+    }
+    match try_refill_lock(network.root()) {
+        Some(_refilling) => {
+            remove_if_empty(&dir);
+            false
+        }
+        None => true,
+    }
+}
+
+/// Not holding the root's network lock, after [`drop_claimed`] left the pool's folder of a
+/// network whose bridge went to the refill under way: waits for that refill
+/// ([`REFILL_PATIENCE`] at most, a few times that after whole removals by others) and removes
+/// the folder if it is empty. Before, the folder outlived the network: the refill kept it for
+/// the entry, and nothing looked again once the network was forgotten.
+pub(crate) fn remove_once_refilled(network: &RootNetwork) {
+    if let Some(_refilling) = refill_lock_within(network.root(), REFILL_PATIENCE) {
         if index_of(&network.bridge).is_none() {
-            if let Some(_refilling) = try_refill_lock(network.root()) {
-                remove_if_empty(&dir);
-            }
+            remove_if_empty(&dir_of(network.root()));
         }
     }
 }
@@ -273,42 +316,52 @@ pub(crate) fn has_claimed(root_dir: &Path) -> bool {
 
 /// The refill lock, when no other process holds it. None in a root whose folder is gone.
 fn try_refill_lock(root_dir: &Path) -> Option<File> {
-    let file = refill_lock_file(root_dir)?;
-    file.try_lock().ok()?;
-    Some(file)
+    take_refill_lock(root_dir, |file| file.try_lock().is_ok())
+        .ok()
+        .flatten()
 }
 
-/// The refill lock's file, opened (the pool's folder and the file made if missing), not
-/// locked. None in a root whose folder is gone.
-fn refill_lock_file(root_dir: &Path) -> Option<File> {
-    let dir = dir_of(root_dir);
-    make_dir(&dir).ok()?;
-    open_refill_lock(&dir)
-}
-
-/// The refill lock, waited for at most `patience`; None in a root whose folder is gone. The
+/// The refill lock, waited for at most `patience` (a few times that, each time after a whole
+/// removal by someone else); None in a root whose folder cannot be made. The
 /// wait blocks in `flock` on a thread of its own (a waiter `/proc/locks` lists), which lets
 /// the lock go as soon as it gets it if this process stopped waiting meanwhile.
 fn refill_lock_within(root_dir: &Path, patience: Duration) -> Option<File> {
-    let file = refill_lock_file(root_dir)?;
-    if file.try_lock().is_ok() {
-        return Some(file);
-    }
-    // The same open file: the lock the thread takes is `file`'s.
-    let waiter = file.try_clone().ok()?;
-    let (taken, told) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .spawn(move || {
+    take_refill_lock(root_dir, |file| {
+        if file.try_lock().is_ok() {
+            return true;
+        }
+        // The same open file: the lock the thread takes is `file`'s.
+        let Ok(waiter) = file.try_clone() else {
+            return false;
+        };
+        let (taken, told) = std::sync::mpsc::channel();
+        let waiting = std::thread::Builder::new().spawn(move || {
             if waiter.lock().is_ok() && taken.send(()).is_err() {
                 let _ = waiter.unlock();
             }
-        })
-        .ok()?;
-    told.recv_timeout(patience).is_ok().then_some(file)
+        });
+        waiting.is_ok() && told.recv_timeout(patience).is_ok()
+    })
+    .ok()
+    .flatten()
 }
 
-fn open_refill_lock(dir: &Path) -> Option<File> {
-    crate::settings::open_lock_file(&dir.join(REFILL_LOCK)).ok()
+/// The refill lock, taken by `lock` (whether it took it) on the file the pool's folder (made
+/// if missing) holds. A holder that removed the folder (the network went) let go of a lock on
+/// a file no one opens again: a waiter that took that lock would work beside the next refill
+/// or removal, so the lock is taken again on the folder's file. Ok(None) when `lock` did not
+/// take it; an error when the folder or its lock's file cannot be made.
+fn take_refill_lock(
+    root_dir: &Path,
+    lock: impl Fn(&File) -> bool,
+) -> std::io::Result<Option<File>> {
+    let dir = dir_of(root_dir);
+    let path = dir.join(REFILL_LOCK);
+    let open = || {
+        make_dir(&dir)?;
+        open_lock_file(&path)
+    };
+    lock_as_named(&path, open, lock)
 }
 
 /// Whether a VM's port (not a pooled pair's) is on the root's bridge.
@@ -365,23 +418,36 @@ pub fn refill(root_dir: &Path) {
         return;
     };
     // Taken down while this waited for the lock (`network down` drains the pool and removes
-    // the network holding it): nothing is made, and the folder this opened the lock in goes
-    // again. Before, a finisher's refill made the pool anew in a root whose network was down
-    // (CI on ce3c51a9: `pool::many_runs_from_the_pool_leave_nothing_beyond_the_pool`, "the
-    // pool is left", 1 of 1334; seen once before, in session 28).
-    if !matches!(RootNetwork::load(root_dir), Ok(Some(_))) {
-        remove_if_empty(&dir_of(root_dir));
-        return;
+    // the network holding it) or while it made entries (the bridge's removal, which looks for
+    // entries being made before the lock: none yet): nothing is made, or nothing is left
+    // but the folder this made, which goes again under the lock. Before, a finisher's refill
+    // made the pool anew in a root whose network was down, and one whose entries could not be
+    // made left the folder (CI on ce3c51a9: `pool::many_runs_from_the_pool_leave_nothing_
+    // beyond_the_pool`, "the pool is left", 1 of 1334; seen once before, in session 28).
+    if is_up(&network) {
+        fill(&network);
     }
-    clean_stale(&network);
-    let ready = dir_of(root_dir).join(READY);
+    if !is_up(&network) {
+        remove_if_empty(&dir_of(root_dir));
+    }
+}
+
+/// Whether the root's network is still there: its settings, and its bridge.
+fn is_up(network: &RootNetwork) -> bool {
+    matches!(RootNetwork::load(network.root()), Ok(Some(_))) && index_of(&network.bridge).is_some()
+}
+
+/// Holding the refill lock: the pool cleaned, then filled up to [`SIZE`] (see [`refill`]).
+fn fill(network: &RootNetwork) {
+    clean_stale(network);
+    let ready = dir_of(network.root()).join(READY);
     if make_dir(&ready).is_err() {
         return;
     }
     let count = || fs::read_dir(&ready).map_or(SIZE, |entries| entries.count());
     loop {
         let missing = SIZE.saturating_sub(count());
-        if missing == 0 || side_by_side(missing, || make_one(&network).is_ok()) == 0 {
+        if missing == 0 || side_by_side(missing, || make_one(network).is_ok()) == 0 {
             return;
         }
     }
@@ -586,30 +652,63 @@ pub(crate) fn drain(network: &RootNetwork) {
 fn remove_if_empty(dir: &Path) {
     let _ = fs::remove_dir(dir.join(READY));
     let _ = fs::remove_dir(dir.join(CLAIMED));
-    if fs::read_dir(dir).is_ok_and(|entries| {
-        entries
-            .flatten()
-            .all(|e| e.file_name().as_os_str() == REFILL_LOCK)
-    }) {
+    if holds_only_the_lock(dir) {
         let _ = fs::remove_dir_all(dir);
     }
 }
 
+/// In a root that recorded no network: the pool's folder, if it holds nothing but the refill
+/// lock's file (looked at under that lock, waited for at most `patience`). A removal killed
+/// after the root forgot its network, before the folder it made for the lock went again
+/// ([`with_refill_lock_within`]), leaves it, and no later look at the pool saw it (no network,
+/// no entries).
+pub(crate) fn remove_folder_left(root_dir: &Path, patience: Duration) {
+    if dir_of(root_dir).exists() {
+        let _ = with_refill_lock_within(root_dir, patience, || ());
+    }
+}
+
+/// Whether the pool's folder `dir` holds nothing but the refill lock's file.
+fn holds_only_the_lock(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .all(|e| e.file_name().as_os_str() == REFILL_LOCK)
+    })
+}
+
 /// Runs `work` holding the refill lock, for the removal of the root's bridge, which drains the
-/// pool: waits at most `patience` for a refill under way; None, and `work` not run, when the
-/// refill went on all that time.
+/// pool: waits at most `patience` for a refill under way (a few times that, each time after a
+/// whole removal by someone else); None, and `work` not run, when the refill went on all that
+/// time. The lock is taken even where the pool has no folder yet (it is made, and goes again
+/// after `work` if nothing else is in it): taken only where the folder was, a refill that made
+/// the folder right after the look went on beside the removal, read the network's settings
+/// before they went, and left the folder for good. Where the folder or its lock's file cannot
+/// be made (a full disk, a `network-pool` that is no folder), no refill can take the lock
+/// either, and `work` runs without it: before, the removal stopped there, and `network down`
+/// said a VM used the network.
 pub(crate) fn with_refill_lock_within<T>(
     root_dir: &Path,
-    patience: std::time::Duration,
+    patience: Duration,
     work: impl FnOnce() -> T,
 ) -> Option<T> {
     let dir = dir_of(root_dir);
-    let lock = match dir.exists().then(|| open_refill_lock(&dir)).flatten() {
-        Some(file) => Some(crate::settings::lock_within(&file, patience).then_some(file)?),
-        None => None,
+    let lock = take_refill_lock(root_dir, |file| {
+        crate::settings::lock_within(file, patience)
+    });
+    let Ok(lock) = lock else {
+        return Some(work());
     };
-    let _lock = lock;
-    Some(work())
+    let _refilling = lock?;
+    // Looked at under the lock: a folder that holds nothing but the lock was made for it (here
+    // or by a refill that made nothing), and goes again; the empty `claimed/` of a network that
+    // stays keeps its time, which says when a VM last took an entry ([`since_last_taken`]).
+    let made_for_the_lock = holds_only_the_lock(&dir);
+    let done = work();
+    if made_for_the_lock {
+        remove_if_empty(&dir);
+    }
+    Some(done)
 }
 
 /// With the root's last VM's bridge (holding the root's network lock): drains the pool unless
@@ -676,6 +775,153 @@ mod tests {
         }
         // A maker that fails is not counted.
         assert_eq!(side_by_side(3, || false), 0);
+    }
+
+    /// A root whose recorded network's bridge is not there (taken down while a refill waited
+    /// for its lock, or by the last VM's keeper before the refill's first entry was begun).
+    fn root_without_its_bridge(scratch: &feather_testkit::ScratchDir) -> PathBuf {
+        let root = scratch.0.join("root");
+        fs::create_dir_all(&root).unwrap();
+        let bridge = format!("ftgone{}", std::process::id() % 1_000_000);
+        let settings = format!("bridge = \"{bridge}\"\nsubnet = \"10.254.254.0/24\"\n");
+        fs::write(root.join("network.toml"), settings).unwrap();
+        assert!(index_of(&bridge).is_none(), "{bridge} exists on this host");
+        root
+    }
+
+    /// A refill whose root's bridge went makes nothing and leaves no pool. Before, it made the
+    /// pool's folder (its lock, `ready/`), failed to make an entry, and left it for good: the
+    /// network's removal had looked before.
+    #[test]
+    fn a_refill_in_a_root_whose_bridge_went_leaves_no_pool() {
+        let scratch = feather_testkit::ScratchDir::new("pool-no-bridge");
+        let root = root_without_its_bridge(&scratch);
+        refill(&root);
+        assert_no_pool(&root);
+    }
+
+    /// Asserts that the root has no pool's folder, naming what it holds if it has.
+    fn assert_no_pool(root: &Path) {
+        let left = fs::read_dir(dir_of(root))
+            .map(|e| e.flatten().map(|e| e.file_name()).collect::<Vec<_>>());
+        assert!(left.is_err(), "the pool is left: {left:?}");
+    }
+
+    /// The removal of the root's network holds the refill lock even where the pool has no
+    /// folder yet: a refill that begins meanwhile waits for it (and then finds the network
+    /// gone). Before, the removal took no lock there, and a refill made the folder and its
+    /// lock right after the look, read the settings before they went, and went on.
+    #[test]
+    fn no_refill_begins_while_the_network_is_removed() {
+        let scratch = feather_testkit::ScratchDir::new("pool-removal");
+        let root = root_without_its_bridge(&scratch);
+        let refill_could_begin = with_refill_lock_within(&root, Duration::from_secs(10), || {
+            // What a finisher's refill does first, from another process: its lock.
+            std::thread::scope(|other| {
+                other
+                    .spawn(|| try_refill_lock(&root).is_some())
+                    .join()
+                    .unwrap()
+            })
+        });
+        assert_eq!(refill_could_begin, Some(false), "a refill began meanwhile");
+        assert!(
+            !dir_of(&root).exists(),
+            "the folder made for the lock stays"
+        );
+    }
+
+    /// A keeper drops its claimed entry after its network's removal took the bridge down,
+    /// while a refill (which found the bridge gone, and kept the folder for that entry) still
+    /// holds the refill lock: once the refill lets go, the folder goes. Before, the keeper only
+    /// tried the lock, and the folder outlived the network.
+    #[test]
+    fn a_claimed_entry_dropped_beside_a_refill_leaves_no_pool() {
+        let scratch = feather_testkit::ScratchDir::new("pool-dropped-beside-refill");
+        let root = root_without_its_bridge(&scratch);
+        let network = RootNetwork::load(&root).unwrap().unwrap();
+        fs::create_dir_all(dir_of(&root).join(CLAIMED).join("vm-1")).unwrap();
+        let refilling = try_refill_lock(&root).expect("the refill lock");
+        let pool_left = drop_claimed(&network, "vm-1");
+        assert!(pool_left, "the folder was removed beside the refill");
+        std::thread::scope(|other| {
+            // The keeper, its network lock let go, waits for the refill to end.
+            let keeper = other.spawn(|| remove_once_refilled(&network));
+            drop(refilling);
+            keeper.join().unwrap();
+        });
+        assert_no_pool(&root);
+    }
+
+    /// Where the pool's folder cannot be made (here a file holds its name), the network's
+    /// removal goes on without the refill lock, which no refill can take either. Before, it
+    /// stopped there, and `network down` said a VM used the network, at every try.
+    #[test]
+    fn a_removal_goes_on_where_the_pool_s_folder_cannot_be_made() {
+        let scratch = feather_testkit::ScratchDir::new("pool-no-folder");
+        let root = scratch.0.join("root");
+        fs::create_dir_all(&root).unwrap();
+        fs::write(dir_of(&root), "").unwrap();
+        let removed = with_refill_lock_within(&root, Duration::from_secs(10), || true);
+        assert_eq!(removed, Some(true), "the removal stopped");
+    }
+
+    /// The folder a removal made for the refill lock, left by a removal killed after the root
+    /// forgot its network, goes at the next removal; a folder that holds more stays.
+    #[test]
+    fn a_folder_left_with_only_the_refill_lock_goes() {
+        let scratch = feather_testkit::ScratchDir::new("pool-folder-left");
+        let root = scratch.0.join("root");
+        fs::create_dir_all(dir_of(&root)).unwrap();
+        fs::write(dir_of(&root).join(REFILL_LOCK), "").unwrap();
+        remove_folder_left(&root, Duration::from_secs(10));
+        assert!(
+            !dir_of(&root).exists(),
+            "the folder made for the lock stays"
+        );
+        fs::create_dir_all(dir_of(&root).join(CLAIMED).join("vm-1")).unwrap();
+        remove_folder_left(&root, Duration::from_secs(10));
+        assert!(dir_of(&root).join(CLAIMED).join("vm-1").exists());
+    }
+
+    /// A waiter that took the refill lock on the file of a folder its holder removed (the
+    /// network went) takes it again on the file the folder, made anew, holds: a lock on the
+    /// removed file is one no later refill or removal sees.
+    #[test]
+    fn the_refill_lock_is_taken_on_the_file_the_folder_holds() {
+        let scratch = feather_testkit::ScratchDir::new("pool-lock-named");
+        let root = scratch.0.join("root");
+        let path = dir_of(&root).join(REFILL_LOCK);
+        fs::create_dir_all(&root).unwrap();
+        let holder = try_refill_lock(&root).expect("the refill lock");
+        let lock = std::thread::scope(|other| {
+            let waiter = other.spawn(|| refill_lock_within(&root, Duration::from_secs(30)));
+            feather_testkit::eventually(Duration::from_secs(30), || waits_for(&path));
+            fs::remove_dir_all(dir_of(&root)).unwrap();
+            drop(holder);
+            waiter.join().unwrap()
+        });
+        let lock = lock.expect("the refill lock, once its holder let go");
+        assert!(
+            crate::settings::is_linked(&path, &lock),
+            "the lock was taken on the removed file"
+        );
+    }
+
+    /// Whether a process waits for a lock of the file at `path` (`/proc/locks`).
+    fn waits_for(path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(inode) = fs::metadata(path).map(|m| m.ino().to_string()) else {
+            return false;
+        };
+        fs::read_to_string("/proc/locks").is_ok_and(|locks| {
+            locks.lines().any(|line| {
+                line.contains("->")
+                    && line
+                        .split_whitespace()
+                        .any(|f| f.ends_with(&format!(":{inode}")))
+            })
+        })
     }
 
     #[test]

@@ -97,6 +97,16 @@ impl RootRegistry {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return Vec::new();
         };
+        // Said once, as the host's fault: each root's refusal would say it again, with advice
+        // to forget entries of roots that are fine.
+        if let Err(why) = feather_core::strict_modes::users_mount_points() {
+            eprintln!(
+                "feather: warning: no registered OCI runtime root is looked at: {why}; their \
+                 containers are not listed nor looked up until then (their registry entries \
+                 stay)"
+            );
+            return Vec::new();
+        }
         WarningStamps::of_registry(&self.dir).sweep();
         let mut roots = Vec::new();
         for entry in entries.flatten() {

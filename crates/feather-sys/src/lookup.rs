@@ -21,7 +21,7 @@ use crate::mountinfo::{self, MountEntry};
 use crate::user_mounts;
 
 /// As many links as the kernel follows in one lookup (`MAXSYMLINKS`).
-const MAX_LINKS: usize = 40;
+pub(crate) const MAX_LINKS: usize = 40;
 
 /// One name the lookup went through: where (the path as walked so far) and what it is.
 #[derive(Debug)]
@@ -109,20 +109,7 @@ pub fn walk_following(
     let mut mounts = Mounts::default();
     let mut names: VecDeque<Name> = names_of(path).collect();
     let mut links = 0;
-    while let Some(name) = names.pop_front() {
-        let name = match name {
-            Name::Slash => {
-                trail.truncate(1);
-                continue;
-            }
-            Name::Up => {
-                if trail.len() > 1 {
-                    trail.pop();
-                }
-                continue;
-            }
-            Name::Plain(name) => name,
-        };
+    while let Some(name) = next_name(&mut names, &mut trail) {
         let (folder, at, folders_dev) = trail.last().expect("/ stays on the trail");
         let shown = at.join(&name);
         let opened = match open_path(Some(folder), Path::new(&name)) {
@@ -196,7 +183,7 @@ pub struct UsersMount {
 
 /// The namespace's mount table, read once a walk crosses into a mount, then kept for the walk.
 #[derive(Default)]
-struct Mounts(Option<Vec<MountEntry>>);
+pub(crate) struct Mounts(Option<Vec<MountEntry>>);
 
 impl Mounts {
     /// The mount `opened` (at `path`) is on when the walk crossed into it there (its device is
@@ -225,23 +212,24 @@ impl Mounts {
         }
     }
 
-    /// The entry of the mount whose id mountinfo lists as `id`.
-    fn by_id(&mut self, id: u64) -> io::Result<MountEntry> {
-        if self.0.is_none() {
-            self.0 = Some(mountinfo::mounts()?);
+    /// The entry of the mount whose id mountinfo lists as `id`. The table is read once, and
+    /// again if `id` is not in it: a mount made since (an automount, another command's) is no
+    /// reason to refuse.
+    pub(crate) fn by_id(&mut self, id: u64) -> io::Result<MountEntry> {
+        let listed = |table: &[MountEntry]| table.iter().find(|mount| mount.id == id).cloned();
+        if let Some(mount) = self.0.as_deref().and_then(listed) {
+            return Ok(mount);
         }
-        let table = self.0.as_deref().unwrap_or_default();
-        table
-            .iter()
-            .find(|mount| mount.id == id)
-            .cloned()
-            .ok_or_else(|| {
-                io::Error::other(format!(
-                    "the mount crossed here (id {id}) is not in /proc/self/mountinfo: it was \
+        let table = mountinfo::mounts()?;
+        let found = listed(&table);
+        self.0 = Some(table);
+        found.ok_or_else(|| {
+            io::Error::other(format!(
+                "the mount crossed here (id {id}) is not in /proc/self/mountinfo: it was \
                      unmounted while feather looked, or /proc is not mounted; run the command \
                      again once it stays mounted"
-                ))
-            })
+            ))
+        })
     }
 }
 
@@ -267,7 +255,7 @@ pub fn look_at(end: &End, name: &Path) -> io::Result<Option<Step>> {
 }
 
 /// A name of a path, owned: a link's target joins the names still to walk.
-enum Name {
+pub(crate) enum Name {
     Slash,
     Up,
     Plain(OsString),
@@ -283,8 +271,24 @@ impl Name {
     }
 }
 
+/// The next plain name of `names`, a `/` or `..` before it taken on the `trail` of folders the
+/// walk is in (`/` first, which `..` never leaves, as the kernel's lookup does not).
+pub(crate) fn next_name<T>(names: &mut VecDeque<Name>, trail: &mut Vec<T>) -> Option<OsString> {
+    loop {
+        match names.pop_front()? {
+            Name::Slash => trail.truncate(1),
+            Name::Up => {
+                if trail.len() > 1 {
+                    trail.pop();
+                }
+            }
+            Name::Plain(name) => return Some(name),
+        }
+    }
+}
+
 /// The names of `path` (`.` dropped).
-fn names_of(path: &Path) -> impl Iterator<Item = Name> + '_ {
+pub(crate) fn names_of(path: &Path) -> impl Iterator<Item = Name> + '_ {
     path.components().filter_map(|component| match component {
         Component::RootDir => Some(Name::Slash),
         Component::ParentDir => Some(Name::Up),
@@ -311,6 +315,22 @@ fn open_path(folder: Option<&File>, name: &Path) -> io::Result<File> {
 }
 
 /// The target of the link pinned by `link`'s descriptor.
-fn read_link(link: &File) -> io::Result<OsString> {
+pub(crate) fn read_link(link: &File) -> io::Result<OsString> {
     Ok(nix::fcntl::readlinkat(link.as_fd(), "")?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A mount made after the table was read (an automount, another command's) is found by
+    /// reading it again, not taken for one that cannot be looked at (review fstab33 M2).
+    #[test]
+    fn a_mount_missing_from_the_table_read_before_is_found_in_a_fresh_one() {
+        let slash = File::open("/").unwrap();
+        let id = crate::mountinfo::mount_id_of_fd(slash.as_fd()).unwrap();
+        let mut read_before = Mounts(Some(Vec::new()));
+        assert_eq!(read_before.by_id(id).unwrap().id, id);
+        assert!(Mounts::default().by_id(u64::MAX).is_err());
+    }
 }

@@ -40,6 +40,19 @@ pub fn mounts() -> std::io::Result<Vec<MountEntry>> {
     Ok(parse(read_table(Path::new(OWN_TABLE))?))
 }
 
+/// The id (as mountinfo lists it) of the mount `fd` is on, as `/proc/self/fdinfo` says it:
+/// procfs tells it from the open file alone, asking its filesystem nothing (a statx of it
+/// may: 9p without a cache asks its server even with `AT_STATX_DONT_SYNC`, gfs2 and ocfs2
+/// take cluster locks), so a mount can be judged before anything is asked of it.
+pub fn mount_id_of_fd(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("mnt_id:"))
+        .and_then(|id| id.trim().parse().ok())
+        .ok_or_else(|| std::io::Error::other("/proc/self/fdinfo names no mnt_id"))
+}
+
 /// The text of the mount table at `path` (a `/proc/<pid>/mountinfo`) into a buffer with room
 /// for [`TABLE_ROOM`] bytes from the start. procfs gives the file no size, so `fs::read` starts
 /// with an empty buffer, which `read_to_end` probes with a read of 32 bytes and then grows by

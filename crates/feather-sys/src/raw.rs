@@ -957,15 +957,45 @@ pub fn unique_mount_id(fd: RawFd) -> Result<u64, Errno> {
     mount_id_of(fd, libc::STATX_MNT_ID_UNIQUE)
 }
 
-/// statx(2) of the descriptor itself, asking its filesystem nothing (`AT_STATX_DONT_SYNC`, which
-/// FUSE honours from its cache: a server that never answers is not waited on): the device it
-/// is on, as `fstat` gives it, and the id of its mount as mountinfo lists it (STATX_MNT_ID).
+/// statx(2) of the descriptor itself with `AT_STATX_DONT_SYNC`, which FUSE honours from its
+/// cache (a server that never answers is not waited on; 9p without a cache asks its server
+/// anyway): the device it is on, as `fstat` gives it, and the id of its mount as mountinfo
+/// lists it (STATX_MNT_ID).
 pub fn device_and_listed_mount_id_unasked(fd: RawFd) -> Result<(u64, u64), Errno> {
     let stx = statx_of(fd, libc::STATX_MNT_ID, libc::AT_STATX_DONT_SYNC)?;
     Ok((
         libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
         stx.stx_mnt_id,
     ))
+}
+
+/// What a name's descriptor is, as statx(2) tells it without asking its filesystem
+/// ([`entry_unasked`]).
+#[derive(Clone, Copy, Debug)]
+pub struct EntryUnasked {
+    /// Its type and mode bits (`st_mode`).
+    pub mode: u32,
+    pub uid: u32,
+    /// The id of its mount as mountinfo lists it (STATX_MNT_ID).
+    pub mount_id: u64,
+}
+
+/// statx(2) of the descriptor itself (a link not followed, no automount triggered), with
+/// `AT_STATX_DONT_SYNC`: its type, mode, owner and mount. FUSE, NFS and CIFS answer that from
+/// what they hold, so a server that never answers is not waited on; 9p without a cache asks
+/// its server anyway and gfs2 and ocfs2 take cluster locks, so a caller judges the mount
+/// first (`mountinfo::mount_id_of_fd`). ENODATA if the kernel did not report all of them.
+pub fn entry_unasked(fd: RawFd) -> Result<EntryUnasked, Errno> {
+    let mask = libc::STATX_TYPE | libc::STATX_MODE | libc::STATX_UID | libc::STATX_MNT_ID;
+    let stx = statx_of(fd, mask, libc::AT_STATX_DONT_SYNC | libc::AT_NO_AUTOMOUNT)?;
+    if stx.stx_mask & mask != mask {
+        return Err(Errno::ENODATA);
+    }
+    Ok(EntryUnasked {
+        mode: u32::from(stx.stx_mode),
+        uid: stx.stx_uid,
+        mount_id: stx.stx_mnt_id,
+    })
 }
 
 /// The mount id `fd` is on, of the kind `mask` asks (`STATX_MNT_ID` or `STATX_MNT_ID_UNIQUE`).

@@ -5,7 +5,7 @@
 //! whatever the user wrote into the image, and the image stays theirs to write while mounted.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::mountinfo::{unescape, MountEntry};
 
@@ -13,15 +13,8 @@ use crate::mountinfo::{unescape, MountEntry};
 /// which helper (udisks) made one.
 const UTAB: &str = "/run/mount/utab";
 
-/// Where the admin lists mounts, some of which any user may make (`user`, `users`, `owner`,
-/// `group`): at such a mount point a user can mount a filesystem of theirs at any moment.
-const FSTAB: &str = "/etc/fstab";
-
 /// More than a machine's utab or fstab holds; a longer one is read only so far.
 const TABLE_LIMIT: u64 = 1 << 20;
-
-/// The fstab options that let a user other than root mount an entry (mount(8)).
-const USERS_MAY_MOUNT: [&str; 4] = ["user", "users", "owner", "group"];
 
 /// Why `mount`'s files are ones a local user decides, or None.
 pub fn set_by_a_user(mount: &MountEntry) -> Option<String> {
@@ -32,52 +25,17 @@ pub fn set_by_a_user(mount: &MountEntry) -> Option<String> {
     mounted_for_a_user(mount, &utab)
 }
 
-/// The mount points `/etc/fstab` lets a user mount on, each with the option that does: read
-/// once, then asked of every folder a walk went through, mounted now or not.
-pub struct UsersMountPoints(Vec<(PathBuf, String)>);
-
-impl UsersMountPoints {
-    /// This host's, from `/etc/fstab` (bounded); none where there is none.
-    pub fn of_this_host() -> Self {
-        Self::in_fstab(&read_bounded(FSTAB))
-    }
-
-    fn in_fstab(fstab: &str) -> Self {
-        let entries = fstab.lines().filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (_, target, _, options) = (
-                fields.next()?,
-                fields.next()?,
-                fields.next()?,
-                fields.next()?,
-            );
-            if target.starts_with('#') || line.trim_start().starts_with('#') {
-                return None;
-            }
-            let option = options.split(',').find(|option| {
-                let name = option.split('=').next().unwrap_or(option);
-                USERS_MAY_MOUNT.contains(&name)
-            })?;
-            Some((PathBuf::from(unescape(target)), option.to_owned()))
-        });
-        UsersMountPoints(entries.collect())
-    }
-
-    /// Why a user may mount on `folder` (a path as a walk went through it), or None.
-    pub fn at(&self, folder: &Path) -> Option<String> {
-        let (_, option) = self.0.iter().find(|(target, _)| target == folder)?;
-        Some(format!(
-            "is a mount point /etc/fstab lets users mount on (`{option}`): any user can mount a \
-             filesystem of theirs there at any moment"
-        ))
-    }
+/// Whether `mount` is FUSE's (`fuse`, `fuseblk`, each possibly `.<subtype>`): its server
+/// answers every lookup in it.
+pub(crate) fn is_fuse(mount: &MountEntry) -> bool {
+    let kind = mount.fs_type.split('.').next().unwrap_or_default();
+    kind == "fuse" || kind == "fuseblk"
 }
 
 /// A FUSE mount (`fuse`, `fuseblk`, each possibly `.<subtype>`) whose server is not root's: the
 /// kernel records the mounter's uid as `user_id=` in the superblock's options.
 fn fuse_of_a_user(mount: &MountEntry) -> Option<String> {
-    let kind = mount.fs_type.split('.').next().unwrap_or_default();
-    if kind != "fuse" && kind != "fuseblk" {
+    if !is_fuse(mount) {
         return None;
     }
     let user = mount
@@ -147,7 +105,7 @@ fn users_option(option: &str) -> Option<String> {
 
 /// The text of the table at `path`, bounded; empty where there is none (utab: no mount made by
 /// mount(8) or udisks needed a record).
-fn read_bounded(path: &str) -> String {
+pub(crate) fn read_bounded(path: &str) -> String {
     let mut text = String::new();
     if let Ok(file) = std::fs::File::open(Path::new(path)) {
         let _ = file.take(TABLE_LIMIT).read_to_string(&mut text);
@@ -187,31 +145,6 @@ mod tests {
         let blk = mount("74 47 0:43 / /mnt/y rw - fuseblk.ntfs /dev/sdb1 rw,user_id=1000");
         let why = fuse_of_a_user(&blk).expect("refused");
         assert!(why.contains("mounted by uid 1000"), "{why}");
-    }
-
-    #[test]
-    fn fstab_entries_users_may_mount_are_told_mounted_or_not() {
-        let points = UsersMountPoints::in_fstab(
-            "# /dev/sdc1 /mnt/commented auto users 0 0\n\
-             UUID=1 / ext4 defaults 0 1\n\
-             /dev/sdb1 /mnt/stick auto users,noauto 0 0\n\
-             /dev/sdb2 /mnt/my\\040cam vfat noauto,user 0 0\n\
-             //srv/share /mnt/share cifs owner,noauto 0 0\n\
-             /dev/sdd1 /mnt/group auto group,noauto 0 0\n\
-             /dev/sde1 /mnt/admins auto noauto,usrquota 0 0\n",
-        );
-        for (folder, option) in [
-            ("/mnt/stick", "users"),
-            ("/mnt/my cam", "user"),
-            ("/mnt/share", "owner"),
-            ("/mnt/group", "group"),
-        ] {
-            let why = points.at(Path::new(folder)).expect(folder);
-            assert!(why.contains(&format!("(`{option}`)")), "{why}");
-        }
-        for folder in ["/", "/mnt/admins", "/mnt/commented", "/mnt"] {
-            assert_eq!(points.at(Path::new(folder)), None, "{folder}");
-        }
     }
 
     #[test]

@@ -143,6 +143,14 @@ fn listed(folders: &[PathBuf]) -> String {
 pub fn in_running_vms(new: &StateRoot) -> Vec<String> {
     // With their aliases: the same folders at other paths (a bind mount's source).
     let folders = feather_core::roots::root_folders(new);
+    // Said once, as the host's fault, not once for every root.
+    if let Err(why) = feather_core::strict_modes::users_mount_points() {
+        return vec![format!(
+            "did not look for running VMs in any state root to hide state root {} in them: {}",
+            new.dir().display(),
+            feather_core::error::causes(&why)
+        )];
+    }
     let mut warnings = Vec::new();
     for root in Registry::host().roots() {
         // Its VMs' records are trusted below (a pid whose mount namespace root joins): only

@@ -250,6 +250,14 @@ pub const HOLD_AFTER_MOUNT_LIST: &str = "FEATHER_TEST_HOLD_AFTER_MOUNT_LIST";
 /// the pool's refill, before it removes the VM: a keeper that lives on after its refill ended.
 pub const HOLD_AFTER_REFILL: &str = "FEATHER_TEST_HOLD_AFTER_REFILL";
 
+/// For tests only: names a file whose lock the keeper of a throw-away VM it tears down itself
+/// (a pooled VM drained, a hand-over that failed) waits for between the start of its network's
+/// removal and the return of its lease, so that a test sees that removal (which takes the
+/// root's bridge down after its last VM) done first, as a loaded host has it at times. Only
+/// while that file exists: a test arms the hook for one teardown by making the file (locked)
+/// just before it, and no other keeper given the hook is held.
+pub const HOLD_BEFORE_LEASE_RETURN: &str = "FEATHER_TEST_HOLD_BEFORE_LEASE_RETURN";
+
 /// For tests only: names a file whose lock the thread closing a claimed VM's root watch waits
 /// for before it closes it ([`close_aside`]), so that a test sees that nothing of the run
 /// waits for that close. Unset, nothing waits.
@@ -263,7 +271,8 @@ pub const AS_AN_OLDER_KEEPER: &str = "FEATHER_TEST_AS_AN_OLDER_KEEPER";
 /// Waits for the lock of the file the test-only `variable` names ([`HOLD_RUNNING_RECORD`],
 /// [`HOLD_BEFORE_CRIU`], [`HOLD_BEFORE_LATE_LOOK`], [`HOLD_BEFORE_BEGIN`],
 /// [`HOLD_AFTER_STOP_ANSWER`], [`HOLD_AFTER_RESUME`], [`HOLD_BEFORE_RELEASE`],
-/// [`HOLD_AFTER_MOUNT_LIST`], [`HOLD_AFTER_REFILL`], [`HOLD_ROOT_WATCH_CLOSE`]), if it is set:
+/// [`HOLD_AFTER_MOUNT_LIST`], [`HOLD_AFTER_REFILL`], [`HOLD_ROOT_WATCH_CLOSE`],
+/// [`HOLD_BEFORE_LEASE_RETURN`]), if it is set:
 /// in a debug build only (see [`crate::test_hooks`]).
 pub(crate) fn held_by_test(variable: &str) {
     crate::test_hooks::held(variable);
@@ -2147,6 +2156,7 @@ impl Keeper {
         drop(self.held_mounts.take());
         self.remove_cgroup();
         self.network.detach();
+        held_by_test(HOLD_BEFORE_LEASE_RETURN);
         self.network.release(&self.config.id);
         self.network.wait();
         let _ = fs::remove_dir_all(vm.run_dir());

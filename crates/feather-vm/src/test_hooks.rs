@@ -8,7 +8,8 @@
 //! [`crate::pool::HOLD_FILL_START`], which a fill waits for before it takes its lock,
 //! [`crate::pool::HOLD_FENCED`], which `network down` waits for with its pool fence in place, and
 //! [`crate::keeper::HOLD_AFTER_REFILL`], which a claimed VM's keeper waits for after it started
-//! the refill)
+//! the refill, and [`crate::keeper::HOLD_BEFORE_LEASE_RETURN`], which a keeper tearing its
+//! throw-away VM down itself waits for before it returns the VM's lease)
 //! or make one step fail ([`set`]: [`crate::snapshot::FAIL_LAYERS`],
 //! [`crate::snapshot::FAIL_IMAGES_SYNC`],
 //! [`crate::checkpoint::FAIL_AFTER_DUMPED`], [`crate::keeper::FAIL_SEIZED_FREEZE`],
