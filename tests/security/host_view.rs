@@ -2401,3 +2401,29 @@ fn a_registered_root_a_user_swapped_for_a_link_hides_nothing_where_it_leads() {
         "`feather ls` did not say it: {listed:?}"
     );
 }
+
+/// A registered root a user swapped for a link is warned of once per throw-away run: the
+/// start resolves the registry once, and its last look passes over the entry it found as its
+/// file holds it still (issue 15: the warning came twice, the entry walked twice). Run with a
+/// registry of its own ([`own_registry`]).
+#[test]
+fn a_run_warns_once_of_a_registered_root_a_user_swapped_for_a_link() {
+    own_registry();
+    let base = crate::support::ScratchBase::new("host-view-swapped-once");
+    fs::create_dir_all(base.file("data/home")).unwrap();
+    fs::create_dir_all(base.file("data/decoy")).unwrap();
+    let victim = Feather::at(base.file("data/home/vms"));
+    victim.ok(&["ls"]);
+    let _swapped = SwappedForLink::new(&victim.root, &base.file("data/decoy"));
+    let a = Feather::new("host-view-swapped-once");
+    let ran = a.run(&["run", "--rm", "--net", "none", "--", "true"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let link = base.file("data/home/vms");
+    let warning = format!("{} is a link", link.display());
+    assert_eq!(
+        ran.stderr.matches(&warning).count(),
+        1,
+        "the swapped root is not warned of once: {}",
+        ran.stderr
+    );
+}

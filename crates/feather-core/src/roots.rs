@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use feather_sys::beneath::{self, Spared, ROOT_ID_FILE};
+use feather_sys::lookup::Lookup;
 use feather_sys::mountinfo::{self, MountEntry};
 
 use crate::atomic::{write_atomic, Durability};
@@ -125,7 +126,15 @@ impl Registry {
     /// registry already knew it, and the root's id to write in its folder once it is hidden
     /// ([`Registration::mark`]).
     pub fn register(&self, root: &StateRoot) -> Result<Registration> {
-        let mut entry = entry_of(root)?;
+        let walked = feather_sys::lookup::walk(root.dir()).at(root.dir())?;
+        self.register_checked(root, &walked)
+    }
+
+    /// [`Registry::register`] of a root whose folder `checked`, its check's lookup
+    /// ([`StateRoot::prepare_dir`]), found: its canonical path and identity are the lookup's,
+    /// not looked up again.
+    pub fn register_checked(&self, root: &StateRoot, checked: &Lookup) -> Result<Registration> {
+        let mut entry = entry_of(root, checked)?;
         let path = self.dir.join(entry_name(&entry.dir));
         // Every command looks: one read of the entry and one of the folder's marker, no lock.
         if self.read(&path).is_some_and(|known| {
@@ -263,10 +272,26 @@ impl Registry {
         self.entries().live.iter().map(Entry::root).collect()
     }
 
-    /// The registry's entries: those of roots whose path exists, and those of roots whose
-    /// path is gone, kept for their ids and places (the [`RETIRED_KEPT`] newest; older ones
-    /// are removed on the way).
+    /// The registry's entries: those of roots whose path exists, those of roots whose path is
+    /// gone, kept for their ids and places (the [`RETIRED_KEPT`] newest; older ones are
+    /// removed on the way), and those passed over, each with a warning.
     fn entries(&self) -> Entries {
+        self.entries_since(&Entries::default())
+    }
+
+    /// A first look at the registry ([`Look`]).
+    pub fn look(self) -> Look {
+        let entries = self.entries();
+        Look {
+            registry: self,
+            entries,
+        }
+    }
+
+    /// [`Registry::entries`], but for what the look `before` read that its file holds still as
+    /// it was read: an entry `before` found live at the very paths it names is neither
+    /// resolved again nor listed (a start's last look: [`Look::late_state_folders_in`]).
+    fn entries_since(&self, before: &Entries) -> Entries {
         let mut listed = Entries::default();
         // From the registry's summary while nothing changed since it was written: a start
         // opens no entry, however many the registry keeps (issue 15).
@@ -276,11 +301,19 @@ impl Registry {
             let Some(entry) = entry else {
                 continue;
             };
+            if before.unmoved.get(&path) == Some(&entry) {
+                continue;
+            }
             match resolved(&entry) {
-                Ok(Some(live)) => listed.live.push(live),
+                Ok(Some(live)) => {
+                    if (&live.dir, &live.run) == (&entry.dir, &entry.run) {
+                        listed.unmoved.insert(path, entry);
+                    }
+                    listed.live.push(live);
+                }
                 Ok(None) => listed.retired.push((path, entry)),
                 Err(why) => {
-                    self.warn_passed_over(&path, &why);
+                    self.warn_passed_over(&path, &entry, &why);
                     listed.refused.push(entry);
                 }
             }
@@ -422,11 +455,26 @@ impl Registry {
         WarningStamps::of_registry(&self.dir)
     }
 
-    /// Says that the registry's entry `file` is passed over because `why`, once a day unless
-    /// someone looks ([`crate::warning_stamps`]): every start reads the registry two or three
-    /// times.
-    fn warn_passed_over(&self, file: &Path, why: &Unresolved) {
-        self.warning_stamps().say(file, &not_followed(file, why));
+    /// Says that the registry's entry `file`, reading `entry`, is passed over because `why`:
+    /// once a day for each entry and reason unless someone looks ([`crate::warning_stamps`]),
+    /// and at most once per process, also where someone looks or no stamp can be written. A
+    /// start reads the registry two or three times (a new root's registration, its first look,
+    /// its last one); after the first, the stamp is not even looked at. Returns whether it was
+    /// said.
+    fn warn_passed_over(&self, file: &Path, entry: &Entry, why: &Unresolved) -> bool {
+        static WARNED: std::sync::Mutex<Vec<(PathBuf, Entry, String)>> =
+            std::sync::Mutex::new(Vec::new());
+        let warning = not_followed(file, why);
+        let read = (file.to_path_buf(), entry.clone(), warning);
+        let mut warned = WARNED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if warned.contains(&read) {
+            return false;
+        }
+        let said = self.warning_stamps().say(file, &read.2);
+        warned.push(read);
+        said
     }
 
     /// `entry` (of the registry's file `file`) with its folders resolved as [`resolved`] does,
@@ -437,7 +485,7 @@ impl Registry {
         match folders_resolved(&entry) {
             Ok((dir, run)) => with_folders(entry, dir, run),
             Err(why) => {
-                self.warn_passed_over(file, &why);
+                self.warn_passed_over(file, &entry, &why);
                 entry
             }
         }
@@ -565,35 +613,69 @@ pub fn host_state_folders() -> Vec<PathBuf> {
 /// [`host_state_folders`] from the mount table `mounts` (a start reads it once for all it
 /// does: review issue 15).
 pub fn host_state_folders_in(mounts: &[MountEntry]) -> Vec<PathBuf> {
-    let entries = Registry::host().entries();
-    state_folders_of(&entries.live, &entries.at_recorded_places_only(), mounts)
+    Look::host().state_folders_in(mounts)
 }
 
-/// The state folders of the roots registered that `known` (a start's [`host_state_folders_in`]
-/// with its own root's) does not name, with their aliases: a start's last look, which finds
-/// the roots registered while it started (none, nearly always: then nothing but the
-/// registry's entries is read, from its summary while that matches). When there is one, the
-/// host's mount table is read again, not taken from the start's beginning: a root registered
-/// meanwhile may have been mounted or bound meanwhile too (review roots28 L1).
-pub fn late_state_folders_in(known: &[PathBuf]) -> Vec<PathBuf> {
-    late_state_folders_of(&Registry::host(), known, host_mounts)
+/// The registry as a start's first look found it ([`Registry::look`]): each entry's folders
+/// resolved on descriptors once, and an entry passed over warned of once, for everything the
+/// start hides ([`Look::state_folders_in`]) and for its last look
+/// ([`Look::late_state_folders_in`]), which resolves only what changed since (issue 15).
+pub struct Look {
+    registry: Registry,
+    entries: Entries,
 }
 
-/// [`late_state_folders_in`] of `registry`, `now` reading the mount table.
-fn late_state_folders_of(
-    registry: &Registry,
-    known: &[PathBuf],
-    now: impl FnOnce() -> Vec<MountEntry>,
-) -> Vec<PathBuf> {
-    let late: Vec<Entry> = registry
-        .entries()
-        .live
-        .into_iter()
-        .filter(|entry| !(known.contains(&entry.dir) && known.contains(&entry.run)))
-        .collect();
-    match late.is_empty() {
-        true => Vec::new(),
-        false => state_folders_of(&late, &[], &now()),
+impl Look {
+    /// A first look at the host's registry.
+    pub fn host() -> Look {
+        Registry::host().look()
+    }
+
+    /// [`host_state_folders_in`] as this look found the registry.
+    pub fn state_folders_in(&self, mounts: &[MountEntry]) -> Vec<PathBuf> {
+        let entries = &self.entries;
+        state_folders_of(&entries.live, &entries.at_recorded_places_only(), mounts)
+    }
+
+    /// The state folders of the roots registered that `known` (the start's
+    /// [`Look::state_folders_in`] with its own root's) does not name, with their aliases: a
+    /// start's last look, which finds the roots registered while it started (none, nearly
+    /// always). When there is one, the host's mount table is read again, not taken from the
+    /// start's beginning: a root registered meanwhile may have been mounted or bound meanwhile
+    /// too (review roots28 L1).
+    ///
+    /// An entry this look found live at the very paths it names, whose file holds it still as
+    /// it was read, is not resolved again ([`Registry::entries_since`]): resolved, it would be
+    /// passed over all the same, its folders in `known`. A registration writes its entry
+    /// before it hides its root in the VMs running (`feather_vm::hiding`), and writes it
+    /// anew, so an entry written meanwhile is read here: as another entry, resolved; or as
+    /// the one this look read, whose folders, at the paths it names, this start hid. A root
+    /// moved by hand meanwhile behind a link at an unchanged entry's path is found by the
+    /// root's next command, which registers where it leads (a new entry) and hides it then,
+    /// as in the VMs already running. An entry found retired or passed over is resolved
+    /// again (a passed-over one is warned of at most once per process:
+    /// [`Registry::warn_passed_over`]).
+    pub fn late_state_folders_in(&self, known: &[PathBuf]) -> Vec<PathBuf> {
+        self.late_state_folders_of(known, host_mounts)
+    }
+
+    /// [`Look::late_state_folders_in`], `now` reading the mount table.
+    fn late_state_folders_of(
+        &self,
+        known: &[PathBuf],
+        now: impl FnOnce() -> Vec<MountEntry>,
+    ) -> Vec<PathBuf> {
+        let late: Vec<Entry> = self
+            .registry
+            .entries_since(&self.entries)
+            .live
+            .into_iter()
+            .filter(|entry| !(known.contains(&entry.dir) && known.contains(&entry.run)))
+            .collect();
+        match late.is_empty() {
+            true => Vec::new(),
+            false => state_folders_of(&late, &[], &now()),
+        }
     }
 }
 
@@ -688,6 +770,10 @@ struct Entries {
     /// Those whose path leads through a link a user may have placed ([`resolved`]): neither
     /// hidden nor guarded where it leads, only at the places they recorded, as retired ones.
     refused: Vec<Entry>,
+    /// Those of `live` found at the very paths they name (no link on the way), by their
+    /// files, each as its file holds it: what a later look passes over while the file holds
+    /// it still ([`Registry::entries_since`]).
+    unmoved: std::collections::BTreeMap<PathBuf, Entry>,
 }
 
 impl Entries {
@@ -988,20 +1074,26 @@ fn joined(at: &Path, rest: &Path) -> PathBuf {
     }
 }
 
-fn entry_of(root: &StateRoot) -> Result<Entry> {
-    let dir = fs::canonicalize(root.dir()).at(root.dir())?;
+/// The entry of `root`, its state folder found by `checked` (the walk of its check, which
+/// ended in the folder: its path as walked is the canonical one, never resolved by
+/// `realpath`, which follows any link a user placed).
+fn entry_of(root: &StateRoot, checked: &Lookup) -> Result<Entry> {
+    if checked.missing.is_some() {
+        return Err(std::io::Error::from(ErrorKind::NotFound)).at(root.dir());
+    }
+    let end = &checked.end.step;
+    let (dir, dev, ino) = (end.path.clone(), end.meta.dev(), end.meta.ino());
     let run = match root.run_dir().strip_prefix(root.dir()) {
         // `--root DIR`'s own `DIR/run`: the canonical folder resolved once, not twice (each
         // resolution reads every component of the path as a link).
         Ok(inside) => canonical_inside(&dir, inside)?,
         Err(_) => canonical_run(root.run_dir())?,
     };
-    let meta = fs::metadata(&dir).at(&dir)?;
     Ok(Entry {
         dir,
         run,
-        dev: meta.dev(),
-        ino: meta.ino(),
+        dev,
+        ino,
         places: Vec::new(),
         id: String::new(),
         former_ids: Vec::new(),
@@ -1888,9 +1980,14 @@ mod tests {
             "27 1 254:0 / / rw - ext4 /dev/vda rw\n40 27 254:0 {parent} /mnt/bound rw - ext4 /dev/vda rw\n"
         );
         let bound = Path::new("/mnt/bound").join(dir.file_name().unwrap());
-        let late = late_state_folders_of(&registry, &[], || mountinfo::parse(&table));
+        // A start whose first look found the registry empty.
+        let first = Look {
+            registry: Registry::at(registry.dir().to_path_buf()),
+            entries: Entries::default(),
+        };
+        let late = first.late_state_folders_of(&[], || mountinfo::parse(&table));
         let read = std::cell::Cell::new(false);
-        let known = late_state_folders_of(&registry, &[dir.clone(), run], || {
+        let known = first.late_state_folders_of(&[dir.clone(), run], || {
             read.set(true);
             Vec::new()
         });
@@ -1903,9 +2000,93 @@ mod tests {
         );
     }
 
+    /// A root root moved and linked back (root's link, followed), the link then pointed
+    /// elsewhere by root after a start's first look, its entry unchanged: the start's last look
+    /// resolves the entry again and hides where the link leads now. An entry is passed over
+    /// only where the first look found it at the very paths it names.
+    #[test]
+    fn a_roots_link_pointed_elsewhere_after_a_starts_first_look_is_followed_by_its_last_look() {
+        use std::os::unix::fs::PermissionsExt;
+        let (registry, root) = a_root("relinked");
+        registry.register(&root).unwrap().mark().unwrap();
+        let dir = fs::canonicalize(root.dir()).unwrap();
+        let parent = dir.parent().unwrap().to_path_buf();
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o755)).unwrap();
+        let (before, after) = (parent.join("before"), parent.join("after"));
+        fs::rename(&dir, &before).unwrap();
+        fs::create_dir_all(after.join("run")).unwrap();
+        std::os::unix::fs::symlink(&before, &dir).unwrap();
+        let first = Registry::at(registry.dir().to_path_buf()).look();
+        let known = first.state_folders_in(&[]);
+        fs::remove_file(&dir).unwrap();
+        std::os::unix::fs::symlink(&after, &dir).unwrap();
+        let late = first.late_state_folders_of(&known, Vec::new);
+        assert!(known.contains(&before), "{known:?}");
+        assert!(late.contains(&after), "{late:?}");
+    }
+
+    /// Entries a start's first look found retired (the root's folder gone) or passed over (a
+    /// user's link on the way) are resolved again by its last look: a folder made again at
+    /// the path, or the link made root's, is hidden then (review startcost31 L2).
+    #[test]
+    fn entries_retired_or_passed_over_at_a_starts_first_look_are_resolved_by_its_last_look() {
+        use std::os::unix::fs::PermissionsExt;
+        let (registry, gone) = a_root("retired-again");
+        registry.register(&gone).unwrap().mark().unwrap();
+        let gone_dir = fs::canonicalize(gone.dir()).unwrap();
+        let linked = StateRoot::new(Some(scratch("root-refused-again")));
+        linked.prepare().unwrap();
+        registry.register(&linked).unwrap().mark().unwrap();
+        let linked_dir = fs::canonicalize(linked.dir()).unwrap();
+        let parent = linked_dir.parent().unwrap().to_path_buf();
+        let elsewhere = parent.join("elsewhere");
+        fs::rename(&linked_dir, &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &linked_dir).unwrap();
+        fs::rename(&gone_dir, gone_dir.with_extension("away")).unwrap();
+        std::os::unix::fs::chown(&parent, Some(65534), Some(65534)).unwrap();
+        // Read from a mount table that names no place: what is hidden comes from the entries.
+        let first = Registry::at(registry.dir().to_path_buf()).look();
+        let known = first.state_folders_in(&[]);
+        fs::rename(gone_dir.with_extension("away"), &gone_dir).unwrap();
+        std::os::unix::fs::chown(&parent, Some(0), Some(0)).unwrap();
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o755)).unwrap();
+        let late = first.late_state_folders_of(&known, Vec::new);
+        for found in [&gone_dir, &elsewhere] {
+            assert!(!known.contains(found), "{known:?}");
+            assert!(late.contains(found), "{late:?}");
+        }
+    }
+
+    /// An entry passed over is warned of at most once per process while it reads so, also
+    /// where no stamp can be written (its stamps' folder a file): the reads after the first
+    /// (a start's last look) say nothing; another reason is said (review start33 L3, L7).
+    #[test]
+    fn an_entry_passed_over_is_warned_of_once_per_process_also_where_no_stamp_is_written() {
+        let (registry, root) = a_root("warned-once");
+        registry.register(&root).unwrap().mark().unwrap();
+        let dir = fs::canonicalize(root.dir()).unwrap();
+        let file = registry.dir().join(entry_name(&dir));
+        let entry = registry.read(&file).unwrap();
+        let stamps = registry.dir().join(crate::warning_stamps::STAMPS_DIR);
+        fs::write(&stamps, "not a folder").unwrap();
+        let (link, mount) = (
+            Unresolved::TooManyLinks(dir.clone()),
+            Unresolved::Relative(dir.clone()),
+        );
+        let said = [
+            registry.warn_passed_over(&file, &entry, &link),
+            registry.warn_passed_over(&file, &entry, &link),
+            registry.warn_passed_over(&file, &entry, &mount),
+            registry.warn_passed_over(&file, &entry, &mount),
+        ];
+        assert!(stamps.is_file(), "no stamp could be written");
+        assert_eq!(said, [true, false, true, false]);
+    }
+
     /// A registry holding one root (`label`), settled and summarised, then read by a start from
-    /// its summary: the registry, the root, what that start hid, and whether it was summarised.
-    fn a_summarised_registry(label: &str) -> (Registry, StateRoot, Vec<PathBuf>, bool) {
+    /// its summary: the registry, the root, that start's first look and what it hid, and
+    /// whether the registry was summarised.
+    fn a_summarised_registry(label: &str) -> (Registry, StateRoot, Look, Vec<PathBuf>, bool) {
         let (registry, root) = a_root(label);
         registry.register(&root).unwrap().mark().unwrap();
         let summary_dir = registry.dir().join(folder_summary::SUMMARY_DIR);
@@ -1913,8 +2094,9 @@ mod tests {
         backdate(registry.dir(), 3600);
         hidden_by(&registry);
         let summarised = summary_dir.join("files.json").exists();
-        let hidden = hidden_by(&registry);
-        (registry, root, hidden, summarised)
+        let look = Registry::at(registry.dir().to_path_buf()).look();
+        let hidden = look.state_folders_in(&host_mounts());
+        (registry, root, look, hidden, summarised)
     }
 
     /// A root's entry written again during a start, under the same name (its run folder moved),
@@ -1922,12 +2104,12 @@ mod tests {
     /// the new entry, not the summary's, and hides the new run folder (review startcost31 L1).
     #[test]
     fn an_entry_rewritten_after_a_start_read_the_summary_is_read_anew_by_the_last_look() {
-        let (registry, root, known, summarised) = a_summarised_registry("rewritten");
+        let (registry, root, first, known, summarised) = a_summarised_registry("rewritten");
         let moved = StateRoot::with_dirs(root.dir().into(), scratch("run-rewritten"));
         moved.prepare().unwrap();
         registry.register(&moved).unwrap().mark().unwrap();
         let new_run = fs::canonicalize(moved.run_dir()).unwrap();
-        let late = late_state_folders_of(&registry, &known, Vec::new);
+        let late = first.late_state_folders_of(&known, Vec::new);
         for dir in [root.dir(), moved.run_dir(), registry.dir()] {
             fs::remove_dir_all(dir).unwrap();
         }
@@ -1941,7 +2123,7 @@ mod tests {
     /// no longer matches the registry, and is passed over (issue 15).
     #[test]
     fn a_root_registered_after_the_registrys_summary_is_hidden() {
-        let (registry, first, _, summarised) = a_summarised_registry("summary-first");
+        let (registry, first, _, _, summarised) = a_summarised_registry("summary-first");
         let second = StateRoot::new(Some(scratch("root-summary-second")));
         second.prepare().unwrap();
         registry.register(&second).unwrap().mark().unwrap();
@@ -1952,6 +2134,35 @@ mod tests {
         }
         assert!(summarised, "the settled registry summarised");
         assert!(hidden.contains(&second_dir), "{hidden:?}");
+    }
+
+    /// A root named through links, `..` or extra slashes is registered at the path its check's
+    /// walk ended in, which is the one a resolution of the path finds: the same entry, not a
+    /// second one for the same root.
+    #[test]
+    fn a_root_registered_from_its_checks_walk_is_the_root_resolved_by_path() {
+        let folder = fs::canonicalize(scratch("checked-walk").parent().unwrap()).unwrap();
+        fs::create_dir_all(folder.join("real/root")).unwrap();
+        fs::create_dir_all(folder.join("real/sub")).unwrap();
+        std::os::unix::fs::symlink(folder.join("real"), folder.join("link")).unwrap();
+        std::os::unix::fs::symlink("real/root", folder.join("relative")).unwrap();
+        // `deep/..` is `real`, where the link leads, not `folder`, as the path reads.
+        std::os::unix::fs::symlink(folder.join("real/sub"), folder.join("deep")).unwrap();
+        let spellings = [
+            folder.join("real/root"),
+            folder.join("link/root/"),
+            folder.join("link/../real//root"),
+            folder.join("relative"),
+            folder.join("relative/../root"),
+            folder.join("deep/../root"),
+        ];
+        for named in spellings {
+            let (root, checked) = StateRoot::named(Some(named.clone())).prepare_dir().unwrap();
+            let by_walk = entry_of(&root, &checked).unwrap();
+            let by_path = fs::canonicalize(&named).unwrap();
+            assert_eq!(by_walk.dir, by_path, "{}", named.display());
+            assert_eq!(by_walk.run, by_path.join("run"), "{}", named.display());
+        }
     }
 
     /// A state folder swapped at its path between the registration and the mark is not given

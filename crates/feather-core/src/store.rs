@@ -33,6 +33,8 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use feather_sys::lookup::Lookup;
+
 use crate::atomic::{stage, sync_all, write_atomic, Durability, Staged};
 use crate::error::{Error, IoContext, Result};
 use crate::{VmConfig, VmName, VmState, VmStatus};
@@ -49,6 +51,10 @@ pub const DEFAULT_RUN_DIR: &str = "/run/feather";
 /// How the folders of a throw-away VM whose teardown is under way begin (see
 /// [`VmDir::set_aside`]); no VM name starts with a dot.
 const SET_ASIDE: &str = ".removing-";
+
+/// How the folder of a VM being created begins, until it is renamed into place
+/// ([`StateRoot::create`]).
+const CREATING: &str = ".creating-";
 
 /// The mode of every folder of feather's own: root alone may enter.
 const PRIVATE: u32 = 0o700;
@@ -67,17 +73,17 @@ const TIGHTENED: &str = ".tightened-v1";
 /// Found as the root's check walks it ([`feather_sys::lookup::walk`]), not by `realpath`: a
 /// mount a user decides the files of on the way ends the walk before it is asked anything (a
 /// FUSE server that never answers hung the command before its refusal: review roots31 L2).
-fn is_the_default(dir: &Path) -> bool {
-    let default = Path::new(DEFAULT_STATE_DIR);
-    if dir == default {
-        return true;
-    }
-    let place = |path: &Path| {
-        let lookup = feather_sys::lookup::walk(path).ok()?;
+/// `walked`: the walk of `dir`.
+fn is_the_default(walked: &std::io::Result<Lookup>) -> bool {
+    let place = |lookup: &Lookup| {
         let meta = &lookup.end.step.meta;
-        Some((meta.dev(), meta.ino(), lookup.missing))
+        (meta.dev(), meta.ino(), lookup.missing.clone())
     };
-    place(dir).is_some_and(|dir| Some(dir) == place(default))
+    let Ok(dir) = walked else {
+        return false;
+    };
+    let default = feather_sys::lookup::walk(Path::new(DEFAULT_STATE_DIR));
+    default.is_ok_and(|default| place(dir) == place(&default))
 }
 
 /// A state root: the folder holding every VM, and the run folder holding their sockets.
@@ -87,24 +93,57 @@ pub struct StateRoot {
     run: PathBuf,
 }
 
+/// A state root as a command names it, with the walk of its folder that told whether it is
+/// the default root: [`NamedRoot::prepare_dir`] judges that walk rather than walking the path
+/// again (each walk opens and `fstat`s every name on the way, and a command walked the same
+/// `--root` three times).
+pub struct NamedRoot {
+    pub root: StateRoot,
+    walked: Option<std::io::Result<Lookup>>,
+}
+
+impl NamedRoot {
+    /// [`StateRoot::prepare_dir`], judging the walk the root was named with.
+    pub fn prepare_dir(self) -> Result<(StateRoot, Lookup)> {
+        let checked = self.root.prepare_dir_walked(self.walked)?;
+        Ok((self.root, checked))
+    }
+}
+
 impl StateRoot {
     /// The default root (`/var/lib/feather`, sockets in `/run/feather`), or `dir` with its
     /// sockets in `dir/run`, so that separate roots (one per test) never share anything.
     pub fn new(dir: Option<PathBuf>) -> Self {
-        // Absolute: a VM's init mounts under it after changing folder, and the process a
-        // throw-away VM's teardown is handed to leaves the caller's folder.
-        let dir = dir
-            .map(|dir| std::path::absolute(&dir).unwrap_or(dir))
-            .filter(|dir| !is_the_default(dir));
-        match dir {
-            Some(dir) => StateRoot {
-                run: dir.join("run"),
-                dir,
-            },
-            None => StateRoot {
+        StateRoot::named(dir).root
+    }
+
+    /// [`StateRoot::new`], with the walk of `dir` that told whether it is the default root.
+    pub fn named(dir: Option<PathBuf>) -> NamedRoot {
+        let default = NamedRoot {
+            root: StateRoot {
                 dir: DEFAULT_STATE_DIR.into(),
                 run: DEFAULT_RUN_DIR.into(),
             },
+            walked: None,
+        };
+        // Absolute: a VM's init mounts under it after changing folder, and the process a
+        // throw-away VM's teardown is handed to leaves the caller's folder.
+        let Some(dir) = dir.map(|dir| std::path::absolute(&dir).unwrap_or(dir)) else {
+            return default;
+        };
+        if dir == Path::new(DEFAULT_STATE_DIR) {
+            return default;
+        }
+        let walked = feather_sys::lookup::walk(&dir);
+        if is_the_default(&walked) {
+            return default;
+        }
+        NamedRoot {
+            root: StateRoot {
+                run: dir.join("run"),
+                dir,
+            },
+            walked: Some(walked),
         }
     }
 
@@ -218,11 +257,18 @@ impl StateRoot {
     /// Refused, before anything is made or changed in it, when a user other than root could
     /// change a folder on its way ([`crate::strict_modes`]).
     pub fn prepare_dir(&self) -> Result<()> {
+        self.prepare_dir_walked(None).map(drop)
+    }
+
+    /// [`StateRoot::prepare_dir`], judging `walked` (a walk of the folder taken a moment ago)
+    /// where given. Returns the check's lookup: the folder, as the walk found it, is the one
+    /// opened.
+    fn prepare_dir_walked(&self, walked: Option<std::io::Result<Lookup>>) -> Result<Lookup> {
         // Made, where missing, one folder at a time in the folders the check went through,
         // each looked at once made (a part of it someone else made first in the sticky /tmp is
         // theirs); an existing root is not asked to be made again (mkdir's EEXIST and the look
         // that follows it, at every command).
-        let made = crate::strict_modes::made_state_root(&self.dir)?;
+        let made = crate::strict_modes::made_state_root(&self.dir, walked)?;
         #[cfg(test)]
         tests::between_check_and_open(&self.dir);
         // Opened once by path, as every later step finds it: it must be the folder the check
@@ -232,7 +278,7 @@ impl StateRoot {
         if let Some(opened) = opened {
             tighten(&opened, &self.dir)?;
         }
-        Ok(())
+        Ok(made)
     }
 
     /// Whether only root can change the folders the root's folder is found through, and the
@@ -270,7 +316,7 @@ impl StateRoot {
     }
 
     /// Every VM, sorted by name. Folders that are not complete VMs (a create that died
-    /// half-way) are skipped; [`StateRoot::sweep_incomplete`] removes them.
+    /// half-way) are skipped; [`StateRoot::set_aside_vms_sweeping`] removes them.
     pub fn list(&self) -> Result<Vec<VmDir>> {
         let entries = match fs::read_dir(self.vms_dir()) {
             Ok(entries) => entries,
@@ -310,12 +356,11 @@ impl StateRoot {
         }
         let vms_dir = self.vms_dir();
         make_private_dir(&vms_dir)?;
-        let temp = vms_dir.join(format!(".creating-{}-{}", config.name, config.id));
+        let temp = vms_dir.join(format!("{CREATING}{}-{}", config.name, config.id));
+        // Locked until the folder is renamed into place (let go when this function returns):
+        // a sweep passes over the folder of a create alive, however long it takes.
+        let creating = made_creating(&temp)?;
         let assemble = || -> Result<()> {
-            fs::DirBuilder::new()
-                .mode(PRIVATE)
-                .create(&temp)
-                .at(&temp)?;
             // upper/ keeps the ordinary 0755: its mode is the mode of the VM's `/`. A layer in
             // memory is made by the keeper; only the mount point is on disk.
             let folders: &[&str] = if config.layer_in_memory() {
@@ -332,7 +377,7 @@ impl StateRoot {
                 run: vm.run.clone(),
             };
             // Written in place (no one reads a folder by its temporary name, and a crash leaves
-            // it to `sweep_incomplete`), unsynced, then synced together: the folder once,
+            // it to `set_aside_vms_sweeping`), unsynced, then synced together: the folder once,
             // after both files, and the rename into place below.
             write_new(&staged.config_path(), config_text(config)?.as_bytes())?;
             write_new(&staged.state_path(), &state_text(&VmState::created())?)?;
@@ -364,12 +409,29 @@ impl StateRoot {
                 return Err(e);
             }
         }
+        drop(creating);
         Ok(vm)
     }
 
     /// Throw-away VMs set aside by [`VmDir::set_aside`] whose folders are still there: their
     /// teardown is under way (their keeper lock is held) or died half-way.
     pub fn set_aside_vms(&self) -> Vec<VmDir> {
+        self.listed_aside(false)
+    }
+
+    /// [`StateRoot::set_aside_vms`], removing on the way what creates that died half-way left
+    /// behind: for every command, which settles the teardowns before it acts, in the one
+    /// listing of `vms/` (a create listed it again right after, for this alone). A create
+    /// holds a lock on its folder until it renames it into place ([`made_creating`]), so only
+    /// a folder whose lock is free is swept, and only once it is a minute old: a create alive
+    /// in another process, stalled in a sync or stopped however long, keeps its folder, and
+    /// one that has just made its folder has not locked it yet.
+    pub fn set_aside_vms_sweeping(&self) -> Vec<VmDir> {
+        self.listed_aside(true)
+    }
+
+    /// [`StateRoot::set_aside_vms`]; `sweep`: see [`StateRoot::set_aside_vms_sweeping`].
+    fn listed_aside(&self, sweep: bool) -> Vec<VmDir> {
         let Ok(entries) = fs::read_dir(self.vms_dir()) else {
             return Vec::new();
         };
@@ -377,6 +439,10 @@ impl StateRoot {
             .flatten()
             .filter_map(|entry| {
                 let folder = entry.file_name().into_string().ok()?;
+                if sweep && folder.starts_with(CREATING) {
+                    sweep_if_dead(&entry.path());
+                    return None;
+                }
                 let (name, _id) = folder.strip_prefix(SET_ASIDE)?.rsplit_once('-')?;
                 Some(VmDir {
                     name: name.parse().ok()?,
@@ -386,32 +452,60 @@ impl StateRoot {
             })
             .collect()
     }
+}
 
-    /// Removes what creates that died half-way left behind. A create takes milliseconds, so
-    /// only folders older than a minute are swept: younger ones may belong to a create running
-    /// right now in another process.
-    pub fn sweep_incomplete(&self) {
-        let Ok(entries) = fs::read_dir(self.vms_dir()) else {
-            return;
-        };
-        let stale = |entry: &fs::DirEntry| {
-            entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > std::time::Duration::from_secs(60))
-        };
-        for entry in entries.flatten() {
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(".creating-")
-                && stale(&entry)
-            {
-                let _ = fs::remove_dir_all(entry.path());
-            }
-        }
+/// Makes the folder `temp` a create assembles a VM in, and locks it: the lock, held until the
+/// folder is renamed into place, tells a sweep that the create is alive
+/// ([`StateRoot::set_aside_vms_sweeping`]). The kernel lets it go when the create dies.
+fn made_creating(temp: &Path) -> Result<File> {
+    fs::DirBuilder::new().mode(PRIVATE).create(temp).at(temp)?;
+    let locked = locked_while_moved(temp);
+    if locked.is_err() {
+        let _ = fs::remove_dir(temp);
+    }
+    locked
+}
+
+/// The folder `folder` of `vms/`, locked as a create's is ([`made_creating`]): for whoever
+/// renames a VM's folder to a `.creating-*` name to remove it (`rm`), so that a sweep does not
+/// remove it meanwhile under its feet. The lock stays on the folder through the rename.
+pub fn locked_while_moved(folder: &Path) -> Result<File> {
+    let opened = open_creating(folder)?;
+    opened.lock().at(folder)?;
+    Ok(opened)
+}
+
+/// The folder of a create `path` in `vms/`, opened (never through a link).
+fn open_creating(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
+        .at(path)
+}
+
+/// Removes the folder of a create `path` in `vms/` if the create is dead: no one holds its
+/// lock ([`made_creating`]), and it was last changed more than a minute ago. Removed under
+/// its lock, and only while `path` is the folder locked.
+fn sweep_if_dead(path: &Path) {
+    let Ok(folder) = open_creating(path) else {
+        return;
+    };
+    if folder.try_lock().is_err() {
+        return;
+    }
+    let Ok(meta) = folder.metadata() else {
+        return;
+    };
+    let stale = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > std::time::Duration::from_secs(60));
+    let still_there = fs::symlink_metadata(path)
+        .is_ok_and(|now| (now.dev(), now.ino()) == (meta.dev(), meta.ino()));
+    if stale && still_there {
+        let _ = fs::remove_dir_all(path);
     }
 }
 
@@ -1051,6 +1145,43 @@ mod tests {
                 .unwrap(),
             config("a")
         );
+    }
+
+    /// What a create killed half-way left goes at the next command's look for teardowns, once
+    /// a minute old; a younger one (a create under way elsewhere) and the VMs set aside stay.
+    #[test]
+    fn the_look_for_teardowns_sweeps_what_creates_that_died_left() {
+        let (_scratch, root) = scratch();
+        let vm = root.create(&config("aside"), Durability::Volatile).unwrap();
+        let aside = vm.set_aside("abc").unwrap();
+        let vms = root.dir().join("vms");
+        let (died, making) = (vms.join(".creating-died-1"), vms.join(".creating-making-2"));
+        let stalled = vms.join(".creating-stalled-3");
+        for folder in [&died, &making] {
+            fs::create_dir_all(folder.join("upper")).unwrap();
+        }
+        // A create alive, stalled for two minutes (a sync under heavy writeback, SIGSTOP).
+        let held = made_creating(&stalled).unwrap();
+        fs::create_dir(stalled.join("upper")).unwrap();
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+        for folder in [&died, &stalled] {
+            File::open(folder).unwrap().set_modified(long_ago).unwrap();
+        }
+        assert_eq!(root.set_aside_vms().len(), 1);
+        assert!(died.exists(), "the plain look sweeps nothing");
+        let found = root.set_aside_vms_sweeping();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].path(), aside.path());
+        assert!(!died.exists(), "a create that died a minute ago is swept");
+        assert!(making.exists(), "a create under way is left alone");
+        assert!(
+            stalled.join("upper").exists(),
+            "a create alive is left alone, however old its folder"
+        );
+        // Its process dead, the kernel lets its lock go.
+        drop(held);
+        root.set_aside_vms_sweeping();
+        assert!(!stalled.exists(), "a create that died is swept");
     }
 
     #[test]

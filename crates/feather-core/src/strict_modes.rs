@@ -60,8 +60,13 @@ pub fn users_mount_points() -> Result<UsersMountPoints> {
 /// A part not made yet is fine here; [`made_state_root`] makes it and looks again. The
 /// lookup is handed back, the folder it ended in pinned.
 pub fn check_state_root(dir: &Path) -> Result<Lookup> {
+    check_walked(dir, feather_sys::lookup::walk(dir))
+}
+
+/// [`check_state_root`] of `walked`, a walk of `dir` taken a moment ago by the same command.
+fn check_walked(dir: &Path, walked: std::io::Result<Lookup>) -> Result<Lookup> {
     let users_points = users_mount_points()?;
-    let lookup = judged(dir, dir, feather_sys::lookup::walk(dir))?;
+    let lookup = judged(dir, dir, walked)?;
     for step in &lookup.steps {
         if let Some(why) = untrusted(step, false, &users_points) {
             return Err(untrusted_root(dir, &step.path, why, RootFault::Above));
@@ -82,9 +87,15 @@ pub fn check_state_root(dir: &Path) -> Result<Lookup> {
 /// [`check_state_root`], with the missing part of the root made one folder at a time (0700)
 /// in the folder the walk pinned, each walked and looked at again once made: a folder or
 /// link someone else put there first is judged as any other, never followed by mkdir.
-pub fn made_state_root(dir: &Path) -> Result<Lookup> {
+/// `walked`: a walk of `dir` the command took a moment ago (to tell whether `dir` is the
+/// default root: [`crate::StateRoot::named`]), judged instead of a first walk of its own.
+pub fn made_state_root(dir: &Path, walked: Option<std::io::Result<Lookup>>) -> Result<Lookup> {
+    let mut walked = walked;
     for _ in 0..MAX_MADE {
-        let lookup = check_state_root(dir)?;
+        let walk = walked
+            .take()
+            .unwrap_or_else(|| feather_sys::lookup::walk(dir));
+        let lookup = check_walked(dir, walk)?;
         let Some(missing) = &lookup.missing else {
             return Ok(lookup);
         };
@@ -366,12 +377,12 @@ mod tests {
     fn a_root_with_dot_dot_in_its_part_not_made_yet_is_refused_before_anything_is_made() {
         let scratch = Scratch::new("dotdot-made");
         let asked = scratch.0.join("stray/../root");
-        match made_state_root(&asked) {
+        match made_state_root(&asked, None) {
             Err(Error::InvalidValue { why, .. }) => assert!(why.contains("`..`"), "{why}"),
             other => panic!("{} was not refused: {other:?}", asked.display()),
         }
         assert_eq!(fs::read_dir(&scratch.0).unwrap().count(), 0);
-        made_state_root(&scratch.0.join("root")).unwrap();
+        made_state_root(&scratch.0.join("root"), None).unwrap();
     }
 
     /// What feather makes in a root and acts on there by path must be root's too: a user's

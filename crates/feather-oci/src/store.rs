@@ -102,7 +102,7 @@ pub fn check_root(root: &Path) -> Result<()> {
 /// Makes the runtime root where it is missing, one folder at a time (0700), each looked at once
 /// made, after the same check as [`check_root`].
 pub fn root_dir(root: &Path) -> Result<()> {
-    feather_core::strict_modes::made_state_root(&std::path::absolute(root)?)
+    feather_core::strict_modes::made_state_root(&std::path::absolute(root)?, None)
         .with_context(|| format!("create the runtime root {}", root.display()))?;
     Ok(())
 }

@@ -92,13 +92,16 @@ fn build_one(
     // The folders of the walk down to the last one made: each one's name, its folder in the
     // lower, and where in `made` its folder in the layer is.
     let mut path: Vec<(&OsStr, OwnedFd, usize)> = Vec::new();
-    let mut hidden: Vec<&Path> = Vec::new();
+    // The last folder hidden: in the walk's order, every folder beneath it comes right after
+    // it, before any other, so it is the only one a folder of the walk can be beneath (a
+    // look through every folder hidden so far made the build quadratic in them).
+    let mut hidden: Option<&Path> = None;
     // The last folder of the walk the lower does not hold as a folder of its own filesystem
     // (missing, a link, a mount point on the way, not a folder): nothing beneath it is either,
     // and is not looked for again (the entries of roots long gone: issue 15).
     let mut unreachable: Option<PathBuf> = None;
     'folders: for folder in folders {
-        if hidden.iter().any(|h| folder.starts_with(h))
+        if hidden.is_some_and(|h| folder.starts_with(h))
             || unreachable.as_ref().is_some_and(|u| folder.starts_with(u))
         {
             continue;
@@ -209,7 +212,7 @@ fn build_one(
                 None => break,
             }
         }
-        hidden.push(folder);
+        hidden = Some(folder.as_path());
     }
     Ok(top.is_some())
 }

@@ -23,7 +23,7 @@ use std::collections::BTreeSet;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use feather_core::roots::Registry;
+use feather_core::roots::{Look, Registry};
 use feather_core::{StateRoot, VmDir, VmStatus};
 use feather_sys::mountinfo::MountEntry;
 use feather_sys::process;
@@ -41,9 +41,13 @@ pub fn state_folders(own: &StateRoot) -> Vec<PathBuf> {
 /// [`state_folders`], their aliases from the host's mount table `mounts` (a start reads it
 /// once, for this and for its layers: issue 15).
 pub fn state_folders_in(own: &StateRoot, mounts: &[MountEntry]) -> Vec<PathBuf> {
-    let mut folders: BTreeSet<PathBuf> = feather_core::roots::host_state_folders_in(mounts)
-        .into_iter()
-        .collect();
+    state_folders_seen(own, &Look::host(), mounts)
+}
+
+/// [`state_folders_in`] as the look at the registry `look` found it (a start's first look,
+/// which its last look compares with).
+pub fn state_folders_seen(own: &StateRoot, look: &Look, mounts: &[MountEntry]) -> Vec<PathBuf> {
+    let mut folders: BTreeSet<PathBuf> = look.state_folders_in(mounts).into_iter().collect();
     folders.extend(feather_core::roots::root_folders_in(own, mounts));
     folders.into_iter().collect()
 }

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use feather_core::atomic::{Durability, Staged};
 use feather_core::error::causes;
 use feather_core::error::IoContext;
+use feather_core::roots::Look;
 use feather_core::state::now;
 use feather_core::trace;
 use feather_core::{StateRoot, VmConfig, VmDir, VmName, VmState, VmStatus};
@@ -368,6 +369,8 @@ struct Unsettled {
     keeper: Keeper,
     /// The state folders the start hid: the late look passes over them.
     known_state_folders: Vec<PathBuf>,
+    /// The start's look at the registry of roots, which the late look compares with.
+    first_look: Look,
 }
 
 impl Unsettled {
@@ -377,7 +380,9 @@ impl Unsettled {
         let keeper = self.keeper;
         keeper.settle_lowers();
         // Roots registered while the VM started are hidden now (see `hiding`).
-        if let Err(why) = keeper.hide_late_state_folders(&self.known_state_folders) {
+        if let Err(why) =
+            keeper.hide_late_state_folders(&self.first_look, &self.known_state_folders)
+        {
             keeper.say_not_hidden(&why);
         }
         trace::phase(phase);
@@ -447,7 +452,10 @@ impl Keeper {
         trace::phase("prepare the network (/etc files, ports)");
         // Read once: the layers, the state folders' aliases and the last look all use it.
         let host_mounts = layers::host_mount_table()?;
-        let hidden = hiding::state_folders_in(root, &host_mounts);
+        // Resolved once, here, just before the hiding layer is built (also for a `--ro` run,
+        // whose create looked already): the late look resolves only the entries written since.
+        let first_look = Look::host();
+        let hidden = hiding::state_folders_seen(root, &first_look, &host_mounts);
         let mut tree =
             layers::for_start_in(root, vm, &config, memory_layer, &hidden, &host_mounts)?;
         // What the layers lie over, for `diff` and `commit` to read nothing else.
@@ -629,6 +637,7 @@ impl Keeper {
         Ok(Unsettled {
             keeper,
             known_state_folders: hidden,
+            first_look,
         })
     }
 
@@ -880,14 +889,17 @@ impl Keeper {
         hiding::in_vm(&self.init.pidfd, self.init.pid, &self.config.base, &folders)
     }
 
-    /// Hides in the VM the folders of the roots registered since its start found `known`,
-    /// their aliases from the host's mount table read again when there is one (with the
-    /// places the registry recorded): the roots known then are not looked at again (issue 15).
+    /// Hides in the VM the folders of the roots registered since its start's `first_look`
+    /// found `known`, their aliases from the host's mount table read again when there is one
+    /// (with the places the registry recorded): the roots known then are not looked at again
+    /// (issue 15).
     fn hide_late_state_folders(
         &self,
+        first_look: &Look,
         known: &[PathBuf],
     ) -> std::result::Result<(), hiding::HidingError> {
-        let late: Vec<PathBuf> = feather_core::roots::late_state_folders_in(known)
+        let late: Vec<PathBuf> = first_look
+            .late_state_folders_in(known)
             .into_iter()
             .filter(|folder| !known.contains(folder))
             .collect();
@@ -2342,7 +2354,7 @@ pub fn remove_group_of_id(id: &str, vm: &VmName) {
 pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// How young a group [`sweep_removed_roots`] leaves alone, whatever its root: the
-/// rule `StateRoot::sweep_incomplete` holds to for a VM folder being made.
+/// rule `StateRoot::set_aside_vms_sweeping` holds to for a VM folder being made.
 pub const SWEEP_SPARES_GROUPS_FOR: Duration = Duration::from_secs(60);
 
 /// Removes what state roots whose folder is gone left on the host: their networks

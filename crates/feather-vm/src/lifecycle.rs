@@ -46,7 +46,10 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
 }
 
 /// [`create`], with the config it wrote: a throw-away VM started right after by the same
-/// process hands it to its keeper instead of reading the file back.
+/// process hands it to its keeper instead of reading the file back. Not its look at the
+/// registry of roots (`--ro`): the keeper takes its own just before it builds the hiding
+/// layer, so that a root registered in between is hidden by the layer, not only by the start's
+/// last look (review start33 L1).
 fn create_with_config(
     root: &StateRoot,
     name: &VmName,
@@ -100,7 +103,6 @@ fn create_with_config(
     } else {
         Durability::Durable
     };
-    root.sweep_incomplete();
     let lease = feather_net::lease_files(root.dir(), &config.network);
     let vm = root
         .create_synced_with(&config, durability, &lease)
@@ -443,9 +445,11 @@ pub fn recover(vm: &VmDir) -> Result<()> {
 /// `Keeper::hand_off`). One whose lock is free was left half-way by a child that died: it is
 /// finished here. One still under way is waited for when `wait` (every command but `run --rm`,
 /// so that nothing feather shows or counts includes a teardown under way), else left to its
-/// child.
+/// child. Creates that died half-way are swept on the way ([`StateRoot::set_aside_vms_sweeping`]).
 pub fn settle_throw_aways(root: &StateRoot, wait: bool) {
-    for aside in root.set_aside_vms() {
+    // The same listing sweeps what creates that died half-way left (every create's command
+    // settles first).
+    for aside in root.set_aside_vms_sweeping() {
         let Ok(opened) = aside.existing_keeper_lock() else {
             continue;
         };
@@ -610,6 +614,9 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
     let vms = root.dir().join("vms");
     let doomed_name = format!(".creating-removed-{}-{}", name, config.id);
     let doomed = vms.join(&doomed_name);
+    // Locked before the rename, until it is removed: a sweep of what creates left passes over
+    // a `.creating-*` folder whose lock is held.
+    let _moving = feather_core::store::locked_while_moved(vm.path())?;
     fs::rename(vm.path(), &doomed).at(vm.path())?;
     // Through descriptors, at any depth: the VM chose how deep its layer's folders nest.
     beneath::open_root(&vms)

@@ -1,6 +1,7 @@
 //! Opening the state root a command acts on: shared by the commands both binaries run
 //! (crate::app) and those only `feather-full` runs (crate::full).
 
+use feather_core::store::NamedRoot;
 use feather_core::{Error, StateRoot};
 use feather_vm::lifecycle;
 
@@ -9,10 +10,12 @@ use crate::cli::{Cli, Command};
 /// Makes the state root's folders exist and private, and records it in the host's registry
 /// of roots before anything is put in it: a root new to the registry is hidden at once in
 /// every VM already running (of any root), and every VM started later hides it too.
-pub(crate) fn open_root(root: &StateRoot) -> anyhow::Result<()> {
-    root.prepare_dir()?;
+pub(crate) fn open_root(named: NamedRoot) -> anyhow::Result<StateRoot> {
+    // The walk that named the root is the one judged, and the folder it found is registered.
+    let (root, checked) = named.prepare_dir()?;
     let registry = feather_core::roots::Registry::host();
-    let registered = anyhow::Context::with_context(registry.register(root), || {
+    let registered = registry.register_checked(&root, &checked);
+    let registered = anyhow::Context::with_context(registered, || {
         format!(
             "cannot record state root {} in {}, which every VM start reads to keep VMs out of \
              it (make {} writable for root)",
@@ -33,15 +36,14 @@ pub(crate) fn open_root(root: &StateRoot) -> anyhow::Result<()> {
     // Its id goes in once it is hidden, as everything that goes in a new root.
     registered.mark()?;
     root.prepare_inside()?;
-    Ok(())
+    Ok(root)
 }
 
 /// The state root a command acts on, opened ([`open_root`]) and with the teardowns of ended
 /// throw-away VMs settled; only root may act on one.
 pub(crate) fn opened_root(cli: &Cli) -> anyhow::Result<StateRoot> {
     must_be_root()?;
-    let root = StateRoot::new(cli.global.root.clone());
-    open_root(&root)?;
+    let root = open_root(StateRoot::named(cli.global.root.clone()))?;
     lifecycle::settle_throw_aways(&root, waits_for_teardowns(&cli.command));
     feather_core::trace::phase("open the state root");
     Ok(root)
