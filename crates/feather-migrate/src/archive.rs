@@ -266,15 +266,15 @@ enum Input<'a> {
     Stream(&'a mut dyn std::io::Read),
 }
 
-/// Unpacks `file` into a new folder `staging` (which must not exist) and returns the VM's
-/// config from it. The caller moves the folder into place. What it may unpack to is bounded
-/// ([`crate::room`]).
+/// Unpacks `file` into the folder `staging` — new, or an empty one the caller made (and holds
+/// locked while it unpacks: feather-vm's import) — and returns the VM's config from it. The
+/// caller moves the folder into place. What it may unpack to is bounded ([`crate::room`]).
 pub fn unpack(file: &Path, staging: &Path) -> Result<VmConfig> {
     if !file.is_file() {
         return Err(tar_failed("import from", file, "no such file".into()));
     }
     let room = room_for(staging, file)?;
-    fs::create_dir(staging).map_err(io_at(staging))?;
+    made_or_empty(staging)?;
     let output = bounded(staging, Input::File(file), &room, file);
     checked(output, file, staging)
 }
@@ -286,9 +286,26 @@ pub fn unpack_from(
     staging: &Path,
 ) -> Result<VmConfig> {
     let room = room_for(staging, source)?;
-    fs::create_dir(staging).map_err(io_at(staging))?;
+    made_or_empty(staging)?;
     let output = bounded(staging, Input::Stream(archive), &room, source);
     checked(output, source, staging)
+}
+
+/// Makes the folder `staging`, or takes it as it is if it is already an empty folder (not a
+/// link): one its caller made to hold it locked.
+fn made_or_empty(staging: &Path) -> Result<()> {
+    match fs::create_dir(staging) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let empty_folder = fs::symlink_metadata(staging).is_ok_and(|meta| meta.is_dir())
+                && fs::read_dir(staging).is_ok_and(|mut entries| entries.next().is_none());
+            if empty_folder {
+                Ok(())
+            } else {
+                Err(io_at(staging)(e))
+            }
+        }
+        made => made.map_err(io_at(staging)),
+    }
 }
 
 /// The room an unpacking into `staging` has: measured on the folder it is made in.

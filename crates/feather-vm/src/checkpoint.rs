@@ -22,6 +22,7 @@
 //! The keeper's side (the dump, the restore of the process tree) is [`crate::snapshot`].
 
 use std::fs;
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -620,6 +621,14 @@ pub(crate) fn import_archive(
     fs::create_dir_all(&vms).at(&vms)?;
     let staging = vms.join(format!(".creating-import-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
+    // Made and locked here, and held until it is placed: the sweep of dead creates' folders
+    // (`StateRoot::set_aside_vms_sweeping`, in every command) passes over an import alive,
+    // however long its archive takes to arrive.
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .at(&staging)?;
+    let _unpacking = feather_core::store::locked_while_moved(&staging)?;
     let unpacked = match &mut source {
         Source::File(path) => archive::unpack(path, &staging),
         Source::Migration(incoming, progress) => archive::unpack_from(
