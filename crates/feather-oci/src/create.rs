@@ -121,7 +121,11 @@ fn build(
     let groups = container.groups();
     feather_core::trace::phase("make the fifo");
     let v2_entry = groups.make(linux.resources().as_ref())?;
-    groups.mark_for(&container.record.id)?;
+    // Only a container over the host needs the mark (crate::hiding): an image container runs
+    // where trusted.* attributes cannot be set (CAP_SYS_ADMIN in a user namespace only).
+    if feather.host_base {
+        groups.mark_for(&container.record.id)?;
+    }
     feather_core::trace::phase("make the cgroups");
     if feather.host_base {
         crate::mounts::host_layer(&container.dir)?;

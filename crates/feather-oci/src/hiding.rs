@@ -68,7 +68,9 @@ pub fn registered_since(container: &Container, seen: &[PathBuf]) -> Result<()> {
     )
 }
 
-fn is_over_the_host(container: &Container) -> bool {
+/// Whether `container` sees the host's files (`org.feather.base=host`): the one kind a state
+/// root registered later is hidden in.
+pub(crate) fn is_over_the_host(container: &Container) -> bool {
     container
         .record
         .annotations

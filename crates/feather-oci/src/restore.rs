@@ -79,9 +79,12 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
         .and_then(|()| {
             let linux = spec.linux().clone().context("linux")?;
             container.groups().create(linux.resources().as_ref())?;
-            // As create marks it: a root registered later is hidden in the restored
-            // container only in a group so marked (crate::hiding).
-            container.groups().mark_for(&container.record.id)
+            // As create marks it: a root registered later is hidden in a restored container
+            // over the host only in a group so marked (crate::hiding).
+            if crate::hiding::is_over_the_host(&container) {
+                container.groups().mark_for(&container.record.id)?;
+            }
+            Ok(())
         })
         .and_then(|()| {
             let hold = container.groups().hold()?;
