@@ -505,8 +505,19 @@ fn sweep_if_dead(path: &Path) {
     let still_there = fs::symlink_metadata(path)
         .is_ok_and(|now| (now.dev(), now.ino()) == (meta.dev(), meta.ino()));
     if stale && still_there {
-        let _ = fs::remove_dir_all(path);
+        remove_beneath(path);
     }
+}
+
+/// Removes the folder `path` and everything in it through descriptors, at any depth and never
+/// following a link: what a dead create, import or `rm` left may hold a VM's layer, whose
+/// folders the VM chose (an `rm` removes it the same way).
+fn remove_beneath(path: &Path) {
+    let (Some(folder), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let _ = feather_sys::beneath::open_root(folder)
+        .and_then(|folder| feather_sys::beneath::remove_tree(&folder, name));
 }
 
 /// One VM's folder.
