@@ -73,6 +73,14 @@ pub fn escape_controls(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// [`escape_controls`] line by line, the lines kept: for a message of several lines shown on a
+/// terminal (an error with its causes; a warning that quotes what a user chose, such as the
+/// type of a FUSE mount, `fuse.<subtype>`, which mountinfo passes with its control characters).
+pub fn escape_controls_by_line(text: &str) -> String {
+    let lines: Vec<_> = text.lines().map(escape_controls).collect();
+    lines.join("\n")
+}
+
 /// Like [`escape_for_terminal`], for bytes that may not be UTF-8 (file names, command lines):
 /// each byte of an invalid sequence is shown as `\xNN`.
 pub fn escape_bytes(bytes: &[u8]) -> Cow<'_, str> {
@@ -116,6 +124,12 @@ fn decode(bytes: &[u8], valid: impl Fn(&mut String, &str)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_of_lines_keeps_its_lines_and_loses_its_controls() {
+        let said = escape_controls_by_line("on fuse.\u{1b}]0;owned\u{7} here\nnext \\x41 line");
+        assert_eq!(said, "on fuse.\\x1b]0;owned\\x07 here\nnext \\x41 line");
+    }
 
     #[test]
     fn plain_text_is_borrowed_unchanged() {

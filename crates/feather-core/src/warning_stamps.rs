@@ -82,7 +82,10 @@ impl WarningStamps {
         if lately && !someone_looks() {
             return false;
         }
-        eprintln!("feather: warning: {warning}");
+        eprintln!(
+            "feather: warning: {}",
+            crate::display::escape_controls_by_line(warning)
+        );
         if let Some(stamp) = stamp.filter(|_| !lately) {
             // Not stamped (a registry that cannot be written): said again next time.
             let _ = self.write(&stamp, warning);

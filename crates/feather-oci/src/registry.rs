@@ -100,11 +100,12 @@ impl RootRegistry {
         // Said once, as the host's fault: each root's refusal would say it again, with advice
         // to forget entries of roots that are fine.
         if let Err(why) = feather_core::strict_modes::users_mount_points() {
-            eprintln!(
-                "feather: warning: no registered OCI runtime root is looked at: {why}; their \
-                 containers are not listed nor looked up until then (their registry entries \
-                 stay)"
+            let said = format!(
+                "no registered OCI runtime root is looked at: {why}; their containers are not \
+                 listed nor looked up until then (their registry entries stay)"
             );
+            let said = feather_core::display::escape_controls_by_line(&said);
+            eprintln!("feather: warning: {said}");
             return Vec::new();
         }
         WarningStamps::of_registry(&self.dir).sweep();

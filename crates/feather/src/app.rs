@@ -74,12 +74,7 @@ fn main_with(others: Others) -> ExitCode {
 /// where it was made (`escape_path`: a byte not UTF-8 is `\xff`, which doubling showed as
 /// `\\xff`). Each cause once: an I/O error's message quotes its source already.
 fn shown_error(error: &(dyn std::error::Error + 'static)) -> String {
-    let message = feather_core::error::causes(error);
-    let lines: Vec<_> = message
-        .lines()
-        .map(feather_core::display::escape_controls)
-        .collect();
-    lines.join("\n")
+    feather_core::display::escape_controls_by_line(&feather_core::error::causes(error))
 }
 
 /// The commands [`crate::full`] runs (and the front hands over). Every command is named

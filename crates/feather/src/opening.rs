@@ -1,6 +1,7 @@
 //! Opening the state root a command acts on: shared by the commands both binaries run
 //! (crate::app) and those only `feather-full` runs (crate::full).
 
+use feather_core::display::escape_controls_by_line;
 use feather_core::store::NamedRoot;
 use feather_core::{Error, StateRoot};
 use feather_vm::lifecycle;
@@ -26,11 +27,11 @@ pub(crate) fn open_root(named: NamedRoot) -> anyhow::Result<StateRoot> {
     })?;
     if let Some(new) = &registered.new {
         for warning in feather_vm::hiding::in_running_vms(new) {
-            eprintln!("feather: warning: {warning}");
+            eprintln!("feather: warning: {}", escape_controls_by_line(&warning));
         }
         // OCI containers over the host see the host's tree, state roots included.
         for warning in feather_oci::hiding::in_running_containers(new) {
-            eprintln!("feather: warning: {warning}");
+            eprintln!("feather: warning: {}", escape_controls_by_line(&warning));
         }
     }
     // Its id goes in once it is hidden, as everything that goes in a new root.
