@@ -91,6 +91,13 @@ pub fn open_root(path: &Path) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
+/// The folder `rel` beneath `dir` and on its mount, pinned (`O_PATH`); else the lookup's own
+/// error, which tells a name missing (`ENOENT`) from a link (`ELOOP`), a mount (`EXDEV`) or a
+/// file (`ENOTDIR`) on the way.
+pub fn pin_folder_on_mount(dir: &impl AsFd, rel: &Path) -> io::Result<File> {
+    open_on_mount(dir, rel, OFlag::O_PATH | OFlag::O_DIRECTORY).map(File::from)
+}
+
 /// The folder `rel` beneath `dir`, opened for listing; `None` when it does not exist, is not a
 /// folder, or is reached through a symlink.
 pub fn open_dir(dir: &impl AsFd, rel: &Path) -> io::Result<Option<File>> {

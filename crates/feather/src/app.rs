@@ -243,11 +243,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         // never make the root again: not opened as other commands open theirs (which makes a
         // missing root and registers it); the fill makes its folders only inside a root that is
         // there (`pool::fill`), so a root removed after this look stays removed.
-        if crate::opening::root_is_missing(&cli)? {
+        crate::opening::must_be_root()?;
+        let named = StateRoot::named(cli.global.root.clone());
+        let Some(root) = named.checked_if_made()? else {
             return Ok(ExitCode::SUCCESS);
-        }
-        let root = StateRoot::new(cli.global.root.clone());
-        root.check_folders()?;
+        };
         if feather_vm::pool::size(&root) > 0 {
             lifecycle::settle_throw_aways(&root, false);
             feather_vm::pool::fill_detached(&root, *generation)?;
