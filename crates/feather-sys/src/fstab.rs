@@ -582,16 +582,23 @@ mod tests {
         points.at(Path::new(folder)).is_some()
     }
 
-    /// An fstab changed after a process resolved it, in place or replaced, is read again at its
-    /// next look; a resolution is kept only while the file is unchanged.
-    #[test]
-    fn a_changed_fstab_is_read_again() {
-        let (_scratch, base) = scratch_with_a_stick("fstab-changed");
-        let fstab = base.join("fstab");
+    /// [`scratch_with_a_stick`], the path of an fstab in it (not written yet), and the line
+    /// that lets users mount on its stick.
+    fn an_fstab_for_a_stick(label: &str) -> (ScratchDir, PathBuf, PathBuf, String) {
+        let (scratch, base) = scratch_with_a_stick(label);
         let line = format!(
             "/dev/sdb1 {}/mnt/stick auto users,noauto 0 0\n",
             base.display()
         );
+        let fstab = base.join("fstab");
+        (scratch, base, fstab, line)
+    }
+
+    /// An fstab changed after a process resolved it, in place or replaced, is read again at its
+    /// next look; a resolution is kept only while the file is unchanged.
+    #[test]
+    fn a_changed_fstab_is_read_again() {
+        let (_scratch, base, fstab, line) = an_fstab_for_a_stick("fstab-changed");
         fs::write(&fstab, "# none\n").unwrap();
         let last = kept_for(&fstab, "/kept", false);
         assert!(
@@ -617,12 +624,7 @@ mod tests {
     /// unless the process runs one command, which keeps what it found at its first look.
     #[test]
     fn lines_followed_on_the_filesystem_are_followed_again_unless_the_process_runs_one_command() {
-        let (_scratch, base) = scratch_with_a_stick("fstab-followed");
-        let fstab = base.join("fstab");
-        let line = format!(
-            "/dev/sdb1 {}/mnt/stick auto users,noauto 0 0\n",
-            base.display()
-        );
+        let (_scratch, base, fstab, line) = an_fstab_for_a_stick("fstab-followed");
         fs::write(&fstab, &line).unwrap();
         let last = Mutex::new(None);
         assert!(resolved(&fstab, &last, false).anywhere().is_none());
