@@ -38,48 +38,16 @@ const USERS_MAY_MOUNT: [&str; 4] = ["user", "users", "owner", "group"];
 /// fails closed: any other (NFS, CIFS, 9p, a cluster filesystem, one this list has never
 /// heard of) may wait for ever on a server that is gone, and is not looked in. An overlay is
 /// looked in where its layers are on these ([`overlay_not_looked_in`]).
-const LOCAL_FILESYSTEMS: [&str; 39] = [
+#[rustfmt::skip]
+const LOCAL_FILESYSTEMS: [&str; 43] = [
     // Disks.
-    "ext2",
-    "ext3",
-    "ext4",
-    "xfs",
-    "btrfs",
-    "zfs",
-    "bcachefs",
-    "f2fs",
-    "jfs",
-    "reiserfs",
-    "nilfs2",
-    "vfat",
-    "msdos",
-    "exfat",
-    "ntfs",
-    "ntfs3",
-    "hfs",
-    "hfsplus",
-    "iso9660",
-    "udf",
-    "squashfs",
-    "erofs",
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "bcachefs", "f2fs", "jfs", "reiserfs",
+    "nilfs2", "vfat", "msdos", "exfat", "ntfs", "ntfs3", "hfs", "hfsplus", "iso9660", "udf",
+    "squashfs", "erofs",
     // Memory and the kernel's own.
-    "tmpfs",
-    "ramfs",
-    "devtmpfs",
-    "proc",
-    "sysfs",
-    "cgroup",
-    "cgroup2",
-    "devpts",
-    "mqueue",
-    "debugfs",
-    "tracefs",
-    "securityfs",
-    "configfs",
-    "pstore",
-    "bpf",
-    "efivarfs",
-    "hugetlbfs",
+    "tmpfs", "ramfs", "devtmpfs", "proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue",
+    "debugfs", "tracefs", "securityfs", "configfs", "pstore", "bpf", "efivarfs", "hugetlbfs",
+    "binfmt_misc", "fusectl", "nsfs", "selinuxfs",
 ];
 
 /// How deep overlays may stack on overlays (the kernel's `FILESYSTEM_MAX_STACK_DEPTH`).
