@@ -356,7 +356,11 @@ impl Registry {
     /// reboot). The identities (device, inode) recorded at registration count while the
     /// entry's path exists and its folder holds no id of the entry's (an entry written before
     /// ids were, a marker not written yet or removed: review roots28 M1); not once the path is
-    /// gone (a removed root's inode number may be a new folder's).
+    /// gone (a removed root's inode number may be a new folder's). An entry whose path the
+    /// registry's resolution passed over (`Entry::unresolved`: a user's link or mount on
+    /// it) is not looked at at all, so its identities count for ever: a folder that later gets
+    /// its (device, inode), as a user's FUSE mount's reused anonymous device may give it, is
+    /// spared too, which errs on guarding (review walk34 L6).
     pub fn spared_strict(&self) -> Result<Spared> {
         Ok(self.spared_of(&self.entries_strict()?))
     }

@@ -37,13 +37,14 @@ const USERS_MAY_MOUNT: [&str; 4] = ["user", "users", "owner", "group"];
 /// asked, as mountinfo names them: the only ones the walk looks in. An allow-list, so that it
 /// fails closed: any other (NFS, CIFS, 9p, a cluster filesystem, one this list has never
 /// heard of) may wait for ever on a server that is gone, and is not looked in. An overlay is
-/// looked in where its layers are on these ([`overlay_not_looked_in`]).
+/// looked in where its layers are on these ([`overlay_not_looked_in`]). Judged by type, not
+/// device: ext4 on an NBD or iSCSI disk, or on a loop file on NFS, waits as NFS does.
 #[rustfmt::skip]
-const LOCAL_FILESYSTEMS: [&str; 43] = [
-    // Disks.
+const LOCAL_FILESYSTEMS: [&str; 47] = [
+    // Disks (and flash, and read-only images).
     "ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "bcachefs", "f2fs", "jfs", "reiserfs",
     "nilfs2", "vfat", "msdos", "exfat", "ntfs", "ntfs3", "hfs", "hfsplus", "iso9660", "udf",
-    "squashfs", "erofs",
+    "squashfs", "erofs", "cramfs", "romfs", "ubifs", "jffs2",
     // Memory and the kernel's own.
     "tmpfs", "ramfs", "devtmpfs", "proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue",
     "debugfs", "tracefs", "securityfs", "configfs", "pstore", "bpf", "efivarfs", "hugetlbfs",
@@ -201,11 +202,18 @@ impl Stop {
         }
     }
 
-    /// The fault of `line`: its mount point may be any folder.
+    /// The fault of `line`: its mount point may be any folder. Where the walk stopped at `/`
+    /// itself, no mount point avoids it, and only dropping the option does.
     fn said(&self, line: &UsersLine) -> String {
+        let only_fix = if self.at == Path::new("/") && !self.passing {
+            "; every path goes through `/`, so no mount point avoids it: drop the line's \
+             user option"
+        } else {
+            ""
+        };
         format!(
             "{FSTAB} line `{} {}` lets users mount (`{}`) on a path that may lead anywhere past \
-             {}, which {}",
+             {}, which {}{only_fix}",
             line.source,
             line.target.display(),
             line.option,
@@ -297,6 +305,23 @@ fn where_mounted(target: &Path, mounts: &mut Mounts) -> Result<Mounted, Stop> {
     Ok(Mounted { point, through })
 }
 
+/// Why the walk does not open `here`, a name in a folder on mount `folder_mount`, or None:
+/// the mount `table` (as the walk last read it) lists an automount point there. Even an
+/// `O_PATH` open that crosses no mount (`RESOLVE_NO_XDEV`) passes through the automount
+/// daemon first (the kernel's `d_manage` runs before the mount is crossed, and waits while
+/// the daemon mounts or expires it), so it is refused by the table, before any open. One
+/// mounted after the table was read is not seen.
+fn automount_point_at(table: &[MountEntry], folder_mount: u64, here: &Path) -> Option<String> {
+    let autofs = table.iter().find(|mount| {
+        mount.parent == folder_mount && mount.mount_point == here && mount.fs_type == "autofs"
+    })?;
+    Some(format!(
+        "is an automount point ({}), whose daemon answers for what is in it: feather does not \
+         open it",
+        autofs.fs_type
+    ))
+}
+
 /// `name` (at `here`, the line's last name if `last`) in the judged `folder`, opened without
 /// following it, its mount judged before anything is asked of it where it is not the
 /// folder's, then looked at without asking its filesystem ([`Looked`]).
@@ -307,6 +332,9 @@ fn looked_at(
     last: bool,
     mounts: &mut Mounts,
 ) -> Result<Looked, Stop> {
+    if let Some(why) = automount_point_at(mounts.table(), folder.mount_id, here) {
+        return Err(Stop::new(here, why));
+    }
     // Not as a folder, so that an automount point is not mounted by the lookup.
     let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW;
     let (opened, crossed) = match lookup::opened_noting_mount(&folder.fd, name, flags) {
@@ -417,7 +445,7 @@ fn judged_folder(
 
 /// Why the walk does not look in `mount` (of the mount table `table`), or None: a user decides
 /// what is in it ([`user_mounts::set_by_a_user`]), a server answers for it (FUSE, an automount
-/// point's daemon), or it is not known to be local ([`LOCAL_FILESYSTEMS`]; an overlay
+/// point's daemon), or it is not known to be local ([`LOCAL_FILESYSTEMS`]; an overlay stacked
 /// `depth` deep at most, [`overlay_not_looked_in`]).
 fn not_looked_in(mount: &MountEntry, table: &[MountEntry], depth: usize) -> Option<String> {
     if let Some(why) = user_mounts::set_by_a_user(mount) {
@@ -428,35 +456,47 @@ fn not_looked_in(mount: &MountEntry, table: &[MountEntry], depth: usize) -> Opti
         "a FUSE filesystem, whose server answers for what is in it"
     } else if fs_type == "autofs" {
         "an automount point, whose daemon answers for what is in it"
-    } else if fs_type == "overlay" && depth > 0 {
-        return overlay_not_looked_in(mount, table, depth);
+    } else if fs_type == "overlay" {
+        return overlay_not_looked_in(mount, table, depth).map(|why| format!("is on {why}"));
     } else if LOCAL_FILESYSTEMS.contains(&fs_type) {
         return None;
     } else {
-        "a filesystem feather does not know to be local, whose server may answer for what is \
-         in it (a network one)"
+        "a filesystem feather does not know to be local (a server may answer for what is in it)"
     };
     Some(format!(
         "is on {served} ({fs_type}): feather does not ask it"
     ))
 }
 
-/// Why the overlay `mount` is not looked in, or None: a lookup in it asks each of its layers'
-/// filesystems, so each layer its options name (`lowerdir`, `upperdir`, `workdir`) must be an
-/// absolute path on a mount looked in (`depth` less one), found in `table` by the longest mount
-/// point the path begins with, as text: nothing is asked. A layer named otherwise (relative,
-/// with `..` or an escape) cannot be placed, and is not taken for local.
+/// Why the overlay `mount` is not looked in, said as `the overlay at …, whose …`, or None: a
+/// lookup in it asks each of its layers' filesystems, so each layer its options name
+/// (`lowerdir`, `upperdir`, `workdir`) must be an absolute path on a mount looked in (an
+/// overlay under it `depth` less one deep), found in `table` by the longest mount point the
+/// path begins with, as text: nothing is asked. A layer named otherwise (relative, with `..`
+/// or an escape) or placed on the overlay itself (its options were written where that path
+/// named another mount: another namespace or root) cannot be placed, and is not taken for
+/// local.
 fn overlay_not_looked_in(mount: &MountEntry, table: &[MountEntry], depth: usize) -> Option<String> {
+    let at = format!("the overlay at {}", mount.mount_point.display());
+    if depth == 0 {
+        return Some(format!(
+            "{at}, stacked on more overlays than the kernel allows"
+        ));
+    }
     let layers = overlay_layers(&mount.super_options);
     if layers.is_empty() {
-        return Some("is on an overlay whose layers its options do not name".to_owned());
+        return Some(format!("{at}, whose options name no layer"));
     }
     layers.into_iter().find_map(|layer| {
         let why = match layer_mount(Path::new(layer), table) {
-            Some(holder) => not_looked_in(holder, table, depth - 1)?,
             None => "cannot be placed on a mount by its name".to_owned(),
+            Some(holder) if holder.id == mount.id => "is placed on that overlay itself: its \
+                 options were written where the path named another mount (another namespace \
+                 or root), so it cannot be placed"
+                .to_owned(),
+            Some(holder) => not_looked_in(holder, table, depth - 1)?,
         };
-        Some(format!("is on an overlay whose layer {layer} {why}"))
+        Some(format!("{at}, whose layer {layer} {why}"))
     })
 }
 
@@ -535,12 +575,32 @@ mod tests {
 
     use feather_testkit::ScratchDir;
 
-    /// A scratch folder of root's (0755) with `mnt/stick` made in it, by its real path.
-    fn scratch_with_a_stick(label: &str) -> (ScratchDir, PathBuf) {
+    /// A scratch folder of root's (0755) with `mnt/stick` made in it, by its real path; None
+    /// (the test skipped, said why) where this host's own mounts on the way to it are not
+    /// looked in ([`walked_all_the_way`]).
+    fn scratch_with_a_stick(label: &str) -> Option<(ScratchDir, PathBuf)> {
         let scratch = ScratchDir::new(label);
         let base = scratch.0.canonicalize().unwrap();
         fs::create_dir_all(base.join("mnt/stick")).unwrap();
-        (scratch, base)
+        walked_all_the_way(&base).then_some((scratch, base))
+    }
+
+    /// Whether a walk to `path` is looked in all the way on this host, said on stderr where
+    /// not: a test of what the walk finds in folders it makes cannot run where `/` itself is
+    /// not known to be local (a container's overlay whose layers are in another namespace, an
+    /// NFS root), since every walk stops there (review walk34 L5).
+    fn walked_all_the_way(path: &Path) -> bool {
+        let table = mountinfo::mounts().unwrap();
+        let unwalked = path.ancestors().find_map(|folder| {
+            let mount = layer_mount(folder, &table)?;
+            let why = not_looked_in(mount, &table, OVERLAY_DEPTH)?;
+            Some(format!("{} {why}", folder.display()))
+        });
+        match unwalked {
+            Some(why) => eprintln!("skipped: no walk goes past {why}"),
+            None => return true,
+        }
+        false
     }
 
     /// The points of an fstab of the one `users` line for `target`.
@@ -550,7 +610,9 @@ mod tests {
 
     #[test]
     fn fstab_entries_users_may_mount_are_told_mounted_or_not() {
-        let (_scratch, base) = scratch_with_a_stick("fstab-options");
+        let Some((_scratch, base)) = scratch_with_a_stick("fstab-options") else {
+            return;
+        };
         let at = base.display();
         let points = UsersMountPoints::in_fstab(&format!(
             "# /dev/sdc1 {at}/commented auto users 0 0\n\
@@ -584,7 +646,9 @@ mod tests {
     /// passed).
     #[test]
     fn an_fstab_mount_point_is_found_however_the_line_spells_it() {
-        let (_scratch, base) = scratch_with_a_stick("fstab-spellings");
+        let Some((_scratch, base)) = scratch_with_a_stick("fstab-spellings") else {
+            return;
+        };
         let stick = base.join("mnt/stick");
         symlink(base.join("mnt"), base.join("media")).unwrap();
         symlink("mnt/./", base.join("relative")).unwrap();
@@ -608,7 +672,9 @@ mod tests {
     /// the folder and why named.
     #[test]
     fn past_a_users_folder_or_link_a_line_leads_anywhere() {
-        let (_scratch, base) = scratch_with_a_stick("fstab-users");
+        let Some((_scratch, base)) = scratch_with_a_stick("fstab-users") else {
+            return;
+        };
         let stick = base.join("mnt/stick");
         let alices = base.join("alice");
         fs::create_dir(&alices).unwrap();
@@ -681,7 +747,9 @@ mod tests {
     /// filesystem a user mounts there: it leads anywhere.
     #[test]
     fn a_line_past_another_lines_mount_point_leads_anywhere() {
-        let (_scratch, base) = scratch_with_a_stick("fstab-nested");
+        let Some((_scratch, base)) = scratch_with_a_stick("fstab-nested") else {
+            return;
+        };
         let (mnt, stick) = (base.join("mnt"), base.join("mnt/stick"));
         let points = UsersMountPoints::in_fstab(&format!(
             "/dev/sdb1 {} auto user,noauto 0 0\n/dev/sdc1 {} auto users,noauto 0 0\n",
@@ -702,7 +770,9 @@ mod tests {
     /// mount point), so that one edit fixes them all.
     #[test]
     fn every_line_that_leads_anywhere_is_said_with_its_source() {
-        let (_scratch, base) = scratch_with_a_stick("fstab-every-line");
+        let Some((_scratch, base)) = scratch_with_a_stick("fstab-every-line") else {
+            return;
+        };
         let open = base.join("open");
         fs::create_dir(&open).unwrap();
         fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
@@ -742,7 +812,9 @@ mod tests {
     /// the lookup as looking fails on a host with /proc unreadable or an I/O error.
     #[test]
     fn a_line_not_looked_at_is_a_passing_fault_not_the_lines() {
-        let (_scratch, base) = scratch_with_a_stick("fstab-passing");
+        let Some((_scratch, base)) = scratch_with_a_stick("fstab-passing") else {
+            return;
+        };
         let unlookable = format!("{}/{}/x", base.display(), "n".repeat(300));
         let anywhere = points_of(&unlookable)
             .anywhere()
@@ -793,8 +865,9 @@ mod tests {
 
     /// A mount entry of `fs_type` at `mount_point`, with superblock options `super_options`.
     fn mount_at(mount_point: &str, fs_type: &str, super_options: &str) -> MountEntry {
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(40);
         MountEntry {
-            id: 40,
+            id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             parent: 1,
             device: "0:50".to_owned(),
             root: "/".into(),
@@ -834,6 +907,7 @@ mod tests {
                 .expect(fs_type);
             assert!(why.contains(said), "{fs_type}: {why}");
             assert!(why.contains(&format!("({fs_type})")), "{fs_type}: {why}");
+            assert!(!why.contains("network one"), "{fs_type}: {why}");
         }
         for fs_type in [
             "ext4", "xfs", "btrfs", "zfs", "vfat", "tmpfs", "proc", "cgroup2",
@@ -886,13 +960,89 @@ mod tests {
                 "rw,lowerdir=/srv/cache/../l",
                 "whose layer /srv/cache/../l cannot be placed",
             ),
-            ("rw,xino=off", "whose layers its options do not name"),
+            ("rw,xino=off", "whose options name no layer"),
+            (
+                "rw,lowerdir=/var/lib/x/merged/sub,upperdir=/srv/up",
+                "the overlay at /o, whose layer /srv/up is on a filesystem",
+            ),
         ] {
             let why = judged(options).expect(options);
             assert!(why.contains(said), "{options}: {why}");
         }
         let deep = mount_at("/o", "overlay", "rw,lowerdir=/var/lib/x/merged/sub");
-        assert!(not_looked_in(&deep, &table, 1).is_some());
+        let why = not_looked_in(&deep, &table, 1).expect("too deep");
+        assert!(
+            why.contains(
+                "is on the overlay at /o, whose layer /var/lib/x/merged/sub is on the overlay at \
+                 /var/lib/x/merged, stacked on more overlays than the kernel allows"
+            ),
+            "{why}"
+        );
+    }
+
+    /// An overlay whose layer's path, as its options spell it, lies on that overlay itself
+    /// (an initramfs-made `/`, whose `upperdir=/cow/upper` named another mount where it was
+    /// mounted) cannot be placed, and is not looked in: it is not taken for local by the
+    /// layers of the table's mount that happens to be at that path now (review walk34 M2).
+    /// Before, it was judged by its own layers until the depth ran out, and looked in where
+    /// they were local.
+    #[test]
+    fn an_overlay_whose_layer_lies_on_itself_is_not_looked_in() {
+        let overlay = mount_at("/", "overlay", "rw,lowerdir=/usr/l,upperdir=/cow/upper");
+        let table = [mount_at("/usr", "ext4", "rw"), overlay.clone()];
+        let why = not_looked_in(&overlay, &table, OVERLAY_DEPTH).expect("placed on itself");
+        assert!(
+            why.contains("whose layer /cow/upper is placed on that overlay itself"),
+            "{why}"
+        );
+    }
+
+    /// Where the walk stops at `/` itself, the line's fault says that no mount point avoids
+    /// it, and that only dropping its user option does (review walk34 M3); elsewhere a line
+    /// may be moved, and is not told so.
+    #[test]
+    fn a_line_stopped_at_slash_is_told_to_drop_its_user_option() {
+        let line = UsersLine {
+            source: "/dev/sr0".to_owned(),
+            target: "/media/cdrom0".into(),
+            option: "user".to_owned(),
+        };
+        let why = "is on a filesystem feather does not know to be local (nfs4)";
+        let at_slash = Stop::new(Path::new("/"), why).said(&line);
+        assert!(
+            at_slash.contains("drop the line's user option"),
+            "{at_slash}"
+        );
+        let at_media = Stop::new(Path::new("/media"), why).said(&line);
+        assert!(!at_media.contains("drop the line's"), "{at_media}");
+    }
+
+    /// An automount point the mount table lists is refused before anything opens it: even
+    /// an `O_PATH` lookup that stops at a mount passes through the automount daemon first,
+    /// and waits on it (review walk34 M1). This host cannot make an autofs mount in a test,
+    /// so the table the walk read is given one at a real folder: before, the walk opened the
+    /// folder and went on.
+    #[test]
+    fn an_automount_point_in_the_table_is_refused_before_it_is_opened() {
+        let Some((_scratch, base)) = scratch_with_a_stick("fstab-autofs") else {
+            return;
+        };
+        let folder = File::open(&base).unwrap();
+        let mut autofs = mount_at(base.join("mnt").to_str().unwrap(), "autofs", "rw,fd=5");
+        autofs.parent = mountinfo::mount_id_of_fd(folder.as_fd()).unwrap();
+        let mut table = mountinfo::mounts().unwrap();
+        table.push(autofs);
+        let mut mounts = Mounts::read_as(table);
+        let stop = match where_mounted(&base.join("mnt/stick"), &mut mounts) {
+            Ok(mounted) => panic!("walked past the automount point to {:?}", mounted.point),
+            Err(stop) => stop,
+        };
+        assert_eq!(stop.at, base.join("mnt"));
+        assert!(
+            stop.why.contains("is an automount point (autofs)"),
+            "{}",
+            stop.why
+        );
     }
 
     /// Following a line's path, a mount crossed (here `/proc`) is judged before its
@@ -901,6 +1051,9 @@ mod tests {
     /// `AT_STATX_DONT_SYNC` (review fstab33 M1).
     #[test]
     fn a_mount_a_lines_path_crosses_is_judged_before_it_is_asked_anything() {
+        if !walked_all_the_way(Path::new("/proc")) {
+            return;
+        }
         lookup::asks::taken();
         let points = points_of("/proc/feather-no-such-mount-point");
         assert!(points.anywhere().is_none());

@@ -213,6 +213,13 @@ impl Mounts {
         }
     }
 
+    /// A walk's mounts as if `table` had been read, for tests of what it does with a mount
+    /// this host cannot make.
+    #[cfg(test)]
+    pub(crate) fn read_as(table: Vec<MountEntry>) -> Self {
+        Mounts(Some(table))
+    }
+
     /// The mount table as last read (empty before any read).
     pub(crate) fn table(&self) -> &[MountEntry] {
         self.0.as_deref().unwrap_or_default()
@@ -320,12 +327,17 @@ fn open_path(folder: &File, name: &Path) -> io::Result<(File, Option<u64>)> {
 /// `name` (one name) opened in `folder` with `flags` (`O_PATH` among them), and the id of the
 /// mount the kernel's lookup crossed into to reach it (None: it is on `folder`'s mount), asking
 /// that mount's filesystem nothing, so that a caller can judge the mount first: the lookup is
-/// first kept from crossing a mount (`RESOLVE_NO_XDEV`: `EXDEV` at a mount point, before any
-/// filesystem mounted there is asked), and only where it would cross is the name opened again
-/// and its mount's id read from `/proc/self/fdinfo` ([`mountinfo::mount_id_of_fd`]). An
-/// `O_PATH` open asks the filesystem it lands on nothing (no `LOOKUP_OPEN`: NFS does not
-/// revalidate); a `statx` of it would, even with `AT_STATX_DONT_SYNC` on 9p without a cache,
-/// gfs2 and ocfs2. A mount made or gone between the two opens is told by the second's id.
+/// first kept from crossing a mount (`RESOLVE_NO_XDEV`: `EXDEV` at a mount point, before
+/// anything is asked of a filesystem mounted there), and only where it would cross is the name
+/// opened again and its mount's id read from `/proc/self/fdinfo`
+/// ([`mountinfo::mount_id_of_fd`]). Not before an automount daemon: the kernel crosses
+/// managed mounts before it checks `RESOLVE_NO_XDEV`, so an automount point is mounted (where
+/// `flags` want a folder) or its daemon waited on first; fstab's walk refuses the points its
+/// table lists before calling this. The second `O_PATH` open asks the mounted root little (no
+/// `LOOKUP_OPEN`, no `->open`), but its `d_weak_revalidate` runs: NFS retrying on `ESTALE`, 9p
+/// with a cache and an overlay may ask their server; FUSE is not asked. A `statx` of it would
+/// ask, even with `AT_STATX_DONT_SYNC`, on 9p without a cache, gfs2 and ocfs2. A mount made or
+/// gone between the two opens is told by the second's id.
 pub(crate) fn opened_noting_mount(
     folder: &File,
     name: &Path,
@@ -347,8 +359,23 @@ pub(crate) fn opened_noting_mount(
             let id = mountinfo::mount_id_of_fd(opened.as_fd())?;
             Ok((opened, Some(id)))
         }
+        Err(e @ (Errno::ENOSYS | Errno::EPERM)) => Err(openat2_refused(e)),
         Err(e) => Err(e.into()),
     }
+}
+
+/// What a walk says where the kernel refuses `openat2` itself (`ENOSYS`: a kernel before 5.6
+/// or gVisor; `EPERM`: a seccomp profile or systemd `SystemCallFilter=` older than it): a
+/// lookup by name asks for no permission `EPERM` would mean, so the call is named, not a path.
+fn openat2_refused(e: Errno) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!(
+            "openat2 is refused here ({e}): feather walks every path with it (Linux 5.6 or \
+             later); allow openat2 in the seccomp profile or system call filter feather runs \
+             under"
+        ),
+    )
 }
 
 /// The `fstat` of `opened` (at `path`), on a mount judged fit to ask: what a walk asks of a
@@ -405,6 +432,32 @@ pub(crate) mod asks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Where the kernel refuses `openat2` (an old seccomp profile's `EPERM`, gVisor's
+    /// `ENOSYS`), a walk says so, naming the call, not a path it could not open (review walk34
+    /// L3). The filter is the test thread's own (installed without `TSYNC`), so nothing else
+    /// is filtered. Before, the walk said "Operation not permitted".
+    #[test]
+    fn a_walk_where_openat2_is_refused_names_it() {
+        let said = std::thread::spawn(|| {
+            let rules = [(libc::SYS_openat2, Vec::new())].into_iter().collect();
+            let arch = std::env::consts::ARCH.try_into().unwrap();
+            let refuse = seccompiler::SeccompAction::Errno(libc::EPERM as u32);
+            let filter = seccompiler::SeccompFilter::new(
+                rules,
+                seccompiler::SeccompAction::Allow,
+                refuse,
+                arch,
+            )
+            .unwrap();
+            let program = seccompiler::BpfProgram::try_from(filter).unwrap();
+            crate::seccomp::install_filter(&crate::seccomp::from_seccompiler(program)).unwrap();
+            walk(Path::new("/proc/self")).unwrap_err().to_string()
+        })
+        .join()
+        .unwrap();
+        assert!(said.contains("openat2 is refused here (EPERM"), "{said}");
+    }
 
     /// A mount the walk crosses into (here `/proc`, a mount on every host feather runs on) is
     /// judged before its filesystem is asked anything: the mount's id comes from the lookup
