@@ -984,8 +984,8 @@ mod tests {
     /// (an initramfs-made `/`, whose `upperdir=/cow/upper` named another mount where it was
     /// mounted) cannot be placed, and is not looked in: it is not taken for local by the
     /// layers of the table's mount that happens to be at that path now (review walk34 M2).
-    /// Before, it was judged by its own layers until the depth ran out, and looked in where
-    /// they were local.
+    /// Before, it was refused only once the depth ran out, said as a filesystem not known to
+    /// be local (a network one).
     #[test]
     fn an_overlay_whose_layer_lies_on_itself_is_not_looked_in() {
         let overlay = mount_at("/", "overlay", "rw,lowerdir=/usr/l,upperdir=/cow/upper");
