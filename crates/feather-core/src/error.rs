@@ -132,7 +132,8 @@ fn users_mount_anywhere_advice(passing: bool) -> &'static str {
          (the fstab line itself may be fine)"
     } else {
         "change each such line so that its mount point's path goes through folders only root \
-         can change, on a local filesystem (`/mnt/NAME`), or drop its user option"
+         can change, on a filesystem known to be local (`/mnt/NAME`), or drop its user option \
+         (the only fix where the line's fault is at `/` itself)"
     }
 }
 

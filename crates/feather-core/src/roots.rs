@@ -71,6 +71,12 @@ struct Entry {
     /// one is still this root's (review roots28 M1). At most [`RECORDED_KEPT`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     former_ids: Vec<String>,
+    /// Read strictly ([`Registry::entries_strict`]), its folders could not be resolved: a
+    /// user's mount or link is on the way, and the mount's server may never answer. Nothing
+    /// is asked of them (no marker read, no `stat`): they are guarded by path, and by the
+    /// identity recorded at registration.
+    #[serde(skip)]
+    unresolved: bool,
 }
 
 impl Entry {
@@ -350,16 +356,25 @@ impl Registry {
     /// reboot). The identities (device, inode) recorded at registration count while the
     /// entry's path exists and its folder holds no id of the entry's (an entry written before
     /// ids were, a marker not written yet or removed: review roots28 M1); not once the path is
-    /// gone (a removed root's inode number may be a new folder's).
+    /// gone (a removed root's inode number may be a new folder's). An entry whose path the
+    /// registry's resolution passed over (`Entry::unresolved`: a user's link or mount on
+    /// it) is not looked at at all, so its identities count for ever: a folder that later gets
+    /// its (device, inode), as a user's FUSE mount's reused anonymous device may give it, is
+    /// spared too, which errs on guarding (review walk34 L6).
     pub fn spared_strict(&self) -> Result<Spared> {
         Ok(self.spared_of(&self.entries_strict()?))
     }
 
     /// [`Registry::spared_strict`] of `entries`, read from it.
     fn spared_of(&self, entries: &[Entry]) -> Spared {
-        let unmarked = |entry: &&Entry| match marker_in(&entry.dir) {
-            Some(marker) => !entry.ids().any(|id| *id == marker),
-            None => fs::symlink_metadata(&entry.dir).is_ok(),
+        let unmarked = |entry: &&Entry| {
+            if entry.unresolved {
+                return true;
+            }
+            match marker_in(&entry.dir) {
+                Some(marker) => !entry.ids().any(|id| *id == marker),
+                None => fs::symlink_metadata(&entry.dir).is_ok(),
+            }
         };
         Spared {
             identities: entries
@@ -486,7 +501,10 @@ impl Registry {
             Ok((dir, run)) => with_folders(entry, dir, run),
             Err(why) => {
                 self.warn_passed_over(file, &entry, &why);
-                entry
+                Entry {
+                    unresolved: true,
+                    ..entry
+                }
             }
         }
     }
@@ -717,10 +735,17 @@ impl Registry {
         // Never through a link, on any name of the path: a path left as recorded (a user's
         // link on it, or on a folder above it) guards no folder by identity, not the one it
         // leads to (`/usr`, or the host's `/run` through `/tmp/x -> /`, which `commit` would
-        // then refuse to touch); it is guarded by its path alone.
+        // then refuse to touch); it is guarded by its path alone. Nor through a user's mount
+        // (an unresolved entry's: its server may never answer).
+        let unresolved: Vec<PathBuf> = entries
+            .iter()
+            .filter(|entry| entry.unresolved)
+            .flat_map(Entry::folders)
+            .collect();
         spared.identities.extend(
             own_folders
                 .iter()
+                .filter(|folder| !unresolved.contains(folder))
                 .filter_map(|folder| identity_unfollowed(folder)),
         );
         spared.identities.sort_unstable();
@@ -1097,6 +1122,7 @@ fn entry_of(root: &StateRoot, checked: &Lookup) -> Result<Entry> {
         places: Vec::new(),
         id: String::new(),
         former_ids: Vec::new(),
+        unresolved: false,
     })
 }
 
@@ -1329,6 +1355,52 @@ mod tests {
         drop(fuse);
         fs::remove_dir_all(registry.dir()).unwrap();
         fs::remove_dir_all(root.dir()).unwrap();
+    }
+
+    /// What `diff` and `commit` guard is found with no look through a registered path its
+    /// resolution passed over: here a link in a user's folder that leads into a FUSE mount
+    /// whose server is stopped (as a user's mount would be, judged and refused before it is
+    /// asked anything). The entry is guarded by its path and recorded identity. Before, its
+    /// folder was `lstat`ed by path for whether its recorded identity counts, which followed the
+    /// link into the mount, and the command waited as long as the server did.
+    #[test]
+    fn what_diff_guards_is_found_without_a_look_through_a_path_passed_over() {
+        let (registry, own) = a_root("passed-over");
+        let fuse = StoppableFuse::new("fuse-passed-over");
+        let users = scratch("passed-over-users");
+        fs::create_dir_all(&users).unwrap();
+        let users = fs::canonicalize(users).unwrap();
+        std::os::unix::fs::symlink(&fuse.mount, users.join("link")).unwrap();
+        std::os::unix::fs::chown(&users, Some(65534), Some(65534)).unwrap();
+        let dir = users.join("link/d/state");
+        let entry = Entry {
+            run: dir.join("run"),
+            dir: dir.clone(),
+            dev: 1,
+            ino: 2,
+            places: Vec::new(),
+            id: "passed-over".to_owned(),
+            former_ids: Vec::new(),
+            unresolved: false,
+        };
+        fs::create_dir_all(registry.dir()).unwrap();
+        let file = registry.dir().join(entry_name(&entry.dir));
+        fs::write(&file, serde_json::to_vec(&entry).unwrap()).unwrap();
+        fuse.signal("STOP");
+        let (send, answer) = std::sync::mpsc::channel();
+        let looking = registry.dir().to_path_buf();
+        std::thread::spawn(move || {
+            let found = Registry::at(looking).guarded_with(&own, &host_mounts());
+            let _ = send.send(found.map(|found| (found.folders, found.spared.identities)));
+        });
+        // Generous: the look takes milliseconds; one in the stopped mount never ends.
+        let found = answer.recv_timeout(Duration::from_secs(60));
+        fuse.signal("CONT");
+        let (folders, identities) = found
+            .expect("the guarded folders, found without waiting on the mount")
+            .unwrap();
+        assert!(folders.contains(&dir), "guarded by its path: {folders:?}");
+        assert!(identities.contains(&(1, 2)), "and its recorded identity");
     }
 
     /// A user owning a registered root's parent swaps the root for a link (to `/usr`, say;
@@ -1866,6 +1938,7 @@ mod tests {
                 places: Vec::new(),
                 id: format!("id{n}"),
                 former_ids: Vec::new(),
+                unresolved: false,
             };
             let file = registry.dir().join(entry_name(&entry.dir));
             fs::write(&file, serde_json::to_vec(&entry).unwrap()).unwrap();

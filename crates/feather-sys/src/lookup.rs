@@ -3,18 +3,19 @@
 //! path leads (a state root, StrictModes as sshd checks a user's files). Each name is opened
 //! `O_PATH | O_NOFOLLOW` relative to the folder before it and read with fstat on its own
 //! descriptor; a link is read on its descriptor and its target walked the same way, so what
-//! is looked at is what the walk went through, never a path looked up again.
+//! is looked at is what the walk went through, never a path looked up again. A mount the
+//! lookup crosses into is judged before anything is asked of its filesystem
+//! ([`opened_noting_mount`]).
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs::{File, Metadata};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::AsFd;
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
 
 use crate::mountinfo::{self, MountEntry};
@@ -28,9 +29,10 @@ pub(crate) const MAX_LINKS: usize = 40;
 pub struct Step {
     pub path: PathBuf,
     pub meta: Metadata,
-    /// The mount this name is on, when the walk crossed into it here (its filesystem's device
-    /// is not the folder's it was found in): what a filesystem reports of its owners is only
-    /// as good as who mounted it ([`crate::user_mounts`]).
+    /// The mount this name is on, when the walk crossed into it here (the kernel's lookup went
+    /// from the folder's mount into another: a filesystem mounted there, or a bind): what a
+    /// filesystem reports of its owners is only as good as who mounted it
+    /// ([`crate::user_mounts`]).
     pub mount: Option<MountEntry>,
 }
 
@@ -97,10 +99,14 @@ pub fn walk_following(
             "not an absolute path",
         ));
     }
-    let slash = open_path(None, Path::new("/"))?;
+    let slash = File::from(nix::fcntl::open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?);
     let slash_meta = slash.metadata()?;
-    // The folders the walk is in, `/` first, each with its device: `..` goes back one.
-    let mut trail = vec![(slash, PathBuf::from("/"), slash_meta.dev())];
+    // The folders the walk is in, `/` first: `..` goes back one.
+    let mut trail = vec![(slash, PathBuf::from("/"))];
     let mut steps = vec![Step {
         path: "/".into(),
         meta: slash_meta,
@@ -110,14 +116,14 @@ pub fn walk_following(
     let mut names: VecDeque<Name> = names_of(path).collect();
     let mut links = 0;
     while let Some(name) = next_name(&mut names, &mut trail) {
-        let (folder, at, folders_dev) = trail.last().expect("/ stays on the trail");
+        let (folder, at) = trail.last().expect("/ stays on the trail");
         let shown = at.join(&name);
-        let opened = match open_path(Some(folder), Path::new(&name)) {
+        let (opened, crossed) = match open_path(folder, Path::new(&name)) {
             Ok(opened) => opened,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 let rest = std::iter::once(Name::Plain(name)).chain(names);
                 let rest: PathBuf = rest.map(|name| name.into_os_string()).collect();
-                let (folder, at, _) = trail.pop().expect("/ stays on the trail");
+                let (folder, at) = trail.pop().expect("/ stays on the trail");
                 return Ok(Lookup {
                     steps,
                     missing: Some(rest),
@@ -126,8 +132,8 @@ pub fn walk_following(
             }
             Err(e) => return Err(e),
         };
-        let mount = mounts.crossed(&opened, *folders_dev, &shown)?;
-        let meta = opened.metadata()?;
+        let mount = mounts.judged(crossed, &shown)?;
+        let meta = asked(&opened, &shown)?;
         steps.push(Step {
             path: shown.clone(),
             meta: meta.clone(),
@@ -160,10 +166,9 @@ pub fn walk_following(
                 end: End::of(opened, shown)?,
             });
         }
-        let dev = meta.dev();
-        trail.push((opened, shown, dev));
+        trail.push((opened, shown));
     }
-    let (folder, at, _) = trail.pop().expect("/ stays on the trail");
+    let (folder, at) = trail.pop().expect("/ stays on the trail");
     Ok(Lookup {
         steps,
         missing: None,
@@ -186,23 +191,19 @@ pub struct UsersMount {
 pub(crate) struct Mounts(Option<Vec<MountEntry>>);
 
 impl Mounts {
-    /// The mount `opened` (at `path`) is on when the walk crossed into it there (its device is
-    /// not `folders_dev`, the folder's it was found in), judged before anything is asked of its
-    /// filesystem: a mount whose files a user decides ([`user_mounts::set_by_a_user`]) ends
-    /// the walk with [`UsersMount`], never asked anything (an `fstat` of a FUSE mount's root asks
-    /// its server, and one that never answers would hang the command before its refusal:
-    /// review roots31 L2).
-    fn crossed(
-        &mut self,
-        opened: &File,
-        folders_dev: u64,
-        path: &Path,
-    ) -> io::Result<Option<MountEntry>> {
-        let (dev, id) = crate::raw::device_and_listed_mount_id_unasked(opened.as_raw_fd())?;
-        if dev == folders_dev {
+    /// The mount of id `crossed` the walk crossed into at `path` ([`opened_noting_mount`];
+    /// None where it crossed none), judged before anything is asked of its filesystem: a mount
+    /// whose files a user decides ([`user_mounts::set_by_a_user`]) ends the walk with
+    /// [`UsersMount`], never asked anything (an `fstat` of a FUSE mount's root asks its server,
+    /// and one that never answers would hang the command before its refusal: review roots31
+    /// L2; a `statx` even with `AT_STATX_DONT_SYNC` asks 9p without a cache, gfs2 and ocfs2).
+    fn judged(&mut self, crossed: Option<u64>, path: &Path) -> io::Result<Option<MountEntry>> {
+        let Some(id) = crossed else {
             return Ok(None);
-        }
+        };
         let mount = self.by_id(id)?;
+        #[cfg(test)]
+        asks::note(asks::Event::Judged(path.to_path_buf()));
         match user_mounts::set_by_a_user(&mount) {
             Some(why) => Err(io::Error::other(UsersMount {
                 path: path.to_path_buf(),
@@ -210,6 +211,18 @@ impl Mounts {
             })),
             None => Ok(Some(mount)),
         }
+    }
+
+    /// A walk's mounts as if `table` had been read, for tests of what it does with a mount
+    /// this host cannot make.
+    #[cfg(test)]
+    pub(crate) fn read_as(table: Vec<MountEntry>) -> Self {
+        Mounts(Some(table))
+    }
+
+    /// The mount table as last read (empty before any read).
+    pub(crate) fn table(&self) -> &[MountEntry] {
+        self.0.as_deref().unwrap_or_default()
     }
 
     /// The entry of the mount whose id mountinfo lists as `id`. The table is read once, and
@@ -243,14 +256,14 @@ pub fn make_folder(folder: &File, name: &Path, mode: u32) -> io::Result<()> {
 /// What `name` in the pinned folder `end` is, a link not followed, and its mount when one is
 /// mounted there; None when there is none.
 pub fn look_at(end: &End, name: &Path) -> io::Result<Option<Step>> {
-    let opened = match open_path(Some(&end.pinned), name) {
+    let (opened, crossed) = match open_path(&end.pinned, name) {
         Ok(opened) => opened,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
         Err(e) => return Err(e),
     };
     let path = end.step.path.join(name);
-    let mount = Mounts::default().crossed(&opened, end.step.meta.dev(), &path)?;
-    let meta = opened.metadata()?;
+    let mount = Mounts::default().judged(crossed, &path)?;
+    let meta = asked(&opened, &path)?;
     Ok(Some(Step { path, meta, mount }))
 }
 
@@ -297,21 +310,82 @@ pub(crate) fn names_of(path: &Path) -> impl Iterator<Item = Name> + '_ {
     })
 }
 
-/// `name` opened `O_PATH | O_NOFOLLOW` in `folder` (or from the process's `/`): as a folder
-/// first, since only a lookup that wants a folder (`O_DIRECTORY`) triggers an automount not
-/// mounted yet (without it the walk would pin the autofs stub, not the filesystem the root is
-/// on); a link or a file is then opened as itself.
-fn open_path(folder: Option<&File>, name: &Path) -> io::Result<File> {
-    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let open = |flags| match folder {
-        Some(folder) => nix::fcntl::openat(folder.as_fd(), name, flags, Mode::empty()),
-        None => nix::fcntl::open(name, flags, Mode::empty()),
-    };
-    let fd = match open(flags | OFlag::O_DIRECTORY) {
-        Err(nix::errno::Errno::ENOTDIR) => open(flags)?,
-        other => other?,
-    };
-    Ok(File::from(fd))
+/// `name` opened `O_PATH | O_NOFOLLOW` in `folder`, and the mount crossed to reach it
+/// ([`opened_noting_mount`]): as a folder first, since only a lookup that wants a folder
+/// (`O_DIRECTORY`) triggers an automount not mounted yet (without it the walk would pin the
+/// autofs stub, not the filesystem the root is on); a link or a file is then opened as itself.
+fn open_path(folder: &File, name: &Path) -> io::Result<(File, Option<u64>)> {
+    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW;
+    match opened_noting_mount(folder, name, flags | OFlag::O_DIRECTORY) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+            opened_noting_mount(folder, name, flags)
+        }
+        other => other,
+    }
+}
+
+/// `name` (one name) opened in `folder` with `flags` (`O_PATH` among them), and the id of the
+/// mount the kernel's lookup crossed into to reach it (None: it is on `folder`'s mount), asking
+/// that mount's filesystem nothing, so that a caller can judge the mount first: the lookup is
+/// first kept from crossing a mount (`RESOLVE_NO_XDEV`: `EXDEV` at a mount point, before
+/// anything is asked of a filesystem mounted there), and only where it would cross is the name
+/// opened again and its mount's id read from `/proc/self/fdinfo`
+/// ([`mountinfo::mount_id_of_fd`]). Not before an automount daemon: the kernel crosses
+/// managed mounts before it checks `RESOLVE_NO_XDEV`, so an automount point is mounted (where
+/// `flags` want a folder) or its daemon waited on first; fstab's walk refuses the points its
+/// table lists before calling this. The second `O_PATH` open asks the mounted root little (no
+/// `LOOKUP_OPEN`, no `->open`), but its `d_weak_revalidate` runs: NFS retrying on `ESTALE`, 9p
+/// with a cache and an overlay may ask their server; FUSE is not asked. A `statx` of it would
+/// ask, even with `AT_STATX_DONT_SYNC`, on 9p without a cache, gfs2 and ocfs2. A mount made or
+/// gone between the two opens is told by the second's id.
+pub(crate) fn opened_noting_mount(
+    folder: &File,
+    name: &Path,
+    flags: OFlag,
+) -> io::Result<(File, Option<u64>)> {
+    let flags = flags | OFlag::O_CLOEXEC;
+    let how = OpenHow::new()
+        .flags(flags)
+        .resolve(ResolveFlag::RESOLVE_NO_XDEV);
+    match nix::fcntl::openat2(folder.as_fd(), name, how) {
+        Ok(fd) => Ok((File::from(fd), None)),
+        Err(Errno::EXDEV) => {
+            let opened = File::from(nix::fcntl::openat(
+                folder.as_fd(),
+                name,
+                flags,
+                Mode::empty(),
+            )?);
+            let id = mountinfo::mount_id_of_fd(opened.as_fd())?;
+            Ok((opened, Some(id)))
+        }
+        Err(e @ (Errno::ENOSYS | Errno::EPERM)) => Err(openat2_refused(e)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What a walk says where the kernel refuses `openat2` itself (`ENOSYS`: a kernel before 5.6
+/// or gVisor; `EPERM`: a seccomp profile or systemd `SystemCallFilter=` older than it): a
+/// lookup by name asks for no permission `EPERM` would mean, so the call is named, not a path.
+fn openat2_refused(e: Errno) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!(
+            "openat2 is refused here ({e}): feather walks every path with it (Linux 5.6 or \
+             later); allow openat2 in the seccomp profile or system call filter feather runs \
+             under"
+        ),
+    )
+}
+
+/// The `fstat` of `opened` (at `path`), on a mount judged fit to ask: what a walk asks of a
+/// filesystem.
+fn asked(opened: &File, path: &Path) -> io::Result<Metadata> {
+    #[cfg(test)]
+    asks::note(asks::Event::Asked(path.to_path_buf()));
+    #[cfg(not(test))]
+    let _ = path; // Named for the tests' record of what was asked.
+    opened.metadata()
 }
 
 /// The target of the link pinned by `link`'s descriptor.
@@ -319,9 +393,93 @@ pub(crate) fn read_link(link: &File) -> io::Result<OsString> {
     Ok(nix::fcntl::readlinkat(link.as_fd(), "")?)
 }
 
+/// What a walk did, in order, for tests that it asks no mount anything before judging it.
+#[cfg(test)]
+pub(crate) mod asks {
+    use std::cell::RefCell;
+    use std::path::PathBuf;
+
+    #[derive(Clone, Debug, PartialEq)]
+    pub(crate) enum Event {
+        /// The mount crossed into at this name was judged.
+        Judged(PathBuf),
+        /// This name's filesystem was asked what it is (`fstat`, `statx`).
+        Asked(PathBuf),
+    }
+
+    thread_local! {
+        static EVENTS: RefCell<Vec<Event>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(crate) fn note(event: Event) {
+        EVENTS.with(|events| events.borrow_mut().push(event));
+    }
+
+    /// The events noted on this thread since the last call.
+    pub(crate) fn taken() -> Vec<Event> {
+        EVENTS.with(|events| std::mem::take(&mut *events.borrow_mut()))
+    }
+
+    /// Whether every name whose mount was judged was asked nothing before it.
+    pub(crate) fn judged_before_asked(events: &[Event]) -> bool {
+        events.iter().enumerate().all(|(at, event)| match event {
+            Event::Judged(path) => !events[..at].contains(&Event::Asked(path.clone())),
+            Event::Asked(_) => true,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Where the kernel refuses `openat2` (an old seccomp profile's `EPERM`, gVisor's
+    /// `ENOSYS`), a walk says so, naming the call, not a path it could not open (review walk34
+    /// L3). The filter is the test thread's own (installed without `TSYNC`), so nothing else
+    /// is filtered. Before, the walk said "Operation not permitted".
+    #[test]
+    fn a_walk_where_openat2_is_refused_names_it() {
+        let said = std::thread::spawn(|| {
+            let rules = [(libc::SYS_openat2, Vec::new())].into_iter().collect();
+            let arch = std::env::consts::ARCH.try_into().unwrap();
+            let refuse = seccompiler::SeccompAction::Errno(libc::EPERM as u32);
+            let filter = seccompiler::SeccompFilter::new(
+                rules,
+                seccompiler::SeccompAction::Allow,
+                refuse,
+                arch,
+            )
+            .unwrap();
+            let program = seccompiler::BpfProgram::try_from(filter).unwrap();
+            crate::seccomp::install_filter(&crate::seccomp::from_seccompiler(program)).unwrap();
+            walk(Path::new("/proc/self")).unwrap_err().to_string()
+        })
+        .join()
+        .unwrap();
+        assert!(said.contains("openat2 is refused here (EPERM"), "{said}");
+    }
+
+    /// A mount the walk crosses into (here `/proc`, a mount on every host feather runs on) is
+    /// judged before its filesystem is asked anything: the mount's id comes from the lookup
+    /// and procfs, not from a `statx` of its root, which 9p without a cache, gfs2 and ocfs2
+    /// answer by asking their server even with `AT_STATX_DONT_SYNC`. Before, the walk took the
+    /// crossing's device and mount id by such a `statx`, then judged.
+    #[test]
+    fn a_crossed_mount_is_judged_before_its_filesystem_is_asked_anything() {
+        asks::taken();
+        let lookup = walk(Path::new("/proc/self/fdinfo")).unwrap();
+        let events = asks::taken();
+        let proc = Path::new("/proc");
+        assert!(
+            events.contains(&asks::Event::Judged(proc.into())),
+            "{events:?}"
+        );
+        assert!(asks::judged_before_asked(&events), "{events:?}");
+        let crossed = lookup.steps.iter().find(|step| step.path == proc).unwrap();
+        assert_eq!(crossed.mount.as_ref().unwrap().fs_type, "proc");
+        // A name on its folder's mount crossed none.
+        assert!(lookup.steps.last().unwrap().mount.is_none());
+    }
 
     /// A mount made after the table was read (an automount, another command's) is found by
     /// reading it again, not taken for one that cannot be looked at (review fstab33 M2).

@@ -957,18 +957,6 @@ pub fn unique_mount_id(fd: RawFd) -> Result<u64, Errno> {
     mount_id_of(fd, libc::STATX_MNT_ID_UNIQUE)
 }
 
-/// statx(2) of the descriptor itself with `AT_STATX_DONT_SYNC`, which FUSE honours from its
-/// cache (a server that never answers is not waited on; 9p without a cache asks its server
-/// anyway): the device it is on, as `fstat` gives it, and the id of its mount as mountinfo
-/// lists it (STATX_MNT_ID).
-pub fn device_and_listed_mount_id_unasked(fd: RawFd) -> Result<(u64, u64), Errno> {
-    let stx = statx_of(fd, libc::STATX_MNT_ID, libc::AT_STATX_DONT_SYNC)?;
-    Ok((
-        libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
-        stx.stx_mnt_id,
-    ))
-}
-
 /// What a name's descriptor is, as statx(2) tells it without asking its filesystem
 /// ([`entry_unasked`]).
 #[derive(Clone, Copy, Debug)]
