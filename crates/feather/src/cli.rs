@@ -313,8 +313,9 @@ impl CreateArgs {
     }
 }
 
-/// Certificates for a migration's TLS instead of the ephemeral one the receiver makes: both
-/// ends verify the other's against the CA (the token is proved as well).
+// Certificates for a migration's TLS instead of the ephemeral one the receiver makes: both
+// ends verify the other's against the CA (the token is proved as well). No doc comment: flattened
+// into a deferred subcommand, it would replace that command's help text (parse::tests).
 #[derive(Debug, Args, Clone)]
 pub struct TlsArgs {
     /// This host's certificate chain, PEM (with --tls-key and --tls-ca); the receiver's must
@@ -329,8 +330,8 @@ pub struct TlsArgs {
     pub tls_ca: Option<PathBuf>,
 }
 
-/// What an imported VM's config may ask of this host beyond what it always accepts (the rest is
-/// refused, naming the field: docs/security.md, row 66).
+// What an imported VM's config may ask of this host beyond what it always accepts (the rest is
+// refused, naming the field: docs/security.md, row 66). No doc comment, as `TlsArgs`.
 #[derive(Debug, Args, Clone, Default)]
 pub struct AcceptArgs {
     /// The tree of this host imported VMs run over (default `/`); a VM made over another is
