@@ -221,9 +221,10 @@ fn remove_each(root: &StateRoot, names: &[String], force: bool) -> anyhow::Resul
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    // Each of these commands is a process of its own that ends with it (a `run` waits on its
-    // VM, but checks no state root once started): the fstab lines users may mount are followed
-    // once for it, not again at each root it checks (feather_sys::fstab).
+    // Each of these commands is a process of its own that ends with it: the fstab lines users
+    // may mount are followed once for it, not again at each root it checks, until it waits
+    // for another command (hiding a new root) or goes on after it (`pool --fill`'s filler:
+    // feather_sys::fstab).
     feather_sys::fstab::resolve_once_per_command();
     // Inside a VM anyone may ask; the keeper's policy decides.
     if let Command::Open { vm, app, args } = &cli.command {
