@@ -105,8 +105,8 @@ fn place_on_slashs_mount(path: &Path) -> Option<(u64, u64, Option<PathBuf>)> {
     };
     match place(path) {
         Ok((dev, ino)) => Some((dev, ino, None)),
-        // Not made yet (a link in its place is ELOOP, for the walk to follow): its parent, with
-        // the name missing, as the walk says.
+        // Not made yet (a link in its place is ENOTDIR and one on the way ELOOP, each for the
+        // walk to follow): its parent, with the name missing, as the walk says.
         Err(e) if e.kind() == ErrorKind::NotFound => {
             let (dev, ino) = place(path.parent()?).ok()?;
             Some((dev, ino, Some(PathBuf::from(path.file_name()?))))
@@ -139,9 +139,10 @@ impl NamedRoot {
     }
 
     /// The root, once the walk it was named with says its folder is there and passes the
-    /// check of its folders ([`crate::strict_modes::check_state_root`]); None, with nothing made or judged, where its folder is not
-    /// made (for a command that acts only in a root that is there: a pool's fill, which a
-    /// root drained or removed meanwhile leaves with nothing to do). One walk of the path: it
+    /// check of its folders ([`crate::strict_modes::check_state_root`]); None, with nothing
+    /// made or judged, where its folder is not made (for a command that acts only in a root
+    /// that is there: a pool's fill, which a root drained or removed meanwhile leaves with
+    /// nothing to do). One walk of the path: it
     /// walked it three times (the folder's look, the default root's spelling, the check).
     pub fn checked_if_made(self) -> Result<Option<StateRoot>> {
         let walked = self
@@ -988,8 +989,14 @@ mod tests {
             let meta = &lookup.end.step.meta;
             (meta.dev(), meta.ino(), lookup.missing.clone())
         };
-        // A scratch folder on a mount of its own (a tmpfs /tmp) is a mount on the way.
-        let on_slashs = fs::metadata(&base).unwrap().dev() == fs::metadata("/").unwrap().dev();
+        // A scratch folder on a mount of its own (a tmpfs /tmp, a bind of `/`'s own filesystem)
+        // is a mount on the way: told by mount, as `RESOLVE_NO_XDEV` tells it, not by device
+        // (a btrfs subvolume has a device of its own on the same mount).
+        let mount = |path: &str| {
+            let opened = File::open(path).unwrap();
+            feather_sys::mountinfo::mount_id_of_fd(std::os::fd::AsFd::as_fd(&opened)).unwrap()
+        };
+        let on_slashs = mount(&base.to_string_lossy()) == mount("/");
         for path in [base.join("made"), base.join("missing")] {
             let expected = on_slashs.then(|| walked(&path));
             assert_eq!(place_on_slashs_mount(&path), expected, "{path:?}");

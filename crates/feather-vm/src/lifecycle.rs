@@ -499,7 +499,10 @@ pub fn finish_handed_off<'a>(
     let private = release_throw_away(root, aside, keeper::remove_throw_away_leftovers);
     let lingering = private.then(|| {
         // Namespaces made ahead when VMs come one after another (other teardowns under way when
-        // this one began: one set aside meanwhile is counted by its own finisher).
+        // this one began, from the listing before the release: one set aside during it may be
+        // counted by neither finisher, one finished during it still by this one; either only
+        // decides whether a refill is asked for now, and this root's linger, begun before the
+        // folder goes, lets a later finisher's refill find it: review startcli34 L6).
         let others_finishing = set_aside.iter().any(|other| other.path() != aside.path());
         feather_net::linger::refill_pool_if_in_demand(root.dir(), others_finishing);
         feather_net::linger::begin(root)
