@@ -1030,6 +1030,10 @@ mod tests {
             matches!(refused, Err(Error::UntrustedRoot { .. })),
             "{refused:?}"
         );
+        // A path the walk cannot follow (a file on the way) is an error, not a root not made.
+        fs::write(base.join("file"), "").unwrap();
+        let unwalkable = StateRoot::named(Some(base.join("file/root"))).checked_if_made();
+        assert!(unwalkable.is_err(), "{unwalkable:?}");
     }
 
     /// What a test does to the root's path, as a local user racing feather would.
