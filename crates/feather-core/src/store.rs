@@ -82,8 +82,37 @@ fn is_the_default(walked: &std::io::Result<Lookup>) -> bool {
     let Ok(dir) = walked else {
         return false;
     };
+    if let Some(default) = place_on_slashs_mount(Path::new(DEFAULT_STATE_DIR)) {
+        return place(dir) == default;
+    }
     let default = feather_sys::lookup::walk(Path::new(DEFAULT_STATE_DIR));
     default.is_ok_and(|default| place(dir) == place(&default))
+}
+
+/// Where the folder `path` (absolute) is, as [`is_the_default`] compares [`DEFAULT_STATE_DIR`]:
+/// found with one `openat2` (two where it is not made yet) when its path, or its parent's, is
+/// plain folders on the mount of `/` (`RESOLVE_NO_XDEV | RESOLVE_NO_SYMLINKS`): no mount is
+/// crossed, so none is asked anything, and no link followed; what the walk would find,
+/// without its open and two `statx` per name (14 system calls at every command given
+/// `--root`). None (the walk decides) where a link or a mount is on the way, as where `/var`
+/// is a filesystem of its own.
+fn place_on_slashs_mount(path: &Path) -> Option<(u64, u64, Option<PathBuf>)> {
+    let slash = feather_sys::beneath::open_root(Path::new("/")).ok()?;
+    let place = |path: &Path| -> std::io::Result<(u64, u64)> {
+        let below_slash = path.strip_prefix("/").map_err(std::io::Error::other)?;
+        let meta = feather_sys::beneath::pin_folder_on_mount(&slash, below_slash)?.metadata()?;
+        Ok((meta.dev(), meta.ino()))
+    };
+    match place(path) {
+        Ok((dev, ino)) => Some((dev, ino, None)),
+        // Not made yet (a link in its place is ENOTDIR and one on the way ELOOP, each for the
+        // walk to follow): its parent, with the name missing, as the walk says.
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            let (dev, ino) = place(path.parent()?).ok()?;
+            Some((dev, ino, Some(PathBuf::from(path.file_name()?))))
+        }
+        Err(_) => None,
+    }
 }
 
 /// A state root: the folder holding every VM, and the run folder holding their sockets.
@@ -107,6 +136,23 @@ impl NamedRoot {
     pub fn prepare_dir(self) -> Result<(StateRoot, Lookup)> {
         let checked = self.root.prepare_dir_walked(self.walked)?;
         Ok((self.root, checked))
+    }
+
+    /// The root, once the walk it was named with says its folder is there and passes the
+    /// check of its folders ([`crate::strict_modes::check_state_root`]); None, with nothing
+    /// made or judged, where its folder is not made (for a command that acts only in a root
+    /// that is there: a pool's fill, which a root drained or removed meanwhile leaves with
+    /// nothing to do). One walk of the path: it
+    /// walked it three times (the folder's look, the default root's spelling, the check).
+    pub fn checked_if_made(self) -> Result<Option<StateRoot>> {
+        let walked = self
+            .walked
+            .unwrap_or_else(|| feather_sys::lookup::walk(&self.root.dir));
+        if walked.as_ref().is_ok_and(|lookup| lookup.missing.is_some()) {
+            return Ok(None);
+        }
+        crate::strict_modes::check_walked(&self.root.dir, walked)?;
+        Ok(Some(self.root))
     }
 }
 
@@ -279,13 +325,6 @@ impl StateRoot {
             tighten(&opened, &self.dir)?;
         }
         Ok(made)
-    }
-
-    /// Whether only root can change the folders the root's folder is found through, and the
-    /// entries feather makes in it (see [`crate::strict_modes`]): for a command that acts on
-    /// a root it does not prepare (a pool's fill).
-    pub fn check_folders(&self) -> Result<()> {
-        crate::strict_modes::check_state_root(&self.dir).map(drop)
     }
 
     /// Makes the VM's run folder (and the root's) exist, 0700, before its keeper puts its
@@ -934,6 +973,67 @@ mod tests {
             assert_eq!(root.run_dir(), Path::new(DEFAULT_RUN_DIR), "{dir:?}");
         }
         assert_eq!(not_default.run_dir(), links.join("other/run"));
+    }
+
+    /// The one-`openat2` look at the default root's place finds what the walk finds, for a
+    /// folder there and for one not made yet; with a link in its place, a link or a mount on
+    /// the way, it finds nothing and the walk decides (a link it would not follow).
+    #[test]
+    fn a_folders_place_on_slashs_mount_is_the_walks_or_left_to_the_walk() {
+        let scratch = ScratchDir::new("default-place");
+        let base = scratch.0.canonicalize().unwrap();
+        fs::create_dir(base.join("made")).unwrap();
+        std::os::unix::fs::symlink(base.join("made"), base.join("link")).unwrap();
+        let walked = |path: &Path| {
+            let lookup = feather_sys::lookup::walk(path).unwrap();
+            let meta = &lookup.end.step.meta;
+            (meta.dev(), meta.ino(), lookup.missing.clone())
+        };
+        // A scratch folder on a mount of its own (a tmpfs /tmp, a bind of `/`'s own filesystem)
+        // is a mount on the way: told by mount, as `RESOLVE_NO_XDEV` tells it, not by device
+        // (a btrfs subvolume has a device of its own on the same mount).
+        let mount = |path: &str| {
+            let opened = File::open(path).unwrap();
+            feather_sys::mountinfo::mount_id_of_fd(std::os::fd::AsFd::as_fd(&opened)).unwrap()
+        };
+        let on_slashs = mount(&base.to_string_lossy()) == mount("/");
+        for path in [base.join("made"), base.join("missing")] {
+            let expected = on_slashs.then(|| walked(&path));
+            assert_eq!(place_on_slashs_mount(&path), expected, "{path:?}");
+        }
+        for path in [
+            base.join("link"),
+            base.join("link/below"),
+            "/proc/self".into(),
+        ] {
+            assert_eq!(place_on_slashs_mount(&path), None, "{path:?}");
+        }
+        assert_eq!(place_on_slashs_mount(Path::new("/no-such-top/x")), None);
+    }
+
+    /// A pool's fill acts only in a root that is there: one not made is left unmade, with
+    /// nothing judged; one a user could change is refused.
+    #[test]
+    fn a_named_root_is_checked_only_once_made() {
+        let scratch = ScratchDir::new("checked-if-made");
+        let base = scratch.0.canonicalize().unwrap();
+        let missing = base.join("not-made");
+        let named = StateRoot::named(Some(missing.clone()));
+        assert!(named.checked_if_made().unwrap().is_none());
+        assert!(!missing.exists());
+        fs::create_dir(&missing).unwrap();
+        let made = StateRoot::named(Some(missing.clone())).checked_if_made();
+        assert_eq!(made.unwrap().unwrap().dir(), missing);
+        fs::set_permissions(&missing, fs::Permissions::from_mode(0o777)).unwrap();
+        let refused = StateRoot::named(Some(missing.clone())).checked_if_made();
+        assert!(
+            matches!(refused, Err(Error::UntrustedRoot { .. })),
+            "{refused:?}"
+        );
+        // A path the walk cannot follow (a file on the way) is an error, not a root not made.
+        fs::write(base.join("file"), "").unwrap();
+        let unwalkable = StateRoot::named(Some(base.join("file/root"))).checked_if_made();
+        assert!(unwalkable.is_err(), "{unwalkable:?}");
     }
 
     /// What a test does to the root's path, as a local user racing feather would.

@@ -64,7 +64,7 @@ pub fn check_state_root(dir: &Path) -> Result<Lookup> {
 }
 
 /// [`check_state_root`] of `walked`, a walk of `dir` taken a moment ago by the same command.
-fn check_walked(dir: &Path, walked: std::io::Result<Lookup>) -> Result<Lookup> {
+pub(crate) fn check_walked(dir: &Path, walked: std::io::Result<Lookup>) -> Result<Lookup> {
     let users_points = users_mount_points()?;
     let lookup = judged(dir, dir, walked)?;
     for step in &lookup.steps {

@@ -91,6 +91,14 @@ pub fn open_root(path: &Path) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
+/// The folder `rel` beneath `dir` and on its mount, pinned (`O_PATH`); else the lookup's own
+/// error, which tells a name missing (`ENOENT`) from a link on the way (`ELOOP`), a mount
+/// (`EXDEV`), or a file on the way or a link as the last name (`ENOTDIR`: the folder is asked
+/// for, and the link not followed).
+pub fn pin_folder_on_mount(dir: &impl AsFd, rel: &Path) -> io::Result<File> {
+    open_on_mount(dir, rel, OFlag::O_PATH | OFlag::O_DIRECTORY).map(File::from)
+}
+
 /// The folder `rel` beneath `dir`, opened for listing; `None` when it does not exist, is not a
 /// folder, or is reached through a symlink.
 pub fn open_dir(dir: &impl AsFd, rel: &Path) -> io::Result<Option<File>> {

@@ -17,6 +17,8 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -62,6 +64,7 @@ const STICKY: u32 = 0o1000;
 
 /// The mount points `/etc/fstab` lets users mount on, each with the option that does: read
 /// once, then asked of every folder a walk went through.
+#[derive(Clone, Debug)]
 pub struct UsersMountPoints {
     points: Vec<(PathBuf, String)>,
     anywhere: Option<Anywhere>,
@@ -78,9 +81,11 @@ pub struct Anywhere {
 }
 
 impl UsersMountPoints {
-    /// This host's, from `/etc/fstab` (bounded); none where there is none.
+    /// This host's, from `/etc/fstab` (bounded); none where there is none. Resolved again
+    /// only when the file changed since this process last did, or when its lines were
+    /// followed on the filesystem in a process that outlives one command ([`Remembered`]).
     pub fn of_this_host() -> Self {
-        Self::in_fstab(&user_mounts::read_bounded(FSTAB))
+        resolved(Path::new(FSTAB), &LAST, STRETCH.load(Ordering::Relaxed))
     }
 
     fn in_fstab(fstab: &str) -> Self {
@@ -121,6 +126,113 @@ impl UsersMountPoints {
     pub fn anywhere(&self) -> Option<&Anywhere> {
         self.anywhere.as_ref()
     }
+}
+
+/// This process's last resolution of `/etc/fstab` ([`resolved`]).
+static LAST: Mutex<Option<Remembered>> = Mutex::new(None);
+
+/// 0 in a process that outlives a command; else which stretch without a wait of a process
+/// that runs one command and ends this is ([`resolve_once_per_command`], [`follow_lines_again`]).
+static STRETCH: AtomicU64 = AtomicU64::new(0);
+
+/// Says that this process runs one command and ends (the `feather` front): the fstab lines
+/// users may mount are then followed on the filesystem once for each stretch of the command
+/// without a wait ([`follow_lines_again`]), not again at each state root it checks (`ls`
+/// checked three). A process that outlives a command (a keeper, the web view, a detached fill:
+/// [`resolve_at_every_look`]) follows them again at each look, so a folder or mount changed on
+/// a line's way is seen at its next one.
+pub fn resolve_once_per_command() {
+    let _ = STRETCH.compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed);
+}
+
+/// Says that this process waited for something of unknown length (another command's lock):
+/// the fstab lines users may mount are followed again at the next look, as a folder or mount on
+/// their way may have changed meanwhile. Nothing in a process that follows them at each look.
+pub fn follow_lines_again() {
+    let _ = STRETCH.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+        (n != 0).then_some(n + 1)
+    });
+}
+
+/// Says that this process goes on after its command (`pool --fill`'s filler, detached for
+/// rounds): from now on the fstab lines users may mount are followed again at each look.
+pub fn resolve_at_every_look() {
+    STRETCH.store(0, Ordering::Relaxed);
+}
+
+/// A resolution of an fstab, and the stamp of the file it was read from.
+///
+/// Why keeping it is sound: what the resolution says is a function of the file's text and,
+/// for each line users may mount, of the folders and mounts on that line's way. The text is
+/// read again whenever the stamp (device, inode, size, modification and change times) moved,
+/// so an edit or a file renamed into place is seen (a change time cannot be set back by
+/// anyone). An edit that keeps the size and inode is told by its times alone: always where
+/// a change after a look is stamped finer than the clock's tick (since Linux 6.13 on ext4,
+/// xfs, btrfs and tmpfs); elsewhere (an older kernel, overlayfs, NFS, zfs) two such edits by
+/// root within one tick, with a look between them, keep the first text until the next change.
+/// A text without such lines asks nothing of the filesystem: kept while the stamp holds, in
+/// any process. A text with them is followed again at each look unless the process runs one
+/// command ([`resolve_once_per_command`]), where it is kept until the command waits for
+/// something of unknown length ([`follow_lines_again`]).
+struct Remembered {
+    stamp: Option<Stamp>,
+    points: UsersMountPoints,
+    followed_lines: bool,
+    /// The stretch of a one-command process it was followed in ([`STRETCH`]).
+    stretch: u64,
+}
+
+/// What identifies a version of a file's text without reading it.
+#[derive(Debug, PartialEq, Eq)]
+struct Stamp {
+    device: u64,
+    inode: u64,
+    size: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+impl Stamp {
+    /// `path`'s stamp, None where it cannot be looked at (a missing fstab: no lines).
+    fn of(path: &Path) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Stamp {
+            device: meta.dev(),
+            inode: meta.ino(),
+            size: meta.size(),
+            modified: (meta.mtime(), meta.mtime_nsec()),
+            changed: (meta.ctime(), meta.ctime_nsec()),
+        })
+    }
+}
+
+/// The user mount points of the fstab at `fstab`, from `last` when that may be kept
+/// ([`Remembered`]; `stretch`: the [`STRETCH`] this process is in), else read and resolved, and
+/// kept in `last`.
+fn resolved(fstab: &Path, last: &Mutex<Option<Remembered>>, stretch: u64) -> UsersMountPoints {
+    // Stamped before it is read: a change between the two moves the next look's stamp.
+    let stamp = Stamp::of(fstab);
+    // Never waited for: a lock held by another thread (or by a thread of the parent this
+    // process was forked from, which would hold it for ever here) means a fresh resolution.
+    let Ok(mut last) = last.try_lock() else {
+        return UsersMountPoints::in_fstab(&user_mounts::read_bounded(fstab));
+    };
+    let keep = |kept: &&Remembered| {
+        kept.stamp == stamp && (!kept.followed_lines || (stretch != 0 && kept.stretch == stretch))
+    };
+    if let Some(kept) = last.as_ref().filter(keep) {
+        return kept.points.clone();
+    }
+    let text = user_mounts::read_bounded(fstab);
+    let points = UsersMountPoints::in_fstab(&text);
+    *last = Some(Remembered {
+        stamp,
+        points: points.clone(),
+        followed_lines: users_lines(&text).next().is_some(),
+        stretch,
+    });
+    points
 }
 
 /// A line of fstab that users may mount: its source and mount point as written (unescaped),
@@ -606,6 +718,104 @@ mod tests {
     /// The points of an fstab of the one `users` line for `target`.
     fn points_of(target: &str) -> UsersMountPoints {
         UsersMountPoints::in_fstab(&format!("/dev/sdb1 {target} auto users,noauto 0 0\n"))
+    }
+
+    /// A resolution kept in `last` for the fstab at `path` as it is now, saying `marker` is a
+    /// mount point users may mount on: what `resolved` returns when it keeps it.
+    fn kept_for(path: &Path, marker: &str, followed_lines: bool) -> Mutex<Option<Remembered>> {
+        Mutex::new(Some(Remembered {
+            stamp: Stamp::of(path),
+            points: UsersMountPoints {
+                points: vec![(PathBuf::from(marker), "users".to_owned())],
+                anywhere: None,
+            },
+            followed_lines,
+            stretch: 1,
+        }))
+    }
+
+    fn is_point(points: &UsersMountPoints, folder: &str) -> bool {
+        points.at(Path::new(folder)).is_some()
+    }
+
+    /// [`scratch_with_a_stick`], the path of an fstab in it (not written yet), and the line
+    /// that lets users mount on its stick; None (the test skipped) as there.
+    fn an_fstab_for_a_stick(label: &str) -> Option<(ScratchDir, PathBuf, PathBuf, String)> {
+        let (scratch, base) = scratch_with_a_stick(label)?;
+        let line = format!(
+            "/dev/sdb1 {}/mnt/stick auto users,noauto 0 0\n",
+            base.display()
+        );
+        let fstab = base.join("fstab");
+        Some((scratch, base, fstab, line))
+    }
+
+    /// An fstab changed after a process resolved it, in place or replaced, is read again at its
+    /// next look; a resolution is kept only while the file is unchanged.
+    #[test]
+    fn a_changed_fstab_is_read_again() {
+        let Some((_scratch, base, fstab, line)) = an_fstab_for_a_stick("fstab-changed") else {
+            return;
+        };
+        fs::write(&fstab, "# none\n").unwrap();
+        let last = kept_for(&fstab, "/kept", false);
+        assert!(
+            is_point(&resolved(&fstab, &last, 0), "/kept"),
+            "kept while unchanged"
+        );
+        // In place (the same inode).
+        fs::write(&fstab, &line).unwrap();
+        let points = resolved(&fstab, &last, 1);
+        assert!(!is_point(&points, "/kept"));
+        let stick = base.join("mnt/stick");
+        assert!(is_point(&points, &stick.to_string_lossy()));
+        // Rewritten in place to the same length: only its times tell the change.
+        let owner = line.replace("users", "owner");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&fstab)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, owner.as_bytes()))
+            .unwrap();
+        let why = resolved(&fstab, &last, 1).at(&stick).expect("the stick");
+        assert!(why.contains("(`owner`)"), "{why}");
+        // Replaced by another file (a new inode), with no line left.
+        fs::write(base.join("new"), "# none\n").unwrap();
+        fs::rename(base.join("new"), &fstab).unwrap();
+        let points = resolved(&fstab, &last, 1);
+        assert!(!is_point(&points, &format!("{}/mnt/stick", base.display())));
+        fs::remove_file(&fstab).unwrap();
+        assert!(resolved(&fstab, &last, 1).points.is_empty());
+    }
+
+    /// Lines users may mount are followed on the filesystem, which may change without fstab
+    /// changing (a folder on a line's way made writable by all): followed again at each look
+    /// unless the process runs one command, which keeps what it found until it waits.
+    #[test]
+    fn lines_followed_on_the_filesystem_are_followed_again_unless_the_process_runs_one_command() {
+        let Some((_scratch, base, fstab, line)) = an_fstab_for_a_stick("fstab-followed") else {
+            return;
+        };
+        fs::write(&fstab, &line).unwrap();
+        let last = Mutex::new(None);
+        assert!(resolved(&fstab, &last, 1).anywhere().is_none());
+        fs::set_permissions(base.join("mnt"), fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(
+            resolved(&fstab, &last, 1).anywhere().is_none(),
+            "one command: kept"
+        );
+        assert!(
+            resolved(&fstab, &last, 0).anywhere().is_some(),
+            "followed again"
+        );
+        let last = kept_for(&fstab, "/kept", true);
+        assert!(is_point(&resolved(&fstab, &last, 1), "/kept"));
+        assert!(!is_point(&resolved(&fstab, &last, 0), "/kept"));
+        // After a wait (the next stretch of the command), followed again.
+        let last = kept_for(&fstab, "/kept", true);
+        assert!(
+            !is_point(&resolved(&fstab, &last, 2), "/kept"),
+            "after a wait"
+        );
     }
 
     #[test]

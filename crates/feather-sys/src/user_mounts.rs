@@ -105,9 +105,9 @@ fn users_option(option: &str) -> Option<String> {
 
 /// The text of the table at `path`, bounded; empty where there is none (utab: no mount made by
 /// mount(8) or udisks needed a record).
-pub(crate) fn read_bounded(path: &str) -> String {
+pub(crate) fn read_bounded(path: impl AsRef<Path>) -> String {
     let mut text = String::new();
-    if let Ok(file) = std::fs::File::open(Path::new(path)) {
+    if let Ok(file) = std::fs::File::open(path) {
         let _ = file.take(TABLE_LIMIT).read_to_string(&mut text);
     }
     text

@@ -153,6 +153,9 @@ pub fn in_running_vms(new: &StateRoot) -> Vec<String> {
     }
     let mut warnings = Vec::new();
     for root in Registry::host().roots() {
+        // The last root's VMs may have been waited for up to a minute each: a folder on the way
+        // of an fstab line users may mount, changed meanwhile, is seen (review startcli34 L1).
+        feather_sys::fstab::follow_lines_again();
         // Its VMs' records are trusted below (a pid whose mount namespace root joins): only
         // in a root no user but root can change (review rootscheck31 H4).
         if let Err(why) = feather_core::strict_modes::check_state_root(root.dir()) {

@@ -491,17 +491,19 @@ pub fn finish_handed_off<'a>(
     root: &'a StateRoot,
     folder: &str,
 ) -> Option<feather_net::linger::Lingering<'a>> {
-    let aside = root
-        .set_aside_vms()
-        .into_iter()
+    // One listing of `vms/` finds this VM's folder and the others' teardowns under way.
+    let set_aside = root.set_aside_vms();
+    let aside = set_aside
+        .iter()
         .find(|vm| vm.path().file_name().is_some_and(|name| name == folder))?;
-    let private = release_throw_away(root, &aside, keeper::remove_throw_away_leftovers);
+    let private = release_throw_away(root, aside, keeper::remove_throw_away_leftovers);
     let lingering = private.then(|| {
-        // Namespaces made ahead when VMs come one after another (other teardowns under way).
-        let others_finishing = root
-            .set_aside_vms()
-            .iter()
-            .any(|other| other.path() != aside.path());
+        // Namespaces made ahead when VMs come one after another (other teardowns under way when
+        // this one began, from the listing before the release: one set aside during it may be
+        // counted by neither finisher, one finished during it still by this one; either only
+        // decides whether a refill is asked for now, and this root's linger, begun before the
+        // folder goes, lets a later finisher's refill find it: review startcli34 L6).
+        let others_finishing = set_aside.iter().any(|other| other.path() != aside.path());
         feather_net::linger::refill_pool_if_in_demand(root.dir(), others_finishing);
         feather_net::linger::begin(root)
     });

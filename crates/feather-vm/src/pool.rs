@@ -632,6 +632,9 @@ fn fingerprinted(root: &StateRoot, entry: &Path) -> Result<()> {
 /// `feather pool --fill`, as [`pooled::start_filler`] starts it: in a session of its own, so that
 /// the terminal of the run that started it may close without ending it.
 pub fn fill_detached(root: &StateRoot, generation: Option<u64>) -> Result<()> {
+    // It goes on for rounds after the command that started it: no fstab resolution is kept
+    // from one look to the next (feather_sys::fstab).
+    feather_sys::fstab::resolve_at_every_look();
     // Nothing of its starter's beyond stdio: a script's `flock 9` or make's jobserver pipe
     // would otherwise stay held until the fill has made its VMs.
     feather_sys::process::close_other_fds(&[]);

@@ -221,6 +221,11 @@ fn remove_each(root: &StateRoot, names: &[String], force: bool) -> anyhow::Resul
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Each of these commands is a process of its own that ends with it: the fstab lines users
+    // may mount are followed once for it, not again at each root it checks, until it waits
+    // for another command (hiding a new root) or goes on after it (`pool --fill`'s filler:
+    // feather_sys::fstab).
+    feather_sys::fstab::resolve_once_per_command();
     // Inside a VM anyone may ask; the keeper's policy decides.
     if let Command::Open { vm, app, args } = &cli.command {
         return Ok(exit_code(feather_shuttle::invoke::open(
@@ -239,11 +244,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         // never make the root again: not opened as other commands open theirs (which makes a
         // missing root and registers it); the fill makes its folders only inside a root that is
         // there (`pool::fill`), so a root removed after this look stays removed.
-        if crate::opening::root_is_missing(&cli)? {
+        crate::opening::must_be_root()?;
+        let named = StateRoot::named(cli.global.root.clone());
+        let Some(root) = named.checked_if_made()? else {
             return Ok(ExitCode::SUCCESS);
-        }
-        let root = StateRoot::new(cli.global.root.clone());
-        root.check_folders()?;
+        };
         if feather_vm::pool::size(&root) > 0 {
             lifecycle::settle_throw_aways(&root, false);
             feather_vm::pool::fill_detached(&root, *generation)?;

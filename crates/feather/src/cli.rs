@@ -34,7 +34,10 @@ pub struct GlobalArgs {
     pub root: Option<PathBuf>,
 }
 
+// Each subcommand's arguments (and their help texts) are made only once the line names it: made
+// all before one is parsed, they were half of the parse of `ls` or `--version` (crate::parse).
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum Command {
     /// Create a VM: an empty copy-on-write layer over the host (or --base); nothing is copied
     Create(CreateCommandArgs),
@@ -310,8 +313,9 @@ impl CreateArgs {
     }
 }
 
-/// Certificates for a migration's TLS instead of the ephemeral one the receiver makes: both
-/// ends verify the other's against the CA (the token is proved as well).
+// Certificates for a migration's TLS instead of the ephemeral one the receiver makes: both
+// ends verify the other's against the CA (the token is proved as well). No doc comment: flattened
+// into a deferred subcommand, it would replace that command's help text (parse::tests).
 #[derive(Debug, Args, Clone)]
 pub struct TlsArgs {
     /// This host's certificate chain, PEM (with --tls-key and --tls-ca); the receiver's must
@@ -326,8 +330,8 @@ pub struct TlsArgs {
     pub tls_ca: Option<PathBuf>,
 }
 
-/// What an imported VM's config may ask of this host beyond what it always accepts (the rest is
-/// refused, naming the field: docs/security.md, row 66).
+// What an imported VM's config may ask of this host beyond what it always accepts (the rest is
+// refused, naming the field: docs/security.md, row 66). No doc comment, as `TlsArgs`.
 #[derive(Debug, Args, Clone, Default)]
 pub struct AcceptArgs {
     /// The tree of this host imported VMs run over (default `/`); a VM made over another is
@@ -467,7 +471,9 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
+// Made once named, as `Command`'s (clap's `defer` is not inherited).
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum ServiceCommand {
     /// The host's installed services (unit files and SysV scripts) and whether each can be
     /// duplicated in a VM
@@ -557,7 +563,9 @@ pub enum MigrateMode {
     PreCopy,
 }
 
+// Made once named, as `Command`'s (clap's `defer` is not inherited).
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum NetworkCommand {
     /// Remove the root's bridge and firewall tables now, unless a VM uses them (after the last
     /// throw-away VM they otherwise stay FEATHER_NETWORK_LINGER seconds, 300 unless set, for
@@ -566,7 +574,9 @@ pub enum NetworkCommand {
     Down,
 }
 
+// Made once named, as `Command`'s (clap's `defer` is not inherited).
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum PolicyCommand {
     /// The rules in force, in the order they are consulted (first match wins)
     Ls {
@@ -592,7 +602,9 @@ pub enum PolicyCommand {
     },
 }
 
+// Made once named, as `Command`'s (clap's `defer` is not inherited).
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum CheckCommand {
     /// Whether a CRIU that works on this kernel is installed (checkpoint, restore, migrate),
     /// and which kernel features it lacks

@@ -61,7 +61,7 @@ pub(crate) fn root_is_missing(cli: &Cli) -> anyhow::Result<bool> {
 }
 
 /// Only root may act on a state root.
-fn must_be_root() -> anyhow::Result<()> {
+pub(crate) fn must_be_root() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         return Err(Error::NotRoot.into());
     }
