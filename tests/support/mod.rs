@@ -7,7 +7,10 @@
 
 #![allow(dead_code)]
 
+mod ended_runs;
 pub mod wire;
+
+pub use ended_runs::{forget_entries_of_ended_tests, forget_entries_of_ended_tests_now};
 
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -304,24 +307,6 @@ pub fn sweep_roots_of_ended_tests(dir: &Path) {
         // an ended test left.
         let _ = std::mem::ManuallyDrop::new(Feather::at(root)).tear_down();
     }
-}
-
-/// Forgets, once per test process, the registry entries of roots in [`TESTS_DIR`] whose folder
-/// is gone and whose test process has ended (`feather_testkit::made_by_an_ended_test`): a
-/// test killed, its folders removed since (`/tmp/feather-tests` cleared by hand), left entries
-/// that every start on the host went on reading. Never a live test's entry (its process
-/// exists), nor one of a root whose folder is still there (the sweep above tears those down),
-/// nor any outside [`TESTS_DIR`]; whatever kind of folder holds it (a functional root, a
-/// scratch base, an OCI test's folder).
-pub fn forget_entries_of_ended_tests() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(forget_entries_of_ended_tests_now);
-}
-
-/// [`forget_entries_of_ended_tests`], now.
-pub fn forget_entries_of_ended_tests_now() {
-    feather_core::roots::Registry::host()
-        .forget_gone_below(Path::new(TESTS_DIR), feather_testkit::made_by_an_ended_test)
 }
 
 /// The pid of the test process that made the root folder `name` ([`unique_dir`]'s
