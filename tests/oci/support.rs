@@ -699,11 +699,7 @@ impl Podman {
             std::process::id(),
             ENGINES.fetch_add(1, Ordering::SeqCst)
         ));
-        let cgroup_parent = run_root
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
+        let cgroup_parent = run_root.file_name().unwrap().to_string_lossy().into_owned();
         Podman {
             root: scratch.path("podman-root"),
             run_root,
@@ -734,7 +730,10 @@ impl Podman {
         match args.split_first() {
             Some((&verb, rest)) if verb == "run" || verb == "create" => {
                 let parent = format!("/{}", self.cgroup_parent);
-                command.arg(verb).args(["--cgroup-parent", &parent]).args(rest)
+                command
+                    .arg(verb)
+                    .args(["--cgroup-parent", &parent])
+                    .args(rest)
             }
             _ => command.args(args),
         };

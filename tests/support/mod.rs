@@ -7,10 +7,8 @@
 
 #![allow(dead_code)]
 
-mod ended_runs;
+pub mod ended_runs;
 pub mod wire;
-
-pub use ended_runs::{forget_entries_of_ended_tests, forget_entries_of_ended_tests_now};
 
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -18,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use ended_runs::forget_entries_of_ended_tests;
 use feather_testkit::process_exists;
 use feather_testkit::TESTS_DIR;
 pub use feather_testkit::{unique_dir, Outcome};

@@ -24,6 +24,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use feather_core::roots::{Look, Registry};
+use feather_core::store::OperationsLock;
 use feather_core::{StateRoot, VmDir, VmStatus};
 use feather_sys::mountinfo::MountEntry;
 use feather_sys::process;
@@ -100,8 +101,16 @@ pub fn to_hide(base: &Path, folders: &[PathBuf]) -> Vec<PathBuf> {
 pub enum HidingError {
     #[error(transparent)]
     State(#[from] feather_core::Error),
-    #[error("an operation on it (start, stop, checkpoint…) took more than {} s", OPERATION_PATIENCE.as_secs())]
+    #[error(
+        "an operation on it (start, stop, checkpoint…) was still under way after {} s",
+        OPERATION_PATIENCE.as_secs()
+    )]
     Busy,
+    #[error(
+        "an operation on it, `{command}` (pid {pid}), is stopped (SIGSTOP or Ctrl-Z): let it \
+         go on (`kill -CONT {pid}`)"
+    )]
+    HeldByStopped { pid: u32, command: String },
     #[error(
         "its state names pid {pid} as its init, which is not in the VM's group {} (a record \
          feather did not write): nothing was mounted there; check who wrote its state.json",
@@ -152,6 +161,7 @@ pub fn in_running_vms(new: &StateRoot) -> Vec<String> {
         )];
     }
     let mut warnings = Vec::new();
+    let mut busy = Vec::new();
     for root in Registry::host().roots() {
         // Its VMs' records are trusted below (a pid whose mount namespace root joins): only
         // in a root no user but root can change (review rootscheck31 H4).
@@ -166,27 +176,54 @@ pub fn in_running_vms(new: &StateRoot) -> Vec<String> {
             continue;
         }
         for vm in root.list().unwrap_or_default() {
-            if let Err(why) = in_running_vm(&vm, &folders) {
-                warnings.push(format!(
-                    "cannot hide state root {} from running VM {} (of {}): {}; stop and \
-                     start that VM to hide it",
-                    new.dir().display(),
-                    vm.name(),
-                    root.dir().display(),
-                    feather_core::error::causes(&why)
-                ));
+            // Every VM not busy first, without waiting: one busy VM does not hold up the rest.
+            match in_running_vm(&vm, &folders, std::time::Duration::ZERO) {
+                Err(HidingError::Busy) => busy.push((root.dir().to_path_buf(), vm)),
+                outcome => warnings.extend(warning(new, root.dir(), &vm, outcome)),
             }
         }
+    }
+    // Then the busy ones, all within one patience, however many there are: a first command
+    // after a registration waited up to a minute for each before.
+    let deadline = std::time::Instant::now() + OPERATION_PATIENCE;
+    for (root, vm) in busy {
+        let patience = deadline.saturating_duration_since(std::time::Instant::now());
+        let outcome = in_running_vm(&vm, &folders, patience);
+        warnings.extend(warning(new, &root, &vm, outcome));
     }
     warnings
 }
 
-/// How long hiding a new root waits for an operation under way on a running VM (a checkpoint
-/// of a large VM takes seconds).
+/// The warning for a VM `vm` of `root` where hiding `new` had `outcome`, if it failed.
+fn warning(
+    new: &StateRoot,
+    root: &Path,
+    vm: &VmDir,
+    outcome: Result<(), HidingError>,
+) -> Option<String> {
+    let why = outcome.err()?;
+    Some(format!(
+        "cannot hide state root {} from running VM {} (of {}): {}; stop and start that VM to \
+         hide it",
+        new.dir().display(),
+        vm.name(),
+        root.display(),
+        feather_core::error::causes(&why)
+    ))
+}
+
+/// How long hiding a new root waits, in all, for the operations under way on the host's
+/// running VMs (a checkpoint of a large VM takes seconds). A stopped operation (SIGSTOP) is
+/// not waited for: it would hold its VM's lock past any patience.
 const OPERATION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Hides `folders` in `vm` if it is running; a VM that is not running has nothing to hide in.
-fn in_running_vm(vm: &VmDir, folders: &[PathBuf]) -> Result<(), HidingError> {
+/// Hides `folders` in `vm` if it is running, waiting up to `patience` for an operation under
+/// way on it; a VM that is not running has nothing to hide in.
+fn in_running_vm(
+    vm: &VmDir,
+    folders: &[PathBuf],
+    patience: std::time::Duration,
+) -> Result<(), HidingError> {
     // Its state first, without its operation lock: a VM that is not running (created,
     // stopped, checkpointed, crashed, or its folder gone) is passed over, whatever holds that
     // lock — a start, a restore, an rm or a commit of a stopped VM, which a registration
@@ -206,8 +243,15 @@ fn in_running_vm(vm: &VmDir, folders: &[PathBuf]) -> Result<(), HidingError> {
     // A running VM: an operation under way finishes first, and none starts while the tmpfs is
     // mounted: a hiding mount made while CRIU dumps the VM would go into its images, which
     // leave out only the hiding mounts the dump saw (snapshot::dump).
-    let lock = match vm.lock_operations_within(OPERATION_PATIENCE) {
-        Ok(lock) => lock,
+    let _op = match vm.lock_operations_within_unless_holder_stopped(patience) {
+        Ok(OperationsLock::Taken(lock)) => lock,
+        Ok(OperationsLock::Busy) => return Err(HidingError::Busy),
+        Ok(OperationsLock::HeldByStopped(holder)) => {
+            return Err(HidingError::HeldByStopped {
+                pid: holder.pid,
+                command: holder.command,
+            })
+        }
         // Its folder went away meanwhile: a VM being removed has nothing to hide in.
         Err(feather_core::Error::Io { source, .. })
             if source.kind() == std::io::ErrorKind::NotFound =>
@@ -215,9 +259,6 @@ fn in_running_vm(vm: &VmDir, folders: &[PathBuf]) -> Result<(), HidingError> {
             return Ok(())
         }
         Err(e) => return Err(e.into()),
-    };
-    let Some(_op) = lock else {
-        return Err(HidingError::Busy);
     };
     let Ok(state) = vm.read_state() else {
         return Ok(());
