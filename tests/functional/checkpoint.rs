@@ -586,8 +586,13 @@ fn an_import_whose_archive_is_slow_keeps_its_folder_from_the_sweep_of_dead_creat
                 .find(|path| path.to_string_lossy().contains("/.creating-import-vm-"))
         })
     };
-    elsewhere.eventually("the import makes its staging folder", || {
-        staging().is_some()
+    // Its lock taken, and unpacking held (nothing more written into it until the gate opens,
+    // which would make it young again): what the sweep is to find.
+    elsewhere.eventually("the import locks its staging folder", || {
+        staging().is_some_and(|folder| feather_core::lock_holder::holder(&folder).is_some())
+    });
+    elsewhere.eventually("the import's unpacking waits at the gate", || {
+        held.started()
     });
     let staging = staging().unwrap();
     let long_ago = std::time::SystemTime::now() - Duration::from_secs(600);
@@ -612,7 +617,7 @@ fn an_import_whose_archive_is_slow_keeps_its_folder_from_the_sweep_of_dead_creat
     });
 }
 
-/// A folder for PATH whose `zstd` waits for a line on a pipe the test holds, then runs the
+/// A folder for PATH whose `zstd` marks that it started, waits for a line on a pipe the test holds, then runs the
 /// host's zstd; the pipe's last writer closing (the test ending, also by failing) lets it go
 /// too, and so does a wait of 5 minutes (a test killed before the wrapper opened the pipe).
 struct HeldZstd {
@@ -641,7 +646,8 @@ impl HeldZstd {
         fs::write(
             &wrapper,
             format!(
-                "#!/bin/sh\ntimeout 300 head -n 1 {} > /dev/null\nexec {} \"$@\"\n",
+                "#!/bin/sh\n: > {}\ntimeout 300 head -n 1 {} > /dev/null\nexec {} \"$@\"\n",
+                dir.0.join("started").display(),
                 fifo.display(),
                 zstd.trim()
             ),
@@ -662,6 +668,11 @@ impl HeldZstd {
             self.dir.0.display(),
             std::env::var("PATH").unwrap_or_default()
         )
+    }
+
+    /// Whether the wrapper has run (and waits at the gate, or has gone through).
+    fn started(&self) -> bool {
+        self.dir.0.join("started").exists()
     }
 
     fn let_go(&self) {

@@ -532,20 +532,23 @@ fn a_root_registered_while_a_restore_records_the_vm_running_is_hidden_in_it() {
     );
 }
 
-/// A registration does not wait for a running VM whose operation is stopped (SIGSTOP), which
-/// would hold the VM's operation lock past any patience: the warning names that VM and the
-/// stopped process at once, a stop and start of it hides the root (as the warning says), and
-/// the root is hidden in the other running VMs meanwhile. Before, the registration waited a
-/// minute for each such VM, one after another, and said only that it took too long.
+/// A root registered while running VMs' operation locks are taken is hidden in each of them
+/// as soon as its lock is let go, within one patience for them all: at once in a VM whose
+/// lock is free, though busy ones are listed before it; in one whose holder was stopped
+/// (SIGSTOP, Ctrl-Z) and went on, though another is still busy; in the busy one once it is
+/// let go. No warning, and no restart needed.
 #[test]
-fn a_registration_does_not_wait_for_a_running_vm_whose_operation_is_stopped() {
+fn a_registration_hides_in_each_running_vm_as_soon_as_its_operation_lock_is_free() {
     own_registry();
-    let base = crate::support::ScratchBase::new("host-view-stopped-op");
+    let base = crate::support::ScratchBase::new("host-view-held-ops");
     let late = late_root_in(&base);
-    let a = Feather::new("host-view-stopped-op");
-    a.start_over("held", &base, &["--net", "none"]);
-    a.start_over("free", &base, &["--net", "none"]);
-    let holder = crate::support::StoppedLockHolder::of(&a, &a.vm_dir("held").join("op.lock"));
+    let a = Feather::new("host-view-held-ops");
+    // Listed (by name) in this order: the held ones before the free one.
+    for vm in ["a-busy", "b-stopped", "c-free"] {
+        a.start_over(vm, &base, &["--net", "none"]);
+    }
+    let busy = crate::support::RunningLockHolder::of(&a.vm_dir("a-busy").join("op.lock"));
+    let stopped = crate::support::StoppedLockHolder::of(&a, &a.vm_dir("b-stopped").join("op.lock"));
     let registering = late
         .command()
         .arg("ls")
@@ -553,36 +556,40 @@ fn a_registration_does_not_wait_for_a_running_vm_whose_operation_is_stopped() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Well within the minute it waited before, however loaded the host.
+    let hidden_in = |vm: &str| a.sh(vm, LATE_ROOT_SEEN) == "end\n";
+    // Guards against a hang only, one budget for the whole (under nextest's 180 s): what
+    // decides is where the root is hidden, in which order, and what the registration said.
+    let deadline = std::time::Instant::now() + Duration::from_secs(170);
+    let left = || deadline.saturating_duration_since(std::time::Instant::now());
+    a.eventually_within(
+        "hidden in the free VM while the others are held",
+        left(),
+        || hidden_in("c-free"),
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(stopped.0.id() as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    a.eventually_within(
+        "hidden in the VM whose stopped operation went on, while the busy one is held",
+        left(),
+        || hidden_in("b-stopped"),
+    );
+    busy.let_go();
     let registered = feather_testkit::ended_within(
         registering,
-        Duration::from_secs(40),
-        "a registration beside a VM whose operation is stopped",
+        left(),
+        "a registration beside VMs whose operation locks are held",
     );
     assert_eq!(registered.code, 0, "{}", registered.stderr);
-    let about_held = format!(
-        "running VM held (of {})",
-        fs::canonicalize(&a.root).unwrap().display()
-    );
-    let stopped = format!("(pid {}), is stopped", holder.0.id());
+    let about_ours = format!("(of {})", fs::canonicalize(&a.root).unwrap().display());
     assert!(
-        registered.stderr.contains(&about_held) && registered.stderr.contains(&stopped),
+        !registered.stderr.contains(&about_ours),
         "{}",
         registered.stderr
     );
-    assert_eq!(
-        a.sh("free", LATE_ROOT_SEEN),
-        "end\n",
-        "hidden in the VM not held"
-    );
-    drop(holder);
-    a.ok(&["stop", "held"]);
-    a.ok(&["start", "held"]);
-    assert_eq!(
-        a.sh("held", LATE_ROOT_SEEN),
-        "end\n",
-        "hidden once restarted"
-    );
+    assert!(hidden_in("a-busy"), "hidden in the busy VM once let go");
 }
 
 /// A root registered while a VM runs whose mount table is not text (a host filesystem layered

@@ -1800,6 +1800,59 @@ impl StoppedLockHolder {
     }
 }
 
+/// A running process holding a lock on a file (flock, as feather's operations lock) until
+/// [`RunningLockHolder::let_go`] or its drop, failing test or not (then killed and reaped).
+pub struct RunningLockHolder(Child);
+
+impl RunningLockHolder {
+    /// Returns once the lock is held.
+    pub fn of(file: &Path) -> RunningLockHolder {
+        let mut child = Command::new("python3")
+            .args([
+                "-c",
+                "import fcntl, sys\n\
+                 held = open(sys.argv[1], 'a')\n\
+                 fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)\n\
+                 print('held', flush=True)\n\
+                 sys.stdin.read()",
+            ])
+            .arg(file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut said = String::new();
+        // Never blocks past the child's end (its stdout closes then), and the child does not
+        // wait for the lock (LOCK_NB).
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut said,
+        )
+        .unwrap();
+        let holder = RunningLockHolder(child);
+        assert_eq!(said, "held\n", "the lock's holder took it");
+        holder
+    }
+
+    /// Lets go of the lock: the holder reads the end of its input and ends.
+    pub fn let_go(mut self) {
+        drop(self.0.stdin.take());
+        let status = feather_testkit::child_ended_within(
+            &mut self.0,
+            Duration::from_secs(60),
+            "the lock's holder letting go",
+        );
+        assert!(status.success(), "the lock's holder ended: {status}");
+    }
+}
+
+impl Drop for RunningLockHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for StoppedLockHolder {
     fn drop(&mut self) {
         let _ = self.0.kill();
