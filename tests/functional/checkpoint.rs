@@ -555,6 +555,131 @@ fn an_exported_vm_is_restored_in_another_state_root() {
     );
 }
 
+/// An import holds its staging folder locked until the VM is placed: a command's sweep of
+/// dead creates' folders (here `ls`, with the folder made to look long dead) passes over an
+/// import whose archive is slow to arrive, and the import completes whole. The archive is held
+/// back by a `zstd` on the import's PATH that waits on a pipe the test feeds once the sweep
+/// has looked.
+#[test]
+fn an_import_whose_archive_is_slow_keeps_its_folder_from_the_sweep_of_dead_creates() {
+    let (feather, base) = counting_vm("ckpt-slow-export");
+    let archive = feather.root.join("vm.tar.zst");
+    feather.ok(&["checkpoint", "vm", "--export", archive.to_str().unwrap()]);
+    let held = HeldZstd::new();
+
+    let elsewhere = Feather::new("ckpt-slow-import");
+    let import = elsewhere
+        .command()
+        .env("PATH", held.path())
+        .args(["restore", "vm", "--import", archive.to_str().unwrap()])
+        .args(["--base", base.as_str()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let vms = elsewhere.root.join("vms");
+    let staging = || {
+        fs::read_dir(&vms).ok().and_then(|entries| {
+            entries
+                .flatten()
+                .map(|entry| entry.path())
+                .find(|path| path.to_string_lossy().contains("/.creating-import-vm-"))
+        })
+    };
+    // Its lock taken, and unpacking held (nothing more written into it until the gate opens,
+    // which would make it young again): what the sweep is to find.
+    elsewhere.eventually("the import locks its staging folder", || {
+        staging().is_some_and(|folder| feather_core::lock_holder::holder(&folder).is_some())
+    });
+    elsewhere.eventually("the import's unpacking waits at the gate", || {
+        held.started()
+    });
+    let staging = staging().unwrap();
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(600);
+    fs::File::open(&staging)
+        .unwrap()
+        .set_modified(long_ago)
+        .unwrap();
+    elsewhere.ok(&["ls"]);
+    assert!(
+        staging.is_dir(),
+        "the sweep of dead creates removed the folder of an import alive"
+    );
+
+    held.let_go();
+    let imported =
+        feather_testkit::ended_within(import, Duration::from_secs(120), "the held import");
+    assert_eq!(imported.code, 0, "{}", imported.stderr);
+    assert_eq!(elsewhere.status("vm"), "running");
+    let resumed = count(&elsewhere, "vm");
+    elsewhere.eventually("the imported loop counts on", || {
+        count(&elsewhere, "vm") > resumed
+    });
+}
+
+/// A folder for PATH whose `zstd` marks that it started, waits for a line on a pipe the test holds, then runs the
+/// host's zstd; the pipe's last writer closing (the test ending, also by failing) lets it go
+/// too, and so does a wait of 5 minutes (a test killed before the wrapper opened the pipe).
+struct HeldZstd {
+    dir: feather_testkit::ScratchDir,
+    gate: fs::File,
+}
+
+impl HeldZstd {
+    fn new() -> HeldZstd {
+        let dir = feather_testkit::ScratchDir::new("held-zstd");
+        let zstd = Command::new("sh")
+            .args(["-c", "command -v zstd"])
+            .output()
+            .unwrap();
+        let zstd = String::from_utf8(zstd.stdout).unwrap();
+        let fifo = dir.0.join("gate");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // Read and write: opened without waiting for a reader, and the wrapper's `head` waits
+        // for a line rather than for a writer.
+        let gate = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&fifo)
+            .unwrap();
+        let wrapper = dir.0.join("zstd");
+        fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\n: > {}\ntimeout 300 head -n 1 {} > /dev/null\nexec {} \"$@\"\n",
+                dir.0.join("started").display(),
+                fifo.display(),
+                zstd.trim()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(
+            &wrapper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        HeldZstd { dir, gate }
+    }
+
+    /// PATH with the held zstd first.
+    fn path(&self) -> String {
+        format!(
+            "{}:{}",
+            self.dir.0.display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
+    }
+
+    /// Whether the wrapper has run (and waits at the gate, or has gone through).
+    fn started(&self) -> bool {
+        self.dir.0.join("started").exists()
+    }
+
+    fn let_go(&self) {
+        std::io::Write::write_all(&mut &self.gate, b"go\n").unwrap();
+    }
+}
+
 /// Four shells rewriting /data/count-N without pause, one appending the numbers 1, 2, 3 … to
 /// /data/log, a file it keeps open (CRIU records its size), and one making /data/tmp-N and
 /// removing the one before: any moment the VM runs moves them. /data is in the VM's layer,

@@ -14,6 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+#[path = "../support/ended_runs.rs"]
+mod ended_runs;
+
 pub use feather_testkit::{a_disk, eventually, run, Outcome};
 use serde_json::{json, Value};
 
@@ -29,6 +32,7 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new(label: &str) -> Scratch {
+        ended_runs::forget_entries_of_ended_tests();
         Scratch {
             dir: feather_testkit::unique_dir("oci", label),
         }
@@ -680,6 +684,11 @@ pub struct Podman {
     pub run_root: PathBuf,
     pub tmp: PathBuf,
     pub runtime: String,
+    /// The cgroup folder its containers' groups and their conmons' are made in
+    /// (`--cgroup-parent`): podman's default, `libpod_parent`, is every podman's, and one
+    /// test's removal of it as it ended could land between another's making of it and of a
+    /// container's group in it.
+    cgroup_parent: String,
 }
 
 impl Podman {
@@ -690,11 +699,13 @@ impl Podman {
             std::process::id(),
             ENGINES.fetch_add(1, Ordering::SeqCst)
         ));
+        let cgroup_parent = run_root.file_name().unwrap().to_string_lossy().into_owned();
         Podman {
             root: scratch.path("podman-root"),
             run_root,
             tmp: scratch.path("podman-tmp"),
             runtime: runtime.to_owned(),
+            cgroup_parent,
         }
     }
 
@@ -712,8 +723,21 @@ impl Podman {
         command
     }
 
+    /// `podman args…`; a `run` or `create` makes its container's groups in this engine's
+    /// own cgroup parent.
     pub fn podman(&self, args: &[&str]) -> Outcome {
-        run(self.command().args(args))
+        let mut command = self.command();
+        match args.split_first() {
+            Some((&verb, rest)) if verb == "run" || verb == "create" => {
+                let parent = format!("/{}", self.cgroup_parent);
+                command
+                    .arg(verb)
+                    .args(["--cgroup-parent", &parent])
+                    .args(rest)
+            }
+            _ => command.args(args),
+        };
+        run(&mut command)
     }
 }
 
@@ -724,14 +748,15 @@ impl Drop for Podman {
         unmount_below(&self.root);
         unmount_below(&self.run_root);
         let _ = fs::remove_dir_all(&self.run_root);
-        // cgroupfs parents podman made for its containers.
+        // The cgroupfs parent podman made for this engine's containers and their conmons.
         for hierarchy in fs::read_dir("/sys/fs/cgroup")
             .into_iter()
             .flatten()
             .flatten()
         {
-            let _ = fs::remove_dir(hierarchy.path().join("libpod_parent/conmon"));
-            let _ = fs::remove_dir(hierarchy.path().join("libpod_parent"));
+            let parent = hierarchy.path().join(&self.cgroup_parent);
+            let _ = fs::remove_dir(parent.join("conmon"));
+            let _ = fs::remove_dir(parent);
         }
     }
 }

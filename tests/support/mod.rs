@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod ended_runs;
 pub mod wire;
 
 use std::fs;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use ended_runs::forget_entries_of_ended_tests;
 use feather_testkit::process_exists;
 use feather_testkit::TESTS_DIR;
 pub use feather_testkit::{unique_dir, Outcome};
@@ -304,24 +306,6 @@ pub fn sweep_roots_of_ended_tests(dir: &Path) {
         // an ended test left.
         let _ = std::mem::ManuallyDrop::new(Feather::at(root)).tear_down();
     }
-}
-
-/// Forgets, once per test process, the registry entries of roots in [`TESTS_DIR`] whose folder
-/// is gone and whose test process has ended (`feather_testkit::made_by_an_ended_test`): a
-/// test killed, its folders removed since (`/tmp/feather-tests` cleared by hand), left entries
-/// that every start on the host went on reading. Never a live test's entry (its process
-/// exists), nor one of a root whose folder is still there (the sweep above tears those down),
-/// nor any outside [`TESTS_DIR`]; whatever kind of folder holds it (a functional root, a
-/// scratch base, an OCI test's folder).
-pub fn forget_entries_of_ended_tests() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(forget_entries_of_ended_tests_now);
-}
-
-/// [`forget_entries_of_ended_tests`], now.
-pub fn forget_entries_of_ended_tests_now() {
-    feather_core::roots::Registry::host()
-        .forget_gone_below(Path::new(TESTS_DIR), feather_testkit::made_by_an_ended_test)
 }
 
 /// The pid of the test process that made the root folder `name` ([`unique_dir`]'s
@@ -1813,6 +1797,59 @@ impl StoppedLockHolder {
             })
         });
         holder
+    }
+}
+
+/// A running process holding a lock on a file (flock, as feather's operations lock) until
+/// [`RunningLockHolder::let_go`] or its drop, failing test or not (then killed and reaped).
+pub struct RunningLockHolder(Child);
+
+impl RunningLockHolder {
+    /// Returns once the lock is held.
+    pub fn of(file: &Path) -> RunningLockHolder {
+        let mut child = Command::new("python3")
+            .args([
+                "-c",
+                "import fcntl, sys\n\
+                 held = open(sys.argv[1], 'a')\n\
+                 fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)\n\
+                 print('held', flush=True)\n\
+                 sys.stdin.read()",
+            ])
+            .arg(file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut said = String::new();
+        // Never blocks past the child's end (its stdout closes then), and the child does not
+        // wait for the lock (LOCK_NB).
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut said,
+        )
+        .unwrap();
+        let holder = RunningLockHolder(child);
+        assert_eq!(said, "held\n", "the lock's holder took it");
+        holder
+    }
+
+    /// Lets go of the lock: the holder reads the end of its input and ends.
+    pub fn let_go(mut self) {
+        drop(self.0.stdin.take());
+        let status = feather_testkit::child_ended_within(
+            &mut self.0,
+            Duration::from_secs(60),
+            "the lock's holder letting go",
+        );
+        assert!(status.success(), "the lock's holder ended: {status}");
+    }
+}
+
+impl Drop for RunningLockHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -822,14 +822,41 @@ impl VmDir {
     /// Like [`VmDir::lock_operations`], but waits at most `patience`: None when the lock
     /// stayed taken all that time.
     pub fn lock_operations_within(&self, patience: std::time::Duration) -> Result<Option<File>> {
+        Ok(match self.wait_for_operations(patience, false)? {
+            OperationsLock::Taken(file) => Some(file),
+            OperationsLock::Busy | OperationsLock::HeldByStopped(_) => None,
+        })
+    }
+
+    /// Like [`VmDir::lock_operations_within`], but a holder that is stopped (SIGSTOP, Ctrl-Z),
+    /// which would hold the lock past any patience, ends the wait at once, named: for a wait
+    /// that has other VMs to get on with (a registration hiding a new root in every running
+    /// VM of the host).
+    pub fn lock_operations_within_unless_holder_stopped(
+        &self,
+        patience: std::time::Duration,
+    ) -> Result<OperationsLock> {
+        self.wait_for_operations(patience, true)
+    }
+
+    fn wait_for_operations(
+        &self,
+        patience: std::time::Duration,
+        unless_holder_stopped: bool,
+    ) -> Result<OperationsLock> {
         let path = self.path.join("op.lock");
         let deadline = std::time::Instant::now() + patience;
         loop {
             if let Some(file) = try_lock(&path)? {
-                return Ok(Some(file));
+                return Ok(OperationsLock::Taken(file));
+            }
+            if unless_holder_stopped {
+                if let Some(holder) = crate::lock_holder::stopped_holder(&path) {
+                    return Ok(OperationsLock::HeldByStopped(holder));
+                }
             }
             if std::time::Instant::now() >= deadline {
-                return Ok(None);
+                return Ok(OperationsLock::Busy);
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
@@ -842,6 +869,17 @@ impl VmDir {
             why,
         }
     }
+}
+
+/// What a bounded wait for a VM's operation lock got
+/// ([`VmDir::lock_operations_within_unless_holder_stopped`]).
+pub enum OperationsLock {
+    /// The lock, held until the file is dropped.
+    Taken(File),
+    /// Still held by an operation under way when the patience ran out.
+    Busy,
+    /// Held by a process that is stopped.
+    HeldByStopped(crate::lock_holder::StoppedHolder),
 }
 
 fn config_text(config: &VmConfig) -> Result<String> {

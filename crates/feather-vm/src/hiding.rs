@@ -24,6 +24,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use feather_core::roots::{Look, Registry};
+use feather_core::store::OperationsLock;
 use feather_core::{StateRoot, VmDir, VmStatus};
 use feather_sys::mountinfo::MountEntry;
 use feather_sys::process;
@@ -100,8 +101,17 @@ pub fn to_hide(base: &Path, folders: &[PathBuf]) -> Vec<PathBuf> {
 pub enum HidingError {
     #[error(transparent)]
     State(#[from] feather_core::Error),
-    #[error("an operation on it (start, stop, checkpoint…) took more than {} s", OPERATION_PATIENCE.as_secs())]
+    #[error(
+        "an operation on it (start, stop, checkpoint…) was still under way after {} s",
+        OPERATION_PATIENCE.as_secs()
+    )]
     Busy,
+    #[error(
+        "an operation on it, `{command}` (pid {pid}), was still stopped (SIGSTOP or Ctrl-Z) \
+         after {} s: let it go on (`kill -CONT {pid}`) and end first",
+        OPERATION_PATIENCE.as_secs()
+    )]
+    HeldByStopped { pid: u32, command: String },
     #[error(
         "its state names pid {pid} as its init, which is not in the VM's group {} (a record \
          feather did not write): nothing was mounted there; check who wrote its state.json",
@@ -152,6 +162,7 @@ pub fn in_running_vms(new: &StateRoot) -> Vec<String> {
         )];
     }
     let mut warnings = Vec::new();
+    let mut vms = Vec::new();
     for root in Registry::host().roots() {
         // The last root's VMs may have been waited for up to a minute each: a folder on the way
         // of an fstab line users may mount, changed meanwhile, is seen (review startcli34 L1).
@@ -168,27 +179,82 @@ pub fn in_running_vms(new: &StateRoot) -> Vec<String> {
             ));
             continue;
         }
-        for vm in root.list().unwrap_or_default() {
-            if let Err(why) = in_running_vm(&vm, &folders) {
-                warnings.push(format!(
-                    "cannot hide state root {} from running VM {} (of {}): {}; stop and \
-                     start that VM to hide it",
-                    new.dir().display(),
-                    vm.name(),
-                    root.dir().display(),
-                    feather_core::error::causes(&why)
-                ));
-            }
-        }
+        let dir = root.dir().to_path_buf();
+        vms.extend(
+            root.list()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|vm| (dir.clone(), vm)),
+        );
+    }
+    let outcomes = in_turn(vms, OPERATION_PATIENCE, |(_, vm)| {
+        in_running_vm(vm, &folders)
+    });
+    for ((root, vm), outcome) in outcomes {
+        warnings.extend(warning(new, &root, &vm, outcome));
     }
     warnings
 }
 
-/// How long hiding a new root waits for an operation under way on a running VM (a checkpoint
-/// of a large VM takes seconds).
+/// Tries `hide` on each of `vms` in turn, round after round, until it has done with every one
+/// or `patience` has passed: a VM whose operation lock is taken (`Busy`, `HeldByStopped`) is
+/// tried again in the next round. Every VM whose lock is free is hidden in at once, in the
+/// first round; the busy ones share the one patience, each tried every round, so one long
+/// operation does not use up the patience of the VMs after it; and a holder stopped for a
+/// moment (Ctrl-Z, then `bg`) is waited for as a busy one is. Returns each VM with the outcome
+/// of its last try.
+fn in_turn<T>(
+    vms: Vec<T>,
+    patience: std::time::Duration,
+    mut hide: impl FnMut(&T) -> Result<(), HidingError>,
+) -> Vec<(T, Result<(), HidingError>)> {
+    let deadline = std::time::Instant::now() + patience;
+    let mut done = Vec::with_capacity(vms.len());
+    let mut pending = vms;
+    loop {
+        let mut still_held = Vec::new();
+        for vm in pending {
+            match hide(&vm) {
+                outcome @ Err(HidingError::Busy | HidingError::HeldByStopped { .. }) => {
+                    still_held.push((vm, outcome))
+                }
+                outcome => done.push((vm, outcome)),
+            }
+        }
+        if still_held.is_empty() || std::time::Instant::now() >= deadline {
+            done.extend(still_held);
+            return done;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        pending = still_held.into_iter().map(|(vm, _)| vm).collect();
+    }
+}
+
+/// The warning for a VM `vm` of `root` where hiding `new` had `outcome`, if it failed.
+fn warning(
+    new: &StateRoot,
+    root: &Path,
+    vm: &VmDir,
+    outcome: Result<(), HidingError>,
+) -> Option<String> {
+    let why = outcome.err()?;
+    Some(format!(
+        "cannot hide state root {} from running VM {} (of {}): {}; stop and start that VM to \
+         hide it",
+        new.dir().display(),
+        vm.name(),
+        root.display(),
+        feather_core::error::causes(&why)
+    ))
+}
+
+/// How long hiding a new root waits, in all, for the operations under way on the host's
+/// running VMs (a checkpoint of a large VM takes seconds).
 const OPERATION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Hides `folders` in `vm` if it is running; a VM that is not running has nothing to hide in.
+/// Hides `folders` in `vm` if it is running and no operation is under way on it (`Busy` or
+/// `HeldByStopped` if one is: [`in_turn`] tries again); a VM that is not running has nothing
+/// to hide in.
 fn in_running_vm(vm: &VmDir, folders: &[PathBuf]) -> Result<(), HidingError> {
     // Its state first, without its operation lock: a VM that is not running (created,
     // stopped, checkpointed, crashed, or its folder gone) is passed over, whatever holds that
@@ -209,8 +275,15 @@ fn in_running_vm(vm: &VmDir, folders: &[PathBuf]) -> Result<(), HidingError> {
     // A running VM: an operation under way finishes first, and none starts while the tmpfs is
     // mounted: a hiding mount made while CRIU dumps the VM would go into its images, which
     // leave out only the hiding mounts the dump saw (snapshot::dump).
-    let lock = match vm.lock_operations_within(OPERATION_PATIENCE) {
-        Ok(lock) => lock,
+    let _op = match vm.lock_operations_within_unless_holder_stopped(std::time::Duration::ZERO) {
+        Ok(OperationsLock::Taken(lock)) => lock,
+        Ok(OperationsLock::Busy) => return Err(HidingError::Busy),
+        Ok(OperationsLock::HeldByStopped(holder)) => {
+            return Err(HidingError::HeldByStopped {
+                pid: holder.pid,
+                command: holder.command,
+            })
+        }
         // Its folder went away meanwhile: a VM being removed has nothing to hide in.
         Err(feather_core::Error::Io { source, .. })
             if source.kind() == std::io::ErrorKind::NotFound =>
@@ -218,9 +291,6 @@ fn in_running_vm(vm: &VmDir, folders: &[PathBuf]) -> Result<(), HidingError> {
             return Ok(())
         }
         Err(e) => return Err(e.into()),
-    };
-    let Some(_op) = lock else {
-        return Err(HidingError::Busy);
     };
     let Ok(state) = vm.read_state() else {
         return Ok(());
@@ -323,6 +393,100 @@ pub fn is_hiding_mount(mount: &feather_sys::mountinfo::MountEntry) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fake VM for [`in_turn`]: taken for its first `held_for` tries (stopped or not), then
+    /// hidden in.
+    struct Held {
+        name: &'static str,
+        held_for: usize,
+        stopped: bool,
+    }
+
+    /// A VM's name, and whether it was hidden in.
+    type Try = (&'static str, bool);
+
+    /// Runs [`in_turn`] over `vms` and returns the tries in order (name, hidden) and the last
+    /// outcome of each, by name.
+    fn tries(vms: Vec<Held>, patience: std::time::Duration) -> (Vec<Try>, Vec<Try>) {
+        let log = std::cell::RefCell::new(Vec::new());
+        let outcomes = in_turn(vms, patience, |vm| {
+            let before = log.borrow().iter().filter(|(n, _)| *n == vm.name).count();
+            let hidden = before >= vm.held_for;
+            log.borrow_mut().push((vm.name, hidden));
+            match (hidden, vm.stopped) {
+                (true, _) => Ok(()),
+                (false, false) => Err(HidingError::Busy),
+                (false, true) => Err(HidingError::HeldByStopped {
+                    pid: 1,
+                    command: "x".into(),
+                }),
+            }
+        });
+        let last = outcomes
+            .into_iter()
+            .map(|(vm, outcome)| (vm.name, outcome.is_ok()))
+            .collect();
+        (log.into_inner(), last)
+    }
+
+    /// The VMs whose lock is free are hidden in before any busy one is waited for; the busy
+    /// ones are tried in turn, so one held long does not keep the others waiting; a holder
+    /// stopped for a while is tried again, not given up on.
+    #[test]
+    fn the_free_vms_first_then_every_busy_one_in_turn_until_its_lock_is_free() {
+        let vms = vec![
+            Held {
+                name: "long",
+                held_for: 6,
+                stopped: false,
+            },
+            Held {
+                name: "stopped",
+                held_for: 2,
+                stopped: true,
+            },
+            Held {
+                name: "free",
+                held_for: 0,
+                stopped: false,
+            },
+        ];
+        let (log, last) = tries(vms, std::time::Duration::from_secs(600));
+        let first = |entry: (&str, bool)| log.iter().position(|e| *e == entry).unwrap();
+        assert_eq!(
+            log[..3],
+            [("long", false), ("stopped", false), ("free", true)],
+            "{log:?}"
+        );
+        assert!(first(("stopped", true)) < first(("long", true)), "{log:?}");
+        assert!(last.iter().all(|(_, hidden)| *hidden), "{last:?}");
+    }
+
+    /// Once the patience has passed, each VM still held keeps the outcome of its last try: a
+    /// warning names it.
+    #[test]
+    fn a_vm_still_held_when_the_patience_has_passed_is_named() {
+        let vms = vec![
+            Held {
+                name: "long",
+                held_for: usize::MAX,
+                stopped: false,
+            },
+            Held {
+                name: "stopped",
+                held_for: usize::MAX,
+                stopped: true,
+            },
+            Held {
+                name: "free",
+                held_for: 0,
+                stopped: false,
+            },
+        ];
+        let (_, mut last) = tries(vms, std::time::Duration::ZERO);
+        last.sort();
+        assert_eq!(last, [("free", true), ("long", false), ("stopped", false)]);
+    }
 
     fn paths(list: &[&str]) -> Vec<PathBuf> {
         list.iter().map(PathBuf::from).collect()
