@@ -101,11 +101,19 @@ fn create_new(temp: &Path, mode: u32) -> std::io::Result<File> {
 }
 
 impl Staged {
-    /// Renames the new version over the file (and syncs that, if `Durable`).
+    /// Renames the new version over the file (and syncs that, if `Durable`). A `Volatile` one
+    /// takes the file's place without its data being written out at the rename
+    /// ([`feather_sys::flush::replace_unflushed`]): a throw-away VM's running record never
+    /// reaches the disk, and its removal frees no blocks.
     pub fn commit(mut self) -> Result<()> {
         let folder = folder_of(&self.target);
         if let Some(temp) = self.temp.take() {
-            if let Err(e) = fs::rename(&temp, &self.target) {
+            let replaced = if self.durability == Durability::Volatile {
+                feather_sys::flush::replace_unflushed(&temp, &self.target)
+            } else {
+                fs::rename(&temp, &self.target)
+            };
+            if let Err(e) = replaced {
                 self.temp = Some(temp);
                 return Err(e).at(&self.target);
             }

@@ -74,9 +74,75 @@ fn failed(path: &Path, error: io::Error) -> (PathBuf, io::Error) {
     (path.to_path_buf(), error)
 }
 
+/// Puts the file at `new` in `target`'s place without having its data written out now. A
+/// rename over an existing file makes ext4 (`auto_da_alloc`, its default) allocate the new
+/// file's blocks, which delayed allocation kept in memory, and submit its data, so that a power
+/// cut cannot leave the name empty: 0.1–0.3 ms of the caller's CPU on this host's disk, and
+/// blocks that a later removal must free (each a synchronous discard on ext4 mounted `discard`).
+/// An exchange of the two names does none of that: the old version, at `new` then, is removed
+/// (its data never written out either, when it was written the same way). For a file that need
+/// not survive a power cut; where there is no `target` yet, or the filesystem cannot exchange
+/// names, a plain rename. A reader sees the old file or the new one, never none.
+pub fn replace_unflushed(new: &Path, target: &Path) -> io::Result<()> {
+    use nix::errno::Errno;
+    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+    match renameat2(AT_FDCWD, new, AT_FDCWD, target, RenameFlags::RENAME_EXCHANGE) {
+        Ok(()) => match std::fs::remove_file(new) {
+            // A folder at `target` is refused, as a rename over it would be: put back.
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
+                renameat2(AT_FDCWD, new, AT_FDCWD, target, RenameFlags::RENAME_EXCHANGE)?;
+                Err(e)
+            }
+            // The new version is in place: an old one left behind is only clutter (a staged
+            // name's, removed by whoever sweeps those once this process is gone).
+            _ => Ok(()),
+        },
+        Err(Errno::ENOENT | Errno::EINVAL) => std::fs::rename(new, target),
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replacement_without_flush_leaves_the_new_version_alone_at_the_name() {
+        let scratch = feather_testkit::ScratchDir::new("replace-unflushed");
+        let dir = scratch.0.clone();
+        std::fs::create_dir_all(&dir).unwrap();
+        let (new, target) = (dir.join(".state.staged"), dir.join("state"));
+        std::fs::write(&target, b"old").unwrap();
+        std::fs::write(&new, b"new").unwrap();
+        replace_unflushed(&new, &target).unwrap();
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        assert_eq!(names, ["state"], "the old version was left beside it");
+        // No target yet: the new file takes the name.
+        std::fs::write(&new, b"newer").unwrap();
+        std::fs::remove_file(&target).unwrap();
+        replace_unflushed(&new, &target).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"newer");
+        assert!(!new.exists());
+    }
+
+    #[test]
+    fn a_folder_at_the_name_is_not_replaced_and_stays_where_it_was() {
+        let scratch = feather_testkit::ScratchDir::new("replace-unflushed-folder");
+        let dir = scratch.0.clone();
+        std::fs::create_dir_all(&dir).unwrap();
+        let (new, target) = (dir.join(".state.staged"), dir.join("state"));
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("inside"), b"kept").unwrap();
+        std::fs::write(&new, b"new").unwrap();
+        let refused = replace_unflushed(&new, &target).unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::EISDIR));
+        assert_eq!(std::fs::read(target.join("inside")).unwrap(), b"kept");
+        assert_eq!(std::fs::read(&new).unwrap(), b"new");
+    }
 
     #[test]
     fn syncs_files_and_folders_and_names_a_missing_one() {
