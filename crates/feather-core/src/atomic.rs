@@ -1,5 +1,6 @@
 //! Every change of state on disk is atomic: write a temporary file beside the target, flush it,
-//! rename it over the target. A reader sees the old file or the new one, never half of one.
+//! rename it over the target (a `Volatile` one, never flushed, exchanged with it: see
+//! [`Staged::commit`]). A reader sees the old file or the new one, never half of one.
 
 use std::fs::{self, File};
 use std::io::Write;

@@ -86,11 +86,23 @@ fn failed(path: &Path, error: io::Error) -> (PathBuf, io::Error) {
 pub fn replace_unflushed(new: &Path, target: &Path) -> io::Result<()> {
     use nix::errno::Errno;
     use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
-    match renameat2(AT_FDCWD, new, AT_FDCWD, target, RenameFlags::RENAME_EXCHANGE) {
+    match renameat2(
+        AT_FDCWD,
+        new,
+        AT_FDCWD,
+        target,
+        RenameFlags::RENAME_EXCHANGE,
+    ) {
         Ok(()) => match std::fs::remove_file(new) {
             // A folder at `target` is refused, as a rename over it would be: put back.
             Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
-                renameat2(AT_FDCWD, new, AT_FDCWD, target, RenameFlags::RENAME_EXCHANGE)?;
+                renameat2(
+                    AT_FDCWD,
+                    new,
+                    AT_FDCWD,
+                    target,
+                    RenameFlags::RENAME_EXCHANGE,
+                )?;
                 Err(e)
             }
             // The new version is in place: an old one left behind is only clutter (a staged
