@@ -617,18 +617,26 @@ impl VmDir {
     }
 
     pub fn write_state(&self, state: &VmState, durability: Durability) -> Result<()> {
-        write_atomic(&self.state_path(), &state_text(state)?, durability)
+        self.state_staged_as(state, durability, "tmp")?.commit()
     }
 
     /// A state written (and synced, unless `Volatile`) ahead, that becomes the VM's record when
     /// committed (see [`crate::atomic::Staged`]).
     pub fn stage_state(&self, state: &VmState, durability: Durability) -> Result<Staged> {
-        stage(
-            &self.state_path(),
-            &state_text(state)?,
-            durability,
-            "staged",
-        )
+        self.state_staged_as(state, durability, "staged")
+    }
+
+    /// The VM's record staged under a name of `kind`; a `Volatile` one (a throw-away VM's)
+    /// replaces the record by an exchange of names, which ext4 does not write out
+    /// ([`Staged::exchanging_names`]: this folder's readers take no dot name, and
+    /// [`crate::atomic::remove_abandoned`] sweeps it).
+    fn state_staged_as(
+        &self,
+        state: &VmState,
+        durability: Durability,
+        kind: &str,
+    ) -> Result<Staged> {
+        Ok(stage(&self.state_path(), &state_text(state)?, durability, kind)?.exchanging_names())
     }
 
     /// Takes the keeper lock, which the keeper holds for as long as it lives. The kernel drops
@@ -1330,5 +1338,25 @@ mod tests {
         // flock is per open file description: a second open of the same file sees it held.
         assert_eq!(vm.read_state().unwrap().status, VmStatus::Running);
         drop(held);
+    }
+
+    /// A throw-away VM's record replaces the last one by an exchange of names (ext4 does not
+    /// write it out then); a kept VM's is renamed over it.
+    #[test]
+    fn a_throw_away_vm_s_record_is_exchanged_and_a_kept_one_s_renamed() {
+        use crate::atomic::tests::names_removed_by;
+        let (_scratch, root) = scratch();
+        let vm = root.create(&config("x"), Durability::Volatile).unwrap();
+        let state = VmState::created();
+        let staged = format!(".state.json.staged-{}", std::process::id());
+        let removed = names_removed_by(vm.path(), || {
+            let record = vm.stage_state(&state, Durability::Volatile).unwrap();
+            record.commit().unwrap();
+        });
+        assert_eq!(removed, [std::ffi::OsString::from(staged)]);
+        let removed = names_removed_by(vm.path(), || {
+            vm.write_state(&state, Durability::Whole).unwrap();
+        });
+        assert!(removed.is_empty(), "{removed:?}");
     }
 }
