@@ -1,5 +1,7 @@
 //! Every change of state on disk is atomic: write a temporary file beside the target, flush it,
-//! rename it over the target. A reader sees the old file or the new one, never half of one.
+//! rename it over the target (a `Volatile` one is never flushed here; one that opts in with
+//! [`Staged::exchanging_names`] is exchanged with it instead). A reader sees the old file or
+//! the new one, never half of one.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -38,6 +40,8 @@ pub struct Staged {
     temp: Option<PathBuf>,
     target: PathBuf,
     durability: Durability,
+    /// Committed by an exchange of names ([`Staged::exchanging_names`]).
+    exchange: bool,
 }
 
 /// Writes `contents` beside `path` under a name of this process's (`.<name>.<kind>-<pid>`).
@@ -61,6 +65,7 @@ fn stage_in_mode(
         temp: Some(folder_of(path).join(format!(".{file_name}.{kind}-{}", std::process::id()))),
         target: path.to_path_buf(),
         durability,
+        exchange: false,
     };
     let write = |temp: &Path| -> std::io::Result<()> {
         let mut file = create_new(temp, mode)?;
@@ -101,11 +106,33 @@ fn create_new(temp: &Path, mode: u32) -> std::io::Result<File> {
 }
 
 impl Staged {
-    /// Renames the new version over the file (and syncs that, if `Durable`).
+    /// Has a `Volatile` file's [`Self::commit`] exchange names with the file and then remove
+    /// the old version ([`feather_sys::flush::replace_unflushed`]), so that ext4 does not write
+    /// the new one out at the rename: a throw-away VM's records never reach the disk, and
+    /// their removal frees no blocks. Only for a file in a VM's folder: a process killed
+    /// between the exchange and the removal leaves the old version under the staged name,
+    /// which the VM folder's readers never take and [`remove_abandoned`] sweeps there (at a
+    /// kept VM's next start; a throw-away VM's folder goes whole). Not for a file a power cut
+    /// must leave old or new (on ext4 the name may then be left empty), nor in a folder whose
+    /// readers take every name (the network's claims) or whose sweeps go by age (the warning
+    /// stamps, the folder summaries: the staged name would hold an old file for a moment).
+    /// Other durabilities are synced before the rename anyway and are renamed.
+    pub fn exchanging_names(mut self) -> Self {
+        self.exchange = self.durability == Durability::Volatile;
+        self
+    }
+
+    /// Renames the new version over the file (and syncs that, if `Durable`), or exchanges
+    /// their names ([`Self::exchanging_names`]).
     pub fn commit(mut self) -> Result<()> {
         let folder = folder_of(&self.target);
         if let Some(temp) = self.temp.take() {
-            if let Err(e) = fs::rename(&temp, &self.target) {
+            let replaced = if self.exchange {
+                feather_sys::flush::replace_unflushed(&temp, &self.target)
+            } else {
+                fs::rename(&temp, &self.target)
+            };
+            if let Err(e) = replaced {
                 self.temp = Some(temp);
                 return Err(e).at(&self.target);
             }
@@ -235,8 +262,52 @@ pub fn sync_all(paths: &[std::path::PathBuf]) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The names removed from `folder` while `commit` ran: the staged name after an exchange
+    /// of names, none after a rename over the file (which removes no name).
+    pub(crate) fn names_removed_by(
+        folder: &Path,
+        commit: impl FnOnce(),
+    ) -> Vec<std::ffi::OsString> {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let watch = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).unwrap();
+        watch.add_watch(folder, AddWatchFlags::IN_DELETE).unwrap();
+        commit();
+        match watch.read_events() {
+            Ok(events) => events.into_iter().filter_map(|event| event.name).collect(),
+            Err(nix::errno::Errno::EAGAIN) => Vec::new(),
+            Err(e) => panic!("inotify: {e}"),
+        }
+    }
+
+    /// Only a `Volatile` file staged to exchange names is exchanged with the one it replaces
+    /// (its staged name then holds the old version until removed): every other write, a
+    /// `Volatile` one included (a network claim, a pool's count, a stamp), is a rename over
+    /// it, which leaves no old version under a name of its own (review-startvm34 M1, M2).
+    #[test]
+    fn only_a_write_that_opts_in_exchanges_names() {
+        let scratch = feather_testkit::ScratchDir::new("exchange-opt-in");
+        let dir = scratch.0.clone();
+        fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("state.json");
+        fs::write(&target, b"old").unwrap();
+        for durability in [Durability::Volatile, Durability::Whole, Durability::Durable] {
+            let removed = names_removed_by(&dir, || {
+                write_atomic(&target, b"plain", durability).unwrap();
+            });
+            assert_eq!(removed, Vec::<std::ffi::OsString>::new(), "{durability:?}");
+        }
+        let staged = stage(&target, b"exchanged", Durability::Volatile, "staged").unwrap();
+        let removed = names_removed_by(&dir, || staged.exchanging_names().commit().unwrap());
+        let staged_name = format!(".state.json.staged-{}", std::process::id());
+        assert_eq!(removed, [std::ffi::OsString::from(staged_name)]);
+        assert_eq!(fs::read(&target).unwrap(), b"exchanged");
+        let kept = stage(&target, b"renamed", Durability::Whole, "staged").unwrap();
+        let removed = names_removed_by(&dir, || kept.exchanging_names().commit().unwrap());
+        assert!(removed.is_empty(), "a synced write is renamed: {removed:?}");
+    }
 
     /// A link planted under the name a write stages at (a user's state folder) is replaced,
     /// never written through: what it names keeps its bytes (review fixpool29 H1').

@@ -556,11 +556,20 @@ fn holder(
 
 /// Every claim the claims folder holds that reads as one, with its file.
 fn claims() -> Vec<(PathBuf, Claim)> {
-    let Ok(entries) = fs::read_dir(CLAIMS) else {
+    claims_in(Path::new(CLAIMS))
+}
+
+/// [`claims`] of the folder `folder`. A claim's file is named after its bridge; a dot name
+/// is the lock, or a write's staged file (`.<bridge>.tmp-<pid>`) that a writer killed before
+/// its rename left, whose claim may be an earlier root's: never one to act on (a removed
+/// root's claim there would have a live root's bridge taken down).
+fn claims_in(folder: &Path) -> Vec<(PathBuf, Claim)> {
+    let Ok(entries) = fs::read_dir(folder) else {
         return Vec::new();
     };
     entries
         .flatten()
+        .filter(|entry| !entry.file_name().as_encoded_bytes().starts_with(b"."))
         .filter_map(|entry| {
             let text = fs::read_to_string(entry.path()).ok()?;
             Some((entry.path(), toml::from_str::<Claim>(&text).ok()?))
@@ -783,6 +792,25 @@ mod tests {
         fs::remove_file(&path.0).unwrap();
         earlier.put_back();
         assert_eq!(fs::read_to_string(&path.0).unwrap(), "not a claim = [");
+    }
+
+    /// A claim left under a staged name (a writer killed before its rename) is never read
+    /// as a claim, whatever root it names: only a file named after its bridge is one.
+    #[test]
+    fn a_claim_left_under_a_staged_name_is_not_read_as_a_claim() {
+        let scratch = Scratch::new("staged");
+        let (root, claims) = (scratch.0.join("root"), scratch.0.join("claims"));
+        fs::create_dir(&root).unwrap();
+        fs::create_dir(&claims).unwrap();
+        let claim = claim_of(&root);
+        let text = toml::to_string(&claim).unwrap();
+        fs::remove_dir(&root).unwrap();
+        assert!(claim.is_a_removed_root_s());
+        let staged = claims.join(format!(".{}.tmp-4242", claim.bridge));
+        fs::write(&staged, &text).unwrap();
+        assert_eq!(claims_in(&claims), []);
+        fs::write(claims.join(&claim.bridge), &text).unwrap();
+        assert_eq!(claims_in(&claims), [(claims.join(&claim.bridge), claim)]);
     }
 
     /// The claim a root at `root` makes now, as `RootNetwork::claim` writes it.
