@@ -516,6 +516,86 @@ fn a_cgroups_path_holding_another_process_is_refused_and_that_process_survives()
     assert_eq!(still_in.trim(), holder.id().to_string());
 }
 
+/// A container's record naming a group create did not make for it (forged, or left by a
+/// create where the group could not be marked), here one the test made holding a `sleep` of
+/// its own: `kill --all` signals the init alone (another `sleep` of the test's, named by the
+/// record), and `delete --force` neither kills the group's processes nor removes its folders;
+/// each says so, naming the group. Before, both signalled every process of the group the
+/// record named (`/system.slice`, another runtime's container, `init.scope` alike), and
+/// `delete` removed its folders.
+#[test]
+fn kill_all_and_delete_leave_alone_a_group_the_record_merely_names() {
+    use feather_oci::store::{Container, Record};
+    let scratch = Scratch::new("named-group");
+    let runtime = Runtime::new(&scratch);
+    let pid = std::process::id();
+    let made = MadeGroup::new(format!("feather-oci-test-named-{pid}"));
+    let spawn = || {
+        std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .unwrap()
+    };
+    let (mut stranger, mut init) = (spawn(), spawn());
+    // In the v2 group (cgroup.kill's) and a v1 one, as the test of create's refusal.
+    for dir in [made.v2(), made.dir_of("pids")] {
+        fs::write(dir.join("cgroup.procs"), stranger.id().to_string()).unwrap();
+    }
+    let id = format!("named-group-{pid}");
+    feather_oci::store::root_dir(&runtime.root).unwrap();
+    let init_pid = nix::unistd::Pid::from_raw(init.id() as i32);
+    let record = Record {
+        id: id.clone(),
+        pid: init_pid.as_raw(),
+        start_ticks: feather_sys::process::start_ticks(init_pid).unwrap(),
+        cgroup: made.relative.clone(),
+        ..Record::default()
+    };
+    Container::make(&runtime.root, record).unwrap();
+
+    let killed = runtime.run(&["kill", "--all", &id, "KILL"]);
+    let stranger_after_kill = stranger.try_wait().unwrap().is_none();
+    let mut init_status = None;
+    eventually(Duration::from_secs(20), || {
+        init_status = init.try_wait().unwrap();
+        init_status.is_some()
+    });
+    if init_status.is_none() {
+        let _ = init.kill();
+        let _ = init.wait();
+    }
+    let deleted = runtime.run(&["delete", "--force", &id]);
+    let stranger_after_delete = stranger.try_wait().unwrap().is_none();
+    let folders_left: Vec<bool> = made.dirs().iter().map(|dir| dir.exists()).collect();
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+    assert!(
+        stranger_after_kill,
+        "kill --all killed a process of the group the record names: {killed:?}"
+    );
+    assert_eq!(
+        init_status.and_then(|status| std::os::unix::process::ExitStatusExt::signal(&status)),
+        Some(9),
+        "kill --all signals the init (waited for it to end for 20 s): {killed:?}"
+    );
+    assert!(
+        killed.stderr.contains(&made.relative),
+        "kill --all names the group: {killed:?}"
+    );
+    assert!(
+        stranger_after_delete,
+        "delete killed a process of the group the record names: {deleted:?}"
+    );
+    assert!(
+        folders_left.iter().all(|left| *left),
+        "delete removed the group's folders ({folders_left:?}): {deleted:?}"
+    );
+    assert!(
+        deleted.code == 0 && deleted.stderr.contains(&made.relative),
+        "delete names the group it leaves: {deleted:?}"
+    );
+}
+
 /// An exec into a container with a cgroup namespace of its own (docker's and podman's default
 /// on a cgroup v2 host): the exec'd process is in the container's group and sees it as the
 /// root (`/`) of its cgroup namespace in every hierarchy. It joins that namespace last, after

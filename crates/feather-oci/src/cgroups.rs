@@ -72,10 +72,11 @@ const VMS_GROUP: &str = "feather";
 
 impl Groups {
     pub fn new(relative: &str) -> Groups {
-        Groups {
-            cgroup: Cgroup::new(crate::hierarchies::detect(), relative),
-            relative: PathBuf::from(relative),
-        }
+        let cgroup = Cgroup::new(crate::hierarchies::detect(), relative);
+        // As feather-sys keeps it: plain names only, so that no folder joined here (the
+        // freezer's, the v1 controllers' of crate::controllers) leaves its hierarchy either.
+        let relative = cgroup.relative().to_path_buf();
+        Groups { cgroup, relative }
     }
 
     fn v1_dir(&self, controller: &str) -> Option<PathBuf> {
@@ -327,13 +328,38 @@ impl Groups {
         self.cgroup.members()
     }
 
+    /// Whether the group has a folder in any hierarchy.
+    pub fn exists(&self) -> bool {
+        self.cgroup.exists()
+    }
+
     /// Marks the group as container `id`'s ([`CONTAINER_TAG`]), once create made it: the
     /// hiding of a new state root joins only an init found in a group so marked
-    /// (crate::hiding), never one a record merely names.
+    /// (crate::hiding), and `kill --all` and `delete` signal and remove only a group so
+    /// marked (crate::store::Container::own_groups), never one a record merely names.
     pub fn mark_for(&self, id: &str) -> Result<()> {
         self.cgroup
             .tag(CONTAINER_TAG, id.as_bytes())
             .map_err(|e| anyhow::anyhow!("mark the container's cgroup: {e}"))
+    }
+
+    /// [`Groups::mark_for`] as `create` and `restore` need it: a container over the host
+    /// needs the mark (crate::hiding trusts its init by it), so a failure fails it; any other
+    /// runs without one where the group's filesystem takes no `trusted.*` attribute (a
+    /// runtime with `CAP_SYS_ADMIN` in a user namespace only), with a warning saying what
+    /// `kill --all` and `delete` then do (crate::ops: its init alone, the group left).
+    pub fn mark_as_made_for(&self, id: &str, over_the_host: bool) -> Result<()> {
+        match self.mark_for(id) {
+            Ok(()) => Ok(()),
+            Err(error) if over_the_host => Err(error),
+            Err(error) => {
+                crate::log::warn(&format!(
+                    "{error:#}: `kill --all` and `delete` of container {id} will signal its                      init alone (through its pidfd) and leave its group {}, since nothing                      then tells it from a group the container's record merely names",
+                    self.relative.display()
+                ));
+                Ok(())
+            }
+        }
     }
 
     /// Whether create made the group for container `id` ([`Groups::mark_for`]).

@@ -42,7 +42,7 @@ pub fn create(root: &Path, args: &CreateArgs) -> Result<()> {
         make_container(root, &args.id, &args.bundle, &args.policy)?;
     let made = build(&mut container, &spec, args, &feather);
     if let Err(error) = made {
-        crate::ops::destroy(&container);
+        crate::ops::undo(&container);
         return Err(error);
     }
     Ok(())
@@ -96,7 +96,7 @@ pub fn make_container(
     feather_core::trace::phase("read and check the config");
     let container = Container::make(root, record)?;
     if let Err(error) = spec.save(container.dir.join("config.json")) {
-        crate::ops::destroy(&container);
+        crate::ops::undo(&container);
         return Err(error.into());
     }
     // feather's own tools (`feather ls`) list the containers of every root used; an engine's
@@ -121,11 +121,12 @@ fn build(
     let groups = container.groups();
     feather_core::trace::phase("make the fifo");
     let v2_entry = groups.make(linux.resources().as_ref())?;
-    // Only a container over the host needs the mark (crate::hiding): an image container runs
-    // where trusted.* attributes cannot be set (CAP_SYS_ADMIN in a user namespace only).
-    if feather.host_base {
-        groups.mark_for(&container.record.id)?;
-    }
+    // Made for this container, and marked so: `kill --all` and `delete` act on no other
+    // group (crate::store::own_groups), and a root registered later is hidden only in the
+    // init of a group so marked (crate::hiding). Only a container over the host needs it; an
+    // image container runs where trusted.* attributes cannot be set (CAP_SYS_ADMIN in a user
+    // namespace only), its group then left to its init alone.
+    groups.mark_as_made_for(&container.record.id, feather.host_base)?;
     feather_core::trace::phase("make the cgroups");
     if feather.host_base {
         crate::mounts::host_layer(&container.dir)?;

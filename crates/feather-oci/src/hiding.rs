@@ -15,7 +15,6 @@ use anyhow::{Context, Result};
 use feather_core::StateRoot;
 use nix::unistd::Pid;
 
-use crate::cgroups::Groups;
 use crate::registry::RootRegistry;
 use crate::store::{Container, Record};
 
@@ -119,10 +118,8 @@ struct Untrusted(String);
 /// container, forged by whoever could write it) would have it mounted there, the host's own
 /// namespace perhaps. Four checks, as none alone holds against a forged record (which names
 /// its group as freely as its pid):
-/// - the group is one create would have named ([`crate::cgroups::relative_path`]: never the
-///   hierarchy's root, where every process is, a path with `..`, nor `feather/`, the VMs');
-/// - create made it for this container: it bears create's mark naming the id
-///   ([`Groups::mark_for`], `trusted.*`, which no record's writer but root sets);
+/// - the group is one create would have named and made for this container, bearing its
+///   mark ([`crate::store::own_groups`], as `kill --all` and `delete` take it);
 /// - the init is a member, read in the group's folders in each hierarchy (`Cgroup::members`),
 ///   not from the process's `/proc/PID/cgroup` (relative to its cgroup namespace), as
 ///   feather_vm's hiding does (feather derives the VM's group itself; here the record names
@@ -131,17 +128,7 @@ struct Untrusted(String);
 ///   has one of its own, and a mount in the host's would hide the root from the host itself.
 fn init_trusted(record: &Record) -> std::result::Result<(), String> {
     let group = &record.cgroup;
-    let Ok(relative) = crate::cgroups::relative_path(Some(Path::new(group)), &record.id) else {
-        return Err(format!(
-            "in cgroup {group:?}, a group feather-oci never makes"
-        ));
-    };
-    let groups = Groups::new(&relative);
-    if !groups.is_marked_for(&record.id) {
-        return Err(format!(
-            "in cgroup {group:?}, which feather-oci did not make for this container"
-        ));
-    }
+    let groups = crate::store::own_groups(record).map_err(|why| format!("in {why}"))?;
     if !groups.members().contains(&Pid::from_raw(record.pid)) {
         return Err(format!("which is not in the container's cgroup {group:?}"));
     }

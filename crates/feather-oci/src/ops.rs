@@ -16,6 +16,7 @@ use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxResources, Spec};
 
+use crate::cgroups::Groups;
 use crate::hooks::{self, Kind};
 use crate::store::{Container, Record, Status};
 
@@ -120,7 +121,13 @@ pub fn kill_container(root: &Path, id: &str, signal: &str, all: bool) -> Result<
         ),
     }
     if all {
-        return container.groups().signal_all(signal);
+        match container.own_groups() {
+            Ok(groups) => return groups.signal_all(signal),
+            Err(why) => crate::log::warn(&format!(
+                "kill --all of container {id}: its record names {why}: only its init is \
+                 signalled"
+            )),
+        }
     }
     let Some(init) = container.init_pidfd() else {
         bail!("cannot kill container {id}: its init has exited (container not running): nothing to signal; delete it");
@@ -168,21 +175,51 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
     Ok(())
 }
 
-/// Kills every process of the container and removes its cgroup and folder.
+/// Kills every process of the container and removes its cgroup and folder: the group only
+/// where create made it for this container ([`Container::own_groups`]); the group a record
+/// merely names (forged, or of a container made where its group could not be marked) is
+/// left, and its processes, but the init, with a warning naming it.
 pub fn destroy(container: &Container) {
-    let groups = container.groups();
+    let groups = match container.own_groups() {
+        Ok(groups) => Some(groups),
+        Err(why) => {
+            if container.groups().exists() {
+                crate::log::warn(&format!(
+                    "delete of container {}: its record names {why}: its init alone is \
+                     killed, and the group left as it is (remove it once empty, if it was the \
+                     container's)",
+                    container.record.id
+                ));
+            }
+            None
+        }
+    };
+    destroy_with(container, groups.as_ref());
+}
+
+/// [`destroy`] of the container whose group this very process made, before it could mark it
+/// (a `create` or `restore` that failed): that group, marked or not, is the container's.
+pub fn undo(container: &Container) {
+    destroy_with(container, Some(&container.groups()));
+}
+
+fn destroy_with(container: &Container, groups: Option<&Groups>) {
     if let Some(init) = container.init_pidfd() {
         let _ = feather_sys::process::signal(&init, Signal::SIGKILL);
     }
     feather_core::trace::phase("signal the init");
-    groups.kill_all();
+    if let Some(groups) = groups {
+        groups.kill_all();
+    }
     feather_core::trace::phase("kill the cgroups' processes");
     let deadline = Instant::now() + Duration::from_secs(5);
     while container.init_alive() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(2));
     }
     feather_core::trace::phase("wait for the init to end");
-    groups.remove();
+    if let Some(groups) = groups {
+        groups.remove();
+    }
     feather_core::trace::phase("remove the cgroups");
     if container.record.pid == 0 || !container.init_alive() {
         crate::mounts::remove_host_layer(&container.dir);

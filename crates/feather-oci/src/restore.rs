@@ -80,11 +80,12 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
             let linux = spec.linux().clone().context("linux")?;
             container.groups().create(linux.resources().as_ref())?;
             // As create marks it: a root registered later is hidden in a restored container
-            // over the host only in a group so marked (crate::hiding).
-            if crate::hiding::is_over_the_host(&container) {
-                container.groups().mark_for(&container.record.id)?;
-            }
-            Ok(())
+            // over the host only in a group so marked (crate::hiding), and `kill --all` and
+            // `delete` act only on a group so marked (crate::store::own_groups).
+            let over_the_host = crate::hiding::is_over_the_host(&container);
+            container
+                .groups()
+                .mark_as_made_for(&container.record.id, over_the_host)
         })
         .and_then(|()| {
             let hold = container.groups().hold()?;
@@ -136,7 +137,7 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
     let pid = match restored {
         Ok(pid) => pid,
         Err(error) => {
-            crate::ops::destroy(&container);
+            crate::ops::undo(&container);
             return Err(error);
         }
     };

@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 use oci_spec::runtime::{ContainerState, Spec, State, StateBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::cgroups::Groups;
+use crate::cgroups::{Groups, CONTAINER_TAG};
 
 /// What `create` recorded. `pid` is 0 while the container is being created.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -166,8 +166,16 @@ impl Container {
             .with_context(|| format!("read the config of container {}", self.record.id))
     }
 
+    /// The group the record names, as it names it: to read (`ps`, the status) and to act on
+    /// where the container's own processes decide nothing. `kill --all` and `delete`, which
+    /// act on every process in it, take [`Container::own_groups`].
     pub fn groups(&self) -> Groups {
         Groups::new(&self.record.cgroup)
+    }
+
+    /// The group create made for this container (see [`own_groups`]).
+    pub fn own_groups(&self) -> Result<Groups, NotItsGroup> {
+        own_groups(&self.record)
     }
 
     /// The init, if it is still the process create started.
@@ -233,6 +241,37 @@ impl Container {
     }
 }
 
+/// Why the group a record names is not one create made for its container.
+#[derive(Debug, thiserror::Error)]
+pub enum NotItsGroup {
+    #[error("cgroup {0:?}, a group feather-oci never makes")]
+    NeverMade(String),
+    #[error(
+        "cgroup {0:?}, which feather-oci did not make for this container (it bears no mark \
+         {CONTAINER_TAG} naming it)"
+    )]
+    NotMarked(String),
+}
+
+/// The group `record` names, if create (or restore) made it for this container: a group
+/// create would name ([`crate::cgroups::relative_path`]: never a hierarchy's root, where
+/// every process is, nor a path with `..` or in `feather/`) bearing create's mark naming the
+/// id ([`Groups::mark_for`], `trusted.*`: no one but root sets it, and create sets it only on
+/// the group it made, which held no process then). A record names its group as freely as its
+/// pid: the group of another runtime's container, a service's, `init.scope`, where a forged or
+/// stale record names one; never signalled nor removed for it.
+pub fn own_groups(record: &Record) -> Result<Groups, NotItsGroup> {
+    let group = &record.cgroup;
+    let Ok(relative) = crate::cgroups::relative_path(Some(Path::new(group)), &record.id) else {
+        return Err(NotItsGroup::NeverMade(group.clone()));
+    };
+    let groups = Groups::new(&relative);
+    match groups.is_marked_for(&record.id) {
+        true => Ok(groups),
+        false => Err(NotItsGroup::NotMarked(group.clone())),
+    }
+}
+
 fn is_zombie(pid: i32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -272,6 +311,31 @@ mod tests {
                 ..Record::default()
             },
         }
+    }
+
+    /// A record naming a hierarchy's root (where every process is), a path that leaves it, or
+    /// a group bearing no mark for its id has no group of its own: `kill --all` and `delete`
+    /// act on none of them.
+    #[test]
+    fn a_group_the_record_merely_names_is_not_the_containers() {
+        let named = |cgroup: &str| {
+            own_groups(&Record {
+                id: "c1".to_owned(),
+                cgroup: cgroup.to_owned(),
+                ..Record::default()
+            })
+        };
+        for root in ["", "/", "a/../.."] {
+            assert!(
+                matches!(named(root), Err(NotItsGroup::NeverMade(_))),
+                "{root:?}"
+            );
+        }
+        let unmarked = format!("feather-oci-test-unmarked-{}", std::process::id());
+        assert!(matches!(
+            named(&unmarked),
+            Err(NotItsGroup::NotMarked(group)) if group == unmarked
+        ));
     }
 
     /// The pidfd `kill`, `exec`, `destroy` and hiding act through: given for the init create

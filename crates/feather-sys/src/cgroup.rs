@@ -144,10 +144,16 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
+    /// The group `relative` names below each hierarchy's root. Only its plain names are kept
+    /// ([`below_the_root`]): every folder of the group is then inside a hierarchy, whatever
+    /// the path held. Joined to a mount point, a path with a leading `/` would replace it
+    /// (`mount.join("/system.slice")` is `/system.slice`, no cgroup at all) and one with `..`
+    /// would leave it. A caller given the path as input refuses such a path first, by name
+    /// (feather-oci's `linux.cgroupsPath`).
     pub fn new(hierarchies: Hierarchies, relative: impl Into<PathBuf>) -> Self {
         Cgroup {
             hierarchies,
-            relative: relative.into(),
+            relative: below_the_root(&relative.into()),
         }
     }
 
@@ -694,6 +700,18 @@ impl Cgroup {
             .parse()
             .ok()
     }
+}
+
+/// `path`'s plain names (`/a/./b` and `a/b/` are `a/b`; `..` is dropped, never followed): a
+/// path that, joined to a hierarchy's mount point, names a folder inside it. A leading `/`
+/// names the hierarchy's root, as `linux.cgroupsPath` means it.
+fn below_the_root(path: &Path) -> PathBuf {
+    path.components()
+        .filter_map(|component| match component {
+            std::path::Component::Normal(name) => Some(name),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A frozen cgroup; dropping it thaws the group.
@@ -1625,6 +1643,35 @@ mod tests {
         }
         held.keeper = None;
         assert!(left.is_empty(), "left in the group: {left:?}");
+    }
+
+    /// A path with a leading `/` (a container runtime's `cgroupsPath`, a record) or with `..`
+    /// names a group inside each hierarchy: joined as given, `/system.slice` was the folder
+    /// `/system.slice` of the root filesystem and `../x` a folder beside the hierarchy.
+    #[test]
+    fn every_folder_of_a_group_is_inside_its_hierarchy_whatever_its_path_holds() {
+        let dir = Path::new("/sys/fs/cgroup");
+        for (path, inside) in [
+            ("/system.slice", "system.slice"),
+            ("//a/./b/", "a/b"),
+            ("../../etc", "etc"),
+            ("a/../../b", "a/b"),
+            ("/", ""),
+        ] {
+            let group = Cgroup::new(hybrid(dir), path);
+            assert_eq!(group.relative(), Path::new(inside), "{path}");
+            for folder in group.dirs() {
+                let hierarchy = ["memory", "pids", "devices", "unified"]
+                    .iter()
+                    .map(|h| dir.join(h))
+                    .find(|h| folder.starts_with(h));
+                assert_eq!(
+                    hierarchy.map(|h| h.join(inside)),
+                    Some(folder.clone()),
+                    "{path}: {folder:?}"
+                );
+            }
+        }
     }
 
     #[test]
