@@ -520,9 +520,10 @@ fn a_cgroups_path_holding_another_process_is_refused_and_that_process_survives()
 /// create where the group could not be marked), here one the test made holding a `sleep` of
 /// its own: `kill --all` signals the init alone (another `sleep` of the test's, named by the
 /// record), and `delete --force` neither kills the group's processes nor removes its folders;
-/// each says so, naming the group. Before, both signalled every process of the group the
-/// record named (`/system.slice`, another runtime's container, `init.scope` alike), and
-/// `delete` removed its folders.
+/// each says so, naming the group; `pause` and `update` are refused, naming it, and leave it
+/// unfrozen and unlimited. Before, `kill --all` and `delete` signalled every process of the
+/// group the record named (`/system.slice`, another runtime's container, `init.scope` alike),
+/// `delete` removed its folders, `pause` froze it and `update` set its limits.
 #[test]
 fn kill_all_and_delete_leave_alone_a_group_the_record_merely_names() {
     use feather_oci::store::{Container, Record};
@@ -553,6 +554,16 @@ fn kill_all_and_delete_leave_alone_a_group_the_record_merely_names() {
     };
     Container::make(&runtime.root, record).unwrap();
 
+    let paused = runtime.run(&["pause", &id]);
+    let frozen = freezer_says_frozen(&made);
+    if frozen {
+        thaw(&made);
+    }
+    let pids_max = made.dir_of("pids").join("pids.max");
+    let limits = scratch.path("limits.json");
+    fs::write(&limits, r#"{"pids": {"limit": 77}}"#).unwrap();
+    let updated = runtime.run(&["update", "--resources", limits.to_str().unwrap(), &id]);
+    let limit_after = fs::read_to_string(&pids_max).unwrap_or_default();
     let killed = runtime.run(&["kill", "--all", &id, "KILL"]);
     let stranger_after_kill = stranger.try_wait().unwrap().is_none();
     let mut init_status = None;
@@ -569,6 +580,21 @@ fn kill_all_and_delete_leave_alone_a_group_the_record_merely_names() {
     let folders_left: Vec<bool> = made.dirs().iter().map(|dir| dir.exists()).collect();
     let _ = stranger.kill();
     let _ = stranger.wait();
+    for (refused, what) in [(&paused, "pause"), (&updated, "update")] {
+        assert!(
+            refused.code != 0 && refused.stderr.contains(&made.relative),
+            "{what} of the group the record names is refused, naming it: {refused:?}"
+        );
+    }
+    assert!(
+        !frozen,
+        "pause froze the group the record names: {paused:?}"
+    );
+    assert_eq!(
+        limit_after.trim(),
+        "max",
+        "update set a limit on the group the record names: {updated:?}"
+    );
     assert!(
         stranger_after_kill,
         "kill --all killed a process of the group the record names: {killed:?}"
@@ -594,6 +620,27 @@ fn kill_all_and_delete_leave_alone_a_group_the_record_merely_names() {
         deleted.code == 0 && deleted.stderr.contains(&made.relative),
         "delete names the group it leaves: {deleted:?}"
     );
+}
+
+/// Whether the group's freezer (v1's where the host has one, else v2's) says it is frozen.
+fn freezer_says_frozen(made: &MadeGroup) -> bool {
+    let read = |file: std::path::PathBuf| fs::read_to_string(file).unwrap_or_default();
+    match made
+        .dirs()
+        .into_iter()
+        .find(|dir| dir.join("freezer.state").exists())
+    {
+        Some(dir) => read(dir.join("freezer.state")).trim() != "THAWED",
+        None => read(made.v2().join("cgroup.freeze")).trim() != "0",
+    }
+}
+
+/// Thaws the group in every freezer (the clean-up of a test that found it frozen).
+fn thaw(made: &MadeGroup) {
+    for dir in made.dirs() {
+        let _ = fs::write(dir.join("freezer.state"), "THAWED");
+    }
+    let _ = fs::write(made.v2().join("cgroup.freeze"), "0");
 }
 
 /// An exec into a container with a cgroup namespace of its own (docker's and podman's default

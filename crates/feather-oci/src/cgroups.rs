@@ -347,14 +347,18 @@ impl Groups {
     /// needs the mark (crate::hiding trusts its init by it), so a failure fails it; any other
     /// runs without one where the group's filesystem takes no `trusted.*` attribute (a
     /// runtime with `CAP_SYS_ADMIN` in a user namespace only), with a warning saying what
-    /// `kill --all` and `delete` then do (crate::ops: its init alone, the group left).
+    /// `kill --all` and `delete` then do (crate::ops: its init alone, the group left; `pause`
+    /// and `update` refused).
     pub fn mark_as_made_for(&self, id: &str, over_the_host: bool) -> Result<()> {
         match self.mark_for(id) {
             Ok(()) => Ok(()),
             Err(error) if over_the_host => Err(error),
             Err(error) => {
                 crate::log::warn(&format!(
-                    "{error:#}: `kill --all` and `delete` of container {id} will signal its                      init alone (through its pidfd) and leave its group {}, since nothing                      then tells it from a group the container's record merely names",
+                    "{error:#}: `kill --all` and `delete` of container {id} will signal its \
+                     init alone (through its pidfd) and leave its group {}, and `pause` and \
+                     `update` will be refused, since nothing then tells it from a group the \
+                     container's record merely names",
                     self.relative.display()
                 ));
                 Ok(())

@@ -298,7 +298,8 @@ pub fn pause(root: &Path, id: &str, frozen: bool) -> Result<()> {
             other.name()
         ),
     }
-    container.groups().freeze(frozen)
+    let verb = if frozen { "pause" } else { "resume" };
+    own_groups_to(verb, &container)?.freeze(frozen)
 }
 
 pub fn events(root: &Path, id: &str, stats: bool, interval: Duration) -> Result<()> {
@@ -336,7 +337,21 @@ pub fn update(root: &Path, id: &str, resources: Option<&Path>) -> Result<()> {
     let resources: LinuxResources =
         serde_json::from_str(&text).context("--resources: not linux.resources JSON")?;
     crate::validate::check_resources_public(&resources)?;
-    container.groups().update(&resources)
+    own_groups_to("update", &container)?.update(&resources)
+}
+
+/// The group `verb` (`pause`, `resume`, `update`) freezes or sets limits on: the one create
+/// made for the container ([`Container::own_groups`]), as for `kill --all`; a group its record
+/// merely names (`init.scope`, whose freezing would stop the host's init) is refused, by name.
+fn own_groups_to(verb: &str, container: &Container) -> Result<Groups> {
+    container.own_groups().map_err(|why| {
+        anyhow::anyhow!(
+            "cannot {verb} container {}: its record names {why}: nothing was changed (a \
+             container made where its group could not be marked, or before feather-oci marked \
+             every container's group, has none to {verb}: run it again)",
+            container.record.id
+        )
+    })
 }
 
 /// runc's `features`: what this runtime honours.
