@@ -16,7 +16,7 @@ use feather_core::StateRoot;
 use nix::unistd::Pid;
 
 use crate::registry::RootRegistry;
-use crate::store::{Container, Record};
+use crate::store::Container;
 
 /// Hides `new`'s folders in every running container over the host, of every runtime root
 /// feather-oci was used with. Returns one warning per container where that failed.
@@ -83,7 +83,7 @@ fn hide_in(container: &Container, folders: &[impl AsRef<Path>]) -> Result<()> {
     let Some(pidfd) = container.init_pidfd() else {
         return Ok(());
     };
-    if let Err(why) = init_trusted(&container.record) {
+    if let Err(why) = init_trusted(container) {
         // The init ended meanwhile, its pid reused: nothing is left to hide anything in.
         if !container.init_alive() {
             return Ok(());
@@ -119,16 +119,20 @@ struct Untrusted(String);
 /// namespace perhaps. Four checks, as none alone holds against a forged record (which names
 /// its group as freely as its pid):
 /// - the group is one create would have named and made for this container, bearing its
-///   mark ([`crate::store::own_groups`], as `kill --all` and `delete` take it);
+///   mark ([`crate::store::marked_groups`]; the mark alone, where `kill --all` and `delete`
+///   also take an unmarked group their init provably has to itself);
 /// - the init is a member, read in the group's folders in each hierarchy (`Cgroup::members`),
 ///   not from the process's `/proc/PID/cgroup` (relative to its cgroup namespace), as
 ///   feather_vm's hiding does (feather derives the VM's group itself; here the record names
 ///   it, hence the mark);
 /// - and its mount namespace is neither the caller's nor pid 1's: a container over the host
 ///   has one of its own, and a mount in the host's would hide the root from the host itself.
-fn init_trusted(record: &Record) -> std::result::Result<(), String> {
+fn init_trusted(container: &Container) -> std::result::Result<(), String> {
+    let record = &container.record;
     let group = &record.cgroup;
-    let groups = crate::store::own_groups(record).map_err(|why| format!("in {why}"))?;
+    let groups = container
+        .marked_groups()
+        .map_err(|why| format!("in {why}"))?;
     if !groups.members().contains(&Pid::from_raw(record.pid)) {
         return Err(format!("which is not in the container's cgroup {group:?}"));
     }

@@ -16,7 +16,7 @@ use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxResources, Spec};
 
-use crate::cgroups::Groups;
+use crate::cgroups::{Groups, Made};
 use crate::hooks::{self, Kind};
 use crate::store::{Container, Record, Status};
 
@@ -197,10 +197,13 @@ pub fn destroy(container: &Container) {
     destroy_with(container, groups.as_ref());
 }
 
-/// [`destroy`] of the container whose group this very process made, before it could mark it
-/// (a `create` or `restore` that failed): that group, marked or not, is the container's.
-pub fn undo(container: &Container) {
-    destroy_with(container, Some(&container.groups()));
+/// [`destroy`] of a container whose `create` or `restore` failed, by what it `made` of the
+/// group ([`Made`]): a group it made anew is emptied and removed, marked or not (it may have
+/// failed before the mark); one it joined (found empty) or never reached is not touched, its
+/// init alone killed (a failed create's init has forked nothing yet).
+pub fn undo(container: &Container, made: Made) {
+    let groups = (made == Made::New).then(|| container.groups());
+    destroy_with(container, groups.as_ref());
 }
 
 fn destroy_with(container: &Container, groups: Option<&Groups>) {
@@ -231,7 +234,8 @@ fn destroy_with(container: &Container, groups: Option<&Groups>) {
 pub fn ps(root: &Path, id: &str, json: bool) -> Result<()> {
     let container = Container::load(root, id)?;
     let pids: Vec<i32> = container
-        .groups()
+        .named_groups()
+        .map_err(|why| anyhow::anyhow!("ps of container {id}: its record names {why}"))?
         .members()
         .into_iter()
         .map(Pid::as_raw)
@@ -311,7 +315,7 @@ pub fn events(root: &Path, id: &str, stats: bool, interval: Duration) -> Result<
         let event = serde_json::json!({
             "type": "stats",
             "id": id,
-            "data": container.groups().stats(),
+            "data": container.named_groups().map(|groups| groups.stats()).ok(),
         });
         say!("{event}")?;
         if stats {
@@ -346,9 +350,8 @@ pub fn update(root: &Path, id: &str, resources: Option<&Path>) -> Result<()> {
 fn own_groups_to(verb: &str, container: &Container) -> Result<Groups> {
     container.own_groups().map_err(|why| {
         anyhow::anyhow!(
-            "cannot {verb} container {}: its record names {why}: nothing was changed (a \
-             container made where its group could not be marked, or before feather-oci marked \
-             every container's group, has none to {verb}: run it again)",
+            "cannot {verb} container {}: its record names {why}: nothing was changed (see \
+             \"Whose group\" in feather-oci's docs)",
             container.record.id
         )
     })

@@ -264,18 +264,36 @@ impl Cgroup {
     /// removed and made anew, and a new process moves itself into it after its clone
     /// ([`V2Entry::AfterClone`]: its kill count is unknown).
     pub fn create_keeping(&self, limits: &Limits) -> Result<V2Entry> {
+        let v2_entry = self.make_folders_keeping()?;
+        self.apply_limits(limits)?;
+        Ok(v2_entry)
+    }
+
+    /// The folders of [`Cgroup::create_keeping`], without its limits: for a caller that tags
+    /// the group ([`Cgroup::tag`]) before anything else is done to it.
+    pub fn make_folders_keeping(&self) -> Result<V2Entry> {
         let v2_entry = match self.v2_dir() {
             Some(dir) if dir.exists() => V2Entry::AfterClone,
             _ => V2Entry::AtClone,
         };
-        self.make(limits)?;
+        self.make_folders()?;
         Ok(v2_entry)
     }
 
     fn make(&self, limits: &Limits) -> Result<()> {
+        self.make_folders()?;
+        self.apply_limits(limits)
+    }
+
+    fn make_folders(&self) -> Result<()> {
         for dir in self.dirs() {
             fs::create_dir_all(&dir).ctx("create cgroup", dir.display())?;
         }
+        Ok(())
+    }
+
+    /// Writes `limits` into the group's folders, made already.
+    pub fn apply_limits(&self, limits: &Limits) -> Result<()> {
         if let Some(bytes) = limits.memory_bytes {
             self.write_limit(
                 "memory",
