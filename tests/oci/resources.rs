@@ -527,7 +527,6 @@ fn a_cgroups_path_holding_another_process_is_refused_and_that_process_survives()
 /// set its limits and `exec` put its process in it.
 #[test]
 fn kill_all_and_delete_leave_alone_a_group_the_record_merely_names() {
-    use feather_oci::store::{Container, Record};
     let scratch = Scratch::new("named-group");
     let runtime = Runtime::new(&scratch);
     let pid = std::process::id();
@@ -538,16 +537,7 @@ fn kill_all_and_delete_leave_alone_a_group_the_record_merely_names() {
         fs::write(dir.join("cgroup.procs"), stranger.id().to_string()).unwrap();
     }
     let id = format!("named-group-{pid}");
-    feather_oci::store::root_dir(&runtime.root).unwrap();
-    let init_pid = nix::unistd::Pid::from_raw(init.id() as i32);
-    let record = Record {
-        id: id.clone(),
-        pid: init_pid.as_raw(),
-        start_ticks: feather_sys::process::start_ticks(init_pid).unwrap(),
-        cgroup: made.relative.clone(),
-        ..Record::default()
-    };
-    Container::make(&runtime.root, record).unwrap();
+    forge_record(&runtime, &id, &init, &made);
     let config = serde_json::to_string(&base_config(&["true"])).unwrap();
     fs::write(runtime.root.join(&id).join("config.json"), config).unwrap();
 
@@ -783,6 +773,42 @@ fn a_container_made_before_the_mark_named_its_root_is_resumed_and_deleted() {
         !group_left,
         "delete left the container's group: {deleted:?}"
     );
+}
+
+/// A container whose group is not provably its own (unmarked, its init in the host's pid
+/// namespace: made where `trusted.*` could not be set, sharing the host's pid namespace) in
+/// create's default group `feather-oci/<id>`: `delete --force` kills its init alone and
+/// removes the group, left empty. Before, every such `delete` leaked its group.
+#[test]
+fn delete_removes_the_empty_default_group_of_a_container_not_provably_its_own() {
+    let scratch = Scratch::new("unmarked-default");
+    let runtime = Runtime::new(&scratch);
+    let id = format!("unmarked-default-{}", std::process::id());
+    let made = MadeGroup::new(format!("feather-oci/{id}"));
+    let init = Sleeper::start();
+    forge_record(&runtime, &id, &init, &made);
+    let deleted = runtime.run(&["delete", "--force", &id]);
+    let left: Vec<_> = made.dirs().into_iter().filter(|dir| dir.exists()).collect();
+    assert!(
+        deleted.code == 0 && left.is_empty(),
+        "delete left the empty group ({left:?}): {deleted:?}"
+    );
+}
+
+/// A container record under `runtime`'s root, as a forger (or a stale record) would write it:
+/// container `id`, its init the test's `init`, its group `made`.
+fn forge_record(runtime: &Runtime, id: &str, init: &Sleeper, made: &MadeGroup) {
+    use feather_oci::store::{Container, Record};
+    feather_oci::store::root_dir(&runtime.root).unwrap();
+    let init_pid = nix::unistd::Pid::from_raw(init.id() as i32);
+    let record = Record {
+        id: id.to_owned(),
+        pid: init_pid.as_raw(),
+        start_ticks: feather_sys::process::start_ticks(init_pid).unwrap(),
+        cgroup: made.relative.clone(),
+        ..Record::default()
+    };
+    Container::make(&runtime.root, record).unwrap();
 }
 
 /// Whether the group's freezer (v1's where the host has one, else v2's) says it is frozen.

@@ -473,10 +473,14 @@ impl Groups {
 
     pub fn remove(&self) {
         let _ = self.cgroup.remove(Duration::from_secs(2));
-        if let Some(dir) = self.freezer_dir() {
-            let _ = fs::remove_dir(dir);
-        }
-        for dir in crate::controllers::v1_dirs(&self.relative) {
+        self.remove_if_empty();
+    }
+
+    /// Removes each of the group's folders that holds no process and no group (an `rmdir`,
+    /// which the kernel refuses for any other): nothing is killed, nothing else removed.
+    pub fn remove_if_empty(&self) {
+        let dirs = self.cgroup.dirs().into_iter().chain(self.freezer_dir());
+        for dir in dirs.chain(crate::controllers::v1_dirs(&self.relative)) {
             let _ = fs::remove_dir(dir);
         }
     }

@@ -186,8 +186,8 @@ pub fn destroy(container: &Container) {
             if container.groups().exists() {
                 crate::log::warn(&format!(
                     "delete of container {}: its record names {why}: its init alone is \
-                     killed, and the group left as it is (remove it once empty, if it was the \
-                     container's)",
+                     killed, and the group left as it is (but for an empty feather-oci/<id>; \
+                     remove it once empty, if it was the container's)",
                     container.record.id
                 ));
             }
@@ -195,6 +195,25 @@ pub fn destroy(container: &Container) {
         }
     };
     destroy_with(container, groups.as_ref());
+    if groups.is_none() {
+        remove_default_group_if_empty(container);
+    }
+}
+
+/// The group a container not its own left ([`destroy`]), where it is create's default
+/// (`feather-oci/<id>`, which no engine or administrator names) and bears no mark: removed
+/// if it is empty (the init of a container with its own pid namespace took every process with
+/// it), never emptied. Else every `delete` of a container made unmarked leaked its group, and
+/// nothing listed it once the container's folder was gone.
+fn remove_default_group_if_empty(container: &Container) {
+    let default = crate::cgroups::relative_path(None, &container.record.id).ok();
+    if default.as_deref() != Some(container.record.cgroup.as_str()) {
+        return;
+    }
+    let groups = container.groups();
+    if groups.mark().is_none() {
+        groups.remove_if_empty();
+    }
 }
 
 /// [`destroy`] of a container whose `create` or `restore` failed, by what it `made` of the
