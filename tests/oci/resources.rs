@@ -516,6 +516,322 @@ fn a_cgroups_path_holding_another_process_is_refused_and_that_process_survives()
     assert_eq!(still_in.trim(), holder.id().to_string());
 }
 
+/// A container's record naming a group create did not make for it (forged, or left by a
+/// create where the group could not be marked), here one the test made holding a `sleep` of
+/// its own: `kill --all` signals the init alone (another `sleep` of the test's, named by the
+/// record), and `delete --force` neither kills the group's processes nor removes its folders;
+/// each says so, naming the group; `pause`, `update` and `exec` are refused, naming it, and
+/// leave it unfrozen, unlimited and without a new process. Before, `kill --all` and `delete`
+/// signalled every process of the group the record named (`/system.slice`, another runtime's
+/// container, `init.scope` alike), `delete` removed its folders, `pause` froze it, `update`
+/// set its limits and `exec` put its process in it.
+#[test]
+fn kill_all_and_delete_leave_alone_a_group_the_record_merely_names() {
+    let scratch = Scratch::new("named-group");
+    let runtime = Runtime::new(&scratch);
+    let pid = std::process::id();
+    let made = MadeGroup::new(format!("feather-oci-test-named-{pid}"));
+    let (mut stranger, mut init) = (Sleeper::start(), Sleeper::start());
+    // In the v2 group (cgroup.kill's) and a v1 one, as the test of create's refusal.
+    for dir in [made.v2(), made.dir_of("pids")] {
+        fs::write(dir.join("cgroup.procs"), stranger.id().to_string()).unwrap();
+    }
+    let id = format!("named-group-{pid}");
+    forge_record(&runtime, &id, &init, &made);
+    let config = serde_json::to_string(&base_config(&["true"])).unwrap();
+    fs::write(runtime.root.join(&id).join("config.json"), config).unwrap();
+
+    let paused = runtime.run(&["pause", &id]);
+    let frozen = freezer_says_frozen(&made);
+    if frozen {
+        thaw(&made);
+    }
+    let pids_max = made.dir_of("pids").join("pids.max");
+    let limits = scratch.path("limits.json");
+    fs::write(&limits, r#"{"pids": {"limit": 77}}"#).unwrap();
+    let updated = runtime.run(&["update", "--resources", limits.to_str().unwrap(), &id]);
+    let limit_after = fs::read_to_string(&pids_max).unwrap_or_default();
+    // A usable cpuset (v1's needs one), so that nothing but the check refuses the exec.
+    let cpuset = made.dir_of("cpuset");
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        if let Ok(value) = fs::read_to_string(cpuset.parent().unwrap().join(file)) {
+            let _ = fs::write(cpuset.join(file), value);
+        }
+    }
+    let execed = runtime.run(&["exec", &id, "true"]);
+    let killed = runtime.run(&["kill", "--all", &id, "KILL"]);
+    let mut init_status = None;
+    eventually(Duration::from_secs(20), || {
+        init_status = init.0.try_wait().unwrap();
+        init_status.is_some()
+    });
+    // Once the init is reaped, a SIGKILL sent with it has reached the stranger too: given a
+    // moment more to end, as a loaded host may take to run it.
+    let stranger_after_kill = stranger.outlives(Duration::from_secs(2));
+    let deleted = runtime.run(&["delete", "--force", &id]);
+    let stranger_after_delete = stranger.outlives(Duration::from_secs(2));
+    let folders_left: Vec<bool> = made.dirs().iter().map(|dir| dir.exists()).collect();
+    for (refused, what) in [(&paused, "pause"), (&updated, "update"), (&execed, "exec")] {
+        assert!(
+            refused.code != 0 && refused.stderr.contains(&made.relative),
+            "{what} of the group the record names is refused, naming it: {refused:?}"
+        );
+    }
+    assert!(
+        !frozen,
+        "pause froze the group the record names: {paused:?}"
+    );
+    assert_eq!(
+        limit_after.trim(),
+        "max",
+        "update set a limit on the group the record names: {updated:?}"
+    );
+    assert!(
+        stranger_after_kill,
+        "kill --all killed a process of the group the record names: {killed:?}"
+    );
+    assert_eq!(
+        init_status.and_then(|status| std::os::unix::process::ExitStatusExt::signal(&status)),
+        Some(9),
+        "kill --all signals the init (waited for it to end for 20 s): {killed:?}"
+    );
+    assert!(
+        killed.stderr.contains(&made.relative),
+        "kill --all names the group: {killed:?}"
+    );
+    assert!(
+        stranger_after_delete,
+        "delete killed a process of the group the record names: {deleted:?}"
+    );
+    assert!(
+        folders_left.iter().all(|left| *left),
+        "delete removed the group's folders ({folders_left:?}): {deleted:?}"
+    );
+    assert!(
+        deleted.code == 0 && deleted.stderr.contains(&made.relative),
+        "delete names the group it leaves: {deleted:?}"
+    );
+}
+
+/// A `sleep` of the test's own, killed and reaped when dropped (also after a failed assertion).
+struct Sleeper(std::process::Child);
+
+impl Sleeper {
+    fn start() -> Sleeper {
+        Sleeper(
+            std::process::Command::new("sleep")
+                .arg("1000")
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Whether it is still running after `grace` (polled: it fails as soon as it ended).
+    fn outlives(&mut self, grace: Duration) -> bool {
+        !eventually(grace, || self.0.try_wait().unwrap().is_some())
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A container whose group bears the mark of a container of the same id in another runtime
+/// root (two engines, or two `--root`s, naming one group path: containerd's `/default/web`)
+/// is refused at create, naming that container and what to do: that container's `delete`
+/// would otherwise kill this one and remove its group. Here the other container's init has
+/// ended (its shim died, say), leaving its group empty and marked.
+#[test]
+fn a_group_bearing_the_mark_of_another_roots_container_of_that_id_is_refused() {
+    let pid = std::process::id();
+    let (scratch_a, scratch_b) = (Scratch::new("mark-root-a"), Scratch::new("mark-root-b"));
+    let (runtime_a, runtime_b) = (Runtime::new(&scratch_a), Runtime::new(&scratch_b));
+    // Dropped last: removes the group if a failed assertion left it.
+    let made = MadeGroup::new(format!("feather-oci-test-marked-{pid}"));
+    let mut config = base_config(&["sleep", "100"]);
+    config["linux"]["cgroupsPath"] = json!(format!("/{}", made.relative));
+    let id = format!("marked-{pid}");
+    let bundle_a = Bundle::new(&scratch_a, "bundle", &config);
+    let first = runtime_a.create(&id, &bundle_a, &scratch_a.path("output"));
+    assert_eq!(first.code, 0, "{first:?}");
+    let killed = runtime_a.run(&["kill", &id, "KILL"]);
+    assert_eq!(killed.code, 0, "{killed:?}");
+    runtime_a.wait_stopped(&id);
+
+    let bundle_b = Bundle::new(&scratch_b, "bundle", &config);
+    let second = runtime_b.create(&id, &bundle_b, &scratch_b.path("output"));
+    let root_a = fs::canonicalize(&runtime_a.root).unwrap();
+    let deleted = runtime_a.run(&["delete", "--force", &id]);
+    let group_left = made.v2().exists();
+    assert_ne!(second.code, 0, "{second:?}");
+    assert!(
+        second.stderr.contains(&made.relative)
+            && second
+                .stderr
+                .contains(&root_a.join(&id).display().to_string())
+            && second.stderr.contains("delete that container"),
+        "the error names the group, the container whose mark it bears and what to do: {second:?}"
+    );
+    assert!(
+        deleted.code == 0 && !group_left,
+        "the marked container's delete removes its group: {deleted:?}"
+    );
+}
+
+/// A create that fails past the making of its group (here: a terminal asked for without
+/// --console-socket) removes the group it made, and leaves one it found and joined (an
+/// engine's, with a group of its own below) as it was.
+#[test]
+fn a_failed_create_removes_the_group_it_made_and_leaves_one_it_joined() {
+    let pid = std::process::id();
+    let scratch = Scratch::new("failed-create-group");
+    let runtime = Runtime::new(&scratch);
+    let existing = MadeGroup::new(format!("feather-oci-test-joined-{pid}"));
+    let below = MadeGroup::new(format!("{}/below", existing.relative));
+    let fresh = MadeGroup {
+        relative: format!("feather-oci-test-fresh-{pid}"),
+    };
+    let mut outcomes = Vec::new();
+    for (n, group) in [&existing, &fresh].into_iter().enumerate() {
+        let mut config = base_config(&["sleep", "100"]);
+        config["process"]["terminal"] = json!(true);
+        config["linux"]["cgroupsPath"] = json!(format!("/{}", group.relative));
+        let bundle = Bundle::new(&scratch, &format!("bundle-{n}"), &config);
+        let id = format!("failed-create-{n}-{pid}");
+        let output = scratch.path(&format!("output-{n}"));
+        outcomes.push(runtime.create(&id, &bundle, &output));
+    }
+    // Both fail past the making of the group: on the terminal, or on a v1 device rule the
+    // kernel refuses in a group with a group below it (a hybrid host's).
+    for outcome in &outcomes {
+        assert!(
+            outcome.code != 0
+                && (outcome.stderr.contains("--console-socket")
+                    || outcome.stderr.contains("linux.resources.devices")),
+            "{outcome:?}"
+        );
+    }
+    assert!(
+        existing.dirs().iter().all(|dir| dir.exists()) && below.v2().exists(),
+        "the failed create removed the group it joined: {:?}",
+        outcomes[0]
+    );
+    assert!(
+        fresh.dirs().iter().all(|dir| !dir.exists()),
+        "the failed create left the group it made: {:?}",
+        outcomes[1]
+    );
+}
+
+/// A container whose group bears no mark naming its root (one made before feather-oci
+/// marked every group so: here, marked with its id alone, as then) is still its own where the
+/// kernel says so, every process of its group being in its init's own pid namespace: it is
+/// paused, resumed, exec'd into, paused again and deleted (thawed and killed), its group
+/// removed. Before, `resume` was refused and `delete` of the paused container left its
+/// frozen init for good.
+#[test]
+fn a_container_made_before_the_mark_named_its_root_is_resumed_and_deleted() {
+    let pid = std::process::id();
+    let scratch = Scratch::new("legacy-mark");
+    let runtime = Runtime::new(&scratch);
+    let made = MadeGroup::new(format!("feather-oci-test-legacy-{pid}"));
+    let mut config = base_config(&["sleep", "100"]);
+    config["linux"]["cgroupsPath"] = json!(format!("/{}", made.relative));
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let id = format!("legacy-mark-{pid}");
+    runtime.run_detached(&id, &bundle);
+    feather_oci::cgroups::Groups::new(&made.relative)
+        .mark_for(Path::new(&id))
+        .unwrap();
+    for verb in ["pause", "resume"] {
+        let outcome = runtime.run(&[verb, &id]);
+        assert_eq!(outcome.code, 0, "{verb}: {outcome:?}");
+    }
+    // A usable cpuset (v1's needs one), so that nothing but the check refuses the exec.
+    let cpuset = made.dir_of("cpuset");
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        if let Ok(value) = fs::read_to_string(cpuset.parent().unwrap().join(file)) {
+            let _ = fs::write(cpuset.join(file), value);
+        }
+    }
+    let execed = runtime.run(&["exec", &id, "true"]);
+    assert_eq!(execed.code, 0, "exec: {execed:?}");
+    let paused = runtime.run(&["pause", &id]);
+    assert_eq!(paused.code, 0, "{paused:?}");
+    let deleted = runtime.run(&["delete", "--force", &id]);
+    let group_left = made.v2().exists();
+    thaw(&made);
+    assert_eq!(deleted.code, 0, "{deleted:?}");
+    assert!(
+        !group_left,
+        "delete left the container's group: {deleted:?}"
+    );
+}
+
+/// A container whose group is not provably its own (unmarked, its init in the host's pid
+/// namespace: made where `trusted.*` could not be set, sharing the host's pid namespace) in
+/// create's default group `feather-oci/<id>`: `delete --force` kills its init alone and
+/// removes the group, left empty. Before, every such `delete` leaked its group.
+#[test]
+fn delete_removes_the_empty_default_group_of_a_container_not_provably_its_own() {
+    let scratch = Scratch::new("unmarked-default");
+    let runtime = Runtime::new(&scratch);
+    let id = format!("unmarked-default-{}", std::process::id());
+    let made = MadeGroup::new(format!("feather-oci/{id}"));
+    let init = Sleeper::start();
+    forge_record(&runtime, &id, &init, &made);
+    let deleted = runtime.run(&["delete", "--force", &id]);
+    let left: Vec<_> = made.dirs().into_iter().filter(|dir| dir.exists()).collect();
+    assert!(
+        deleted.code == 0 && left.is_empty(),
+        "delete left the empty group ({left:?}): {deleted:?}"
+    );
+}
+
+/// A container record under `runtime`'s root, as a forger (or a stale record) would write it:
+/// container `id`, its init the test's `init`, its group `made`.
+fn forge_record(runtime: &Runtime, id: &str, init: &Sleeper, made: &MadeGroup) {
+    use feather_oci::store::{Container, Record};
+    feather_oci::store::root_dir(&runtime.root).unwrap();
+    let init_pid = nix::unistd::Pid::from_raw(init.id() as i32);
+    let record = Record {
+        id: id.to_owned(),
+        pid: init_pid.as_raw(),
+        start_ticks: feather_sys::process::start_ticks(init_pid).unwrap(),
+        cgroup: made.relative.clone(),
+        ..Record::default()
+    };
+    Container::make(&runtime.root, record).unwrap();
+}
+
+/// Whether the group's freezer (v1's where the host has one, else v2's) says it is frozen.
+fn freezer_says_frozen(made: &MadeGroup) -> bool {
+    let read = |file: std::path::PathBuf| fs::read_to_string(file).unwrap_or_default();
+    match made
+        .dirs()
+        .into_iter()
+        .find(|dir| dir.join("freezer.state").exists())
+    {
+        Some(dir) => read(dir.join("freezer.state")).trim() != "THAWED",
+        None => read(made.v2().join("cgroup.freeze")).trim() != "0",
+    }
+}
+
+/// Thaws the group in every freezer (the clean-up of a test that found it frozen).
+fn thaw(made: &MadeGroup) {
+    for dir in made.dirs() {
+        let _ = fs::write(dir.join("freezer.state"), "THAWED");
+    }
+    let _ = fs::write(made.v2().join("cgroup.freeze"), "0");
+}
+
 /// An exec into a container with a cgroup namespace of its own (docker's and podman's default
 /// on a cgroup v2 host): the exec'd process is in the container's group and sees it as the
 /// root (`/`) of its cgroup namespace in every hierarchy. It joins that namespace last, after

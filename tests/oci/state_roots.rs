@@ -140,7 +140,13 @@ fn a_container_record_naming_a_process_outside_its_group_gets_no_mount_in_its_na
     // Dropped after the processes in them (declared before them).
     let made = TestGroup::new(&format!("feather-test-{id}-made"));
     let marked = TestGroup::new(&format!("feather-test-{id}-marked"));
-    marked.0.mark_for(&format!("{id}-marked")).unwrap();
+    marked
+        .0
+        .mark_for(&feather_oci::store::mark(
+            &runtime_root,
+            &format!("{id}-marked"),
+        ))
+        .unwrap();
     let stranger = feather_testkit::Stranger::start();
     let neighbour = feather_testkit::Stranger::in_our_namespace();
     made.0.add(pid_of(&stranger)).unwrap();
@@ -203,7 +209,9 @@ impl TestGroup {
     fn new(relative: &str) -> TestGroup {
         let groups = feather_oci::cgroups::Groups::new(relative);
         let made = TestGroup(groups, relative.to_owned());
-        made.0.create(None).unwrap();
+        let mark = Path::new("/feather-oci-test-group");
+        let mut made_now = feather_oci::cgroups::Made::Nothing;
+        (made.0.make(None, mark, false, &mut made_now)).unwrap();
         made
     }
 

@@ -5,6 +5,7 @@
 //! goes to [`crate::devices`]'s policy, on v1 and v2.
 
 use std::fs;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -67,15 +68,28 @@ pub fn relative_path(configured: Option<&Path>, id: &str) -> Result<String> {
 /// group someone else made (another runtime's, a service's, one a test made) never bears it.
 pub const CONTAINER_TAG: &str = "trusted.feather-oci.container";
 
+/// What create made of a container's group, for [`crate::ops::undo`] of a create that fails:
+/// it removes only a group create made, never one it joined or never reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Made {
+    #[default]
+    Nothing,
+    /// An existing group, found empty and joined (as runc joins one).
+    Joined,
+    /// A group create made anew.
+    New,
+}
+
 /// The group of feather's VMs (crates/feather-vm): a container's group is never in it.
 const VMS_GROUP: &str = "feather";
 
 impl Groups {
     pub fn new(relative: &str) -> Groups {
-        Groups {
-            cgroup: Cgroup::new(crate::hierarchies::detect(), relative),
-            relative: PathBuf::from(relative),
-        }
+        let cgroup = Cgroup::new(crate::hierarchies::detect(), relative);
+        // As feather-sys keeps it: plain names only, so that no folder joined here (the
+        // freezer's, the v1 controllers' of crate::controllers) leaves its hierarchy either.
+        let relative = cgroup.relative().to_path_buf();
+        Groups { cgroup, relative }
     }
 
     fn v1_dir(&self, controller: &str) -> Option<PathBuf> {
@@ -112,17 +126,32 @@ impl Groups {
         )
     }
 
-    /// Creates the group everywhere and applies `resources`.
-    pub fn create(&self, resources: Option<&LinuxResources>) -> Result<()> {
-        self.make(resources).map(drop)
-    }
-
-    /// [`Groups::create`], saying how a new process may enter the v2 folder ([`V2Entry`]).
-    pub fn make(&self, resources: Option<&LinuxResources>) -> Result<V2Entry> {
+    /// Makes the group everywhere for the container whose mark is `mark` (its folder,
+    /// [`crate::store::mark`]) and applies `resources`, saying how a new process may enter
+    /// the v2 folder ([`V2Entry`]). The group is marked ([`Groups::mark_as_made_for`]) right
+    /// after its folders are made, before its limits and device program: a create killed past
+    /// that point leaves a group its `delete` knows for the container's. `made` says what was
+    /// made, from before the first folder on, for [`crate::ops::undo`] of a failed create.
+    pub fn make(
+        &self,
+        resources: Option<&LinuxResources>,
+        mark: &Path,
+        over_the_host: bool,
+        made: &mut Made,
+    ) -> Result<V2Entry> {
         let limits = resources.map(limits_of).transpose()?.unwrap_or_default();
+        self.refuse_marked_for_another(mark)?;
+        *made = match self.exists() {
+            true => Made::Joined,
+            false => Made::New,
+        };
         let v2_entry = self
             .cgroup
-            .create_keeping(&limits)
+            .make_folders_keeping()
+            .map_err(|e| anyhow::anyhow!("make the container's cgroup: {e}"))?;
+        self.mark_as_made_for(mark, over_the_host)?;
+        self.cgroup
+            .apply_limits(&limits)
             .map_err(|e| anyhow::anyhow!("linux.resources: {e}"))?;
         if let Some(dir) = self.freezer_dir() {
             fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -327,18 +356,66 @@ impl Groups {
         self.cgroup.members()
     }
 
-    /// Marks the group as container `id`'s ([`CONTAINER_TAG`]), once create made it: the
-    /// hiding of a new state root joins only an init found in a group so marked
-    /// (crate::hiding), never one a record merely names.
-    pub fn mark_for(&self, id: &str) -> Result<()> {
+    /// Whether the group has a folder in any hierarchy.
+    pub fn exists(&self) -> bool {
+        self.cgroup.exists()
+    }
+
+    /// Marks the group as the container's whose folder is `mark` ([`CONTAINER_TAG`],
+    /// [`crate::store::mark`]: its canonical runtime root and its id, as two runtime roots
+    /// may each hold a container of one id), once create made it: the hiding of a new state
+    /// root joins only an init found in a group so marked (crate::hiding), and `kill --all`
+    /// and `delete` signal and remove only a group so marked (crate::store::own_groups),
+    /// never one a record merely names.
+    pub fn mark_for(&self, mark: &Path) -> Result<()> {
         self.cgroup
-            .tag(CONTAINER_TAG, id.as_bytes())
+            .tag(CONTAINER_TAG, mark.as_os_str().as_bytes())
             .map_err(|e| anyhow::anyhow!("mark the container's cgroup: {e}"))
     }
 
-    /// Whether create made the group for container `id` ([`Groups::mark_for`]).
-    pub fn is_marked_for(&self, id: &str) -> bool {
-        self.cgroup.tag_value(CONTAINER_TAG).as_deref() == Some(id.as_bytes())
+    /// [`Groups::mark_for`] as `create` and `restore` need it: a container over the host
+    /// needs the mark (crate::hiding trusts its init by it), so a failure fails it; any other
+    /// runs without one where the group's filesystem takes no `trusted.*` attribute (a
+    /// runtime with `CAP_SYS_ADMIN` in a user namespace only), with a warning (docs/oci.md,
+    /// "Whose group `kill --all` and `delete` act on", says what is done to it then).
+    fn mark_as_made_for(&self, mark: &Path, over_the_host: bool) -> Result<()> {
+        match self.mark_for(mark) {
+            Ok(()) => Ok(()),
+            Err(error) if over_the_host => Err(error),
+            Err(error) => {
+                crate::log::warn(&format!(
+                    "{error:#}: container {} runs with its group {} unmarked (see \"Whose \
+                     group\" in feather-oci's docs for what kill --all, delete, pause and exec \
+                     do then)",
+                    mark.display(),
+                    self.relative.display()
+                ));
+                Ok(())
+            }
+        }
+    }
+
+    /// The mark the group bears ([`Groups::mark_for`]), if any.
+    pub fn mark(&self) -> Option<PathBuf> {
+        let bytes = self.cgroup.tag_value(CONTAINER_TAG)?;
+        Some(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+    }
+
+    /// Create's refusal of a group bearing another container's mark: that container was made
+    /// in it and never deleted (its engine's root may be another, with a container of the
+    /// same id), and its `delete` would kill this container and remove its group.
+    fn refuse_marked_for_another(&self, mark: &Path) -> Result<()> {
+        match self.mark() {
+            Some(other) if other != mark => bail!(
+                "linux.cgroupsPath {}: the group is container {}'s (it bears its mark \
+                 {CONTAINER_TAG}), which was never deleted: delete that container (feather-oci \
+                 --root <its folder's parent> delete --force <its id>), or, if its folder is \
+                 gone, remove the empty group; or name another group",
+                self.relative.display(),
+                other.display()
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// `kill --all`: sends `signal` to every process of the group, as runc does. SIGKILL goes
@@ -396,10 +473,14 @@ impl Groups {
 
     pub fn remove(&self) {
         let _ = self.cgroup.remove(Duration::from_secs(2));
-        if let Some(dir) = self.freezer_dir() {
-            let _ = fs::remove_dir(dir);
-        }
-        for dir in crate::controllers::v1_dirs(&self.relative) {
+        self.remove_if_empty();
+    }
+
+    /// Removes each of the group's folders that holds no process and no group (an `rmdir`,
+    /// which the kernel refuses for any other): nothing is killed, nothing else removed.
+    pub fn remove_if_empty(&self) {
+        let dirs = self.cgroup.dirs().into_iter().chain(self.freezer_dir());
+        for dir in dirs.chain(crate::controllers::v1_dirs(&self.relative)) {
             let _ = fs::remove_dir(dir);
         }
     }
@@ -657,7 +738,8 @@ mod kill_tests {
     #[test]
     fn a_killed_group_is_left_thawed_in_v2_too() {
         let groups = Groups::new(&format!("feather-oci-test-killall-{}", std::process::id()));
-        groups.create(None).unwrap();
+        let mut made = Made::Nothing;
+        (groups.make(None, Path::new("/test"), false, &mut made)).unwrap();
         let mut sleep = std::process::Command::new("sleep")
             .arg("60")
             .spawn()

@@ -230,7 +230,13 @@ pub fn checkpoint(root: &Path, args: &CheckpointArgs) -> Result<()> {
         // copies its writable layer and only then resumes it — the layer must not change
         // between the dump and that copy (a thaw of ours let a writer truncate a file whose
         // size CRIU had just recorded, and the restore failed: "File tmp/count has bad size").
-        freeze_cgroup: Some(container.groups().freezer_group()?.display().to_string()),
+        // Only the container's own group ([`Container::own_groups`]): a record naming
+        // `init.scope` would have CRIU freeze the host's init. Without it CRIU seizes the
+        // process tree alone, by ptrace.
+        freeze_cgroup: match container.own_groups() {
+            Ok(groups) => Some(groups.freezer_group()?.display().to_string()),
+            Err(_) => None,
+        },
         ..common_options()
     };
     let log = args

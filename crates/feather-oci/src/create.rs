@@ -16,6 +16,7 @@ use nix::sys::stat::Mode;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::annotations::Feather;
+use crate::cgroups::Made;
 use crate::hooks::{self, Kind};
 use crate::init::Init;
 use crate::store::{Container, Record};
@@ -40,9 +41,10 @@ pub fn create(root: &Path, args: &CreateArgs) -> Result<()> {
     feather_sys::process::make_undumpable().context("create")?;
     let (mut container, spec, feather) =
         make_container(root, &args.id, &args.bundle, &args.policy)?;
-    let made = build(&mut container, &spec, args, &feather);
-    if let Err(error) = made {
-        crate::ops::destroy(&container);
+    let mut made = Made::Nothing;
+    let built = build(&mut container, &spec, args, &feather, &mut made);
+    if let Err(error) = built {
+        crate::ops::undo(&container, made);
         return Err(error);
     }
     Ok(())
@@ -96,7 +98,7 @@ pub fn make_container(
     feather_core::trace::phase("read and check the config");
     let container = Container::make(root, record)?;
     if let Err(error) = spec.save(container.dir.join("config.json")) {
-        crate::ops::destroy(&container);
+        crate::ops::undo(&container, Made::Nothing);
         return Err(error.into());
     }
     // feather's own tools (`feather ls`) list the containers of every root used; an engine's
@@ -113,6 +115,7 @@ fn build(
     spec: &Spec,
     args: &CreateArgs,
     feather: &Feather,
+    made: &mut Made,
 ) -> Result<()> {
     nix::unistd::mkfifo(&container.fifo(), Mode::from_bits_truncate(0o622))
         .with_context(|| format!("make {}", container.fifo().display()))?;
@@ -120,12 +123,17 @@ fn build(
     let linux = spec.linux().clone().context("linux")?;
     let groups = container.groups();
     feather_core::trace::phase("make the fifo");
-    let v2_entry = groups.make(linux.resources().as_ref())?;
-    // Only a container over the host needs the mark (crate::hiding): an image container runs
-    // where trusted.* attributes cannot be set (CAP_SYS_ADMIN in a user namespace only).
-    if feather.host_base {
-        groups.mark_for(&container.record.id)?;
-    }
+    // Made for this container, and marked so as soon as its folders are (Groups::make):
+    // `kill --all` and `delete` act on no other group (crate::store::own_groups), and a root
+    // registered later is hidden only in the init of a group so marked (crate::hiding). Only
+    // a container over the host needs it; an image container runs where trusted.* attributes
+    // cannot be set (CAP_SYS_ADMIN in a user namespace only), unmarked.
+    let v2_entry = groups.make(
+        linux.resources().as_ref(),
+        &container.mark(),
+        feather.host_base,
+        made,
+    )?;
     feather_core::trace::phase("make the cgroups");
     if feather.host_base {
         crate::mounts::host_layer(&container.dir)?;

@@ -103,8 +103,18 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
     };
     // Opened here, in the host's mount namespace: the child starts in the container's groups
     // (see `start_child`).
+    // Only the container's own group: a process put in the group a record merely names
+    // (`init.scope`, another container's) would escape this container's limits and die with
+    // that group's `kill --all`.
     let entry = container
-        .groups()
+        .own_groups()
+        .map_err(|why| {
+            anyhow::anyhow!(
+                "cannot exec in container {}: its record names {why}: no process is started \
+                 in it (see \"Whose group\" in feather-oci's docs)",
+                args.id
+            )
+        })?
         .entry(container.record.v2_entry())
         .with_context(|| format!("cannot exec in container {}", args.id))?;
     // Taken in the host's namespaces, before the container's: the child writes into /proc

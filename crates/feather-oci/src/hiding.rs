@@ -15,9 +15,8 @@ use anyhow::{Context, Result};
 use feather_core::StateRoot;
 use nix::unistd::Pid;
 
-use crate::cgroups::Groups;
 use crate::registry::RootRegistry;
-use crate::store::{Container, Record};
+use crate::store::Container;
 
 /// Hides `new`'s folders in every running container over the host, of every runtime root
 /// feather-oci was used with. Returns one warning per container where that failed.
@@ -84,7 +83,7 @@ fn hide_in(container: &Container, folders: &[impl AsRef<Path>]) -> Result<()> {
     let Some(pidfd) = container.init_pidfd() else {
         return Ok(());
     };
-    if let Err(why) = init_trusted(&container.record) {
+    if let Err(why) = init_trusted(container) {
         // The init ended meanwhile, its pid reused: nothing is left to hide anything in.
         if !container.init_alive() {
             return Ok(());
@@ -119,29 +118,21 @@ struct Untrusted(String);
 /// container, forged by whoever could write it) would have it mounted there, the host's own
 /// namespace perhaps. Four checks, as none alone holds against a forged record (which names
 /// its group as freely as its pid):
-/// - the group is one create would have named ([`crate::cgroups::relative_path`]: never the
-///   hierarchy's root, where every process is, a path with `..`, nor `feather/`, the VMs');
-/// - create made it for this container: it bears create's mark naming the id
-///   ([`Groups::mark_for`], `trusted.*`, which no record's writer but root sets);
+/// - the group is one create would have named and made for this container, bearing its
+///   mark ([`crate::store::marked_groups`]; the mark alone, where `kill --all` and `delete`
+///   also take an unmarked group their init provably has to itself);
 /// - the init is a member, read in the group's folders in each hierarchy (`Cgroup::members`),
 ///   not from the process's `/proc/PID/cgroup` (relative to its cgroup namespace), as
 ///   feather_vm's hiding does (feather derives the VM's group itself; here the record names
 ///   it, hence the mark);
 /// - and its mount namespace is neither the caller's nor pid 1's: a container over the host
 ///   has one of its own, and a mount in the host's would hide the root from the host itself.
-fn init_trusted(record: &Record) -> std::result::Result<(), String> {
+fn init_trusted(container: &Container) -> std::result::Result<(), String> {
+    let record = &container.record;
     let group = &record.cgroup;
-    let Ok(relative) = crate::cgroups::relative_path(Some(Path::new(group)), &record.id) else {
-        return Err(format!(
-            "in cgroup {group:?}, a group feather-oci never makes"
-        ));
-    };
-    let groups = Groups::new(&relative);
-    if !groups.is_marked_for(&record.id) {
-        return Err(format!(
-            "in cgroup {group:?}, which feather-oci did not make for this container"
-        ));
-    }
+    let groups = container
+        .marked_groups()
+        .map_err(|why| format!("in {why}"))?;
     if !groups.members().contains(&Pid::from_raw(record.pid)) {
         return Err(format!("which is not in the container's cgroup {group:?}"));
     }

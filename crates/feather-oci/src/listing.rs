@@ -94,7 +94,9 @@ fn summary(root: &Path, container: &Container) -> ContainerSummary {
         },
         bundle: container.record.bundle.clone(),
         created: container.record.created.clone(),
-        processes: container.groups().members().len(),
+        processes: container
+            .named_groups()
+            .map_or(0, |groups| groups.members().len()),
     }
 }
 
@@ -117,8 +119,9 @@ pub fn processes(
         }
     }
     let mut rows: Vec<ContainerProcess> = container
-        .groups()
-        .members()
+        .named_groups()
+        .map(|groups| groups.members())
+        .unwrap_or_default()
         .into_iter()
         .filter_map(|pid| feather_sys::process::describe(pid).map(ContainerProcess::from))
         .collect();

@@ -16,6 +16,7 @@ use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxResources, Spec};
 
+use crate::cgroups::{Groups, Made};
 use crate::hooks::{self, Kind};
 use crate::store::{Container, Record, Status};
 
@@ -120,7 +121,13 @@ pub fn kill_container(root: &Path, id: &str, signal: &str, all: bool) -> Result<
         ),
     }
     if all {
-        return container.groups().signal_all(signal);
+        match container.own_groups() {
+            Ok(groups) => return groups.signal_all(signal),
+            Err(why) => crate::log::warn(&format!(
+                "kill --all of container {id}: its record names {why}: only its init is \
+                 signalled"
+            )),
+        }
     }
     let Some(init) = container.init_pidfd() else {
         bail!("cannot kill container {id}: its init has exited (container not running): nothing to signal; delete it");
@@ -168,21 +175,73 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
     Ok(())
 }
 
-/// Kills every process of the container and removes its cgroup and folder.
+/// Kills every process of the container and removes its cgroup and folder: the group only
+/// where create made it for this container ([`Container::own_groups`]); the group a record
+/// merely names (forged, or of a container made where its group could not be marked) is
+/// left, and its processes, but the init, with a warning naming it.
 pub fn destroy(container: &Container) {
+    let groups = match container.own_groups() {
+        Ok(groups) => Some(groups),
+        Err(why) => {
+            if container.groups().exists() {
+                crate::log::warn(&format!(
+                    "delete of container {}: its record names {why}: its init alone is \
+                     killed, and the group left as it is (but for an empty feather-oci/<id>; \
+                     remove it once empty, if it was the container's)",
+                    container.record.id
+                ));
+            }
+            None
+        }
+    };
+    destroy_with(container, groups.as_ref());
+    if groups.is_none() {
+        remove_default_group_if_empty(container);
+    }
+}
+
+/// The group a container not its own left ([`destroy`]), where it is create's default
+/// (`feather-oci/<id>`, which no engine or administrator names) and bears no mark: removed
+/// if it is empty (the init of a container with its own pid namespace took every process with
+/// it), never emptied. Else every `delete` of a container made unmarked leaked its group, and
+/// nothing listed it once the container's folder was gone.
+fn remove_default_group_if_empty(container: &Container) {
+    let default = crate::cgroups::relative_path(None, &container.record.id).ok();
+    if default.as_deref() != Some(container.record.cgroup.as_str()) {
+        return;
+    }
     let groups = container.groups();
+    if groups.mark().is_none() {
+        groups.remove_if_empty();
+    }
+}
+
+/// [`destroy`] of a container whose `create` or `restore` failed, by what it `made` of the
+/// group ([`Made`]): a group it made anew is emptied and removed, marked or not (it may have
+/// failed before the mark); one it joined (found empty) or never reached is not touched, its
+/// init alone killed (a failed create's init has forked nothing yet).
+pub fn undo(container: &Container, made: Made) {
+    let groups = (made == Made::New).then(|| container.groups());
+    destroy_with(container, groups.as_ref());
+}
+
+fn destroy_with(container: &Container, groups: Option<&Groups>) {
     if let Some(init) = container.init_pidfd() {
         let _ = feather_sys::process::signal(&init, Signal::SIGKILL);
     }
     feather_core::trace::phase("signal the init");
-    groups.kill_all();
+    if let Some(groups) = groups {
+        groups.kill_all();
+    }
     feather_core::trace::phase("kill the cgroups' processes");
     let deadline = Instant::now() + Duration::from_secs(5);
     while container.init_alive() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(2));
     }
     feather_core::trace::phase("wait for the init to end");
-    groups.remove();
+    if let Some(groups) = groups {
+        groups.remove();
+    }
     feather_core::trace::phase("remove the cgroups");
     if container.record.pid == 0 || !container.init_alive() {
         crate::mounts::remove_host_layer(&container.dir);
@@ -194,7 +253,8 @@ pub fn destroy(container: &Container) {
 pub fn ps(root: &Path, id: &str, json: bool) -> Result<()> {
     let container = Container::load(root, id)?;
     let pids: Vec<i32> = container
-        .groups()
+        .named_groups()
+        .map_err(|why| anyhow::anyhow!("ps of container {id}: its record names {why}"))?
         .members()
         .into_iter()
         .map(Pid::as_raw)
@@ -261,7 +321,8 @@ pub fn pause(root: &Path, id: &str, frozen: bool) -> Result<()> {
             other.name()
         ),
     }
-    container.groups().freeze(frozen)
+    let verb = if frozen { "pause" } else { "resume" };
+    own_groups_to(verb, &container)?.freeze(frozen)
 }
 
 pub fn events(root: &Path, id: &str, stats: bool, interval: Duration) -> Result<()> {
@@ -273,7 +334,7 @@ pub fn events(root: &Path, id: &str, stats: bool, interval: Duration) -> Result<
         let event = serde_json::json!({
             "type": "stats",
             "id": id,
-            "data": container.groups().stats(),
+            "data": container.named_groups().map(|groups| groups.stats()).ok(),
         });
         say!("{event}")?;
         if stats {
@@ -299,7 +360,20 @@ pub fn update(root: &Path, id: &str, resources: Option<&Path>) -> Result<()> {
     let resources: LinuxResources =
         serde_json::from_str(&text).context("--resources: not linux.resources JSON")?;
     crate::validate::check_resources_public(&resources)?;
-    container.groups().update(&resources)
+    own_groups_to("update", &container)?.update(&resources)
+}
+
+/// The group `verb` (`pause`, `resume`, `update`) freezes or sets limits on: the one create
+/// made for the container ([`Container::own_groups`]), as for `kill --all`; a group its record
+/// merely names (`init.scope`, whose freezing would stop the host's init) is refused, by name.
+fn own_groups_to(verb: &str, container: &Container) -> Result<Groups> {
+    container.own_groups().map_err(|why| {
+        anyhow::anyhow!(
+            "cannot {verb} container {}: its record names {why}: nothing was changed (see \
+             \"Whose group\" in feather-oci's docs)",
+            container.record.id
+        )
+    })
 }
 
 /// runc's `features`: what this runtime honours.

@@ -34,6 +34,7 @@ use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::cgroups::Made;
 use crate::checkpoint::{self, DESCRIPTORS, NET_KEY};
 use crate::create::PidFile;
 use crate::store::Container;
@@ -75,16 +76,20 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
     crate::image_folder::check(&images, &args.image_path)?;
     let (mut container, spec, _) =
         crate::create::make_container(root, &args.id, &args.bundle, &args.policy)?;
+    let mut made = Made::Nothing;
     let restored = checkpoint::check_config(&spec, "restore")
         .and_then(|()| {
             let linux = spec.linux().clone().context("linux")?;
-            container.groups().create(linux.resources().as_ref())?;
-            // As create marks it: a root registered later is hidden in a restored container
-            // over the host only in a group so marked (crate::hiding).
-            if crate::hiding::is_over_the_host(&container) {
-                container.groups().mark_for(&container.record.id)?;
-            }
-            Ok(())
+            // Marked as create marks it: a root registered later is hidden in a restored
+            // container over the host only in a group so marked (crate::hiding), and
+            // `kill --all` and `delete` act only on a group so marked (crate::store).
+            let over_the_host = crate::hiding::is_over_the_host(&container);
+            let resources = linux.resources().as_ref();
+            let mark = container.mark();
+            container
+                .groups()
+                .make(resources, &mark, over_the_host, &mut made)
+                .map(drop)
         })
         .and_then(|()| {
             let hold = container.groups().hold()?;
@@ -136,7 +141,7 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
     let pid = match restored {
         Ok(pid) => pid,
         Err(error) => {
-            crate::ops::destroy(&container);
+            crate::ops::undo(&container, made);
             return Err(error);
         }
     };

@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 use oci_spec::runtime::{ContainerState, Spec, State, StateBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::cgroups::Groups;
+use crate::cgroups::{Groups, CONTAINER_TAG};
 
 /// What `create` recorded. `pid` is 0 while the container is being created.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -166,8 +166,34 @@ impl Container {
             .with_context(|| format!("read the config of container {}", self.record.id))
     }
 
+    /// The group the record names, as it names it: to read (`ps`, the status) and to act on
+    /// where the container's own processes decide nothing. `kill --all` and `delete`, which
+    /// act on every process in it, take [`Container::own_groups`].
     pub fn groups(&self) -> Groups {
         Groups::new(&self.record.cgroup)
+    }
+
+    /// The group create made for this container, or one its init provably has to itself
+    /// (see [`own_groups`]).
+    pub fn own_groups(&self) -> Result<Groups, NotItsGroup> {
+        own_groups(self)
+    }
+
+    /// The group the record names, if create would ever name it (never a hierarchy's root,
+    /// nor a path with `..`): to read (`ps`, `list`, the status, `events --stats`).
+    pub fn named_groups(&self) -> Result<Groups, NotItsGroup> {
+        named_groups(&self.record)
+    }
+
+    /// The group create made and marked for this container ([`marked_groups`]).
+    pub fn marked_groups(&self) -> Result<Groups, NotItsGroup> {
+        marked_groups(self)
+    }
+
+    /// The mark create sets on this container's group ([`mark`]).
+    pub fn mark(&self) -> PathBuf {
+        let root = self.dir.parent().unwrap_or(Path::new("/"));
+        mark(root, &self.record.id)
     }
 
     /// The init, if it is still the process create started.
@@ -196,7 +222,7 @@ impl Container {
         if self.fifo().exists() {
             return Status::Created;
         }
-        if self.groups().is_frozen() {
+        if self.named_groups().is_ok_and(|groups| groups.is_frozen()) {
             return Status::Paused;
         }
         Status::Running
@@ -231,6 +257,121 @@ impl Container {
         value["owner"] = "".into();
         Ok(value)
     }
+}
+
+/// Why the group a record names is not one create made for its container.
+#[derive(Debug, thiserror::Error)]
+pub enum NotItsGroup {
+    #[error("cgroup {0:?}, a group feather-oci never makes")]
+    NeverMade(String),
+    #[error(
+        "cgroup {0:?}, which feather-oci did not make for this container (it bears no mark \
+         {CONTAINER_TAG} naming it, and holds a process outside its init's own pid namespace, \
+         or its init has ended)"
+    )]
+    NotMarked(String),
+    #[error(
+        "cgroup {0:?}, which bears the mark {CONTAINER_TAG} of container {1:?}, not this one's \
+         (a container of this id in another runtime root, or one made there and never deleted)"
+    )]
+    MarkedForAnother(String, PathBuf),
+}
+
+/// The mark create sets on the group of container `id` of runtime root `root`
+/// ([`Groups::mark_for`]): the container's folder, under the root's canonical path. Two
+/// runtime roots (two engines, or one engine's two `--root`s) may each hold a container of one
+/// id in one group path (containerd's `/default/web`): the root tells them apart.
+pub fn mark(root: &Path, id: &str) -> PathBuf {
+    let root = root
+        .canonicalize()
+        .or_else(|_| std::path::absolute(root))
+        .unwrap_or_else(|_| root.to_owned());
+    root.join(id)
+}
+
+/// The group `container`'s record names, if create (or restore) made it for this container:
+/// a group create would name ([`crate::cgroups::relative_path`]: never a hierarchy's root,
+/// where every process is, nor a path with `..` or in `feather/`) bearing create's mark
+/// naming the container's runtime root and id ([`mark`]; `trusted.*`: no one but root sets
+/// it, create sets it on the group it made or joined empty, and refuses one bearing another
+/// container's). A record names its group as freely as its pid: the group of another
+/// runtime's container, a service's, `init.scope`, where a forged or stale record names one.
+pub fn marked_groups(container: &Container) -> Result<Groups, NotItsGroup> {
+    let groups = named_groups(&container.record)?;
+    match groups.mark() {
+        Some(mark) if mark == container.mark() => Ok(groups),
+        Some(mark) => Err(NotItsGroup::MarkedForAnother(
+            container.record.cgroup.clone(),
+            mark,
+        )),
+        None => Err(NotItsGroup::NotMarked(container.record.cgroup.clone())),
+    }
+}
+
+/// The group `kill --all`, `delete`, `pause`, `resume`, `update`, `exec` and `checkpoint` act
+/// on: the one create marked for the container ([`marked_groups`]), or, for a group bearing
+/// no mark of this form (a container made before feather-oci marked every group with its
+/// root, or where `trusted.*` cannot be set), one its init provably has to itself
+/// ([`held_by_the_inits_namespace`]). A group bearing another container's mark is never it.
+pub fn own_groups(container: &Container) -> Result<Groups, NotItsGroup> {
+    let why = match marked_groups(container) {
+        Ok(groups) => return Ok(groups),
+        Err(why) => why,
+    };
+    // No mark, or one of the form feather-oci set before it named the root (the id alone).
+    let unmarked = match &why {
+        NotItsGroup::NotMarked(_) => true,
+        NotItsGroup::MarkedForAnother(_, mark) => mark.as_os_str() == container.record.id.as_str(),
+        NotItsGroup::NeverMade(_) => false,
+    };
+    if unmarked {
+        let groups = named_groups(&container.record)?;
+        if held_by_the_inits_namespace(container, &groups) {
+            return Ok(groups);
+        }
+    }
+    Err(why)
+}
+
+/// The group a record names, if create would ever name it ([`crate::cgroups::relative_path`]).
+fn named_groups(record: &Record) -> Result<Groups, NotItsGroup> {
+    let group = &record.cgroup;
+    match crate::cgroups::relative_path(Some(Path::new(group)), &record.id) {
+        Ok(relative) if relative == *group => Ok(Groups::new(&relative)),
+        _ => Err(NotItsGroup::NeverMade(group.clone())),
+    }
+}
+
+/// Whether an unmarked group is the container's by what the kernel says: its init is alive
+/// (the process create started, [`Container::init_pidfd`]) and in it, and every process in
+/// it is in the init's pid namespace, which is neither this command's nor pid 1's. No
+/// service, `init.scope` or other container's group (each in the host's pid namespace, or
+/// another of its own) passes. A container sharing the host's pid namespace never passes:
+/// its unmarked group is left to its init alone (docs/oci.md).
+fn held_by_the_inits_namespace(container: &Container, groups: &Groups) -> bool {
+    let Some(_held) = container.init_pidfd() else {
+        return false;
+    };
+    let init = container.record.pid;
+    let Some(its) = pid_namespace(&init.to_string()) else {
+        return false;
+    };
+    if [pid_namespace("self"), pid_namespace("1")].contains(&Some(its)) {
+        return false;
+    }
+    let members = groups.members();
+    members.contains(&Pid::from_raw(init))
+        && members
+            .iter()
+            .all(|pid| pid_namespace(&pid.to_string()) == Some(its))
+}
+
+/// The pid namespace of process `of` (a pid, `self`), as (device, inode).
+fn pid_namespace(of: &str) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(format!("/proc/{of}/ns/pid"))
+        .ok()
+        .map(|meta| (meta.dev(), meta.ino()))
 }
 
 fn is_zombie(pid: i32) -> bool {
@@ -272,6 +413,66 @@ mod tests {
                 ..Record::default()
             },
         }
+    }
+
+    /// A group the test made, removed when dropped (also when the test fails).
+    struct TestGroup(String);
+
+    impl TestGroup {
+        fn new(what: &str) -> TestGroup {
+            let name = format!("feather-oci-test-{what}-{}", std::process::id());
+            let cgroup = feather_sys::cgroup::Cgroup::new(crate::hierarchies::detect(), &name);
+            cgroup.create(&Default::default()).unwrap();
+            TestGroup(name)
+        }
+    }
+
+    impl Drop for TestGroup {
+        fn drop(&mut self) {
+            Groups::new(&self.0).remove();
+        }
+    }
+
+    fn in_root(root: &str, cgroup: &str) -> Container {
+        Container {
+            dir: Path::new(root).join("c1"),
+            record: Record {
+                id: "c1".to_owned(),
+                cgroup: cgroup.to_owned(),
+                ..Record::default()
+            },
+        }
+    }
+
+    /// A record naming a hierarchy's root (where every process is), a path create never
+    /// names (`..`, a leading `/` it would have taken off), a group bearing no mark, or one
+    /// bearing the mark of the container of the same id in another runtime root, has no group
+    /// of its own: `kill --all`, `delete`, `pause`, `exec` act on none of them, and `ps` and
+    /// the status read none. The group marked for this root and id is the container's.
+    #[test]
+    fn only_the_group_marked_for_the_containers_root_and_id_is_its_own() {
+        for named in ["", "/", "a/../..", "a/../b", "/system.slice", "."] {
+            let container = in_root("/feather-oci-test-root-a", named);
+            assert!(
+                matches!(container.own_groups(), Err(NotItsGroup::NeverMade(_))),
+                "{named:?}"
+            );
+            assert!(container.named_groups().is_err(), "{named:?}");
+        }
+        let unmarked = TestGroup::new("unmarked");
+        assert!(matches!(
+            in_root("/feather-oci-test-root-a", &unmarked.0).own_groups(),
+            Err(NotItsGroup::NotMarked(group)) if group == unmarked.0
+        ));
+        let marked = TestGroup::new("marked");
+        let ours = in_root("/feather-oci-test-root-a", &marked.0);
+        Groups::new(&marked.0).mark_for(&ours.mark()).unwrap();
+        let same_id_elsewhere = in_root("/feather-oci-test-root-b", &marked.0);
+        assert!(matches!(
+            same_id_elsewhere.own_groups(),
+            Err(NotItsGroup::MarkedForAnother(_, mark)) if mark == ours.mark()
+        ));
+        assert!(ours.own_groups().is_ok());
     }
 
     /// The pidfd `kill`, `exec`, `destroy` and hiding act through: given for the init create

@@ -144,10 +144,16 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
+    /// The group `relative` names below each hierarchy's root. Only its plain names are kept
+    /// ([`below_the_root`]): every folder of the group is then inside a hierarchy, whatever
+    /// the path held. Joined to a mount point, a path with a leading `/` would replace it
+    /// (`mount.join("/system.slice")` is `/system.slice`, no cgroup at all) and one with `..`
+    /// would leave it. A caller given the path as input refuses such a path first, by name
+    /// (feather-oci's `linux.cgroupsPath`).
     pub fn new(hierarchies: Hierarchies, relative: impl Into<PathBuf>) -> Self {
         Cgroup {
             hierarchies,
-            relative: relative.into(),
+            relative: below_the_root(&relative.into()),
         }
     }
 
@@ -258,18 +264,36 @@ impl Cgroup {
     /// removed and made anew, and a new process moves itself into it after its clone
     /// ([`V2Entry::AfterClone`]: its kill count is unknown).
     pub fn create_keeping(&self, limits: &Limits) -> Result<V2Entry> {
+        let v2_entry = self.make_folders_keeping()?;
+        self.apply_limits(limits)?;
+        Ok(v2_entry)
+    }
+
+    /// The folders of [`Cgroup::create_keeping`], without its limits: for a caller that tags
+    /// the group ([`Cgroup::tag`]) before anything else is done to it.
+    pub fn make_folders_keeping(&self) -> Result<V2Entry> {
         let v2_entry = match self.v2_dir() {
             Some(dir) if dir.exists() => V2Entry::AfterClone,
             _ => V2Entry::AtClone,
         };
-        self.make(limits)?;
+        self.make_folders()?;
         Ok(v2_entry)
     }
 
     fn make(&self, limits: &Limits) -> Result<()> {
+        self.make_folders()?;
+        self.apply_limits(limits)
+    }
+
+    fn make_folders(&self) -> Result<()> {
         for dir in self.dirs() {
             fs::create_dir_all(&dir).ctx("create cgroup", dir.display())?;
         }
+        Ok(())
+    }
+
+    /// Writes `limits` into the group's folders, made already.
+    pub fn apply_limits(&self, limits: &Limits) -> Result<()> {
         if let Some(bytes) = limits.memory_bytes {
             self.write_limit(
                 "memory",
@@ -694,6 +718,18 @@ impl Cgroup {
             .parse()
             .ok()
     }
+}
+
+/// `path`'s plain names (`/a/./b` and `a/b/` are `a/b`; `..` is dropped, never followed): a
+/// path that, joined to a hierarchy's mount point, names a folder inside it. A leading `/`
+/// names the hierarchy's root, as `linux.cgroupsPath` means it.
+fn below_the_root(path: &Path) -> PathBuf {
+    path.components()
+        .filter_map(|component| match component {
+            std::path::Component::Normal(name) => Some(name),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A frozen cgroup; dropping it thaws the group.
@@ -1625,6 +1661,35 @@ mod tests {
         }
         held.keeper = None;
         assert!(left.is_empty(), "left in the group: {left:?}");
+    }
+
+    /// A path with a leading `/` (a container runtime's `cgroupsPath`, a record) or with `..`
+    /// names a group inside each hierarchy: joined as given, `/system.slice` was the folder
+    /// `/system.slice` of the root filesystem and `../x` a folder beside the hierarchy.
+    #[test]
+    fn every_folder_of_a_group_is_inside_its_hierarchy_whatever_its_path_holds() {
+        let dir = Path::new("/sys/fs/cgroup");
+        for (path, inside) in [
+            ("/system.slice", "system.slice"),
+            ("//a/./b/", "a/b"),
+            ("../../etc", "etc"),
+            ("a/../../b", "a/b"),
+            ("/", ""),
+        ] {
+            let group = Cgroup::new(hybrid(dir), path);
+            assert_eq!(group.relative(), Path::new(inside), "{path}");
+            for folder in group.dirs() {
+                let hierarchy = ["memory", "pids", "devices", "unified"]
+                    .iter()
+                    .map(|h| dir.join(h))
+                    .find(|h| folder.starts_with(h));
+                assert_eq!(
+                    hierarchy.map(|h| h.join(inside)),
+                    Some(folder.clone()),
+                    "{path}: {folder:?}"
+                );
+            }
+        }
     }
 
     #[test]
