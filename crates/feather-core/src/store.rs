@@ -477,11 +477,7 @@ pub fn locked_while_moved(folder: &Path) -> Result<File> {
 
 /// The folder of a create `path` in `vms/`, opened (never through a link).
 fn open_creating(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-        .open(path)
-        .at(path)
+    feather_sys::folder::open_no_follow(path).at(path)
 }
 
 /// Removes the folder of a create `path` in `vms/` if the create is dead: no one holds its
@@ -754,19 +750,24 @@ impl VmDir {
     /// fails, naming the process and how to let it go on or end it. A post-copy `migrate`
     /// stopped after its dump also holds the VM's keeper, which waits for it.
     pub fn lock_operations_unless_holder_stopped(&self, what: &str) -> Result<File> {
+        use crate::lock_holder::{IfStopped, NotTaken};
         let path = self.path.join("op.lock");
+        let file = open_lock_file(&path)?;
         loop {
-            if let Some(file) = try_lock(&path)? {
-                return Ok(file);
+            // Without end but for a stopped holder: in rounds of a minute.
+            let round = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            match crate::lock_holder::lock_within(&file, round, IfStopped::GiveUp) {
+                Ok(()) => return Ok(file),
+                Err(NotTaken::HeldPast(_)) => {}
+                Err(NotTaken::HeldStopped(holder)) => {
+                    return Err(self.held_by_stopped(what, &holder))
+                }
+                Err(NotTaken::Failed(e)) => return Err(e).at(&path),
             }
-            if let Some(holder) = crate::lock_holder::stopped_holder(&path) {
-                return Err(self.held_by_stopped(what, &holder));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
 
-    fn held_by_stopped(&self, what: &str, holder: &crate::lock_holder::StoppedHolder) -> Error {
+    fn held_by_stopped(&self, what: &str, holder: &crate::lock_holder::Holder) -> Error {
         let pid = holder.pid;
         let command = crate::display::escape_for_terminal(&holder.command);
         Error::Other(format!(
@@ -783,16 +784,14 @@ impl VmDir {
     /// Like [`VmDir::lock_operations`], but waits at most `patience`: None when the lock
     /// stayed taken all that time.
     pub fn lock_operations_within(&self, patience: std::time::Duration) -> Result<Option<File>> {
+        use crate::lock_holder::{IfStopped, NotTaken};
         let path = self.path.join("op.lock");
+        let file = open_lock_file(&path)?;
         let deadline = std::time::Instant::now() + patience;
-        loop {
-            if let Some(file) = try_lock(&path)? {
-                return Ok(Some(file));
-            }
-            if std::time::Instant::now() >= deadline {
-                return Ok(None);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        match crate::lock_holder::lock_within(&file, deadline, IfStopped::WaitOn) {
+            Ok(()) => Ok(Some(file)),
+            Err(NotTaken::HeldPast(_) | NotTaken::HeldStopped(_)) => Ok(None),
+            Err(NotTaken::Failed(e)) => Err(e).at(&path),
         }
     }
 

@@ -288,19 +288,13 @@ impl RootNetwork {
     }
 }
 
-/// Takes `file`'s lock, waiting at most `patience` for whoever holds it: whether it is taken.
-/// For waits done while holding a lock that other commands wait for, which must end.
+/// Takes `file`'s lock, waiting at most `patience` for whoever holds it, stopped or not
+/// ([`feather_core::lock_holder::lock_within`]): whether it is taken. For waits done while
+/// holding a lock that other commands wait for, which must end.
 pub(crate) fn lock_within(file: &File, patience: std::time::Duration) -> bool {
+    use feather_core::lock_holder::IfStopped;
     let deadline = std::time::Instant::now() + patience;
-    loop {
-        match file.try_lock() {
-            Ok(()) => return true,
-            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            Err(_) => return false,
-        }
-    }
+    feather_core::lock_holder::lock_within(file, deadline, IfStopped::WaitOn).is_ok()
 }
 
 /// A root's claim on its bridge and subnet, `/run/feather-net/claims/<bridge>`. Which root holds

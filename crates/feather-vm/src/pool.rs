@@ -344,7 +344,10 @@ pub fn fill(root: &StateRoot, generation: Option<u64>) -> Result<()> {
             if at_work_can_do_ours(&folder) {
                 return Ok(());
             }
-            lock.lock().at(pooled::dir(root).join(pooled::FILL_LOCK))?;
+            // Bounded: a fill stopped (Ctrl-Z) or stuck holding it is named, not waited on
+            // for good.
+            let shown = pooled::dir(root).join(pooled::FILL_LOCK);
+            pool_locks::lock_file_within(&lock, &shown, Deadline::after(FILL_PATIENCE))?;
         }
         // Over before it writes its record: a fill that finds the lock taken then waits for
         // this one rather than trust it, and does its own round.
@@ -431,6 +434,11 @@ pub const HOLD_FILL_START: &str = "FEATHER_TEST_HOLD_FILL_START";
 /// [`pooled::fence`] in place, for the lock of the file this names: a `network down` killed
 /// while its fence stands.
 pub const HOLD_FENCED: &str = "FEATHER_TEST_HOLD_FENCED";
+
+/// Test-only ([`crate::test_hooks`]): `network down` in a root with a pool's folder waits,
+/// the pool's size 0 written in it, for the lock of the file this names: a `network down`
+/// killed while it empties the pool.
+pub const HOLD_EMPTYING: &str = "FEATHER_TEST_HOLD_EMPTYING";
 
 /// [`fill`], under its lock.
 fn fill_locked(root: &StateRoot) -> Result<()> {
@@ -761,14 +769,16 @@ pub fn emptied_while<T>(
     let Some(folder) = held else {
         return Ok((0, Drained::default(), meanwhile()));
     };
-    let setting = pooled::size_to_put_back(&folder);
     // Counted before the size is 0 too: a fill under way then ends the VMs above it itself.
     let before = entries(root).len();
     // The size 0 first, then the next generation; a starter reads them the other way round
     // ([`pooled::start_filler`]): one that read the generation before it was raised reads a
-    // size of 0 or starts a fill of the generation over, which makes nothing.
-    pooled::write_in(root, &folder, pooled::SIZE, b"0\n", Durability::Durable)?;
+    // size of 0 or starts a fill of the generation over, which makes nothing. The fence's 0,
+    // the setting to put back kept beside it: killed from here on, this leaves a fence whose
+    // owner is gone, which the next reader of the size lifts, putting the setting back.
+    let setting = pooled::fence_held(root, &folder)?;
     pooled::next_generation(root, &folder)?;
+    crate::test_hooks::held(HOLD_EMPTYING);
     let emptied = await_fill_in(root, &folder).and_then(|()| {
         let pooled = entries(root).len().max(before);
         let drained = emptied(root)?;
@@ -777,19 +787,7 @@ pub fn emptied_while<T>(
     // Even after a drain that failed: the network goes unless a VM uses it.
     let given = meanwhile();
     // Back as it was, whatever the drain did.
-    match setting {
-        Some(setting) => pooled::write_in(
-            root,
-            &folder,
-            pooled::SIZE,
-            setting.as_bytes(),
-            Durability::Durable,
-        )?,
-        None => {
-            let file = pooled::in_folder(&folder, pooled::SIZE);
-            fs::remove_file(file).at(pooled::dir(root).join(pooled::SIZE))?
-        }
-    }
+    pooled::unfence_held(root, &folder, setting)?;
     let (pooled, drained) = emptied?;
     Ok((pooled, drained, given))
 }

@@ -44,13 +44,18 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             match ended {
                 Ended::Down => {}
                 Ended::Used => eprintln!(
-                    "feather: the root's network stays: a VM uses it (`feather ls` shows which)"
+                    "feather: the root's network stays: a VM uses it (`feather ls` shows which), \
+                     or a VM's start or a refill of its pool held it past 30 s (try again)"
                 ),
                 Ended::Busy => eprintln!(
                     "feather: the root's network stays: another process is removing it (`fuser \
                      -v {}` names it); try again",
                     root.dir().join("network-linger.lock").display()
                 ),
+                Ended::Lingering(holder) => {
+                    eprintln!("feather: {}", lingerer_not_ended(&root, holder));
+                    return Ok(ExitCode::from(1));
+                }
             }
         }
         Command::Ps {
@@ -302,6 +307,36 @@ fn security(token: String, tls: cli::TlsArgs) -> migration::Security {
 
 /// `network down` beside a pool: its VMs use the root's network, so the pool is emptied first
 /// (its size setting kept: the next `run --rm` refills it), and stderr says so.
+/// What `network down` says of the root's lingering process that did not end in time, or
+/// is stopped (`feather_net::linger::Ended::Lingering`): the network is left as it was.
+fn lingerer_not_ended(
+    root: &feather_core::StateRoot,
+    holder: Option<feather_core::lock_holder::Holder>,
+) -> String {
+    let stays = "the root's network stays as it was";
+    let Some(holder) = holder else {
+        return format!(
+            "{stays}: the process that keeps it for the next VM (it holds {}) did not end in \
+             time; try again (`fuser -v` on that file names it)",
+            root.dir().join("network-linger.wait").display()
+        );
+    };
+    let pid = holder.pid;
+    let command = feather_core::display::escape_for_terminal(&holder.command);
+    if holder.stopped {
+        format!(
+            "{stays}: `{command}` (pid {pid}), which keeps it for the next VM, is stopped \
+             (SIGSTOP or Ctrl-Z) and would not end: let it go on (`kill -CONT {pid}`) or end it \
+             (`kill {pid}`), then try again"
+        )
+    } else {
+        format!(
+            "{stays}: `{command}` (pid {pid}), which keeps it for the next VM, did not end in \
+             time; try again, or end it (`kill {pid}`) first"
+        )
+    }
+}
+
 fn empty_the_pool_for_network_down<T>(
     root: &feather_core::StateRoot,
     meanwhile: impl FnOnce() -> T,
