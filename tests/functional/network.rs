@@ -953,7 +953,29 @@ fn network_down_behind_a_stopped_lingering_process_fails_naming_it() {
     let wait_file = feather.root.join("network-linger.wait");
     let said =
         crate::support::failed_behind_a_stopped_holder(&feather, &wait_file, &["network", "down"]);
-    assert!(said.contains("stays as it was"), "{said}");
+    assert!(said.contains("stays up"), "{said}");
+}
+
+/// `network down` while the refill lock of the root's pool of namespaces is held by a stopped
+/// process (SIGSTOP, Ctrl-Z: here a stand-in, as a refill holds it) fails at once, naming it
+/// and how to let it go on, and leaves the network. Before, it waited for it the whole of its
+/// patience, holding the removal lock every command waits for, then said a VM used it: the
+/// test's limit is that patience (the command takes a second).
+#[test]
+fn network_down_behind_a_stopped_refill_fails_naming_it() {
+    let feather = Feather::new("net-down-refill-stopped");
+    // Lingering after it: the bridge, its tables and the pool.
+    feather.ok(&["run", "--rm", "--", "true"]);
+    std::fs::create_dir_all(feather.root.join("network-pool")).unwrap();
+    let lock = feather.root.join("network-pool/refill.lock");
+    let said = crate::support::failed_behind_a_stopped_holder_within(
+        &feather,
+        &lock,
+        &["network", "down"],
+        feather_vm::lifecycle::NETWORK_DOWN_PATIENCE,
+    );
+    assert!(said.contains("network stays"), "{said}");
+    assert!(said.contains("refill.lock"), "{said}");
 }
 
 /// `network down` while a refill of the root's pool of namespaces holds the refill lock for
@@ -974,7 +996,15 @@ fn network_down_waits_for_a_refill_under_way_and_takes_the_network_down() {
         .write(true)
         .open(&lock_path)
         .unwrap();
-    lock.lock().unwrap();
+    // A refill the run started may hold it a moment yet: waited for, with a deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while lock.try_lock().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a refill held {lock_path:?} for 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let down = feather
         .command()
         .args(["network", "down"])

@@ -1594,14 +1594,6 @@ fn holds_flock(pid: u32, path: &std::path::Path) -> bool {
     flocks(path).contains(&(pid, false))
 }
 
-/// Whether process `pid` has the file at `path` open (a link in `/proc/PID/fd` names it).
-fn has_open(pid: u32, path: &std::path::Path) -> bool {
-    fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
-        fds.flatten()
-            .any(|fd| fs::read_link(fd.path()).is_ok_and(|target| target == path))
-    })
-}
-
 /// The processes that hold (`false`) or wait for (`true`) a `flock` on the file at `path`, as
 /// `/proc/locks` lists them.
 fn flocks(path: &std::path::Path) -> Vec<(u32, bool)> {
@@ -1715,16 +1707,19 @@ fn a_fill_that_finds_another_at_work_waits_and_replaces_its_lowered_vm() {
     let mut hook = Hook::held("pool-fill-waits");
     let fill = |script: &str| pool.fill_in_shell(script);
     let mut lowered = pool.fill_held("ulimit -n 200; exec \"$@\"", &hook);
-    let lock = pool.feather.root.join("pool/fill.lock");
-    let ours = std::cell::RefCell::new(fill("exec \"$@\"").spawn().unwrap());
-    // Our fill has opened the lock while the one at work holds it (held by the hook): it
-    // finds it taken and waits (tries again and again, which /proc/locks does not list).
-    pool.feather
-        .eventually("our fill waits for the lock, or has returned", || {
-            let mut ours = ours.borrow_mut();
-            has_open(ours.id(), &lock) || ours.try_wait().unwrap().is_some()
-        });
-    let mut ours = ours.into_inner();
+    let mut at_wait = Hook::held("pool-fill-waits-at");
+    let mut ours = fill("exec \"$@\"")
+        .env(feather_vm::pool::HOLD_FILL_WAIT, &at_wait.path)
+        .spawn()
+        .unwrap();
+    // Ours found the lock taken by the one at work (held by the hook), did not trust it (its
+    // limits are lower), and comes to wait for it.
+    assert_eq!(
+        at_wait.waiter(&pool.feather),
+        ours.id(),
+        "our fill comes to wait"
+    );
+    at_wait.release();
     hook.release();
     assert!(lowered.wait().unwrap().success());
     assert!(ours.wait().unwrap().success());
@@ -1827,6 +1822,39 @@ fn a_network_down_killed_while_it_empties_the_pool_leaves_its_size_as_it_was() {
         let expected = format!("size: {}", set.unwrap_or("1"));
         assert_eq!(shown.lines().next(), Some(&*expected), "{shown}");
     }
+}
+
+/// A `network down` that ends as it should leaves no setting kept aside in the pool's folder
+/// (`size.put-back`, kept while it empties the pool); its size is as it was.
+#[test]
+fn network_down_leaves_no_size_kept_aside() {
+    let feather = Feather::new("pool-down-put-back");
+    feather.ok(&["pool", "--idle", "0"]);
+    feather.ok(&["pool", "--size", "2"]);
+    feather.ok(&["network", "down"]);
+    let kept = feather.root.join("pool/size.put-back");
+    assert!(!kept.exists(), "{kept:?} is left");
+    assert_eq!(feather.ok(&["pool"]).lines().next(), Some("size: 2"));
+}
+
+/// The setting a killed `network down` kept aside that cannot be put back (something else in
+/// its place: here a folder) is said, naming it, rather than leave the pool off without a
+/// word.
+#[test]
+fn a_size_kept_aside_that_cannot_be_put_back_is_said() {
+    let feather = Feather::new("pool-put-back-blocked");
+    feather.ok(&["pool", "--idle", "0"]);
+    feather.ok(&["pool", "--size", "2"]);
+    network_down_killed_at(&feather, feather_vm::pool::HOLD_EMPTYING, || ());
+    let kept = feather.root.join("pool/size.put-back");
+    fs::remove_file(&kept).unwrap();
+    fs::create_dir(&kept).unwrap();
+    let shown = feather.run(&["pool"]);
+    assert!(
+        shown.stderr.contains(&kept.display().to_string()),
+        "{}",
+        shown.stderr
+    );
 }
 
 /// A fill that finds the pool's lock held by a stopped process (SIGSTOP, Ctrl-Z: a fill

@@ -16,10 +16,42 @@ pub struct Holder {
     pub stopped: bool,
 }
 
+impl Holder {
+    /// The holder as a message names it: its command and pid, or its pid alone where its
+    /// command cannot be read (it ended; a flock inherited across a fork lists the parent).
+    pub fn named(&self) -> String {
+        match self.command.as_str() {
+            "" => format!("pid {}", self.pid),
+            command => format!(
+                "`{}` (pid {})",
+                crate::display::escape_for_terminal(command),
+                self.pid
+            ),
+        }
+    }
+
+    /// What a command says of `held` (a lock, as the message names it) held by this holder,
+    /// stopped: who, and what to do.
+    pub fn stopped_said(&self, held: &str) -> String {
+        format!("{held} is held (flock) by {}", self.stopped_named())
+    }
+
+    /// This holder, stopped, as a message names it, and what to do.
+    pub fn stopped_named(&self) -> String {
+        format!(
+            "{}, which is stopped (SIGSTOP or Ctrl-Z): let it go on (`kill -CONT {}`) or end it, \
+             then try again",
+            self.named(),
+            self.pid
+        )
+    }
+}
+
 /// The first holder of `path`'s `flock`, stopped or not, as `/proc/locks` tells: None when
-/// there is none it lists (or the holder lies in another pid namespace).
+/// there is none it lists, or it lists pid 0 (a holder in another pid namespace, or one whose
+/// pid is gone), which no message may tell a user to signal (`kill 0` signals their own group).
 pub fn holder(path: &Path) -> Option<Holder> {
-    let pid = *holder_pids(path).first()?;
+    let pid = *holder_pids(path).first().filter(|&&pid| pid != 0)?;
     Some(Holder {
         pid,
         command: command_line(pid),
@@ -133,6 +165,30 @@ pub fn lock_within(
     }
 }
 
+/// Takes `file`'s `flock` (exclusive), waiting for a holder that goes on for as long as it
+/// holds it, but not past the moment it is seen stopped (SIGSTOP, Ctrl-Z: it would be waited
+/// on for good): [`NotTaken::HeldStopped`] names it. For a wait behind work that may take long
+/// but ends (a fill's whole round, a VM's operation).
+pub fn lock_unless_stopped(file: &std::fs::File) -> Result<(), NotTaken> {
+    lock_unless_stopped_in_rounds(file, UNLESS_STOPPED_ROUND)
+}
+
+/// How long each round of [`lock_unless_stopped`] is (a [`lock_within`] of its own).
+const UNLESS_STOPPED_ROUND: Duration = Duration::from_secs(60);
+
+fn lock_unless_stopped_in_rounds(file: &std::fs::File, round: Duration) -> Result<(), NotTaken> {
+    loop {
+        match lock_within(file, Instant::now() + round, IfStopped::GiveUp) {
+            // Seen stopped at the round's end (a round too short for a look of its own).
+            Err(NotTaken::HeldPast(Some(holder))) if holder.stopped => {
+                return Err(NotTaken::HeldStopped(holder))
+            }
+            Err(NotTaken::HeldPast(_)) => {}
+            done => return done,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,7 +237,12 @@ mod tests {
         /// Stopped (SIGSTOP), once its state says so.
         fn stopped(self) -> Holding {
             self.signal("-STOP");
+            let deadline = Instant::now() + Duration::from_secs(60);
             while !is_stopped(self.0.id()) {
+                assert!(
+                    Instant::now() < deadline,
+                    "SIGSTOP never stopped the holder"
+                );
                 std::thread::sleep(Duration::from_millis(10));
             }
             self
@@ -221,6 +282,31 @@ mod tests {
         }
         drop(file);
         assert!(lock_within(&other, soon(), IfStopped::GiveUp).is_ok());
+    }
+
+    /// A wait that gives up only on a stopped holder waits on, round after round, for one
+    /// that is not, and takes the lock once it is let go; a stopped holder ends it, named.
+    #[test]
+    fn a_wait_unless_stopped_outlasts_its_rounds_for_a_holder_that_goes_on() {
+        let scratch = feather_testkit::ScratchDir::new("lock-unless-stopped");
+        let (path, held) = lock_file(&scratch);
+        held.lock().unwrap();
+        let other = std::fs::File::open(&path).unwrap();
+        let waiting = std::thread::spawn(move || {
+            lock_unless_stopped_in_rounds(&other, Duration::from_millis(10))
+        });
+        // Set-up, not an assertion on time: a wait that ended at its first rounds has ended by
+        // now on any host but one so loaded that this proves nothing (it cannot fail then).
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!waiting.is_finished(), "{:?}", waiting.join());
+        drop(held);
+        assert!(waiting.join().unwrap().is_ok());
+        let holding = Holding::of(&path).stopped();
+        let file = std::fs::File::open(&path).unwrap();
+        match lock_unless_stopped_in_rounds(&file, Duration::from_millis(10)) {
+            Err(NotTaken::HeldStopped(holder)) => assert_eq!(holder.pid, holding.0.id()),
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A stopped holder ends a wait that gives up on one long before its deadline, naming it;

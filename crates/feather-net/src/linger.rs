@@ -57,6 +57,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
+use feather_core::lock_holder::IfStopped;
 use feather_core::StateRoot;
 
 use crate::netlink::{index_of, Netlink};
@@ -86,11 +87,13 @@ const LOCK_FILE: &str = "network-linger.lock";
 const PATIENCE: Duration = Duration::from_secs(2);
 
 /// How long `network down` ([`end`]) waits for the pool's refill lock and the root's network
-/// lock, holding the removal lock: a refill makes namespaces for seconds on a host under load,
-/// and the admin asked for the network to go. Other commands wait [`REMOVAL_PATIENCE`] at most
-/// for the removal lock meanwhile, then go on without it. Past it, the network stays, told as
-/// used (a refill or a VM's start kept it); the next command or `network down` removes it.
-const DOWN_PATIENCE: Duration = Duration::from_secs(30);
+/// lock, one deadline for both, holding the removal lock (with [`PATIENCE`] for VMs still
+/// coming before: ~32 s in all): a refill makes namespaces for seconds on a host under load,
+/// and the admin asked for the network to go. A holder seen stopped is not waited for
+/// ([`Ended::HeldStopped`]). Other commands wait [`REMOVAL_PATIENCE`] at most for the removal
+/// lock meanwhile, then go on without it. Past it, the network stays, told as used (a refill
+/// or a VM's start kept it); the next command or `network down` removes it.
+pub const DOWN_PATIENCE: Duration = Duration::from_secs(30);
 
 /// How long a command waits for a removal under way ([`settle`], [`end`]) before it goes on
 /// without it.
@@ -249,6 +252,12 @@ pub enum Ended {
     /// of its wait file's unlink, or was seen stopped (SIGSTOP, Ctrl-Z: it would not end until
     /// let go on). The holder of its wait file's lock, as `/proc/locks` told.
     Lingering(Option<feather_core::lock_holder::Holder>),
+    /// It stays: the holder of the pool's refill lock or the root's network lock (`lock`) was
+    /// seen stopped (SIGSTOP, Ctrl-Z), and would hold it until let go on.
+    HeldStopped {
+        lock: std::path::PathBuf,
+        holder: feather_core::lock_holder::Holder,
+    },
 }
 
 /// How long `network down` ([`end`]) waits for the process that lingers to end once woken
@@ -275,9 +284,28 @@ pub fn end(root: &StateRoot) -> Ended {
         .is_some_and(|network| index_of(&network.bridge).is_some());
     match (stays, taken) {
         (false, _) => Ended::Down,
-        (true, true) => Ended::Used,
+        (true, true) => match stopped_holder(root.dir()) {
+            Some((lock, holder)) => Ended::HeldStopped { lock, holder },
+            None => Ended::Used,
+        },
         (true, false) => Ended::Busy,
     }
+}
+
+/// A stopped holder (SIGSTOP, Ctrl-Z) of the pool's refill lock or the root's network lock, as
+/// `/proc/locks` tells now, with that lock's path: what a removal that gave up on one says.
+fn stopped_holder(
+    root_dir: &Path,
+) -> Option<(std::path::PathBuf, feather_core::lock_holder::Holder)> {
+    [
+        pool::refill_lock_path(root_dir),
+        root_dir.join("network.lock"),
+    ]
+    .into_iter()
+    .find_map(|lock| {
+        let holder = feather_core::lock_holder::holder(&lock).filter(|h| h.stopped)?;
+        Some((lock, holder))
+    })
 }
 
 /// Waits for the lock of the unlinked wait `file`, held by the process that lingers until it
@@ -440,8 +468,9 @@ fn end_linger(root: &StateRoot, path: &Path, file: &File) {
 /// cannot be made, or another process held it all that time (it removes what is unused, or
 /// leaves its file for the next command).
 fn lock_removal(root_dir: &Path) -> Option<File> {
+    let deadline = Instant::now() + REMOVAL_PATIENCE;
     take_removal_lock(root_dir, |file| {
-        crate::settings::lock_within(file, REMOVAL_PATIENCE)
+        crate::settings::lock_within(file, deadline, IfStopped::WaitOn)
     })
 }
 
@@ -478,7 +507,11 @@ fn remove_under(root: &StateRoot, removing: File) {
     remove_under_within(root, removing, PATIENCE)
 }
 
-/// [`remove_under`], waiting at most `patience` for the refill and network locks.
+/// [`remove_under`], waiting for VMs still coming at most [`PATIENCE`], then for the refill
+/// and network locks `patience` at most in all (one deadline for both, and for each file
+/// [`pool::with_refill_lock_within`] takes anew), and not at all for a holder seen stopped
+/// (SIGSTOP, Ctrl-Z), which would keep the removal lock, and every command that waits for it,
+/// waiting ([`stopped_holder`] names it).
 fn remove_under_within(root: &StateRoot, removing: File, patience: Duration) {
     let root_dir = root.dir();
     if let Ok(Some(network)) = RootNetwork::load(root_dir) {
@@ -493,8 +526,9 @@ fn remove_under_within(root: &StateRoot, removing: File, patience: Duration) {
             }
             std::thread::sleep(TAKEN_RECENTLY - age);
         }
-        let done = pool::with_refill_lock_within(root_dir, patience, || {
-            let Some(_lock) = network.lock_within(patience) else {
+        let deadline = Instant::now() + patience;
+        let done = pool::with_refill_lock_within(root_dir, deadline, || {
+            let Some(_lock) = network.lock_within(deadline) else {
                 return false;
             };
             // What a killed refill or keeper left goes even while VMs use the bridge.

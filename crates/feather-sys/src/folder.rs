@@ -1,6 +1,9 @@
 //! A folder opened for reading, never through a symbolic link: what a command running as root
 //! opens in a folder a user may own (a root's, a VM's, a pool's, an import's staging), to act
-//! on the descriptor rather than on the path. One way of opening, for every such caller.
+//! on the descriptor rather than on the path. Only the last part of the path is refused as a
+//! link: the parts before it are resolved as the kernel resolves them, links included, so a
+//! caller that must not follow a link there opens each part beneath a descriptor it holds.
+//! One way of opening, for every such caller.
 
 use std::fs::File;
 use std::path::Path;

@@ -344,10 +344,13 @@ pub fn fill(root: &StateRoot, generation: Option<u64>) -> Result<()> {
             if at_work_can_do_ours(&folder) {
                 return Ok(());
             }
-            // Bounded: a fill stopped (Ctrl-Z) or stuck holding it is named, not waited on
-            // for good.
+            if let Some(Some(hold)) = HOLD_FILL_WAIT_AT.get() {
+                crate::test_hooks::held_by(hold);
+            }
+            // For the whole round of the fill at work, which may make many VMs; but a fill
+            // stopped (Ctrl-Z) holding it is named, not waited on for good.
             let shown = pooled::dir(root).join(pooled::FILL_LOCK);
-            pool_locks::lock_file_within(&lock, &shown, Deadline::after(FILL_PATIENCE))?;
+            pool_locks::lock_file_unless_stopped(&lock, &shown)?;
         }
         // Over before it writes its record: a fill that finds the lock taken then waits for
         // this one rather than trust it, and does its own round.
@@ -425,6 +428,16 @@ pub const HOLD_FILL: &str = "FEATHER_TEST_HOLD_FILL";
 
 /// [`HOLD_FILL`] as the fill's starter set it (read before the fill clears its environment).
 static HOLD_FILL_AT: std::sync::OnceLock<Option<std::ffi::OsString>> = std::sync::OnceLock::new();
+
+/// Test-only ([`crate::test_hooks`]): a fill that found its lock taken by a fill at work it
+/// does not trust waits, before it waits for that lock, for the lock of the file this names:
+/// a test sees that it came to wait.
+pub const HOLD_FILL_WAIT: &str = "FEATHER_TEST_HOLD_FILL_WAIT";
+
+/// [`HOLD_FILL_WAIT`] as the fill's starter set it (read before the fill clears its
+/// environment).
+static HOLD_FILL_WAIT_AT: std::sync::OnceLock<Option<std::ffi::OsString>> =
+    std::sync::OnceLock::new();
 
 /// Test-only ([`crate::test_hooks`]): a fill waits, before it takes its lock, for the lock of
 /// the file this names: a fill started before `network down` but at work only after it.
@@ -650,6 +663,7 @@ pub fn fill_detached(root: &StateRoot, generation: Option<u64>) -> Result<()> {
     // Once per fill started, not at each of a drain's rounds ([`fill`]).
     pooled::sweep_fence_leftovers(root);
     let _ = HOLD_FILL_AT.set(crate::test_hooks::set(HOLD_FILL));
+    let _ = HOLD_FILL_WAIT_AT.set(crate::test_hooks::set(HOLD_FILL_WAIT));
     let hold_start = crate::test_hooks::set(HOLD_FILL_START);
     crate::filler::become_no_callers(root)?;
     feather_core::trace::phase("fill: become no caller's (pool cgroup, limits)");
@@ -818,7 +832,9 @@ fn await_fill_in(root: &StateRoot, folder: &fs::File) -> Result<()> {
 }
 
 /// How long a drain or `network down` waits for the fill at work ([`await_fill`]), which stops
-/// once the VM it is making is made: seconds, a minute on a host under load.
+/// once the VM it is making is made (it reads the size, 0, before the next): seconds, a minute
+/// on a host under load. A fill behind another waits for that one's whole round instead, with
+/// no bound but a stopped holder ([`fill`]).
 const FILL_PATIENCE: Duration = Duration::from_secs(120);
 
 /// Waits a moment for each claimed VM whose run has ended to be set aside by its keeper (a

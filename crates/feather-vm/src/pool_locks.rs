@@ -118,6 +118,22 @@ pub fn lock_file_within(file: &File, shown: &Path, deadline: Deadline) -> crate:
     Err(held_too_long(shown, holder, deadline.patience))
 }
 
+/// `file` locked (flock, exclusive), waited for as long as its holder goes on, but not once
+/// it is seen stopped (SIGSTOP, Ctrl-Z): then an error naming the lock (as `shown`), its
+/// holder and what to do ([`feather_core::lock_holder::lock_unless_stopped`]).
+pub fn lock_file_unless_stopped(file: &File, shown: &Path) -> crate::error::Result<()> {
+    use feather_core::lock_holder::NotTaken;
+    match feather_core::lock_holder::lock_unless_stopped(file) {
+        Ok(()) => Ok(()),
+        Err(NotTaken::HeldStopped(holder)) => Err(feather_core::Error::Other(
+            holder.stopped_said(&shown.display().to_string()),
+        )
+        .into()),
+        Err(NotTaken::Failed(e)) => Err(crate::error::io(&shown.display(), "locking it")(e)),
+        Err(NotTaken::HeldPast(_)) => unreachable!("a wait unless stopped has no deadline"),
+    }
+}
+
 /// What a command says of a lock of the pool's (`shown`) that `holder` kept past `patience`,
 /// or held stopped.
 fn held_too_long(
@@ -127,16 +143,11 @@ fn held_too_long(
 ) -> crate::error::VmError {
     let shown = shown.display();
     let said = match holder {
-        Some(holder) if holder.stopped => format!(
-            "{shown} is held (flock) by {}, which is stopped (SIGSTOP or Ctrl-Z): let it go on \
-             (`kill -CONT {}`) or end it, then try again",
-            named(&holder),
-            holder.pid
-        ),
+        Some(holder) if holder.stopped => holder.stopped_said(&shown.to_string()),
         Some(holder) => format!(
             "{shown} has been held (flock) by {} for more than {patience:?}: wait for it to \
              end (or end it), then try again",
-            named(&holder),
+            holder.named(),
         ),
         None => format!(
             "{shown} has been held (flock) for more than {patience:?} by a process this cannot \
@@ -144,19 +155,6 @@ fn held_too_long(
         ),
     };
     feather_core::Error::Other(said).into()
-}
-
-/// A lock's holder as an error names it: its command and pid, or its pid alone where its
-/// command cannot be read (it ended, a flock inherited across a fork listing the parent).
-fn named(holder: &feather_core::lock_holder::Holder) -> String {
-    match holder.command.as_str() {
-        "" => format!("pid {}", holder.pid),
-        command => format!(
-            "`{}` (pid {})",
-            feather_core::display::escape_for_terminal(command),
-            holder.pid
-        ),
-    }
 }
 
 /// What [`in_place_locked`] does where no folder is at the path.

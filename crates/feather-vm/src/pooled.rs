@@ -564,8 +564,9 @@ pub const SETTINGS_LOCK: &str = "settings.lock";
 const SETTINGS_PATIENCE: Duration = Duration::from_secs(10);
 
 /// How long `network down` waits for the pool's folder ([`hold_dir`]): a lifter holds it for
-/// milliseconds, another `network down` of the root while it empties the pool (its drain waits
-/// up to 30 s for the pooled VMs) and takes the network down.
+/// milliseconds; another `network down` of the root holds it while it empties the pool (its
+/// drain waits up to 30 s for the pooled VMs), waits for the lingering process (30 s) and
+/// takes the network down (~32 s): past this, the second fails naming the first.
 pub const FOLDER_PATIENCE: Duration = Duration::from_secs(60);
 
 /// The settings lock ([`SETTINGS_LOCK`]) of the pool's opened `folder`, waited for until
@@ -756,8 +757,9 @@ fn setting_past_a_stale_fence(root: &StateRoot) -> Option<String> {
 /// meanwhile): the size, read again through the folder, only if it is still the fence's (a
 /// size set meanwhile, `pool --size 3` during `network down`, is the admin's: kept, and the
 /// folder with it), replaced by the setting a killed `network down` of a pool's existing
-/// folder kept aside ([`fence_held`]) where there is one; then the whole folder where nothing else came into it (so that a starter
-/// finds none and makes its own), else the rest kept (a fill started meanwhile is over: the
+/// folder kept aside ([`fence_held`]) where there is one (one that cannot be renamed is said,
+/// naming it); then the whole folder where nothing else came into it (so that a starter finds
+/// none and makes its own), else the rest kept (a fill started meanwhile is over: the
 /// generation). Killed after the size's removal, it leaves a folder without a size (the
 /// default, as before the fence); after the folder's move aside, a `.pool-fence-<pid>` folder
 /// holding no setting, which the next fence, lift or fill removes ([`sweep_fence_leftovers`]).
@@ -774,7 +776,15 @@ fn lift(root: &StateRoot, folder: &std::fs::File, _settings: &Flock<std::fs::Fil
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::remove_file(&size),
         renamed => renamed,
     };
-    if unfenced.is_err() {
+    if let Err(e) = unfenced {
+        // Said, not kept silent: the pool stays off (its size read as 0) until this is fixed.
+        eprintln!(
+            "feather: warning: the pool's size stays 0, a killed `network down`'s fence: {} \
+             cannot be put back as {} ({e}); remove whatever is in the way (the setting it \
+             kept is a plain file), or set the size (`feather pool --size N`)",
+            dir(root).join(SIZE_PUT_BACK).display(),
+            dir(root).join(SIZE).display()
+        );
         return false;
     }
     let aside = fence_aside(root);

@@ -45,15 +45,23 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ended::Down => {}
                 Ended::Used => eprintln!(
                     "feather: the root's network stays: a VM uses it (`feather ls` shows which), \
-                     or a VM's start or a refill of its pool held it past 30 s (try again)"
+                     or a VM's start or a refill of its pool held it past {:?} (try again)",
+                    feather_vm::lifecycle::NETWORK_DOWN_PATIENCE
                 ),
+                Ended::HeldStopped { lock, holder } => {
+                    eprintln!(
+                        "feather: the root's network stays: {}",
+                        holder.stopped_said(&lock.display().to_string())
+                    );
+                    return Ok(ExitCode::from(1));
+                }
                 Ended::Busy => eprintln!(
                     "feather: the root's network stays: another process is removing it (`fuser \
                      -v {}` names it); try again",
                     root.dir().join("network-linger.lock").display()
                 ),
                 Ended::Lingering(holder) => {
-                    eprintln!("feather: {}", lingerer_not_ended(&root, holder));
+                    eprintln!("feather: {}", lingerer_not_ended(holder));
                     return Ok(ExitCode::from(1));
                 }
             }
@@ -305,38 +313,32 @@ fn security(token: String, tls: cli::TlsArgs) -> migration::Security {
     migration::Security { token, files }
 }
 
-/// `network down` beside a pool: its VMs use the root's network, so the pool is emptied first
-/// (its size setting kept: the next `run --rm` refills it), and stderr says so.
 /// What `network down` says of the root's lingering process that did not end in time, or
 /// is stopped (`feather_net::linger::Ended::Lingering`): the network is left as it was.
-fn lingerer_not_ended(
-    root: &feather_core::StateRoot,
-    holder: Option<feather_core::lock_holder::Holder>,
-) -> String {
-    let stays = "the root's network stays as it was";
+fn lingerer_not_ended(holder: Option<feather_core::lock_holder::Holder>) -> String {
+    // Its pool may have been emptied already: only the network is as it was.
+    let stays = "the root's network stays up";
+    let lingering = "the process that keeps it for the next VM";
     let Some(holder) = holder else {
         return format!(
-            "{stays}: the process that keeps it for the next VM (it holds {}) did not end in \
-             time; try again (`fuser -v` on that file names it)",
-            root.dir().join("network-linger.wait").display()
+            "{stays}: {lingering} did not end in time, and cannot be named (it may run in \
+             another pid namespace); try again"
         );
     };
-    let pid = holder.pid;
-    let command = feather_core::display::escape_for_terminal(&holder.command);
     if holder.stopped {
-        format!(
-            "{stays}: `{command}` (pid {pid}), which keeps it for the next VM, is stopped \
-             (SIGSTOP or Ctrl-Z) and would not end: let it go on (`kill -CONT {pid}`) or end it \
-             (`kill {pid}`), then try again"
-        )
+        format!("{stays}: {lingering} is {}", holder.stopped_named())
     } else {
         format!(
-            "{stays}: `{command}` (pid {pid}), which keeps it for the next VM, did not end in \
-             time; try again, or end it (`kill {pid}`) first"
+            "{stays}: {lingering}, {}, did not end in time; try again, or end it (`kill {}`) \
+             first",
+            holder.named(),
+            holder.pid
         )
     }
 }
 
+/// `network down` beside a pool: its VMs use the root's network, so the pool is emptied first
+/// (its size setting kept: the next `run --rm` refills it), and stderr says so.
 fn empty_the_pool_for_network_down<T>(
     root: &feather_core::StateRoot,
     meanwhile: impl FnOnce() -> T,
