@@ -941,3 +941,83 @@ fn an_interrupted_pool_refill_leaves_nothing_after_the_next_command() {
         "left on the host"
     );
 }
+
+/// `network down` whose root's lingering process is stopped (SIGSTOP, Ctrl-Z: here a stand-in
+/// holding the wait file's lock, as the lingering process does) fails at once, naming it and
+/// how to let it go on, and leaves the network as it was; before the bound, it waited for it
+/// for good.
+#[test]
+fn network_down_behind_a_stopped_lingering_process_fails_naming_it() {
+    let feather = Feather::new("net-down-linger-stopped");
+    feather.ok(&["ls"]);
+    let wait_file = feather.root.join("network-linger.wait");
+    let said =
+        crate::support::failed_behind_a_stopped_holder(&feather, &wait_file, &["network", "down"]);
+    assert!(said.contains("stays up"), "{said}");
+}
+
+/// `network down` while the refill lock of the root's pool of namespaces is held by a stopped
+/// process (SIGSTOP, Ctrl-Z: here a stand-in, as a refill holds it) fails at once, naming it
+/// and how to let it go on, and leaves the network. Before, it waited for it the whole of its
+/// patience, holding the removal lock every command waits for, then said a VM used it: the
+/// test's limit is that patience (the command takes a second).
+#[test]
+fn network_down_behind_a_stopped_refill_fails_naming_it() {
+    let feather = Feather::new("net-down-refill-stopped");
+    // Lingering after it: the bridge, its tables and the pool.
+    feather.ok(&["run", "--rm", "--", "true"]);
+    std::fs::create_dir_all(feather.root.join("network-pool")).unwrap();
+    let lock = feather.root.join("network-pool/refill.lock");
+    let said = crate::support::failed_behind_a_stopped_holder_within(
+        &feather,
+        &lock,
+        &["network", "down"],
+        feather_vm::lifecycle::NETWORK_DOWN_PATIENCE,
+    );
+    assert!(said.contains("network stays"), "{said}");
+    assert!(said.contains("refill.lock"), "{said}");
+}
+
+/// `network down` while a refill of the root's pool of namespaces holds the refill lock for
+/// seconds (here the test, 3 s: a refill under load): it waits for it, then takes the network
+/// down. Before, it gave up after 2 s, left it, and said a VM used it.
+#[test]
+fn network_down_waits_for_a_refill_under_way_and_takes_the_network_down() {
+    let feather = Feather::new("net-down-refill");
+    // Lingering after it: the bridge, its tables and the pool.
+    feather.ok(&["run", "--rm", "--", "true"]);
+    // The refill lock, as a refill holds it (made where the pool has no folder yet, as a
+    // removal takes it too).
+    std::fs::create_dir_all(feather.root.join("network-pool")).unwrap();
+    let lock_path = feather.root.join("network-pool/refill.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
+    // A refill the run started may hold it a moment yet: waited for, with a deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while lock.try_lock().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a refill held {lock_path:?} for 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let down = feather
+        .command()
+        .args(["network", "down"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Longer than the removals' own patience (2 s), far shorter than `network down`'s.
+    std::thread::sleep(Duration::from_secs(3));
+    drop(lock);
+    let limit = Duration::from_secs(120);
+    let out = feather_testkit::ended_within(down, limit, "network down behind a refill");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // The network goes: `network down` says nothing of it staying.
+    assert!(!out.stderr.contains("network stays"), "{}", out.stderr);
+}

@@ -1707,14 +1707,19 @@ fn a_fill_that_finds_another_at_work_waits_and_replaces_its_lowered_vm() {
     let mut hook = Hook::held("pool-fill-waits");
     let fill = |script: &str| pool.fill_in_shell(script);
     let mut lowered = pool.fill_held("ulimit -n 200; exec \"$@\"", &hook);
-    let lock = pool.feather.root.join("pool/fill.lock");
-    let ours = std::cell::RefCell::new(fill("exec \"$@\"").spawn().unwrap());
-    pool.feather
-        .eventually("our fill waits for the lock, or has returned", || {
-            let mut ours = ours.borrow_mut();
-            flocks(&lock).contains(&(ours.id(), true)) || ours.try_wait().unwrap().is_some()
-        });
-    let mut ours = ours.into_inner();
+    let mut at_wait = Hook::held("pool-fill-waits-at");
+    let mut ours = fill("exec \"$@\"")
+        .env(feather_vm::pool::HOLD_FILL_WAIT, &at_wait.path)
+        .spawn()
+        .unwrap();
+    // Ours found the lock taken by the one at work (held by the hook), did not trust it (its
+    // limits are lower), and comes to wait for it.
+    assert_eq!(
+        at_wait.waiter(&pool.feather),
+        ours.id(),
+        "our fill comes to wait"
+    );
+    at_wait.release();
     hook.release();
     assert!(lowered.wait().unwrap().success());
     assert!(ours.wait().unwrap().success());
@@ -1758,6 +1763,25 @@ fn network_down_makes_no_pool_where_there_is_none() {
     );
 }
 
+/// `network down` of `feather`'s root held at the test hook `variable`, then, once `meanwhile`
+/// has run, killed (by pid) there.
+fn network_down_killed_at(feather: &Feather, variable: &str, meanwhile: impl FnOnce()) {
+    let hook = Hook::held("pool-down-killed");
+    let mut down = feather
+        .command()
+        .env(variable, &hook.path)
+        .args(["network", "down"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let waiter = hook.waiter(feather);
+    assert_eq!(waiter, down.id(), "network down waits at {variable}");
+    meanwhile();
+    down.kill().unwrap();
+    down.wait().unwrap();
+}
+
 /// `network down` killed (by pid) while its pool fence stands, in a root without a pool: the
 /// next `pool` shows the pool on again (the default size 1), or the size a `pool --size 0` set
 /// meanwhile. Before, the fence's size 0 stayed for good and looked like the admin's own.
@@ -1766,22 +1790,11 @@ fn a_network_down_killed_while_its_fence_stands_leaves_the_pool_as_it_was() {
     for set in [None, Some("0")] {
         let feather = Feather::new("pool-fence-killed");
         feather.ok(&["ls"]);
-        let hook = Hook::held("pool-fence-killed");
-        let mut down = feather
-            .command()
-            .env(feather_vm::pool::HOLD_FENCED, &hook.path)
-            .args(["network", "down"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let waiter = hook.waiter(&feather);
-        assert_eq!(waiter, down.id(), "network down waits at its fence");
-        if let Some(size) = set {
-            feather.ok(&["pool", "--size", size]);
-        }
-        down.kill().unwrap();
-        down.wait().unwrap();
+        network_down_killed_at(&feather, feather_vm::pool::HOLD_FENCED, || {
+            if let Some(size) = set {
+                feather.ok(&["pool", "--size", size]);
+            }
+        });
         let shown = feather.ok(&["pool"]);
         let expected = format!("size: {}", set.unwrap_or("1"));
         assert_eq!(shown.lines().next(), Some(&*expected), "{shown}");
@@ -1789,6 +1802,74 @@ fn a_network_down_killed_while_its_fence_stands_leaves_the_pool_as_it_was() {
             assert!(!feather.root.join("pool").exists(), "the fence was left");
         }
     }
+}
+
+/// `network down` killed (by pid) while it empties a root's pool (its size 0 written, held by
+/// a test hook), the size set before (`pool --size 0`, or none): the next `pool` shows that
+/// size again (none: the default 1). Before, its size 0 stayed for good and read as the
+/// admin's own.
+#[test]
+fn a_network_down_killed_while_it_empties_the_pool_leaves_its_size_as_it_was() {
+    for set in [Some("0"), None] {
+        let feather = Feather::new("pool-down-killed");
+        // The pool's folder, made by a setting that leaves the size alone.
+        feather.ok(&["pool", "--idle", "0"]);
+        if let Some(size) = set {
+            feather.ok(&["pool", "--size", size]);
+        }
+        network_down_killed_at(&feather, feather_vm::pool::HOLD_EMPTYING, || ());
+        let shown = feather.ok(&["pool"]);
+        let expected = format!("size: {}", set.unwrap_or("1"));
+        assert_eq!(shown.lines().next(), Some(&*expected), "{shown}");
+    }
+}
+
+/// A `network down` that ends as it should leaves no setting kept aside in the pool's folder
+/// (`size.put-back`, kept while it empties the pool); its size is as it was.
+#[test]
+fn network_down_leaves_no_size_kept_aside() {
+    let feather = Feather::new("pool-down-put-back");
+    feather.ok(&["pool", "--idle", "0"]);
+    feather.ok(&["pool", "--size", "2"]);
+    feather.ok(&["network", "down"]);
+    let kept = feather.root.join("pool/size.put-back");
+    assert!(!kept.exists(), "{kept:?} is left");
+    assert_eq!(feather.ok(&["pool"]).lines().next(), Some("size: 2"));
+}
+
+/// The setting a killed `network down` kept aside that cannot be put back (something else in
+/// its place: here a folder) is said, naming it, rather than leave the pool off without a
+/// word.
+#[test]
+fn a_size_kept_aside_that_cannot_be_put_back_is_said() {
+    let feather = Feather::new("pool-put-back-blocked");
+    feather.ok(&["pool", "--idle", "0"]);
+    feather.ok(&["pool", "--size", "2"]);
+    network_down_killed_at(&feather, feather_vm::pool::HOLD_EMPTYING, || ());
+    let kept = feather.root.join("pool/size.put-back");
+    fs::remove_file(&kept).unwrap();
+    fs::create_dir(&kept).unwrap();
+    let shown = feather.run(&["pool"]);
+    assert!(
+        shown.stderr.contains(&kept.display().to_string()),
+        "{}",
+        shown.stderr
+    );
+}
+
+/// A fill that finds the pool's lock held by a stopped process (SIGSTOP, Ctrl-Z: a fill
+/// stopped) fails at once, naming it and how to let it go on; before the bound, it waited
+/// for it for good, and `pool --size` with it.
+#[test]
+fn a_fill_behind_a_stopped_holder_of_the_pools_lock_fails_naming_it() {
+    let feather = Feather::new("pool-fill-stopped");
+    feather.ok(&["pool", "--idle", "0"]);
+    let lock = feather
+        .root
+        .join("pool")
+        .join(feather_vm::pooled::FILL_LOCK);
+    let said = support::failed_behind_a_stopped_holder(&feather, &lock, &["pool", "--size", "1"]);
+    assert!(said.contains("fill.lock"), "{said}");
 }
 
 /// `pool --size` while the pool's settings lock is held by a stopped process (SIGSTOP,
@@ -1803,18 +1884,8 @@ fn a_size_set_behind_a_stopped_holder_of_the_settings_lock_fails_naming_it() {
         .root
         .join("pool")
         .join(feather_vm::pooled::SETTINGS_LOCK);
-    let holder = crate::support::StoppedLockHolder::of(&feather, &lock);
-    let pid = holder.0.id();
-    let mut set = feather.command();
-    set.args(["pool", "--size", "0"]);
-    let limit = Duration::from_secs(60);
-    let out =
-        feather_testkit::run_within(&mut set, limit, "pool --size, its lock's holder stopped");
-    drop(holder);
-    let said = out.stderr;
-    assert_ne!(out.code, 0, "{said}");
+    let said = support::failed_behind_a_stopped_holder(&feather, &lock, &["pool", "--size", "0"]);
     assert!(said.contains("settings.lock"), "{said}");
-    assert!(said.contains(&format!("kill -CONT {pid}")), "{said}");
     let shown = feather.ok(&["pool"]);
     assert_eq!(shown.lines().next(), Some("size: 1"), "{shown}");
 }

@@ -1853,6 +1853,35 @@ impl Drop for RunningLockHolder {
     }
 }
 
+/// `feather ARGS` run while `lock` is held by a stopped process: its stderr, once it has
+/// failed (within 60 s, else the test fails: it waited for the holder) naming the holder's
+/// pid and how to let it go on (`kill -CONT`).
+pub fn failed_behind_a_stopped_holder(feather: &Feather, lock: &Path, args: &[&str]) -> String {
+    let limit = std::time::Duration::from_secs(60);
+    failed_behind_a_stopped_holder_within(feather, lock, args, limit)
+}
+
+/// [`failed_behind_a_stopped_holder`], failed within `limit` (a command's own bound on its
+/// wait, where waiting it out would also end in a failure naming the holder).
+pub fn failed_behind_a_stopped_holder_within(
+    feather: &Feather,
+    lock: &Path,
+    args: &[&str],
+    limit: std::time::Duration,
+) -> String {
+    let holder = StoppedLockHolder::of(feather, lock);
+    let pid = holder.0.id();
+    let mut command = feather.command();
+    command.args(args);
+    let what = format!("feather {args:?}, {lock:?} held by a stopped process");
+    let out = feather_testkit::run_within(&mut command, limit, &what);
+    drop(holder);
+    let said = out.stderr;
+    assert_ne!(out.code, 0, "{said}");
+    assert!(said.contains(&format!("kill -CONT {pid}")), "{said}");
+    said
+}
+
 impl Drop for StoppedLockHolder {
     fn drop(&mut self) {
         let _ = self.0.kill();

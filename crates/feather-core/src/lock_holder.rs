@@ -1,29 +1,11 @@
 //! Who holds a lock file's `flock`, and whether it is stopped (SIGSTOP, Ctrl-Z): a command
 //! waiting behind a stopped holder would wait for good, and says so instead (see
-//! [`crate::store::VmDir::lock_operations_unless_holder_stopped`]).
+//! [`crate::store::VmDir::lock_operations_unless_holder_stopped`]). And the one bounded wait
+//! for a lock ([`lock_within`]) that every crate's bounded wait goes through.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-
-/// A process holding a lock, stopped.
-#[derive(Debug, PartialEq, Eq)]
-pub struct StoppedHolder {
-    pub pid: u32,
-    /// Its command line, arguments joined by spaces (empty if it cannot be read).
-    pub command: String,
-}
-
-/// The first holder of `path`'s `flock` that is stopped, if any. Read from `/proc/locks`; a
-/// holder that cannot be looked at counts as not stopped (the caller keeps waiting, as before).
-pub fn stopped_holder(path: &Path) -> Option<StoppedHolder> {
-    holder_pids(path)
-        .into_iter()
-        .find(|&pid| is_stopped(pid))
-        .map(|pid| StoppedHolder {
-            pid,
-            command: command_line(pid),
-        })
-}
+use std::time::{Duration, Instant};
 
 /// A process holding `path`'s `flock`: its pid, command line, and whether it is stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -34,10 +16,42 @@ pub struct Holder {
     pub stopped: bool,
 }
 
+impl Holder {
+    /// The holder as a message names it: its command and pid, or its pid alone where its
+    /// command cannot be read (it ended; a flock inherited across a fork lists the parent).
+    pub fn named(&self) -> String {
+        match self.command.as_str() {
+            "" => format!("pid {}", self.pid),
+            command => format!(
+                "`{}` (pid {})",
+                crate::display::escape_for_terminal(command),
+                self.pid
+            ),
+        }
+    }
+
+    /// What a command says of `held` (a lock, as the message names it) held by this holder,
+    /// stopped: who, and what to do.
+    pub fn stopped_said(&self, held: &str) -> String {
+        format!("{held} is held (flock) by {}", self.stopped_named())
+    }
+
+    /// This holder, stopped, as a message names it, and what to do.
+    pub fn stopped_named(&self) -> String {
+        format!(
+            "{}, which is stopped (SIGSTOP or Ctrl-Z): let it go on (`kill -CONT {}`) or end it, \
+             then try again",
+            self.named(),
+            self.pid
+        )
+    }
+}
+
 /// The first holder of `path`'s `flock`, stopped or not, as `/proc/locks` tells: None when
-/// there is none it lists (or the holder lies in another pid namespace).
+/// there is none it lists, or it lists pid 0 (a holder in another pid namespace, or one whose
+/// pid is gone), which no message may tell a user to signal (`kill 0` signals their own group).
 pub fn holder(path: &Path) -> Option<Holder> {
-    let pid = *holder_pids(path).first()?;
+    let pid = *holder_pids(path).first().filter(|&&pid| pid != 0)?;
     Some(Holder {
         pid,
         command: command_line(pid),
@@ -92,6 +106,89 @@ fn command_line(pid: u32) -> String {
         .join(" ")
 }
 
+/// What a bounded wait ([`lock_within`]) does when the lock's holder is stopped (SIGSTOP,
+/// Ctrl-Z): it would hold the lock until someone lets it go on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IfStopped {
+    /// Give up at once, naming it ([`NotTaken::HeldStopped`]).
+    GiveUp,
+    /// Wait on until the deadline, as for any holder.
+    WaitOn,
+}
+
+/// Why a bounded wait ([`lock_within`]) ended without the lock.
+#[derive(Debug)]
+pub enum NotTaken {
+    /// Held all through the wait, by this holder as `/proc/locks` tells at its end (None: it
+    /// lists none this process can see).
+    HeldPast(Option<Holder>),
+    /// Held by a stopped process ([`IfStopped::GiveUp`]).
+    HeldStopped(Holder),
+    /// The lock could not be tried at all.
+    Failed(std::io::Error),
+}
+
+/// How often a bounded wait tries the lock again.
+const RETRY_EVERY: Duration = Duration::from_millis(10);
+
+/// How many tries between two looks at who holds the lock (each a read of `/proc/locks`).
+const TRIES_PER_LOOK: u32 = 10;
+
+/// Takes `file`'s `flock` (exclusive), waiting for its holder until `deadline` (tried every
+/// [`RETRY_EVERY`]); with [`IfStopped::GiveUp`], not past the moment its holder is seen stopped.
+/// For waits that must end: a command that holds a lock others wait for, or one a user waits
+/// on. Callers say what the lock is and what to do from the [`NotTaken`].
+pub fn lock_within(
+    file: &std::fs::File,
+    deadline: Instant,
+    if_stopped: IfStopped,
+) -> Result<(), NotTaken> {
+    use std::os::fd::AsRawFd;
+    let opened = std::path::PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    let mut tries = 0u32;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => return Err(NotTaken::Failed(e)),
+        }
+        tries = tries.wrapping_add(1);
+        if Instant::now() >= deadline {
+            return Err(NotTaken::HeldPast(holder(&opened)));
+        }
+        if if_stopped == IfStopped::GiveUp && tries.is_multiple_of(TRIES_PER_LOOK) {
+            if let Some(stopped) = holder(&opened).filter(|holder| holder.stopped) {
+                return Err(NotTaken::HeldStopped(stopped));
+            }
+        }
+        std::thread::sleep(RETRY_EVERY.min(deadline.saturating_duration_since(Instant::now())));
+    }
+}
+
+/// Takes `file`'s `flock` (exclusive), waiting for a holder that goes on for as long as it
+/// holds it, but not past the moment it is seen stopped (SIGSTOP, Ctrl-Z: it would be waited
+/// on for good): [`NotTaken::HeldStopped`] names it. For a wait behind work that may take long
+/// but ends (a fill's whole round, a VM's operation).
+pub fn lock_unless_stopped(file: &std::fs::File) -> Result<(), NotTaken> {
+    lock_unless_stopped_in_rounds(file, UNLESS_STOPPED_ROUND)
+}
+
+/// How long each round of [`lock_unless_stopped`] is (a [`lock_within`] of its own).
+const UNLESS_STOPPED_ROUND: Duration = Duration::from_secs(60);
+
+fn lock_unless_stopped_in_rounds(file: &std::fs::File, round: Duration) -> Result<(), NotTaken> {
+    loop {
+        match lock_within(file, Instant::now() + round, IfStopped::GiveUp) {
+            // Seen stopped at the round's end (a round too short for a look of its own).
+            Err(NotTaken::HeldPast(Some(holder))) if holder.stopped => {
+                return Err(NotTaken::HeldStopped(holder))
+            }
+            Err(NotTaken::HeldPast(_)) => {}
+            done => return done,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,50 +204,154 @@ mod tests {
         assert_eq!(flock_holders(locks, (8, 1, 10019194)), vec![42]);
     }
 
-    /// A child stopped by SIGSTOP holding a lock is found; once it goes on, it no longer is.
-    #[test]
-    fn a_stopped_holder_is_found_and_a_running_one_is_not() {
-        let scratch = feather_testkit::ScratchDir::new("lock-holder");
-        let dir = scratch.0.clone();
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("op.lock");
-        std::fs::write(&path, b"").unwrap();
-        // --no-fork: the holder is the `sleep` flock becomes.
-        let mut child = std::process::Command::new("flock")
-            .arg("--no-fork")
-            .arg(&path)
-            .args(["sleep", "30"])
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        let signal = |signal: &str| {
+    /// `flock --no-fork PATH sleep 30`: the holder is the `sleep` flock becomes; killed and
+    /// reaped on drop, also when a test fails.
+    struct Holding(std::process::Child);
+
+    impl Holding {
+        /// A child holding `path`'s lock, once `/proc/locks` lists it.
+        fn of(path: &Path) -> Holding {
+            let child = std::process::Command::new("flock")
+                .arg("--no-fork")
+                .arg(path)
+                .args(["sleep", "30"])
+                .spawn()
+                .unwrap();
+            let holding = Holding(child);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !holder_pids(path).contains(&holding.0.id()) {
+                assert!(Instant::now() < deadline, "flock never took {path:?}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            holding
+        }
+
+        fn signal(&self, signal: &str) {
             let sent = std::process::Command::new("kill")
-                .args([signal, &pid.to_string()])
+                .args([signal, &self.0.id().to_string()])
                 .status()
                 .unwrap();
             assert!(sent.success());
-        };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let held = |path: &Path| {
-            let meta = std::fs::metadata(path).unwrap();
-            let file = (libc::major(meta.dev()), libc::minor(meta.dev()), meta.ino());
-            flock_holders(&std::fs::read_to_string("/proc/locks").unwrap(), file)
-        };
-        while !held(&path).contains(&pid) {
-            assert!(std::time::Instant::now() < deadline, "flock never took it");
-            std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert_eq!(stopped_holder(&path), None);
-        signal("-STOP");
-        while !is_stopped(pid) {
-            std::thread::sleep(std::time::Duration::from_millis(10));
+
+        /// Stopped (SIGSTOP), once its state says so.
+        fn stopped(self) -> Holding {
+            self.signal("-STOP");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !is_stopped(self.0.id()) {
+                assert!(
+                    Instant::now() < deadline,
+                    "SIGSTOP never stopped the holder"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            self
         }
-        let found = stopped_holder(&path).expect("the stopped holder");
-        assert_eq!(found.pid, pid);
-        assert_eq!(found.command, "sleep 30");
-        signal("-CONT");
-        assert_eq!(stopped_holder(&path), None);
-        let _ = child.kill();
-        let _ = child.wait();
+    }
+
+    impl Drop for Holding {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// A lock file of its own in a scratch folder (removed with it).
+    fn lock_file(scratch: &feather_testkit::ScratchDir) -> (std::path::PathBuf, std::fs::File) {
+        std::fs::create_dir_all(&scratch.0).unwrap();
+        let path = scratch.0.join("a.lock");
+        let file = std::fs::File::create(&path).unwrap();
+        (path, file)
+    }
+
+    /// A free lock is taken; one held by another open of this process is not, and the wait
+    /// ends at its deadline, naming this process as the holder.
+    #[test]
+    fn a_bounded_wait_takes_a_free_lock_and_gives_up_on_a_held_one_at_its_deadline() {
+        let scratch = feather_testkit::ScratchDir::new("lock-within");
+        let (path, file) = lock_file(&scratch);
+        let soon = || Instant::now() + Duration::from_millis(100);
+        assert!(lock_within(&file, soon(), IfStopped::GiveUp).is_ok());
+        let other = std::fs::File::open(&path).unwrap();
+        match lock_within(&other, soon(), IfStopped::GiveUp) {
+            Err(NotTaken::HeldPast(Some(holder))) => {
+                assert_eq!(holder.pid, std::process::id());
+                assert!(!holder.stopped);
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(file);
+        assert!(lock_within(&other, soon(), IfStopped::GiveUp).is_ok());
+    }
+
+    /// A wait that gives up only on a stopped holder waits on, round after round, for one
+    /// that is not, and takes the lock once it is let go; a stopped holder ends it, named.
+    #[test]
+    fn a_wait_unless_stopped_outlasts_its_rounds_for_a_holder_that_goes_on() {
+        let scratch = feather_testkit::ScratchDir::new("lock-unless-stopped");
+        let (path, held) = lock_file(&scratch);
+        held.lock().unwrap();
+        let other = std::fs::File::open(&path).unwrap();
+        let waiting = std::thread::spawn(move || {
+            lock_unless_stopped_in_rounds(&other, Duration::from_millis(10))
+        });
+        // Set-up, not an assertion on time: a wait that ended at its first rounds has ended by
+        // now on any host but one so loaded that this proves nothing (it cannot fail then).
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!waiting.is_finished(), "{:?}", waiting.join());
+        drop(held);
+        assert!(waiting.join().unwrap().is_ok());
+        let holding = Holding::of(&path).stopped();
+        let file = std::fs::File::open(&path).unwrap();
+        match lock_unless_stopped_in_rounds(&file, Duration::from_millis(10)) {
+            Err(NotTaken::HeldStopped(holder)) => assert_eq!(holder.pid, holding.0.id()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A stopped holder ends a wait that gives up on one long before its deadline, naming it;
+    /// a wait that waits on ends at its deadline, and names it stopped.
+    #[test]
+    fn a_bounded_wait_gives_up_on_a_stopped_holder_only_where_asked() {
+        let scratch = feather_testkit::ScratchDir::new("lock-within-stopped");
+        let (path, file) = lock_file(&scratch);
+        let holding = Holding::of(&path).stopped();
+        let pid = holding.0.id();
+        let far = Instant::now() + Duration::from_secs(600);
+        match lock_within(&file, far, IfStopped::GiveUp) {
+            Err(NotTaken::HeldStopped(holder)) => {
+                assert_eq!(holder.pid, pid);
+                assert_eq!(holder.command, "sleep 30");
+            }
+            other => panic!("{other:?}"),
+        }
+        let soon = Instant::now() + Duration::from_millis(100);
+        match lock_within(&file, soon, IfStopped::WaitOn) {
+            Err(NotTaken::HeldPast(Some(holder))) => assert!(holder.stopped && holder.pid == pid),
+            other => panic!("{other:?}"),
+        }
+        drop(holding);
+    }
+
+    /// A child holding a lock is found, stopped once SIGSTOP stopped it, and not stopped once
+    /// it goes on.
+    #[test]
+    fn a_holder_is_found_and_whether_it_is_stopped() {
+        let scratch = feather_testkit::ScratchDir::new("lock-holder");
+        let (path, _file) = lock_file(&scratch);
+        let holding = Holding::of(&path);
+        let pid = holding.0.id();
+        let found = |stopped| {
+            Some(Holder {
+                pid,
+                command: "sleep 30".into(),
+                stopped,
+            })
+        };
+        assert_eq!(holder(&path), found(false));
+        let holding = holding.stopped();
+        assert_eq!(holder(&path), found(true));
+        holding.signal("-CONT");
+        assert_eq!(holder(&path), found(false));
     }
 }

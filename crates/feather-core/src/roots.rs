@@ -944,11 +944,7 @@ fn random_id() -> Result<String> {
 /// parent of a root such as `/home/u/feather`) is refused, not given the id (review roots28 L3).
 fn write_root_id(entry: &Entry) -> Result<()> {
     let dir = &entry.dir;
-    let folder = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-        .open(dir)
-        .at(dir)?;
+    let folder = feather_sys::folder::open_no_follow(dir).at(dir)?;
     let meta = folder.metadata().at(dir)?;
     if (meta.dev(), meta.ino()) != (entry.dev, entry.ino) {
         return Err(Error::Other(format!(

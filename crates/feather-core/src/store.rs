@@ -516,11 +516,7 @@ pub fn locked_while_moved(folder: &Path) -> Result<File> {
 
 /// The folder of a create `path` in `vms/`, opened (never through a link).
 fn open_creating(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-        .open(path)
-        .at(path)
+    feather_sys::folder::open_no_follow(path).at(path)
 }
 
 /// Removes the folder of a create `path` in `vms/` if the create is dead: no one holds its
@@ -806,23 +802,40 @@ impl VmDir {
     /// fails, naming the process and how to let it go on or end it. A post-copy `migrate`
     /// stopped after its dump also holds the VM's keeper, which waits for it.
     pub fn lock_operations_unless_holder_stopped(&self, what: &str) -> Result<File> {
+        let taken = self.lock_operations_in_place(crate::lock_holder::lock_unless_stopped)?;
+        taken.map_err(|not_taken| match not_taken {
+            crate::lock_holder::NotTaken::HeldStopped(holder) => {
+                self.held_by_stopped(what, &holder)
+            }
+            other => Error::Other(format!("VM {}: op.lock not taken: {other:?}", self.name)),
+        })
+    }
+
+    /// The VM's `op.lock` as `take` takes it, checked to be the one its folder holds once taken:
+    /// a folder moved aside meanwhile (`rm`), and maybe replaced by a new VM's of the name,
+    /// leaves an orphaned lock whose taking serialises nothing. Then the lock at the path is
+    /// opened and taken again; where no folder is there any more, an `Io` error (NotFound).
+    fn lock_operations_in_place(
+        &self,
+        take: impl Fn(&File) -> std::result::Result<(), crate::lock_holder::NotTaken>,
+    ) -> Result<std::result::Result<File, crate::lock_holder::NotTaken>> {
         let path = self.path.join("op.lock");
         loop {
-            if let Some(file) = try_lock(&path)? {
-                return Ok(file);
+            let file = open_lock_file(&path)?;
+            match take(&file) {
+                Ok(()) if names(&path, &file)? => return Ok(Ok(file)),
+                Ok(()) => {}
+                Err(crate::lock_holder::NotTaken::Failed(e)) => return Err(e).at(&path),
+                Err(not_taken) => return Ok(Err(not_taken)),
             }
-            if let Some(holder) = crate::lock_holder::stopped_holder(&path) {
-                return Err(self.held_by_stopped(what, &holder));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
 
-    fn held_by_stopped(&self, what: &str, holder: &crate::lock_holder::StoppedHolder) -> Error {
+    fn held_by_stopped(&self, what: &str, holder: &crate::lock_holder::Holder) -> Error {
         let pid = holder.pid;
-        let command = crate::display::escape_for_terminal(&holder.command);
+        let named = holder.named();
         Error::Other(format!(
-            "VM {}: cannot {what} it while `{command}` (pid {pid}), which is under way on it, \
+            "VM {}: cannot {what} it while {named}, which is under way on it, \
              is stopped (SIGSTOP or Ctrl-Z): it would wait for good. Let it go on (`kill -CONT \
              {pid}`), then try again. Ending it (`kill {pid}`) is safe only for a post-copy \
              migrate that has not let the VM go (no `released-to` in the VM's folder: the VM \
@@ -835,44 +848,36 @@ impl VmDir {
     /// Like [`VmDir::lock_operations`], but waits at most `patience`: None when the lock
     /// stayed taken all that time.
     pub fn lock_operations_within(&self, patience: std::time::Duration) -> Result<Option<File>> {
-        Ok(match self.wait_for_operations(patience, false)? {
-            OperationsLock::Taken(file) => Some(file),
-            OperationsLock::Busy | OperationsLock::HeldByStopped(_) => None,
-        })
+        use crate::lock_holder::IfStopped;
+        // One deadline for every file it takes ([`VmDir::lock_operations_in_place`]).
+        let deadline = std::time::Instant::now() + patience;
+        let taken = self.lock_operations_in_place(|file| {
+            crate::lock_holder::lock_within(file, deadline, IfStopped::WaitOn)
+        })?;
+        Ok(taken.ok())
     }
 
-    /// Like [`VmDir::lock_operations_within`], but a holder that is stopped (SIGSTOP, Ctrl-Z),
-    /// which would hold the lock past any patience, ends the wait at once, named: for a wait
-    /// that has other VMs to get on with (a registration hiding a new root in every running
-    /// VM of the host).
+    /// Like [`VmDir::lock_operations_within`], but says whether the holder is stopped (SIGSTOP,
+    /// Ctrl-Z) when the patience runs out, and gives up on one seen stopped before: for a wait
+    /// that has other VMs to get on with and names what it could not wait for (a registration
+    /// hiding a new root in every running VM of the host, which tries each again in turn).
     pub fn lock_operations_within_unless_holder_stopped(
         &self,
         patience: std::time::Duration,
     ) -> Result<OperationsLock> {
-        self.wait_for_operations(patience, true)
-    }
-
-    fn wait_for_operations(
-        &self,
-        patience: std::time::Duration,
-        unless_holder_stopped: bool,
-    ) -> Result<OperationsLock> {
-        let path = self.path.join("op.lock");
+        use crate::lock_holder::{IfStopped, NotTaken};
         let deadline = std::time::Instant::now() + patience;
-        loop {
-            if let Some(file) = try_lock(&path)? {
-                return Ok(OperationsLock::Taken(file));
+        let taken = self.lock_operations_in_place(|file| {
+            crate::lock_holder::lock_within(file, deadline, IfStopped::GiveUp)
+        })?;
+        Ok(match taken {
+            Ok(file) => OperationsLock::Taken(file),
+            Err(NotTaken::HeldStopped(holder)) => OperationsLock::HeldByStopped(holder),
+            Err(NotTaken::HeldPast(Some(holder))) if holder.stopped => {
+                OperationsLock::HeldByStopped(holder)
             }
-            if unless_holder_stopped {
-                if let Some(holder) = crate::lock_holder::stopped_holder(&path) {
-                    return Ok(OperationsLock::HeldByStopped(holder));
-                }
-            }
-            if std::time::Instant::now() >= deadline {
-                return Ok(OperationsLock::Busy);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+            Err(_) => OperationsLock::Busy,
+        })
     }
 
     fn corrupt(&self, path: PathBuf, why: String) -> Error {
@@ -892,7 +897,7 @@ pub enum OperationsLock {
     /// Still held by an operation under way when the patience ran out.
     Busy,
     /// Held by a process that is stopped.
-    HeldByStopped(crate::lock_holder::StoppedHolder),
+    HeldByStopped(crate::lock_holder::Holder),
 }
 
 fn config_text(config: &VmConfig) -> Result<String> {
@@ -971,6 +976,17 @@ const UNKNOWN_BOOT: &str = "-";
 pub fn boot_id() -> Option<String> {
     let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     Some(id.trim().to_owned()).filter(|id| !id.is_empty())
+}
+
+/// Whether `path` still names the file `file` opened (what opening it would open: links
+/// followed, as [`open_lock_file`] follows them); false where nothing is there now.
+fn names(path: &Path, file: &File) -> Result<bool> {
+    let opened = file.metadata().at(path)?;
+    match fs::metadata(path) {
+        Ok(now) => Ok(now.dev() == opened.dev() && now.ino() == opened.ino()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).at(path),
+    }
 }
 
 fn open_lock_file(path: &Path) -> Result<File> {
@@ -1085,6 +1101,50 @@ mod tests {
         fs::write(base.join("file"), "").unwrap();
         let unwalkable = StateRoot::named(Some(base.join("file/root"))).checked_if_made();
         assert!(unwalkable.is_err(), "{unwalkable:?}");
+    }
+
+    /// A wait for a VM's operation lock whose folder is moved aside meanwhile (`rm`) and a new
+    /// VM's made at its path ends holding the new folder's lock, not the orphaned one: taking
+    /// that would serialise nothing with the new VM's commands.
+    #[test]
+    fn a_wait_for_the_operation_lock_ends_on_the_folder_now_at_the_path() {
+        let scratch = ScratchDir::new("op-lock-moved");
+        let root = StateRoot::new(Some(scratch.0.join("root")));
+        let vm = root.vm(&"x".parse().unwrap());
+        fs::create_dir_all(&vm.path).unwrap();
+        let lock = vm.path.join("op.lock");
+        let held = open_lock_file(&lock).unwrap();
+        held.lock().unwrap();
+        let waiter = vm.clone();
+        let waiting = std::thread::spawn(move || waiter.lock_operations_within(MINUTE));
+        let deadline = std::time::Instant::now() + MINUTE;
+        while opens_of(&lock) < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the wait never opened {lock:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        fs::rename(&vm.path, scratch.0.join("aside")).unwrap();
+        fs::create_dir_all(&vm.path).unwrap();
+        let new = open_lock_file(&lock).unwrap();
+        drop(held);
+        let taken = waiting.join().unwrap().unwrap().expect("the lock is taken");
+        assert_eq!(
+            taken.metadata().unwrap().ino(),
+            new.metadata().unwrap().ino()
+        );
+    }
+
+    const MINUTE: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// How many descriptors of this process name `path`.
+    fn opens_of(path: &Path) -> usize {
+        fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter(|fd| fs::read_link(fd.path()).is_ok_and(|to| to == path))
+            .count()
     }
 
     /// What a test does to the root's path, as a local user racing feather would.

@@ -705,11 +705,7 @@ fn without_carried_attributes(file: &fs::File) -> std::io::Result<()> {
 /// ([`records_without_attributes`]); the layers keep it, as they keep any ACL an archive gives
 /// them directly (a layer's ACLs are the VM's own to choose).
 fn made_feathers_own(staging: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let folder = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
-        .open(staging)?;
+    let folder = feather_sys::folder::open_no_follow(staging)?;
     without_carried_attributes(&folder)?;
     nix::unistd::fchown(
         &folder,

@@ -26,7 +26,9 @@
 //!   lingers moves the mtime on and leaves; if that process had unlinked the file already (its
 //!   look may come before this VM's port was gone), it lingers itself.
 //! - `feather network down` ([`end`]) unlinks the wait file, which wakes the lingering process
-//!   (it watches the file), waits for it to end, and removes what is unused. A lingering
+//!   (it watches the file), waits for it to end (at most [`LINGERER_PATIENCE`], not at all for
+//!   a stopped one: [`Ended::Lingering`]), and removes what is unused, waiting for the refill
+//!   and network locks [`DOWN_PATIENCE`] at most. A lingering
 //!   process whose wait file another process unlinked (this, or the root's folder being
 //!   removed) makes and removes nothing in the root: a file made there while `rm -rf` removes
 //!   the folder keeps the folder from going.
@@ -55,6 +57,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
+use feather_core::lock_holder::IfStopped;
 use feather_core::StateRoot;
 
 use crate::netlink::{index_of, Netlink};
@@ -82,6 +85,15 @@ const LOCK_FILE: &str = "network-linger.lock";
 /// of the pool, a VM's start taking the root's network lock), holding the removal lock that
 /// every command waits for ([`settle`]). Past it, the removal is left to the next command.
 const PATIENCE: Duration = Duration::from_secs(2);
+
+/// How long `network down` ([`end`]) waits for the pool's refill lock and the root's network
+/// lock, one deadline for both, holding the removal lock (with [`PATIENCE`] for VMs still
+/// coming before: ~32 s in all): a refill makes namespaces for seconds on a host under load,
+/// and the admin asked for the network to go. A holder seen stopped is not waited for
+/// ([`Ended::HeldStopped`]). Other commands wait [`REMOVAL_PATIENCE`] at most for the removal
+/// lock meanwhile, then go on without it. Past it, the network stays, told as used (a refill
+/// or a VM's start kept it); the next command or `network down` removes it.
+pub const DOWN_PATIENCE: Duration = Duration::from_secs(30);
 
 /// How long a command waits for a removal under way ([`settle`], [`end`]) before it goes on
 /// without it.
@@ -230,33 +242,82 @@ fn wait_for_change(inotify: &nix::sys::inotify::Inotify, timeout: Duration) {
 pub enum Ended {
     /// Gone, or there was none.
     Down,
-    /// It stays: a VM uses it (or a VM's start held the root's network lock past
-    /// [`PATIENCE`]).
+    /// It stays: a VM uses it (or a VM's start held the root's network lock, or a refill of
+    /// its pool the refill lock, past [`DOWN_PATIENCE`]).
     Used,
     /// It stays: another process held the removal lock all through [`REMOVAL_PATIENCE`]
     /// (removing it, or stopped by a signal while it did).
     Busy,
+    /// It stays, untouched: the process that lingers did not end within [`LINGERER_PATIENCE`]
+    /// of its wait file's unlink, or was seen stopped (SIGSTOP, Ctrl-Z: it would not end until
+    /// let go on). The holder of its wait file's lock, as `/proc/locks` told.
+    Lingering(Option<feather_core::lock_holder::Holder>),
+    /// It stays: the holder of the pool's refill lock or the root's network lock (`lock`) was
+    /// seen stopped (SIGSTOP, Ctrl-Z), and would hold it until let go on.
+    HeldStopped {
+        lock: std::path::PathBuf,
+        holder: feather_core::lock_holder::Holder,
+    },
 }
 
-/// `feather network down`: ends the root's lingering, waiting for the process that lingers,
-/// and removes the root's bridge, tables and pool unless a VM uses them.
+/// How long `network down` ([`end`]) waits for the process that lingers to end once woken
+/// (it makes and removes nothing then: milliseconds, seconds on a host under load).
+const LINGERER_PATIENCE: Duration = Duration::from_secs(30);
+
+/// `feather network down`: ends the root's lingering, waiting (at most [`LINGERER_PATIENCE`],
+/// not at all for a stopped one) for the process that lingers, and removes the root's bridge,
+/// tables and pool unless a VM uses them.
 pub fn end(root: &StateRoot) -> Ended {
     let path = root.dir().join(WAIT_FILE);
     if let Ok(file) = File::open(&path) {
         let _ = fs::remove_file(&path);
         // The unlink wakes the lingering process, which ends without removing anything (this
         // command does, below); it holds the lock until it is gone: wait for it.
-        let _ = file.lock();
+        if let Err(not_ended) = lingerer_ended(&file) {
+            return not_ended;
+        }
     }
-    let taken = remove_if_unused(root);
+    let taken = remove_if_unused_within(root, DOWN_PATIENCE);
     let stays = RootNetwork::load(root.dir())
         .ok()
         .flatten()
         .is_some_and(|network| index_of(&network.bridge).is_some());
     match (stays, taken) {
         (false, _) => Ended::Down,
-        (true, true) => Ended::Used,
+        (true, true) => match stopped_holder(root.dir()) {
+            Some((lock, holder)) => Ended::HeldStopped { lock, holder },
+            None => Ended::Used,
+        },
         (true, false) => Ended::Busy,
+    }
+}
+
+/// A stopped holder (SIGSTOP, Ctrl-Z) of the pool's refill lock or the root's network lock, as
+/// `/proc/locks` tells now, with that lock's path: what a removal that gave up on one says.
+fn stopped_holder(
+    root_dir: &Path,
+) -> Option<(std::path::PathBuf, feather_core::lock_holder::Holder)> {
+    [
+        pool::refill_lock_path(root_dir),
+        root_dir.join("network.lock"),
+    ]
+    .into_iter()
+    .find_map(|lock| {
+        let holder = feather_core::lock_holder::holder(&lock).filter(|h| h.stopped)?;
+        Some((lock, holder))
+    })
+}
+
+/// Waits for the lock of the unlinked wait `file`, held by the process that lingers until it
+/// ends: [`Ended::Lingering`] where it did not end in time, or is stopped.
+fn lingerer_ended(file: &File) -> Result<(), Ended> {
+    use feather_core::lock_holder::{IfStopped, NotTaken};
+    let deadline = Instant::now() + LINGERER_PATIENCE;
+    match feather_core::lock_holder::lock_within(file, deadline, IfStopped::GiveUp) {
+        // A file that cannot be locked (no flock on its filesystem) tells nothing: as before.
+        Ok(()) | Err(NotTaken::Failed(_)) => Ok(()),
+        Err(NotTaken::HeldPast(holder)) => Err(Ended::Lingering(holder)),
+        Err(NotTaken::HeldStopped(holder)) => Err(Ended::Lingering(Some(holder))),
     }
 }
 
@@ -407,8 +468,9 @@ fn end_linger(root: &StateRoot, path: &Path, file: &File) {
 /// cannot be made, or another process held it all that time (it removes what is unused, or
 /// leaves its file for the next command).
 fn lock_removal(root_dir: &Path) -> Option<File> {
+    let deadline = Instant::now() + REMOVAL_PATIENCE;
     take_removal_lock(root_dir, |file| {
-        crate::settings::lock_within(file, REMOVAL_PATIENCE)
+        crate::settings::lock_within(file, deadline, IfStopped::WaitOn)
     })
 }
 
@@ -424,10 +486,15 @@ fn take_removal_lock(root_dir: &Path, lock: impl Fn(&File) -> bool) -> Option<Fi
 
 /// Under the root's removal lock: [`remove_under`]. Whether the lock was taken.
 fn remove_if_unused(root: &StateRoot) -> bool {
+    remove_if_unused_within(root, PATIENCE)
+}
+
+/// [`remove_if_unused`], waiting at most `patience` for the refill and network locks.
+fn remove_if_unused_within(root: &StateRoot, patience: Duration) -> bool {
     let removing = lock_removal(root.dir());
     let taken = removing.is_some();
     if let Some(removing) = removing {
-        remove_under(root, removing);
+        remove_under_within(root, removing, patience);
     }
     taken
 }
@@ -437,6 +504,15 @@ fn remove_if_unused(root: &StateRoot) -> bool {
 /// The lock's file goes last; it stays, for the next command to finish the removal, when the
 /// refill or the network lock stayed taken past [`PATIENCE`].
 fn remove_under(root: &StateRoot, removing: File) {
+    remove_under_within(root, removing, PATIENCE)
+}
+
+/// [`remove_under`], waiting for VMs still coming at most [`PATIENCE`], then for the refill
+/// and network locks `patience` at most in all (one deadline for both, and for each file
+/// [`pool::with_refill_lock_within`] takes anew), and not at all for a holder seen stopped
+/// (SIGSTOP, Ctrl-Z), which would keep the removal lock, and every command that waits for it,
+/// waiting ([`stopped_holder`] names it).
+fn remove_under_within(root: &StateRoot, removing: File, patience: Duration) {
     let root_dir = root.dir();
     if let Ok(Some(network)) = RootNetwork::load(root_dir) {
         // A loop of `run --rm` takes pooled namespaces one after another, and between two of
@@ -450,8 +526,9 @@ fn remove_under(root: &StateRoot, removing: File) {
             }
             std::thread::sleep(TAKEN_RECENTLY - age);
         }
-        let done = pool::with_refill_lock_within(root_dir, PATIENCE, || {
-            let Some(_lock) = network.lock_within(PATIENCE) else {
+        let deadline = Instant::now() + patience;
+        let done = pool::with_refill_lock_within(root_dir, deadline, || {
+            let Some(_lock) = network.lock_within(deadline) else {
                 return false;
             };
             // What a killed refill or keeper left goes even while VMs use the bridge.
@@ -513,7 +590,7 @@ mod tests {
             move || lock_removal(&root)
         });
         // The waiter has opened the file (two descriptors of this process name it) and waits
-        // for its lock (lock_within polls every 5 ms).
+        // for its lock (lock_within polls every 10 ms).
         let opened = || {
             fs::read_dir("/proc/self/fd")
                 .unwrap()

@@ -56,7 +56,7 @@ use std::io::Read;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::mount::MntFlags;
 use nix::sched::CloneFlags;
@@ -87,6 +87,11 @@ const REFILL_LOCK: &str = "refill.lock";
 
 /// Host ends of pooled pairs start with this (and so match the firewall's `fth*` drops).
 pub const HOST_END_PREFIX: &str = "fthp";
+
+/// The pool's refill lock's path in the root at `root_dir`.
+pub(crate) fn refill_lock_path(root_dir: &Path) -> PathBuf {
+    dir_of(root_dir).join(REFILL_LOCK)
+}
 
 fn dir_of(root_dir: &Path) -> PathBuf {
     root_dir.join(DIR)
@@ -664,7 +669,7 @@ fn remove_if_empty(dir: &Path) {
 /// no entries).
 pub(crate) fn remove_folder_left(root_dir: &Path, patience: Duration) {
     if dir_of(root_dir).exists() {
-        let _ = with_refill_lock_within(root_dir, patience, || ());
+        let _ = with_refill_lock_within(root_dir, Instant::now() + patience, || ());
     }
 }
 
@@ -689,12 +694,13 @@ fn holds_only_the_lock(dir: &Path) -> bool {
 /// said a VM used the network.
 pub(crate) fn with_refill_lock_within<T>(
     root_dir: &Path,
-    patience: Duration,
+    deadline: Instant,
     work: impl FnOnce() -> T,
 ) -> Option<T> {
+    use feather_core::lock_holder::IfStopped;
     let dir = dir_of(root_dir);
     let lock = take_refill_lock(root_dir, |file| {
-        crate::settings::lock_within(file, patience)
+        crate::settings::lock_within(file, deadline, IfStopped::GiveUp)
     });
     let Ok(lock) = lock else {
         return Some(work());
@@ -815,15 +821,16 @@ mod tests {
     fn no_refill_begins_while_the_network_is_removed() {
         let scratch = feather_testkit::ScratchDir::new("pool-removal");
         let root = root_without_its_bridge(&scratch);
-        let refill_could_begin = with_refill_lock_within(&root, Duration::from_secs(10), || {
-            // What a finisher's refill does first, from another process: its lock.
-            std::thread::scope(|other| {
-                other
-                    .spawn(|| try_refill_lock(&root).is_some())
-                    .join()
-                    .unwrap()
-            })
-        });
+        let refill_could_begin =
+            with_refill_lock_within(&root, Instant::now() + Duration::from_secs(10), || {
+                // What a finisher's refill does first, from another process: its lock.
+                std::thread::scope(|other| {
+                    other
+                        .spawn(|| try_refill_lock(&root).is_some())
+                        .join()
+                        .unwrap()
+                })
+            });
         assert_eq!(refill_could_begin, Some(false), "a refill began meanwhile");
         assert!(
             !dir_of(&root).exists(),
@@ -862,7 +869,8 @@ mod tests {
         let root = scratch.0.join("root");
         fs::create_dir_all(&root).unwrap();
         fs::write(dir_of(&root), "").unwrap();
-        let removed = with_refill_lock_within(&root, Duration::from_secs(10), || true);
+        let removed =
+            with_refill_lock_within(&root, Instant::now() + Duration::from_secs(10), || true);
         assert_eq!(removed, Some(true), "the removal stopped");
     }
 

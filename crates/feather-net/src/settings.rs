@@ -280,27 +280,24 @@ impl RootNetwork {
         lock(&self.root.join("network.lock"))
     }
 
-    /// [`RootNetwork::lock`], waiting at most `patience`: None when it stayed taken (or its
-    /// file cannot be opened).
-    pub fn lock_within(&self, patience: std::time::Duration) -> Option<File> {
+    /// [`RootNetwork::lock`], waiting until `deadline`, and not once its holder is seen
+    /// stopped (SIGSTOP, Ctrl-Z): None when it stayed taken (or its file cannot be opened).
+    pub fn lock_within(&self, deadline: std::time::Instant) -> Option<File> {
+        use feather_core::lock_holder::IfStopped;
         let file = open_lock_file(&self.root.join("network.lock")).ok()?;
-        lock_within(&file, patience).then_some(file)
+        lock_within(&file, deadline, IfStopped::GiveUp).then_some(file)
     }
 }
 
-/// Takes `file`'s lock, waiting at most `patience` for whoever holds it: whether it is taken.
+/// Takes `file`'s lock, waiting until `deadline` for whoever holds it, or (`if_stopped`) not
+/// once it is seen stopped ([`feather_core::lock_holder::lock_within`]): whether it is taken.
 /// For waits done while holding a lock that other commands wait for, which must end.
-pub(crate) fn lock_within(file: &File, patience: std::time::Duration) -> bool {
-    let deadline = std::time::Instant::now() + patience;
-    loop {
-        match file.try_lock() {
-            Ok(()) => return true,
-            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            Err(_) => return false,
-        }
-    }
+pub(crate) fn lock_within(
+    file: &File,
+    deadline: std::time::Instant,
+    if_stopped: feather_core::lock_holder::IfStopped,
+) -> bool {
+    feather_core::lock_holder::lock_within(file, deadline, if_stopped).is_ok()
 }
 
 /// A root's claim on its bridge and subnet, `/run/feather-net/claims/<bridge>`. Which root holds

@@ -11,6 +11,7 @@ pub mod dnotify;
 pub mod fdpass;
 pub mod flush;
 pub mod fnv;
+pub mod folder;
 pub mod fstab;
 pub mod hiding_layer;
 pub mod io;

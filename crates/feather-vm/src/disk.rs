@@ -19,7 +19,6 @@
 //! Either way overlayfs writes with its mounter's credentials, so even the VM's root cannot
 //! exceed the cap.
 
-use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
@@ -33,17 +32,11 @@ use nix::errno::Errno;
 use nix::mount::MntFlags;
 
 use crate::error::{failed, io, Result, VmError};
+use feather_sys::folder::open_no_follow;
 
 /// Project ids feather chooses from: above those administrators number by hand in
 /// /etc/projid, below 2^31 for tools that read ids as signed.
 const PROJECTS: std::ops::Range<u32> = 0x4000_0000..0x8000_0000;
-
-fn open_dir(path: &Path) -> std::io::Result<File> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-}
 
 /// The smallest image cap: ext4's own metadata needs a few MiB before the first file.
 const MIN_IMAGE: u64 = 8 << 20;
@@ -75,7 +68,7 @@ fn quota_unreadable<'a>(
 /// Chooses how a VM capped at `bytes` is held to it: a project quota where the filesystem of
 /// `state` (the state root) enforces them, else a filesystem image of its own.
 pub fn allocate(name: &VmName, state: &Path, bytes: u64) -> Result<DiskQuota> {
-    let dir = open_dir(state).map_err(io(name, state.display().to_string()))?;
+    let dir = open_no_follow(state).map_err(io(name, state.display().to_string()))?;
     if let Err(errno) = quota::enforced(dir.as_fd()) {
         return image_cap(name, state, errno, bytes);
     }
@@ -240,7 +233,7 @@ pub fn hold_imported(
             ),
         )
     })?;
-    let dir = open_dir(state).map_err(io(name, state.display().to_string()))?;
+    let dir = open_no_follow(state).map_err(io(name, state.display().to_string()))?;
     let used =
         quota::usage(dir.as_fd(), project).map_err(quota_unreadable(name, state, project))?;
     if used > bytes {
@@ -282,7 +275,7 @@ pub(crate) fn hold_layers(staging: &Path, project: u32) -> std::io::Result<()> {
 }
 
 fn set_project_limit(name: &VmName, state: &Path, project: u32, bytes: u64) -> Result<()> {
-    let dir = open_dir(state).map_err(io(name, state.display().to_string()))?;
+    let dir = open_no_follow(state).map_err(io(name, state.display().to_string()))?;
     quota::set_limit(dir.as_fd(), project, bytes).map_err(|errno| {
         let why = match errno {
             Errno::EPERM => "setting a project quota needs CAP_SYS_ADMIN".to_owned(),
@@ -410,7 +403,7 @@ fn run(name: &VmName, command: &mut Command) -> Result<()> {
 
 /// Puts the folder `path` (feather's own, in the VM's state folder) into `project`.
 pub fn assign(name: &VmName, path: &Path, project: u32) -> Result<()> {
-    let dir = open_dir(path).map_err(io(name, path.display().to_string()))?;
+    let dir = open_no_follow(path).map_err(io(name, path.display().to_string()))?;
     quota::assign(dir.as_fd(), project).map_err(|e| {
         failed(
             name,
@@ -428,7 +421,7 @@ pub fn assign(name: &VmName, path: &Path, project: u32) -> Result<()> {
 pub fn release(state: &Path, vm: &VmDir, disk: DiskQuota) {
     match disk {
         DiskQuota::ProjectQuota { project, .. } => {
-            if let Ok(dir) = open_dir(state) {
+            if let Ok(dir) = open_no_follow(state) {
                 let _ = quota::set_limit(dir.as_fd(), project, 0);
             }
         }
@@ -440,7 +433,7 @@ pub fn release(state: &Path, vm: &VmDir, disk: DiskQuota) {
 pub fn usage(state: &Path, vm: &VmDir, disk: DiskQuota) -> Option<u64> {
     match disk {
         DiskQuota::ProjectQuota { project, .. } => {
-            let dir = open_dir(state).ok()?;
+            let dir = open_no_follow(state).ok()?;
             quota::usage(dir.as_fd(), project).ok()
         }
         DiskQuota::Image { .. } => {
@@ -480,7 +473,7 @@ mod tests {
         fs::write(staging.join("upper/etc/deep/file"), "x").unwrap();
         std::os::unix::fs::symlink(dir.join("outside"), staging.join("upper/etc/link")).unwrap();
         let flag = |path: &Path| {
-            let folder = File::open(path).unwrap();
+            let folder = std::fs::File::open(path).unwrap();
             quota::inherits(folder.as_fd())
         };
         if flag(&staging).is_err() {

@@ -477,6 +477,9 @@ pub fn settle_throw_aways(root: &StateRoot, wait: bool) {
 /// What `feather network down` did with the root's network.
 pub use feather_net::linger::Ended as NetworkDown;
 
+/// How long `feather network down` waits for a VM's start or a refill of the pool.
+pub use feather_net::linger::DOWN_PATIENCE as NETWORK_DOWN_PATIENCE;
+
 /// `feather network down`: the root's bridge and tables go now, unless a VM uses them, rather
 /// than when the linger after its last throw-away VM ends (feather_net::linger).
 pub fn take_network_down(root: &StateRoot) -> NetworkDown {

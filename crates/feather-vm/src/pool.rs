@@ -344,7 +344,13 @@ pub fn fill(root: &StateRoot, generation: Option<u64>) -> Result<()> {
             if at_work_can_do_ours(&folder) {
                 return Ok(());
             }
-            lock.lock().at(pooled::dir(root).join(pooled::FILL_LOCK))?;
+            if let Some(Some(hold)) = HOLD_FILL_WAIT_AT.get() {
+                crate::test_hooks::held_by(hold);
+            }
+            // For the whole round of the fill at work, which may make many VMs; but a fill
+            // stopped (Ctrl-Z) holding it is named, not waited on for good.
+            let shown = pooled::dir(root).join(pooled::FILL_LOCK);
+            pool_locks::lock_file_unless_stopped(&lock, &shown)?;
         }
         // Over before it writes its record: a fill that finds the lock taken then waits for
         // this one rather than trust it, and does its own round.
@@ -423,6 +429,16 @@ pub const HOLD_FILL: &str = "FEATHER_TEST_HOLD_FILL";
 /// [`HOLD_FILL`] as the fill's starter set it (read before the fill clears its environment).
 static HOLD_FILL_AT: std::sync::OnceLock<Option<std::ffi::OsString>> = std::sync::OnceLock::new();
 
+/// Test-only ([`crate::test_hooks`]): a fill that found its lock taken by a fill at work it
+/// does not trust waits, before it waits for that lock, for the lock of the file this names:
+/// a test sees that it came to wait.
+pub const HOLD_FILL_WAIT: &str = "FEATHER_TEST_HOLD_FILL_WAIT";
+
+/// [`HOLD_FILL_WAIT`] as the fill's starter set it (read before the fill clears its
+/// environment).
+static HOLD_FILL_WAIT_AT: std::sync::OnceLock<Option<std::ffi::OsString>> =
+    std::sync::OnceLock::new();
+
 /// Test-only ([`crate::test_hooks`]): a fill waits, before it takes its lock, for the lock of
 /// the file this names: a fill started before `network down` but at work only after it.
 pub const HOLD_FILL_START: &str = "FEATHER_TEST_HOLD_FILL_START";
@@ -431,6 +447,11 @@ pub const HOLD_FILL_START: &str = "FEATHER_TEST_HOLD_FILL_START";
 /// [`pooled::fence`] in place, for the lock of the file this names: a `network down` killed
 /// while its fence stands.
 pub const HOLD_FENCED: &str = "FEATHER_TEST_HOLD_FENCED";
+
+/// Test-only ([`crate::test_hooks`]): `network down` in a root with a pool's folder waits,
+/// the pool's size 0 written in it, for the lock of the file this names: a `network down`
+/// killed while it empties the pool.
+pub const HOLD_EMPTYING: &str = "FEATHER_TEST_HOLD_EMPTYING";
 
 /// [`fill`], under its lock.
 fn fill_locked(root: &StateRoot) -> Result<()> {
@@ -645,6 +666,7 @@ pub fn fill_detached(root: &StateRoot, generation: Option<u64>) -> Result<()> {
     // Once per fill started, not at each of a drain's rounds ([`fill`]).
     pooled::sweep_fence_leftovers(root);
     let _ = HOLD_FILL_AT.set(crate::test_hooks::set(HOLD_FILL));
+    let _ = HOLD_FILL_WAIT_AT.set(crate::test_hooks::set(HOLD_FILL_WAIT));
     let hold_start = crate::test_hooks::set(HOLD_FILL_START);
     crate::filler::become_no_callers(root)?;
     feather_core::trace::phase("fill: become no caller's (pool cgroup, limits)");
@@ -764,14 +786,16 @@ pub fn emptied_while<T>(
     let Some(folder) = held else {
         return Ok((0, Drained::default(), meanwhile()));
     };
-    let setting = pooled::size_to_put_back(&folder);
     // Counted before the size is 0 too: a fill under way then ends the VMs above it itself.
     let before = entries(root).len();
     // The size 0 first, then the next generation; a starter reads them the other way round
     // ([`pooled::start_filler`]): one that read the generation before it was raised reads a
-    // size of 0 or starts a fill of the generation over, which makes nothing.
-    pooled::write_in(root, &folder, pooled::SIZE, b"0\n", Durability::Durable)?;
+    // size of 0 or starts a fill of the generation over, which makes nothing. The fence's 0,
+    // the setting to put back kept beside it: killed from here on, this leaves a fence whose
+    // owner is gone, which the next reader of the size lifts, putting the setting back.
+    let setting = pooled::fence_held(root, &folder)?;
     pooled::next_generation(root, &folder)?;
+    crate::test_hooks::held(HOLD_EMPTYING);
     let emptied = await_fill_in(root, &folder).and_then(|()| {
         let pooled = entries(root).len().max(before);
         let drained = emptied(root)?;
@@ -780,19 +804,7 @@ pub fn emptied_while<T>(
     // Even after a drain that failed: the network goes unless a VM uses it.
     let given = meanwhile();
     // Back as it was, whatever the drain did.
-    match setting {
-        Some(setting) => pooled::write_in(
-            root,
-            &folder,
-            pooled::SIZE,
-            setting.as_bytes(),
-            Durability::Durable,
-        )?,
-        None => {
-            let file = pooled::in_folder(&folder, pooled::SIZE);
-            fs::remove_file(file).at(pooled::dir(root).join(pooled::SIZE))?
-        }
-    }
+    pooled::unfence_held(root, &folder, setting)?;
     let (pooled, drained) = emptied?;
     Ok((pooled, drained, given))
 }
@@ -823,7 +835,9 @@ fn await_fill_in(root: &StateRoot, folder: &fs::File) -> Result<()> {
 }
 
 /// How long a drain or `network down` waits for the fill at work ([`await_fill`]), which stops
-/// once the VM it is making is made: seconds, a minute on a host under load.
+/// once the VM it is making is made (it reads the size, 0, before the next): seconds, a minute
+/// on a host under load. A fill behind another waits for that one's whole round instead, with
+/// no bound but a stopped holder ([`fill`]).
 const FILL_PATIENCE: Duration = Duration::from_secs(120);
 
 /// Waits a moment for each claimed VM whose run has ended to be set aside by its keeper (a

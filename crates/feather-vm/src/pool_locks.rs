@@ -32,18 +32,13 @@ impl Deadline {
     }
 }
 
-/// Folder `path` opened, never through a symbolic link.
-pub fn open_folder(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-}
-
 /// Folder `path` opened and locked (flock, exclusive), or an error if another holds it.
 pub fn locked(path: &Path) -> std::io::Result<Flock<File>> {
-    Flock::lock(open_folder(path)?, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| e.into())
+    Flock::lock(
+        feather_sys::folder::open_no_follow(path)?,
+        FlockArg::LockExclusiveNonblock,
+    )
+    .map_err(|(_, e)| e.into())
 }
 
 /// The opened `file` as a path the kernel resolves through its descriptor.
@@ -93,32 +88,49 @@ fn not_the_lock(shown: &Path, what: &str) -> crate::error::VmError {
 
 /// `file` locked (flock, exclusive), waited for until `deadline`: past it, or at once where
 /// its holder is stopped (SIGSTOP, Ctrl-Z: it would hold it for good), an error naming the
-/// lock (as `shown`), its holder, and what to do.
+/// lock (as `shown`), its holder, and what to do ([`lock_file_within`]). Held as a `Flock`,
+/// which lets it go when dropped even where another descriptor of the same open file
+/// description stays open (`hold_dir`'s clone of the folder).
 pub fn lock_within(
-    mut file: File,
+    file: File,
     shown: &Path,
     deadline: Deadline,
 ) -> crate::error::Result<Flock<File>> {
-    let mut looks = 0u32;
-    loop {
-        file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(held) => return Ok(held),
-            Err((file, nix::errno::Errno::EWOULDBLOCK)) => file,
-            Err((_, e)) => {
-                let doing = "locking it";
-                return Err(crate::error::io(&shown.display(), doing)(e.into()));
+    lock_file_within(&file, shown, deadline)?;
+    // Taken already: this takes nothing new.
+    Flock::lock(file, FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| crate::error::io(&shown.display(), "locking it")(e.into()))
+}
+
+/// [`lock_within`] for a `file` whose lock goes with its last descriptor
+/// ([`feather_core::lock_holder::lock_within`]).
+pub fn lock_file_within(file: &File, shown: &Path, deadline: Deadline) -> crate::error::Result<()> {
+    use feather_core::lock_holder::{IfStopped, NotTaken};
+    let holder =
+        match feather_core::lock_holder::lock_within(file, deadline.ends, IfStopped::GiveUp) {
+            Ok(()) => return Ok(()),
+            Err(NotTaken::Failed(e)) => {
+                return Err(crate::error::io(&shown.display(), "locking it")(e))
             }
+            Err(NotTaken::HeldPast(holder)) => holder,
+            Err(NotTaken::HeldStopped(holder)) => Some(holder),
         };
-        // Who holds it is looked up now and then (a read of /proc/locks), not at each try.
-        looks = looks.wrapping_add(1);
-        let out_of_time = deadline.passed();
-        if out_of_time || looks.is_multiple_of(10) {
-            let holder = feather_core::lock_holder::holder(&opened(&file));
-            if out_of_time || holder.as_ref().is_some_and(|holder| holder.stopped) {
-                return Err(held_too_long(shown, holder, deadline.patience));
-            }
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    Err(held_too_long(shown, holder, deadline.patience))
+}
+
+/// `file` locked (flock, exclusive), waited for as long as its holder goes on, but not once
+/// it is seen stopped (SIGSTOP, Ctrl-Z): then an error naming the lock (as `shown`), its
+/// holder and what to do ([`feather_core::lock_holder::lock_unless_stopped`]).
+pub fn lock_file_unless_stopped(file: &File, shown: &Path) -> crate::error::Result<()> {
+    use feather_core::lock_holder::NotTaken;
+    match feather_core::lock_holder::lock_unless_stopped(file) {
+        Ok(()) => Ok(()),
+        Err(NotTaken::HeldStopped(holder)) => Err(feather_core::Error::Other(
+            holder.stopped_said(&shown.display().to_string()),
+        )
+        .into()),
+        Err(NotTaken::Failed(e)) => Err(crate::error::io(&shown.display(), "locking it")(e)),
+        Err(NotTaken::HeldPast(_)) => unreachable!("a wait unless stopped has no deadline"),
     }
 }
 
@@ -131,16 +143,11 @@ fn held_too_long(
 ) -> crate::error::VmError {
     let shown = shown.display();
     let said = match holder {
-        Some(holder) if holder.stopped => format!(
-            "{shown} is held (flock) by {}, which is stopped (SIGSTOP or Ctrl-Z): let it go on \
-             (`kill -CONT {}`) or end it, then try again",
-            named(&holder),
-            holder.pid
-        ),
+        Some(holder) if holder.stopped => holder.stopped_said(&shown.to_string()),
         Some(holder) => format!(
             "{shown} has been held (flock) by {} for more than {patience:?}: wait for it to \
              end (or end it), then try again",
-            named(&holder),
+            holder.named(),
         ),
         None => format!(
             "{shown} has been held (flock) for more than {patience:?} by a process this cannot \
@@ -148,19 +155,6 @@ fn held_too_long(
         ),
     };
     feather_core::Error::Other(said).into()
-}
-
-/// A lock's holder as an error names it: its command and pid, or its pid alone where its
-/// command cannot be read (it ended, a flock inherited across a fork listing the parent).
-fn named(holder: &feather_core::lock_holder::Holder) -> String {
-    match holder.command.as_str() {
-        "" => format!("pid {}", holder.pid),
-        command => format!(
-            "`{}` (pid {})",
-            feather_core::display::escape_for_terminal(command),
-            holder.pid
-        ),
-    }
 }
 
 /// What [`in_place_locked`] does where no folder is at the path.
@@ -193,7 +187,7 @@ pub fn in_place_locked<L>(
                 _ => {}
             }
         }
-        let folder = match open_folder(path) {
+        let folder = match feather_sys::folder::open_no_follow(path) {
             Ok(folder) => folder,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => match if_missing {
                 IfMissing::Leave => return Ok(None),

@@ -132,7 +132,7 @@ pub const FILLER: &str = "filler";
 /// relative to it ([`in_folder`]). A root's folder may be a user's (`sudo feather --root
 /// ~/vms …`), and a fill runs as root.
 pub fn open_dir(root: &StateRoot) -> std::io::Result<std::fs::File> {
-    pool_locks::open_folder(&dir(root))
+    feather_sys::folder::open_no_follow(&dir(root))
 }
 
 /// File `name` of the opened folder `folder`, as a path the kernel resolves through its
@@ -564,8 +564,9 @@ pub const SETTINGS_LOCK: &str = "settings.lock";
 const SETTINGS_PATIENCE: Duration = Duration::from_secs(10);
 
 /// How long `network down` waits for the pool's folder ([`hold_dir`]): a lifter holds it for
-/// milliseconds, another `network down` of the root while it empties the pool (its drain waits
-/// up to 30 s for the pooled VMs) and takes the network down.
+/// milliseconds; another `network down` of the root holds it while it empties the pool (its
+/// drain waits up to 30 s for the pooled VMs), waits for the lingering process (30 s) and
+/// takes the network down (~32 s): past this, the second fails naming the first.
 pub const FOLDER_PATIENCE: Duration = Duration::from_secs(60);
 
 /// The settings lock ([`SETTINGS_LOCK`]) of the pool's opened `folder`, waited for until
@@ -631,12 +632,73 @@ pub fn hold_dir(root: &StateRoot) -> crate::error::Result<Option<Flock<std::fs::
     Ok(held.map(|(_, held)| held))
 }
 
-/// The size setting of the pool's `folder`, held locked ([`hold_dir`]), to put back once
-/// `network down` is over: a fence's size there is a stale fence's (its owner would hold the
-/// lock), put back as absent, as it was before that fence.
-pub fn size_to_put_back(folder: &std::fs::File) -> Option<String> {
-    read_small(&in_folder(folder, SIZE)).filter(|setting| setting != FENCES_SIZE)
+/// Fences the pool's `folder`, held locked ([`hold_dir`]) by `network down`: its size setting
+/// kept aside ([`SIZE_PUT_BACK`]; none: none kept), then the fence's size written in its
+/// place, so that a `network down` killed before [`unfence_held`] leaves a fence whose owner is
+/// gone (not a 0 that reads as the admin's own), which the next reader of the size lifts,
+/// putting the setting back ([`lift`]). The setting to put back: a fence's size found there is
+/// a stale fence's, whose setting is the one it kept aside (or none).
+pub fn fence_held(
+    root: &StateRoot,
+    folder: &std::fs::File,
+) -> feather_core::error::Result<Option<String>> {
+    use feather_core::atomic::Durability;
+    let mut setting = read_small(&in_folder(folder, SIZE));
+    if setting.as_deref() == Some(FENCES_SIZE) {
+        setting = read_small(&in_folder(folder, SIZE_PUT_BACK));
+    }
+    match &setting {
+        Some(setting) => write_in(
+            root,
+            folder,
+            SIZE_PUT_BACK,
+            setting.as_bytes(),
+            Durability::Durable,
+        )?,
+        None => remove_in(root, folder, SIZE_PUT_BACK)?,
+    }
+    write_in(
+        root,
+        folder,
+        SIZE,
+        FENCES_SIZE.as_bytes(),
+        Durability::Durable,
+    )?;
+    Ok(setting)
 }
+
+/// Puts `setting` back as the size of the pool's `folder` that [`fence_held`] fenced (None:
+/// no size), then lets go of what it kept aside.
+pub fn unfence_held(
+    root: &StateRoot,
+    folder: &std::fs::File,
+    setting: Option<String>,
+) -> feather_core::error::Result<()> {
+    use feather_core::atomic::Durability;
+    match setting {
+        Some(setting) => write_in(root, folder, SIZE, setting.as_bytes(), Durability::Durable)?,
+        None => remove_in(root, folder, SIZE)?,
+    }
+    remove_in(root, folder, SIZE_PUT_BACK)
+}
+
+/// Removes file `name` of the pool's opened `folder`, if there; an error names it by the
+/// root's path.
+fn remove_in(
+    root: &StateRoot,
+    folder: &std::fs::File,
+    name: &str,
+) -> feather_core::error::Result<()> {
+    use feather_core::error::IoContext;
+    match std::fs::remove_file(in_folder(folder, name)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).at(dir(root).join(name)),
+        _ => Ok(()),
+    }
+}
+
+/// The size setting [`fence_held`] keeps aside while `network down` has the fence's size in
+/// an existing pool's folder.
+const SIZE_PUT_BACK: &str = "size.put-back";
 
 /// Takes this process's [`fence`] away once the network is down. Where its settings lock
 /// cannot be had in time, the fence is left; its lock goes as this process ends, and the next
@@ -694,8 +756,10 @@ fn setting_past_a_stale_fence(root: &StateRoot) -> Option<String> {
 /// lifter, no `network down` is at work in it) and its `settings` lock (no setting is written
 /// meanwhile): the size, read again through the folder, only if it is still the fence's (a
 /// size set meanwhile, `pool --size 3` during `network down`, is the admin's: kept, and the
-/// folder with it); then the whole folder where nothing else came into it (so that a starter
-/// finds none and makes its own), else the rest kept (a fill started meanwhile is over: the
+/// folder with it), replaced by the setting a killed `network down` of a pool's existing
+/// folder kept aside ([`fence_held`]) where there is one (one that cannot be renamed is said,
+/// naming it); then the whole folder where nothing else came into it (so that a starter finds
+/// none and makes its own), else the rest kept (a fill started meanwhile is over: the
 /// generation). Killed after the size's removal, it leaves a folder without a size (the
 /// default, as before the fence); after the folder's move aside, a `.pool-fence-<pid>` folder
 /// holding no setting, which the next fence, lift or fill removes ([`sweep_fence_leftovers`]).
@@ -705,7 +769,22 @@ fn lift(root: &StateRoot, folder: &std::fs::File, _settings: &Flock<std::fs::Fil
     if read_small(&size).as_deref() != Some(FENCES_SIZE) {
         return true;
     }
-    if std::fs::remove_file(&size).is_err() {
+    // A setting a killed `network down` kept aside ([`fence_held`]) goes back in place, in
+    // one rename; else the size goes, as before the fence.
+    let kept = in_folder(folder, SIZE_PUT_BACK);
+    let unfenced = match std::fs::rename(&kept, &size) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::remove_file(&size),
+        renamed => renamed,
+    };
+    if let Err(e) = unfenced {
+        // Said, not kept silent: the pool stays off (its size read as 0) until this is fixed.
+        eprintln!(
+            "feather: warning: the pool's size stays 0, a killed `network down`'s fence: {} \
+             cannot be put back as {} ({e}); remove whatever is in the way (the setting it \
+             kept is a plain file), or set the size (`feather pool --size N`)",
+            dir(root).join(SIZE_PUT_BACK).display(),
+            dir(root).join(SIZE).display()
+        );
         return false;
     }
     let aside = fence_aside(root);

@@ -6,7 +6,9 @@
 //! [`crate::snapshot::HOLD_AT_POST_RESTORE`], which a restoring keeper waits for,
 //! [`crate::pool::HOLD_FILL`], which a fill under its lock waits for, and
 //! [`crate::pool::HOLD_FILL_START`], which a fill waits for before it takes its lock,
-//! [`crate::pool::HOLD_FENCED`], which `network down` waits for with its pool fence in place, and
+//! [`crate::pool::HOLD_FILL_WAIT`], which a fill behind another waits for before it waits,
+//! [`crate::pool::HOLD_FENCED`], which `network down` waits for with its pool fence in place,
+//! [`crate::pool::HOLD_EMPTYING`], which it waits for with an existing pool's size fenced, and
 //! [`crate::keeper::HOLD_AFTER_REFILL`], which a claimed VM's keeper waits for after it started
 //! the refill, and [`crate::keeper::HOLD_BEFORE_LEASE_RETURN`], which a keeper tearing its
 //! throw-away VM down itself waits for before it returns the VM's lease)

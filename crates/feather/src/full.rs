@@ -44,13 +44,26 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             match ended {
                 Ended::Down => {}
                 Ended::Used => eprintln!(
-                    "feather: the root's network stays: a VM uses it (`feather ls` shows which)"
+                    "feather: the root's network stays: a VM uses it (`feather ls` shows which), \
+                     or a VM's start or a refill of its pool held it past {:?} (try again)",
+                    feather_vm::lifecycle::NETWORK_DOWN_PATIENCE
                 ),
+                Ended::HeldStopped { lock, holder } => {
+                    eprintln!(
+                        "feather: the root's network stays: {}",
+                        holder.stopped_said(&lock.display().to_string())
+                    );
+                    return Ok(ExitCode::from(1));
+                }
                 Ended::Busy => eprintln!(
                     "feather: the root's network stays: another process is removing it (`fuser \
                      -v {}` names it); try again",
                     root.dir().join("network-linger.lock").display()
                 ),
+                Ended::Lingering(holder) => {
+                    eprintln!("feather: {}", lingerer_not_ended(holder));
+                    return Ok(ExitCode::from(1));
+                }
             }
         }
         Command::Ps {
@@ -298,6 +311,30 @@ fn security(token: String, tls: cli::TlsArgs) -> migration::Security {
         _ => None,
     };
     migration::Security { token, files }
+}
+
+/// What `network down` says of the root's lingering process that did not end in time, or
+/// is stopped (`feather_net::linger::Ended::Lingering`): the network is left as it was.
+fn lingerer_not_ended(holder: Option<feather_core::lock_holder::Holder>) -> String {
+    // Its pool may have been emptied already: only the network is as it was.
+    let stays = "the root's network stays up";
+    let lingering = "the process that keeps it for the next VM";
+    let Some(holder) = holder else {
+        return format!(
+            "{stays}: {lingering} did not end in time, and cannot be named (it may run in \
+             another pid namespace); try again"
+        );
+    };
+    if holder.stopped {
+        format!("{stays}: {lingering} is {}", holder.stopped_named())
+    } else {
+        format!(
+            "{stays}: {lingering}, {}, did not end in time; try again, or end it (`kill {}`) \
+             first",
+            holder.named(),
+            holder.pid
+        )
+    }
 }
 
 /// `network down` beside a pool: its VMs use the root's network, so the pool is emptied first
