@@ -1800,6 +1800,13 @@ impl StoppedLockHolder {
     }
 }
 
+impl Drop for StoppedLockHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A running process holding a lock on a file (flock, as feather's operations lock) until
 /// [`RunningLockHolder::let_go`] or its drop, failing test or not (then killed and reaped).
 pub struct RunningLockHolder(Child);
@@ -1880,11 +1887,4 @@ pub fn failed_behind_a_stopped_holder_within(
     assert_ne!(out.code, 0, "{said}");
     assert!(said.contains(&format!("kill -CONT {pid}")), "{said}");
     said
-}
-
-impl Drop for StoppedLockHolder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -1,7 +1,9 @@
 //! Who holds a lock file's `flock`, and whether it is stopped (SIGSTOP, Ctrl-Z): a command
 //! waiting behind a stopped holder would wait for good, and says so instead (see
-//! [`crate::store::VmDir::lock_operations_unless_holder_stopped`]). And the one bounded wait
-//! for a lock ([`lock_within`]) that every crate's bounded wait goes through.
+//! [`crate::store::VmDir::lock_operations_unless_holder_stopped`]). And a bounded wait for a
+//! lock ([`lock_within`]) for pool_locks, feather-net's settings, `network down`'s and a VM's
+//! operation lock; `feather_net::pool::refill_lock_within`, `lock_as_named` and
+//! `pool_locks::in_place_locked` still wait their own way (to be folded into it).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;

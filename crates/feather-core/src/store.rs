@@ -92,7 +92,8 @@ fn is_the_default(walked: &std::io::Result<Lookup>) -> bool {
 /// Where the folder `path` (absolute) is, as [`is_the_default`] compares [`DEFAULT_STATE_DIR`]:
 /// found with one `openat2` (two where it is not made yet) when its path, or its parent's, is
 /// plain folders on the mount of `/` (`RESOLVE_NO_XDEV | RESOLVE_NO_SYMLINKS`): no mount is
-/// crossed, so none is asked anything, and no link followed; what the walk would find,
+/// crossed (an automount point on the way is mounted first, as the walk's own open of it
+/// would) and no link followed; what the walk would find,
 /// without its open and two `statx` per name (14 system calls at every command given
 /// `--root`). None (the walk decides) where a link or a mount is on the way, as where `/var`
 /// is a filesystem of its own.
@@ -142,8 +143,8 @@ impl NamedRoot {
     /// check of its folders ([`crate::strict_modes::check_state_root`]); None, with nothing
     /// made or judged, where its folder is not made (for a command that acts only in a root
     /// that is there: a pool's fill, which a root drained or removed meanwhile leaves with
-    /// nothing to do). One walk of the path: it
-    /// walked it three times (the folder's look, the default root's spelling, the check).
+    /// nothing to do). One walk of the path serves the folder's look, the default root's
+    /// spelling and the check.
     pub fn checked_if_made(self) -> Result<Option<StateRoot>> {
         let walked = self
             .walked
@@ -791,10 +792,11 @@ impl VmDir {
     /// Serialises the commands that change a VM (start, stop, rm, reset, commit); waits for
     /// one already under way.
     pub fn lock_operations(&self) -> Result<File> {
-        let path = self.path.join("op.lock");
-        let file = open_lock_file(&path)?;
-        file.lock().at(&path)?;
-        Ok(file)
+        use crate::lock_holder::NotTaken;
+        let taken = self.lock_operations_in_place(|file| file.lock().map_err(NotTaken::Failed))?;
+        taken.map_err(|other| {
+            Error::Other(format!("VM {}: op.lock not taken: {other:?}", self.name))
+        })
     }
 
     /// Like [`VmDir::lock_operations`], for `stop` and `rm`: waits for a command under way, but
@@ -857,22 +859,17 @@ impl VmDir {
         Ok(taken.ok())
     }
 
-    /// Like [`VmDir::lock_operations_within`], but says whether the holder is stopped (SIGSTOP,
-    /// Ctrl-Z) when the patience runs out, and gives up on one seen stopped before: for a wait
-    /// that has other VMs to get on with and names what it could not wait for (a registration
-    /// hiding a new root in every running VM of the host, which tries each again in turn).
-    pub fn lock_operations_within_unless_holder_stopped(
-        &self,
-        patience: std::time::Duration,
-    ) -> Result<OperationsLock> {
+    /// The VM's operation lock if it is free now; else whether its holder is stopped (SIGSTOP,
+    /// Ctrl-Z): for a caller with other VMs to get on with, which tries again in turn and names
+    /// what it could not wait for (a registration hiding a new root in every running VM).
+    pub fn try_lock_operations(&self) -> Result<OperationsLock> {
         use crate::lock_holder::{IfStopped, NotTaken};
-        let deadline = std::time::Instant::now() + patience;
+        let now = std::time::Instant::now();
         let taken = self.lock_operations_in_place(|file| {
-            crate::lock_holder::lock_within(file, deadline, IfStopped::GiveUp)
+            crate::lock_holder::lock_within(file, now, IfStopped::WaitOn)
         })?;
         Ok(match taken {
             Ok(file) => OperationsLock::Taken(file),
-            Err(NotTaken::HeldStopped(holder)) => OperationsLock::HeldByStopped(holder),
             Err(NotTaken::HeldPast(Some(holder))) if holder.stopped => {
                 OperationsLock::HeldByStopped(holder)
             }
@@ -889,12 +886,11 @@ impl VmDir {
     }
 }
 
-/// What a bounded wait for a VM's operation lock got
-/// ([`VmDir::lock_operations_within_unless_holder_stopped`]).
+/// What a try of a VM's operation lock got ([`VmDir::try_lock_operations`]).
 pub enum OperationsLock {
     /// The lock, held until the file is dropped.
     Taken(File),
-    /// Still held by an operation under way when the patience ran out.
+    /// Held by an operation under way.
     Busy,
     /// Held by a process that is stopped.
     HeldByStopped(crate::lock_holder::Holder),
@@ -1105,10 +1101,19 @@ mod tests {
 
     /// A wait for a VM's operation lock whose folder is moved aside meanwhile (`rm`) and a new
     /// VM's made at its path ends holding the new folder's lock, not the orphaned one: taking
-    /// that would serialise nothing with the new VM's commands.
+    /// that would serialise nothing with the new VM's commands. Bounded or not.
     #[test]
     fn a_wait_for_the_operation_lock_ends_on_the_folder_now_at_the_path() {
-        let scratch = ScratchDir::new("op-lock-moved");
+        ends_on_the_folder_now_at_the_path("bounded", |vm| {
+            vm.lock_operations_within(MINUTE)
+                .unwrap()
+                .expect("the lock is taken")
+        });
+        ends_on_the_folder_now_at_the_path("unbounded", |vm| vm.lock_operations().unwrap());
+    }
+
+    fn ends_on_the_folder_now_at_the_path(label: &str, wait: fn(&VmDir) -> File) {
+        let scratch = ScratchDir::new(&format!("op-lock-moved-{label}"));
         let root = StateRoot::new(Some(scratch.0.join("root")));
         let vm = root.vm(&"x".parse().unwrap());
         fs::create_dir_all(&vm.path).unwrap();
@@ -1116,7 +1121,7 @@ mod tests {
         let held = open_lock_file(&lock).unwrap();
         held.lock().unwrap();
         let waiter = vm.clone();
-        let waiting = std::thread::spawn(move || waiter.lock_operations_within(MINUTE));
+        let waiting = std::thread::spawn(move || wait(&waiter));
         let deadline = std::time::Instant::now() + MINUTE;
         while opens_of(&lock) < 2 {
             assert!(
@@ -1129,10 +1134,11 @@ mod tests {
         fs::create_dir_all(&vm.path).unwrap();
         let new = open_lock_file(&lock).unwrap();
         drop(held);
-        let taken = waiting.join().unwrap().unwrap().expect("the lock is taken");
+        let taken = waiting.join().unwrap();
         assert_eq!(
             taken.metadata().unwrap().ino(),
-            new.metadata().unwrap().ino()
+            new.metadata().unwrap().ino(),
+            "{label}"
         );
     }
 

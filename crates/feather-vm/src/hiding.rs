@@ -107,11 +107,13 @@ pub enum HidingError {
     )]
     Busy,
     #[error(
-        "an operation on it, `{command}` (pid {pid}), was still stopped (SIGSTOP or Ctrl-Z) \
-         after {} s: let it go on (`kill -CONT {pid}`) and end first",
-        OPERATION_PATIENCE.as_secs()
+        "an operation on it, {}, was still stopped (SIGSTOP or Ctrl-Z) after {} s: let it go \
+         on (`kill -CONT {}`) and end first",
+        .0.named(),
+        OPERATION_PATIENCE.as_secs(),
+        .0.pid
     )]
-    HeldByStopped { pid: u32, command: String },
+    HeldByStopped(feather_core::lock_holder::Holder),
     #[error(
         "its state names pid {pid} as its init, which is not in the VM's group {} (a record \
          feather did not write): nothing was mounted there; check who wrote its state.json",
@@ -164,9 +166,6 @@ pub fn in_running_vms(new: &StateRoot) -> Vec<String> {
     let mut warnings = Vec::new();
     let mut vms = Vec::new();
     for root in Registry::host().roots() {
-        // The last root's VMs may have been waited for up to a minute each: a folder on the way
-        // of an fstab line users may mount, changed meanwhile, is seen (review startcli34 L1).
-        feather_sys::fstab::follow_lines_again();
         // Its VMs' records are trusted below (a pid whose mount namespace root joins): only
         // in a root no user but root can change (review rootscheck31 H4).
         if let Err(why) = feather_core::strict_modes::check_state_root(root.dir()) {
@@ -193,6 +192,10 @@ pub fn in_running_vms(new: &StateRoot) -> Vec<String> {
     for ((root, vm), outcome) in outcomes {
         warnings.extend(warning(new, &root, &vm, outcome));
     }
+    // The wait above may have taken up to OPERATION_PATIENCE: what this command checks after
+    // it (feather-oci's runtime roots, to hide `new` in their containers) sees a folder on the
+    // way of an fstab line users may mount as it is now.
+    feather_sys::fstab::follow_lines_again();
     warnings
 }
 
@@ -215,7 +218,7 @@ fn in_turn<T>(
         let mut still_held = Vec::new();
         for vm in pending {
             match hide(&vm) {
-                outcome @ Err(HidingError::Busy | HidingError::HeldByStopped { .. }) => {
+                outcome @ Err(HidingError::Busy | HidingError::HeldByStopped(_)) => {
                     still_held.push((vm, outcome))
                 }
                 outcome => done.push((vm, outcome)),
@@ -258,8 +261,8 @@ const OPERATION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(6
 fn in_running_vm(vm: &VmDir, folders: &[PathBuf]) -> Result<(), HidingError> {
     // Its state first, without its operation lock: a VM that is not running (created,
     // stopped, checkpointed, crashed, or its folder gone) is passed over, whatever holds that
-    // lock — a start, a restore, an rm or a commit of a stopped VM, which a registration
-    // waited for up to 60 s each. A start or restore that makes it run after this read is not
+    // lock — a start, a restore, an rm or a commit of a stopped VM, which can take long and
+    // has nothing to hide in. A start or restore that makes it run after this read is not
     // missed: its keeper records the VM running before its last look at the registry
     // (`Keeper::boot`, `Keeper::restore`; a VM received by a migration looks again once its
     // record has landed), and this root's entry was written before this read. This read not
@@ -275,14 +278,11 @@ fn in_running_vm(vm: &VmDir, folders: &[PathBuf]) -> Result<(), HidingError> {
     // A running VM: an operation under way finishes first, and none starts while the tmpfs is
     // mounted: a hiding mount made while CRIU dumps the VM would go into its images, which
     // leave out only the hiding mounts the dump saw (snapshot::dump).
-    let _op = match vm.lock_operations_within_unless_holder_stopped(std::time::Duration::ZERO) {
+    let _op = match vm.try_lock_operations() {
         Ok(OperationsLock::Taken(lock)) => lock,
         Ok(OperationsLock::Busy) => return Err(HidingError::Busy),
         Ok(OperationsLock::HeldByStopped(holder)) => {
-            return Err(HidingError::HeldByStopped {
-                pid: holder.pid,
-                command: holder.command,
-            })
+            return Err(HidingError::HeldByStopped(holder))
         }
         // Its folder went away meanwhile: a VM being removed has nothing to hide in.
         Err(feather_core::Error::Io { source, .. })
@@ -393,6 +393,7 @@ pub fn is_hiding_mount(mount: &feather_sys::mountinfo::MountEntry) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use feather_core::lock_holder::Holder;
 
     /// A fake VM for [`in_turn`]: taken for its first `held_for` tries (stopped or not), then
     /// hidden in.
@@ -416,10 +417,11 @@ mod tests {
             match (hidden, vm.stopped) {
                 (true, _) => Ok(()),
                 (false, false) => Err(HidingError::Busy),
-                (false, true) => Err(HidingError::HeldByStopped {
+                (false, true) => Err(HidingError::HeldByStopped(Holder {
                     pid: 1,
                     command: "x".into(),
-                }),
+                    stopped: true,
+                })),
             }
         });
         let last = outcomes
