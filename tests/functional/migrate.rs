@@ -3690,8 +3690,8 @@ fn an_unconfirmed_copy_that_cannot_be_removed_is_said_in_the_receivers_log() {
     target.ok(&["checkpoint", "vm"]);
     // Held for a receiver that has ended (pid 1 did not start at tick 1).
     std::fs::write(target.vm_dir("vm").join("checkpoint/hold"), "1 1").unwrap();
-    let holder =
-        crate::support::StoppedLockHolder::of(&target, &target.vm_dir("vm").join("op.lock"));
+    let op_lock = target.vm_dir("vm").join("op.lock");
+    let holder = feather_testkit::flock_holder::FlockHolder::of(&op_lock).stopped();
 
     let mut serve = Killed(
         target
