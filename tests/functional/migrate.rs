@@ -912,12 +912,7 @@ impl Named {
 
 /// The state letter and the start time of process `pid`, from its stat line.
 fn stat_of(pid: u32) -> Option<(char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses.
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let start = fields.nth(18)?.parse().ok()?;
-    Some((state, start))
+    feather_testkit::stat::Stat::of(pid).map(|stat| (stat.state, stat.start_ticks))
 }
 
 /// The `criu lazy-pages` daemons among `pid`'s children.

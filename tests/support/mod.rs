@@ -232,9 +232,7 @@ pub fn start_ticks(pid: u32) -> u64 {
 
 /// [`start_ticks`] of process `pid`, if there is one.
 fn start_ticks_if_running(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
+    Some(feather_testkit::stat::Stat::of(pid)?.start_ticks)
 }
 
 /// Whether the thread whose `/proc` folder is `task` (`/proc/PID` is a process's main thread,

@@ -1,5 +1,4 @@
-//! A process holding a file's `flock` for a test, running or stopped (SIGSTOP), and a
-//! process's state as `/proc` tells it ([`process_state`]).
+//! A process holding a file's `flock` for a test, running or stopped (SIGSTOP).
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,14 +7,6 @@ use nix::sys::signal::Signal;
 
 /// How long a holder is waited for to take its lock, stop or go on.
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// The state letter of process `pid` (`R`, `S`, `T` stopped, `Z` unreaped…), the first field
-/// after its command's closing parenthesis in `/proc/PID/stat` (the command may hold one
-/// itself): None where there is no such process.
-pub fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
-}
 
 /// `flock --no-fork PATH sleep 600` (the file made if missing): the holder is the `sleep`
 /// flock becomes, its command line `sleep 600`. Killed and reaped on drop, failing test or not.
@@ -45,7 +36,7 @@ impl FlockHolder {
     /// Stopped (SIGSTOP), once its state says so.
     pub fn stopped(self) -> FlockHolder {
         self.signal(Signal::SIGSTOP);
-        let stopped = || process_state(self.pid()) == Some('T');
+        let stopped = || crate::stat::stopped(self.pid());
         assert!(
             crate::eventually(LIMIT, stopped),
             "SIGSTOP stopped the holder"
@@ -56,7 +47,7 @@ impl FlockHolder {
     /// Going on (SIGCONT), once its state says so, still holding the lock.
     pub fn go_on(&self) {
         self.signal(Signal::SIGCONT);
-        let going_on = || process_state(self.pid()) != Some('T');
+        let going_on = || !crate::stat::stopped(self.pid());
         assert!(
             crate::eventually(LIMIT, going_on),
             "SIGCONT let the holder go on"

@@ -5,7 +5,7 @@
 //! when the test ends ([`Started`]), a tmpfs unmounted when the test ends ([`TmpfsMount`]), a
 //! mount namespace of a test's own ([`own_mount_namespace`]), a process a forged record names
 //! ([`Stranger`]), a process holding a file's flock, running or stopped
-//! ([`flock_holder::FlockHolder`]), and CRIU's images
+//! ([`flock_holder::FlockHolder`]), a process's stat line ([`stat::Stat`]), and CRIU's images
 //! rewritten as a crafted checkpoint would have them ([`criu_image`], over protobuf's wire format: [`protobuf`]).
 //!
 //! It is a dev-dependency only: of `feather` (whose test crates are tests/functional,
@@ -20,6 +20,7 @@
 pub mod criu_image;
 pub mod flock_holder;
 pub mod protobuf;
+pub mod stat;
 
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
