@@ -567,7 +567,9 @@ fn a_registration_hides_in_each_running_vm_as_soon_as_its_operation_lock_is_free
         left(),
         || hidden_in("c-free"),
     );
+    // Its operation goes on and ends, letting go of the lock.
     stopped.go_on();
+    stopped.let_go();
     a.eventually_within(
         "hidden in the VM whose stopped operation went on, while the busy one is held",
         left(),

@@ -1342,6 +1342,31 @@ pub fn flock_waiters(path: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// The processes other than this one with the file at `path` open (a descriptor of it in
+/// `/proc/PID/fd`, judged by its filesystem's device and its inode): while the test holds the
+/// file's lock, those that wait for it (feather's waits try the lock again and again, holding
+/// the file open, rather than block in `flock`).
+pub fn other_openers(path: &Path) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::metadata(path) else {
+        return Vec::new();
+    };
+    let file = (meta.dev(), meta.ino());
+    let opens = |pid: i32| {
+        fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+            fds.flatten().any(|fd| {
+                fs::metadata(fd.path()).is_ok_and(|open| (open.dev(), open.ino()) == file)
+            })
+        })
+    };
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != std::process::id() as i32 && opens(pid))
+        .collect()
+}
+
 /// Python that fills the mount namespace of the process `sys.argv[1]` up to `fs.mount-max`, so that no
 /// further mount can be made in it (ENOSPC): recursive binds of trees that double in size,
 /// then of ever smaller ones, a few hundred system calls for the host's 100,000. Prints the
