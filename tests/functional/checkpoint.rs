@@ -3,6 +3,7 @@
 //! kept by a keeper like any running VM. These tests need a working CRIU (setup.sh installs
 //! one); without it they fail and say why, they never skip.
 
+use feather_testkit::stat::runs;
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -66,9 +67,11 @@ fn lasting_processes(feather: &Feather, vm: &str) -> Vec<(i64, String)> {
 
 /// The parent of host process `pid`, while it lives.
 fn live_parent_of(pid: i64) -> Option<i64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_name = &stat[stat.rfind(')')? + 2..];
-    after_name.split(' ').nth(1)?.parse().ok()
+    Some(
+        feather_testkit::stat::Stat::of(u32::try_from(pid).ok()?)?
+            .parent
+            .into(),
+    )
 }
 
 fn state_pid(feather: &Feather, vm: &str, key: &str) -> i64 {
@@ -79,9 +82,7 @@ fn state_pid(feather: &Feather, vm: &str, key: &str) -> i64 {
 
 /// The parent of host process `pid`.
 fn parent_of(pid: i64) -> i64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-    after_name.split(' ').nth(1).unwrap().parse().unwrap()
+    live_parent_of(pid).unwrap_or_else(|| panic!("no process {pid}"))
 }
 
 #[test]
@@ -977,12 +978,6 @@ fn criu_children_of(parent: i32) -> Vec<i32> {
         .collect()
 }
 
-/// Whether `pid` runs (a zombie does not).
-fn runs(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or("").starts_with(" Z"))
-}
-
 /// Ends, by pid, a CRIU the test's keeper left behind, also when the test fails.
 struct LeftCriu(Vec<i32>);
 
@@ -1667,10 +1662,7 @@ fn a_restore_keeps_the_root_s_network_through_removals_before_criu_makes_its_vet
         .as_i64()
         .unwrap();
     feather.ok(&["stop", "other"]);
-    let ended = || {
-        fs::read_to_string(format!("/proc/{keeper}/stat"))
-            .map_or(true, |stat| stat.contains(") Z "))
-    };
+    let ended = || !runs(keeper);
     feather.eventually_within(
         &format!("keeper {keeper} of the stopped VM ends"),
         std::time::Duration::from_secs(60),

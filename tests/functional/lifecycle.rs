@@ -2,6 +2,7 @@ use std::fs;
 use std::time::Duration;
 
 use crate::support::{self, start_ticks, Feather, LoneFeather, ScratchBase};
+use feather_testkit::stat::runs;
 
 #[test]
 fn create_start_stop_rm_round_trip() {
@@ -454,8 +455,7 @@ fn a_vm_starts_again_right_after_it_stopped() {
 /// Whether process `pid` has ended (or is a zombie), or has a thread in one of the system calls
 /// `calls`.
 fn ended_or_in(pid: u32, calls: &[libc::c_long]) -> bool {
-    let ended =
-        fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| stat.contains(") Z "));
+    let ended = !feather_testkit::stat::runs(pid);
     let waiting = fs::read_dir(format!("/proc/{pid}/task"))
         .into_iter()
         .flatten()
@@ -479,10 +479,7 @@ fn a_start_waits_for_the_process_its_last_keeper_recorded_not_only_for_the_lock(
         .as_i64()
         .unwrap();
     feather.ok(&["stop", "vm"]);
-    feather.eventually("the last keeper ends", || {
-        fs::read_to_string(format!("/proc/{keeper}/stat"))
-            .map_or(true, |stat| stat.contains(") Z "))
-    });
+    feather.eventually("the last keeper ends", || !runs(keeper));
     let record = feather.vm_dir("vm").join("keeper.lock");
     let recorded = fs::read_to_string(&record).unwrap();
     assert_eq!(
@@ -526,10 +523,7 @@ fn a_start_waits_for_the_process_its_last_keeper_recorded_not_only_for_the_lock(
         .as_i64()
         .unwrap();
     feather.ok(&["stop", "vm"]);
-    feather.eventually("the last keeper ends", || {
-        fs::read_to_string(format!("/proc/{keeper}/stat"))
-            .map_or(true, |stat| stat.contains(") Z "))
-    });
+    feather.eventually("the last keeper ends", || !runs(keeper));
     let mut other = std::process::Command::new("sleep")
         .arg("600")
         .spawn()
@@ -613,10 +607,7 @@ fn a_start_waits_for_the_vm_s_last_keeper_to_let_go_of_its_mounts() {
         .unwrap();
     // Blocks until the last keeper is done.
     let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
-    feather.eventually("the last keeper ends", || {
-        fs::read_to_string(format!("/proc/{keeper}/stat"))
-            .map_or(true, |stat| stat.contains(") Z "))
-    });
+    feather.eventually("the last keeper ends", || !runs(keeper));
     let mut start = feather.spawn(&["start", "vm"]);
     let pid = start.id();
     // The lock is waited for in short sleeps (a wait with an end).
@@ -800,9 +791,7 @@ fn rm_returns_once_the_vm_s_keeper_has_ended() {
             .unwrap(),
     );
     let keeper = hold.await_waiter(&feather, "the keeper waits after its stop's answer");
-    let keeper_alive = || {
-        fs::read_to_string(format!("/proc/{keeper}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
-    };
+    let keeper_alive = || runs(keeper);
     // Without the wait, `rm` returned within milliseconds of the answer.
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     while std::time::Instant::now() < deadline {

@@ -912,12 +912,7 @@ impl Named {
 
 /// The state letter and the start time of process `pid`, from its stat line.
 fn stat_of(pid: u32) -> Option<(char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses.
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let start = fields.nth(18)?.parse().ok()?;
-    Some((state, start))
+    feather_testkit::stat::Stat::of(pid).map(|stat| (stat.state, stat.start_ticks))
 }
 
 /// The `criu lazy-pages` daemons among `pid`'s children.
@@ -3690,8 +3685,8 @@ fn an_unconfirmed_copy_that_cannot_be_removed_is_said_in_the_receivers_log() {
     target.ok(&["checkpoint", "vm"]);
     // Held for a receiver that has ended (pid 1 did not start at tick 1).
     std::fs::write(target.vm_dir("vm").join("checkpoint/hold"), "1 1").unwrap();
-    let holder =
-        crate::support::StoppedLockHolder::of(&target, &target.vm_dir("vm").join("op.lock"));
+    let op_lock = target.vm_dir("vm").join("op.lock");
+    let holder = feather_testkit::flock_holder::FlockHolder::of(&op_lock).stopped();
 
     let mut serve = Killed(
         target

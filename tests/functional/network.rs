@@ -842,9 +842,9 @@ fn a_finisher_refills_the_pool_after_a_refill_under_way() {
         .unwrap();
     lock.lock().unwrap();
     feather.ok(&["run", "--rm", "--", "true"]);
-    // Until the finisher waits for the lock (a blocked `flock`, listed in /proc/locks) or is
-    // done (its VM's folder gone): the test's lock goes only then.
-    let waits = || !crate::support::flock_waiters(&lock_path).is_empty();
+    // Until the finisher waits for the lock (another process with its file open while the
+    // test holds it) or is done (its VM's folder gone): the test's lock goes only then.
+    let waits = || !crate::support::other_openers(&lock_path).is_empty();
     let finishing = || {
         std::fs::read_dir(feather.root.join("vms"))
             .unwrap()

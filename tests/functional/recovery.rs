@@ -29,10 +29,7 @@ fn id_of(feather: &Feather) -> String {
 }
 
 fn alive(pid: Pid) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
+    feather_testkit::stat::runs(pid.as_raw())
 }
 
 #[test]
@@ -1524,10 +1521,7 @@ fn the_roots_of_a_killed_test_are_swept_when_the_next_root_is_made() {
 
 /// Whether process `pid` runs (not ended, nor a zombie waiting for its parent).
 fn is_running(pid: Pid) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
-    })
+    alive(pid)
 }
 
 /// The pid of a process that has ended (and been reaped).

@@ -420,14 +420,12 @@ fn a_source_whose_overlay_has_no_uuid_of_its_own_ends_nothing_of_the_target() {
 /// Whether the host's process `pid` runs: it exists and is no zombie (one ended but not yet
 /// reaped still answers `kill -0`).
 fn running(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| running_state(&stat))
+    feather_testkit::stat::runs(pid)
 }
 
 /// Whether a `/proc/PID/stat` line is of a process that runs (no zombie, not dead).
 fn running_state(stat: &str) -> bool {
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .is_some_and(|state| state != "Z" && state != "X")
+    feather_testkit::stat::Stat::parse(stat).is_some_and(|stat| stat.runs())
 }
 
 /// `a` hands a file over to `b`'s `hold`, whose process keeps it open, and `a`'s keeper is

@@ -198,14 +198,7 @@ fn kill_all_leaves_no_process_of_a_group_that_keeps_forking() {
 }
 
 fn is_alive(pid: i64) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z')
-    })
+    feather_testkit::stat::runs(pid)
 }
 
 /// Runs `config` to its end and returns what the program printed.

@@ -539,6 +539,7 @@ fn a_root_registered_while_a_restore_records_the_vm_running_is_hidden_in_it() {
 /// let go. No warning, and no restart needed.
 #[test]
 fn a_registration_hides_in_each_running_vm_as_soon_as_its_operation_lock_is_free() {
+    use feather_testkit::flock_holder::FlockHolder;
     own_registry();
     let base = crate::support::ScratchBase::new("host-view-held-ops");
     let late = late_root_in(&base);
@@ -547,8 +548,8 @@ fn a_registration_hides_in_each_running_vm_as_soon_as_its_operation_lock_is_free
     for vm in ["a-busy", "b-stopped", "c-free"] {
         a.start_over(vm, &base, &["--net", "none"]);
     }
-    let busy = crate::support::RunningLockHolder::of(&a.vm_dir("a-busy").join("op.lock"));
-    let stopped = crate::support::StoppedLockHolder::of(&a, &a.vm_dir("b-stopped").join("op.lock"));
+    let busy = FlockHolder::of(&a.vm_dir("a-busy").join("op.lock"));
+    let stopped = FlockHolder::of(&a.vm_dir("b-stopped").join("op.lock")).stopped();
     let registering = late
         .command()
         .arg("ls")
@@ -566,11 +567,9 @@ fn a_registration_hides_in_each_running_vm_as_soon_as_its_operation_lock_is_free
         left(),
         || hidden_in("c-free"),
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(stopped.0.id() as i32),
-        nix::sys::signal::Signal::SIGCONT,
-    )
-    .unwrap();
+    // Its operation goes on and ends, letting go of the lock.
+    stopped.go_on();
+    stopped.let_go();
     a.eventually_within(
         "hidden in the VM whose stopped operation went on, while the busy one is held",
         left(),

@@ -472,14 +472,7 @@ fn records_no_export_writes_are_refused() {
     let vm_dir = feather.vm_dir("vm");
     let elsewhere = Feather::new("import-records-dst");
     let accepting = ["--base", base.as_str()];
-    let boot = fs::read_to_string("/proc/1/stat").unwrap();
-    let ticks = boot
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .nth(19)
-        .unwrap();
+    let ticks = feather_testkit::stat::Stat::of(1).unwrap().start_ticks;
     let records = [
         ("hold", format!("1 {ticks}")),
         ("released-to", "elsewhere:7000".to_owned()),

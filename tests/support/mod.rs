@@ -232,9 +232,7 @@ pub fn start_ticks(pid: u32) -> u64 {
 
 /// [`start_ticks`] of process `pid`, if there is one.
 fn start_ticks_if_running(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
+    Some(feather_testkit::stat::Stat::of(pid)?.start_ticks)
 }
 
 /// Whether the thread whose `/proc` folder is `task` (`/proc/PID` is a process's main thread,
@@ -1344,6 +1342,31 @@ pub fn flock_waiters(path: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// The processes other than this one with the file at `path` open (a descriptor of it in
+/// `/proc/PID/fd`, judged by its filesystem's device and its inode): while the test holds the
+/// file's lock, those that wait for it (feather's waits try the lock again and again, holding
+/// the file open, rather than block in `flock`).
+pub fn other_openers(path: &Path) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::metadata(path) else {
+        return Vec::new();
+    };
+    let file = (meta.dev(), meta.ino());
+    let opens = |pid: i32| {
+        fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+            fds.flatten().any(|fd| {
+                fs::metadata(fd.path()).is_ok_and(|open| (open.dev(), open.ino()) == file)
+            })
+        })
+    };
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != std::process::id() as i32 && opens(pid))
+        .collect()
+}
+
 /// Python that fills the mount namespace of the process `sys.argv[1]` up to `fs.mount-max`, so that no
 /// further mount can be made in it (ENOSPC): recursive binds of trees that double in size,
 /// then of ever smaller ones, a few hundred system calls for the host's 100,000. Prints the
@@ -1767,99 +1790,6 @@ pub fn listening_tcp_sockets_of(pid: i32) -> Vec<String> {
         .collect()
 }
 
-/// A process holding a lock on a file (flock, as feather's operations lock), stopped (SIGSTOP)
-/// with it until this is dropped, failing test or not (then killed and reaped).
-pub struct StoppedLockHolder(pub Child);
-
-impl StoppedLockHolder {
-    pub fn of(feather: &Feather, file: &Path) -> StoppedLockHolder {
-        let child = Command::new("python3")
-            .args([
-                "-c",
-                "import fcntl, os, signal, sys\n\
-                 held = open(sys.argv[1], 'a')\n\
-                 fcntl.flock(held, fcntl.LOCK_EX)\n\
-                 os.kill(os.getpid(), signal.SIGSTOP)",
-            ])
-            .arg(file)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let holder = StoppedLockHolder(child);
-        let stat = format!("/proc/{}/stat", holder.0.id());
-        feather.eventually("the lock's holder has stopped", || {
-            std::fs::read_to_string(&stat).is_ok_and(|stat| {
-                stat.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('T')
-            })
-        });
-        holder
-    }
-}
-
-impl Drop for StoppedLockHolder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A running process holding a lock on a file (flock, as feather's operations lock) until
-/// [`RunningLockHolder::let_go`] or its drop, failing test or not (then killed and reaped).
-pub struct RunningLockHolder(Child);
-
-impl RunningLockHolder {
-    /// Returns once the lock is held.
-    pub fn of(file: &Path) -> RunningLockHolder {
-        let mut child = Command::new("python3")
-            .args([
-                "-c",
-                "import fcntl, sys\n\
-                 held = open(sys.argv[1], 'a')\n\
-                 fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)\n\
-                 print('held', flush=True)\n\
-                 sys.stdin.read()",
-            ])
-            .arg(file)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut said = String::new();
-        // Never blocks past the child's end (its stdout closes then), and the child does not
-        // wait for the lock (LOCK_NB).
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-            &mut said,
-        )
-        .unwrap();
-        let holder = RunningLockHolder(child);
-        assert_eq!(said, "held\n", "the lock's holder took it");
-        holder
-    }
-
-    /// Lets go of the lock: the holder reads the end of its input and ends.
-    pub fn let_go(mut self) {
-        drop(self.0.stdin.take());
-        let status = feather_testkit::child_ended_within(
-            &mut self.0,
-            Duration::from_secs(60),
-            "the lock's holder letting go",
-        );
-        assert!(status.success(), "the lock's holder ended: {status}");
-    }
-}
-
-impl Drop for RunningLockHolder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `feather ARGS` run while `lock` is held by a stopped process: its stderr, once it has
 /// failed (within 60 s, else the test fails: it waited for the holder) naming the holder's
 /// pid and how to let it go on (`kill -CONT`).
@@ -1876,8 +1806,8 @@ pub fn failed_behind_a_stopped_holder_within(
     args: &[&str],
     limit: std::time::Duration,
 ) -> String {
-    let holder = StoppedLockHolder::of(feather, lock);
-    let pid = holder.0.id();
+    let holder = feather_testkit::flock_holder::FlockHolder::of(lock).stopped();
+    let pid = holder.pid();
     let mut command = feather.command();
     command.args(args);
     let what = format!("feather {args:?}, {lock:?} held by a stopped process");

@@ -339,10 +339,7 @@ pub(crate) mod tests {
         // Ended, not reaped yet: a zombie of this process's.
         let mut zombie = std::process::Command::new("true").spawn().unwrap();
         let unreaped = zombie.id();
-        while !fs::read_to_string(format!("/proc/{unreaped}/stat"))
-            .unwrap()
-            .contains(") Z")
-        {
+        while feather_testkit::stat::runs(unreaped) {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         let own = std::process::id();

@@ -1,9 +1,11 @@
 //! Who holds a lock file's `flock`, and whether it is stopped (SIGSTOP, Ctrl-Z): a command
 //! waiting behind a stopped holder would wait for good, and says so instead (see
 //! [`crate::store::VmDir::lock_operations_unless_holder_stopped`]). And a bounded wait for a
-//! lock ([`lock_within`]) for pool_locks, feather-net's settings, `network down`'s and a VM's
-//! operation lock; `feather_net::pool::refill_lock_within`, `lock_as_named` and
-//! `pool_locks::in_place_locked` still wait their own way (to be folded into it).
+//! lock ([`lock_within`]) for pool_locks, feather-net's settings, the pool's refill lock,
+//! `network down`'s and a VM's operation lock; and one way to take a lock file and check the
+//! path still names it once taken ([`lock_as_named`]), for a VM's `op.lock` and feather-net's
+//! refill and removal locks. `pool_locks::in_place_locked` checks its own way: it locks a
+//! folder opened without following a link, by a deadline, and makes it where missing.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -167,6 +169,43 @@ pub fn lock_within(
     }
 }
 
+/// The lock file at `path` as `open` opens it and `take` takes it, checked, once taken, to be
+/// the file `path` names now: a holder that unlinked it (or its folder: `rm` of a VM, the
+/// network's removal) as it ended, still holding the lock, let it go to a waiter that opened
+/// the file before, a lock that serialises nothing (the next opener makes a new file). Then
+/// the file at the path is opened and taken again (each round follows a whole removal by
+/// someone else). The look follows a symbolic link as `open` does (`fs::metadata`): these
+/// files live in root's folders, made by feather, and a look that did not follow would never
+/// find a linked lock file to be the one opened through it, and go round for good. Ok(Err)
+/// with what `take` said where it did not take it; the error of `open` where the file cannot
+/// be opened (or made: no folder any more).
+pub fn lock_as_named(
+    path: &Path,
+    open: impl Fn() -> std::io::Result<std::fs::File>,
+    take: impl Fn(&std::fs::File) -> Result<(), NotTaken>,
+) -> std::io::Result<Result<std::fs::File, NotTaken>> {
+    loop {
+        let file = open()?;
+        if let Err(not_taken) = take(&file) {
+            return Ok(Err(not_taken));
+        }
+        if still_names(path, &file)? {
+            return Ok(Ok(file));
+        }
+    }
+}
+
+/// Whether `path` (followed, as [`lock_as_named`] says why) names the opened `file` now; false
+/// where nothing is there.
+pub fn still_names(path: &Path, file: &std::fs::File) -> std::io::Result<bool> {
+    let opened = file.metadata()?;
+    match std::fs::metadata(path) {
+        Ok(now) => Ok((now.dev(), now.ino()) == (opened.dev(), opened.ino())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Takes `file`'s `flock` (exclusive), waiting for a holder that goes on for as long as it
 /// holds it, but not past the moment it is seen stopped (SIGSTOP, Ctrl-Z: it would be waited
 /// on for good): [`NotTaken::HeldStopped`] names it. For a wait behind work that may take long
@@ -206,57 +245,7 @@ mod tests {
         assert_eq!(flock_holders(locks, (8, 1, 10019194)), vec![42]);
     }
 
-    /// `flock --no-fork PATH sleep 30`: the holder is the `sleep` flock becomes; killed and
-    /// reaped on drop, also when a test fails.
-    struct Holding(std::process::Child);
-
-    impl Holding {
-        /// A child holding `path`'s lock, once `/proc/locks` lists it.
-        fn of(path: &Path) -> Holding {
-            let child = std::process::Command::new("flock")
-                .arg("--no-fork")
-                .arg(path)
-                .args(["sleep", "30"])
-                .spawn()
-                .unwrap();
-            let holding = Holding(child);
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !holder_pids(path).contains(&holding.0.id()) {
-                assert!(Instant::now() < deadline, "flock never took {path:?}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            holding
-        }
-
-        fn signal(&self, signal: &str) {
-            let sent = std::process::Command::new("kill")
-                .args([signal, &self.0.id().to_string()])
-                .status()
-                .unwrap();
-            assert!(sent.success());
-        }
-
-        /// Stopped (SIGSTOP), once its state says so.
-        fn stopped(self) -> Holding {
-            self.signal("-STOP");
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !is_stopped(self.0.id()) {
-                assert!(
-                    Instant::now() < deadline,
-                    "SIGSTOP never stopped the holder"
-                );
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            self
-        }
-    }
-
-    impl Drop for Holding {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+    use feather_testkit::flock_holder::FlockHolder;
 
     /// A lock file of its own in a scratch folder (removed with it).
     fn lock_file(scratch: &feather_testkit::ScratchDir) -> (std::path::PathBuf, std::fs::File) {
@@ -303,10 +292,10 @@ mod tests {
         assert!(!waiting.is_finished(), "{:?}", waiting.join());
         drop(held);
         assert!(waiting.join().unwrap().is_ok());
-        let holding = Holding::of(&path).stopped();
+        let holding = FlockHolder::of(&path).stopped();
         let file = std::fs::File::open(&path).unwrap();
         match lock_unless_stopped_in_rounds(&file, Duration::from_millis(10)) {
-            Err(NotTaken::HeldStopped(holder)) => assert_eq!(holder.pid, holding.0.id()),
+            Err(NotTaken::HeldStopped(holder)) => assert_eq!(holder.pid, holding.pid()),
             other => panic!("{other:?}"),
         }
     }
@@ -317,13 +306,13 @@ mod tests {
     fn a_bounded_wait_gives_up_on_a_stopped_holder_only_where_asked() {
         let scratch = feather_testkit::ScratchDir::new("lock-within-stopped");
         let (path, file) = lock_file(&scratch);
-        let holding = Holding::of(&path).stopped();
-        let pid = holding.0.id();
+        let holding = FlockHolder::of(&path).stopped();
+        let pid = holding.pid();
         let far = Instant::now() + Duration::from_secs(600);
         match lock_within(&file, far, IfStopped::GiveUp) {
             Err(NotTaken::HeldStopped(holder)) => {
                 assert_eq!(holder.pid, pid);
-                assert_eq!(holder.command, "sleep 30");
+                assert_eq!(holder.command, "sleep 600");
             }
             other => panic!("{other:?}"),
         }
@@ -341,19 +330,19 @@ mod tests {
     fn a_holder_is_found_and_whether_it_is_stopped() {
         let scratch = feather_testkit::ScratchDir::new("lock-holder");
         let (path, _file) = lock_file(&scratch);
-        let holding = Holding::of(&path);
-        let pid = holding.0.id();
+        let holding = FlockHolder::of(&path);
+        let pid = holding.pid();
         let found = |stopped| {
             Some(Holder {
                 pid,
-                command: "sleep 30".into(),
+                command: "sleep 600".into(),
                 stopped,
             })
         };
         assert_eq!(holder(&path), found(false));
         let holding = holding.stopped();
         assert_eq!(holder(&path), found(true));
-        holding.signal("-CONT");
+        holding.go_on();
         assert_eq!(holder(&path), found(false));
     }
 }

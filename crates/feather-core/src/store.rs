@@ -717,7 +717,7 @@ impl VmDir {
     /// Waits until no keeper holds the keeper lock, and takes it.
     pub fn await_keeper(&self) -> Result<File> {
         let path = self.path.join("keeper.lock");
-        let file = open_lock_file(&path)?;
+        let file = open_lock_file(&path).at(&path)?;
         file.lock().at(&path)?;
         Ok(file)
     }
@@ -816,20 +816,16 @@ impl VmDir {
     /// The VM's `op.lock` as `take` takes it, checked to be the one its folder holds once taken:
     /// a folder moved aside meanwhile (`rm`), and maybe replaced by a new VM's of the name,
     /// leaves an orphaned lock whose taking serialises nothing. Then the lock at the path is
-    /// opened and taken again; where no folder is there any more, an `Io` error (NotFound).
+    /// opened and taken again; where no folder is there any more, an `Io` error (NotFound)
+    /// ([`crate::lock_holder::lock_as_named`]).
     fn lock_operations_in_place(
         &self,
         take: impl Fn(&File) -> std::result::Result<(), crate::lock_holder::NotTaken>,
     ) -> Result<std::result::Result<File, crate::lock_holder::NotTaken>> {
         let path = self.path.join("op.lock");
-        loop {
-            let file = open_lock_file(&path)?;
-            match take(&file) {
-                Ok(()) if names(&path, &file)? => return Ok(Ok(file)),
-                Ok(()) => {}
-                Err(crate::lock_holder::NotTaken::Failed(e)) => return Err(e).at(&path),
-                Err(not_taken) => return Ok(Err(not_taken)),
-            }
+        match crate::lock_holder::lock_as_named(&path, || open_lock_file(&path), take) {
+            Ok(Err(crate::lock_holder::NotTaken::Failed(e))) | Err(e) => Err(e).at(&path),
+            Ok(taken) => Ok(taken),
         }
     }
 
@@ -974,30 +970,19 @@ pub fn boot_id() -> Option<String> {
     Some(id.trim().to_owned()).filter(|id| !id.is_empty())
 }
 
-/// Whether `path` still names the file `file` opened (what opening it would open: links
-/// followed, as [`open_lock_file`] follows them); false where nothing is there now.
-fn names(path: &Path, file: &File) -> Result<bool> {
-    let opened = file.metadata().at(path)?;
-    match fs::metadata(path) {
-        Ok(now) => Ok(now.dev() == opened.dev() && now.ino() == opened.ino()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e).at(path),
-    }
-}
-
-fn open_lock_file(path: &Path) -> Result<File> {
+/// The lock file at `path`, made if missing, opened for reading and writing.
+fn open_lock_file(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
         .open(path)
-        .at(path)
 }
 
 /// Some(file) holding the lock, or None when someone else holds it.
 fn try_lock(path: &Path) -> Result<Option<File>> {
-    let file = open_lock_file(path)?;
+    let file = open_lock_file(path).at(path)?;
     match file.try_lock() {
         Ok(()) => Ok(Some(file)),
         Err(std::fs::TryLockError::WouldBlock) => Ok(None),
@@ -1123,7 +1108,7 @@ mod tests {
         let waiter = vm.clone();
         let waiting = std::thread::spawn(move || wait(&waiter));
         let deadline = std::time::Instant::now() + MINUTE;
-        while opens_of(&lock) < 2 {
+        while feather_testkit::opens_of(&lock) < 2 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the wait never opened {lock:?}"
@@ -1143,15 +1128,6 @@ mod tests {
     }
 
     const MINUTE: std::time::Duration = std::time::Duration::from_secs(60);
-
-    /// How many descriptors of this process name `path`.
-    fn opens_of(path: &Path) -> usize {
-        fs::read_dir("/proc/self/fd")
-            .unwrap()
-            .flatten()
-            .filter(|fd| fs::read_link(fd.path()).is_ok_and(|to| to == path))
-            .count()
-    }
 
     /// What a test does to the root's path, as a local user racing feather would.
     type Race = Box<dyn Fn(&Path)>;

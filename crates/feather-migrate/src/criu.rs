@@ -1235,8 +1235,7 @@ mod tests {
         let mut restored = feather_testkit::Started::spawn("sleep", &["600"]);
         let mut criu_ran_at_the_end = None;
         let mut end_restored = || {
-            let state = fs::read_to_string(format!("/proc/{criu_pid}/stat")).unwrap_or_default();
-            criu_ran_at_the_end = Some(!state.contains(") Z"));
+            criu_ran_at_the_end = Some(feather_testkit::stat::runs(criu_pid.as_raw()));
             restored.0.kill()
         };
         let patience = std::time::Duration::from_millis(300);

@@ -327,25 +327,13 @@ fn try_refill_lock(root_dir: &Path) -> Option<File> {
 }
 
 /// The refill lock, waited for at most `patience` (a few times that, each time after a whole
-/// removal by someone else); None in a root whose folder cannot be made. The
-/// wait blocks in `flock` on a thread of its own (a waiter `/proc/locks` lists), which lets
-/// the lock go as soon as it gets it if this process stopped waiting meanwhile.
+/// removal by someone else), and not once its holder is seen stopped (SIGSTOP, Ctrl-Z: a
+/// finisher or a teardown would wait its whole patience for nothing); None in a root whose
+/// folder cannot be made.
 fn refill_lock_within(root_dir: &Path, patience: Duration) -> Option<File> {
+    use feather_core::lock_holder::IfStopped;
     take_refill_lock(root_dir, |file| {
-        if file.try_lock().is_ok() {
-            return true;
-        }
-        // The same open file: the lock the thread takes is `file`'s.
-        let Ok(waiter) = file.try_clone() else {
-            return false;
-        };
-        let (taken, told) = std::sync::mpsc::channel();
-        let waiting = std::thread::Builder::new().spawn(move || {
-            if waiter.lock().is_ok() && taken.send(()).is_err() {
-                let _ = waiter.unlock();
-            }
-        });
-        waiting.is_ok() && told.recv_timeout(patience).is_ok()
+        crate::settings::lock_within(file, Instant::now() + patience, IfStopped::GiveUp)
     })
     .ok()
     .flatten()
@@ -892,8 +880,32 @@ mod tests {
         assert!(dir_of(&root).join(CLAIMED).join("vm-1").exists());
     }
 
+    /// A finisher or teardown behind a stopped holder of the refill lock (SIGSTOP, Ctrl-Z: a
+    /// refill stopped) gives up at once rather than wait its patience for nothing. Before, its
+    /// thread blocked in `flock` the whole patience (here 600 s).
+    #[test]
+    fn a_wait_for_the_refill_lock_gives_up_on_a_stopped_holder() {
+        let scratch = feather_testkit::ScratchDir::new("pool-lock-stopped");
+        let root = scratch.0.join("root");
+        fs::create_dir_all(dir_of(&root)).unwrap();
+        let path = dir_of(&root).join(REFILL_LOCK);
+        let holder = feather_testkit::flock_holder::FlockHolder::of(&path).stopped();
+        let (told, ended) = std::sync::mpsc::channel();
+        let waiting = root.clone();
+        let waiter = std::thread::spawn(move || {
+            let taken = refill_lock_within(&waiting, Duration::from_secs(600));
+            let _ = told.send(taken.is_some());
+        });
+        let taken = ended.recv_timeout(Duration::from_secs(60));
+        // Killed: a wait still under way takes the lock now, and its thread ends.
+        drop(holder);
+        waiter.join().unwrap();
+        let taken = taken.expect("the wait behind a stopped holder ended within 60 s");
+        assert!(!taken, "no refill lock taken from a stopped holder");
+    }
+
     /// A waiter that took the refill lock on the file of a folder its holder removed (the
-    /// network went) takes it again on the file the folder, made anew, holds: a lock on the
+    /// network went; it opened the file before, beside its holder) takes it again on the file the folder, made anew, holds: a lock on the
     /// removed file is one no later refill or removal sees.
     #[test]
     fn the_refill_lock_is_taken_on_the_file_the_folder_holds() {
@@ -904,7 +916,9 @@ mod tests {
         let holder = try_refill_lock(&root).expect("the refill lock");
         let lock = std::thread::scope(|other| {
             let waiter = other.spawn(|| refill_lock_within(&root, Duration::from_secs(30)));
-            feather_testkit::eventually(Duration::from_secs(30), || waits_for(&path));
+            let opened = || feather_testkit::opens_of(&path) == 2;
+            let waiting = feather_testkit::eventually(Duration::from_secs(30), opened);
+            assert!(waiting, "the waiter opened the refill lock within 30 s");
             fs::remove_dir_all(dir_of(&root)).unwrap();
             drop(holder);
             waiter.join().unwrap()
@@ -914,22 +928,6 @@ mod tests {
             crate::settings::is_linked(&path, &lock),
             "the lock was taken on the removed file"
         );
-    }
-
-    /// Whether a process waits for a lock of the file at `path` (`/proc/locks`).
-    fn waits_for(path: &Path) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(inode) = fs::metadata(path).map(|m| m.ino().to_string()) else {
-            return false;
-        };
-        fs::read_to_string("/proc/locks").is_ok_and(|locks| {
-            locks.lines().any(|line| {
-                line.contains("->")
-                    && line
-                        .split_whitespace()
-                        .any(|f| f.ends_with(&format!(":{inode}")))
-            })
-        })
     }
 
     #[test]

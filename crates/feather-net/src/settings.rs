@@ -708,33 +708,23 @@ pub(crate) fn lock(path: &Path) -> Result<File> {
 }
 
 /// A lock taken by `lock` (whether it took it) on the file `open` opens, counted only on the
-/// file `path` still names. A holder that unlinks the file (or its folder) as it ends, still
-/// holding the lock, lets it go to a waiter that opened the file before: a lock no one else
-/// sees, since the next opener makes a new file and locks that. So the lock is taken again on
-/// the path's file (a few times at most: each round follows a whole removal by someone else,
-/// so a `lock` that waits waits a few times its patience at most). Ok(None) when `lock` did not
-/// take it; the error of `open` when the file cannot be opened (or made).
+/// file `path` still names ([`feather_core::lock_holder::lock_as_named`]): a holder that
+/// unlinks the file (or its folder) as it ends lets its lock go to a waiter that opened the file
+/// before, a lock no one else sees. Ok(None) when `lock` did not take it; the error of `open`
+/// when the file cannot be opened (or made).
 pub(crate) fn lock_as_named(
     path: &Path,
     open: impl Fn() -> std::io::Result<File>,
     lock: impl Fn(&File) -> bool,
 ) -> std::io::Result<Option<File>> {
-    for _ in 0..3 {
-        let file = open()?;
-        if !lock(&file) {
-            return Ok(None);
-        }
-        if is_linked(path, &file) {
-            return Ok(Some(file));
-        }
-    }
-    Ok(None)
+    use feather_core::lock_holder::NotTaken;
+    let took = |file: &File| lock(file).then_some(()).ok_or(NotTaken::HeldPast(None));
+    Ok(feather_core::lock_holder::lock_as_named(path, open, took)?.ok())
 }
 
 /// Whether `path` still names `file`.
 pub(crate) fn is_linked(path: &Path, file: &File) -> bool {
-    let same = |a: &fs::Metadata, b: &fs::Metadata| a.dev() == b.dev() && a.ino() == b.ino();
-    matches!((fs::metadata(path), file.metadata()), (Ok(now), Ok(ours)) if same(&now, &ours))
+    feather_core::lock_holder::still_names(path, file).unwrap_or(false)
 }
 
 /// A lock's file, made if missing, its contents kept (some hold a record).

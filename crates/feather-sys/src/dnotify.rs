@@ -189,20 +189,6 @@ mod tests {
         }
     }
 
-    /// Whether thread `tid` of this process is asleep in read(2) or recvfrom(2) (waiting for
-    /// data: a read that sleeps otherwise does so uninterruptibly).
-    fn asleep_in_read(tid: Pid) -> bool {
-        let task = format!("/proc/self/task/{tid}");
-        let stat = std::fs::read_to_string(format!("{task}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next());
-        // The call a thread that is off its CPU is in ("running" while it is on it).
-        let call = std::fs::read_to_string(format!("{task}/syscall")).unwrap_or_default();
-        let call = call.split_whitespace().next().and_then(|n| n.parse().ok());
-        state == Some("S") && [Some(libc::SYS_read), Some(libc::SYS_recvfrom)].contains(&call)
-    }
-
     /// In a child of the test (so that the thread waiting in a read is the only one a signal
     /// to the process could wake): a thread that blocks every signal watches a folder, which
     /// changes between F_NOTIFY and F_SETOWN_EX, while the other thread waits in a read with a
@@ -219,7 +205,7 @@ mod tests {
         let arming = std::thread::spawn(move || {
             pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), None).unwrap();
             let signals = Signals::here().unwrap();
-            while !asleep_in_read(reader) {
+            while !feather_testkit::stat::asleep_in_read(reader.as_raw()) {
                 std::thread::yield_now();
             }
             let made = folder.join("between");

@@ -901,15 +901,9 @@ mod tests {
             .unwrap();
         let pid = Pid::from_raw(child.id() as i32);
         let whole = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let expected: u64 = whole
-            .rsplit(')')
-            .next()
+        let expected = feather_testkit::stat::Stat::parse(&whole)
             .unwrap()
-            .split_whitespace()
-            .nth(19)
-            .unwrap()
-            .parse()
-            .unwrap();
+            .start_ticks;
         let found = start_ticks(pid);
         child.kill().unwrap();
         child.wait().unwrap();

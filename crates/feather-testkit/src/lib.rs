@@ -4,7 +4,8 @@
 //! waiting for a condition ([`eventually`]), a disk of the host ([`a_disk`]), a process killed
 //! when the test ends ([`Started`]), a tmpfs unmounted when the test ends ([`TmpfsMount`]), a
 //! mount namespace of a test's own ([`own_mount_namespace`]), a process a forged record names
-//! ([`Stranger`]), and CRIU's images
+//! ([`Stranger`]), a process holding a file's flock, running or stopped
+//! ([`flock_holder::FlockHolder`]), a process's stat line ([`stat::Stat`]), and CRIU's images
 //! rewritten as a crafted checkpoint would have them ([`criu_image`], over protobuf's wire format: [`protobuf`]).
 //!
 //! It is a dev-dependency only: of `feather` (whose test crates are tests/functional,
@@ -17,7 +18,9 @@
 //! they do not expect.
 
 pub mod criu_image;
+pub mod flock_holder;
 pub mod protobuf;
+pub mod stat;
 
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -219,6 +222,16 @@ fn said(drained: &std::sync::mpsc::Receiver<Vec<u8>>) -> Vec<u8> {
     drained
         .recv_timeout(Duration::from_secs(30))
         .unwrap_or_else(|_| b"(its output still open 30 s after it ended)".to_vec())
+}
+
+/// How many descriptors of this process name `path` (as `/proc/self/fd` reads them): for a
+/// test that waits for a thread of its own to have opened a file.
+pub fn opens_of(path: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|to| to == path))
+        .count()
 }
 
 /// Polls `check` every 20 ms until it holds (true) or `limit` passes (false).

@@ -2766,20 +2766,6 @@ pub fn main_background(
 mod tests {
     use super::*;
 
-    /// Whether thread `tid` of this process is asleep in read(2) or recvfrom(2) (waiting for
-    /// data: a read that sleeps otherwise does so uninterruptibly).
-    fn asleep_in_read(tid: i32) -> bool {
-        let task = format!("/proc/self/task/{tid}");
-        let stat = std::fs::read_to_string(format!("{task}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next());
-        // The call a thread that is off its CPU is in ("running" while it is on it).
-        let call = std::fs::read_to_string(format!("{task}/syscall")).unwrap_or_default();
-        let call = call.split_whitespace().next().and_then(|n| n.parse().ok());
-        state == Some("S") && [Some(libc::SYS_read), Some(libc::SYS_recvfrom)].contains(&call)
-    }
-
     /// A signal that ends the keeper's wait for init to let go of the boot socket (EINTR, as
     /// a process-wide one let through by another thread did) does not end the wait: it goes
     /// on until init closes its end. Before, the wait ended there, and a checkpoint right
@@ -2797,7 +2783,7 @@ mod tests {
             ENDED.store(true, Ordering::SeqCst);
         });
         let tid = tid.recv().unwrap();
-        while !asleep_in_read(tid) {
+        while !feather_testkit::stat::asleep_in_read(tid) {
             std::thread::yield_now();
         }
         // Continued only once the waiting thread has stopped (left its read).
@@ -2817,7 +2803,7 @@ mod tests {
             if ENDED.load(Ordering::SeqCst) {
                 break false;
             }
-            if asleep_in_read(tid) {
+            if feather_testkit::stat::asleep_in_read(tid) {
                 break true;
             }
             std::thread::yield_now();

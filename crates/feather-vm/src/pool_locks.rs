@@ -171,7 +171,10 @@ pub enum IfMissing {
 /// took it aside, and maybe removed it: then `lock` fails, its lock file gone) is let go and
 /// the one in place now taken, within the same deadline. None where no folder is there
 /// ([`IfMissing::Leave`]). `lock` is given the opened folder and the deadline; an error of its
-/// while the folder is in place is this one's.
+/// while the folder is in place is this one's. Not `feather_core::lock_holder::lock_as_named`:
+/// that opens and checks a lock file, whose `take` says only whether it took it, with no
+/// deadline of its own; this opens a folder (made where missing), hands `lock` what it took in
+/// it, and goes round only within its deadline.
 pub fn in_place_locked<L>(
     path: &Path,
     if_missing: IfMissing,
@@ -208,7 +211,10 @@ pub fn in_place_locked<L>(
     .into())
 }
 
-/// Whether the opened `folder` is the folder at `path` now (not one a lift took aside).
+/// Whether the opened `folder` is the folder at `path` now (not one a lift took aside). Not
+/// `feather_core::lock_holder::still_names`, which follows a link as a lock file's open does:
+/// the folder is opened without following one ([`feather_sys::folder::open_no_follow`]), so a
+/// link put at its path is not the folder either.
 fn in_place(path: &Path, folder: &File) -> std::io::Result<bool> {
     use std::os::unix::fs::MetadataExt;
     let held = folder.metadata()?;
@@ -222,42 +228,11 @@ fn in_place(path: &Path, folder: &File) -> std::io::Result<bool> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use feather_testkit::{eventually, ScratchDir, Started};
+    use feather_testkit::flock_holder::FlockHolder;
+    use feather_testkit::ScratchDir;
 
     /// How long a test waits for what it started to be seen (a lock taken, a process stopped).
     const LIMIT: Duration = Duration::from_secs(30);
-
-    /// A process holding `path`'s flock (`flock --no-fork … sleep 60`: the holder is `sleep`),
-    /// once it holds it; killed and reaped on drop, failing test or not.
-    pub(crate) fn holder_of(path: &Path) -> Started {
-        let holder = Started(
-            std::process::Command::new("flock")
-                .arg("--no-fork")
-                .arg(path)
-                .args(["sleep", "60"])
-                .spawn()
-                .unwrap(),
-        );
-        let pid = holder.0.id();
-        let held =
-            || feather_core::lock_holder::holder(path).is_some_and(|holder| holder.pid == pid);
-        assert!(eventually(LIMIT, held), "flock took {}", path.display());
-        holder
-    }
-
-    /// Sends `signal` to `holder`.
-    pub(crate) fn signal(holder: &Started, signal: nix::sys::signal::Signal) {
-        let pid = nix::unistd::Pid::from_raw(holder.0.id() as i32);
-        nix::sys::signal::kill(pid, signal).unwrap();
-    }
-
-    /// Stops `holder` (SIGSTOP), once it shows as stopped.
-    pub(crate) fn stop(holder: &Started) {
-        signal(holder, nix::sys::signal::Signal::SIGSTOP);
-        let pid = nix::unistd::Pid::from_raw(holder.0.id() as i32);
-        let stopped = || feather_sys::process::state(pid) == Some('T');
-        assert!(eventually(LIMIT, stopped), "pid {pid} stopped");
-    }
 
     /// A lock held past its patience fails, naming its holder's pid and command, and one held
     /// by a stopped process fails at once, saying how to let it go on; neither waits for good.
@@ -266,18 +241,18 @@ pub(crate) mod tests {
         let dir = ScratchDir::new("pool-lock-held");
         let path = dir.0.join("settings.lock");
         std::fs::write(&path, b"").unwrap();
-        let holder = holder_of(&path);
-        let pid = holder.0.id();
+        let holder = FlockHolder::of(&path);
+        let pid = holder.pid();
         let open = || File::open(&path).unwrap();
         let patience = Deadline::after(Duration::from_millis(300));
         let error = lock_within(open(), &path, patience).err().unwrap();
         let error = error.to_string();
         assert!(
-            error.contains(&format!("`sleep 60` (pid {pid})")),
+            error.contains(&format!("`sleep 600` (pid {pid})")),
             "{error}"
         );
         assert!(error.contains("for more than"), "{error}");
-        stop(&holder);
+        let holder = holder.stopped();
         // Its patience is long: only its look at the holder ends the wait within the limit.
         // The holder goes with this scope, failing test or not, so the waiter takes the lock
         // and ends before the scope is left.
@@ -291,7 +266,7 @@ pub(crate) mod tests {
                 let _ = told.send(error.map(|error| error.to_string()));
             });
             let waited = ended.recv_timeout(LIMIT);
-            signal(&holder, nix::sys::signal::Signal::SIGCONT);
+            holder.go_on();
             waited
         });
         let error = waited.expect("the wait behind a stopped holder ended within 30 s");

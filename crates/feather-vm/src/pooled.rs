@@ -1075,9 +1075,8 @@ mod tests {
         crate::pool::set_size(&root, 3).unwrap();
         let lock = dir(&root).join(FILL_LOCK);
         std::fs::write(&lock, b"").unwrap();
-        let fill = pool_locks::tests::holder_of(&lock);
-        pool_locks::tests::stop(&fill);
-        let pid = fill.0.id();
+        let fill = feather_testkit::flock_holder::FlockHolder::of(&lock).stopped();
+        let pid = fill.pid();
         let (told, ended) = std::sync::mpsc::channel();
         let down = root.clone();
         std::thread::spawn(move || {
