@@ -844,7 +844,8 @@ fn a_finisher_refills_the_pool_after_a_refill_under_way() {
     feather.ok(&["run", "--rm", "--", "true"]);
     // Until the finisher waits for the lock (another process with its file open while the
     // test holds it) or is done (its VM's folder gone): the test's lock goes only then.
-    let waits = || !crate::support::other_openers(&lock_path).is_empty();
+    let as_the_kernel_spells_it = lock_path.canonicalize().unwrap();
+    let waits = || !crate::support::other_openers(&as_the_kernel_spells_it).is_empty();
     let finishing = || {
         std::fs::read_dir(feather.root.join("vms"))
             .unwrap()
@@ -855,11 +856,13 @@ fn a_finisher_refills_the_pool_after_a_refill_under_way() {
                     .starts_with(".removing-")
             })
     };
+    let waited = std::cell::Cell::new(false);
     feather.eventually("the finisher waits for the refill lock or is done", || {
-        waits() || !finishing()
+        waited.set(waits());
+        waited.get() || !finishing()
     });
     assert!(
-        waits(),
+        waited.get(),
         "the finisher did not wait for the refill under way"
     );
     drop(lock);

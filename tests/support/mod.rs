@@ -1342,21 +1342,16 @@ pub fn flock_waiters(path: &Path) -> Vec<i32> {
         .collect()
 }
 
-/// The processes other than this one with the file at `path` open (a descriptor of it in
-/// `/proc/PID/fd`, judged by its filesystem's device and its inode): while the test holds the
-/// file's lock, those that wait for it (feather's waits try the lock again and again, holding
-/// the file open, rather than block in `flock`).
+/// The processes other than this one with the file at `path` open (a descriptor whose link in
+/// `/proc/PID/fd` reads `path`: no filesystem is asked, so a stopped FUSE server's file held
+/// by another test's process hangs nothing): while the test holds the file's lock, those that
+/// wait for it (feather's waits try the lock again and again, holding the file open, rather
+/// than block in `flock`). `path` as the kernel spells it: absolute, through no link.
 pub fn other_openers(path: &Path) -> Vec<i32> {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = fs::metadata(path) else {
-        return Vec::new();
-    };
-    let file = (meta.dev(), meta.ino());
     let opens = |pid: i32| {
         fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
-            fds.flatten().any(|fd| {
-                fs::metadata(fd.path()).is_ok_and(|open| (open.dev(), open.ino()) == file)
-            })
+            fds.flatten()
+                .any(|fd| fs::read_link(fd.path()).is_ok_and(|to| to == path))
         })
     };
     fs::read_dir("/proc")

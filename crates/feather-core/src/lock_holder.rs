@@ -189,7 +189,9 @@ pub fn lock_as_named(
         if let Err(not_taken) = take(&file) {
             return Ok(Err(not_taken));
         }
-        if still_names(path, &file)? {
+        // A look that fails (EIO, a folder on the way gone odd) is no proof either way: round
+        // again, where `open` says what is wrong if it is for good.
+        if still_names(path, &file).unwrap_or(false) {
             return Ok(Ok(file));
         }
     }

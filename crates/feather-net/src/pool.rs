@@ -905,8 +905,9 @@ mod tests {
     }
 
     /// A waiter that took the refill lock on the file of a folder its holder removed (the
-    /// network went; it opened the file before, beside its holder) takes it again on the file the folder, made anew, holds: a lock on the
-    /// removed file is one no later refill or removal sees.
+    /// network went; it opened the file before, beside its holder) takes it again on the file
+    /// the folder, made anew, holds: a lock on the removed file is one no later refill or
+    /// removal sees.
     #[test]
     fn the_refill_lock_is_taken_on_the_file_the_folder_holds() {
         let scratch = feather_testkit::ScratchDir::new("pool-lock-named");

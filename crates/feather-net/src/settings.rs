@@ -710,15 +710,22 @@ pub(crate) fn lock(path: &Path) -> Result<File> {
 /// A lock taken by `lock` (whether it took it) on the file `open` opens, counted only on the
 /// file `path` still names ([`feather_core::lock_holder::lock_as_named`]): a holder that
 /// unlinks the file (or its folder) as it ends lets its lock go to a waiter that opened the file
-/// before, a lock no one else sees. Ok(None) when `lock` did not take it; the error of `open`
-/// when the file cannot be opened (or made).
+/// before, a lock no one else sees. Ok(None) when `lock` did not take it, or the file was
+/// removed under it three times; the error of `open` when the file cannot be opened (or made).
 pub(crate) fn lock_as_named(
     path: &Path,
     open: impl Fn() -> std::io::Result<File>,
     lock: impl Fn(&File) -> bool,
 ) -> std::io::Result<Option<File>> {
     use feather_core::lock_holder::NotTaken;
-    let took = |file: &File| lock(file).then_some(()).ok_or(NotTaken::HeldPast(None));
+    // Three rounds at most, each after a whole removal by someone else: the callers' patience
+    // is per round, and a lock taken this way holds up other commands.
+    let rounds = std::cell::Cell::new(0);
+    let took = |file: &File| {
+        rounds.set(rounds.get() + 1);
+        let taken = rounds.get() <= 3 && lock(file);
+        taken.then_some(()).ok_or(NotTaken::HeldPast(None))
+    };
     Ok(feather_core::lock_holder::lock_as_named(path, open, took)?.ok())
 }
 

@@ -20,7 +20,11 @@ impl FlockHolder {
                 .arg("--no-fork")
                 .arg(path)
                 .args(["sleep", "600"])
+                // Nothing of the test's: its output pipes held by a holder a killed test left
+                // would keep the test's runner waiting on them.
                 .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
                 .spawn()
                 .unwrap(),
         ));
