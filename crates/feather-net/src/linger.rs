@@ -61,7 +61,7 @@ use feather_core::lock_holder::IfStopped;
 use feather_core::StateRoot;
 
 use crate::netlink::{index_of, Netlink};
-use crate::settings::{is_linked, lock_as_named, open_lock_file, RootNetwork};
+use crate::settings::{is_linked, lock_as_named_in_three_rounds, open_lock_file, RootNetwork};
 use crate::{attached, firewall, pool};
 
 /// The environment variable that sets how long, in seconds, the root's network waits for a
@@ -476,10 +476,10 @@ fn lock_removal(root_dir: &Path) -> Option<File> {
 
 /// The root's removal lock's file, opened (made if missing) and locked by `lock`, which says
 /// whether it took the lock. A removal unlinks the file last, holding its lock: the lock
-/// counts only on the file its path still names ([`lock_as_named`]).
+/// counts only on the file its path still names ([`lock_as_named_in_three_rounds`]).
 fn take_removal_lock(root_dir: &Path, lock: impl Fn(&File) -> bool) -> Option<File> {
     let path = root_dir.join(LOCK_FILE);
-    lock_as_named(&path, || open_lock_file(&path), lock)
+    lock_as_named_in_three_rounds(&path, || open_lock_file(&path), lock)
         .ok()
         .flatten()
 }

@@ -65,7 +65,7 @@ use crate::error::{netlink as netlink_error, IoAt, NetError, Result};
 use crate::folder::make_dir;
 use crate::inside::{Inside, Interface, VM_INTERFACE};
 use crate::netlink::{index_of, Netlink, PeerNamespace};
-use crate::settings::{lock_as_named, open_lock_file, RootNetwork};
+use crate::settings::{lock_as_named_in_three_rounds, open_lock_file, RootNetwork};
 use crate::{firewall, leases};
 
 /// How many entries a root keeps ready: a script's loop of `run --rm` finds one most times
@@ -354,7 +354,7 @@ fn take_refill_lock(
         make_dir(&dir)?;
         open_lock_file(&path)
     };
-    lock_as_named(&path, open, lock)
+    lock_as_named_in_three_rounds(&path, open, lock)
 }
 
 /// Whether a VM's port (not a pooled pair's) is on the root's bridge.

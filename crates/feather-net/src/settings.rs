@@ -712,7 +712,7 @@ pub(crate) fn lock(path: &Path) -> Result<File> {
 /// unlinks the file (or its folder) as it ends lets its lock go to a waiter that opened the file
 /// before, a lock no one else sees. Ok(None) when `lock` did not take it, or the file was
 /// removed under it three times; the error of `open` when the file cannot be opened (or made).
-pub(crate) fn lock_as_named(
+pub(crate) fn lock_as_named_in_three_rounds(
     path: &Path,
     open: impl Fn() -> std::io::Result<File>,
     lock: impl Fn(&File) -> bool,
